@@ -1,0 +1,192 @@
+"""Typed AST of the Arbiter rule language: small immutable nodes with positions.
+
+Every node carries a :class:`Pos` (file, line, column) so that any later stage can
+report an error at the exact place in the source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Union
+
+
+@dataclass(frozen=True, slots=True)
+class Pos:
+    """A position in a rule file (1-based line and column)."""
+
+    file: str
+    line: int
+    column: int
+
+    def __str__(self) -> str:
+        return f"{self.file}:{self.line}:{self.column}"
+
+
+# ---- expressions -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Literal:
+    """A number, string, bool, null or duration (seconds) constant."""
+
+    value: object
+    kind: str  # number | string | bool | null | duration
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Now:
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Ref:
+    """A dotted name: ``profile.total_spend``, ``context.device``, ``high_value``."""
+
+    parts: tuple[str, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    name: str
+    args: tuple[Expr, ...]
+    kwargs: tuple[tuple[str, Expr], ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class ListExpr:
+    items: tuple[Expr, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Unary:
+    op: str  # "not" | "-" | "is null" | "is not null"
+    operand: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Binary:
+    op: str  # + - * / == != < <= > >= in "not in"
+    left: Expr
+    right: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class BoolOp:
+    op: str  # "and" | "or"
+    operands: tuple[Expr, ...]
+    pos: Pos
+
+
+Expr = Union[Literal, Now, Ref, Call, ListExpr, Unary, Binary, BoolOp]
+
+
+# ---- declarations -------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FieldDecl:
+    """An attribute of the profile or context schema."""
+
+    name: str
+    type: str  # number | string | bool | timestamp
+    pii: bool
+    default: Literal | None
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class SchemaBlock:
+    kind: str  # profile | context
+    fields: tuple[FieldDecl, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class EventsDef:
+    """``events: page_view, add_to_cart``: the behavioural events rules may count."""
+
+    names: tuple[str, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementDef:
+    name: str
+    channels: tuple[str, ...]
+    slots: int
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class SegmentDef:
+    name: str
+    condition: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyCap:
+    limit: int
+    window_seconds: float
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateToken:
+    """``{{ expr | filter(args) }}`` inside a content string."""
+
+    expr: Expr
+    filters: tuple[tuple[str, tuple[Literal, ...]], ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class ContentField:
+    name: str
+    parts: tuple[str | TemplateToken, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class ActionDef:
+    name: str
+    placements: tuple[str, ...]
+    channels: tuple[str, ...]
+    when: Expr | None
+    value: Expr | None
+    weight: float
+    priority: int
+    prior: float | None
+    cap: FrequencyCap | None
+    content: tuple[ContentField, ...]
+    pos: Pos
+    field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
+class ExperimentDef:
+    name: str
+    placement: str
+    arms: tuple[str, ...]
+    prior_alpha: float
+    prior_beta: float
+    reward: str
+    pos: Pos
+    field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
+
+
+Item = Union[SchemaBlock, EventsDef, PlacementDef, SegmentDef, ActionDef, ExperimentDef]
+
+
+@dataclass(frozen=True, slots=True)
+class Module:
+    """One parsed rule file."""
+
+    path: str
+    items: tuple[Item, ...]

@@ -1,0 +1,520 @@
+"""Checked AST: names resolved, types inferred, cycles and duplicates rejected.
+
+The checker never raises on bad rules; it collects positioned diagnostics. Its
+output, :class:`CheckedRuleset`, holds the symbol tables and the inferred type of
+every expression node, which the compiler uses to emit null-safe code only where a
+value can actually be missing.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from dsl import ast
+from dsl.diagnostics import Diagnostic
+
+SCALAR_TYPES = {"number", "string", "bool", "timestamp"}
+PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
+FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1}
+OUTCOMES = {"click", "conversion"}
+
+# built-in attributes every profile and context has: name -> (type, nullable)
+PROFILE_BUILTINS = {
+    "user_id": ("string", False),
+    "known": ("bool", False),
+    "first_seen": ("timestamp", True),
+    "last_seen": ("timestamp", True),
+}
+CONTEXT_BUILTINS = {"placement": ("string", False), "channel": ("string", False)}
+ACTION_FIELDS = {"id": ("string", False), "value": ("number", False)}
+
+
+@dataclass(frozen=True, slots=True)
+class Type:
+    """An expression's static type and whether it may be null at run time."""
+
+    name: str  # number | string | bool | timestamp | duration | list | null
+    nullable: bool
+    item: str | None = None  # element type of a list
+
+    def __str__(self) -> str:
+        return f"list of {self.item}" if self.name == "list" else self.name
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    name: str
+    type: str
+    pii: bool
+    default: object
+    pos: ast.Pos | None
+
+    @property
+    def nullable(self) -> bool:
+        return self.default is None
+
+
+@dataclass
+class CheckedRuleset:
+    """Symbol tables and inferred types of a ruleset that passed the checker."""
+
+    profile: dict[str, FieldSpec] = field(default_factory=dict)
+    context: dict[str, FieldSpec] = field(default_factory=dict)
+    events: dict[str, ast.Pos] = field(default_factory=dict)
+    placements: dict[str, ast.PlacementDef] = field(default_factory=dict)
+    segments: dict[str, ast.SegmentDef] = field(default_factory=dict)
+    segment_order: list[str] = field(default_factory=list)
+    actions: dict[str, ast.ActionDef] = field(default_factory=dict)
+    experiments: dict[str, ast.ExperimentDef] = field(default_factory=dict)
+    types: dict[int, Type] = field(default_factory=dict)
+    segment_refs: dict[str, set[str]] = field(default_factory=dict)
+
+    def type_of(self, node: ast.Expr) -> Type:
+        return self.types[id(node)]
+
+
+def _suggest(name: str, options: Iterable[str]) -> str:
+    close = difflib.get_close_matches(name, list(options), n=1)
+    return f"; did you mean '{close[0]}'?" if close else ""
+
+
+class Checker:
+    """Runs the checks over every module of a ruleset and collects diagnostics."""
+
+    def __init__(self) -> None:
+        self.out = CheckedRuleset()
+        self.diagnostics: list[Diagnostic] = []
+        self._experiment_by_placement: dict[str, ast.ExperimentDef] = {}
+
+    def error(self, message: str, pos: ast.Pos) -> None:
+        self.diagnostics.append(Diagnostic("error", message, pos))
+
+    def warning(self, message: str, pos: ast.Pos) -> None:
+        self.diagnostics.append(Diagnostic("warning", message, pos))
+
+    # ---- stage 1: declarations ------------------------------------------------
+    def collect(self, modules: list[ast.Module]) -> None:
+        seen: dict[str, tuple[str, ast.Pos]] = {}
+
+        def declare(kind: str, name: str, pos: ast.Pos) -> bool:
+            if name in seen:
+                other_kind, other = seen[name]
+                self.error(f"{kind} '{name}' is already defined as a {other_kind} at {other}", pos)
+                return False
+            seen[name] = (kind, pos)
+            return True
+
+        for module in modules:
+            for item in module.items:
+                if isinstance(item, ast.SchemaBlock):
+                    self._collect_schema(item)
+                elif isinstance(item, ast.EventsDef):
+                    for name in item.names:
+                        self.out.events.setdefault(name, item.pos)
+                elif isinstance(item, ast.PlacementDef):
+                    if declare("placement", item.name, item.pos):
+                        self.out.placements[item.name] = item
+                elif isinstance(item, ast.SegmentDef):
+                    if declare("segment", item.name, item.pos):
+                        self.out.segments[item.name] = item
+                elif isinstance(item, ast.ActionDef):
+                    if declare("action", item.name, item.pos):
+                        self.out.actions[item.name] = item
+                elif isinstance(item, ast.ExperimentDef) and declare(
+                    "experiment", item.name, item.pos
+                ):
+                    self.out.experiments[item.name] = item
+
+    def _collect_schema(self, block: ast.SchemaBlock) -> None:
+        table = self.out.profile if block.kind == "profile" else self.out.context
+        builtins = PROFILE_BUILTINS if block.kind == "profile" else CONTEXT_BUILTINS
+        for decl in block.fields:
+            if decl.name in table or decl.name in builtins:
+                self.error(f"{block.kind} attribute '{decl.name}' is declared twice", decl.pos)
+                continue
+            default: object = None
+            if decl.default is not None:
+                expected = {"number": "number", "string": "string", "bool": "bool"}.get(decl.type)
+                if decl.type == "timestamp" or decl.default.kind != expected:
+                    self.error(
+                        f"default for {decl.type} attribute '{decl.name}' must be a "
+                        f"{decl.type if decl.type != 'timestamp' else 'missing (no default)'}"
+                        f" literal, not {decl.default.kind}",
+                        decl.default.pos,
+                    )
+                else:
+                    default = decl.default.value
+            table[decl.name] = FieldSpec(decl.name, decl.type, decl.pii, default, decl.pos)
+
+    # ---- stage 2: references and types --------------------------------------------
+    def check_items(self) -> None:
+        out = self.out
+        for placement in out.placements.values():
+            if not placement.channels:
+                self.error(f"placement '{placement.name}' needs 'channels: ...'", placement.pos)
+            if placement.slots < 1:
+                self.error("slots must be at least 1", placement.pos)
+        for segment in out.segments.values():
+            refs: set[str] = set()
+            self._expect_bool(segment.condition, refs, "segment condition")
+            out.segment_refs[segment.name] = refs
+        for action in out.actions.values():
+            self._check_action(action)
+        for experiment in out.experiments.values():
+            self._check_experiment(experiment)
+
+    def _check_action(self, action: ast.ActionDef) -> None:
+        pos = action.field_pos
+        if not action.placements:
+            self.error(f"action '{action.name}' needs 'placements: ...'", action.pos)
+        for name in action.placements:
+            if name not in self.out.placements:
+                self.error(
+                    f"unknown placement '{name}'{_suggest(name, self.out.placements)}",
+                    pos.get("placements", action.pos),
+                )
+        allowed = {c for p in action.placements if p in self.out.placements
+                   for c in self.out.placements[p].channels}
+        for channel in action.channels:
+            if channel not in allowed:
+                self.error(
+                    f"channel '{channel}' is not a channel of placements "
+                    f"{', '.join(action.placements)}{_suggest(channel, allowed)}",
+                    pos.get("channels", action.pos),
+                )
+        refs: set[str] = set()
+        if action.when is not None:
+            self._expect_bool(action.when, refs, "'when'")
+        if action.value is None:
+            self.error(f"action '{action.name}' needs 'value: ...'", action.pos)
+        else:
+            t = self._type(action.value, refs)
+            if t.name not in ("number", "null"):
+                self.error(f"'value' must be a number, not {t}", action.value.pos)
+        if action.weight < 0:
+            self.error("'weight' must not be negative", pos.get("weight", action.pos))
+        if action.prior is not None and not 0.0 < action.prior < 1.0:
+            self.error("'prior' is a propensity: between 0 and 1 exclusive", pos["prior"])
+        if action.cap is not None and action.cap.limit < 1:
+            self.error("a cap must allow at least 1 impression", action.cap.pos)
+        for content in action.content:
+            for part in content.parts:
+                if isinstance(part, ast.TemplateToken):
+                    self._check_token(part, refs)
+        self.out.segment_refs[f"action:{action.name}"] = refs
+
+    def _check_token(self, token: ast.TemplateToken, refs: set[str]) -> None:
+        t = self._type(token.expr, refs, allow_action=True)
+        if t.name == "list":
+            self.error("a content token must be a single value, not a list", token.expr.pos)
+        for name, args in token.filters:
+            if name not in FILTERS:
+                self.error(f"unknown filter '{name}'{_suggest(name, FILTERS)}", token.pos)
+            elif len(args) != FILTERS[name]:
+                self.error(f"filter '{name}' takes {FILTERS[name]} argument(s)", token.pos)
+            elif name == "round" and args[0].kind != "number":
+                self.error("round(n) takes a number of decimals", args[0].pos)
+
+    def _check_experiment(self, exp: ast.ExperimentDef) -> None:
+        pos = exp.field_pos
+        if exp.placement not in self.out.placements:
+            self.error(
+                f"unknown placement '{exp.placement}'{_suggest(exp.placement, self.out.placements)}",
+                pos["placement"],
+            )
+        if len(exp.arms) < 2:
+            self.error("an experiment needs at least 2 arms", pos.get("arms", exp.pos))
+        if len(set(exp.arms)) != len(exp.arms):
+            self.error("an arm is listed twice", pos.get("arms", exp.pos))
+        for arm in exp.arms:
+            action = self.out.actions.get(arm)
+            if action is None:
+                self.error(
+                    f"unknown action '{arm}'{_suggest(arm, self.out.actions)}",
+                    pos.get("arms", exp.pos),
+                )
+            elif exp.placement not in action.placements:
+                self.error(
+                    f"arm '{arm}' is not an action of placement '{exp.placement}'",
+                    pos.get("arms", exp.pos),
+                )
+        if exp.prior_alpha <= 0 or exp.prior_beta <= 0:
+            self.error("beta prior parameters must be positive", pos.get("allocate", exp.pos))
+        if exp.reward not in OUTCOMES:
+            self.error(
+                f"reward must be one of {', '.join(sorted(OUTCOMES))}", pos.get("reward", exp.pos)
+            )
+        owner = self._experiment_by_placement.setdefault(exp.placement, exp)
+        if owner is not exp:
+            self.error(
+                f"placement '{exp.placement}' already has experiment '{owner.name}' "
+                f"({owner.pos}); one experiment per placement",
+                exp.pos,
+            )
+
+    # ---- stage 3: cycles and unused -------------------------------------------
+    def check_graph(self) -> None:
+        order: list[str] = []
+        state: dict[str, int] = {}  # 1 = visiting, 2 = done
+
+        def visit(name: str, path: list[str]) -> None:
+            if state.get(name) == 2:
+                return
+            if state.get(name) == 1:
+                cycle = " -> ".join([*path[path.index(name):], name])
+                self.error(f"segments refer to each other in a cycle: {cycle}",
+                           self.out.segments[name].pos)
+                return
+            state[name] = 1
+            for ref in sorted(self.out.segment_refs.get(name, ())):
+                if ref in self.out.segments:
+                    visit(ref, [*path, name])
+            state[name] = 2
+            order.append(name)
+
+        for name in self.out.segments:
+            visit(name, [])
+        self.out.segment_order = order
+
+        used = {ref for refs in self.out.segment_refs.values() for ref in refs}
+        for name, segment in self.out.segments.items():
+            if name not in used:
+                self.warning(f"segment '{name}' is not used by any action or segment",
+                             segment.pos)
+        for name, placement in self.out.placements.items():
+            if not any(name in a.placements for a in self.out.actions.values()):
+                self.warning(f"placement '{name}' has no actions", placement.pos)
+
+    # ---- expression typing --------------------------------------------------------
+    def _expect_bool(self, expr: ast.Expr, refs: set[str], what: str) -> None:
+        t = self._type(expr, refs)
+        if t.name != "bool":
+            self.error(f"{what} must be true or false, not {t}", expr.pos)
+
+    def _set(self, node: ast.Expr, t: Type) -> Type:
+        self.out.types[id(node)] = t
+        return t
+
+    def _type(self, node: ast.Expr, refs: set[str], allow_action: bool = False) -> Type:
+        return self._set(node, self._infer(node, refs, allow_action))
+
+    def _infer(self, node: ast.Expr, refs: set[str], allow_action: bool) -> Type:  # noqa: C901
+        if isinstance(node, ast.Literal):
+            kind = "null" if node.kind == "null" else node.kind
+            return Type(kind, node.kind == "null")
+        if isinstance(node, ast.Now):
+            return Type("timestamp", False)
+        if isinstance(node, ast.Ref):
+            return self._ref(node, refs, allow_action)
+        if isinstance(node, ast.ListExpr):
+            items = [self._type(i, refs, allow_action) for i in node.items]
+            kinds = {t.name for t in items}
+            if len(kinds) > 1:
+                self.error(f"list items must all have one type, found {', '.join(sorted(kinds))}",
+                           node.pos)
+            for item in node.items:
+                if not isinstance(item, ast.Literal):
+                    self.error("list items must be constants", item.pos)
+            return Type("list", False, items[0].name if items else "null")
+        if isinstance(node, ast.Unary):
+            return self._unary(node, refs, allow_action)
+        if isinstance(node, ast.BoolOp):
+            types = [self._type(o, refs, allow_action) for o in node.operands]
+            for operand, t in zip(node.operands, types, strict=True):
+                if t.name != "bool":
+                    self.error(f"'{node.op}' needs true/false on both sides, not {t}", operand.pos)
+            return Type("bool", any(t.nullable for t in types))
+        if isinstance(node, ast.Binary):
+            return self._binary(node, refs, allow_action)
+        if isinstance(node, ast.Call):
+            return self._call(node, refs, allow_action)
+        raise TypeError(f"unknown node {node!r}")  # pragma: no cover
+
+    def _ref(self, node: ast.Ref, refs: set[str], allow_action: bool) -> Type:
+        head, *rest = node.parts
+        if head in ("profile", "context", "action") and len(rest) == 1:
+            name = rest[0]
+            if head == "action":
+                if not allow_action:
+                    self.error("'action.' fields can only be used in content templates", node.pos)
+                    return Type("null", True)
+                spec = ACTION_FIELDS.get(name)
+                if spec is None:
+                    self.error(f"unknown action field '{name}'{_suggest(name, ACTION_FIELDS)}",
+                               node.pos)
+                    return Type("null", True)
+                return Type(*spec)
+            table = self.out.profile if head == "profile" else self.out.context
+            builtins = PROFILE_BUILTINS if head == "profile" else CONTEXT_BUILTINS
+            if name in builtins:
+                return Type(*builtins[name])
+            spec2 = table.get(name)
+            if spec2 is None:
+                self.error(
+                    f"unknown {head} attribute '{name}'"
+                    f"{_suggest(name, [*table, *builtins])}"
+                    f" (declare it in the {head} block)",
+                    node.pos,
+                )
+                return Type("null", True)
+            return Type(spec2.type, spec2.nullable)
+        if len(node.parts) == 1:
+            if head in self.out.segments:
+                refs.add(head)
+                return Type("bool", False)
+            self.error(f"unknown segment '{head}'{_suggest(head, self.out.segments)}", node.pos)
+            return Type("bool", False)
+        self.error(f"unknown name '{'.'.join(node.parts)}': use profile.NAME, context.NAME "
+                   "or a segment name", node.pos)
+        return Type("null", True)
+
+    def _unary(self, node: ast.Unary, refs: set[str], allow_action: bool) -> Type:
+        t = self._type(node.operand, refs, allow_action)
+        if node.op == "not":
+            if t.name != "bool":
+                self.error(f"'not' needs true/false, not {t}", node.operand.pos)
+            return Type("bool", t.nullable)
+        if node.op == "-":
+            if t.name not in ("number", "duration"):
+                self.error(f"cannot negate {t}", node.operand.pos)
+            return Type(t.name, t.nullable)
+        if not t.nullable:
+            self.warning(f"this value is never null, so '{node.op}' is always "
+                         f"{'true' if node.op == 'is not null' else 'false'}", node.pos)
+        return Type("bool", False)  # is null / is not null
+
+    def _binary(self, node: ast.Binary, refs: set[str], allow_action: bool) -> Type:
+        left = self._type(node.left, refs, allow_action)
+        right = self._type(node.right, refs, allow_action)
+        nullable = left.nullable or right.nullable
+        op = node.op
+        if "null" in (left.name, right.name):
+            if left.name == "null" and right.name == "null" or op not in ("==", "!="):
+                self.error(f"cannot use '{op}' with null", node.pos)
+            else:
+                self.error("compare with null using 'is null' or 'is not null'", node.pos)
+            return Type("bool", True)
+        if op in ("in", "not in"):
+            if right.name != "list":
+                self.error(f"'{op}' needs a list on the right, not {right}", node.right.pos)
+            elif right.item not in (left.name, "null"):
+                self.error(f"cannot look for a {left} in a list of {right.item}", node.pos)
+            return Type("bool", left.nullable)
+        if op in ("==", "!="):
+            if left.name != right.name:
+                self.error(f"cannot compare {left} with {right}", node.pos)
+            return Type("bool", nullable)
+        if op in ("<", "<=", ">", ">="):
+            if left.name != right.name or left.name not in PLAIN_ORDERED:
+                hint = ""
+                if {left.name, right.name} == {"duration", "number"}:
+                    hint = " (write the number with a unit, e.g. 24h or 30d)"
+                self.error(f"cannot compare {left} with {right}{hint}", node.pos)
+            return Type("bool", nullable)
+        result = _ARITHMETIC.get((left.name, op, right.name))
+        if result is None:
+            self.error(f"cannot compute {left} {op} {right}", node.pos)
+            return Type("number", True)
+        # division by zero yields null, so '/' is nullable
+        return Type(result, nullable or op == "/")
+
+    def _event_arg(self, node: ast.Call, allow_property: bool) -> str | None:
+        if not node.args or not isinstance(node.args[0], ast.Ref):
+            self.error(f"{node.name}() needs an event name as its first argument", node.pos)
+            return None
+        ref = node.args[0]
+        name = ref.parts[0]
+        if len(ref.parts) > 1:
+            if not allow_property or ref.parts[1:] != ("value",):
+                self.error(f"{node.name}() takes an event name"
+                           + (" or EVENT.value" if allow_property else ""), ref.pos)
+        elif allow_property:
+            self.error(f"{node.name}() sums a property: write {name}.value", ref.pos)
+        if name not in self.out.events:
+            self.error(f"unknown event '{name}'{_suggest(name, self.out.events)}"
+                       " (declare it with 'events: ...')", ref.pos)
+            return None
+        return name
+
+    def _call(self, node: ast.Call, refs: set[str], allow_action: bool) -> Type:
+        name = node.name
+        kwargs = dict(node.kwargs)
+        if name in ("count", "sum", "last", "first"):
+            self._event_arg(node, allow_property=name == "sum")
+            allowed = {"within"} if name in ("count", "sum") else set()
+            for key, value in kwargs.items():
+                if key not in allowed:
+                    self.error(f"{name}() has no argument '{key}'", value.pos)
+                elif not (isinstance(value, ast.Literal) and value.kind == "duration"):
+                    self.error("'within' must be a duration such as 7d or 24h", value.pos)
+                else:
+                    self._set(value, Type("duration", False))
+            if len(node.args) != 1:
+                self.error(f"{name}() takes one event", node.pos)
+            for arg in node.args:
+                self._set(arg, Type("null", True))
+            if name in ("count", "sum"):
+                return Type("number", False)
+            return Type("timestamp", True)
+        signature = _FUNCTIONS.get(name)
+        if signature is None:
+            self.error(f"unknown function '{name}'{_suggest(name, [*_FUNCTIONS, 'count', 'sum', 'last', 'first'])}",
+                       node.pos)
+            return Type("null", True)
+        params, result = signature
+        if kwargs:
+            self.error(f"{name}() takes no named arguments", node.pos)
+        if len(node.args) != len(params):
+            self.error(f"{name}() takes {len(params)} argument(s)", node.pos)
+            return Type(result, True)
+        types = [self._type(a, refs, allow_action) for a in node.args]
+        for arg, t, want in zip(node.args, types, params, strict=True):
+            if want != "any" and t.name != want:
+                self.error(f"{name}() needs a {want} here, not {t}", arg.pos)
+        if name == "coalesce":
+            if types[0].name != types[1].name:
+                self.error("coalesce() needs two values of one type", node.pos)
+            return Type(types[0].name, types[1].nullable and types[0].nullable)
+        return Type(result, any(t.nullable for t in types))
+
+
+_ARITHMETIC: dict[tuple[str, str, str], str] = {
+    ("number", "+", "number"): "number",
+    ("number", "-", "number"): "number",
+    ("number", "*", "number"): "number",
+    ("number", "/", "number"): "number",
+    ("duration", "+", "duration"): "duration",
+    ("duration", "-", "duration"): "duration",
+    ("duration", "*", "number"): "duration",
+    ("number", "*", "duration"): "duration",
+    ("duration", "/", "number"): "duration",
+    ("duration", "/", "duration"): "number",
+    ("timestamp", "-", "timestamp"): "duration",
+    ("timestamp", "+", "duration"): "timestamp",
+    ("timestamp", "-", "duration"): "timestamp",
+    ("string", "+", "string"): "string",
+}
+
+# name -> (parameter types, result type); event functions are checked separately
+_FUNCTIONS: dict[str, tuple[tuple[str, ...], str]] = {
+    "days_since": (("timestamp",), "number"),
+    "hours_since": (("timestamp",), "number"),
+    "contains": (("string", "string"), "bool"),
+    "starts_with": (("string", "string"), "bool"),
+    "ends_with": (("string", "string"), "bool"),
+    "lower": (("string",), "string"),
+    "upper": (("string",), "string"),
+    "coalesce": (("any", "any"), "any"),
+}
+FUNCTION_NAMES = frozenset([*_FUNCTIONS, "count", "sum", "last", "first"])
+
+
+def check(modules: list[ast.Module]) -> tuple[CheckedRuleset, list[Diagnostic]]:
+    """Run every check over the parsed modules of one ruleset."""
+    checker = Checker()
+    checker.collect(modules)
+    checker.check_items()
+    checker.check_graph()
+    return checker.out, checker.diagnostics

@@ -1,0 +1,264 @@
+"""Checked AST → :class:`~dsl.ruleset.Ruleset`: conditions become Python functions.
+
+Each expression is translated to one Python expression and compiled once with
+:func:`compile`, so evaluating a rule costs about what a hand-written function
+costs. Constants are folded by CPython's compiler; ``and``/``or`` short-circuit;
+null-aware helpers (:mod:`dsl.runtime`) are used only where the checker says a
+value can be missing. Names from rule files never reach the generated source
+except as ``repr()`` string constants.
+
+>>> from dsl.loader import load_text
+>>> rs = load_text('''
+... profile { spend: number = 0 }
+... segment big = profile.spend > 500
+... ''')
+>>> rs.segments[0].fn({"spend": 900.0}, {}, {}, {}, 0.0, None)
+True
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dsl import ast
+from dsl.checker import CheckedRuleset, Type
+from dsl.runtime import HELPERS
+from dsl.ruleset import (
+    Action,
+    CompiledFn,
+    Experiment,
+    FrequencyCap,
+    Placement,
+    Ruleset,
+    Segment,
+    Template,
+    TemplateToken,
+)
+
+ARGS = "A, C, E, S, now, X=None"
+_NULLABLE_CMP = {"==": "_eq", "!=": "_ne", "<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge"}
+_NULLABLE_ARITH = {"+": "_add", "-": "_sub", "*": "_mul"}
+_EVENT_FUNCS = {"count": "_count", "sum": "_sum", "last": "_last", "first": "_first"}
+
+
+class _Emitter:
+    """Translates one expression tree to Python source, collecting constants."""
+
+    def __init__(self, checked: CheckedRuleset, constants: dict[str, Any]) -> None:
+        self.checked = checked
+        self.constants = constants
+        self._temp = 0
+
+    def temp(self) -> str:
+        self._temp += 1
+        return f"_t{self._temp}"
+
+    def const(self, value: Any) -> str:
+        name = f"K{len(self.constants)}"
+        self.constants[name] = value
+        return name
+
+    def nullable(self, node: ast.Expr) -> bool:
+        t: Type | None = self.checked.types.get(id(node))
+        return t is None or t.nullable
+
+    def emit(self, node: ast.Expr) -> str:  # noqa: C901 - one case per node kind
+        if isinstance(node, ast.Literal):
+            return repr(node.value)
+        if isinstance(node, ast.Now):
+            return "now"
+        if isinstance(node, ast.Ref):
+            head, *rest = node.parts
+            if not rest:
+                return f"S[{head!r}]"
+            table = {"profile": "A", "context": "C", "action": "X"}[head]
+            return f"{table}[{rest[0]!r}]"
+        if isinstance(node, ast.ListExpr):
+            return self.const(frozenset(i.value for i in node.items if isinstance(i, ast.Literal)))
+        if isinstance(node, ast.Unary):
+            inner = self.emit(node.operand)
+            if node.op == "is null":
+                return f"({inner} is None)"
+            if node.op == "is not null":
+                return f"({inner} is not None)"
+            if not self.nullable(node.operand):
+                return f"(not {inner})" if node.op == "not" else f"(-{inner})"
+            if node.op == "not":
+                t = self.temp()
+                return f"(None if ({t} := {inner}) is None else not {t})"
+            return f"_neg({inner})"
+        if isinstance(node, ast.BoolOp):
+            return self._boolop(node)
+        if isinstance(node, ast.Binary):
+            return self._binary(node)
+        if isinstance(node, ast.Call):
+            return self._call(node)
+        raise TypeError(f"cannot compile {node!r}")  # pragma: no cover
+
+    def _boolop(self, node: ast.BoolOp) -> str:
+        parts = [self.emit(o) for o in node.operands]
+        if not any(self.nullable(o) for o in node.operands):
+            return "(" + f" {node.op} ".join(parts) + ")"
+        # Kleene logic with short-circuit: 'and' stops at the first False,
+        # 'or' at the first True; otherwise None if any operand was None.
+        stop, other = ("False", "True") if node.op == "and" else ("True", "False")
+        temps = [self.temp() for _ in parts]
+        tail = f"(None if {' or '.join(f'{t} is None' for t in temps)} else {other})"
+        expr = tail
+        for t, part in reversed(list(zip(temps, parts, strict=True))):
+            expr = f"({stop} if ({t} := {part}) is {stop} else {expr})"
+        return expr
+
+    def _binary(self, node: ast.Binary) -> str:
+        left, right = self.emit(node.left), self.emit(node.right)
+        op = node.op
+        nullable = self.nullable(node.left) or self.nullable(node.right)
+        if op in ("in", "not in"):
+            if self.nullable(node.left):
+                return f"{'_in' if op == 'in' else '_not_in'}({left}, {right})"
+            return f"({left} {op} {right})"
+        if op == "/":
+            return f"_div({left}, {right})"
+        if nullable:
+            helper = _NULLABLE_CMP.get(op) or _NULLABLE_ARITH[op]
+            return f"{helper}({left}, {right})"
+        return f"({left} {op} {right})"
+
+    def _call(self, node: ast.Call) -> str:
+        if node.name in _EVENT_FUNCS:
+            ref = node.args[0]
+            assert isinstance(ref, ast.Ref)
+            event = f"E.get({ref.parts[0]!r})"
+            if node.name in ("last", "first"):
+                return f"{_EVENT_FUNCS[node.name]}({event})"
+            within = dict(node.kwargs).get("within")
+            window = repr(within.value) if isinstance(within, ast.Literal) else "None"
+            return f"{_EVENT_FUNCS[node.name]}({event}, now, {window})"
+        args = [self.emit(a) for a in node.args]
+        if node.name in ("days_since", "hours_since"):
+            args.insert(0, "now")
+        return f"{node.name}({', '.join(args)})"
+
+
+def _source(sources: dict[str, str], pos: ast.Pos) -> str:
+    lines = sources.get(pos.file, "").splitlines()
+    return lines[pos.line - 1].strip() if 0 < pos.line <= len(lines) else ""
+
+
+class Compiler:
+    """Builds the generated module for a checked ruleset and wraps its functions."""
+
+    def __init__(self, checked: CheckedRuleset, sources: dict[str, str]) -> None:
+        self.checked = checked
+        self.sources = sources
+        self.constants: dict[str, Any] = {}
+        self.emitter = _Emitter(checked, self.constants)
+        self.defs: list[str] = []
+
+    def function(self, node: ast.Expr) -> str:
+        name = f"f{len(self.defs)}"
+        self.defs.append(f"def {name}({ARGS}):\n    return {self.emitter.emit(node)}\n")
+        return name
+
+    def build(self, revision: str, warnings: tuple[str, ...]) -> Ruleset:
+        checked = self.checked
+        seg_fns = {name: self.function(checked.segments[name].condition)
+                   for name in checked.segment_order}
+        action_fns: dict[str, dict[str, Any]] = {}
+        for action in checked.actions.values():
+            action_fns[action.name] = {
+                "when": self.function(action.when) if action.when is not None else None,
+                "value": self.function(action.value) if action.value is not None else None,
+                "content": [
+                    (c.name, [p if isinstance(p, str) else (self.function(p.expr), p)
+                              for p in c.parts])
+                    for c in action.content
+                ],
+            }
+        namespace = self._exec()
+
+        def fn(name: str | None) -> CompiledFn | None:
+            return None if name is None else namespace[name]
+
+        segments = tuple(
+            Segment(name, namespace[seg_fns[name]], checked.segments[name].pos,
+                    _source(self.sources, checked.segments[name].pos))
+            for name in checked.segment_order
+        )
+        actions: dict[str, Action] = {}
+        for a in checked.actions.values():
+            fns = action_fns[a.name]
+            value_fn = fn(fns["value"]) or (lambda *args: 0.0)
+            content = tuple(
+                (name, Template(tuple(
+                    p if isinstance(p, str) else TemplateToken(
+                        namespace[p[0]], checked.type_of(p[1].expr).name,
+                        tuple((f, tuple(lit.value for lit in args)) for f, args in p[1].filters))
+                    for p in parts)))
+                for name, parts in fns["content"]
+            )
+            cap = None
+            if a.cap is not None:
+                cap = FrequencyCap(a.cap.limit, a.cap.window_seconds,
+                                   _source(self.sources, a.cap.pos), a.cap.pos)
+            actions[a.name] = Action(
+                id=a.name,
+                placements=frozenset(a.placements),
+                channels=frozenset(a.channels) if a.channels else None,
+                when=fn(fns["when"]),
+                when_source=_source(self.sources, a.field_pos["when"]) if a.when else "",
+                value=value_fn,
+                weight=a.weight,
+                priority=a.priority,
+                prior=a.prior if a.prior is not None else DEFAULT_PRIOR,
+                cap=cap,
+                content=content,
+                pos=a.pos,
+                segments=tuple(sorted(checked.segment_refs.get(f"action:{a.name}", ()))),
+            )
+        placements = {
+            p.name: Placement(
+                p.name, frozenset(p.channels), p.slots,
+                tuple(sorted((x for x in actions.values() if p.name in x.placements),
+                             key=lambda x: (-x.priority, x.id))),
+                p.pos,
+            )
+            for p in checked.placements.values()
+        }
+        experiments = {
+            e.name: Experiment(e.name, e.placement, e.arms, e.prior_alpha, e.prior_beta,
+                               e.reward, e.pos)
+            for e in checked.experiments.values()
+        }
+        return Ruleset(
+            revision=revision,
+            profile_schema=dict(checked.profile),
+            context_schema=dict(checked.context),
+            events=frozenset(checked.events),
+            segments=segments,
+            actions=actions,
+            placements=placements,
+            experiments=experiments,
+            experiment_by_placement={e.placement: e for e in experiments.values()},
+            sources=dict(self.sources),
+            warnings=warnings,
+            attribute_defaults={k: v.default for k, v in checked.profile.items()},
+            context_defaults={k: v.default for k, v in checked.context.items()},
+        )
+
+    def _exec(self) -> dict[str, Any]:
+        source = "\n".join(self.defs)
+        namespace: dict[str, Any] = {"__builtins__": {}, **HELPERS, **self.constants}
+        exec(compile(source, "<arbiter-rules>", "exec"), namespace)  # noqa: S102 - generated
+        return namespace
+
+
+DEFAULT_PRIOR = 0.05
+"""Propensity an action has before its model has seen any feedback (docs/dsl.md)."""
+
+
+def compile_ruleset(
+    checked: CheckedRuleset, sources: dict[str, str], revision: str, warnings: tuple[str, ...]
+) -> Ruleset:
+    """Generate and compile the evaluation functions of a checked ruleset."""
+    return Compiler(checked, sources).build(revision, warnings)

@@ -1,0 +1,116 @@
+"""A ruleset directory → compiled :class:`~dsl.ruleset.Ruleset`, in named stages.
+
+The stages run in the order of :data:`STAGES`; each collects diagnostics. Any error
+stops the pipeline before compilation and raises :class:`RulesetError`, carrying
+every diagnostic found so far (all files are parsed and checked in one run).
+
+>>> rs = load_text('placement home { channels: web }')
+>>> sorted(rs.placements)
+['home']
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from dsl import ast
+from dsl.checker import CheckedRuleset, check
+from dsl.compiler import compile_ruleset
+from dsl.diagnostics import Diagnostic, RulesetError
+from dsl.parser import parse_text
+from dsl.ruleset import Ruleset
+
+RULE_SUFFIX = ".arb"
+
+
+@dataclass
+class Build:
+    """State carried through the stages of one ruleset load."""
+
+    sources: dict[str, str]
+    modules: list[ast.Module] = field(default_factory=list)
+    checked: CheckedRuleset | None = None
+    diagnostics: list[Diagnostic] = field(default_factory=list)
+    ruleset: Ruleset | None = None
+
+    @property
+    def failed(self) -> bool:
+        return any(d.severity == "error" for d in self.diagnostics)
+
+
+def _parse(build: Build) -> None:
+    for path, text in build.sources.items():
+        module, diagnostics = parse_text(text, path)
+        build.diagnostics.extend(diagnostics)
+        if module is not None:
+            build.modules.append(module)
+
+
+def _check(build: Build) -> None:
+    build.checked, diagnostics = check(build.modules)
+    build.diagnostics.extend(diagnostics)
+
+
+def _compile(build: Build) -> None:
+    assert build.checked is not None
+    warnings = tuple(d.render(build.sources) for d in build.diagnostics)
+    build.ruleset = compile_ruleset(build.checked, build.sources, revision(build.sources), warnings)
+
+
+STAGES: tuple[tuple[str, Callable[[Build], None]], ...] = (
+    ("parse", _parse),
+    ("check", _check),
+    ("compile", _compile),
+)
+
+
+def revision(sources: dict[str, str]) -> str:
+    """Content hash of a ruleset: sha256 over its sorted (path, text) pairs, 12 hex digits."""
+    digest = hashlib.sha256()
+    for path in sorted(sources):
+        digest.update(path.encode() + b"\0" + sources[path].encode() + b"\0")
+    return digest.hexdigest()[:12]
+
+
+def read_sources(path: str | Path) -> dict[str, str]:
+    """Every ``*.arb`` file under ``path`` (or the file itself), keyed by display path."""
+    root = Path(path)
+    if root.is_file():
+        return {str(root): root.read_text(encoding="utf-8")}
+    if not root.is_dir():
+        raise FileNotFoundError(f"no ruleset at {root}")
+    files = sorted(root.rglob(f"*{RULE_SUFFIX}"))
+    if not files:
+        raise FileNotFoundError(f"no {RULE_SUFFIX} files under {root}")
+    return {str(f): f.read_text(encoding="utf-8") for f in files}
+
+
+def build(sources: dict[str, str]) -> Build:
+    """Run the stages; stops before compiling when parsing or checking found errors."""
+    result = Build(sources)
+    for _name, stage in STAGES:
+        if result.failed:
+            break
+        stage(result)
+    return result
+
+
+def load_sources(sources: dict[str, str]) -> Ruleset:
+    """Compile a ruleset from ``{path: text}``; raises :class:`RulesetError` on errors."""
+    result = build(sources)
+    if result.failed or result.ruleset is None:
+        raise RulesetError(result.diagnostics, sources)
+    return result.ruleset
+
+
+def load_path(path: str | Path) -> Ruleset:
+    """Compile the ruleset in a directory (or single file)."""
+    return load_sources(read_sources(path))
+
+
+def load_text(text: str, name: str = "<rules>.arb") -> Ruleset:
+    """Compile a ruleset held in one string (tests, examples)."""
+    return load_sources({name: text})

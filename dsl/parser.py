@@ -1,0 +1,402 @@
+"""Text → AST: the Lark grammar in ``grammar.lark`` and one transformer to typed nodes.
+
+>>> module, diags = parse_text("segment big = profile.total_spend > 500", "a.arb")
+>>> module.items[0].name, diags
+('big', [])
+>>> parse_text("segment = 1", "a.arb")[1][0].pos.column
+9
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from lark import Lark, Token, Transformer, Tree, v_args
+from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput, UnexpectedToken
+
+from dsl import ast
+from dsl.diagnostics import Diagnostic
+
+GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
+TOKEN_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
+
+
+@lru_cache(maxsize=1)
+def _lark() -> Lark:
+    return Lark(
+        GRAMMAR_PATH.read_text(),
+        parser="lalr",
+        start=["start", "template_token"],
+        propagate_positions=True,
+        maybe_placeholders=False,
+    )
+
+
+def duration_seconds(text: str) -> float:
+    """``"30d"`` → 2592000.0"""
+    match = DURATION_RE.fullmatch(text)
+    if match is None:
+        raise ValueError(f"not a duration: {text!r}")
+    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+def _unescape(raw: str) -> str:
+    body = raw[1:-1]
+    return re.sub(r"\\(.)", lambda m: {"n": "\n", "t": "\t"}.get(m.group(1), m.group(1)), body)
+
+
+class _ToAst(Transformer[Token, Any]):
+    """Builds :mod:`dsl.ast` nodes; ``file`` names the source for positions."""
+
+    def __init__(self, file: str, line_offset: int = 0, column_offset: int = 0) -> None:
+        super().__init__()
+        self.file = file
+        self.line_offset = line_offset
+        self.column_offset = column_offset
+        self.diagnostics: list[Diagnostic] = []
+
+    def _pos(self, meta_or_token: Any) -> ast.Pos:
+        line = getattr(meta_or_token, "line", 1) or 1
+        column = getattr(meta_or_token, "column", 1) or 1
+        if line == 1:
+            column += self.column_offset
+        return ast.Pos(self.file, line + self.line_offset, column)
+
+    # -- literals
+    @v_args(meta=True)
+    def number(self, meta: Any, children: list[Token]) -> ast.Literal:
+        return ast.Literal(float(children[0]), "number", self._pos(children[0]))
+
+    def signed_number(self, children: list[Token]) -> float:
+        return float(children[0])
+
+    @v_args(meta=True)
+    def duration(self, meta: Any, children: list[Token]) -> ast.Literal:
+        return ast.Literal(duration_seconds(children[0]), "duration", self._pos(children[0]))
+
+    @v_args(meta=True)
+    def string(self, meta: Any, children: list[Token]) -> ast.Literal:
+        return ast.Literal(_unescape(children[0]), "string", self._pos(children[0]))
+
+    @v_args(meta=True)
+    def true(self, meta: Any, children: list[Any]) -> ast.Literal:
+        return ast.Literal(True, "bool", self._pos(meta))
+
+    @v_args(meta=True)
+    def false(self, meta: Any, children: list[Any]) -> ast.Literal:
+        return ast.Literal(False, "bool", self._pos(meta))
+
+    @v_args(meta=True)
+    def null(self, meta: Any, children: list[Any]) -> ast.Literal:
+        return ast.Literal(None, "null", self._pos(meta))
+
+    # -- expressions
+    @v_args(meta=True)
+    def now(self, meta: Any, children: list[Any]) -> ast.Now:
+        return ast.Now(self._pos(meta))
+
+    @v_args(meta=True)
+    def ref(self, meta: Any, children: list[Token]) -> ast.Ref:
+        return ast.Ref(tuple(str(c) for c in children), self._pos(meta))
+
+    @v_args(meta=True)
+    def call(self, meta: Any, children: list[Any]) -> ast.Call:
+        name, *arguments = children
+        args = tuple(a for a in arguments if not isinstance(a, tuple))
+        kwargs = tuple(a for a in arguments if isinstance(a, tuple))
+        return ast.Call(str(name), args, kwargs, self._pos(meta))
+
+    def keyword(self, children: list[Any]) -> tuple[str, ast.Expr]:
+        return (str(children[0]), children[1])
+
+    @v_args(meta=True)
+    def list_expr(self, meta: Any, children: list[Any]) -> ast.ListExpr:
+        return ast.ListExpr(tuple(children), self._pos(meta))
+
+    @v_args(meta=True)
+    def or_(self, meta: Any, children: list[Any]) -> ast.Expr:
+        if len(children) == 1:
+            return children[0]  # type: ignore[no-any-return]
+        return ast.BoolOp("or", tuple(children), self._pos(meta))
+
+    @v_args(meta=True)
+    def and_(self, meta: Any, children: list[Any]) -> ast.Expr:
+        if len(children) == 1:
+            return children[0]  # type: ignore[no-any-return]
+        return ast.BoolOp("and", tuple(children), self._pos(meta))
+
+    @v_args(meta=True)
+    def not_(self, meta: Any, children: list[Any]) -> ast.Expr:
+        return ast.Unary("not", children[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def neg(self, meta: Any, children: list[Any]) -> ast.Expr:
+        return ast.Unary("-", children[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def is_null(self, meta: Any, children: list[Any]) -> ast.Expr:
+        return ast.Unary("is null", children[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def is_not_null(self, meta: Any, children: list[Any]) -> ast.Expr:
+        return ast.Unary("is not null", children[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def compare(self, meta: Any, children: list[Any]) -> ast.Expr:
+        left, op, right = children
+        return ast.Binary(str(op), left, right, self._pos(op))
+
+    binop = compare
+
+    @v_args(meta=True)
+    def in_(self, meta: Any, children: list[Any]) -> ast.Expr:
+        return ast.Binary("in", children[0], children[1], self._pos(meta))
+
+    @v_args(meta=True)
+    def not_in(self, meta: Any, children: list[Any]) -> ast.Expr:
+        return ast.Binary("not in", children[0], children[1], self._pos(meta))
+
+    # -- template tokens
+    @v_args(meta=True)
+    def template_token(self, meta: Any, children: list[Any]) -> ast.TemplateToken:
+        expr, *filters = children
+        return ast.TemplateToken(expr, tuple(filters), self._pos(meta))
+
+    def filter(self, children: list[Any]) -> tuple[str, tuple[ast.Literal, ...]]:
+        name, *args = children
+        return (str(name), tuple(args))
+
+    # -- declarations
+    def name_list(self, children: list[Token]) -> tuple[str, ...]:
+        return tuple(str(c) for c in children)
+
+    def default(self, children: list[Any]) -> ast.Literal:
+        return children[0]  # type: ignore[no-any-return]
+
+    @v_args(meta=True)
+    def field_decl(self, meta: Any, children: list[Any]) -> ast.FieldDecl:
+        name, type_, *rest = children
+        pii = any(isinstance(c, Token) and c.type == "PII" for c in rest)
+        default = next((c for c in rest if isinstance(c, ast.Literal)), None)
+        return ast.FieldDecl(str(name), str(type_), pii, default, self._pos(name))
+
+    @v_args(meta=True)
+    def profile_block(self, meta: Any, children: list[Any]) -> ast.SchemaBlock:
+        return ast.SchemaBlock("profile", tuple(children), self._pos(meta))
+
+    @v_args(meta=True)
+    def context_block(self, meta: Any, children: list[Any]) -> ast.SchemaBlock:
+        return ast.SchemaBlock("context", tuple(children), self._pos(meta))
+
+    @v_args(meta=True)
+    def events_def(self, meta: Any, children: list[Any]) -> ast.EventsDef:
+        return ast.EventsDef(children[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def segment_def(self, meta: Any, children: list[Any]) -> ast.SegmentDef:
+        return ast.SegmentDef(str(children[0]), children[1], self._pos(children[0]))
+
+    # fields of blocks become (key, value, pos) triples collected by their block
+    @v_args(meta=True)
+    def channels(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("channels", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def slots(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("slots", int(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def placements(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("placements", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def when(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("when", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def value(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("value", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def weight(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("weight", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def priority(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("priority", int(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def prior(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("prior", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def cap(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        pos = self._pos(meta)
+        return ("cap", ast.FrequencyCap(int(c[0]), duration_seconds(c[1]), pos), pos)
+
+    @v_args(meta=True)
+    def content(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("content", tuple(c), self._pos(meta))
+
+    @v_args(meta=True)
+    def content_field(self, meta: Any, c: list[Any]) -> ast.ContentField:
+        name, raw = c
+        pos = self._pos(raw)
+        parts = _parse_template(_unescape(raw), pos, self.diagnostics)
+        return ast.ContentField(str(name), parts, self._pos(name))
+
+    @v_args(meta=True)
+    def arms(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("arms", c[0], self._pos(meta))
+
+    def beta_prior(self, c: list[Any]) -> tuple[float, float]:
+        return (c[0], c[1])
+
+    @v_args(meta=True)
+    def allocate(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("allocate", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def reward(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("reward", str(c[0]), self._pos(meta))
+
+    def _fields(self, children: list[Any], block: str) -> tuple[dict[str, Any], dict[str, ast.Pos]]:
+        values: dict[str, Any] = {}
+        positions: dict[str, ast.Pos] = {}
+        for key, value, pos in children:
+            if key in values:
+                self.diagnostics.append(
+                    Diagnostic("error", f"'{key}' is set twice in this {block}", pos)
+                )
+            values[key] = value
+            positions[key] = pos
+        return values, positions
+
+    @v_args(meta=True)
+    def placement_def(self, meta: Any, children: list[Any]) -> ast.PlacementDef:
+        name, *fields = children
+        values, _ = self._fields(fields, "placement")
+        return ast.PlacementDef(
+            str(name), values.get("channels", ()), values.get("slots", 1), self._pos(name)
+        )
+
+    @v_args(meta=True)
+    def action_def(self, meta: Any, children: list[Any]) -> ast.ActionDef:
+        name, *fields = children
+        v, positions = self._fields(fields, "action")
+        return ast.ActionDef(
+            name=str(name),
+            placements=v.get("placements", ()),
+            channels=v.get("channels", ()),
+            when=v.get("when"),
+            value=v.get("value"),
+            weight=v.get("weight", 1.0),
+            priority=v.get("priority", 0),
+            prior=v.get("prior"),
+            cap=v.get("cap"),
+            content=v.get("content", ()),
+            pos=self._pos(name),
+            field_pos=positions,
+        )
+
+    @v_args(meta=True)
+    def experiment_def(self, meta: Any, children: list[Any]) -> ast.ExperimentDef:
+        name, placement, *fields = children
+        v, positions = self._fields(fields, "experiment")
+        alpha, beta = v.get("allocate", (1.0, 1.0))
+        return ast.ExperimentDef(
+            name=str(name),
+            placement=str(placement),
+            arms=v.get("arms", ()),
+            prior_alpha=alpha,
+            prior_beta=beta,
+            reward=v.get("reward", "click"),
+            pos=self._pos(name),
+            field_pos={**positions, "placement": self._pos(placement)},
+        )
+
+
+def _describe(token: Token) -> str:
+    if token.type == "$END":
+        return "end of input"
+    return f"'{token.value}'"
+
+
+def _expected(names: set[str]) -> str:
+    lark = _lark()
+    shown = []
+    for name in sorted(names):
+        if name.startswith("__") or name == "$END":
+            continue
+        try:
+            pattern = lark.get_terminal(name).pattern
+        except KeyError:
+            continue
+        if pattern.type == "str":
+            shown.append(f"'{pattern.value}'")
+        else:
+            shown.append(name.lower().replace("_", " "))
+    if not shown:
+        return ""
+    return "; expected " + (shown[0] if len(shown) == 1 else "one of " + ", ".join(shown[:14]))
+
+
+def _syntax_diagnostic(err: UnexpectedInput, file: str, line_off: int, col_off: int) -> Diagnostic:
+    line = err.line if isinstance(err.line, int) and err.line > 0 else 1
+    column = err.column if isinstance(err.column, int) and err.column > 0 else 1
+    if line == 1:
+        column += col_off
+    pos = ast.Pos(file, line + line_off, column)
+    if isinstance(err, UnexpectedToken):
+        message = f"syntax error: unexpected {_describe(err.token)}{_expected(err.expected)}"
+    elif isinstance(err, UnexpectedCharacters):
+        message = f"syntax error: unexpected character {err.char!r}"
+    elif isinstance(err, UnexpectedEOF):
+        message = f"syntax error: unexpected end of input{_expected(set(err.expected))}"
+    else:  # pragma: no cover - lark has no other subclasses today
+        message = "syntax error"
+    return Diagnostic("error", message, pos)
+
+
+def _parse_template(
+    text: str, pos: ast.Pos, diagnostics: list[Diagnostic]
+) -> tuple[str | ast.TemplateToken, ...]:
+    """Split a content string into literal text and parsed ``{{ ... }}`` tokens."""
+    parts: list[str | ast.TemplateToken] = []
+    cursor = 0
+    for match in TOKEN_RE.finditer(text):
+        if match.start() > cursor:
+            parts.append(text[cursor : match.start()])
+        inner_start = match.start(1)
+        before = text[:inner_start]
+        line_off = pos.line - 1 + before.count("\n")
+        col_off = (pos.column + inner_start) if "\n" not in before else 0
+        transformer = _ToAst(pos.file, line_off, col_off)
+        try:
+            tree = _lark().parse(match.group(1), start="template_token")
+            parts.append(transformer.transform(tree))
+            diagnostics.extend(transformer.diagnostics)
+        except UnexpectedInput as err:
+            diagnostics.append(_syntax_diagnostic(err, pos.file, line_off, col_off))
+        cursor = match.end()
+    if cursor < len(text):
+        parts.append(text[cursor:])
+    if "{{" in "".join(p for p in parts if isinstance(p, str)):
+        diagnostics.append(Diagnostic("error", "unclosed '{{' in content template", pos))
+    return tuple(parts)
+
+
+def parse_text(text: str, file: str) -> tuple[ast.Module | None, list[Diagnostic]]:
+    """Parse one rule file; never raises for bad input, returns diagnostics instead."""
+    try:
+        tree: Tree[Token] = _lark().parse(text, start="start")
+    except UnexpectedInput as err:
+        return None, [_syntax_diagnostic(err, file, 0, 0)]
+    transformer = _ToAst(file)
+    items = transformer.transform(tree)
+    return ast.Module(file, tuple(items.children)), transformer.diagnostics

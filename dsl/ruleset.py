@@ -1,0 +1,142 @@
+"""The compiled ruleset: an immutable object the engine evaluates, with a revision.
+
+Conditions are Python functions generated once at load time by
+:mod:`dsl.compiler`; every function takes the same arguments::
+
+    fn(A, C, E, S, now, X)
+
+``A`` profile attributes (defaults applied), ``C`` context, ``E`` event
+histories by event type, ``S`` segment results, ``now`` epoch seconds and ``X``
+the action's fields (content templates only).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from dsl.ast import Pos
+from dsl.checker import FieldSpec
+from dsl.runtime import to_text
+
+CompiledFn = Callable[..., Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    name: str
+    fn: CompiledFn
+    pos: Pos
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyCap:
+    limit: int
+    window_seconds: float
+    text: str
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateToken:
+    fn: CompiledFn
+    kind: str
+    filters: tuple[tuple[str, tuple[Any, ...]], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A content string: literal text and compiled ``{{ ... }}`` tokens."""
+
+    parts: tuple[str | TemplateToken, ...]
+
+    def render(self, args: tuple[Any, ...]) -> str:
+        out: list[str] = []
+        for part in self.parts:
+            if isinstance(part, str):
+                out.append(part)
+                continue
+            value = part.fn(*args)
+            kind = part.kind
+            for name, fargs in part.filters:
+                value, kind = _apply_filter(name, fargs, value, kind)
+            out.append(to_text(value, kind))
+        return "".join(out)
+
+
+def _apply_filter(name: str, args: tuple[Any, ...], value: Any, kind: str) -> tuple[Any, str]:
+    if name == "default":
+        return (args[0], "string") if value is None or value == "" else (value, kind)
+    if value is None:
+        return None, kind
+    if name == "upper":
+        return to_text(value, kind).upper(), "string"
+    if name == "lower":
+        return to_text(value, kind).lower(), "string"
+    if name == "title":
+        return to_text(value, kind).title(), "string"
+    if name == "round" and isinstance(value, int | float):
+        digits = int(args[0])
+        return (round(value, digits) if digits else float(round(value))), kind
+    return value, kind
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    id: str
+    placements: frozenset[str]
+    channels: frozenset[str] | None  # None: every channel of its placements
+    when: CompiledFn | None
+    when_source: str
+    value: CompiledFn
+    weight: float
+    priority: int
+    prior: float
+    cap: FrequencyCap | None
+    content: tuple[tuple[str, Template], ...]
+    pos: Pos
+    segments: tuple[str, ...]  # segments its condition refers to
+
+    def fields(self, value: float) -> dict[str, Any]:
+        return {"id": self.id, "value": value}
+
+
+@dataclass(frozen=True, slots=True)
+class Placement:
+    name: str
+    channels: frozenset[str]
+    slots: int
+    actions: tuple[Action, ...]  # in declaration-independent order: priority desc, id
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    name: str
+    placement: str
+    arms: tuple[str, ...]
+    prior_alpha: float
+    prior_beta: float
+    reward: str  # click | conversion
+    pos: Pos
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Everything a decision needs, compiled; never mutated after loading."""
+
+    revision: str
+    profile_schema: Mapping[str, FieldSpec]
+    context_schema: Mapping[str, FieldSpec]
+    events: frozenset[str]
+    segments: tuple[Segment, ...]  # dependency order: a segment after those it uses
+    actions: Mapping[str, Action]
+    placements: Mapping[str, Placement]
+    experiments: Mapping[str, Experiment]
+    experiment_by_placement: Mapping[str, Experiment]
+    sources: Mapping[str, str] = field(repr=False)
+    warnings: tuple[str, ...] = ()
+    attribute_defaults: Mapping[str, Any] = field(default_factory=dict)
+    context_defaults: Mapping[str, Any] = field(default_factory=dict)

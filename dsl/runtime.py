@@ -1,0 +1,189 @@
+"""Functions the compiled rules call at run time.
+
+Null semantics (documented in docs/dsl.md): a missing value is ``None``; arithmetic
+and comparisons with ``None`` give ``None``; ``and``/``or``/``not`` follow Kleene's
+three-valued logic (SQL's); a condition that ends ``None`` does not hold. The
+compiler calls these null-aware helpers only for expressions the checker found
+nullable; everything else is emitted as plain Python operators.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from operator import itemgetter
+from typing import Protocol
+
+DAY = 86400.0
+HOUR = 3600.0
+_ts = itemgetter(0)
+
+
+class EventHistory(Protocol):
+    """What the rules read about one event type of a profile (see engine.records)."""
+
+    count: int
+    total: float
+    first_at: float
+    last_at: float
+    recent: Sequence[tuple[float, float]]  # (timestamp, value), oldest first
+
+
+def count_within(stats: EventHistory | None, now: float, window: float | None) -> float:
+    """Events in ``[now - window, now]``; all-time count without a window."""
+    if stats is None:
+        return 0
+    if window is None:
+        return stats.count
+    recent = stats.recent
+    return bisect_right(recent, now, key=_ts) - bisect_left(recent, now - window, key=_ts)
+
+
+def sum_within(stats: EventHistory | None, now: float, window: float | None) -> float:
+    """Sum of event values in ``[now - window, now]``; all-time total without a window."""
+    if stats is None:
+        return 0.0
+    if window is None:
+        return stats.total
+    recent = stats.recent
+    lo = bisect_left(recent, now - window, key=_ts)
+    hi = bisect_right(recent, now, key=_ts)
+    return math.fsum(v for _, v in recent[lo:hi])
+
+
+def last_at(stats: EventHistory | None) -> float | None:
+    return None if stats is None else stats.last_at
+
+
+def first_at(stats: EventHistory | None) -> float | None:
+    return None if stats is None else stats.first_at
+
+
+def days_since(now: float, ts: float | None) -> float | None:
+    return None if ts is None else (now - ts) / DAY
+
+
+def hours_since(now: float, ts: float | None) -> float | None:
+    return None if ts is None else (now - ts) / HOUR
+
+
+def div(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def n_add(a: object, b: object) -> object:
+    return None if a is None or b is None else a + b  # type: ignore[operator]
+
+
+def n_sub(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def n_mul(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a * b
+
+
+def n_neg(a: float | None) -> float | None:
+    return None if a is None else -a
+
+
+def n_eq(a: object, b: object) -> bool | None:
+    return None if a is None or b is None else a == b
+
+
+def n_ne(a: object, b: object) -> bool | None:
+    return None if a is None or b is None else a != b
+
+
+def n_lt(a: object, b: object) -> bool | None:
+    return None if a is None or b is None else a < b  # type: ignore[operator]
+
+
+def n_le(a: object, b: object) -> bool | None:
+    return None if a is None or b is None else a <= b  # type: ignore[operator]
+
+
+def n_gt(a: object, b: object) -> bool | None:
+    return None if a is None or b is None else a > b  # type: ignore[operator]
+
+
+def n_ge(a: object, b: object) -> bool | None:
+    return None if a is None or b is None else a >= b  # type: ignore[operator]
+
+
+def n_in(a: object, items: frozenset[object]) -> bool | None:
+    return None if a is None else a in items
+
+
+def n_not_in(a: object, items: frozenset[object]) -> bool | None:
+    return None if a is None else a not in items
+
+
+def contains(a: str | None, b: str | None) -> bool | None:
+    return None if a is None or b is None else b in a
+
+
+def starts_with(a: str | None, b: str | None) -> bool | None:
+    return None if a is None or b is None else a.startswith(b)
+
+
+def ends_with(a: str | None, b: str | None) -> bool | None:
+    return None if a is None or b is None else a.endswith(b)
+
+
+def lower(a: str | None) -> str | None:
+    return None if a is None else a.lower()
+
+
+def upper(a: str | None) -> str | None:
+    return None if a is None else a.upper()
+
+
+def coalesce(a: object, b: object) -> object:
+    return b if a is None else a
+
+
+def to_text(value: object, kind: str) -> str:
+    """How a value prints inside content: ``40.0`` → ``"40"``, timestamps as dates."""
+    if value is None:
+        return ""
+    if kind == "timestamp" and isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d")
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(value)
+
+
+HELPERS: dict[str, object] = {
+    "_count": count_within,
+    "_sum": sum_within,
+    "_last": last_at,
+    "_first": first_at,
+    "days_since": days_since,
+    "hours_since": hours_since,
+    "_div": div,
+    "_add": n_add,
+    "_sub": n_sub,
+    "_mul": n_mul,
+    "_neg": n_neg,
+    "_eq": n_eq,
+    "_ne": n_ne,
+    "_lt": n_lt,
+    "_le": n_le,
+    "_gt": n_gt,
+    "_ge": n_ge,
+    "_in": n_in,
+    "_not_in": n_not_in,
+    "contains": contains,
+    "starts_with": starts_with,
+    "ends_with": ends_with,
+    "lower": lower,
+    "upper": upper,
+    "coalesce": coalesce,
+}

@@ -1,0 +1,289 @@
+import datetime
+
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNSPECIFIED: _ClassVar[Outcome]
+    OUTCOME_IMPRESSION: _ClassVar[Outcome]
+    OUTCOME_CLICK: _ClassVar[Outcome]
+    OUTCOME_CONVERSION: _ClassVar[Outcome]
+    OUTCOME_DISMISS: _ClassVar[Outcome]
+OUTCOME_UNSPECIFIED: Outcome
+OUTCOME_IMPRESSION: Outcome
+OUTCOME_CLICK: Outcome
+OUTCOME_CONVERSION: Outcome
+OUTCOME_DISMISS: Outcome
+
+class Value(_message.Message):
+    __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value")
+    STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
+    NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
+    BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    string_value: str
+    number_value: float
+    bool_value: bool
+    timestamp_value: _timestamp_pb2.Timestamp
+    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DecideRequest(_message.Message):
+    __slots__ = ("user_id", "placement", "channel", "context", "limit", "explain", "at")
+    class ContextEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    EXPLAIN_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    placement: str
+    channel: str
+    context: _containers.MessageMap[str, Value]
+    limit: int
+    explain: bool
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., placement: _Optional[str] = ..., channel: _Optional[str] = ..., context: _Optional[_Mapping[str, Value]] = ..., limit: _Optional[int] = ..., explain: _Optional[bool] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Reason(_message.Message):
+    __slots__ = ("kind", "name", "passed", "detail", "location")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    PASSED_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    LOCATION_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    passed: bool
+    detail: str
+    location: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., passed: _Optional[bool] = ..., detail: _Optional[str] = ..., location: _Optional[str] = ...) -> None: ...
+
+class ScoreTerm(_message.Message):
+    __slots__ = ("name", "value")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    value: float
+    def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+
+class RankedAction(_message.Message):
+    __slots__ = ("action_id", "rank", "score", "propensity", "value", "weight", "experiment", "arm", "content", "reasons", "score_terms")
+    class ContentEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    RANK_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    PROPENSITY_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_TERMS_FIELD_NUMBER: _ClassVar[int]
+    action_id: str
+    rank: int
+    score: float
+    propensity: float
+    value: float
+    weight: float
+    experiment: str
+    arm: str
+    content: _containers.ScalarMap[str, str]
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    score_terms: _containers.RepeatedCompositeFieldContainer[ScoreTerm]
+    def __init__(self, action_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., content: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., score_terms: _Optional[_Iterable[_Union[ScoreTerm, _Mapping]]] = ...) -> None: ...
+
+class ActionTrace(_message.Message):
+    __slots__ = ("action_id", "eligible", "reasons")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ELIGIBLE_FIELD_NUMBER: _ClassVar[int]
+    REASONS_FIELD_NUMBER: _ClassVar[int]
+    action_id: str
+    eligible: bool
+    reasons: _containers.RepeatedCompositeFieldContainer[Reason]
+    def __init__(self, action_id: _Optional[str] = ..., eligible: _Optional[bool] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ...) -> None: ...
+
+class Explanation(_message.Message):
+    __slots__ = ("segments", "candidates")
+    SEGMENTS_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
+    segments: _containers.RepeatedScalarFieldContainer[str]
+    candidates: _containers.RepeatedCompositeFieldContainer[ActionTrace]
+    def __init__(self, segments: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[ActionTrace, _Mapping]]] = ...) -> None: ...
+
+class DecideResponse(_message.Message):
+    __slots__ = ("decision_id", "ruleset_revision", "actions", "explanation", "decided_at")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    RULESET_REVISION_FIELD_NUMBER: _ClassVar[int]
+    ACTIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    ruleset_revision: str
+    actions: _containers.RepeatedCompositeFieldContainer[RankedAction]
+    explanation: Explanation
+    decided_at: _timestamp_pb2.Timestamp
+    def __init__(self, decision_id: _Optional[str] = ..., ruleset_revision: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[RankedAction, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("decision_id", "action_id", "outcome", "value", "idempotency_key", "timestamp")
+    DECISION_ID_FIELD_NUMBER: _ClassVar[int]
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    VALUE_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    decision_id: str
+    action_id: str
+    outcome: Outcome
+    value: float
+    idempotency_key: str
+    timestamp: _timestamp_pb2.Timestamp
+    def __init__(self, decision_id: _Optional[str] = ..., action_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., value: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("duplicate",)
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
+
+class TrackEventRequest(_message.Message):
+    __slots__ = ("user_id", "event_type", "properties", "timestamp", "traits")
+    class PropertiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    class TraitsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    PROPERTIES_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    TRAITS_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    event_type: str
+    properties: _containers.MessageMap[str, Value]
+    timestamp: _timestamp_pb2.Timestamp
+    traits: _containers.MessageMap[str, Value]
+    def __init__(self, user_id: _Optional[str] = ..., event_type: _Optional[str] = ..., properties: _Optional[_Mapping[str, Value]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traits: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class TrackEventResponse(_message.Message):
+    __slots__ = ("profile",)
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    profile: Profile
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ...) -> None: ...
+
+class EventAggregate(_message.Message):
+    __slots__ = ("event_type", "count", "total_value", "first_at", "last_at", "count_24h", "count_7d", "count_30d")
+    EVENT_TYPE_FIELD_NUMBER: _ClassVar[int]
+    COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_VALUE_FIELD_NUMBER: _ClassVar[int]
+    FIRST_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_AT_FIELD_NUMBER: _ClassVar[int]
+    COUNT_24H_FIELD_NUMBER: _ClassVar[int]
+    COUNT_7D_FIELD_NUMBER: _ClassVar[int]
+    COUNT_30D_FIELD_NUMBER: _ClassVar[int]
+    event_type: str
+    count: int
+    total_value: float
+    first_at: _timestamp_pb2.Timestamp
+    last_at: _timestamp_pb2.Timestamp
+    count_24h: int
+    count_7d: int
+    count_30d: int
+    def __init__(self, event_type: _Optional[str] = ..., count: _Optional[int] = ..., total_value: _Optional[float] = ..., first_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., count_24h: _Optional[int] = ..., count_7d: _Optional[int] = ..., count_30d: _Optional[int] = ...) -> None: ...
+
+class ContactAggregate(_message.Message):
+    __slots__ = ("action_id", "impressions", "clicks", "conversions", "dismissals", "last_at")
+    ACTION_ID_FIELD_NUMBER: _ClassVar[int]
+    IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    CLICKS_FIELD_NUMBER: _ClassVar[int]
+    CONVERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DISMISSALS_FIELD_NUMBER: _ClassVar[int]
+    LAST_AT_FIELD_NUMBER: _ClassVar[int]
+    action_id: str
+    impressions: int
+    clicks: int
+    conversions: int
+    dismissals: int
+    last_at: _timestamp_pb2.Timestamp
+    def __init__(self, action_id: _Optional[str] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., conversions: _Optional[int] = ..., dismissals: _Optional[int] = ..., last_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class Profile(_message.Message):
+    __slots__ = ("user_id", "attributes", "events", "contacts", "first_seen", "last_seen")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    CONTACTS_FIELD_NUMBER: _ClassVar[int]
+    FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    attributes: _containers.MessageMap[str, Value]
+    events: _containers.RepeatedCompositeFieldContainer[EventAggregate]
+    contacts: _containers.RepeatedCompositeFieldContainer[ContactAggregate]
+    first_seen: _timestamp_pb2.Timestamp
+    last_seen: _timestamp_pb2.Timestamp
+    def __init__(self, user_id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., events: _Optional[_Iterable[_Union[EventAggregate, _Mapping]]] = ..., contacts: _Optional[_Iterable[_Union[ContactAggregate, _Mapping]]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetProfileRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class GetProfileResponse(_message.Message):
+    __slots__ = ("found", "profile")
+    FOUND_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FIELD_NUMBER: _ClassVar[int]
+    found: bool
+    profile: Profile
+    def __init__(self, found: _Optional[bool] = ..., profile: _Optional[_Union[Profile, _Mapping]] = ...) -> None: ...
+
+class ForgetProfileRequest(_message.Message):
+    __slots__ = ("user_id",)
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    def __init__(self, user_id: _Optional[str] = ...) -> None: ...
+
+class ForgetProfileResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: int
+    def __init__(self, deleted: _Optional[int] = ...) -> None: ...
