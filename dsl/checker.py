@@ -43,6 +43,10 @@ class Type:
         return f"list of {self.item}" if self.name == "list" else self.name
 
 
+ERROR = Type("error", True)
+"""The type of a name that failed to resolve: already reported, silences follow-on errors."""
+
+
 @dataclass(frozen=True, slots=True)
 class FieldSpec:
     name: str
@@ -191,7 +195,7 @@ class Checker:
             self.error(f"action '{action.name}' needs 'value: ...'", action.pos)
         else:
             t = self._type(action.value, refs)
-            if t.name not in ("number", "null"):
+            if t.name not in ("number", "null", "error"):
                 self.error(f"'value' must be a number, not {t}", action.value.pos)
         if action.weight < 0:
             self.error("'weight' must not be negative", pos.get("weight", action.pos))
@@ -290,7 +294,7 @@ class Checker:
     # ---- expression typing --------------------------------------------------------
     def _expect_bool(self, expr: ast.Expr, refs: set[str], what: str) -> None:
         t = self._type(expr, refs)
-        if t.name != "bool":
+        if t.name not in ("bool", "error"):
             self.error(f"{what} must be true or false, not {t}", expr.pos)
 
     def _set(self, node: ast.Expr, t: Type) -> Type:
@@ -323,7 +327,7 @@ class Checker:
         if isinstance(node, ast.BoolOp):
             types = [self._type(o, refs, allow_action) for o in node.operands]
             for operand, t in zip(node.operands, types, strict=True):
-                if t.name != "bool":
+                if t.name not in ("bool", "error"):
                     self.error(f"'{node.op}' needs true/false on both sides, not {t}", operand.pos)
             return Type("bool", any(t.nullable for t in types))
         if isinstance(node, ast.Binary):
@@ -339,12 +343,12 @@ class Checker:
             if head == "action":
                 if not allow_action:
                     self.error("'action.' fields can only be used in content templates", node.pos)
-                    return Type("null", True)
+                    return ERROR
                 spec = ACTION_FIELDS.get(name)
                 if spec is None:
                     self.error(f"unknown action field '{name}'{_suggest(name, ACTION_FIELDS)}",
                                node.pos)
-                    return Type("null", True)
+                    return ERROR
                 return Type(*spec)
             table = self.out.profile if head == "profile" else self.out.context
             builtins = PROFILE_BUILTINS if head == "profile" else CONTEXT_BUILTINS
@@ -358,7 +362,7 @@ class Checker:
                     f" (declare it in the {head} block)",
                     node.pos,
                 )
-                return Type("null", True)
+                return ERROR
             return Type(spec2.type, spec2.nullable)
         if len(node.parts) == 1:
             if head in self.out.segments:
@@ -368,10 +372,12 @@ class Checker:
             return Type("bool", False)
         self.error(f"unknown name '{'.'.join(node.parts)}': use profile.NAME, context.NAME "
                    "or a segment name", node.pos)
-        return Type("null", True)
+        return ERROR
 
     def _unary(self, node: ast.Unary, refs: set[str], allow_action: bool) -> Type:
         t = self._type(node.operand, refs, allow_action)
+        if t is ERROR:
+            return Type("bool", True) if node.op != "-" else ERROR
         if node.op == "not":
             if t.name != "bool":
                 self.error(f"'not' needs true/false, not {t}", node.operand.pos)
@@ -390,6 +396,8 @@ class Checker:
         right = self._type(node.right, refs, allow_action)
         nullable = left.nullable or right.nullable
         op = node.op
+        if ERROR in (left, right):
+            return ERROR if op in "+-*/" else Type("bool", True)
         if "null" in (left.name, right.name):
             if left.name == "null" and right.name == "null" or op not in ("==", "!="):
                 self.error(f"cannot use '{op}' with null", node.pos)
@@ -460,9 +468,8 @@ class Checker:
             return Type("timestamp", True)
         signature = _FUNCTIONS.get(name)
         if signature is None:
-            self.error(f"unknown function '{name}'{_suggest(name, [*_FUNCTIONS, 'count', 'sum', 'last', 'first'])}",
-                       node.pos)
-            return Type("null", True)
+            self.error(f"unknown function '{name}'{_suggest(name, FUNCTION_NAMES)}", node.pos)
+            return ERROR
         params, result = signature
         if kwargs:
             self.error(f"{name}() takes no named arguments", node.pos)
@@ -471,7 +478,7 @@ class Checker:
             return Type(result, True)
         types = [self._type(a, refs, allow_action) for a in node.args]
         for arg, t, want in zip(node.args, types, params, strict=True):
-            if want != "any" and t.name != want:
+            if want != "any" and t.name not in (want, "error"):
                 self.error(f"{name}() needs a {want} here, not {t}", arg.pos)
         if name == "coalesce":
             if types[0].name != types[1].name:

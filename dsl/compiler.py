@@ -22,6 +22,7 @@ from typing import Any
 
 from dsl import ast
 from dsl.checker import CheckedRuleset, Type
+from dsl.printer import print_expr
 from dsl.runtime import HELPERS
 from dsl.ruleset import (
     Action,
@@ -182,7 +183,7 @@ class Compiler:
 
         segments = tuple(
             Segment(name, namespace[seg_fns[name]], checked.segments[name].pos,
-                    _source(self.sources, checked.segments[name].pos))
+                    print_expr(checked.segments[name].condition))
             for name in checked.segment_order
         )
         actions: dict[str, Action] = {}
@@ -206,7 +207,8 @@ class Compiler:
                 placements=frozenset(a.placements),
                 channels=frozenset(a.channels) if a.channels else None,
                 when=fn(fns["when"]),
-                when_source=_source(self.sources, a.field_pos["when"]) if a.when else "",
+                when_source=print_expr(a.when) if a.when is not None else "",
+                when_pos=a.field_pos.get("when", a.pos),
                 value=value_fn,
                 weight=a.weight,
                 priority=a.priority,

@@ -102,7 +102,8 @@ def load_sources(sources: dict[str, str]) -> Ruleset:
     """Compile a ruleset from ``{path: text}``; raises :class:`RulesetError` on errors."""
     result = build(sources)
     if result.failed or result.ruleset is None:
-        raise RulesetError(result.diagnostics, sources)
+        ordered = sorted(result.diagnostics, key=lambda d: (d.pos.file, d.pos.line, d.pos.column))
+        raise RulesetError(ordered, sources)
     return result.ruleset
 
 

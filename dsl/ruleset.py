@@ -90,6 +90,7 @@ class Action:
     channels: frozenset[str] | None  # None: every channel of its placements
     when: CompiledFn | None
     when_source: str
+    when_pos: Pos
     value: CompiledFn
     weight: float
     priority: int

@@ -1,0 +1,128 @@
+"""The embedded store: everything in process memory, one lock. The default.
+
+Nothing survives a restart; use :class:`adapters.redis_store.RedisStore` for that.
+Records are kept encoded (MessagePack) so callers never share mutable state with
+the store, exactly as with Redis.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit
+from engine.records import (
+    ArmCounts,
+    DecisionRecord,
+    LearningEvent,
+    Profile,
+    decode_decision,
+    decode_profile,
+    encode,
+)
+
+
+SWEEP_EVERY = 4096
+
+
+class MemoryStore:
+    """A :class:`~engine.ports.Store` in a few dicts."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._profiles: dict[str, bytes] = {}
+        self._decisions: dict[str, tuple[bytes, float]] = {}
+        self._user_decisions: dict[str, set[str]] = {}
+        self._keys: dict[str, float] = {}
+        self._arms: dict[str, dict[str, ArmCounts]] = {}
+        self._log: list[LearningEvent] = []
+        self._snapshot: tuple[bytes, str] | None = None
+        self._writes = 0
+
+    def get_profile(self, user_id: str) -> Profile | None:
+        data = self._profiles.get(user_id)
+        return decode_profile(data) if data is not None else None
+
+    def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile]) -> Profile:
+        with self._lock:
+            profile = change(self.get_profile(user_id))
+            self._profiles[user_id] = encode(profile)
+            return profile
+
+    def forget(self, user_id: str) -> int:
+        with self._lock:
+            deleted = int(self._profiles.pop(user_id, None) is not None)
+            for decision_id in self._user_decisions.pop(user_id, set()):
+                deleted += int(self._decisions.pop(decision_id, None) is not None)
+            return deleted
+
+    def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
+        with self._lock:
+            self._decisions[record.decision_id] = (encode(record), self.clock() + ttl_seconds)
+            self._user_decisions.setdefault(record.user_id, set()).add(record.decision_id)
+            self._writes += 1
+            if self._writes % SWEEP_EVERY == 0:
+                self._sweep()
+
+    def _sweep(self) -> None:
+        """Drop expired decisions and idempotency keys (as Redis TTLs would)."""
+        now = self.clock()
+        for decision_id in [d for d, (_, exp) in self._decisions.items() if exp < now]:
+            del self._decisions[decision_id]
+        for key in [k for k, exp in self._keys.items() if exp < now]:
+            del self._keys[key]
+        for user_id, ids in list(self._user_decisions.items()):
+            ids.intersection_update(self._decisions)
+            if not ids:
+                del self._user_decisions[user_id]
+
+    def get_decision(self, decision_id: str) -> DecisionRecord | None:
+        entry = self._decisions.get(decision_id)
+        if entry is None or entry[1] < self.clock():
+            return None
+        return decode_decision(entry[0])
+
+    def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
+                        ttl_seconds: float) -> FeedbackCommit:
+        with self._lock:
+            now = self.clock()
+            decision = self.get_decision(decision_id)
+            if decision is None:
+                raise DecisionNotFound(decision_id)
+            expires = self._keys.get(idempotency_key)
+            if expires is not None and expires >= now:
+                return FeedbackCommit(True, None)
+            effects = change(decision, self.get_profile(decision.user_id))
+            self._decisions[decision_id] = (encode(effects.decision),
+                                            self._decisions[decision_id][1])
+            if effects.profile is not None:
+                self._profiles[decision.user_id] = encode(effects.profile)
+            for (experiment, arm), delta in effects.arm_increments.items():
+                counts = self._arms.setdefault(experiment, {}).setdefault(arm, ArmCounts())
+                counts.trials += delta.trials
+                counts.successes += delta.successes
+            self._log.append(effects.event)
+            self._keys[idempotency_key] = now + ttl_seconds
+            return FeedbackCommit(False, effects)
+
+    def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
+        with self._lock:
+            return {arm: ArmCounts(c.trials, c.successes)
+                    for arm, c in self._arms.get(experiment, {}).items()}
+
+    def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
+        start = int(after) if after else 0
+        with self._lock:
+            chunk = self._log[start : start + limit]
+        return [(str(start + i + 1), event) for i, event in enumerate(chunk)]
+
+    def save_models(self, blob: bytes, offset: str) -> None:
+        self._snapshot = (blob, offset)
+
+    def load_models(self) -> tuple[bytes, str] | None:
+        return self._snapshot
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,192 @@
+"""Redis store: profiles, decisions, bandit counters and the learning log, shared by replicas.
+
+Layout (``{ns}`` is the namespace, ``arb`` by default):
+
+==========================  =================================================
+``{ns}:p:{user}``           profile, msgspec MessagePack
+``{ns}:d:{decision}``       decision record, expires after the attribution window
+``{ns}:ud:{user}``          set of the user's decision ids (for ForgetProfile)
+``{ns}:k:{key}``            idempotency key of an applied feedback
+``{ns}:arms:{experiment}``  hash ``{arm}:trials`` / ``{arm}:successes`` (HINCRBYFLOAT)
+``{ns}:learn``              stream of learning events, one entry per feedback
+``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
+==========================  =================================================
+
+Every read-modify-write is an optimistic transaction (WATCH/MULTI/EXEC, retried on
+conflict), so concurrent updates from any number of replicas never lose one. A
+feedback's effects (decision, profile, counters, stream entry, idempotency key)
+commit in one MULTI: acknowledged means all of it is stored.
+
+Profiles are cached in process for ``cache_ttl`` seconds (bounded LRU+TTL): a
+replica sees another replica's profile writes at most ``cache_ttl`` late and its
+own writes at once. A cached Decide makes no profile round trip.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from threading import Lock
+from typing import Any
+
+import redis
+from cachetools import TTLCache
+
+from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit
+from engine.records import (
+    ArmCounts,
+    DecisionRecord,
+    LearningEvent,
+    Profile,
+    decode_decision,
+    decode_event,
+    decode_profile,
+    encode,
+)
+
+DEFAULT_CACHE_TTL = 1.0
+DEFAULT_CACHE_SIZE = 100_000
+
+
+class RedisStore:
+    """A :class:`~engine.ports.Store` on Redis (``redis://host:port/db``)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        namespace: str = "arb",
+        cache_ttl: float = DEFAULT_CACHE_TTL,
+        cache_size: int = DEFAULT_CACHE_SIZE,
+    ) -> None:
+        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+                                          health_check_interval=30)
+        self.ns = namespace
+        self._cache: TTLCache[str, bytes | None] | None = (
+            TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
+        self._cache_lock = Lock()
+
+    def _k(self, kind: str, name: str) -> str:
+        return f"{self.ns}:{kind}:{name}"
+
+    # ---- profiles -------------------------------------------------------------------
+    def _cached(self, user_id: str) -> tuple[bool, bytes | None]:
+        if self._cache is None:
+            return False, None
+        with self._cache_lock:
+            if user_id in self._cache:
+                return True, self._cache[user_id]
+        return False, None
+
+    def _remember(self, user_id: str, data: bytes | None) -> None:
+        if self._cache is not None:
+            with self._cache_lock:
+                self._cache[user_id] = data
+
+    def get_profile(self, user_id: str) -> Profile | None:
+        hit, data = self._cached(user_id)
+        if not hit:
+            data = self.redis.get(self._k("p", user_id))
+            self._remember(user_id, data)
+        return decode_profile(data) if data is not None else None
+
+    def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile]) -> Profile:
+        key = self._k("p", user_id)
+
+        def transaction(pipe: Any) -> Profile:
+            data = pipe.get(key)
+            profile = change(decode_profile(data) if data is not None else None)
+            pipe.multi()
+            pipe.set(key, encode(profile))
+            return profile
+
+        profile: Profile = self.redis.transaction(transaction, key, value_from_callable=True)
+        self._remember(user_id, encode(profile))
+        return profile
+
+    def forget(self, user_id: str) -> int:
+        index = self._k("ud", user_id)
+        decision_keys = [self._k("d", d.decode()) for d in self.redis.smembers(index)]
+        deleted = int(self.redis.delete(self._k("p", user_id), index, *decision_keys))
+        self._remember(user_id, None)
+        return deleted
+
+    # ---- decisions ------------------------------------------------------------------
+    def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
+        ttl = max(1, int(ttl_seconds))
+        index = self._k("ud", record.user_id)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(self._k("d", record.decision_id), encode(record), ex=ttl)
+        pipe.sadd(index, record.decision_id)
+        pipe.expire(index, ttl)
+        pipe.execute()
+
+    def get_decision(self, decision_id: str) -> DecisionRecord | None:
+        data = self.redis.get(self._k("d", decision_id))
+        return decode_decision(data) if data is not None else None
+
+    # ---- feedback -------------------------------------------------------------------
+    def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
+                        ttl_seconds: float) -> FeedbackCommit:
+        dkey, ikey = self._k("d", decision_id), self._k("k", idempotency_key)
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(dkey, ikey)
+                    data = pipe.get(dkey)
+                    if data is None:
+                        raise DecisionNotFound(decision_id)
+                    if pipe.exists(ikey):
+                        return FeedbackCommit(True, None)
+                    decision = decode_decision(data)
+                    pkey = self._k("p", decision.user_id)
+                    pipe.watch(pkey)
+                    pdata = pipe.get(pkey)
+                    effects = change(decision, decode_profile(pdata) if pdata else None)
+                    pipe.multi()
+                    pipe.set(dkey, encode(effects.decision), keepttl=True)
+                    if effects.profile is not None:
+                        pipe.set(pkey, encode(effects.profile))
+                    for (experiment, arm), delta in effects.arm_increments.items():
+                        akey = self._k("arms", experiment)
+                        if delta.trials:
+                            pipe.hincrbyfloat(akey, f"{arm}:trials", delta.trials)
+                        if delta.successes:
+                            pipe.hincrbyfloat(akey, f"{arm}:successes", delta.successes)
+                    pipe.xadd(f"{self.ns}:learn", {"e": encode(effects.event)})
+                    pipe.set(ikey, b"1", ex=max(1, int(ttl_seconds)))
+                    pipe.execute()
+                    break
+                except redis.WatchError:
+                    continue
+        if effects.profile is not None:
+            self._remember(decision.user_id, encode(effects.profile))
+        return FeedbackCommit(False, effects)
+
+    def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
+        raw = self.redis.hgetall(self._k("arms", experiment))
+        counts: dict[str, ArmCounts] = {}
+        for field, value in raw.items():
+            arm, _, kind = field.decode().rpartition(":")
+            setattr(counts.setdefault(arm, ArmCounts()), kind, float(value))
+        return counts
+
+    # ---- learning log and model snapshots ----------------------------------------------
+    def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
+        start = f"({after}" if after else "-"
+        entries = self.redis.xrange(f"{self.ns}:learn", min=start, max="+", count=limit)
+        return [(eid.decode(), decode_event(fields[b"e"])) for eid, fields in entries]
+
+    def save_models(self, blob: bytes, offset: str) -> None:
+        self.redis.hset(f"{self.ns}:models", mapping={"blob": blob, "offset": offset})
+
+    def load_models(self) -> tuple[bytes, str] | None:
+        blob, offset = self.redis.hmget(f"{self.ns}:models", ["blob", "offset"])
+        if blob is None:
+            return None
+        return blob, (offset or b"").decode()
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    def close(self) -> None:
+        self.redis.close()

@@ -1,0 +1,78 @@
+"""What a decision returns: ranked actions, their scores and the reasons behind them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    kind: str  # segment | eligibility | cap | experiment | score
+    name: str
+    passed: bool
+    detail: str = ""
+    location: str = ""
+
+
+@dataclass(slots=True)
+class RankedAction:
+    action_id: str
+    score: float
+    propensity: float
+    value: float
+    weight: float
+    priority: int
+    rank: int = 0
+    experiment: str | None = None
+    arm: str | None = None
+    content: dict[str, str] = field(default_factory=dict)
+    reasons: list[Reason] = field(default_factory=list)
+    score_terms: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ActionTrace:
+    action_id: str
+    eligible: bool
+    reasons: tuple[Reason, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    decision_id: str
+    revision: str
+    decided_at: float
+    user_id: str
+    placement: str
+    channel: str
+    actions: tuple[RankedAction, ...]
+    segments: tuple[str, ...]  # segments the user is in
+    traces: tuple[ActionTrace, ...] = ()  # every candidate, when explain was asked
+
+    def render(self) -> str:
+        """A readable text form (used by ``arbiter decide``)."""
+        lines = [
+            f"decision {self.decision_id}  ruleset {self.revision}",
+            f"user {self.user_id}  placement {self.placement}  channel {self.channel}",
+            f"segments: {', '.join(self.segments) or '(none)'}",
+        ]
+        if not self.actions:
+            lines.append("no eligible action")
+        for a in self.actions:
+            arm = f"  [experiment {a.experiment}, arm {a.arm}]" if a.experiment else ""
+            lines.append(
+                f"{a.rank}. {a.action_id}  score={a.score:.4f} = propensity {a.propensity:.4f}"
+                f" x value {a.value:g} x weight {a.weight:g}{arm}"
+            )
+            for key, text in a.content.items():
+                lines.append(f"     {key}: {text}")
+        if self.traces:
+            lines.append("why:")
+            for trace in self.traces:
+                mark = "+" if trace.eligible else "-"
+                lines.append(f"  {mark} {trace.action_id}")
+                for r in trace.reasons:
+                    ok = "ok " if r.passed else "NO "
+                    where = f"  ({r.location})" if r.location else ""
+                    lines.append(f"      {ok}{r.kind} {r.name}: {r.detail}{where}")
+        return "\n".join(lines)

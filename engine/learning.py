@@ -1,0 +1,116 @@
+"""Feeds the learning log to the propensity models, in log order, with delayed labels.
+
+A shown action is a positive example when a click or conversion arrives for it,
+and a negative one when its impression waited ``reward_wait`` seconds (measured
+on the log's own receive times, so every replica labels identically) without
+one, or was dismissed. Each decision-action is learnt once. This is the
+"reward wait time" of Azure Personalizer: the label is only known after a delay.
+
+State (models, pending impressions, log offset) is snapshotted to the store every
+``snapshot_every`` events, so a restarted process loads the snapshot and replays
+only the log after it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import threading
+from collections.abc import Callable
+
+from engine.ports import Store
+from engine.propensity import PropensityModels
+from engine.records import LearningEvent
+
+POSITIVE = ("click", "conversion")
+Key = tuple[str, str]
+
+
+class Learner:
+    def __init__(
+        self,
+        store: Store,
+        models: PropensityModels,
+        prior_of: Callable[[str], float],
+        reward_wait: float = 1800.0,
+        snapshot_every: int = 200,
+    ) -> None:
+        self.store = store
+        self.models = models
+        self.prior_of = prior_of
+        self.reward_wait = reward_wait
+        self.snapshot_every = snapshot_every
+        self.offset = ""
+        self.pending: dict[Key, tuple[dict[str, float], float]] = {}
+        self.resolved: dict[Key, float] = {}
+        self.applied = 0
+        self._since_snapshot = 0
+        self._lock = threading.Lock()
+
+    def restore(self) -> None:
+        """Load the last snapshot, if any; the next :meth:`catch_up` replays the rest."""
+        saved = self.store.load_models()
+        if saved is None:
+            return
+        blob, offset = saved
+        models_blob, pending, resolved = pickle.loads(blob)  # noqa: S301 - our own snapshot
+        with self._lock:
+            self.models.restore(models_blob)
+            self.pending, self.resolved, self.offset = pending, resolved, offset
+
+    def snapshot(self) -> None:
+        with self._lock:
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        blob = pickle.dumps((self.models.snapshot(), self.pending, self.resolved))
+        self.store.save_models(blob, self.offset)
+        self._since_snapshot = 0
+
+    def catch_up(self, batch: int = 500) -> int:
+        """Apply every logged event after our offset; returns how many were applied."""
+        total = 0
+        with self._lock:
+            while True:
+                events = self.store.learning_events(self.offset, batch)
+                for offset, event in events:
+                    self._apply(event)
+                    self.offset = offset
+                total += len(events)
+                self._since_snapshot += len(events)
+                if len(events) < batch:
+                    break
+            if self._since_snapshot >= self.snapshot_every:
+                self._snapshot()
+        self.applied += total
+        return total
+
+    def _label(self, key: Key, features: dict[str, float], label: bool, at: float) -> None:
+        self.models.learn(key[1], self.prior_of(key[1]), features, label)
+        self.resolved[key] = at
+        self.pending.pop(key, None)
+
+    def _apply(self, event: LearningEvent) -> None:
+        now = event.received_at
+        self._expire(now)
+        key = (event.decision_id, event.action_id)
+        if key in self.resolved:
+            return
+        if event.outcome == "impression":
+            self.pending.setdefault(key, (event.features, now))
+        elif event.outcome in POSITIVE:
+            self._label(key, event.features, True, now)
+        elif event.outcome == "dismiss":
+            self._label(key, event.features, False, now)
+
+    def _expire(self, now: float) -> None:
+        # both maps are in log (receive-time) order, so stop at the first young entry
+        cutoff = now - self.reward_wait
+        for key, (features, shown_at) in list(self.pending.items()):
+            if shown_at >= cutoff:
+                break
+            self._label(key, features, False, now)
+        # a decision-action gets no new outcomes after twice the wait: forget it
+        for key, at in list(self.resolved.items()):
+            if at >= cutoff - self.reward_wait:
+                break
+            del self.resolved[key]

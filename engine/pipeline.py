@@ -1,0 +1,311 @@
+"""The Decide pipeline, one small function per stage, no I/O.
+
+profile → facts → segments → candidates (placement, channel) → eligibility →
+frequency caps → score (propensity × value × weight) → experiment (Thompson
+sampling among its eligible arms) → rank → render content → decision record.
+
+The service (:mod:`engine.service`) loads the profile before and stores the
+record after; everything here is computation on in-memory values.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dsl.checker import FieldSpec
+from dsl.ruleset import Action, Experiment, Ruleset
+from engine.bandit import ThompsonSampler, posterior, posterior_mean
+from engine.decision import ActionTrace, Decision, RankedAction, Reason
+from engine.profiles import impressions_within
+from engine.propensity import PropensityModels
+from engine.records import ArmCounts, DecisionRecord, Profile, ShownAction
+from engine.requests import DecideInput
+
+log = logging.getLogger(__name__)
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "number": (float, int),
+    "string": (str,),
+    "bool": (bool,),
+    "timestamp": (float, int),
+}
+
+
+@dataclass(slots=True)
+class Facts:
+    """The values rules read: the arguments of every compiled function."""
+
+    attributes: dict[str, Any]
+    context: dict[str, Any]
+    events: Mapping[str, Any]
+    segments: dict[str, bool | None]
+    now: float
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.attributes, self.context, self.events, self.segments, self.now)
+
+
+def _typed(schema: Mapping[str, FieldSpec], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored attributes whose type matches the schema; others read as missing."""
+    out = {}
+    for name, value in values.items():
+        spec = schema.get(name)
+        if spec is None:
+            continue
+        kinds = _PY_TYPES[spec.type]
+        if isinstance(value, kinds) and not (spec.type != "bool" and isinstance(value, bool)):
+            out[name] = value
+    return out
+
+
+def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput) -> Facts:
+    attributes = dict(ruleset.attribute_defaults)
+    if profile is not None:
+        attributes.update(_typed(ruleset.profile_schema, profile.attributes))
+    attributes["user_id"] = req.user_id
+    attributes["known"] = profile is not None
+    attributes["first_seen"] = profile.first_seen if profile else None
+    attributes["last_seen"] = profile.last_seen if profile else None
+    context = dict(ruleset.context_defaults)
+    context.update(req.context)
+    context["placement"] = req.placement.name
+    context["channel"] = req.channel
+    events = profile.events if profile is not None else {}
+    return Facts(attributes, context, events, {}, req.now)
+
+
+def evaluate_segments(ruleset: Ruleset, facts: Facts) -> None:
+    """Each segment once, in dependency order; an evaluation failure counts as unknown."""
+    args = facts.args()
+    segments = facts.segments
+    for segment in ruleset.segments:
+        try:
+            segments[segment.name] = segment.fn(*args)
+        except Exception:  # a bug or bad stored data: never crash, never match
+            log.exception("segment %s failed at %s", segment.name, segment.pos)
+            segments[segment.name] = None
+
+
+def features_of(facts: Facts, req: DecideInput) -> dict[str, float]:
+    """Model features: segment flags, context values (numbers as is, others one-hot)."""
+    features = {f"seg:{name}": 1.0 for name, hit in facts.segments.items() if hit is True}
+    for key, value in facts.context.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            features[f"ctx:{key}={value}"] = 1.0
+        else:
+            features[f"ctx:{key}"] = float(value)
+    return features
+
+
+def _location(action: Action) -> str:
+    return str(action.pos)
+
+
+def check_eligibility(
+    action: Action, req: DecideInput, facts: Facts, profile: Profile | None, explain: bool
+) -> tuple[float | None, list[Reason]]:
+    """The action's value if it may be shown, else None; reasons when explaining."""
+    reasons: list[Reason] = []
+    if action.channels is not None and req.channel not in action.channels:
+        if explain:
+            reasons.append(Reason("eligibility", "channel", False,
+                                  f"{req.channel} not in {', '.join(sorted(action.channels))}"))
+        return None, reasons
+    args = facts.args()
+    if action.when is not None:
+        try:
+            held = action.when(*args)
+        except Exception:
+            log.exception("condition of %s failed", action.id)
+            held = None
+        if explain:
+            detail = action.when_source
+            segs = ", ".join(f"{s}={facts.segments.get(s)}" for s in action.segments)
+            if segs:
+                detail += f"  [{segs}]"
+            reasons.append(Reason("eligibility", "when", held is True,
+                                  f"{detail} -> {held if held is not None else 'unknown'}",
+                                  str(action.when_pos)))
+        if held is not True:
+            return None, reasons
+    try:
+        value = action.value(*args)
+    except Exception:
+        log.exception("value of %s failed", action.id)
+        value = None
+    if value is None:
+        if explain:
+            reasons.append(Reason("eligibility", "value", False, "value is unknown (null)",
+                                  _location(action)))
+        return None, reasons
+    cap = action.cap
+    if cap is not None:
+        shown = impressions_within(profile, action.id, req.now, cap.window_seconds)
+        ok = shown < cap.limit
+        if explain:
+            reasons.append(Reason("cap", "frequency", ok,
+                                  f"{shown} impressions, {cap.text}", str(cap.pos)))
+        if not ok:
+            return None, reasons
+    return float(value), reasons
+
+
+def score(action: Action, value: float, propensity: float, reasons: list[Reason],
+          explain: bool) -> RankedAction:
+    ranked = RankedAction(action.id, propensity * value * action.weight, propensity, value,
+                          action.weight, action.priority, reasons=reasons)
+    if explain:
+        ranked.score_terms = {"propensity": propensity, "value": value, "weight": action.weight}
+    return ranked
+
+
+def allocate_experiment(
+    experiment: Experiment,
+    candidates: list[RankedAction],
+    counts: Mapping[str, ArmCounts],
+    sampler: ThompsonSampler,
+    explain: bool,
+) -> tuple[list[RankedAction], list[RankedAction]]:
+    """Thompson sampling among the eligible arms; returns (kept, dropped arms).
+
+    One posterior sample per arm; the arm with the largest ``sample * value *
+    weight`` is played with the sample as its propensity, the other arms drop out.
+    """
+    arms = [c for c in candidates if c.action_id in experiment.arms]
+    if not arms:
+        return candidates, []
+    params = [posterior(counts.get(a.action_id), experiment.prior_alpha, experiment.prior_beta)
+              for a in arms]
+    samples = sampler.sample(params)
+    best = max(range(len(arms)),
+               key=lambda i: (samples[i] * arms[i].value * arms[i].weight, arms[i].action_id))
+    chosen = arms[best]
+    model_propensity = chosen.propensity
+    chosen.propensity = float(samples[best])
+    chosen.score = chosen.propensity * chosen.value * chosen.weight
+    chosen.experiment, chosen.arm = experiment.name, chosen.action_id
+    if explain:
+        alpha, beta = params[best]
+        chosen.score_terms.update({
+            "propensity": chosen.propensity,
+            "thompson_sample": chosen.propensity,
+            "posterior_alpha": alpha,
+            "posterior_beta": beta,
+            "posterior_mean": posterior_mean(params[best]),
+            "model_propensity": model_propensity,
+        })
+        chosen.reasons.append(Reason(
+            "experiment", experiment.name, True,
+            f"arm {chosen.action_id} sampled {samples[best]:.4f} from Beta({alpha:g}, {beta:g})"
+            f" among {len(arms)} eligible arm(s)", str(experiment.pos)))
+        for i, arm in enumerate(arms):
+            if arm is not chosen:
+                arm.reasons.append(Reason(
+                    "experiment", experiment.name, False,
+                    f"arm not played: sampled {samples[i]:.4f} from "
+                    f"Beta({params[i][0]:g}, {params[i][1]:g})", str(experiment.pos)))
+    dropped = [a for a in arms if a is not chosen]
+    return [c for c in candidates if c not in dropped], dropped
+
+
+def rank(candidates: list[RankedAction], limit: int) -> list[RankedAction]:
+    """Highest score first; ties by priority (high first), then action id."""
+    ordered = sorted(candidates, key=lambda a: (-a.score, -a.priority, a.action_id))[:limit]
+    for i, action in enumerate(ordered, start=1):
+        action.rank = i
+    return ordered
+
+
+def render_content(ruleset: Ruleset, ranked: RankedAction, facts: Facts) -> None:
+    action = ruleset.actions[ranked.action_id]
+    args = (*facts.args(), action.fields(ranked.value))
+    for name, template in action.content:
+        try:
+            ranked.content[name] = template.render(args)
+        except Exception:
+            log.exception("content %s.%s failed", action.id, name)
+            ranked.content[name] = ""
+
+
+def run(
+    ruleset: Ruleset,
+    req: DecideInput,
+    profile: Profile | None,
+    *,
+    decision_id: str,
+    models: PropensityModels,
+    arm_counts: Callable[[str], Mapping[str, ArmCounts]],
+    sampler: ThompsonSampler,
+) -> tuple[Decision, DecisionRecord]:
+    """One decision, from a loaded profile to the record to store."""
+    explain = req.explain
+    facts = build_facts(ruleset, profile, req)
+    evaluate_segments(ruleset, facts)
+    features = features_of(facts, req)
+    candidates: list[RankedAction] = []
+    traces: list[ActionTrace] = []
+    for action in req.placement.actions:
+        value, reasons = check_eligibility(action, req, facts, profile, explain)
+        if value is None:
+            if explain:
+                traces.append(ActionTrace(action.id, False, tuple(reasons)))
+            continue
+        propensity = models.predict(action.id, action.prior, features)
+        candidates.append(score(action, value, propensity, reasons, explain))
+    experiment = ruleset.experiment_by_placement.get(req.placement.name)
+    if experiment is not None:
+        candidates, dropped = allocate_experiment(
+            experiment, candidates, arm_counts(experiment.name), sampler, explain)
+        if explain:
+            traces.extend(ActionTrace(a.action_id, False, tuple(a.reasons)) for a in dropped)
+    ranked = rank(candidates, req.limit)
+    for action in ranked:
+        render_content(ruleset, action, facts)
+    if explain:
+        shown = {a.action_id for a in ranked}
+        for a in candidates:
+            if a.action_id not in shown:
+                a.reasons.append(Reason("score", "rank", False,
+                                        f"score {a.score:.4f} below the {req.limit} shown"))
+            traces.append(ActionTrace(a.action_id, a.action_id in shown,
+                                      tuple([*a.reasons, *_score_reasons(a)])))
+        traces.sort(key=lambda t: (not t.eligible, t.action_id))
+    matched = tuple(name for name, hit in facts.segments.items() if hit is True)
+    decision = Decision(decision_id, ruleset.revision, req.now, req.user_id,
+                        req.placement.name, req.channel, tuple(ranked), matched, tuple(traces))
+    if explain:
+        for action in ranked:
+            action.reasons = [*_segment_reasons(ruleset, facts, action.action_id), *action.reasons,
+                              *_score_reasons(action)]
+    record = DecisionRecord(
+        decision_id=decision_id,
+        user_id=req.user_id,
+        placement=req.placement.name,
+        channel=req.channel,
+        revision=ruleset.revision,
+        decided_at=req.now,
+        actions=[ShownAction(a.action_id, a.rank, a.score, a.propensity, a.value,
+                             a.experiment, a.arm,
+                             experiment.reward if experiment and a.experiment else None)
+                 for a in ranked],
+        features=features,
+    )
+    return decision, record
+
+
+def _segment_reasons(ruleset: Ruleset, facts: Facts, action_id: str) -> list[Reason]:
+    """The segments an action's condition refers to, matched or not."""
+    used = set(ruleset.actions[action_id].segments)
+    return [Reason("segment", s.name, facts.segments.get(s.name) is True, s.source, str(s.pos))
+            for s in ruleset.segments if s.name in used]
+
+
+def _score_reasons(action: RankedAction) -> list[Reason]:
+    terms = " x ".join(f"{k} {v:.4g}" for k, v in action.score_terms.items()
+                       if k in ("propensity", "value", "weight"))
+    return [Reason("score", "score", True, f"{action.score:.4f} = {terms}")]

@@ -1,0 +1,86 @@
+"""Pure functions that update a profile: behavioural events, traits, contacts.
+
+Stores call these inside their atomic read-modify-write (a lock in memory, WATCH/
+MULTI in Redis), so the aggregation rules live in one place.
+
+>>> p = record_event(None, "u1", "purchase", 120.0, at=1000.0, traits={})
+>>> p.events["purchase"].count, p.events["purchase"].total
+(1, 120.0)
+"""
+
+from __future__ import annotations
+
+from bisect import insort
+from collections.abc import Mapping
+
+from engine.records import AttrValue, EventStats, Profile
+
+MAX_RECENT_EVENTS = 1000
+"""Per event type, the newest timestamps kept for windowed counts and sums."""
+EVENT_RETENTION_SECONDS = 90 * 86400.0
+"""Windowed counts look back at most this far; all-time counts and totals are exact."""
+MAX_CONTACTS_PER_ACTION = 200
+CONTACT_RETENTION_SECONDS = 180 * 86400.0
+
+
+def _touch(profile: Profile, at: float) -> None:
+    profile.first_seen = at if profile.first_seen is None else min(profile.first_seen, at)
+    profile.last_seen = at if profile.last_seen is None else max(profile.last_seen, at)
+    profile.version += 1
+
+
+def record_event(
+    profile: Profile | None,
+    user_id: str,
+    event_type: str,
+    value: float,
+    at: float,
+    traits: Mapping[str, AttrValue],
+) -> Profile:
+    """The profile after one behavioural event (and any traits sent with it)."""
+    profile = profile if profile is not None else Profile(user_id=user_id)
+    stats = profile.events.get(event_type)
+    if stats is None:
+        stats = profile.events[event_type] = EventStats(first_at=at, last_at=at)
+    stats.count += 1
+    stats.total += value
+    stats.first_at = min(stats.first_at, at)
+    stats.last_at = max(stats.last_at, at)
+    insort(stats.recent, (at, value))
+    horizon = stats.last_at - EVENT_RETENTION_SECONDS
+    drop = 0
+    while drop < len(stats.recent) and stats.recent[drop][0] < horizon:
+        drop += 1
+    drop = max(drop, len(stats.recent) - MAX_RECENT_EVENTS)
+    if drop:
+        del stats.recent[:drop]
+    for name, trait in traits.items():
+        if trait is None:
+            profile.attributes.pop(name, None)
+        else:
+            profile.attributes[name] = trait
+    _touch(profile, at)
+    return profile
+
+
+def record_contact(profile: Profile | None, user_id: str, action_id: str, outcome: str,
+                   at: float) -> Profile:
+    """The profile after an outcome of an action shown to it (for contact policies)."""
+    profile = profile if profile is not None else Profile(user_id=user_id)
+    history = profile.contacts.setdefault(action_id, [])
+    insort(history, (at, outcome))
+    horizon = at - CONTACT_RETENTION_SECONDS
+    while history and (history[0][0] < horizon or len(history) > MAX_CONTACTS_PER_ACTION):
+        history.pop(0)
+    profile.version += 1
+    return profile
+
+
+def impressions_within(profile: Profile | None, action_id: str, now: float,
+                       window: float) -> int:
+    """Impressions of an action in ``(now - window, now]``."""
+    if profile is None:
+        return 0
+    history = profile.contacts.get(action_id, ())
+    start = now - window
+    return sum(1 for at, outcome in history if outcome == "impression" and start < at <= now)

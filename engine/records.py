@@ -1,0 +1,113 @@
+"""Records that cross a boundary (stored in Redis, logged, replayed): msgspec Structs.
+
+One declared type per record, encoded as MessagePack. Records are plain data; the
+functions that change them live in :mod:`engine.profiles` and :mod:`engine.feedback`.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+AttrValue = str | float | bool | None
+
+OUTCOMES = ("impression", "click", "conversion", "dismiss")
+
+
+class EventStats(msgspec.Struct, omit_defaults=True):
+    """Aggregates of one event type on a profile.
+
+    ``recent`` keeps ``(timestamp, value)`` pairs, oldest first, bounded by
+    :data:`engine.profiles.MAX_RECENT_EVENTS` and the retention window; windowed
+    ``count``/``sum`` in rules read it, all-time numbers read ``count``/``total``.
+    """
+
+    count: int = 0
+    total: float = 0.0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    recent: list[tuple[float, float]] = []
+
+
+class Profile(msgspec.Struct, omit_defaults=True):
+    """Everything Arbiter holds about one customer."""
+
+    user_id: str
+    attributes: dict[str, AttrValue] = {}
+    events: dict[str, EventStats] = {}
+    # action_id -> [(timestamp, outcome)], oldest first: the contact history that
+    # frequency caps are enforced from.
+    contacts: dict[str, list[tuple[float, str]]] = {}
+    first_seen: float | None = None
+    last_seen: float | None = None
+    version: int = 0
+
+
+class ShownAction(msgspec.Struct, omit_defaults=True):
+    action_id: str
+    rank: int
+    score: float
+    propensity: float
+    value: float
+    experiment: str | None = None
+    arm: str | None = None
+    reward: str | None = None  # the experiment's reward outcome, when an arm
+
+
+class DecisionRecord(msgspec.Struct, omit_defaults=True):
+    """What was decided, kept for the attribution window so feedback can join it."""
+
+    decision_id: str
+    user_id: str
+    placement: str
+    channel: str
+    revision: str
+    decided_at: float
+    actions: list[ShownAction]
+    features: dict[str, float] = {}
+    # action_id -> outcomes already counted for it (each counts once per decision)
+    outcomes: dict[str, list[str]] = {}
+
+    def shown(self, action_id: str) -> ShownAction | None:
+        return next((a for a in self.actions if a.action_id == action_id), None)
+
+
+class LearningEvent(msgspec.Struct, omit_defaults=True):
+    """One acknowledged outcome, as the propensity models learn it (in log order)."""
+
+    decision_id: str
+    action_id: str
+    outcome: str
+    at: float
+    received_at: float
+    features: dict[str, float] = {}
+    value: float | None = None
+    first: bool = True  # first outcome of this kind for this decision-action
+
+
+class ArmCounts(msgspec.Struct):
+    """Bandit statistics of one arm: trials (impressions) and successes (rewards)."""
+
+    trials: float = 0.0
+    successes: float = 0.0
+
+
+_profile_encoder = msgspec.msgpack.Encoder()
+_profile_decoder = msgspec.msgpack.Decoder(Profile)
+_decision_decoder = msgspec.msgpack.Decoder(DecisionRecord)
+_event_decoder = msgspec.msgpack.Decoder(LearningEvent)
+
+
+def encode(record: msgspec.Struct) -> bytes:
+    return _profile_encoder.encode(record)
+
+
+def decode_profile(data: bytes) -> Profile:
+    return _profile_decoder.decode(data)
+
+
+def decode_decision(data: bytes) -> DecisionRecord:
+    return _decision_decoder.decode(data)
+
+
+def decode_event(data: bytes) -> LearningEvent:
+    return _event_decoder.decode(data)

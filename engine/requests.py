@@ -1,0 +1,199 @@
+"""Raw requests → checked inputs. Every rejection names the offending field.
+
+Values in context, property and trait maps are plain Python: ``str``, ``int`` or
+``float`` (number), ``bool``, or an aware ``datetime`` (timestamp). Context keys
+and traits must be declared in the ruleset with a matching type: an undeclared
+key is rejected rather than ignored, because a rule reading a misspelt key would
+silently see a missing value.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from dsl.checker import FieldSpec
+from dsl.ruleset import Placement, Ruleset
+from engine.records import OUTCOMES, AttrValue
+
+MAX_ID_LENGTH = 256
+MAX_MAP_ENTRIES = 64
+MAX_STRING_LENGTH = 4096
+MAX_LIMIT = 100
+MAX_FUTURE_SECONDS = 300.0
+NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
+
+
+class InvalidArgument(ValueError):
+    """A request field is missing, malformed or too large."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+@dataclass(frozen=True, slots=True)
+class DecideInput:
+    user_id: str
+    placement: Placement
+    channel: str
+    context: dict[str, AttrValue]
+    limit: int
+    explain: bool
+    now: float
+
+
+@dataclass(frozen=True, slots=True)
+class TrackInput:
+    user_id: str
+    event_type: str
+    value: float
+    at: float
+    traits: dict[str, AttrValue]
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, bool):
+        return "bool"
+    if isinstance(value, int | float):
+        return "number"
+    if isinstance(value, str):
+        return "string"
+    if isinstance(value, datetime):
+        return "timestamp"
+    return type(value).__name__
+
+
+def check_id(field: str, value: str) -> str:
+    if not value:
+        raise InvalidArgument(field, "is required")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidArgument(field, f"is longer than {MAX_ID_LENGTH} characters")
+    return value
+
+
+def check_value(field: str, value: Any, want: str | None = None) -> AttrValue:
+    """A map value as stored: timestamps become epoch seconds; NaN/inf rejected."""
+    kind = _kind(value)
+    if kind not in ("bool", "number", "string", "timestamp"):
+        raise InvalidArgument(field, f"unsupported value type {kind}")
+    if want is not None and kind != want:
+        raise InvalidArgument(field, f"must be a {want}, got a {kind}")
+    if kind == "string" and len(value) > MAX_STRING_LENGTH:
+        raise InvalidArgument(field, f"is longer than {MAX_STRING_LENGTH} characters")
+    if kind == "timestamp":
+        if value.tzinfo is None:
+            raise InvalidArgument(field, "timestamp needs a time zone")
+        return value.timestamp()
+    if kind == "number":
+        if not math.isfinite(value):
+            raise InvalidArgument(field, "must be a finite number")
+        return float(value)
+    return value  # type: ignore[no-any-return]
+
+
+def check_map(field: str, values: Mapping[str, Any], schema: Mapping[str, FieldSpec] | None,
+              block: str = "") -> dict[str, AttrValue]:
+    """Check a context/trait/property map against its schema (None: any keys)."""
+    if len(values) > MAX_MAP_ENTRIES:
+        raise InvalidArgument(field, f"has more than {MAX_MAP_ENTRIES} entries")
+    out: dict[str, AttrValue] = {}
+    for key, value in values.items():
+        name = f"{field}.{key}"
+        if schema is None:
+            out[key] = check_value(name, value)
+            continue
+        spec = schema.get(key)
+        if spec is None:
+            raise InvalidArgument(name, f"is not declared in the ruleset's {block} block")
+        out[key] = check_value(name, value, spec.type)
+    return out
+
+
+def check_time(field: str, at: float | None, now: float) -> float:
+    if at is None:
+        return now
+    if not math.isfinite(at) or at <= 0:
+        raise InvalidArgument(field, "must be a positive epoch time")
+    if at > now + MAX_FUTURE_SECONDS:
+        raise InvalidArgument(field, "is in the future")
+    return at
+
+
+def decide_input(
+    ruleset: Ruleset,
+    *,
+    user_id: str,
+    placement: str,
+    channel: str = "",
+    context: Mapping[str, Any] | None = None,
+    limit: int = 0,
+    explain: bool = False,
+    at: float | None = None,
+    now: float,
+) -> DecideInput:
+    """Check a Decide request against the serving ruleset."""
+    check_id("user_id", user_id)
+    if not placement:
+        raise InvalidArgument("placement", "is required")
+    target = ruleset.placements.get(placement)
+    if target is None:
+        known = ", ".join(sorted(ruleset.placements))
+        raise InvalidArgument("placement", f"unknown placement {placement!r} (known: {known})")
+    if not channel:
+        if len(target.channels) != 1:
+            raise InvalidArgument("channel", f"is required for placement {placement!r}")
+        (channel,) = target.channels
+    elif channel not in target.channels:
+        known = ", ".join(sorted(target.channels))
+        raise InvalidArgument("channel", f"unknown channel {channel!r} for {placement!r} "
+                                         f"(known: {known})")
+    if limit < 0 or limit > MAX_LIMIT:
+        raise InvalidArgument("limit", f"must be between 0 and {MAX_LIMIT}")
+    checked = check_map("context", context or {}, ruleset.context_schema, "context")
+    if at is not None and at <= 0:
+        raise InvalidArgument("at", "must be a positive epoch time")
+    return DecideInput(
+        user_id=user_id,
+        placement=target,
+        channel=channel,
+        context=checked,
+        limit=limit or target.slots,
+        explain=explain,
+        now=at if at is not None else now,
+    )
+
+
+def track_input(
+    ruleset: Ruleset,
+    *,
+    user_id: str,
+    event_type: str,
+    properties: Mapping[str, Any] | None = None,
+    traits: Mapping[str, Any] | None = None,
+    at: float | None = None,
+    now: float,
+) -> TrackInput:
+    """Check a TrackEvent request; a numeric ``value`` property is the event's value."""
+    check_id("user_id", user_id)
+    if not event_type:
+        raise InvalidArgument("event_type", "is required")
+    if not NAME_RE.fullmatch(event_type):
+        raise InvalidArgument("event_type", "must be 1-64 letters, digits or _.:-")
+    props = check_map("properties", properties or {}, None)
+    value = props.get("value", 0.0)
+    if not isinstance(value, float) or isinstance(value, bool):
+        raise InvalidArgument("properties.value", "must be a number")
+    checked_traits = check_map("traits", traits or {}, ruleset.profile_schema, "profile")
+    return TrackInput(user_id, event_type, value, check_time("timestamp", at, now),
+                      checked_traits)
+
+
+def check_outcome(outcome: str) -> str:
+    if outcome not in OUTCOMES:
+        raise InvalidArgument("outcome", f"must be one of {', '.join(OUTCOMES)}")
+    return outcome

@@ -1,0 +1,192 @@
+"""The Arbiter library API: decide, feedback, track, profiles. gRPC is a thin layer on it.
+
+>>> from dsl.loader import load_path
+>>> from adapters.memory import MemoryStore
+>>> arbiter = Arbiter(load_path("rulesets/retail"), MemoryStore(), seed=1)
+>>> d = arbiter.decide(user_id="new-user", placement="homepage_banner", channel="web")
+>>> d.actions[0].action_id
+'onboarding_tour'
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from cachetools import TTLCache
+
+from dsl.ruleset import Ruleset
+from engine import pipeline
+from engine.bandit import ThompsonSampler
+from engine.decision import Decision
+from engine.feedback import FeedbackInput, feedback_effects
+from engine.learning import Learner
+from engine.ports import FeedbackCommit, Store
+from engine.profiles import record_event
+from engine.propensity import PropensityModels
+from engine.records import ArmCounts, Profile
+from engine.requests import (
+    InvalidArgument,
+    check_id,
+    check_outcome,
+    check_time,
+    decide_input,
+    track_input,
+)
+
+log = logging.getLogger(__name__)
+
+ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
+"""How long a decision can receive feedback (its record's time to live)."""
+BANDIT_REFRESH_SECONDS = 1.0
+"""Arm statistics are re-read from the store at most this often (other replicas' feedback)."""
+
+
+class Arbiter:
+    """Decisions over a swappable ruleset, backed by a :class:`~engine.ports.Store`."""
+
+    def __init__(
+        self,
+        ruleset: Ruleset,
+        store: Store,
+        *,
+        seed: int | None = None,
+        clock: Callable[[], float] = time.time,
+        reward_wait: float = 1800.0,
+        attribution_window: float = ATTRIBUTION_WINDOW_SECONDS,
+    ) -> None:
+        self._ruleset = ruleset
+        self.store = store
+        self.clock = clock
+        self.attribution_window = attribution_window
+        self.sampler = ThompsonSampler(seed)
+        self.models = PropensityModels()
+        self.learner = Learner(store, self.models, self._prior_of, reward_wait=reward_wait)
+        self._arm_cache: TTLCache[str, dict[str, ArmCounts]] = TTLCache(
+            maxsize=1024, ttl=BANDIT_REFRESH_SECONDS)
+        self._arm_lock = threading.Lock()
+        self.learner.restore()
+        self.learner.catch_up()
+
+    # ---- ruleset ------------------------------------------------------------------
+    @property
+    def ruleset(self) -> Ruleset:
+        return self._ruleset
+
+    def swap_ruleset(self, ruleset: Ruleset) -> None:
+        """Serve ``ruleset`` from the next request on (an atomic reference swap)."""
+        self._ruleset = ruleset
+
+    def _prior_of(self, action_id: str) -> float:
+        action = self._ruleset.actions.get(action_id)
+        return action.prior if action is not None else 0.05
+
+    # ---- Decide -------------------------------------------------------------------
+    def decide(
+        self,
+        *,
+        user_id: str,
+        placement: str,
+        channel: str = "",
+        context: Mapping[str, Any] | None = None,
+        limit: int = 0,
+        explain: bool = False,
+        at: float | None = None,
+    ) -> Decision:
+        ruleset = self._ruleset
+        req = decide_input(ruleset, user_id=user_id, placement=placement, channel=channel,
+                           context=context, limit=limit, explain=explain, at=at,
+                           now=self.clock())
+        profile = self.store.get_profile(user_id)
+        decision, record = pipeline.run(
+            ruleset, req, profile,
+            decision_id=uuid.uuid4().hex,
+            models=self.models,
+            arm_counts=self.arm_counts,
+            sampler=self.sampler,
+        )
+        if record.actions:
+            self.store.save_decision(record, self.attribution_window)
+        return decision
+
+    def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
+        with self._arm_lock:  # cachetools caches are not thread-safe
+            counts = self._arm_cache.get(experiment)
+        if counts is None:
+            counts = self.store.arm_counts(experiment)
+            with self._arm_lock:
+                self._arm_cache[experiment] = counts
+        return counts
+
+    # ---- Feedback -----------------------------------------------------------------
+    def feedback(
+        self,
+        *,
+        decision_id: str,
+        action_id: str,
+        outcome: str,
+        value: float | None = None,
+        idempotency_key: str = "",
+        at: float | None = None,
+    ) -> FeedbackCommit:
+        """Apply an outcome once per idempotency key. Raises DecisionNotFound,
+        ActionNotInDecision or InvalidArgument."""
+        check_id("decision_id", decision_id)
+        check_id("action_id", action_id)
+        check_outcome(outcome)
+        if len(idempotency_key) > 256:
+            raise InvalidArgument("idempotency_key", "is longer than 256 characters")
+        now = self.clock()
+        fb = FeedbackInput(decision_id, action_id, outcome, value, idempotency_key,
+                           check_time("timestamp", at, now), now)
+        commit = self.store.commit_feedback(
+            decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
+            self.attribution_window)
+        if not commit.duplicate and commit.effects is not None:
+            with self._arm_lock:
+                for experiment, _arm in commit.effects.arm_increments:
+                    self._arm_cache.pop(experiment, None)
+            self.learner.catch_up()
+        return commit
+
+    def sync(self) -> int:
+        """Learn from feedback other replicas logged; returns events applied."""
+        with self._arm_lock:
+            self._arm_cache.clear()
+        return self.learner.catch_up()
+
+    # ---- profiles -----------------------------------------------------------------
+    def track(
+        self,
+        *,
+        user_id: str,
+        event_type: str,
+        properties: Mapping[str, Any] | None = None,
+        traits: Mapping[str, Any] | None = None,
+        at: float | None = None,
+    ) -> Profile:
+        req = track_input(self._ruleset, user_id=user_id, event_type=event_type,
+                          properties=properties, traits=traits, at=at, now=self.clock())
+        return self.store.update_profile(
+            req.user_id,
+            lambda p: record_event(p, req.user_id, req.event_type, req.value, req.at,
+                                   req.traits),
+        )
+
+    def get_profile(self, user_id: str) -> Profile | None:
+        check_id("user_id", user_id)
+        return self.store.get_profile(user_id)
+
+    def forget(self, user_id: str) -> int:
+        check_id("user_id", user_id)
+        return self.store.forget(user_id)
+
+    def close(self) -> None:
+        try:
+            self.learner.snapshot()
+        finally:
+            self.store.close()
