@@ -105,7 +105,9 @@ class Checker:
         def declare(kind: str, name: str, pos: ast.Pos) -> bool:
             if name in seen:
                 other_kind, other = seen[name]
-                self.error(f"{kind} '{name}' is already defined as a {other_kind} at {other}", pos)
+                article = "an" if other_kind[0] in "aeiou" else "a"
+                self.error(f"{kind} '{name}' is already defined as {article} {other_kind} "
+                           f"at {other}", pos)
                 return False
             seen[name] = (kind, pos)
             return True

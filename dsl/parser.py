@@ -346,9 +346,21 @@ def _expected(names: set[str]) -> str:
     return "; expected " + (shown[0] if len(shown) == 1 else "one of " + ", ".join(shown[:14]))
 
 
-def _syntax_diagnostic(err: UnexpectedInput, file: str, line_off: int, col_off: int) -> Diagnostic:
+def _end_of(text: str) -> tuple[int, int]:
+    """Line and column just after the last non-blank character."""
+    body = text.rstrip()
+    lines = body.split("\n")
+    return len(lines), len(lines[-1]) + 1
+
+
+def _syntax_diagnostic(err: UnexpectedInput, file: str, line_off: int, col_off: int,
+                       text: str) -> Diagnostic:
     line = err.line if isinstance(err.line, int) and err.line > 0 else 1
     column = err.column if isinstance(err.column, int) and err.column > 0 else 1
+    at_end = isinstance(err, UnexpectedEOF) or (
+        isinstance(err, UnexpectedToken) and err.token.type == "$END")
+    if at_end:
+        line, column = _end_of(text)
     if line == 1:
         column += col_off
     pos = ast.Pos(file, line + line_off, column)
@@ -382,7 +394,7 @@ def _parse_template(
             parts.append(transformer.transform(tree))
             diagnostics.extend(transformer.diagnostics)
         except UnexpectedInput as err:
-            diagnostics.append(_syntax_diagnostic(err, pos.file, line_off, col_off))
+            diagnostics.append(_syntax_diagnostic(err, pos.file, line_off, col_off, match.group(1)))
         cursor = match.end()
     if cursor < len(text):
         parts.append(text[cursor:])
@@ -396,7 +408,7 @@ def parse_text(text: str, file: str) -> tuple[ast.Module | None, list[Diagnostic
     try:
         tree: Tree[Token] = _lark().parse(text, start="start")
     except UnexpectedInput as err:
-        return None, [_syntax_diagnostic(err, file, 0, 0)]
+        return None, [_syntax_diagnostic(err, file, 0, 0, text)]
     transformer = _ToAst(file)
     items = transformer.transform(tree)
     return ast.Module(file, tuple(items.children)), transformer.diagnostics

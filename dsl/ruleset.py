@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from dsl.ast import Pos
@@ -66,6 +67,16 @@ class Template:
         return "".join(out)
 
 
+def round_half_up(value: float, digits: int) -> float:
+    """Round as people do (2.675 → 2.68), after dropping binary float noise.
+
+    >>> round_half_up(75 - 50.255, 2)
+    24.75
+    """
+    exact = Decimal(f"{value:.12g}")
+    return float(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+
+
 def _apply_filter(name: str, args: tuple[Any, ...], value: Any, kind: str) -> tuple[Any, str]:
     if name == "default":
         return (args[0], "string") if value is None or value == "" else (value, kind)
@@ -78,8 +89,7 @@ def _apply_filter(name: str, args: tuple[Any, ...], value: Any, kind: str) -> tu
     if name == "title":
         return to_text(value, kind).title(), "string"
     if name == "round" and isinstance(value, int | float):
-        digits = int(args[0])
-        return (round(value, digits) if digits else float(round(value))), kind
+        return round_half_up(float(value), int(args[0])), kind
     return value, kind
 
 

@@ -1,0 +1,222 @@
+"""The ``arbiter`` command: serve, check, decide.
+
+    arbiter serve --rules rulesets/retail [--port 50051] [--redis redis://...]
+    arbiter check rulesets/retail [--format json]
+    arbiter decide --rules rulesets/retail --user ann --placement email --explain
+    arbiter decide --target localhost:50051 --user ann --placement homepage_banner
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from dsl.diagnostics import RulesetError
+from dsl.loader import build, load_path, read_sources
+from dsl.parser import duration_seconds
+from engine.requests import InvalidArgument
+
+log = logging.getLogger("arbiter")
+
+
+def _store(redis_url: str | None) -> Any:
+    if redis_url:
+        from adapters.redis_store import RedisStore
+
+        store = RedisStore(redis_url)
+        store.ping()
+        return store
+    from adapters.memory import MemoryStore
+
+    return MemoryStore()
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from engine import server
+    from engine.service import Arbiter
+
+    try:
+        ruleset = load_path(args.rules)
+    except RulesetError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    for warning in ruleset.warnings:
+        log.warning("%s", warning)
+    arbiter = Arbiter(ruleset, _store(args.redis), seed=args.seed)
+    running = server.start(arbiter, args.host, args.port, args.workers)
+    print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
+          f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
+          flush=True)
+    server.serve_forever(running)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    try:
+        sources = read_sources(args.path)
+    except (FileNotFoundError, UnicodeDecodeError) as err:
+        print(f"arbiter check: {err}", file=sys.stderr)
+        return 1
+    result = build(sources)
+    diagnostics = sorted(result.diagnostics,
+                         key=lambda d: (d.pos.file, d.pos.line, d.pos.column))
+    errors = sum(d.severity == "error" for d in diagnostics)
+    if args.format == "json":
+        print(json.dumps({"errors": errors, "warnings": len(diagnostics) - errors,
+                          "diagnostics": [d.as_dict() for d in diagnostics]}, indent=2))
+    else:
+        for d in diagnostics:
+            print(d.render(sources), file=sys.stderr if d.severity == "error" else sys.stdout)
+        summary = f"{len(sources)} file(s): {errors} error(s), {len(diagnostics) - errors} warning(s)"
+        if result.ruleset is not None:
+            summary += f"; revision {result.ruleset.revision}"
+        print(summary)
+    return 1 if errors else 0
+
+
+def _parse_context(pairs: Sequence[str], schema: Any = None) -> dict[str, Any]:
+    """``key=value`` pairs; typed by the ruleset's schema when known, else guessed."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise InvalidArgument(f"context.{key}", "expected key=value")
+        kind = schema[key].type if schema is not None and key in schema else None
+        if kind == "string":
+            out[key] = raw
+        elif kind == "bool" or raw in ("true", "false"):
+            out[key] = raw == "true"
+        else:
+            try:
+                out[key] = float(raw)
+            except ValueError:
+                out[key] = raw
+    return out
+
+
+def seed_profile(arbiter: Any, user_id: str, path: str) -> None:
+    """Load a profile file: ``{"traits": {...}, "events": [{"type", "value", "ago"}]}``."""
+    data = json.loads(Path(path).read_text())
+    now = arbiter.clock()
+    events = data.get("events", [])
+    traits = data.get("traits", {})
+    if not events:
+        events = [{"type": "visit", "ago": "0s"}]
+    for i, event in enumerate(events):
+        arbiter.track(user_id=user_id, event_type=event["type"],
+                      properties={"value": float(event.get("value", 0))},
+                      traits=traits if i == len(events) - 1 else {},
+                      at=now - duration_seconds(event.get("ago", "0s")))
+
+
+def cmd_decide(args: argparse.Namespace) -> int:
+    try:
+        if args.target:
+            decision = _decide_remote(args)
+        else:
+            decision = _decide_local(args)
+    except RulesetError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except InvalidArgument as err:
+        print(f"arbiter decide: invalid argument {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        from engine.convert import decide_response
+        from google.protobuf.json_format import MessageToJson
+
+        print(MessageToJson(decide_response(decision)))
+    else:
+        print(decision.render())
+    return 0
+
+
+def _decide_local(args: argparse.Namespace) -> Any:
+    from adapters.memory import MemoryStore
+    from engine.service import Arbiter
+
+    ruleset = load_path(args.rules)
+    arbiter = Arbiter(ruleset, MemoryStore(), seed=args.seed)
+    if args.profile:
+        seed_profile(arbiter, args.user, args.profile)
+    return arbiter.decide(
+        user_id=args.user, placement=args.placement, channel=args.channel,
+        context=_parse_context(args.context, ruleset.context_schema), limit=args.limit,
+        explain=args.explain)
+
+
+def _decide_remote(args: argparse.Namespace) -> Any:
+    import grpc
+
+    from engine import convert
+    from engine.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+    context = {k: convert.to_value(v) for k, v in _parse_context(args.context).items()}
+    with grpc.insecure_channel(args.target) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        try:
+            response = stub.Decide(pb.DecideRequest(
+                user_id=args.user, placement=args.placement, channel=args.channel,
+                context=context, limit=args.limit, explain=args.explain), timeout=10)
+        except grpc.RpcError as err:
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise InvalidArgument("request", err.details() or "") from err
+            raise SystemExit(f"arbiter decide: {err.code().name}: {err.details()}") from err
+    return convert.decision_from_response(response, args.user, args.placement, args.channel)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arbiter", description="Next-best-action decisions.")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="serve a ruleset over gRPC")
+    serve.add_argument("--rules", default="rulesets/retail", help="ruleset directory or file")
+    serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    serve.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
+    serve.add_argument("--redis", metavar="URL", help="redis://host:port/db (default: in memory)")
+    serve.add_argument("--workers", type=int, default=16, help="request threads")
+    serve.add_argument("--seed", type=int, help="seed of the Thompson sampler")
+    serve.set_defaults(func=cmd_serve)
+
+    check = sub.add_parser("check", help="parse and check a ruleset; exit 1 on errors")
+    check.add_argument("path")
+    check.add_argument("--format", choices=("text", "json"), default="text")
+    check.set_defaults(func=cmd_check)
+
+    decide = sub.add_parser("decide", help="one decision, in process or from a server")
+    where = decide.add_mutually_exclusive_group()
+    where.add_argument("--rules", default="rulesets/retail", help="decide in process")
+    where.add_argument("--target", help="host:port of a running server")
+    decide.add_argument("--user", required=True)
+    decide.add_argument("--placement", required=True)
+    decide.add_argument("--channel", default="")
+    decide.add_argument("--context", nargs="*", default=[], metavar="KEY=VALUE")
+    decide.add_argument("--limit", type=int, default=0)
+    decide.add_argument("--explain", action="store_true", help="why each action was chosen")
+    decide.add_argument("--profile", help="JSON profile file to decide for (in process)")
+    decide.add_argument("--seed", type=int)
+    decide.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
+    decide.set_defaults(func=cmd_decide)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    started = time.perf_counter()
+    code: int = args.func(args)
+    log.debug("done in %.3fs", time.perf_counter() - started)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

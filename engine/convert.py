@@ -1,0 +1,141 @@
+"""Protobuf messages ↔ engine values. The only module besides the server that knows protobuf."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from engine.decision import ActionTrace, Decision, RankedAction, Reason
+from engine.gen.arbiter.v1 import decision_pb2 as pb
+from engine.records import Profile
+from engine.requests import InvalidArgument
+
+OUTCOME_NAMES = {
+    pb.OUTCOME_IMPRESSION: "impression",
+    pb.OUTCOME_CLICK: "click",
+    pb.OUTCOME_CONVERSION: "conversion",
+    pb.OUTCOME_DISMISS: "dismiss",
+}
+OUTCOME_ENUMS = {name: enum for enum, name in OUTCOME_NAMES.items()}
+
+
+def seconds(ts: Timestamp) -> float:
+    return ts.seconds + ts.nanos / 1e9
+
+
+def timestamp(at: float) -> Timestamp:
+    ts = Timestamp()
+    ts.FromNanoseconds(int(at * 1e9))
+    return ts
+
+
+def from_value(field: str, value: pb.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind is None:
+        raise InvalidArgument(field, "value has no kind set")
+    if kind == "timestamp_value":
+        return datetime.fromtimestamp(seconds(value.timestamp_value), UTC)
+    return getattr(value, kind)
+
+
+def from_values(field: str, values: Mapping[str, pb.Value]) -> dict[str, Any]:
+    return {key: from_value(f"{field}.{key}", v) for key, v in values.items()}
+
+
+def to_value(value: Any, kind: str | None = None) -> pb.Value:
+    if isinstance(value, bool):
+        return pb.Value(bool_value=value)
+    if isinstance(value, int | float):
+        if kind == "timestamp":
+            return pb.Value(timestamp_value=timestamp(float(value)))
+        return pb.Value(number_value=float(value))
+    if isinstance(value, datetime):
+        return pb.Value(timestamp_value=timestamp(value.timestamp()))
+    return pb.Value(string_value=str(value))
+
+
+def optional_time(message: Any, field: str) -> float | None:
+    return seconds(getattr(message, field)) if message.HasField(field) else None
+
+
+def _reason(r: Reason) -> pb.Reason:
+    return pb.Reason(kind=r.kind, name=r.name, passed=r.passed, detail=r.detail,
+                     location=r.location)
+
+
+def decide_response(decision: Decision) -> pb.DecideResponse:
+    response = pb.DecideResponse(
+        decision_id=decision.decision_id,
+        ruleset_revision=decision.revision,
+        decided_at=timestamp(decision.decided_at),
+    )
+    for a in decision.actions:
+        response.actions.append(pb.RankedAction(
+            action_id=a.action_id, rank=a.rank, score=a.score, propensity=a.propensity,
+            value=a.value, weight=a.weight, experiment=a.experiment or "", arm=a.arm or "",
+            content=a.content, reasons=[_reason(r) for r in a.reasons],
+            score_terms=[pb.ScoreTerm(name=k, value=v) for k, v in a.score_terms.items()],
+        ))
+    if decision.traces:
+        response.explanation.segments.extend(decision.segments)
+        for t in decision.traces:
+            response.explanation.candidates.append(pb.ActionTrace(
+                action_id=t.action_id, eligible=t.eligible,
+                reasons=[_reason(r) for r in t.reasons]))
+    return response
+
+
+def decision_from_response(response: pb.DecideResponse, user_id: str, placement: str,
+                           channel: str) -> Decision:
+    """The client-side view of a response, for printing (``arbiter decide --target``)."""
+
+    def reasons(items: Any) -> list[Reason]:
+        return [Reason(r.kind, r.name, r.passed, r.detail, r.location) for r in items]
+
+    actions = tuple(
+        RankedAction(a.action_id, a.score, a.propensity, a.value, a.weight, 0, rank=a.rank,
+                     experiment=a.experiment or None, arm=a.arm or None,
+                     content=dict(a.content), reasons=reasons(a.reasons),
+                     score_terms={t.name: t.value for t in a.score_terms})
+        for a in response.actions
+    )
+    traces = tuple(ActionTrace(t.action_id, t.eligible, tuple(reasons(t.reasons)))
+                   for t in response.explanation.candidates)
+    return Decision(response.decision_id, response.ruleset_revision,
+                    seconds(response.decided_at), user_id, placement, channel, actions,
+                    tuple(response.explanation.segments), traces)
+
+
+def profile_message(profile: Profile, now: float,
+                    types: Mapping[str, str] | None = None) -> pb.Profile:
+    """A profile for GetProfile: attributes, event aggregates, contact history."""
+    from dsl.runtime import count_within
+
+    message = pb.Profile(user_id=profile.user_id)
+    for name, value in profile.attributes.items():
+        if value is not None:
+            message.attributes[name].CopyFrom(to_value(value, (types or {}).get(name)))
+    for event_type, stats in sorted(profile.events.items()):
+        message.events.append(pb.EventAggregate(
+            event_type=event_type, count=stats.count, total_value=stats.total,
+            first_at=timestamp(stats.first_at), last_at=timestamp(stats.last_at),
+            count_24h=int(count_within(stats, now, 86400.0)),
+            count_7d=int(count_within(stats, now, 7 * 86400.0)),
+            count_30d=int(count_within(stats, now, 30 * 86400.0)),
+        ))
+    for action_id, history in sorted(profile.contacts.items()):
+        outcomes = [outcome for _, outcome in history]
+        message.contacts.append(pb.ContactAggregate(
+            action_id=action_id,
+            impressions=outcomes.count("impression"), clicks=outcomes.count("click"),
+            conversions=outcomes.count("conversion"), dismissals=outcomes.count("dismiss"),
+            last_at=timestamp(history[-1][0]) if history else None,
+        ))
+    if profile.first_seen is not None:
+        message.first_seen.CopyFrom(timestamp(profile.first_seen))
+    if profile.last_seen is not None:
+        message.last_seen.CopyFrom(timestamp(profile.last_seen))
+    return message

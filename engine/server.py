@@ -1,0 +1,193 @@
+"""gRPC server: a thin translation layer over :class:`engine.service.Arbiter`.
+
+Adds the standard ``grpc.health.v1`` health service and server reflection, so
+``grpcurl``/``grpc_health_probe`` work without our proto files. Each RPC maps
+engine errors to status codes and never lets an exception reach gRPC unlogged.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import signal
+import threading
+from collections.abc import Callable
+from concurrent import futures
+from typing import Any, TypeVar
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from engine import convert
+from engine.feedback import ActionNotInDecision
+from engine.gen.arbiter.v1 import decision_pb2 as pb
+from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.ports import DecisionNotFound
+from engine.requests import InvalidArgument
+from engine.service import Arbiter
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+MAX_MESSAGE_BYTES = 1 << 20
+SYNC_INTERVAL_SECONDS = 1.0
+
+R = TypeVar("R")
+
+
+def _rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[..., R]:
+    """Map engine errors to gRPC status codes; log anything unexpected."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+        try:
+            return method(self, request, context)
+        except InvalidArgument as err:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+        except DecisionNotFound as err:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"decision_id: no decision {err.args[0]!r} in the attribution window")
+        except ActionNotInDecision as err:
+            context.abort(grpc.StatusCode.NOT_FOUND,
+                          f"action_id: {err.args[0]!r} was not part of this decision")
+        except Exception:
+            log.exception("%s failed", method.__name__)
+            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
+
+    return wrapper
+
+
+class DecisionServicer(pb_grpc.DecisionServiceServicer):
+    def __init__(self, arbiter: Arbiter) -> None:
+        self.arbiter = arbiter
+
+    @_rpc
+    def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext
+               ) -> pb.DecideResponse:
+        decision = self.arbiter.decide(
+            user_id=request.user_id,
+            placement=request.placement,
+            channel=request.channel,
+            context=convert.from_values("context", request.context),
+            limit=request.limit,
+            explain=request.explain,
+            at=convert.optional_time(request, "at"),
+        )
+        return convert.decide_response(decision)
+
+    @_rpc
+    def Feedback(self, request: pb.FeedbackRequest, context: grpc.ServicerContext
+                 ) -> pb.FeedbackResponse:
+        outcome = convert.OUTCOME_NAMES.get(request.outcome)
+        if outcome is None:
+            raise InvalidArgument("outcome", "must be set (impression, click, conversion, "
+                                             "dismiss)")
+        commit = self.arbiter.feedback(
+            decision_id=request.decision_id,
+            action_id=request.action_id,
+            outcome=outcome,
+            value=request.value if request.HasField("value") else None,
+            idempotency_key=request.idempotency_key,
+            at=convert.optional_time(request, "timestamp"),
+        )
+        return pb.FeedbackResponse(duplicate=commit.duplicate)
+
+    def _types(self) -> dict[str, str]:
+        return {k: v.type for k, v in self.arbiter.ruleset.profile_schema.items()}
+
+    @_rpc
+    def TrackEvent(self, request: pb.TrackEventRequest, context: grpc.ServicerContext
+                   ) -> pb.TrackEventResponse:
+        profile = self.arbiter.track(
+            user_id=request.user_id,
+            event_type=request.event_type,
+            properties=convert.from_values("properties", request.properties),
+            traits=convert.from_values("traits", request.traits),
+            at=convert.optional_time(request, "timestamp"),
+        )
+        return pb.TrackEventResponse(
+            profile=convert.profile_message(profile, self.arbiter.clock(), self._types()))
+
+    @_rpc
+    def GetProfile(self, request: pb.GetProfileRequest, context: grpc.ServicerContext
+                   ) -> pb.GetProfileResponse:
+        profile = self.arbiter.get_profile(request.user_id)
+        if profile is None:
+            return pb.GetProfileResponse(found=False)
+        return pb.GetProfileResponse(found=True, profile=convert.profile_message(
+            profile, self.arbiter.clock(), self._types()))
+
+    @_rpc
+    def ForgetProfile(self, request: pb.ForgetProfileRequest, context: grpc.ServicerContext
+                      ) -> pb.ForgetProfileResponse:
+        return pb.ForgetProfileResponse(deleted=self.arbiter.forget(request.user_id))
+
+
+class RunningServer:
+    """A started server: its port, and a stop that also stops background sync."""
+
+    def __init__(self, server: grpc.Server, port: int, arbiter: Arbiter,
+                 health_servicer: health.HealthServicer) -> None:
+        self.server = server
+        self.port = port
+        self.arbiter = arbiter
+        self.health = health_servicer
+        self._stopped = threading.Event()
+        self._sync = threading.Thread(target=self._sync_loop, name="arbiter-sync", daemon=True)
+        self._sync.start()
+
+    def _sync_loop(self) -> None:
+        while not self._stopped.wait(SYNC_INTERVAL_SECONDS):
+            try:
+                self.arbiter.sync()
+            except Exception:
+                log.exception("sync with the store failed; retrying")
+
+    def stop(self, grace: float = 2.0) -> None:
+        self.health.enter_graceful_shutdown()
+        self._stopped.set()
+        self.server.stop(grace).wait()
+        self.arbiter.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
+          workers: int = 16) -> RunningServer:
+    """Start serving on ``host:port`` (port 0 picks a free one)."""
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+    pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(arbiter), server)
+    health_servicer = health.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    for name in ("", SERVICE_NAME):
+        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    reflection.enable_server_reflection(
+        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    server.start()
+    log.info("serving ruleset %s on %s:%d", arbiter.ruleset.revision, host, bound)
+    return RunningServer(server, bound, arbiter, health_servicer)
+
+
+def serve_forever(running: RunningServer) -> None:
+    """Block until SIGINT/SIGTERM, then drain in-flight requests and stop."""
+    done = threading.Event()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        done.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    done.wait()
+    log.info("shutting down")
+    running.stop()

@@ -1,0 +1,103 @@
+"""Broken rule files and the exact diagnostics they must produce."""
+
+from __future__ import annotations
+
+import pytest
+
+from dsl.diagnostics import RulesetError
+from dsl.loader import build, load_text
+
+HEADER = """
+profile { spend: number = 0  name: string pii  joined: timestamp }
+context { device: string }
+events: purchase, visit
+placement home { channels: web, app }
+"""
+
+# (rule text after HEADER, expected "line:col: error: message" of the first error)
+CASES = [
+    ("segment s = profile.spnd > 5",
+     "6:13: error: unknown profile attribute 'spnd'; did you mean 'spend'?"),
+    ("segment s = context.devise == \"ios\"",
+     "6:13: error: unknown context attribute 'devise'; did you mean 'device'?"),
+    ("segment s = count(purchse) > 1",
+     "6:19: error: unknown event 'purchse'; did you mean 'purchase'?"),
+    ("segment s = now - last(purchase) > 24",
+     "6:34: error: cannot compare duration with number (write the number with a unit"),
+    ("segment s = profile.name > 3",
+     "6:26: error: cannot compare string with number"),
+    ("segment s = profile.spend",
+     "6:13: error: segment condition must be true or false, not number"),
+    ("segment s = profile.joined == null",
+     "6:28: error: compare with null using 'is null' or 'is not null'"),
+    ("segment a = b\nsegment b = a",
+     "6:9: error: segments refer to each other in a cycle: a -> b -> a"),
+    ("segment s = t",
+     "6:13: error: unknown segment 't'"),
+    ("action a { placements: hoem value: 1 }",
+     "6:12: error: unknown placement 'hoem'; did you mean 'home'?"),
+    ("action a { placements: home }",
+     "6:8: error: action 'a' needs 'value: ...'"),
+    ("action a { placements: home value: \"x\" }",
+     "6:36: error: 'value' must be a number, not string"),
+    ("action a { placements: home channels: email value: 1 }",
+     "6:29: error: channel 'email' is not a channel of placements home"),
+    ("action a { placements: home value: 1 value: 2 }",
+     "6:38: error: 'value' is set twice in this action"),
+    ("action a { placements: home value: 1 content { h: \"Hi {{ profile.nam }}\" } }",
+     "6:58: error: unknown profile attribute 'nam'; did you mean 'name'?"),
+    ("action a { placements: home value: 1 content { h: \"Hi {{ profile.name | shout }}\" } }",
+     "6:58: error: unknown filter 'shout'"),
+    ("action a { placements: home value: 1 content { h: \"Hi {{ profile. }}\" } }",
+     "6:66: error: syntax error: unexpected end of input; expected name"),
+    ("action a { placements: home value: 1 prior: 1.5 }",
+     "6:38: error: 'prior' is a propensity: between 0 and 1 exclusive"),
+    ("action a { placements: home value: 1 }\naction a { placements: home value: 2 }",
+     "7:8: error: action 'a' is already defined as an action at"),
+    ("action a { placements: home value: 1 }\nexperiment e on home { arms: a, b }",
+     "7:24: error: unknown action 'b'"),
+    ("action a { placements: home value: 1 }\nexperiment e on home { arms: a }",
+     "7:24: error: an experiment needs at least 2 arms"),
+    ("segment s = profile.spend >",
+     "6:28: error: syntax error: unexpected end of input; expected one of"),
+    ("segment s = profile.spend > 5 5",
+     "6:31: error: syntax error: unexpected '5'"),
+    ("action a { placements: home value: 1 foo: 2 }",
+     "6:38: error: syntax error: unexpected 'foo'; expected one of"),
+    ("segment s = days_sinc(profile.joined) < 3",
+     "6:13: error: unknown function 'days_sinc'; did you mean 'days_since'?"),
+    ("segment s = $",
+     "6:13: error: syntax error: unexpected character '$'"),
+]
+
+
+@pytest.mark.parametrize(("rules", "expected"), CASES, ids=[c[1][:40] for c in CASES])
+def test_broken_rule_reports_position_and_message(rules: str, expected: str) -> None:
+    with pytest.raises(RulesetError) as info:
+        load_text(HEADER.lstrip("\n") + "\n" + rules + "\n", "r.arb")
+    first = info.value.errors[0]
+    text = f"{first.pos.line}:{first.pos.column}: {first.severity}: {first.message}"
+    assert text.startswith(expected), text
+
+
+def test_every_error_is_reported_in_one_run() -> None:
+    result = build({"r.arb": HEADER + "segment a = profile.x > 1\nsegment b = profile.y > 1\n"})
+    messages = [d.message for d in result.diagnostics if d.severity == "error"]
+    assert len(messages) == 2 and "'x'" in messages[0] and "'y'" in messages[1]
+
+
+def test_rendered_error_has_source_line_and_caret() -> None:
+    with pytest.raises(RulesetError) as info:
+        load_text("segment s = profile.nope > 1\n", "bad.arb")
+    err = info.value
+    assert err.errors[0].render(err.sources).splitlines() == [
+        "bad.arb:1:13: error: unknown profile attribute 'nope' (declare it in the profile block)",
+        "    segment s = profile.nope > 1",
+        "                ^",
+    ]
+
+
+def test_unused_segment_is_a_warning_not_an_error() -> None:
+    result = build({"r.arb": HEADER + "segment lonely = profile.spend > 1\n"})
+    assert not result.failed
+    assert any("'lonely' is not used" in d.message for d in result.diagnostics)
