@@ -1,0 +1,169 @@
+"""Unit tests per stage: profile aggregation, feedback counting, bandit, learner."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from adapters.memory import MemoryStore
+from engine.bandit import ThompsonSampler, posterior, posterior_mean
+from engine.feedback import ActionNotInDecision, FeedbackInput, feedback_effects
+from engine.learning import Learner
+from engine.profiles import (
+    MAX_RECENT_EVENTS,
+    impressions_within,
+    record_contact,
+    record_event,
+)
+from engine.propensity import PropensityModels
+from engine.records import ArmCounts, DecisionRecord, ShownAction
+
+NOW = 1_800_000_000.0
+
+
+# ---- profiles ------------------------------------------------------------------------
+def test_record_event_aggregates_and_traits() -> None:
+    p = record_event(None, "u", "purchase", 100.0, NOW - 10, {"first_name": "Ann"})
+    p = record_event(p, "u", "purchase", 50.0, NOW - 20, {})  # out of order is fine
+    stats = p.events["purchase"]
+    assert (stats.count, stats.total, stats.first_at, stats.last_at) == (
+        2, 150.0, NOW - 20, NOW - 10)
+    assert [t for t, _ in stats.recent] == [NOW - 20, NOW - 10]
+    assert p.attributes == {"first_name": "Ann"}
+    assert (p.first_seen, p.last_seen) == (NOW - 20, NOW - 10)
+    p = record_event(p, "u", "visit", 0.0, NOW, {"first_name": None})
+    assert "first_name" not in p.attributes
+
+
+def test_recent_events_are_bounded_but_totals_exact() -> None:
+    p = None
+    for i in range(MAX_RECENT_EVENTS + 50):
+        p = record_event(p, "u", "visit", 1.0, NOW + i, {})
+    assert p is not None
+    assert len(p.events["visit"].recent) == MAX_RECENT_EVENTS
+    assert p.events["visit"].count == MAX_RECENT_EVENTS + 50
+    assert p.events["visit"].total == MAX_RECENT_EVENTS + 50
+
+
+def test_impressions_within_window() -> None:
+    p = record_contact(None, "u", "offer", "impression", NOW - 8 * 86400)
+    p = record_contact(p, "u", "offer", "impression", NOW - 86400)
+    p = record_contact(p, "u", "offer", "click", NOW - 86400)
+    assert impressions_within(p, "offer", NOW, 7 * 86400) == 1
+    assert impressions_within(p, "offer", NOW, 30 * 86400) == 2
+    assert impressions_within(p, "other", NOW, 30 * 86400) == 0
+
+
+# ---- feedback counting ---------------------------------------------------------------
+def decision(arm: bool = True) -> DecisionRecord:
+    return DecisionRecord(
+        decision_id="d1", user_id="u", placement="home", channel="web", revision="r",
+        decided_at=NOW, features={"seg:x": 1.0},
+        actions=[ShownAction("a", 1, 0.5, 0.5, 1.0, "exp" if arm else None,
+                             "a" if arm else None, "click" if arm else None)])
+
+
+def fb(outcome: str) -> FeedbackInput:
+    return FeedbackInput("d1", "a", outcome, None, "", NOW, NOW)
+
+
+def test_impression_then_click_is_one_trial_one_success() -> None:
+    d = decision()
+    first = feedback_effects(fb("impression"), d, None)
+    assert first.arm_increments == {("exp", "a"): ArmCounts(1.0, 0.0)}
+    second = feedback_effects(fb("click"), first.decision, first.profile)
+    assert second.arm_increments == {("exp", "a"): ArmCounts(0.0, 1.0)}
+    again = feedback_effects(fb("click"), second.decision, second.profile)
+    assert again.arm_increments == {} and again.event.first is False
+
+
+def test_click_without_impression_implies_one() -> None:
+    effects = feedback_effects(fb("click"), decision(), None)
+    assert effects.arm_increments == {("exp", "a"): ArmCounts(1.0, 1.0)}
+    assert effects.profile is not None
+    assert [o for _, o in effects.profile.contacts["a"]] == ["click", "impression"] or [
+        o for _, o in effects.profile.contacts["a"]] == ["impression", "click"]
+    assert impressions_within(effects.profile, "a", NOW, 60) == 1
+
+
+def test_feedback_for_an_action_not_shown_is_rejected() -> None:
+    with pytest.raises(ActionNotInDecision):
+        feedback_effects(FeedbackInput("d1", "zzz", "click", None, "", NOW, NOW),
+                         decision(), None)
+
+
+def test_non_experiment_actions_do_not_touch_bandits() -> None:
+    assert feedback_effects(fb("click"), decision(arm=False), None).arm_increments == {}
+
+
+# ---- bandit --------------------------------------------------------------------------
+def test_posterior_from_counts_and_prior() -> None:
+    assert posterior(None, 1, 1) == (1.0, 1.0)
+    assert posterior(ArmCounts(10, 3), 2, 5) == (5.0, 12.0)
+    assert posterior(ArmCounts(1, 3), 1, 1) == (4.0, 1.0)  # never negative failures
+    assert posterior_mean((3.0, 1.0)) == 0.75
+
+
+def test_sampler_is_reproducible_with_a_seed() -> None:
+    params = [(2.0, 3.0), (5.0, 1.0)]
+    assert np.array_equal(ThompsonSampler(3).sample(params), ThompsonSampler(3).sample(params))
+
+
+def test_thompson_sampling_concentrates_on_the_best_arm() -> None:
+    rng = np.random.default_rng(0)
+    rates = [0.02, 0.05, 0.12]
+    counts = [ArmCounts() for _ in rates]
+    sampler = ThompsonSampler(1)
+    plays = [0, 0, 0]
+    for _ in range(4000):
+        draws = sampler.sample([posterior(c, 1, 1) for c in counts])
+        arm = int(np.argmax(draws))
+        plays[arm] += 1
+        counts[arm].trials += 1
+        counts[arm].successes += float(rng.random() < rates[arm])
+    assert plays[2] > 0.7 * sum(plays), plays
+
+
+# ---- learner: delayed labels, snapshots --------------------------------------------------
+def test_learner_labels_clicks_now_and_silence_after_the_wait() -> None:
+    store = MemoryStore(clock=lambda: NOW)
+    models = PropensityModels()
+    learner = Learner(store, models, lambda _: 0.05, reward_wait=60.0)
+    store.save_decision(decision(arm=False), 3600)
+    x = {"seg:x": 1.0}
+    for i in range(30):
+        d = decision(arm=False)
+        d.decision_id = f"d{i}"
+        store.save_decision(d, 3600)
+        store.commit_feedback(d.decision_id, f"k{i}", lambda dd, p, i=i: feedback_effects(
+            FeedbackInput(dd.decision_id, "a", "click", None, "", NOW, NOW + i), dd, p), 3600)
+    assert learner.catch_up() == 30
+    up = models.predict("a", 0.05, x)
+    assert up > 0.1
+    # impressions with no click: labelled negative only once the wait has passed
+    for i in range(30, 90):
+        d = decision(arm=False)
+        d.decision_id = f"d{i}"
+        store.save_decision(d, 3600)
+        store.commit_feedback(d.decision_id, f"k{i}", lambda dd, p, i=i: feedback_effects(
+            FeedbackInput(dd.decision_id, "a", "impression", None, "", NOW, NOW + 100 + 2 * i),
+            dd, p), 3600)
+    learner.catch_up()
+    assert len(learner.pending) > 0 and models.examples_seen("a") < 90
+    assert models.predict("a", 0.05, x) < up
+
+
+def test_learner_snapshot_and_restore_resume_at_offset() -> None:
+    store = MemoryStore(clock=lambda: NOW)
+    models = PropensityModels()
+    learner = Learner(store, models, lambda _: 0.05, snapshot_every=1)
+    d = decision(arm=False)
+    store.save_decision(d, 3600)
+    store.commit_feedback("d1", "k", lambda dd, p: feedback_effects(fb("click"), dd, p), 3600)
+    learner.catch_up()
+    restored = Learner(store, PropensityModels(), lambda _: 0.05)
+    restored.restore()
+    assert restored.offset == learner.offset == "1"
+    assert restored.catch_up() == 0
+    x = {"seg:x": 1.0}
+    assert restored.models.predict("a", 0.05, x) == pytest.approx(models.predict("a", 0.05, x))
