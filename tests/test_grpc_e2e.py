@@ -1,0 +1,188 @@
+"""End to end over a real gRPC server on a free port, through the generated stubs."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from engine import convert
+from engine.gen.arbiter.v1 import decision_pb2 as pb
+from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.server import RunningServer
+
+Stub = pb_grpc.DecisionServiceStub
+
+
+def num(x: float) -> pb.Value:
+    return pb.Value(number_value=x)
+
+
+def text(x: str) -> pb.Value:
+    return pb.Value(string_value=x)
+
+
+def code_of(call: object) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as info:
+        call()  # type: ignore[operator]
+    err = info.value
+    return err.code(), err.details()  # type: ignore[attr-defined]
+
+
+def test_decide_returns_a_ranked_explained_decision(stub: Stub) -> None:
+    response = stub.Decide(pb.DecideRequest(user_id="first-timer", placement="homepage_banner",
+                                            channel="web", explain=True))
+    assert len(response.decision_id) == 32
+    assert len(response.ruleset_revision) == 12
+    top = response.actions[0]
+    assert (top.action_id, top.rank) == ("onboarding_tour", 1)
+    assert top.score == pytest.approx(top.propensity * top.value * top.weight)
+    assert top.content["cta"] == "Start the tour"
+    assert any(r.kind == "eligibility" and r.passed for r in top.reasons)
+    assert {t.name for t in top.score_terms} >= {"propensity", "value", "weight"}
+    assert "new_visitor" in response.explanation.segments
+    assert len(response.explanation.candidates) == 6
+
+
+def test_track_event_makes_a_cart_abandoner_who_gets_the_cart_action(stub: Stub) -> None:
+    before = stub.Decide(pb.DecideRequest(user_id="carla", placement="email"))
+    assert "cart_reminder" not in [a.action_id for a in before.actions]
+    added = convert.timestamp(time.time() - 26 * 3600)
+    tracked = stub.TrackEvent(pb.TrackEventRequest(
+        user_id="carla", event_type="add_to_cart", properties={"value": num(89.0)},
+        traits={"first_name": text("Carla"), "email_opt_in": pb.Value(bool_value=True)},
+        timestamp=added))
+    assert tracked.profile.events[0].event_type == "add_to_cart"
+    assert tracked.profile.events[0].total_value == 89.0
+    after = stub.Decide(pb.DecideRequest(user_id="carla", placement="email"))
+    assert after.actions[0].action_id == "cart_reminder"
+    assert after.actions[0].content["subject"] == "Carla, you left something in your cart"
+
+
+def test_feedback_moves_bandit_and_propensity(stub: Stub, running: RunningServer) -> None:
+    arbiter = running.arbiter
+    for _ in range(6):
+        stub.TrackEvent(pb.TrackEventRequest(user_id="fiona", event_type="visit"))
+    stub.TrackEvent(pb.TrackEventRequest(user_id="fiona", event_type="visit",
+                                         timestamp=convert.timestamp(time.time() - 40 * 86400)))
+    prior = arbiter.models.predict("new_arrivals", 0.05, {})
+    clicked = 0
+    for i in range(50):
+        d = stub.Decide(pb.DecideRequest(user_id="fiona", placement="homepage_banner",
+                                         channel="web"))
+        top = d.actions[0]
+        assert top.experiment == "hero_test"
+        stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id, action_id=top.action_id,
+                                         outcome=pb.OUTCOME_IMPRESSION))
+        if top.action_id == "new_arrivals":
+            clicked += 1
+            reply = stub.Feedback(pb.FeedbackRequest(
+                decision_id=d.decision_id, action_id=top.action_id,
+                outcome=pb.OUTCOME_CLICK, idempotency_key=f"click-{i}"))
+            assert not reply.duplicate
+            # a retry with the same key is acknowledged and changes nothing
+            again = stub.Feedback(pb.FeedbackRequest(
+                decision_id=d.decision_id, action_id=top.action_id,
+                outcome=pb.OUTCOME_CLICK, idempotency_key=f"click-{i}"))
+            assert again.duplicate
+    counts = arbiter.store.arm_counts("hero_test")
+    assert counts["new_arrivals"].successes == clicked > 0
+    assert sum(c.trials for c in counts.values()) == 50
+    assert arbiter.models.predict("new_arrivals", 0.05, {}) > prior
+    explained = stub.Decide(pb.DecideRequest(user_id="fiona", placement="homepage_banner",
+                                             channel="web", explain=True))
+    terms = {t.name: t.value for t in explained.actions[0].score_terms}
+    assert "posterior_alpha" in terms and "posterior_beta" in terms
+
+
+def test_feedback_for_unknown_decision_or_action_is_not_found(stub: Stub) -> None:
+    code, details = code_of(lambda: stub.Feedback(pb.FeedbackRequest(
+        decision_id="nope", action_id="x", outcome=pb.OUTCOME_CLICK)))
+    assert code == grpc.StatusCode.NOT_FOUND and details.startswith("decision_id")
+    d = stub.Decide(pb.DecideRequest(user_id="u", placement="homepage_banner", channel="web"))
+    code, details = code_of(lambda: stub.Feedback(pb.FeedbackRequest(
+        decision_id=d.decision_id, action_id="vip_early_access", outcome=pb.OUTCOME_CLICK)))
+    assert code == grpc.StatusCode.NOT_FOUND and details.startswith("action_id")
+
+
+@pytest.mark.parametrize(("request_", "field"), [
+    (pb.DecideRequest(placement="email"), "user_id"),
+    (pb.DecideRequest(user_id="u", placement="sidebar"), "placement"),
+    (pb.DecideRequest(user_id="u", placement="email", channel="sms"), "channel"),
+    (pb.DecideRequest(user_id="u", placement="email", context={"page": pb.Value()}),
+     "context.page"),
+    (pb.DecideRequest(user_id="u", placement="email", context={"page": num(3)}),
+     "context.page"),
+    (pb.DecideRequest(user_id="u", placement="email", context={"shoe_size": num(3)}),
+     "context.shoe_size"),
+    (pb.DecideRequest(user_id="u", placement="email",
+                      context={f"k{i}": text("v") for i in range(100)}), "context"),
+    (pb.DecideRequest(user_id="u", placement="email", context={"page": text("x" * 5000)}),
+     "context.page"),
+])
+def test_bad_decide_requests_are_invalid_argument_naming_the_field(
+        stub: Stub, request_: pb.DecideRequest, field: str) -> None:
+    code, details = code_of(lambda: stub.Decide(request_))
+    assert code == grpc.StatusCode.INVALID_ARGUMENT
+    assert details.split(":")[0] == field, details
+
+
+def test_bad_feedback_and_track_requests(stub: Stub) -> None:
+    code, details = code_of(lambda: stub.Feedback(pb.FeedbackRequest(decision_id="d",
+                                                                      action_id="a")))
+    assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "outcome")
+    code, details = code_of(lambda: stub.TrackEvent(pb.TrackEventRequest(user_id="t")))
+    assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT, "event_type")
+    code, details = code_of(lambda: stub.TrackEvent(pb.TrackEventRequest(
+        user_id="t", event_type="visit", traits={"first_name": num(1)})))
+    assert (code, details.split(":")[0]) == (grpc.StatusCode.INVALID_ARGUMENT,
+                                             "traits.first_name")
+    found = stub.GetProfile(pb.GetProfileRequest(user_id="t"))
+    assert not found.found  # rejected requests left nothing behind
+
+
+def test_oversized_request_is_rejected_and_server_keeps_serving(stub: Stub) -> None:
+    code, _ = code_of(lambda: stub.Decide(pb.DecideRequest(
+        user_id="u", placement="email", context={"page": text("x" * (2 << 20))})))
+    assert code in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.INVALID_ARGUMENT)
+    assert stub.Decide(pb.DecideRequest(user_id="u", placement="email")).decision_id
+
+
+def test_get_and_forget_profile(stub: Stub) -> None:
+    stub.TrackEvent(pb.TrackEventRequest(user_id="gdpr", event_type="purchase",
+                                         properties={"value": num(42)},
+                                         traits={"email": text("g@example.com")}))
+    d = stub.Decide(pb.DecideRequest(user_id="gdpr", placement="homepage_banner",
+                                     channel="web"))
+    stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id,
+                                     action_id=d.actions[0].action_id,
+                                     outcome=pb.OUTCOME_IMPRESSION))
+    got = stub.GetProfile(pb.GetProfileRequest(user_id="gdpr"))
+    assert got.found and got.profile.attributes["email"].string_value == "g@example.com"
+    purchase = next(e for e in got.profile.events if e.event_type == "purchase")
+    assert (purchase.count, purchase.count_7d, purchase.total_value) == (1, 1, 42.0)
+    assert got.profile.contacts[0].impressions == 1
+    forgotten = stub.ForgetProfile(pb.ForgetProfileRequest(user_id="gdpr"))
+    assert forgotten.deleted == 2  # the profile and the decision
+    assert not stub.GetProfile(pb.GetProfileRequest(user_id="gdpr")).found
+    code, _ = code_of(lambda: stub.Feedback(pb.FeedbackRequest(
+        decision_id=d.decision_id, action_id=d.actions[0].action_id,
+        outcome=pb.OUTCOME_CLICK)))
+    assert code == grpc.StatusCode.NOT_FOUND
+
+
+def test_health_and_reflection(running: RunningServer) -> None:
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        for service in ("", "arbiter.v1.DecisionService"):
+            reply = health.Check(health_pb2.HealthCheckRequest(service=service))
+            assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        responses = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+        names = {s.name for r in responses for s in r.list_services_response.service}
+        assert "arbiter.v1.DecisionService" in names
+        assert "grpc.health.v1.Health" in names
