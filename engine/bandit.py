@@ -31,7 +31,7 @@ def posterior(counts: ArmCounts | None, alpha0: float, beta0: float) -> tuple[fl
         return (float(alpha0), float(beta0))
     successes = max(counts.successes, 0.0)
     failures = max(counts.trials - successes, 0.0)
-    return (alpha0 + successes, beta0 + failures)
+    return (float(alpha0 + successes), float(beta0 + failures))
 
 
 def posterior_mean(params: tuple[float, float]) -> float:

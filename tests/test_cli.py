@@ -1,0 +1,93 @@
+"""The arbiter command: check, decide (in process and against a served port), serve."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine.cli import main
+from tests.conftest import RETAIL, ROOT, free_port
+
+
+def test_check_accepts_the_retail_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", str(RETAIL)]) == 0
+    assert "0 error(s)" in capsys.readouterr().out
+
+
+def test_check_reports_file_line_col_and_exits_1(tmp_path: Path,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.arb").write_text("placement p { channels: web }\n"
+                                    "action x { placements: p value: 1 when: vipp }\n")
+    assert main(["check", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'a.arb'}:2:41: error: unknown segment 'vipp'" in err
+    assert err.splitlines()[2].strip() == "^"
+
+
+def test_check_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "a.arb").write_text("segment s = \n")
+    assert main(["check", str(tmp_path), "--format", "json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["errors"] == 1
+    assert report["diagnostics"][0]["line"] == 1
+
+
+def test_check_missing_path(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["check", "/nonexistent/rules"]) == 1
+
+
+def test_decide_in_process_with_profile_file(capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["decide", "--rules", str(RETAIL), "--user", "ann", "--placement", "email",
+                 "--profile", str(RETAIL / "profiles" / "cart_abandoner.json"), "--explain"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "1. cart_discount" in out
+    assert "segments: cart_abandoner" in out
+    assert "why:" in out and "cap frequency" in out
+
+
+def test_decide_reports_invalid_arguments(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["decide", "--rules", str(RETAIL), "--user", "u", "--placement", "x"]) == 2
+    assert "placement: unknown placement 'x'" in capsys.readouterr().err
+
+
+def test_serve_subprocess_then_decide_remotely(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
+         str(port)], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+        code = main(["decide", "--target", f"127.0.0.1:{port}", "--user", "newbie",
+                     "--placement", "homepage_banner", "--channel", "web", "--explain"])
+        out = capsys.readouterr().out
+        assert code == 0 and "1. onboarding_tour" in out and "why:" in out
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, output.decode()
+    assert b"serving" in output
+
+
+def test_serve_refuses_a_broken_ruleset(tmp_path: Path) -> None:
+    (tmp_path / "bad.arb").write_text("segment = \n")
+    started = time.monotonic()
+    proc = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(tmp_path), "--port", "0"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 1
+    assert "bad.arb:1:9: error: syntax error" in proc.stderr
+    assert time.monotonic() - started < 60

@@ -1,0 +1,171 @@
+"""The Redis store against a private redis-server: atomicity, durability, replicas, restarts."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+
+from adapters.redis_store import RedisStore
+from dsl.ruleset import Ruleset
+from engine.ports import DecisionNotFound
+from engine.service import Arbiter
+from tests.conftest import RedisServer
+
+D = 86400.0
+
+
+def vip(arb: Arbiter, user: str) -> None:
+    now = time.time()
+    arb.track(user_id=user, event_type="visit", at=now - 60 * D)
+    for i in range(6):
+        arb.track(user_id=user, event_type="visit", at=now - (i + 0.5) * D)
+
+
+def test_profile_round_trip_and_one_read_per_cached_decide(redis_url: str,
+                                                           retail: Ruleset) -> None:
+    store = RedisStore(redis_url, cache_ttl=60)
+    arb = Arbiter(retail, store, seed=1)
+    arb.track(user_id="ann", event_type="purchase", properties={"value": 120.0},
+              traits={"first_name": "Ann"})
+    fresh = RedisStore(redis_url, cache_ttl=0)
+    profile = fresh.get_profile("ann")
+    assert profile is not None
+    assert profile.attributes["first_name"] == "Ann"
+    assert profile.events["purchase"].total == 120.0
+    # the writing replica's cache already holds the new profile: no GET on Decide
+    calls = []
+    original = store.redis.get
+    store.redis.get = lambda *a, **k: calls.append(a) or original(*a, **k)  # type: ignore[method-assign]
+    arb.decide(user_id="ann", placement="homepage_banner", channel="web")
+    assert calls == []
+
+
+def test_concurrent_track_events_are_never_lost(redis_url: str, retail: Ruleset) -> None:
+    arbs = [Arbiter(retail, RedisStore(redis_url, cache_ttl=0), seed=i) for i in range(2)]
+
+    def hammer(arb: Arbiter) -> None:
+        for _ in range(100):
+            arb.track(user_id="hot", event_type="page_view", properties={"value": 1.0})
+
+    threads = [threading.Thread(target=hammer, args=(a,)) for a in arbs for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    profile = RedisStore(redis_url, cache_ttl=0).get_profile("hot")
+    assert profile is not None
+    assert profile.events["page_view"].count == 400
+    assert profile.events["page_view"].total == 400.0
+
+
+def test_feedback_is_exactly_once_per_key_across_replicas(redis_url: str,
+                                                          retail: Ruleset) -> None:
+    a = Arbiter(retail, RedisStore(redis_url), seed=1)
+    b = Arbiter(retail, RedisStore(redis_url), seed=2)
+    vip(a, "vera")
+    d = a.decide(user_id="vera", placement="homepage_banner", channel="web")
+    arm = d.actions[0].action_id
+    results = []
+
+    def send(arb: Arbiter) -> None:
+        results.append(arb.feedback(decision_id=d.decision_id, action_id=arm,
+                                    outcome="click", idempotency_key="same").duplicate)
+
+    threads = [threading.Thread(target=send, args=(x,)) for x in (a, b, a, b)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, True, True, True]
+    assert a.store.arm_counts("hero_test")[arm].successes == 1.0
+    with pytest.raises(DecisionNotFound):
+        b.feedback(decision_id="missing", action_id=arm, outcome="click")
+
+
+def test_two_replicas_converge_on_bandit_and_model_state(redis_url: str,
+                                                         retail: Ruleset) -> None:
+    a = Arbiter(retail, RedisStore(redis_url), seed=1)
+    b = Arbiter(retail, RedisStore(redis_url), seed=2)
+    vip(a, "vera")
+    for i in range(40):
+        arb = (a, b)[i % 2]
+        d = arb.decide(user_id="vera", placement="homepage_banner", channel="web")
+        arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                     outcome="click")
+    a.sync()
+    b.sync()
+    assert a.arm_counts("hero_test") == b.arm_counts("hero_test")
+    assert sum(c.successes for c in a.arm_counts("hero_test").values()) == 40
+    features = {"seg:frequent_visitor": 1.0}
+    for action in ("vip_early_access", "new_arrivals", "free_shipping"):
+        pa = a.models.predict(action, 0.05, features)
+        pb = b.models.predict(action, 0.05, features)
+        assert pa == pytest.approx(pb), action
+
+
+def test_state_survives_a_service_restart(redis_url: str, retail: Ruleset) -> None:
+    first = Arbiter(retail, RedisStore(redis_url), seed=1)
+    vip(first, "vera")
+    for _ in range(30):
+        d = first.decide(user_id="vera", placement="homepage_banner", channel="web")
+        first.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                       outcome="click")
+    counts = first.arm_counts("hero_test")
+    x = {"seg:frequent_visitor": 1.0, "ctx:channel=web": 1.0}
+    learnt = {a: first.models.predict(a, 0.05, x) for a in counts}
+    first.close()  # snapshots the models
+    second = Arbiter(retail, RedisStore(redis_url), seed=1)
+    assert second.arm_counts("hero_test") == counts
+    for action, p in learnt.items():
+        assert second.models.predict(action, 0.05, x) == pytest.approx(p)
+
+
+def test_restart_without_snapshot_replays_the_log(redis_url: str, retail: Ruleset) -> None:
+    first = Arbiter(retail, RedisStore(redis_url), seed=1)
+    vip(first, "vera")
+    for _ in range(10):
+        d = first.decide(user_id="vera", placement="homepage_banner", channel="web")
+        first.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                       outcome="click")
+    x = {"seg:frequent_visitor": 1.0}
+    learnt = {a: first.models.predict(a, 0.05, x) for a in first.arm_counts("hero_test")}
+    # no close(): as if the process died
+    second = Arbiter(retail, RedisStore(redis_url), seed=1)
+    assert second.learner.applied == 10
+    for action, p in learnt.items():
+        assert second.models.predict(action, 0.05, x) == pytest.approx(p)
+
+
+def test_acknowledged_feedback_survives_a_redis_crash(redis_server: RedisServer,
+                                                      redis_url: str, retail: Ruleset) -> None:
+    arb = Arbiter(retail, RedisStore(redis_url), seed=1)
+    vip(arb, "vera")
+    d = arb.decide(user_id="vera", placement="homepage_banner", channel="web")
+    arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id, outcome="click")
+    redis_server.kill()  # SIGKILL: only what was fsynced survives
+    with pytest.raises(redis.ConnectionError):
+        arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                     outcome="conversion")
+    redis_server.start()
+    after = Arbiter(retail, RedisStore(redis_url), seed=1)
+    assert after.arm_counts("hero_test")[d.actions[0].action_id].successes == 1.0
+    profile = after.get_profile("vera")
+    assert profile is not None and profile.events["visit"].count == 7
+    # the connection pool of the first service recovers by itself
+    arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                 outcome="conversion")
+    assert after.learner.catch_up() == 1
+
+
+def test_forget_deletes_profile_and_decisions(redis_url: str, retail: Ruleset) -> None:
+    arb = Arbiter(retail, RedisStore(redis_url), seed=1)
+    arb.track(user_id="gone", event_type="visit", traits={"email": "g@example.com"})
+    arb.decide(user_id="gone", placement="homepage_banner", channel="web")
+    arb.decide(user_id="gone", placement="homepage_banner", channel="app")
+    assert arb.forget("gone") == 4  # profile, index and two decisions
+    client = redis.Redis.from_url(redis_url)
+    assert [k for k in client.keys("*") if b"gone" in k] == []
+    assert arb.get_profile("gone") is None
