@@ -22,7 +22,6 @@ from engine.records import (
     encode,
 )
 
-
 SWEEP_EVERY = 4096
 
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from threading import Lock
-from typing import Any
+from typing import Any, cast
 
 import redis
 from cachetools import TTLCache
@@ -42,6 +42,12 @@ from engine.records import (
     decode_profile,
     encode,
 )
+
+
+def _b(value: Any) -> bytes | None:
+    """redis-py types replies as bytes | str; with decode_responses off they are bytes."""
+    return cast(bytes | None, value)
+
 
 DEFAULT_CACHE_TTL = 1.0
 DEFAULT_CACHE_SIZE = 100_000
@@ -85,7 +91,7 @@ class RedisStore:
     def get_profile(self, user_id: str) -> Profile | None:
         hit, data = self._cached(user_id)
         if not hit:
-            data = self.redis.get(self._k("p", user_id))
+            data = _b(self.redis.get(self._k("p", user_id)))
             self._remember(user_id, data)
         return decode_profile(data) if data is not None else None
 
@@ -93,19 +99,21 @@ class RedisStore:
         key = self._k("p", user_id)
 
         def transaction(pipe: Any) -> Profile:
-            data = pipe.get(key)
+            data = _b(pipe.get(key))
             profile = change(decode_profile(data) if data is not None else None)
             pipe.multi()
             pipe.set(key, encode(profile))
             return profile
 
-        profile: Profile = self.redis.transaction(transaction, key, value_from_callable=True)
+        profile = cast(Profile, self.redis.transaction(
+            transaction, key, value_from_callable=True))  # type: ignore[arg-type]
         self._remember(user_id, encode(profile))
         return profile
 
     def forget(self, user_id: str) -> int:
         index = self._k("ud", user_id)
-        decision_keys = [self._k("d", d.decode()) for d in self.redis.smembers(index)]
+        members = cast(set[bytes], self.redis.smembers(index))
+        decision_keys = [self._k("d", d.decode()) for d in members]
         deleted = int(self.redis.delete(self._k("p", user_id), index, *decision_keys))
         self._remember(user_id, None)
         return deleted
@@ -121,7 +129,7 @@ class RedisStore:
         pipe.execute()
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
-        data = self.redis.get(self._k("d", decision_id))
+        data = _b(self.redis.get(self._k("d", decision_id)))
         return decode_decision(data) if data is not None else None
 
     # ---- feedback -------------------------------------------------------------------
@@ -132,7 +140,7 @@ class RedisStore:
             while True:
                 try:
                     pipe.watch(dkey, ikey)
-                    data = pipe.get(dkey)
+                    data = _b(pipe.get(dkey))
                     if data is None:
                         raise DecisionNotFound(decision_id)
                     if pipe.exists(ikey):
@@ -140,7 +148,7 @@ class RedisStore:
                     decision = decode_decision(data)
                     pkey = self._k("p", decision.user_id)
                     pipe.watch(pkey)
-                    pdata = pipe.get(pkey)
+                    pdata = _b(pipe.get(pkey))
                     effects = change(decision, decode_profile(pdata) if pdata else None)
                     pipe.multi()
                     pipe.set(dkey, encode(effects.decision), keepttl=True)
@@ -163,7 +171,7 @@ class RedisStore:
         return FeedbackCommit(False, effects)
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
-        raw = self.redis.hgetall(self._k("arms", experiment))
+        raw = cast(dict[bytes, bytes], self.redis.hgetall(self._k("arms", experiment)))
         counts: dict[str, ArmCounts] = {}
         for field, value in raw.items():
             arm, _, kind = field.decode().rpartition(":")
@@ -173,14 +181,16 @@ class RedisStore:
     # ---- learning log and model snapshots ----------------------------------------------
     def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
         start = f"({after}" if after else "-"
-        entries = self.redis.xrange(f"{self.ns}:learn", min=start, max="+", count=limit)
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       self.redis.xrange(f"{self.ns}:learn", min=start, max="+", count=limit))
         return [(eid.decode(), decode_event(fields[b"e"])) for eid, fields in entries]
 
     def save_models(self, blob: bytes, offset: str) -> None:
         self.redis.hset(f"{self.ns}:models", mapping={"blob": blob, "offset": offset})
 
     def load_models(self) -> tuple[bytes, str] | None:
-        blob, offset = self.redis.hmget(f"{self.ns}:models", ["blob", "offset"])
+        blob, offset = cast(list[bytes | None],
+                            self.redis.hmget(f"{self.ns}:models", ["blob", "offset"]))
         if blob is None:
             return None
         return blob, (offset or b"").decode()

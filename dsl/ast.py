@@ -7,7 +7,6 @@ report an error at the exact place in the source.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +82,7 @@ class BoolOp:
     pos: Pos
 
 
-Expr = Union[Literal, Now, Ref, Call, ListExpr, Unary, Binary, BoolOp]
+Expr = Literal | Now | Ref | Call | ListExpr | Unary | Binary | BoolOp
 
 
 # ---- declarations -------------------------------------------------------------
@@ -181,7 +180,7 @@ class ExperimentDef:
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 
-Item = Union[SchemaBlock, EventsDef, PlacementDef, SegmentDef, ActionDef, ExperimentDef]
+Item = SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef
 
 
 @dataclass(frozen=True, slots=True)

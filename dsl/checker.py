@@ -226,10 +226,8 @@ class Checker:
     def _check_experiment(self, exp: ast.ExperimentDef) -> None:
         pos = exp.field_pos
         if exp.placement not in self.out.placements:
-            self.error(
-                f"unknown placement '{exp.placement}'{_suggest(exp.placement, self.out.placements)}",
-                pos["placement"],
-            )
+            hint = _suggest(exp.placement, self.out.placements)
+            self.error(f"unknown placement '{exp.placement}'{hint}", pos["placement"])
         if len(exp.arms) < 2:
             self.error("an experiment needs at least 2 arms", pos.get("arms", exp.pos))
         if len(set(exp.arms)) != len(exp.arms):
@@ -306,7 +304,7 @@ class Checker:
     def _type(self, node: ast.Expr, refs: set[str], allow_action: bool = False) -> Type:
         return self._set(node, self._infer(node, refs, allow_action))
 
-    def _infer(self, node: ast.Expr, refs: set[str], allow_action: bool) -> Type:  # noqa: C901
+    def _infer(self, node: ast.Expr, refs: set[str], allow_action: bool) -> Type:
         if isinstance(node, ast.Literal):
             kind = "null" if node.kind == "null" else node.kind
             return Type(kind, node.kind == "null")
@@ -401,7 +399,7 @@ class Checker:
         if ERROR in (left, right):
             return ERROR if op in "+-*/" else Type("bool", True)
         if "null" in (left.name, right.name):
-            if left.name == "null" and right.name == "null" or op not in ("==", "!="):
+            if (left.name == "null" and right.name == "null") or op not in ("==", "!="):
                 self.error(f"cannot use '{op}' with null", node.pos)
             else:
                 self.error("compare with null using 'is null' or 'is not null'", node.pos)

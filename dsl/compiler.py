@@ -23,7 +23,6 @@ from typing import Any
 from dsl import ast
 from dsl.checker import CheckedRuleset, Type
 from dsl.printer import print_expr
-from dsl.runtime import HELPERS
 from dsl.ruleset import (
     Action,
     CompiledFn,
@@ -35,6 +34,7 @@ from dsl.ruleset import (
     Template,
     TemplateToken,
 )
+from dsl.runtime import HELPERS
 
 ARGS = "A, C, E, S, now, X=None"
 _NULLABLE_CMP = {"==": "_eq", "!=": "_ne", "<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge"}
@@ -63,7 +63,7 @@ class _Emitter:
         t: Type | None = self.checked.types.get(id(node))
         return t is None or t.nullable
 
-    def emit(self, node: ast.Expr) -> str:  # noqa: C901 - one case per node kind
+    def emit(self, node: ast.Expr) -> str:
         if isinstance(node, ast.Literal):
             return repr(node.value)
         if isinstance(node, ast.Now):
@@ -251,7 +251,7 @@ class Compiler:
     def _exec(self) -> dict[str, Any]:
         source = "\n".join(self.defs)
         namespace: dict[str, Any] = {"__builtins__": {}, **HELPERS, **self.constants}
-        exec(compile(source, "<arbiter-rules>", "exec"), namespace)  # noqa: S102 - generated
+        exec(compile(source, "<arbiter-rules>", "exec"), namespace)
         return namespace
 
 

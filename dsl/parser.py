@@ -121,13 +121,13 @@ class _ToAst(Transformer[Token, Any]):
     @v_args(meta=True)
     def or_(self, meta: Any, children: list[Any]) -> ast.Expr:
         if len(children) == 1:
-            return children[0]  # type: ignore[no-any-return]
+            return children[0]
         return ast.BoolOp("or", tuple(children), self._pos(meta))
 
     @v_args(meta=True)
     def and_(self, meta: Any, children: list[Any]) -> ast.Expr:
         if len(children) == 1:
-            return children[0]  # type: ignore[no-any-return]
+            return children[0]
         return ast.BoolOp("and", tuple(children), self._pos(meta))
 
     @v_args(meta=True)
@@ -176,7 +176,7 @@ class _ToAst(Transformer[Token, Any]):
         return tuple(str(c) for c in children)
 
     def default(self, children: list[Any]) -> ast.Literal:
-        return children[0]  # type: ignore[no-any-return]
+        return children[0]
 
     @v_args(meta=True)
     def field_decl(self, meta: Any, children: list[Any]) -> ast.FieldDecl:

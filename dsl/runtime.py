@@ -24,11 +24,22 @@ _ts = itemgetter(0)
 class EventHistory(Protocol):
     """What the rules read about one event type of a profile (see engine.records)."""
 
-    count: int
-    total: float
-    first_at: float
-    last_at: float
-    recent: Sequence[tuple[float, float]]  # (timestamp, value), oldest first
+    @property
+    def count(self) -> int: ...
+
+    @property
+    def total(self) -> float: ...
+
+    @property
+    def first_at(self) -> float: ...
+
+    @property
+    def last_at(self) -> float: ...
+
+    @property
+    def recent(self) -> Sequence[tuple[float, float]]:
+        """(timestamp, value) pairs, oldest first."""
+        ...
 
 
 def count_within(stats: EventHistory | None, now: float, window: float | None) -> float:

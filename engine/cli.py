@@ -73,7 +73,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         for d in diagnostics:
             print(d.render(sources), file=sys.stderr if d.severity == "error" else sys.stdout)
-        summary = f"{len(sources)} file(s): {errors} error(s), {len(diagnostics) - errors} warning(s)"
+        warnings = len(diagnostics) - errors
+        summary = f"{len(sources)} file(s): {errors} error(s), {warnings} warning(s)"
         if result.ruleset is not None:
             summary += f"; revision {result.ruleset.revision}"
         print(summary)
@@ -117,10 +118,7 @@ def seed_profile(arbiter: Any, user_id: str, path: str) -> None:
 
 def cmd_decide(args: argparse.Namespace) -> int:
     try:
-        if args.target:
-            decision = _decide_remote(args)
-        else:
-            decision = _decide_local(args)
+        decision = _decide_remote(args) if args.target else _decide_local(args)
     except RulesetError as err:
         print(err.render(), file=sys.stderr)
         return 1
@@ -128,8 +126,9 @@ def cmd_decide(args: argparse.Namespace) -> int:
         print(f"arbiter decide: invalid argument {err}", file=sys.stderr)
         return 2
     if args.json:
-        from engine.convert import decide_response
         from google.protobuf.json_format import MessageToJson
+
+        from engine.convert import decide_response
 
         print(MessageToJson(decide_response(decision)))
     else:

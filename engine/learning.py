@@ -52,7 +52,7 @@ class Learner:
         if saved is None:
             return
         blob, offset = saved
-        models_blob, pending, resolved = pickle.loads(blob)  # noqa: S301 - our own snapshot
+        models_blob, pending, resolved = pickle.loads(blob)
         with self._lock:
             self.models.restore(models_blob)
             self.pending, self.resolved, self.offset = pending, resolved, offset

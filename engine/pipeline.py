@@ -1,7 +1,7 @@
 """The Decide pipeline, one small function per stage, no I/O.
 
 profile → facts → segments → candidates (placement, channel) → eligibility →
-frequency caps → score (propensity × value × weight) → experiment (Thompson
+frequency caps → score (propensity * value * weight) → experiment (Thompson
 sampling among its eligible arms) → rank → render content → decision record.
 
 The service (:mod:`engine.service`) loads the profile before and stores the
@@ -264,8 +264,8 @@ def run(
         if explain:
             traces.extend(ActionTrace(a.action_id, False, tuple(a.reasons)) for a in dropped)
     ranked = rank(candidates, req.limit)
-    for action in ranked:
-        render_content(ruleset, action, facts)
+    for shown_action in ranked:
+        render_content(ruleset, shown_action, facts)
     if explain:
         shown = {a.action_id for a in ranked}
         for a in candidates:
@@ -279,9 +279,9 @@ def run(
     decision = Decision(decision_id, ruleset.revision, req.now, req.user_id,
                         req.placement.name, req.channel, tuple(ranked), matched, tuple(traces))
     if explain:
-        for action in ranked:
-            action.reasons = [*_segment_reasons(ruleset, facts, action.action_id), *action.reasons,
-                              *_score_reasons(action)]
+        for shown_action in ranked:
+            shown_action.reasons = [*_segment_reasons(ruleset, facts, shown_action.action_id),
+                                    *shown_action.reasons, *_score_reasons(shown_action)]
     record = DecisionRecord(
         decision_id=decision_id,
         user_id=req.user_id,

@@ -73,6 +73,6 @@ class PropensityModels:
 
     def restore(self, blob: bytes) -> None:
         """Load a snapshot written by :meth:`snapshot` (trusted: our own store)."""
-        models, seen = pickle.loads(blob)  # noqa: S301 - written by this service
+        models, seen = pickle.loads(blob)
         with self._lock:
             self._models, self._seen = models, seen

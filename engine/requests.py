@@ -93,7 +93,7 @@ def check_value(field: str, value: Any, want: str | None = None) -> AttrValue:
         if not math.isfinite(value):
             raise InvalidArgument(field, "must be a finite number")
         return float(value)
-    return value  # type: ignore[no-any-return]
+    return value
 
 
 def check_map(field: str, values: Mapping[str, Any], schema: Mapping[str, FieldSpec] | None,

@@ -27,7 +27,8 @@ placement home { channels: web }
 def evaluate(condition: str, attrs: dict[str, Any] | None = None,
              ctx: dict[str, Any] | None = None, events: dict[str, EventStats] | None = None,
              ) -> Any:
-    rs = load_text(SCHEMA + f"segment s = {condition}\naction a {{ placements: home value: 1 when: s }}")
+    rs = load_text(SCHEMA + f"segment s = {condition}\n"
+                   "action a { placements: home value: 1 when: s }")
     segment = rs.segments[-1]
     a = {**rs.attribute_defaults, **(attrs or {})}
     c = {**rs.context_defaults, **(ctx or {})}
