@@ -1,0 +1,41 @@
+# Quick start:  make serve   |   make test
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
+
+.PHONY: install serve test lint proto bench bench-load bench-micro clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Arbiter needs Python 3.11+"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[dev]'
+	rm -f $(VENV)/.installed-*
+	touch $(STAMP)
+
+install: $(STAMP)
+
+serve: $(STAMP)  ## serve the example ruleset on 127.0.0.1:50051, profiles in memory
+	$(VENV)/bin/arbiter serve --rules rulesets/retail
+
+test: $(STAMP)  ## the test suite (what CI runs)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+proto: $(STAMP)  ## regenerate engine/gen from proto/
+	$(PY) -m engine.protogen
+
+bench: bench-micro bench-load
+
+bench-micro: $(STAMP)
+	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+bench-load: $(STAMP)
+	$(PY) -m bench.load --duration 10 --concurrency 16
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .benchmarks

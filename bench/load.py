@@ -1,0 +1,162 @@
+"""Decide throughput and latency as a ratio of the health-Check floor, memory and Redis.
+
+    python -m bench.load --duration 10 --concurrency 16
+
+For each store it starts ``arbiter serve`` as a subprocess (and, for Redis, a
+private ``redis-server``), seeds profiles with TrackEvent, then runs the load
+generator (:mod:`bench.loadgen`, its own process) alternately on the health Check
+and on Decide, ``--rounds`` times each, so floor and Decide share one run and one
+machine state. Prints a Markdown table; ``--json FILE`` keeps the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from statistics import median
+from typing import Any
+
+import grpc
+
+from engine import convert
+from engine.gen.arbiter.v1 import decision_pb2 as pb
+from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from tests.redis_proc import RedisServer, free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+DAY = 86400.0
+
+
+@contextmanager
+def arbiter_server(redis_url: str | None) -> Iterator[str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--rules", str(ROOT / "rulesets/retail"),
+           "--port", str(port), "--workers", "16"]
+    if redis_url:
+        cmd += ["--redis", redis_url]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = f"127.0.0.1:{port}"
+    try:
+        with grpc.insecure_channel(target) as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+        yield target
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+
+
+def seed_profiles(target: str, users: int) -> None:
+    """A population: VIPs, cart abandoners, readers, occasional visitors, unknowns."""
+    now = time.time()
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+
+        def track(user: str, event: str, ago: float, value: float = 0.0) -> None:
+            stub.TrackEvent(pb.TrackEventRequest(
+                user_id=user, event_type=event, timestamp=convert.timestamp(now - ago),
+                properties={"value": pb.Value(number_value=value)}))
+
+        for i in range(users):
+            user, kind = f"user-{i}", i % 5
+            if kind == 4:
+                continue  # never seen: the onboarding path
+            track(user, "visit", 40 * DAY)
+            if kind == 0:
+                track(user, "purchase", 3 * DAY, 700.0)
+                for d in range(6):
+                    track(user, "visit", (d + 0.5) * DAY)
+            elif kind == 1:
+                track(user, "add_to_cart", 30 * 3600, 80.0)
+            elif kind == 2:
+                for m in range(4):
+                    track(user, "content_view", m * 60)
+
+
+def loadgen(target: str, rpc: str, args: argparse.Namespace) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.loadgen", "--target", target, "--rpc", rpc,
+         "--concurrency", str(args.concurrency), "--duration", str(args.duration),
+         "--users", str(args.users)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        check=True)
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def measure(store: str, target: str, args: argparse.Namespace) -> dict[str, Any]:
+    seed_profiles(target, args.users)
+    rounds: dict[str, list[dict[str, Any]]] = {"check": [], "decide": []}
+    for _ in range(args.rounds):
+        for rpc in ("check", "decide"):
+            rounds[rpc].append(loadgen(target, rpc, args))
+    row: dict[str, Any] = {"store": store}
+    for rpc, results in rounds.items():
+        for key in ("rps", "p50_ms", "p99_ms"):
+            row[f"{rpc}_{key}"] = median(r[key] for r in results)
+        row[f"{rpc}_errors"] = sum(r["errors"] for r in results)
+    row["rps_ratio"] = row["decide_rps"] / row["check_rps"]
+    row["p50_ratio"] = row["decide_p50_ms"] / row["check_p50_ms"]
+    row["p99_ratio"] = row["decide_p99_ms"] / row["check_p99_ms"]
+    return row
+
+
+def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    lines = [
+        f"concurrency {args.concurrency}, {args.rounds} x {args.duration:g}s per RPC, "
+        f"{args.users} users; medians over rounds",
+        "",
+        "| store | RPC | req/s | p50 ms | p99 ms | errors |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        for rpc, name in (("check", "health Check (floor)"), ("decide", "Decide")):
+            lines.append(f"| {r['store']} | {name} | {r[f'{rpc}_rps']:.0f} | "
+                         f"{r[f'{rpc}_p50_ms']:.2f} | {r[f'{rpc}_p99_ms']:.2f} | "
+                         f"{r[f'{rpc}_errors']} |")
+    lines += ["", "| store | Decide/floor throughput | p50 ratio | p99 ratio |",
+              "|---|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['store']} | {r['rps_ratio']:.2f} | {r['p50_ratio']:.2f} | "
+                     f"{r['p99_ratio']:.2f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--stores", default="memory,redis")
+    p.add_argument("--json", help="write raw numbers here")
+    args = p.parse_args()
+    rows = []
+    for store in args.stores.split(","):
+        if store == "memory":
+            with arbiter_server(None) as target:
+                rows.append(measure(store, target, args))
+        else:
+            with tempfile.TemporaryDirectory() as tmp:
+                redis_ = RedisServer(Path(tmp))
+                redis_.start()
+                try:
+                    with arbiter_server(redis_.url) as target:
+                        rows.append(measure(store, target, args))
+                finally:
+                    redis_.stop()
+    print(table(rows, args))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()

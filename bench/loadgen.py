@@ -1,0 +1,107 @@
+"""Load generator: runs in its own process, drives one RPC at a fixed concurrency.
+
+    python -m bench.loadgen --target 127.0.0.1:50051 --rpc decide --concurrency 16 --duration 10
+
+Prints one JSON line: requests, errors, seconds, throughput and latency percentiles
+(milliseconds). ``--rpc check`` drives the standard health Check, the floor: the
+cost of any RPC on this stack (Python gRPC server, loopback, this client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from engine.gen.arbiter.v1 import decision_pb2 as pb
+from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+PLACEMENTS = (("homepage_banner", "web"), ("email", "email"), ("cart_page", "web"))
+
+
+def decide_requests(users: int, seed: int) -> Callable[[], pb.DecideRequest]:
+    rng = random.Random(seed)
+
+    def make() -> pb.DecideRequest:
+        placement, channel = PLACEMENTS[rng.randrange(len(PLACEMENTS))]
+        context = {}
+        if placement == "cart_page":
+            context["cart_value"] = pb.Value(number_value=rng.uniform(10, 120))
+        return pb.DecideRequest(user_id=f"user-{rng.randrange(users)}", placement=placement,
+                                channel=channel, context=context)
+
+    return make
+
+
+async def drive(call: Callable[[Any], Awaitable[Any]], make: Callable[[], Any],
+                concurrency: int, duration: float) -> dict[str, float]:
+    latencies: list[float] = []
+    errors = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker() -> None:
+        nonlocal errors
+        while time.perf_counter() < deadline:
+            request = make()
+            started = time.perf_counter()
+            try:
+                await call(request)
+            except grpc.RpcError:
+                errors += 1
+                continue
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    elapsed = time.perf_counter() - started
+    ms = np.array(latencies) * 1000.0
+    return {
+        "requests": len(latencies),
+        "errors": errors,
+        "seconds": elapsed,
+        "rps": len(latencies) / elapsed,
+        "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),
+        "p90_ms": float(np.percentile(ms, 90)) if len(ms) else float("nan"),
+        "p99_ms": float(np.percentile(ms, 99)) if len(ms) else float("nan"),
+    }
+
+
+async def run(args: argparse.Namespace) -> dict[str, float]:
+    async with grpc.aio.insecure_channel(args.target) as channel:
+        await channel.channel_ready()
+        call: Callable[[Any], Awaitable[Any]]
+        make: Callable[[], Any]
+        if args.rpc == "check":
+            call = health_pb2_grpc.HealthStub(channel).Check
+            make = health_pb2.HealthCheckRequest
+        else:
+            call = pb_grpc.DecisionServiceStub(channel).Decide
+            make = decide_requests(args.users, args.seed)
+        if args.warmup:
+            await drive(call, make, args.concurrency, args.warmup)
+        result = await drive(call, make, args.concurrency, args.duration)
+    return {"rpc": args.rpc, "concurrency": args.concurrency, **result}  # type: ignore[dict-item]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--target", required=True)
+    p.add_argument("--rpc", choices=("check", "decide"), required=True)
+    p.add_argument("--concurrency", type=int, default=16)
+    p.add_argument("--duration", type=float, default=10.0)
+    p.add_argument("--warmup", type=float, default=1.0)
+    p.add_argument("--users", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=1)
+    print(json.dumps(asyncio.run(run(p.parse_args()))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
