@@ -32,7 +32,7 @@ class MemoryStore:
         self.clock = clock
         self._lock = threading.RLock()
         self._profiles: dict[str, bytes] = {}
-        self._decisions: dict[str, tuple[bytes, float]] = {}
+        self._decisions: dict[str, tuple[bytes, float, str]] = {}  # record, expiry, user
         self._user_decisions: dict[str, set[str]] = {}
         self._keys: dict[str, float] = {}
         self._arms: dict[str, dict[str, ArmCounts]] = {}
@@ -59,7 +59,8 @@ class MemoryStore:
 
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
         with self._lock:
-            self._decisions[record.decision_id] = (encode(record), self.clock() + ttl_seconds)
+            self._decisions[record.decision_id] = (encode(record), self.clock() + ttl_seconds,
+                                                   record.user_id)
             self._user_decisions.setdefault(record.user_id, set()).add(record.decision_id)
             self._writes += 1
             if self._writes % SWEEP_EVERY == 0:
@@ -68,14 +69,15 @@ class MemoryStore:
     def _sweep(self) -> None:
         """Drop expired decisions and idempotency keys (as Redis TTLs would)."""
         now = self.clock()
-        for decision_id in [d for d, (_, exp) in self._decisions.items() if exp < now]:
-            del self._decisions[decision_id]
+        for decision_id in [d for d, (_, exp, _) in self._decisions.items() if exp < now]:
+            _, _, user_id = self._decisions.pop(decision_id)
+            ids = self._user_decisions.get(user_id)
+            if ids is not None:
+                ids.discard(decision_id)
+                if not ids:
+                    del self._user_decisions[user_id]
         for key in [k for k, exp in self._keys.items() if exp < now]:
             del self._keys[key]
-        for user_id, ids in list(self._user_decisions.items()):
-            ids.intersection_update(self._decisions)
-            if not ids:
-                del self._user_decisions[user_id]
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         entry = self._decisions.get(decision_id)
@@ -94,8 +96,8 @@ class MemoryStore:
             if expires is not None and expires >= now:
                 return FeedbackCommit(True, None)
             effects = change(decision, self.get_profile(decision.user_id))
-            self._decisions[decision_id] = (encode(effects.decision),
-                                            self._decisions[decision_id][1])
+            _, expires_at, user_id = self._decisions[decision_id]
+            self._decisions[decision_id] = (encode(effects.decision), expires_at, user_id)
             if effects.profile is not None:
                 self._profiles[decision.user_id] = encode(effects.profile)
             for (experiment, arm), delta in effects.arm_increments.items():

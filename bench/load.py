@@ -36,11 +36,17 @@ ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, from /proc (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def arbiter_server(redis_url: str | None) -> Iterator[str]:
+def arbiter_server(redis_url: str | None, workers: int) -> Iterator[tuple[str, int]]:
     port = free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--rules", str(ROOT / "rulesets/retail"),
-           "--port", str(port), "--workers", "16"]
+           "--port", str(port), "--workers", str(workers)]
     if redis_url:
         cmd += ["--redis", redis_url]
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
@@ -49,7 +55,7 @@ def arbiter_server(redis_url: str | None) -> Iterator[str]:
     try:
         with grpc.insecure_channel(target) as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
-        yield target
+        yield target, proc.pid
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
@@ -82,51 +88,58 @@ def seed_profiles(target: str, users: int) -> None:
                     track(user, "content_view", m * 60)
 
 
-def loadgen(target: str, rpc: str, args: argparse.Namespace) -> dict[str, Any]:
+def loadgen(target: str, pid: int, rpc: str, args: argparse.Namespace) -> dict[str, Any]:
+    cpu_before = cpu_seconds(pid)
     out = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", "--target", target, "--rpc", rpc,
          "--concurrency", str(args.concurrency), "--duration", str(args.duration),
          "--users", str(args.users)],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         check=True)
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    # server CPU per request (includes the warm-up requests, counted by the client too)
+    total = result["requests"] + result.get("warmup_requests", 0)
+    result["server_cpu_us"] = (cpu_seconds(pid) - cpu_before) / max(total, 1) * 1e6
+    return result
 
 
-def measure(store: str, target: str, args: argparse.Namespace) -> dict[str, Any]:
+def measure(store: str, target: str, pid: int, args: argparse.Namespace) -> dict[str, Any]:
     seed_profiles(target, args.users)
     rounds: dict[str, list[dict[str, Any]]] = {"check": [], "decide": []}
     for _ in range(args.rounds):
         for rpc in ("check", "decide"):
-            rounds[rpc].append(loadgen(target, rpc, args))
+            rounds[rpc].append(loadgen(target, pid, rpc, args))
     row: dict[str, Any] = {"store": store}
     for rpc, results in rounds.items():
-        for key in ("rps", "p50_ms", "p99_ms"):
+        for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us"):
             row[f"{rpc}_{key}"] = median(r[key] for r in results)
         row[f"{rpc}_errors"] = sum(r["errors"] for r in results)
     row["rps_ratio"] = row["decide_rps"] / row["check_rps"]
     row["p50_ratio"] = row["decide_p50_ms"] / row["check_p50_ms"]
     row["p99_ratio"] = row["decide_p99_ms"] / row["check_p99_ms"]
+    row["cpu_ratio"] = row["decide_server_cpu_us"] / row["check_server_cpu_us"]
     return row
 
 
 def table(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     lines = [
-        f"concurrency {args.concurrency}, {args.rounds} x {args.duration:g}s per RPC, "
+        f"concurrency {args.concurrency}, {args.workers} server threads, "
+        f"{args.rounds} x {args.duration:g}s per RPC, "
         f"{args.users} users; medians over rounds",
         "",
-        "| store | RPC | req/s | p50 ms | p99 ms | errors |",
-        "|---|---|---:|---:|---:|---:|",
+        "| store | RPC | req/s | p50 ms | p99 ms | server CPU us/req | errors |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         for rpc, name in (("check", "health Check (floor)"), ("decide", "Decide")):
             lines.append(f"| {r['store']} | {name} | {r[f'{rpc}_rps']:.0f} | "
                          f"{r[f'{rpc}_p50_ms']:.2f} | {r[f'{rpc}_p99_ms']:.2f} | "
-                         f"{r[f'{rpc}_errors']} |")
-    lines += ["", "| store | Decide/floor throughput | p50 ratio | p99 ratio |",
-              "|---|---:|---:|---:|"]
+                         f"{r[f'{rpc}_server_cpu_us']:.0f} | {r[f'{rpc}_errors']} |")
+    lines += ["", "| store | Decide/floor throughput | p50 ratio | p99 ratio | server CPU ratio |",
+              "|---|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['store']} | {r['rps_ratio']:.2f} | {r['p50_ratio']:.2f} | "
-                     f"{r['p99_ratio']:.2f} |")
+                     f"{r['p99_ratio']:.2f} | {r['cpu_ratio']:.2f} |")
     return "\n".join(lines)
 
 
@@ -137,20 +150,21 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--stores", default="memory,redis")
+    p.add_argument("--workers", type=int, default=4, help="server request threads")
     p.add_argument("--json", help="write raw numbers here")
     args = p.parse_args()
     rows = []
     for store in args.stores.split(","):
         if store == "memory":
-            with arbiter_server(None) as target:
-                rows.append(measure(store, target, args))
+            with arbiter_server(None, args.workers) as (target, pid):
+                rows.append(measure(store, target, pid, args))
         else:
             with tempfile.TemporaryDirectory() as tmp:
                 redis_ = RedisServer(Path(tmp))
                 redis_.start()
                 try:
-                    with arbiter_server(redis_.url) as target:
-                        rows.append(measure(store, target, args))
+                    with arbiter_server(redis_.url, args.workers) as (target, pid):
+                        rows.append(measure(store, target, pid, args))
                 finally:
                     redis_.stop()
     print(table(rows, args))

@@ -85,10 +85,10 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         else:
             call = pb_grpc.DecisionServiceStub(channel).Decide
             make = decide_requests(args.users, args.seed)
-        if args.warmup:
-            await drive(call, make, args.concurrency, args.warmup)
+        warmup = await drive(call, make, args.concurrency, args.warmup) if args.warmup else {}
         result = await drive(call, make, args.concurrency, args.duration)
-    return {"rpc": args.rpc, "concurrency": args.concurrency, **result}  # type: ignore[dict-item]
+    return {"rpc": args.rpc, "concurrency": args.concurrency,  # type: ignore[dict-item]
+            "warmup_requests": warmup.get("requests", 0), **result}
 
 
 def main() -> None:

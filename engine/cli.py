@@ -181,7 +181,8 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on")
     serve.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
     serve.add_argument("--redis", metavar="URL", help="redis://host:port/db (default: in memory)")
-    serve.add_argument("--workers", type=int, default=16, help="request threads")
+    serve.add_argument("--workers", type=int, default=4,
+                       help="request threads (few: the GIL makes more slower, see bench/RESULTS.md)")
     serve.add_argument("--seed", type=int, help="seed of the Thompson sampler")
     serve.set_defaults(func=cmd_serve)
 

@@ -156,7 +156,7 @@ class RunningServer:
 
 
 def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
-          workers: int = 16) -> RunningServer:
+          workers: int = 4) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one)."""
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
