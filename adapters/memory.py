@@ -125,5 +125,8 @@ class MemoryStore:
     def load_models(self) -> tuple[bytes, str] | None:
         return self._snapshot
 
+    def ping(self) -> bool:
+        return True
+
     def close(self) -> None:
         pass

@@ -24,14 +24,15 @@ own writes at once. A cached Decide makes no profile round trip.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from threading import Lock
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import redis
 from cachetools import TTLCache
 
-from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit
+from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit, StoreUnavailable
 from engine.records import (
     ArmCounts,
     DecisionRecord,
@@ -49,10 +50,29 @@ def _b(value: Any) -> bytes | None:
     return cast(bytes | None, value)
 
 
+T = TypeVar("T")
 DEFAULT_CACHE_TTL = 1.0
 DEFAULT_CACHE_SIZE = 100_000
 
 
+def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
+    """Wrap every public method: a lost connection becomes StoreUnavailable."""
+    for name, method in list(vars(cls).items()):
+        if name.startswith("_") or not callable(method):
+            continue
+
+        def wrapper(*args: Any, __method: Any = method, **kwargs: Any) -> Any:
+            try:
+                return __method(*args, **kwargs)
+            except (redis.ConnectionError, redis.TimeoutError) as err:
+                raise StoreUnavailable(f"redis: {err}") from err
+
+        functools.update_wrapper(wrapper, method)
+        setattr(cls, name, wrapper)
+    return cls
+
+
+@_unavailable_on_connection_errors
 class RedisStore:
     """A :class:`~engine.ports.Store` on Redis (``redis://host:port/db``)."""
 

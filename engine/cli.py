@@ -182,7 +182,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
     serve.add_argument("--redis", metavar="URL", help="redis://host:port/db (default: in memory)")
     serve.add_argument("--workers", type=int, default=4,
-                       help="request threads (few: the GIL makes more slower, see bench/RESULTS.md)")
+                       help="request threads (more is slower under the GIL: bench/RESULTS.md)")
     serve.add_argument("--seed", type=int, help="seed of the Thompson sampler")
     serve.set_defaults(func=cmd_serve)
 

@@ -39,6 +39,10 @@ class DecisionNotFound(LookupError):
     """No decision with this id within the attribution window."""
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot be reached; nothing was changed, the call may be retried."""
+
+
 class Store(Protocol):
     """Profiles, decisions, bandit statistics and the learning log."""
 
@@ -70,5 +74,9 @@ class Store(Protocol):
     def save_models(self, blob: bytes, offset: str) -> None: ...
 
     def load_models(self) -> tuple[bytes, str] | None: ...
+
+    def ping(self) -> bool:
+        """True when the store can be reached (health checks)."""
+        ...
 
     def close(self) -> None: ...

@@ -23,7 +23,7 @@ from engine import convert
 from engine.feedback import ActionNotInDecision
 from engine.gen.arbiter.v1 import decision_pb2 as pb
 from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
-from engine.ports import DecisionNotFound
+from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
@@ -51,6 +51,9 @@ def _rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[...,
         except ActionNotInDecision as err:
             context.abort(grpc.StatusCode.NOT_FOUND,
                           f"action_id: {err.args[0]!r} was not part of this decision")
+        except StoreUnavailable as err:
+            log.warning("%s: %s", method.__name__, err)
+            context.abort(grpc.StatusCode.UNAVAILABLE, "profile store unavailable; retry")
         except Exception:
             log.exception("%s failed", method.__name__)
             context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
@@ -139,11 +142,22 @@ class RunningServer:
         self._sync.start()
 
     def _sync_loop(self) -> None:
+        """Learn from other replicas' feedback; report the store's reachability as health."""
+        serving = health_pb2.HealthCheckResponse.SERVING
+        down = health_pb2.HealthCheckResponse.NOT_SERVING
         while not self._stopped.wait(SYNC_INTERVAL_SECONDS):
             try:
                 self.arbiter.sync()
+                status = serving
+            except StoreUnavailable as err:
+                log.warning("store unavailable: %s", err)
+                status = down
             except Exception:
                 log.exception("sync with the store failed; retrying")
+                status = down
+            if not self._stopped.is_set():
+                for name in ("", SERVICE_NAME):
+                    self.health.set(name, status)
 
     def stop(self, grace: float = 2.0) -> None:
         self.health.enter_graceful_shutdown()

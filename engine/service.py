@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 import uuid
@@ -140,6 +141,8 @@ class Arbiter:
         check_outcome(outcome)
         if len(idempotency_key) > 256:
             raise InvalidArgument("idempotency_key", "is longer than 256 characters")
+        if value is not None and not math.isfinite(value):
+            raise InvalidArgument("value", "must be a finite number")
         now = self.clock()
         fb = FeedbackInput(decision_id, action_id, outcome, value, idempotency_key,
                            check_time("timestamp", at, now), now)

@@ -10,7 +10,7 @@ import redis
 
 from adapters.redis_store import RedisStore
 from dsl.ruleset import Ruleset
-from engine.ports import DecisionNotFound
+from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.service import Arbiter
 from tests.conftest import RedisServer
 
@@ -146,7 +146,7 @@ def test_acknowledged_feedback_survives_a_redis_crash(redis_server: RedisServer,
     d = arb.decide(user_id="vera", placement="homepage_banner", channel="web")
     arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id, outcome="click")
     redis_server.kill()  # SIGKILL: only what was fsynced survives
-    with pytest.raises(redis.ConnectionError):
+    with pytest.raises(StoreUnavailable):
         arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
                      outcome="conversion")
     redis_server.start()
@@ -169,3 +169,40 @@ def test_forget_deletes_profile_and_decisions(redis_url: str, retail: Ruleset) -
     client = redis.Redis.from_url(redis_url)
     assert [k for k in client.keys("*") if b"gone" in k] == []
     assert arb.get_profile("gone") is None
+
+
+def test_grpc_reports_unavailable_and_health_while_redis_is_down(
+        redis_server: RedisServer, redis_url: str, retail: Ruleset) -> None:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from engine import server
+    from engine.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+    running = server.start(Arbiter(retail, RedisStore(redis_url, cache_ttl=0), seed=1),
+                           "127.0.0.1", 0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            health = health_pb2_grpc.HealthStub(channel)
+            request = pb.DecideRequest(user_id="u", placement="email")
+            assert stub.Decide(request).decision_id
+            redis_server.kill()
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Decide(request)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            deadline = time.monotonic() + 10
+            while health.Check(health_pb2.HealthCheckRequest()).status != (
+                    health_pb2.HealthCheckResponse.NOT_SERVING):
+                assert time.monotonic() < deadline, "health never reported NOT_SERVING"
+                time.sleep(0.2)
+            redis_server.start()
+            deadline = time.monotonic() + 10
+            while health.Check(health_pb2.HealthCheckRequest()).status != (
+                    health_pb2.HealthCheckResponse.SERVING):
+                assert time.monotonic() < deadline, "health never recovered"
+                time.sleep(0.2)
+            assert stub.Decide(request).decision_id
+    finally:
+        running.stop(grace=0.5)
