@@ -24,6 +24,15 @@ def vip(arb: Arbiter, user: str) -> None:
         arb.track(user_id=user, event_type="visit", at=now - (i + 0.5) * D)
 
 
+def click_top_banner(arb: Arbiter, user: str, times: int) -> None:
+    """A VIP who clicks the top homepage action ``times`` times."""
+    vip(arb, user)
+    for _ in range(times):
+        d = arb.decide(user_id=user, placement="homepage_banner", channel="web")
+        arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                     outcome="click")
+
+
 def test_profile_round_trip_and_one_read_per_cached_decide(redis_url: str,
                                                            retail: Ruleset) -> None:
     store = RedisStore(redis_url, cache_ttl=60)
@@ -108,11 +117,7 @@ def test_two_replicas_converge_on_bandit_and_model_state(redis_url: str,
 
 def test_state_survives_a_service_restart(redis_url: str, retail: Ruleset) -> None:
     first = Arbiter(retail, RedisStore(redis_url), seed=1)
-    vip(first, "vera")
-    for _ in range(30):
-        d = first.decide(user_id="vera", placement="homepage_banner", channel="web")
-        first.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
-                       outcome="click")
+    click_top_banner(first, "vera", 30)
     counts = first.arm_counts("hero_test")
     x = {"seg:frequent_visitor": 1.0, "ctx:channel=web": 1.0}
     learnt = {a: first.models.predict(a, 0.05, x) for a in counts}
@@ -125,11 +130,7 @@ def test_state_survives_a_service_restart(redis_url: str, retail: Ruleset) -> No
 
 def test_restart_without_snapshot_replays_the_log(redis_url: str, retail: Ruleset) -> None:
     first = Arbiter(retail, RedisStore(redis_url), seed=1)
-    vip(first, "vera")
-    for _ in range(10):
-        d = first.decide(user_id="vera", placement="homepage_banner", channel="web")
-        first.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
-                       outcome="click")
+    click_top_banner(first, "vera", 10)
     x = {"seg:frequent_visitor": 1.0}
     learnt = {a: first.models.predict(a, 0.05, x) for a in first.arm_counts("hero_test")}
     # no close(): as if the process died
