@@ -36,6 +36,8 @@ class Build:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     ruleset: Ruleset | None = None
 
+    unparsed: int = 0  # files whose syntax errors left no module
+
     @property
     def failed(self) -> bool:
         return any(d.severity == "error" for d in self.diagnostics)
@@ -47,6 +49,8 @@ def _parse(build: Build) -> None:
         build.diagnostics.extend(diagnostics)
         if module is not None:
             build.modules.append(module)
+        else:
+            build.unparsed += 1
 
 
 def _check(build: Build) -> None:
@@ -89,10 +93,15 @@ def read_sources(path: str | Path) -> dict[str, str]:
 
 
 def build(sources: dict[str, str]) -> Build:
-    """Run the stages; stops before compiling when parsing or checking found errors."""
+    """Run the stages; never compiles a ruleset with errors.
+
+    Checking runs even after parse-stage errors when every file produced a module
+    (e.g. a field set twice), so one run reports all it can; a file with a syntax
+    error stops before checking, since its names would be reported as unknown.
+    """
     result = Build(sources)
-    for _name, stage in STAGES:
-        if result.failed:
+    for name, stage in STAGES:
+        if result.failed and (name == "compile" or result.unparsed):
             break
         stage(result)
     return result

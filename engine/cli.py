@@ -39,6 +39,7 @@ def _store(redis_url: str | None) -> Any:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine import server
+    from engine.reloader import RulesetReloader
     from engine.service import Arbiter
 
     try:
@@ -49,7 +50,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for warning in ruleset.warnings:
         log.warning("%s", warning)
     arbiter = Arbiter(ruleset, _store(args.redis), seed=args.seed)
-    running = server.start(arbiter, args.host, args.port, args.workers)
+    reloader = RulesetReloader(args.rules, arbiter)
+    running = server.start(arbiter, args.host, args.port, args.workers, reloader,
+                           args.reload_interval)
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)
@@ -184,6 +187,9 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=4,
                        help="request threads (more is slower under the GIL: bench/RESULTS.md)")
     serve.add_argument("--seed", type=int, help="seed of the Thompson sampler")
+    serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
+                       help="how often to look for changed rule files (0: only on the "
+                            "ReloadRuleset RPC)")
     serve.set_defaults(func=cmd_serve)
 
     check = sub.add_parser("check", help="parse and check a ruleset; exit 1 on errors")

@@ -20,16 +20,22 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from engine import convert
+from engine.admin import AdminServicer
 from engine.feedback import ActionNotInDecision
+from engine.gen.arbiter.v1 import admin_pb2 as apb
+from engine.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
 from engine.gen.arbiter.v1 import decision_pb2 as pb
 from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.ports import DecisionNotFound, StoreUnavailable
+from engine.reloader import RulesetReloader
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
+ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
+RELOAD_INTERVAL_SECONDS = 1.0
 MAX_MESSAGE_BYTES = 1 << 20
 SYNC_INTERVAL_SECONDS = 1.0
 
@@ -129,17 +135,33 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
 
 class RunningServer:
-    """A started server: its port, and a stop that also stops background sync."""
+    """A started server: its port, and a stop that also stops the background loops."""
 
     def __init__(self, server: grpc.Server, port: int, arbiter: Arbiter,
-                 health_servicer: health.HealthServicer) -> None:
+                 health_servicer: health.HealthServicer,
+                 reloader: RulesetReloader | None = None,
+                 reload_interval: float = RELOAD_INTERVAL_SECONDS) -> None:
         self.server = server
         self.port = port
         self.arbiter = arbiter
         self.health = health_servicer
+        self.reloader = reloader
         self._stopped = threading.Event()
         self._sync = threading.Thread(target=self._sync_loop, name="arbiter-sync", daemon=True)
         self._sync.start()
+        if reloader is not None and reload_interval > 0:
+            threading.Thread(target=self._watch_loop, args=(reload_interval,),
+                             name="arbiter-reload", daemon=True).start()
+
+    def _watch_loop(self, interval: float) -> None:
+        """Reload the ruleset when its files change (compiled here, off the request path)."""
+        assert self.reloader is not None
+        while not self._stopped.wait(interval):
+            try:
+                self.reloader.poll()
+            except Exception:
+                log.exception("ruleset reload failed; still serving %s",
+                              self.arbiter.ruleset.revision)
 
     def _sync_loop(self) -> None:
         """Learn from other replicas' feedback; report the store's reachability as health."""
@@ -170,8 +192,13 @@ class RunningServer:
 
 
 def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
-          workers: int = 4) -> RunningServer:
-    """Start serving on ``host:port`` (port 0 picks a free one)."""
+          workers: int = 4, reloader: RulesetReloader | None = None,
+          reload_interval: float = RELOAD_INTERVAL_SECONDS) -> RunningServer:
+    """Start serving on ``host:port`` (port 0 picks a free one).
+
+    With a ``reloader`` the ruleset directory is watched every ``reload_interval``
+    seconds (0: only on the ReloadRuleset RPC).
+    """
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
@@ -179,18 +206,19 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(arbiter), server)
+    apb_grpc.add_AdminServiceServicer_to_server(AdminServicer(arbiter, reloader), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
     log.info("serving ruleset %s on %s:%d", arbiter.ruleset.revision, host, bound)
-    return RunningServer(server, bound, arbiter, health_servicer)
+    return RunningServer(server, bound, arbiter, health_servicer, reloader, reload_interval)
 
 
 def serve_forever(running: RunningServer) -> None:
