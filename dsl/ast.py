@@ -31,6 +31,7 @@ class Literal:
     value: object
     kind: str  # number | string | bool | null | duration
     pos: Pos
+    text: str = field(default="", compare=False)  # as written: "24h", "2.50"
 
 
 @dataclass(frozen=True, slots=True)

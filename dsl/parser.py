@@ -70,14 +70,16 @@ class _ToAst(Transformer[Token, Any]):
     # -- literals
     @v_args(meta=True)
     def number(self, meta: Any, children: list[Token]) -> ast.Literal:
-        return ast.Literal(float(children[0]), "number", self._pos(children[0]))
+        return ast.Literal(float(children[0]), "number", self._pos(children[0]),
+                           str(children[0]))
 
     def signed_number(self, children: list[Token]) -> float:
         return float(children[0])
 
     @v_args(meta=True)
     def duration(self, meta: Any, children: list[Token]) -> ast.Literal:
-        return ast.Literal(duration_seconds(children[0]), "duration", self._pos(children[0]))
+        return ast.Literal(duration_seconds(children[0]), "duration", self._pos(children[0]),
+                           str(children[0]))
 
     @v_args(meta=True)
     def string(self, meta: Any, children: list[Token]) -> ast.Literal:

@@ -23,6 +23,8 @@ def _duration(seconds: float) -> str:
 
 
 def _literal(node: ast.Literal) -> str:
+    if node.text and node.kind in ("duration", "number"):
+        return node.text
     if node.kind == "duration":
         return _duration(float(node.value))  # type: ignore[arg-type]
     if node.kind == "string":

@@ -2,6 +2,8 @@
 
     arbiter serve --rules rulesets/retail [--port 50051] [--redis redis://...]
     arbiter check rulesets/retail [--format json]
+    arbiter test rulesets/retail
+    arbiter explain rulesets/retail --profile p.toml --placement email
     arbiter decide --rules rulesets/retail --user ann --placement email --explain
     arbiter decide --target localhost:50051 --user ann --placement homepage_banner
 """
@@ -14,12 +16,10 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 from dsl.diagnostics import RulesetError
 from dsl.loader import build, load_path, read_sources
-from dsl.parser import duration_seconds
 from engine.requests import InvalidArgument
 
 log = logging.getLogger("arbiter")
@@ -104,19 +104,44 @@ def _parse_context(pairs: Sequence[str], schema: Any = None) -> dict[str, Any]:
     return out
 
 
-def seed_profile(arbiter: Any, user_id: str, path: str) -> None:
-    """Load a profile file: ``{"traits": {...}, "events": [{"type", "value", "ago"}]}``."""
-    data = json.loads(Path(path).read_text())
-    now = arbiter.clock()
-    events = data.get("events", [])
-    traits = data.get("traits", {})
-    if not events:
-        events = [{"type": "visit", "ago": "0s"}]
-    for i, event in enumerate(events):
-        arbiter.track(user_id=user_id, event_type=event["type"],
-                      properties={"value": float(event.get("value", 0))},
-                      traits=traits if i == len(events) - 1 else {},
-                      at=now - duration_seconds(event.get("ago", "0s")))
+def cmd_explain(args: argparse.Namespace) -> int:
+    """Why each action of a placement is or is not eligible, for a profile in a file."""
+    args.explain = True
+    args.target = None
+    args.json = False
+    return cmd_decide(args)
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from engine.tester import discover, run_tests
+
+    try:
+        ruleset = load_path(args.path)
+    except RulesetError as err:
+        print(err.render(), file=sys.stderr)
+        return 1
+    except FileNotFoundError as err:
+        print(f"arbiter test: {err}", file=sys.stderr)
+        return 1
+    paths = discover(args.tests or args.path)
+    report = run_tests(ruleset, paths)
+    for error in report.errors:
+        print(f"ERROR {error}")
+    for result in report.results:
+        if result.passed:
+            if args.verbose_tests:
+                print(f"PASS {result.location}: {result.name}")
+            continue
+        print(f"FAIL {result.location}: {result.name}")
+        for failure in result.failures:
+            print(f"    {failure}")
+    for line in report.coverage.summary(ruleset):
+        print(line)
+    if not report.results and not report.errors:
+        print(f"no tests found (*.test.toml under {args.tests or args.path})")
+    passed = sum(r.passed for r in report.results)
+    print(f"{passed} passed, {report.failed} failed")
+    return 1 if report.failed else 0
 
 
 def cmd_decide(args: argparse.Namespace) -> int:
@@ -127,6 +152,9 @@ def cmd_decide(args: argparse.Namespace) -> int:
         return 1
     except InvalidArgument as err:
         print(f"arbiter decide: invalid argument {err}", file=sys.stderr)
+        return 2
+    except (OSError, ValueError) as err:  # unreadable or malformed --profile file
+        print(f"arbiter decide: {err}", file=sys.stderr)
         return 2
     if args.json:
         from google.protobuf.json_format import MessageToJson
@@ -141,12 +169,13 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 def _decide_local(args: argparse.Namespace) -> Any:
     from adapters.memory import MemoryStore
+    from engine.scenario import apply_scenario, load_scenario
     from engine.service import Arbiter
 
     ruleset = load_path(args.rules)
     arbiter = Arbiter(ruleset, MemoryStore(), seed=args.seed)
     if args.profile:
-        seed_profile(arbiter, args.user, args.profile)
+        apply_scenario(arbiter, args.user, load_scenario(args.profile), arbiter.clock())
     return arbiter.decide(
         user_id=args.user, placement=args.placement, channel=args.channel,
         context=_parse_context(args.context, ruleset.context_schema), limit=args.limit,
@@ -211,6 +240,23 @@ def parser() -> argparse.ArgumentParser:
     decide.add_argument("--seed", type=int)
     decide.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
     decide.set_defaults(func=cmd_decide)
+
+    test = sub.add_parser("test", help="run the ruleset's *.test.toml tests")
+    test.add_argument("path", help="ruleset directory")
+    test.add_argument("--tests", help="test file or directory (default: the ruleset's)")
+    test.add_argument("--verbose-tests", action="store_true", help="list passing tests too")
+    test.set_defaults(func=cmd_test)
+
+    explain = sub.add_parser("explain", help="why each action is or is not chosen")
+    explain.add_argument("rules", help="ruleset directory")
+    explain.add_argument("--profile", help="profile file (JSON or TOML); none: a new customer")
+    explain.add_argument("--placement", required=True)
+    explain.add_argument("--channel", default="")
+    explain.add_argument("--context", nargs="*", default=[], metavar="KEY=VALUE")
+    explain.add_argument("--user", default="explain-user")
+    explain.add_argument("--limit", type=int, default=0)
+    explain.add_argument("--seed", type=int, default=0)
+    explain.set_defaults(func=cmd_explain)
     return p
 
 

@@ -54,11 +54,24 @@ def record_event(
     drop = max(drop, len(stats.recent) - MAX_RECENT_EVENTS)
     if drop:
         del stats.recent[:drop]
+    _set_traits(profile, traits)
+    _touch(profile, at)
+    return profile
+
+
+def _set_traits(profile: Profile, traits: Mapping[str, AttrValue]) -> None:
     for name, trait in traits.items():
         if trait is None:
             profile.attributes.pop(name, None)
         else:
             profile.attributes[name] = trait
+
+
+def record_traits(profile: Profile | None, user_id: str, traits: Mapping[str, AttrValue],
+                  at: float) -> Profile:
+    """The profile with attributes set, without any behavioural event."""
+    profile = profile if profile is not None else Profile(user_id=user_id)
+    _set_traits(profile, traits)
     _touch(profile, at)
     return profile
 

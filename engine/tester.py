@@ -1,0 +1,241 @@
+"""``arbiter test``: ruleset tests written next to the rules, in ``*.test.toml`` files.
+
+Each ``[[test]]`` gives a customer (traits, events, outcome history), a request
+(placement, channel, context) and expectations about the decision::
+
+    [[test]]
+    name = "a cart abandoner is reminded by email"
+    placement = "email"
+    profile.traits = { first_name = "Ann", email_opt_in = true }
+    profile.events = [ { type = "add_to_cart", value = 80, ago = "26h" } ]
+    expect.segments = ["cart_abandoner"]
+    expect.top = "cart_reminder"
+    expect.content = { "cart_reminder.subject" = "Ann, you left something in your cart" }
+
+Expectations: ``segments`` / ``not_segments`` (the customer is / is not in them),
+``eligible`` / ``not_eligible`` (actions that pass / fail eligibility and caps),
+``top`` (the first action), ``actions`` (the exact ranked list), ``none`` (no action),
+``content`` (``"ACTION.FIELD" = "text"``). Every case runs on a fresh in-memory
+store with a fixed clock and seed, so results are reproducible. Experiment arms
+are drawn by Thompson sampling: assert them with ``eligible``, not ``top``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from adapters.memory import MemoryStore
+from dsl.ruleset import Ruleset
+from engine.decision import ActionTrace, Decision
+from engine.requests import InvalidArgument
+from engine.scenario import Scenario, apply_scenario
+from engine.service import Arbiter
+
+TEST_SUFFIX = ".test.toml"
+DEFAULT_NOW = datetime.fromisoformat("2026-01-05T12:00:00+00:00").timestamp()
+CASE_KEYS = {"name", "placement", "channel", "context", "limit", "now", "profile", "expect"}
+EXPECT_KEYS = {"segments", "not_segments", "eligible", "not_eligible", "top", "actions",
+               "none", "content"}
+
+
+@dataclass
+class CaseResult:
+    name: str
+    location: str  # file:line of the case
+    failures: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+
+@dataclass
+class Coverage:
+    """Which rules the tests exercised, over all cases."""
+
+    segments_matched: set[str] = field(default_factory=set)
+    actions_eligible: set[str] = field(default_factory=set)
+    actions_shown: set[str] = field(default_factory=set)
+
+    def summary(self, ruleset: Ruleset) -> list[str]:
+        segments = [s.name for s in ruleset.segments]
+        actions = sorted(ruleset.actions)
+        lines = [
+            f"coverage: segments matched {len(self.segments_matched)}/{len(segments)}, "
+            f"actions eligible {len(self.actions_eligible)}/{len(actions)}, "
+            f"actions shown {len(self.actions_shown)}/{len(actions)}"]
+        never_seg = [s for s in segments if s not in self.segments_matched]
+        never_act = [a for a in actions if a not in self.actions_eligible]
+        if never_seg:
+            lines.append(f"  segments never matched: {', '.join(never_seg)}")
+        if never_act:
+            lines.append(f"  actions never eligible: {', '.join(never_act)}")
+        return lines
+
+
+def discover(root: str | Path) -> list[Path]:
+    root = Path(root)
+    return [root] if root.is_file() else sorted(root.rglob(f"*{TEST_SUFFIX}"))
+
+
+def _case_lines(text: str) -> list[int]:
+    """1-based line of each ``[[test]]`` header, in order."""
+    return [i for i, line in enumerate(text.splitlines(), 1)
+            if re.match(r"\s*\[\[\s*test\s*\]\]", line)]
+
+
+def load_cases(path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(file:line, case) pairs; raises ValueError with the file's position on bad TOML."""
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"{path}: {err}") from err
+    cases = data.get("test", [])
+    lines = _case_lines(text)
+    return [(f"{path}:{lines[i] if i < len(lines) else 1}", case)
+            for i, case in enumerate(cases)]
+
+
+def _eligible(trace: ActionTrace) -> bool:
+    return all(r.passed for r in trace.reasons if r.kind in ("eligibility", "cap"))
+
+
+def _why(trace: ActionTrace | None) -> str:
+    if trace is None:
+        return ""
+    return "".join(f"\n      {'ok' if r.passed else 'NO'} {r.kind} {r.name}: {r.detail}"
+                   + (f"  ({r.location})" if r.location else "") for r in trace.reasons)
+
+
+class CaseRunner:
+    """Runs one case against a ruleset and checks its expectations."""
+
+    def __init__(self, ruleset: Ruleset, coverage: Coverage) -> None:
+        self.ruleset = ruleset
+        self.coverage = coverage
+
+    def run(self, location: str, case: Mapping[str, Any]) -> CaseResult:
+        result = CaseResult(str(case.get("name", "(unnamed)")), location)
+        for problem in self._shape_problems(case):
+            result.failures.append(problem)
+        if result.failures:
+            return result
+        now = DEFAULT_NOW
+        if "now" in case:
+            now = datetime.fromisoformat(str(case["now"])).timestamp()
+        arbiter = Arbiter(self.ruleset, MemoryStore(clock=lambda: now), seed=0,
+                          clock=lambda: now)
+        try:
+            apply_scenario(arbiter, "test-user", Scenario.from_dict(case.get("profile", {})),
+                           now)
+            decision = arbiter.decide(
+                user_id="test-user", placement=str(case.get("placement", "")),
+                channel=str(case.get("channel", "")), context=case.get("context", {}),
+                limit=int(case.get("limit", 0)), explain=True)
+        except InvalidArgument as err:
+            result.failures.append(f"invalid test input: {err}")
+            return result
+        self._record_coverage(decision)
+        self._check(decision, case.get("expect", {}), result)
+        return result
+
+    def _shape_problems(self, case: Mapping[str, Any]) -> list[str]:
+        problems = [f"unknown key '{k}' (expected one of {', '.join(sorted(CASE_KEYS))})"
+                    for k in case if k not in CASE_KEYS]
+        expect = case.get("expect", {})
+        if not expect:
+            problems.append("the case expects nothing: add an 'expect' table")
+        problems += [f"unknown expectation '{k}' (expected one of "
+                     f"{', '.join(sorted(EXPECT_KEYS))})" for k in expect if k not in EXPECT_KEYS]
+        names = {s.name for s in self.ruleset.segments}
+        for key in ("segments", "not_segments"):
+            problems += [f"expect.{key}: unknown segment '{s}'" for s in expect.get(key, [])
+                         if s not in names]
+        for key in ("eligible", "not_eligible", "actions"):
+            problems += [f"expect.{key}: unknown action '{a}'" for a in expect.get(key, [])
+                         if a not in self.ruleset.actions]
+        return problems
+
+    def _record_coverage(self, decision: Decision) -> None:
+        self.coverage.segments_matched.update(decision.segments)
+        for trace in decision.traces:
+            if _eligible(trace):
+                self.coverage.actions_eligible.add(trace.action_id)
+        self.coverage.actions_shown.update(a.action_id for a in decision.actions)
+
+    def _segment_failure(self, name: str, expected: bool) -> str:
+        segment = next(s for s in self.ruleset.segments if s.name == name)
+        state = "in" if expected else "not in"
+        return (f"expected the customer {state} segment '{name}'\n"
+                f"      {segment.pos}: segment {name} = {segment.source}")
+
+    def _check(self, decision: Decision, expect: Mapping[str, Any], result: CaseResult) -> None:
+        matched = set(decision.segments)
+        traces = {t.action_id: t for t in decision.traces}
+        shown = [a.action_id for a in decision.actions]
+        fail = result.failures.append
+        for name in expect.get("segments", []):
+            if name not in matched:
+                fail(self._segment_failure(name, True))
+        for name in expect.get("not_segments", []):
+            if name in matched:
+                fail(self._segment_failure(name, False))
+        for action in expect.get("eligible", []):
+            trace = traces.get(action)
+            if trace is None:
+                fail(f"expected '{action}' to be eligible, but it is not an action of "
+                     f"placement '{decision.placement}'")
+            elif not _eligible(trace):
+                fail(f"expected '{action}' to be eligible{_why(trace)}")
+        for action in expect.get("not_eligible", []):
+            trace = traces.get(action)
+            if trace is not None and _eligible(trace):
+                fail(f"expected '{action}' not to be eligible{_why(trace)}")
+        if "top" in expect and (shown[:1] != [expect["top"]]):
+            got = shown[0] if shown else "nothing"
+            fail(f"expected top action '{expect['top']}', got {got}"
+                 f"{_why(traces.get(expect['top']))}")
+        if "actions" in expect and shown != list(expect["actions"]):
+            fail(f"expected actions {list(expect['actions'])}, got {shown}")
+        if expect.get("none") and shown:
+            fail(f"expected no action, got {shown}")
+        for key, text in expect.get("content", {}).items():
+            action_id, _, name = key.partition(".")
+            action = next((a for a in decision.actions if a.action_id == action_id), None)
+            if action is None:
+                fail(f"expected content of '{action_id}', but it was not shown (shown: {shown})")
+            elif action.content.get(name) != text:
+                fail(f"content {key}: expected {text!r}, got {action.content.get(name)!r}")
+
+
+@dataclass
+class Report:
+    results: list[CaseResult]
+    coverage: Coverage
+    errors: list[str]
+
+    @property
+    def failed(self) -> int:
+        return sum(not r.passed for r in self.results) + len(self.errors)
+
+
+def run_tests(ruleset: Ruleset, paths: list[Path]) -> Report:
+    coverage = Coverage()
+    runner = CaseRunner(ruleset, coverage)
+    results: list[CaseResult] = []
+    errors: list[str] = []
+    for path in paths:
+        try:
+            cases = load_cases(path)
+        except ValueError as err:
+            errors.append(str(err))
+            continue
+        results += [runner.run(location, case) for location, case in cases]
+    return Report(results, coverage, errors)
