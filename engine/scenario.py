@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from dsl.parser import duration_seconds
 from engine.profiles import record_contact, record_traits
-from engine.records import OUTCOMES
+from engine.records import OUTCOMES, Profile
 from engine.requests import InvalidArgument, check_map
 from engine.service import Arbiter
 
@@ -81,7 +81,10 @@ def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: floa
             raise InvalidArgument(f"{field}.action", f"unknown action {action!r}")
         if outcome not in OUTCOMES:
             raise InvalidArgument(f"{field}.outcome", f"must be one of {', '.join(OUTCOMES)}")
-        at = now - _ago(contact, field)
         arbiter.store.update_profile(
-            user_id, lambda p, a=str(action), o=str(outcome), t=at: record_contact(
-                p, user_id, a, o, t))
+            user_id, _contact(user_id, str(action), str(outcome), now - _ago(contact, field)))
+
+
+def _contact(user_id: str, action: str, outcome: str, at: float
+             ) -> Callable[[Profile | None], Profile]:
+    return lambda profile: record_contact(profile, user_id, action, outcome, at)
