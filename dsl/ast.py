@@ -121,6 +121,7 @@ class PlacementDef:
     channels: tuple[str, ...]
     slots: int
     pos: Pos
+    field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +136,7 @@ class FrequencyCap:
     limit: int
     window_seconds: float
     pos: Pos
+    window_text: str = field(default="", compare=False)  # as written: "7d"
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,3 +192,22 @@ class Module:
 
     path: str
     items: tuple[Item, ...]
+
+
+_POSITIONAL = {"pos", "field_pos", "text"}
+
+
+def shape(node: object) -> object:
+    """A node as nested tuples without positions: equal for the same rules, wherever written.
+
+    >>> a = Ref(("profile", "x"), Pos("a.arb", 1, 1))
+    >>> shape(a) == shape(Ref(("profile", "x"), Pos("b.arb", 9, 9)))
+    True
+    """
+    if isinstance(node, tuple | list):
+        return tuple(shape(n) for n in node)
+    if hasattr(node, "__dataclass_fields__"):
+        return (type(node).__name__, *(
+            (name, shape(getattr(node, name)))
+            for name in node.__dataclass_fields__ if name not in _POSITIONAL))
+    return node

@@ -239,7 +239,7 @@ class _ToAst(Transformer[Token, Any]):
     @v_args(meta=True)
     def cap(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
         pos = self._pos(meta)
-        return ("cap", ast.FrequencyCap(int(c[0]), duration_seconds(c[1]), pos), pos)
+        return ("cap", ast.FrequencyCap(int(c[0]), duration_seconds(c[1]), pos, str(c[1])), pos)
 
     @v_args(meta=True)
     def content(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
@@ -282,9 +282,10 @@ class _ToAst(Transformer[Token, Any]):
     @v_args(meta=True)
     def placement_def(self, meta: Any, children: list[Any]) -> ast.PlacementDef:
         name, *fields = children
-        values, _ = self._fields(fields, "placement")
+        values, positions = self._fields(fields, "placement")
         return ast.PlacementDef(
-            str(name), values.get("channels", ()), values.get("slots", 1), self._pos(name)
+            str(name), values.get("channels", ()), values.get("slots", 1), self._pos(name),
+            positions,
         )
 
     @v_args(meta=True)

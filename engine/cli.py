@@ -2,6 +2,7 @@
 
     arbiter serve --rules rulesets/retail [--port 50051] [--redis redis://...]
     arbiter check rulesets/retail [--format json]
+    arbiter fmt rulesets/retail [--check]
     arbiter test rulesets/retail
     arbiter explain rulesets/retail --profile p.toml --placement email
     arbiter decide --rules rulesets/retail --user ann --placement email --explain
@@ -102,6 +103,44 @@ def _parse_context(pairs: Sequence[str], schema: Any = None) -> dict[str, Any]:
             except ValueError:
                 out[key] = raw
     return out
+
+
+def cmd_fmt(args: argparse.Namespace) -> int:
+    """Rewrite rule files in the canonical layout; --check only reports."""
+    import difflib
+    from pathlib import Path
+
+    from dsl.formatter import format_text
+
+    try:
+        sources = read_sources(args.path)
+    except (FileNotFoundError, UnicodeDecodeError) as err:
+        print(f"arbiter fmt: {err}", file=sys.stderr)
+        return 1
+    changed: list[str] = []
+    failed = False
+    for path, text in sources.items():
+        try:
+            formatted = format_text(text, path)
+        except RulesetError as err:
+            print(err.render(), file=sys.stderr)
+            failed = True
+            continue
+        if formatted == text:
+            continue
+        changed.append(path)
+        if args.check:
+            if args.diff:
+                sys.stdout.writelines(difflib.unified_diff(
+                    text.splitlines(keepends=True), formatted.splitlines(keepends=True),
+                    path, f"{path} (formatted)"))
+        else:
+            Path(path).write_text(formatted, encoding="utf-8")
+    verb = "would reformat" if args.check else "reformatted"
+    for path in changed:
+        print(f"{verb} {path}")
+    print(f"{len(sources)} file(s), {len(changed)} {verb}")
+    return 1 if failed or (args.check and changed) else 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -240,6 +279,13 @@ def parser() -> argparse.ArgumentParser:
     decide.add_argument("--seed", type=int)
     decide.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
     decide.set_defaults(func=cmd_decide)
+
+    fmt = sub.add_parser("fmt", help="format rule files canonically (comments kept)")
+    fmt.add_argument("path")
+    fmt.add_argument("--check", action="store_true", help="change nothing; exit 1 if any "
+                                                          "file is not formatted")
+    fmt.add_argument("--diff", action="store_true", help="with --check: show the changes")
+    fmt.set_defaults(func=cmd_fmt)
 
     test = sub.add_parser("test", help="run the ruleset's *.test.toml tests")
     test.add_argument("path", help="ruleset directory")

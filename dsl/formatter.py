@@ -1,0 +1,309 @@
+"""``arbiter fmt``: one canonical layout for rule files, comments kept.
+
+Layout: two-space indentation, one blank line between top-level items, fields in
+a fixed order, one field per line, expressions printed by :mod:`dsl.printer` and
+broken before each top-level ``and``/``or`` when a line would pass 100 columns.
+
+Comments: a comment on its own line stays above the item or field that follows
+it (or above the closing brace at the end of a block, or at the end of the file);
+a comment after code stays at the end of that item's or field's line. A comment
+inside a multi-line expression moves above its field. Formatting is idempotent
+and never changes what the rules mean (tests check both with hypothesis).
+
+>>> print(format_text("segment  big=profile.spend>500 # vip\\n", "a.arb"), end="")
+segment big = profile.spend > 500  # vip
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from dsl import ast
+from dsl.diagnostics import Diagnostic, RulesetError
+from dsl.parser import parse_text
+from dsl.printer import print_expr
+
+WIDTH = 100
+INDENT = "  "
+ACTION_FIELDS = ("placements", "channels", "when", "value", "weight", "priority", "prior",
+                 "cap", "content")
+EXPERIMENT_FIELDS = ("arms", "allocate", "reward")
+
+
+@dataclass(frozen=True)
+class Comment:
+    line: int
+    depth: int  # brace depth where it starts: 0 is top level
+    trailing: bool  # code precedes it on its line
+    text: str
+
+
+def scan_comments(text: str) -> list[Comment]:
+    """Every ``#`` comment outside string literals, with its line and brace depth."""
+    comments: list[Comment] = []
+    depth = 0
+    for number, line in enumerate(text.splitlines(), 1):
+        in_string = escaped = False
+        for i, ch in enumerate(line):
+            if in_string:
+                if escaped:
+                    escaped = False
+                elif ch == "\\":
+                    escaped = True
+                elif ch == '"':
+                    in_string = False
+            elif ch == '"':
+                in_string = True
+            elif ch == "{":
+                depth += 1
+            elif ch == "}":
+                depth = max(0, depth - 1)
+            elif ch == "#":
+                comments.append(Comment(number, depth, bool(line[:i].strip()),
+                                        line[i:].rstrip()))
+                break
+    return comments
+
+
+@dataclass
+class Statement:
+    """One printed item or field: its source line, its text, comments attached."""
+
+    line: int
+    lines: list[str]
+    leading: list[str] = field(default_factory=list)
+    trailing: list[str] = field(default_factory=list)
+
+    def render(self, indent: str) -> list[str]:
+        out = [indent + c if c else c for c in self.leading]
+        body = [indent + line if line else line for line in self.lines]
+        if self.trailing:
+            body[-1] += "  " + " ".join(self.trailing)
+        return out + body
+
+
+@dataclass
+class Block:
+    """A top-level item: its header statement, fields, and comments before '}'."""
+
+    header: Statement
+    fields: list[Statement] = field(default_factory=list)
+    closing: str | None = None  # "}" for brace blocks
+    before_closing: list[str] = field(default_factory=list)
+
+    def render(self) -> list[str]:
+        out = self.header.render("")
+        for f in self.fields:
+            out += f.render(INDENT)
+        out += [INDENT + c for c in self.before_closing]
+        if self.closing:
+            out.append(self.closing)
+        return out
+
+
+# ---- printing of items -------------------------------------------------------------
+def _broken(expr: ast.Expr, indent: str) -> list[str]:
+    """An expression over several lines, one top-level and/or operand a line."""
+    if isinstance(expr, ast.BoolOp):
+        parts = [print_expr(o) if not isinstance(o, ast.BoolOp) else f"({print_expr(o)})"
+                 for o in expr.operands]
+        return [indent + parts[0]] + [f"{indent}{expr.op} {p}" for p in parts[1:]]
+    return [indent + print_expr(expr)]
+
+
+def _expr_lines(head: str, expr: ast.Expr, indent: str) -> list[str]:
+    one = f"{head} {print_expr(expr)}"
+    if len(indent + one) <= WIDTH or not isinstance(expr, ast.BoolOp):
+        return [one]
+    return [head] + [line[len(indent):] for line in _broken(expr, indent + INDENT)]
+
+
+def _literal(lit: ast.Literal) -> str:
+    return print_expr(lit)
+
+
+def _escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace(
+        "\t", "\\t")
+
+
+def _content_string(content: ast.ContentField) -> str:
+    out = []
+    for part in content.parts:
+        if isinstance(part, str):
+            out.append(_escape(part))
+            continue
+        token = print_expr(part.expr)
+        for name, args in part.filters:
+            token += f" | {name}"
+            if args:
+                token += "(" + ", ".join(_literal(a) for a in args) + ")"
+        out.append(_escape("{{ " + token + " }}"))
+    return '"' + "".join(out) + '"'
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _schema(item: ast.SchemaBlock) -> Block:
+    block = Block(Statement(item.pos.line, [f"{item.kind} {{"]), closing="}")
+    for decl in item.fields:
+        text = f"{decl.name}: {decl.type}"
+        if decl.pii:
+            text += " pii"
+        if decl.default is not None:
+            text += f" = {_literal(decl.default)}"
+        block.fields.append(Statement(decl.pos.line, [text]))
+    return block
+
+
+def _placement(item: ast.PlacementDef) -> Block:
+    block = Block(Statement(item.pos.line, [f"placement {item.name} {{"]), closing="}")
+    pos = item.field_pos
+    if "channels" in pos:
+        block.fields.append(Statement(pos["channels"].line,
+                                      [f"channels: {', '.join(item.channels)}"]))
+    if "slots" in pos:
+        block.fields.append(Statement(pos["slots"].line, [f"slots: {item.slots}"]))
+    return block
+
+
+def _action(item: ast.ActionDef) -> Block:
+    block = Block(Statement(item.pos.line, [f"action {item.name} {{"]), closing="}")
+    pos = item.field_pos
+    for name in ACTION_FIELDS:
+        if name not in pos:
+            continue
+        line = pos[name].line
+        if name in ("placements", "channels"):
+            values = item.placements if name == "placements" else item.channels
+            block.fields.append(Statement(line, [f"{name}: {', '.join(values)}"]))
+        elif name in ("when", "value"):
+            expr = item.when if name == "when" else item.value
+            assert expr is not None
+            block.fields.append(Statement(line, _expr_lines(f"{name}:", expr, INDENT)))
+        elif name in ("weight", "prior"):
+            number = item.weight if name == "weight" else item.prior
+            block.fields.append(Statement(line, [f"{name}: {_number(float(number or 0))}"]))
+        elif name == "priority":
+            block.fields.append(Statement(line, [f"priority: {item.priority}"]))
+        elif name == "cap" and item.cap is not None:
+            text = item.cap.window_text or f"{_number(item.cap.window_seconds)}s"
+            block.fields.append(Statement(line, [f"cap: {item.cap.limit} per {text}"]))
+        elif name == "content":
+            entries = [f"{c.name}: {_content_string(c)}" for c in item.content]
+            one_line = f"content {{ {entries[0]} }}" if len(entries) == 1 else ""
+            if one_line and len(INDENT + one_line) <= WIDTH:
+                lines = [one_line]
+            else:
+                lines = ["content {", *(INDENT + e for e in entries), "}"]
+            block.fields.append(Statement(line, lines))
+    return block
+
+
+def _experiment(item: ast.ExperimentDef) -> Block:
+    block = Block(Statement(item.pos.line, [f"experiment {item.name} on {item.placement} {{"]),
+                  closing="}")
+    pos = item.field_pos
+    if "arms" in pos:
+        block.fields.append(Statement(pos["arms"].line, [f"arms: {', '.join(item.arms)}"]))
+    if "allocate" in pos:
+        block.fields.append(Statement(pos["allocate"].line, [
+            f"allocate: thompson(prior = beta({_number(item.prior_alpha)}, "
+            f"{_number(item.prior_beta)}))"]))
+    if "reward" in pos:
+        block.fields.append(Statement(pos["reward"].line, [f"reward: {item.reward}"]))
+    return block
+
+
+def _item(item: ast.Item) -> Block:
+    if isinstance(item, ast.SchemaBlock):
+        return _schema(item)
+    if isinstance(item, ast.EventsDef):
+        return Block(Statement(item.pos.line, [f"events: {', '.join(item.names)}"]))
+    if isinstance(item, ast.PlacementDef):
+        return _placement(item)
+    if isinstance(item, ast.SegmentDef):
+        return Block(Statement(item.pos.line,
+                               _expr_lines(f"segment {item.name} =", item.condition, "")))
+    if isinstance(item, ast.ActionDef):
+        return _action(item)
+    return _experiment(item)
+
+
+# ---- comments -------------------------------------------------------------------------
+def _attach(blocks: list[Block], comments: list[Comment], source: list[str]) -> list[str]:
+    """Attach each comment to a statement; returns comments left for the end of file.
+
+    Blank lines around top-level comments are kept (one at most), so a file's
+    header comment stays apart from the first item.
+    """
+    trailer: list[str] = []
+
+    def blank(line: int) -> bool:
+        return 1 <= line <= len(source) and not source[line - 1].strip()
+
+    def lead(statement: Statement, comment: Comment) -> None:
+        if statement.leading and blank(comment.line - 1):
+            statement.leading.append("")
+        statement.leading.append(comment.text)
+        if blank(comment.line + 1) and statement.line > comment.line + 1:
+            statement.leading.append("")
+
+    for comment in comments:
+        owner_index = max((i for i, b in enumerate(blocks) if b.header.line <= comment.line),
+                          default=-1)
+        owner = blocks[owner_index] if owner_index >= 0 else None
+        if comment.trailing and owner is not None:
+            statements = [owner.header, *owner.fields]
+            # the last statement starting on or before the comment's line
+            target = [s for s in statements if s.line <= comment.line][-1]
+            target.trailing.append(comment.text)
+        elif comment.depth > 0 and owner is not None and owner.closing:
+            following = [f for f in owner.fields if f.line > comment.line]
+            if following:
+                following[0].leading.append(comment.text)
+            else:
+                owner.before_closing.append(comment.text)
+        else:
+            later = [b for b in blocks if b.header.line > comment.line]
+            if later:
+                lead(later[0].header, comment)
+            else:
+                if trailer and blank(comment.line - 1):
+                    trailer.append("")
+                trailer.append(comment.text)
+    for block in blocks:  # a blank line is kept only between comments, or before the item
+        leading = block.header.leading
+        while leading and leading[0] == "":
+            leading.pop(0)
+        block.header.leading = [c for i, c in enumerate(leading)
+                                if c or (i > 0 and leading[i - 1])]
+    return trailer
+
+
+def format_module(module: ast.Module, text: str) -> str:
+    """The canonical text of a parsed module; ``text`` is its source (for comments)."""
+    blocks = [_item(item) for item in module.items]
+    trailer = _attach(blocks, scan_comments(text), text.splitlines())
+    out: list[str] = []
+    for block in blocks:
+        if out:
+            out.append("")
+        out += block.render()
+    if trailer:
+        if out:
+            out.append("")
+        out += trailer
+    return "\n".join(out) + "\n" if out else ""
+
+
+def format_text(text: str, path: str = "<rules>.arb") -> str:
+    """Format one file; raises :class:`RulesetError` if it does not parse."""
+    module, diagnostics = parse_text(text, path)
+    errors = [d for d in diagnostics if d.severity == "error"]
+    if module is None or errors:
+        raise RulesetError(errors or [Diagnostic("error", "cannot parse",
+                                                 ast.Pos(path, 1, 1))], {path: text})
+    return format_module(module, text)
