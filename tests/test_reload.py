@@ -22,7 +22,7 @@ from engine.reloader import RulesetReloader
 from engine.service import Arbiter
 from tests.conftest import RETAIL
 
-ONBOARDING_VALUE = "  value: 10\n  prior: 0.2"
+ONBOARDING_VALUE = "  value: 10\n  priority: 10"
 
 
 @pytest.fixture
@@ -50,14 +50,14 @@ def test_reload_swaps_a_good_ruleset_and_rejects_a_broken_one(rules: Path) -> No
     first = arb.ruleset.revision
     assert reloader.reload().changed is False
 
-    edit(rules, ONBOARDING_VALUE, "  value: 12\n  prior: 0.2")
+    edit(rules, ONBOARDING_VALUE, "  value: 12\n  priority: 10")
     result = reloader.reload()
     assert (result.accepted, result.changed) == (True, True)
     assert arb.ruleset.revision == result.revision != first
     assert onboarding_value(arb) == 12
 
     good = arb.ruleset.revision
-    edit(rules, "  value: 12\n  prior: 0.2", "  value: 12\n  prior: 0.2\n  when: vip_memebrs")
+    edit(rules, "  value: 12\n  priority: 10", "  value: 12\n  priority: 10\n  when: vip_memebrs")
     result = reloader.reload()
     assert not result.accepted
     assert arb.ruleset.revision == good  # still serving the last good one
@@ -104,7 +104,7 @@ def test_a_broken_edit_pushed_to_a_running_server_changes_nothing_and_says_why(
     request = pb.DecideRequest(user_id="new", placement="homepage_banner", channel="web")
     before = stub.Decide(request)
 
-    edit(rules, ONBOARDING_VALUE, "  value: 15\n  prior: 0.2")  # picked up by the watcher
+    edit(rules, ONBOARDING_VALUE, "  value: 15\n  priority: 10")  # picked up by the watcher
     wait_for(lambda: stub.Decide(request).ruleset_revision != before.ruleset_revision)
     after = stub.Decide(request)
     assert after.actions[0].value == 15
@@ -160,7 +160,7 @@ def test_decisions_never_fail_or_mix_rulesets_during_reloads(rules: Path) -> Non
     for step in range(20):
         new = 11 + step
         # compute the revision a valid edit will have before the swap can serve it
-        edit(rules, f"  value: {value}\n  prior: 0.2", f"  value: {new}\n  prior: 0.2")
+        edit(rules, f"  value: {value}\n  priority: 10", f"  value: {new}\n  priority: 10")
         revisions[revision(read_sources(rules))] = float(new)
         assert reloader.reload().accepted
         value = new
