@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install serve test lint proto bench bench-load bench-micro clean
+.PHONY: install serve test lint proto bench bench-load bench-micro bench-engines clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Arbiter needs Python 3.11+"'
@@ -29,10 +29,14 @@ lint: $(STAMP)
 proto: $(STAMP)  ## regenerate engine/gen from proto/
 	$(PY) -m engine.protogen
 
-bench: bench-micro bench-load
+bench: bench-micro bench-engines bench-load
 
 bench-micro: $(STAMP)
-	$(PY) -m pytest bench -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+	$(PY) -m pytest bench/test_bench_rules.py -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+bench-engines: $(STAMP)  ## compiled rules vs rule-engine, cel-python, zen-engine
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m pytest bench/test_bench_engines.py -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
 
 bench-load: $(STAMP)
 	$(PY) -m bench.load --duration 10 --concurrency 16

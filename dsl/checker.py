@@ -369,7 +369,7 @@ class Checker:
                 refs.add(head)
                 return Type("bool", False)
             self.error(f"unknown segment '{head}'{_suggest(head, self.out.segments)}", node.pos)
-            return Type("bool", False)
+            return ERROR
         self.error(f"unknown name '{'.'.join(node.parts)}': use profile.NAME, context.NAME "
                    "or a segment name", node.pos)
         return ERROR

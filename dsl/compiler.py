@@ -37,8 +37,6 @@ from dsl.ruleset import (
 from dsl.runtime import HELPERS
 
 ARGS = "A, C, E, S, now, X=None"
-_NULLABLE_CMP = {"==": "_eq", "!=": "_ne", "<": "_lt", "<=": "_le", ">": "_gt", ">=": "_ge"}
-_NULLABLE_ARITH = {"+": "_add", "-": "_sub", "*": "_mul"}
 _EVENT_FUNCS = {"count": "_count", "sum": "_sum", "last": "_last", "first": "_first"}
 
 
@@ -84,10 +82,9 @@ class _Emitter:
                 return f"({inner} is not None)"
             if not self.nullable(node.operand):
                 return f"(not {inner})" if node.op == "not" else f"(-{inner})"
-            if node.op == "not":
-                t = self.temp()
-                return f"(None if ({t} := {inner}) is None else not {t})"
-            return f"_neg({inner})"
+            t = self.temp()
+            negate = "not " if node.op == "not" else "-"
+            return f"(None if ({t} := {inner}) is None else {negate}{t})"
         if isinstance(node, ast.BoolOp):
             return self._boolop(node)
         if isinstance(node, ast.Binary):
@@ -113,17 +110,20 @@ class _Emitter:
     def _binary(self, node: ast.Binary) -> str:
         left, right = self.emit(node.left), self.emit(node.right)
         op = node.op
-        nullable = self.nullable(node.left) or self.nullable(node.right)
-        if op in ("in", "not in"):
-            if self.nullable(node.left):
-                return f"{'_in' if op == 'in' else '_not_in'}({left}, {right})"
-            return f"({left} {op} {right})"
         if op == "/":
-            return f"_div({left}, {right})"
-        if nullable:
-            helper = _NULLABLE_CMP.get(op) or _NULLABLE_ARITH[op]
-            return f"{helper}({left}, {right})"
-        return f"({left} {op} {right})"
+            return f"_div({left}, {right})"  # division by zero is null too
+        # null in, null out: inline, without a helper call (names bind left to right)
+        tests = []
+        if self.nullable(node.left):
+            tmp = self.temp()
+            tests.append(f"({tmp} := {left}) is None")
+            left = tmp
+        if self.nullable(node.right) and op not in ("in", "not in"):
+            tmp = self.temp()
+            tests.append(f"({tmp} := {right}) is None")
+            right = tmp
+        expr = f"({left} {op} {right})"
+        return f"(None if {' or '.join(tests)} else {expr})" if tests else expr
 
     def _call(self, node: ast.Call) -> str:
         if node.name in _EVENT_FUNCS:

@@ -86,54 +86,6 @@ def div(a: float | None, b: float | None) -> float | None:
     return a / b
 
 
-def n_add(a: object, b: object) -> object:
-    return None if a is None or b is None else a + b  # type: ignore[operator]
-
-
-def n_sub(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a - b
-
-
-def n_mul(a: float | None, b: float | None) -> float | None:
-    return None if a is None or b is None else a * b
-
-
-def n_neg(a: float | None) -> float | None:
-    return None if a is None else -a
-
-
-def n_eq(a: object, b: object) -> bool | None:
-    return None if a is None or b is None else a == b
-
-
-def n_ne(a: object, b: object) -> bool | None:
-    return None if a is None or b is None else a != b
-
-
-def n_lt(a: object, b: object) -> bool | None:
-    return None if a is None or b is None else a < b  # type: ignore[operator]
-
-
-def n_le(a: object, b: object) -> bool | None:
-    return None if a is None or b is None else a <= b  # type: ignore[operator]
-
-
-def n_gt(a: object, b: object) -> bool | None:
-    return None if a is None or b is None else a > b  # type: ignore[operator]
-
-
-def n_ge(a: object, b: object) -> bool | None:
-    return None if a is None or b is None else a >= b  # type: ignore[operator]
-
-
-def n_in(a: object, items: frozenset[object]) -> bool | None:
-    return None if a is None else a in items
-
-
-def n_not_in(a: object, items: frozenset[object]) -> bool | None:
-    return None if a is None else a not in items
-
-
 def contains(a: str | None, b: str | None) -> bool | None:
     return None if a is None or b is None else b in a
 
@@ -179,18 +131,6 @@ HELPERS: dict[str, object] = {
     "days_since": days_since,
     "hours_since": hours_since,
     "_div": div,
-    "_add": n_add,
-    "_sub": n_sub,
-    "_mul": n_mul,
-    "_neg": n_neg,
-    "_eq": n_eq,
-    "_ne": n_ne,
-    "_lt": n_lt,
-    "_le": n_le,
-    "_gt": n_gt,
-    "_ge": n_ge,
-    "_in": n_in,
-    "_not_in": n_not_in,
     "contains": contains,
     "starts_with": starts_with,
     "ends_with": ends_with,
