@@ -121,6 +121,7 @@ class PlacementDef:
     channels: tuple[str, ...]
     slots: int
     pos: Pos
+    fallback: str | None = None
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -169,6 +170,11 @@ class ActionDef:
     content: tuple[ContentField, ...]
     pos: Pos
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
+    unless: Expr | None = None
+    starts: str | None = None  # ISO date or date-time, as written
+    ends: str | None = None
+    tags: tuple[str, ...] = ()
+    consent: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic
+from dsl.parser import date_seconds
 
 SCALAR_TYPES = {"number", "string", "bool", "timestamp"}
 PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
@@ -141,7 +142,10 @@ class Checker:
                 self.error(f"{block.kind} attribute '{decl.name}' is declared twice", decl.pos)
                 continue
             default: object = None
-            if decl.default is not None:
+            if decl.default is not None and decl.type == "list":
+                self.error("a list attribute has no default: a missing list is null",
+                           decl.default.pos)
+            elif decl.default is not None:
                 expected = {"number": "number", "string": "string", "bool": "bool"}.get(decl.type)
                 if decl.type == "timestamp" or decl.default.kind != expected:
                     self.error(
@@ -168,6 +172,17 @@ class Checker:
             out.segment_refs[segment.name] = refs
         for action in out.actions.values():
             self._check_action(action)
+        for placement in out.placements.values():
+            fallback = placement.fallback
+            if fallback is None:
+                continue
+            where = placement.field_pos.get("fallback", placement.pos)
+            target = out.actions.get(fallback)
+            if target is None:
+                self.error(f"unknown action '{fallback}'{_suggest(fallback, out.actions)}", where)
+            elif placement.name not in target.placements:
+                self.error(f"fallback '{fallback}' is not an action of placement "
+                           f"'{placement.name}'", where)
         for experiment in out.experiments.values():
             self._check_experiment(experiment)
 
@@ -193,6 +208,14 @@ class Checker:
         refs: set[str] = set()
         if action.when is not None:
             self._expect_bool(action.when, refs, "'when'")
+        if action.unless is not None:
+            self._expect_bool(action.unless, refs, "'unless'")
+        self._check_window(action)
+        if action.consent:
+            spec = self.out.profile.get("consents")
+            if spec is None or spec.type != "list":
+                self.error("'consent' needs a 'consents: list' attribute in the profile block",
+                           pos["consent"])
         if action.value is None:
             self.error(f"action '{action.name}' needs 'value: ...'", action.pos)
         else:
@@ -210,6 +233,19 @@ class Checker:
                 if isinstance(part, ast.TemplateToken):
                     self._check_token(part, refs)
         self.out.segment_refs[f"action:{action.name}"] = refs
+
+    def _check_window(self, action: ast.ActionDef) -> None:
+        bounds = {}
+        for key in ("starts", "ends"):
+            text = getattr(action, key)
+            if text is None:
+                continue
+            try:
+                bounds[key] = date_seconds(text)
+            except ValueError:
+                self.error(f"'{key}' is not a valid date: {text}", action.field_pos[key])
+        if len(bounds) == 2 and bounds["starts"] >= bounds["ends"]:
+            self.error("'ends' must be after 'starts'", action.field_pos["ends"])
 
     def _check_token(self, token: ast.TemplateToken, refs: set[str]) -> None:
         t = self._type(token.expr, refs, allow_action=True)
@@ -363,7 +399,7 @@ class Checker:
                     node.pos,
                 )
                 return ERROR
-            return Type(spec2.type, spec2.nullable)
+            return Type(spec2.type, spec2.nullable, "string" if spec2.type == "list" else None)
         if len(node.parts) == 1:
             if head in self.out.segments:
                 refs.add(head)

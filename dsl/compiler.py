@@ -22,6 +22,7 @@ from typing import Any
 
 from dsl import ast
 from dsl.checker import CheckedRuleset, Type
+from dsl.parser import date_seconds
 from dsl.printer import print_expr
 from dsl.ruleset import (
     Action,
@@ -118,7 +119,7 @@ class _Emitter:
             tmp = self.temp()
             tests.append(f"({tmp} := {left}) is None")
             left = tmp
-        if self.nullable(node.right) and op not in ("in", "not in"):
+        if self.nullable(node.right):
             tmp = self.temp()
             tests.append(f"({tmp} := {right}) is None")
             right = tmp
@@ -169,6 +170,7 @@ class Compiler:
         for action in checked.actions.values():
             action_fns[action.name] = {
                 "when": self.function(action.when) if action.when is not None else None,
+                "unless": self.function(action.unless) if action.unless is not None else None,
                 "value": self.function(action.value) if action.value is not None else None,
                 "content": [
                     (c.name, [p if isinstance(p, str) else (self.function(p.expr), p)
@@ -209,6 +211,13 @@ class Compiler:
                 when=fn(fns["when"]),
                 when_source=print_expr(a.when) if a.when is not None else "",
                 when_pos=a.field_pos.get("when", a.pos),
+                unless=fn(fns["unless"]),
+                unless_source=print_expr(a.unless) if a.unless is not None else "",
+                unless_pos=a.field_pos.get("unless", a.pos),
+                starts=date_seconds(a.starts) if a.starts else None,
+                ends=date_seconds(a.ends) if a.ends else None,
+                tags=a.tags,
+                consent=a.consent,
                 value=value_fn,
                 weight=a.weight,
                 priority=a.priority,
@@ -224,6 +233,7 @@ class Compiler:
                 tuple(sorted((x for x in actions.values() if p.name in x.placements),
                              key=lambda x: (-x.priority, x.id))),
                 p.pos,
+                p.fallback,
             )
             for p in checked.placements.values()
         }

@@ -25,8 +25,8 @@ from dsl.printer import print_expr
 
 WIDTH = 100
 INDENT = "  "
-ACTION_FIELDS = ("placements", "channels", "when", "value", "weight", "priority", "prior",
-                 "cap", "content")
+ACTION_FIELDS = ("placements", "channels", "tags", "starts", "ends", "consent", "when",
+                 "unless", "value", "weight", "priority", "prior", "cap", "content")
 EXPERIMENT_FIELDS = ("arms", "allocate", "reward")
 
 
@@ -166,6 +166,8 @@ def _placement(item: ast.PlacementDef) -> Block:
                                       [f"channels: {', '.join(item.channels)}"]))
     if "slots" in pos:
         block.fields.append(Statement(pos["slots"].line, [f"slots: {item.slots}"]))
+    if "fallback" in pos:
+        block.fields.append(Statement(pos["fallback"].line, [f"fallback: {item.fallback}"]))
     return block
 
 
@@ -176,11 +178,13 @@ def _action(item: ast.ActionDef) -> Block:
         if name not in pos:
             continue
         line = pos[name].line
-        if name in ("placements", "channels"):
-            values = item.placements if name == "placements" else item.channels
+        if name in ("placements", "channels", "tags", "consent"):
+            values = getattr(item, name)
             block.fields.append(Statement(line, [f"{name}: {', '.join(values)}"]))
-        elif name in ("when", "value"):
-            expr = item.when if name == "when" else item.value
+        elif name in ("starts", "ends"):
+            block.fields.append(Statement(line, [f"{name}: {getattr(item, name)}"]))
+        elif name in ("when", "unless", "value"):
+            expr = getattr(item, name)
             assert expr is not None
             block.fields.append(Statement(line, _expr_lines(f"{name}:", expr, INDENT)))
         elif name in ("weight", "prior"):

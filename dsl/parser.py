@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,14 @@ def duration_seconds(text: str) -> float:
     if match is None:
         raise ValueError(f"not a duration: {text!r}")
     return float(match.group(1)) * DURATION_UNITS[match.group(2)]
+
+
+def date_seconds(text: str) -> float:
+    """``"2026-11-01"`` (midnight UTC) or an ISO date-time → epoch seconds."""
+    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.timestamp()
 
 
 def _unescape(raw: str) -> str:
@@ -174,6 +183,9 @@ class _ToAst(Transformer[Token, Any]):
         return (str(name), tuple(args))
 
     # -- declarations
+    def name(self, children: list[Token]) -> Token:
+        return Token.new_borrow_pos("NAME", str(children[0]), children[0])
+
     def name_list(self, children: list[Token]) -> tuple[str, ...]:
         return tuple(str(c) for c in children)
 
@@ -219,6 +231,30 @@ class _ToAst(Transformer[Token, Any]):
     @v_args(meta=True)
     def when(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
         return ("when", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def unless(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("unless", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def starts(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("starts", str(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def ends(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("ends", str(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def tags(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("tags", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def consent(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("consent", c[0], self._pos(meta))
+
+    @v_args(meta=True)
+    def fallback(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("fallback", str(c[0]), self._pos(meta))
 
     @v_args(meta=True)
     def value(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
@@ -285,7 +321,7 @@ class _ToAst(Transformer[Token, Any]):
         values, positions = self._fields(fields, "placement")
         return ast.PlacementDef(
             str(name), values.get("channels", ()), values.get("slots", 1), self._pos(name),
-            positions,
+            values.get("fallback"), positions,
         )
 
     @v_args(meta=True)
@@ -305,6 +341,11 @@ class _ToAst(Transformer[Token, Any]):
             content=v.get("content", ()),
             pos=self._pos(name),
             field_pos=positions,
+            unless=v.get("unless"),
+            starts=v.get("starts"),
+            ends=v.get("ends"),
+            tags=v.get("tags", ()),
+            consent=v.get("consent", ()),
         )
 
     @v_args(meta=True)
@@ -333,6 +374,7 @@ def _describe(token: Token) -> str:
 def _expected(names: set[str]) -> str:
     lark = _lark()
     shown = []
+    soft_names = "NAME" in names  # keywords that are also accepted as a name: say "name"
     for name in sorted(names):
         if name.startswith("__") or name == "$END":
             continue
@@ -341,6 +383,8 @@ def _expected(names: set[str]) -> str:
         except KeyError:
             continue
         if pattern.type == "str":
+            if soft_names and re.fullmatch(r"[a-z_]+", pattern.value):
+                continue
             shown.append(f"'{pattern.value}'")
         else:
             shown.append(name.lower().replace("_", " "))

@@ -109,6 +109,13 @@ class Action:
     content: tuple[tuple[str, Template], ...]
     pos: Pos
     segments: tuple[str, ...]  # segments its condition refers to
+    unless: CompiledFn | None = None
+    unless_source: str = ""
+    unless_pos: Pos | None = None
+    starts: float | None = None  # validity window [starts, ends), epoch seconds
+    ends: float | None = None
+    tags: tuple[str, ...] = ()
+    consent: tuple[str, ...] = ()  # purposes the customer must have consented to
 
     def fields(self, value: float) -> dict[str, Any]:
         return {"id": self.id, "value": value}
@@ -121,6 +128,7 @@ class Placement:
     slots: int
     actions: tuple[Action, ...]  # in declaration-independent order: priority desc, id
     pos: Pos
+    fallback: str | None = None  # shown when no action is eligible
 
 
 @dataclass(frozen=True, slots=True)

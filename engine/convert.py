@@ -38,6 +38,8 @@ def from_value(field: str, value: pb.Value) -> Any:
         raise InvalidArgument(field, "value has no kind set")
     if kind == "timestamp_value":
         return datetime.fromtimestamp(seconds(value.timestamp_value), UTC)
+    if kind == "string_list":
+        return list(value.string_list.values)
     return getattr(value, kind)
 
 
@@ -54,6 +56,8 @@ def to_value(value: Any, kind: str | None = None) -> pb.Value:
         return pb.Value(number_value=float(value))
     if isinstance(value, datetime):
         return pb.Value(timestamp_value=timestamp(value.timestamp()))
+    if isinstance(value, list):
+        return pb.Value(string_list=pb.StringList(values=[str(v) for v in value]))
     return pb.Value(string_value=str(value))
 
 

@@ -31,6 +31,7 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "bool": (bool,),
     "timestamp": (float, int),
+    "list": (list,),
 }
 
 
@@ -41,7 +42,7 @@ class Facts:
     attributes: dict[str, Any]
     context: dict[str, Any]
     events: Mapping[str, Any]
-    segments: dict[str, bool | None]
+    segments: dict[str, bool]
     now: float
 
     def args(self) -> tuple[Any, ...]:
@@ -78,15 +79,20 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput) -> 
 
 
 def evaluate_segments(ruleset: Ruleset, facts: Facts) -> None:
-    """Each segment once, in dependency order; an evaluation failure counts as unknown."""
+    """Each segment once, in dependency order.
+
+    A customer is in a segment or not: a condition that is null (missing data) or
+    fails to evaluate means "not in it", so segments are plain booleans wherever
+    other rules use them (the checker types them so, and ``not`` relies on it).
+    """
     args = facts.args()
     segments = facts.segments
     for segment in ruleset.segments:
         try:
-            segments[segment.name] = segment.fn(*args)
+            segments[segment.name] = segment.fn(*args) is True
         except Exception:  # a bug or bad stored data: never crash, never match
             log.exception("segment %s failed at %s", segment.name, segment.pos)
-            segments[segment.name] = None
+            segments[segment.name] = False
 
 
 def features_of(facts: Facts, req: DecideInput) -> dict[str, float]:
@@ -116,6 +122,21 @@ def check_eligibility(
             reasons.append(Reason("eligibility", "channel", False,
                                   f"{req.channel} not in {', '.join(sorted(action.channels))}"))
         return None, reasons
+    if (action.starts is not None and req.now < action.starts) or (
+            action.ends is not None and req.now >= action.ends):
+        if explain:
+            reasons.append(Reason("eligibility", "validity", False,
+                                  "outside its starts/ends window", str(action.pos)))
+        return None, reasons
+    if action.consent:
+        given = facts.attributes.get("consents") or ()
+        missing = [purpose for purpose in action.consent if purpose not in given]
+        if explain:
+            reasons.append(Reason("consent", ", ".join(action.consent), not missing,
+                                  f"missing consent: {', '.join(missing)}" if missing
+                                  else "given", str(action.pos)))
+        if missing:
+            return None, reasons
     args = facts.args()
     if action.when is not None:
         try:
@@ -132,6 +153,19 @@ def check_eligibility(
                                   f"{detail} -> {held if held is not None else 'unknown'}",
                                   str(action.when_pos)))
         if held is not True:
+            return None, reasons
+    if action.unless is not None:
+        try:
+            blocked = action.unless(*args)
+        except Exception:
+            log.exception("unless condition of %s failed", action.id)
+            blocked = None
+        if explain:
+            reasons.append(Reason("eligibility", "unless", blocked is False,
+                                  f"{action.unless_source} -> "
+                                  f"{blocked if blocked is not None else 'unknown'}",
+                                  str(action.unless_pos)))
+        if blocked is not False:  # unknown blocks too: never show on missing data
             return None, reasons
     try:
         value = action.value(*args)
@@ -213,6 +247,23 @@ def allocate_experiment(
     return [c for c in candidates if c not in dropped], dropped
 
 
+def fallback_action(ruleset: Ruleset, action_id: str, facts: Facts,
+                    explain: bool) -> RankedAction:
+    """The placement's fallback, shown when nothing is eligible: score 0, rank 1."""
+    action = ruleset.actions[action_id]
+    try:
+        value = float(action.value(*facts.args()) or 0.0)
+    except Exception:
+        log.exception("value of fallback %s failed", action.id)
+        value = 0.0
+    ranked = RankedAction(action.id, 0.0, 0.0, value, action.weight, action.priority, rank=1)
+    if explain:
+        ranked.reasons.append(Reason("fallback", action.id, True,
+                                     "no action was eligible: the placement's fallback",
+                                     str(action.pos)))
+    return ranked
+
+
 def rank(candidates: list[RankedAction], limit: int) -> list[RankedAction]:
     """Highest score first; ties by priority (high first), then action id."""
     ordered = sorted(candidates, key=lambda a: (-a.score, -a.priority, a.action_id))[:limit]
@@ -264,6 +315,8 @@ def run(
         if explain:
             traces.extend(ActionTrace(a.action_id, False, tuple(a.reasons)) for a in dropped)
     ranked = rank(candidates, req.limit)
+    if not ranked and req.placement.fallback is not None:
+        ranked = [fallback_action(ruleset, req.placement.fallback, facts, explain)]
     for shown_action in ranked:
         render_content(ruleset, shown_action, facts)
     if explain:

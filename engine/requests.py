@@ -65,6 +65,8 @@ def _kind(value: Any) -> str:
         return "string"
     if isinstance(value, datetime):
         return "timestamp"
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return "list"
     return type(value).__name__
 
 
@@ -79,12 +81,17 @@ def check_id(field: str, value: str) -> str:
 def check_value(field: str, value: Any, want: str | None = None) -> AttrValue:
     """A map value as stored: timestamps become epoch seconds; NaN/inf rejected."""
     kind = _kind(value)
-    if kind not in ("bool", "number", "string", "timestamp"):
+    if kind not in ("bool", "number", "string", "timestamp", "list"):
         raise InvalidArgument(field, f"unsupported value type {kind}")
     if want is not None and kind != want:
         raise InvalidArgument(field, f"must be a {want}, got a {kind}")
     if kind == "string" and len(value) > MAX_STRING_LENGTH:
         raise InvalidArgument(field, f"is longer than {MAX_STRING_LENGTH} characters")
+    if kind == "list":
+        if len(value) > MAX_MAP_ENTRIES or any(len(v) > MAX_STRING_LENGTH for v in value):
+            raise InvalidArgument(field, f"list is longer than {MAX_MAP_ENTRIES} items or has "
+                                         "an item that is too long")
+        return list(value)
     if kind == "timestamp":
         if value.tzinfo is None:
             raise InvalidArgument(field, "timestamp needs a time zone")

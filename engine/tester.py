@@ -104,7 +104,7 @@ def load_cases(path: Path) -> list[tuple[str, dict[str, Any]]]:
 
 
 def _eligible(trace: ActionTrace) -> bool:
-    return all(r.passed for r in trace.reasons if r.kind in ("eligibility", "cap"))
+    return all(r.passed for r in trace.reasons if r.kind in ("eligibility", "cap", "consent"))
 
 
 def _why(trace: ActionTrace | None) -> str:

@@ -222,3 +222,33 @@ def test_invalid_track_requests_leave_no_state(arb: Arbiter, kwargs: dict[str, o
         arb.track(**kwargs)  # type: ignore[arg-type]
     assert info.value.field == field
     assert arb.get_profile("u") is None
+
+
+def test_a_segment_with_missing_data_is_false_never_unknown() -> None:
+    rs = load_text("""
+profile { tier: string }
+placement p { channels: web }
+segment gold = profile.tier == "gold"
+segment not_gold = not gold
+action a { placements: p value: 1 when: not_gold }
+""")
+    arb = Arbiter(rs, MemoryStore(), seed=1)
+    d = arb.decide(user_id="no-tier", placement="p", explain=True)
+    assert d.segments == ("not_gold",)  # gold is false (not unknown): the customer is not gold
+    assert [a.action_id for a in d.actions] == ["a"]
+
+
+def test_fallback_shows_when_nothing_is_eligible(arb: Arbiter) -> None:
+    d = arb.decide(user_id="x", placement="cart_page", channel="web", explain=True)
+    assert [a.action_id for a in d.actions] == ["popular_picks"]
+    assert any(r.kind == "fallback" for r in d.actions[0].reasons)
+
+
+def test_list_traits_and_consent(arb: Arbiter) -> None:
+    track(arb, "c", "visit", 0, consents=["email_marketing"])
+    inside = 1_796_036_000.0  # 2026-11-30 10:53 UTC, inside the Black Friday window
+    d = arb.decide(user_id="c", placement="email", at=inside, explain=True)
+    assert "black_friday" in [a.action_id for a in d.actions]
+    with pytest.raises(InvalidArgument) as info:
+        arb.track(user_id="c", event_type="visit", traits={"consents": "email_marketing"})
+    assert info.value.field == "traits.consents"

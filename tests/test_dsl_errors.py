@@ -68,6 +68,20 @@ CASES = [
      "6:13: error: unknown function 'days_sinc'; did you mean 'days_since'?"),
     ("segment s = $",
      "6:13: error: syntax error: unexpected character '$'"),
+    ("placement p2 { channels: web  fallback: nope }",
+     "6:31: error: unknown action 'nope'"),
+    ("action a { placements: home value: 1 consent: email_marketing }",
+     "6:38: error: 'consent' needs a 'consents: list' attribute in the profile block"),
+    ("action a { placements: home value: 1 starts: 2026-12-01 ends: 2026-11-01 }",
+     "6:57: error: 'ends' must be after 'starts'"),
+    ("action a { placements: home value: 1 starts: 2026-13-01 }",
+     "6:38: error: 'starts' is not a valid date: 2026-13-01"),
+    ("action a { placements: home value: 1 unless: profile.spend }",
+     "6:46: error: 'unless' must be true or false, not number"),
+    ("profile { tags: list = 1 }",
+     "6:24: error: a list attribute has no default"),
+    ("segment s = profile.name in profile.spend",
+     "6:29: error: 'in' needs a list on the right, not number"),
 ]
 
 

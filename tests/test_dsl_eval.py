@@ -17,7 +17,7 @@ from engine.records import EventStats
 NOW = 1_800_000_000.0
 DAY = 86400.0
 SCHEMA = """
-profile { spend: number = 0  name: string  joined: timestamp  vip: bool = false }
+profile { spend: number = 0  name: string  joined: timestamp  vip: bool = false  tags: list }
 context { device: string  cart: number }
 events: visit, purchase, add_to_cart
 placement home { channels: web }
@@ -66,6 +66,9 @@ def history(*events: tuple[str, float, float]) -> dict[str, EventStats]:
     ("now - profile.joined < 1w", {"joined": NOW - 30 * DAY}, False),
     ("profile.joined + 2d < now", {"joined": NOW - 3 * DAY}, True),
     ("-profile.spend < 0", {"spend": 1.0}, True),
+    ("\"a\" in profile.tags", {"tags": ["a", "b"]}, True),
+    ("\"c\" not in profile.tags", {"tags": ["a", "b"]}, True),
+    ("\"a\" in profile.tags", {}, None),  # a missing list is null, not empty
     ("1 + 2 * 3 == 7", {}, True),
     ("(1 + 2) * 3 == 9", {}, True),
 ])

@@ -24,16 +24,24 @@ OUTCOME_CONVERSION: Outcome
 OUTCOME_DISMISS: Outcome
 
 class Value(_message.Message):
-    __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value")
+    __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value", "string_list")
     STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
     NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_VALUE_FIELD_NUMBER: _ClassVar[int]
+    STRING_LIST_FIELD_NUMBER: _ClassVar[int]
     string_value: str
     number_value: float
     bool_value: bool
     timestamp_value: _timestamp_pb2.Timestamp
-    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    string_list: StringList
+    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
+
+class StringList(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
     __slots__ = ("user_id", "placement", "channel", "context", "limit", "explain", "at")
