@@ -131,7 +131,7 @@ def profile_message(profile: Profile, now: float,
             count_30d=int(count_within(stats, now, 30 * 86400.0)),
         ))
     for action_id, history in sorted(profile.contacts.items()):
-        outcomes = [outcome for _, outcome in history]
+        outcomes = [outcome for _, outcome, _ in history]
         message.contacts.append(pb.ContactAggregate(
             action_id=action_id,
             impressions=outcomes.count("impression"), clicks=outcomes.count("click"),

@@ -59,10 +59,12 @@ def feedback_effects(
             increments[(shown.experiment, shown.arm)] = delta
     if implied_impression:
         seen.append("impression")
-        profile = record_contact(profile, decision.user_id, fb.action_id, "impression", fb.at)
+        profile = record_contact(profile, decision.user_id, fb.action_id, "impression", fb.at,
+                                 decision.channel)
     if first:
         seen.append(fb.outcome)
-    profile = record_contact(profile, decision.user_id, fb.action_id, fb.outcome, fb.at)
+    profile = record_contact(profile, decision.user_id, fb.action_id, fb.outcome, fb.at,
+                             decision.channel)
     event = LearningEvent(
         decision_id=fb.decision_id,
         action_id=fb.action_id,

@@ -11,7 +11,7 @@ MULTI in Redis), so the aggregation rules live in one place.
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 from engine.records import AttrValue, EventStats, Profile
 
@@ -77,11 +77,11 @@ def record_traits(profile: Profile | None, user_id: str, traits: Mapping[str, At
 
 
 def record_contact(profile: Profile | None, user_id: str, action_id: str, outcome: str,
-                   at: float) -> Profile:
+                   at: float, channel: str) -> Profile:
     """The profile after an outcome of an action shown to it (for contact policies)."""
     profile = profile if profile is not None else Profile(user_id=user_id)
     history = profile.contacts.setdefault(action_id, [])
-    insort(history, (at, outcome))
+    insort(history, (at, outcome, channel))
     horizon = at - CONTACT_RETENTION_SECONDS
     while history and (history[0][0] < horizon or len(history) > MAX_CONTACTS_PER_ACTION):
         history.pop(0)
@@ -89,11 +89,31 @@ def record_contact(profile: Profile | None, user_id: str, action_id: str, outcom
     return profile
 
 
-def impressions_within(profile: Profile | None, action_id: str, now: float,
-                       window: float) -> int:
-    """Impressions of an action in ``(now - window, now]``."""
+def outcomes_within(profile: Profile | None, action_ids: Iterable[str], now: float,
+                    window: float, outcome: str = "impression", channel: str | None = None
+                    ) -> int:
+    """Outcomes of these actions in ``(now - window, now]``, on one channel or any."""
     if profile is None:
         return 0
-    history = profile.contacts.get(action_id, ())
     start = now - window
-    return sum(1 for at, outcome in history if outcome == "impression" and start < at <= now)
+    return sum(
+        1
+        for action_id in action_ids
+        for at, kind, where in profile.contacts.get(action_id, ())
+        if kind == outcome and start < at <= now and (channel is None or where == channel)
+    )
+
+
+def impressions_within(profile: Profile | None, action_id: str, now: float,
+                       window: float) -> int:
+    """Impressions of one action in ``(now - window, now]``."""
+    return outcomes_within(profile, (action_id,), now, window)
+
+
+def last_contact(profile: Profile | None, action_id: str, outcome: str = "impression"
+                 ) -> float | None:
+    """When this action last had this outcome, if ever."""
+    if profile is None:
+        return None
+    times = [at for at, kind, _ in profile.contacts.get(action_id, ()) if kind == outcome]
+    return max(times) if times else None

@@ -34,9 +34,9 @@ class Profile(msgspec.Struct, omit_defaults=True):
     user_id: str
     attributes: dict[str, AttrValue] = {}
     events: dict[str, EventStats] = {}
-    # action_id -> [(timestamp, outcome)], oldest first: the contact history that
-    # frequency caps are enforced from.
-    contacts: dict[str, list[tuple[float, str]]] = {}
+    # action_id -> [(timestamp, outcome, channel)], oldest first: the contact history
+    # that contact policies (caps, cooldowns, suppression) are enforced from.
+    contacts: dict[str, list[tuple[float, str, str]]] = {}
     first_seen: float | None = None
     last_seen: float | None = None
     version: int = 0

@@ -5,7 +5,8 @@ Used by ``arbiter explain --profile FILE``, ``arbiter decide --profile FILE`` an
 
     traits = { first_name = "Ann", email_opt_in = true }
     events = [ { type = "add_to_cart", value = 80, ago = "26h" } ]
-    contacts = [ { action = "cart_reminder", outcome = "impression", ago = "2h" } ]
+    contacts = [ { action = "cart_reminder", outcome = "impression", ago = "2h",
+                   channel = "email" } ]   # channel: default, the action's first
 
 ``ago`` is a duration before the decision time. A profile with no events and no
 traits is a customer never seen before.
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from dsl.parser import duration_seconds
+from dsl.ruleset import Ruleset
 from engine.profiles import record_contact, record_traits
 from engine.records import OUTCOMES, Profile
 from engine.requests import InvalidArgument, check_map
@@ -81,10 +83,18 @@ def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: floa
             raise InvalidArgument(f"{field}.action", f"unknown action {action!r}")
         if outcome not in OUTCOMES:
             raise InvalidArgument(f"{field}.outcome", f"must be one of {', '.join(OUTCOMES)}")
-        arbiter.store.update_profile(
-            user_id, _contact(user_id, str(action), str(outcome), now - _ago(contact, field)))
+        action_id = str(action)
+        channel = str(contact.get("channel", _first_channel(arbiter.ruleset, action_id)))
+        arbiter.store.update_profile(user_id, _contact(
+            user_id, action_id, str(outcome), now - _ago(contact, field), channel))
 
 
-def _contact(user_id: str, action: str, outcome: str, at: float
+def _first_channel(ruleset: Ruleset, action_id: str) -> str:
+    """A contact's channel when the file does not say: the action's first, by name."""
+    placement = ruleset.placements[min(ruleset.actions[action_id].placements)]
+    return min(placement.channels)
+
+
+def _contact(user_id: str, action: str, outcome: str, at: float, channel: str
              ) -> Callable[[Profile | None], Profile]:
-    return lambda profile: record_contact(profile, user_id, action, outcome, at)
+    return lambda profile: record_contact(profile, user_id, action, outcome, at, channel)

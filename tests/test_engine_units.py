@@ -46,9 +46,9 @@ def test_recent_events_are_bounded_but_totals_exact() -> None:
 
 
 def test_impressions_within_window() -> None:
-    p = record_contact(None, "u", "offer", "impression", NOW - 8 * 86400)
-    p = record_contact(p, "u", "offer", "impression", NOW - 86400)
-    p = record_contact(p, "u", "offer", "click", NOW - 86400)
+    p = record_contact(None, "u", "offer", "impression", NOW - 8 * 86400, "web")
+    p = record_contact(p, "u", "offer", "impression", NOW - 86400, "web")
+    p = record_contact(p, "u", "offer", "click", NOW - 86400, "web")
     assert impressions_within(p, "offer", NOW, 7 * 86400) == 1
     assert impressions_within(p, "offer", NOW, 30 * 86400) == 2
     assert impressions_within(p, "other", NOW, 30 * 86400) == 0
@@ -81,8 +81,8 @@ def test_click_without_impression_implies_one() -> None:
     effects = feedback_effects(fb("click"), decision(), None)
     assert effects.arm_increments == {("exp", "a"): ArmCounts(1.0, 1.0)}
     assert effects.profile is not None
-    assert [o for _, o in effects.profile.contacts["a"]] == ["click", "impression"] or [
-        o for _, o in effects.profile.contacts["a"]] == ["impression", "click"]
+    assert sorted(o for _, o, _ in effects.profile.contacts["a"]) == ["click", "impression"]
+    assert {c for _, _, c in effects.profile.contacts["a"]} == {"web"}
     assert impressions_within(effects.profile, "a", NOW, 60) == 1
 
 
