@@ -175,6 +175,36 @@ class ActionDef:
     ends: str | None = None
     tags: tuple[str, ...] = ()
     consent: tuple[str, ...] = ()
+    group: str | None = None
+    cooldown: Literal | None = None  # a duration
+    suppress: Suppression | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """``suppress: 14d after 2 dismiss``: hide for the window once the outcome count is reached."""
+
+    window: Literal
+    count: int
+    outcome: str
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRule:
+    """``group cart_recovery: at most 2 per 7d`` or ``channel email: at most 3 per 7d``."""
+
+    scope: str  # group | channel
+    name: str
+    limit: int
+    window: Literal
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyDef:
+    rules: tuple[PolicyRule, ...]
+    pos: Pos
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,7 +219,8 @@ class ExperimentDef:
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 
-Item = SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef
+Item = (SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef
+        | PolicyDef)
 
 
 @dataclass(frozen=True, slots=True)

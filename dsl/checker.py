@@ -73,6 +73,7 @@ class CheckedRuleset:
     segment_order: list[str] = field(default_factory=list)
     actions: dict[str, ast.ActionDef] = field(default_factory=dict)
     experiments: dict[str, ast.ExperimentDef] = field(default_factory=dict)
+    policies: list[ast.PolicyRule] = field(default_factory=list)
     types: dict[int, Type] = field(default_factory=dict)
     segment_refs: dict[str, set[str]] = field(default_factory=dict)
 
@@ -133,6 +134,8 @@ class Checker:
                     "experiment", item.name, item.pos
                 ):
                     self.out.experiments[item.name] = item
+                elif isinstance(item, ast.PolicyDef):
+                    self.out.policies.extend(item.rules)
 
     def _collect_schema(self, block: ast.SchemaBlock) -> None:
         table = self.out.profile if block.kind == "profile" else self.out.context
@@ -185,6 +188,7 @@ class Checker:
                            f"'{placement.name}'", where)
         for experiment in out.experiments.values():
             self._check_experiment(experiment)
+        self._check_policies()
 
     def _check_action(self, action: ast.ActionDef) -> None:
         pos = action.field_pos
@@ -228,11 +232,35 @@ class Checker:
             self.error("'prior' is a propensity: between 0 and 1 exclusive", pos["prior"])
         if action.cap is not None and action.cap.limit < 1:
             self.error("a cap must allow at least 1 impression", action.cap.pos)
+        if action.suppress is not None:
+            if action.suppress.outcome not in ("impression", "click", "conversion", "dismiss"):
+                self.error(f"unknown outcome '{action.suppress.outcome}': use impression, "
+                           "click, conversion or dismiss", action.suppress.pos)
+            if action.suppress.count < 1:
+                self.error("suppress after at least 1 outcome", action.suppress.pos)
         for content in action.content:
             for part in content.parts:
                 if isinstance(part, ast.TemplateToken):
                     self._check_token(part, refs)
         self.out.segment_refs[f"action:{action.name}"] = refs
+
+    def _check_policies(self) -> None:
+        groups = {a.group for a in self.out.actions.values() if a.group}
+        channels = {c for p in self.out.placements.values() for c in p.channels}
+        seen: dict[tuple[str, str], ast.PolicyRule] = {}
+        for rule in self.out.policies:
+            known = groups if rule.scope == "group" else channels
+            if rule.name not in known:
+                hint = _suggest(rule.name, known)
+                what = "no action is in group" if rule.scope == "group" else "unknown channel"
+                self.error(f"{what} '{rule.name}'{hint}", rule.pos)
+            key = (rule.scope, rule.name)
+            if key in seen:
+                self.error(f"{rule.scope} '{rule.name}' already has a policy at "
+                           f"{seen[key].pos}", rule.pos)
+            seen[key] = rule
+            if rule.limit < 1:
+                self.error("a policy must allow at least 1 contact", rule.pos)
 
     def _check_window(self, action: ast.ActionDef) -> None:
         bounds = {}

@@ -29,9 +29,11 @@ from dsl.ruleset import (
     CompiledFn,
     Experiment,
     FrequencyCap,
+    Limit,
     Placement,
     Ruleset,
     Segment,
+    Suppression,
     Template,
     TemplateToken,
 )
@@ -142,9 +144,6 @@ class _Emitter:
         return f"{node.name}({', '.join(args)})"
 
 
-def _source(sources: dict[str, str], pos: ast.Pos) -> str:
-    lines = sources.get(pos.file, "").splitlines()
-    return lines[pos.line - 1].strip() if 0 < pos.line <= len(lines) else ""
 
 
 class Compiler:
@@ -202,8 +201,9 @@ class Compiler:
             )
             cap = None
             if a.cap is not None:
+                window = a.cap.window_text or f"{a.cap.window_seconds:g}s"
                 cap = FrequencyCap(a.cap.limit, a.cap.window_seconds,
-                                   _source(self.sources, a.cap.pos), a.cap.pos)
+                                   f"cap: {a.cap.limit} per {window}", a.cap.pos)
             actions[a.name] = Action(
                 id=a.name,
                 placements=frozenset(a.placements),
@@ -218,6 +218,15 @@ class Compiler:
                 ends=date_seconds(a.ends) if a.ends else None,
                 tags=a.tags,
                 consent=a.consent,
+                group=a.group,
+                cooldown=Limit(1, float(a.cooldown.value), print_expr(a.cooldown),  # type: ignore[arg-type]
+                               a.field_pos["cooldown"]) if a.cooldown is not None else None,
+                suppress=Suppression(
+                    float(a.suppress.window.value), a.suppress.count,  # type: ignore[arg-type]
+                    a.suppress.outcome,
+                    f"suppress: {print_expr(a.suppress.window)} after {a.suppress.count} "
+                    f"{a.suppress.outcome}", a.suppress.pos,
+                ) if a.suppress is not None else None,
                 value=value_fn,
                 weight=a.weight,
                 priority=a.priority,
@@ -256,6 +265,10 @@ class Compiler:
             warnings=warnings,
             attribute_defaults={k: v.default for k, v in checked.profile.items()},
             context_defaults={k: v.default for k, v in checked.context.items()},
+            group_caps=_policy_limits(checked, "group", self.sources),
+            channel_caps=_policy_limits(checked, "channel", self.sources),
+            groups={g: tuple(sorted(a.id for a in actions.values() if a.group == g))
+                    for g in {a.group for a in actions.values() if a.group}},
         )
 
     def _exec(self) -> dict[str, Any]:
@@ -263,6 +276,13 @@ class Compiler:
         namespace: dict[str, Any] = {"__builtins__": {}, **HELPERS, **self.constants}
         exec(compile(source, "<arbiter-rules>", "exec"), namespace)
         return namespace
+
+
+def _policy_limits(checked: CheckedRuleset, scope: str,
+                   sources: dict[str, str]) -> dict[str, Limit]:
+    return {r.name: Limit(r.limit, float(r.window.value),  # type: ignore[arg-type]
+                          f"at most {r.limit} per {print_expr(r.window)}", r.pos)
+            for r in checked.policies if r.scope == scope}
 
 
 DEFAULT_PRIOR = 0.05

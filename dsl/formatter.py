@@ -25,8 +25,9 @@ from dsl.printer import print_expr
 
 WIDTH = 100
 INDENT = "  "
-ACTION_FIELDS = ("placements", "channels", "tags", "starts", "ends", "consent", "when",
-                 "unless", "value", "weight", "priority", "prior", "cap", "content")
+ACTION_FIELDS = ("placements", "channels", "tags", "group", "starts", "ends", "consent",
+                 "when", "unless", "value", "weight", "priority", "prior", "cap", "cooldown",
+                 "suppress", "content")
 EXPERIMENT_FIELDS = ("arms", "allocate", "reward")
 
 
@@ -181,8 +182,14 @@ def _action(item: ast.ActionDef) -> Block:
         if name in ("placements", "channels", "tags", "consent"):
             values = getattr(item, name)
             block.fields.append(Statement(line, [f"{name}: {', '.join(values)}"]))
-        elif name in ("starts", "ends"):
+        elif name in ("starts", "ends", "group"):
             block.fields.append(Statement(line, [f"{name}: {getattr(item, name)}"]))
+        elif name == "cooldown" and item.cooldown is not None:
+            block.fields.append(Statement(line, [f"cooldown: {_literal(item.cooldown)}"]))
+        elif name == "suppress" and item.suppress is not None:
+            rule = item.suppress
+            block.fields.append(Statement(line, [
+                f"suppress: {_literal(rule.window)} after {rule.count} {rule.outcome}"]))
         elif name in ("when", "unless", "value"):
             expr = getattr(item, name)
             assert expr is not None
@@ -221,6 +228,14 @@ def _experiment(item: ast.ExperimentDef) -> Block:
     return block
 
 
+def _policy(item: ast.PolicyDef) -> Block:
+    block = Block(Statement(item.pos.line, ["policy {"]), closing="}")
+    for rule in item.rules:
+        block.fields.append(Statement(rule.pos.line, [
+            f"{rule.scope} {rule.name}: at most {rule.limit} per {_literal(rule.window)}"]))
+    return block
+
+
 def _item(item: ast.Item) -> Block:
     if isinstance(item, ast.SchemaBlock):
         return _schema(item)
@@ -233,6 +248,8 @@ def _item(item: ast.Item) -> Block:
                                _expr_lines(f"segment {item.name} =", item.condition, "")))
     if isinstance(item, ast.ActionDef):
         return _action(item)
+    if isinstance(item, ast.PolicyDef):
+        return _policy(item)
     return _experiment(item)
 
 

@@ -252,6 +252,33 @@ class _ToAst(Transformer[Token, Any]):
     def consent(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
         return ("consent", c[0], self._pos(meta))
 
+    def _duration_literal(self, token: Token) -> ast.Literal:
+        return ast.Literal(duration_seconds(token), "duration", self._pos(token), str(token))
+
+    @v_args(meta=True)
+    def group(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("group", str(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def cooldown(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("cooldown", self._duration_literal(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def suppress(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        pos = self._pos(meta)
+        rule = ast.Suppression(self._duration_literal(c[0]), int(c[1]), str(c[2]), pos)
+        return ("suppress", rule, pos)
+
+    @v_args(meta=True)
+    def policy_rule(self, meta: Any, c: list[Any]) -> ast.PolicyRule:
+        scope, name, limit, window = c
+        return ast.PolicyRule(str(scope), str(name), int(limit), self._duration_literal(window),
+                              self._pos(meta))
+
+    @v_args(meta=True)
+    def policy_def(self, meta: Any, c: list[Any]) -> ast.PolicyDef:
+        return ast.PolicyDef(tuple(c), self._pos(meta))
+
     @v_args(meta=True)
     def fallback(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
         return ("fallback", str(c[0]), self._pos(meta))
@@ -346,6 +373,9 @@ class _ToAst(Transformer[Token, Any]):
             ends=v.get("ends"),
             tags=v.get("tags", ()),
             consent=v.get("consent", ()),
+            group=v.get("group"),
+            cooldown=v.get("cooldown"),
+            suppress=v.get("suppress"),
         )
 
     @v_args(meta=True)

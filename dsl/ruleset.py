@@ -41,6 +41,27 @@ class FrequencyCap:
 
 
 @dataclass(frozen=True, slots=True)
+class Limit:
+    """At most ``limit`` contacts per ``window_seconds`` (a group or channel policy)."""
+
+    limit: int
+    window_seconds: float
+    text: str
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Suppression:
+    """Not shown for ``window_seconds`` once ``count`` ``outcome``s were recorded in it."""
+
+    window_seconds: float
+    count: int
+    outcome: str
+    text: str
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
 class TemplateToken:
     fn: CompiledFn
     kind: str
@@ -116,6 +137,9 @@ class Action:
     ends: float | None = None
     tags: tuple[str, ...] = ()
     consent: tuple[str, ...] = ()  # purposes the customer must have consented to
+    group: str | None = None
+    cooldown: Limit | None = None  # limit 1: no impression within the window
+    suppress: Suppression | None = None
 
     def fields(self, value: float) -> dict[str, Any]:
         return {"id": self.id, "value": value}
@@ -159,3 +183,6 @@ class Ruleset:
     warnings: tuple[str, ...] = ()
     attribute_defaults: Mapping[str, Any] = field(default_factory=dict)
     context_defaults: Mapping[str, Any] = field(default_factory=dict)
+    group_caps: Mapping[str, Limit] = field(default_factory=dict)
+    channel_caps: Mapping[str, Limit] = field(default_factory=dict)
+    groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> action ids

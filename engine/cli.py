@@ -190,10 +190,10 @@ def cmd_decide(args: argparse.Namespace) -> int:
         print(err.render(), file=sys.stderr)
         return 1
     except InvalidArgument as err:
-        print(f"arbiter decide: invalid argument {err}", file=sys.stderr)
+        print(f"arbiter {args.command}: invalid argument {err}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as err:  # unreadable or malformed --profile file
-        print(f"arbiter decide: {err}", file=sys.stderr)
+        print(f"arbiter {args.command}: {err}", file=sys.stderr)
         return 2
     if args.json:
         from google.protobuf.json_format import MessageToJson

@@ -19,7 +19,7 @@ from dsl.checker import FieldSpec
 from dsl.ruleset import Action, Experiment, Ruleset
 from engine.bandit import ThompsonSampler, posterior, posterior_mean
 from engine.decision import ActionTrace, Decision, RankedAction, Reason
-from engine.profiles import impressions_within
+from engine.profiles import impressions_within, last_contact, outcomes_within
 from engine.propensity import PropensityModels
 from engine.records import ArmCounts, DecisionRecord, Profile, ShownAction
 from engine.requests import DecideInput
@@ -112,8 +112,58 @@ def _location(action: Action) -> str:
     return str(action.pos)
 
 
+def contact_policies_allow(ruleset: Ruleset, action: Action, req: DecideInput,
+                           profile: Profile | None, reasons: list[Reason],
+                           explain: bool) -> bool:
+    """The action's cap, cooldown and suppression, its group's cap, the channel's cap.
+
+    All are counted from the profile's contact history (outcomes reported with
+    Feedback); every check that applies adds a reason when explaining.
+    """
+    now = req.now
+    checks: list[tuple[str, bool, str, str]] = []
+    if action.cap is not None:
+        shown = impressions_within(profile, action.id, now, action.cap.window_seconds)
+        checks.append(("frequency", shown < action.cap.limit,
+                       f"{shown} impressions, {action.cap.text}", str(action.cap.pos)))
+    if action.cooldown is not None:
+        last = last_contact(profile, action.id)
+        ok = last is None or now - last >= action.cooldown.window_seconds
+        since = "never shown" if last is None else f"last shown {(now - last) / 3600:.1f}h ago"
+        checks.append(("cooldown", ok, f"{since}, cooldown {action.cooldown.text}",
+                       str(action.cooldown.pos)))
+    if action.suppress is not None:
+        rule = action.suppress
+        seen = outcomes_within(profile, (action.id,), now, rule.window_seconds, rule.outcome)
+        checks.append(("suppress", seen < rule.count, f"{seen} {rule.outcome}(s), {rule.text}",
+                       str(rule.pos)))
+    group_cap = ruleset.group_caps.get(action.group) if action.group else None
+    if group_cap is not None and action.group is not None:
+        shown = outcomes_within(profile, ruleset.groups[action.group], now,
+                                group_cap.window_seconds)
+        checks.append((f"group {action.group}", shown < group_cap.limit,
+                       f"{shown} impressions in the group, {group_cap.text}",
+                       str(group_cap.pos)))
+    channel_cap = ruleset.channel_caps.get(req.channel)
+    if channel_cap is not None:
+        shown = outcomes_within(profile, profile.contacts if profile else (), now,
+                                channel_cap.window_seconds, channel=req.channel)
+        checks.append((f"channel {req.channel}", shown < channel_cap.limit,
+                       f"{shown} impressions on {req.channel}, {channel_cap.text}",
+                       str(channel_cap.pos)))
+    allowed = True
+    for name, ok, detail, location in checks:
+        if explain:
+            reasons.append(Reason("cap", name, ok, detail, location))
+        allowed = allowed and ok
+        if not ok and not explain:
+            return False
+    return allowed
+
+
 def check_eligibility(
-    action: Action, req: DecideInput, facts: Facts, profile: Profile | None, explain: bool
+    ruleset: Ruleset, action: Action, req: DecideInput, facts: Facts, profile: Profile | None,
+    explain: bool,
 ) -> tuple[float | None, list[Reason]]:
     """The action's value if it may be shown, else None; reasons when explaining."""
     reasons: list[Reason] = []
@@ -177,15 +227,8 @@ def check_eligibility(
             reasons.append(Reason("eligibility", "value", False, "value is unknown (null)",
                                   _location(action)))
         return None, reasons
-    cap = action.cap
-    if cap is not None:
-        shown = impressions_within(profile, action.id, req.now, cap.window_seconds)
-        ok = shown < cap.limit
-        if explain:
-            reasons.append(Reason("cap", "frequency", ok,
-                                  f"{shown} impressions, {cap.text}", str(cap.pos)))
-        if not ok:
-            return None, reasons
+    if not contact_policies_allow(ruleset, action, req, profile, reasons, explain):
+        return None, reasons
     return float(value), reasons
 
 
@@ -301,7 +344,7 @@ def run(
     candidates: list[RankedAction] = []
     traces: list[ActionTrace] = []
     for action in req.placement.actions:
-        value, reasons = check_eligibility(action, req, facts, profile, explain)
+        value, reasons = check_eligibility(ruleset, action, req, facts, profile, explain)
         if value is None:
             if explain:
                 traces.append(ActionTrace(action.id, False, tuple(reasons)))

@@ -82,6 +82,15 @@ CASES = [
      "6:24: error: a list attribute has no default"),
     ("segment s = profile.name in profile.spend",
      "6:29: error: 'in' needs a list on the right, not number"),
+    ("policy { group recovery: at most 2 per 7d }",
+     "6:10: error: no action is in group 'recovery'"),
+    ("policy { channel emial: at most 2 per 7d }",
+     "6:10: error: unknown channel 'emial'"),
+    ("action a { placements: home value: 1 suppress: 7d after 2 dismis }",
+     "6:38: error: unknown outcome 'dismis': use impression, click, conversion or dismiss"),
+    ("action a { placements: home value: 1 group: g }\n"
+     "policy { group g: at most 1 per 1d  group g: at most 2 per 1d }",
+     "7:37: error: group 'g' already has a policy at"),
 ]
 
 

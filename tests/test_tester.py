@@ -50,7 +50,7 @@ def test_failures_point_at_the_rules(tmp_path: Path,
     assert "segments.arb:" in out and "now - last(add_to_cart) >= 24h" in out
     assert "expected top action 'cart_reminder', got welcome_series" in out
     assert "NO eligibility when: cart_abandoner and profile.email_opt_in" in out
-    assert "email.arb:5:3" in out  # where cart_reminder's condition is
+    assert "email.arb:6:3" in out  # where cart_reminder's condition is
     assert "content welcome_series.subject: expected 'Hello', got 'Welcome" in out
     assert "unknown expectation 'segmnts'" in out
     assert "expect.eligible: unknown action 'no_such_action'" in out
