@@ -21,6 +21,7 @@ from typing import Any
 
 from dsl.diagnostics import RulesetError
 from dsl.loader import build, load_path, read_sources
+from dsl.ruleset import Ruleset
 from engine.requests import InvalidArgument
 
 log = logging.getLogger("arbiter")
@@ -38,15 +39,24 @@ def _store(redis_url: str | None) -> Any:
     return MemoryStore()
 
 
+def _load(path: str, command: str) -> Ruleset | None:
+    """The compiled ruleset, or None after printing why it cannot be loaded."""
+    try:
+        return load_path(path)
+    except RulesetError as err:
+        print(err.render(), file=sys.stderr)
+    except (FileNotFoundError, UnicodeDecodeError) as err:
+        print(f"arbiter {command}: {err}", file=sys.stderr)
+    return None
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from engine import server
     from engine.reloader import RulesetReloader
     from engine.service import Arbiter
 
-    try:
-        ruleset = load_path(args.rules)
-    except RulesetError as err:
-        print(err.render(), file=sys.stderr)
+    ruleset = _load(args.rules, "serve")
+    if ruleset is None:
         return 1
     for warning in ruleset.warnings:
         log.warning("%s", warning)
@@ -154,13 +164,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     from engine.tester import discover, run_tests
 
-    try:
-        ruleset = load_path(args.path)
-    except RulesetError as err:
-        print(err.render(), file=sys.stderr)
-        return 1
-    except FileNotFoundError as err:
-        print(f"arbiter test: {err}", file=sys.stderr)
+    ruleset = _load(args.path, "test")
+    if ruleset is None:
         return 1
     paths = discover(args.tests or args.path)
     report = run_tests(ruleset, paths)

@@ -161,6 +161,17 @@ def contact_policies_allow(ruleset: Ruleset, action: Action, req: DecideInput,
     return allowed
 
 
+def _condition(fn: Callable[..., Any], args: tuple[Any, ...], action: Action,
+               what: str) -> bool | None:
+    """A condition's value; a failure (a bug or bad data) is logged and counts as unknown."""
+    try:
+        result: bool | None = fn(*args)
+    except Exception:
+        log.exception("'%s' of %s failed", what, action.id)
+        return None
+    return result
+
+
 def check_eligibility(
     ruleset: Ruleset, action: Action, req: DecideInput, facts: Facts, profile: Profile | None,
     explain: bool,
@@ -189,11 +200,7 @@ def check_eligibility(
             return None, reasons
     args = facts.args()
     if action.when is not None:
-        try:
-            held = action.when(*args)
-        except Exception:
-            log.exception("condition of %s failed", action.id)
-            held = None
+        held = _condition(action.when, args, action, "when")
         if explain:
             detail = action.when_source
             segs = ", ".join(f"{s}={facts.segments.get(s)}" for s in action.segments)
@@ -205,11 +212,7 @@ def check_eligibility(
         if held is not True:
             return None, reasons
     if action.unless is not None:
-        try:
-            blocked = action.unless(*args)
-        except Exception:
-            log.exception("unless condition of %s failed", action.id)
-            blocked = None
+        blocked = _condition(action.unless, args, action, "unless")
         if explain:
             reasons.append(Reason("eligibility", "unless", blocked is False,
                                   f"{action.unless_source} -> "
