@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from dsl.loader import load_text
@@ -175,3 +175,19 @@ def test_printer_round_trips(condition: str) -> None:
     assert again is not None
     assert print_expr(again.items[0].condition) == printed  # type: ignore[union-attr]
     assert printed == condition
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.one_of(st.text(max_size=80), st.builds(
+    lambda a, b: SCHEMA + a + b, st.sampled_from([
+        "segment s = ", "action a { placements: home value: ", "segment s = profile.spend ",
+        "action a { placements: home when: ", 'action a { content { h: "{{ ']),
+    st.text(alphabet="abcdeprofil.spend()[]{}\"<>=!+-*/ 0123456789dhmsw,|\n", max_size=40))))
+def test_whole_build_never_raises(text: str) -> None:
+    from dsl.loader import build
+
+    result = build({"fuzz.arb": text})
+    if result.failed:
+        assert all(d.pos.line >= 1 and d.pos.column >= 1 for d in result.diagnostics)
+    else:
+        assert result.ruleset is not None
