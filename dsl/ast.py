@@ -122,6 +122,7 @@ class PlacementDef:
     slots: int
     pos: Pos
     fallback: str | None = None
+    rank: Expr | None = None  # the arbitration formula; None: propensity * value * weight
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 

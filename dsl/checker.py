@@ -29,7 +29,13 @@ PROFILE_BUILTINS = {
     "last_seen": ("timestamp", True),
 }
 CONTEXT_BUILTINS = {"placement": ("string", False), "channel": ("string", False)}
-ACTION_FIELDS = {"id": ("string", False), "value": ("number", False)}
+ACTION_FIELDS = {
+    "id": ("string", False),
+    "value": ("number", False),
+    "weight": ("number", False),
+    "priority": ("number", False),
+    "propensity": ("number", False),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,6 +175,10 @@ class Checker:
                 self.error(f"placement '{placement.name}' needs 'channels: ...'", placement.pos)
             if placement.slots < 1:
                 self.error("slots must be at least 1", placement.pos)
+            if placement.rank is not None:
+                t = self._type(placement.rank, set(), allow_action=True)
+                if t.name not in ("number", "error"):
+                    self.error(f"'rank' must be a number, not {t}", placement.rank.pos)
         for segment in out.segments.values():
             refs: set[str] = set()
             self._expect_bool(segment.condition, refs, "segment condition")
@@ -406,7 +416,8 @@ class Checker:
             name = rest[0]
             if head == "action":
                 if not allow_action:
-                    self.error("'action.' fields can only be used in content templates", node.pos)
+                    self.error("'action.' fields can only be used in a placement's 'rank' "
+                               "and in content templates", node.pos)
                     return ERROR
                 spec = ACTION_FIELDS.get(name)
                 if spec is None:

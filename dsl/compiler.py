@@ -165,6 +165,8 @@ class Compiler:
         checked = self.checked
         seg_fns = {name: self.function(checked.segments[name].condition)
                    for name in checked.segment_order}
+        rank_fns = {p.name: self.function(p.rank) for p in checked.placements.values()
+                    if p.rank is not None}
         action_fns: dict[str, dict[str, Any]] = {}
         for action in checked.actions.values():
             action_fns[action.name] = {
@@ -243,6 +245,8 @@ class Compiler:
                              key=lambda x: (-x.priority, x.id))),
                 p.pos,
                 p.fallback,
+                fn(rank_fns.get(p.name)),
+                print_expr(p.rank) if p.rank is not None else "",
             )
             for p in checked.placements.values()
         }

@@ -169,6 +169,8 @@ def _placement(item: ast.PlacementDef) -> Block:
         block.fields.append(Statement(pos["slots"].line, [f"slots: {item.slots}"]))
     if "fallback" in pos:
         block.fields.append(Statement(pos["fallback"].line, [f"fallback: {item.fallback}"]))
+    if "rank" in pos and item.rank is not None:
+        block.fields.append(Statement(pos["rank"].line, _expr_lines("rank:", item.rank, INDENT)))
     return block
 
 

@@ -280,6 +280,10 @@ class _ToAst(Transformer[Token, Any]):
         return ast.PolicyDef(tuple(c), self._pos(meta))
 
     @v_args(meta=True)
+    def rank_formula(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("rank", c[0], self._pos(meta))
+
+    @v_args(meta=True)
     def fallback(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
         return ("fallback", str(c[0]), self._pos(meta))
 
@@ -348,7 +352,7 @@ class _ToAst(Transformer[Token, Any]):
         values, positions = self._fields(fields, "placement")
         return ast.PlacementDef(
             str(name), values.get("channels", ()), values.get("slots", 1), self._pos(name),
-            values.get("fallback"), positions,
+            values.get("fallback"), values.get("rank"), positions,
         )
 
     @v_args(meta=True)

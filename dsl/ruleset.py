@@ -141,8 +141,10 @@ class Action:
     cooldown: Limit | None = None  # limit 1: no impression within the window
     suppress: Suppression | None = None
 
-    def fields(self, value: float) -> dict[str, Any]:
-        return {"id": self.id, "value": value}
+    def fields(self, value: float, propensity: float = 0.0) -> dict[str, Any]:
+        """What ``action.*`` reads in rank formulas and templates."""
+        return {"id": self.id, "value": value, "weight": self.weight,
+                "priority": float(self.priority), "propensity": propensity}
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +155,8 @@ class Placement:
     actions: tuple[Action, ...]  # in declaration-independent order: priority desc, id
     pos: Pos
     fallback: str | None = None  # shown when no action is eligible
+    rank: CompiledFn | None = None  # the arbitration formula; None: propensity*value*weight
+    rank_source: str = ""  # the formula as written; empty for the default
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,8 +61,8 @@ class Decision:
         for a in self.actions:
             arm = f"  [experiment {a.experiment}, arm {a.arm}]" if a.experiment else ""
             lines.append(
-                f"{a.rank}. {a.action_id}  score={a.score:.4f} = propensity {a.propensity:.4f}"
-                f" x value {a.value:g} x weight {a.weight:g}{arm}"
+                f"{a.rank}. {a.action_id}  score={a.score:.4f}  (propensity {a.propensity:.4f},"
+                f" value {a.value:g}, weight {a.weight:g}){arm}"
             )
             for key, text in a.content.items():
                 lines.append(f"     {key}: {text}")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dsl.checker import FieldSpec
-from dsl.ruleset import Action, Experiment, Ruleset
+from dsl.ruleset import Action, Experiment, Placement, Ruleset
 from engine.bandit import ThompsonSampler, posterior, posterior_mean
 from engine.decision import ActionTrace, Decision, RankedAction, Reason
 from engine.profiles import impressions_within, last_contact, outcomes_within
@@ -235,10 +235,37 @@ def check_eligibility(
     return float(value), reasons
 
 
+Scorer = Callable[[RankedAction, float], float]
+
+
+def scorer_for(ruleset: Ruleset, placement: Placement, facts: Facts) -> Scorer:
+    """The placement's arbitration formula: a candidate's score at a given propensity.
+
+    Without a ``rank:`` formula it is ``propensity * value * weight``. A formula that
+    is null or fails scores 0 (logged), so it can never raise a decision.
+    """
+    formula = placement.rank
+    if formula is None:
+        return lambda c, propensity: propensity * c.value * c.weight
+    args = facts.args()
+
+    def score(candidate: RankedAction, propensity: float) -> float:
+        action = ruleset.actions[candidate.action_id]
+        try:
+            result = formula(*args, action.fields(candidate.value, propensity))
+        except Exception:
+            log.exception("rank formula of %s failed for %s", placement.name, action.id)
+            return 0.0
+        return float(result) if result is not None else 0.0
+
+    return score
+
+
 def score(action: Action, value: float, propensity: float, reasons: list[Reason],
-          explain: bool) -> RankedAction:
-    ranked = RankedAction(action.id, propensity * value * action.weight, propensity, value,
-                          action.weight, action.priority, reasons=reasons)
+          explain: bool, scorer: Scorer) -> RankedAction:
+    ranked = RankedAction(action.id, 0.0, propensity, value, action.weight, action.priority,
+                          reasons=reasons)
+    ranked.score = scorer(ranked, propensity)
     if explain:
         ranked.score_terms = {"propensity": propensity, "value": value, "weight": action.weight}
     return ranked
@@ -250,11 +277,13 @@ def allocate_experiment(
     counts: Mapping[str, ArmCounts],
     sampler: ThompsonSampler,
     explain: bool,
+    scorer: Scorer,
 ) -> tuple[list[RankedAction], list[RankedAction]]:
     """Thompson sampling among the eligible arms; returns (kept, dropped arms).
 
-    One posterior sample per arm; the arm with the largest ``sample * value *
-    weight`` is played with the sample as its propensity, the other arms drop out.
+    One posterior sample per arm; the arm whose score with its sample as the
+    propensity is largest (``sample * value * weight`` by default) is played with
+    the sample as its propensity, the other arms drop out.
     """
     arms = [c for c in candidates if c.action_id in experiment.arms]
     if not arms:
@@ -263,11 +292,11 @@ def allocate_experiment(
               for a in arms]
     samples = sampler.sample(params)
     best = max(range(len(arms)),
-               key=lambda i: (samples[i] * arms[i].value * arms[i].weight, arms[i].action_id))
+               key=lambda i: (scorer(arms[i], float(samples[i])), arms[i].action_id))
     chosen = arms[best]
     model_propensity = chosen.propensity
     chosen.propensity = float(samples[best])
-    chosen.score = chosen.propensity * chosen.value * chosen.weight
+    chosen.score = scorer(chosen, chosen.propensity)
     chosen.experiment, chosen.arm = experiment.name, chosen.action_id
     if explain:
         alpha, beta = params[best]
@@ -320,7 +349,7 @@ def rank(candidates: list[RankedAction], limit: int) -> list[RankedAction]:
 
 def render_content(ruleset: Ruleset, ranked: RankedAction, facts: Facts) -> None:
     action = ruleset.actions[ranked.action_id]
-    args = (*facts.args(), action.fields(ranked.value))
+    args = (*facts.args(), action.fields(ranked.value, ranked.propensity))
     for name, template in action.content:
         try:
             ranked.content[name] = template.render(args)
@@ -346,6 +375,7 @@ def run(
     features = features_of(facts, req)
     candidates: list[RankedAction] = []
     traces: list[ActionTrace] = []
+    scorer = scorer_for(ruleset, req.placement, facts)
     for action in req.placement.actions:
         value, reasons = check_eligibility(ruleset, action, req, facts, profile, explain)
         if value is None:
@@ -353,11 +383,11 @@ def run(
                 traces.append(ActionTrace(action.id, False, tuple(reasons)))
             continue
         propensity = models.predict(action.id, action.prior, features)
-        candidates.append(score(action, value, propensity, reasons, explain))
+        candidates.append(score(action, value, propensity, reasons, explain, scorer))
     experiment = ruleset.experiment_by_placement.get(req.placement.name)
     if experiment is not None:
         candidates, dropped = allocate_experiment(
-            experiment, candidates, arm_counts(experiment.name), sampler, explain)
+            experiment, candidates, arm_counts(experiment.name), sampler, explain, scorer)
         if explain:
             traces.extend(ActionTrace(a.action_id, False, tuple(a.reasons)) for a in dropped)
     ranked = rank(candidates, req.limit)
@@ -372,7 +402,7 @@ def run(
                 a.reasons.append(Reason("score", "rank", False,
                                         f"score {a.score:.4f} below the {req.limit} shown"))
             traces.append(ActionTrace(a.action_id, a.action_id in shown,
-                                      tuple([*a.reasons, *_score_reasons(a)])))
+                                      tuple([*a.reasons, *_score_reasons(a, req.placement)])))
         traces.sort(key=lambda t: (not t.eligible, t.action_id))
     matched = tuple(name for name, hit in facts.segments.items() if hit is True)
     decision = Decision(decision_id, ruleset.revision, req.now, req.user_id,
@@ -380,7 +410,8 @@ def run(
     if explain:
         for shown_action in ranked:
             shown_action.reasons = [*_segment_reasons(ruleset, facts, shown_action.action_id),
-                                    *shown_action.reasons, *_score_reasons(shown_action)]
+                                    *shown_action.reasons,
+                                    *_score_reasons(shown_action, req.placement)]
     record = DecisionRecord(
         decision_id=decision_id,
         user_id=req.user_id,
@@ -404,7 +435,11 @@ def _segment_reasons(ruleset: Ruleset, facts: Facts, action_id: str) -> list[Rea
             for s in ruleset.segments if s.name in used]
 
 
-def _score_reasons(action: RankedAction) -> list[Reason]:
+def _score_reasons(action: RankedAction, placement: Placement) -> list[Reason]:
     terms = " x ".join(f"{k} {v:.4g}" for k, v in action.score_terms.items()
                        if k in ("propensity", "value", "weight"))
+    if placement.rank_source:
+        return [Reason("score", "rank", True,
+                       f"{action.score:.4f} = {placement.rank_source}  [{terms}]",
+                       str(placement.pos))]
     return [Reason("score", "score", True, f"{action.score:.4f} = {terms}")]

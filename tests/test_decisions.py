@@ -252,3 +252,21 @@ def test_list_traits_and_consent(arb: Arbiter) -> None:
     with pytest.raises(InvalidArgument) as info:
         arb.track(user_id="c", event_type="visit", traits={"consents": "email_marketing"})
     assert info.value.field == "traits.consents"
+
+
+def test_rank_formula_per_placement() -> None:
+    rs = load_text("""
+placement p { channels: web  slots: 3  rank: action.value * action.weight }
+placement q { channels: web  slots: 3  rank: action.priority * 100 + action.value }
+action a { placements: p, q value: 3 prior: 0.9 }
+action b { placements: p, q value: 5 prior: 0.01 priority: 1 }
+action c { placements: p, q value: 4 weight: 2 prior: 0.5 }
+""")
+    arb = Arbiter(rs, MemoryStore(), seed=1)
+    d = arb.decide(user_id="u", placement="p", channel="web", explain=True)
+    # propensity does not count here: value x weight is 3, 5, 8
+    assert [(a.action_id, a.score) for a in d.actions] == [("c", 8.0), ("b", 5.0), ("a", 3.0)]
+    assert any(r.name == "rank" and "action.value * action.weight" in r.detail
+               for r in d.actions[0].reasons)
+    d = arb.decide(user_id="u", placement="q", channel="web")
+    assert [a.action_id for a in d.actions] == ["b", "c", "a"]
