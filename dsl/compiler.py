@@ -161,7 +161,7 @@ class Compiler:
         self.defs.append(f"def {name}({ARGS}):\n    return {self.emitter.emit(node)}\n")
         return name
 
-    def build(self, revision: str, warnings: tuple[str, ...]) -> Ruleset:
+    def build(self, revision: str, warnings: tuple[str, ...], cost: int = 0) -> Ruleset:
         checked = self.checked
         seg_fns = {name: self.function(checked.segments[name].condition)
                    for name in checked.segment_order}
@@ -267,6 +267,7 @@ class Compiler:
             experiment_by_placement={e.placement: e for e in experiments.values()},
             sources=dict(self.sources),
             warnings=warnings,
+            cost=cost,
             attribute_defaults={k: v.default for k, v in checked.profile.items()},
             context_defaults={k: v.default for k, v in checked.context.items()},
             group_caps=_policy_limits(checked, "group", self.sources),
@@ -294,7 +295,8 @@ DEFAULT_PRIOR = 0.05
 
 
 def compile_ruleset(
-    checked: CheckedRuleset, sources: dict[str, str], revision: str, warnings: tuple[str, ...]
+    checked: CheckedRuleset, sources: dict[str, str], revision: str, warnings: tuple[str, ...],
+    cost: int = 0,
 ) -> Ruleset:
     """Generate and compile the evaluation functions of a checked ruleset."""
-    return Compiler(checked, sources).build(revision, warnings)
+    return Compiler(checked, sources).build(revision, warnings, cost)

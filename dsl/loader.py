@@ -20,6 +20,7 @@ from dsl import ast
 from dsl.checker import CheckedRuleset, check
 from dsl.compiler import compile_ruleset
 from dsl.diagnostics import Diagnostic, RulesetError
+from dsl.lint import lint
 from dsl.parser import parse_text
 from dsl.ruleset import Ruleset
 
@@ -37,6 +38,7 @@ class Build:
     ruleset: Ruleset | None = None
 
     unparsed: int = 0  # files whose syntax errors left no module
+    cost: int = 0  # expression nodes evaluated per decision, at most
 
     @property
     def failed(self) -> bool:
@@ -58,15 +60,23 @@ def _check(build: Build) -> None:
     build.diagnostics.extend(diagnostics)
 
 
+def _lint(build: Build) -> None:
+    assert build.checked is not None
+    warnings, build.cost = lint(build.checked)
+    build.diagnostics.extend(warnings)
+
+
 def _compile(build: Build) -> None:
     assert build.checked is not None
     warnings = tuple(d.render(build.sources) for d in build.diagnostics)
-    build.ruleset = compile_ruleset(build.checked, build.sources, revision(build.sources), warnings)
+    build.ruleset = compile_ruleset(build.checked, build.sources, revision(build.sources), warnings,
+                                    build.cost)
 
 
 STAGES: tuple[tuple[str, Callable[[Build], None]], ...] = (
     ("parse", _parse),
     ("check", _check),
+    ("lint", _lint),
     ("compile", _compile),
 )
 
@@ -101,7 +111,7 @@ def build(sources: dict[str, str]) -> Build:
     """
     result = Build(sources)
     for name, stage in STAGES:
-        if result.failed and (name == "compile" or result.unparsed):
+        if result.failed and (name in ("lint", "compile") or result.unparsed):
             break
         stage(result)
     return result

@@ -185,6 +185,7 @@ class Ruleset:
     experiment_by_placement: Mapping[str, Experiment]
     sources: Mapping[str, str] = field(repr=False)
     warnings: tuple[str, ...] = ()
+    cost: int = 0  # expression nodes evaluated per decision, at most (dsl/lint.py)
     attribute_defaults: Mapping[str, Any] = field(default_factory=dict)
     context_defaults: Mapping[str, Any] = field(default_factory=dict)
     group_caps: Mapping[str, Limit] = field(default_factory=dict)

@@ -90,7 +90,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         warnings = len(diagnostics) - errors
         summary = f"{len(sources)} file(s): {errors} error(s), {warnings} warning(s)"
         if result.ruleset is not None:
-            summary += f"; revision {result.ruleset.revision}"
+            summary += (f"; revision {result.ruleset.revision}; cost bound "
+                        f"{result.ruleset.cost} expression nodes per decision")
         print(summary)
     return 1 if errors else 0
 

@@ -128,3 +128,30 @@ def test_unused_segment_is_a_warning_not_an_error() -> None:
     result = build({"r.arb": HEADER + "segment lonely = profile.spend > 1\n"})
     assert not result.failed
     assert any("'lonely' is not used" in d.message for d in result.diagnostics)
+
+
+@pytest.mark.parametrize(("rules", "expected"), [
+    ("segment s = profile.spend > 500 and profile.spend <= 100\n"
+     "action a { placements: home value: 1 when: s }",
+     "6:13: warning: segment 's' can never hold: the ranges of profile.spend"),
+    ("segment s = 10 <= profile.spend and profile.spend < 10\n"
+     "action a { placements: home value: 1 when: s }",
+     "6:13: warning: segment 's' can never hold"),
+    ("action a { placements: home value: 1 when: 1 > 2 }",
+     "6:46: warning: 'when' of action 'a' is always false: the action can never be shown"),
+    ("action a { placements: home value: 1 when: 2 > 1 }",
+     "6:46: warning: 'when' of action 'a' is always true"),
+])
+def test_lint_warnings(rules: str, expected: str) -> None:
+    result = build({"r.arb": HEADER.lstrip("\n") + "\n" + rules + "\n"})
+    assert not result.failed
+    texts = [f"{d.pos.line}:{d.pos.column}: {d.severity}: {d.message}"
+             for d in result.diagnostics]
+    assert any(t.startswith(expected) for t in texts), texts
+
+
+def test_overlapping_ranges_are_not_flagged() -> None:
+    result = build({"r.arb": HEADER + "segment s = profile.spend >= 10 and profile.spend <= 10\n"
+                                      "action a { placements: home value: 1 when: s }\n"})
+    assert not any("never hold" in d.message for d in result.diagnostics)
+    assert result.ruleset is not None and result.ruleset.cost > 0
