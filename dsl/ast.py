@@ -151,9 +151,32 @@ class TemplateToken:
 
 
 @dataclass(frozen=True, slots=True)
+class TemplateIf:
+    """``{% if cond %}then{% else %}otherwise{% end %}`` inside a content string."""
+
+    condition: Expr
+    then: tuple[TemplatePart, ...]
+    otherwise: tuple[TemplatePart, ...]
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class TemplateFor:
+    """``{% for item in context.recommended %}...{% end %}``: once per list element."""
+
+    var: str
+    items: Expr
+    body: tuple[TemplatePart, ...]
+    pos: Pos
+
+
+TemplatePart = str | TemplateToken | TemplateIf | TemplateFor
+
+
+@dataclass(frozen=True, slots=True)
 class ContentField:
     name: str
-    parts: tuple[str | TemplateToken, ...]
+    parts: tuple[TemplatePart, ...]
     pos: Pos
 
 

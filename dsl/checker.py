@@ -18,7 +18,7 @@ from dsl.parser import date_seconds
 
 SCALAR_TYPES = {"number", "string", "bool", "timestamp"}
 PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
-FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1}
+FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1, "join": 1}
 OUTCOMES = {"click", "conversion"}
 
 # built-in attributes every profile and context has: name -> (type, nullable)
@@ -81,6 +81,7 @@ class CheckedRuleset:
     experiments: dict[str, ast.ExperimentDef] = field(default_factory=dict)
     policies: list[ast.PolicyRule] = field(default_factory=list)
     types: dict[int, Type] = field(default_factory=dict)
+    loop_refs: set[int] = field(default_factory=set)  # refs to a template loop variable
     segment_refs: dict[str, set[str]] = field(default_factory=dict)
 
     def type_of(self, node: ast.Expr) -> Type:
@@ -99,6 +100,7 @@ class Checker:
         self.out = CheckedRuleset()
         self.diagnostics: list[Diagnostic] = []
         self._experiment_by_placement: dict[str, ast.ExperimentDef] = {}
+        self._loop_vars: list[str] = []  # template loop variables in scope
 
     def error(self, message: str, pos: ast.Pos) -> None:
         self.diagnostics.append(Diagnostic("error", message, pos))
@@ -249,9 +251,7 @@ class Checker:
             if action.suppress.count < 1:
                 self.error("suppress after at least 1 outcome", action.suppress.pos)
         for content in action.content:
-            for part in content.parts:
-                if isinstance(part, ast.TemplateToken):
-                    self._check_token(part, refs)
+            self._check_parts(content.parts, refs)
         self.out.segment_refs[f"action:{action.name}"] = refs
 
     def _check_policies(self) -> None:
@@ -285,10 +285,35 @@ class Checker:
         if len(bounds) == 2 and bounds["starts"] >= bounds["ends"]:
             self.error("'ends' must be after 'starts'", action.field_pos["ends"])
 
+    def _check_parts(self, parts: tuple[ast.TemplatePart, ...], refs: set[str]) -> None:
+        for part in parts:
+            if isinstance(part, ast.TemplateToken):
+                self._check_token(part, refs)
+            elif isinstance(part, ast.TemplateIf):
+                t = self._type(part.condition, refs, allow_action=True)
+                if t.name not in ("bool", "error"):
+                    self.error(f"{{% if %}} needs true or false, not {t}", part.condition.pos)
+                self._check_parts(part.then, refs)
+                self._check_parts(part.otherwise, refs)
+            elif isinstance(part, ast.TemplateFor):
+                t = self._type(part.items, refs, allow_action=True)
+                if t.name not in ("list", "error"):
+                    self.error(f"{{% for %}} needs a list, not {t}", part.items.pos)
+                if part.var in self._loop_vars or part.var in self.out.segments:
+                    self.error(f"'{part.var}' is already a name here; pick another loop "
+                               "variable", part.pos)
+                self._loop_vars.append(part.var)
+                self._check_parts(part.body, refs)
+                self._loop_vars.pop()
+
     def _check_token(self, token: ast.TemplateToken, refs: set[str]) -> None:
         t = self._type(token.expr, refs, allow_action=True)
-        if t.name == "list":
-            self.error("a content token must be a single value, not a list", token.expr.pos)
+        joined = any(name == "join" for name, _ in token.filters)
+        if t.name == "list" and not joined:
+            self.error("a content token must be a single value: write | join(\", \") or "
+                       "loop with {% for %}", token.expr.pos)
+        if joined and t.name not in ("list", "error"):
+            self.error(f"join needs a list, not {t}", token.pos)
         for name, args in token.filters:
             if name not in FILTERS:
                 self.error(f"unknown filter '{name}'{_suggest(name, FILTERS)}", token.pos)
@@ -440,6 +465,9 @@ class Checker:
                 return ERROR
             return Type(spec2.type, spec2.nullable, "string" if spec2.type == "list" else None)
         if len(node.parts) == 1:
+            if head in self._loop_vars:
+                self.out.loop_refs.add(id(node))
+                return Type("string", False)
             if head in self.out.segments:
                 refs.add(head)
                 return Type("bool", False)

@@ -35,6 +35,8 @@ from dsl.ruleset import (
     Segment,
     Suppression,
     Template,
+    TemplateFor,
+    TemplateIf,
     TemplateToken,
 )
 from dsl.runtime import HELPERS
@@ -72,6 +74,8 @@ class _Emitter:
         if isinstance(node, ast.Ref):
             head, *rest = node.parts
             if not rest:
+                if id(node) in self.checked.loop_refs:
+                    return f"X[{head!r}]"  # a template loop variable
                 return f"S[{head!r}]"
             table = {"profile": "A", "context": "C", "action": "X"}[head]
             return f"{table}[{rest[0]!r}]"
@@ -155,6 +159,7 @@ class Compiler:
         self.constants: dict[str, Any] = {}
         self.emitter = _Emitter(checked, self.constants)
         self.defs: list[str] = []
+        self._template_fns: dict[int, str] = {}  # id(expression node) -> function name
 
     def function(self, node: ast.Expr) -> str:
         name = f"f{len(self.defs)}"
@@ -173,12 +178,10 @@ class Compiler:
                 "when": self.function(action.when) if action.when is not None else None,
                 "unless": self.function(action.unless) if action.unless is not None else None,
                 "value": self.function(action.value) if action.value is not None else None,
-                "content": [
-                    (c.name, [p if isinstance(p, str) else (self.function(p.expr), p)
-                              for p in c.parts])
-                    for c in action.content
-                ],
+                "content": [(c.name, c.parts) for c in action.content],
             }
+        for _, parts in (p for fns in action_fns.values() for p in fns["content"]):
+            self._declare_template(parts)
         namespace = self._exec()
 
         def fn(name: str | None) -> CompiledFn | None:
@@ -193,14 +196,8 @@ class Compiler:
         for a in checked.actions.values():
             fns = action_fns[a.name]
             value_fn = fn(fns["value"]) or (lambda *args: 0.0)
-            content = tuple(
-                (name, Template(tuple(
-                    p if isinstance(p, str) else TemplateToken(
-                        namespace[p[0]], checked.type_of(p[1].expr).name,
-                        tuple((f, tuple(lit.value for lit in args)) for f, args in p[1].filters))
-                    for p in parts)))
-                for name, parts in fns["content"]
-            )
+            content = tuple((name, self._template(parts, namespace))
+                            for name, parts in fns["content"])
             cap = None
             if a.cap is not None:
                 window = a.cap.window_text or f"{a.cap.window_seconds:g}s"
@@ -275,6 +272,39 @@ class Compiler:
             groups={g: tuple(sorted(a.id for a in actions.values() if a.group == g))
                     for g in {a.group for a in actions.values() if a.group}},
         )
+
+    def _declare_template(self, parts: tuple[ast.TemplatePart, ...]) -> None:
+        """Generate a function for every expression in a template (names kept by node)."""
+        for part in parts:
+            if isinstance(part, ast.TemplateToken):
+                self._template_fns[id(part.expr)] = self.function(part.expr)
+            elif isinstance(part, ast.TemplateIf):
+                self._template_fns[id(part.condition)] = self.function(part.condition)
+                self._declare_template(part.then)
+                self._declare_template(part.otherwise)
+            elif isinstance(part, ast.TemplateFor):
+                self._template_fns[id(part.items)] = self.function(part.items)
+                self._declare_template(part.body)
+
+    def _template(self, parts: tuple[ast.TemplatePart, ...],
+                  namespace: dict[str, Any]) -> Template:
+        out: list[Any] = []
+        for part in parts:
+            if isinstance(part, str):
+                out.append(part)
+            elif isinstance(part, ast.TemplateToken):
+                out.append(TemplateToken(
+                    namespace[self._template_fns[id(part.expr)]],
+                    self.checked.type_of(part.expr).name,
+                    tuple((f, tuple(lit.value for lit in args)) for f, args in part.filters)))
+            elif isinstance(part, ast.TemplateIf):
+                out.append(TemplateIf(namespace[self._template_fns[id(part.condition)]],
+                                      self._template(part.then, namespace),
+                                      self._template(part.otherwise, namespace)))
+            else:
+                out.append(TemplateFor(part.var, namespace[self._template_fns[id(part.items)]],
+                                       self._template(part.body, namespace)))
+        return Template(tuple(out))
 
     def _exec(self) -> dict[str, Any]:
         source = "\n".join(self.defs)

@@ -128,19 +128,32 @@ def _escape(text: str) -> str:
         "\t", "\\t")
 
 
-def _content_string(content: ast.ContentField) -> str:
+def _template_text(parts: tuple[ast.TemplatePart, ...]) -> str:
+    """Template parts as source text (before escaping for the string literal)."""
     out = []
-    for part in content.parts:
+    for part in parts:
         if isinstance(part, str):
-            out.append(_escape(part))
-            continue
-        token = print_expr(part.expr)
-        for name, args in part.filters:
-            token += f" | {name}"
-            if args:
-                token += "(" + ", ".join(_literal(a) for a in args) + ")"
-        out.append(_escape("{{ " + token + " }}"))
-    return '"' + "".join(out) + '"'
+            out.append(part)
+        elif isinstance(part, ast.TemplateToken):
+            token = print_expr(part.expr)
+            for name, args in part.filters:
+                token += f" | {name}"
+                if args:
+                    token += "(" + ", ".join(_literal(a) for a in args) + ")"
+            out.append("{{ " + token + " }}")
+        elif isinstance(part, ast.TemplateIf):
+            out.append("{% if " + print_expr(part.condition) + " %}" + _template_text(part.then))
+            if part.otherwise:
+                out.append("{% else %}" + _template_text(part.otherwise))
+            out.append("{% end %}")
+        else:
+            out.append("{% for " + part.var + " in " + print_expr(part.items) + " %}"
+                       + _template_text(part.body) + "{% end %}")
+    return "".join(out)
+
+
+def _content_string(content: ast.ContentField) -> str:
+    return '"' + _escape(_template_text(content.parts)) + '"'
 
 
 def _number(value: float) -> str:

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
@@ -22,7 +23,7 @@ from dsl import ast
 from dsl.diagnostics import Diagnostic
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
-TOKEN_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+TEMPLATE_RE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.DOTALL)
 DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
 DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
@@ -32,7 +33,7 @@ def _lark() -> Lark:
     return Lark(
         GRAMMAR_PATH.read_text(),
         parser="lalr",
-        start=["start", "template_token"],
+        start=["start", "template_token", "expr"],
         propagate_positions=True,
         maybe_placeholders=False,
     )
@@ -456,32 +457,106 @@ def _syntax_diagnostic(err: UnexpectedInput, file: str, line_off: int, col_off: 
     return Diagnostic("error", message, pos)
 
 
+_BLOCK_RE = re.compile(
+    r"\s*(?:(?P<if>if)\s+(?P<cond>.+?)|(?P<for>for)\s+(?P<var>[A-Za-z_]\w*)\s+in\s+(?P<items>.+?)"
+    r"|(?P<else>else)|(?P<end>end))\s*", re.DOTALL)
+
+
+@dataclass
+class _Frame:
+    """An open ``{% if %}`` or ``{% for %}`` while a template is parsed."""
+
+    kind: str  # root | if | for
+    pos: ast.Pos
+    parts: list[ast.TemplatePart] = field(default_factory=list)
+    then: list[ast.TemplatePart] | None = None  # an if's parts before {% else %}
+    expr: ast.Expr | None = None
+    var: str = ""
+
+
+def _parse_fragment(source: str, start: str, file: str, line_off: int, col_off: int,
+                    diagnostics: list[Diagnostic]) -> Any:
+    """Parse part of a string literal (a token or a block's expression) at its position."""
+    transformer = _ToAst(file, line_off, col_off)
+    try:
+        node = transformer.transform(_lark().parse(source, start=start))
+    except UnexpectedInput as err:
+        diagnostics.append(_syntax_diagnostic(err, file, line_off, col_off, source))
+        return None
+    diagnostics.extend(transformer.diagnostics)
+    return node
+
+
 def _parse_template(
     text: str, pos: ast.Pos, diagnostics: list[Diagnostic]
-) -> tuple[str | ast.TemplateToken, ...]:
-    """Split a content string into literal text and parsed ``{{ ... }}`` tokens."""
-    parts: list[str | ast.TemplateToken] = []
+) -> tuple[ast.TemplatePart, ...]:
+    """A content string as literal text, ``{{ ... }}`` tokens, and if/for blocks."""
+    stack = [_Frame("root", pos)]
     cursor = 0
-    for match in TOKEN_RE.finditer(text):
+    for match in TEMPLATE_RE.finditer(text):
         if match.start() > cursor:
-            parts.append(text[cursor : match.start()])
-        inner_start = match.start(1)
+            stack[-1].parts.append(text[cursor : match.start()])
+        cursor = match.end()
+        group = 1 if match.group(1) is not None else 2
+        inner, inner_start = match.group(group), match.start(group)
         before = text[:inner_start]
         line_off = pos.line - 1 + before.count("\n")
         col_off = (pos.column + inner_start) if "\n" not in before else 0
-        transformer = _ToAst(pos.file, line_off, col_off)
-        try:
-            tree = _lark().parse(match.group(1), start="template_token")
-            parts.append(transformer.transform(tree))
-            diagnostics.extend(transformer.diagnostics)
-        except UnexpectedInput as err:
-            diagnostics.append(_syntax_diagnostic(err, pos.file, line_off, col_off, match.group(1)))
-        cursor = match.end()
+        here = ast.Pos(pos.file, line_off + 1, col_off + 1)
+
+        def parse(source: str, start: str, offset: int = 0,
+                  line_off: int = line_off, col_off: int = col_off) -> Any:
+            return _parse_fragment(source, start, pos.file, line_off, col_off + offset,
+                                   diagnostics)
+
+        if group == 1:
+            token = parse(inner, "template_token")
+            if token is not None:
+                stack[-1].parts.append(token)
+            continue
+        block = _BLOCK_RE.fullmatch(inner)
+        if block is None:
+            diagnostics.append(Diagnostic(
+                "error", "unknown template block: use {% if ... %}, {% for x in ... %}, "
+                         "{% else %} or {% end %}", here))
+        elif block.group("if"):
+            cond = parse(block.group("cond"), "expr", block.start("cond"))
+            stack.append(_Frame("if", here, expr=cond))
+        elif block.group("for"):
+            items = parse(block.group("items"), "expr", block.start("items"))
+            stack.append(_Frame("for", here, expr=items, var=block.group("var")))
+        elif block.group("else"):
+            top = stack[-1]
+            if top.kind != "if" or top.then is not None:
+                diagnostics.append(Diagnostic("error", "{% else %} without an open {% if %}",
+                                              here))
+            else:
+                top.then, top.parts = top.parts, []
+        else:  # end
+            if len(stack) == 1:
+                diagnostics.append(Diagnostic("error", "{% end %} without an open block", here))
+                continue
+            done = stack.pop()
+            if done.expr is None:
+                continue  # its expression had a syntax error, already reported
+            if done.kind == "if":
+                then = done.then if done.then is not None else done.parts
+                otherwise = done.parts if done.then is not None else []
+                stack[-1].parts.append(ast.TemplateIf(done.expr, tuple(then), tuple(otherwise),
+                                                      done.pos))
+            else:
+                stack[-1].parts.append(ast.TemplateFor(done.var, done.expr, tuple(done.parts),
+                                                       done.pos))
     if cursor < len(text):
-        parts.append(text[cursor:])
-    if "{{" in "".join(p for p in parts if isinstance(p, str)):
-        diagnostics.append(Diagnostic("error", "unclosed '{{' in content template", pos))
-    return tuple(parts)
+        stack[-1].parts.append(text[cursor:])
+    for frame in stack[1:]:
+        diagnostics.append(Diagnostic("error", f"{{% {frame.kind} %}} is never closed with "
+                                               "{% end %}", frame.pos))
+    root = stack[0].parts
+    literal = "".join(p for p in root if isinstance(p, str))
+    if "{{" in literal or "{%" in literal:
+        diagnostics.append(Diagnostic("error", "unclosed '{{' or '{%' in content template", pos))
+    return tuple(root)
 
 
 def parse_text(text: str, file: str) -> tuple[ast.Module | None, list[Diagnostic]]:

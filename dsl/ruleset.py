@@ -69,22 +69,48 @@ class TemplateToken:
 
 
 @dataclass(frozen=True, slots=True)
-class Template:
-    """A content string: literal text and compiled ``{{ ... }}`` tokens."""
+class TemplateIf:
+    condition: CompiledFn
+    then: Template
+    otherwise: Template
 
-    parts: tuple[str | TemplateToken, ...]
+
+@dataclass(frozen=True, slots=True)
+class TemplateFor:
+    var: str
+    items: CompiledFn
+    body: Template
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A content string: literal text, compiled ``{{ ... }}`` tokens, if/for blocks.
+
+    Templates are sandboxed by construction: they compile from the same checked
+    expressions as rules, so they can read the profile, the context, segments and
+    the action's fields, and nothing else; a loop runs once per list element.
+    """
+
+    parts: tuple[str | TemplateToken | TemplateIf | TemplateFor, ...]
 
     def render(self, args: tuple[Any, ...]) -> str:
         out: list[str] = []
         for part in self.parts:
             if isinstance(part, str):
                 out.append(part)
-                continue
-            value = part.fn(*args)
-            kind = part.kind
-            for name, fargs in part.filters:
-                value, kind = _apply_filter(name, fargs, value, kind)
-            out.append(to_text(value, kind))
+            elif isinstance(part, TemplateToken):
+                value = part.fn(*args)
+                kind = part.kind
+                for name, fargs in part.filters:
+                    value, kind = _apply_filter(name, fargs, value, kind)
+                out.append(to_text(value, kind))
+            elif isinstance(part, TemplateIf):
+                branch = part.then if part.condition(*args) is True else part.otherwise
+                out.append(branch.render(args))
+            else:
+                fields = args[5]
+                for item in part.items(*args) or ():
+                    out.append(part.body.render((*args[:5], {**fields, part.var: item})))
         return "".join(out)
 
 
@@ -103,6 +129,8 @@ def _apply_filter(name: str, args: tuple[Any, ...], value: Any, kind: str) -> tu
         return (args[0], "string") if value is None or value == "" else (value, kind)
     if value is None:
         return None, kind
+    if name == "join" and isinstance(value, list):
+        return str(args[0]).join(value), "string"
     if name == "upper":
         return to_text(value, kind).upper(), "string"
     if name == "lower":

@@ -120,6 +120,32 @@ action a {
     assert template["n"].render(args) == "24.75 to go; since 1970-01-01"
 
 
+def test_template_conditionals_and_loops() -> None:
+    rs = load_text(SCHEMA + """
+action a {
+  placements: home value: 3
+  content {
+    h: "{% if profile.vip %}VIP{% else %}Hi {{ profile.name | default(\\"you\\") }}{% end %}"
+    l: "{% for t in profile.tags %}[{{ t }}{% if profile.vip %}*{% end %}]{% end %}"
+    j: "{{ profile.tags | join(\\" / \\") }}"
+    n: "{% for t in profile.tags %}{% for u in profile.tags %}{{ t }}{{ u }} {% end %}{% end %}"
+  }
+}""")
+    content = dict(rs.actions["a"].content)
+
+    def render(name: str, **attrs: Any) -> str:
+        a = {**rs.attribute_defaults, **attrs}
+        return content[name].render((a, {}, {}, {}, NOW, rs.actions["a"].fields(3.0)))
+
+    assert render("h") == "Hi you"
+    assert render("h", vip=True) == "VIP"
+    assert render("l", tags=["a", "b"]) == "[a][b]"
+    assert render("l", tags=["a"], vip=True) == "[a*]"
+    assert render("l") == ""  # a missing list loops zero times
+    assert render("j", tags=["x", "y"]) == "x / y"
+    assert render("n", tags=["1", "2"]) == "11 12 21 22 "
+
+
 def test_nonnullable_expressions_compile_to_plain_python() -> None:
     rs = load_text(SCHEMA + "segment s = profile.spend > 5 and profile.vip\n"
                    "action a { placements: home value: 1 when: s }")

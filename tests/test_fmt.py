@@ -144,8 +144,16 @@ def rule_files(draw: st.DrawFn) -> str:
             fields.append(f"value: {draw(expressions)}")
             if draw(st.booleans()):
                 fields.append(f"cap: {draw(st.integers(1, 9))} per 7d")
+            content = []
             if draw(st.booleans()):
-                fields.append('content { h: "Hi {{ profile.name | default(\\"you\\") }}" }')
+                content.append('h: "Hi {{ profile.name | default(\\"you\\") }}"')
+            if draw(st.booleans()):
+                embedded = draw(expressions).replace("\\", "\\\\").replace('"', '\\"')
+                content.append('t: "{% if ' + embedded
+                               + ' %}a{% else %}b{% end %}{% for i in profile.tags %}'
+                               '{{ i }}{% end %}"')
+            if content:
+                fields.append("content { " + draw(space).join(content) + " }")
             trailing = draw(comment)
             fields[-1] += f" {trailing}\n" if trailing else ""
             inner = draw(comment)
