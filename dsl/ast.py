@@ -102,7 +102,7 @@ class FieldDecl:
 
 @dataclass(frozen=True, slots=True)
 class SchemaBlock:
-    kind: str  # profile | context
+    kind: str  # profile | context | thresholds
     fields: tuple[FieldDecl, ...]
     pos: Pos
 

@@ -73,6 +73,7 @@ class CheckedRuleset:
 
     profile: dict[str, FieldSpec] = field(default_factory=dict)
     context: dict[str, FieldSpec] = field(default_factory=dict)
+    thresholds: dict[str, FieldSpec] = field(default_factory=dict)
     events: dict[str, ast.Pos] = field(default_factory=dict)
     placements: dict[str, ast.PlacementDef] = field(default_factory=dict)
     segments: dict[str, ast.SegmentDef] = field(default_factory=dict)
@@ -146,8 +147,9 @@ class Checker:
                     self.out.policies.extend(item.rules)
 
     def _collect_schema(self, block: ast.SchemaBlock) -> None:
-        table = self.out.profile if block.kind == "profile" else self.out.context
-        builtins = PROFILE_BUILTINS if block.kind == "profile" else CONTEXT_BUILTINS
+        table = {"profile": self.out.profile, "context": self.out.context,
+                 "thresholds": self.out.thresholds}[block.kind]
+        builtins = {"profile": PROFILE_BUILTINS, "context": CONTEXT_BUILTINS}.get(block.kind, {})
         for decl in block.fields:
             if decl.name in table or decl.name in builtins:
                 self.error(f"{block.kind} attribute '{decl.name}' is declared twice", decl.pos)
@@ -167,6 +169,9 @@ class Checker:
                     )
                 else:
                     default = decl.default.value
+            if block.kind == "thresholds" and default is None and decl.default is None:
+                self.error(f"threshold '{decl.name}' needs a default value (thresholds.toml "
+                           "may override it)", decl.pos)
             table[decl.name] = FieldSpec(decl.name, decl.type, decl.pii, default, decl.pos)
 
     # ---- stage 2: references and types --------------------------------------------
@@ -437,6 +442,14 @@ class Checker:
 
     def _ref(self, node: ast.Ref, refs: set[str], allow_action: bool) -> Type:
         head, *rest = node.parts
+        if head == "thresholds" and len(rest) == 1:
+            spec0 = self.out.thresholds.get(rest[0])
+            if spec0 is None:
+                self.error(f"unknown threshold '{rest[0]}'"
+                           f"{_suggest(rest[0], self.out.thresholds)} (declare it in a "
+                           "thresholds block)", node.pos)
+                return ERROR
+            return Type(spec0.type, False)
         if head in ("profile", "context", "action") and len(rest) == 1:
             name = rest[0]
             if head == "action":
@@ -473,8 +486,8 @@ class Checker:
                 return Type("bool", False)
             self.error(f"unknown segment '{head}'{_suggest(head, self.out.segments)}", node.pos)
             return ERROR
-        self.error(f"unknown name '{'.'.join(node.parts)}': use profile.NAME, context.NAME "
-                   "or a segment name", node.pos)
+        self.error(f"unknown name '{'.'.join(node.parts)}': use profile.NAME, context.NAME, "
+                   "thresholds.NAME or a segment name", node.pos)
         return ERROR
 
     def _unary(self, node: ast.Unary, refs: set[str], allow_action: bool) -> Type:

@@ -77,6 +77,8 @@ class _Emitter:
                 if id(node) in self.checked.loop_refs:
                     return f"X[{head!r}]"  # a template loop variable
                 return f"S[{head!r}]"
+            if head == "thresholds":  # a constant of this revision
+                return repr(self.checked.thresholds[rest[0]].default)
             table = {"profile": "A", "context": "C", "action": "X"}[head]
             return f"{table}[{rest[0]!r}]"
         if isinstance(node, ast.ListExpr):

@@ -161,6 +161,7 @@ def _number(value: float) -> str:
 
 
 def _schema(item: ast.SchemaBlock) -> Block:
+    """A profile, context or thresholds block."""
     block = Block(Statement(item.pos.line, [f"{item.kind} {{"]), closing="}")
     for decl in item.fields:
         text = f"{decl.name}: {decl.type}"

@@ -23,6 +23,8 @@ from dsl.diagnostics import Diagnostic, RulesetError
 from dsl.lint import lint
 from dsl.parser import parse_text
 from dsl.ruleset import Ruleset
+from dsl.thresholds import FILE_NAME as THRESHOLDS_FILE
+from dsl.thresholds import apply_overrides, is_thresholds_file
 
 RULE_SUFFIX = ".arb"
 
@@ -47,6 +49,8 @@ class Build:
 
 def _parse(build: Build) -> None:
     for path, text in build.sources.items():
+        if is_thresholds_file(path):
+            continue
         module, diagnostics = parse_text(text, path)
         build.diagnostics.extend(diagnostics)
         if module is not None:
@@ -58,6 +62,9 @@ def _parse(build: Build) -> None:
 def _check(build: Build) -> None:
     build.checked, diagnostics = check(build.modules)
     build.diagnostics.extend(diagnostics)
+    for path, text in build.sources.items():
+        if is_thresholds_file(path):
+            build.diagnostics.extend(apply_overrides(build.checked, path, text))
 
 
 def _lint(build: Build) -> None:
@@ -90,7 +97,7 @@ def revision(sources: dict[str, str]) -> str:
 
 
 def read_sources(path: str | Path) -> dict[str, str]:
-    """Every ``*.arb`` file under ``path`` (or the file itself), keyed by display path."""
+    """Every ``*.arb`` file under ``path`` (or the file itself), and ``thresholds.toml``."""
     root = Path(path)
     if root.is_file():
         return {str(root): root.read_text(encoding="utf-8")}
@@ -99,6 +106,8 @@ def read_sources(path: str | Path) -> dict[str, str]:
     files = sorted(root.rglob(f"*{RULE_SUFFIX}"))
     if not files:
         raise FileNotFoundError(f"no {RULE_SUFFIX} files under {root}")
+    if (root / THRESHOLDS_FILE).is_file():
+        files.append(root / THRESHOLDS_FILE)
     return {str(f): f.read_text(encoding="utf-8") for f in files}
 
 

@@ -209,6 +209,10 @@ class _ToAst(Transformer[Token, Any]):
         return ast.SchemaBlock("context", tuple(children), self._pos(meta))
 
     @v_args(meta=True)
+    def thresholds_block(self, meta: Any, children: list[Any]) -> ast.SchemaBlock:
+        return ast.SchemaBlock("thresholds", tuple(children), self._pos(meta))
+
+    @v_args(meta=True)
     def events_def(self, meta: Any, children: list[Any]) -> ast.EventsDef:
         return ast.EventsDef(children[0], self._pos(meta))
 

@@ -130,6 +130,7 @@ def cmd_fmt(args: argparse.Namespace) -> int:
         return 1
     changed: list[str] = []
     failed = False
+    sources = {p: t for p, t in sources.items() if p.endswith(".arb")}
     for path, text in sources.items():
         try:
             formatted = format_text(text, path)

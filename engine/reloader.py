@@ -20,6 +20,7 @@ from pathlib import Path
 from dsl.ast import Pos
 from dsl.diagnostics import Diagnostic
 from dsl.loader import RULE_SUFFIX, build, read_sources, revision
+from dsl.thresholds import FILE_NAME as THRESHOLDS_FILE
 from engine.service import Arbiter
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,8 @@ class RulesetReloader:
         self._lock = threading.Lock()
 
     def _files_signature(self) -> tuple[tuple[str, int, int], ...]:
-        files = [self.path] if self.path.is_file() else sorted(self.path.rglob(f"*{RULE_SUFFIX}"))
+        files = [self.path] if self.path.is_file() else [
+            *sorted(self.path.rglob(f"*{RULE_SUFFIX}")), self.path / THRESHOLDS_FILE]
         out = []
         for f in files:
             try:
