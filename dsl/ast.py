@@ -241,6 +241,10 @@ class ExperimentDef:
     reward: str
     pos: Pos
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
+    weights: tuple[float, ...] = ()  # fixed split (A/B/n); empty: Thompson sampling
+    holdout: float = 0.0  # percent of customers who get no experiment (nor personalisation)
+    salt: str | None = None  # bucketing salt; default: the experiment's name
+    layer: str | None = None  # experiments in one layer are mutually exclusive
 
 
 Item = (SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef

@@ -348,6 +348,16 @@ class Checker:
                     f"arm '{arm}' is not an action of placement '{exp.placement}'",
                     pos.get("arms", exp.pos),
                 )
+        if exp.weights:
+            if len(exp.weights) != len(exp.arms):
+                self.error(f"{len(exp.weights)} weight(s) for {len(exp.arms)} arms",
+                           pos.get("allocate", exp.pos))
+            if any(w < 0 for w in exp.weights) or sum(exp.weights) <= 0:
+                self.error("weights must be non-negative and not all zero",
+                           pos.get("allocate", exp.pos))
+        if not 0 <= exp.holdout < 100:
+            self.error("holdout is a percentage from 0% to less than 100%",
+                       pos.get("holdout", exp.pos))
         if exp.prior_alpha <= 0 or exp.prior_beta <= 0:
             self.error("beta prior parameters must be positive", pos.get("allocate", exp.pos))
         if exp.reward not in OUTCOMES:

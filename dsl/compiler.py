@@ -251,7 +251,7 @@ class Compiler:
         }
         experiments = {
             e.name: Experiment(e.name, e.placement, e.arms, e.prior_alpha, e.prior_beta,
-                               e.reward, e.pos)
+                               e.reward, e.pos, e.weights, e.holdout, e.salt or e.name, e.layer)
             for e in checked.experiments.values()
         }
         return Ruleset(
@@ -264,6 +264,8 @@ class Compiler:
             placements=placements,
             experiments=experiments,
             experiment_by_placement={e.placement: e for e in experiments.values()},
+            layers={layer: tuple(sorted(e.name for e in experiments.values() if e.layer == layer))
+                    for layer in {e.layer for e in experiments.values() if e.layer}},
             sources=dict(self.sources),
             warnings=warnings,
             cost=cost,

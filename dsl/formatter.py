@@ -235,10 +235,19 @@ def _experiment(item: ast.ExperimentDef) -> Block:
     pos = item.field_pos
     if "arms" in pos:
         block.fields.append(Statement(pos["arms"].line, [f"arms: {', '.join(item.arms)}"]))
-    if "allocate" in pos:
+    if "allocate" in pos and item.weights:
+        weights = ", ".join(_number(w) for w in item.weights)
+        block.fields.append(Statement(pos["allocate"].line, [f"allocate: weights({weights})"]))
+    elif "allocate" in pos:
         block.fields.append(Statement(pos["allocate"].line, [
             f"allocate: thompson(prior = beta({_number(item.prior_alpha)}, "
             f"{_number(item.prior_beta)}))"]))
+    if "holdout" in pos:
+        block.fields.append(Statement(pos["holdout"].line, [f"holdout: {_number(item.holdout)}%"]))
+    if "salt" in pos and item.salt is not None:
+        block.fields.append(Statement(pos["salt"].line, [f'salt: "{_escape(item.salt)}"']))
+    if "layer" in pos:
+        block.fields.append(Statement(pos["layer"].line, [f"layer: {item.layer}"]))
     if "reward" in pos:
         block.fields.append(Statement(pos["reward"].line, [f"reward: {item.reward}"]))
     return block

@@ -336,6 +336,22 @@ class _ToAst(Transformer[Token, Any]):
         return ("allocate", c[0], self._pos(meta))
 
     @v_args(meta=True)
+    def weights(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("weights", tuple(c), self._pos(meta))
+
+    @v_args(meta=True)
+    def holdout(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("holdout", float(str(c[0])[:-1]), self._pos(meta))
+
+    @v_args(meta=True)
+    def salt(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("salt", _unescape(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def layer(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("layer", str(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
     def reward(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
         return ("reward", str(c[0]), self._pos(meta))
 
@@ -392,6 +408,11 @@ class _ToAst(Transformer[Token, Any]):
         name, placement, *fields = children
         v, positions = self._fields(fields, "experiment")
         alpha, beta = v.get("allocate", (1.0, 1.0))
+        if "allocate" in v and "weights" in v:
+            self.diagnostics.append(Diagnostic(
+                "error", "'allocate' is set twice in this experiment", positions["weights"]))
+        if "weights" in positions:
+            positions["allocate"] = positions["weights"]
         return ast.ExperimentDef(
             name=str(name),
             placement=str(placement),
@@ -401,6 +422,10 @@ class _ToAst(Transformer[Token, Any]):
             reward=v.get("reward", "click"),
             pos=self._pos(name),
             field_pos={**positions, "placement": self._pos(placement)},
+            weights=v.get("weights", ()),
+            holdout=v.get("holdout", 0.0),
+            salt=v.get("salt"),
+            layer=v.get("layer"),
         )
 
 

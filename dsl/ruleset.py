@@ -196,6 +196,10 @@ class Experiment:
     prior_beta: float
     reward: str  # click | conversion
     pos: Pos
+    weights: tuple[float, ...] = ()  # fixed split; empty: Thompson sampling
+    holdout: float = 0.0  # percent
+    salt: str = ""
+    layer: str | None = None
 
 
 @dataclass(frozen=True)
@@ -216,6 +220,7 @@ class Ruleset:
     cost: int = 0  # expression nodes evaluated per decision, at most (dsl/lint.py)
     attribute_defaults: Mapping[str, Any] = field(default_factory=dict)
     context_defaults: Mapping[str, Any] = field(default_factory=dict)
+    layers: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # layer -> experiments
     group_caps: Mapping[str, Limit] = field(default_factory=dict)
     channel_caps: Mapping[str, Limit] = field(default_factory=dict)
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> action ids

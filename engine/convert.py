@@ -75,6 +75,7 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
         decision_id=decision.decision_id,
         ruleset_revision=decision.revision,
         decided_at=timestamp(decision.decided_at),
+        holdout_experiment=decision.holdout or "",
     )
     for a in decision.actions:
         response.actions.append(pb.RankedAction(
@@ -110,7 +111,8 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
                    for t in response.explanation.candidates)
     return Decision(response.decision_id, response.ruleset_revision,
                     seconds(response.decided_at), user_id, placement, channel, actions,
-                    tuple(response.explanation.segments), traces)
+                    tuple(response.explanation.segments), traces,
+                    response.holdout_experiment or None)
 
 
 def profile_message(profile: Profile, now: float,

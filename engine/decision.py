@@ -48,6 +48,7 @@ class Decision:
     actions: tuple[RankedAction, ...]
     segments: tuple[str, ...]  # segments the user is in
     traces: tuple[ActionTrace, ...] = ()  # every candidate, when explain was asked
+    holdout: str | None = None  # the experiment whose holdout this customer is in
 
     def render(self) -> str:
         """A readable text form (used by ``arbiter decide``)."""
@@ -56,6 +57,8 @@ class Decision:
             f"user {self.user_id}  placement {self.placement}  channel {self.channel}",
             f"segments: {', '.join(self.segments) or '(none)'}",
         ]
+        if self.holdout:
+            lines.append(f"holdout of experiment {self.holdout}: no personalised action")
         if not self.actions:
             lines.append("no eligible action")
         for a in self.actions:

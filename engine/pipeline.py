@@ -18,6 +18,7 @@ from typing import Any
 from dsl.checker import FieldSpec
 from dsl.ruleset import Action, Experiment, Placement, Ruleset
 from engine.bandit import ThompsonSampler, posterior, posterior_mean
+from engine.bucketing import fixed_arm, in_holdout, takes_part
 from engine.decision import ActionTrace, Decision, RankedAction, Reason
 from engine.profiles import impressions_within, last_contact, outcomes_within
 from engine.propensity import PropensityModels
@@ -339,6 +340,30 @@ def fallback_action(ruleset: Ruleset, action_id: str, facts: Facts,
     return ranked
 
 
+def allocate_fixed(experiment: Experiment, candidates: list[RankedAction], user_id: str,
+                   explain: bool) -> tuple[list[RankedAction], list[RankedAction]]:
+    """A fixed split (A/B/n): the customer's bucket picks the arm, sticky across calls.
+
+    If the assigned arm is not eligible for this customer now, no arm is shown (the
+    others must not stand in for it, or the split would be biased).
+    """
+    arm = fixed_arm(experiment, user_id)
+    arms = [c for c in candidates if c.action_id in experiment.arms]
+    chosen = next((c for c in arms if c.action_id == arm), None)
+    if chosen is not None:
+        chosen.experiment, chosen.arm = experiment.name, arm
+    if explain:
+        share = experiment.weights[experiment.arms.index(arm)] / sum(experiment.weights)
+        for c in arms:
+            played = c is chosen
+            c.reasons.append(Reason(
+                "experiment", experiment.name, played,
+                f"fixed split assigns arm {arm} ({share:.0%} of customers)"
+                + ("" if played else "; this arm is not played"), str(experiment.pos)))
+    dropped = [c for c in arms if c is not chosen]
+    return [c for c in candidates if c not in dropped], dropped
+
+
 def rank(candidates: list[RankedAction], limit: int) -> list[RankedAction]:
     """Highest score first; ties by priority (high first), then action id."""
     ordered = sorted(candidates, key=lambda a: (-a.score, -a.priority, a.action_id))[:limit]
@@ -385,11 +410,24 @@ def run(
         propensity = models.predict(action.id, action.prior, features)
         candidates.append(score(action, value, propensity, reasons, explain, scorer))
     experiment = ruleset.experiment_by_placement.get(req.placement.name)
-    if experiment is not None:
-        candidates, dropped = allocate_experiment(
-            experiment, candidates, arm_counts(experiment.name), sampler, explain, scorer)
+    if experiment is not None and not takes_part(ruleset, experiment, req.user_id):
+        experiment = None  # its layer gave this customer another experiment: plain actions
+    holdout = experiment is not None and in_holdout(experiment, req.user_id)
+    if experiment is not None and not holdout:
+        if experiment.weights:
+            candidates, dropped = allocate_fixed(experiment, candidates, req.user_id, explain)
+        else:
+            candidates, dropped = allocate_experiment(
+                experiment, candidates, arm_counts(experiment.name), sampler, explain, scorer)
         if explain:
             traces.extend(ActionTrace(a.action_id, False, tuple(a.reasons)) for a in dropped)
+    if holdout:  # no personalisation at all: the placement's fallback, or nothing
+        if explain:
+            traces.extend(ActionTrace(a.action_id, False, (*a.reasons, Reason(
+                "experiment", experiment.name if experiment else "", False,
+                "customer is in the holdout: no personalised action")))
+                for a in candidates)
+        candidates = []
     ranked = rank(candidates, req.limit)
     if not ranked and req.placement.fallback is not None:
         ranked = [fallback_action(ruleset, req.placement.fallback, facts, explain)]
@@ -405,8 +443,10 @@ def run(
                                       tuple([*a.reasons, *_score_reasons(a, req.placement)])))
         traces.sort(key=lambda t: (not t.eligible, t.action_id))
     matched = tuple(name for name, hit in facts.segments.items() if hit is True)
+    held_out = experiment.name if holdout and experiment is not None else None
     decision = Decision(decision_id, ruleset.revision, req.now, req.user_id,
-                        req.placement.name, req.channel, tuple(ranked), matched, tuple(traces))
+                        req.placement.name, req.channel, tuple(ranked), matched, tuple(traces),
+                        held_out)
     if explain:
         for shown_action in ranked:
             shown_action.reasons = [*_segment_reasons(ruleset, facts, shown_action.action_id),
@@ -424,6 +464,7 @@ def run(
                              experiment.reward if experiment and a.experiment else None)
                  for a in ranked],
         features=features,
+        holdout=held_out,
     )
     return decision, record
 

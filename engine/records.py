@@ -66,6 +66,7 @@ class DecisionRecord(msgspec.Struct, omit_defaults=True):
     features: dict[str, float] = {}
     # action_id -> outcomes already counted for it (each counts once per decision)
     outcomes: dict[str, list[str]] = {}
+    holdout: str | None = None  # experiment whose holdout the customer was in
 
     def shown(self, action_id: str) -> ShownAction | None:
         return next((a for a in self.actions if a.action_id == action_id), None)

@@ -110,7 +110,7 @@ class Arbiter:
             arm_counts=self.arm_counts,
             sampler=self.sampler,
         )
-        if record.actions:
+        if record.actions or record.holdout:  # holdouts are exposures too (lift)
             self.store.save_decision(record, self.attribution_window)
         return decision
 

@@ -13,6 +13,7 @@ from tests.conftest import ROOT
 MODULES = [
     "dsl.parser", "dsl.diagnostics", "dsl.compiler", "dsl.loader", "dsl.printer",
     "dsl.ruleset", "engine.profiles", "engine.bandit", "engine.propensity", "engine.service",
+    "engine.bucketing",
 ]
 
 

@@ -95,6 +95,12 @@ CASES = [
      "6:54: error: unknown template block"),
     ("action a { placements: home value: 1 content { h: \"{{ x }}\" } }",
      "6:55: error: unknown segment 'x'"),
+    ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
+     "experiment e on home { arms: a, b  allocate: weights(50, 30, 20) }",
+     "8:36: error: 3 weight(s) for 2 arms"),
+    ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
+     "experiment e on home { arms: a, b  holdout: 100% }",
+     "8:36: error: holdout is a percentage from 0% to less than 100%"),
     ("placement p2 { channels: web  rank: action.id }",
      "6:37: error: 'rank' must be a number, not string"),
     ("segment s = action.value > 1",

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$engine/gen/arbiter/v1/decision.proto\x12\narbiter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x05Value\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x35\n\x0ftimestamp_value\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12-\n\x0bstring_list\x18\x05 \x01(\x0b\x32\x16.arbiter.v1.StringListH\x00\x42\x06\n\x04kind\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x88\x02\n\rDecideRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x37\n\x07\x63ontext\x18\x04 \x03(\x0b\x32&.arbiter.v1.DecideRequest.ContextEntry\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x41\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.arbiter.v1.Value:\x02\x38\x01\"V\n\x06Reason\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08location\x18\x05 \x01(\t\"(\n\tScoreTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xcb\x02\n\x0cRankedAction\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0b\n\x03\x61rm\x18\x08 \x01(\t\x12\x36\n\x07\x63ontent\x18\t \x03(\x0b\x32%.arbiter.v1.RankedAction.ContentEntry\x12#\n\x07reasons\x18\n \x03(\x0b\x32\x12.arbiter.v1.Reason\x12*\n\x0bscore_terms\x18\x0b \x03(\x0b\x32\x15.arbiter.v1.ScoreTerm\x1a.\n\x0c\x43ontentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x0b\x41\x63tionTrace\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ligible\x18\x02 \x01(\x08\x12#\n\x07reasons\x18\x03 \x03(\x0b\x32\x12.arbiter.v1.Reason\"L\n\x0b\x45xplanation\x12\x10\n\x08segments\x18\x01 \x03(\t\x12+\n\ncandidates\x18\x02 \x03(\x0b\x32\x17.arbiter.v1.ActionTrace\"\xc8\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x18\n\x10ruleset_revision\x18\x02 \x01(\t\x12)\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x18.arbiter.v1.RankedAction\x12,\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x17.arbiter.v1.Explanation\x12.\n\ndecided_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xc5\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\x12$\n\x07outcome\x18\x03 \x01(\x0e\x32\x13.arbiter.v1.Outcome\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06_value\"%\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\xed\x02\n\x11TrackEventRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x41\n\nproperties\x18\x03 \x03(\x0b\x32-.arbiter.v1.TrackEventRequest.PropertiesEntry\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x06traits\x18\x05 \x03(\x0b\x32).arbiter.v1.TrackEventRequest.TraitsEntry\x1a\x44\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.arbiter.v1.Value:\x02\x38\x01\x1a@\n\x0bTraitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.arbiter.v1.Value:\x02\x38\x01\":\n\x12TrackEventResponse\x12$\n\x07profile\x18\x01 \x01(\x0b\x32\x13.arbiter.v1.Profile\"\xdb\x01\n\x0e\x45ventAggregate\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x13\n\x0btotal_value\x18\x03 \x01(\x01\x12,\n\x08\x66irst_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07last_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcount_24h\x18\x06 \x01(\x03\x12\x10\n\x08\x63ount_7d\x18\x07 \x01(\x03\x12\x11\n\tcount_30d\x18\x08 \x01(\x03\"\xa0\x01\n\x10\x43ontactAggregate\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x13\n\x0bimpressions\x18\x02 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onversions\x18\x04 \x01(\x03\x12\x12\n\ndismissals\x18\x05 \x01(\x03\x12+\n\x07last_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x02\n\x07Profile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x37\n\nattributes\x18\x02 \x03(\x0b\x32#.arbiter.v1.Profile.AttributesEntry\x12*\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1a.arbiter.v1.EventAggregate\x12.\n\x08\x63ontacts\x18\x04 \x03(\x0b\x32\x1c.arbiter.v1.ContactAggregate\x12.\n\nfirst_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x44\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.arbiter.v1.Value:\x02\x38\x01\"$\n\x11GetProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"I\n\x12GetProfileResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12$\n\x07profile\x18\x02 \x01(\x0b\x32\x13.arbiter.v1.Profile\"\'\n\x14\x46orgetProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"(\n\x15\x46orgetProfileResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03*z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12OUTCOME_IMPRESSION\x10\x01\x12\x11\n\rOUTCOME_CLICK\x10\x02\x12\x16\n\x12OUTCOME_CONVERSION\x10\x03\x12\x13\n\x0fOUTCOME_DISMISS\x10\x04\x32\x89\x03\n\x0f\x44\x65\x63isionService\x12?\n\x06\x44\x65\x63ide\x12\x19.arbiter.v1.DecideRequest\x1a\x1a.arbiter.v1.DecideResponse\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.arbiter.v1.FeedbackRequest\x1a\x1c.arbiter.v1.FeedbackResponse\x12K\n\nTrackEvent\x12\x1d.arbiter.v1.TrackEventRequest\x1a\x1e.arbiter.v1.TrackEventResponse\x12K\n\nGetProfile\x12\x1d.arbiter.v1.GetProfileRequest\x1a\x1e.arbiter.v1.GetProfileResponse\x12T\n\rForgetProfile\x12 .arbiter.v1.ForgetProfileRequest\x1a!.arbiter.v1.ForgetProfileResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n$engine/gen/arbiter/v1/decision.proto\x12\narbiter.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\xbb\x01\n\x05Value\x12\x16\n\x0cstring_value\x18\x01 \x01(\tH\x00\x12\x16\n\x0cnumber_value\x18\x02 \x01(\x01H\x00\x12\x14\n\nbool_value\x18\x03 \x01(\x08H\x00\x12\x35\n\x0ftimestamp_value\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampH\x00\x12-\n\x0bstring_list\x18\x05 \x01(\x0b\x32\x16.arbiter.v1.StringListH\x00\x42\x06\n\x04kind\"\x1c\n\nStringList\x12\x0e\n\x06values\x18\x01 \x03(\t\"\x88\x02\n\rDecideRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x0f\n\x07\x63hannel\x18\x03 \x01(\t\x12\x37\n\x07\x63ontext\x18\x04 \x03(\x0b\x32&.arbiter.v1.DecideRequest.ContextEntry\x12\r\n\x05limit\x18\x05 \x01(\x05\x12\x0f\n\x07\x65xplain\x18\x06 \x01(\x08\x12&\n\x02\x61t\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x41\n\x0c\x43ontextEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.arbiter.v1.Value:\x02\x38\x01\"V\n\x06Reason\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x0e\n\x06passed\x18\x03 \x01(\x08\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\x12\x10\n\x08location\x18\x05 \x01(\t\"(\n\tScoreTerm\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01\"\xcb\x02\n\x0cRankedAction\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\x05\x12\r\n\x05score\x18\x03 \x01(\x01\x12\x12\n\npropensity\x18\x04 \x01(\x01\x12\r\n\x05value\x18\x05 \x01(\x01\x12\x0e\n\x06weight\x18\x06 \x01(\x01\x12\x12\n\nexperiment\x18\x07 \x01(\t\x12\x0b\n\x03\x61rm\x18\x08 \x01(\t\x12\x36\n\x07\x63ontent\x18\t \x03(\x0b\x32%.arbiter.v1.RankedAction.ContentEntry\x12#\n\x07reasons\x18\n \x03(\x0b\x32\x12.arbiter.v1.Reason\x12*\n\x0bscore_terms\x18\x0b \x03(\x0b\x32\x15.arbiter.v1.ScoreTerm\x1a.\n\x0c\x43ontentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"W\n\x0b\x41\x63tionTrace\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x10\n\x08\x65ligible\x18\x02 \x01(\x08\x12#\n\x07reasons\x18\x03 \x03(\x0b\x32\x12.arbiter.v1.Reason\"L\n\x0b\x45xplanation\x12\x10\n\x08segments\x18\x01 \x03(\t\x12+\n\ncandidates\x18\x02 \x03(\x0b\x32\x17.arbiter.v1.ActionTrace\"\xe4\x01\n\x0e\x44\x65\x63ideResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x18\n\x10ruleset_revision\x18\x02 \x01(\t\x12)\n\x07\x61\x63tions\x18\x03 \x03(\x0b\x32\x18.arbiter.v1.RankedAction\x12,\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x17.arbiter.v1.Explanation\x12.\n\ndecided_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1a\n\x12holdout_experiment\x18\x06 \x01(\t\"\xc5\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x11\n\taction_id\x18\x02 \x01(\t\x12$\n\x07outcome\x18\x03 \x01(\x0e\x32\x13.arbiter.v1.Outcome\x12\x12\n\x05value\x18\x04 \x01(\x01H\x00\x88\x01\x01\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12-\n\ttimestamp\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x08\n\x06_value\"%\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12\x11\n\tduplicate\x18\x01 \x01(\x08\"\xed\x02\n\x11TrackEventRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x12\n\nevent_type\x18\x02 \x01(\t\x12\x41\n\nproperties\x18\x03 \x03(\x0b\x32-.arbiter.v1.TrackEventRequest.PropertiesEntry\x12-\n\ttimestamp\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x39\n\x06traits\x18\x05 \x03(\x0b\x32).arbiter.v1.TrackEventRequest.TraitsEntry\x1a\x44\n\x0fPropertiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.arbiter.v1.Value:\x02\x38\x01\x1a@\n\x0bTraitsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.arbiter.v1.Value:\x02\x38\x01\":\n\x12TrackEventResponse\x12$\n\x07profile\x18\x01 \x01(\x0b\x32\x13.arbiter.v1.Profile\"\xdb\x01\n\x0e\x45ventAggregate\x12\x12\n\nevent_type\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x03\x12\x13\n\x0btotal_value\x18\x03 \x01(\x01\x12,\n\x08\x66irst_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12+\n\x07last_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\tcount_24h\x18\x06 \x01(\x03\x12\x10\n\x08\x63ount_7d\x18\x07 \x01(\x03\x12\x11\n\tcount_30d\x18\x08 \x01(\x03\"\xa0\x01\n\x10\x43ontactAggregate\x12\x11\n\taction_id\x18\x01 \x01(\t\x12\x13\n\x0bimpressions\x18\x02 \x01(\x03\x12\x0e\n\x06\x63licks\x18\x03 \x01(\x03\x12\x13\n\x0b\x63onversions\x18\x04 \x01(\x03\x12\x12\n\ndismissals\x18\x05 \x01(\x03\x12+\n\x07last_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xd4\x02\n\x07Profile\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x37\n\nattributes\x18\x02 \x03(\x0b\x32#.arbiter.v1.Profile.AttributesEntry\x12*\n\x06\x65vents\x18\x03 \x03(\x0b\x32\x1a.arbiter.v1.EventAggregate\x12.\n\x08\x63ontacts\x18\x04 \x03(\x0b\x32\x1c.arbiter.v1.ContactAggregate\x12.\n\nfirst_seen\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tlast_seen\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x1a\x44\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12 \n\x05value\x18\x02 \x01(\x0b\x32\x11.arbiter.v1.Value:\x02\x38\x01\"$\n\x11GetProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"I\n\x12GetProfileResponse\x12\r\n\x05\x66ound\x18\x01 \x01(\x08\x12$\n\x07profile\x18\x02 \x01(\x0b\x32\x13.arbiter.v1.Profile\"\'\n\x14\x46orgetProfileRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\"(\n\x15\x46orgetProfileResponse\x12\x0f\n\x07\x64\x65leted\x18\x01 \x01(\x03*z\n\x07Outcome\x12\x17\n\x13OUTCOME_UNSPECIFIED\x10\x00\x12\x16\n\x12OUTCOME_IMPRESSION\x10\x01\x12\x11\n\rOUTCOME_CLICK\x10\x02\x12\x16\n\x12OUTCOME_CONVERSION\x10\x03\x12\x13\n\x0fOUTCOME_DISMISS\x10\x04\x32\x89\x03\n\x0f\x44\x65\x63isionService\x12?\n\x06\x44\x65\x63ide\x12\x19.arbiter.v1.DecideRequest\x1a\x1a.arbiter.v1.DecideResponse\x12\x45\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x1b.arbiter.v1.FeedbackRequest\x1a\x1c.arbiter.v1.FeedbackResponse\x12K\n\nTrackEvent\x12\x1d.arbiter.v1.TrackEventRequest\x1a\x1e.arbiter.v1.TrackEventResponse\x12K\n\nGetProfile\x12\x1d.arbiter.v1.GetProfileRequest\x1a\x1e.arbiter.v1.GetProfileResponse\x12T\n\rForgetProfile\x12 .arbiter.v1.ForgetProfileRequest\x1a!.arbiter.v1.ForgetProfileResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,8 +42,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_TRACKEVENTREQUEST_TRAITSENTRY']._serialized_options = b'8\001'
   _globals['_PROFILE_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_PROFILE_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_OUTCOME']._serialized_start=2997
-  _globals['_OUTCOME']._serialized_end=3119
+  _globals['_OUTCOME']._serialized_start=3025
+  _globals['_OUTCOME']._serialized_end=3147
   _globals['_VALUE']._serialized_start=86
   _globals['_VALUE']._serialized_end=273
   _globals['_STRINGLIST']._serialized_start=275
@@ -65,35 +65,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPLANATION']._serialized_start=1125
   _globals['_EXPLANATION']._serialized_end=1201
   _globals['_DECIDERESPONSE']._serialized_start=1204
-  _globals['_DECIDERESPONSE']._serialized_end=1404
-  _globals['_FEEDBACKREQUEST']._serialized_start=1407
-  _globals['_FEEDBACKREQUEST']._serialized_end=1604
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1606
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1643
-  _globals['_TRACKEVENTREQUEST']._serialized_start=1646
-  _globals['_TRACKEVENTREQUEST']._serialized_end=2011
-  _globals['_TRACKEVENTREQUEST_PROPERTIESENTRY']._serialized_start=1877
-  _globals['_TRACKEVENTREQUEST_PROPERTIESENTRY']._serialized_end=1945
-  _globals['_TRACKEVENTREQUEST_TRAITSENTRY']._serialized_start=1947
-  _globals['_TRACKEVENTREQUEST_TRAITSENTRY']._serialized_end=2011
-  _globals['_TRACKEVENTRESPONSE']._serialized_start=2013
-  _globals['_TRACKEVENTRESPONSE']._serialized_end=2071
-  _globals['_EVENTAGGREGATE']._serialized_start=2074
-  _globals['_EVENTAGGREGATE']._serialized_end=2293
-  _globals['_CONTACTAGGREGATE']._serialized_start=2296
-  _globals['_CONTACTAGGREGATE']._serialized_end=2456
-  _globals['_PROFILE']._serialized_start=2459
-  _globals['_PROFILE']._serialized_end=2799
-  _globals['_PROFILE_ATTRIBUTESENTRY']._serialized_start=2731
-  _globals['_PROFILE_ATTRIBUTESENTRY']._serialized_end=2799
-  _globals['_GETPROFILEREQUEST']._serialized_start=2801
-  _globals['_GETPROFILEREQUEST']._serialized_end=2837
-  _globals['_GETPROFILERESPONSE']._serialized_start=2839
-  _globals['_GETPROFILERESPONSE']._serialized_end=2912
-  _globals['_FORGETPROFILEREQUEST']._serialized_start=2914
-  _globals['_FORGETPROFILEREQUEST']._serialized_end=2953
-  _globals['_FORGETPROFILERESPONSE']._serialized_start=2955
-  _globals['_FORGETPROFILERESPONSE']._serialized_end=2995
-  _globals['_DECISIONSERVICE']._serialized_start=3122
-  _globals['_DECISIONSERVICE']._serialized_end=3515
+  _globals['_DECIDERESPONSE']._serialized_end=1432
+  _globals['_FEEDBACKREQUEST']._serialized_start=1435
+  _globals['_FEEDBACKREQUEST']._serialized_end=1632
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1634
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1671
+  _globals['_TRACKEVENTREQUEST']._serialized_start=1674
+  _globals['_TRACKEVENTREQUEST']._serialized_end=2039
+  _globals['_TRACKEVENTREQUEST_PROPERTIESENTRY']._serialized_start=1905
+  _globals['_TRACKEVENTREQUEST_PROPERTIESENTRY']._serialized_end=1973
+  _globals['_TRACKEVENTREQUEST_TRAITSENTRY']._serialized_start=1975
+  _globals['_TRACKEVENTREQUEST_TRAITSENTRY']._serialized_end=2039
+  _globals['_TRACKEVENTRESPONSE']._serialized_start=2041
+  _globals['_TRACKEVENTRESPONSE']._serialized_end=2099
+  _globals['_EVENTAGGREGATE']._serialized_start=2102
+  _globals['_EVENTAGGREGATE']._serialized_end=2321
+  _globals['_CONTACTAGGREGATE']._serialized_start=2324
+  _globals['_CONTACTAGGREGATE']._serialized_end=2484
+  _globals['_PROFILE']._serialized_start=2487
+  _globals['_PROFILE']._serialized_end=2827
+  _globals['_PROFILE_ATTRIBUTESENTRY']._serialized_start=2759
+  _globals['_PROFILE_ATTRIBUTESENTRY']._serialized_end=2827
+  _globals['_GETPROFILEREQUEST']._serialized_start=2829
+  _globals['_GETPROFILEREQUEST']._serialized_end=2865
+  _globals['_GETPROFILERESPONSE']._serialized_start=2867
+  _globals['_GETPROFILERESPONSE']._serialized_end=2940
+  _globals['_FORGETPROFILEREQUEST']._serialized_start=2942
+  _globals['_FORGETPROFILEREQUEST']._serialized_end=2981
+  _globals['_FORGETPROFILERESPONSE']._serialized_start=2983
+  _globals['_FORGETPROFILERESPONSE']._serialized_end=3023
+  _globals['_DECISIONSERVICE']._serialized_start=3150
+  _globals['_DECISIONSERVICE']._serialized_end=3543
 # @@protoc_insertion_point(module_scope)
