@@ -65,6 +65,22 @@ def test_retail_files(path: Path) -> None:
     assert format_text(path.read_text(), str(path)) == path.read_text()
 
 
+def test_experiment_options_round_trip() -> None:
+    out = assert_formats_well(
+        "experiment e on home{arms:a,b allocate:weights(70,30) holdout:12.5% "
+        'salt:"s-1" layer:hero reward:conversion}\n')
+    assert out.splitlines() == [
+        "experiment e on home {",
+        "  arms: a, b",
+        "  allocate: weights(70, 30)",
+        "  holdout: 12.5%",
+        '  salt: "s-1"',
+        "  layer: hero",
+        "  reward: conversion",
+        "}",
+    ]
+
+
 def test_long_conditions_break_before_and_or() -> None:
     text = ("segment s = profile.aaaaaaaaaaaaaaa > 1 and profile.bbbbbbbbbbbbbbbbbbb < 2 and "
             "profile.cccccccccccccccccc == 3 and profile.dddddddd is null\n")
