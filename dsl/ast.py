@@ -48,6 +48,15 @@ class Ref:
 
 
 @dataclass(frozen=True, slots=True)
+class Index:
+    """``profile.prefs["size"]``: a map's value for a key (null when missing)."""
+
+    target: Ref
+    key: str
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
 class Call:
     name: str
     args: tuple[Expr, ...]
@@ -83,7 +92,7 @@ class BoolOp:
     pos: Pos
 
 
-Expr = Literal | Now | Ref | Call | ListExpr | Unary | Binary | BoolOp
+Expr = Literal | Now | Ref | Index | Call | ListExpr | Unary | Binary | BoolOp
 
 
 # ---- declarations -------------------------------------------------------------

@@ -155,9 +155,9 @@ class Checker:
                 self.error(f"{block.kind} attribute '{decl.name}' is declared twice", decl.pos)
                 continue
             default: object = None
-            if decl.default is not None and decl.type == "list":
-                self.error("a list attribute has no default: a missing list is null",
-                           decl.default.pos)
+            if decl.default is not None and decl.type in ("list", "map"):
+                self.error(f"a {decl.type} attribute has no default: a missing {decl.type} "
+                           "is null", decl.default.pos)
             elif decl.default is not None:
                 expected = {"number": "number", "string": "string", "bool": "bool"}.get(decl.type)
                 if decl.type == "timestamp" or decl.default.kind != expected:
@@ -426,6 +426,11 @@ class Checker:
             return Type("timestamp", False)
         if isinstance(node, ast.Ref):
             return self._ref(node, refs, allow_action)
+        if isinstance(node, ast.Index):
+            target = self._type(node.target, refs, allow_action)
+            if target.name not in ("map", "error"):
+                self.error(f"only a map can be indexed, not {target}", node.pos)
+            return Type("string", True)  # a missing key is null
         if isinstance(node, ast.ListExpr):
             items = [self._type(i, refs, allow_action) for i in node.items]
             kinds = {t.name for t in items}

@@ -81,6 +81,12 @@ class _Emitter:
                 return repr(self.checked.thresholds[rest[0]].default)
             table = {"profile": "A", "context": "C", "action": "X"}[head]
             return f"{table}[{rest[0]!r}]"
+        if isinstance(node, ast.Index):
+            target = self.emit(node.target)
+            if not self.nullable(node.target):
+                return f"{target}.get({node.key!r})"
+            t = self.temp()
+            return f"(None if ({t} := {target}) is None else {t}.get({node.key!r}))"
         if isinstance(node, ast.ListExpr):
             return self.const(frozenset(i.value for i in node.items if isinstance(i, ast.Literal)))
         if isinstance(node, ast.Unary):

@@ -39,6 +39,8 @@ def walk(node: ast.Expr) -> Iterator[ast.Expr]:
             yield from walk(arg)
         for _, value in node.kwargs:
             yield from walk(value)
+    elif isinstance(node, ast.Index):
+        yield from walk(node.target)
     elif isinstance(node, ast.ListExpr):
         for item in node.items:
             yield from walk(item)

@@ -117,6 +117,10 @@ class _ToAst(Transformer[Token, Any]):
         return ast.Ref(tuple(str(c) for c in children), self._pos(meta))
 
     @v_args(meta=True)
+    def index(self, meta: Any, children: list[Any]) -> ast.Index:
+        return ast.Index(children[0], _unescape(children[1]), self._pos(meta))
+
+    @v_args(meta=True)
     def call(self, meta: Any, children: list[Any]) -> ast.Call:
         name, *arguments = children
         args = tuple(a for a in arguments if not isinstance(a, tuple))

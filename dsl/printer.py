@@ -22,6 +22,10 @@ def _duration(seconds: float) -> str:
     return f"{int(seconds * 1000)}ms" if (seconds * 1000).is_integer() else f"{seconds:g}s"
 
 
+def _escape_key(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
 def _literal(node: ast.Literal) -> str:
     if node.text and node.kind in ("duration", "number"):
         return node.text
@@ -62,6 +66,8 @@ def print_expr(node: ast.Expr) -> str:
         return "now"
     if isinstance(node, ast.Ref):
         return ".".join(node.parts)
+    if isinstance(node, ast.Index):
+        return f'{".".join(node.target.parts)}["{_escape_key(node.key)}"]'
     if isinstance(node, ast.ListExpr):
         return "[" + ", ".join(print_expr(i) for i in node.items) + "]"
     if isinstance(node, ast.Call):

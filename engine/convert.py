@@ -40,6 +40,8 @@ def from_value(field: str, value: pb.Value) -> Any:
         return datetime.fromtimestamp(seconds(value.timestamp_value), UTC)
     if kind == "string_list":
         return list(value.string_list.values)
+    if kind == "string_map":
+        return dict(value.string_map.entries)
     return getattr(value, kind)
 
 
@@ -58,6 +60,8 @@ def to_value(value: Any, kind: str | None = None) -> pb.Value:
         return pb.Value(timestamp_value=timestamp(value.timestamp()))
     if isinstance(value, list):
         return pb.Value(string_list=pb.StringList(values=[str(v) for v in value]))
+    if isinstance(value, dict):
+        return pb.Value(string_map=pb.StringMap(entries={str(k): str(v) for k, v in value.items()}))
     return pb.Value(string_value=str(value))
 
 

@@ -33,6 +33,7 @@ _PY_TYPES: dict[str, tuple[type, ...]] = {
     "bool": (bool,),
     "timestamp": (float, int),
     "list": (list,),
+    "map": (dict,),
 }
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import msgspec
 
-AttrValue = str | float | bool | list[str] | None
+AttrValue = str | float | bool | list[str] | dict[str, str] | None
 
 OUTCOMES = ("impression", "click", "conversion", "dismiss")
 

@@ -67,6 +67,9 @@ def _kind(value: Any) -> str:
         return "timestamp"
     if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
         return "list"
+    if isinstance(value, dict) and all(
+            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        return "map"
     return type(value).__name__
 
 
@@ -81,7 +84,7 @@ def check_id(field: str, value: str) -> str:
 def check_value(field: str, value: Any, want: str | None = None) -> AttrValue:
     """A map value as stored: timestamps become epoch seconds; NaN/inf rejected."""
     kind = _kind(value)
-    if kind not in ("bool", "number", "string", "timestamp", "list"):
+    if kind not in ("bool", "number", "string", "timestamp", "list", "map"):
         raise InvalidArgument(field, f"unsupported value type {kind}")
     if want is not None and kind != want:
         raise InvalidArgument(field, f"must be a {want}, got a {kind}")
@@ -92,6 +95,13 @@ def check_value(field: str, value: Any, want: str | None = None) -> AttrValue:
             raise InvalidArgument(field, f"list is longer than {MAX_MAP_ENTRIES} items or has "
                                          "an item that is too long")
         return list(value)
+    if kind == "map":
+        if len(value) > MAX_MAP_ENTRIES or any(
+                len(k) > MAX_STRING_LENGTH or len(v) > MAX_STRING_LENGTH
+                for k, v in value.items()):
+            raise InvalidArgument(field, f"map has more than {MAX_MAP_ENTRIES} entries or an "
+                                         "entry that is too long")
+        return dict(value)
     if kind == "timestamp":
         if value.tzinfo is None:
             raise InvalidArgument(field, "timestamp needs a time zone")

@@ -101,6 +101,8 @@ CASES = [
     ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
      "experiment e on home { arms: a, b  holdout: 100% }",
      "8:36: error: holdout is a percentage from 0% to less than 100%"),
+    ("segment s = profile.name[\"x\"] == \"y\"",
+     "6:13: error: only a map can be indexed, not string"),
     ("placement p2 { channels: web  rank: action.id }",
      "6:37: error: 'rank' must be a number, not string"),
     ("segment s = action.value > 1",

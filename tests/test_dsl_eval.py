@@ -17,7 +17,8 @@ from engine.records import EventStats
 NOW = 1_800_000_000.0
 DAY = 86400.0
 SCHEMA = """
-profile { spend: number = 0  name: string  joined: timestamp  vip: bool = false  tags: list }
+profile { spend: number = 0  name: string  joined: timestamp  vip: bool = false  tags: list
+          prefs: map }
 context { device: string  cart: number }
 events: visit, purchase, add_to_cart
 placement home { channels: web }
@@ -69,6 +70,9 @@ def history(*events: tuple[str, float, float]) -> dict[str, EventStats]:
     ("\"a\" in profile.tags", {"tags": ["a", "b"]}, True),
     ("\"c\" not in profile.tags", {"tags": ["a", "b"]}, True),
     ("\"a\" in profile.tags", {}, None),  # a missing list is null, not empty
+    ("profile.prefs[\"size\"] == \"M\"", {"prefs": {"size": "M"}}, True),
+    ("profile.prefs[\"size\"] is null", {"prefs": {"colour": "red"}}, True),  # missing key
+    ("profile.prefs[\"size\"] == \"M\"", {}, None),  # missing map
     ("1 + 2 * 3 == 7", {}, True),
     ("(1 + 2) * 3 == 9", {}, True),
 ])

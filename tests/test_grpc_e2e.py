@@ -151,6 +151,15 @@ def test_oversized_request_is_rejected_and_server_keeps_serving(stub: Stub) -> N
     assert stub.Decide(pb.DecideRequest(user_id="u", placement="email")).decision_id
 
 
+def test_list_traits_round_trip(stub: Stub) -> None:
+    consents = pb.Value(string_list=pb.StringList(values=["email_marketing", "analytics"]))
+    stub.TrackEvent(pb.TrackEventRequest(user_id="lists", event_type="visit",
+                                         traits={"consents": consents}))
+    got = stub.GetProfile(pb.GetProfileRequest(user_id="lists"))
+    assert list(got.profile.attributes["consents"].string_list.values) == [
+        "email_marketing", "analytics"]
+
+
 def test_get_and_forget_profile(stub: Stub) -> None:
     stub.TrackEvent(pb.TrackEventRequest(user_id="gdpr", event_type="purchase",
                                          properties={"value": num(42)},

@@ -24,18 +24,33 @@ OUTCOME_CONVERSION: Outcome
 OUTCOME_DISMISS: Outcome
 
 class Value(_message.Message):
-    __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value", "string_list")
+    __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value", "string_list", "string_map")
     STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
     NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_VALUE_FIELD_NUMBER: _ClassVar[int]
     STRING_LIST_FIELD_NUMBER: _ClassVar[int]
+    STRING_MAP_FIELD_NUMBER: _ClassVar[int]
     string_value: str
     number_value: float
     bool_value: bool
     timestamp_value: _timestamp_pb2.Timestamp
     string_list: StringList
-    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ...) -> None: ...
+    string_map: StringMap
+    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ..., string_map: _Optional[_Union[StringMap, _Mapping]] = ...) -> None: ...
+
+class StringMap(_message.Message):
+    __slots__ = ("entries",)
+    class EntriesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    entries: _containers.ScalarMap[str, str]
+    def __init__(self, entries: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class StringList(_message.Message):
     __slots__ = ("values",)
