@@ -87,6 +87,7 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
             value=a.value, weight=a.weight, experiment=a.experiment or "", arm=a.arm or "",
             content=a.content, reasons=[_reason(r) for r in a.reasons],
             score_terms=[pb.ScoreTerm(name=k, value=v) for k, v in a.score_terms.items()],
+            tags=list(a.tags),
         ))
     if decision.traces:
         response.explanation.segments.extend(decision.segments)
@@ -108,7 +109,8 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
         RankedAction(a.action_id, a.score, a.propensity, a.value, a.weight, 0, rank=a.rank,
                      experiment=a.experiment or None, arm=a.arm or None,
                      content=dict(a.content), reasons=reasons(a.reasons),
-                     score_terms={t.name: t.value for t in a.score_terms})
+                     score_terms={t.name: t.value for t in a.score_terms},
+                     tags=tuple(a.tags))
         for a in response.actions
     )
     traces = tuple(ActionTrace(t.action_id, t.eligible, tuple(reasons(t.reasons)))

@@ -28,6 +28,7 @@ class RankedAction:
     content: dict[str, str] = field(default_factory=dict)
     reasons: list[Reason] = field(default_factory=list)
     score_terms: dict[str, float] = field(default_factory=dict)
+    tags: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +64,7 @@ class Decision:
             lines.append("no eligible action")
         for a in self.actions:
             arm = f"  [experiment {a.experiment}, arm {a.arm}]" if a.experiment else ""
+            arm += f"  tags: {', '.join(a.tags)}" if a.tags else ""
             lines.append(
                 f"{a.rank}. {a.action_id}  score={a.score:.4f}  (propensity {a.propensity:.4f},"
                 f" value {a.value:g}, weight {a.weight:g}){arm}"

@@ -266,7 +266,7 @@ def scorer_for(ruleset: Ruleset, placement: Placement, facts: Facts) -> Scorer:
 def score(action: Action, value: float, propensity: float, reasons: list[Reason],
           explain: bool, scorer: Scorer) -> RankedAction:
     ranked = RankedAction(action.id, 0.0, propensity, value, action.weight, action.priority,
-                          reasons=reasons)
+                          reasons=reasons, tags=action.tags)
     ranked.score = scorer(ranked, propensity)
     if explain:
         ranked.score_terms = {"propensity": propensity, "value": value, "weight": action.weight}
@@ -333,7 +333,8 @@ def fallback_action(ruleset: Ruleset, action_id: str, facts: Facts,
     except Exception:
         log.exception("value of fallback %s failed", action.id)
         value = 0.0
-    ranked = RankedAction(action.id, 0.0, 0.0, value, action.weight, action.priority, rank=1)
+    ranked = RankedAction(action.id, 0.0, 0.0, value, action.weight, action.priority, rank=1,
+                          tags=action.tags)
     if explain:
         ranked.reasons.append(Reason("fallback", action.id, True,
                                      "no action was eligible: the placement's fallback",

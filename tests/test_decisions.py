@@ -249,6 +249,8 @@ def test_list_traits_and_consent(arb: Arbiter) -> None:
     inside = 1_796_036_000.0  # 2026-11-30 10:53 UTC, inside the Black Friday window
     d = arb.decide(user_id="c", placement="email", at=inside, explain=True)
     assert "black_friday" in [a.action_id for a in d.actions]
+    bf = next(a for a in d.actions if a.action_id == "black_friday")
+    assert bf.tags == ("seasonal", "discount")
     with pytest.raises(InvalidArgument) as info:
         arb.track(user_id="c", event_type="visit", traits={"consents": "email_marketing"})
     assert info.value.field == "traits.consents"

@@ -106,7 +106,7 @@ class ScoreTerm(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class RankedAction(_message.Message):
-    __slots__ = ("action_id", "rank", "score", "propensity", "value", "weight", "experiment", "arm", "content", "reasons", "score_terms")
+    __slots__ = ("action_id", "rank", "score", "propensity", "value", "weight", "experiment", "arm", "content", "reasons", "score_terms", "tags")
     class ContentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -125,6 +125,7 @@ class RankedAction(_message.Message):
     CONTENT_FIELD_NUMBER: _ClassVar[int]
     REASONS_FIELD_NUMBER: _ClassVar[int]
     SCORE_TERMS_FIELD_NUMBER: _ClassVar[int]
+    TAGS_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     rank: int
     score: float
@@ -136,7 +137,8 @@ class RankedAction(_message.Message):
     content: _containers.ScalarMap[str, str]
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
     score_terms: _containers.RepeatedCompositeFieldContainer[ScoreTerm]
-    def __init__(self, action_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., content: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., score_terms: _Optional[_Iterable[_Union[ScoreTerm, _Mapping]]] = ...) -> None: ...
+    tags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, action_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., content: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., score_terms: _Optional[_Iterable[_Union[ScoreTerm, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ActionTrace(_message.Message):
     __slots__ = ("action_id", "eligible", "reasons")
