@@ -117,6 +117,14 @@ class SchemaBlock:
 
 
 @dataclass(frozen=True, slots=True)
+class ImportDef:
+    """``import "../shared"``: a path relative to the importing file."""
+
+    path: str
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
 class EventsDef:
     """``events: page_view, add_to_cart``: the behavioural events rules may count."""
 
@@ -256,7 +264,7 @@ class ExperimentDef:
     layer: str | None = None  # experiments in one layer are mutually exclusive
 
 
-Item = (SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef
+Item = (ImportDef | SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef
         | PolicyDef)
 
 

@@ -264,6 +264,8 @@ def _policy(item: ast.PolicyDef) -> Block:
 def _item(item: ast.Item) -> Block:
     if isinstance(item, ast.SchemaBlock):
         return _schema(item)
+    if isinstance(item, ast.ImportDef):
+        return Block(Statement(item.pos.line, [f'import "{_escape(item.path)}"']))
     if isinstance(item, ast.EventsDef):
         return Block(Statement(item.pos.line, [f"events: {', '.join(item.names)}"]))
     if isinstance(item, ast.PlacementDef):

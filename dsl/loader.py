@@ -12,6 +12,8 @@ every diagnostic found so far (all files are parsed and checked in one run).
 from __future__ import annotations
 
 import hashlib
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -62,6 +64,15 @@ def _parse(build: Build) -> None:
 def _check(build: Build) -> None:
     build.checked, diagnostics = check(build.modules)
     build.diagnostics.extend(diagnostics)
+    for module in build.modules:  # every import must have been read with the ruleset
+        for item in module.items:
+            if isinstance(item, ast.ImportDef):
+                target = imported_path(module.path, item.path)
+                if not any(Path(p) == target or Path(p).is_relative_to(target)
+                           for p in build.sources):
+                    build.diagnostics.append(Diagnostic(
+                        "error", f"cannot import \"{item.path}\": no rule files at {target}",
+                        item.pos))
     for path, text in build.sources.items():
         if is_thresholds_file(path):
             build.diagnostics.extend(apply_overrides(build.checked, path, text))
@@ -96,19 +107,50 @@ def revision(sources: dict[str, str]) -> str:
     return digest.hexdigest()[:12]
 
 
-def read_sources(path: str | Path) -> dict[str, str]:
-    """Every ``*.arb`` file under ``path`` (or the file itself), and ``thresholds.toml``."""
+IMPORT_RE = re.compile(r'^\s*import\s+"((?:[^"\\\n]|\\.)*)"', re.MULTILINE)
+
+
+def _rule_files(path: Path) -> list[Path]:
+    return [path] if path.is_file() else sorted(path.rglob(f"*{RULE_SUFFIX}"))
+
+
+def imported_path(importer: str, target: str) -> Path:
+    """Where ``import "target"`` in file ``importer`` points."""
+    return Path(os.path.normpath(Path(importer).parent / target))
+
+
+def ruleset_files(path: str | Path) -> list[Path]:
+    """The files of a ruleset: its ``*.arb`` files, those they import (transitively),
+    and ``thresholds.toml`` at its root. Missing imports are left to the checker."""
     root = Path(path)
-    if root.is_file():
-        return {str(root): root.read_text(encoding="utf-8")}
-    if not root.is_dir():
+    if not root.exists():
         raise FileNotFoundError(f"no ruleset at {root}")
-    files = sorted(root.rglob(f"*{RULE_SUFFIX}"))
+    files = _rule_files(root)
     if not files:
         raise FileNotFoundError(f"no {RULE_SUFFIX} files under {root}")
-    if (root / THRESHOLDS_FILE).is_file():
+    seen = {f.resolve() for f in files}
+    queue = list(files)
+    while queue:
+        current = queue.pop(0)
+        try:
+            text = current.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            continue
+        for match in IMPORT_RE.finditer(text):
+            target = imported_path(str(current), match.group(1))
+            for found in _rule_files(target) if target.exists() else []:
+                if found.resolve() not in seen:
+                    seen.add(found.resolve())
+                    files.append(found)
+                    queue.append(found)
+    if root.is_dir() and (root / THRESHOLDS_FILE).is_file():
         files.append(root / THRESHOLDS_FILE)
-    return {str(f): f.read_text(encoding="utf-8") for f in files}
+    return files
+
+
+def read_sources(path: str | Path) -> dict[str, str]:
+    """Every file of the ruleset at ``path`` (see :func:`ruleset_files`), by display path."""
+    return {str(f): f.read_text(encoding="utf-8") for f in ruleset_files(path)}
 
 
 def build(sources: dict[str, str]) -> Build:

@@ -217,6 +217,10 @@ class _ToAst(Transformer[Token, Any]):
         return ast.SchemaBlock("thresholds", tuple(children), self._pos(meta))
 
     @v_args(meta=True)
+    def import_def(self, meta: Any, children: list[Any]) -> ast.ImportDef:
+        return ast.ImportDef(_unescape(children[0]), self._pos(meta))
+
+    @v_args(meta=True)
     def events_def(self, meta: Any, children: list[Any]) -> ast.EventsDef:
         return ast.EventsDef(children[0], self._pos(meta))
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from dsl.ast import Pos
 from dsl.diagnostics import Diagnostic
-from dsl.loader import RULE_SUFFIX, build, read_sources, revision
+from dsl.loader import build, read_sources, revision, ruleset_files
 from dsl.thresholds import FILE_NAME as THRESHOLDS_FILE
 from engine.service import Arbiter
 
@@ -52,8 +52,12 @@ class RulesetReloader:
         self._lock = threading.Lock()
 
     def _files_signature(self) -> tuple[tuple[str, int, int], ...]:
-        files = [self.path] if self.path.is_file() else [
-            *sorted(self.path.rglob(f"*{RULE_SUFFIX}")), self.path / THRESHOLDS_FILE]
+        try:
+            files = ruleset_files(self.path)
+        except FileNotFoundError:
+            files = []
+        if self.path.is_dir() and self.path / THRESHOLDS_FILE not in files:
+            files.append(self.path / THRESHOLDS_FILE)  # so that creating it is noticed
         out = []
         for f in files:
             try:
