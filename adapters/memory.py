@@ -104,13 +104,14 @@ class MemoryStore:
                 counts = self._arms.setdefault(experiment, {}).setdefault(arm, ArmCounts())
                 counts.trials += delta.trials
                 counts.successes += delta.successes
+                counts.sum_sq += delta.sum_sq
             self._log.append(effects.event)
             self._keys[idempotency_key] = now + ttl_seconds
             return FeedbackCommit(False, effects)
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
         with self._lock:
-            return {arm: ArmCounts(c.trials, c.successes)
+            return {arm: ArmCounts(c.trials, c.successes, c.sum_sq)
                     for arm, c in self._arms.get(experiment, {}).items()}
 
     def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:

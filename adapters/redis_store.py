@@ -7,7 +7,8 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:d:{decision}``       decision record, expires after the attribution window
 ``{ns}:ud:{user}``          set of the user's decision ids (for ForgetProfile)
 ``{ns}:k:{key}``            idempotency key of an applied feedback
-``{ns}:arms:{experiment}``  hash ``{arm}:trials`` / ``{arm}:successes`` (HINCRBYFLOAT)
+``{ns}:arms:{experiment}``  hash ``{arm}:trials|successes|sum_sq`` (HINCRBYFLOAT);
+                            ``{arm}@{hour}:...`` buckets for windowed experiments
 ``{ns}:learn``              stream of learning events, one entry per feedback
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ==========================  =================================================
@@ -180,6 +181,8 @@ class RedisStore:
                             pipe.hincrbyfloat(akey, f"{arm}:trials", delta.trials)
                         if delta.successes:
                             pipe.hincrbyfloat(akey, f"{arm}:successes", delta.successes)
+                        if delta.sum_sq:
+                            pipe.hincrbyfloat(akey, f"{arm}:sum_sq", delta.sum_sq)
                     pipe.xadd(f"{self.ns}:learn", {"e": encode(effects.event)})
                     pipe.set(ikey, b"1", ex=max(1, int(ttl_seconds)))
                     pipe.execute()

@@ -253,8 +253,7 @@ class ExperimentDef:
     name: str
     placement: str
     arms: tuple[str, ...]
-    prior_alpha: float
-    prior_beta: float
+    prior: tuple[str, tuple[float, ...]]  # ("beta", (a, b)) | ("normal_gamma", (mu, k, a, b))
     reward: str
     pos: Pos
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
@@ -262,6 +261,10 @@ class ExperimentDef:
     holdout: float = 0.0  # percent of customers who get no experiment (nor personalisation)
     salt: str | None = None  # bucketing salt; default: the experiment's name
     layer: str | None = None  # experiments in one layer are mutually exclusive
+    reward_value: bool = False  # reward: outcome.value (a continuous reward)
+    window: Literal | None = None  # a duration: sliding window of the statistics
+    half_life: Literal | None = None  # a duration: exponential discounting
+    winner: str | None = None  # promoted arm
 
 
 Item = (ImportDef | SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef

@@ -358,8 +358,27 @@ class Checker:
         if not 0 <= exp.holdout < 100:
             self.error("holdout is a percentage from 0% to less than 100%",
                        pos.get("holdout", exp.pos))
-        if exp.prior_alpha <= 0 or exp.prior_beta <= 0:
+        kind, params = exp.prior
+        if kind == "beta" and min(params) <= 0:
             self.error("beta prior parameters must be positive", pos.get("allocate", exp.pos))
+        if kind == "normal_gamma" and min(params[1:]) <= 0:
+            self.error("normal_gamma(mu, kappa, alpha, beta): kappa, alpha and beta must be "
+                       "positive", pos.get("allocate", exp.pos))
+        if kind == "normal_gamma" and not exp.reward_value:
+            self.error("a normal_gamma prior is for a continuous reward: write "
+                       f"'reward: {exp.reward}.value'", pos.get("allocate", exp.pos))
+        if kind == "beta" and exp.reward_value and "allocate" in pos:
+            self.error("a beta prior is for a binary reward; a continuous reward "
+                       f"('{exp.reward}.value') takes normal_gamma(mu, kappa, alpha, beta)",
+                       pos.get("allocate", exp.pos))
+        for name in ("window", "half_life"):
+            span = getattr(exp, name)
+            if span is not None and float(span.value) < 3600:
+                self.error(f"{name} must be at least 1h (statistics are kept in hourly buckets)",
+                           pos.get(name, exp.pos))
+        if exp.winner is not None and exp.winner not in exp.arms:
+            self.error(f"winner '{exp.winner}' is not one of the arms "
+                       f"({', '.join(exp.arms)})", pos.get("winner", exp.pos))
         if exp.reward not in OUTCOMES:
             self.error(
                 f"reward must be one of {', '.join(sorted(OUTCOMES))}", pos.get("reward", exp.pos)

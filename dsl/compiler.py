@@ -26,11 +26,14 @@ from dsl.parser import date_seconds
 from dsl.printer import print_expr
 from dsl.ruleset import (
     Action,
+    BetaPrior,
     CompiledFn,
     Experiment,
     FrequencyCap,
     Limit,
+    NormalGammaPrior,
     Placement,
+    Prior,
     Ruleset,
     Segment,
     Suppression,
@@ -256,8 +259,12 @@ class Compiler:
             for p in checked.placements.values()
         }
         experiments = {
-            e.name: Experiment(e.name, e.placement, e.arms, e.prior_alpha, e.prior_beta,
-                               e.reward, e.pos, e.weights, e.holdout, e.salt or e.name, e.layer)
+            e.name: Experiment(
+                e.name, e.placement, e.arms, _prior(e.prior), e.reward, e.pos, e.weights,
+                e.holdout, e.salt or e.name, e.layer, reward_value=e.reward_value,
+                window=float(e.window.value) if e.window else None,  # type: ignore[arg-type]
+                half_life=float(e.half_life.value) if e.half_life else None,  # type: ignore[arg-type]
+                winner=e.winner)
             for e in checked.experiments.values()
         }
         return Ruleset(
@@ -340,3 +347,10 @@ def compile_ruleset(
 ) -> Ruleset:
     """Generate and compile the evaluation functions of a checked ruleset."""
     return Compiler(checked, sources).build(revision, warnings, cost)
+
+
+def _prior(spec: tuple[str, tuple[float, ...]]) -> Prior:
+    kind, params = spec
+    if kind == "beta":
+        return BetaPrior(*params)
+    return NormalGammaPrior(*params)

@@ -239,9 +239,10 @@ def _experiment(item: ast.ExperimentDef) -> Block:
         weights = ", ".join(_number(w) for w in item.weights)
         block.fields.append(Statement(pos["allocate"].line, [f"allocate: weights({weights})"]))
     elif "allocate" in pos:
+        kind, params = item.prior
+        args = ", ".join(_number(p) for p in params)
         block.fields.append(Statement(pos["allocate"].line, [
-            f"allocate: thompson(prior = beta({_number(item.prior_alpha)}, "
-            f"{_number(item.prior_beta)}))"]))
+            f"allocate: thompson(prior = {kind}({args}))"]))
     if "holdout" in pos:
         block.fields.append(Statement(pos["holdout"].line, [f"holdout: {_number(item.holdout)}%"]))
     if "salt" in pos and item.salt is not None:
@@ -249,7 +250,14 @@ def _experiment(item: ast.ExperimentDef) -> Block:
     if "layer" in pos:
         block.fields.append(Statement(pos["layer"].line, [f"layer: {item.layer}"]))
     if "reward" in pos:
-        block.fields.append(Statement(pos["reward"].line, [f"reward: {item.reward}"]))
+        suffix = ".value" if item.reward_value else ""
+        block.fields.append(Statement(pos["reward"].line, [f"reward: {item.reward}{suffix}"]))
+    for name in ("window", "half_life"):
+        span = getattr(item, name)
+        if name in pos and span is not None:
+            block.fields.append(Statement(pos[name].line, [f"{name}: {_literal(span)}"]))
+    if "winner" in pos:
+        block.fields.append(Statement(pos["winner"].line, [f"winner: {item.winner}"]))
     return block
 
 

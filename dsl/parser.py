@@ -336,12 +336,31 @@ class _ToAst(Transformer[Token, Any]):
     def arms(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
         return ("arms", c[0], self._pos(meta))
 
-    def beta_prior(self, c: list[Any]) -> tuple[float, float]:
-        return (c[0], c[1])
+    def beta_prior(self, c: list[Any]) -> tuple[str, tuple[float, ...]]:
+        return ("beta", (c[0], c[1]))
+
+    def normal_gamma_prior(self, c: list[Any]) -> tuple[str, tuple[float, ...]]:
+        return ("normal_gamma", tuple(c))
 
     @v_args(meta=True)
     def allocate(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("allocate", c[0], self._pos(meta))
+        return ("allocate", c[0] if c else None, self._pos(meta))
+
+    @v_args(meta=True)
+    def reward_value(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("reward", (str(c[0]), True), self._pos(meta))
+
+    @v_args(meta=True)
+    def window(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("window", self._duration_literal(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def half_life(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("half_life", self._duration_literal(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def winner(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("winner", str(c[0]), self._pos(meta))
 
     @v_args(meta=True)
     def weights(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
@@ -361,7 +380,7 @@ class _ToAst(Transformer[Token, Any]):
 
     @v_args(meta=True)
     def reward(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("reward", str(c[0]), self._pos(meta))
+        return ("reward", (str(c[0]), False), self._pos(meta))
 
     def _fields(self, children: list[Any], block: str) -> tuple[dict[str, Any], dict[str, ast.Pos]]:
         values: dict[str, Any] = {}
@@ -415,7 +434,10 @@ class _ToAst(Transformer[Token, Any]):
     def experiment_def(self, meta: Any, children: list[Any]) -> ast.ExperimentDef:
         name, placement, *fields = children
         v, positions = self._fields(fields, "experiment")
-        alpha, beta = v.get("allocate", (1.0, 1.0))
+        reward, reward_value = v.get("reward", ("click", False))
+        prior = v.get("allocate")
+        if prior is None:
+            prior = ("normal_gamma", (0.0, 1.0, 1.0, 1.0)) if reward_value else ("beta", (1.0, 1.0))
         if "allocate" in v and "weights" in v:
             self.diagnostics.append(Diagnostic(
                 "error", "'allocate' is set twice in this experiment", positions["weights"]))
@@ -425,15 +447,18 @@ class _ToAst(Transformer[Token, Any]):
             name=str(name),
             placement=str(placement),
             arms=v.get("arms", ()),
-            prior_alpha=alpha,
-            prior_beta=beta,
-            reward=v.get("reward", "click"),
+            prior=prior,
+            reward=reward,
             pos=self._pos(name),
             field_pos={**positions, "placement": self._pos(placement)},
             weights=v.get("weights", ()),
             holdout=v.get("holdout", 0.0),
             salt=v.get("salt"),
             layer=v.get("layer"),
+            reward_value=reward_value,
+            window=v.get("window"),
+            half_life=v.get("half_life"),
+            winner=v.get("winner"),
         )
 
 

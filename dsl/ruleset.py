@@ -188,18 +188,47 @@ class Placement:
 
 
 @dataclass(frozen=True, slots=True)
+class BetaPrior:
+    """Prior of a binary reward rate: ``Beta(alpha, beta)``."""
+
+    alpha: float = 1.0
+    beta: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class NormalGammaPrior:
+    """Prior of a continuous reward's mean and precision (Normal-Gamma)."""
+
+    mu: float = 0.0
+    kappa: float = 1.0
+    alpha: float = 1.0
+    beta: float = 1.0
+
+
+Prior = BetaPrior | NormalGammaPrior
+
+
+@dataclass(frozen=True, slots=True)
 class Experiment:
     name: str
     placement: str
     arms: tuple[str, ...]
-    prior_alpha: float
-    prior_beta: float
-    reward: str  # click | conversion
+    prior: Prior
+    reward: str  # the outcome that rewards an arm: click | conversion | ...
     pos: Pos
     weights: tuple[float, ...] = ()  # fixed split; empty: Thompson sampling
     holdout: float = 0.0  # percent
     salt: str = ""
     layer: str | None = None
+    reward_value: bool = False  # the reward is the outcome's value (revenue), not 1
+    window: float | None = None  # seconds: only outcomes of decisions this recent count
+    half_life: float | None = None  # seconds: older decisions' outcomes count less
+    winner: str | None = None  # promoted arm: everyone gets it, nothing is explored
+
+    @property
+    def windowed(self) -> bool:
+        """Whether its statistics need time buckets (a window or a half-life)."""
+        return self.window is not None or self.half_life is not None
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ class RankedAction:
     reasons: list[Reason] = field(default_factory=list)
     score_terms: dict[str, float] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
+    probability: float = 1.0  # P(chosen for this slot | request); see ShownAction
 
 
 @dataclass(frozen=True, slots=True)

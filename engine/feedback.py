@@ -14,9 +14,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from engine.bandit import counter_keys
 from engine.ports import FeedbackEffects
 from engine.profiles import record_contact
 from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile
+from engine.requests import InvalidArgument
 
 
 class ActionNotInDecision(LookupError):
@@ -51,12 +53,20 @@ def feedback_effects(
     implied_impression = fb.outcome != "impression" and "impression" not in seen
     increments: dict[tuple[str, str], ArmCounts] = {}
     if first and shown.experiment and shown.arm:
+        reward = 0.0
+        if fb.outcome == shown.reward:
+            if shown.reward_value and fb.value is None:
+                raise InvalidArgument("value", f"is required: experiment {shown.experiment} "
+                                               f"is rewarded by the {fb.outcome}'s value")
+            reward = float(fb.value) if shown.reward_value and fb.value is not None else 1.0
         delta = ArmCounts(
             trials=1.0 if fb.outcome == "impression" or implied_impression else 0.0,
-            successes=1.0 if fb.outcome == shown.reward else 0.0,
+            successes=reward,
+            sum_sq=reward * reward if shown.reward_value else 0.0,
         )
         if delta.trials or delta.successes:
-            increments[(shown.experiment, shown.arm)] = delta
+            for key in counter_keys(shown.arm, decision.decided_at, shown.windowed):
+                increments[(shown.experiment, key)] = delta
     if implied_impression:
         seen.append("impression")
         profile = record_contact(profile, decision.user_id, fb.action_id, "impression", fb.at,

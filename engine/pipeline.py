@@ -15,17 +15,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from dsl.checker import FieldSpec
 from dsl.ruleset import Action, Experiment, Placement, Ruleset
-from engine.bandit import ThompsonSampler, posterior, posterior_mean
+from engine.bandit import BetaPosterior, Posterior, ThompsonSampler
 from engine.bucketing import fixed_arm, in_holdout, takes_part
 from engine.decision import ActionTrace, Decision, RankedAction, Reason
+from engine.exploration import ExperimentState
 from engine.profiles import impressions_within, last_contact, outcomes_within
 from engine.propensity import PropensityModels
-from engine.records import ArmCounts, DecisionRecord, Profile, ShownAction
+from engine.records import DecisionRecord, Profile, ShownAction
 from engine.requests import DecideInput
 
 log = logging.getLogger(__name__)
+
+HOLDOUT_ARM = "holdout"
+"""The pseudo-arm under which a holdout's fallback action is counted (its outcomes)."""
+CUSTOM_FORMULA_ROWS = 64
+"""Posterior rows a custom ``rank:`` formula is evaluated on per Thompson decision."""
 
 _PY_TYPES: dict[str, tuple[type, ...]] = {
     "number": (float, int),
@@ -273,55 +281,113 @@ def score(action: Action, value: float, propensity: float, reasons: list[Reason]
     return ranked
 
 
+@dataclass(slots=True)
+class Allocation:
+    """How the experiment chose among its eligible arms, to compute the top slot's probability.
+
+    ``outcomes`` lists the equally likely (Thompson: one per row of posterior draws)
+    or weighted (fixed split: one per arm) results of the allocation: the arm kept
+    (``None``: none) and its score, with the weight of that outcome.
+    """
+
+    outcomes: list[tuple[float, RankedAction | None, float]]  # (weight, arm, its score)
+
+
 def allocate_experiment(
     experiment: Experiment,
     candidates: list[RankedAction],
-    counts: Mapping[str, ArmCounts],
+    state: ExperimentState,
     sampler: ThompsonSampler,
     explain: bool,
     scorer: Scorer,
-) -> tuple[list[RankedAction], list[RankedAction]]:
-    """Thompson sampling among the eligible arms; returns (kept, dropped arms).
+    linear: bool,
+) -> tuple[list[RankedAction], list[RankedAction], Allocation | None]:
+    """Thompson sampling among the eligible arms; returns (kept, dropped arms, allocation).
 
-    One posterior sample per arm; the arm whose score with its sample as the
-    propensity is largest (``sample * value * weight`` by default) is played with
-    the sample as its propensity, the other arms drop out.
+    A row of the experiment's posterior draws is picked at random; the arm whose
+    score with its sampled mean as the propensity is largest (``sample * value *
+    weight`` by default) is played with the sample as its propensity, the other
+    arms drop out. ``linear`` says the score is that default product, so every row
+    is scored at once; a custom ``rank:`` formula is called per row on the first
+    :data:`CUSTOM_FORMULA_ROWS` rows only.
     """
     arms = [c for c in candidates if c.action_id in experiment.arms]
     if not arms:
-        return candidates, []
-    params = [posterior(counts.get(a.action_id), experiment.prior_alpha, experiment.prior_beta)
-              for a in arms]
-    samples = sampler.sample(params)
-    best = max(range(len(arms)),
-               key=lambda i: (scorer(arms[i], float(samples[i])), arms[i].action_id))
+        return candidates, [], None
+    columns = [experiment.arms.index(a.action_id) for a in arms]
+    draws = state.draws[:, columns]
+    if linear:
+        scores = draws * np.array([a.value * a.weight for a in arms])
+    else:
+        draws = draws[:CUSTOM_FORMULA_ROWS]
+        scores = np.array([[scorer(arm, float(x)) for arm, x in zip(arms, row, strict=True)]
+                           for row in draws])
+    row = int(sampler.integers(len(draws)))
+    best = int(np.argmax(scores[row]))
     chosen = arms[best]
     model_propensity = chosen.propensity
-    chosen.propensity = float(samples[best])
-    chosen.score = scorer(chosen, chosen.propensity)
+    chosen.propensity = float(draws[row, best])
+    chosen.score = float(scores[row, best])
     chosen.experiment, chosen.arm = experiment.name, chosen.action_id
+    winners = np.argmax(scores, axis=1)
+    top_scores = scores[np.arange(len(scores)), winners]
+    allocation = Allocation([(1.0 / len(scores), arms[int(w)], float(sc))
+                             for w, sc in zip(winners, top_scores, strict=True)])
     if explain:
-        alpha, beta = params[best]
+        posterior = state.posteriors[columns[best]]
+        shares = np.bincount(winners, minlength=len(arms)) / len(scores)
         chosen.score_terms.update({
             "propensity": chosen.propensity,
             "thompson_sample": chosen.propensity,
-            "posterior_alpha": alpha,
-            "posterior_beta": beta,
-            "posterior_mean": posterior_mean(params[best]),
+            "posterior_mean": posterior.mean,
             "model_propensity": model_propensity,
+            "allocation": float(shares[best]),
         })
+        if isinstance(posterior, BetaPosterior):
+            chosen.score_terms["posterior_alpha"] = posterior.alpha
+            chosen.score_terms["posterior_beta"] = posterior.beta
         chosen.reasons.append(Reason(
             "experiment", experiment.name, True,
-            f"arm {chosen.action_id} sampled {samples[best]:.4f} from Beta({alpha:g}, {beta:g})"
-            f" among {len(arms)} eligible arm(s)", str(experiment.pos)))
+            f"arm {chosen.action_id} sampled {chosen.propensity:.4f} from "
+            f"{_describe(posterior)}; wins {shares[best]:.0%} of posterior draws among "
+            f"{len(arms)} eligible arm(s)", str(experiment.pos)))
         for i, arm in enumerate(arms):
             if arm is not chosen:
                 arm.reasons.append(Reason(
                     "experiment", experiment.name, False,
-                    f"arm not played: sampled {samples[i]:.4f} from "
-                    f"Beta({params[i][0]:g}, {params[i][1]:g})", str(experiment.pos)))
+                    f"arm not played: sampled {float(draws[row, i]):.4f} from "
+                    f"{_describe(state.posteriors[columns[i]])}; wins {shares[i]:.0%} of "
+                    "posterior draws", str(experiment.pos)))
     dropped = [a for a in arms if a is not chosen]
-    return [c for c in candidates if c not in dropped], dropped
+    return [c for c in candidates if c not in dropped], dropped, allocation
+
+
+def _describe(posterior: Posterior) -> str:
+    if isinstance(posterior, BetaPosterior):
+        return f"Beta({posterior.alpha:g}, {posterior.beta:g})"
+    return (f"NormalGamma(mu={posterior.mu:.4g}, kappa={posterior.kappa:g}, "
+            f"alpha={posterior.alpha:g}, beta={posterior.beta:.4g})")
+
+
+def top_probability(top: RankedAction, kept: list[RankedAction],
+                    allocation: Allocation | None) -> float:
+    """P(``top`` is in the first slot | this request), over the allocation's outcomes.
+
+    The other candidates' scores are fixed; only which arm the experiment keeps, and
+    at what score, is random.
+    """
+    if allocation is None:
+        return 1.0
+    others = [c for c in kept if c.arm is None]
+    total = 0.0
+    for weight, arm, arm_score in allocation.outcomes:
+        pool = [(o.score, o.priority, o.action_id) for o in others]
+        if arm is not None:
+            pool.append((arm_score, arm.priority, arm.action_id))
+        if pool:
+            winner = min(pool, key=lambda t: (-t[0], -t[1], t[2]))[2]
+            total += weight * (winner == top.action_id)
+    return total
 
 
 def fallback_action(ruleset: Ruleset, action_id: str, facts: Facts,
@@ -343,19 +409,27 @@ def fallback_action(ruleset: Ruleset, action_id: str, facts: Facts,
 
 
 def allocate_fixed(experiment: Experiment, candidates: list[RankedAction], user_id: str,
-                   explain: bool) -> tuple[list[RankedAction], list[RankedAction]]:
+                   explain: bool
+                   ) -> tuple[list[RankedAction], list[RankedAction], Allocation | None]:
     """A fixed split (A/B/n): the customer's bucket picks the arm, sticky across calls.
 
     If the assigned arm is not eligible for this customer now, no arm is shown (the
-    others must not stand in for it, or the split would be biased).
+    others must not stand in for it, or the split would be biased). Over customers
+    the assignment is random with the arms' shares, which is the probability that
+    off-policy evaluation needs.
     """
     arm = fixed_arm(experiment, user_id)
     arms = [c for c in candidates if c.action_id in experiment.arms]
     chosen = next((c for c in arms if c.action_id == arm), None)
     if chosen is not None:
         chosen.experiment, chosen.arm = experiment.name, arm
+    total = sum(experiment.weights)
+    eligible = {c.action_id: c for c in arms}
+    allocation = Allocation([(w / total, eligible.get(a), eligible[a].score if a in eligible
+                              else 0.0) for a, w in zip(experiment.arms, experiment.weights,
+                                                        strict=True)])
     if explain:
-        share = experiment.weights[experiment.arms.index(arm)] / sum(experiment.weights)
+        share = experiment.weights[experiment.arms.index(arm)] / total
         for c in arms:
             played = c is chosen
             c.reasons.append(Reason(
@@ -363,6 +437,22 @@ def allocate_fixed(experiment: Experiment, candidates: list[RankedAction], user_
                 f"fixed split assigns arm {arm} ({share:.0%} of customers)"
                 + ("" if played else "; this arm is not played"), str(experiment.pos)))
     dropped = [c for c in arms if c is not chosen]
+    return [c for c in candidates if c not in dropped], dropped, allocation
+
+
+def promote_winner(experiment: Experiment, candidates: list[RankedAction], explain: bool
+                   ) -> tuple[list[RankedAction], list[RankedAction]]:
+    """``winner: arm``: the experiment is over, its winner is a plain action, the others go."""
+    dropped = [c for c in candidates
+               if c.action_id in experiment.arms and c.action_id != experiment.winner]
+    if explain:
+        for c in candidates:
+            if c.action_id in experiment.arms:
+                won = c.action_id == experiment.winner
+                c.reasons.append(Reason(
+                    "experiment", experiment.name, won,
+                    f"experiment ended, winner {experiment.winner} promoted"
+                    + ("" if won else "; this arm is retired"), str(experiment.pos)))
     return [c for c in candidates if c not in dropped], dropped
 
 
@@ -392,7 +482,7 @@ def run(
     *,
     decision_id: str,
     models: PropensityModels,
-    arm_counts: Callable[[str], Mapping[str, ArmCounts]],
+    experiment_state: Callable[[Experiment], ExperimentState],
     sampler: ThompsonSampler,
 ) -> tuple[Decision, DecisionRecord]:
     """One decision, from a loaded profile to the record to store."""
@@ -415,12 +505,17 @@ def run(
     if experiment is not None and not takes_part(ruleset, experiment, req.user_id):
         experiment = None  # its layer gave this customer another experiment: plain actions
     holdout = experiment is not None and in_holdout(experiment, req.user_id)
+    allocation: Allocation | None = None
     if experiment is not None and not holdout:
-        if experiment.weights:
-            candidates, dropped = allocate_fixed(experiment, candidates, req.user_id, explain)
+        if experiment.winner is not None:
+            candidates, dropped = promote_winner(experiment, candidates, explain)
+        elif experiment.weights:
+            candidates, dropped, allocation = allocate_fixed(
+                experiment, candidates, req.user_id, explain)
         else:
-            candidates, dropped = allocate_experiment(
-                experiment, candidates, arm_counts(experiment.name), sampler, explain, scorer)
+            candidates, dropped, allocation = allocate_experiment(
+                experiment, candidates, experiment_state(experiment), sampler, explain, scorer,
+                linear=req.placement.rank is None)
         if explain:
             traces.extend(ActionTrace(a.action_id, False, tuple(a.reasons)) for a in dropped)
     if holdout:  # no personalisation at all: the placement's fallback, or nothing
@@ -431,8 +526,12 @@ def run(
                 for a in candidates)
         candidates = []
     ranked = rank(candidates, req.limit)
-    if not ranked and req.placement.fallback is not None:
+    if ranked:
+        ranked[0].probability = top_probability(ranked[0], candidates, allocation)
+    elif req.placement.fallback is not None:
         ranked = [fallback_action(ruleset, req.placement.fallback, facts, explain)]
+        if holdout and experiment is not None:  # the holdout's outcomes, for measuring lift
+            ranked[0].experiment, ranked[0].arm = experiment.name, HOLDOUT_ARM
     for shown_action in ranked:
         render_content(ruleset, shown_action, facts)
     if explain:
@@ -461,14 +560,21 @@ def run(
         channel=req.channel,
         revision=ruleset.revision,
         decided_at=req.now,
-        actions=[ShownAction(a.action_id, a.rank, a.score, a.propensity, a.value,
-                             a.experiment, a.arm,
-                             experiment.reward if experiment and a.experiment else None)
-                 for a in ranked],
+        actions=[_shown(a, experiment) for a in ranked],
         features=features,
         holdout=held_out,
     )
     return decision, record
+
+
+def _shown(a: RankedAction, experiment: Experiment | None) -> ShownAction:
+    arm = experiment is not None and a.experiment is not None
+    return ShownAction(
+        a.action_id, a.rank, a.score, a.propensity, a.value, a.experiment, a.arm,
+        reward=experiment.reward if arm and experiment else None,
+        reward_value=bool(arm and experiment and experiment.reward_value),
+        windowed=bool(arm and experiment and experiment.windowed),
+        probability=a.probability)
 
 
 def _segment_reasons(ruleset: Ruleset, facts: Facts, action_id: str) -> list[Reason]:

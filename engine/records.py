@@ -51,6 +51,12 @@ class ShownAction(msgspec.Struct, omit_defaults=True):
     experiment: str | None = None
     arm: str | None = None
     reward: str | None = None  # the experiment's reward outcome, when an arm
+    reward_value: bool = False  # the reward is the outcome's value (revenue)
+    windowed: bool = False  # the experiment keeps hourly buckets (window / half-life)
+    # P(the policy puts this action in this slot | the request): 1.0 for a
+    # deterministic choice; Thompson sampling and fixed splits make it less. Logged
+    # for off-policy evaluation (`arbiter replay`); computed for the top slot.
+    probability: float = 1.0
 
 
 class DecisionRecord(msgspec.Struct, omit_defaults=True):
@@ -86,10 +92,16 @@ class LearningEvent(msgspec.Struct, omit_defaults=True):
 
 
 class ArmCounts(msgspec.Struct):
-    """Bandit statistics of one arm: trials (impressions) and successes (rewards)."""
+    """Bandit statistics of one arm: trials (impressions) and rewards.
+
+    ``successes`` is the sum of rewards: 1 per reward outcome for binary rewards,
+    the outcome's value for continuous ones (``reward: conversion.value``), whose
+    squares are summed in ``sum_sq`` for the Normal-Gamma posterior.
+    """
 
     trials: float = 0.0
     successes: float = 0.0
+    sum_sq: float = 0.0
 
 
 _profile_encoder = msgspec.msgpack.Encoder()

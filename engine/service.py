@@ -24,6 +24,7 @@ from dsl.ruleset import Ruleset
 from engine import pipeline
 from engine.bandit import ThompsonSampler
 from engine.decision import Decision
+from engine.exploration import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning import Learner
 from engine.ports import FeedbackCommit, Store
@@ -70,6 +71,7 @@ class Arbiter:
         self._arm_cache: TTLCache[str, dict[str, ArmCounts]] = TTLCache(
             maxsize=1024, ttl=BANDIT_REFRESH_SECONDS)
         self._arm_lock = threading.Lock()
+        self.experiments = ExperimentStates(self.arm_counts, self.sampler, clock)
         self.learner.restore()
         self.learner.catch_up()
 
@@ -107,7 +109,7 @@ class Arbiter:
             ruleset, req, profile,
             decision_id=uuid.uuid4().hex,
             models=self.models,
-            arm_counts=self.arm_counts,
+            experiment_state=self.experiments.get,
             sampler=self.sampler,
         )
         if record.actions or record.holdout:  # holdouts are exposures too (lift)
@@ -115,6 +117,7 @@ class Arbiter:
         return decision
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
+        """The experiment's raw counters (:func:`engine.bandit.counter_keys`), cached."""
         with self._arm_lock:  # cachetools caches are not thread-safe
             counts = self._arm_cache.get(experiment)
         if counts is None:

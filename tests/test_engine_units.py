@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 from adapters.memory import MemoryStore
-from engine.bandit import ThompsonSampler, posterior, posterior_mean
 from engine.feedback import ActionNotInDecision, FeedbackInput, feedback_effects
 from engine.learning import Learner
 from engine.profiles import (
@@ -96,32 +95,6 @@ def test_non_experiment_actions_do_not_touch_bandits() -> None:
     assert feedback_effects(fb("click"), decision(arm=False), None).arm_increments == {}
 
 
-# ---- bandit --------------------------------------------------------------------------
-def test_posterior_from_counts_and_prior() -> None:
-    assert posterior(None, 1, 1) == (1.0, 1.0)
-    assert posterior(ArmCounts(10, 3), 2, 5) == (5.0, 12.0)
-    assert posterior(ArmCounts(1, 3), 1, 1) == (4.0, 1.0)  # never negative failures
-    assert posterior_mean((3.0, 1.0)) == 0.75
-
-
-def test_sampler_is_reproducible_with_a_seed() -> None:
-    params = [(2.0, 3.0), (5.0, 1.0)]
-    assert np.array_equal(ThompsonSampler(3).sample(params), ThompsonSampler(3).sample(params))
-
-
-def test_thompson_sampling_concentrates_on_the_best_arm() -> None:
-    rng = np.random.default_rng(0)
-    rates = [0.02, 0.05, 0.12]
-    counts = [ArmCounts() for _ in rates]
-    sampler = ThompsonSampler(1)
-    plays = [0, 0, 0]
-    for _ in range(4000):
-        draws = sampler.sample([posterior(c, 1, 1) for c in counts])
-        arm = int(np.argmax(draws))
-        plays[arm] += 1
-        counts[arm].trials += 1
-        counts[arm].successes += float(rng.random() < rates[arm])
-    assert plays[2] > 0.7 * sum(plays), plays
 
 
 # ---- learner: delayed labels, snapshots --------------------------------------------------

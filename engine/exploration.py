@@ -1,0 +1,77 @@
+"""Each experiment's posterior, as a fixed matrix of draws between statistics refreshes.
+
+Thompson sampling here samples a *row* of a matrix of ``DRAWS`` joint posterior
+draws, regenerated whenever the experiment's statistics change (at most every
+refresh interval, and at once after this process's own feedback). Two things
+follow:
+
+* A decision costs one random integer, not a fresh Beta draw per arm.
+* The probability that the policy chose what it showed is *exact*: the share of
+  rows that lead to the same choice. Decisions log it for off-policy evaluation
+  (:mod:`engine.replay`), with no Monte Carlo estimate of the propensity.
+
+The rows are ``DRAWS`` independent samples of the current posterior, so this is
+Thompson sampling from the posterior's empirical distribution; 256 rows resolve
+allocation probabilities to 1/256.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from dsl.ruleset import Experiment
+from engine.bandit import Posterior, ThompsonSampler, discounted, posterior_of
+from engine.records import ArmCounts
+
+DRAWS = 256
+"""Rows of posterior draws per experiment (each decision picks one)."""
+
+
+@dataclass(frozen=True)
+class ExperimentState:
+    """An experiment's per-arm counts, posteriors and draws, in ``experiment.arms`` order."""
+
+    experiment: Experiment
+    counts: Mapping[str, ArmCounts]
+    posteriors: tuple[Posterior, ...]
+    draws: np.ndarray  # (DRAWS, arms): sampled mean reward of each arm
+
+
+def build_state(experiment: Experiment, raw: Mapping[str, ArmCounts], now: float,
+                sampler: ThompsonSampler, draws: int = DRAWS) -> ExperimentState:
+    counts = discounted(raw, experiment, now)
+    posteriors = tuple(posterior_of(counts.get(arm), experiment.prior)
+                       for arm in experiment.arms)
+    return ExperimentState(experiment, counts, posteriors,
+                           sampler.sample_many(posteriors, draws))
+
+
+class ExperimentStates:
+    """The current :class:`ExperimentState` of each experiment, rebuilt on change.
+
+    ``raw_counts(name)`` returns the store's counters, cached by the caller; a new
+    object (a refresh) or a new :class:`Experiment` (a reload) rebuilds the state.
+    """
+
+    def __init__(self, raw_counts: Callable[[str], Mapping[str, ArmCounts]],
+                 sampler: ThompsonSampler, clock: Callable[[], float]) -> None:
+        self._raw_counts = raw_counts
+        self._sampler = sampler
+        self._clock = clock
+        self._states: dict[str, tuple[Mapping[str, ArmCounts], ExperimentState]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, experiment: Experiment) -> ExperimentState:
+        raw = self._raw_counts(experiment.name)
+        with self._lock:
+            cached = self._states.get(experiment.name)
+        if cached is not None and cached[0] is raw and cached[1].experiment is experiment:
+            return cached[1]
+        state = build_state(experiment, raw, self._clock(), self._sampler)
+        with self._lock:
+            self._states[experiment.name] = (raw, state)
+        return state
