@@ -113,6 +113,23 @@ CASES = [
      "6:10: error: unknown channel 'emial'"),
     ("action a { placements: home value: 1 suppress: 7d after 2 dismis }",
      "6:38: error: unknown outcome 'dismis': use impression, click, conversion or dismiss"),
+    ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
+     "experiment e on home { arms: a, b  allocate: thompson(prior = normal_gamma(0, 1, 1, 1)) }",
+     "8:36: error: a normal_gamma prior is for a continuous reward: write 'reward: click.value'"),
+    ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
+     "experiment e on home { arms: a, b  reward: conversion.value\n"
+     "  allocate: thompson(prior = beta(1, 1)) }",
+     "9:3: error: a beta prior is for a binary reward; a continuous reward"),
+    ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
+     "experiment e on home { arms: a, b  half_life: 30m }",
+     "8:36: error: half_life must be at least 1h"),
+    ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
+     "experiment e on home { arms: a, b  winner: c }",
+     "8:36: error: winner 'c' is not one of the arms (a, b)"),
+    ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
+     "experiment e on home { arms: a, b  reward: click.value\n"
+     "  allocate: thompson(prior = normal_gamma(0, 0, 1, 1)) }",
+     "9:3: error: normal_gamma(mu, kappa, alpha, beta): kappa, alpha and beta must be positive"),
     ("action a { placements: home value: 1 group: g }\n"
      "policy { group g: at most 1 per 1d  group g: at most 2 per 1d }",
      "7:37: error: group 'g' already has a policy at"),

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections import Counter
 
+import numpy as np
 import pytest
 
 from adapters.memory import MemoryStore
 from dsl.loader import load_text
 from dsl.ruleset import Ruleset
+from engine.bandit import NormalGammaPosterior
 from engine.bucketing import bucket, fixed_arm, in_holdout, takes_part
+from engine.records import ArmCounts
+from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
 RULES = """
@@ -123,3 +127,122 @@ experiment split on home { arms: a, b  allocate: weights(100, 0) }
     assert d.actions == ()  # assigned a, not eligible; b must not stand in
     trace = next(t for t in d.traces if t.action_id == "b")
     assert any("fixed split assigns arm a" in r.detail for r in trace.reasons)
+
+
+# ---- Thompson sampling: probabilities, value rewards, windows, winners ------------------
+THOMPSON = """
+placement home { channels: web  fallback: plain }
+action plain { placements: home value: 1 when: 1 > 2 }
+action other { placements: home value: 3  prior: 0.5 }
+action a { placements: home value: 10 }
+action b { placements: home value: 10 }
+action c { placements: home value: 10 }
+experiment t on home {
+  arms: a, b, c
+  EXTRA
+}
+"""
+
+
+def thompson(extra: str = "") -> Ruleset:
+    return load_text(THOMPSON.replace("EXTRA", extra))
+
+
+def test_logged_probability_is_the_share_of_posterior_rows() -> None:
+    rs = load_text(THOMPSON.replace("value: 3  prior: 0.5", "value: 0.1  prior: 0.01")
+                   .replace("EXTRA", ""))
+    arb = Arbiter(rs, MemoryStore(), seed=3)
+    for arm, clicks in (("a", 2), ("b", 8), ("c", 5)):
+        for _ in range(40):
+            d = arb.decide(user_id="u", placement="home")
+            record = arb.store.get_decision(d.decision_id)
+            assert record is not None
+            # force the feedback onto the arm we want by rewriting the shown arm
+            record.actions[0].action_id = record.actions[0].arm = arm
+            arb.store.save_decision(record, 60)
+            arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="impression")
+            if clicks > 0:
+                arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="click")
+                clicks -= 1
+    state = arb.experiments.get(arb.ruleset.experiments["t"])
+    scores = state.draws * 10.0  # value 10, weight 1: an arm beats 'other' (0.1 * 0.01)
+    shares = np.bincount(scores.argmax(axis=1), minlength=3) / len(scores)
+    seen: Counter[str] = Counter()
+    for _ in range(300):
+        d = arb.decide(user_id="u", placement="home")
+        top = d.actions[0]
+        assert top.probability == pytest.approx(shares["abc".index(top.action_id)])
+        seen[top.action_id] += 1
+    # the empirical play rate follows the logged probability
+    for arm, share in zip("abc", shares, strict=True):
+        assert abs(seen[arm] / 300 - share) < 0.1, (seen, shares)
+
+
+def test_an_arm_that_can_lose_to_a_plain_action_has_a_lower_probability() -> None:
+    rs = load_text(THOMPSON.replace("value: 3  prior: 0.5", "value: 6  prior: 0.9")
+                   .replace("EXTRA", ""))
+    arb = Arbiter(rs, MemoryStore(), seed=5)
+    tops = Counter()
+    probability: dict[str, float] = {}
+    for _ in range(400):
+        top = arb.decide(user_id="u", placement="home").actions[0]
+        tops[top.action_id] += 1
+        probability[top.action_id] = top.probability
+    # with Beta(1,1) arms worth 10 and 'other' scoring 5.4, an arm tops when its
+    # sample exceeds 0.54: P(max of 3 uniforms < 0.54) = 0.157 for 'other'
+    assert probability["other"] == pytest.approx(0.157, abs=0.06)
+    assert abs(tops["other"] / 400 - probability["other"]) < 0.06
+    assert sum(probability[a] for a in "abc") == pytest.approx(1 - probability["other"], abs=0.1)
+
+
+def test_fixed_split_logs_the_arm_share() -> None:
+    rs = load_text(THOMPSON.replace("EXTRA", "allocate: weights(50, 30, 20)")
+                   .replace("value: 3  prior: 0.5", "value: 3  when: 1 > 2"))
+    arb = Arbiter(rs, MemoryStore(), seed=1)
+    for user in ("u1", "u2", "u3", "u4"):
+        top = arb.decide(user_id=user, placement="home").actions[0]
+        assert top.probability == {"a": 0.5, "b": 0.3, "c": 0.2}[top.action_id]
+
+
+def test_value_reward_updates_a_normal_gamma_posterior() -> None:
+    arb = Arbiter(thompson("reward: conversion.value"), MemoryStore(), seed=1)
+    d = arb.decide(user_id="u", placement="home")
+    arm = d.actions[0].action_id
+    arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="impression")
+    with pytest.raises(InvalidArgument, match="value: is required"):
+        arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="conversion")
+    arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="conversion", value=80.0)
+    assert arb.store.arm_counts("t")[arm] == ArmCounts(1.0, 80.0, 6400.0)
+    state = arb.experiments.get(arb.ruleset.experiments["t"])
+    post = state.posteriors["abc".index(arm)]
+    assert isinstance(post, NormalGammaPosterior) and post.mu == pytest.approx(40.0)
+
+
+def test_windowed_experiment_counts_hour_buckets() -> None:
+    arb = Arbiter(thompson("window: 14d"), MemoryStore(), seed=1, clock=lambda: 7200.0 * 10)
+    d = arb.decide(user_id="u", placement="home")
+    arm = d.actions[0].action_id
+    arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="click")
+    assert arb.store.arm_counts("t") == {arm: ArmCounts(1, 1), f"{arm}@20": ArmCounts(1, 1)}
+
+
+def test_promoted_winner_is_shown_to_everyone_without_exploring() -> None:
+    arb = Arbiter(thompson("winner: b"), MemoryStore(), seed=1)
+    for user in ("u1", "u2", "u3"):
+        d = arb.decide(user_id=user, placement="home", explain=True, limit=5)
+        # b is a plain action now, ranked by its own score; a and c are retired
+        assert [a.action_id for a in d.actions] == ["other", "b"]
+        assert all(a.experiment is None and a.probability == 1.0 for a in d.actions[:1])
+        retired = next(t for t in d.traces if t.action_id == "a")
+        assert any("winner b promoted" in r.detail for r in retired.reasons)
+
+
+def test_holdout_outcomes_are_counted_on_the_fallback() -> None:
+    rs = load_text(THOMPSON.replace("EXTRA", "holdout: 50%").replace("when: 1 > 2", ""))
+    arb = Arbiter(rs, MemoryStore(), seed=1)
+    exp = rs.experiments["t"]
+    user = next(f"u{i}" for i in range(100) if in_holdout(exp, f"u{i}"))
+    d = arb.decide(user_id=user, placement="home")
+    assert d.actions[0].action_id == "plain" and d.actions[0].arm == "holdout"
+    arb.feedback(decision_id=d.decision_id, action_id="plain", outcome="click")
+    assert arb.store.arm_counts("t") == {"holdout": ArmCounts(1, 1)}

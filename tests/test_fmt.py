@@ -183,3 +183,19 @@ def rule_files(draw: st.DrawFn) -> str:
 @given(rule_files())
 def test_generated_files_format_well(text: str) -> None:
     assert_formats_well(text)
+
+
+def test_bandit_options_round_trip() -> None:
+    out = assert_formats_well(
+        "experiment e on home{arms:a,b allocate:thompson(prior=normal_gamma(10,1,2,50)) "
+        "reward:conversion.value half_life:7d window:30d winner:b}\n")
+    assert out.splitlines() == [
+        "experiment e on home {",
+        "  arms: a, b",
+        "  allocate: thompson(prior = normal_gamma(10, 1, 2, 50))",
+        "  reward: conversion.value",
+        "  window: 30d",
+        "  half_life: 7d",
+        "  winner: b",
+        "}",
+    ]
