@@ -249,6 +249,20 @@ class PolicyDef:
 
 
 @dataclass(frozen=True, slots=True)
+class ModelDef:
+    """``model on P { ... }``: the propensity model of a placement's actions."""
+
+    placement: str
+    pos: Pos
+    per: str = "action"  # action: one model per action | placement: one, action a feature
+    features: tuple[tuple[str, Pos], ...] | None = None  # None: segments and context
+    learner: str = "logistic"
+    bagging: int = 0  # members of an online bag (0: no bagging)
+    hashed: int = 0  # hash features into this many buckets (0: one-hot)
+    field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ExperimentDef:
     name: str
     placement: str
@@ -268,7 +282,7 @@ class ExperimentDef:
 
 
 Item = (ImportDef | SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef
-        | PolicyDef)
+        | ModelDef | PolicyDef)
 
 
 @dataclass(frozen=True, slots=True)

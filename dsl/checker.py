@@ -28,6 +28,9 @@ PROFILE_BUILTINS = {
     "first_seen": ("timestamp", True),
     "last_seen": ("timestamp", True),
 }
+MODEL_PER = ("action", "placement")
+LEARNERS = ("logistic", "adpredictor", "tree")
+FEATURE_TYPES = ("number", "bool", "string", "list")
 CONTEXT_BUILTINS = {"placement": ("string", False), "channel": ("string", False)}
 ACTION_FIELDS = {
     "id": ("string", False),
@@ -81,6 +84,7 @@ class CheckedRuleset:
     actions: dict[str, ast.ActionDef] = field(default_factory=dict)
     experiments: dict[str, ast.ExperimentDef] = field(default_factory=dict)
     policies: list[ast.PolicyRule] = field(default_factory=list)
+    models: dict[str, ast.ModelDef] = field(default_factory=dict)  # placement -> model
     types: dict[int, Type] = field(default_factory=dict)
     loop_refs: set[int] = field(default_factory=set)  # refs to a template loop variable
     segment_refs: dict[str, set[str]] = field(default_factory=dict)
@@ -145,6 +149,11 @@ class Checker:
                     self.out.experiments[item.name] = item
                 elif isinstance(item, ast.PolicyDef):
                     self.out.policies.extend(item.rules)
+                elif isinstance(item, ast.ModelDef):
+                    owner = self.out.models.setdefault(item.placement, item)
+                    if owner is not item:
+                        self.error(f"placement '{item.placement}' already has a model at "
+                                   f"{owner.pos}", item.pos)
 
     def _collect_schema(self, block: ast.SchemaBlock) -> None:
         table = {"profile": self.out.profile, "context": self.out.context,
@@ -206,6 +215,43 @@ class Checker:
         for experiment in out.experiments.values():
             self._check_experiment(experiment)
         self._check_policies()
+        for model in out.models.values():
+            self._check_model(model)
+
+    def _check_model(self, model: ast.ModelDef) -> None:
+        pos = model.field_pos
+        if model.placement not in self.out.placements:
+            self.error(f"unknown placement '{model.placement}'"
+                       f"{_suggest(model.placement, self.out.placements)}", pos["placement"])
+        if model.per not in MODEL_PER:
+            self.error(f"per must be {' or '.join(MODEL_PER)}", pos.get("per", model.pos))
+        if model.learner not in LEARNERS:
+            self.error(f"unknown learner '{model.learner}': use {', '.join(LEARNERS)}"
+                       f"{_suggest(model.learner, LEARNERS)}", pos.get("learner", model.pos))
+        if model.bagging == 1 or model.bagging > 50:
+            self.error("bagging takes from 2 to 50 members (0: no bagging)",
+                       pos.get("bagging", model.pos))
+        if model.hashed > 2**20:
+            self.error("hashed takes at most 1048576 buckets", pos.get("hashed", model.pos))
+        for name, where in model.features or ():
+            if name == "segments":
+                continue
+            head, _, attr = name.partition(".")
+            tables = {"profile": (self.out.profile, PROFILE_BUILTINS),
+                      "context": (self.out.context, CONTEXT_BUILTINS)}
+            if head not in tables or not attr:
+                self.error(f"a feature is 'segments', 'profile.NAME' or 'context.NAME', "
+                           f"not '{name}'", where)
+                continue
+            declared, builtins = tables[head]
+            spec = declared.get(attr)
+            kind = spec.type if spec is not None else builtins.get(attr, (None,))[0]
+            if kind is None:
+                self.error(f"unknown {head} attribute '{attr}'"
+                           f"{_suggest(attr, [*declared, *builtins])}", where)
+            elif kind not in FEATURE_TYPES:
+                self.error(f"a {kind} cannot be a feature: use a number, bool, string or "
+                           "list attribute", where)
 
     def _check_action(self, action: ast.ActionDef) -> None:
         pos = action.field_pos

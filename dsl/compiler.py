@@ -31,6 +31,7 @@ from dsl.ruleset import (
     Experiment,
     FrequencyCap,
     Limit,
+    ModelSpec,
     NormalGammaPrior,
     Placement,
     Prior,
@@ -286,6 +287,9 @@ class Compiler:
             context_defaults={k: v.default for k, v in checked.context.items()},
             group_caps=_policy_limits(checked, "group", self.sources),
             channel_caps=_policy_limits(checked, "channel", self.sources),
+            models={m.placement: ModelSpec(
+                m.per, tuple(name for name, _ in m.features) if m.features is not None else None,
+                m.learner, m.bagging, m.hashed) for m in checked.models.values()},
             groups={g: tuple(sorted(a.id for a in actions.values() if a.group == g))
                     for g in {a.group for a in actions.values() if a.group}},
         )

@@ -269,6 +269,20 @@ def _policy(item: ast.PolicyDef) -> Block:
     return block
 
 
+def _model(item: ast.ModelDef) -> Block:
+    block = Block(Statement(item.pos.line, [f"model on {item.placement} {{"]), closing="}")
+    pos = item.field_pos
+    values = {"per": item.per, "learner": item.learner, "bagging": str(item.bagging),
+              "hashed": str(item.hashed)}
+    for name in ("per", "features", "learner", "bagging", "hashed"):
+        if name not in pos:
+            continue
+        text = (", ".join(f for f, _ in item.features or ()) if name == "features"
+                else values[name])
+        block.fields.append(Statement(pos[name].line, [f"{name}: {text}"]))
+    return block
+
+
 def _item(item: ast.Item) -> Block:
     if isinstance(item, ast.SchemaBlock):
         return _schema(item)
@@ -285,6 +299,8 @@ def _item(item: ast.Item) -> Block:
         return _action(item)
     if isinstance(item, ast.PolicyDef):
         return _policy(item)
+    if isinstance(item, ast.ModelDef):
+        return _model(item)
     return _experiment(item)
 
 

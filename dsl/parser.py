@@ -431,6 +431,40 @@ class _ToAst(Transformer[Token, Any]):
         )
 
     @v_args(meta=True)
+    def model_per(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("per", str(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def model_features(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("features", tuple(c), self._pos(meta))
+
+    @v_args(meta=True)
+    def feature(self, meta: Any, c: list[Any]) -> tuple[str, ast.Pos]:
+        return (".".join(str(x) for x in c), self._pos(meta))
+
+    @v_args(meta=True)
+    def model_learner(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("learner", str(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def model_bagging(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("bagging", int(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def model_hashed(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("hashed", int(c[0]), self._pos(meta))
+
+    @v_args(meta=True)
+    def model_def(self, meta: Any, children: list[Any]) -> ast.ModelDef:
+        placement, *fields = children
+        v, positions = self._fields(fields, "model")
+        return ast.ModelDef(
+            placement=str(placement), pos=self._pos(meta), per=v.get("per", "action"),
+            features=v.get("features"), learner=v.get("learner", "logistic"),
+            bagging=v.get("bagging", 0), hashed=v.get("hashed", 0),
+            field_pos={**positions, "placement": self._pos(placement)})
+
+    @v_args(meta=True)
     def experiment_def(self, meta: Any, children: list[Any]) -> ast.ExperimentDef:
         name, placement, *fields = children
         v, positions = self._fields(fields, "experiment")

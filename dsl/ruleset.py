@@ -231,6 +231,28 @@ class Experiment:
         return self.window is not None or self.half_life is not None
 
 
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """How a placement's propensities are learnt (``model on P { ... }``).
+
+    ``features`` names ``segments``, ``profile.X`` and ``context.X``; ``None``
+    means every segment flag and context value (the default model).
+    """
+
+    per: str = "action"  # action | placement
+    features: tuple[str, ...] | None = None
+    learner: str = "logistic"  # logistic | adpredictor | tree
+    bagging: int = 0
+    hashed: int = 0
+
+    def key(self, placement: str, action_id: str) -> str:
+        """The model that predicts ``action_id`` at ``placement``."""
+        return action_id if self.per == "action" else f"@{placement}"
+
+
+DEFAULT_MODEL = ModelSpec()
+
+
 @dataclass(frozen=True)
 class Ruleset:
     """Everything a decision needs, compiled; never mutated after loading."""
@@ -253,3 +275,7 @@ class Ruleset:
     group_caps: Mapping[str, Limit] = field(default_factory=dict)
     channel_caps: Mapping[str, Limit] = field(default_factory=dict)
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> action ids
+    models: Mapping[str, ModelSpec] = field(default_factory=dict)  # placement -> its model
+
+    def model_of(self, placement: str) -> ModelSpec:
+        return self.models.get(placement, DEFAULT_MODEL)

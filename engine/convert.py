@@ -87,7 +87,7 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
             value=a.value, weight=a.weight, experiment=a.experiment or "", arm=a.arm or "",
             content=a.content, reasons=[_reason(r) for r in a.reasons],
             score_terms=[pb.ScoreTerm(name=k, value=v) for k, v in a.score_terms.items()],
-            tags=list(a.tags),
+            tags=list(a.tags), probability=a.probability,
         ))
     if decision.traces:
         response.explanation.segments.extend(decision.segments)
@@ -110,7 +110,7 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
                      experiment=a.experiment or None, arm=a.arm or None,
                      content=dict(a.content), reasons=reasons(a.reasons),
                      score_terms={t.name: t.value for t in a.score_terms},
-                     tags=tuple(a.tags))
+                     tags=tuple(a.tags), probability=a.probability)
         for a in response.actions
     )
     traces = tuple(ActionTrace(t.action_id, t.eligible, tuple(reasons(t.reasons)))

@@ -84,5 +84,6 @@ def feedback_effects(
         features=decision.features,
         value=fb.value,
         first=first,
+        placement=decision.placement,
     )
     return FeedbackEffects(decision, profile, event, increments)

@@ -13,16 +13,21 @@ only the log after it.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import threading
 from collections.abc import Callable
 
+from dsl.ruleset import ModelSpec
 from engine.ports import Store
 from engine.propensity import PropensityModels
 from engine.records import LearningEvent
 
 POSITIVE = ("click", "conversion")
 Key = tuple[str, str]
+log = logging.getLogger(__name__)
+SpecOf = Callable[[str, str], tuple[ModelSpec, float]]
+"""(placement, action id) -> the placement's model spec and the action's prior."""
 
 
 class Learner:
@@ -30,17 +35,18 @@ class Learner:
         self,
         store: Store,
         models: PropensityModels,
-        prior_of: Callable[[str], float],
+        spec_of: SpecOf,
         reward_wait: float = 1800.0,
         snapshot_every: int = 200,
     ) -> None:
         self.store = store
         self.models = models
-        self.prior_of = prior_of
+        self.spec_of = spec_of
         self.reward_wait = reward_wait
         self.snapshot_every = snapshot_every
         self.offset = ""
-        self.pending: dict[Key, tuple[dict[str, float], float]] = {}
+        # shown, label not known yet: (features, shown at, placement)
+        self.pending: dict[Key, tuple[dict[str, float], float, str]] = {}
         self.resolved: dict[Key, float] = {}
         self.applied = 0
         self._since_snapshot = 0
@@ -52,9 +58,13 @@ class Learner:
         if saved is None:
             return
         blob, offset = saved
-        models_blob, pending, resolved = pickle.loads(blob)
-        with self._lock:
+        try:
+            models_blob, pending, resolved = pickle.loads(blob)
             self.models.restore(models_blob)
+        except (ValueError, TypeError, pickle.UnpicklingError):
+            log.warning("model snapshot in an older format: relearning from the whole log")
+            return
+        with self._lock:
             self.pending, self.resolved, self.offset = pending, resolved, offset
 
     def snapshot(self) -> None:
@@ -84,8 +94,10 @@ class Learner:
         self.applied += total
         return total
 
-    def _label(self, key: Key, features: dict[str, float], label: bool, at: float) -> None:
-        self.models.learn(key[1], self.prior_of(key[1]), features, label)
+    def _label(self, key: Key, features: dict[str, float], label: bool, at: float,
+               placement: str) -> None:
+        spec, prior = self.spec_of(placement, key[1])
+        self.models.learn(key[1], spec, prior, features, label, placement)
         self.resolved[key] = at
         self.pending.pop(key, None)
 
@@ -96,19 +108,19 @@ class Learner:
         if key in self.resolved:
             return
         if event.outcome == "impression":
-            self.pending.setdefault(key, (event.features, now))
+            self.pending.setdefault(key, (event.features, now, event.placement))
         elif event.outcome in POSITIVE:
-            self._label(key, event.features, True, now)
+            self._label(key, event.features, True, now, event.placement)
         elif event.outcome == "dismiss":
-            self._label(key, event.features, False, now)
+            self._label(key, event.features, False, now, event.placement)
 
     def _expire(self, now: float) -> None:
         # both maps are in log (receive-time) order, so stop at the first young entry
         cutoff = now - self.reward_wait
-        for key, (features, shown_at) in list(self.pending.items()):
+        for key, (features, shown_at, placement) in list(self.pending.items()):
             if shown_at >= cutoff:
                 break
-            self._label(key, features, False, now)
+            self._label(key, features, False, now, placement)
         # a decision-action gets no new outcomes after twice the wait: forget it
         for key, at in list(self.resolved.items()):
             if at >= cutoff - self.reward_wait:

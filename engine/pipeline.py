@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from dsl.checker import FieldSpec
-from dsl.ruleset import Action, Experiment, Placement, Ruleset
+from dsl.ruleset import Action, Experiment, ModelSpec, Placement, Ruleset
 from engine.bandit import BetaPosterior, Posterior, ThompsonSampler
 from engine.bucketing import fixed_arm, in_holdout, takes_part
 from engine.decision import ActionTrace, Decision, RankedAction, Reason
@@ -105,17 +105,39 @@ def evaluate_segments(ruleset: Ruleset, facts: Facts) -> None:
             segments[segment.name] = False
 
 
-def features_of(facts: Facts, req: DecideInput) -> dict[str, float]:
-    """Model features: segment flags, context values (numbers as is, others one-hot)."""
-    features = {f"seg:{name}": 1.0 for name, hit in facts.segments.items() if hit is True}
-    for key, value in facts.context.items():
-        if value is None:
+def features_of(facts: Facts, spec: ModelSpec) -> dict[str, float]:
+    """Model features: numbers as they are, bools as 0/1, strings and lists one-hot.
+
+    The default model (no ``features:``) reads every segment flag and context value.
+    """
+    if spec.features is None:
+        features = {f"seg:{name}": 1.0 for name, hit in facts.segments.items() if hit is True}
+        for key, value in facts.context.items():
+            _encode(features, f"ctx:{key}", value)
+        return features
+    features = {}
+    for name in spec.features:
+        if name == "segments":
+            features.update({f"seg:{s}": 1.0 for s, hit in facts.segments.items() if hit})
             continue
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            features[f"ctx:{key}={value}"] = 1.0
-        else:
-            features[f"ctx:{key}"] = float(value)
+        head, _, attr = name.partition(".")
+        source = facts.attributes if head == "profile" else facts.context
+        _encode(features, name, source.get(attr))
     return features
+
+
+def _encode(features: dict[str, float], name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool):
+        features[name] = 1.0 if value else 0.0
+    elif isinstance(value, int | float):
+        features[name] = float(value)
+    elif isinstance(value, list):
+        for item in value:
+            features[f"{name}={item}"] = 1.0
+    else:
+        features[f"{name}={value}"] = 1.0
 
 
 def _location(action: Action) -> str:
@@ -290,7 +312,8 @@ class Allocation:
     (``None``: none) and its score, with the weight of that outcome.
     """
 
-    outcomes: list[tuple[float, RankedAction | None, float]]  # (weight, arm, its score)
+    # (weight, arm kept or None, its score; None: the arm's own model score)
+    outcomes: list[tuple[float, RankedAction | None, float | None]]
 
 
 def allocate_experiment(
@@ -370,24 +393,35 @@ def _describe(posterior: Posterior) -> str:
 
 
 def top_probability(top: RankedAction, kept: list[RankedAction],
-                    allocation: Allocation | None) -> float:
-    """P(``top`` is in the first slot | this request), over the allocation's outcomes.
+                    allocation: Allocation | None,
+                    member_scores: list[dict[str, float]] | None) -> float:
+    """P(``top`` is in the first slot | this request), over the policy's random choices.
 
-    The other candidates' scores are fixed; only which arm the experiment keeps, and
-    at what score, is random.
+    Two things are random: which arm an experiment keeps, at what score
+    (``allocation``), and which bag member scored the plain actions
+    (``member_scores``, one score map per member, equally likely). Everything else
+    is fixed, so the probability is an exact average over those outcomes.
     """
-    if allocation is None:
+    if allocation is None and member_scores is None:
         return 1.0
     others = [c for c in kept if c.arm is None]
+    outcomes = allocation.outcomes if allocation is not None else [(1.0, None, None)]
+    scenarios: list[dict[str, float] | None] = (
+        list(member_scores) if member_scores is not None else [None])
     total = 0.0
-    for weight, arm, arm_score in allocation.outcomes:
-        pool = [(o.score, o.priority, o.action_id) for o in others]
-        if arm is not None:
-            pool.append((arm_score, arm.priority, arm.action_id))
-        if pool:
-            winner = min(pool, key=lambda t: (-t[0], -t[1], t[2]))[2]
-            total += weight * (winner == top.action_id)
-    return total
+    for scores in scenarios:
+        def score_of(c: RankedAction, scores: dict[str, float] | None = scores) -> float:
+            return scores.get(c.action_id, c.score) if scores is not None else c.score
+
+        for weight, arm, arm_score in outcomes:
+            pool = [(score_of(o), o.priority, o.action_id) for o in others]
+            if arm is not None:
+                pool.append((arm_score if arm_score is not None else score_of(arm),
+                             arm.priority, arm.action_id))
+            if pool:
+                winner = min(pool, key=lambda t: (-t[0], -t[1], t[2]))[2]
+                total += weight * (winner == top.action_id)
+    return total / len(scenarios)
 
 
 def fallback_action(ruleset: Ruleset, action_id: str, facts: Facts,
@@ -425,9 +459,8 @@ def allocate_fixed(experiment: Experiment, candidates: list[RankedAction], user_
         chosen.experiment, chosen.arm = experiment.name, arm
     total = sum(experiment.weights)
     eligible = {c.action_id: c for c in arms}
-    allocation = Allocation([(w / total, eligible.get(a), eligible[a].score if a in eligible
-                              else 0.0) for a, w in zip(experiment.arms, experiment.weights,
-                                                        strict=True)])
+    allocation = Allocation([(w / total, eligible.get(a), None)
+                             for a, w in zip(experiment.arms, experiment.weights, strict=True)])
     if explain:
         share = experiment.weights[experiment.arms.index(arm)] / total
         for c in arms:
@@ -489,7 +522,9 @@ def run(
     explain = req.explain
     facts = build_facts(ruleset, profile, req)
     evaluate_segments(ruleset, facts)
-    features = features_of(facts, req)
+    spec = ruleset.model_of(req.placement.name)
+    features = features_of(facts, spec)
+    member = int(sampler.integers(spec.bagging)) if spec.bagging else None
     candidates: list[RankedAction] = []
     traces: list[ActionTrace] = []
     scorer = scorer_for(ruleset, req.placement, facts)
@@ -499,8 +534,11 @@ def run(
             if explain:
                 traces.append(ActionTrace(action.id, False, tuple(reasons)))
             continue
-        propensity = models.predict(action.id, action.prior, features)
+        propensity = models.predict(action.id, spec, action.prior, features,
+                                    req.placement.name, member)
         candidates.append(score(action, value, propensity, reasons, explain, scorer))
+    member_scores = _member_scores(ruleset, spec, candidates, models, features, scorer,
+                                   req.placement.name) if spec.bagging else None
     experiment = ruleset.experiment_by_placement.get(req.placement.name)
     if experiment is not None and not takes_part(ruleset, experiment, req.user_id):
         experiment = None  # its layer gave this customer another experiment: plain actions
@@ -527,7 +565,8 @@ def run(
         candidates = []
     ranked = rank(candidates, req.limit)
     if ranked:
-        ranked[0].probability = top_probability(ranked[0], candidates, allocation)
+        ranked[0].probability = top_probability(ranked[0], candidates, allocation,
+                                                member_scores)
     elif req.placement.fallback is not None:
         ranked = [fallback_action(ruleset, req.placement.fallback, facts, explain)]
         if holdout and experiment is not None:  # the holdout's outcomes, for measuring lift
@@ -565,6 +604,21 @@ def run(
         holdout=held_out,
     )
     return decision, record
+
+
+def _member_scores(ruleset: Ruleset, spec: ModelSpec, candidates: list[RankedAction],
+                   models: PropensityModels, features: dict[str, float], scorer: Scorer,
+                   placement: str) -> list[dict[str, float]]:
+    """Each bag member's score of every candidate (for the top slot's probability)."""
+    out = []
+    for member in range(spec.bagging):
+        scores = {}
+        for c in candidates:
+            action = ruleset.actions[c.action_id]
+            p = models.predict(c.action_id, spec, action.prior, features, placement, member)
+            scores[c.action_id] = scorer(c, p)
+        out.append(scores)
+    return out
 
 
 def _shown(a: RankedAction, experiment: Experiment | None) -> ShownAction:

@@ -16,7 +16,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_DIR = ROOT / "proto"
 VIRTUAL_PREFIX = "engine/gen"
-PROTO_FILES = ("arbiter/v1/decision.proto", "arbiter/v1/admin.proto")
+PROTO_FILES = ("arbiter/v1/decision.proto", "arbiter/v1/admin.proto",
+               "arbiter/v1/report.proto")
 
 
 def generate(out_dir: Path = ROOT) -> list[Path]:

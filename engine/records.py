@@ -89,6 +89,7 @@ class LearningEvent(msgspec.Struct, omit_defaults=True):
     features: dict[str, float] = {}
     value: float | None = None
     first: bool = True  # first outcome of this kind for this decision-action
+    placement: str = ""  # where it was shown: selects the placement's model
 
 
 class ArmCounts(msgspec.Struct):

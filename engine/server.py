@@ -26,8 +26,11 @@ from engine.gen.arbiter.v1 import admin_pb2 as apb
 from engine.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
 from engine.gen.arbiter.v1 import decision_pb2 as pb
 from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.gen.arbiter.v1 import report_pb2 as rpb
+from engine.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
 from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.reloader import RulesetReloader
+from engine.report_service import ReportServicer
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
@@ -35,6 +38,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
+REPORT_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["ReportService"].full_name
 RELOAD_INTERVAL_SECONDS = 1.0
 MAX_MESSAGE_BYTES = 1 << 20
 SYNC_INTERVAL_SECONDS = 1.0
@@ -207,12 +211,14 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
     pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(arbiter), server)
     apb_grpc.add_AdminServiceServicer_to_server(AdminServicer(arbiter, reloader), server)
+    rpb_grpc.add_ReportServiceServicer_to_server(ReportServicer(arbiter), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
         health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+        (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME, health.SERVICE_NAME,
+         reflection.SERVICE_NAME), server)
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")

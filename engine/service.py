@@ -20,7 +20,7 @@ from typing import Any
 
 from cachetools import TTLCache
 
-from dsl.ruleset import Ruleset
+from dsl.ruleset import ModelSpec, Ruleset
 from engine import pipeline
 from engine.bandit import ThompsonSampler
 from engine.decision import Decision
@@ -29,8 +29,9 @@ from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning import Learner
 from engine.ports import FeedbackCommit, Store
 from engine.profiles import record_event
-from engine.propensity import PropensityModels
+from engine.propensity import ModelQuality, PropensityModels
 from engine.records import ArmCounts, Profile
+from engine.report import ExperimentReport, experiment_report
 from engine.requests import (
     InvalidArgument,
     check_id,
@@ -67,7 +68,7 @@ class Arbiter:
         self.attribution_window = attribution_window
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
-        self.learner = Learner(store, self.models, self._prior_of, reward_wait=reward_wait)
+        self.learner = Learner(store, self.models, self._spec_of, reward_wait=reward_wait)
         self._arm_cache: TTLCache[str, dict[str, ArmCounts]] = TTLCache(
             maxsize=1024, ttl=BANDIT_REFRESH_SECONDS)
         self._arm_lock = threading.Lock()
@@ -84,9 +85,10 @@ class Arbiter:
         """Serve ``ruleset`` from the next request on (an atomic reference swap)."""
         self._ruleset = ruleset
 
-    def _prior_of(self, action_id: str) -> float:
-        action = self._ruleset.actions.get(action_id)
-        return action.prior if action is not None else 0.05
+    def _spec_of(self, placement: str, action_id: str) -> tuple[ModelSpec, float]:
+        ruleset = self._ruleset
+        action = ruleset.actions.get(action_id)
+        return ruleset.model_of(placement), action.prior if action is not None else 0.05
 
     # ---- Decide -------------------------------------------------------------------
     def decide(
@@ -164,6 +166,18 @@ class Arbiter:
         with self._arm_lock:
             self._arm_cache.clear()
         return self.learner.catch_up()
+
+    # ---- reports ------------------------------------------------------------------
+    def experiment_report(self, name: str) -> ExperimentReport:
+        """Raises KeyError for an experiment the serving ruleset does not have."""
+        ruleset = self._ruleset
+        experiment = ruleset.experiments[name]
+        return experiment_report(experiment, self.store.arm_counts(name), self.clock(),
+                                 revision=ruleset.revision)
+
+    def model_report(self) -> list[ModelQuality]:
+        self.learner.catch_up()
+        return self.models.quality()
 
     # ---- profiles -----------------------------------------------------------------
     def track(

@@ -6,7 +6,7 @@ import pytest
 
 from adapters.memory import MemoryStore
 from dsl.loader import load_text
-from dsl.ruleset import Ruleset
+from dsl.ruleset import DEFAULT_MODEL, Ruleset
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
@@ -144,7 +144,7 @@ def test_experiment_plays_exactly_one_arm_and_records_it(arb: Arbiter) -> None:
 
 def test_clicks_move_the_posterior_and_the_propensity(arb: Arbiter) -> None:
     make_vip(arb, "vera")
-    before = arb.models.predict("new_arrivals", 0.05, {})
+    before = arb.models.predict("new_arrivals", DEFAULT_MODEL, 0.05, {})
     for _ in range(60):
         d = arb.decide(user_id="vera", placement="homepage_banner", channel="web")
         action = d.actions[0]
@@ -160,7 +160,7 @@ def test_clicks_move_the_posterior_and_the_propensity(arb: Arbiter) -> None:
     assert d.actions[0].action_id == "new_arrivals"
     terms = d.actions[0].score_terms
     assert terms["posterior_alpha"] == 1 + counts["new_arrivals"].successes
-    assert arb.models.predict("new_arrivals", 0.05, {}) > before
+    assert arb.models.predict("new_arrivals", DEFAULT_MODEL, 0.05, {}) > before
 
 
 def test_ties_break_by_priority_then_id() -> None:

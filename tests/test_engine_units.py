@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from adapters.memory import MemoryStore
+from dsl.ruleset import DEFAULT_MODEL
 from engine.feedback import ActionNotInDecision, FeedbackInput, feedback_effects
 from engine.learning import Learner
 from engine.profiles import (
@@ -101,7 +101,7 @@ def test_non_experiment_actions_do_not_touch_bandits() -> None:
 def test_learner_labels_clicks_now_and_silence_after_the_wait() -> None:
     store = MemoryStore(clock=lambda: NOW)
     models = PropensityModels()
-    learner = Learner(store, models, lambda _: 0.05, reward_wait=60.0)
+    learner = Learner(store, models, lambda _p, _a: (DEFAULT_MODEL, 0.05), reward_wait=60.0)
     store.save_decision(decision(arm=False), 3600)
     x = {"seg:x": 1.0}
     for i in range(30):
@@ -111,7 +111,7 @@ def test_learner_labels_clicks_now_and_silence_after_the_wait() -> None:
         store.commit_feedback(d.decision_id, f"k{i}", lambda dd, p, i=i: feedback_effects(
             FeedbackInput(dd.decision_id, "a", "click", None, "", NOW, NOW + i), dd, p), 3600)
     assert learner.catch_up() == 30
-    up = models.predict("a", 0.05, x)
+    up = models.predict("a", DEFAULT_MODEL, 0.05, x)
     assert up > 0.1
     # impressions with no click: labelled negative only once the wait has passed
     for i in range(30, 90):
@@ -123,20 +123,21 @@ def test_learner_labels_clicks_now_and_silence_after_the_wait() -> None:
             dd, p), 3600)
     learner.catch_up()
     assert len(learner.pending) > 0 and models.examples_seen("a") < 90
-    assert models.predict("a", 0.05, x) < up
+    assert models.predict("a", DEFAULT_MODEL, 0.05, x) < up
 
 
 def test_learner_snapshot_and_restore_resume_at_offset() -> None:
     store = MemoryStore(clock=lambda: NOW)
     models = PropensityModels()
-    learner = Learner(store, models, lambda _: 0.05, snapshot_every=1)
+    learner = Learner(store, models, lambda _p, _a: (DEFAULT_MODEL, 0.05), snapshot_every=1)
     d = decision(arm=False)
     store.save_decision(d, 3600)
     store.commit_feedback("d1", "k", lambda dd, p: feedback_effects(fb("click"), dd, p), 3600)
     learner.catch_up()
-    restored = Learner(store, PropensityModels(), lambda _: 0.05)
+    restored = Learner(store, PropensityModels(), lambda _p, _a: (DEFAULT_MODEL, 0.05))
     restored.restore()
     assert restored.offset == learner.offset == "1"
     assert restored.catch_up() == 0
     x = {"seg:x": 1.0}
-    assert restored.models.predict("a", 0.05, x) == pytest.approx(models.predict("a", 0.05, x))
+    expected = models.predict("a", DEFAULT_MODEL, 0.05, x)
+    assert restored.models.predict("a", DEFAULT_MODEL, 0.05, x) == pytest.approx(expected)

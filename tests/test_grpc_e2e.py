@@ -9,6 +9,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from dsl.ruleset import DEFAULT_MODEL
 from engine import convert
 from engine.gen.arbiter.v1 import decision_pb2 as pb
 from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
@@ -68,7 +69,7 @@ def test_feedback_moves_bandit_and_propensity(stub: Stub, running: RunningServer
         stub.TrackEvent(pb.TrackEventRequest(user_id="fiona", event_type="visit"))
     stub.TrackEvent(pb.TrackEventRequest(user_id="fiona", event_type="visit",
                                          timestamp=convert.timestamp(time.time() - 40 * 86400)))
-    prior = arbiter.models.predict("new_arrivals", 0.05, {})
+    prior = arbiter.models.predict("new_arrivals", DEFAULT_MODEL, 0.05, {})
     clicked = 0
     for i in range(50):
         d = stub.Decide(pb.DecideRequest(user_id="fiona", placement="homepage_banner",
@@ -91,7 +92,7 @@ def test_feedback_moves_bandit_and_propensity(stub: Stub, running: RunningServer
     counts = arbiter.store.arm_counts("hero_test")
     assert counts["new_arrivals"].successes == clicked > 0
     assert sum(c.trials for c in counts.values()) == 50
-    assert arbiter.models.predict("new_arrivals", 0.05, {}) > prior
+    assert arbiter.models.predict("new_arrivals", DEFAULT_MODEL, 0.05, {}) > prior
     explained = stub.Decide(pb.DecideRequest(user_id="fiona", placement="homepage_banner",
                                              channel="web", explain=True))
     terms = {t.name: t.value for t in explained.actions[0].score_terms}

@@ -9,7 +9,7 @@ import pytest
 import redis
 
 from adapters.redis_store import RedisStore
-from dsl.ruleset import Ruleset
+from dsl.ruleset import DEFAULT_MODEL, Ruleset
 from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.service import Arbiter
 from tests.conftest import RedisServer
@@ -110,8 +110,8 @@ def test_two_replicas_converge_on_bandit_and_model_state(redis_url: str,
     assert sum(c.successes for c in a.arm_counts("hero_test").values()) == 40
     features = {"seg:frequent_visitor": 1.0}
     for action in ("vip_early_access", "new_arrivals", "free_shipping"):
-        pa = a.models.predict(action, 0.05, features)
-        pb = b.models.predict(action, 0.05, features)
+        pa = a.models.predict(action, DEFAULT_MODEL, 0.05, features)
+        pb = b.models.predict(action, DEFAULT_MODEL, 0.05, features)
         assert pa == pytest.approx(pb), action
 
 
@@ -120,24 +120,25 @@ def test_state_survives_a_service_restart(redis_url: str, retail: Ruleset) -> No
     click_top_banner(first, "vera", 30)
     counts = first.arm_counts("hero_test")
     x = {"seg:frequent_visitor": 1.0, "ctx:channel=web": 1.0}
-    learnt = {a: first.models.predict(a, 0.05, x) for a in counts}
+    learnt = {a: first.models.predict(a, DEFAULT_MODEL, 0.05, x) for a in counts}
     first.close()  # snapshots the models
     second = Arbiter(retail, RedisStore(redis_url), seed=1)
     assert second.arm_counts("hero_test") == counts
     for action, p in learnt.items():
-        assert second.models.predict(action, 0.05, x) == pytest.approx(p)
+        assert second.models.predict(action, DEFAULT_MODEL, 0.05, x) == pytest.approx(p)
 
 
 def test_restart_without_snapshot_replays_the_log(redis_url: str, retail: Ruleset) -> None:
     first = Arbiter(retail, RedisStore(redis_url), seed=1)
     click_top_banner(first, "vera", 10)
     x = {"seg:frequent_visitor": 1.0}
-    learnt = {a: first.models.predict(a, 0.05, x) for a in first.arm_counts("hero_test")}
+    learnt = {a: first.models.predict(a, DEFAULT_MODEL, 0.05, x)
+              for a in first.arm_counts("hero_test")}
     # no close(): as if the process died
     second = Arbiter(retail, RedisStore(redis_url), seed=1)
     assert second.learner.applied == 10
     for action, p in learnt.items():
-        assert second.models.predict(action, 0.05, x) == pytest.approx(p)
+        assert second.models.predict(action, DEFAULT_MODEL, 0.05, x) == pytest.approx(p)
 
 
 def test_acknowledged_feedback_survives_a_redis_crash(redis_server: RedisServer,

@@ -106,7 +106,7 @@ class ScoreTerm(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class RankedAction(_message.Message):
-    __slots__ = ("action_id", "rank", "score", "propensity", "value", "weight", "experiment", "arm", "content", "reasons", "score_terms", "tags")
+    __slots__ = ("action_id", "rank", "score", "propensity", "value", "weight", "experiment", "arm", "content", "reasons", "score_terms", "tags", "probability")
     class ContentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -126,6 +126,7 @@ class RankedAction(_message.Message):
     REASONS_FIELD_NUMBER: _ClassVar[int]
     SCORE_TERMS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
+    PROBABILITY_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     rank: int
     score: float
@@ -138,7 +139,8 @@ class RankedAction(_message.Message):
     reasons: _containers.RepeatedCompositeFieldContainer[Reason]
     score_terms: _containers.RepeatedCompositeFieldContainer[ScoreTerm]
     tags: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, action_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., content: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., score_terms: _Optional[_Iterable[_Union[ScoreTerm, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ...) -> None: ...
+    probability: float
+    def __init__(self, action_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., content: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., score_terms: _Optional[_Iterable[_Union[ScoreTerm, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ..., probability: _Optional[float] = ...) -> None: ...
 
 class ActionTrace(_message.Message):
     __slots__ = ("action_id", "eligible", "reasons")
