@@ -91,15 +91,18 @@ def _proba(model: Any, features: dict[str, float], prior: float) -> float:
     return float(proba.get(True, prior)) if proba else prior
 
 
+def _rolling(kind: Any) -> Any:
+    return utils.Rolling(kind, window_size=QUALITY_WINDOW)
+
+
 @dataclass
 class _Quality:
     """Progressive-validation metrics of one model."""
 
-    auc: Any = field(default_factory=lambda: utils.Rolling(metrics.ROCAUC, window_size=QUALITY_WINDOW))
-    log_loss: Any = field(
-        default_factory=lambda: utils.Rolling(metrics.LogLoss, window_size=QUALITY_WINDOW))
-    predicted: Any = field(default_factory=lambda: utils.Rolling(stats.Mean, window_size=QUALITY_WINDOW))
-    observed: Any = field(default_factory=lambda: utils.Rolling(stats.Mean, window_size=QUALITY_WINDOW))
+    auc: Any = field(default_factory=lambda: _rolling(metrics.ROCAUC))
+    log_loss: Any = field(default_factory=lambda: _rolling(metrics.LogLoss))
+    predicted: Any = field(default_factory=lambda: _rolling(stats.Mean))
+    observed: Any = field(default_factory=lambda: _rolling(stats.Mean))
 
     def update(self, label: bool, p: float) -> None:
         self.auc.update(label, p)
