@@ -7,6 +7,8 @@
     arbiter explain rulesets/retail --profile p.toml --placement email
     arbiter decide --rules rulesets/retail --user ann --placement email --explain
     arbiter decide --target localhost:50051 --user ann --placement homepage_banner
+    arbiter report hero_test --target localhost:50051 --plot hero.png
+    arbiter replay decisions.jsonl --rules rulesets/candidate
 """
 
 from __future__ import annotations
@@ -60,7 +62,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     for warning in ruleset.warnings:
         log.warning("%s", warning)
-    arbiter = Arbiter(ruleset, _store(args.redis), seed=args.seed)
+    decision_log = None
+    if args.decision_log:
+        from adapters.decision_log import JsonlDecisionLog
+
+        decision_log = JsonlDecisionLog(args.decision_log)
+    arbiter = Arbiter(ruleset, _store(args.redis), seed=args.seed,
+                      reward_wait=args.reward_wait, decision_log=decision_log)
     reloader = RulesetReloader(args.rules, arbiter)
     running = server.start(arbiter, args.host, args.port, args.workers, reloader,
                            args.reload_interval)
@@ -249,6 +257,118 @@ def _decide_remote(args: argparse.Namespace) -> Any:
     return convert.decision_from_response(response, args.user, args.placement, args.channel)
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """An experiment's report (or every model's quality) from a server or from Redis."""
+    if not args.redis:
+        args.target = args.target or "127.0.0.1:50051"
+    try:
+        if args.target:
+            report, models = _report_remote(args)
+        else:
+            report, models = _report_local(args)
+    except KeyError as err:
+        print(f"arbiter report: {err.args[0]}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        from google.protobuf.json_format import MessageToDict
+
+        from engine.report_service import quality_to_proto, report_to_proto
+
+        out: dict[str, Any] = {}
+        if report is not None:
+            out["experiment"] = MessageToDict(report_to_proto(report))
+        out["models"] = [MessageToDict(quality_to_proto(q)) for q in models]
+        print(json.dumps(out, indent=2))
+    else:
+        if report is not None:
+            print(report.render())
+        if args.models or report is None:
+            print(_render_models(models))
+    if args.plot and report is not None:
+        from engine.plot import plot_report
+
+        print(f"plot written to {plot_report(report, args.plot)}")
+    return 0
+
+
+def _render_models(models: Sequence[Any]) -> str:
+    if not models:
+        return "no propensity model has learnt anything yet"
+    lines = [f"{'model':<24} {'learner':<22} {'examples':>9} {'AUC':>6} {'log loss':>9} "
+             f"{'mean p':>7} {'rate':>7}"]
+    for q in models:
+        lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9} {q.rolling_auc:>6.3f} "
+                     f"{q.rolling_log_loss:>9.4f} {q.mean_predicted:>7.4f} "
+                     f"{q.observed_rate:>7.4f}")
+    lines.append("(progressive validation: each example predicted before it was learnt; "
+                 "last 1,000 examples)")
+    return "\n".join(lines)
+
+
+def _report_local(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    from engine.service import Arbiter
+
+    ruleset = load_path(args.rules)
+    arbiter = Arbiter(ruleset, _store(args.redis))
+    try:
+        if args.experiment and args.experiment not in ruleset.experiments:
+            known = ", ".join(sorted(ruleset.experiments)) or "none"
+            raise KeyError(f"unknown experiment '{args.experiment}' (known: {known})")
+        report = arbiter.experiment_report(args.experiment) if args.experiment else None
+        return report, arbiter.model_report() if args.models or not report else []
+    finally:
+        arbiter.store.close()
+
+
+def _report_remote(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    import grpc
+
+    from engine.gen.arbiter.v1 import report_pb2 as rpb
+    from engine.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+    from engine.report_service import quality_from_proto, report_from_proto
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = rpb_grpc.ReportServiceStub(channel)
+        try:
+            report = None
+            if args.experiment:
+                report = report_from_proto(stub.ExperimentReport(
+                    rpb.ExperimentReportRequest(experiment=args.experiment), timeout=30))
+            models = []
+            if args.models or report is None:
+                models = [quality_from_proto(q) for q in
+                          stub.ModelReport(rpb.ModelReportRequest(), timeout=30).models]
+        except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise KeyError(err.details()) from err
+            raise SystemExit(f"arbiter report: {err.code().name}: {err.details()}") from err
+    return report, models
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """Off-policy estimate of a candidate ruleset's reward on a decision log."""
+    from adapters.decision_log import read_log
+    from engine.replay import replay
+
+    candidate = _load(args.rules, "replay")
+    if candidate is None:
+        return 1
+    try:
+        entries = read_log(args.log)
+    except OSError as err:
+        print(f"arbiter replay: {err}", file=sys.stderr)
+        return 2
+    reward, _, value = args.reward.partition(".")
+    result = replay(entries, candidate, reward=reward, value=value == "value", seed=args.seed)
+    if args.format == "json":
+        from dataclasses import asdict
+
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(result.render())
+    return 0 if result.decisions else 1
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arbiter", description="Next-best-action decisions.")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -262,6 +382,11 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, default=4,
                        help="request threads (more is slower under the GIL: bench/RESULTS.md)")
     serve.add_argument("--seed", type=int, help="seed of the Thompson sampler")
+    serve.add_argument("--decision-log", metavar="FILE.jsonl",
+                       help="append every decision and outcome here (for arbiter replay)")
+    serve.add_argument("--reward-wait", type=float, default=1800.0, metavar="SECONDS",
+                       help="an impression with no click or conversion after this long is "
+                            "a negative example for the propensity models (default 1800)")
     serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                        help="how often to look for changed rule files (0: only on the "
                             "ReloadRuleset RPC)")
@@ -299,6 +424,27 @@ def parser() -> argparse.ArgumentParser:
     test.add_argument("--tests", help="test file or directory (default: the ruleset's)")
     test.add_argument("--verbose-tests", action="store_true", help="list passing tests too")
     test.set_defaults(func=cmd_test)
+
+    report = sub.add_parser("report", help="an experiment's arms, or the models' quality")
+    report.add_argument("experiment", nargs="?", help="experiment name (omit: models only)")
+    source = report.add_mutually_exclusive_group()
+    source.add_argument("--target", help="host:port of a running server (default 127.0.0.1:50051)")
+    source.add_argument("--redis", help="read the statistics from Redis instead")
+    report.add_argument("--rules", default="rulesets/retail",
+                        help="ruleset directory (with --redis)")
+    report.add_argument("--models", action="store_true", help="also the models' quality")
+    report.add_argument("--plot", metavar="FILE.png", help="draw the arms' posteriors")
+    report.add_argument("--format", choices=("text", "json"), default="text")
+    report.set_defaults(func=cmd_report)
+
+    replay = sub.add_parser("replay", help="estimate a candidate ruleset's reward from logs")
+    replay.add_argument("log", help="decision log (arbiter serve --decision-log)")
+    replay.add_argument("--rules", required=True, help="the candidate ruleset directory")
+    replay.add_argument("--reward", default="click",
+                        help="reward outcome: click, conversion, or conversion.value")
+    replay.add_argument("--seed", type=int, default=0)
+    replay.add_argument("--format", choices=("text", "json"), default="text")
+    replay.set_defaults(func=cmd_replay)
 
     explain = sub.add_parser("explain", help="why each action is or is not chosen")
     explain.add_argument("rules", help="ruleset directory")

@@ -51,6 +51,8 @@ class Decision:
     segments: tuple[str, ...]  # segments the user is in
     traces: tuple[ActionTrace, ...] = ()  # every candidate, when explain was asked
     holdout: str | None = None  # the experiment whose holdout this customer is in
+    # P(action in the first slot) for every action the policy could have put there
+    policy: dict[str, float] = field(default_factory=dict)
 
     def render(self) -> str:
         """A readable text form (used by ``arbiter decide``)."""

@@ -392,23 +392,20 @@ def _describe(posterior: Posterior) -> str:
             f"alpha={posterior.alpha:g}, beta={posterior.beta:.4g})")
 
 
-def top_probability(top: RankedAction, kept: list[RankedAction],
-                    allocation: Allocation | None,
-                    member_scores: list[dict[str, float]] | None) -> float:
-    """P(``top`` is in the first slot | this request), over the policy's random choices.
+def top_distribution(kept: list[RankedAction], allocation: Allocation | None,
+                     member_scores: list[dict[str, float]] | None) -> dict[str, float]:
+    """P(each action is in the first slot | this request), over the policy's random choices.
 
     Two things are random: which arm an experiment keeps, at what score
     (``allocation``), and which bag member scored the plain actions
     (``member_scores``, one score map per member, equally likely). Everything else
-    is fixed, so the probability is an exact average over those outcomes.
+    is fixed, so the distribution is an exact average over those outcomes.
     """
-    if allocation is None and member_scores is None:
-        return 1.0
     others = [c for c in kept if c.arm is None]
     outcomes = allocation.outcomes if allocation is not None else [(1.0, None, None)]
     scenarios: list[dict[str, float] | None] = (
         list(member_scores) if member_scores is not None else [None])
-    total = 0.0
+    dist: dict[str, float] = {}
     for scores in scenarios:
         def score_of(c: RankedAction, scores: dict[str, float] | None = scores) -> float:
             return scores.get(c.action_id, c.score) if scores is not None else c.score
@@ -420,8 +417,8 @@ def top_probability(top: RankedAction, kept: list[RankedAction],
                              arm.priority, arm.action_id))
             if pool:
                 winner = min(pool, key=lambda t: (-t[0], -t[1], t[2]))[2]
-                total += weight * (winner == top.action_id)
-    return total / len(scenarios)
+                dist[winner] = dist.get(winner, 0.0) + weight / len(scenarios)
+    return dist
 
 
 def fallback_action(ruleset: Ruleset, action_id: str, facts: Facts,
@@ -564,13 +561,17 @@ def run(
                 for a in candidates)
         candidates = []
     ranked = rank(candidates, req.limit)
+    policy: dict[str, float] = {}
     if ranked:
-        ranked[0].probability = top_probability(ranked[0], candidates, allocation,
-                                                member_scores)
+        stochastic = allocation is not None or member_scores is not None
+        policy = (top_distribution(candidates, allocation, member_scores) if stochastic
+                  else {ranked[0].action_id: 1.0})
+        ranked[0].probability = policy.get(ranked[0].action_id, 0.0)
     elif req.placement.fallback is not None:
         ranked = [fallback_action(ruleset, req.placement.fallback, facts, explain)]
         if holdout and experiment is not None:  # the holdout's outcomes, for measuring lift
             ranked[0].experiment, ranked[0].arm = experiment.name, HOLDOUT_ARM
+        policy = {ranked[0].action_id: 1.0}
     for shown_action in ranked:
         render_content(ruleset, shown_action, facts)
     if explain:
@@ -586,7 +587,7 @@ def run(
     held_out = experiment.name if holdout and experiment is not None else None
     decision = Decision(decision_id, ruleset.revision, req.now, req.user_id,
                         req.placement.name, req.channel, tuple(ranked), matched, tuple(traces),
-                        held_out)
+                        held_out, policy)
     if explain:
         for shown_action in ranked:
             shown_action.reasons = [*_segment_reasons(ruleset, facts, shown_action.action_id),

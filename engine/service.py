@@ -24,6 +24,7 @@ from dsl.ruleset import ModelSpec, Ruleset
 from engine import pipeline
 from engine.bandit import ThompsonSampler
 from engine.decision import Decision
+from engine.decision_log import DecisionLog, decision_entry, outcome_entry
 from engine.exploration import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning import Learner
@@ -61,11 +62,13 @@ class Arbiter:
         clock: Callable[[], float] = time.time,
         reward_wait: float = 1800.0,
         attribution_window: float = ATTRIBUTION_WINDOW_SECONDS,
+        decision_log: DecisionLog | None = None,
     ) -> None:
         self._ruleset = ruleset
         self.store = store
         self.clock = clock
         self.attribution_window = attribution_window
+        self.decision_log = decision_log
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
         self.learner = Learner(store, self.models, self._spec_of, reward_wait=reward_wait)
@@ -116,6 +119,8 @@ class Arbiter:
         )
         if record.actions or record.holdout:  # holdouts are exposures too (lift)
             self.store.save_decision(record, self.attribution_window)
+        if self.decision_log is not None:
+            self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
         return decision
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
@@ -155,6 +160,8 @@ class Arbiter:
             decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
             self.attribution_window)
         if not commit.duplicate and commit.effects is not None:
+            if self.decision_log is not None:
+                self.decision_log.write(outcome_entry(commit.effects.event))
             with self._arm_lock:
                 for experiment, _arm in commit.effects.arm_increments:
                     self._arm_cache.pop(experiment, None)
@@ -209,4 +216,6 @@ class Arbiter:
         try:
             self.learner.snapshot()
         finally:
+            if self.decision_log is not None:
+                self.decision_log.close()
             self.store.close()

@@ -1,0 +1,54 @@
+"""What a decision log entry holds (adapters/decision_log.py writes them)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import msgspec
+
+from dsl.ruleset import Ruleset
+from engine.decision import Decision
+from engine.records import LearningEvent, Profile
+
+PII_MASK = "<pii>"
+
+
+class DecisionLog(Protocol):
+    def write(self, entry: dict[str, Any]) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def decision_entry(ruleset: Ruleset, decision: Decision, context: Mapping[str, Any],
+                   profile: Profile | None) -> dict[str, Any]:
+    """The decision, its input (PII masked) and the probability of what it showed."""
+    stored: dict[str, Any] | None = None
+    if profile is not None:
+        stored = msgspec.to_builtins(profile)
+        attributes = stored.get("attributes", {})
+        for name in attributes:
+            spec = ruleset.profile_schema.get(name)
+            if spec is not None and spec.pii:
+                attributes[name] = PII_MASK
+    return {
+        "kind": "decision",
+        "decision_id": decision.decision_id,
+        "at": decision.decided_at,
+        "user_id": decision.user_id,
+        "placement": decision.placement,
+        "channel": decision.channel,
+        "revision": decision.revision,
+        "context": {k: v for k, v in context.items() if k not in ("placement", "channel")},
+        "profile": stored,
+        "holdout": decision.holdout,
+        "actions": [{"action_id": a.action_id, "rank": a.rank, "score": a.score,
+                     "propensity": a.propensity, "probability": a.probability,
+                     "experiment": a.experiment, "arm": a.arm} for a in decision.actions],
+        "policy": decision.policy,
+    }
+
+
+def outcome_entry(event: LearningEvent) -> dict[str, Any]:
+    return {"kind": "outcome", "decision_id": event.decision_id, "action_id": event.action_id,
+            "outcome": event.outcome, "value": event.value, "at": event.at}
