@@ -106,19 +106,24 @@ def evaluate_segments(ruleset: Ruleset, facts: Facts) -> None:
 
 
 def features_of(facts: Facts, spec: ModelSpec) -> dict[str, float]:
-    """Model features: numbers as they are, bools as 0/1, strings and lists one-hot.
+    """Model features: numbers as they are, bools and segments 0/1, strings and lists one-hot.
+
+    One-hot features are named ``name=value`` and present only when true; every
+    other feature is always present.
 
     The default model (no ``features:``) reads every segment flag and context value.
     """
     if spec.features is None:
-        features = {f"seg:{name}": 1.0 for name, hit in facts.segments.items() if hit is True}
+        features = {f"segment:{name}": 1.0 if hit else 0.0
+                    for name, hit in facts.segments.items()}
         for key, value in facts.context.items():
-            _encode(features, f"ctx:{key}", value)
+            _encode(features, f"context.{key}", value)
         return features
     features = {}
     for name in spec.features:
         if name == "segments":
-            features.update({f"seg:{s}": 1.0 for s, hit in facts.segments.items() if hit})
+            features.update({f"segment:{s}": 1.0 if hit else 0.0
+                             for s, hit in facts.segments.items()})
             continue
         head, _, attr = name.partition(".")
         source = facts.attributes if head == "profile" else facts.context

@@ -15,23 +15,26 @@ Contextual exploration: with ``bagging: K`` the model is River's online bagging
 decision samples one member and ranks with its predictions, which approximates
 Thompson sampling over the model's uncertainty (the online bootstrap of Eckles &
 Kaptein, 2014). The probability of the chosen action is the share of members
-that would have chosen it, computed exactly.
+that would have chosen it, computed exactly. Until an action's model has
+``COLD_START_EXAMPLES`` examples its members spread around the prior
+(:func:`cold_start_quantiles`), so untried actions are explored too.
 
 Progressive validation: every example is first predicted, then learnt, so the
 rolling ROC AUC and log loss over the last ``QUALITY_WINDOW`` examples measure
 the model on data it had not seen (Blum, Kalai & Langford, 1999).
 
 >>> models = PropensityModels()
->>> round(models.predict("offer", DEFAULT_MODEL, 0.05, {"seg:vip": 1.0}), 3)
+>>> round(models.predict("offer", DEFAULT_MODEL, 0.05, {"segment:vip": 1.0}), 3)
 0.05
 >>> for _ in range(20):
-...     models.learn("offer", DEFAULT_MODEL, 0.05, {"seg:vip": 1.0}, True)
->>> models.predict("offer", DEFAULT_MODEL, 0.05, {"seg:vip": 1.0}) > 0.05
+...     models.learn("offer", DEFAULT_MODEL, 0.05, {"segment:vip": 1.0}, True)
+>>> models.predict("offer", DEFAULT_MODEL, 0.05, {"segment:vip": 1.0}) > 0.05
 True
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import pickle
 import threading
@@ -41,6 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from river import (
+    compose,
     ensemble,
     linear_model,
     metrics,
@@ -50,12 +54,17 @@ from river import (
     tree,
     utils,
 )
+from scipy import stats as scipy_stats
 
 from dsl.ruleset import DEFAULT_MODEL, ModelSpec
 
 __all__ = ["DEFAULT_MODEL", "ModelQuality", "PropensityModels"]
 
 LEARNING_RATE = 0.05
+COLD_START_STRENGTH = 2.0
+"""Pseudo-examples behind the cold-start prior of a bagged model (weak on purpose)."""
+COLD_START_EXAMPLES = 20
+"""A bagged model predicts from its cold-start prior until it has learnt this many."""
 QUALITY_WINDOW = 1000
 
 
@@ -64,19 +73,52 @@ def logit(p: float) -> float:
     return math.log(p / (1.0 - p))
 
 
+def is_indicator(name: str) -> bool:
+    """One-hot features are named ``name=value``, present only when true."""
+    return "=" in name
+
+
+def numeric_part(x: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in x.items() if not is_indicator(k)}
+
+
+def indicator_part(x: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in x.items() if is_indicator(k)}
+
+
+def nominal(x: dict[str, Any]) -> dict[str, Any]:
+    """``{"device=mobile": 1}`` as ``{"device": "mobile"}``; a list's indicators stay."""
+    indicators = [k.partition("=") for k in x if is_indicator(k)]
+    single = {n for n, _, _ in indicators if sum(1 for m, _, _ in indicators if m == n) == 1}
+    out: dict[str, Any] = {}
+    for k, v in x.items():
+        name, _, value = k.partition("=")
+        if name in single:
+            out[name] = value
+        else:
+            out[k] = v
+    return out
+
+
 def new_learner(spec: ModelSpec, prior: float, key: str) -> Any:
     """The River pipeline a spec describes, starting from the prior."""
     learner: Any
     if spec.learner == "adpredictor":
         learner = linear_model.AdPredictor(prior_probability=prior)
     elif spec.learner == "tree":
-        learner = tree.HoeffdingTreeClassifier(grace_period=50)
+        # a tree splits on a nominal value directly; an indicator it only ever sees as 1
+        learner = compose.FuncTransformer(nominal) | tree.HoeffdingTreeClassifier(
+            grace_period=50, leaf_prediction="mc")  # leaf frequencies: calibrated
     else:
-        learner = preprocessing.StandardScaler() | linear_model.LogisticRegression(
-            optimizer=optim.SGD(LEARNING_RATE),
-            intercept_init=logit(prior),
-            intercept_lr=LEARNING_RATE,
-        )
+        # scale numbers only: a one-hot indicator is present (1) or absent, and
+        # StandardScaler sees it only when present, so it would scale it to 0
+        scaled = compose.FuncTransformer(numeric_part) | preprocessing.StandardScaler()
+        learner = (scaled + compose.FuncTransformer(indicator_part)) | (
+            linear_model.LogisticRegression(
+                optimizer=optim.SGD(LEARNING_RATE),
+                intercept_init=logit(prior),
+                intercept_lr=LEARNING_RATE,
+            ))
     if spec.hashed:
         learner = preprocessing.FeatureHasher(n_features=spec.hashed, seed=1) | learner
     if spec.bagging:
@@ -84,6 +126,31 @@ def new_learner(spec: ModelSpec, prior: float, key: str) -> Any:
         learner = ensemble.BaggingClassifier(learner, n_models=spec.bagging,
                                              seed=zlib.crc32(key.encode()))
     return learner
+
+
+@functools.lru_cache(maxsize=1024)
+def cold_start_quantiles(prior: float, members: int) -> tuple[float, ...]:
+    """What each bag member predicts before the model has any data.
+
+    A bag of untrained members would all say ``prior``: no uncertainty, so an
+    action nobody has tried would never be explored. Instead member ``k`` takes the
+    ``(k + 0.5) / K`` quantile of ``Beta(COLD_START_STRENGTH * prior,
+    COLD_START_STRENGTH * (1 - prior))``, a weak prior centred on ``prior``.
+
+    >>> q = cold_start_quantiles(0.05, 4)
+    >>> q[0] < 0.05 < q[-1]
+    True
+    """
+    a, b = COLD_START_STRENGTH * prior, COLD_START_STRENGTH * (1.0 - prior)
+    qs = scipy_stats.beta.ppf([(k + 0.5) / members for k in range(members)], a, b)
+    return tuple(float(q) for q in qs)
+
+
+@functools.lru_cache(maxsize=4096)
+def cold_start_order(action_id: str, members: int) -> tuple[int, ...]:
+    """A fixed per-action permutation of the quantiles, so actions are not in lockstep."""
+    return tuple(sorted(range(members),
+                        key=lambda k: zlib.crc32(f"{action_id}:{k}".encode())))
 
 
 def _proba(model: Any, features: dict[str, float], prior: float) -> float:
@@ -132,13 +199,14 @@ class _Model:
 
 def model_features(spec: ModelSpec, action_id: str, features: Mapping[str, float]
                    ) -> dict[str, float]:
-    """Per-placement models see the action as a feature and crossed with every feature."""
+    """Per-placement models see the action as a feature; linear ones also crossed with
+    every feature (a tree finds such interactions itself)."""
     if spec.per == "action":
         return dict(features)
-    out = {f"action={action_id}": 1.0}
-    for name, value in features.items():
-        out[name] = value
-        out[f"{action_id}|{name}"] = value
+    out = {f"action={action_id}": 1.0, **features}
+    if spec.learner != "tree":
+        for name, value in features.items():
+            out[f"{action_id}|{name}"] = value
     return out
 
 
@@ -154,7 +222,11 @@ class PropensityModels:
                 member: int | None = None) -> float:
         """P(reward); ``member`` picks one bag member (exploration), else the bag's mean."""
         model = self._models.get(spec.key(placement, action_id))
-        if model is None or model.examples == 0:
+        examples = model.examples if model is not None else 0
+        if member is not None and spec.bagging and examples < COLD_START_EXAMPLES:
+            order = cold_start_order(action_id, spec.bagging)
+            return cold_start_quantiles(prior, spec.bagging)[order[member % spec.bagging]]
+        if model is None or examples == 0:
             return prior
         x = model_features(spec, action_id, features)
         with self._lock:

@@ -57,7 +57,7 @@ def test_impressions_within_window() -> None:
 def decision(arm: bool = True) -> DecisionRecord:
     return DecisionRecord(
         decision_id="d1", user_id="u", placement="home", channel="web", revision="r",
-        decided_at=NOW, features={"seg:x": 1.0},
+        decided_at=NOW, features={"segment:x": 1.0},
         actions=[ShownAction("a", 1, 0.5, 0.5, 1.0, "exp" if arm else None,
                              "a" if arm else None, "click" if arm else None)])
 
@@ -103,7 +103,7 @@ def test_learner_labels_clicks_now_and_silence_after_the_wait() -> None:
     models = PropensityModels()
     learner = Learner(store, models, lambda _p, _a: (DEFAULT_MODEL, 0.05), reward_wait=60.0)
     store.save_decision(decision(arm=False), 3600)
-    x = {"seg:x": 1.0}
+    x = {"segment:x": 1.0}
     for i in range(30):
         d = decision(arm=False)
         d.decision_id = f"d{i}"
@@ -138,6 +138,6 @@ def test_learner_snapshot_and_restore_resume_at_offset() -> None:
     restored.restore()
     assert restored.offset == learner.offset == "1"
     assert restored.catch_up() == 0
-    x = {"seg:x": 1.0}
+    x = {"segment:x": 1.0}
     expected = models.predict("a", DEFAULT_MODEL, 0.05, x)
     assert restored.models.predict("a", DEFAULT_MODEL, 0.05, x) == pytest.approx(expected)

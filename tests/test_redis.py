@@ -108,7 +108,7 @@ def test_two_replicas_converge_on_bandit_and_model_state(redis_url: str,
     b.sync()
     assert a.arm_counts("hero_test") == b.arm_counts("hero_test")
     assert sum(c.successes for c in a.arm_counts("hero_test").values()) == 40
-    features = {"seg:frequent_visitor": 1.0}
+    features = {"segment:frequent_visitor": 1.0}
     for action in ("vip_early_access", "new_arrivals", "free_shipping"):
         pa = a.models.predict(action, DEFAULT_MODEL, 0.05, features)
         pb = b.models.predict(action, DEFAULT_MODEL, 0.05, features)
@@ -119,7 +119,7 @@ def test_state_survives_a_service_restart(redis_url: str, retail: Ruleset) -> No
     first = Arbiter(retail, RedisStore(redis_url), seed=1)
     click_top_banner(first, "vera", 30)
     counts = first.arm_counts("hero_test")
-    x = {"seg:frequent_visitor": 1.0, "ctx:channel=web": 1.0}
+    x = {"segment:frequent_visitor": 1.0, "context.channel=web": 1.0}
     learnt = {a: first.models.predict(a, DEFAULT_MODEL, 0.05, x) for a in counts}
     first.close()  # snapshots the models
     second = Arbiter(retail, RedisStore(redis_url), seed=1)
@@ -131,7 +131,7 @@ def test_state_survives_a_service_restart(redis_url: str, retail: Ruleset) -> No
 def test_restart_without_snapshot_replays_the_log(redis_url: str, retail: Ruleset) -> None:
     first = Arbiter(retail, RedisStore(redis_url), seed=1)
     click_top_banner(first, "vera", 10)
-    x = {"seg:frequent_visitor": 1.0}
+    x = {"segment:frequent_visitor": 1.0}
     learnt = {a: first.models.predict(a, DEFAULT_MODEL, 0.05, x)
               for a in first.arm_counts("hero_test")}
     # no close(): as if the process died
