@@ -37,6 +37,7 @@ class MemoryStore:
         self._keys: dict[str, float] = {}
         self._arms: dict[str, dict[str, ArmCounts]] = {}
         self._log: list[LearningEvent] = []
+        self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
         self._writes = 0
 
@@ -115,10 +116,20 @@ class MemoryStore:
                     for arm, c in self._arms.get(experiment, {}).items()}
 
     def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
-        start = int(after) if after else 0
+        start = max(int(after) if after else 0, self._log_base)
         with self._lock:
-            chunk = self._log[start : start + limit]
+            chunk = self._log[start - self._log_base : start - self._log_base + limit]
         return [(str(start + i + 1), event) for i, event in enumerate(chunk)]
+
+    def trim_learning_log(self, consumer: str, offset: str) -> int:
+        """One process, one consumer: drop what it and the snapshot have applied."""
+        with self._lock:
+            snapshot = int(self._snapshot[1] or 0) if self._snapshot else 0
+            upto = min(int(offset or 0), snapshot)
+            drop = max(upto - self._log_base, 0)
+            del self._log[:drop]
+            self._log_base += drop
+            return drop
 
     def save_models(self, blob: bytes, offset: str) -> None:
         self._snapshot = (blob, offset)

@@ -11,6 +11,7 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
                             ``{arm}@{hour}:...`` buckets for windowed experiments
 ``{ns}:learn``              stream of learning events, one entry per feedback
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
+``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
 ==========================  =================================================
 
 Every read-modify-write is an optimistic transaction (WATCH/MULTI/EXEC, retried on
@@ -51,6 +52,13 @@ def _b(value: Any) -> bytes | None:
     return cast(bytes | None, value)
 
 
+def _stream_id(entry_id: str) -> tuple[int, int]:
+    ms, _, seq = entry_id.partition("-")
+    return int(ms), int(seq or 0)
+
+
+CONSUMER_TTL = 86400.0
+"""Seconds after which a consumer that stopped checkpointing no longer holds the log."""
 T = TypeVar("T")
 DEFAULT_CACHE_TTL = 1.0
 DEFAULT_CACHE_SIZE = 100_000
@@ -207,6 +215,30 @@ class RedisStore:
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
                        self.redis.xrange(f"{self.ns}:learn", min=start, max="+", count=limit))
         return [(eid.decode(), decode_event(fields[b"e"])) for eid, fields in entries]
+
+    def trim_learning_log(self, consumer: str, offset: str) -> int:
+        """XTRIM the stream below the oldest offset still needed.
+
+        Needed: the snapshot's offset (a process that starts loads the snapshot and
+        replays after it) and every live consumer's (``{ns}:consumers``, refreshed at
+        every snapshot; a consumer silent for ``CONSUMER_TTL`` seconds is dead).
+        """
+        now_ms = int(cast(tuple[int, int], self.redis.time())[0]) * 1000
+        consumers = f"{self.ns}:consumers"
+        self.redis.hset(consumers, consumer, f"{offset}|{now_ms}")
+        needed: list[str] = []
+        for name, value in cast(dict[bytes, bytes], self.redis.hgetall(consumers)).items():
+            their_offset, _, seen_ms = value.decode().partition("|")
+            if now_ms - int(seen_ms or 0) > CONSUMER_TTL * 1000:
+                self.redis.hdel(consumers, name)
+                continue
+            needed.append(their_offset)
+        saved = self.load_models()
+        needed.append(saved[1] if saved is not None else "")
+        if "" in needed:  # someone has applied nothing yet: keep everything
+            return 0
+        oldest = min(needed, key=_stream_id)
+        return int(self.redis.xtrim(f"{self.ns}:learn", minid=oldest))
 
     def save_models(self, blob: bytes, offset: str) -> None:
         self.redis.hset(f"{self.ns}:models", mapping={"blob": blob, "offset": offset})

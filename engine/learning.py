@@ -8,7 +8,8 @@ one, or was dismissed. Each decision-action is learnt once. This is the
 
 State (models, pending impressions, log offset) is snapshotted to the store every
 ``snapshot_every`` events, so a restarted process loads the snapshot and replays
-only the log after it.
+only the log after it. After each snapshot the log is trimmed below the oldest
+offset any live replica (or the snapshot) still needs.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import uuid
 from collections.abc import Callable
 
 from dsl.ruleset import ModelSpec
@@ -49,11 +51,23 @@ class Learner:
         self.pending: dict[Key, tuple[dict[str, float], float, str]] = {}
         self.resolved: dict[Key, float] = {}
         self.applied = 0
+        self.trimmed = 0  # log entries this process dropped (everyone was past them)
+        self.consumer_id = uuid.uuid4().hex[:12]
         self._since_snapshot = 0
         self._lock = threading.Lock()
 
     def restore(self) -> None:
-        """Load the last snapshot, if any; the next :meth:`catch_up` replays the rest."""
+        """Load the last snapshot, if any; the next :meth:`catch_up` replays the rest.
+
+        Either way this process registers as a consumer of the log at its offset, so
+        no other replica trims what it has not applied yet.
+        """
+        try:
+            self._restore()
+        finally:
+            self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
+
+    def _restore(self) -> None:
         saved = self.store.load_models()
         if saved is None:
             return
@@ -75,6 +89,7 @@ class Learner:
         blob = pickle.dumps((self.models.snapshot(), self.pending, self.resolved))
         self.store.save_models(blob, self.offset)
         self._since_snapshot = 0
+        self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
 
     def catch_up(self, batch: int = 500) -> int:
         """Apply every logged event after our offset; returns how many were applied."""

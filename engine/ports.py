@@ -73,6 +73,11 @@ class Store(Protocol):
 
     def save_models(self, blob: bytes, offset: str) -> None: ...
 
+    def trim_learning_log(self, consumer: str, offset: str) -> int:
+        """Record that ``consumer`` has applied the log up to ``offset``; drop the entries
+        that every live consumer and the saved snapshot are past. Returns how many."""
+        ...
+
     def load_models(self) -> tuple[bytes, str] | None: ...
 
     def ping(self) -> bool:

@@ -208,3 +208,27 @@ def test_grpc_reports_unavailable_and_health_while_redis_is_down(
             assert stub.Decide(request).decision_id
     finally:
         running.stop(grace=0.5)
+
+
+def test_learning_stream_is_trimmed_below_what_every_replica_applied(
+        redis_url: str, retail: Ruleset) -> None:
+    a = Arbiter(retail, RedisStore(redis_url), seed=1)
+    b = Arbiter(retail, RedisStore(redis_url), seed=2)
+    a.learner.snapshot_every = b.learner.snapshot_every = 20
+    stream = f"{a.store.ns}:learn"  # type: ignore[attr-defined]
+    vip(a, "vera")
+    click_top_banner(a, "vera", 30)  # a snapshots; b has applied nothing: nothing trimmed
+    assert a.learner.trimmed == 0
+    b.sync()
+    b.learner.snapshot()  # b checkpoints at the head: now both are past the first 30
+    click_top_banner(a, "vera", 30)
+    r = redis.Redis.from_url(redis_url)
+    assert a.learner.trimmed + b.learner.trimmed >= 20
+    assert r.xlen(stream) == 60 - a.learner.trimmed - b.learner.trimmed
+    # a third replica starting now loads the snapshot and replays the rest: same models
+    b.sync()
+    c = Arbiter(retail, RedisStore(redis_url), seed=3)
+    x = {"segment:frequent_visitor": 1.0}
+    for action in ("vip_early_access", "new_arrivals", "free_shipping"):
+        assert c.models.predict(action, DEFAULT_MODEL, 0.05, x) == pytest.approx(
+            b.models.predict(action, DEFAULT_MODEL, 0.05, x)), action
