@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install serve test lint proto bench bench-load bench-micro bench-engines clean
+.PHONY: install serve test lint proto bench bench-load bench-micro bench-engines bench-regret bench-cb clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Arbiter needs Python 3.11+"'
@@ -37,6 +37,14 @@ bench-micro: $(STAMP)
 bench-engines: $(STAMP)  ## compiled rules vs rule-engine, cel-python, zen-engine
 	$(PY) -m pip install -q -e '.[dev,bench]'
 	$(PY) -m pytest bench/test_bench_engines.py -p no:cacheprovider --benchmark-only --benchmark-columns=min,median,mean,ops,rounds
+
+bench-regret: $(STAMP)  ## Thompson sampling vs MABWiser on simulated arms
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m bench.regret --steps 5000 --seeds 10
+
+bench-cb: $(STAMP)  ## contextual-bandit bake-off vs Vowpal Wabbit
+	$(PY) -m pip install -q -e '.[dev,bench]'
+	$(PY) -m bench.cb_bakeoff --seeds 3
 
 bench-load: $(STAMP)
 	$(PY) -m bench.load --duration 10 --concurrency 16

@@ -76,3 +76,23 @@ def test_decide_in_process(benchmark: Any, placement: str, channel: str) -> None
         arb.track(user_id="v", event_type="visit", at=NOW - (i + 0.5) * DAY)
     decision = benchmark(arb.decide, user_id="v", placement=placement, channel=channel)
     assert decision.actions
+
+
+def test_decide_in_process_bagged(benchmark: Any, tmp_path: Any) -> None:
+    """homepage_banner with ``model on homepage_banner { bagging: 10 }``: 10 predictions
+    per candidate for the exact first-slot probability."""
+    import shutil
+
+    shutil.copytree(RETAIL, tmp_path / "r")
+    (tmp_path / "r" / "model.arb").write_text("model on homepage_banner { bagging: 10 }\n")
+    arb = Arbiter(load_path(tmp_path / "r"), MemoryStore(), seed=1)
+    arb.track(user_id="v", event_type="purchase", properties={"value": 700.0},
+              traits={"email_opt_in": True}, at=NOW - 3 * DAY)
+    for i in range(8):
+        arb.track(user_id="v", event_type="visit", at=NOW - (i + 0.5) * DAY)
+    for _ in range(60):  # train every arm's bag a little
+        d = arb.decide(user_id="v", placement="homepage_banner", channel="web")
+        arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                     outcome="click")
+    decision = benchmark(arb.decide, user_id="v", placement="homepage_banner", channel="web")
+    assert decision.actions

@@ -310,15 +310,17 @@ def score(action: Action, value: float, propensity: float, reasons: list[Reason]
 
 @dataclass(slots=True)
 class Allocation:
-    """How the experiment chose among its eligible arms, to compute the top slot's probability.
+    """How an experiment chose among its eligible arms: its equally likely (Thompson: one
+    per row of posterior draws) or weighted (fixed split: one per arm) outcomes.
 
-    ``outcomes`` lists the equally likely (Thompson: one per row of posterior draws)
-    or weighted (fixed split: one per arm) results of the allocation: the arm kept
-    (``None``: none) and its score, with the weight of that outcome.
+    Per outcome: ``winners`` the index into ``arms`` of the arm kept (-1: none),
+    ``scores`` its score (NaN: the arm's own model score), ``weights`` its probability.
     """
 
-    # (weight, arm kept or None, its score; None: the arm's own model score)
-    outcomes: list[tuple[float, RankedAction | None, float | None]]
+    arms: list[RankedAction]
+    winners: np.ndarray
+    scores: np.ndarray
+    weights: np.ndarray
 
 
 def allocate_experiment(
@@ -359,8 +361,7 @@ def allocate_experiment(
     chosen.experiment, chosen.arm = experiment.name, chosen.action_id
     winners = np.argmax(scores, axis=1)
     top_scores = scores[np.arange(len(scores)), winners]
-    allocation = Allocation([(1.0 / len(scores), arms[int(w)], float(sc))
-                             for w, sc in zip(winners, top_scores, strict=True)])
+    allocation = Allocation(arms, winners, top_scores, np.full(len(scores), 1.0 / len(scores)))
     if explain:
         posterior = state.posteriors[columns[best]]
         shares = np.bincount(winners, minlength=len(arms)) / len(scores)
@@ -404,25 +405,47 @@ def top_distribution(kept: list[RankedAction], allocation: Allocation | None,
     Two things are random: which arm an experiment keeps, at what score
     (``allocation``), and which bag member scored the plain actions
     (``member_scores``, one score map per member, equally likely). Everything else
-    is fixed, so the distribution is an exact average over those outcomes.
+    is fixed, so the distribution is an exact average over those outcomes; the
+    experiment's outcomes are scored at once with NumPy.
     """
     others = [c for c in kept if c.arm is None]
-    outcomes = allocation.outcomes if allocation is not None else [(1.0, None, None)]
     scenarios: list[dict[str, float] | None] = (
         list(member_scores) if member_scores is not None else [None])
+    share = 1.0 / len(scenarios)
     dist: dict[str, float] = {}
+
+    def add(action_id: str, p: float) -> None:
+        if p > 0:
+            dist[action_id] = dist.get(action_id, 0.0) + p
+
     for scores in scenarios:
         def score_of(c: RankedAction, scores: dict[str, float] | None = scores) -> float:
             return scores.get(c.action_id, c.score) if scores is not None else c.score
 
-        for weight, arm, arm_score in outcomes:
-            pool = [(score_of(o), o.priority, o.action_id) for o in others]
-            if arm is not None:
-                pool.append((arm_score if arm_score is not None else score_of(arm),
-                             arm.priority, arm.action_id))
-            if pool:
-                winner = min(pool, key=lambda t: (-t[0], -t[1], t[2]))[2]
-                dist[winner] = dist.get(winner, 0.0) + weight / len(scenarios)
+        best = min(others, key=lambda o: (-score_of(o), -o.priority, o.action_id),
+                   default=None)
+        if allocation is None:
+            if best is not None:
+                add(best.action_id, share)
+            continue
+        winners, weights = allocation.winners, allocation.weights
+        kept_arm = winners >= 0
+        if allocation.arms:
+            own = np.array([score_of(a) for a in allocation.arms])
+            arm_scores = np.where(np.isnan(allocation.scores), own[winners], allocation.scores)
+        else:
+            arm_scores = np.full(len(winners), -np.inf)
+        if best is None:
+            arm_wins = kept_arm
+        else:
+            threshold = score_of(best)
+            ties_won = np.array([(-a.priority, a.action_id) < (-best.priority, best.action_id)
+                                 for a in allocation.arms] or [False])
+            arm_wins = kept_arm & ((arm_scores > threshold) | (
+                (arm_scores == threshold) & ties_won[np.maximum(winners, 0)]))
+            add(best.action_id, share * float(weights[~arm_wins].sum()))
+        for j, arm in enumerate(allocation.arms):
+            add(arm.action_id, share * float(weights[arm_wins & (winners == j)].sum()))
     return dist
 
 
@@ -460,9 +483,10 @@ def allocate_fixed(experiment: Experiment, candidates: list[RankedAction], user_
     if chosen is not None:
         chosen.experiment, chosen.arm = experiment.name, arm
     total = sum(experiment.weights)
-    eligible = {c.action_id: c for c in arms}
-    allocation = Allocation([(w / total, eligible.get(a), None)
-                             for a, w in zip(experiment.arms, experiment.weights, strict=True)])
+    index = {c.action_id: i for i, c in enumerate(arms)}
+    allocation = Allocation(
+        arms, np.array([index.get(a, -1) for a in experiment.arms]),
+        np.full(len(experiment.arms), np.nan), np.array(experiment.weights) / total)
     if explain:
         share = experiment.weights[experiment.arms.index(arm)] / total
         for c in arms:
