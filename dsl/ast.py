@@ -279,6 +279,7 @@ class ExperimentDef:
     window: Literal | None = None  # a duration: sliding window of the statistics
     half_life: Literal | None = None  # a duration: exponential discounting
     winner: str | None = None  # promoted arm
+    traffic: float = 100.0  # percent of customers in the experiment at all
 
 
 Item = (ImportDef | SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef

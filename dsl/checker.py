@@ -401,6 +401,9 @@ class Checker:
             if any(w < 0 for w in exp.weights) or sum(exp.weights) <= 0:
                 self.error("weights must be non-negative and not all zero",
                            pos.get("allocate", exp.pos))
+        if not 0 < exp.traffic <= 100:
+            self.error("traffic is a percentage from more than 0% to 100%",
+                       pos.get("traffic", exp.pos))
         if not 0 <= exp.holdout < 100:
             self.error("holdout is a percentage from 0% to less than 100%",
                        pos.get("holdout", exp.pos))

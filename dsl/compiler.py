@@ -265,7 +265,7 @@ class Compiler:
                 e.holdout, e.salt or e.name, e.layer, reward_value=e.reward_value,
                 window=float(e.window.value) if e.window else None,  # type: ignore[arg-type]
                 half_life=float(e.half_life.value) if e.half_life else None,  # type: ignore[arg-type]
-                winner=e.winner)
+                winner=e.winner, traffic=e.traffic)
             for e in checked.experiments.values()
         }
         return Ruleset(

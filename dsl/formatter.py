@@ -243,6 +243,8 @@ def _experiment(item: ast.ExperimentDef) -> Block:
         args = ", ".join(_number(p) for p in params)
         block.fields.append(Statement(pos["allocate"].line, [
             f"allocate: thompson(prior = {kind}({args}))"]))
+    if "traffic" in pos:
+        block.fields.append(Statement(pos["traffic"].line, [f"traffic: {_number(item.traffic)}%"]))
     if "holdout" in pos:
         block.fields.append(Statement(pos["holdout"].line, [f"holdout: {_number(item.holdout)}%"]))
     if "salt" in pos and item.salt is not None:

@@ -367,6 +367,10 @@ class _ToAst(Transformer[Token, Any]):
         return ("weights", tuple(c), self._pos(meta))
 
     @v_args(meta=True)
+    def traffic(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
+        return ("traffic", float(str(c[0])[:-1]), self._pos(meta))
+
+    @v_args(meta=True)
     def holdout(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
         return ("holdout", float(str(c[0])[:-1]), self._pos(meta))
 
@@ -487,6 +491,7 @@ class _ToAst(Transformer[Token, Any]):
             field_pos={**positions, "placement": self._pos(placement)},
             weights=v.get("weights", ()),
             holdout=v.get("holdout", 0.0),
+            traffic=v.get("traffic", 100.0),
             salt=v.get("salt"),
             layer=v.get("layer"),
             reward_value=reward_value,

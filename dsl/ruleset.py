@@ -224,6 +224,7 @@ class Experiment:
     window: float | None = None  # seconds: only outcomes of decisions this recent count
     half_life: float | None = None  # seconds: older decisions' outcomes count less
     winner: str | None = None  # promoted arm: everyone gets it, nothing is explored
+    traffic: float = 100.0  # percent of customers who take part at all
 
     @property
     def windowed(self) -> bool:

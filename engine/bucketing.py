@@ -13,6 +13,10 @@ the same in every replica, language and run. Test vectors (also in the tests)::
   customers to it (nobody leaves).
 * Fixed split: the arm whose cumulative weight range contains ``bucket(E.salt, user)``,
   so a customer keeps the same arm for as long as the weights stay the same.
+* Traffic: a customer takes part in experiment E at all when
+  ``bucket(E.salt + ":traffic", user) * 100 < E.traffic`` (default 100%). Growing
+  the traffic only adds customers; those already in keep their arm (the arm hash is
+  independent of it). Outside it they see the arms as ordinary actions.
 * Layers: experiments sharing ``layer: L`` are mutually exclusive: a customer takes
   part in the ``int(bucket("layer:" + L, user) * n)``-th of the layer's n experiments
   (sorted by name); adding an experiment to a layer reassigns customers.
@@ -51,8 +55,18 @@ def fixed_arm(experiment: Experiment, user_id: str) -> str:
     return experiment.arms[-1]  # unreachable but for float rounding at the top edge
 
 
+def in_traffic(experiment: Experiment, user_id: str) -> bool:
+    """Whether the customer is in the experiment's ``traffic`` share at all."""
+    if experiment.traffic >= 100:
+        return True
+    return bucket(f"{experiment.salt}:traffic", user_id) * 100.0 < experiment.traffic
+
+
 def takes_part(ruleset: Ruleset, experiment: Experiment, user_id: str) -> bool:
-    """False when the experiment's layer gave this customer another experiment."""
+    """False outside the experiment's traffic, or when its layer gave this customer
+    another experiment."""
+    if not in_traffic(experiment, user_id):
+        return False
     if experiment.layer is None:
         return True
     members = ruleset.layers[experiment.layer]

@@ -246,3 +246,19 @@ def test_holdout_outcomes_are_counted_on_the_fallback() -> None:
     assert d.actions[0].action_id == "plain" and d.actions[0].arm == "holdout"
     arb.feedback(decision_id=d.decision_id, action_id="plain", outcome="click")
     assert arb.store.arm_counts("t") == {"holdout": ArmCounts(1, 1)}
+
+
+def test_growing_traffic_only_adds_customers_and_keeps_their_arms() -> None:
+    small = load_text(THOMPSON.replace("EXTRA", "allocate: weights(1, 1, 1)  traffic: 20%"))
+    large = load_text(THOMPSON.replace("EXTRA", "allocate: weights(1, 1, 1)  traffic: 60%"))
+    users = [f"u{i}" for i in range(5000)]
+    inside = {u for u in users if takes_part(small, small.experiments["t"], u)}
+    grown = {u for u in users if takes_part(large, large.experiments["t"], u)}
+    assert inside < grown
+    assert abs(len(inside) / 5000 - 0.2) < 0.02 and abs(len(grown) / 5000 - 0.6) < 0.02
+    assert all(fixed_arm(small.experiments["t"], u) == fixed_arm(large.experiments["t"], u)
+               for u in inside)
+    arb = Arbiter(small, MemoryStore(), seed=1)
+    outside = next(u for u in users if u not in inside)
+    d = arb.decide(user_id=outside, placement="home", channel="web", limit=5)
+    assert all(a.experiment is None for a in d.actions)  # arms as ordinary actions

@@ -188,11 +188,12 @@ def test_generated_files_format_well(text: str) -> None:
 def test_bandit_options_round_trip() -> None:
     out = assert_formats_well(
         "experiment e on home{arms:a,b allocate:thompson(prior=normal_gamma(10,1,2,50)) "
-        "reward:conversion.value half_life:7d window:30d winner:b}\n")
+        "reward:conversion.value half_life:7d window:30d winner:b traffic:50%}\n")
     assert out.splitlines() == [
         "experiment e on home {",
         "  arms: a, b",
         "  allocate: thompson(prior = normal_gamma(10, 1, 2, 50))",
+        "  traffic: 50%",
         "  reward: conversion.value",
         "  window: 30d",
         "  half_life: 7d",
