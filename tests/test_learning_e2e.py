@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,7 @@ from engine.records import ArmCounts
 from engine.replay import replay
 from engine.report import experiment_report
 from engine.service import Arbiter
-from tests.conftest import RETAIL
+from tests.conftest import RETAIL, ROOT, free_port
 
 
 class ListLog:
@@ -140,3 +145,49 @@ def test_simulated_traffic_converges_survives_a_restart_and_replays(
     result = json.loads(capsys.readouterr().out)
     assert result["decisions"] == 1500 and result["skipped"] == 0
     assert result["ips"]["low"] <= result["ips"]["value"] <= result["ips"]["high"]
+
+
+def _serve(redis_url: str, port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
+         str(port), "--redis", redis_url, "--reward-wait", "1"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        grpc.channel_ready_future(channel).result(timeout=30)
+    return proc
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output.decode()
+
+
+def _reports(port: int) -> tuple[dict[str, float], dict[str, int]]:
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = rpb_grpc.ReportServiceStub(channel)
+        report = stub.ExperimentReport(rpb.ExperimentReportRequest(experiment="hero_test"))
+        models = stub.ModelReport(rpb.ModelReportRequest())
+    return ({a.arm: a.exposures for a in report.arms},
+            {m.model: m.examples for m in models.models})
+
+
+def test_two_server_processes_on_one_redis_converge_and_restart(redis_url: str) -> None:
+    ports = [free_port(), free_port()]
+    procs = [_serve(redis_url, port) for port in ports]
+    try:
+        for i, port in enumerate(ports):  # each process serves half the traffic
+            simulate(f"127.0.0.1:{port}", users=60, decisions=300, seed=20 + i)
+        time.sleep(2.5)  # one sync loop: each applies the other's feedback
+        first, second = _reports(ports[0]), _reports(ports[1])
+        assert first == second
+        assert sum(first[0].values()) == 600
+        assert sum(first[1].values()) > 0
+        _stop(procs[1])  # a graceful restart of one of them loses nothing
+        procs[1] = _serve(redis_url, ports[1])
+        assert _reports(ports[1]) == first
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                _stop(proc)
