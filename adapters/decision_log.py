@@ -2,8 +2,9 @@
 
 Like OPA's decision logs, they record what was decided, from which input, by
 which ruleset revision, so that a decision can be audited and a candidate policy
-evaluated offline (``arbiter replay``). Lines are written by a background thread
-(the request path only enqueues) and flushed at least every ``flush_seconds``.
+evaluated offline (``arbiter replay``). The request builds the entry
+(:mod:`engine.decision_log`) and enqueues it; a background thread encodes and
+writes the lines and flushes at least every ``flush_seconds``.
 
 A decision line::
 

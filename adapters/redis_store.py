@@ -233,8 +233,8 @@ class RedisStore:
                 self.redis.hdel(consumers, name)
                 continue
             needed.append(their_offset)
-        saved = self.load_models()
-        needed.append(saved[1] if saved is not None else "")
+        saved = _b(self.redis.hget(f"{self.ns}:models", "offset"))
+        needed.append(saved.decode() if saved is not None else "")
         if "" in needed:  # someone has applied nothing yet: keep everything
             return 0
         oldest = min(needed, key=_stream_id)

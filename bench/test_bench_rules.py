@@ -83,6 +83,8 @@ def test_decide_in_process_bagged(benchmark: Any, tmp_path: Any) -> None:
     per candidate for the exact first-slot probability."""
     import shutil
 
+    from engine.propensity import COLD_START_EXAMPLES
+
     shutil.copytree(RETAIL, tmp_path / "r")
     (tmp_path / "r" / "model.arb").write_text("model on homepage_banner { bagging: 10 }\n")
     arb = Arbiter(load_path(tmp_path / "r"), MemoryStore(), seed=1)
@@ -90,9 +92,11 @@ def test_decide_in_process_bagged(benchmark: Any, tmp_path: Any) -> None:
               traits={"email_opt_in": True}, at=NOW - 3 * DAY)
     for i in range(8):
         arb.track(user_id="v", event_type="visit", at=NOW - (i + 0.5) * DAY)
-    for _ in range(60):  # train every arm's bag a little
+    for _ in range(400):  # past the cold start: the bag of the action it shows has learnt
         d = arb.decide(user_id="v", placement="homepage_banner", channel="web")
         arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
                      outcome="click")
+    warm = [arb.models.examples_seen(a.action_id) for a in d.actions]
+    assert min(warm) >= COLD_START_EXAMPLES, warm
     decision = benchmark(arb.decide, user_id="v", placement="homepage_banner", channel="web")
     assert decision.actions

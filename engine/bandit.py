@@ -37,6 +37,8 @@ from scipy import stats
 from dsl.ruleset import BetaPrior, Experiment, NormalGammaPrior, Prior
 from engine.records import ArmCounts
 
+HOLDOUT_ARM = "holdout"
+"""The pseudo-arm under which a holdout's fallback action is counted (its outcomes)."""
 BUCKET_SECONDS = 3600
 """Granularity of windowed and discounted arm statistics (decision time, hours)."""
 

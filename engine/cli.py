@@ -306,18 +306,27 @@ def _render_models(models: Sequence[Any]) -> str:
 
 
 def _report_local(args: argparse.Namespace) -> tuple[Any, list[Any]]:
+    """From Redis: the counters for the experiment; the models only when asked (that
+    means loading the snapshot and replaying the learning log after it)."""
+    from engine.report import experiment_report
     from engine.service import Arbiter
 
     ruleset = load_path(args.rules)
-    arbiter = Arbiter(ruleset, _store(args.redis))
+    if args.experiment and args.experiment not in ruleset.experiments:
+        known = ", ".join(sorted(ruleset.experiments)) or "none"
+        raise KeyError(f"unknown experiment '{args.experiment}' (known: {known})")
+    store = _store(args.redis)
     try:
-        if args.experiment and args.experiment not in ruleset.experiments:
-            known = ", ".join(sorted(ruleset.experiments)) or "none"
-            raise KeyError(f"unknown experiment '{args.experiment}' (known: {known})")
-        report = arbiter.experiment_report(args.experiment) if args.experiment else None
-        return report, arbiter.model_report() if args.models or not report else []
+        report = None
+        if args.experiment:
+            report = experiment_report(ruleset.experiments[args.experiment],
+                                       store.arm_counts(args.experiment), time.time(),
+                                       revision=ruleset.revision)
+        if not args.models and report is not None:
+            return report, []
+        return report, Arbiter(ruleset, store).model_report()
     finally:
-        arbiter.store.close()
+        store.close()
 
 
 def _report_remote(args: argparse.Namespace) -> tuple[Any, list[Any]]:

@@ -19,7 +19,7 @@ import numpy as np
 
 from dsl.checker import FieldSpec
 from dsl.ruleset import Action, Experiment, ModelSpec, Placement, Ruleset
-from engine.bandit import BetaPosterior, Posterior, ThompsonSampler
+from engine.bandit import HOLDOUT_ARM, BetaPosterior, Posterior, ThompsonSampler
 from engine.bucketing import fixed_arm, in_holdout, takes_part
 from engine.decision import ActionTrace, Decision, RankedAction, Reason
 from engine.exploration import ExperimentState
@@ -30,8 +30,6 @@ from engine.requests import DecideInput
 
 log = logging.getLogger(__name__)
 
-HOLDOUT_ARM = "holdout"
-"""The pseudo-arm under which a holdout's fallback action is counted (its outcomes)."""
 CUSTOM_FORMULA_ROWS = 64
 """Posterior rows a custom ``rank:`` formula is evaluated on per Thompson decision."""
 
@@ -550,7 +548,8 @@ def run(
     evaluate_segments(ruleset, facts)
     spec = ruleset.model_of(req.placement.name)
     features = features_of(facts, spec)
-    member = int(sampler.integers(spec.bagging)) if spec.bagging else None
+    member = int(sampler.integers(spec.bagging)) if spec.bagging else 0
+    bag: dict[str, list[float]] = {}  # bagged: every member's propensity of each candidate
     candidates: list[RankedAction] = []
     traces: list[ActionTrace] = []
     scorer = scorer_for(ruleset, req.placement, facts)
@@ -560,11 +559,16 @@ def run(
             if explain:
                 traces.append(ActionTrace(action.id, False, tuple(reasons)))
             continue
-        propensity = models.predict(action.id, spec, action.prior, features,
-                                    req.placement.name, member)
+        if spec.bagging:
+            bag[action.id] = models.predict_bag(action.id, spec, action.prior, features,
+                                                req.placement.name)
+            propensity = bag[action.id][member]
+        else:
+            propensity = models.predict(action.id, spec, action.prior, features,
+                                        req.placement.name)
         candidates.append(score(action, value, propensity, reasons, explain, scorer))
-    member_scores = _member_scores(ruleset, spec, candidates, models, features, scorer,
-                                   req.placement.name) if spec.bagging else None
+    member_scores = ([{c.action_id: scorer(c, bag[c.action_id][k]) for c in candidates}
+                      for k in range(spec.bagging)] if spec.bagging else None)
     experiment = ruleset.experiment_by_placement.get(req.placement.name)
     if experiment is not None and not takes_part(ruleset, experiment, req.user_id):
         experiment = None  # its layer gave this customer another experiment: plain actions
@@ -634,21 +638,6 @@ def run(
         holdout=held_out,
     )
     return decision, record
-
-
-def _member_scores(ruleset: Ruleset, spec: ModelSpec, candidates: list[RankedAction],
-                   models: PropensityModels, features: dict[str, float], scorer: Scorer,
-                   placement: str) -> list[dict[str, float]]:
-    """Each bag member's score of every candidate (for the top slot's probability)."""
-    out = []
-    for member in range(spec.bagging):
-        scores = {}
-        for c in candidates:
-            action = ruleset.actions[c.action_id]
-            p = models.predict(c.action_id, spec, action.prior, features, placement, member)
-            scores[c.action_id] = scorer(c, p)
-        out.append(scores)
-    return out
 
 
 def _shown(a: RankedAction, experiment: Experiment | None) -> ShownAction:

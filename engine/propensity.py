@@ -235,6 +235,17 @@ class PropensityModels:
                 learner = learner[member % len(learner)]
             return _proba(learner, x, prior)
 
+    def predict_bag(self, action_id: str, spec: ModelSpec, prior: float,
+                    features: Mapping[str, float], placement: str = "") -> list[float]:
+        """Every bag member's P(reward), in member order (features encoded once)."""
+        model = self._models.get(spec.key(placement, action_id))
+        if model is None or model.examples < COLD_START_EXAMPLES or model.spec != spec:
+            return [self.predict(action_id, spec, prior, features, placement, k)
+                    for k in range(spec.bagging)]
+        x = model_features(spec, action_id, features)
+        with self._lock:
+            return [_proba(member, x, prior) for member in model.learner]
+
     def learn(self, action_id: str, spec: ModelSpec, prior: float,
               features: Mapping[str, float], label: bool, placement: str = "") -> None:
         key = spec.key(placement, action_id)

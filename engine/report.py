@@ -21,6 +21,7 @@ from scipy import stats
 
 from dsl.ruleset import BetaPrior, Experiment
 from engine.bandit import (
+    HOLDOUT_ARM,
     Posterior,
     discounted,
     expected_loss,
@@ -28,7 +29,6 @@ from engine.bandit import (
     sample_means,
     win_probabilities,
 )
-from engine.pipeline import HOLDOUT_ARM
 from engine.records import ArmCounts
 
 REPORT_DRAWS = 20_000

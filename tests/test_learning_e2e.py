@@ -136,6 +136,13 @@ def test_simulated_traffic_converges_survives_a_restart_and_replays(
     again = second.experiment_report("hero_test")
     assert {a.arm: a.exposures for a in again.arms} == {a.arm: a.exposures for a in report.arms}
     assert second.learner.offset == first.learner.offset
+    # ... and so does the CLI reading Redis directly, models included
+    assert main(["report", "hero_test", "--redis", redis_url, "--rules", str(RETAIL),
+                 "--models", "--format", "json"]) == 0
+    direct = json.loads(capsys.readouterr().out)
+    assert {a["arm"]: a["exposures"] for a in direct["experiment"]["arms"]} == {
+        a.arm: a.exposures for a in report.arms}
+    assert {m["model"] for m in direct["models"]} >= {"vip_early_access"}
     # replay: every logged decision is read back; promoting the winner looks no worse
     candidate = tmp_path / "candidate"
     shutil.copytree(RETAIL, candidate)

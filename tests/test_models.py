@@ -90,6 +90,8 @@ def test_bagged_members_differ_and_the_bag_learns() -> None:
     x = {"context.device=mobile": 1.0}
     members = {round(models.predict("a", spec, 0.05, x, "home", member=k), 6) for k in range(8)}
     assert len(members) > 1  # Poisson(1) resampling: each member saw other data
+    assert models.predict_bag("a", spec, 0.05, x, "home") == [
+        models.predict("a", spec, 0.05, x, "home", member=k) for k in range(8)]
     assert models.predict("a", spec, 0.05, x, "home") > 0.3
     assert models.quality()[0].learner == "logistic bagged x8"
 
