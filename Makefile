@@ -26,8 +26,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
-proto: $(STAMP)  ## regenerate engine/gen from proto/
-	$(PY) -m engine.protogen
+proto: $(STAMP)  ## regenerate engine/grpc/gen from proto/
+	$(PY) -m engine.grpc.protogen
 
 bench: bench-micro bench-engines bench-load
 

@@ -9,7 +9,7 @@ ship inside the river package (no download).
 
 Policies, on the same streams:
 
-* Arbiter: the serving model layer (:class:`engine.propensity.PropensityModels`),
+* Arbiter: the serving model layer (:class:`engine.learning.models.PropensityModels`),
   one River logistic regression per action, online-bagged (10 members), one member
   sampled per decision, cold-start spread around the prior 1/K (as ``Decide`` does
   with ``model on P { bagging: 10 }``); and the same with one model per placement
@@ -31,7 +31,7 @@ import numpy as np
 from river import datasets
 
 from dsl.ruleset import ModelSpec
-from engine.propensity import PropensityModels
+from engine.learning.models import PropensityModels
 
 DATASETS: dict[str, Callable[[], datasets.base.Dataset]] = {
     "ImageSegments (7 classes)": datasets.ImageSegments,

@@ -27,9 +27,9 @@ from typing import Any
 
 import grpc
 
-from engine import convert
-from engine.gen.arbiter.v1 import decision_pb2 as pb
-from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc import convert
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from tests.redis_proc import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -21,8 +21,8 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from engine.gen.arbiter.v1 import decision_pb2 as pb
-from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
 PLACEMENTS = (("homepage_banner", "web"), ("email", "email"), ("cart_page", "web"))
 

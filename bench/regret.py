@@ -3,7 +3,7 @@
     python -m bench.regret [--steps 3000] [--seeds 10]
 
 Arbiter's policy is the serving code path: the experiment's statistics become an
-:class:`engine.exploration.ExperimentState` (posterior draws) whenever they change,
+:class:`engine.experiments.state.ExperimentState` (posterior draws) whenever they change,
 and each decision picks a row, exactly as ``Decide`` does. Rewards arrive after
 ``delay`` decisions, in batches (delayed feedback). MABWiser's Thompson sampling
 and its epsilon-greedy (epsilon 0.1) see the same rewards, with the same delay,
@@ -25,8 +25,8 @@ from mabwiser.mab import MAB, LearningPolicy
 
 from dsl.ast import Pos
 from dsl.ruleset import BetaPrior, Experiment
-from engine.bandit import ThompsonSampler
-from engine.exploration import build_state
+from engine.experiments.posteriors import ThompsonSampler
+from engine.experiments.state import build_state
 from engine.records import ArmCounts
 
 SCENARIOS = [  # (name, arm rates, delay in decisions)

@@ -31,8 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.gen.arbiter.v1 import decision_pb2 as pb
-from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
 CLICK_RATES = {
     "loyal": {"vip_early_access": 0.14, "new_arrivals": 0.06, "free_shipping": 0.04},

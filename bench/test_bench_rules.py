@@ -83,7 +83,7 @@ def test_decide_in_process_bagged(benchmark: Any, tmp_path: Any) -> None:
     per candidate for the exact first-slot probability."""
     import shutil
 
-    from engine.propensity import COLD_START_EXAMPLES
+    from engine.learning.models import COLD_START_EXAMPLES
 
     shutil.copytree(RETAIL, tmp_path / "r")
     (tmp_path / "r" / "model.arb").write_text("model on homepage_banner { bagging: 10 }\n")

@@ -8,7 +8,7 @@ from typing import Any, Protocol
 import msgspec
 
 from dsl.ruleset import Ruleset
-from engine.decision import Decision
+from engine.decide.decision import Decision
 from engine.records import LearningEvent, Profile
 
 PII_MASK = "<pii>"

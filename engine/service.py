@@ -21,18 +21,18 @@ from typing import Any
 from cachetools import TTLCache
 
 from dsl.ruleset import ModelSpec, Ruleset
-from engine import pipeline
-from engine.bandit import ThompsonSampler
-from engine.decision import Decision
+from engine.decide import pipeline
+from engine.decide.decision import Decision
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
-from engine.exploration import ExperimentStates
+from engine.experiments.posteriors import ThompsonSampler
+from engine.experiments.report import ExperimentReport, experiment_report
+from engine.experiments.state import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
-from engine.learning import Learner
+from engine.learning.consumer import Learner
+from engine.learning.models import ModelQuality, PropensityModels
 from engine.ports import FeedbackCommit, Store
 from engine.profiles import record_event
-from engine.propensity import ModelQuality, PropensityModels
 from engine.records import ArmCounts, Profile
-from engine.report import ExperimentReport, experiment_report
 from engine.requests import (
     InvalidArgument,
     check_id,
@@ -124,7 +124,7 @@ class Arbiter:
         return decision
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
-        """The experiment's raw counters (:func:`engine.bandit.counter_keys`), cached."""
+        """The experiment's raw counters (:func:`engine.experiments.posteriors.counter_keys`), cached."""
         with self._arm_lock:  # cachetools caches are not thread-safe
             counts = self._arm_cache.get(experiment)
         if counts is None:

@@ -11,8 +11,8 @@ import pytest
 from adapters.memory import MemoryStore
 from dsl.loader import load_path
 from dsl.ruleset import Ruleset
-from engine import server
-from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.service import Arbiter
 from tests.redis_proc import RedisServer, free_port
 

@@ -8,7 +8,7 @@ from scipy import stats
 
 from dsl.ast import Pos
 from dsl.ruleset import BetaPrior, Experiment, NormalGammaPrior
-from engine.bandit import (
+from engine.experiments.posteriors import (
     BUCKET_SECONDS,
     BetaPosterior,
     ThompsonSampler,

@@ -12,8 +12,8 @@ from tests.conftest import ROOT
 
 MODULES = [
     "dsl.parser", "dsl.diagnostics", "dsl.compiler", "dsl.loader", "dsl.printer",
-    "dsl.ruleset", "engine.profiles", "engine.bandit", "engine.propensity", "engine.service",
-    "engine.bucketing",
+    "dsl.ruleset", "engine.profiles", "engine.experiments.posteriors", "engine.learning.models", "engine.service",
+    "engine.experiments.bucketing",
 ]
 
 

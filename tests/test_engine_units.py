@@ -7,14 +7,14 @@ import pytest
 from adapters.memory import MemoryStore
 from dsl.ruleset import DEFAULT_MODEL
 from engine.feedback import ActionNotInDecision, FeedbackInput, feedback_effects
-from engine.learning import Learner
+from engine.learning.consumer import Learner
+from engine.learning.models import PropensityModels
 from engine.profiles import (
     MAX_RECENT_EVENTS,
     impressions_within,
     record_contact,
     record_event,
 )
-from engine.propensity import PropensityModels
 from engine.records import ArmCounts, DecisionRecord, ShownAction
 
 NOW = 1_800_000_000.0

@@ -10,8 +10,8 @@ import pytest
 from adapters.memory import MemoryStore
 from dsl.loader import load_text
 from dsl.ruleset import Ruleset
-from engine.bandit import NormalGammaPosterior
-from engine.bucketing import bucket, fixed_arm, in_holdout, takes_part
+from engine.experiments.bucketing import bucket, fixed_arm, in_holdout, takes_part
+from engine.experiments.posteriors import NormalGammaPosterior
 from engine.records import ArmCounts
 from engine.requests import InvalidArgument
 from engine.service import Arbiter

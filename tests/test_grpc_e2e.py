@@ -10,10 +10,10 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from dsl.ruleset import DEFAULT_MODEL
-from engine import convert
-from engine.gen.arbiter.v1 import decision_pb2 as pb
-from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
-from engine.server import RunningServer
+from engine.grpc import convert
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc.server import RunningServer
 
 Stub = pb_grpc.DecisionServiceStub
 

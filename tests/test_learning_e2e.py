@@ -21,13 +21,13 @@ from adapters.memory import MemoryStore
 from adapters.redis_store import RedisStore
 from bench.simulate import simulate
 from dsl.loader import load_path, load_text
-from engine import server
 from engine.cli import main
-from engine.gen.arbiter.v1 import report_pb2 as rpb
-from engine.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+from engine.cli.replay import replay
+from engine.experiments.report import experiment_report
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
+from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
 from engine.records import ArmCounts
-from engine.replay import replay
-from engine.report import experiment_report
 from engine.service import Arbiter
 from tests.conftest import RETAIL, ROOT, free_port
 

@@ -10,8 +10,8 @@ from adapters.memory import MemoryStore
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_text
 from dsl.ruleset import ModelSpec
-from engine.pipeline import Facts, features_of
-from engine.propensity import PropensityModels
+from engine.decide.pipeline import Facts, features_of
+from engine.learning.models import PropensityModels
 from engine.service import Arbiter
 
 RULES = """

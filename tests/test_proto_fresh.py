@@ -1,4 +1,4 @@
-"""The committed generated code under engine/gen matches proto/ (run `make proto` if not)."""
+"""The committed generated code under engine/grpc/gen matches proto/ (run `make proto` if not)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from engine import protogen
+from engine.grpc import protogen
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from engine.server import RunningServer
+from engine.grpc.server import RunningServer
 from tests.conftest import ROOT
 
 

@@ -178,9 +178,9 @@ def test_grpc_reports_unavailable_and_health_while_redis_is_down(
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    from engine import server
-    from engine.gen.arbiter.v1 import decision_pb2 as pb
-    from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+    from engine.grpc import server
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
     running = server.start(Arbiter(retail, RedisStore(redis_url, cache_ttl=0), seed=1),
                            "127.0.0.1", 0)

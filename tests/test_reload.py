@@ -13,11 +13,11 @@ import pytest
 
 from adapters.memory import MemoryStore
 from dsl.loader import load_path, read_sources, revision
-from engine import server
-from engine.gen.arbiter.v1 import admin_pb2 as apb
-from engine.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
-from engine.gen.arbiter.v1 import decision_pb2 as pb
-from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
+from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.reloader import RulesetReloader
 from engine.service import Arbiter
 from tests.conftest import RETAIL

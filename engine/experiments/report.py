@@ -20,7 +20,7 @@ import numpy as np
 from scipy import stats
 
 from dsl.ruleset import BetaPrior, Experiment
-from engine.bandit import (
+from engine.experiments.posteriors import (
     HOLDOUT_ARM,
     Posterior,
     discounted,

@@ -19,12 +19,12 @@ import numpy as np
 
 from dsl.checker import FieldSpec
 from dsl.ruleset import Action, Experiment, ModelSpec, Placement, Ruleset
-from engine.bandit import HOLDOUT_ARM, BetaPosterior, Posterior, ThompsonSampler
-from engine.bucketing import fixed_arm, in_holdout, takes_part
-from engine.decision import ActionTrace, Decision, RankedAction, Reason
-from engine.exploration import ExperimentState
+from engine.decide.decision import ActionTrace, Decision, RankedAction, Reason
+from engine.experiments.bucketing import fixed_arm, in_holdout, takes_part
+from engine.experiments.posteriors import HOLDOUT_ARM, BetaPosterior, Posterior, ThompsonSampler
+from engine.experiments.state import ExperimentState
+from engine.learning.models import PropensityModels
 from engine.profiles import impressions_within, last_contact, outcomes_within
-from engine.propensity import PropensityModels
 from engine.records import DecisionRecord, Profile, ShownAction
 from engine.requests import DecideInput
 

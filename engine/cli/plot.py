@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 from scipy import stats
 
-from engine.bandit import BetaPosterior, Posterior
-from engine.report import ArmReport, ExperimentReport
+from engine.experiments.posteriors import BetaPosterior, Posterior
+from engine.experiments.report import ArmReport, ExperimentReport
 
 
 def density(posterior: Posterior, xs: np.ndarray) -> np.ndarray:

@@ -32,9 +32,9 @@ from typing import Any
 
 from adapters.memory import MemoryStore
 from dsl.ruleset import Ruleset
-from engine.decision import ActionTrace, Decision
+from engine.cli.scenario import Scenario, apply_scenario
+from engine.decide.decision import ActionTrace, Decision
 from engine.requests import InvalidArgument
-from engine.scenario import Scenario, apply_scenario
 from engine.service import Arbiter
 
 TEST_SUFFIX = ".test.toml"

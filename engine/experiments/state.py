@@ -8,7 +8,7 @@ follow:
 * A decision costs one random integer, not a fresh Beta draw per arm.
 * The probability that the policy chose what it showed is *exact*: the share of
   rows that lead to the same choice. Decisions log it for off-policy evaluation
-  (:mod:`engine.replay`), with no Monte Carlo estimate of the propensity.
+  (:mod:`engine.cli.replay`), with no Monte Carlo estimate of the propensity.
 
 The rows are ``DRAWS`` independent samples of the current posterior, so this is
 Thompson sampling from the posterior's empirical distribution; 256 rows resolve
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from dsl.ruleset import Experiment
-from engine.bandit import Posterior, ThompsonSampler, discounted, posterior_of
+from engine.experiments.posteriors import Posterior, ThompsonSampler, discounted, posterior_of
 from engine.records import ArmCounts
 
 DRAWS = 256

@@ -8,8 +8,8 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from engine.decision import ActionTrace, Decision, RankedAction, Reason
-from engine.gen.arbiter.v1 import decision_pb2 as pb
+from engine.decide.decision import ActionTrace, Decision, RankedAction, Reason
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.records import Profile
 from engine.requests import InvalidArgument
 

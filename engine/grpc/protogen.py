@@ -1,11 +1,11 @@
-"""Generate the Python protobuf/gRPC code under ``engine/gen`` from ``proto/``.
+"""Generate the Python protobuf/gRPC code under ``engine/grpc/gen`` from ``proto/``.
 
-Run ``python -m engine.protogen`` (or ``make proto``) after editing a ``.proto``
+Run ``python -m engine.grpc.protogen`` (or ``make proto``) after editing a ``.proto``
 file. ``tests/test_proto_fresh.py`` regenerates into a temporary directory and
 fails when the committed code differs.
 
-The proto files are mapped onto the virtual path ``engine/gen`` so that the
-generated modules import each other as ``engine.gen.arbiter.v1``.
+The proto files are mapped onto the virtual path ``engine/grpc/gen`` so that
+the generated modules import each other as ``engine.grpc.gen.arbiter.v1``.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PROTO_DIR = ROOT / "proto"
-VIRTUAL_PREFIX = "engine/gen"
+VIRTUAL_PREFIX = "engine/grpc/gen"
 PROTO_FILES = ("arbiter/v1/decision.proto", "arbiter/v1/admin.proto",
                "arbiter/v1/report.proto")
 

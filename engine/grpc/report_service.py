@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import grpc
 
-from engine.bandit import BetaPosterior, NormalGammaPosterior, Posterior
-from engine.gen.arbiter.v1 import report_pb2 as rpb
-from engine.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
-from engine.propensity import ModelQuality
-from engine.report import ArmReport, ExperimentReport, SampleRatio
+from engine.experiments.posteriors import BetaPosterior, NormalGammaPosterior, Posterior
+from engine.experiments.report import ArmReport, ExperimentReport, SampleRatio
+from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
+from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+from engine.learning.models import ModelQuality
 from engine.service import Arbiter
 
 

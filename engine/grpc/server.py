@@ -19,18 +19,18 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine import convert
-from engine.admin import AdminServicer
 from engine.feedback import ActionNotInDecision
-from engine.gen.arbiter.v1 import admin_pb2 as apb
-from engine.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
-from engine.gen.arbiter.v1 import decision_pb2 as pb
-from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
-from engine.gen.arbiter.v1 import report_pb2 as rpb
-from engine.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+from engine.grpc import convert
+from engine.grpc.admin_service import AdminServicer
+from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
+from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
+from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+from engine.grpc.report_service import ReportServicer
 from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.reloader import RulesetReloader
-from engine.report_service import ReportServicer
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 

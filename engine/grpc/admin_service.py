@@ -5,9 +5,9 @@ from __future__ import annotations
 import grpc
 
 from dsl.diagnostics import Diagnostic
-from engine import convert
-from engine.gen.arbiter.v1 import admin_pb2 as apb
-from engine.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
+from engine.grpc import convert
+from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
+from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
 from engine.reloader import ReloadResult, RulesetReloader
 from engine.service import Arbiter
 

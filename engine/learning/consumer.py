@@ -21,8 +21,8 @@ import uuid
 from collections.abc import Callable
 
 from dsl.ruleset import ModelSpec
+from engine.learning.models import PropensityModels
 from engine.ports import Store
-from engine.propensity import PropensityModels
 from engine.records import LearningEvent
 
 POSITIVE = ("click", "conversion")

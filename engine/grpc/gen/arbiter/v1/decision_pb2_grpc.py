@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from engine.gen.arbiter.v1 import decision_pb2 as engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in engine/gen/arbiter/v1/decision_pb2_grpc.py depends on'
+        + ' but the generated code in engine/grpc/gen/arbiter/v1/decision_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -37,28 +37,28 @@ class DecisionServiceStub:
         """
         self.Decide = channel.unary_unary(
                 '/arbiter.v1.DecisionService/Decide',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideResponse.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideResponse.FromString,
                 _registered_method=True)
         self.Feedback = channel.unary_unary(
                 '/arbiter.v1.DecisionService/Feedback',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackResponse.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackResponse.FromString,
                 _registered_method=True)
         self.TrackEvent = channel.unary_unary(
                 '/arbiter.v1.DecisionService/TrackEvent',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventResponse.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventResponse.FromString,
                 _registered_method=True)
         self.GetProfile = channel.unary_unary(
                 '/arbiter.v1.DecisionService/GetProfile',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileResponse.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileResponse.FromString,
                 _registered_method=True)
         self.ForgetProfile = channel.unary_unary(
                 '/arbiter.v1.DecisionService/ForgetProfile',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.FromString,
                 _registered_method=True)
 
 
@@ -108,28 +108,28 @@ def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'Decide': grpc.unary_unary_rpc_method_handler(
                     servicer.Decide,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideResponse.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideResponse.SerializeToString,
             ),
             'Feedback': grpc.unary_unary_rpc_method_handler(
                     servicer.Feedback,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackResponse.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackResponse.SerializeToString,
             ),
             'TrackEvent': grpc.unary_unary_rpc_method_handler(
                     servicer.TrackEvent,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventResponse.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventResponse.SerializeToString,
             ),
             'GetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.GetProfile,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileResponse.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileResponse.SerializeToString,
             ),
             'ForgetProfile': grpc.unary_unary_rpc_method_handler(
                     servicer.ForgetProfile,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -158,8 +158,8 @@ class DecisionService:
             request,
             target,
             '/arbiter.v1.DecisionService/Decide',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideResponse.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -185,8 +185,8 @@ class DecisionService:
             request,
             target,
             '/arbiter.v1.DecisionService/Feedback',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackResponse.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -212,8 +212,8 @@ class DecisionService:
             request,
             target,
             '/arbiter.v1.DecisionService/TrackEvent',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventResponse.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -239,8 +239,8 @@ class DecisionService:
             request,
             target,
             '/arbiter.v1.DecisionService/GetProfile',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileResponse.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.GetProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -266,8 +266,8 @@ class DecisionService:
             request,
             target,
             '/arbiter.v1.DecisionService/ForgetProfile',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from engine.gen.arbiter.v1 import admin_pb2 as engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2
+from engine.grpc.gen.arbiter.v1 import admin_pb2 as engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in engine/gen/arbiter/v1/admin_pb2_grpc.py depends on'
+        + ' but the generated code in engine/grpc/gen/arbiter/v1/admin_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class AdminServiceStub:
         """
         self.ReloadRuleset = channel.unary_unary(
                 '/arbiter.v1.AdminService/ReloadRuleset',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetResponse.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetResponse.FromString,
                 _registered_method=True)
         self.GetRuleset = channel.unary_unary(
                 '/arbiter.v1.AdminService/GetRuleset',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.GetRulesetRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.RulesetInfo.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.GetRulesetRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.RulesetInfo.FromString,
                 _registered_method=True)
 
 
@@ -70,13 +70,13 @@ def add_AdminServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ReloadRuleset': grpc.unary_unary_rpc_method_handler(
                     servicer.ReloadRuleset,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetResponse.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetResponse.SerializeToString,
             ),
             'GetRuleset': grpc.unary_unary_rpc_method_handler(
                     servicer.GetRuleset,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.GetRulesetRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.RulesetInfo.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.GetRulesetRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.RulesetInfo.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -104,8 +104,8 @@ class AdminService:
             request,
             target,
             '/arbiter.v1.AdminService/ReloadRuleset',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetResponse.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.ReloadRulesetResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -131,8 +131,8 @@ class AdminService:
             request,
             target,
             '/arbiter.v1.AdminService/GetRuleset',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.GetRulesetRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.RulesetInfo.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.GetRulesetRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_admin__pb2.RulesetInfo.FromString,
             options,
             channel_credentials,
             insecure,

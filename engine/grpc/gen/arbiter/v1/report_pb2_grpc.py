@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from engine.gen.arbiter.v1 import report_pb2 as engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2
+from engine.grpc.gen.arbiter.v1 import report_pb2 as engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in engine/gen/arbiter/v1/report_pb2_grpc.py depends on'
+        + ' but the generated code in engine/grpc/gen/arbiter/v1/report_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,13 +36,13 @@ class ReportServiceStub:
         """
         self.ExperimentReport = channel.unary_unary(
                 '/arbiter.v1.ReportService/ExperimentReport',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportResponse.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportResponse.FromString,
                 _registered_method=True)
         self.ModelReport = channel.unary_unary(
                 '/arbiter.v1.ReportService/ModelReport',
-                request_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportRequest.SerializeToString,
-                response_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportResponse.FromString,
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportResponse.FromString,
                 _registered_method=True)
 
 
@@ -70,13 +70,13 @@ def add_ReportServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'ExperimentReport': grpc.unary_unary_rpc_method_handler(
                     servicer.ExperimentReport,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportResponse.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportResponse.SerializeToString,
             ),
             'ModelReport': grpc.unary_unary_rpc_method_handler(
                     servicer.ModelReport,
-                    request_deserializer=engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportRequest.FromString,
-                    response_serializer=engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportResponse.SerializeToString,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -104,8 +104,8 @@ class ReportService:
             request,
             target,
             '/arbiter.v1.ReportService/ExperimentReport',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportResponse.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ExperimentReportResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -131,8 +131,8 @@ class ReportService:
             request,
             target,
             '/arbiter.v1.ReportService/ModelReport',
-            engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportRequest.SerializeToString,
-            engine_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportResponse.FromString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_report__pb2.ModelReportResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,7 +53,7 @@ def _load(path: str, command: str) -> Ruleset | None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from engine import server
+    from engine.grpc import server
     from engine.reloader import RulesetReloader
     from engine.service import Arbiter
 
@@ -172,7 +172,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from engine.tester import discover, run_tests
+    from engine.cli.tester import discover, run_tests
 
     ruleset = _load(args.path, "test")
     if ruleset is None:
@@ -213,7 +213,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
     if args.json:
         from google.protobuf.json_format import MessageToJson
 
-        from engine.convert import decide_response
+        from engine.grpc.convert import decide_response
 
         print(MessageToJson(decide_response(decision)))
     else:
@@ -223,7 +223,7 @@ def cmd_decide(args: argparse.Namespace) -> int:
 
 def _decide_local(args: argparse.Namespace) -> Any:
     from adapters.memory import MemoryStore
-    from engine.scenario import apply_scenario, load_scenario
+    from engine.cli.scenario import apply_scenario, load_scenario
     from engine.service import Arbiter
 
     ruleset = load_path(args.rules)
@@ -239,9 +239,9 @@ def _decide_local(args: argparse.Namespace) -> Any:
 def _decide_remote(args: argparse.Namespace) -> Any:
     import grpc
 
-    from engine import convert
-    from engine.gen.arbiter.v1 import decision_pb2 as pb
-    from engine.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+    from engine.grpc import convert
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
     context = {k: convert.to_value(v) for k, v in _parse_context(args.context).items()}
     with grpc.insecure_channel(args.target) as channel:
@@ -272,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format == "json":
         from google.protobuf.json_format import MessageToDict
 
-        from engine.report_service import quality_to_proto, report_to_proto
+        from engine.grpc.report_service import quality_to_proto, report_to_proto
 
         out: dict[str, Any] = {}
         if report is not None:
@@ -285,7 +285,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         if args.models or report is None:
             print(_render_models(models))
     if args.plot and report is not None:
-        from engine.plot import plot_report
+        from engine.cli.plot import plot_report
 
         print(f"plot written to {plot_report(report, args.plot)}")
     return 0
@@ -308,7 +308,7 @@ def _render_models(models: Sequence[Any]) -> str:
 def _report_local(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     """From Redis: the counters for the experiment; the models only when asked (that
     means loading the snapshot and replaying the learning log after it)."""
-    from engine.report import experiment_report
+    from engine.experiments.report import experiment_report
     from engine.service import Arbiter
 
     ruleset = load_path(args.rules)
@@ -332,9 +332,9 @@ def _report_local(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 def _report_remote(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     import grpc
 
-    from engine.gen.arbiter.v1 import report_pb2 as rpb
-    from engine.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
-    from engine.report_service import quality_from_proto, report_from_proto
+    from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
+    from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+    from engine.grpc.report_service import quality_from_proto, report_from_proto
 
     with grpc.insecure_channel(args.target) as channel:
         stub = rpb_grpc.ReportServiceStub(channel)
@@ -357,7 +357,7 @@ def _report_remote(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 def cmd_replay(args: argparse.Namespace) -> int:
     """Off-policy estimate of a candidate ruleset's reward on a decision log."""
     from adapters.decision_log import read_log
-    from engine.replay import replay
+    from engine.cli.replay import replay
 
     candidate = _load(args.rules, "replay")
     if candidate is None:
