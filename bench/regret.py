@@ -25,7 +25,7 @@ from mabwiser.mab import MAB, LearningPolicy
 
 from dsl.ast import Pos
 from dsl.ruleset import BetaPrior, Experiment
-from engine.experiments.posteriors import ThompsonSampler
+from engine.experiments.sampling import ThompsonSampler
 from engine.experiments.state import build_state
 from engine.records import ArmCounts
 

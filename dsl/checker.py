@@ -14,24 +14,13 @@ from dataclasses import dataclass, field
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic
-from dsl.parser import date_seconds
+from dsl.schema import CONTEXT_BUILTINS, PROFILE_BUILTINS, FieldSpec
+from dsl.units import date_seconds
+from dsl.vocabulary import FEATURE_TYPES, LEARNERS, MODEL_PER, REWARD_OUTCOMES
 
-SCALAR_TYPES = {"number", "string", "bool", "timestamp"}
 PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
 FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1, "join": 1}
-OUTCOMES = {"click", "conversion"}
 
-# built-in attributes every profile and context has: name -> (type, nullable)
-PROFILE_BUILTINS = {
-    "user_id": ("string", False),
-    "known": ("bool", False),
-    "first_seen": ("timestamp", True),
-    "last_seen": ("timestamp", True),
-}
-MODEL_PER = ("action", "placement")
-LEARNERS = ("logistic", "adpredictor", "tree")
-FEATURE_TYPES = ("number", "bool", "string", "list")
-CONTEXT_BUILTINS = {"placement": ("string", False), "channel": ("string", False)}
 ACTION_FIELDS = {
     "id": ("string", False),
     "value": ("number", False),
@@ -55,19 +44,6 @@ class Type:
 
 ERROR = Type("error", True)
 """The type of a name that failed to resolve: already reported, silences follow-on errors."""
-
-
-@dataclass(frozen=True, slots=True)
-class FieldSpec:
-    name: str
-    type: str
-    pii: bool
-    default: object
-    pos: ast.Pos | None
-
-    @property
-    def nullable(self) -> bool:
-        return self.default is None
 
 
 @dataclass
@@ -428,9 +404,9 @@ class Checker:
         if exp.winner is not None and exp.winner not in exp.arms:
             self.error(f"winner '{exp.winner}' is not one of the arms "
                        f"({', '.join(exp.arms)})", pos.get("winner", exp.pos))
-        if exp.reward not in OUTCOMES:
+        if exp.reward not in REWARD_OUTCOMES:
             self.error(
-                f"reward must be one of {', '.join(sorted(OUTCOMES))}", pos.get("reward", exp.pos)
+                f"reward must be one of {', '.join(REWARD_OUTCOMES)}", pos.get("reward", exp.pos)
             )
         owner = self._experiment_by_placement.setdefault(exp.placement, exp)
         if owner is not exp:

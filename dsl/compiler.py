@@ -21,8 +21,8 @@ from __future__ import annotations
 from typing import Any
 
 from dsl import ast
-from dsl.checker import CheckedRuleset, Type
-from dsl.parser import date_seconds
+from dsl.checker import CheckedRuleset
+from dsl.emitter import Emitter
 from dsl.printer import print_expr
 from dsl.ruleset import (
     Action,
@@ -44,122 +44,10 @@ from dsl.ruleset import (
     TemplateToken,
 )
 from dsl.runtime import HELPERS
+from dsl.units import date_seconds
+from dsl.vocabulary import DEFAULT_PRIOR
 
 ARGS = "A, C, E, S, now, X=None"
-_EVENT_FUNCS = {"count": "_count", "sum": "_sum", "last": "_last", "first": "_first"}
-
-
-class _Emitter:
-    """Translates one expression tree to Python source, collecting constants."""
-
-    def __init__(self, checked: CheckedRuleset, constants: dict[str, Any]) -> None:
-        self.checked = checked
-        self.constants = constants
-        self._temp = 0
-
-    def temp(self) -> str:
-        self._temp += 1
-        return f"_t{self._temp}"
-
-    def const(self, value: Any) -> str:
-        name = f"K{len(self.constants)}"
-        self.constants[name] = value
-        return name
-
-    def nullable(self, node: ast.Expr) -> bool:
-        t: Type | None = self.checked.types.get(id(node))
-        return t is None or t.nullable
-
-    def emit(self, node: ast.Expr) -> str:
-        if isinstance(node, ast.Literal):
-            return repr(node.value)
-        if isinstance(node, ast.Now):
-            return "now"
-        if isinstance(node, ast.Ref):
-            head, *rest = node.parts
-            if not rest:
-                if id(node) in self.checked.loop_refs:
-                    return f"X[{head!r}]"  # a template loop variable
-                return f"S[{head!r}]"
-            if head == "thresholds":  # a constant of this revision
-                return repr(self.checked.thresholds[rest[0]].default)
-            table = {"profile": "A", "context": "C", "action": "X"}[head]
-            return f"{table}[{rest[0]!r}]"
-        if isinstance(node, ast.Index):
-            target = self.emit(node.target)
-            if not self.nullable(node.target):
-                return f"{target}.get({node.key!r})"
-            t = self.temp()
-            return f"(None if ({t} := {target}) is None else {t}.get({node.key!r}))"
-        if isinstance(node, ast.ListExpr):
-            return self.const(frozenset(i.value for i in node.items if isinstance(i, ast.Literal)))
-        if isinstance(node, ast.Unary):
-            inner = self.emit(node.operand)
-            if node.op == "is null":
-                return f"({inner} is None)"
-            if node.op == "is not null":
-                return f"({inner} is not None)"
-            if not self.nullable(node.operand):
-                return f"(not {inner})" if node.op == "not" else f"(-{inner})"
-            t = self.temp()
-            negate = "not " if node.op == "not" else "-"
-            return f"(None if ({t} := {inner}) is None else {negate}{t})"
-        if isinstance(node, ast.BoolOp):
-            return self._boolop(node)
-        if isinstance(node, ast.Binary):
-            return self._binary(node)
-        if isinstance(node, ast.Call):
-            return self._call(node)
-        raise TypeError(f"cannot compile {node!r}")  # pragma: no cover
-
-    def _boolop(self, node: ast.BoolOp) -> str:
-        parts = [self.emit(o) for o in node.operands]
-        if not any(self.nullable(o) for o in node.operands):
-            return "(" + f" {node.op} ".join(parts) + ")"
-        # Kleene logic with short-circuit: 'and' stops at the first False,
-        # 'or' at the first True; otherwise None if any operand was None.
-        stop, other = ("False", "True") if node.op == "and" else ("True", "False")
-        temps = [self.temp() for _ in parts]
-        tail = f"(None if {' or '.join(f'{t} is None' for t in temps)} else {other})"
-        expr = tail
-        for t, part in reversed(list(zip(temps, parts, strict=True))):
-            expr = f"({stop} if ({t} := {part}) is {stop} else {expr})"
-        return expr
-
-    def _binary(self, node: ast.Binary) -> str:
-        left, right = self.emit(node.left), self.emit(node.right)
-        op = node.op
-        if op == "/":
-            return f"_div({left}, {right})"  # division by zero is null too
-        # null in, null out: inline, without a helper call (names bind left to right)
-        tests = []
-        if self.nullable(node.left):
-            tmp = self.temp()
-            tests.append(f"({tmp} := {left}) is None")
-            left = tmp
-        if self.nullable(node.right):
-            tmp = self.temp()
-            tests.append(f"({tmp} := {right}) is None")
-            right = tmp
-        expr = f"({left} {op} {right})"
-        return f"(None if {' or '.join(tests)} else {expr})" if tests else expr
-
-    def _call(self, node: ast.Call) -> str:
-        if node.name in _EVENT_FUNCS:
-            ref = node.args[0]
-            assert isinstance(ref, ast.Ref)
-            event = f"E.get({ref.parts[0]!r})"
-            if node.name in ("last", "first"):
-                return f"{_EVENT_FUNCS[node.name]}({event})"
-            within = dict(node.kwargs).get("within")
-            window = repr(within.value) if isinstance(within, ast.Literal) else "None"
-            return f"{_EVENT_FUNCS[node.name]}({event}, now, {window})"
-        args = [self.emit(a) for a in node.args]
-        if node.name in ("days_since", "hours_since"):
-            args.insert(0, "now")
-        return f"{node.name}({', '.join(args)})"
-
-
 
 
 class Compiler:
@@ -169,7 +57,7 @@ class Compiler:
         self.checked = checked
         self.sources = sources
         self.constants: dict[str, Any] = {}
-        self.emitter = _Emitter(checked, self.constants)
+        self.emitter = Emitter(checked, self.constants)
         self.defs: list[str] = []
         self._template_fns: dict[int, str] = {}  # id(expression node) -> function name
 
@@ -341,7 +229,6 @@ def _policy_limits(checked: CheckedRuleset, scope: str,
             for r in checked.policies if r.scope == scope}
 
 
-DEFAULT_PRIOR = 0.05
 """Propensity an action has before its model has seen any feedback (docs/dsl.md)."""
 
 

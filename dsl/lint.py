@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dsl import ast
 from dsl.checker import CheckedRuleset
 from dsl.diagnostics import Diagnostic
+from dsl.emitter import Emitter
 from dsl.printer import print_expr
 from dsl.runtime import HELPERS
 
@@ -50,10 +51,8 @@ def _constant(expr: ast.Expr, checked: CheckedRuleset) -> tuple[bool, object]:
     """(True, value) when the expression reads nothing from the customer or the time."""
     if any(isinstance(n, ast.Ref | ast.Now | ast.Call) for n in walk(expr)):
         return False, None
-    from dsl.compiler import _Emitter  # the same code generation as serving
-
     constants: dict[str, object] = {}
-    source = _Emitter(checked, constants).emit(expr)
+    source = Emitter(checked, constants).emit(expr)  # the code serving runs
     namespace = {"__builtins__": {}, **HELPERS, **constants}
     # generated from a checked, constant expression: no names from the rule file
     return True, eval(compile(source, "<constant>", "eval"), namespace)

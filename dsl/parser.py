@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -21,11 +20,10 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic
+from dsl.units import duration_seconds
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 TEMPLATE_RE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.DOTALL)
-DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
-DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
 
 
 @lru_cache(maxsize=1)
@@ -37,22 +35,6 @@ def _lark() -> Lark:
         propagate_positions=True,
         maybe_placeholders=False,
     )
-
-
-def duration_seconds(text: str) -> float:
-    """``"30d"`` → 2592000.0"""
-    match = DURATION_RE.fullmatch(text)
-    if match is None:
-        raise ValueError(f"not a duration: {text!r}")
-    return float(match.group(1)) * DURATION_UNITS[match.group(2)]
-
-
-def date_seconds(text: str) -> float:
-    """``"2026-11-01"`` (midnight UTC) or an ISO date-time → epoch seconds."""
-    value = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return value.timestamp()
 
 
 def _unescape(raw: str) -> str:

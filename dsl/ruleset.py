@@ -18,8 +18,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from dsl.ast import Pos
-from dsl.checker import FieldSpec
 from dsl.runtime import to_text
+from dsl.schema import FieldSpec
 
 CompiledFn = Callable[..., Any]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from engine.experiments.posteriors import counter_keys
+from engine.experiments.windows import counter_keys
 from engine.ports import FeedbackEffects
 from engine.profiles import record_contact
 from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile

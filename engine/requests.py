@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dsl.checker import FieldSpec
 from dsl.ruleset import Placement, Ruleset
+from dsl.schema import FieldSpec
 from engine.records import OUTCOMES, AttrValue
 
 MAX_ID_LENGTH = 256

@@ -12,20 +12,17 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from cachetools import TTLCache
-
 from dsl.ruleset import ModelSpec, Ruleset
 from engine.decide import pipeline
 from engine.decide.decision import Decision
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
-from engine.experiments.posteriors import ThompsonSampler
 from engine.experiments.report import ExperimentReport, experiment_report
+from engine.experiments.sampling import ThompsonSampler
 from engine.experiments.state import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning.consumer import Learner
@@ -46,8 +43,6 @@ log = logging.getLogger(__name__)
 
 ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
 """How long a decision can receive feedback (its record's time to live)."""
-BANDIT_REFRESH_SECONDS = 1.0
-"""Arm statistics are re-read from the store at most this often (other replicas' feedback)."""
 
 
 class Arbiter:
@@ -72,10 +67,7 @@ class Arbiter:
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
         self.learner = Learner(store, self.models, self._spec_of, reward_wait=reward_wait)
-        self._arm_cache: TTLCache[str, dict[str, ArmCounts]] = TTLCache(
-            maxsize=1024, ttl=BANDIT_REFRESH_SECONDS)
-        self._arm_lock = threading.Lock()
-        self.experiments = ExperimentStates(self.arm_counts, self.sampler, clock)
+        self.experiments = ExperimentStates(store.arm_counts, self.sampler, clock)
         self.learner.restore()
         self.learner.catch_up()
 
@@ -123,15 +115,9 @@ class Arbiter:
             self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
         return decision
 
-    def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
-        """The experiment's raw counters (:func:`engine.experiments.posteriors.counter_keys`), cached."""
-        with self._arm_lock:  # cachetools caches are not thread-safe
-            counts = self._arm_cache.get(experiment)
-        if counts is None:
-            counts = self.store.arm_counts(experiment)
-            with self._arm_lock:
-                self._arm_cache[experiment] = counts
-        return counts
+    def arm_counts(self, experiment: str) -> Mapping[str, ArmCounts]:
+        """The experiment's raw counters as decisions see them (cached, refreshed each second)."""
+        return self.experiments.counts(experiment)
 
     # ---- Feedback -----------------------------------------------------------------
     def feedback(
@@ -162,16 +148,13 @@ class Arbiter:
         if not commit.duplicate and commit.effects is not None:
             if self.decision_log is not None:
                 self.decision_log.write(outcome_entry(commit.effects.event))
-            with self._arm_lock:
-                for experiment, _arm in commit.effects.arm_increments:
-                    self._arm_cache.pop(experiment, None)
+            self.experiments.invalidate({e for e, _ in commit.effects.arm_increments})
             self.learner.catch_up()
         return commit
 
     def sync(self) -> int:
         """Learn from feedback other replicas logged; returns events applied."""
-        with self._arm_lock:
-            self._arm_cache.clear()
+        self.experiments.invalidate()
         return self.learner.catch_up()
 
     # ---- reports ------------------------------------------------------------------

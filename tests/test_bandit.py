@@ -9,18 +9,16 @@ from scipy import stats
 from dsl.ast import Pos
 from dsl.ruleset import BetaPrior, Experiment, NormalGammaPrior
 from engine.experiments.posteriors import (
-    BUCKET_SECONDS,
     BetaPosterior,
-    ThompsonSampler,
     beta_posterior,
-    counter_keys,
-    discounted,
     expected_loss,
     normal_gamma_posterior,
     posterior_of,
     sample_means,
     win_probabilities,
 )
+from engine.experiments.sampling import ThompsonSampler
+from engine.experiments.windows import BUCKET_SECONDS, counter_keys, discounted
 from engine.records import ArmCounts
 
 POS = Pos("t.arb", 1, 1)

@@ -15,8 +15,10 @@ The effective sample size ``(sum w)^2 / sum w^2`` says how much of the log the
 estimate really rests on. The candidate is evaluated as it is at the start: its
 experiments at their priors and its models untrained unless a store is given.
 
->>> ips(np.array([1.0, 0.0, 1.0]), np.array([0.5, 1.0, 1.0]), np.array([1.0, 1.0, 0.5]))
-(1.0, 0.5773502691896257)
+>>> rewards, pi, mu = np.array([1.0, 0.0, 1.0]), np.array([0.5, 1.0, 1.0]), np.array([1, 1, 0.5])
+>>> value, se = ips(rewards, pi, mu)  # terms r * pi / mu: 0.5, 0, 2
+>>> round(value, 3), round(se, 3)
+(0.833, 0.601)
 """
 
 from __future__ import annotations

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dsl.parser import duration_seconds
 from dsl.ruleset import Ruleset
+from dsl.units import duration_seconds
 from engine.profiles import record_contact, record_traits
 from engine.records import OUTCOMES, Profile
 from engine.requests import InvalidArgument, check_map

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from dsl.checker import FieldSpec
 from dsl.ruleset import Action, Experiment, ModelSpec, Placement, Ruleset
+from dsl.schema import FieldSpec
+from dsl.vocabulary import HOLDOUT_ARM
 from engine.decide.decision import ActionTrace, Decision, RankedAction, Reason
 from engine.experiments.bucketing import fixed_arm, in_holdout, takes_part
-from engine.experiments.posteriors import HOLDOUT_ARM, BetaPosterior, Posterior, ThompsonSampler
+from engine.experiments.posteriors import BetaPosterior, Posterior
+from engine.experiments.sampling import ThompsonSampler
 from engine.experiments.state import ExperimentState
 from engine.learning.models import PropensityModels
 from engine.profiles import impressions_within, last_contact, outcomes_within

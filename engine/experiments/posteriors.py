@@ -1,46 +1,34 @@
-"""Thompson sampling: posteriors of arm rewards, vectorised sampling, bucketed statistics.
+"""Posteriors of arm rewards, and the statistics reports draw from them.
 
 Binary rewards (click, conversion) have a Beta-Bernoulli posterior,
 ``Beta(alpha0 + successes, beta0 + trials - successes)``. Continuous rewards
 (``reward: conversion.value``: revenue per impression, zero when nothing was
 bought) have a Normal-Gamma posterior over the mean and precision, updated from
 ``n``, ``sum`` and ``sum of squares``; the arm's mean reward is Student-t
-distributed. A decision draws every eligible arm's mean in one NumPy call and
-plays the best (Thompson, 1933; Chapelle & Li, 2011). The random source is seeded
-once, in :class:`ThompsonSampler`.
+distributed. :func:`sample_means` draws every arm's mean in one NumPy call
+(Thompson, 1933; Chapelle & Li, 2011).
 
-Drifting preferences: an experiment with ``window`` or ``half_life`` keeps its
-counts in hourly buckets by decision time; :func:`discounted` sums the buckets
-inside the window, or weighs each by ``0.5 ** (age / half_life)`` (exponential
-discounting, Garivier & Moulines, 2011). Effective counts are then fractional.
-
->>> sampler = ThompsonSampler(seed=7)
+>>> import numpy as np
 >>> prior = BetaPrior(1, 1)
 >>> arms = [posterior_of(ArmCounts(100, 60), prior), posterior_of(ArmCounts(100, 5), prior)]
 >>> arms[0]
 BetaPosterior(alpha=61.0, beta=41.0)
->>> draws = sampler.sample(arms)
->>> bool(draws[0] > draws[1])
+>>> draws = sample_means(arms, np.random.default_rng(7), 1)
+>>> bool(draws[0, 0] > draws[0, 1])
 True
 """
 
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import numpy as np
 from scipy import stats
 
-from dsl.ruleset import BetaPrior, Experiment, NormalGammaPrior, Prior
+from dsl.ruleset import BetaPrior, NormalGammaPrior, Prior
 from engine.records import ArmCounts
-
-HOLDOUT_ARM = "holdout"
-"""The pseudo-arm under which a holdout's fallback action is counted (its outcomes)."""
-BUCKET_SECONDS = 3600
-"""Granularity of windowed and discounted arm statistics (decision time, hours)."""
 
 
 class BetaPosterior(NamedTuple):
@@ -125,72 +113,6 @@ def sample_means(posteriors: Sequence[Posterior], rng: np.random.Generator,
     return rng.normal(mu, 1.0 / np.sqrt(kappa * precision))
 
 
-class ThompsonSampler:
-    """One seeded generator for every random choice the engine makes; thread-safe."""
-
-    def __init__(self, seed: int | None = None) -> None:
-        self._rng = np.random.default_rng(seed)
-        self._lock = threading.Lock()
-
-    def sample(self, posteriors: Sequence[Posterior]) -> np.ndarray:
-        """One draw of each arm's mean reward."""
-        return self.sample_many(posteriors, 1)[0]
-
-    def sample_many(self, posteriors: Sequence[Posterior], draws: int) -> np.ndarray:
-        with self._lock:
-            return sample_means(posteriors, self._rng, draws)
-
-    def integers(self, high: int, size: int | None = None) -> np.ndarray:
-        with self._lock:
-            return self._rng.integers(0, high, size=size)
-
-
-# ---- bucketed statistics ---------------------------------------------------------------
-def counter_keys(arm: str, decided_at: float, windowed: bool) -> tuple[str, ...]:
-    """The counters a reward for ``arm`` increments: the total, and its hour bucket."""
-    if not windowed:
-        return (arm,)
-    return (arm, f"{arm}@{int(decided_at // BUCKET_SECONDS)}")
-
-
-def discounted(raw: Mapping[str, ArmCounts], experiment: Experiment,
-               now: float) -> dict[str, ArmCounts]:
-    """Per-arm counts as the experiment's posterior sees them.
-
-    ``raw`` maps counter keys (:func:`counter_keys`) to counts. Without a window or
-    half-life these are the totals; otherwise the hour buckets, restricted to the
-    window and weighted by the half-life.
-
-    >>> from dsl.ruleset import BetaPrior, Experiment
-    >>> from dsl.ast import Pos
-    >>> e = Experiment("e", "p", ("a", "b"), BetaPrior(), "click", Pos("f", 1, 1),
-    ...                half_life=3600.0)
-    >>> raw = {"a": ArmCounts(30, 3), "a@0": ArmCounts(10, 1), "a@1": ArmCounts(20, 2)}
-    >>> discounted(raw, e, now=3600.0 * 1.5)
-    {'a': ArmCounts(trials=25.0, successes=2.5, sum_sq=0.0)}
-    """
-    if not experiment.windowed:
-        return {key: counts for key, counts in raw.items() if "@" not in key}
-    current = int(now // BUCKET_SECONDS)
-    window = None if experiment.window is None else experiment.window / BUCKET_SECONDS
-    half_life = None if experiment.half_life is None else experiment.half_life / BUCKET_SECONDS
-    out: dict[str, ArmCounts] = {}
-    for key, counts in raw.items():
-        arm, _, bucket = key.partition("@")
-        if not bucket:
-            continue
-        age = current - int(bucket)
-        if window is not None and age >= window:
-            continue
-        weight = 1.0 if half_life is None else 0.5 ** (max(age, 0) / half_life)
-        total = out.setdefault(arm, ArmCounts())
-        total.trials += weight * counts.trials
-        total.successes += weight * counts.successes
-        total.sum_sq += weight * counts.sum_sq
-    return out
-
-
-# ---- reports ---------------------------------------------------------------------------
 def win_probabilities(draws: np.ndarray) -> np.ndarray:
     """P(arm has the highest mean) for each column of a (draws, arms) sample matrix."""
     wins = np.bincount(np.argmax(draws, axis=1), minlength=draws.shape[1])

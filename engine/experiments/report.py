@@ -20,15 +20,15 @@ import numpy as np
 from scipy import stats
 
 from dsl.ruleset import BetaPrior, Experiment
+from dsl.vocabulary import HOLDOUT_ARM
 from engine.experiments.posteriors import (
-    HOLDOUT_ARM,
     Posterior,
-    discounted,
     expected_loss,
     posterior_of,
     sample_means,
     win_probabilities,
 )
+from engine.experiments.windows import discounted
 from engine.records import ArmCounts
 
 REPORT_DRAWS = 20_000

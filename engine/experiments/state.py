@@ -18,17 +18,22 @@ allocation probabilities to 1/256.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from cachetools import TTLCache
 
 from dsl.ruleset import Experiment
-from engine.experiments.posteriors import Posterior, ThompsonSampler, discounted, posterior_of
+from engine.experiments.posteriors import Posterior, posterior_of
+from engine.experiments.sampling import ThompsonSampler
+from engine.experiments.windows import discounted
 from engine.records import ArmCounts
 
 DRAWS = 256
 """Rows of posterior draws per experiment (each decision picks one)."""
+REFRESH_SECONDS = 1.0
+"""Arm counters are re-read from the store at most this often (other replicas' feedback)."""
 
 
 @dataclass(frozen=True)
@@ -53,20 +58,43 @@ def build_state(experiment: Experiment, raw: Mapping[str, ArmCounts], now: float
 class ExperimentStates:
     """The current :class:`ExperimentState` of each experiment, rebuilt on change.
 
-    ``raw_counts(name)`` returns the store's counters, cached by the caller; a new
-    object (a refresh) or a new :class:`Experiment` (a reload) rebuilds the state.
+    Owns the cache of the store's raw counters (``store_counts(name)``): they are
+    re-read at most every ``refresh`` seconds, at once after :meth:`invalidate`
+    (this process's own feedback). New counters or a new :class:`Experiment` (a
+    reload) rebuild the state; otherwise every decision shares the same draws.
     """
 
-    def __init__(self, raw_counts: Callable[[str], Mapping[str, ArmCounts]],
-                 sampler: ThompsonSampler, clock: Callable[[], float]) -> None:
-        self._raw_counts = raw_counts
+    def __init__(self, store_counts: Callable[[str], Mapping[str, ArmCounts]],
+                 sampler: ThompsonSampler, clock: Callable[[], float],
+                 refresh: float = REFRESH_SECONDS) -> None:
+        self._store_counts = store_counts
         self._sampler = sampler
         self._clock = clock
+        self._counts: TTLCache[str, Mapping[str, ArmCounts]] = TTLCache(
+            maxsize=1024, ttl=refresh)
         self._states: dict[str, tuple[Mapping[str, ArmCounts], ExperimentState]] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # cachetools caches are not thread-safe
+
+    def counts(self, name: str) -> Mapping[str, ArmCounts]:
+        """The experiment's raw counters (:func:`engine.experiments.windows.counter_keys`)."""
+        with self._lock:
+            counts = self._counts.get(name)
+        if counts is None:
+            counts = self._store_counts(name)
+            with self._lock:
+                self._counts[name] = counts
+        return counts
+
+    def invalidate(self, names: Iterable[str] = ()) -> None:
+        """Re-read these experiments' counters on next use (every one when none named)."""
+        with self._lock:
+            if not names:
+                self._counts.clear()
+            for name in names:
+                self._counts.pop(name, None)
 
     def get(self, experiment: Experiment) -> ExperimentState:
-        raw = self._raw_counts(experiment.name)
+        raw = self.counts(experiment.name)
         with self._lock:
             cached = self._states.get(experiment.name)
         if cached is not None and cached[0] is raw and cached[1].experiment is experiment:

@@ -1,0 +1,51 @@
+"""The words Arbiter's parts share: outcomes, reason kinds, learners and defaults.
+
+Written once here so the checker, the engine and the docs cannot drift apart.
+
+>>> REWARD_OUTCOMES
+('click', 'conversion')
+>>> ReasonKind.CAP == "cap"
+True
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+OUTCOMES = ("impression", "click", "conversion", "dismiss")
+"""Every outcome ``Feedback`` accepts."""
+REWARD_OUTCOMES = ("click", "conversion")
+"""Outcomes that reward an action: an experiment's ``reward``, a model's positive label."""
+NEGATIVE_OUTCOMES = ("dismiss",)
+"""Outcomes that are an explicit negative label."""
+
+DEFAULT_PRIOR = 0.05
+"""An action's propensity before its model has learnt anything (``prior:``)."""
+DEFAULT_REWARD_WAIT_SECONDS = 1800.0
+"""An impression without a reward after this long is a negative example (Azure
+Personalizer's reward wait)."""
+
+LEARNERS = ("logistic", "adpredictor", "tree")
+"""``learner:`` values of a ``model`` block (each has a factory in engine.learning.registry)."""
+MODEL_PER = ("action", "placement")
+FEATURE_TYPES = ("number", "bool", "string", "list")
+"""Attribute types a model can use as features."""
+
+HOLDOUT_ARM = "holdout"
+"""The pseudo-arm under which a holdout's fallback action is counted (its outcomes)."""
+
+
+class ReasonKind(StrEnum):
+    """What a reason in an explanation is about (its ``kind`` over gRPC)."""
+
+    SEGMENT = "segment"  # a segment the action's condition uses, matched or not
+    ELIGIBILITY = "eligibility"  # channel, validity window, when, unless, value
+    CONSENT = "consent"  # the purposes the action needs
+    CAP = "cap"  # frequency cap, cooldown, suppression, group and channel caps
+    EXPERIMENT = "experiment"  # allocation: Thompson, fixed split, winner, holdout
+    SCORE = "score"  # the arbitration formula and the rank cut
+    FALLBACK = "fallback"  # the placement's fallback, shown when nothing was eligible
+
+
+ELIGIBILITY_KINDS = frozenset({ReasonKind.ELIGIBILITY, ReasonKind.CONSENT, ReasonKind.CAP})
+"""Reasons that decide whether an action may be shown at all."""
