@@ -12,6 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from engine.learning.log import LearningLog
 from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile
 
 
@@ -43,8 +44,8 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be reached; nothing was changed, the call may be retried."""
 
 
-class Store(Protocol):
-    """Profiles, decisions, bandit statistics and the learning log."""
+class Store(LearningLog, Protocol):
+    """Profiles, decisions, bandit statistics and (inherited) the learning log."""
 
     def get_profile(self, user_id: str) -> Profile | None: ...
 
@@ -66,19 +67,6 @@ class Store(Protocol):
         ...
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]: ...
-
-    def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
-        """Learning events logged after offset ``after`` ("" for the start), in order."""
-        ...
-
-    def save_models(self, blob: bytes, offset: str) -> None: ...
-
-    def trim_learning_log(self, consumer: str, offset: str) -> int:
-        """Record that ``consumer`` has applied the log up to ``offset``; drop the entries
-        that every live consumer and the saved snapshot are past. Returns how many."""
-        ...
-
-    def load_models(self) -> tuple[bytes, str] | None: ...
 
     def ping(self) -> bool:
         """True when the store can be reached (health checks)."""

@@ -10,8 +10,6 @@ import msgspec
 
 AttrValue = str | float | bool | list[str] | dict[str, str] | None
 
-OUTCOMES = ("impression", "click", "conversion", "dismiss")
-
 
 class EventStats(msgspec.Struct, omit_defaults=True):
     """Aggregates of one event type on a profile.

@@ -18,7 +18,8 @@ from typing import Any
 
 from dsl.ruleset import Placement, Ruleset
 from dsl.schema import FieldSpec
-from engine.records import OUTCOMES, AttrValue
+from dsl.vocabulary import OUTCOMES
+from engine.records import AttrValue
 
 MAX_ID_LENGTH = 256
 MAX_MAP_ENTRIES = 64

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from dsl.ruleset import ModelSpec, Ruleset
+from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
 from engine.decide.decision import Decision
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
@@ -55,7 +56,7 @@ class Arbiter:
         *,
         seed: int | None = None,
         clock: Callable[[], float] = time.time,
-        reward_wait: float = 1800.0,
+        reward_wait: float = DEFAULT_REWARD_WAIT_SECONDS,
         attribution_window: float = ATTRIBUTION_WINDOW_SECONDS,
         decision_log: DecisionLog | None = None,
     ) -> None:
@@ -83,7 +84,7 @@ class Arbiter:
     def _spec_of(self, placement: str, action_id: str) -> tuple[ModelSpec, float]:
         ruleset = self._ruleset
         action = ruleset.actions.get(action_id)
-        return ruleset.model_of(placement), action.prior if action is not None else 0.05
+        return ruleset.model_of(placement), action.prior if action is not None else DEFAULT_PRIOR
 
     # ---- Decide -------------------------------------------------------------------
     def decide(

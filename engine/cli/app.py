@@ -24,6 +24,7 @@ from typing import Any
 from dsl.diagnostics import RulesetError
 from dsl.loader import build, load_path, read_sources
 from dsl.ruleset import Ruleset
+from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS
 from engine.requests import InvalidArgument
 
 log = logging.getLogger("arbiter")
@@ -393,9 +394,10 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--seed", type=int, help="seed of the Thompson sampler")
     serve.add_argument("--decision-log", metavar="FILE.jsonl",
                        help="append every decision and outcome here (for arbiter replay)")
-    serve.add_argument("--reward-wait", type=float, default=1800.0, metavar="SECONDS",
+    serve.add_argument("--reward-wait", type=float, default=DEFAULT_REWARD_WAIT_SECONDS,
+                       metavar="SECONDS",
                        help="an impression with no click or conversion after this long is "
-                            "a negative example for the propensity models (default 1800)")
+                            "a negative example for the propensity models (default %(default)s)")
     serve.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                        help="how often to look for changed rule files (0: only on the "
                             "ReloadRuleset RPC)")

@@ -23,8 +23,9 @@ from typing import Any
 
 from dsl.ruleset import Ruleset
 from dsl.units import duration_seconds
+from dsl.vocabulary import OUTCOMES
 from engine.profiles import record_contact, record_traits
-from engine.records import OUTCOMES, Profile
+from engine.records import Profile
 from engine.requests import InvalidArgument, check_map
 from engine.service import Arbiter
 

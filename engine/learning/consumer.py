@@ -21,11 +21,11 @@ import uuid
 from collections.abc import Callable
 
 from dsl.ruleset import ModelSpec
+from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS, NEGATIVE_OUTCOMES, REWARD_OUTCOMES
+from engine.learning.log import LearningLog
 from engine.learning.models import PropensityModels
-from engine.ports import Store
 from engine.records import LearningEvent
 
-POSITIVE = ("click", "conversion")
 Key = tuple[str, str]
 log = logging.getLogger(__name__)
 SpecOf = Callable[[str, str], tuple[ModelSpec, float]]
@@ -35,10 +35,10 @@ SpecOf = Callable[[str, str], tuple[ModelSpec, float]]
 class Learner:
     def __init__(
         self,
-        store: Store,
+        store: LearningLog,
         models: PropensityModels,
         spec_of: SpecOf,
-        reward_wait: float = 1800.0,
+        reward_wait: float = DEFAULT_REWARD_WAIT_SECONDS,
         snapshot_every: int = 200,
     ) -> None:
         self.store = store
@@ -124,9 +124,9 @@ class Learner:
             return
         if event.outcome == "impression":
             self.pending.setdefault(key, (event.features, now, event.placement))
-        elif event.outcome in POSITIVE:
+        elif event.outcome in REWARD_OUTCOMES:
             self._label(key, event.features, True, now, event.placement)
-        elif event.outcome == "dismiss":
+        elif event.outcome in NEGATIVE_OUTCOMES:
             self._label(key, event.features, False, now, event.placement)
 
     def _expire(self, now: float) -> None:

@@ -19,9 +19,8 @@ that would have chosen it, computed exactly. Until an action's model has
 ``COLD_START_EXAMPLES`` examples its members spread around the prior
 (:func:`cold_start_quantiles`), so untried actions are explored too.
 
-Progressive validation: every example is first predicted, then learnt, so the
-rolling ROC AUC and log loss over the last ``QUALITY_WINDOW`` examples measure
-the model on data it had not seen (Blum, Kalai & Langford, 1999).
+Learners come from :mod:`engine.learning.registry`; every example is predicted
+before it is learnt, for the rolling quality of :mod:`engine.learning.quality`.
 
 >>> models = PropensityModels()
 >>> round(models.predict("offer", DEFAULT_MODEL, 0.05, {"segment:vip": 1.0}), 3)
@@ -35,7 +34,6 @@ True
 from __future__ import annotations
 
 import functools
-import math
 import pickle
 import threading
 import zlib
@@ -43,89 +41,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from river import (
-    compose,
-    ensemble,
-    linear_model,
-    metrics,
-    optim,
-    preprocessing,
-    stats,
-    tree,
-    utils,
-)
 from scipy import stats as scipy_stats
 
 from dsl.ruleset import DEFAULT_MODEL, ModelSpec
+from engine.learning.features import model_features
+from engine.learning.quality import ModelQuality, RollingQuality
+from engine.learning.registry import new_learner
 
 __all__ = ["DEFAULT_MODEL", "ModelQuality", "PropensityModels"]
 
-LEARNING_RATE = 0.05
 COLD_START_STRENGTH = 2.0
 """Pseudo-examples behind the cold-start prior of a bagged model (weak on purpose)."""
 COLD_START_EXAMPLES = 20
 """A bagged model predicts from its cold-start prior until it has learnt this many."""
-QUALITY_WINDOW = 1000
-
-
-def logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1.0 - p))
-
-
-def is_indicator(name: str) -> bool:
-    """One-hot features are named ``name=value``, present only when true."""
-    return "=" in name
-
-
-def numeric_part(x: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in x.items() if not is_indicator(k)}
-
-
-def indicator_part(x: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in x.items() if is_indicator(k)}
-
-
-def nominal(x: dict[str, Any]) -> dict[str, Any]:
-    """``{"device=mobile": 1}`` as ``{"device": "mobile"}``; a list's indicators stay."""
-    indicators = [k.partition("=") for k in x if is_indicator(k)]
-    single = {n for n, _, _ in indicators if sum(1 for m, _, _ in indicators if m == n) == 1}
-    out: dict[str, Any] = {}
-    for k, v in x.items():
-        name, _, value = k.partition("=")
-        if name in single:
-            out[name] = value
-        else:
-            out[k] = v
-    return out
-
-
-def new_learner(spec: ModelSpec, prior: float, key: str) -> Any:
-    """The River pipeline a spec describes, starting from the prior."""
-    learner: Any
-    if spec.learner == "adpredictor":
-        learner = linear_model.AdPredictor(prior_probability=prior)
-    elif spec.learner == "tree":
-        # a tree splits on a nominal value directly; an indicator it only ever sees as 1
-        learner = compose.FuncTransformer(nominal) | tree.HoeffdingTreeClassifier(
-            grace_period=50, leaf_prediction="mc")  # leaf frequencies: calibrated
-    else:
-        # scale numbers only: a one-hot indicator is present (1) or absent, and
-        # StandardScaler sees it only when present, so it would scale it to 0
-        scaled = compose.FuncTransformer(numeric_part) | preprocessing.StandardScaler()
-        learner = (scaled + compose.FuncTransformer(indicator_part)) | (
-            linear_model.LogisticRegression(
-                optimizer=optim.SGD(LEARNING_RATE),
-                intercept_init=logit(prior),
-                intercept_lr=LEARNING_RATE,
-            ))
-    if spec.hashed:
-        learner = preprocessing.FeatureHasher(n_features=spec.hashed, seed=1) | learner
-    if spec.bagging:
-        # the seed comes from the model's key: every replica bags identically
-        learner = ensemble.BaggingClassifier(learner, n_models=spec.bagging,
-                                             seed=zlib.crc32(key.encode()))
-    return learner
 
 
 @functools.lru_cache(maxsize=1024)
@@ -158,56 +86,12 @@ def _proba(model: Any, features: dict[str, float], prior: float) -> float:
     return float(proba.get(True, prior)) if proba else prior
 
 
-def _rolling(kind: Any) -> Any:
-    return utils.Rolling(kind, window_size=QUALITY_WINDOW)
-
-
-@dataclass
-class _Quality:
-    """Progressive-validation metrics of one model."""
-
-    auc: Any = field(default_factory=lambda: _rolling(metrics.ROCAUC))
-    log_loss: Any = field(default_factory=lambda: _rolling(metrics.LogLoss))
-    predicted: Any = field(default_factory=lambda: _rolling(stats.Mean))
-    observed: Any = field(default_factory=lambda: _rolling(stats.Mean))
-
-    def update(self, label: bool, p: float) -> None:
-        self.auc.update(label, p)
-        self.log_loss.update(label, p)
-        self.predicted.update(p)
-        self.observed.update(float(label))
-
-
-@dataclass(frozen=True)
-class ModelQuality:
-    model: str
-    learner: str
-    examples: int
-    rolling_auc: float
-    rolling_log_loss: float
-    mean_predicted: float
-    observed_rate: float
-
-
 @dataclass
 class _Model:
     spec: ModelSpec
     learner: Any
     examples: int = 0
-    quality: _Quality = field(default_factory=_Quality)
-
-
-def model_features(spec: ModelSpec, action_id: str, features: Mapping[str, float]
-                   ) -> dict[str, float]:
-    """Per-placement models see the action as a feature; linear ones also crossed with
-    every feature (a tree finds such interactions itself)."""
-    if spec.per == "action":
-        return dict(features)
-    out = {f"action={action_id}": 1.0, **features}
-    if spec.learner != "tree":
-        for name, value in features.items():
-            out[f"{action_id}|{name}"] = value
-    return out
+    quality: RollingQuality = field(default_factory=RollingQuality)
 
 
 class PropensityModels:
