@@ -6,7 +6,7 @@ measure a model on data it had not seen (Blum, Kalai & Langford, 1999).
 >>> q = RollingQuality()
 >>> for label, p in [(True, 0.9), (False, 0.2), (True, 0.7), (False, 0.4)]:
 ...     q.update(label, p)
->>> round(q.auc.get(), 2), round(q.observed.get(), 2)
+>>> float(q.auc.get()), q.observed.get()
 (1.0, 0.5)
 """
 
