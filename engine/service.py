@@ -155,7 +155,7 @@ class Arbiter:
 
     def sync(self) -> int:
         """Learn from feedback other replicas logged; returns events applied."""
-        self.experiments.invalidate()
+        self.experiments.invalidate_all()
         return self.learner.catch_up()
 
     # ---- reports ------------------------------------------------------------------

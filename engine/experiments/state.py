@@ -85,13 +85,16 @@ class ExperimentStates:
                 self._counts[name] = counts
         return counts
 
-    def invalidate(self, names: Iterable[str] = ()) -> None:
-        """Re-read these experiments' counters on next use (every one when none named)."""
+    def invalidate(self, names: Iterable[str]) -> None:
+        """Re-read these experiments' counters on next use (after this process's feedback)."""
         with self._lock:
-            if not names:
-                self._counts.clear()
             for name in names:
                 self._counts.pop(name, None)
+
+    def invalidate_all(self) -> None:
+        """Re-read every experiment's counters on next use (other replicas' feedback)."""
+        with self._lock:
+            self._counts.clear()
 
     def get(self, experiment: Experiment) -> ExperimentState:
         raw = self.counts(experiment.name)
