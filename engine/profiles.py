@@ -11,7 +11,7 @@ MULTI in Redis), so the aggregation rules live in one place.
 from __future__ import annotations
 
 from bisect import insort
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 from engine.records import AttrValue, EventStats, Profile
 
@@ -87,33 +87,3 @@ def record_contact(profile: Profile | None, user_id: str, action_id: str, outcom
         history.pop(0)
     profile.version += 1
     return profile
-
-
-def outcomes_within(profile: Profile | None, action_ids: Iterable[str], now: float,
-                    window: float, outcome: str = "impression", channel: str | None = None
-                    ) -> int:
-    """Outcomes of these actions in ``(now - window, now]``, on one channel or any."""
-    if profile is None:
-        return 0
-    start = now - window
-    return sum(
-        1
-        for action_id in action_ids
-        for at, kind, where in profile.contacts.get(action_id, ())
-        if kind == outcome and start < at <= now and (channel is None or where == channel)
-    )
-
-
-def impressions_within(profile: Profile | None, action_id: str, now: float,
-                       window: float) -> int:
-    """Impressions of one action in ``(now - window, now]``."""
-    return outcomes_within(profile, (action_id,), now, window)
-
-
-def last_contact(profile: Profile | None, action_id: str, outcome: str = "impression"
-                 ) -> float | None:
-    """When this action last had this outcome, if ever."""
-    if profile is None:
-        return None
-    times = [at for at, kind, _ in profile.contacts.get(action_id, ()) if kind == outcome]
-    return max(times) if times else None

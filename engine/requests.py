@@ -16,9 +16,10 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from dsl.ruleset import Placement, Ruleset
+from dsl.ruleset import Ruleset
 from dsl.schema import FieldSpec
 from dsl.vocabulary import OUTCOMES
+from engine.decide.inputs import DecideInput
 from engine.records import AttrValue
 
 MAX_ID_LENGTH = 256
@@ -35,17 +36,6 @@ class InvalidArgument(ValueError):
     def __init__(self, field: str, message: str) -> None:
         self.field = field
         super().__init__(f"{field}: {message}")
-
-
-@dataclass(frozen=True, slots=True)
-class DecideInput:
-    user_id: str
-    placement: Placement
-    channel: str
-    context: dict[str, AttrValue]
-    limit: int
-    explain: bool
-    now: float
 
 
 @dataclass(frozen=True, slots=True)

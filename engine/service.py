@@ -21,6 +21,7 @@ from dsl.ruleset import ModelSpec, Ruleset
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
 from engine.decide.decision import Decision
+from engine.decide.tracer import Tracer
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
 from engine.experiments.report import ExperimentReport, experiment_report
 from engine.experiments.sampling import ThompsonSampler
@@ -97,7 +98,9 @@ class Arbiter:
         limit: int = 0,
         explain: bool = False,
         at: float | None = None,
+        tracer: Tracer | None = None,
     ) -> Decision:
+        """Decide for one customer; ``explain`` adds reasons, ``tracer`` listens to the stages."""
         ruleset = self._ruleset
         req = decide_input(ruleset, user_id=user_id, placement=placement, channel=channel,
                            context=context, limit=limit, explain=explain, at=at,
@@ -109,6 +112,7 @@ class Arbiter:
             models=self.models,
             experiment_state=self.experiments.get,
             sampler=self.sampler,
+            tracer=tracer,
         )
         if record.actions or record.holdout:  # holdouts are exposures too (lift)
             self.store.save_decision(record, self.attribution_window)

@@ -6,12 +6,12 @@ import pytest
 
 from adapters.memory import MemoryStore
 from dsl.ruleset import DEFAULT_MODEL
+from engine.decide.contacts import impressions_within
 from engine.feedback import ActionNotInDecision, FeedbackInput, feedback_effects
 from engine.learning.consumer import Learner
 from engine.learning.models import PropensityModels
 from engine.profiles import (
     MAX_RECENT_EVENTS,
-    impressions_within,
     record_contact,
     record_event,
 )

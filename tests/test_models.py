@@ -10,7 +10,7 @@ from adapters.memory import MemoryStore
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_text
 from dsl.ruleset import ModelSpec
-from engine.decide.pipeline import Facts, features_of
+from engine.decide.facts import Facts, features_of
 from engine.learning.models import PropensityModels
 from engine.service import Arbiter
 

@@ -31,9 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from adapters.memory import MemoryStore
-from dsl.ruleset import Ruleset
+from dsl.ruleset import Ruleset, Segment
 from engine.cli.scenario import Scenario, apply_scenario
 from engine.decide.decision import ActionTrace, Decision
+from engine.decide.tracer import Tracer
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
@@ -103,8 +104,22 @@ def load_cases(path: Path) -> list[tuple[str, dict[str, Any]]]:
             for i, case in enumerate(cases)]
 
 
-def _eligible(trace: ActionTrace) -> bool:
-    return all(r.passed for r in trace.reasons if r.kind in ("eligibility", "cap", "consent"))
+class CaseTracer(Tracer):
+    """What one case's decision touched: segments matched, actions that passed eligibility."""
+
+    enabled = True
+
+    def __init__(self) -> None:
+        self.segments: set[str] = set()
+        self.eligible: set[str] = set()
+
+    def segment(self, segment: Segment, matched: bool) -> None:
+        if matched:
+            self.segments.add(segment.name)
+
+    def eligibility(self, action_id: str, eligible: bool) -> None:
+        if eligible:
+            self.eligible.add(action_id)
 
 
 def _why(trace: ActionTrace | None) -> str:
@@ -132,18 +147,21 @@ class CaseRunner:
             now = datetime.fromisoformat(str(case["now"])).timestamp()
         arbiter = Arbiter(self.ruleset, MemoryStore(clock=lambda: now), seed=0,
                           clock=lambda: now)
+        tracer = CaseTracer()
         try:
             apply_scenario(arbiter, "test-user", Scenario.from_dict(case.get("profile", {})),
                            now)
             decision = arbiter.decide(
                 user_id="test-user", placement=str(case.get("placement", "")),
                 channel=str(case.get("channel", "")), context=case.get("context", {}),
-                limit=int(case.get("limit", 0)), explain=True)
+                limit=int(case.get("limit", 0)), explain=True, tracer=tracer)
         except InvalidArgument as err:
             result.failures.append(f"invalid test input: {err}")
             return result
-        self._record_coverage(decision)
-        self._check(decision, case.get("expect", {}), result)
+        self.coverage.segments_matched |= tracer.segments
+        self.coverage.actions_eligible |= tracer.eligible
+        self.coverage.actions_shown.update(a.action_id for a in decision.actions)
+        self._check(decision, tracer, case.get("expect", {}), result)
         return result
 
     def _shape_problems(self, case: Mapping[str, Any]) -> list[str]:
@@ -163,20 +181,14 @@ class CaseRunner:
                          if a not in self.ruleset.actions]
         return problems
 
-    def _record_coverage(self, decision: Decision) -> None:
-        self.coverage.segments_matched.update(decision.segments)
-        for trace in decision.traces:
-            if _eligible(trace):
-                self.coverage.actions_eligible.add(trace.action_id)
-        self.coverage.actions_shown.update(a.action_id for a in decision.actions)
-
     def _segment_failure(self, name: str, expected: bool) -> str:
         segment = next(s for s in self.ruleset.segments if s.name == name)
         state = "in" if expected else "not in"
         return (f"expected the customer {state} segment '{name}'\n"
                 f"      {segment.pos}: segment {name} = {segment.source}")
 
-    def _check(self, decision: Decision, expect: Mapping[str, Any], result: CaseResult) -> None:
+    def _check(self, decision: Decision, tracer: CaseTracer, expect: Mapping[str, Any],
+               result: CaseResult) -> None:
         matched = set(decision.segments)
         traces = {t.action_id: t for t in decision.traces}
         shown = [a.action_id for a in decision.actions]
@@ -192,11 +204,11 @@ class CaseRunner:
             if trace is None:
                 fail(f"expected '{action}' to be eligible, but it is not an action of "
                      f"placement '{decision.placement}'")
-            elif not _eligible(trace):
+            elif action not in tracer.eligible:
                 fail(f"expected '{action}' to be eligible{_why(trace)}")
         for action in expect.get("not_eligible", []):
             trace = traces.get(action)
-            if trace is not None and _eligible(trace):
+            if trace is not None and action in tracer.eligible:
                 fail(f"expected '{action}' not to be eligible{_why(trace)}")
         if "top" in expect and (shown[:1] != [expect["top"]]):
             got = shown[0] if shown else "nothing"

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from dsl.vocabulary import ReasonKind
+
 
 @dataclass(frozen=True, slots=True)
 class Reason:
-    kind: str  # segment | eligibility | cap | experiment | score
+    """One step of an explanation: what was checked, whether it passed, and where."""
+
+    kind: ReasonKind
     name: str
     passed: bool
     detail: str = ""

@@ -8,6 +8,7 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dsl.vocabulary import ReasonKind
 from engine.decide.decision import ActionTrace, Decision, RankedAction, Reason
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.records import Profile
@@ -103,7 +104,8 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
     """The client-side view of a response, for printing (``arbiter decide --target``)."""
 
     def reasons(items: Any) -> list[Reason]:
-        return [Reason(r.kind, r.name, r.passed, r.detail, r.location) for r in items]
+        return [Reason(ReasonKind(r.kind), r.name, r.passed, r.detail, r.location)
+                for r in items]
 
     actions = tuple(
         RankedAction(a.action_id, a.score, a.propensity, a.value, a.weight, 0, rank=a.rank,

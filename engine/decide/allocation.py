@@ -1,0 +1,181 @@
+"""How an experiment on the placement picks among its eligible arms.
+
+Thompson sampling (a row of the experiment's posterior draws), a fixed split (the
+customer's bucket), a promoted winner, or nothing for customers outside it. Each
+returns the candidates kept, the arms dropped, and the :class:`Allocation` that
+the first-slot distribution (:mod:`engine.decide.distribution`) needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from dsl.ruleset import Experiment
+from dsl.vocabulary import ReasonKind
+from engine.decide.decision import RankedAction, Reason
+from engine.decide.scoring import Scorer
+from engine.decide.tracer import Tracer
+from engine.experiments.bucketing import fixed_arm
+from engine.experiments.posteriors import BetaPosterior, Posterior
+from engine.experiments.sampling import ThompsonSampler
+from engine.experiments.state import ExperimentState
+
+CUSTOM_FORMULA_ROWS = 64
+"""Posterior rows a custom ``rank:`` formula is evaluated on per Thompson decision."""
+EXPERIMENT = ReasonKind.EXPERIMENT
+
+
+@dataclass(slots=True)
+class Allocation:
+    """How an experiment chose among its eligible arms: its equally likely (Thompson: one
+    per row of posterior draws) or weighted (fixed split: one per arm) outcomes.
+
+    Per outcome: ``winners`` the index into ``arms`` of the arm kept (-1: none),
+    ``scores`` its score (NaN: the arm's own model score), ``weights`` its probability.
+    """
+
+    arms: list[RankedAction]
+    winners: np.ndarray
+    scores: np.ndarray
+    weights: np.ndarray
+
+
+@dataclass(frozen=True, slots=True)
+class Allocated:
+    """The candidates an experiment kept (its arm replaced by the played one), the arms
+    it dropped, and its allocation (None: nothing random happened)."""
+
+    kept: list[RankedAction]
+    dropped: list[RankedAction]
+    allocation: Allocation | None = None
+
+
+def _split(candidates: list[RankedAction], arms: list[RankedAction],
+           chosen: RankedAction | None) -> tuple[list[RankedAction], list[RankedAction]]:
+    """(candidates with the arms other than ``chosen`` removed and ``chosen`` in place, dropped)."""
+    played = chosen.action_id if chosen is not None else None
+    dropped = [a for a in arms if a.action_id != played]
+    gone = {a.action_id for a in dropped}
+    kept = [chosen if c.action_id == played and chosen is not None else c
+            for c in candidates if c.action_id not in gone]
+    return kept, dropped
+
+
+def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
+                      state: ExperimentState, sampler: ThompsonSampler, scorer: Scorer,
+                      linear: bool, tracer: Tracer) -> Allocated:
+    """Thompson sampling among the eligible arms.
+
+    A row of the experiment's posterior draws is picked at random; the arm whose
+    score with its sampled mean as the propensity is largest (``sample * value *
+    weight`` by default) is played with the sample as its propensity, the other
+    arms drop out. ``linear`` says the score is that default product, so every row
+    is scored at once; a custom ``rank:`` formula is called per row on the first
+    :data:`CUSTOM_FORMULA_ROWS` rows only.
+    """
+    arms = [c for c in candidates if c.action_id in experiment.arms]
+    if not arms:
+        return Allocated(candidates, [])
+    columns = [experiment.arms.index(a.action_id) for a in arms]
+    draws = state.draws[:, columns]
+    if linear:
+        scores = draws * np.array([a.value * a.weight for a in arms])
+    else:
+        draws = draws[:CUSTOM_FORMULA_ROWS]
+        scores = np.array([[scorer(arm, float(x)) for arm, x in zip(arms, row, strict=True)]
+                           for row in draws])
+    row = int(sampler.integers(len(draws)))
+    best = int(np.argmax(scores[row]))
+    chosen = replace(arms[best], propensity=float(draws[row, best]),
+                     score=float(scores[row, best]), experiment=experiment.name,
+                     arm=arms[best].action_id)
+    winners = np.argmax(scores, axis=1)
+    top_scores = scores[np.arange(len(scores)), winners]
+    allocation = Allocation(arms, winners, top_scores, np.full(len(scores), 1.0 / len(scores)))
+    if tracer.enabled:
+        _trace_thompson(experiment, arms, chosen, best, draws[row], winners, state, columns,
+                        tracer)
+    kept, dropped = _split(candidates, arms, chosen)
+    return Allocated(kept, dropped, allocation)
+
+
+def _trace_thompson(experiment: Experiment, arms: list[RankedAction], chosen: RankedAction,
+                    best: int, row: np.ndarray, winners: np.ndarray, state: ExperimentState,
+                    columns: list[int], tracer: Tracer) -> None:
+    posterior = state.posteriors[columns[best]]
+    shares = np.bincount(winners, minlength=len(arms)) / len(winners)
+    terms = {"propensity": chosen.propensity, "thompson_sample": chosen.propensity,
+             "posterior_mean": posterior.mean, "model_propensity": arms[best].propensity,
+             "allocation": float(shares[best])}
+    if isinstance(posterior, BetaPosterior):
+        terms.update(posterior_alpha=posterior.alpha, posterior_beta=posterior.beta)
+    tracer.score_terms(chosen.action_id, terms)
+    tracer.check(chosen.action_id, Reason(
+        EXPERIMENT, experiment.name, True,
+        f"arm {chosen.action_id} sampled {chosen.propensity:.4f} from "
+        f"{describe(posterior)}; wins {shares[best]:.0%} of posterior draws among "
+        f"{len(arms)} eligible arm(s)", str(experiment.pos)))
+    for i, arm in enumerate(arms):
+        if i != best:
+            tracer.check(arm.action_id, Reason(
+                EXPERIMENT, experiment.name, False,
+                f"arm not played: sampled {float(row[i]):.4f} from "
+                f"{describe(state.posteriors[columns[i]])}; wins {shares[i]:.0%} of "
+                "posterior draws", str(experiment.pos)))
+
+
+def describe(posterior: Posterior) -> str:
+    """A posterior as people read it: ``Beta(3, 41)``."""
+    if isinstance(posterior, BetaPosterior):
+        return f"Beta({posterior.alpha:g}, {posterior.beta:g})"
+    return (f"NormalGamma(mu={posterior.mu:.4g}, kappa={posterior.kappa:g}, "
+            f"alpha={posterior.alpha:g}, beta={posterior.beta:.4g})")
+
+
+def allocate_fixed(experiment: Experiment, candidates: list[RankedAction], user_id: str,
+                   tracer: Tracer) -> Allocated:
+    """A fixed split (A/B/n): the customer's bucket picks the arm, sticky across calls.
+
+    If the assigned arm is not eligible for this customer now, no arm is shown (the
+    others must not stand in for it, or the split would be biased). Over customers
+    the assignment is random with the arms' shares, which is the probability that
+    off-policy evaluation needs.
+    """
+    arm = fixed_arm(experiment, user_id)
+    arms = [c for c in candidates if c.action_id in experiment.arms]
+    assigned = next((c for c in arms if c.action_id == arm), None)
+    chosen = (replace(assigned, experiment=experiment.name, arm=arm)
+              if assigned is not None else None)
+    total = sum(experiment.weights)
+    index = {c.action_id: i for i, c in enumerate(arms)}
+    allocation = Allocation(
+        arms, np.array([index.get(a, -1) for a in experiment.arms]),
+        np.full(len(experiment.arms), np.nan), np.array(experiment.weights) / total)
+    if tracer.enabled:
+        share = experiment.weights[experiment.arms.index(arm)] / total
+        for c in arms:
+            played = c.action_id == arm
+            tracer.check(c.action_id, Reason(
+                EXPERIMENT, experiment.name, played,
+                f"fixed split assigns arm {arm} ({share:.0%} of customers)"
+                + ("" if played else "; this arm is not played"), str(experiment.pos)))
+    kept, dropped = _split(candidates, arms, chosen)
+    return Allocated(kept, dropped, allocation)
+
+
+def promote_winner(experiment: Experiment, candidates: list[RankedAction], tracer: Tracer
+                   ) -> Allocated:
+    """``winner: arm``: the experiment is over, its winner is a plain action, the others go."""
+    arms = [c for c in candidates if c.action_id in experiment.arms]
+    if tracer.enabled:
+        for c in arms:
+            won = c.action_id == experiment.winner
+            tracer.check(c.action_id, Reason(
+                EXPERIMENT, experiment.name, won,
+                f"experiment ended, winner {experiment.winner} promoted"
+                + ("" if won else "; this arm is retired"), str(experiment.pos)))
+    winner = next((c for c in arms if c.action_id == experiment.winner), None)
+    kept, dropped = _split(candidates, arms, winner)
+    return Allocated(kept, dropped)

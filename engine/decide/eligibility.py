@@ -1,0 +1,192 @@
+"""Whether an action may be shown now: channel, validity, consent, conditions, value,
+and the contact policies (caps, cooldown, suppression, group and channel caps).
+
+Every check that applies is traced as a reason; without a tracer, the first
+failing check ends the action's evaluation.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from dsl.ast import Pos
+from dsl.ruleset import Action, Ruleset
+from dsl.vocabulary import ReasonKind
+from engine.decide.contacts import impressions_within, last_contact, outcomes_within
+from engine.decide.decision import Reason
+from engine.decide.facts import Facts
+from engine.decide.inputs import DecideInput
+from engine.decide.tracer import Tracer
+from engine.records import Profile
+
+log = logging.getLogger(__name__)
+
+ELIGIBILITY, CONSENT, CAP = ReasonKind.ELIGIBILITY, ReasonKind.CONSENT, ReasonKind.CAP
+Check = tuple[str, bool, str, Pos]
+"""(name, passed, detail, where in the rules) of one contact-policy check."""
+
+
+def check_eligibility(ruleset: Ruleset, action: Action, req: DecideInput, facts: Facts,
+                      profile: Profile | None, tracer: Tracer) -> float | None:
+    """The action's value if it may be shown, else None."""
+    value = _eligible_value(ruleset, action, req, facts, profile, tracer)
+    if tracer.enabled:
+        tracer.eligibility(action.id, value is not None)
+    return value
+
+
+def _eligible_value(ruleset: Ruleset, action: Action, req: DecideInput, facts: Facts,
+                    profile: Profile | None, tracer: Tracer) -> float | None:
+    if action.channels is not None and req.channel not in action.channels:
+        if tracer.enabled:
+            tracer.check(action.id, Reason(ELIGIBILITY, "channel", False,
+                                           f"{req.channel} not in "
+                                           f"{', '.join(sorted(action.channels))}"))
+        return None
+    if (action.starts is not None and req.now < action.starts) or (
+            action.ends is not None and req.now >= action.ends):
+        if tracer.enabled:
+            tracer.check(action.id, Reason(ELIGIBILITY, "validity", False,
+                                           "outside its starts/ends window", str(action.pos)))
+        return None
+    if action.consent and not _consented(action, facts, tracer):
+        return None
+    args = facts.args()
+    if action.when is not None and not _when_holds(action, args, facts, tracer):
+        return None
+    if action.unless is not None and not _unless_clear(action, args, tracer):
+        return None
+    value = _value(action, args, tracer)
+    if value is None or not contact_policies_allow(ruleset, action, req, profile, tracer):
+        return None
+    return value
+
+
+def _consented(action: Action, facts: Facts, tracer: Tracer) -> bool:
+    given = facts.attributes.get("consents") or ()
+    missing = [purpose for purpose in action.consent if purpose not in given]
+    if tracer.enabled:
+        tracer.check(action.id, Reason(CONSENT, ", ".join(action.consent), not missing,
+                                       f"missing consent: {', '.join(missing)}" if missing
+                                       else "given", str(action.pos)))
+    return not missing
+
+
+def _condition(fn: Callable[..., Any], args: tuple[Any, ...], action: Action,
+               what: str) -> bool | None:
+    """A condition's value; a failure (a bug or bad data) is logged and counts as unknown."""
+    try:
+        result: bool | None = fn(*args)
+    except Exception:
+        log.exception("'%s' of %s failed", what, action.id)
+        return None
+    return result
+
+
+def _shown(value: bool | None) -> str:
+    return str(value) if value is not None else "unknown"
+
+
+def _when_holds(action: Action, args: tuple[Any, ...], facts: Facts, tracer: Tracer) -> bool:
+    assert action.when is not None
+    held = _condition(action.when, args, action, "when")
+    if tracer.enabled:
+        detail = action.when_source
+        segs = ", ".join(f"{s}={facts.segments.get(s)}" for s in action.segments)
+        if segs:
+            detail += f"  [{segs}]"
+        tracer.check(action.id, Reason(ELIGIBILITY, "when", held is True,
+                                       f"{detail} -> {_shown(held)}", str(action.when_pos)))
+    return held is True
+
+
+def _unless_clear(action: Action, args: tuple[Any, ...], tracer: Tracer) -> bool:
+    assert action.unless is not None
+    blocked = _condition(action.unless, args, action, "unless")
+    if tracer.enabled:
+        tracer.check(action.id, Reason(ELIGIBILITY, "unless", blocked is False,
+                                       f"{action.unless_source} -> {_shown(blocked)}",
+                                       str(action.unless_pos)))
+    return blocked is False  # unknown blocks too: never show on missing data
+
+
+def _value(action: Action, args: tuple[Any, ...], tracer: Tracer) -> float | None:
+    try:
+        value = action.value(*args)
+    except Exception:
+        log.exception("value of %s failed", action.id)
+        value = None
+    if value is None:
+        if tracer.enabled:
+            tracer.check(action.id, Reason(ELIGIBILITY, "value", False,
+                                           "value is unknown (null)", str(action.pos)))
+        return None
+    return float(value)
+
+
+def contact_policies_allow(ruleset: Ruleset, action: Action, req: DecideInput,
+                           profile: Profile | None, tracer: Tracer) -> bool:
+    """The action's cap, cooldown and suppression, its group's cap, the channel's cap.
+
+    All are counted from the profile's contact history (outcomes reported with
+    Feedback); every check that applies is traced.
+    """
+    describe = tracer.enabled
+    allowed = True
+    for checks in (_action_limits(action, req, profile, describe),
+                   _shared_limits(ruleset, action, req, profile, describe)):
+        for name, ok, detail, location in checks:
+            if describe:
+                tracer.check(action.id, Reason(CAP, name, ok, detail, str(location)))
+            elif not ok:
+                return False
+            allowed = allowed and ok
+    return allowed
+
+
+def _action_limits(action: Action, req: DecideInput, profile: Profile | None,
+                   describe: bool) -> list[Check]:
+    """Frequency cap, cooldown and suppression of the action itself."""
+    now, checks = req.now, []
+    if action.cap is not None:
+        shown = impressions_within(profile, action.id, now, action.cap.window_seconds)
+        checks.append(("frequency", shown < action.cap.limit,
+                       f"{shown} impressions, {action.cap.text}" if describe else "",
+                       action.cap.pos))
+    if action.cooldown is not None:
+        last = last_contact(profile, action.id)
+        ok = last is None or now - last >= action.cooldown.window_seconds
+        since = ("never shown" if last is None
+                 else f"last shown {(now - last) / 3600:.1f}h ago") if describe else ""
+        checks.append(("cooldown", ok, f"{since}, cooldown {action.cooldown.text}"
+                       if describe else "", action.cooldown.pos))
+    if action.suppress is not None:
+        rule = action.suppress
+        seen = outcomes_within(profile, (action.id,), now, rule.window_seconds, rule.outcome)
+        checks.append(("suppress", seen < rule.count,
+                       f"{seen} {rule.outcome}(s), {rule.text}" if describe else "",
+                       rule.pos))
+    return checks
+
+
+def _shared_limits(ruleset: Ruleset, action: Action, req: DecideInput,
+                   profile: Profile | None, describe: bool) -> list[Check]:
+    """The caps the action shares: its group's and the channel's."""
+    now, checks = req.now, []
+    group_cap = ruleset.group_caps.get(action.group) if action.group else None
+    if group_cap is not None and action.group is not None:
+        shown = outcomes_within(profile, ruleset.groups[action.group], now,
+                                group_cap.window_seconds)
+        checks.append((f"group {action.group}", shown < group_cap.limit,
+                       f"{shown} impressions in the group, {group_cap.text}"
+                       if describe else "", group_cap.pos))
+    channel_cap = ruleset.channel_caps.get(req.channel)
+    if channel_cap is not None:
+        shown = outcomes_within(profile, profile.contacts if profile else (), now,
+                                channel_cap.window_seconds, channel=req.channel)
+        checks.append((f"channel {req.channel}", shown < channel_cap.limit,
+                       f"{shown} impressions on {req.channel}, {channel_cap.text}"
+                       if describe else "", channel_cap.pos))
+    return checks

@@ -1,0 +1,129 @@
+"""The values rules read, the customer's segments, and the features models see."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from dsl.ruleset import ModelSpec, Ruleset
+from dsl.schema import FieldSpec
+from engine.decide.inputs import DecideInput
+from engine.decide.tracer import Tracer
+from engine.records import Profile
+
+log = logging.getLogger(__name__)
+
+_PY_TYPES: dict[str, tuple[type, ...]] = {
+    "number": (float, int),
+    "string": (str,),
+    "bool": (bool,),
+    "timestamp": (float, int),
+    "list": (list,),
+    "map": (dict,),
+}
+
+
+@dataclass(slots=True)
+class Facts:
+    """The values rules read: the arguments of every compiled function."""
+
+    attributes: dict[str, Any]
+    context: dict[str, Any]
+    events: Mapping[str, Any]
+    segments: dict[str, bool]
+    now: float
+
+    def args(self) -> tuple[Any, ...]:
+        return (self.attributes, self.context, self.events, self.segments, self.now)
+
+
+def _typed(schema: Mapping[str, FieldSpec], values: Mapping[str, Any]) -> dict[str, Any]:
+    """Stored attributes whose type matches the schema; others read as missing."""
+    out = {}
+    for name, value in values.items():
+        spec = schema.get(name)
+        if spec is None:
+            continue
+        kinds = _PY_TYPES[spec.type]
+        if isinstance(value, kinds) and not (spec.type != "bool" and isinstance(value, bool)):
+            out[name] = value
+    return out
+
+
+def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput) -> Facts:
+    """Defaults, then the stored profile, then built-ins; the request's context likewise."""
+    attributes = dict(ruleset.attribute_defaults)
+    if profile is not None:
+        attributes.update(_typed(ruleset.profile_schema, profile.attributes))
+    attributes["user_id"] = req.user_id
+    attributes["known"] = profile is not None
+    attributes["first_seen"] = profile.first_seen if profile else None
+    attributes["last_seen"] = profile.last_seen if profile else None
+    context = dict(ruleset.context_defaults)
+    context.update(req.context)
+    context["placement"] = req.placement.name
+    context["channel"] = req.channel
+    events = profile.events if profile is not None else {}
+    return Facts(attributes, context, events, {}, req.now)
+
+
+def evaluate_segments(ruleset: Ruleset, facts: Facts, tracer: Tracer) -> None:
+    """Each segment once, in dependency order.
+
+    A customer is in a segment or not: a condition that is null (missing data) or
+    fails to evaluate means "not in it", so segments are plain booleans wherever
+    other rules use them (the checker types them so, and ``not`` relies on it).
+    """
+    args = facts.args()
+    segments = facts.segments
+    for segment in ruleset.segments:
+        try:
+            segments[segment.name] = segment.fn(*args) is True
+        except Exception:  # a bug or bad stored data: never crash, never match
+            log.exception("segment %s failed at %s", segment.name, segment.pos)
+            segments[segment.name] = False
+    if tracer.enabled:
+        for segment in ruleset.segments:
+            tracer.segment(segment, segments[segment.name])
+
+
+def features_of(facts: Facts, spec: ModelSpec) -> dict[str, float]:
+    """Model features: numbers as they are, bools and segments 0/1, strings and lists one-hot.
+
+    One-hot features are named ``name=value`` and present only when true; every
+    other feature is always present.
+
+    The default model (no ``features:``) reads every segment flag and context value.
+    """
+    if spec.features is None:
+        features = {f"segment:{name}": 1.0 if hit else 0.0
+                    for name, hit in facts.segments.items()}
+        for key, value in facts.context.items():
+            _encode(features, f"context.{key}", value)
+        return features
+    features = {}
+    for name in spec.features:
+        if name == "segments":
+            features.update({f"segment:{s}": 1.0 if hit else 0.0
+                             for s, hit in facts.segments.items()})
+            continue
+        head, _, attr = name.partition(".")
+        source = facts.attributes if head == "profile" else facts.context
+        _encode(features, name, source.get(attr))
+    return features
+
+
+def _encode(features: dict[str, float], name: str, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool):
+        features[name] = 1.0 if value else 0.0
+    elif isinstance(value, int | float):
+        features[name] = float(value)
+    elif isinstance(value, list):
+        for item in value:
+            features[f"{name}={item}"] = 1.0
+    else:
+        features[f"{name}={value}"] = 1.0
