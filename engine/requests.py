@@ -205,3 +205,15 @@ def check_outcome(outcome: str) -> str:
     if outcome not in OUTCOMES:
         raise InvalidArgument("outcome", f"must be one of {', '.join(OUTCOMES)}")
     return outcome
+
+
+class NotFound(LookupError):
+    """A named thing (an experiment, say) that the serving ruleset does not have."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}")
+
+
+class FailedPrecondition(RuntimeError):
+    """The request is valid but this server is not in a state to serve it."""

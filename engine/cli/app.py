@@ -273,7 +273,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.format == "json":
         from google.protobuf.json_format import MessageToDict
 
-        from engine.grpc.report_service import quality_to_proto, report_to_proto
+        from engine.grpc.convert import quality_to_proto, report_to_proto
 
         out: dict[str, Any] = {}
         if report is not None:
@@ -333,9 +333,9 @@ def _report_local(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 def _report_remote(args: argparse.Namespace) -> tuple[Any, list[Any]]:
     import grpc
 
+    from engine.grpc.convert import quality_from_proto, report_from_proto
     from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
     from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
-    from engine.grpc.report_service import quality_from_proto, report_from_proto
 
     with grpc.insecure_channel(args.target) as channel:
         stub = rpb_grpc.ReportServiceStub(channel)

@@ -1,4 +1,7 @@
-"""Protobuf messages ↔ engine values. The only module besides the server that knows protobuf."""
+"""Protobuf messages ↔ engine values: every conversion the servicers and the CLI need.
+
+The only place, with the generated code and the servicers, that knows protobuf.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +11,17 @@ from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from dsl.diagnostics import Diagnostic
 from dsl.vocabulary import ReasonKind
 from engine.decide.decision import ActionTrace, Decision, RankedAction, Reason
+from engine.experiments.posteriors import BetaPosterior, NormalGammaPosterior, Posterior
+from engine.experiments.report import ArmReport, ExperimentReport, SampleRatio
+from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
+from engine.learning.quality import ModelQuality
 from engine.records import Profile
+from engine.reloader import ReloadResult
 from engine.requests import InvalidArgument
 
 OUTCOME_NAMES = {
@@ -153,3 +163,63 @@ def profile_message(profile: Profile, now: float,
     if profile.last_seen is not None:
         message.last_seen.CopyFrom(timestamp(profile.last_seen))
     return message
+
+
+# ---- reports -----------------------------------------------------------------------
+def arm_to_proto(a: ArmReport) -> rpb.ArmReport:
+    return rpb.ArmReport(arm=a.arm, exposures=a.exposures, rewards=a.rewards,
+                         posterior_mean=a.mean, ci_low=a.ci[0], ci_high=a.ci[1],
+                         prob_best=a.prob_best, expected_loss=a.expected_loss,
+                         allocation=a.allocation, posterior=list(a.posterior))
+
+
+def arm_from_proto(a: rpb.ArmReport) -> ArmReport:
+    params = tuple(a.posterior)
+    posterior: Posterior = (BetaPosterior(*params) if len(params) == 2
+                            else NormalGammaPosterior(*params))
+    return ArmReport(a.arm, a.exposures, a.rewards, posterior, (a.ci_low, a.ci_high),
+                     a.prob_best, a.expected_loss, a.allocation)
+
+
+def report_to_proto(r: ExperimentReport) -> rpb.ExperimentReportResponse:
+    response = rpb.ExperimentReportResponse(
+        experiment=r.experiment, placement=r.placement, allocation=r.allocation,
+        reward=r.reward, posterior=r.posterior, arms=[arm_to_proto(a) for a in r.arms],
+        holdout_percent=r.holdout_percent, best_arm=r.best_arm, winner=r.winner or "",
+        revision=r.revision,
+        srm=rpb.SampleRatioCheck(applies=r.srm.applies, p_value=r.srm.p_value,
+                                 mismatch=r.srm.mismatch))
+    if r.holdout is not None:
+        response.holdout.CopyFrom(arm_to_proto(r.holdout))
+    return response
+
+
+def report_from_proto(p: rpb.ExperimentReportResponse) -> ExperimentReport:
+    return ExperimentReport(
+        experiment=p.experiment, placement=p.placement, allocation=p.allocation,
+        reward=p.reward, posterior=p.posterior, arms=tuple(arm_from_proto(a) for a in p.arms),
+        holdout=arm_from_proto(p.holdout) if p.HasField("holdout") else None,
+        holdout_percent=p.holdout_percent,
+        srm=SampleRatio(p.srm.applies, p.srm.p_value if p.srm.applies else 1.0),
+        revision=p.revision, winner=p.winner or None)
+
+
+def quality_to_proto(q: ModelQuality) -> rpb.ModelQuality:
+    return rpb.ModelQuality(model=q.model, learner=q.learner, examples=q.examples,
+                            rolling_auc=q.rolling_auc, rolling_log_loss=q.rolling_log_loss,
+                            mean_predicted=q.mean_predicted, observed_rate=q.observed_rate)
+
+
+def quality_from_proto(p: rpb.ModelQuality) -> ModelQuality:
+    return ModelQuality(p.model, p.learner, p.examples, p.rolling_auc, p.rolling_log_loss,
+                        p.mean_predicted, p.observed_rate)
+
+
+# ---- rulesets ----------------------------------------------------------------------
+def diagnostic_message(d: Diagnostic, sources: dict[str, str]) -> apb.Diagnostic:
+    return apb.Diagnostic(severity=d.severity, message=d.message, file=d.pos.file,
+                          line=d.pos.line, column=d.pos.column, rendered=d.render(sources))
+
+
+def diagnostic_messages(result: ReloadResult) -> list[apb.Diagnostic]:
+    return [diagnostic_message(d, result.sources) for d in result.diagnostics]

@@ -7,11 +7,9 @@ engine errors to status codes and never lets an exception reach gRPC unlogged.
 
 from __future__ import annotations
 
-import functools
 import logging
 import signal
 import threading
-from collections.abc import Callable
 from concurrent import futures
 from typing import Any, TypeVar
 
@@ -19,9 +17,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from engine.feedback import ActionNotInDecision
-from engine.grpc import convert
 from engine.grpc.admin_service import AdminServicer
+from engine.grpc.decision_service import DecisionServicer
 from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
@@ -29,9 +26,8 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
 from engine.grpc.report_service import ReportServicer
-from engine.ports import DecisionNotFound, StoreUnavailable
+from engine.ports import StoreUnavailable
 from engine.reloader import RulesetReloader
-from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
 log = logging.getLogger(__name__)
@@ -44,98 +40,6 @@ MAX_MESSAGE_BYTES = 1 << 20
 SYNC_INTERVAL_SECONDS = 1.0
 
 R = TypeVar("R")
-
-
-def _rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[..., R]:
-    """Map engine errors to gRPC status codes; log anything unexpected."""
-
-    @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
-        try:
-            return method(self, request, context)
-        except InvalidArgument as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
-        except DecisionNotFound as err:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"decision_id: no decision {err.args[0]!r} in the attribution window")
-        except ActionNotInDecision as err:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"action_id: {err.args[0]!r} was not part of this decision")
-        except StoreUnavailable as err:
-            log.warning("%s: %s", method.__name__, err)
-            context.abort(grpc.StatusCode.UNAVAILABLE, "profile store unavailable; retry")
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
-        raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
-
-    return wrapper
-
-
-class DecisionServicer(pb_grpc.DecisionServiceServicer):
-    def __init__(self, arbiter: Arbiter) -> None:
-        self.arbiter = arbiter
-
-    @_rpc
-    def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext
-               ) -> pb.DecideResponse:
-        decision = self.arbiter.decide(
-            user_id=request.user_id,
-            placement=request.placement,
-            channel=request.channel,
-            context=convert.from_values("context", request.context),
-            limit=request.limit,
-            explain=request.explain,
-            at=convert.optional_time(request, "at"),
-        )
-        return convert.decide_response(decision)
-
-    @_rpc
-    def Feedback(self, request: pb.FeedbackRequest, context: grpc.ServicerContext
-                 ) -> pb.FeedbackResponse:
-        outcome = convert.OUTCOME_NAMES.get(request.outcome)
-        if outcome is None:
-            raise InvalidArgument("outcome", "must be set (impression, click, conversion, "
-                                             "dismiss)")
-        commit = self.arbiter.feedback(
-            decision_id=request.decision_id,
-            action_id=request.action_id,
-            outcome=outcome,
-            value=request.value if request.HasField("value") else None,
-            idempotency_key=request.idempotency_key,
-            at=convert.optional_time(request, "timestamp"),
-        )
-        return pb.FeedbackResponse(duplicate=commit.duplicate)
-
-    def _types(self) -> dict[str, str]:
-        return {k: v.type for k, v in self.arbiter.ruleset.profile_schema.items()}
-
-    @_rpc
-    def TrackEvent(self, request: pb.TrackEventRequest, context: grpc.ServicerContext
-                   ) -> pb.TrackEventResponse:
-        profile = self.arbiter.track(
-            user_id=request.user_id,
-            event_type=request.event_type,
-            properties=convert.from_values("properties", request.properties),
-            traits=convert.from_values("traits", request.traits),
-            at=convert.optional_time(request, "timestamp"),
-        )
-        return pb.TrackEventResponse(
-            profile=convert.profile_message(profile, self.arbiter.clock(), self._types()))
-
-    @_rpc
-    def GetProfile(self, request: pb.GetProfileRequest, context: grpc.ServicerContext
-                   ) -> pb.GetProfileResponse:
-        profile = self.arbiter.get_profile(request.user_id)
-        if profile is None:
-            return pb.GetProfileResponse(found=False)
-        return pb.GetProfileResponse(found=True, profile=convert.profile_message(
-            profile, self.arbiter.clock(), self._types()))
-
-    @_rpc
-    def ForgetProfile(self, request: pb.ForgetProfileRequest, context: grpc.ServicerContext
-                      ) -> pb.ForgetProfileResponse:
-        return pb.ForgetProfileResponse(deleted=self.arbiter.forget(request.user_id))
 
 
 class RunningServer:
