@@ -73,3 +73,8 @@ class Store(LearningLog, Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+Clock = Callable[[], float]
+StoreFactory = Callable[[Clock], Store]
+"""A new store on a given clock: how tools that need a private store get one."""

@@ -67,14 +67,14 @@ def test_replay_recovers_the_value_of_a_policy_never_run() -> None:
         if rng.random() < RATES[top.action_id]:
             arb.feedback(decision_id=d.decision_id, action_id=top.action_id, outcome="click")
     always_c = load_text(SPLIT.replace("EXTRA", "winner: c"))
-    result = replay(sink.entries, always_c)
+    result = replay(sink.entries, always_c, MemoryStore)
     assert result.decisions == 3000 and result.skipped == 0
     assert result.logged.low < 0.2 < result.logged.high
     assert result.ips.low < 0.3 < result.ips.high
     assert result.snips.low < 0.3 < result.snips.high
     assert result.snips.value > result.logged.high  # the better policy is seen to be better
     assert result.effective_sample_size == pytest.approx(1000, rel=0.1)
-    same = replay(sink.entries, load_text(SPLIT.replace("EXTRA", "")))
+    same = replay(sink.entries, load_text(SPLIT.replace("EXTRA", "")), MemoryStore)
     assert same.snips.value == pytest.approx(same.logged.value)  # pi == mu everywhere
 
 

@@ -13,7 +13,8 @@ again on the same input (the logged profile, context and time) and gives
 
 The effective sample size ``(sum w)^2 / sum w^2`` says how much of the log the
 estimate really rests on. The candidate is evaluated as it is at the start: its
-experiments at their priors and its models untrained unless a store is given.
+experiments at their priors and its models untrained, on a private store from the
+given factory that holds each logged profile while its decision is replayed.
 
 >>> rewards, pi, mu = np.array([1.0, 0.0, 1.0]), np.array([0.5, 1.0, 1.0]), np.array([1, 1, 0.5])
 >>> value, se = ips(rewards, pi, mu)  # terms r * pi / mu: 0.5, 0, 2
@@ -30,8 +31,8 @@ from typing import Any
 import msgspec
 import numpy as np
 
-from adapters.memory import MemoryStore
 from dsl.ruleset import Ruleset
+from engine.ports import StoreFactory
 from engine.records import Profile
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
@@ -110,30 +111,30 @@ def rewards_by_decision(entries: Iterable[dict[str, Any]], reward: str, value: b
 
 
 def candidate_policy(arbiter: Arbiter, entry: dict[str, Any]) -> dict[str, float]:
-    """The candidate's first-slot distribution on a logged decision's input."""
+    """The candidate's first-slot distribution on a logged decision's input.
+
+    The arbiter's store is private to the replay: it is given the logged profile.
+    """
     user = entry["user_id"]
     profile_data = entry.get("profile")
     store = arbiter.store
-    if isinstance(store, MemoryStore):
-        store.forget(user)
-        if profile_data is not None:
-            profile = msgspec.convert(profile_data, Profile)
-            store.update_profile(user, lambda _: profile)
+    store.forget(user)
+    if profile_data is not None:
+        profile = msgspec.convert(profile_data, Profile)
+        store.update_profile(user, lambda _: profile)
     decision = arbiter.decide(user_id=user, placement=entry["placement"],
                               channel=entry.get("channel", ""),
                               context=entry.get("context") or {}, at=entry["at"])
     return decision.policy
 
 
-def replay(entries: list[dict[str, Any]], candidate: Ruleset, *, reward: str = "click",
-           value: bool = False, seed: int = 0, arbiter: Arbiter | None = None
-           ) -> ReplayResult:
+def replay(entries: list[dict[str, Any]], candidate: Ruleset, store_factory: StoreFactory, *,
+           reward: str = "click", value: bool = False, seed: int = 0) -> ReplayResult:
     """Evaluate ``candidate`` on the logged decisions in ``entries``."""
     rewards_of = rewards_by_decision(entries, reward, value)
     at = max((float(e["at"]) for e in entries if e.get("kind") == "decision"), default=0.0)
-    if arbiter is None:
-        arbiter = Arbiter(candidate, MemoryStore(clock=lambda: at + 1.0), seed=seed,
-                          clock=lambda: at + 1.0)
+    arbiter = Arbiter(candidate, store_factory(lambda: at + 1.0), seed=seed,
+                      clock=lambda: at + 1.0)
     r, pi, mu = [], [], []
     skipped = 0
     for entry in entries:

@@ -30,11 +30,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from adapters.memory import MemoryStore
 from dsl.ruleset import Ruleset, Segment
 from engine.cli.scenario import Scenario, apply_scenario
 from engine.decide.decision import ActionTrace, Decision
 from engine.decide.tracer import Tracer
+from engine.ports import StoreFactory
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
@@ -132,9 +132,11 @@ def _why(trace: ActionTrace | None) -> str:
 class CaseRunner:
     """Runs one case against a ruleset and checks its expectations."""
 
-    def __init__(self, ruleset: Ruleset, coverage: Coverage) -> None:
+    def __init__(self, ruleset: Ruleset, coverage: Coverage, store_factory: StoreFactory
+                 ) -> None:
         self.ruleset = ruleset
         self.coverage = coverage
+        self.store_factory = store_factory
 
     def run(self, location: str, case: Mapping[str, Any]) -> CaseResult:
         result = CaseResult(str(case.get("name", "(unnamed)")), location)
@@ -145,7 +147,7 @@ class CaseRunner:
         now = DEFAULT_NOW
         if "now" in case:
             now = datetime.fromisoformat(str(case["now"])).timestamp()
-        arbiter = Arbiter(self.ruleset, MemoryStore(clock=lambda: now), seed=0,
+        arbiter = Arbiter(self.ruleset, self.store_factory(lambda: now), seed=0,
                           clock=lambda: now)
         tracer = CaseTracer()
         try:
@@ -238,9 +240,10 @@ class Report:
         return sum(not r.passed for r in self.results) + len(self.errors)
 
 
-def run_tests(ruleset: Ruleset, paths: list[Path]) -> Report:
+def run_tests(ruleset: Ruleset, paths: list[Path], store_factory: StoreFactory) -> Report:
+    """Every case in ``paths``, each on a fresh store from ``store_factory``."""
     coverage = Coverage()
-    runner = CaseRunner(ruleset, coverage)
+    runner = CaseRunner(ruleset, coverage, store_factory)
     results: list[CaseResult] = []
     errors: list[str] = []
     for path in paths:

@@ -1,0 +1,41 @@
+"""``arbiter check``: parse and check a ruleset; every diagnostic as file:line:col."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from dsl.loader import build, read_sources
+from engine.cli.common import add_format_argument
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="parse and check a ruleset; exit 1 on errors")
+    p.add_argument("path")
+    add_format_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        sources = read_sources(args.path)
+    except (FileNotFoundError, UnicodeDecodeError) as err:
+        print(f"arbiter check: {err}", file=sys.stderr)
+        return 1
+    result = build(sources)
+    diagnostics = sorted(result.diagnostics,
+                         key=lambda d: (d.pos.file, d.pos.line, d.pos.column))
+    errors = sum(d.severity == "error" for d in diagnostics)
+    if args.format == "json":
+        print(json.dumps({"errors": errors, "warnings": len(diagnostics) - errors,
+                          "diagnostics": [d.as_dict() for d in diagnostics]}, indent=2))
+        return 1 if errors else 0
+    for d in diagnostics:
+        print(d.render(sources), file=sys.stderr if d.severity == "error" else sys.stdout)
+    summary = f"{len(sources)} file(s): {errors} error(s), {len(diagnostics) - errors} warning(s)"
+    if result.ruleset is not None:
+        summary += (f"; revision {result.ruleset.revision}; cost bound "
+                    f"{result.ruleset.cost} expression nodes per decision")
+    print(summary)
+    return 1 if errors else 0

@@ -1,0 +1,43 @@
+"""``arbiter replay``: off-policy estimate of a candidate ruleset's reward on a decision log."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import asdict
+
+from engine.cli.common import add_format_argument, load_ruleset, memory_store_factory
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("replay", help="estimate a candidate ruleset's reward from logs")
+    p.add_argument("log", help="decision log (arbiter serve --decision-log)")
+    p.add_argument("--rules", required=True, help="the candidate ruleset directory")
+    p.add_argument("--reward", default="click",
+                   help="reward outcome: click, conversion, or conversion.value")
+    p.add_argument("--seed", type=int, default=0)
+    add_format_argument(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from adapters.decision_log import read_log
+    from engine.cli.replay import replay
+
+    candidate = load_ruleset(args.rules, "replay")
+    if candidate is None:
+        return 1
+    try:
+        entries = read_log(args.log)
+    except OSError as err:
+        print(f"arbiter replay: {err}", file=sys.stderr)
+        return 2
+    reward, _, value = args.reward.partition(".")
+    result = replay(entries, candidate, memory_store_factory(), reward=reward,
+                    value=value == "value", seed=args.seed)
+    if args.format == "json":
+        print(json.dumps(asdict(result), indent=2))
+    else:
+        print(result.render())
+    return 0 if result.decisions else 1

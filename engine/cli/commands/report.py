@@ -1,0 +1,125 @@
+"""``arbiter report``: an experiment's arms, or the models' quality, from a server or Redis."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from dsl.loader import load_path
+from engine.cli.common import add_format_argument, open_store
+from engine.experiments.report import ExperimentReport
+from engine.learning.quality import ModelQuality
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="an experiment's arms, or the models' quality")
+    p.add_argument("experiment", nargs="?", help="experiment name (omit: models only)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument("--target", help="host:port of a running server (default 127.0.0.1:50051)")
+    source.add_argument("--redis", help="read the statistics from Redis instead")
+    p.add_argument("--rules", default="rulesets/retail", help="ruleset directory (with --redis)")
+    p.add_argument("--models", action="store_true", help="also the models' quality")
+    p.add_argument("--plot", metavar="FILE.png", help="draw the arms' posteriors")
+    add_format_argument(p)
+    p.set_defaults(func=run)
+
+
+Reports = tuple[ExperimentReport | None, list[ModelQuality]]
+
+
+def run(args: argparse.Namespace) -> int:
+    if not args.redis:
+        args.target = args.target or "127.0.0.1:50051"
+    try:
+        report, models = _from_server(args) if args.target else _from_redis(args)
+    except KeyError as err:
+        print(f"arbiter report: {err.args[0]}", file=sys.stderr)
+        return 2
+    if args.format == "json":
+        from google.protobuf.json_format import MessageToDict
+
+        from engine.grpc.convert import quality_to_proto, report_to_proto
+
+        out: dict[str, Any] = {}
+        if report is not None:
+            out["experiment"] = MessageToDict(report_to_proto(report))
+        out["models"] = [MessageToDict(quality_to_proto(q)) for q in models]
+        print(json.dumps(out, indent=2))
+    else:
+        if report is not None:
+            print(report.render())
+        if args.models or report is None:
+            print(render_models(models))
+    if args.plot and report is not None:
+        from engine.cli.plot import plot_report
+
+        print(f"plot written to {plot_report(report, args.plot)}")
+    return 0
+
+
+def render_models(models: Sequence[ModelQuality]) -> str:
+    """The models' progressive-validation quality as a table."""
+    if not models:
+        return "no propensity model has learnt anything yet"
+    lines = [f"{'model':<24} {'learner':<22} {'examples':>9} {'AUC':>6} {'log loss':>9} "
+             f"{'mean p':>7} {'rate':>7}"]
+    for q in models:
+        lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9} {q.rolling_auc:>6.3f} "
+                     f"{q.rolling_log_loss:>9.4f} {q.mean_predicted:>7.4f} "
+                     f"{q.observed_rate:>7.4f}")
+    lines.append("(progressive validation: each example predicted before it was learnt; "
+                 "last 1,000 examples)")
+    return "\n".join(lines)
+
+
+def _from_redis(args: argparse.Namespace) -> Reports:
+    """The counters for the experiment; the models only when asked (that means loading
+    the snapshot and replaying the learning log after it)."""
+    from engine.experiments.report import experiment_report
+    from engine.service import Arbiter
+
+    ruleset = load_path(args.rules)
+    if args.experiment and args.experiment not in ruleset.experiments:
+        known = ", ".join(sorted(ruleset.experiments)) or "none"
+        raise KeyError(f"unknown experiment '{args.experiment}' (known: {known})")
+    store = open_store(args.redis)
+    try:
+        report = None
+        if args.experiment:
+            report = experiment_report(ruleset.experiments[args.experiment],
+                                       store.arm_counts(args.experiment), time.time(),
+                                       revision=ruleset.revision)
+        if not args.models and report is not None:
+            return report, []
+        return report, Arbiter(ruleset, store).model_report()
+    finally:
+        store.close()
+
+
+def _from_server(args: argparse.Namespace) -> Reports:
+    import grpc
+
+    from engine.grpc.convert import quality_from_proto, report_from_proto
+    from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
+    from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+
+    with grpc.insecure_channel(args.target) as channel:
+        stub = rpb_grpc.ReportServiceStub(channel)
+        try:
+            report = None
+            if args.experiment:
+                report = report_from_proto(stub.ExperimentReport(
+                    rpb.ExperimentReportRequest(experiment=args.experiment), timeout=30))
+            models = []
+            if args.models or report is None:
+                models = [quality_from_proto(q) for q in
+                          stub.ModelReport(rpb.ModelReportRequest(), timeout=30).models]
+        except grpc.RpcError as err:
+            if err.code() in (grpc.StatusCode.NOT_FOUND, grpc.StatusCode.INVALID_ARGUMENT):
+                raise KeyError(err.details()) from err
+            raise SystemExit(f"arbiter report: {err.code().name}: {err.details()}") from err
+    return report, models

@@ -1,0 +1,87 @@
+"""What the commands share: loading a ruleset, building a store, common arguments.
+
+The CLI is a composition root: it is where a store is built from configuration
+(``--redis URL`` or the in-memory default) and handed to the library.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from dsl.diagnostics import RulesetError
+from dsl.loader import load_path
+from dsl.ruleset import Ruleset
+from engine.ports import Store, StoreFactory
+from engine.requests import InvalidArgument
+
+
+def open_store(redis_url: str | None) -> Store:
+    """The Redis store at ``redis_url`` (checked reachable), or a new in-memory one."""
+    if redis_url:
+        from adapters.redis_store import RedisStore  # only when asked: redis is optional here
+
+        store = RedisStore(redis_url)
+        store.ping()
+        return store
+    from adapters.memory import MemoryStore
+
+    return MemoryStore()
+
+
+def memory_store_factory() -> StoreFactory:
+    """Fresh in-memory stores on a given clock (``arbiter test``, ``replay``, local decide)."""
+    from adapters.memory import MemoryStore
+
+    return MemoryStore
+
+
+def load_ruleset(path: str, command: str) -> Ruleset | None:
+    """The compiled ruleset, or None after printing why it cannot be loaded."""
+    try:
+        return load_path(path)
+    except RulesetError as err:
+        print(err.render(), file=sys.stderr)
+    except (FileNotFoundError, UnicodeDecodeError) as err:
+        print(f"arbiter {command}: {err}", file=sys.stderr)
+    return None
+
+
+def parse_context(pairs: Sequence[str], schema: Any = None) -> dict[str, Any]:
+    """``key=value`` pairs; typed by the ruleset's schema when known, else guessed."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep:
+            raise InvalidArgument(f"context.{key}", "expected key=value")
+        kind = schema[key].type if schema is not None and key in schema else None
+        if kind == "string":
+            out[key] = raw
+        elif kind == "bool" or raw in ("true", "false"):
+            out[key] = raw == "true"
+        else:
+            try:
+                out[key] = float(raw)
+            except ValueError:
+                out[key] = raw
+    return out
+
+
+def add_request_arguments(parser: argparse.ArgumentParser, *, user_required: bool,
+                          default_seed: int | None = None) -> None:
+    """The Decide request: --user, --placement, --channel, --context, --limit, --seed."""
+    if user_required:
+        parser.add_argument("--user", required=True)
+    else:
+        parser.add_argument("--user", default="explain-user")
+    parser.add_argument("--placement", required=True)
+    parser.add_argument("--channel", default="")
+    parser.add_argument("--context", nargs="*", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--limit", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=default_seed)
+
+
+def add_format_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--format", choices=("text", "json"), default="text")
