@@ -22,9 +22,10 @@ serve: $(STAMP)  ## serve the example ruleset on 127.0.0.1:50051, profiles in me
 test: $(STAMP)  ## the test suite (what CI runs)
 	$(PY) -m pytest
 
-lint: $(STAMP)
+lint: $(STAMP)  ## ruff, mypy, and the import contracts of the layers (pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
 
 proto: $(STAMP)  ## regenerate engine/grpc/gen from proto/
 	$(PY) -m engine.grpc.protogen
