@@ -17,6 +17,8 @@ from engine.records import (
     DecisionRecord,
     LearningEvent,
     Profile,
+    counter_deltas,
+    counts_from_fields,
     decode_decision,
     decode_profile,
     encode,
@@ -35,7 +37,8 @@ class MemoryStore:
         self._decisions: dict[str, tuple[bytes, float, str]] = {}  # record, expiry, user
         self._user_decisions: dict[str, set[str]] = {}
         self._keys: dict[str, float] = {}
-        self._arms: dict[str, dict[str, ArmCounts]] = {}
+        self._arms: dict[str, dict[str, float]] = {}  # experiment -> {arm}:{field} -> sum
+        self._consumers: dict[str, int] = {}  # consumer -> the log offset it has applied
         self._log: list[LearningEvent] = []
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
@@ -101,19 +104,17 @@ class MemoryStore:
             self._decisions[decision_id] = (encode(effects.decision), expires_at, user_id)
             if effects.profile is not None:
                 self._profiles[decision.user_id] = encode(effects.profile)
-            for (experiment, arm), delta in effects.arm_increments.items():
-                counts = self._arms.setdefault(experiment, {}).setdefault(arm, ArmCounts())
-                counts.trials += delta.trials
-                counts.successes += delta.successes
-                counts.sum_sq += delta.sum_sq
+            for experiment, deltas in counter_deltas(effects.arm_increments).items():
+                fields = self._arms.setdefault(experiment, {})
+                for name, delta in deltas.items():
+                    fields[name] = fields.get(name, 0.0) + delta
             self._log.append(effects.event)
             self._keys[idempotency_key] = now + ttl_seconds
             return FeedbackCommit(False, effects)
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
         with self._lock:
-            return {arm: ArmCounts(c.trials, c.successes, c.sum_sq)
-                    for arm, c in self._arms.get(experiment, {}).items()}
+            return counts_from_fields(self._arms.get(experiment, {}))
 
     def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
         start = max(int(after) if after else 0, self._log_base)
@@ -122,10 +123,11 @@ class MemoryStore:
         return [(str(start + i + 1), event) for i, event in enumerate(chunk)]
 
     def trim_learning_log(self, consumer: str, offset: str) -> int:
-        """One process, one consumer: drop what it and the snapshot have applied."""
+        """Drop what every consumer of this store and the snapshot have applied."""
         with self._lock:
+            self._consumers[consumer] = int(offset or 0)
             snapshot = int(self._snapshot[1] or 0) if self._snapshot else 0
-            upto = min(int(offset or 0), snapshot)
+            upto = min(*self._consumers.values(), snapshot)
             drop = max(upto - self._log_base, 0)
             del self._log[:drop]
             self._log_base += drop

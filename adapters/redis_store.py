@@ -40,6 +40,8 @@ from engine.records import (
     DecisionRecord,
     LearningEvent,
     Profile,
+    counter_deltas,
+    counts_from_fields,
     decode_decision,
     decode_event,
     decode_profile,
@@ -143,9 +145,12 @@ class RedisStore:
         index = self._k("ud", user_id)
         members = cast(set[bytes], self.redis.smembers(index))
         decision_keys = [self._k("d", d.decode()) for d in members]
-        deleted = int(self.redis.delete(self._k("p", user_id), index, *decision_keys))
+        pipe = self.redis.pipeline()  # one MULTI: the profile, its decisions, their index
+        pipe.delete(self._k("p", user_id), *decision_keys)
+        pipe.delete(index)
+        deleted, _ = pipe.execute()
         self._remember(user_id, None)
-        return deleted
+        return int(deleted)  # the profile and decisions, as the API documents
 
     # ---- decisions ------------------------------------------------------------------
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
@@ -183,14 +188,10 @@ class RedisStore:
                     pipe.set(dkey, encode(effects.decision), keepttl=True)
                     if effects.profile is not None:
                         pipe.set(pkey, encode(effects.profile))
-                    for (experiment, arm), delta in effects.arm_increments.items():
+                    for experiment, deltas in counter_deltas(effects.arm_increments).items():
                         akey = self._k("arms", experiment)
-                        if delta.trials:
-                            pipe.hincrbyfloat(akey, f"{arm}:trials", delta.trials)
-                        if delta.successes:
-                            pipe.hincrbyfloat(akey, f"{arm}:successes", delta.successes)
-                        if delta.sum_sq:
-                            pipe.hincrbyfloat(akey, f"{arm}:sum_sq", delta.sum_sq)
+                        for name, delta in deltas.items():
+                            pipe.hincrbyfloat(akey, name, delta)
                     pipe.xadd(f"{self.ns}:learn", {"e": encode(effects.event)})
                     pipe.set(ikey, b"1", ex=max(1, int(ttl_seconds)))
                     pipe.execute()
@@ -203,11 +204,7 @@ class RedisStore:
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
         raw = cast(dict[bytes, bytes], self.redis.hgetall(self._k("arms", experiment)))
-        counts: dict[str, ArmCounts] = {}
-        for field, value in raw.items():
-            arm, _, kind = field.decode().rpartition(":")
-            setattr(counts.setdefault(arm, ArmCounts()), kind, float(value))
-        return counts
+        return counts_from_fields({name.decode(): float(value) for name, value in raw.items()})
 
     # ---- learning log and model snapshots ----------------------------------------------
     def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:

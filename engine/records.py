@@ -6,6 +6,8 @@ functions that change them live in :mod:`engine.profiles` and :mod:`engine.feedb
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import msgspec
 
 AttrValue = str | float | bool | list[str] | dict[str, str] | None
@@ -101,6 +103,44 @@ class ArmCounts(msgspec.Struct):
     trials: float = 0.0
     successes: float = 0.0
     sum_sq: float = 0.0
+
+
+ARM_FIELDS = ("trials", "successes", "sum_sq")
+
+
+def counter_deltas(increments: Mapping[tuple[str, str], ArmCounts]
+                   ) -> dict[str, dict[str, float]]:
+    """Arm increments as every store applies them: experiment -> ``{arm}:{field}`` -> delta.
+
+    Zero deltas are left out. Stores keep each experiment's counters as one flat
+    hash of these fields (Redis ``HINCRBYFLOAT``; a dict in memory).
+
+    >>> counter_deltas({("hero", "a"): ArmCounts(trials=1.0, successes=0.0)})
+    {'hero': {'a:trials': 1.0}}
+    """
+    out: dict[str, dict[str, float]] = {}
+    for (experiment, arm), delta in increments.items():
+        for name in ARM_FIELDS:
+            value = getattr(delta, name)
+            if value:
+                fields = out.setdefault(experiment, {})
+                fields[f"{arm}:{name}"] = fields.get(f"{arm}:{name}", 0.0) + value
+    return out
+
+
+def counts_from_fields(fields: Mapping[str, float]) -> dict[str, ArmCounts]:
+    """An experiment's flat counter hash back as ``ArmCounts`` per counter key.
+
+    >>> counts = counts_from_fields({"a:trials": 2.0, "a:successes": 1.0, "a@7:trials": 1.0})
+    >>> counts["a"], counts["a@7"].trials
+    (ArmCounts(trials=2.0, successes=1.0, sum_sq=0.0), 1.0)
+    """
+    counts: dict[str, ArmCounts] = {}
+    for field, value in fields.items():
+        arm, _, name = field.rpartition(":")
+        if name in ARM_FIELDS:
+            setattr(counts.setdefault(arm, ArmCounts()), name, float(value))
+    return counts
 
 
 _profile_encoder = msgspec.msgpack.Encoder()

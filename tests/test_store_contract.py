@@ -1,0 +1,260 @@
+"""The store contract: what every :class:`engine.ports.Store` must do, run over each store.
+
+After River's ``check_estimator``: a new store is tested by adding it to ``HARNESSES``.
+Each harness opens a store on an empty backing service, a second handle on the same
+state (another replica), and a store whose backing service cannot be reached.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from adapters.memory import MemoryStore
+from adapters.redis_store import RedisStore
+from engine.feedback import ActionNotInDecision
+from engine.ports import DecisionNotFound, FeedbackEffects, Store, StoreUnavailable
+from engine.profiles import record_contact, record_event
+from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile, ShownAction
+from tests.conftest import free_port
+
+NOW = 1_767_614_400.0
+TTL = 3600.0
+
+
+@dataclass
+class Harness:
+    """How to open the store under test, a second handle on it, and an unreachable one."""
+
+    open: Callable[[], Store]
+    other: Callable[[], Store]  # another replica on the same state
+    unreachable: Callable[[], Store] | None  # None: the store has no backing service
+    staleness: float  # how late another handle may see a write (its cache TTL)
+
+
+def _memory(request: pytest.FixtureRequest) -> Harness:
+    store = MemoryStore(clock=lambda: NOW)
+    return Harness(lambda: store, lambda: store, None, 0.0)
+
+
+def _redis(request: pytest.FixtureRequest) -> Harness:
+    url = request.getfixturevalue("redis_url")
+    opened: list[RedisStore] = []
+
+    def open_one() -> RedisStore:
+        opened.append(RedisStore(url, cache_ttl=0.2))
+        return opened[-1]
+
+    def unreachable() -> RedisStore:
+        store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", cache_ttl=0)
+        opened.append(store)
+        return store
+
+    request.addfinalizer(lambda: [s.close() for s in opened])
+    return Harness(open_one, open_one, unreachable, 0.2)
+
+
+HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
+    "memory": _memory,
+    "redis": _redis,
+}
+
+
+@pytest.fixture(params=sorted(HARNESSES))
+def harness(request: pytest.FixtureRequest) -> Harness:
+    return HARNESSES[request.param](request)
+
+
+@pytest.fixture
+def store(harness: Harness) -> Iterator[Store]:
+    yield harness.open()
+
+
+def _decision(decision_id: str = "d1", user: str = "u1") -> DecisionRecord:
+    shown = ShownAction("offer", 1, 0.5, 0.1, 5.0, experiment="exp", arm="offer",
+                        reward="click")
+    return DecisionRecord(decision_id, user, "home", "web", "rev", NOW, [shown],
+                          features={"segment:vip": 1.0})
+
+
+def _effects(outcome: str, trials: float = 0.0, successes: float = 0.0
+             ) -> Callable[[DecisionRecord, Profile | None], FeedbackEffects]:
+    """A feedback change: record the outcome, count the arm, log a learning event."""
+
+    def change(decision: DecisionRecord, profile: Profile | None) -> FeedbackEffects:
+        decision.outcomes.setdefault("offer", []).append(outcome)
+        profile = record_contact(profile, decision.user_id, "offer", outcome, NOW, "web")
+        event = LearningEvent(decision.decision_id, "offer", outcome, NOW, NOW,
+                              placement="home")
+        increments = {("exp", "offer"): ArmCounts(trials, successes)}
+        return FeedbackEffects(decision, profile, event, increments)
+
+    return change
+
+
+def _log(store: Store, n: int) -> None:
+    for i in range(n):
+        store.save_decision(_decision(f"d{i}"), TTL)
+        store.commit_feedback(f"d{i}", f"k{i}", _effects("impression", trials=1.0), TTL)
+
+
+# ---- profiles ------------------------------------------------------------------------
+def test_a_profile_round_trips_and_a_store_sees_its_own_writes(store: Store) -> None:
+    assert store.get_profile("u1") is None
+    written = store.update_profile("u1", lambda p: record_event(p, "u1", "view", 2.0, NOW, {}))
+    assert store.get_profile("u1") == written
+    assert written.events["view"].count == 1
+
+
+def test_concurrent_profile_updates_are_never_lost(store: Store) -> None:
+    def work() -> None:
+        for _ in range(25):
+            store.update_profile("u1", lambda p: record_event(p, "u1", "view", 1.0, NOW, {}))
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    profile = store.get_profile("u1")
+    assert profile is not None and profile.events["view"].count == 200
+
+
+def test_another_replica_sees_a_write_within_the_cache_staleness(harness: Harness) -> None:
+    reader, writer = harness.open(), harness.other()
+    assert reader.get_profile("u1") is None  # may now be cached as missing
+    writer.update_profile("u1", lambda p: record_event(p, "u1", "view", 1.0, NOW, {}))
+    time.sleep(harness.staleness + 0.05)
+    assert reader.get_profile("u1") is not None
+
+
+def test_forget_deletes_the_profile_and_its_decisions(store: Store) -> None:
+    store.update_profile("u1", lambda p: record_event(p, "u1", "view", 1.0, NOW, {}))
+    store.save_decision(_decision("d1"), TTL)
+    store.save_decision(_decision("d2"), TTL)
+    assert store.forget("u1") == 3
+    assert store.get_profile("u1") is None and store.get_decision("d1") is None
+    assert store.forget("u1") == 0
+
+
+# ---- decisions and feedback ----------------------------------------------------------------
+def test_a_saved_decision_can_be_read_back(store: Store) -> None:
+    store.save_decision(_decision(), TTL)
+    assert store.get_decision("d1") == _decision()
+    assert store.get_decision("nope") is None
+
+
+def test_feedback_on_an_unknown_decision_is_not_found(store: Store) -> None:
+    with pytest.raises(DecisionNotFound):
+        store.commit_feedback("nope", "k", _effects("click"), TTL)
+
+
+def test_feedback_is_applied_once_per_key_under_concurrency(harness: Harness) -> None:
+    stores = [harness.open(), harness.other()]
+    stores[0].save_decision(_decision(), TTL)
+    results: list[bool] = []
+
+    def send(i: int) -> None:
+        commit = stores[i % 2].commit_feedback("d1", "key", _effects("click", 1.0, 1.0), TTL)
+        results.append(commit.duplicate)
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False] + [True] * 15
+    store = stores[0]
+    record = store.get_decision("d1")
+    assert record is not None and record.outcomes == {"offer": ["click"]}
+    assert store.arm_counts("exp") == {"offer": ArmCounts(1.0, 1.0)}
+    assert len(store.learning_events("", 100)) == 1
+    profile = store.get_profile("u1")
+    assert profile is not None and len(profile.contacts["offer"]) == 1
+
+
+def test_a_failed_change_stores_nothing_and_the_key_stays_free(store: Store) -> None:
+    store.save_decision(_decision(), TTL)
+
+    def failing(decision: DecisionRecord, profile: Profile | None) -> FeedbackEffects:
+        raise ActionNotInDecision("other")
+
+    with pytest.raises(ActionNotInDecision):
+        store.commit_feedback("d1", "key", failing, TTL)
+    assert store.arm_counts("exp") == {}
+    assert store.learning_events("", 10) == []
+    assert store.get_profile("u1") is None
+    assert not store.commit_feedback("d1", "key", _effects("click"), TTL).duplicate
+
+
+def test_arm_counts_add_up_per_counter_key(store: Store) -> None:
+    store.save_decision(_decision(), TTL)
+    store.commit_feedback("d1", "k1", _effects("impression", trials=1.0), TTL)
+    store.commit_feedback("d1", "k2", _effects("click", successes=1.0), TTL)
+    store.save_decision(_decision("d2"), TTL)
+    store.commit_feedback("d2", "k3", _effects("impression", trials=1.0), TTL)
+    assert store.arm_counts("exp") == {"offer": ArmCounts(2.0, 1.0, 0.0)}
+    assert store.arm_counts("other") == {}
+
+
+# ---- the learning log ---------------------------------------------------------------------
+def test_the_learning_log_is_read_in_order_after_an_offset(store: Store) -> None:
+    _log(store, 5)
+    events = store.learning_events("", 100)
+    assert [e.decision_id for _, e in events] == [f"d{i}" for i in range(5)]
+    offsets = [offset for offset, _ in events]
+    assert [e.decision_id for _, e in store.learning_events(offsets[1], 2)] == ["d2", "d3"]
+    assert store.learning_events(offsets[-1], 10) == []
+
+
+def test_trimming_keeps_what_a_live_consumer_or_the_snapshot_still_needs(store: Store) -> None:
+    _log(store, 6)
+    offsets = [offset for offset, _ in store.learning_events("", 100)]
+    store.trim_learning_log("slow", offsets[1])  # a replica that applied only two
+    store.save_models(b"models", offsets[4])
+    store.trim_learning_log("fast", offsets[4])
+    assert [o for o, _ in store.learning_events(offsets[1], 100)] == offsets[2:]
+    store.trim_learning_log("slow", offsets[4])  # now everyone is past the fourth
+    assert [o for o, _ in store.learning_events(offsets[4], 100)] == offsets[5:]
+    assert store.load_models() == (b"models", offsets[4])
+
+
+def test_trimming_bounds_the_log(store: Store) -> None:
+    """What everyone applied goes (Redis trims approximately, by whole stream nodes)."""
+    _log(store, 250)
+    offsets = [offset for offset, _ in store.learning_events("", 1000)]
+    store.save_models(b"models", offsets[239])
+    dropped = store.trim_learning_log("only", offsets[239])
+    remaining = [o for o, _ in store.learning_events("", 1000)]
+    assert dropped == 250 - len(remaining) and 100 <= dropped <= 240  # never past the offset
+    assert remaining == offsets[-len(remaining):]
+
+
+def test_models_snapshot_round_trips(store: Store) -> None:
+    assert store.load_models() is None
+    store.save_models(b"\x00blob", "")
+    assert store.load_models() == (b"\x00blob", "")
+
+
+# ---- the backing service ------------------------------------------------------------------
+def test_an_unreachable_store_says_so_quickly(harness: Harness) -> None:
+    if harness.unreachable is None:
+        pytest.skip("this store has no backing service")
+    store = harness.unreachable()
+    calls: list[Callable[[], Any]] = [
+        lambda: store.get_profile("u1"),
+        lambda: store.save_decision(_decision(), TTL),
+        lambda: store.commit_feedback("d1", "k", _effects("click"), TTL),
+        lambda: store.arm_counts("exp"),
+        lambda: store.learning_events("", 10),
+    ]
+    for call in calls:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            call()
+        assert time.monotonic() - started < 6.0
