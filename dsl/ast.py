@@ -6,6 +6,7 @@ report an error at the exact place in the source.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 
@@ -19,6 +20,55 @@ class Pos:
 
     def __str__(self) -> str:
         return f"{self.file}:{self.line}:{self.column}"
+
+
+# ---- block fields, described once ------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Syntax:
+    """How a field of a block (action, experiment, model, placement) is written.
+
+    ``kind`` is the shape of its value (``names``, ``expr``, ``duration``, ...): the
+    parser reads, and the formatter prints, every field of a kind the same way.
+    ``rule`` is the grammar alias when it is not the field's keyword.
+    """
+
+    kind: str
+    keyword: str = ""  # as written, when it differs from the attribute ("per")
+    rule: str = ""  # the grammar rule's alias, when it differs from the keyword
+
+
+def written(kind: str, *, keyword: str = "", rule: str = "") -> dict[str, Syntax]:
+    """Field metadata: ``cap: FrequencyCap | None = field(default=None, metadata=...)``."""
+    return {"syntax": Syntax(kind, keyword, rule)}
+
+
+@dataclass(frozen=True, slots=True)
+class BlockField:
+    """One row of the field table: attribute, keyword, grammar rule, kind, default."""
+
+    attr: str
+    keyword: str
+    rule: str
+    kind: str
+    default: object
+
+
+def block_fields(node: type) -> tuple[BlockField, ...]:
+    """A block's fields in canonical order (the order ``arbiter fmt`` writes them).
+
+    >>> [f.keyword for f in block_fields(PlacementDef)]
+    ['channels', 'slots', 'fallback', 'rank']
+    """
+    rows = []
+    for f in dataclasses.fields(node):
+        syntax = f.metadata.get("syntax")
+        if syntax is None:
+            continue
+        keyword = syntax.keyword or f.name
+        default = (f.default if f.default is not dataclasses.MISSING
+                   else f.default_factory())  # type: ignore[operator]
+        rows.append(BlockField(f.name, keyword, syntax.rule or keyword, syntax.kind, default))
+    return tuple(rows)
 
 
 # ---- expressions -----------------------------------------------------------
@@ -135,11 +185,12 @@ class EventsDef:
 @dataclass(frozen=True, slots=True)
 class PlacementDef:
     name: str
-    channels: tuple[str, ...]
-    slots: int
     pos: Pos
-    fallback: str | None = None
-    rank: Expr | None = None  # the arbitration formula; None: propensity * value * weight
+    channels: tuple[str, ...] = field(default=(), metadata=written("names"))
+    slots: int = field(default=1, metadata=written("int"))
+    fallback: str | None = field(default=None, metadata=written("name"))
+    # the arbitration formula; None: propensity * value * weight
+    rank: Expr | None = field(default=None, metadata=written("expr", rule="rank_formula"))
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -199,26 +250,28 @@ class ContentField:
 
 @dataclass(frozen=True, slots=True)
 class ActionDef:
+    """``action NAME { ... }``: its fields, in the order ``arbiter fmt`` writes them."""
+
     name: str
-    placements: tuple[str, ...]
-    channels: tuple[str, ...]
-    when: Expr | None
-    value: Expr | None
-    weight: float
-    priority: int
-    prior: float | None
-    cap: FrequencyCap | None
-    content: tuple[ContentField, ...]
     pos: Pos
+    placements: tuple[str, ...] = field(default=(), metadata=written("names"))
+    channels: tuple[str, ...] = field(default=(), metadata=written("names"))
+    tags: tuple[str, ...] = field(default=(), metadata=written("names"))
+    group: str | None = field(default=None, metadata=written("name"))
+    starts: str | None = field(default=None, metadata=written("date"))  # ISO, as written
+    ends: str | None = field(default=None, metadata=written("date"))
+    consent: tuple[str, ...] = field(default=(), metadata=written("names"))
+    when: Expr | None = field(default=None, metadata=written("expr"))
+    unless: Expr | None = field(default=None, metadata=written("expr"))
+    value: Expr | None = field(default=None, metadata=written("expr"))
+    weight: float = field(default=1.0, metadata=written("number"))
+    priority: int = field(default=0, metadata=written("int"))
+    prior: float | None = field(default=None, metadata=written("number"))
+    cap: FrequencyCap | None = field(default=None, metadata=written("cap"))
+    cooldown: Literal | None = field(default=None, metadata=written("duration"))
+    suppress: Suppression | None = field(default=None, metadata=written("suppress"))
+    content: tuple[ContentField, ...] = field(default=(), metadata=written("content"))
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
-    unless: Expr | None = None
-    starts: str | None = None  # ISO date or date-time, as written
-    ends: str | None = None
-    tags: tuple[str, ...] = ()
-    consent: tuple[str, ...] = ()
-    group: str | None = None
-    cooldown: Literal | None = None  # a duration
-    suppress: Suppression | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,11 +307,16 @@ class ModelDef:
 
     placement: str
     pos: Pos
-    per: str = "action"  # action: one model per action | placement: one, action a feature
-    features: tuple[tuple[str, Pos], ...] | None = None  # None: segments and context
-    learner: str = "logistic"
-    bagging: int = 0  # members of an online bag (0: no bagging)
-    hashed: int = 0  # hash features into this many buckets (0: one-hot)
+    # action: one model per action | placement: one, the action a feature
+    per: str = field(default="action", metadata=written("name", rule="model_per"))
+    # None: segments and context
+    features: tuple[tuple[str, Pos], ...] | None = field(
+        default=None, metadata=written("features", rule="model_features"))
+    learner: str = field(default="logistic", metadata=written("name", rule="model_learner"))
+    # members of an online bag (0: no bagging)
+    bagging: int = field(default=0, metadata=written("int", rule="model_bagging"))
+    # hash features into this many buckets (0: one-hot)
+    hashed: int = field(default=0, metadata=written("int", rule="model_hashed"))
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 
@@ -266,20 +324,24 @@ class ModelDef:
 class ExperimentDef:
     name: str
     placement: str
-    arms: tuple[str, ...]
-    prior: tuple[str, tuple[float, ...]]  # ("beta", (a, b)) | ("normal_gamma", (mu, k, a, b))
-    reward: str
     pos: Pos
+    arms: tuple[str, ...] = field(default=(), metadata=written("names"))
+    # fixed split (A/B/n); empty: Thompson sampling. Written as ``allocate: weights(...)``
+    weights: tuple[float, ...] = field(default=(), metadata=written(
+        "weights", keyword="allocate", rule="weights"))
+    # ("beta", (a, b)) | ("normal_gamma", (mu, k, a, b)); ``allocate: thompson(prior = ...)``
+    prior: tuple[str, tuple[float, ...]] = field(default=("beta", (1.0, 1.0)), metadata=written(
+        "thompson", keyword="allocate", rule="allocate"))
+    traffic: float = field(default=100.0, metadata=written("percent"))  # % taking part at all
+    holdout: float = field(default=0.0, metadata=written("percent"))  # % with no personalisation
+    salt: str | None = field(default=None, metadata=written("string"))  # default: the name
+    layer: str | None = field(default=None, metadata=written("name"))  # mutually exclusive
+    reward: str = field(default="click", metadata=written("reward"))
+    reward_value: bool = False  # reward: outcome.value (a continuous reward), read with reward
+    window: Literal | None = field(default=None, metadata=written("duration"))  # sliding window
+    half_life: Literal | None = field(default=None, metadata=written("duration"))  # discounting
+    winner: str | None = field(default=None, metadata=written("name"))  # promoted arm
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
-    weights: tuple[float, ...] = ()  # fixed split (A/B/n); empty: Thompson sampling
-    holdout: float = 0.0  # percent of customers who get no experiment (nor personalisation)
-    salt: str | None = None  # bucketing salt; default: the experiment's name
-    layer: str | None = None  # experiments in one layer are mutually exclusive
-    reward_value: bool = False  # reward: outcome.value (a continuous reward)
-    window: Literal | None = None  # a duration: sliding window of the statistics
-    half_life: Literal | None = None  # a duration: exponential discounting
-    winner: str | None = None  # promoted arm
-    traffic: float = 100.0  # percent of customers in the experiment at all
 
 
 Item = (ImportDef | SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef

@@ -134,6 +134,7 @@ class Compiler:
                 content=content,
                 pos=a.pos,
                 segments=tuple(sorted(checked.segment_refs.get(f"action:{a.name}", ()))),
+                definition=a,
             )
         placements = {
             p.name: Placement(

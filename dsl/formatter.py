@@ -16,7 +16,9 @@ segment big = profile.spend > 500  # vip
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic, RulesetError
@@ -25,10 +27,6 @@ from dsl.printer import print_expr
 
 WIDTH = 100
 INDENT = "  "
-ACTION_FIELDS = ("placements", "channels", "tags", "group", "starts", "ends", "consent",
-                 "when", "unless", "value", "weight", "priority", "prior", "cap", "cooldown",
-                 "suppress", "content")
-EXPERIMENT_FIELDS = ("arms", "allocate", "reward")
 
 
 @dataclass(frozen=True)
@@ -173,93 +171,66 @@ def _schema(item: ast.SchemaBlock) -> Block:
     return block
 
 
-def _placement(item: ast.PlacementDef) -> Block:
-    block = Block(Statement(item.pos.line, [f"placement {item.name} {{"]), closing="}")
-    pos = item.field_pos
-    if "channels" in pos:
-        block.fields.append(Statement(pos["channels"].line,
-                                      [f"channels: {', '.join(item.channels)}"]))
-    if "slots" in pos:
-        block.fields.append(Statement(pos["slots"].line, [f"slots: {item.slots}"]))
-    if "fallback" in pos:
-        block.fields.append(Statement(pos["fallback"].line, [f"fallback: {item.fallback}"]))
-    if "rank" in pos and item.rank is not None:
-        block.fields.append(Statement(pos["rank"].line, _expr_lines("rank:", item.rank, INDENT)))
-    return block
+Shower = Callable[[str, Any, Any], list[str]]
+"""(keyword, value, the block's node) -> the field's lines, as ``arbiter fmt`` writes them."""
 
 
-def _action(item: ast.ActionDef) -> Block:
-    block = Block(Statement(item.pos.line, [f"action {item.name} {{"]), closing="}")
-    pos = item.field_pos
-    for name in ACTION_FIELDS:
-        if name not in pos:
+def _content(keyword: str, entries_of: tuple[ast.ContentField, ...], node: Any) -> list[str]:
+    entries = [f"{c.name}: {_content_string(c)}" for c in entries_of]
+    one_line = f"content {{ {entries[0]} }}" if len(entries) == 1 else ""
+    if one_line and len(INDENT + one_line) <= WIDTH:
+        return [one_line]
+    return ["content {", *(INDENT + e for e in entries), "}"]
+
+
+def _thompson(keyword: str, prior: tuple[str, tuple[float, ...]], node: Any) -> list[str]:
+    if node.weights:  # written as allocate: weights(...), shown by its own row
+        return []
+    kind, params = prior
+    return [f"allocate: thompson(prior = {kind}({', '.join(_number(p) for p in params)}))"]
+
+
+def _cap(keyword: str, cap: ast.FrequencyCap, node: Any) -> list[str]:
+    return [f"cap: {cap.limit} per {cap.window_text or f'{_number(cap.window_seconds)}s'}"]
+
+
+def _suppress(keyword: str, rule: ast.Suppression, node: Any) -> list[str]:
+    return [f"suppress: {_literal(rule.window)} after {rule.count} {rule.outcome}"]
+
+
+_SHOWERS: dict[str, Shower] = {
+    "names": lambda k, v, n: [f"{k}: {', '.join(v)}"],
+    "name": lambda k, v, n: [f"{k}: {v}"],
+    "date": lambda k, v, n: [f"{k}: {v}"],
+    "expr": lambda k, v, n: _expr_lines(f"{k}:", v, INDENT),
+    "number": lambda k, v, n: [f"{k}: {_number(float(v or 0))}"],
+    "int": lambda k, v, n: [f"{k}: {v}"],
+    "string": lambda k, v, n: [f'{k}: "{_escape(v)}"'],
+    "percent": lambda k, v, n: [f"{k}: {_number(v)}%"],
+    "duration": lambda k, v, n: [f"{k}: {_literal(v)}"],
+    "cap": _cap,
+    "suppress": _suppress,
+    "content": _content,
+    "features": lambda k, v, n: [f"{k}: {', '.join(f for f, _ in v or ())}"],
+    "weights": lambda k, v, n: [f"allocate: weights({', '.join(_number(w) for w in v)})"]
+    if v else [],
+    "thompson": _thompson,
+    "reward": lambda k, v, n: [f"reward: {v}{'.value' if n.reward_value else ''}"],
+}
+"""How each kind of field value is written (the parser reads the same kinds)."""
+
+
+def _block(item: Any, header: str) -> Block:
+    """A block with its written fields in canonical order (:func:`dsl.ast.block_fields`)."""
+    block = Block(Statement(item.pos.line, [header]), closing="}")
+    for row in ast.block_fields(type(item)):
+        where = item.field_pos.get(row.keyword)
+        value = getattr(item, row.attr)
+        if where is None or value is None:
             continue
-        line = pos[name].line
-        if name in ("placements", "channels", "tags", "consent"):
-            values = getattr(item, name)
-            block.fields.append(Statement(line, [f"{name}: {', '.join(values)}"]))
-        elif name in ("starts", "ends", "group"):
-            block.fields.append(Statement(line, [f"{name}: {getattr(item, name)}"]))
-        elif name == "cooldown" and item.cooldown is not None:
-            block.fields.append(Statement(line, [f"cooldown: {_literal(item.cooldown)}"]))
-        elif name == "suppress" and item.suppress is not None:
-            rule = item.suppress
-            block.fields.append(Statement(line, [
-                f"suppress: {_literal(rule.window)} after {rule.count} {rule.outcome}"]))
-        elif name in ("when", "unless", "value"):
-            expr = getattr(item, name)
-            assert expr is not None
-            block.fields.append(Statement(line, _expr_lines(f"{name}:", expr, INDENT)))
-        elif name in ("weight", "prior"):
-            number = item.weight if name == "weight" else item.prior
-            block.fields.append(Statement(line, [f"{name}: {_number(float(number or 0))}"]))
-        elif name == "priority":
-            block.fields.append(Statement(line, [f"priority: {item.priority}"]))
-        elif name == "cap" and item.cap is not None:
-            text = item.cap.window_text or f"{_number(item.cap.window_seconds)}s"
-            block.fields.append(Statement(line, [f"cap: {item.cap.limit} per {text}"]))
-        elif name == "content":
-            entries = [f"{c.name}: {_content_string(c)}" for c in item.content]
-            one_line = f"content {{ {entries[0]} }}" if len(entries) == 1 else ""
-            if one_line and len(INDENT + one_line) <= WIDTH:
-                lines = [one_line]
-            else:
-                lines = ["content {", *(INDENT + e for e in entries), "}"]
-            block.fields.append(Statement(line, lines))
-    return block
-
-
-def _experiment(item: ast.ExperimentDef) -> Block:
-    block = Block(Statement(item.pos.line, [f"experiment {item.name} on {item.placement} {{"]),
-                  closing="}")
-    pos = item.field_pos
-    if "arms" in pos:
-        block.fields.append(Statement(pos["arms"].line, [f"arms: {', '.join(item.arms)}"]))
-    if "allocate" in pos and item.weights:
-        weights = ", ".join(_number(w) for w in item.weights)
-        block.fields.append(Statement(pos["allocate"].line, [f"allocate: weights({weights})"]))
-    elif "allocate" in pos:
-        kind, params = item.prior
-        args = ", ".join(_number(p) for p in params)
-        block.fields.append(Statement(pos["allocate"].line, [
-            f"allocate: thompson(prior = {kind}({args}))"]))
-    if "traffic" in pos:
-        block.fields.append(Statement(pos["traffic"].line, [f"traffic: {_number(item.traffic)}%"]))
-    if "holdout" in pos:
-        block.fields.append(Statement(pos["holdout"].line, [f"holdout: {_number(item.holdout)}%"]))
-    if "salt" in pos and item.salt is not None:
-        block.fields.append(Statement(pos["salt"].line, [f'salt: "{_escape(item.salt)}"']))
-    if "layer" in pos:
-        block.fields.append(Statement(pos["layer"].line, [f"layer: {item.layer}"]))
-    if "reward" in pos:
-        suffix = ".value" if item.reward_value else ""
-        block.fields.append(Statement(pos["reward"].line, [f"reward: {item.reward}{suffix}"]))
-    for name in ("window", "half_life"):
-        span = getattr(item, name)
-        if name in pos and span is not None:
-            block.fields.append(Statement(pos[name].line, [f"{name}: {_literal(span)}"]))
-    if "winner" in pos:
-        block.fields.append(Statement(pos["winner"].line, [f"winner: {item.winner}"]))
+        lines = _SHOWERS[row.kind](row.keyword, value, item)
+        if lines:
+            block.fields.append(Statement(where.line, lines))
     return block
 
 
@@ -271,20 +242,6 @@ def _policy(item: ast.PolicyDef) -> Block:
     return block
 
 
-def _model(item: ast.ModelDef) -> Block:
-    block = Block(Statement(item.pos.line, [f"model on {item.placement} {{"]), closing="}")
-    pos = item.field_pos
-    values = {"per": item.per, "learner": item.learner, "bagging": str(item.bagging),
-              "hashed": str(item.hashed)}
-    for name in ("per", "features", "learner", "bagging", "hashed"):
-        if name not in pos:
-            continue
-        text = (", ".join(f for f, _ in item.features or ()) if name == "features"
-                else values[name])
-        block.fields.append(Statement(pos[name].line, [f"{name}: {text}"]))
-    return block
-
-
 def _item(item: ast.Item) -> Block:
     if isinstance(item, ast.SchemaBlock):
         return _schema(item)
@@ -293,17 +250,17 @@ def _item(item: ast.Item) -> Block:
     if isinstance(item, ast.EventsDef):
         return Block(Statement(item.pos.line, [f"events: {', '.join(item.names)}"]))
     if isinstance(item, ast.PlacementDef):
-        return _placement(item)
+        return _block(item, f"placement {item.name} {{")
     if isinstance(item, ast.SegmentDef):
         return Block(Statement(item.pos.line,
                                _expr_lines(f"segment {item.name} =", item.condition, "")))
     if isinstance(item, ast.ActionDef):
-        return _action(item)
+        return _block(item, f"action {item.name} {{")
     if isinstance(item, ast.PolicyDef):
         return _policy(item)
     if isinstance(item, ast.ModelDef):
-        return _model(item)
-    return _experiment(item)
+        return _block(item, f"model on {item.placement} {{")
+    return _block(item, f"experiment {item.name} on {item.placement} {{")
 
 
 # ---- comments -------------------------------------------------------------------------

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -210,60 +212,6 @@ class _ToAst(Transformer[Token, Any]):
     def segment_def(self, meta: Any, children: list[Any]) -> ast.SegmentDef:
         return ast.SegmentDef(str(children[0]), children[1], self._pos(children[0]))
 
-    # fields of blocks become (key, value, pos) triples collected by their block
-    @v_args(meta=True)
-    def channels(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("channels", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def slots(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("slots", int(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def placements(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("placements", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def when(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("when", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def unless(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("unless", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def starts(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("starts", str(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def ends(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("ends", str(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def tags(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("tags", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def consent(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("consent", c[0], self._pos(meta))
-
-    def _duration_literal(self, token: Token) -> ast.Literal:
-        return ast.Literal(duration_seconds(token), "duration", self._pos(token), str(token))
-
-    @v_args(meta=True)
-    def group(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("group", str(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def cooldown(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("cooldown", self._duration_literal(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def suppress(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        pos = self._pos(meta)
-        rule = ast.Suppression(self._duration_literal(c[0]), int(c[1]), str(c[2]), pos)
-        return ("suppress", rule, pos)
-
     @v_args(meta=True)
     def policy_rule(self, meta: Any, c: list[Any]) -> ast.PolicyRule:
         scope, name, limit, window = c
@@ -275,39 +223,6 @@ class _ToAst(Transformer[Token, Any]):
         return ast.PolicyDef(tuple(c), self._pos(meta))
 
     @v_args(meta=True)
-    def rank_formula(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("rank", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def fallback(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("fallback", str(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def value(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("value", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def weight(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("weight", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def priority(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("priority", int(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def prior(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("prior", c[0], self._pos(meta))
-
-    @v_args(meta=True)
-    def cap(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        pos = self._pos(meta)
-        return ("cap", ast.FrequencyCap(int(c[0]), duration_seconds(c[1]), pos, str(c[1])), pos)
-
-    @v_args(meta=True)
-    def content(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("content", tuple(c), self._pos(meta))
-
-    @v_args(meta=True)
     def content_field(self, meta: Any, c: list[Any]) -> ast.ContentField:
         name, raw = c
         pos = self._pos(raw)
@@ -315,8 +230,8 @@ class _ToAst(Transformer[Token, Any]):
         return ast.ContentField(str(name), parts, self._pos(name))
 
     @v_args(meta=True)
-    def arms(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("arms", c[0], self._pos(meta))
+    def feature(self, meta: Any, c: list[Any]) -> tuple[str, ast.Pos]:
+        return (".".join(str(x) for x in c), self._pos(meta))
 
     def beta_prior(self, c: list[Any]) -> tuple[str, tuple[float, ...]]:
         return ("beta", (c[0], c[1]))
@@ -324,163 +239,91 @@ class _ToAst(Transformer[Token, Any]):
     def normal_gamma_prior(self, c: list[Any]) -> tuple[str, tuple[float, ...]]:
         return ("normal_gamma", tuple(c))
 
-    @v_args(meta=True)
-    def allocate(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("allocate", c[0] if c else None, self._pos(meta))
+    def _duration_literal(self, token: Token) -> ast.Literal:
+        return ast.Literal(duration_seconds(token), "duration", self._pos(token), str(token))
 
-    @v_args(meta=True)
-    def reward_value(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("reward", (str(c[0]), True), self._pos(meta))
-
-    @v_args(meta=True)
-    def window(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("window", self._duration_literal(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def half_life(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("half_life", self._duration_literal(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def winner(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("winner", str(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def weights(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("weights", tuple(c), self._pos(meta))
-
-    @v_args(meta=True)
-    def traffic(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("traffic", float(str(c[0])[:-1]), self._pos(meta))
-
-    @v_args(meta=True)
-    def holdout(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("holdout", float(str(c[0])[:-1]), self._pos(meta))
-
-    @v_args(meta=True)
-    def salt(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("salt", _unescape(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def layer(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("layer", str(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def reward(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("reward", (str(c[0]), False), self._pos(meta))
+    # ---- block fields: every field rule is read by its kind (dsl.ast.block_fields) ----
+    def __default__(self, data: Any, children: list[Any], meta: Any) -> Any:
+        row = FIELD_RULES.get(str(data))
+        if row is None:
+            return super().__default__(data, children, meta)
+        pos = self._pos(meta)
+        return (row.keyword, row.attr, _READERS[row.kind](self, str(data), children, pos), pos)
 
     def _fields(self, children: list[Any], block: str) -> tuple[dict[str, Any], dict[str, ast.Pos]]:
+        """(attribute -> value, keyword -> position) of a block's fields; twice is an error."""
         values: dict[str, Any] = {}
         positions: dict[str, ast.Pos] = {}
-        for key, value, pos in children:
-            if key in values:
+        for keyword, attr, value, pos in children:
+            if keyword in positions:
                 self.diagnostics.append(
-                    Diagnostic("error", f"'{key}' is set twice in this {block}", pos)
-                )
-            values[key] = value
-            positions[key] = pos
+                    Diagnostic("error", f"'{keyword}' is set twice in this {block}", pos))
+            values[attr] = value
+            positions[keyword] = pos
         return values, positions
 
     @v_args(meta=True)
     def placement_def(self, meta: Any, children: list[Any]) -> ast.PlacementDef:
         name, *fields = children
         values, positions = self._fields(fields, "placement")
-        return ast.PlacementDef(
-            str(name), values.get("channels", ()), values.get("slots", 1), self._pos(name),
-            values.get("fallback"), values.get("rank"), positions,
-        )
+        return ast.PlacementDef(str(name), self._pos(name), **values, field_pos=positions)
 
     @v_args(meta=True)
     def action_def(self, meta: Any, children: list[Any]) -> ast.ActionDef:
         name, *fields = children
-        v, positions = self._fields(fields, "action")
-        return ast.ActionDef(
-            name=str(name),
-            placements=v.get("placements", ()),
-            channels=v.get("channels", ()),
-            when=v.get("when"),
-            value=v.get("value"),
-            weight=v.get("weight", 1.0),
-            priority=v.get("priority", 0),
-            prior=v.get("prior"),
-            cap=v.get("cap"),
-            content=v.get("content", ()),
-            pos=self._pos(name),
-            field_pos=positions,
-            unless=v.get("unless"),
-            starts=v.get("starts"),
-            ends=v.get("ends"),
-            tags=v.get("tags", ()),
-            consent=v.get("consent", ()),
-            group=v.get("group"),
-            cooldown=v.get("cooldown"),
-            suppress=v.get("suppress"),
-        )
-
-    @v_args(meta=True)
-    def model_per(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("per", str(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def model_features(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("features", tuple(c), self._pos(meta))
-
-    @v_args(meta=True)
-    def feature(self, meta: Any, c: list[Any]) -> tuple[str, ast.Pos]:
-        return (".".join(str(x) for x in c), self._pos(meta))
-
-    @v_args(meta=True)
-    def model_learner(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("learner", str(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def model_bagging(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("bagging", int(c[0]), self._pos(meta))
-
-    @v_args(meta=True)
-    def model_hashed(self, meta: Any, c: list[Any]) -> tuple[str, Any, ast.Pos]:
-        return ("hashed", int(c[0]), self._pos(meta))
+        values, positions = self._fields(fields, "action")
+        return ast.ActionDef(str(name), self._pos(name), **values, field_pos=positions)
 
     @v_args(meta=True)
     def model_def(self, meta: Any, children: list[Any]) -> ast.ModelDef:
         placement, *fields = children
-        v, positions = self._fields(fields, "model")
-        return ast.ModelDef(
-            placement=str(placement), pos=self._pos(meta), per=v.get("per", "action"),
-            features=v.get("features"), learner=v.get("learner", "logistic"),
-            bagging=v.get("bagging", 0), hashed=v.get("hashed", 0),
-            field_pos={**positions, "placement": self._pos(placement)})
+        values, positions = self._fields(fields, "model")
+        return ast.ModelDef(str(placement), self._pos(meta), **values,
+                            field_pos={**positions, "placement": self._pos(placement)})
 
     @v_args(meta=True)
     def experiment_def(self, meta: Any, children: list[Any]) -> ast.ExperimentDef:
         name, placement, *fields = children
-        v, positions = self._fields(fields, "experiment")
-        reward, reward_value = v.get("reward", ("click", False))
-        prior = v.get("allocate")
-        if prior is None:
-            prior = ("normal_gamma", (0.0, 1.0, 1.0, 1.0)) if reward_value else ("beta", (1.0, 1.0))
-        if "allocate" in v and "weights" in v:
-            self.diagnostics.append(Diagnostic(
-                "error", "'allocate' is set twice in this experiment", positions["weights"]))
-        if "weights" in positions:
-            positions["allocate"] = positions["weights"]
-        return ast.ExperimentDef(
-            name=str(name),
-            placement=str(placement),
-            arms=v.get("arms", ()),
-            prior=prior,
-            reward=reward,
-            pos=self._pos(name),
-            field_pos={**positions, "placement": self._pos(placement)},
-            weights=v.get("weights", ()),
-            holdout=v.get("holdout", 0.0),
-            traffic=v.get("traffic", 100.0),
-            salt=v.get("salt"),
-            layer=v.get("layer"),
-            reward_value=reward_value,
-            window=v.get("window"),
-            half_life=v.get("half_life"),
-            winner=v.get("winner"),
-        )
+        values, positions = self._fields(fields, "experiment")
+        reward, reward_value = values.pop("reward", ("click", False))
+        if values.get("prior") is None:  # the default prior follows the kind of reward
+            values["prior"] = (("normal_gamma", (0.0, 1.0, 1.0, 1.0)) if reward_value
+                               else ("beta", (1.0, 1.0)))
+        return ast.ExperimentDef(str(name), str(placement), self._pos(name), **values,
+                                 reward=reward, reward_value=reward_value,
+                                 field_pos={**positions, "placement": self._pos(placement)})
+
+
+Reader = Callable[[_ToAst, str, list[Any], ast.Pos], Any]
+"""(transformer, grammar rule, children, position) -> the field's value."""
+
+_READERS: dict[str, Reader] = {
+    "names": lambda tr, rule, c, pos: c[0],
+    "name": lambda tr, rule, c, pos: str(c[0]),
+    "date": lambda tr, rule, c, pos: str(c[0]),
+    "expr": lambda tr, rule, c, pos: c[0],
+    "number": lambda tr, rule, c, pos: c[0],
+    "int": lambda tr, rule, c, pos: int(c[0]),
+    "string": lambda tr, rule, c, pos: _unescape(c[0]),
+    "percent": lambda tr, rule, c, pos: float(str(c[0])[:-1]),
+    "duration": lambda tr, rule, c, pos: tr._duration_literal(c[0]),
+    "cap": lambda tr, rule, c, pos: ast.FrequencyCap(int(c[0]), duration_seconds(c[1]), pos,
+                                                     str(c[1])),
+    "suppress": lambda tr, rule, c, pos: ast.Suppression(tr._duration_literal(c[0]), int(c[1]),
+                                                         str(c[2]), pos),
+    "content": lambda tr, rule, c, pos: tuple(c),
+    "features": lambda tr, rule, c, pos: tuple(c),
+    "weights": lambda tr, rule, c, pos: tuple(c),
+    "thompson": lambda tr, rule, c, pos: c[0] if c else None,
+    "reward": lambda tr, rule, c, pos: (str(c[0]), rule == "reward_value"),
+}
+"""How each kind of field value is read from its parse tree."""
+
+BLOCKS = {"action": ast.ActionDef, "experiment": ast.ExperimentDef, "model": ast.ModelDef,
+          "placement": ast.PlacementDef}
+FIELD_RULES: dict[str, ast.BlockField] = {
+    row.rule: row for node in BLOCKS.values() for row in ast.block_fields(node)}
+FIELD_RULES["reward_value"] = FIELD_RULES["reward"]  # reward: conversion.value
 
 
 def _describe(token: Token) -> str:
@@ -518,6 +361,36 @@ def _end_of(text: str) -> tuple[int, int]:
     return len(lines), len(lines[-1]) + 1
 
 
+_BLOCK_START_RE = re.compile(r"#[^\n]*|\"(?:[^\"\\\n]|\\.)*\"|[{}]")
+
+
+def _enclosing_block(text: str, offset: int) -> str | None:
+    """The first word of the innermost block open at ``offset`` (``action``, ``model``...)."""
+    stack: list[str] = []
+    for match in _BLOCK_START_RE.finditer(text, 0, offset):
+        if match.group() == "{":
+            head = text[:match.start()].rsplit("\n", 1)[-1].replace("}", " ").split()
+            stack.append(head[0] if head else "")
+        elif match.group() == "}" and stack:
+            stack.pop()
+    return stack[-1] if stack else None
+
+
+def _unknown_field(err: UnexpectedToken, text: str) -> str | None:
+    """``colour: red`` in an action: name the block's fields (from the field table)."""
+    token = err.token
+    block = _enclosing_block(text, token.start_pos or 0) if token.start_pos is not None else None
+    if block not in BLOCKS or not re.match(r"[A-Za-z_]\w*\s*:", text[token.start_pos:]):
+        return None
+    keywords = list(dict.fromkeys(row.keyword for row in ast.block_fields(BLOCKS[block])))
+    if str(token) in keywords:  # a known field after a malformed one: the plain message
+        return None
+    close = difflib.get_close_matches(str(token), keywords, n=1)
+    hint = f"; did you mean '{close[0]}'?" if close else ""
+    return (f"unknown {block} field '{token}'{hint} ({block} fields: "
+            f"{', '.join(keywords)})")
+
+
 def _syntax_diagnostic(err: UnexpectedInput, file: str, line_off: int, col_off: int,
                        text: str) -> Diagnostic:
     line = err.line if isinstance(err.line, int) and err.line > 0 else 1
@@ -529,7 +402,10 @@ def _syntax_diagnostic(err: UnexpectedInput, file: str, line_off: int, col_off: 
     if line == 1:
         column += col_off
     pos = ast.Pos(file, line + line_off, column)
-    if isinstance(err, UnexpectedToken):
+    unknown = _unknown_field(err, text) if isinstance(err, UnexpectedToken) else None
+    if unknown is not None:
+        message = unknown
+    elif isinstance(err, UnexpectedToken):
         message = f"syntax error: unexpected {_describe(err.token)}{_expected(err.expected)}"
     elif isinstance(err, UnexpectedCharacters):
         message = f"syntax error: unexpected character {err.char!r}"

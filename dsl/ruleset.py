@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from dsl.ast import Pos
+from dsl.ast import ActionDef, Pos
 from dsl.runtime import to_text
 from dsl.schema import FieldSpec
 
@@ -168,6 +168,8 @@ class Action:
     group: str | None = None
     cooldown: Limit | None = None  # limit 1: no impression within the window
     suppress: Suppression | None = None
+    # the checked declaration: a plain field needs no compiled copy (docs/architecture.md)
+    definition: ActionDef | None = field(default=None, repr=False, compare=False)
 
     def fields(self, value: float, propensity: float = 0.0) -> dict[str, Any]:
         """What ``action.*`` reads in rank formulas and templates."""
