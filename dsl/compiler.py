@@ -67,96 +67,24 @@ class Compiler:
         return name
 
     def build(self, revision: str, warnings: tuple[str, ...], cost: int = 0) -> Ruleset:
+        """Emit every function, compile them in one module, assemble the ruleset."""
         checked = self.checked
         seg_fns = {name: self.function(checked.segments[name].condition)
                    for name in checked.segment_order}
         rank_fns = {p.name: self.function(p.rank) for p in checked.placements.values()
                     if p.rank is not None}
-        action_fns: dict[str, dict[str, Any]] = {}
-        for action in checked.actions.values():
-            action_fns[action.name] = {
-                "when": self.function(action.when) if action.when is not None else None,
-                "unless": self.function(action.unless) if action.unless is not None else None,
-                "value": self.function(action.value) if action.value is not None else None,
-                "content": [(c.name, c.parts) for c in action.content],
-            }
-        for _, parts in (p for fns in action_fns.values() for p in fns["content"]):
-            self._declare_template(parts)
+        action_fns = {a.name: self._declare_action(a) for a in checked.actions.values()}
         namespace = self._exec()
-
-        def fn(name: str | None) -> CompiledFn | None:
-            return None if name is None else namespace[name]
-
         segments = tuple(
             Segment(name, namespace[seg_fns[name]], checked.segments[name].pos,
                     print_expr(checked.segments[name].condition))
             for name in checked.segment_order
         )
-        actions: dict[str, Action] = {}
-        for a in checked.actions.values():
-            fns = action_fns[a.name]
-            value_fn = fn(fns["value"]) or (lambda *args: 0.0)
-            content = tuple((name, self._template(parts, namespace))
-                            for name, parts in fns["content"])
-            cap = None
-            if a.cap is not None:
-                window = a.cap.window_text or f"{a.cap.window_seconds:g}s"
-                cap = FrequencyCap(a.cap.limit, a.cap.window_seconds,
-                                   f"cap: {a.cap.limit} per {window}", a.cap.pos)
-            actions[a.name] = Action(
-                id=a.name,
-                placements=frozenset(a.placements),
-                channels=frozenset(a.channels) if a.channels else None,
-                when=fn(fns["when"]),
-                when_source=print_expr(a.when) if a.when is not None else "",
-                when_pos=a.field_pos.get("when", a.pos),
-                unless=fn(fns["unless"]),
-                unless_source=print_expr(a.unless) if a.unless is not None else "",
-                unless_pos=a.field_pos.get("unless", a.pos),
-                starts=date_seconds(a.starts) if a.starts else None,
-                ends=date_seconds(a.ends) if a.ends else None,
-                tags=a.tags,
-                consent=a.consent,
-                group=a.group,
-                cooldown=Limit(1, float(a.cooldown.value), print_expr(a.cooldown),  # type: ignore[arg-type]
-                               a.field_pos["cooldown"]) if a.cooldown is not None else None,
-                suppress=Suppression(
-                    float(a.suppress.window.value), a.suppress.count,  # type: ignore[arg-type]
-                    a.suppress.outcome,
-                    f"suppress: {print_expr(a.suppress.window)} after {a.suppress.count} "
-                    f"{a.suppress.outcome}", a.suppress.pos,
-                ) if a.suppress is not None else None,
-                value=value_fn,
-                weight=a.weight,
-                priority=a.priority,
-                prior=a.prior if a.prior is not None else DEFAULT_PRIOR,
-                cap=cap,
-                content=content,
-                pos=a.pos,
-                segments=tuple(sorted(checked.segment_refs.get(f"action:{a.name}", ()))),
-                definition=a,
-            )
-        placements = {
-            p.name: Placement(
-                p.name, frozenset(p.channels), p.slots,
-                tuple(sorted((x for x in actions.values() if p.name in x.placements),
-                             key=lambda x: (-x.priority, x.id))),
-                p.pos,
-                p.fallback,
-                fn(rank_fns.get(p.name)),
-                print_expr(p.rank) if p.rank is not None else "",
-            )
-            for p in checked.placements.values()
-        }
-        experiments = {
-            e.name: Experiment(
-                e.name, e.placement, e.arms, _prior(e.prior), e.reward, e.pos, e.weights,
-                e.holdout, e.salt or e.name, e.layer, reward_value=e.reward_value,
-                window=float(e.window.value) if e.window else None,  # type: ignore[arg-type]
-                half_life=float(e.half_life.value) if e.half_life else None,  # type: ignore[arg-type]
-                winner=e.winner, traffic=e.traffic)
-            for e in checked.experiments.values()
-        }
+        actions = {a.name: self._action(a, action_fns[a.name], namespace)
+                   for a in checked.actions.values()}
+        placements = {p.name: self._placement(p, actions, namespace.get(rank_fns.get(p.name, "")))
+                      for p in checked.placements.values()}
+        experiments = {e.name: _experiment(e) for e in checked.experiments.values()}
         return Ruleset(
             revision=revision,
             profile_schema=dict(checked.profile),
@@ -176,12 +104,60 @@ class Compiler:
             context_defaults={k: v.default for k, v in checked.context.items()},
             group_caps=_policy_limits(checked, "group", self.sources),
             channel_caps=_policy_limits(checked, "channel", self.sources),
-            models={m.placement: ModelSpec(
-                m.per, tuple(name for name, _ in m.features) if m.features is not None else None,
-                m.learner, m.bagging, m.hashed) for m in checked.models.values()},
+            models={m.placement: _model(m) for m in checked.models.values()},
             groups={g: tuple(sorted(a.id for a in actions.values() if a.group == g))
                     for g in {a.group for a in actions.values() if a.group}},
         )
+
+    def _declare_action(self, a: ast.ActionDef) -> dict[str, str | None]:
+        """The names of the action's generated functions (its templates' kept by node)."""
+        for content in a.content:
+            self._declare_template(content.parts)
+        return {clause: self.function(expr) if expr is not None else None
+                for clause, expr in (("when", a.when), ("unless", a.unless), ("value", a.value))}
+
+    def _action(self, a: ast.ActionDef, fns: dict[str, str | None],
+                namespace: dict[str, Any]) -> Action:
+        def fn(clause: str) -> CompiledFn | None:
+            name = fns[clause]
+            return None if name is None else namespace[name]
+
+        return Action(
+            id=a.name,
+            placements=frozenset(a.placements),
+            channels=frozenset(a.channels) if a.channels else None,
+            when=fn("when"),
+            when_source=print_expr(a.when) if a.when is not None else "",
+            when_pos=a.field_pos.get("when", a.pos),
+            unless=fn("unless"),
+            unless_source=print_expr(a.unless) if a.unless is not None else "",
+            unless_pos=a.field_pos.get("unless", a.pos),
+            starts=date_seconds(a.starts) if a.starts else None,
+            ends=date_seconds(a.ends) if a.ends else None,
+            tags=a.tags,
+            consent=a.consent,
+            group=a.group,
+            cooldown=_cooldown(a),
+            suppress=_suppression(a.suppress),
+            value=fn("value") or (lambda *args: 0.0),
+            weight=a.weight,
+            priority=a.priority,
+            prior=a.prior if a.prior is not None else DEFAULT_PRIOR,
+            cap=_cap(a.cap),
+            content=tuple((c.name, self._template(c.parts, namespace)) for c in a.content),
+            pos=a.pos,
+            segments=tuple(sorted(self.checked.segment_refs.get(f"action:{a.name}", ()))),
+            definition=a,
+        )
+
+    @staticmethod
+    def _placement(p: ast.PlacementDef, actions: dict[str, Action],
+                   rank: CompiledFn | None) -> Placement:
+        return Placement(
+            p.name, frozenset(p.channels), p.slots,
+            tuple(sorted((x for x in actions.values() if p.name in x.placements),
+                         key=lambda x: (-x.priority, x.id))),
+            p.pos, p.fallback, rank, print_expr(p.rank) if p.rank is not None else "")
 
     def _declare_template(self, parts: tuple[ast.TemplatePart, ...]) -> None:
         """Generate a function for every expression in a template (names kept by node)."""
@@ -230,8 +206,6 @@ def _policy_limits(checked: CheckedRuleset, scope: str,
             for r in checked.policies if r.scope == scope}
 
 
-"""Propensity an action has before its model has seen any feedback (docs/dsl.md)."""
-
 
 def compile_ruleset(
     checked: CheckedRuleset, sources: dict[str, str], revision: str, warnings: tuple[str, ...],
@@ -246,3 +220,39 @@ def _prior(spec: tuple[str, tuple[float, ...]]) -> Prior:
     if kind == "beta":
         return BetaPrior(*params)
     return NormalGammaPrior(*params)
+
+
+def _cap(cap: ast.FrequencyCap | None) -> FrequencyCap | None:
+    if cap is None:
+        return None
+    window = cap.window_text or f"{cap.window_seconds:g}s"
+    return FrequencyCap(cap.limit, cap.window_seconds, f"cap: {cap.limit} per {window}", cap.pos)
+
+
+def _cooldown(a: ast.ActionDef) -> Limit | None:
+    if a.cooldown is None:
+        return None
+    return Limit(1, float(a.cooldown.value), print_expr(a.cooldown),  # type: ignore[arg-type]
+                 a.field_pos["cooldown"])
+
+
+def _suppression(rule: ast.Suppression | None) -> Suppression | None:
+    if rule is None:
+        return None
+    return Suppression(float(rule.window.value), rule.count, rule.outcome,  # type: ignore[arg-type]
+                       f"suppress: {print_expr(rule.window)} after {rule.count} {rule.outcome}",
+                       rule.pos)
+
+
+def _experiment(e: ast.ExperimentDef) -> Experiment:
+    return Experiment(
+        e.name, e.placement, e.arms, _prior(e.prior), e.reward, e.pos, e.weights,
+        e.holdout, e.salt or e.name, e.layer, reward_value=e.reward_value,
+        window=float(e.window.value) if e.window else None,  # type: ignore[arg-type]
+        half_life=float(e.half_life.value) if e.half_life else None,  # type: ignore[arg-type]
+        winner=e.winner, traffic=e.traffic)
+
+
+def _model(m: ast.ModelDef) -> ModelSpec:
+    features = tuple(name for name, _ in m.features) if m.features is not None else None
+    return ModelSpec(m.per, features, m.learner, m.bagging, m.hashed)

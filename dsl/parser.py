@@ -446,76 +446,94 @@ def _parse_fragment(source: str, start: str, file: str, line_off: int, col_off: 
     return node
 
 
+class _TemplateParser:
+    """A content string as literal text, ``{{ ... }}`` tokens, and if/for blocks."""
+
+    def __init__(self, pos: ast.Pos, diagnostics: list[Diagnostic]) -> None:
+        self.pos = pos
+        self.diagnostics = diagnostics
+        self.stack = [_Frame("root", pos)]
+
+    def error(self, message: str, where: ast.Pos) -> None:
+        self.diagnostics.append(Diagnostic("error", message, where))
+
+    def parse(self, text: str) -> tuple[ast.TemplatePart, ...]:
+        cursor = 0
+        for match in TEMPLATE_RE.finditer(text):
+            if match.start() > cursor:
+                self.stack[-1].parts.append(text[cursor : match.start()])
+            cursor = match.end()
+            group = 1 if match.group(1) is not None else 2
+            inner_start = match.start(group)
+            before = text[:inner_start]
+            line_off = self.pos.line - 1 + before.count("\n")
+            col_off = (self.pos.column + inner_start) if "\n" not in before else 0
+            if group == 1:
+                token = _parse_fragment(match.group(1), "template_token", self.pos.file,
+                                        line_off, col_off, self.diagnostics)
+                if token is not None:
+                    self.stack[-1].parts.append(token)
+            else:
+                self.block(match.group(2), line_off, col_off)
+        if cursor < len(text):
+            self.stack[-1].parts.append(text[cursor:])
+        return self.finish()
+
+    def block(self, inner: str, line_off: int, col_off: int) -> None:
+        """``{% if %}``, ``{% for %}``, ``{% else %}`` or ``{% end %}``."""
+        here = ast.Pos(self.pos.file, line_off + 1, col_off + 1)
+        block = _BLOCK_RE.fullmatch(inner)
+
+        def expr(name: str) -> Any:
+            assert block is not None
+            return _parse_fragment(block.group(name), "expr", self.pos.file, line_off,
+                                   col_off + block.start(name), self.diagnostics)
+
+        if block is None:
+            self.error("unknown template block: use {% if ... %}, {% for x in ... %}, "
+                       "{% else %} or {% end %}", here)
+        elif block.group("if"):
+            self.stack.append(_Frame("if", here, expr=expr("cond")))
+        elif block.group("for"):
+            self.stack.append(_Frame("for", here, expr=expr("items"), var=block.group("var")))
+        elif block.group("else"):
+            top = self.stack[-1]
+            if top.kind != "if" or top.then is not None:
+                self.error("{% else %} without an open {% if %}", here)
+            else:
+                top.then, top.parts = top.parts, []
+        elif len(self.stack) == 1:
+            self.error("{% end %} without an open block", here)
+        else:
+            self.close(self.stack.pop())
+
+    def close(self, done: _Frame) -> None:
+        if done.expr is None:
+            return  # its expression had a syntax error, already reported
+        if done.kind == "if":
+            then = done.then if done.then is not None else done.parts
+            otherwise = done.parts if done.then is not None else []
+            node: ast.TemplatePart = ast.TemplateIf(done.expr, tuple(then), tuple(otherwise),
+                                                    done.pos)
+        else:
+            node = ast.TemplateFor(done.var, done.expr, tuple(done.parts), done.pos)
+        self.stack[-1].parts.append(node)
+
+    def finish(self) -> tuple[ast.TemplatePart, ...]:
+        for frame in self.stack[1:]:
+            self.error(f"{{% {frame.kind} %}} is never closed with {{% end %}}", frame.pos)
+        root = self.stack[0].parts
+        literal = "".join(p for p in root if isinstance(p, str))
+        if "{{" in literal or "{%" in literal:
+            self.error("unclosed '{{' or '{%' in content template", self.pos)
+        return tuple(root)
+
+
 def _parse_template(
     text: str, pos: ast.Pos, diagnostics: list[Diagnostic]
 ) -> tuple[ast.TemplatePart, ...]:
     """A content string as literal text, ``{{ ... }}`` tokens, and if/for blocks."""
-    stack = [_Frame("root", pos)]
-    cursor = 0
-    for match in TEMPLATE_RE.finditer(text):
-        if match.start() > cursor:
-            stack[-1].parts.append(text[cursor : match.start()])
-        cursor = match.end()
-        group = 1 if match.group(1) is not None else 2
-        inner, inner_start = match.group(group), match.start(group)
-        before = text[:inner_start]
-        line_off = pos.line - 1 + before.count("\n")
-        col_off = (pos.column + inner_start) if "\n" not in before else 0
-        here = ast.Pos(pos.file, line_off + 1, col_off + 1)
-
-        def parse(source: str, start: str, offset: int = 0,
-                  line_off: int = line_off, col_off: int = col_off) -> Any:
-            return _parse_fragment(source, start, pos.file, line_off, col_off + offset,
-                                   diagnostics)
-
-        if group == 1:
-            token = parse(inner, "template_token")
-            if token is not None:
-                stack[-1].parts.append(token)
-            continue
-        block = _BLOCK_RE.fullmatch(inner)
-        if block is None:
-            diagnostics.append(Diagnostic(
-                "error", "unknown template block: use {% if ... %}, {% for x in ... %}, "
-                         "{% else %} or {% end %}", here))
-        elif block.group("if"):
-            cond = parse(block.group("cond"), "expr", block.start("cond"))
-            stack.append(_Frame("if", here, expr=cond))
-        elif block.group("for"):
-            items = parse(block.group("items"), "expr", block.start("items"))
-            stack.append(_Frame("for", here, expr=items, var=block.group("var")))
-        elif block.group("else"):
-            top = stack[-1]
-            if top.kind != "if" or top.then is not None:
-                diagnostics.append(Diagnostic("error", "{% else %} without an open {% if %}",
-                                              here))
-            else:
-                top.then, top.parts = top.parts, []
-        else:  # end
-            if len(stack) == 1:
-                diagnostics.append(Diagnostic("error", "{% end %} without an open block", here))
-                continue
-            done = stack.pop()
-            if done.expr is None:
-                continue  # its expression had a syntax error, already reported
-            if done.kind == "if":
-                then = done.then if done.then is not None else done.parts
-                otherwise = done.parts if done.then is not None else []
-                stack[-1].parts.append(ast.TemplateIf(done.expr, tuple(then), tuple(otherwise),
-                                                      done.pos))
-            else:
-                stack[-1].parts.append(ast.TemplateFor(done.var, done.expr, tuple(done.parts),
-                                                       done.pos))
-    if cursor < len(text):
-        stack[-1].parts.append(text[cursor:])
-    for frame in stack[1:]:
-        diagnostics.append(Diagnostic("error", f"{{% {frame.kind} %}} is never closed with "
-                                               "{% end %}", frame.pos))
-    root = stack[0].parts
-    literal = "".join(p for p in root if isinstance(p, str))
-    if "{{" in literal or "{%" in literal:
-        diagnostics.append(Diagnostic("error", "unclosed '{{' or '{%' in content template", pos))
-    return tuple(root)
+    return _TemplateParser(pos, diagnostics).parse(text)
 
 
 def parse_text(text: str, file: str) -> tuple[ast.Module | None, list[Diagnostic]]:

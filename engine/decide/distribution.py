@@ -8,6 +8,10 @@ from engine.decide.allocation import Allocation
 from engine.decide.decision import RankedAction
 
 
+Scores = dict[str, float] | None
+"""One bag member's score of each action (None: the actions' own scores)."""
+
+
 def top_distribution(kept: list[RankedAction], allocation: Allocation | None,
                      member_scores: list[dict[str, float]] | None) -> dict[str, float]:
     """P(each action is in the first slot | this request), over the policy's random choices.
@@ -19,41 +23,44 @@ def top_distribution(kept: list[RankedAction], allocation: Allocation | None,
     experiment's outcomes are scored at once with NumPy.
     """
     others = [c for c in kept if c.arm is None]
-    scenarios: list[dict[str, float] | None] = (
-        list(member_scores) if member_scores is not None else [None])
+    scenarios: list[Scores] = list(member_scores) if member_scores is not None else [None]
     share = 1.0 / len(scenarios)
     dist: dict[str, float] = {}
-
-    def add(action_id: str, p: float) -> None:
-        if p > 0:
-            dist[action_id] = dist.get(action_id, 0.0) + p
-
     for scores in scenarios:
-        def score_of(c: RankedAction, scores: dict[str, float] | None = scores) -> float:
-            return scores.get(c.action_id, c.score) if scores is not None else c.score
-
-        best = min(others, key=lambda o: (-score_of(o), -o.priority, o.action_id),
-                   default=None)
-        if allocation is None:
-            if best is not None:
-                add(best.action_id, share)
-            continue
-        winners, weights = allocation.winners, allocation.weights
-        kept_arm = winners >= 0
-        if allocation.arms:
-            own = np.array([score_of(a) for a in allocation.arms])
-            arm_scores = np.where(np.isnan(allocation.scores), own[winners], allocation.scores)
-        else:
-            arm_scores = np.full(len(winners), -np.inf)
-        if best is None:
-            arm_wins = kept_arm
-        else:
-            threshold = score_of(best)
-            ties_won = np.array([(-a.priority, a.action_id) < (-best.priority, best.action_id)
-                                 for a in allocation.arms] or [False])
-            arm_wins = kept_arm & ((arm_scores > threshold) | (
-                (arm_scores == threshold) & ties_won[np.maximum(winners, 0)]))
-            add(best.action_id, share * float(weights[~arm_wins].sum()))
-        for j, arm in enumerate(allocation.arms):
-            add(arm.action_id, share * float(weights[arm_wins & (winners == j)].sum()))
+        for action_id, p in _first_slot(others, allocation, scores):
+            if p > 0:
+                dist[action_id] = dist.get(action_id, 0.0) + share * p
     return dist
+
+
+def _score_of(c: RankedAction, scores: Scores) -> float:
+    return scores.get(c.action_id, c.score) if scores is not None else c.score
+
+
+def _first_slot(others: list[RankedAction], allocation: Allocation | None, scores: Scores
+                ) -> list[tuple[str, float]]:
+    """(action, probability) of the first slot for one bag member's scores."""
+    best = min(others, key=lambda o: (-_score_of(o, scores), -o.priority, o.action_id),
+               default=None)
+    if allocation is None:
+        return [(best.action_id, 1.0)] if best is not None else []
+    winners, weights = allocation.winners, allocation.weights
+    kept_arm = winners >= 0
+    if allocation.arms:
+        own = np.array([_score_of(a, scores) for a in allocation.arms])
+        arm_scores = np.where(np.isnan(allocation.scores), own[winners], allocation.scores)
+    else:
+        arm_scores = np.full(len(winners), -np.inf)
+    out = []
+    if best is None:
+        arm_wins = kept_arm
+    else:
+        threshold = _score_of(best, scores)
+        ties_won = np.array([(-a.priority, a.action_id) < (-best.priority, best.action_id)
+                             for a in allocation.arms] or [False])
+        arm_wins = kept_arm & ((arm_scores > threshold) | (
+            (arm_scores == threshold) & ties_won[np.maximum(winners, 0)]))
+        out.append((best.action_id, float(weights[~arm_wins].sum())))
+    for j, arm in enumerate(allocation.arms):
+        out.append((arm.action_id, float(weights[arm_wins & (winners == j)].sum())))
+    return out
