@@ -9,6 +9,7 @@ the first-slot distribution (:mod:`engine.decide.distribution`) needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from typing import NamedTuple
 
 import numpy as np
 
@@ -42,8 +43,7 @@ class Allocation:
     weights: np.ndarray
 
 
-@dataclass(frozen=True, slots=True)
-class Allocated:
+class Allocated(NamedTuple):
     """The candidates an experiment kept (its arm replaced by the played one), the arms
     it dropped, and its allocation (None: nothing random happened)."""
 

@@ -7,7 +7,6 @@ import numpy as np
 from engine.decide.allocation import Allocation
 from engine.decide.decision import RankedAction
 
-
 Scores = dict[str, float] | None
 """One bag member's score of each action (None: the actions' own scores)."""
 

@@ -30,15 +30,7 @@ Check = tuple[str, bool, str, Pos]
 
 def check_eligibility(ruleset: Ruleset, action: Action, req: DecideInput, facts: Facts,
                       profile: Profile | None, tracer: Tracer) -> float | None:
-    """The action's value if it may be shown, else None."""
-    value = _eligible_value(ruleset, action, req, facts, profile, tracer)
-    if tracer.enabled:
-        tracer.eligibility(action.id, value is not None)
-    return value
-
-
-def _eligible_value(ruleset: Ruleset, action: Action, req: DecideInput, facts: Facts,
-                    profile: Profile | None, tracer: Tracer) -> float | None:
+    """The action's value if it may be shown, else None (the caller traces the verdict)."""
     if action.channels is not None and req.channel not in action.channels:
         if tracer.enabled:
             tracer.check(action.id, Reason(ELIGIBILITY, "channel", False,
@@ -54,10 +46,18 @@ def _eligible_value(ruleset: Ruleset, action: Action, req: DecideInput, facts: F
     if action.consent and not _consented(action, facts, tracer):
         return None
     args = facts.args()
-    if action.when is not None and not _when_holds(action, args, facts, tracer):
-        return None
-    if action.unless is not None and not _unless_clear(action, args, tracer):
-        return None
+    if action.when is not None:
+        held = _condition(action.when, args, action, "when")
+        if tracer.enabled:
+            _trace_when(action, held, facts, tracer)
+        if held is not True:
+            return None
+    if action.unless is not None:
+        blocked = _condition(action.unless, args, action, "unless")
+        if tracer.enabled:
+            _trace_unless(action, blocked, tracer)
+        if blocked is not False:  # unknown blocks too: never show on missing data
+            return None
     value = _value(action, args, tracer)
     if value is None or not contact_policies_allow(ruleset, action, req, profile, tracer):
         return None
@@ -89,27 +89,19 @@ def _shown(value: bool | None) -> str:
     return str(value) if value is not None else "unknown"
 
 
-def _when_holds(action: Action, args: tuple[Any, ...], facts: Facts, tracer: Tracer) -> bool:
-    assert action.when is not None
-    held = _condition(action.when, args, action, "when")
-    if tracer.enabled:
-        detail = action.when_source
-        segs = ", ".join(f"{s}={facts.segments.get(s)}" for s in action.segments)
-        if segs:
-            detail += f"  [{segs}]"
-        tracer.check(action.id, Reason(ELIGIBILITY, "when", held is True,
-                                       f"{detail} -> {_shown(held)}", str(action.when_pos)))
-    return held is True
+def _trace_when(action: Action, held: bool | None, facts: Facts, tracer: Tracer) -> None:
+    detail = action.when_source
+    segs = ", ".join(f"{s}={facts.segments.get(s)}" for s in action.segments)
+    if segs:
+        detail += f"  [{segs}]"
+    tracer.check(action.id, Reason(ELIGIBILITY, "when", held is True,
+                                   f"{detail} -> {_shown(held)}", str(action.when_pos)))
 
 
-def _unless_clear(action: Action, args: tuple[Any, ...], tracer: Tracer) -> bool:
-    assert action.unless is not None
-    blocked = _condition(action.unless, args, action, "unless")
-    if tracer.enabled:
-        tracer.check(action.id, Reason(ELIGIBILITY, "unless", blocked is False,
-                                       f"{action.unless_source} -> {_shown(blocked)}",
-                                       str(action.unless_pos)))
-    return blocked is False  # unknown blocks too: never show on missing data
+def _trace_unless(action: Action, blocked: bool | None, tracer: Tracer) -> None:
+    tracer.check(action.id, Reason(ELIGIBILITY, "unless", blocked is False,
+                                   f"{action.unless_source} -> {_shown(blocked)}",
+                                   str(action.unless_pos)))
 
 
 def _value(action: Action, args: tuple[Any, ...], tracer: Tracer) -> float | None:
@@ -134,22 +126,25 @@ def contact_policies_allow(ruleset: Ruleset, action: Action, req: DecideInput,
     Feedback); every check that applies is traced.
     """
     describe = tracer.enabled
+    checks: list[Check] = []
+    if action.cap is not None or action.cooldown is not None or action.suppress is not None:
+        _action_limits(checks, action, req, profile, describe)
+    if action.group is not None or req.channel in ruleset.channel_caps:
+        _shared_limits(checks, ruleset, action, req, profile, describe)
     allowed = True
-    for checks in (_action_limits(action, req, profile, describe),
-                   _shared_limits(ruleset, action, req, profile, describe)):
-        for name, ok, detail, location in checks:
-            if describe:
-                tracer.check(action.id, Reason(CAP, name, ok, detail, str(location)))
-            elif not ok:
-                return False
-            allowed = allowed and ok
+    for name, ok, detail, location in checks:
+        if describe:
+            tracer.check(action.id, Reason(CAP, name, ok, detail, str(location)))
+        elif not ok:
+            return False
+        allowed = allowed and ok
     return allowed
 
 
-def _action_limits(action: Action, req: DecideInput, profile: Profile | None,
-                   describe: bool) -> list[Check]:
+def _action_limits(checks: list[Check], action: Action, req: DecideInput,
+                   profile: Profile | None, describe: bool) -> None:
     """Frequency cap, cooldown and suppression of the action itself."""
-    now, checks = req.now, []
+    now = req.now
     if action.cap is not None:
         shown = impressions_within(profile, action.id, now, action.cap.window_seconds)
         checks.append(("frequency", shown < action.cap.limit,
@@ -166,15 +161,13 @@ def _action_limits(action: Action, req: DecideInput, profile: Profile | None,
         rule = action.suppress
         seen = outcomes_within(profile, (action.id,), now, rule.window_seconds, rule.outcome)
         checks.append(("suppress", seen < rule.count,
-                       f"{seen} {rule.outcome}(s), {rule.text}" if describe else "",
-                       rule.pos))
-    return checks
+                       f"{seen} {rule.outcome}(s), {rule.text}" if describe else "", rule.pos))
 
 
-def _shared_limits(ruleset: Ruleset, action: Action, req: DecideInput,
-                   profile: Profile | None, describe: bool) -> list[Check]:
+def _shared_limits(checks: list[Check], ruleset: Ruleset, action: Action, req: DecideInput,
+                   profile: Profile | None, describe: bool) -> None:
     """The caps the action shares: its group's and the channel's."""
-    now, checks = req.now, []
+    now = req.now
     group_cap = ruleset.group_caps.get(action.group) if action.group else None
     if group_cap is not None and action.group is not None:
         shown = outcomes_within(profile, ruleset.groups[action.group], now,
@@ -189,4 +182,3 @@ def _shared_limits(ruleset: Ruleset, action: Action, req: DecideInput,
         checks.append((f"channel {req.channel}", shown < channel_cap.limit,
                        f"{shown} impressions on {req.channel}, {channel_cap.text}"
                        if describe else "", channel_cap.pos))
-    return checks

@@ -10,7 +10,7 @@ stores the record after. Each stage reports to a :class:`~engine.decide.tracer.T
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dsl.ruleset import Experiment, Ruleset
 from dsl.vocabulary import HOLDOUT_ARM, ReasonKind
@@ -26,7 +26,7 @@ from engine.decide.facts import Facts, build_facts, evaluate_segments, features_
 from engine.decide.inputs import DecideInput
 from engine.decide.ranking import fallback_action, rank, render_content
 from engine.decide.scoring import Candidates, Scorer, score_candidates, scorer_for
-from engine.decide.tracer import ExplainTracer, Tracer, combine
+from engine.decide.tracer import NULL_TRACER, ExplainTracer, Tracer, combine
 from engine.experiments.bucketing import in_holdout, takes_part
 from engine.experiments.sampling import ThompsonSampler
 from engine.experiments.state import ExperimentState
@@ -36,8 +36,7 @@ from engine.records import DecisionRecord, Profile, ShownAction
 StateOf = Callable[[Experiment], ExperimentState]
 
 
-@dataclass(frozen=True, slots=True)
-class Learnt:
+class Learnt(NamedTuple):
     """What a decision reads of the learnt state: models, posteriors, the random source."""
 
     models: PropensityModels
@@ -54,8 +53,7 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     decision); ``tracer`` listens too (``arbiter test`` coverage, say).
     """
     explainer = ExplainTracer() if req.explain else None
-    trace = combine(explainer, tracer)
-    learnt = Learnt(models, experiment_state, sampler)
+    trace = NULL_TRACER if explainer is None and tracer is None else combine(explainer, tracer)
     facts = build_facts(ruleset, profile, req)
     evaluate_segments(ruleset, facts, trace)
     spec = ruleset.model_of(req.placement.name)
@@ -69,7 +67,8 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     if holdout:
         allocated = _hold_out(experiment, scored.actions, trace)
     else:
-        allocated = _allocate(experiment, scored.actions, req, learnt, scorer, trace)
+        allocated = _allocate(experiment, scored.actions, req,
+                              Learnt(models, experiment_state, sampler), scorer, trace)
     ranked, policy = _choose(ruleset, req, facts, allocated, scored, experiment, holdout, trace)
     for shown in ranked:
         render_content(ruleset, shown, facts)

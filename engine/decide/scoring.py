@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from dsl.ruleset import Action, ModelSpec, Placement, Ruleset
 from engine.decide.decision import RankedAction
@@ -56,8 +56,7 @@ def score_candidate(action: Action, value: float, propensity: float, scorer: Sco
     return ranked
 
 
-@dataclass(frozen=True, slots=True)
-class Candidates:
+class Candidates(NamedTuple):
     """The placement's eligible actions, scored; with a bagged model, every member's scores."""
 
     actions: list[RankedAction]
@@ -77,6 +76,8 @@ def score_candidates(ruleset: Ruleset, req: DecideInput, facts: Facts, profile: 
     candidates: list[RankedAction] = []
     for action in req.placement.actions:
         value = check_eligibility(ruleset, action, req, facts, profile, tracer)
+        if tracer.enabled:
+            tracer.eligibility(action.id, value is not None)
         if value is None:
             continue
         if spec.bagging:
