@@ -91,3 +91,13 @@ def test_serve_refuses_a_broken_ruleset(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "bad.arb:1:9: error: syntax error" in proc.stderr
     assert time.monotonic() - started < 60
+
+
+def test_the_cli_starts_without_the_heavy_dependencies() -> None:
+    """`arbiter check` and `fmt` run in editors and pre-commit hooks: they load no River,
+    NumPy, SciPy, gRPC or Redis client (commands import those when they run)."""
+    code = ("import sys, engine.cli.app; print(sorted(m for m in "
+            "('river', 'numpy', 'scipy', 'grpc', 'redis', 'matplotlib') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT, timeout=60).stdout
+    assert out.strip() == "[]"

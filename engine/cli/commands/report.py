@@ -7,12 +7,14 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dsl.loader import load_path
 from engine.cli.common import add_format_argument, open_store
-from engine.experiments.report import ExperimentReport
-from engine.learning.quality import ModelQuality
+
+if TYPE_CHECKING:  # numpy, scipy and river load only when a report is asked for
+    from engine.experiments.report import ExperimentReport
+    from engine.learning.quality import ModelQuality
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -28,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-Reports = tuple[ExperimentReport | None, list[ModelQuality]]
+Reports = tuple["ExperimentReport | None", "list[ModelQuality]"]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from engine.cli.common import load_ruleset, memory_store_factory
-from engine.cli.tester import discover, run_tests
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +16,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from engine.cli.tester import discover, run_tests  # the engine, with River and NumPy
+
     ruleset = load_ruleset(args.path, "test")
     if ruleset is None:
         return 1
