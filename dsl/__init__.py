@@ -1,0 +1,1 @@
+"""The rule language: text → AST → checked → compiled ``Ruleset``; knows nothing of the engine."""

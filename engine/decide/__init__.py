@@ -1,0 +1,1 @@
+"""The decision path, pure: facts, segments, eligibility, scoring, allocation, ranking, tracers."""

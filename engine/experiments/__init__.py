@@ -1,0 +1,1 @@
+"""Experiments: posteriors, Thompson sampling, time windows, bucketing, states, reports."""

@@ -1,0 +1,1 @@
+"""The gRPC transport: server, servicers under one error mapping, protobuf conversion."""

@@ -1,0 +1,1 @@
+"""Propensity models learnt online: learners by name, features, quality, the log consumer."""

@@ -1,0 +1,1 @@
+"""One module per ``arbiter`` subcommand, each with ``register(sub)`` and ``run(args)``."""
