@@ -1,1 +1,1 @@
-"""Arbiter's engine: the library API (``engine.service.Arbiter``) and its layers (docs/architecture.md)."""
+"""Arbiter's engine: the library API (``engine.service.Arbiter``) and its layers."""
