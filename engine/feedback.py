@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from dsl.vocabulary import REWARD_OUTCOMES
 from engine.experiments.windows import counter_keys
 from engine.ports import FeedbackEffects
 from engine.profiles import record_contact
@@ -49,6 +50,8 @@ def feedback_effects(
         raise ActionNotInDecision(fb.action_id)
     seen = decision.outcomes.setdefault(fb.action_id, [])
     first = fb.outcome not in seen
+    shown_now = "impression" not in seen  # this outcome is the first sign it was shown
+    rewarded = fb.outcome in REWARD_OUTCOMES and not any(o in REWARD_OUTCOMES for o in seen)
     # any other outcome means the action was seen, even if no impression was reported
     implied_impression = fb.outcome != "impression" and "impression" not in seen
     increments: dict[tuple[str, str], ArmCounts] = {}
@@ -85,5 +88,7 @@ def feedback_effects(
         value=fb.value,
         first=first,
         placement=decision.placement,
+        shown=shown_now,
+        rewarded=rewarded,
     )
     return FeedbackEffects(decision, profile, event, increments)

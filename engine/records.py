@@ -90,6 +90,10 @@ class LearningEvent(msgspec.Struct, omit_defaults=True):
     value: float | None = None
     first: bool = True  # first outcome of this kind for this decision-action
     placement: str = ""  # where it was shown: selects the placement's model
+    # the labels it teaches (engine.learning.delayed): the first evidence that the action
+    # was shown is a (fake) negative; the first reward of the decision-action a positive
+    shown: bool = False
+    rewarded: bool = False
 
 
 class ArmCounts(msgspec.Struct):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import random
+import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -79,6 +80,7 @@ class Arbiter:
         self.models = PropensityModels()
         self.learner = Learner(store, self.models, self._spec_of, reward_wait=reward_wait)
         self.experiments = ExperimentStates(store.arm_counts, self.sampler, clock)
+        self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
         self.learner.restore()
         self.learner.catch_up()
 
@@ -163,13 +165,19 @@ class Arbiter:
             if self.decision_log is not None:
                 self.decision_log.write(outcome_entry(commit.effects.event))
             self.experiments.invalidate({e for e, _ in commit.effects.arm_increments})
-            self.learner.catch_up()
+            self.feedback_logged.set()  # the background learner picks it up
         return commit
 
-    def sync(self) -> int:
-        """Learn from feedback other replicas logged; returns events applied."""
-        self.experiments.invalidate_all()
+    def learn(self) -> int:
+        """Train the models on every learning event logged since the last call (by any
+        replica); returns how many were applied. The server calls this in the
+        background; Feedback never waits for a model."""
         return self.learner.catch_up()
+
+    def sync(self) -> int:
+        """Re-read other replicas' arm counters and learn from the log; events applied."""
+        self.experiments.invalidate_all()
+        return self.learn()
 
     # ---- reports ------------------------------------------------------------------
     def experiment_report(self, name: str) -> ExperimentReport:

@@ -160,6 +160,9 @@ def test_clicks_move_the_posterior_and_the_propensity(arb: Arbiter) -> None:
     assert d.actions[0].action_id == "new_arrivals"
     terms = d.actions[0].score_terms
     assert terms["posterior_alpha"] == 1 + counts["new_arrivals"].successes
+    # Feedback never trains on the request path: the background learner does
+    assert arb.models.predict("new_arrivals", DEFAULT_MODEL, 0.05, {}) == before
+    assert arb.learn() == 60 + counts["new_arrivals"].successes
     assert arb.models.predict("new_arrivals", DEFAULT_MODEL, 0.05, {}) > before
 
 

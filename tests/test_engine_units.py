@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+from typing import Any
+
 import pytest
 
 from adapters.memory import MemoryStore
@@ -98,32 +101,68 @@ def test_non_experiment_actions_do_not_touch_bandits() -> None:
 
 
 # ---- learner: delayed labels, snapshots --------------------------------------------------
-def test_learner_labels_clicks_now_and_silence_after_the_wait() -> None:
+def _feedback(store: MemoryStore, decision_id: str, outcome: str, received: float) -> None:
+    d = decision(arm=False)
+    d.decision_id = decision_id
+    if store.get_decision(decision_id) is None:
+        store.save_decision(d, 3600)
+    store.commit_feedback(decision_id, f"{decision_id}:{outcome}", lambda dd, p: feedback_effects(
+        FeedbackInput(dd.decision_id, "a", outcome, None, "", NOW, received), dd, p), 3600)
+
+
+def test_learner_learns_impressions_at_once_and_clicks_once() -> None:
+    """Each shown action: a (fake) negative at its first outcome, a positive at its first
+    reward, nothing else, nothing waiting (engine.learning.delayed)."""
     store = MemoryStore(clock=lambda: NOW)
     models = PropensityModels()
-    learner = Learner(store, models, lambda _p, _a: (DEFAULT_MODEL, 0.05), reward_wait=60.0)
-    store.save_decision(decision(arm=False), 3600)
+    learner = Learner(store, models, lambda _p, _a: (DEFAULT_MODEL, 0.05), reward_wait=100.0)
     x = {"segment:x": 1.0}
-    for i in range(30):
-        d = decision(arm=False)
-        d.decision_id = f"d{i}"
-        store.save_decision(d, 3600)
-        store.commit_feedback(d.decision_id, f"k{i}", lambda dd, p, i=i: feedback_effects(
-            FeedbackInput(dd.decision_id, "a", "click", None, "", NOW, NOW + i), dd, p), 3600)
-    assert learner.catch_up() == 30
-    up = models.predict("a", DEFAULT_MODEL, 0.05, x)
-    assert up > 0.1
-    # impressions with no click: labelled negative only once the wait has passed
-    for i in range(30, 90):
-        d = decision(arm=False)
-        d.decision_id = f"d{i}"
-        store.save_decision(d, 3600)
-        store.commit_feedback(d.decision_id, f"k{i}", lambda dd, p, i=i: feedback_effects(
-            FeedbackInput(dd.decision_id, "a", "impression", None, "", NOW, NOW + 100 + 2 * i),
-            dd, p), 3600)
+    for i in range(40):
+        _feedback(store, f"d{i}", "impression", NOW + i)
+    assert learner.catch_up() == 40
+    assert models.examples_seen("a") == 40
+    low = models.predict("a", DEFAULT_MODEL, 0.05, x)
+    assert low < 0.05  # negatives learnt at once, not after the wait
+    for i in range(20):  # clicks, then a conversion and a second click: one positive each
+        _feedback(store, f"d{i}", "click", NOW + 40 + i)
+    _feedback(store, "d0", "conversion", NOW + 61)
+    _feedback(store, "d0", "dismiss", NOW + 62)
     learner.catch_up()
-    assert len(learner.pending) > 0 and models.examples_seen("a") < 90
-    assert models.predict("a", DEFAULT_MODEL, 0.05, x) < up
+    assert models.examples_seen("a") == 40  # positives are second labels, not new examples
+    assert models.predict("a", DEFAULT_MODEL, 0.05, x) > low
+    assert len(learner.labels) == 40  # awaiting final labels, for the quality metrics only
+    _feedback(store, "later", "click", NOW + 200)  # the wait has passed for all 40
+    learner.catch_up()
+    assert len(learner.labels) == 1
+    (quality,) = models.quality()
+    assert quality.observed_rate == pytest.approx(20 / 40)
+
+
+class _CountingDict(OrderedDict[Any, Any]):
+    """Counts the entries any iteration over it examines."""
+
+    examined = 0
+
+    def items(self) -> Any:
+        for item in super().items():
+            _CountingDict.examined += 1
+            yield item
+
+
+def test_applying_an_event_does_not_scan_what_is_waiting() -> None:
+    """The work per event is flat in the number of impressions awaiting a label."""
+    store = MemoryStore(clock=lambda: NOW)
+    learner = Learner(store, PropensityModels(), lambda _p, _a: (DEFAULT_MODEL, 0.05),
+                      reward_wait=1e9, snapshot_every=10**9)
+    learner.labels.waiting = _CountingDict(learner.labels.waiting)
+    for i in range(20_000):
+        learner.labels.shown((f"w{i}", "a"), "a", 0.05, NOW)
+    for i in range(200):
+        _feedback(store, f"d{i}", "impression", NOW + i)
+    _CountingDict.examined = 0
+    assert learner.catch_up() == 200
+    assert len(learner.labels) == 20_200
+    assert _CountingDict.examined <= 200  # one look at the oldest entry per event
 
 
 def test_learner_snapshot_and_restore_resume_at_offset() -> None:

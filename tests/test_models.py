@@ -64,7 +64,8 @@ def train(models: PropensityModels, spec: ModelSpec, n: int = 1500, seed: int = 
         mobile = rng.random() < 0.5
         x = {"context.device=mobile": 1.0} if mobile else {"context.device=desktop": 1.0}
         label = rng.random() < (0.6 if mobile else 0.05)
-        models.learn("a", spec, 0.05, x, label, "home")
+        predicted = models.learn("a", spec, 0.05, x, label, "home")
+        models.record_quality(spec.key("home", "a"), label, predicted)
 
 
 @pytest.mark.parametrize("learner", ["logistic", "adpredictor", "tree"])
@@ -111,6 +112,7 @@ def test_bagged_decisions_log_the_share_of_members() -> None:
             arb.feedback(decision_id=d.decision_id, action_id=top, outcome="click")
         else:
             arb.feedback(decision_id=d.decision_id, action_id=top, outcome="dismiss")
+        arb.learn()
     assert shown == {"a", "b"}  # the untried action was explored from its cold-start prior
     for i in range(200):
         d = arb.decide(user_id=f"v{i}", placement="home", channel="web",

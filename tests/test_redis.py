@@ -25,12 +25,14 @@ def vip(arb: Arbiter, user: str) -> None:
 
 
 def click_top_banner(arb: Arbiter, user: str, times: int) -> None:
-    """A VIP who clicks the top homepage action ``times`` times."""
+    """A VIP who clicks the top homepage action ``times`` times; then the models learn
+    (what the server's background learner does)."""
     vip(arb, user)
     for _ in range(times):
         d = arb.decide(user_id=user, placement="homepage_banner", channel="web")
         arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
                      outcome="click")
+    arb.learn()
 
 
 def test_profile_round_trip_and_one_read_per_cached_decide(redis_url: str,

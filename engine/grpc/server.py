@@ -38,6 +38,7 @@ REPORT_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["ReportService"].full_name
 RELOAD_INTERVAL_SECONDS = 1.0
 MAX_MESSAGE_BYTES = 1 << 20
 SYNC_INTERVAL_SECONDS = 1.0
+LEARN_WAKE_SECONDS = 0.5
 
 R = TypeVar("R")
 
@@ -57,6 +58,7 @@ class RunningServer:
         self._stopped = threading.Event()
         self._sync = threading.Thread(target=self._sync_loop, name="arbiter-sync", daemon=True)
         self._sync.start()
+        threading.Thread(target=self._learn_loop, name="arbiter-learn", daemon=True).start()
         if reloader is not None and reload_interval > 0:
             threading.Thread(target=self._watch_loop, args=(reload_interval,),
                              name="arbiter-reload", daemon=True).start()
@@ -70,6 +72,20 @@ class RunningServer:
             except Exception:
                 log.exception("ruleset reload failed; still serving %s",
                               self.arbiter.ruleset.revision)
+
+    def _learn_loop(self) -> None:
+        """Train the models soon after each feedback, off the request path."""
+        logged = self.arbiter.feedback_logged
+        while not self._stopped.is_set():
+            if not logged.wait(LEARN_WAKE_SECONDS):
+                continue
+            logged.clear()
+            try:
+                self.arbiter.learn()
+            except StoreUnavailable as err:
+                log.warning("learning paused, store unavailable: %s", err)
+            except Exception:
+                log.exception("learning from the log failed; retrying")
 
     def _sync_loop(self) -> None:
         """Learn from other replicas' feedback; report the store's reachability as health."""

@@ -1,15 +1,19 @@
 """Feeds the learning log to the propensity models, in log order, with delayed labels.
 
-A shown action is a positive example when a click or conversion arrives for it,
-and a negative one when its impression waited ``reward_wait`` seconds (measured
-on the log's own receive times, so every replica labels identically) without
-one, or was dismissed. Each decision-action is learnt once. This is the
-"reward wait time" of Azure Personalizer: the label is only known after a delay.
+Each shown action is learnt when its first outcome arrives, as a (fake) negative,
+and again as a positive when its first click or conversion arrives, with the
+importance weights of :mod:`engine.learning.delayed`; nothing waits for the reward
+wait, so applying an event costs O(1) whatever the traffic. The quality metrics do
+wait: a prediction is scored against its *final* label (rewarded, or not within
+``reward_wait`` seconds of the log's own receive times, so every replica scores
+identically), kept in :class:`~engine.learning.quality.FinalLabels`.
 
-State (models, pending impressions, log offset) is snapshotted to the store every
-``snapshot_every`` events, so a restarted process loads the snapshot and replays
-only the log after it. After each snapshot the log is trimmed below the oldest
-offset any live replica (or the snapshot) still needs.
+Models learn here, on the background consumer (:meth:`Learner.catch_up`, called by
+the server's loop), never on the Feedback request path. State (models, labels
+awaited, log offset) is snapshotted to the store every ``snapshot_every`` events,
+so a restarted process loads the snapshot and replays only the log after it. After
+each snapshot the log is trimmed below the oldest offset any live replica (or the
+snapshot) still needs.
 """
 
 from __future__ import annotations
@@ -18,18 +22,28 @@ import logging
 import pickle
 import threading
 import uuid
+import zlib
 from collections.abc import Callable
 
 from dsl.ruleset import ModelSpec
-from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS, NEGATIVE_OUTCOMES, REWARD_OUTCOMES
+from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS
+from engine.learning.delayed import fake_negative_weight, positive_weight
 from engine.learning.log import LearningLog
 from engine.learning.models import PropensityModels
+from engine.learning.quality import FinalLabels
 from engine.records import LearningEvent
 
-Key = tuple[str, str]
+SNAPSHOT_FORMAT = 2
+"""Version of the pickled snapshot; an older one is ignored and the log replayed."""
 log = logging.getLogger(__name__)
 SpecOf = Callable[[str, str], tuple[ModelSpec, float]]
 """(placement, action id) -> the placement's model spec and the action's prior."""
+
+
+def _draw(event: LearningEvent, label: bool) -> float:
+    """A uniform number in [0, 1) fixed by the example, the same on every replica."""
+    seed = f"{event.decision_id}:{event.action_id}:{int(label)}".encode()
+    return zlib.crc32(seed) / 2.0**32
 
 
 class Learner:
@@ -47,9 +61,7 @@ class Learner:
         self.reward_wait = reward_wait
         self.snapshot_every = snapshot_every
         self.offset = ""
-        # shown, label not known yet: (features, shown at, placement)
-        self.pending: dict[Key, tuple[dict[str, float], float, str]] = {}
-        self.resolved: dict[Key, float] = {}
+        self.labels = FinalLabels()  # predictions awaiting their final label (quality)
         self.applied = 0
         self.trimmed = 0  # log entries this process dropped (everyone was past them)
         self.consumer_id = uuid.uuid4().hex[:12]
@@ -73,20 +85,22 @@ class Learner:
             return
         blob, offset = saved
         try:
-            models_blob, pending, resolved = pickle.loads(blob)
+            version, models_blob, labels = pickle.loads(blob)
+            if version != SNAPSHOT_FORMAT:
+                raise ValueError(f"snapshot format {version}")
             self.models.restore(models_blob)
         except (ValueError, TypeError, pickle.UnpicklingError):
             log.warning("model snapshot in an older format: relearning from the whole log")
             return
         with self._lock:
-            self.pending, self.resolved, self.offset = pending, resolved, offset
+            self.labels, self.offset = labels, offset
 
     def snapshot(self) -> None:
         with self._lock:
             self._snapshot()
 
     def _snapshot(self) -> None:
-        blob = pickle.dumps((self.models.snapshot(), self.pending, self.resolved))
+        blob = pickle.dumps((SNAPSHOT_FORMAT, self.models.snapshot(), self.labels))
         self.store.save_models(blob, self.offset)
         self._since_snapshot = 0
         self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
@@ -109,35 +123,22 @@ class Learner:
         self.applied += total
         return total
 
-    def _label(self, key: Key, features: dict[str, float], label: bool, at: float,
-               placement: str) -> None:
-        spec, prior = self.spec_of(placement, key[1])
-        self.models.learn(key[1], spec, prior, features, label, placement)
-        self.resolved[key] = at
-        self.pending.pop(key, None)
-
     def _apply(self, event: LearningEvent) -> None:
-        now = event.received_at
-        self._expire(now)
-        key = (event.decision_id, event.action_id)
-        if key in self.resolved:
-            return
-        if event.outcome == "impression":
-            self.pending.setdefault(key, (event.features, now, event.placement))
-        elif event.outcome in REWARD_OUTCOMES:
-            self._label(key, event.features, True, now, event.placement)
-        elif event.outcome in NEGATIVE_OUTCOMES:
-            self._label(key, event.features, False, now, event.placement)
-
-    def _expire(self, now: float) -> None:
-        # both maps are in log (receive-time) order, so stop at the first young entry
-        cutoff = now - self.reward_wait
-        for key, (features, shown_at, placement) in list(self.pending.items()):
-            if shown_at >= cutoff:
-                break
-            self._label(key, features, False, now, placement)
-        # a decision-action gets no new outcomes after twice the wait: forget it
-        for key, at in list(self.resolved.items()):
-            if at >= cutoff - self.reward_wait:
-                break
-            del self.resolved[key]
+        """Learn what the event teaches (O(1)); score predictions whose label is final."""
+        if event.shown or event.rewarded:
+            spec, prior = self.spec_of(event.placement, event.action_id)
+            key = (event.decision_id, event.action_id)
+            learn = self.models.learn
+            if event.shown:
+                predicted = learn(event.action_id, spec, prior, event.features, False,
+                                  event.placement, weight=fake_negative_weight,
+                                  draw=_draw(event, False))
+                self.labels.shown(key, spec.key(event.placement, event.action_id), predicted,
+                                  event.received_at)
+            if event.rewarded:
+                learn(event.action_id, spec, prior, event.features, True, event.placement,
+                      weight=positive_weight, draw=_draw(event, True),
+                      new_example=False)  # counted when it was shown
+                self.labels.rewarded(key)
+        for model, label, predicted in self.labels.expire(event.received_at - self.reward_wait):
+            self.models.record_quality(model, label, predicted)

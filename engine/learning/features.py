@@ -17,9 +17,13 @@ from typing import Any
 from dsl.ruleset import ModelSpec
 
 
-def is_indicator(name: str) -> bool:
-    """One-hot features are named ``name=value``, present only when true."""
-    return "=" in name
+def is_indicator(name: str | int) -> bool:
+    """One-hot features are named ``name=value``, present only when true.
+
+    A hashed feature (an integer bucket, ``hashed:``) passes through unscaled too:
+    buckets mix indicators, which a scaler would shrink to zero.
+    """
+    return not isinstance(name, str) or "=" in name
 
 
 def numeric_part(x: dict[str, float]) -> dict[str, float]:

@@ -26,7 +26,7 @@ before it is learnt, for the rolling quality of :mod:`engine.learning.quality`.
 >>> round(models.predict("offer", DEFAULT_MODEL, 0.05, {"segment:vip": 1.0}), 3)
 0.05
 >>> for _ in range(20):
-...     models.learn("offer", DEFAULT_MODEL, 0.05, {"segment:vip": 1.0}, True)
+...     _ = models.learn("offer", DEFAULT_MODEL, 0.05, {"segment:vip": 1.0}, True)
 >>> models.predict("offer", DEFAULT_MODEL, 0.05, {"segment:vip": 1.0}) > 0.05
 True
 """
@@ -37,7 +37,7 @@ import functools
 import pickle
 import threading
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +46,7 @@ from scipy import stats as scipy_stats
 from dsl.ruleset import DEFAULT_MODEL, ModelSpec
 from engine.learning.features import model_features
 from engine.learning.quality import ModelQuality, RollingQuality
-from engine.learning.registry import new_learner
+from engine.learning.registry import LEARNERS, new_learner
 
 __all__ = ["DEFAULT_MODEL", "ModelQuality", "PropensityModels"]
 
@@ -131,16 +131,39 @@ class PropensityModels:
             return [_proba(member, x, prior) for member in model.learner]
 
     def learn(self, action_id: str, spec: ModelSpec, prior: float,
-              features: Mapping[str, float], label: bool, placement: str = "") -> None:
+              features: Mapping[str, float], label: bool, placement: str = "", *,
+              weight: Callable[[float], float] | None = None, draw: float = 0.0,
+              new_example: bool = True) -> float:
+        """Learn one example; returns the model's prediction for it before learning.
+
+        ``weight`` maps that prediction to the example's importance weight (delayed
+        feedback, :mod:`engine.learning.delayed`). A learner without weights learns the
+        example ``floor(w)`` times, once more when ``draw`` (uniform in [0, 1), the
+        same on every replica) is below the fraction. ``new_example`` is False for a
+        second label of an example already counted (the positive after its impression).
+        """
         key = spec.key(placement, action_id)
         x = model_features(spec, action_id, features)
         with self._lock:
             model = self._models.get(key)
             if model is None or model.spec != spec:  # a new model, or the ruleset changed it
                 model = self._models[key] = _Model(spec, new_learner(spec, prior, key))
-            model.quality.update(label, _proba(model.learner, x, prior))
-            model.learner.learn_one(x, label)
-            model.examples += 1
+            before = _proba(model.learner, x, prior)
+            w = weight(before) if weight is not None else 1.0
+            if LEARNERS[spec.learner].weighted:
+                model.learner.learn_one(x, label, w=w)
+            else:
+                for _ in range(int(w) + (1 if draw < w - int(w) else 0)):
+                    model.learner.learn_one(x, label)
+            model.examples += int(new_example)
+            return before
+
+    def record_quality(self, key: str, label: bool, predicted: float) -> None:
+        """Progressive validation: a prediction made before learning, and its final label."""
+        with self._lock:
+            model = self._models.get(key)
+            if model is not None:
+                model.quality.update(label, predicted)
 
     def examples_seen(self, key: str) -> int:
         model = self._models.get(key)

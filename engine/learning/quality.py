@@ -12,6 +12,7 @@ measure a model on data it had not seen (Blum, Kalai & Langford, 1999).
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,3 +50,53 @@ class ModelQuality:
     rolling_log_loss: float
     mean_predicted: float
     observed_rate: float
+
+
+MAX_AWAITING = 100_000
+"""Shown actions whose final label the quality metrics wait for, at most (then sampled)."""
+
+
+class FinalLabels:
+    """Predictions waiting for their final label, for progressive validation.
+
+    Training does not wait (delayed feedback is learnt with fake negatives), but the
+    quality metrics must compare a prediction with the *final* label: a click, or no
+    click within the reward wait. Entries are kept in arrival order and expire from
+    the front, so each event costs O(1) amortised however many are waiting; beyond
+    :data:`MAX_AWAITING` new impressions are not tracked (the metrics become a sample).
+
+    >>> labels = FinalLabels()
+    >>> labels.shown(("d1", "a"), "a", 0.2, at=0.0)
+    >>> labels.shown(("d2", "a"), "a", 0.3, at=1.0)
+    >>> labels.rewarded(("d1", "a"))
+    >>> labels.expire(before=0.5)
+    [('a', True, 0.2)]
+    """
+
+    def __init__(self, limit: int = MAX_AWAITING) -> None:
+        self.limit = limit
+        # (decision, action) -> [shown at, model key, prediction, rewarded]
+        self.waiting: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.waiting)
+
+    def shown(self, key: tuple[str, str], model: str, predicted: float, at: float) -> None:
+        if key not in self.waiting and len(self.waiting) < self.limit:
+            self.waiting[key] = [at, model, predicted, False]
+
+    def rewarded(self, key: tuple[str, str]) -> None:
+        entry = self.waiting.get(key)
+        if entry is not None:
+            entry[3] = True
+
+    def expire(self, before: float) -> list[tuple[str, bool, float]]:
+        """(model, final label, prediction) of every entry shown before ``before``."""
+        done = []
+        while self.waiting:
+            key, (at, model, predicted, rewarded) = next(iter(self.waiting.items()))
+            if at >= before:
+                break
+            del self.waiting[key]
+            done.append((model, bool(rewarded), float(predicted)))
+        return done

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from river import compose, ensemble, linear_model, optim, preprocessing, tree
@@ -28,6 +29,16 @@ LEARNING_RATE = 0.05
 
 LearnerFactory = Callable[[float], Any]
 """prior -> an untrained River classifier that starts from that prior."""
+
+
+@dataclass(frozen=True)
+class LearnerKind:
+    """A learner by name: its factory, and whether its ``learn_one`` takes a weight ``w``
+    (importance weights, :mod:`engine.learning.delayed`; without it a weight is applied
+    by learning an example ``floor(w)`` or ``ceil(w)`` times, at random)."""
+
+    new: LearnerFactory
+    weighted: bool = True
 
 
 def logit(p: float) -> float:
@@ -60,16 +71,16 @@ def hoeffding_tree(prior: float) -> Any:
         grace_period=50, leaf_prediction="mc")
 
 
-LEARNERS: dict[str, LearnerFactory] = {
-    "logistic": logistic,
-    "adpredictor": adpredictor,
-    "tree": hoeffding_tree,
+LEARNERS: dict[str, LearnerKind] = {
+    "logistic": LearnerKind(logistic),
+    "adpredictor": LearnerKind(adpredictor, weighted=False),
+    "tree": LearnerKind(hoeffding_tree),
 }
 
 
 def new_learner(spec: ModelSpec, prior: float, key: str) -> Any:
     """The River pipeline a spec describes, starting from the prior."""
-    learner = LEARNERS[spec.learner](prior)
+    learner = LEARNERS[spec.learner].new(prior)
     if spec.hashed:
         learner = preprocessing.FeatureHasher(n_features=spec.hashed, seed=1) | learner
     if spec.bagging:
