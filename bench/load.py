@@ -43,13 +43,15 @@ def cpu_seconds(pid: int) -> float:
 
 
 @contextmanager
-def arbiter_server(redis_url: str | None, workers: int) -> Iterator[tuple[str, int]]:
+def arbiter_server(redis_url: str | None, workers: int,
+                   tree: Path = ROOT) -> Iterator[tuple[str, int]]:
+    """``arbiter serve`` from a source tree (another checkout measures a "before")."""
     port = free_port()
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--rules", str(ROOT / "rulesets/retail"),
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--rules", str(tree / "rulesets/retail"),
            "--port", str(port), "--workers", str(workers)]
     if redis_url:
         cmd += ["--redis", redis_url]
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    proc = subprocess.Popen(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     target = f"127.0.0.1:{port}"
     try:

@@ -5,6 +5,8 @@
 Prints one JSON line: requests, errors, seconds, throughput and latency percentiles
 (milliseconds). ``--rpc check`` drives the standard health Check, the floor: the
 cost of any RPC on this stack (Python gRPC server, loopback, this client).
+``--rpc feedback`` first leaves ``--pending`` impressions awaiting a reward, then
+measures clicks (see :func:`feedback_requests`).
 """
 
 from __future__ import annotations
@@ -74,6 +76,45 @@ async def drive(call: Callable[[Any], Awaitable[Any]], make: Callable[[], Any],
     }
 
 
+async def feedback_requests(stub: Any, pending: int, pool: int, concurrency: int,
+                            seed: int) -> Callable[[], pb.FeedbackRequest]:
+    """Setup for ``--rpc feedback``: ``pending`` impressions awaiting a reward (decisions
+    with an impression reported), and a pool of decisions the measured clicks go to.
+
+    Each measured request is a click on a decision of the pool with its own
+    idempotency key: applied once (a full commit: decision, profile, log, key), the
+    same store work as a first click, however long the run.
+    """
+    async def shown(i: int, impression: bool) -> tuple[str, str]:
+        d = await stub.Decide(pb.DecideRequest(user_id=f"fb-{seed}-{i}",
+                                               placement="homepage_banner", channel="web"))
+        action = d.actions[0].action_id
+        if impression:
+            await stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id, action_id=action,
+                                                   outcome=pb.OUTCOME_IMPRESSION))
+        return d.decision_id, action
+
+    async def many(start: int, n: int, impression: bool) -> list[tuple[str, str]]:
+        out: list[tuple[str, str]] = []
+        for first in range(start, start + n, concurrency):
+            out += await asyncio.gather(*(shown(i, impression)
+                                          for i in range(first, min(first + concurrency,
+                                                                    start + n))))
+        return out
+
+    await many(0, pending, impression=True)
+    decisions = await many(pending, pool, impression=False)
+    counter = iter(range(10**12))
+
+    def make() -> pb.FeedbackRequest:
+        k = next(counter)
+        decision_id, action = decisions[k % len(decisions)]
+        return pb.FeedbackRequest(decision_id=decision_id, action_id=action,
+                                  outcome=pb.OUTCOME_CLICK, idempotency_key=f"load-{seed}-{k}")
+
+    return make
+
+
 async def run(args: argparse.Namespace) -> dict[str, float]:
     async with grpc.aio.insecure_channel(args.target) as channel:
         await channel.channel_ready()
@@ -82,6 +123,11 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         if args.rpc == "check":
             call = health_pb2_grpc.HealthStub(channel).Check
             make = health_pb2.HealthCheckRequest
+        elif args.rpc == "feedback":
+            stub = pb_grpc.DecisionServiceStub(channel)
+            call = stub.Feedback
+            make = await feedback_requests(stub, args.pending, args.pool, args.concurrency,
+                                           args.seed)
         else:
             call = pb_grpc.DecisionServiceStub(channel).Decide
             make = decide_requests(args.users, args.seed)
@@ -94,7 +140,10 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--target", required=True)
-    p.add_argument("--rpc", choices=("check", "decide"), required=True)
+    p.add_argument("--rpc", choices=("check", "decide", "feedback"), required=True)
+    p.add_argument("--pending", type=int, default=0,
+                   help="feedback: impressions left awaiting a reward before measuring")
+    p.add_argument("--pool", type=int, default=500, help="feedback: decisions clicked on")
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--warmup", type=float, default=1.0)

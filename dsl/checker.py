@@ -16,7 +16,13 @@ from dsl import ast
 from dsl.diagnostics import Diagnostic
 from dsl.schema import CONTEXT_BUILTINS, PROFILE_BUILTINS, FieldSpec
 from dsl.units import date_seconds
-from dsl.vocabulary import FEATURE_TYPES, LEARNERS, MODEL_PER, REWARD_OUTCOMES
+from dsl.vocabulary import (
+    EVENT_RETENTION_SECONDS,
+    FEATURE_TYPES,
+    LEARNERS,
+    MODEL_PER,
+    REWARD_OUTCOMES,
+)
 
 PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
 FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1, "join": 1}
@@ -632,6 +638,11 @@ class Checker:
                     self.error(f"{name}() has no argument '{key}'", value.pos)
                 elif not (isinstance(value, ast.Literal) and value.kind == "duration"):
                     self.error("'within' must be a duration such as 7d or 24h", value.pos)
+                elif float(value.value) > EVENT_RETENTION_SECONDS:  # type: ignore[arg-type]
+                    self.error(f"'within' of {value.text or value.value} is longer than the "
+                               f"{EVENT_RETENTION_SECONDS / 86400:g}d of events kept per "
+                               f"customer; {name}() without 'within' counts all time",
+                               value.pos)
                 else:
                     self._set(value, Type("duration", False))
             if len(node.args) != 1:

@@ -100,11 +100,27 @@ STAGES: tuple[tuple[str, Callable[[Build], None]], ...] = (
 
 
 def revision(sources: dict[str, str]) -> str:
-    """Content hash of a ruleset: sha256 over its sorted (path, text) pairs, 12 hex digits."""
+    """Content hash of a ruleset: sha256 over its sorted (relative name, text) pairs, 12 hex
+    digits. Names are relative to the files' common directory, so the same files give the
+    same revision however the path was spelled and wherever a replica keeps them.
+
+    >>> rule = "segment s = true"
+    >>> revision({"/srv/a/rules/x.arb": rule}) == revision({"x.arb": rule})
+    True
+    """
     digest = hashlib.sha256()
-    for path in sorted(sources):
-        digest.update(path.encode() + b"\0" + sources[path].encode() + b"\0")
+    names = _relative_names(sources)
+    for path in sorted(sources, key=names.__getitem__):
+        digest.update(names[path].encode() + b"\0" + sources[path].encode() + b"\0")
     return digest.hexdigest()[:12]
+
+
+def _relative_names(sources: dict[str, str]) -> dict[str, str]:
+    absolute = {path: os.path.abspath(path) for path in sources}
+    if not absolute:
+        return {}
+    root = os.path.commonpath([os.path.dirname(a) for a in absolute.values()])
+    return {path: Path(os.path.relpath(a, root)).as_posix() for path, a in absolute.items()}
 
 
 IMPORT_RE = re.compile(r'^\s*import\s+"((?:[^"\\\n]|\\.)*)"', re.MULTILINE)

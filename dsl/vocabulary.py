@@ -25,6 +25,10 @@ DEFAULT_REWARD_WAIT_SECONDS = 1800.0
 """An impression without a reward after this long is a negative example (Azure
 Personalizer's reward wait)."""
 
+EVENT_RETENTION_SECONDS = 90 * 86400.0
+"""How far back a profile keeps each event type's timestamps: the longest ``within``
+window a rule may use (all-time counts, totals, first and last stay exact)."""
+
 LEARNERS = ("logistic", "adpredictor", "tree")
 """``learner:`` values of a ``model`` block (each has a factory in engine.learning.registry)."""
 MODEL_PER = ("action", "placement")

@@ -7,7 +7,12 @@ Counting rules (docs/README "Feedback"):
 * An impression is one bandit trial. A reward outcome (the experiment's
   ``reward``, click by default) is one success; if no impression was reported for
   that decision-action first, the reward implies one and counts the trial too.
-* Every outcome is appended to the profile's contact history (frequency caps).
+* The first outcome of each kind (and an implied impression) is appended to the
+  profile's contact history, so caps, cooldowns and suppressions count what the
+  bandit and the models count: a repeated outcome, under any idempotency key, is
+  acknowledged and changes nothing.
+* Time: a feedback timestamped before its decision is rejected; the attribution
+  window runs from the decision's own time (its ``at``), not from when it was stored.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from dataclasses import dataclass
 
 from dsl.vocabulary import REWARD_OUTCOMES
 from engine.experiments.windows import counter_keys
-from engine.ports import FeedbackEffects
+from engine.ports import DecisionNotFound, FeedbackEffects
 from engine.profiles import record_contact
-from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile
+from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile, ShownAction
 from engine.requests import InvalidArgument
+
+CLOCK_SKEW_SECONDS = 5.0
+"""A feedback timestamp may precede its decision by this much (clocks of other hosts)."""
 
 
 class ActionNotInDecision(LookupError):
@@ -35,6 +43,7 @@ class FeedbackInput:
     idempotency_key: str
     at: float
     received_at: float
+    window: float = float("inf")  # the attribution window, from the decision's time
 
     @property
     def key(self) -> str:
@@ -44,51 +53,56 @@ class FeedbackInput:
 def feedback_effects(
     fb: FeedbackInput, decision: DecisionRecord, profile: Profile | None
 ) -> FeedbackEffects:
-    """What one outcome changes. Raises :class:`ActionNotInDecision`."""
+    """What one outcome changes. Raises :class:`ActionNotInDecision`, ``DecisionNotFound``
+    (past the attribution window, counted from the decision's time) or ``InvalidArgument``
+    (a timestamp before the decision, a value reward without its value)."""
     shown = decision.shown(fb.action_id)
     if shown is None:
         raise ActionNotInDecision(fb.action_id)
+    if fb.received_at - decision.decided_at > fb.window:
+        raise DecisionNotFound(fb.decision_id)
+    if fb.at < decision.decided_at - CLOCK_SKEW_SECONDS:
+        raise InvalidArgument("timestamp", "is before the decision it reports on")
     seen = decision.outcomes.setdefault(fb.action_id, [])
     first = fb.outcome not in seen
-    shown_now = "impression" not in seen  # this outcome is the first sign it was shown
-    rewarded = fb.outcome in REWARD_OUTCOMES and not any(o in REWARD_OUTCOMES for o in seen)
     # any other outcome means the action was seen, even if no impression was reported
     implied_impression = fb.outcome != "impression" and "impression" not in seen
-    increments: dict[tuple[str, str], ArmCounts] = {}
-    if first and shown.experiment and shown.arm:
-        reward = 0.0
-        if fb.outcome == shown.reward:
-            if shown.reward_value and fb.value is None:
-                raise InvalidArgument("value", f"is required: experiment {shown.experiment} "
-                                               f"is rewarded by the {fb.outcome}'s value")
-            reward = float(fb.value) if shown.reward_value and fb.value is not None else 1.0
-        delta = ArmCounts(
-            trials=1.0 if fb.outcome == "impression" or implied_impression else 0.0,
-            successes=reward,
-            sum_sq=reward * reward if shown.reward_value else 0.0,
-        )
-        if delta.trials or delta.successes:
-            for key in counter_keys(shown.arm, decision.decided_at, shown.windowed):
-                increments[(shown.experiment, key)] = delta
+    event = LearningEvent(
+        decision_id=fb.decision_id, action_id=fb.action_id, outcome=fb.outcome, at=fb.at,
+        received_at=fb.received_at, features=decision.features, value=fb.value, first=first,
+        placement=decision.placement,
+        shown="impression" not in seen,  # the first sign it was shown: a (fake) negative
+        rewarded=fb.outcome in REWARD_OUTCOMES and not any(o in REWARD_OUTCOMES for o in seen))
+    increments = _arm_increments(fb, decision, shown, implied_impression) if first else {}
+    changed: Profile | None = None  # the profile is written only when a contact counts
     if implied_impression:
         seen.append("impression")
-        profile = record_contact(profile, decision.user_id, fb.action_id, "impression", fb.at,
+        changed = record_contact(profile, decision.user_id, fb.action_id, "impression", fb.at,
                                  decision.channel)
     if first:
         seen.append(fb.outcome)
-    profile = record_contact(profile, decision.user_id, fb.action_id, fb.outcome, fb.at,
-                             decision.channel)
-    event = LearningEvent(
-        decision_id=fb.decision_id,
-        action_id=fb.action_id,
-        outcome=fb.outcome,
-        at=fb.at,
-        received_at=fb.received_at,
-        features=decision.features,
-        value=fb.value,
-        first=first,
-        placement=decision.placement,
-        shown=shown_now,
-        rewarded=rewarded,
+        changed = record_contact(changed or profile, decision.user_id, fb.action_id,
+                                 fb.outcome, fb.at, decision.channel)
+    return FeedbackEffects(decision, changed, event, increments)
+
+
+def _arm_increments(fb: FeedbackInput, decision: DecisionRecord, shown: ShownAction,
+                    implied_impression: bool) -> dict[tuple[str, str], ArmCounts]:
+    """The bandit counters a first outcome of this kind moves: a trial, a reward."""
+    if not (shown.experiment and shown.arm):
+        return {}
+    reward = 0.0
+    if fb.outcome == shown.reward:
+        if shown.reward_value and fb.value is None:
+            raise InvalidArgument("value", f"is required: experiment {shown.experiment} "
+                                           f"is rewarded by the {fb.outcome}'s value")
+        reward = float(fb.value) if shown.reward_value and fb.value is not None else 1.0
+    delta = ArmCounts(
+        trials=1.0 if fb.outcome == "impression" or implied_impression else 0.0,
+        successes=reward,
+        sum_sq=reward * reward if shown.reward_value else 0.0,
     )
-    return FeedbackEffects(decision, profile, event, increments)
+    if not (delta.trials or delta.successes):
+        return {}
+    return {(shown.experiment, key): delta
+            for key in counter_keys(shown.arm, decision.decided_at, shown.windowed)}

@@ -13,11 +13,11 @@ from __future__ import annotations
 from bisect import insort
 from collections.abc import Mapping
 
+from dsl.vocabulary import EVENT_RETENTION_SECONDS
 from engine.records import AttrValue, EventStats, Profile
 
 MAX_RECENT_EVENTS = 1000
 """Per event type, the newest timestamps kept for windowed counts and sums."""
-EVENT_RETENTION_SECONDS = 90 * 86400.0
 """Windowed counts look back at most this far; all-time counts and totals are exact."""
 MAX_CONTACTS_PER_ACTION = 200
 CONTACT_RETENTION_SECONDS = 180 * 86400.0

@@ -9,6 +9,7 @@ silently see a missing value.
 
 from __future__ import annotations
 
+import difflib
 import math
 import re
 from collections.abc import Mapping
@@ -192,6 +193,12 @@ def track_input(
         raise InvalidArgument("event_type", "is required")
     if not NAME_RE.fullmatch(event_type):
         raise InvalidArgument("event_type", "must be 1-64 letters, digits or _.:-")
+    if ruleset.events and event_type not in ruleset.events:
+        close = difflib.get_close_matches(event_type, sorted(ruleset.events), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise InvalidArgument("event_type", f"'{event_type}' is not declared in the ruleset's "
+                                            f"events{hint} (declared: "
+                                            f"{', '.join(sorted(ruleset.events))})")
     props = check_map("properties", properties or {}, None)
     value = props.get("value", 0.0)
     if not isinstance(value, float) or isinstance(value, bool):

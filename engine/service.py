@@ -125,8 +125,10 @@ class Arbiter:
             sampler=self.sampler,
             tracer=tracer,
         )
-        if record.actions or record.holdout:  # holdouts are exposures too (lift)
-            self.store.save_decision(record, self.attribution_window)
+        # feedback is accepted for the attribution window from the decision's own time
+        ttl = self.attribution_window - (self.clock() - record.decided_at)
+        if (record.actions or record.holdout) and ttl > 0:  # holdouts are exposures (lift)
+            self.store.save_decision(record, ttl)
         if self.decision_log is not None:
             self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
         return decision
@@ -157,7 +159,7 @@ class Arbiter:
             raise InvalidArgument("value", "must be a finite number")
         now = self.clock()
         fb = FeedbackInput(decision_id, action_id, outcome, value, idempotency_key,
-                           check_time("timestamp", at, now), now)
+                           check_time("timestamp", at, now), now, self.attribution_window)
         commit = self.store.commit_feedback(
             decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
             self.attribution_window)

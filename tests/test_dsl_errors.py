@@ -72,6 +72,8 @@ CASES = [
      "6:17: error: unknown model field 'learnr'; did you mean 'learner'?"),
     ("placement p { channels: web slot: 2 }",
      "6:29: error: unknown placement field 'slot'; did you mean 'slots'?"),
+    ("segment s = count(visit, within=180d) >= 2",
+     "6:33: error: 'within' of 180d is longer than the 90d of events kept per customer"),
     ("action a { placements: home cap: 3 when: true }",
      "6:36: error: syntax error: unexpected 'when'; expected 'per'"),
     ("segment s = days_sinc(profile.joined) < 3",
