@@ -70,6 +70,7 @@ class Arbiter:
         reward_wait: float = DEFAULT_REWARD_WAIT_SECONDS,
         attribution_window: float = ATTRIBUTION_WINDOW_SECONDS,
         decision_log: DecisionLog | None = None,
+        snapshot_key: bytes | None = None,
     ) -> None:
         self._ruleset = ruleset
         self.store = store
@@ -78,7 +79,8 @@ class Arbiter:
         self.decision_log = decision_log
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
-        self.learner = Learner(store, self.models, self._spec_of, reward_wait=reward_wait)
+        self.learner = Learner(store, self.models, self._spec_of, reward_wait=reward_wait,
+                               snapshot_key=snapshot_key)
         self.experiments = ExperimentStates(store.arm_counts, self.sampler, clock)
         self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
         self.learner.restore()

@@ -168,12 +168,14 @@ def test_applying_an_event_does_not_scan_what_is_waiting() -> None:
 def test_learner_snapshot_and_restore_resume_at_offset() -> None:
     store = MemoryStore(clock=lambda: NOW)
     models = PropensityModels()
-    learner = Learner(store, models, lambda _p, _a: (DEFAULT_MODEL, 0.05), snapshot_every=1)
+    learner = Learner(store, models, lambda _p, _a: (DEFAULT_MODEL, 0.05), snapshot_every=1,
+                      snapshot_key=b"k")
     d = decision(arm=False)
     store.save_decision(d, 3600)
     store.commit_feedback("d1", "k", lambda dd, p: feedback_effects(fb("click"), dd, p), 3600)
     learner.catch_up()
-    restored = Learner(store, PropensityModels(), lambda _p, _a: (DEFAULT_MODEL, 0.05))
+    restored = Learner(store, PropensityModels(), lambda _p, _a: (DEFAULT_MODEL, 0.05),
+                       snapshot_key=b"k")
     restored.restore()
     assert restored.offset == learner.offset == "1"
     assert restored.catch_up() == 0

@@ -107,7 +107,7 @@ def test_simulated_traffic_converges_survives_a_restart_and_replays(
         redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     log_path = tmp_path / "decisions.jsonl"
     retail = load_path(RETAIL)
-    first = Arbiter(retail, RedisStore(redis_url), seed=3,
+    first = Arbiter(retail, RedisStore(redis_url), seed=3, snapshot_key=b"k",
                     decision_log=JsonlDecisionLog(log_path))
     running = server.start(first, "127.0.0.1", 0, workers=4)
     target = f"127.0.0.1:{running.port}"
@@ -132,7 +132,7 @@ def test_simulated_traffic_converges_survives_a_restart_and_replays(
     finally:
         running.stop(grace=0.5)  # closes the decision log and snapshots the models
     # a new process on the same Redis reports the same statistics
-    second = Arbiter(retail, RedisStore(redis_url), seed=4)
+    second = Arbiter(retail, RedisStore(redis_url), seed=4, snapshot_key=b"k")
     again = second.experiment_report("hero_test")
     assert {a.arm: a.exposures for a in again.arms} == {a.arm: a.exposures for a in report.arms}
     assert second.learner.offset == first.learner.offset

@@ -17,6 +17,9 @@ from tests.conftest import RedisServer
 D = 86400.0
 
 
+KEY = b"test snapshot key"
+
+
 def vip(arb: Arbiter, user: str) -> None:
     now = time.time()
     arb.track(user_id=user, event_type="visit", at=now - 60 * D)
@@ -74,8 +77,8 @@ def test_concurrent_track_events_are_never_lost(redis_url: str, retail: Ruleset)
 
 def test_feedback_is_exactly_once_per_key_across_replicas(redis_url: str,
                                                           retail: Ruleset) -> None:
-    a = Arbiter(retail, RedisStore(redis_url), seed=1)
-    b = Arbiter(retail, RedisStore(redis_url), seed=2)
+    a = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
+    b = Arbiter(retail, RedisStore(redis_url), seed=2, snapshot_key=KEY)
     vip(a, "vera")
     d = a.decide(user_id="vera", placement="homepage_banner", channel="web")
     arm = d.actions[0].action_id
@@ -98,8 +101,8 @@ def test_feedback_is_exactly_once_per_key_across_replicas(redis_url: str,
 
 def test_two_replicas_converge_on_bandit_and_model_state(redis_url: str,
                                                          retail: Ruleset) -> None:
-    a = Arbiter(retail, RedisStore(redis_url), seed=1)
-    b = Arbiter(retail, RedisStore(redis_url), seed=2)
+    a = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
+    b = Arbiter(retail, RedisStore(redis_url), seed=2, snapshot_key=KEY)
     vip(a, "vera")
     for i in range(40):
         arb = (a, b)[i % 2]
@@ -118,26 +121,26 @@ def test_two_replicas_converge_on_bandit_and_model_state(redis_url: str,
 
 
 def test_state_survives_a_service_restart(redis_url: str, retail: Ruleset) -> None:
-    first = Arbiter(retail, RedisStore(redis_url), seed=1)
+    first = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
     click_top_banner(first, "vera", 30)
     counts = first.arm_counts("hero_test")
     x = {"segment:frequent_visitor": 1.0, "context.channel=web": 1.0}
     learnt = {a: first.models.predict(a, DEFAULT_MODEL, 0.05, x) for a in counts}
     first.close()  # snapshots the models
-    second = Arbiter(retail, RedisStore(redis_url), seed=1)
+    second = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
     assert second.arm_counts("hero_test") == counts
     for action, p in learnt.items():
         assert second.models.predict(action, DEFAULT_MODEL, 0.05, x) == pytest.approx(p)
 
 
 def test_restart_without_snapshot_replays_the_log(redis_url: str, retail: Ruleset) -> None:
-    first = Arbiter(retail, RedisStore(redis_url), seed=1)
+    first = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
     click_top_banner(first, "vera", 10)
     x = {"segment:frequent_visitor": 1.0}
     learnt = {a: first.models.predict(a, DEFAULT_MODEL, 0.05, x)
               for a in first.arm_counts("hero_test")}
     # no close(): as if the process died
-    second = Arbiter(retail, RedisStore(redis_url), seed=1)
+    second = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
     assert second.learner.applied == 10
     for action, p in learnt.items():
         assert second.models.predict(action, DEFAULT_MODEL, 0.05, x) == pytest.approx(p)
@@ -145,7 +148,7 @@ def test_restart_without_snapshot_replays_the_log(redis_url: str, retail: Rulese
 
 def test_acknowledged_feedback_survives_a_redis_crash(redis_server: RedisServer,
                                                       redis_url: str, retail: Ruleset) -> None:
-    arb = Arbiter(retail, RedisStore(redis_url), seed=1)
+    arb = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
     vip(arb, "vera")
     d = arb.decide(user_id="vera", placement="homepage_banner", channel="web")
     arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id, outcome="click")
@@ -154,7 +157,7 @@ def test_acknowledged_feedback_survives_a_redis_crash(redis_server: RedisServer,
         arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
                      outcome="conversion")
     redis_server.start()
-    after = Arbiter(retail, RedisStore(redis_url), seed=1)
+    after = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
     assert after.arm_counts("hero_test")[d.actions[0].action_id].successes == 1.0
     profile = after.get_profile("vera")
     assert profile is not None and profile.events["visit"].count == 7
@@ -165,7 +168,7 @@ def test_acknowledged_feedback_survives_a_redis_crash(redis_server: RedisServer,
 
 
 def test_forget_deletes_profile_and_decisions(redis_url: str, retail: Ruleset) -> None:
-    arb = Arbiter(retail, RedisStore(redis_url), seed=1)
+    arb = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
     arb.track(user_id="gone", event_type="visit", traits={"email": "g@example.com"})
     arb.decide(user_id="gone", placement="homepage_banner", channel="web")
     arb.decide(user_id="gone", placement="homepage_banner", channel="app")
@@ -214,8 +217,8 @@ def test_grpc_reports_unavailable_and_health_while_redis_is_down(
 
 def test_learning_stream_is_trimmed_below_what_every_replica_applied(
         redis_url: str, retail: Ruleset) -> None:
-    a = Arbiter(retail, RedisStore(redis_url), seed=1)
-    b = Arbiter(retail, RedisStore(redis_url), seed=2)
+    a = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
+    b = Arbiter(retail, RedisStore(redis_url), seed=2, snapshot_key=KEY)
     a.learner.snapshot_every = b.learner.snapshot_every = 20
     stream = f"{a.store.ns}:learn"  # type: ignore[attr-defined]
     vip(a, "vera")
@@ -229,7 +232,7 @@ def test_learning_stream_is_trimmed_below_what_every_replica_applied(
     assert r.xlen(stream) == 60 - a.learner.trimmed - b.learner.trimmed
     # a third replica starting now loads the snapshot and replays the rest: same models
     b.sync()
-    c = Arbiter(retail, RedisStore(redis_url), seed=3)
+    c = Arbiter(retail, RedisStore(redis_url), seed=3, snapshot_key=KEY)
     x = {"segment:frequent_visitor": 1.0}
     for action in ("vip_early_access", "new_arrivals", "free_shipping"):
         assert c.models.predict(action, DEFAULT_MODEL, 0.05, x) == pytest.approx(

@@ -31,6 +31,7 @@ from engine.learning.delayed import fake_negative_weight, positive_weight
 from engine.learning.log import LearningLog
 from engine.learning.models import PropensityModels
 from engine.learning.quality import FinalLabels
+from engine.learning.snapshots import sign, verify
 from engine.records import LearningEvent
 
 SNAPSHOT_FORMAT = 2
@@ -54,12 +55,14 @@ class Learner:
         spec_of: SpecOf,
         reward_wait: float = DEFAULT_REWARD_WAIT_SECONDS,
         snapshot_every: int = 200,
+        snapshot_key: bytes | None = None,
     ) -> None:
         self.store = store
         self.models = models
         self.spec_of = spec_of
         self.reward_wait = reward_wait
         self.snapshot_every = snapshot_every
+        self.snapshot_key = snapshot_key  # None: no snapshots (nor trimming below them)
         self.offset = ""
         self.labels = FinalLabels()  # predictions awaiting their final label (quality)
         self.applied = 0
@@ -83,14 +86,20 @@ class Learner:
         saved = self.store.load_models()
         if saved is None:
             return
-        blob, offset = saved
+        if self.snapshot_key is None:
+            log.warning("a model snapshot exists but no snapshot key is configured "
+                        "(ARBITER_SNAPSHOT_KEY): relearning from the log")
+            return
+        stored, offset = saved
         try:
-            version, models_blob, labels = pickle.loads(blob)
+            version, models_blob, labels = pickle.loads(
+                verify(self.snapshot_key, offset, stored))
             if version != SNAPSHOT_FORMAT:
                 raise ValueError(f"snapshot format {version}")
             self.models.restore(models_blob)
-        except (ValueError, TypeError, pickle.UnpicklingError):
-            log.warning("model snapshot in an older format: relearning from the whole log")
+        except Exception as err:  # refused, older, or written by another River: relearn
+            log.warning("model snapshot not loaded (%s: %s); relearning from the log",
+                        type(err).__name__, err)
             return
         with self._lock:
             self.labels, self.offset = labels, offset
@@ -100,9 +109,10 @@ class Learner:
             self._snapshot()
 
     def _snapshot(self) -> None:
-        blob = pickle.dumps((SNAPSHOT_FORMAT, self.models.snapshot(), self.labels))
-        self.store.save_models(blob, self.offset)
         self._since_snapshot = 0
+        if self.snapshot_key is not None:
+            blob = pickle.dumps((SNAPSHOT_FORMAT, self.models.snapshot(), self.labels))
+            self.store.save_models(sign(self.snapshot_key, self.offset, blob), self.offset)
         self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
 
     def catch_up(self, batch: int = 500) -> int:
