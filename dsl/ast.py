@@ -246,6 +246,7 @@ class ContentField:
     name: str
     parts: tuple[TemplatePart, ...]
     pos: Pos
+    html: bool = False  # ``name: html "..."``: inserted values are HTML-escaped
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,7 +25,8 @@ from dsl.vocabulary import (
 )
 
 PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
-FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1, "join": 1}
+FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1, "join": 1,
+           "raw": 0}
 
 ACTION_FIELDS = {
     "id": ("string", False),

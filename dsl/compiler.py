@@ -144,7 +144,8 @@ class Compiler:
             priority=a.priority,
             prior=a.prior if a.prior is not None else DEFAULT_PRIOR,
             cap=_cap(a.cap),
-            content=tuple((c.name, self._template(c.parts, namespace)) for c in a.content),
+            content=tuple((c.name, self._template(c.parts, namespace, c.html))
+                          for c in a.content),
             pos=a.pos,
             segments=tuple(sorted(self.checked.segment_refs.get(f"action:{a.name}", ()))),
             definition=a,
@@ -172,8 +173,8 @@ class Compiler:
                 self._template_fns[id(part.items)] = self.function(part.items)
                 self._declare_template(part.body)
 
-    def _template(self, parts: tuple[ast.TemplatePart, ...],
-                  namespace: dict[str, Any]) -> Template:
+    def _template(self, parts: tuple[ast.TemplatePart, ...], namespace: dict[str, Any],
+                  html: bool = False) -> Template:
         out: list[Any] = []
         for part in parts:
             if isinstance(part, str):
@@ -185,12 +186,12 @@ class Compiler:
                     tuple((f, tuple(lit.value for lit in args)) for f, args in part.filters)))
             elif isinstance(part, ast.TemplateIf):
                 out.append(TemplateIf(namespace[self._template_fns[id(part.condition)]],
-                                      self._template(part.then, namespace),
-                                      self._template(part.otherwise, namespace)))
+                                      self._template(part.then, namespace, html),
+                                      self._template(part.otherwise, namespace, html)))
             else:
                 out.append(TemplateFor(part.var, namespace[self._template_fns[id(part.items)]],
-                                       self._template(part.body, namespace)))
-        return Template(tuple(out))
+                                       self._template(part.body, namespace, html)))
+        return Template(tuple(out), html)
 
     def _exec(self) -> dict[str, Any]:
         source = "\n".join(self.defs)

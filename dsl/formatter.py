@@ -151,7 +151,8 @@ def _template_text(parts: tuple[ast.TemplatePart, ...]) -> str:
 
 
 def _content_string(content: ast.ContentField) -> str:
-    return '"' + _escape(_template_text(content.parts)) + '"'
+    kind = "html " if content.html else ""
+    return kind + '"' + _escape(_template_text(content.parts)) + '"'
 
 
 def _number(value: float) -> str:

@@ -224,10 +224,10 @@ class _ToAst(Transformer[Token, Any]):
 
     @v_args(meta=True)
     def content_field(self, meta: Any, c: list[Any]) -> ast.ContentField:
-        name, raw = c
+        name, *kind, raw = c
         pos = self._pos(raw)
         parts = _parse_template(_unescape(raw), pos, self.diagnostics)
-        return ast.ContentField(str(name), parts, self._pos(name))
+        return ast.ContentField(str(name), parts, self._pos(name), html=bool(kind))
 
     @v_args(meta=True)
     def feature(self, meta: Any, c: list[Any]) -> tuple[str, ast.Pos]:

@@ -18,6 +18,8 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from dsl.ast import ActionDef, Pos
+from markupsafe import escape
+
 from dsl.runtime import to_text
 from dsl.schema import FieldSpec
 
@@ -92,6 +94,7 @@ class Template:
     """
 
     parts: tuple[str | TemplateToken | TemplateIf | TemplateFor, ...]
+    html: bool = False  # escape every inserted value (MarkupSafe) unless filtered | raw
 
     def render(self, args: tuple[Any, ...]) -> str:
         out: list[str] = []
@@ -103,7 +106,10 @@ class Template:
                 kind = part.kind
                 for name, fargs in part.filters:
                     value, kind = _apply_filter(name, fargs, value, kind)
-                out.append(to_text(value, kind))
+                text = to_text(value, kind)
+                if self.html and not any(name == "raw" for name, _ in part.filters):
+                    text = str(escape(text))
+                out.append(text)
             elif isinstance(part, TemplateIf):
                 branch = part.then if part.condition(*args) is True else part.otherwise
                 out.append(branch.render(args))

@@ -8,11 +8,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from adapters.memory import MemoryStore
 from dsl.loader import load_text
 from dsl.parser import parse_text
 from dsl.printer import print_expr
 from engine.profiles import record_event
 from engine.records import EventStats
+from engine.service import Arbiter
 
 NOW = 1_800_000_000.0
 DAY = 86400.0
@@ -221,3 +223,24 @@ def test_whole_build_never_raises(text: str) -> None:
         assert all(d.pos.line >= 1 and d.pos.column >= 1 for d in result.diagnostics)
     else:
         assert result.ruleset is not None
+
+
+def test_html_fields_escape_inserted_values_unless_raw() -> None:
+    rs = load_text('''
+context { name: string  snippet: string }
+placement p { channels: web }
+action a {
+  placements: p
+  value: 1
+  content {
+    page: html "<b>{{ context.name }}</b> {{ context.snippet | raw }}"
+    plain: "{{ context.name }}"
+  }
+}
+''')
+    arb = Arbiter(rs, MemoryStore(), seed=1)
+    d = arb.decide(user_id="u", placement="p", channel="web",
+                   context={"name": "<img src=x onerror=alert(1)>", "snippet": "<i>ok</i>"})
+    content = d.actions[0].content
+    assert content["page"] == "<b>&lt;img src=x onerror=alert(1)&gt;</b> <i>ok</i>"
+    assert content["plain"] == "<img src=x onerror=alert(1)>"
