@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from dsl.ast import ActionDef, Pos
 from markupsafe import escape
 
+from dsl.ast import ActionDef, Pos
 from dsl.runtime import to_text
 from dsl.schema import FieldSpec
 
