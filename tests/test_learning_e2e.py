@@ -104,7 +104,8 @@ def test_sample_ratio_mismatch_is_flagged() -> None:
 
 
 def test_simulated_traffic_converges_survives_a_restart_and_replays(
-        redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
     log_path = tmp_path / "decisions.jsonl"
     retail = load_path(RETAIL)
     first = Arbiter(retail, RedisStore(redis_url), seed=3, snapshot_key=b"k",
@@ -136,7 +137,8 @@ def test_simulated_traffic_converges_survives_a_restart_and_replays(
     again = second.experiment_report("hero_test")
     assert {a.arm: a.exposures for a in again.arms} == {a.arm: a.exposures for a in report.arms}
     assert second.learner.offset == first.learner.offset
-    # ... and so does the CLI reading Redis directly, models included
+    # ... and so does the CLI reading Redis directly, models included (the replicas' key)
+    monkeypatch.setenv("ARBITER_SNAPSHOT_KEY", "k")
     assert main(["report", "hero_test", "--redis", redis_url, "--rules", str(RETAIL),
                  "--models", "--format", "json"]) == 0
     direct = json.loads(capsys.readouterr().out)

@@ -7,8 +7,12 @@ The CLI is a composition root: it is where a store is built from configuration
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import secrets
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from dsl.diagnostics import RulesetError
@@ -85,3 +89,28 @@ def add_request_arguments(parser: argparse.ArgumentParser, *, user_required: boo
 
 def add_format_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--format", choices=("text", "json"), default="text")
+
+
+def add_snapshot_key_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--snapshot-key-file", metavar="PATH",
+                        help="key that signs model snapshots (default: "
+                             "$ARBITER_SNAPSHOT_KEY; with Redis and no key, snapshots are "
+                             "off and the learning log is kept whole)")
+
+
+def snapshot_key(args: argparse.Namespace) -> bytes | None:
+    """The key model snapshots are signed with (engine/learning/snapshots.py).
+
+    In memory, snapshots never leave the process: a random key serves. With Redis,
+    replicas must share the operator's key; without one, snapshots are off.
+    """
+    if args.snapshot_key_file:
+        return Path(args.snapshot_key_file).read_bytes().strip()
+    if os.environ.get("ARBITER_SNAPSHOT_KEY"):
+        return os.environ["ARBITER_SNAPSHOT_KEY"].encode()
+    if not args.redis:
+        return secrets.token_bytes(32)
+    logging.getLogger("arbiter").warning(
+        "no snapshot key (ARBITER_SNAPSHOT_KEY or --snapshot-key-file): model snapshots "
+        "are off; a restart relearns from the learning log, kept whole")
+    return None

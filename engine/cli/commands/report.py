@@ -10,7 +10,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dsl.loader import load_path
-from engine.cli.common import add_format_argument, open_store
+from engine.cli.common import (
+    add_format_argument,
+    add_snapshot_key_argument,
+    open_store,
+    snapshot_key,
+)
 
 if TYPE_CHECKING:  # numpy, scipy and river load only when a report is asked for
     from engine.experiments.report import ExperimentReport
@@ -25,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--redis", help="read the statistics from Redis instead")
     p.add_argument("--rules", default="rulesets/retail", help="ruleset directory (with --redis)")
     p.add_argument("--models", action="store_true", help="also the models' quality")
+    add_snapshot_key_argument(p)
     p.add_argument("--plot", metavar="FILE.png", help="draw the arms' posteriors")
     add_format_argument(p)
     p.set_defaults(func=run)
@@ -97,7 +103,7 @@ def _from_redis(args: argparse.Namespace) -> Reports:
                                        revision=ruleset.revision)
         if not args.models and report is not None:
             return report, []
-        return report, Arbiter(ruleset, store).model_report()
+        return report, Arbiter(ruleset, store, snapshot_key=snapshot_key(args)).model_report()
     finally:
         store.close()
 

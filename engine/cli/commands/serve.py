@@ -4,12 +4,9 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
-import secrets
-from pathlib import Path
 
 from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS
-from engine.cli.common import load_ruleset, open_store
+from engine.cli.common import add_snapshot_key_argument, load_ruleset, open_store, snapshot_key
 from engine.decision_log import DecisionLog
 
 log = logging.getLogger("arbiter")
@@ -30,10 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    metavar="SECONDS",
                    help="an impression with no click or conversion after this long is "
                         "a negative example for the propensity models (default %(default)s)")
-    p.add_argument("--snapshot-key-file", metavar="PATH",
-                   help="key that signs model snapshots (default: $ARBITER_SNAPSHOT_KEY; "
-                        "with Redis and no key, snapshots are off and the learning log is "
-                        "kept whole)")
+    add_snapshot_key_argument(p)
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often to look for changed rule files (0: only on the "
                         "ReloadRuleset RPC)")
@@ -66,20 +60,3 @@ def run(args: argparse.Namespace) -> int:
           flush=True)
     server.serve_forever(running)
     return 0
-
-
-def snapshot_key(args: argparse.Namespace) -> bytes | None:
-    """The key model snapshots are signed with (engine/learning/snapshots.py).
-
-    In memory, snapshots never leave the process: a random key serves. With Redis,
-    replicas must share the operator's key; without one, snapshots are off.
-    """
-    if args.snapshot_key_file:
-        return Path(args.snapshot_key_file).read_bytes().strip()
-    if os.environ.get("ARBITER_SNAPSHOT_KEY"):
-        return os.environ["ARBITER_SNAPSHOT_KEY"].encode()
-    if not args.redis:
-        return secrets.token_bytes(32)
-    log.warning("no snapshot key (ARBITER_SNAPSHOT_KEY or --snapshot-key-file): model "
-                "snapshots are off; a restart relearns from the learning log, kept whole")
-    return None
