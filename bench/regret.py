@@ -1,4 +1,4 @@
-"""Cumulative regret on simulated Bernoulli arms: Arbiter's Thompson sampling vs MABWiser.
+"""Cumulative regret on simulated arms: Arbiter's Thompson sampling vs MABWiser.
 
     python -m bench.regret [--steps 3000] [--seeds 10]
 
@@ -12,6 +12,12 @@ on the same seeds: each policy draws its own decisions, and the reward of arm
 
 Regret is the expected regret ``sum_t (p* - p_{a_t})``. Prints a Markdown table
 (mean and standard error over seeds) for bench/RESULTS.md.
+
+Value rewards (``reward: conversion.value``): a customer buys with the arm's rate
+and pays the arm's price, so an arm's mean reward is rate x price. Arbiter runs with
+its default (the pooled prior) and with the fixed ``normal_gamma(0, 1, 1, 1)`` that
+was the default before; MABWiser's Thompson sampling is Beta-Bernoulli only, so the
+reference there is its epsilon-greedy, which needs no prior.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import numpy as np
 from mabwiser.mab import MAB, LearningPolicy
 
 from dsl.ast import Pos
-from dsl.ruleset import BetaPrior, Experiment
+from dsl.ruleset import BetaPrior, Experiment, NormalGammaPrior, Prior
 from engine.experiments.sampling import ThompsonSampler
 from engine.experiments.state import build_state
 from engine.records import ArmCounts
@@ -37,13 +43,23 @@ SCENARIOS = [  # (name, arm rates, delay in decisions)
     ("5 arms, delay 500", [0.03, 0.04, 0.05, 0.06, 0.08], 500),
 ]
 
+VALUE_SCENARIOS = [  # (name, purchase rates, prices): mean reward rate x price
+    ("revenue, 2 arms, 3 vs 6", [0.3, 0.3], [10.0, 20.0]),
+    ("revenue, 3 arms, 100s", [0.05, 0.04, 0.05], [300.0, 500.0, 500.0]),
+]
+
 Policy = Callable[[], int]
 Update = Callable[[list[int], list[float]], None]
 
 
-def arbiter_policy(k: int, seed: int) -> tuple[Policy, Update]:
+UNIFORM = BetaPrior(1, 1)
+
+
+def arbiter_policy(k: int, seed: int, prior: Prior = UNIFORM) -> tuple[Policy, Update]:
     arms = tuple(f"a{i}" for i in range(k))
-    experiment = Experiment("bench", "p", arms, BetaPrior(1, 1), "click", Pos("bench", 1, 1))
+    value = isinstance(prior, NormalGammaPrior)
+    experiment = Experiment("bench", "p", arms, prior, "conversion" if value else "click",
+                            Pos("bench", 1, 1), reward_value=value)
     sampler = ThompsonSampler(seed)
     counts = {a: ArmCounts() for a in arms}
     state = [build_state(experiment, counts, 0.0, sampler)]
@@ -56,6 +72,7 @@ def arbiter_policy(k: int, seed: int) -> tuple[Policy, Update]:
         for d, r in zip(decisions, rewards, strict=True):
             counts[arms[d]].trials += 1
             counts[arms[d]].successes += r
+            counts[arms[d]].sum_sq += r * r
         state[0] = build_state(experiment, counts, 0.0, sampler)
 
     return choose, update
@@ -68,11 +85,14 @@ def mabwiser_policy(k: int, seed: int, policy: object) -> tuple[Policy, Update]:
 
 
 def run(rates: list[float], delay: int, steps: int, seed: int,
-        make: Callable[[int, int], tuple[Policy, Update]]) -> float:
+        make: Callable[[int, int], tuple[Policy, Update]],
+        prices: list[float] | None = None) -> float:
     rng = np.random.default_rng(1000 + seed)
-    outcomes = rng.random((steps, len(rates))) < np.array(rates)
+    price = np.array(prices) if prices is not None else np.ones(len(rates))
+    outcomes = (rng.random((steps, len(rates))) < np.array(rates)) * price
     choose, update = make(len(rates), seed)
-    best = max(rates)
+    means = [r * p for r, p in zip(rates, price, strict=True)]
+    best = max(means)
     regret = 0.0
     pending: list[tuple[int, int, float]] = []  # (due step, arm, reward)
     for t in range(steps):
@@ -81,7 +101,7 @@ def run(rates: list[float], delay: int, steps: int, seed: int,
             pending = [p for p in pending if p[0] > t]
             update([a for _, a, _ in due], [r for _, _, r in due])
         arm = choose()
-        regret += best - rates[arm]
+        regret += best - means[arm]
         reward = float(outcomes[t, arm])
         if delay == 0:
             update([arm], [reward])
@@ -113,6 +133,23 @@ def main() -> None:
             values = np.array([run(rates, delay, args.steps, s, make)
                                for s in range(args.seeds)])
             cells.append(f"{values.mean():.1f} ± {values.std(ddof=1) / np.sqrt(len(values)):.1f}")
+        print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
+    value_policies: dict[str, Callable[[int, int], tuple[Policy, Update]]] = {
+        "Arbiter, pooled prior (default)": lambda k, s: arbiter_policy(
+            k, s, NormalGammaPrior(0.0, 1.0, 1.0, 1.0, pooled=True)),
+        "Arbiter, fixed normal_gamma(0,1,1,1)": lambda k, s: arbiter_policy(
+            k, s, NormalGammaPrior(0.0, 1.0, 1.0, 1.0)),
+        "MABWiser eps-greedy 0.1": lambda k, s: mabwiser_policy(
+            k, s, LearningPolicy.EpsilonGreedy(epsilon=0.1)),
+    }
+    print("\n| value scenario | " + " | ".join(value_policies) + " |")
+    print("|---|" + "---:|" * len(value_policies))
+    for name, rates, prices in VALUE_SCENARIOS:
+        cells = []
+        for make in value_policies.values():
+            values = np.array([run(rates, 0, args.steps, s, make, prices)
+                               for s in range(args.seeds)])
+            cells.append(f"{values.mean():.0f} ± {values.std(ddof=1) / np.sqrt(len(values)):.0f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     print(f"\n({time.time() - started:.0f} s)")
 

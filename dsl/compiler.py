@@ -220,7 +220,8 @@ def _prior(spec: tuple[str, tuple[float, ...]]) -> Prior:
     kind, params = spec
     if kind == "beta":
         return BetaPrior(*params)
-    return NormalGammaPrior(*params)
+    mu, kappa, alpha, beta = params
+    return NormalGammaPrior(mu, kappa, alpha, beta)
 
 
 def _cap(cap: ast.FrequencyCap | None) -> FrequencyCap | None:
@@ -246,8 +247,11 @@ def _suppression(rule: ast.Suppression | None) -> Suppression | None:
 
 
 def _experiment(e: ast.ExperimentDef) -> Experiment:
+    prior = _prior(e.prior)
+    if e.reward_value and "allocate" not in e.field_pos:  # no prior written: on any scale
+        prior = NormalGammaPrior(0.0, 1.0, 1.0, 1.0, pooled=True)
     return Experiment(
-        e.name, e.placement, e.arms, _prior(e.prior), e.reward, e.pos, e.weights,
+        e.name, e.placement, e.arms, prior, e.reward, e.pos, e.weights,
         e.holdout, e.salt or e.name, e.layer, reward_value=e.reward_value,
         window=float(e.window.value) if e.window else None,  # type: ignore[arg-type]
         half_life=float(e.half_life.value) if e.half_life else None,  # type: ignore[arg-type]

@@ -205,12 +205,19 @@ class BetaPrior:
 
 @dataclass(frozen=True, slots=True)
 class NormalGammaPrior:
-    """Prior of a continuous reward's mean and precision (Normal-Gamma)."""
+    """Prior of a continuous reward's mean and precision (Normal-Gamma).
+
+    ``pooled`` (the default of a value reward without a written prior): the prior is
+    set from all arms' observations together, on the data's own scale (empirical
+    Bayes; engine.experiments.posteriors.pooled_prior); the numbers here are used
+    only before any observation.
+    """
 
     mu: float = 0.0
     kappa: float = 1.0
     alpha: float = 1.0
     beta: float = 1.0
+    pooled: bool = False
 
 
 Prior = BetaPrior | NormalGammaPrior

@@ -215,6 +215,20 @@ def test_value_reward_updates_a_normal_gamma_posterior() -> None:
     assert arb.store.arm_counts("t")[arm] == ArmCounts(1.0, 80.0, 6400.0)
     state = arb.experiments.get(arb.ruleset.experiments["t"])
     post = state.posteriors["abc".index(arm)]
+    # the default prior is pooled from every arm's observations (here, this one sale)
+    assert isinstance(post, NormalGammaPosterior) and post.mu == pytest.approx(80.0)
+    others = [p for i, p in enumerate(state.posteriors) if i != "abc".index(arm)]
+    assert all(p.mu == pytest.approx(80.0) and p.beta == pytest.approx(6400.0) for p in others)
+
+
+def test_a_written_normal_gamma_prior_is_used_as_written() -> None:
+    arb = Arbiter(thompson("reward: conversion.value\n"
+                           "  allocate: thompson(prior = normal_gamma(0, 1, 1, 1))"),
+                  MemoryStore(), seed=1)
+    d = arb.decide(user_id="u", placement="home")
+    arm = d.actions[0].action_id
+    arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="conversion", value=80.0)
+    post = arb.experiments.get(arb.ruleset.experiments["t"]).posteriors["abc".index(arm)]
     assert isinstance(post, NormalGammaPosterior) and post.mu == pytest.approx(40.0)
 
 

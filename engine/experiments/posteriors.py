@@ -21,7 +21,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -94,6 +94,44 @@ def normal_gamma_posterior(counts: ArmCounts | None, prior: NormalGammaPrior
         alpha=prior.alpha + n / 2.0,
         beta=prior.beta + spread / 2.0 + prior.kappa * n * (mean - prior.mu) ** 2 / (2.0 * kappa),
     )
+
+
+POOLED_KAPPA = 1.0
+"""Pseudo-observations behind the pooled prior's mean (weak: one observation)."""
+POOLED_ALPHA = 1.0
+"""Shape of the pooled prior's precision (weak; its scale comes from the data)."""
+
+
+def pooled_prior(prior: NormalGammaPrior, counts: Mapping[str, ArmCounts]) -> NormalGammaPrior:
+    """A weakly-informative prior on the data's scale, from every arm's observations.
+
+    Its mean is the pooled mean reward and its expected variance the pooled variance,
+    each worth about one observation, so a posterior is always as wide as the data
+    are noisy: a revenue arm that is twice as good is not locked out after the first
+    sale of another (empirical Bayes; Gelman et al., *Bayesian Data Analysis*, 5.1).
+    Before any observation, ``prior`` as written.
+
+    >>> p = pooled_prior(NormalGammaPrior(pooled=True),
+    ...                  {"a": ArmCounts(10, 30, 900), "b": ArmCounts(10, 0, 0)})
+    >>> p.mu, p.beta
+    (1.5, 42.75)
+    """
+    n = sum(c.trials for c in counts.values())
+    if n <= 0:
+        return prior
+    mean = sum(c.successes for c in counts.values()) / n
+    variance = sum(c.sum_sq for c in counts.values()) / n - mean * mean
+    if variance <= 1e-12 * max(mean * mean, 1.0):  # one value seen so far: its own scale
+        variance = mean * mean if mean else prior.beta / prior.alpha
+    return NormalGammaPrior(mean, POOLED_KAPPA, POOLED_ALPHA, POOLED_ALPHA * variance)
+
+
+def experiment_posteriors(prior: Prior, arms: Sequence[str],
+                          counts: Mapping[str, ArmCounts]) -> tuple[Posterior, ...]:
+    """Every arm's posterior, in ``arms`` order (a pooled prior is set from all arms)."""
+    if isinstance(prior, NormalGammaPrior) and prior.pooled:
+        prior = pooled_prior(prior, {a: counts[a] for a in arms if a in counts})
+    return tuple(posterior_of(counts.get(arm), prior) for arm in arms)
 
 
 def posterior_of(counts: ArmCounts | None, prior: Prior) -> Posterior:

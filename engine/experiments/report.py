@@ -24,7 +24,7 @@ from dsl.vocabulary import HOLDOUT_ARM
 from engine.experiments.posteriors import (
     Posterior,
     expected_loss,
-    posterior_of,
+    experiment_posteriors,
     sample_means,
     win_probabilities,
 )
@@ -130,7 +130,7 @@ def experiment_report(experiment: Experiment, raw: Mapping[str, ArmCounts], now:
                       seed: int = 0, revision: str = "") -> ExperimentReport:
     """The report from the experiment's raw counters (as the store keeps them)."""
     counts = discounted(raw, experiment, now)
-    posteriors = [posterior_of(counts.get(arm), experiment.prior) for arm in experiment.arms]
+    posteriors = list(experiment_posteriors(experiment.prior, experiment.arms, counts))
     draws = sample_means(posteriors, np.random.default_rng(seed), REPORT_DRAWS)
     prob_best = win_probabilities(draws)
     loss = expected_loss(draws)
@@ -151,7 +151,8 @@ def experiment_report(experiment: Experiment, raw: Mapping[str, ArmCounts], now:
     holdout = None
     if experiment.holdout > 0:
         held = counts.get(HOLDOUT_ARM, ArmCounts())
-        post = posterior_of(held, experiment.prior)
+        post = experiment_posteriors(experiment.prior, (*experiment.arms, HOLDOUT_ARM),
+                                     {**counts, HOLDOUT_ARM: held})[-1]
         holdout = ArmReport(HOLDOUT_ARM, held.trials, held.successes, post, post.interval(0.95),
                             allocation=experiment.holdout / 100.0)
     return ExperimentReport(

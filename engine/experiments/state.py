@@ -25,7 +25,7 @@ import numpy as np
 from cachetools import TTLCache
 
 from dsl.ruleset import Experiment
-from engine.experiments.posteriors import Posterior, posterior_of
+from engine.experiments.posteriors import Posterior, experiment_posteriors
 from engine.experiments.sampling import ThompsonSampler
 from engine.experiments.windows import discounted
 from engine.records import ArmCounts
@@ -49,8 +49,7 @@ class ExperimentState:
 def build_state(experiment: Experiment, raw: Mapping[str, ArmCounts], now: float,
                 sampler: ThompsonSampler, draws: int = DRAWS) -> ExperimentState:
     counts = discounted(raw, experiment, now)
-    posteriors = tuple(posterior_of(counts.get(arm), experiment.prior)
-                       for arm in experiment.arms)
+    posteriors = experiment_posteriors(experiment.prior, experiment.arms, counts)
     return ExperimentState(experiment, counts, posteriors,
                            sampler.sample_many(posteriors, draws))
 

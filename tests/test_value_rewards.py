@@ -1,0 +1,41 @@
+"""Revenue experiments find the better arm on any scale (the pooled default prior)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from adapters.memory import MemoryStore
+from dsl.loader import load_text
+from engine.service import Arbiter
+
+RULES = """
+placement home { channels: web }
+action b1 { placements: home  value: 1 }
+action b2 { placements: home  value: 1 }
+experiment rev on home { arms: b1, b2  reward: conversion.value }
+"""
+# b2 earns twice as much per impression (6 against 3): 30% buy, for 10 (b1) or 20 (b2)
+PRICE = {"b1": 10.0, "b2": 20.0}
+BUY = 0.3
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_the_arm_earning_twice_as_much_wins(seed: int) -> None:
+    arb = Arbiter(load_text(RULES), MemoryStore(), seed=seed)
+    rng = random.Random(seed)
+    shown = {"b1": 0, "b2": 0}
+    for i in range(1500):
+        d = arb.decide(user_id=f"u{i}", placement="home")
+        arm = d.actions[0].action_id
+        shown[arm] += 1
+        arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="impression")
+        if rng.random() < BUY:
+            arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="conversion",
+                         value=PRICE[arm])
+    assert shown["b2"] > 1000, shown
+    report = arb.experiment_report("rev")
+    assert report.best_arm == "b2"
+    b2 = next(a for a in report.arms if a.arm == "b2")
+    assert b2.prob_best > 0.9 and b2.ci[0] < 6.0 < b2.ci[1]
