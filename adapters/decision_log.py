@@ -26,6 +26,7 @@ import logging
 import queue
 import threading
 from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,16 @@ class JsonlDecisionLog:
         self._file.close()
 
 
-def read_log(path: str | Path) -> list[dict[str, Any]]:
-    """Every entry of a decision log, in order (a torn last line is skipped)."""
-    entries = []
+def iter_log(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The entries of a decision log, in order, one at a time (a torn line is skipped)."""
     with Path(path).open(encoding="utf-8") as f:
         for line in f:
             try:
-                entries.append(json.loads(line))
+                yield json.loads(line)
             except json.JSONDecodeError:
                 continue
-    return entries
+
+
+def read_log(path: str | Path) -> list[dict[str, Any]]:
+    """Every entry of a decision log, in order (small logs and tests; see iter_log)."""
+    return list(iter_log(path))

@@ -23,6 +23,7 @@ from typing import Any
 from dsl import ast
 from dsl.checker import CheckedRuleset
 from dsl.emitter import Emitter
+from dsl.lint import walk
 from dsl.printer import print_expr
 from dsl.ruleset import (
     Action,
@@ -148,6 +149,7 @@ class Compiler:
                           for c in a.content),
             pos=a.pos,
             segments=tuple(sorted(self.checked.segment_refs.get(f"action:{a.name}", ()))),
+            when_segments=_segments_in(a.when, self.checked),
             definition=a,
         )
 
@@ -222,6 +224,15 @@ def _prior(spec: tuple[str, tuple[float, ...]]) -> Prior:
         return BetaPrior(*params)
     mu, kappa, alpha, beta = params
     return NormalGammaPrior(mu, kappa, alpha, beta)
+
+
+def _segments_in(expr: ast.Expr | None, checked: CheckedRuleset) -> tuple[str, ...]:
+    """The segments an expression reads, in order of first use."""
+    if expr is None:
+        return ()
+    names = [n.parts[0] for n in walk(expr)
+             if isinstance(n, ast.Ref) and len(n.parts) == 1 and n.parts[0] in checked.segments]
+    return tuple(dict.fromkeys(names))
 
 
 def _cap(cap: ast.FrequencyCap | None) -> FrequencyCap | None:

@@ -163,7 +163,8 @@ class Action:
     cap: FrequencyCap | None
     content: tuple[tuple[str, Template], ...]
     pos: Pos
-    segments: tuple[str, ...]  # segments its condition refers to
+    segments: tuple[str, ...]  # segments its conditions refer to
+    when_segments: tuple[str, ...] = ()  # segments its ``when`` refers to (explanations)
     unless: CompiledFn | None = None
     unless_source: str = ""
     unless_pos: Pos | None = None

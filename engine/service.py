@@ -79,7 +79,7 @@ class Arbiter:
         self.decision_log = decision_log
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
-        self.learner = Learner(store, self.models, self._spec_of, reward_wait=reward_wait,
+        self.learner = Learner(store, self.models, self.spec_of, reward_wait=reward_wait,
                                snapshot_key=snapshot_key)
         self.experiments = ExperimentStates(store.arm_counts, self.sampler, clock)
         self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
@@ -95,7 +95,8 @@ class Arbiter:
         """Serve ``ruleset`` from the next request on (an atomic reference swap)."""
         self._ruleset = ruleset
 
-    def _spec_of(self, placement: str, action_id: str) -> tuple[ModelSpec, float]:
+    def spec_of(self, placement: str, action_id: str) -> tuple[ModelSpec, float]:
+        """The serving ruleset's model spec for a placement, and an action's prior."""
         ruleset = self._ruleset
         action = ruleset.actions.get(action_id)
         return ruleset.model_of(placement), action.prior if action is not None else DEFAULT_PRIOR

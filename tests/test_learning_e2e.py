@@ -204,3 +204,40 @@ def test_two_server_processes_on_one_redis_converge_and_restart(redis_url: str) 
         for proc in procs:
             if proc.poll() is None:
                 _stop(proc)
+
+
+BAGGED = """
+context { device: string = "desktop" }
+placement home { channels: web }
+action a { placements: home value: 1 }
+action b { placements: home value: 1 }
+model on home { features: context.device  bagging: 8 }
+"""
+CLICK = {("a", "mobile"): 0.3, ("a", "desktop"): 0.05, ("b", "mobile"): 0.05,
+         ("b", "desktop"): 0.3}
+
+
+def test_replaying_the_serving_ruleset_estimates_the_logged_value() -> None:
+    """The candidate's models learn from the log as it replays, as the serving ones did,
+    so the same ruleset is estimated at what it earned (within the interval)."""
+    sink = ListLog()
+    rules = load_text(BAGGED)
+    arb = Arbiter(rules, MemoryStore(), seed=1, decision_log=sink)
+    rng = random.Random(9)
+    for i in range(2000):
+        device = "mobile" if rng.random() < 0.5 else "desktop"
+        d = arb.decide(user_id=f"u{i}", placement="home", channel="web",
+                       context={"device": device})
+        top = d.actions[0].action_id
+        arb.feedback(decision_id=d.decision_id, action_id=top, outcome="impression")
+        if rng.random() < CLICK[(top, device)]:
+            arb.feedback(decision_id=d.decision_id, action_id=top, outcome="click")
+        if i % 20 == 0:
+            arb.learn()
+    result = replay(sink.entries, rules, MemoryStore)
+    assert result.decisions == 2000 and result.learnt >= 2000
+    assert result.snips.low <= result.logged.value <= result.snips.high, result.render()
+    assert result.ips.low <= result.logged.value <= result.ips.high, result.render()
+    assert result.matched > 0.9 * result.decisions  # cold models agreed on about half
+    only = replay(lambda: iter(sink.entries), rules, MemoryStore, placement="nowhere")
+    assert only.decisions == 0

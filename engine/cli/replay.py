@@ -13,8 +13,10 @@ again on the same input (the logged profile, context and time) and gives
 
 The effective sample size ``(sum w)^2 / sum w^2`` says how much of the log the
 estimate really rests on. The candidate is evaluated as it is at the start: its
-experiments at their priors and its models untrained, on a private store from the
-given factory that holds each logged profile while its decision is replayed.
+experiments at their priors, on a private store from the given factory that holds
+each logged profile while its decision is replayed; its propensity models learn from
+the log's outcomes as the replay goes (so replaying the serving ruleset on its own log
+estimates the logged value).
 
 >>> rewards, pi, mu = np.array([1.0, 0.0, 1.0]), np.array([0.5, 1.0, 1.0]), np.array([1, 1, 0.5])
 >>> value, se = ips(rewards, pi, mu)  # terms r * pi / mu: 0.5, 0, 2
@@ -24,20 +26,27 @@ given factory that holds each logged profile while its decision is replayed.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgspec
 import numpy as np
 
 from dsl.ruleset import Ruleset
+from dsl.vocabulary import REWARD_OUTCOMES
+from engine.decide.decision import Decision
+from engine.learning.delayed import fake_negative_weight, positive_weight
 from engine.ports import StoreFactory
 from engine.records import Profile
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
 BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_CELLS = 4_000_000
+"""Resampled indices held at once by the bootstrap (about 32 MB)."""
+PROGRESS_EVERY = 10_000
 
 
 @dataclass(frozen=True)
@@ -57,6 +66,7 @@ class ReplayResult:
     snips: Estimate
     effective_sample_size: float
     reward: str
+    learnt: int = 0  # logged outcomes the candidate's models learnt from
 
     def render(self) -> str:
         def line(name: str, e: Estimate) -> str:
@@ -71,6 +81,7 @@ class ReplayResult:
             line("candidate, SNIPS", self.snips),
             f"effective sample size {self.effective_sample_size:.0f}; "
             f"SNIPS vs logged: {lift:+.1%}",
+            f"the candidate's models learnt from {self.learnt} logged outcomes as it replayed",
         ])
 
 
@@ -87,15 +98,21 @@ def snips(rewards: np.ndarray, pi: np.ndarray, mu: np.ndarray) -> float:
     return float((weights * rewards).sum() / total) if total > 0 else 0.0
 
 
-def _bootstrap(rewards: np.ndarray, pi: np.ndarray, mu: np.ndarray, seed: int
-               ) -> tuple[float, float]:
+def _bootstrap(rewards: np.ndarray, pi: np.ndarray, mu: np.ndarray, seed: int,
+               chunk: int = 0) -> tuple[float, float]:
+    """95% interval of SNIPS from BOOTSTRAP_SAMPLES resamples, a few at a time so memory
+    stays near ``BOOTSTRAP_CELLS`` numbers however long the log."""
     rng = np.random.default_rng(seed)
     n = len(rewards)
-    idx = rng.integers(0, n, size=(BOOTSTRAP_SAMPLES, n))
-    w = pi[idx] / mu[idx]
-    totals = w.sum(axis=1)
-    values = np.where(totals > 0, (w * rewards[idx]).sum(axis=1) / np.maximum(totals, 1e-300),
-                      0.0)
+    chunk = chunk or max(1, min(BOOTSTRAP_SAMPLES, BOOTSTRAP_CELLS // max(n, 1)))
+    w_all, wr_all = pi / mu, pi / mu * rewards
+    values = np.empty(BOOTSTRAP_SAMPLES)
+    for start in range(0, BOOTSTRAP_SAMPLES, chunk):
+        size = min(chunk, BOOTSTRAP_SAMPLES - start)
+        idx = rng.integers(0, n, size=(size, n))
+        totals = w_all[idx].sum(axis=1)
+        values[start:start + size] = np.where(
+            totals > 0, wr_all[idx].sum(axis=1) / np.maximum(totals, 1e-300), 0.0)
     lo, hi = np.quantile(values, [0.025, 0.975])
     return float(lo), float(hi)
 
@@ -110,8 +127,8 @@ def rewards_by_decision(entries: Iterable[dict[str, Any]], reward: str, value: b
     return out
 
 
-def candidate_policy(arbiter: Arbiter, entry: dict[str, Any]) -> dict[str, float]:
-    """The candidate's first-slot distribution on a logged decision's input.
+def candidate_decision(arbiter: Arbiter, entry: dict[str, Any]) -> Decision:
+    """The candidate's decision on a logged decision's input.
 
     The arbiter's store is private to the replay: it is given the logged profile.
     """
@@ -125,34 +142,70 @@ def candidate_policy(arbiter: Arbiter, entry: dict[str, Any]) -> dict[str, float
     decision = arbiter.decide(user_id=user, placement=entry["placement"],
                               channel=entry.get("channel", ""),
                               context=entry.get("context") or {}, at=entry["at"])
-    return decision.policy
+    return decision
 
 
-def replay(entries: list[dict[str, Any]], candidate: Ruleset, store_factory: StoreFactory, *,
-           reward: str = "click", value: bool = False, seed: int = 0) -> ReplayResult:
-    """Evaluate ``candidate`` on the logged decisions in ``entries``."""
-    rewards_of = rewards_by_decision(entries, reward, value)
-    at = max((float(e["at"]) for e in entries if e.get("kind") == "decision"), default=0.0)
-    arbiter = Arbiter(candidate, store_factory(lambda: at + 1.0), seed=seed,
-                      clock=lambda: at + 1.0)
+Entries = Iterable[dict[str, Any]] | Callable[[], Iterable[dict[str, Any]]]
+"""The log: a re-iterable collection, or a function that reads it afresh (two passes)."""
+
+
+def _entries(log: Entries) -> Iterable[dict[str, Any]]:
+    return log() if callable(log) else log
+
+
+def _selected(entry: dict[str, Any], placement: str | None, experiment: str | None) -> bool:
+    if placement is not None and entry.get("placement") != placement:
+        return False
+    if experiment is None:
+        return True
+    return entry.get("holdout") == experiment or any(
+        a.get("experiment") == experiment for a in entry.get("actions", ()))
+
+
+def replay(log: Entries, candidate: Ruleset, store_factory: StoreFactory, *,
+           reward: str = "click", value: bool = False, seed: int = 0,
+           placement: str | None = None, experiment: str | None = None,
+           progress: Callable[[int], None] | None = None) -> ReplayResult:
+    """Evaluate ``candidate`` on the logged decisions (two streaming passes over ``log``).
+
+    The first pass collects the rewards; the second replays each decision, in log
+    order, and lets the candidate's models learn from the logged outcomes as they
+    come (:class:`LogLearner`), as the serving models did.
+    """
+    rewards_of = rewards_by_decision(_entries(log), reward, value)
+    now = [0.0]
+    arbiter = Arbiter(candidate, store_factory(lambda: now[0]), seed=seed,
+                      clock=lambda: now[0])
+    learner = LogLearner(arbiter)
     r, pi, mu = [], [], []
     skipped = 0
-    for entry in entries:
+    for entry in _entries(log):
+        now[0] = max(now[0], float(entry.get("at") or 0.0))
+        if entry.get("kind") == "outcome":
+            learner.outcome(entry)
+            continue
         if entry.get("kind") != "decision" or not entry.get("actions"):
             continue
         first = entry["actions"][0]
         probability = float(first.get("probability") or 0.0)
-        if probability <= 0:
+        if probability <= 0 or not _selected(entry, placement, experiment):
             continue
         try:
-            policy = candidate_policy(arbiter, entry)
+            policy = learner.decide(entry)
         except (InvalidArgument, KeyError, msgspec.ValidationError):
             skipped += 1
             continue
         r.append(rewards_of.get((entry["decision_id"], first["action_id"]), 0.0))
         pi.append(policy.get(first["action_id"], 0.0))
         mu.append(probability)
-    rewards, pis, mus = np.array(r), np.array(pi), np.array(mu)
+        if progress is not None and len(r) % PROGRESS_EVERY == 0:
+            progress(len(r))
+    result = _estimate(np.array(r), np.array(pi), np.array(mu), skipped, reward, value, seed)
+    return replace(result, learnt=learner.learnt)
+
+
+def _estimate(rewards: np.ndarray, pis: np.ndarray, mus: np.ndarray, skipped: int,
+              reward: str, value: bool, seed: int) -> ReplayResult:
     n = len(rewards)
     if n == 0:
         zero = Estimate(0.0, 0.0, 0.0)
@@ -173,3 +226,52 @@ def replay(entries: list[dict[str, Any]], candidate: Ruleset, store_factory: Sto
         effective_sample_size=ess,
         reward=reward + (".value" if value else ""),
     )
+
+
+class LogLearner:
+    """The candidate's models learn from the logged outcomes, in log order.
+
+    A logged decision is replayed by the candidate (on the logged profile, context and
+    time); the candidate's features for it are kept until the attribution window has
+    passed, and each logged outcome then teaches the candidate's model of the action
+    the log showed: a (fake) negative at its first outcome, a positive at its first
+    reward, as in serving (engine.learning.delayed).
+    """
+
+    def __init__(self, arbiter: Arbiter) -> None:
+        self.arbiter = arbiter
+        # logged decision id -> (decided at, placement, candidate's features, outcomes seen)
+        self.shown: OrderedDict[str, tuple[float, str, dict[str, float], set[str]]] = (
+            OrderedDict())
+        self.learnt = 0
+
+    def decide(self, entry: dict[str, Any]) -> dict[str, float]:
+        decision = candidate_decision(self.arbiter, entry)
+        record = self.arbiter.store.get_decision(decision.decision_id)
+        at = float(entry["at"])
+        if record is not None:
+            self.shown[entry["decision_id"]] = (at, entry["placement"], record.features, set())
+        while self.shown:  # forget decisions past the attribution window
+            oldest_at = next(iter(self.shown.values()))[0]
+            if oldest_at >= at - self.arbiter.attribution_window:
+                break
+            self.shown.popitem(last=False)
+        return decision.policy
+
+    def outcome(self, entry: dict[str, Any]) -> None:
+        known = self.shown.get(entry.get("decision_id", ""))
+        if known is None:
+            return
+        _, placement, features, seen = known
+        action, outcome = entry.get("action_id", ""), entry.get("outcome", "")
+        spec, prior = self.arbiter.spec_of(placement, action)
+        models = self.arbiter.models
+        self.learnt += 1
+        if f"{action}:shown" not in seen:
+            seen.add(f"{action}:shown")
+            models.learn(action, spec, prior, features, False, placement,
+                         weight=fake_negative_weight)
+        if outcome in REWARD_OUTCOMES and f"{action}:rewarded" not in seen:
+            seen.add(f"{action}:rewarded")
+            models.learn(action, spec, prior, features, True, placement,
+                         weight=positive_weight, new_example=False)

@@ -73,10 +73,13 @@ class Coverage:
             f"actions shown {len(self.actions_shown)}/{len(actions)}"]
         never_seg = [s for s in segments if s not in self.segments_matched]
         never_act = [a for a in actions if a not in self.actions_eligible]
+        never_shown = [a for a in actions if a not in self.actions_shown]
         if never_seg:
             lines.append(f"  segments never matched: {', '.join(never_seg)}")
         if never_act:
             lines.append(f"  actions never eligible: {', '.join(never_act)}")
+        if never_shown:
+            lines.append(f"  actions never shown: {', '.join(never_shown)}")
         return lines
 
 

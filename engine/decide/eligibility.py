@@ -91,7 +91,7 @@ def _shown(value: bool | None) -> str:
 
 def _trace_when(action: Action, held: bool | None, facts: Facts, tracer: Tracer) -> None:
     detail = action.when_source
-    segs = ", ".join(f"{s}={facts.segments.get(s)}" for s in action.segments)
+    segs = ", ".join(f"{s}={facts.segments.get(s)}" for s in action.when_segments)
     if segs:
         detail += f"  [{segs}]"
     tracer.check(action.id, Reason(ELIGIBILITY, "when", held is True,

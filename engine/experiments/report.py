@@ -97,8 +97,11 @@ class ExperimentReport:
             loss = f"{a.expected_loss:10.4g}" if a is not self.holdout else f"{'-':>10}"
             lines.append(f"{a.arm:<20} {a.exposures:>10.0f} {a.rewards:>10.4g} {a.mean:>9.4g} "
                          f"{interval:>21} {best} {loss} {a.allocation:>7.1%}")
-        lines.append(f"best arm: {self.best_arm}"
-                     f" (P(best) {max(a.prob_best for a in self.arms):.1%})")
+        if not any(a.exposures for a in self.arms):
+            lines.append("best arm: none yet (no exposures: every arm is at its prior)")
+        else:
+            lines.append(f"best arm: {self.best_arm}"
+                         f" (P(best) {max(a.prob_best for a in self.arms):.1%})")
         if self.winner:
             lines.append(f"ended: winner {self.winner} promoted to everyone")
         if self.holdout is not None and self.holdout.exposures > 0:

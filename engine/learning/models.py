@@ -94,6 +94,12 @@ class _Model:
     quality: RollingQuality = field(default_factory=RollingQuality)
 
 
+def _auc(quality: RollingQuality) -> float:
+    """The rolling ROC AUC, or NaN while the window holds only one class (undefined)."""
+    rate = float(quality.observed.get())
+    return float(quality.auc.get()) if 0.0 < rate < 1.0 else float("nan")
+
+
 class PropensityModels:
     """Every model by key (an action id, or ``@placement``); thread-safe, snapshottable."""
 
@@ -175,7 +181,7 @@ class PropensityModels:
                 ModelQuality(
                     key,
                     m.spec.learner + (f" bagged x{m.spec.bagging}" if m.spec.bagging else ""),
-                    m.examples, float(m.quality.auc.get()), float(m.quality.log_loss.get()),
+                    m.examples, _auc(m.quality), float(m.quality.log_loss.get()),
                     float(m.quality.predicted.get()), float(m.quality.observed.get()))
                 for key, m in sorted(self._models.items())]
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from dataclasses import asdict
+from pathlib import Path
 
 from engine.cli.common import add_format_argument, load_ruleset, memory_store_factory
 
@@ -17,25 +18,28 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reward", default="click",
                    help="reward outcome: click, conversion, or conversion.value")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--placement", help="only the decisions of this placement")
+    p.add_argument("--experiment", help="only the decisions that showed this experiment")
     add_format_argument(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapters.decision_log import read_log
+    from adapters.decision_log import iter_log
     from engine.cli.replay import replay
 
     candidate = load_ruleset(args.rules, "replay")
     if candidate is None:
         return 1
-    try:
-        entries = read_log(args.log)
-    except OSError as err:
-        print(f"arbiter replay: {err}", file=sys.stderr)
+    if not Path(args.log).is_file():
+        print(f"arbiter replay: no decision log at {args.log}", file=sys.stderr)
         return 2
     reward, _, value = args.reward.partition(".")
-    result = replay(entries, candidate, memory_store_factory(), reward=reward,
-                    value=value == "value", seed=args.seed)
+    result = replay(lambda: iter_log(args.log), candidate, memory_store_factory(),
+                    reward=reward, value=value == "value", seed=args.seed,
+                    placement=args.placement, experiment=args.experiment,
+                    progress=lambda n: print(f"replayed {n:,} decisions", file=sys.stderr,
+                                             flush=True))
     if args.format == "json":
         print(json.dumps(asdict(result), indent=2))
     else:

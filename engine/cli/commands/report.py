@@ -52,10 +52,13 @@ def run(args: argparse.Namespace) -> int:
 
         from engine.grpc.convert import quality_to_proto, report_to_proto
 
+        def plain(message: Any) -> dict[str, Any]:  # every field, counts as integers
+            return _integers(MessageToDict(message, always_print_fields_with_no_presence=True))
+
         out: dict[str, Any] = {}
         if report is not None:
-            out["experiment"] = MessageToDict(report_to_proto(report))
-        out["models"] = [MessageToDict(quality_to_proto(q)) for q in models]
+            out["experiment"] = plain(report_to_proto(report))
+        out["models"] = [plain(quality_to_proto(q)) for q in models]
         print(json.dumps(out, indent=2))
     else:
         if report is not None:
@@ -69,6 +72,20 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+COUNTS = {"exposures", "examples"}
+
+
+def _integers(value: Any, key: str = "") -> Any:
+    """JSON with counts as integers (proto doubles print 886.0, int64s print "886")."""
+    if isinstance(value, dict):
+        return {k: _integers(v, k) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_integers(v, key) for v in value]
+    if key in COUNTS and isinstance(value, str | float) and float(value).is_integer():
+        return int(float(value))
+    return value
+
+
 def render_models(models: Sequence[ModelQuality]) -> str:
     """The models' progressive-validation quality as a table."""
     if not models:
@@ -76,7 +93,8 @@ def render_models(models: Sequence[ModelQuality]) -> str:
     lines = [f"{'model':<24} {'learner':<22} {'examples':>9} {'AUC':>6} {'log loss':>9} "
              f"{'mean p':>7} {'rate':>7}"]
     for q in models:
-        lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9} {q.rolling_auc:>6.3f} "
+        auc = f"{q.rolling_auc:>6.3f}" if q.rolling_auc == q.rolling_auc else f"{'n/a':>6}"
+        lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9} {auc} "
                      f"{q.rolling_log_loss:>9.4f} {q.mean_predicted:>7.4f} "
                      f"{q.observed_rate:>7.4f}")
     lines.append("(progressive validation: each example predicted before it was learnt; "
