@@ -25,8 +25,8 @@ import json
 import logging
 import queue
 import threading
-from pathlib import Path
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger(__name__)
