@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 from collections.abc import Iterator
@@ -37,7 +38,7 @@ class JsonlDecisionLog:
 
     def __init__(self, path: str | Path, flush_seconds: float = 0.5) -> None:
         self.path = Path(path)
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._queue: queue.Queue[dict[str, Any] | _Forget | None] = queue.Queue()
         self._flush_seconds = flush_seconds
         self._file = self.path.open("a", encoding="utf-8")
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
@@ -55,6 +56,9 @@ class JsonlDecisionLog:
                 continue
             if entry is None:
                 break
+            if isinstance(entry, _Forget):
+                self._forget(entry)
+                continue
             try:
                 self._file.write(json.dumps(entry, separators=(",", ":")) + "\n")
             except (TypeError, ValueError):
@@ -63,11 +67,62 @@ class JsonlDecisionLog:
                 self._file.flush()
         self._file.flush()
 
+    def forget(self, user_id: str, timeout: float = 60.0) -> int:
+        """Remove every line about ``user_id`` (its decisions and their outcomes) from the
+        file, after everything queued before is written; returns the lines removed."""
+        request = _Forget(user_id)
+        self._queue.put(request)
+        if not request.done.wait(timeout):
+            raise TimeoutError("the decision log did not compact in time")
+        return request.removed
+
+    def _forget(self, request: _Forget) -> None:
+        self._file.flush()
+        self._file.close()
+        try:
+            request.removed = compact(self.path, request.user_id)
+        except OSError:
+            log.exception("decision log: forgetting a user failed")
+        finally:
+            self._file = self.path.open("a", encoding="utf-8")
+            request.done.set()
+
     def close(self) -> None:
         """Write everything queued, then close the file."""
         self._queue.put(None)
         self._thread.join(timeout=10)
         self._file.close()
+
+
+class _Forget:
+    """A request, queued behind the writes, to remove a user's lines."""
+
+    def __init__(self, user_id: str) -> None:
+        self.user_id = user_id
+        self.removed = 0
+        self.done = threading.Event()
+
+
+def compact(path: Path, user_id: str) -> int:
+    """Rewrite the log without the user's decisions and the outcomes that refer to them
+    (an atomic replace); returns how many lines were removed."""
+    decisions = {e.get("decision_id") for e in iter_log(path)
+                 if e.get("kind") == "decision" and e.get("user_id") == user_id}
+    removed = 0
+    temporary = path.with_name(path.name + ".forget")
+    with path.open(encoding="utf-8") as source, temporary.open("w", encoding="utf-8") as out:
+        for line in source:
+            try:
+                entry = json.loads(line)
+            except json.JSONDecodeError:
+                out.write(line)
+                continue
+            if entry.get("user_id") == user_id or entry.get("decision_id") in decisions:
+                removed += 1
+                continue
+            out.write(line)
+    os.replace(temporary, path)
+    return removed
 
 
 def iter_log(path: str | Path) -> Iterator[dict[str, Any]]:

@@ -39,7 +39,9 @@ class MemoryStore:
         self._keys: dict[str, float] = {}
         self._arms: dict[str, dict[str, float]] = {}  # experiment -> {arm}:{field} -> sum
         self._consumers: dict[str, int] = {}  # consumer -> the log offset it has applied
-        self._log: list[LearningEvent] = []
+        self._log: list[LearningEvent | None] = []  # None: an entry erased by forget
+        self._user_log: dict[str, list[int]] = {}  # user -> positions of their entries
+        self._user_keys: dict[str, set[str]] = {}  # user -> their idempotency keys
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
         self._writes = 0
@@ -55,10 +57,17 @@ class MemoryStore:
             return profile
 
     def forget(self, user_id: str) -> int:
+        """The profile, the user's decisions, feedback keys and learning-log entries (erased
+        in place, so every consumer's offset stays valid)."""
         with self._lock:
             deleted = int(self._profiles.pop(user_id, None) is not None)
             for decision_id in self._user_decisions.pop(user_id, set()):
                 deleted += int(self._decisions.pop(decision_id, None) is not None)
+            for key in self._user_keys.pop(user_id, set()):
+                self._keys.pop(key, None)
+            for position in self._user_log.pop(user_id, []):
+                if position >= self._log_base:
+                    self._log[position - self._log_base] = None
             return deleted
 
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
@@ -82,6 +91,18 @@ class MemoryStore:
                     del self._user_decisions[user_id]
         for key in [k for k, exp in self._keys.items() if exp < now]:
             del self._keys[key]
+        for user in list(self._user_keys):  # the per-user indexes follow what they index
+            live = {k for k in self._user_keys[user] if k in self._keys}
+            if live:
+                self._user_keys[user] = live
+            else:
+                del self._user_keys[user]
+        for user in list(self._user_log):
+            positions = [p for p in self._user_log[user] if p >= self._log_base]
+            if positions:
+                self._user_log[user] = positions
+            else:
+                del self._user_log[user]
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         entry = self._decisions.get(decision_id)
@@ -108,8 +129,11 @@ class MemoryStore:
                 fields = self._arms.setdefault(experiment, {})
                 for name, delta in deltas.items():
                     fields[name] = fields.get(name, 0.0) + delta
+            self._user_log.setdefault(decision.user_id, []).append(
+                self._log_base + len(self._log))
             self._log.append(effects.event)
             self._keys[idempotency_key] = now + ttl_seconds
+            self._user_keys.setdefault(decision.user_id, set()).add(idempotency_key)
             return FeedbackCommit(False, effects)
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
@@ -117,10 +141,15 @@ class MemoryStore:
             return counts_from_fields(self._arms.get(experiment, {}))
 
     def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
-        start = max(int(after) if after else 0, self._log_base)
+        out: list[tuple[str, LearningEvent]] = []
         with self._lock:
-            chunk = self._log[start - self._log_base : start - self._log_base + limit]
-        return [(str(start + i + 1), event) for i, event in enumerate(chunk)]
+            position = max(int(after) if after else 0, self._log_base)
+            while len(out) < limit and position - self._log_base < len(self._log):
+                event = self._log[position - self._log_base]
+                position += 1
+                if event is not None:  # erased by forget
+                    out.append((str(position), event))
+        return out
 
     def trim_learning_log(self, consumer: str, offset: str) -> int:
         """Drop what every consumer of this store and the snapshot have applied."""

@@ -7,6 +7,8 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:d:{decision}``       decision record, expires after the attribution window
 ``{ns}:ud:{user}``          set of the user's decision ids (for ForgetProfile)
 ``{ns}:k:{key}``            idempotency key of an applied feedback
+``{ns}:uk:{user}``          set of the user's idempotency keys (for ForgetProfile)
+``{ns}:ul:{user}``          set of the user's learning-log entry ids (for ForgetProfile)
 ``{ns}:arms:{experiment}``  hash ``{arm}:trials|successes|sum_sq`` (HINCRBYFLOAT);
                             ``{arm}@{hour}:...`` buckets for windowed experiments
 ``{ns}:learn``              stream of learning events, one entry per feedback
@@ -59,6 +61,17 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+LOG_EVENT = """
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('SADD', KEYS[2], id)
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2])
+redis.call('EXPIRE', KEYS[3], ARGV[3])
+return id
+"""
+"""Appends a learning event and indexes it, and its idempotency key, under its user."""
+USER_INDEX_TTL = 90 * 86400
+"""How long after a user's last feedback the per-user indexes of it are kept."""
 CONSUMER_TTL = 86400.0
 """Seconds after which a consumer that stopped checkpointing no longer holds the log."""
 T = TypeVar("T")
@@ -101,6 +114,7 @@ class RedisStore:
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
         self._cache_lock = Lock()
+        self._log_event = self.redis.register_script(LOG_EVENT)
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.ns}:{kind}:{name}"
@@ -142,13 +156,20 @@ class RedisStore:
         return profile
 
     def forget(self, user_id: str) -> int:
-        index = self._k("ud", user_id)
-        members = cast(set[bytes], self.redis.smembers(index))
-        decision_keys = [self._k("d", d.decode()) for d in members]
-        pipe = self.redis.pipeline()  # one MULTI: the profile, its decisions, their index
-        pipe.delete(self._k("p", user_id), *decision_keys)
-        pipe.delete(index)
-        deleted, _ = pipe.execute()
+        """The profile, the user's decisions, feedback keys and learning-log entries."""
+        indexes = [self._k(kind, user_id) for kind in ("ud", "uk", "ul")]
+        read = self.redis.pipeline(transaction=False)
+        for index in indexes:
+            read.smembers(index)
+        decisions, keys, entries = cast(list[set[bytes]], read.execute())
+        pipe = self.redis.pipeline()  # one MULTI: everything goes, or nothing
+        pipe.delete(self._k("p", user_id), *(self._k("d", d.decode()) for d in decisions))
+        if keys:
+            pipe.delete(*(self._k("k", k.decode()) for k in keys))
+        if entries:
+            pipe.xdel(f"{self.ns}:learn", *entries)
+        pipe.delete(*indexes)
+        deleted = pipe.execute()[0]
         self._remember(user_id, None)
         return int(deleted)  # the profile and decisions, as the API documents
 
@@ -192,7 +213,11 @@ class RedisStore:
                         akey = self._k("arms", experiment)
                         for name, delta in deltas.items():
                             pipe.hincrbyfloat(akey, name, delta)
-                    pipe.xadd(f"{self.ns}:learn", {"e": encode(effects.event)})
+                    self._log_event(  # XADD, and index the entry and key under the user
+                        keys=[f"{self.ns}:learn", self._k("ul", decision.user_id),
+                              self._k("uk", decision.user_id)],
+                        args=[encode(effects.event), idempotency_key,
+                              max(int(ttl_seconds), USER_INDEX_TTL)], client=pipe)
                     pipe.set(ikey, b"1", ex=max(1, int(ttl_seconds)))
                     pipe.execute()
                     break

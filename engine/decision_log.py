@@ -17,6 +17,10 @@ PII_MASK = "<pii>"
 class DecisionLog(Protocol):
     def write(self, entry: dict[str, Any]) -> None: ...
 
+    def forget(self, user_id: str) -> int:
+        """Remove every entry about the user (ForgetProfile); returns how many."""
+        ...
+
     def close(self) -> None: ...
 
 

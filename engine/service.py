@@ -219,8 +219,14 @@ class Arbiter:
         return self.store.get_profile(user_id)
 
     def forget(self, user_id: str) -> int:
+        """Delete everything held about the user: profile, decisions, their feedback keys
+        and learning-log entries (the store), and the decision log's lines about them.
+        Returns the profile and decisions deleted."""
         check_id("user_id", user_id)
-        return self.store.forget(user_id)
+        deleted = self.store.forget(user_id)
+        if self.decision_log is not None:
+            self.decision_log.forget(user_id)
+        return deleted
 
     def close(self) -> None:
         try:

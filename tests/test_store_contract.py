@@ -258,3 +258,19 @@ def test_an_unreachable_store_says_so_quickly(harness: Harness) -> None:
         with pytest.raises(StoreUnavailable):
             call()
         assert time.monotonic() - started < 6.0
+
+
+def test_forget_erases_the_users_learning_entries_and_feedback_keys(store: Store) -> None:
+    store.save_decision(_decision("d1", "u1"), TTL)
+    store.save_decision(_decision("d2", "u2"), TTL)
+    store.commit_feedback("d1", "key-1", _effects("impression", trials=1.0), TTL)
+    store.commit_feedback("d2", "key-2", _effects("impression", trials=1.0), TTL)
+    store.commit_feedback("d1", "key-3", _effects("click", successes=1.0), TTL)
+    offsets = [o for o, _ in store.learning_events("", 10)]
+    store.forget("u1")
+    remaining = store.learning_events("", 10)
+    assert [e.decision_id for _, e in remaining] == ["d2"]
+    assert store.learning_events(offsets[0], 10) == remaining  # offsets still valid
+    store.save_decision(_decision("d1", "u1"), TTL)  # the user comes back: keys are free
+    assert not store.commit_feedback("d1", "key-1", _effects("impression"), TTL).duplicate
+    assert store.arm_counts("exp") != {}  # aggregates stay: they hold no one

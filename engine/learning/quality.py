@@ -12,6 +12,7 @@ measure a model on data it had not seen (Blum, Kalai & Langford, 1999).
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -52,6 +53,10 @@ class ModelQuality:
     observed_rate: float
 
 
+def _pseudonym(key: tuple[str, str]) -> bytes:
+    return hashlib.blake2b(f"{key[0]}:{key[1]}".encode(), digest_size=12).digest()
+
+
 MAX_AWAITING = 100_000
 """Shown actions whose final label the quality metrics wait for, at most (then sampled)."""
 
@@ -75,18 +80,20 @@ class FinalLabels:
 
     def __init__(self, limit: int = MAX_AWAITING) -> None:
         self.limit = limit
-        # (decision, action) -> [shown at, model key, prediction, rewarded]
-        self.waiting: OrderedDict[tuple[str, str], list[Any]] = OrderedDict()
+        # hash of (decision, action) -> [shown at, model key, prediction, rewarded]; hashed so
+        # that snapshots of it hold no decision id (ForgetProfile leaves nothing behind)
+        self.waiting: OrderedDict[bytes, list[Any]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.waiting)
 
     def shown(self, key: tuple[str, str], model: str, predicted: float, at: float) -> None:
-        if key not in self.waiting and len(self.waiting) < self.limit:
-            self.waiting[key] = [at, model, predicted, False]
+        name = _pseudonym(key)
+        if name not in self.waiting and len(self.waiting) < self.limit:
+            self.waiting[name] = [at, model, predicted, False]
 
     def rewarded(self, key: tuple[str, str]) -> None:
-        entry = self.waiting.get(key)
+        entry = self.waiting.get(_pseudonym(key))
         if entry is not None:
             entry[3] = True
 
