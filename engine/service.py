@@ -80,7 +80,7 @@ class Arbiter:
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
         self.learner = Learner(store, self.models, self.spec_of, reward_wait=reward_wait,
-                               snapshot_key=snapshot_key)
+                               snapshot_key=snapshot_key, clock=clock)
         self.experiments = ExperimentStates(store.arm_counts, self.sampler, clock)
         self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
         self.learner.restore()

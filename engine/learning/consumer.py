@@ -56,6 +56,7 @@ class Learner:
         reward_wait: float = DEFAULT_REWARD_WAIT_SECONDS,
         snapshot_every: int = 200,
         snapshot_key: bytes | None = None,
+        clock: Callable[[], float] | None = None,
     ) -> None:
         self.store = store
         self.models = models
@@ -63,6 +64,7 @@ class Learner:
         self.reward_wait = reward_wait
         self.snapshot_every = snapshot_every
         self.snapshot_key = snapshot_key  # None: no snapshots (nor trimming below them)
+        self.clock = clock  # expires final labels when no event arrives (quality only)
         self.offset = ""
         self.labels = FinalLabels()  # predictions awaiting their final label (quality)
         self.applied = 0
@@ -128,6 +130,8 @@ class Learner:
                 self._since_snapshot += len(events)
                 if len(events) < batch:
                     break
+            if self.clock is not None:  # quiet log: labels still become final with time
+                self._score(self.clock() - self.reward_wait)
             if self._since_snapshot >= self.snapshot_every:
                 self._snapshot()
         self.applied += total
@@ -150,5 +154,9 @@ class Learner:
                       weight=positive_weight, draw=_draw(event, True),
                       new_example=False)  # counted when it was shown
                 self.labels.rewarded(key)
-        for model, label, predicted in self.labels.expire(event.received_at - self.reward_wait):
+        self._score(event.received_at - self.reward_wait)
+
+    def _score(self, before: float) -> None:
+        """Record the quality of every prediction whose label became final before ``before``."""
+        for model, label, predicted in self.labels.expire(before):
             self.models.record_quality(model, label, predicted)
