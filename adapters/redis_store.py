@@ -114,7 +114,6 @@ class RedisStore:
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
         self._cache_lock = Lock()
-        self._log_event = self.redis.register_script(LOG_EVENT)
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.ns}:{kind}:{name}"
@@ -213,16 +212,19 @@ class RedisStore:
                         akey = self._k("arms", experiment)
                         for name, delta in deltas.items():
                             pipe.hincrbyfloat(akey, name, delta)
-                    self._log_event(  # XADD, and index the entry and key under the user
-                        keys=[f"{self.ns}:learn", self._k("ul", decision.user_id),
-                              self._k("uk", decision.user_id)],
-                        args=[encode(effects.event), idempotency_key,
-                              max(int(ttl_seconds), USER_INDEX_TTL)], client=pipe)
+                    # XADD, and index the entry and key under the user. EVAL, not EVALSHA:
+                    # inside MULTI a NOSCRIPT (after a restart) would not stop the rest
+                    pipe.eval(
+                        LOG_EVENT, 3, f"{self.ns}:learn",
+                        self._k("ul", decision.user_id), self._k("uk", decision.user_id),
+                        encode(effects.event), idempotency_key,
+                        max(int(ttl_seconds), USER_INDEX_TTL))
                     pipe.set(ikey, b"1", ex=max(1, int(ttl_seconds)))
                     pipe.execute()
                     break
                 except redis.WatchError:
                     continue
+
         if effects.profile is not None:
             self._remember(decision.user_id, encode(effects.profile))
         return FeedbackCommit(False, effects)

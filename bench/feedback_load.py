@@ -17,6 +17,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -26,11 +27,13 @@ from tests.redis_proc import RedisServer
 
 
 def loadgen(target: str, pid: int, rpc: str, args: argparse.Namespace, pending: int,
-            seed: int) -> dict[str, Any]:
+            seed: int, duration: float | None = None) -> dict[str, Any]:
     cpu_before = cpu_seconds(pid)
+    seconds = args.duration if duration is None else duration
     cmd = [sys.executable, "-m", "bench.loadgen", "--target", target, "--rpc", rpc,
-           "--concurrency", str(args.concurrency), "--duration", str(args.duration),
-           "--pending", str(pending), "--seed", str(seed)]
+           "--concurrency", str(args.concurrency), "--duration", str(seconds),
+           "--pending", str(pending), "--seed", str(seed),
+           "--warmup", "1" if seconds else "0"]
     out = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
                          capture_output=True, text=True, check=True)
     result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
@@ -39,15 +42,27 @@ def loadgen(target: str, pid: int, rpc: str, args: argparse.Namespace, pending: 
     return result
 
 
+def wait_until_idle(pid: int, limit: float = 300.0) -> None:
+    """Until the server uses under 5% of a core for a second (or ``limit`` seconds)."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        before = cpu_seconds(pid)
+        time.sleep(1.0)
+        if cpu_seconds(pid) - before < 0.05:
+            return
+
+
 def measure(store: str, pending: int, redis_url: str | None,
             args: argparse.Namespace) -> dict[str, Any]:
     rounds: dict[str, list[dict[str, Any]]] = {"check": [], "feedback": []}
     with arbiter_server(redis_url, args.workers, args.server_tree) as (target, pid):
+        # leave `pending` impressions awaiting a reward, then let the server settle (its
+        # background learner catches up) before anything is measured
+        loadgen(target, pid, "feedback", args, pending, 99, duration=0)
+        wait_until_idle(pid)
         for r in range(args.rounds):
             rounds["check"].append(loadgen(target, pid, "check", args, 0, r))
-            # the first round leaves `pending` impressions; later rounds add none
-            rounds["feedback"].append(
-                loadgen(target, pid, "feedback", args, pending if r == 0 else 0, r))
+            rounds["feedback"].append(loadgen(target, pid, "feedback", args, 0, r))
     row: dict[str, Any] = {"store": store, "pending": pending}
     for rpc, results in rounds.items():
         for key in ("rps", "p50_ms", "p99_ms", "server_cpu_us"):

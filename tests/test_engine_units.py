@@ -169,7 +169,7 @@ def test_learner_snapshot_and_restore_resume_at_offset() -> None:
     store = MemoryStore(clock=lambda: NOW)
     models = PropensityModels()
     learner = Learner(store, models, lambda _p, _a: (DEFAULT_MODEL, 0.05), snapshot_every=1,
-                      snapshot_key=b"k")
+                      snapshot_seconds=0.0, snapshot_key=b"k")
     d = decision(arm=False)
     store.save_decision(d, 3600)
     store.commit_feedback("d1", "k", lambda dd, p: feedback_effects(fb("click"), dd, p), 3600)

@@ -220,6 +220,7 @@ def test_learning_stream_is_trimmed_below_what_every_replica_applied(
     a = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
     b = Arbiter(retail, RedisStore(redis_url), seed=2, snapshot_key=KEY)
     a.learner.snapshot_every = b.learner.snapshot_every = 20
+    a.learner.snapshot_seconds = b.learner.snapshot_seconds = 0.0
     stream = f"{a.store.ns}:learn"  # type: ignore[attr-defined]
     vip(a, "vera")
     click_top_banner(a, "vera", 30)  # a snapshots; b has applied nothing: nothing trimmed

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import pickle
 import threading
+import time
 import uuid
 import zlib
 from collections.abc import Callable
@@ -55,6 +56,7 @@ class Learner:
         spec_of: SpecOf,
         reward_wait: float = DEFAULT_REWARD_WAIT_SECONDS,
         snapshot_every: int = 200,
+        snapshot_seconds: float = 30.0,
         snapshot_key: bytes | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
@@ -63,6 +65,8 @@ class Learner:
         self.spec_of = spec_of
         self.reward_wait = reward_wait
         self.snapshot_every = snapshot_every
+        self.snapshot_seconds = snapshot_seconds  # and at most this often: a snapshot's
+        # cost grows with the models and the labels awaited, so it is paid by time
         self.snapshot_key = snapshot_key  # None: no snapshots (nor trimming below them)
         self.clock = clock  # expires final labels when no event arrives (quality only)
         self.offset = ""
@@ -71,6 +75,7 @@ class Learner:
         self.trimmed = 0  # log entries this process dropped (everyone was past them)
         self.consumer_id = uuid.uuid4().hex[:12]
         self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
         self._lock = threading.Lock()
 
     def restore(self) -> None:
@@ -112,6 +117,7 @@ class Learner:
 
     def _snapshot(self) -> None:
         self._since_snapshot = 0
+        self._last_snapshot = time.monotonic()
         if self.snapshot_key is not None:
             blob = pickle.dumps((SNAPSHOT_FORMAT, self.models.snapshot(), self.labels))
             self.store.save_models(sign(self.snapshot_key, self.offset, blob), self.offset)
@@ -132,7 +138,8 @@ class Learner:
                     break
             if self.clock is not None:  # quiet log: labels still become final with time
                 self._score(self.clock() - self.reward_wait)
-            if self._since_snapshot >= self.snapshot_every:
+            if (self._since_snapshot >= self.snapshot_every
+                    and time.monotonic() - self._last_snapshot >= self.snapshot_seconds):
                 self._snapshot()
         self.applied += total
         return total
