@@ -18,12 +18,14 @@ import time
 
 from adapters.memory import MemoryStore
 from dsl.ruleset import DEFAULT_MODEL
+
 try:
     from engine.learning.consumer import Learner
     from engine.learning.models import PropensityModels
 except ImportError:  # a checkout from before the layered engine (issue 8)
-    from engine.learning import Learner  # type: ignore[no-redef]
     from engine.propensity import PropensityModels  # type: ignore[no-redef]
+
+    from engine.learning import Learner  # type: ignore[no-redef]
 from engine.records import DecisionRecord, LearningEvent, ShownAction
 
 NOW = 1_767_614_400.0

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from dsl.diagnostics import RulesetError
-from dsl.loader import load_path
+from dsl.loader import load_path, read_sources
 from dsl.ruleset import Ruleset
 from engine.ports import Store, StoreFactory
 from engine.requests import InvalidArgument
@@ -48,6 +48,15 @@ def load_ruleset(path: str, command: str) -> Ruleset | None:
         return load_path(path)
     except RulesetError as err:
         print(err.render(), file=sys.stderr)
+    except (FileNotFoundError, UnicodeDecodeError) as err:
+        print(f"arbiter {command}: {err}", file=sys.stderr)
+    return None
+
+
+def read_rule_files(path: str, command: str) -> dict[str, str] | None:
+    """The ruleset's files as ``{path: text}``, or None after printing why not."""
+    try:
+        return read_sources(path)
     except (FileNotFoundError, UnicodeDecodeError) as err:
         print(f"arbiter {command}: {err}", file=sys.stderr)
     return None

@@ -6,8 +6,8 @@ import argparse
 import json
 import sys
 
-from dsl.loader import build, read_sources
-from engine.cli.common import add_format_argument
+from dsl.loader import build
+from engine.cli.common import add_format_argument, read_rule_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,10 +18,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        sources = read_sources(args.path)
-    except (FileNotFoundError, UnicodeDecodeError) as err:
-        print(f"arbiter check: {err}", file=sys.stderr)
+    sources = read_rule_files(args.path, "check")
+    if sources is None:
         return 1
     result = build(sources)
     diagnostics = sorted(result.diagnostics,

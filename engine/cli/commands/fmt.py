@@ -9,7 +9,7 @@ from pathlib import Path
 
 from dsl.diagnostics import RulesetError
 from dsl.formatter import format_text
-from dsl.loader import read_sources
+from engine.cli.common import read_rule_files
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -22,10 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        sources = read_sources(args.path)
-    except (FileNotFoundError, UnicodeDecodeError) as err:
-        print(f"arbiter fmt: {err}", file=sys.stderr)
+    sources = read_rule_files(args.path, "fmt")
+    if sources is None:
         return 1
     changed: list[str] = []
     failed = False
