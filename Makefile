@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install serve test lint proto bench bench-load bench-micro bench-engines bench-regret bench-cb clean
+.PHONY: install serve test lint wheel-test proto bench bench-load bench-micro bench-engines bench-regret bench-cb clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Arbiter needs Python 3.11+"'
@@ -26,6 +26,9 @@ lint: $(STAMP)  ## ruff, mypy, and the import contracts of the layers (pyproject
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+wheel-test: $(STAMP)  ## build the wheel, install it outside the checkout, serve with no flags
+	$(PY) tests/wheel_smoke.py
 
 proto: $(STAMP)  ## regenerate engine/grpc/gen from proto/
 	$(PY) -m engine.grpc.protogen

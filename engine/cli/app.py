@@ -18,6 +18,7 @@ import argparse
 import logging
 import time
 from collections.abc import Sequence
+from importlib import metadata
 
 from engine.cli.commands import check, decide, fmt, replay, report, serve, test
 
@@ -32,11 +33,20 @@ log = logging.getLogger("arbiter")
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arbiter", description="Next-best-action decisions.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
     return p
+
+
+def version() -> str:
+    """The installed distribution's version (``arbiter --version``)."""
+    try:
+        return metadata.version("arbiter-nba")
+    except metadata.PackageNotFoundError:  # running from a checkout without installing
+        return "unknown (not installed)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -21,6 +21,18 @@ from dsl.ruleset import Ruleset
 from engine.ports import Store, StoreFactory
 from engine.requests import InvalidArgument
 
+EXAMPLE_RULES = "rulesets/retail"
+
+
+def default_rules() -> str:
+    """``rulesets/retail`` under the working directory (a checkout), else the copy of the
+    example shipped in the package (an installed wheel)."""
+    if Path(EXAMPLE_RULES).exists():
+        return EXAMPLE_RULES
+    import rulesets
+
+    return str(Path(rulesets.__file__).parent / "retail")
+
 
 def open_store(redis_url: str | None) -> Store:
     """The Redis store at ``redis_url`` (checked reachable), or a new in-memory one."""

@@ -20,8 +20,15 @@ def density(posterior: Posterior, xs: np.ndarray) -> np.ndarray:
 
 
 def plot_report(report: ExperimentReport, path: str | Path) -> Path:
-    """Draw each arm's posterior with its 95% interval shaded; returns the file written."""
-    import matplotlib
+    """Draw each arm's posterior with its 95% interval shaded; returns the file written.
+
+    Needs matplotlib (``pip install 'arbiter-nba[plot]'``); raises ``RuntimeError``
+    saying so when it is missing.
+    """
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise RuntimeError("--plot needs matplotlib: pip install 'arbiter-nba[plot]'") from err
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -7,7 +7,12 @@ import sys
 
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_path
-from engine.cli.common import add_request_arguments, memory_store_factory, parse_context
+from engine.cli.common import (
+    add_request_arguments,
+    default_rules,
+    memory_store_factory,
+    parse_context,
+)
 from engine.decide.decision import Decision
 from engine.requests import InvalidArgument
 
@@ -15,7 +20,7 @@ from engine.requests import InvalidArgument
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("decide", help="one decision, in process or from a server")
     where = p.add_mutually_exclusive_group()
-    where.add_argument("--rules", default="rulesets/retail", help="decide in process")
+    where.add_argument("--rules", default=default_rules(), help="decide in process")
     where.add_argument("--target", help="host:port of a running server")
     add_request_arguments(p, user_required=True)
     p.add_argument("--explain", action="store_true", help="why each action was chosen")

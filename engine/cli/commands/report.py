@@ -13,6 +13,7 @@ from dsl.loader import load_path
 from engine.cli.common import (
     add_format_argument,
     add_snapshot_key_argument,
+    default_rules,
     open_store,
     snapshot_key,
 )
@@ -28,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--target", help="host:port of a running server (default 127.0.0.1:50051)")
     source.add_argument("--redis", help="read the statistics from Redis instead")
-    p.add_argument("--rules", default="rulesets/retail", help="ruleset directory (with --redis)")
+    p.add_argument("--rules", default=default_rules(), help="ruleset directory (with --redis)")
     p.add_argument("--models", action="store_true", help="also the models' quality")
     add_snapshot_key_argument(p)
     p.add_argument("--plot", metavar="FILE.png", help="draw the arms' posteriors")
@@ -68,7 +69,11 @@ def run(args: argparse.Namespace) -> int:
     if args.plot and report is not None:
         from engine.cli.plot import plot_report
 
-        print(f"plot written to {plot_report(report, args.plot)}")
+        try:
+            print(f"plot written to {plot_report(report, args.plot)}")
+        except RuntimeError as err:
+            print(f"arbiter report: {err}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -6,7 +6,13 @@ import argparse
 import logging
 
 from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS
-from engine.cli.common import add_snapshot_key_argument, load_ruleset, open_store, snapshot_key
+from engine.cli.common import (
+    add_snapshot_key_argument,
+    default_rules,
+    load_ruleset,
+    open_store,
+    snapshot_key,
+)
 from engine.decision_log import DecisionLog
 
 log = logging.getLogger("arbiter")
@@ -14,7 +20,7 @@ log = logging.getLogger("arbiter")
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="serve a ruleset over gRPC")
-    p.add_argument("--rules", default="rulesets/retail", help="ruleset directory or file")
+    p.add_argument("--rules", default=default_rules(), help="ruleset directory or file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
     p.add_argument("--redis", metavar="URL", help="redis://host:port/db (default: in memory)")

@@ -1,0 +1,1 @@
+"""Example rulesets, shipped with the package: ``arbiter serve`` serves ``retail`` by default."""
