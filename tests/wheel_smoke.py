@@ -9,9 +9,9 @@ then ``arbiter serve`` with no flags from an empty directory answers a Decide.
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
-import socket
 import tempfile
 from pathlib import Path
 
