@@ -196,3 +196,20 @@ def test_health_and_reflection(running: RunningServer) -> None:
         names = {s.name for r in responses for s in r.list_services_response.service}
         assert "arbiter.v1.DecisionService" in names
         assert "grpc.health.v1.Health" in names
+
+
+def test_invalid_argument_carries_a_bad_request_detail_naming_the_field(
+        stub: pb_grpc.DecisionServiceStub) -> None:
+    from google.rpc import error_details_pb2
+    from grpc_status import rpc_status
+
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Decide(pb.DecideRequest(user_id="u", placement="nowhere", channel="web"))
+    err = info.value
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert (err.details() or "").startswith("placement: unknown placement")  # type: ignore[attr-defined]
+    status = rpc_status.from_call(err)  # type: ignore[arg-type]
+    assert status is not None
+    bad = error_details_pb2.BadRequest()
+    assert status.details[0].Unpack(bad)
+    assert bad.field_violations[0].field == "placement"

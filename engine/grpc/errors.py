@@ -12,6 +12,9 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf import any_pb2
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
 
 from engine.feedback import ActionNotInDecision
 from engine.ports import DecisionNotFound, StoreUnavailable
@@ -22,6 +25,22 @@ log = logging.getLogger(__name__)
 R = TypeVar("R")
 
 
+def bad_request(err: InvalidArgument) -> grpc.Status:
+    """INVALID_ARGUMENT with the message, and a ``google.rpc.BadRequest`` detail naming the
+    field (grpcio-status), for clients that read structured errors.
+
+    >>> status = bad_request(InvalidArgument("limit", "must be between 0 and 100"))
+    >>> status.code.name, status.details
+    ('INVALID_ARGUMENT', 'limit: must be between 0 and 100')
+    """
+    violation = error_details_pb2.BadRequest.FieldViolation(field=err.field,
+                                                            description=err.message)
+    detail = any_pb2.Any()
+    detail.Pack(error_details_pb2.BadRequest(field_violations=[violation]))
+    return rpc_status.to_status(status_pb2.Status(
+        code=code_pb2.INVALID_ARGUMENT, message=str(err), details=[detail]))
+
+
 def rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[..., R]:
     """Map engine errors to gRPC status codes; log anything unexpected."""
 
@@ -30,7 +49,7 @@ def rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[..., 
         try:
             return method(self, request, context)
         except InvalidArgument as err:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(err))
+            context.abort_with_status(bad_request(err))
         except NotFound as err:
             context.abort(grpc.StatusCode.NOT_FOUND, str(err))
         except FailedPrecondition as err:
