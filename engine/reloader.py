@@ -48,6 +48,7 @@ class RulesetReloader:
         self.clock = clock
         self.loaded_at = clock()
         self.rejected: ReloadResult | None = None
+        self.failures = 0  # rule edits rejected since start (a metric)
         self._signature = self._files_signature()
         self._lock = threading.Lock()
 
@@ -104,6 +105,7 @@ class RulesetReloader:
 
     def _reject(self, result: ReloadResult) -> ReloadResult:
         self.rejected = result
+        self.failures += 1
         log.error("ruleset %s rejected; still serving %s:\n%s",
                   result.revision or "(unreadable)", self.arbiter.ruleset.revision,
                   result.render())

@@ -8,15 +8,18 @@ from engine.grpc import convert
 from engine.grpc.errors import rpc
 from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
+from engine.grpc.metrics import ServerMetrics
 from engine.reloader import RulesetReloader
 from engine.requests import FailedPrecondition
 from engine.service import Arbiter
 
 
 class AdminServicer(apb_grpc.AdminServiceServicer):
-    def __init__(self, arbiter: Arbiter, reloader: RulesetReloader | None) -> None:
+    def __init__(self, arbiter: Arbiter, reloader: RulesetReloader | None,
+                 metrics: ServerMetrics | None = None) -> None:
         self.arbiter = arbiter
         self.reloader = reloader
+        self.metrics = metrics
 
     def _info(self) -> apb.RulesetInfo:
         ruleset = self.arbiter.ruleset

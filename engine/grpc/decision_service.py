@@ -8,13 +8,15 @@ from engine.grpc import convert
 from engine.grpc.errors import rpc
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc.metrics import ServerMetrics
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
-    def __init__(self, arbiter: Arbiter) -> None:
+    def __init__(self, arbiter: Arbiter, metrics: ServerMetrics | None = None) -> None:
         self.arbiter = arbiter
+        self.metrics = metrics
 
     @rpc
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext
@@ -28,6 +30,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             explain=request.explain,
             at=convert.optional_time(request, "at"),
         )
+        if self.metrics is not None:
+            self.metrics.decided(decision)
         return convert.decide_response(decision)
 
     @rpc

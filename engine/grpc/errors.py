@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -41,31 +42,46 @@ def bad_request(err: InvalidArgument) -> grpc.Status:
         code=code_pb2.INVALID_ARGUMENT, message=str(err), details=[detail]))
 
 
+def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
+    """The status code and message a known engine error maps to (INTERNAL otherwise)."""
+    if isinstance(err, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(err)
+    if isinstance(err, NotFound):
+        return grpc.StatusCode.NOT_FOUND, str(err)
+    if isinstance(err, FailedPrecondition):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(err)
+    if isinstance(err, DecisionNotFound):
+        return (grpc.StatusCode.NOT_FOUND,
+                f"decision_id: no decision {err.args[0]!r} in the attribution window")
+    if isinstance(err, ActionNotInDecision):
+        return (grpc.StatusCode.NOT_FOUND,
+                f"action_id: {err.args[0]!r} was not part of this decision")
+    if isinstance(err, StoreUnavailable):
+        log.warning("%s: %s", method, err)
+        return grpc.StatusCode.UNAVAILABLE, "profile store unavailable; retry"
+    log.exception("%s failed", method)
+    return grpc.StatusCode.INTERNAL, "internal error; see the server log"
+
+
 def rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[..., R]:
-    """Map engine errors to gRPC status codes; log anything unexpected."""
+    """Map engine errors to gRPC status codes (logging anything unexpected), and count
+    every call by method and code in the servicer's ``metrics``, if it has any."""
 
     @functools.wraps(method)
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+        started = time.perf_counter()
+        code = grpc.StatusCode.OK
         try:
             return method(self, request, context)
-        except InvalidArgument as err:
-            context.abort_with_status(bad_request(err))
-        except NotFound as err:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(err))
-        except FailedPrecondition as err:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(err))
-        except DecisionNotFound as err:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"decision_id: no decision {err.args[0]!r} in the attribution window")
-        except ActionNotInDecision as err:
-            context.abort(grpc.StatusCode.NOT_FOUND,
-                          f"action_id: {err.args[0]!r} was not part of this decision")
-        except StoreUnavailable as err:
-            log.warning("%s: %s", method.__name__, err)
-            context.abort(grpc.StatusCode.UNAVAILABLE, "profile store unavailable; retry")
-        except Exception:
-            log.exception("%s failed", method.__name__)
-            context.abort(grpc.StatusCode.INTERNAL, "internal error; see the server log")
+        except Exception as err:
+            code, message = status_of(err, method.__name__)
+            if isinstance(err, InvalidArgument):
+                context.abort_with_status(bad_request(err))
+            context.abort(code, message)
+        finally:
+            metrics = getattr(self, "metrics", None)
+            if metrics is not None:
+                metrics.observe(method.__name__, code, time.perf_counter() - started)
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     return wrapper

@@ -8,13 +8,15 @@ from engine.grpc import convert
 from engine.grpc.errors import rpc
 from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+from engine.grpc.metrics import ServerMetrics
 from engine.requests import InvalidArgument, NotFound
 from engine.service import Arbiter
 
 
 class ReportServicer(rpb_grpc.ReportServiceServicer):
-    def __init__(self, arbiter: Arbiter) -> None:
+    def __init__(self, arbiter: Arbiter, metrics: ServerMetrics | None = None) -> None:
         self.arbiter = arbiter
+        self.metrics = metrics
 
     @rpc
     def ExperimentReport(self, request: rpb.ExperimentReportRequest,

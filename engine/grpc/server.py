@@ -25,6 +25,7 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
+from engine.grpc.metrics import ServerMetrics
 from engine.grpc.report_service import ReportServicer
 from engine.ports import StoreUnavailable
 from engine.reloader import RulesetReloader
@@ -49,8 +50,11 @@ class RunningServer:
     def __init__(self, server: grpc.Server, port: int, arbiter: Arbiter,
                  health_servicer: health.HealthServicer,
                  reloader: RulesetReloader | None = None,
-                 reload_interval: float = RELOAD_INTERVAL_SECONDS) -> None:
+                 reload_interval: float = RELOAD_INTERVAL_SECONDS,
+                 metrics: ServerMetrics | None = None) -> None:
         self.server = server
+        self.metrics = metrics
+        self.metrics_port = 0
         self.port = port
         self.arbiter = arbiter
         self.health = health_servicer
@@ -109,6 +113,8 @@ class RunningServer:
         self.health.enter_graceful_shutdown()
         self._stopped.set()
         self.server.stop(grace).wait()
+        if self.metrics is not None:
+            self.metrics.close()
         self.arbiter.close()
 
     def wait(self) -> None:
@@ -117,21 +123,25 @@ class RunningServer:
 
 def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
           workers: int = 4, reloader: RulesetReloader | None = None,
-          reload_interval: float = RELOAD_INTERVAL_SECONDS) -> RunningServer:
+          reload_interval: float = RELOAD_INTERVAL_SECONDS,
+          metrics_port: int | None = None) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one).
 
     With a ``reloader`` the ruleset directory is watched every ``reload_interval``
-    seconds (0: only on the ReloadRuleset RPC).
+    seconds (0: only on the ReloadRuleset RPC). With ``metrics_port`` (0: a free one),
+    Prometheus metrics are served on ``http://host:metrics_port/metrics``.
     """
+    metrics = ServerMetrics(arbiter, reloader) if metrics_port is not None else None
     options = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ]
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
-    pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(arbiter), server)
-    apb_grpc.add_AdminServiceServicer_to_server(AdminServicer(arbiter, reloader), server)
-    rpb_grpc.add_ReportServiceServicer_to_server(ReportServicer(arbiter), server)
+    pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(arbiter, metrics), server)
+    apb_grpc.add_AdminServiceServicer_to_server(AdminServicer(arbiter, reloader, metrics),
+                                                server)
+    rpb_grpc.add_ReportServiceServicer_to_server(ReportServicer(arbiter, metrics), server)
     health_servicer = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in ("", SERVICE_NAME):
@@ -144,7 +154,12 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()
     log.info("serving ruleset %s on %s:%d", arbiter.ruleset.revision, host, bound)
-    return RunningServer(server, bound, arbiter, health_servicer, reloader, reload_interval)
+    running = RunningServer(server, bound, arbiter, health_servicer, reloader, reload_interval,
+                            metrics)
+    if metrics is not None and metrics_port is not None:
+        running.metrics_port = metrics.serve(metrics_port, host)
+        log.info("metrics on http://%s:%d/metrics", host, running.metrics_port)
+    return running
 
 
 def serve_forever(running: RunningServer) -> None:

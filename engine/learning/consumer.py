@@ -72,6 +72,7 @@ class Learner:
         self.offset = ""
         self.labels = FinalLabels()  # predictions awaiting their final label (quality)
         self.applied = 0
+        self.last_received = 0.0  # receive time of the newest event applied (lag metric)
         self.trimmed = 0  # log entries this process dropped (everyone was past them)
         self.consumer_id = uuid.uuid4().hex[:12]
         self._since_snapshot = 0
@@ -132,6 +133,7 @@ class Learner:
                 for offset, event in events:
                     self._apply(event)
                     self.offset = offset
+                    self.last_received = event.received_at
                 total += len(events)
                 self._since_snapshot += len(events)
                 if len(events) < batch:

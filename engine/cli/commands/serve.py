@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an impression with no click or conversion after this long is "
                         "a negative example for the propensity models (default %(default)s)")
     add_snapshot_key_argument(p)
+    p.add_argument("--metrics-port", type=int, metavar="PORT",
+                   help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often to look for changed rule files (0: only on the "
                         "ReloadRuleset RPC)")
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
                       snapshot_key=snapshot_key(args))
     reloader = RulesetReloader(args.rules, arbiter)
     running = server.start(arbiter, args.host, args.port, args.workers, reloader,
-                           args.reload_interval)
+                           args.reload_interval, args.metrics_port)
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)

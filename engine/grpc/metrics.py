@@ -1,0 +1,93 @@
+"""Prometheus metrics of one server (prometheus-client), on ``arbiter serve --metrics-port``.
+
+Each server has its own registry: RPCs by method and status, their latency, decisions
+by placement, action and arm, learning events applied and how far the learner is
+behind; read at scrape time: the serving ruleset revision, reload failures, each
+model's rolling AUC and examples.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from engine.decide.decision import Decision
+from engine.reloader import RulesetReloader
+from engine.service import Arbiter
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 5.0)
+
+
+class ServerMetrics:
+    """The counters and histograms the servicers update."""
+
+    def __init__(self, arbiter: Arbiter, reloader: RulesetReloader | None) -> None:
+        self.registry = CollectorRegistry()
+        self.rpcs = Counter("arbiter_rpc", "RPCs answered, by method and status code",
+                            ["method", "code"], registry=self.registry)
+        self.latency = Histogram("arbiter_rpc_seconds", "RPC handling time", ["method"],
+                                 buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.decisions = Counter("arbiter_decisions", "Actions shown, by placement, action "
+                                 "and experiment arm", ["placement", "action", "arm"],
+                                 registry=self.registry)
+        self.registry.register(_StateCollector(arbiter, reloader))
+        self._http: Any = None
+
+    def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
+        self.rpcs.labels(method, code.name).inc()
+        self.latency.labels(method).observe(seconds)
+
+    def decided(self, decision: Decision) -> None:
+        for action in decision.actions:
+            self.decisions.labels(decision.placement, action.action_id, action.arm or "").inc()
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Expose ``/metrics`` over HTTP; returns the bound port (0 picks a free one)."""
+        server, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
+        return int(server.server_port)
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+
+
+class _StateCollector(Collector):
+    """Values read when scraped: revision, reload failures, learning lag, model quality."""
+
+    def __init__(self, arbiter: Arbiter, reloader: RulesetReloader | None) -> None:
+        self.arbiter = arbiter
+        self.reloader = reloader
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        revision = GaugeMetricFamily("arbiter_ruleset_info", "The serving ruleset",
+                                     labels=["revision"])
+        revision.add_metric([self.arbiter.ruleset.revision], 1.0)
+        yield revision
+        failures = self.reloader.failures if self.reloader is not None else 0
+        yield GaugeMetricFamily("arbiter_reload_failures", "Rule edits rejected since start",
+                                value=failures)
+        learner = self.arbiter.learner
+        yield GaugeMetricFamily("arbiter_learning_events_applied",
+                                "Learning-log events this process has applied",
+                                value=learner.applied)
+        lag = max(time.time() - learner.last_received, 0.0) if learner.last_received else 0.0
+        yield GaugeMetricFamily("arbiter_learning_lag_seconds",
+                                "Age of the newest learning event applied (0: none yet)",
+                                value=lag)
+        auc = GaugeMetricFamily("arbiter_model_auc", "Rolling ROC AUC (progressive "
+                                "validation, final labels)", labels=["model"])
+        examples = GaugeMetricFamily("arbiter_model_examples", "Shown actions learnt",
+                                     labels=["model"])
+        for q in self.arbiter.models.quality():
+            auc.add_metric([q.model], q.rolling_auc)
+            examples.add_metric([q.model], q.examples)
+        yield auc
+        yield examples
