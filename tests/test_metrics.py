@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
 import urllib.request
 
 import grpc
@@ -13,6 +18,7 @@ from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.service import Arbiter
+from tests.conftest import RETAIL, ROOT, free_port
 
 
 def test_rpcs_decisions_and_state_are_scraped(retail: Ruleset) -> None:
@@ -41,3 +47,27 @@ def test_rpcs_decisions_and_state_are_scraped(retail: Ruleset) -> None:
             f'placement="homepage_banner"}} 1.0') in text
     assert f'arbiter_ruleset_info{{revision="{retail.revision}"}} 1.0' in text
     assert "arbiter_learning_lag_seconds" in text and "arbiter_reload_failures 0.0" in text
+
+
+def test_json_logs_with_an_access_line_per_rpc_and_no_user_ids() -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "--log-format", "json", "serve", "--rules",
+         str(RETAIL), "--port", str(port), "--access-log"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=30)
+            stub = pb_grpc.DecisionServiceStub(channel)
+            d = stub.Decide(pb.DecideRequest(user_id="ann-private", placement="homepage_banner",
+                                             channel="web"))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=20)
+    lines = [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+    assert lines and all({"time", "level", "logger", "message"} <= set(x) for x in lines)
+    access = [x for x in lines if x["logger"] == "arbiter.access"]
+    assert {"rpc": "Decide", "code": "OK", "decision_id": d.decision_id}.items() <= (
+        access[0].items())
+    assert "ann-private" not in err

@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from importlib import metadata
 
 from engine.cli.commands import check, decide, fmt, replay, report, serve, test
+from engine.cli.logs import configure
 
 COMMANDS = (serve, check, decide, fmt, test, report, replay)
 """Each module registers its subcommand(s); adding a command is adding a module here.
@@ -35,6 +36,8 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arbiter", description="Next-best-action decisions.")
     p.add_argument("--version", action="version", version=f"%(prog)s {version()}")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    p.add_argument("--log-format", choices=("text", "json"), default="text",
+                   help="json: one object per line (time, level, logger, message, fields)")
     sub = p.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.register(sub)
@@ -51,8 +54,7 @@ def version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     started = time.perf_counter()
     code: int = args.func(args)
     log.debug("done in %.3fs", time.perf_counter() - started)

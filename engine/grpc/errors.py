@@ -22,6 +22,10 @@ from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.requests import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("arbiter.access")
+"""One line per RPC (method, status, latency, decision id; never a user id or profile).
+Off unless ``arbiter serve --access-log`` sets it to INFO."""
+access.setLevel(logging.WARNING)
 
 R = TypeVar("R")
 
@@ -71,17 +75,28 @@ def rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[..., 
     def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
+        response = None
         try:
-            return method(self, request, context)
+            response = method(self, request, context)
+            return response
         except Exception as err:
             code, message = status_of(err, method.__name__)
             if isinstance(err, InvalidArgument):
                 context.abort_with_status(bad_request(err))
             context.abort(code, message)
         finally:
+            seconds = time.perf_counter() - started
             metrics = getattr(self, "metrics", None)
             if metrics is not None:
-                metrics.observe(method.__name__, code, time.perf_counter() - started)
+                metrics.observe(method.__name__, code, seconds)
+            if access.isEnabledFor(logging.INFO):
+                decision_id = (getattr(response, "decision_id", "")
+                               or getattr(request, "decision_id", ""))
+                access.info("%s %s %.2fms%s", method.__name__, code.name, seconds * 1000,
+                            f" decision {decision_id}" if decision_id else "",
+                            extra={"rpc": method.__name__, "code": code.name,
+                                   "ms": round(seconds * 1000, 3),
+                                   "decision_id": decision_id or None})
         raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
 
     return wrapper

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an impression with no click or conversion after this long is "
                         "a negative example for the propensity models (default %(default)s)")
     add_snapshot_key_argument(p)
+    p.add_argument("--access-log", action="store_true",
+                   help="log one line per RPC: method, status, latency, decision id")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
@@ -44,6 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from engine.grpc import server
+
+    if args.access_log:
+        logging.getLogger("arbiter.access").setLevel(logging.INFO)
     from engine.reloader import RulesetReloader
     from engine.service import Arbiter
 
