@@ -27,6 +27,7 @@ from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
 from engine.grpc.metrics import ServerMetrics
 from engine.grpc.report_service import ReportServicer
+from engine.grpc.security import TokenAuth, Tokens
 from engine.ports import StoreUnavailable
 from engine.reloader import RulesetReloader
 from engine.service import Arbiter
@@ -124,12 +125,16 @@ class RunningServer:
 def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
           workers: int = 4, reloader: RulesetReloader | None = None,
           reload_interval: float = RELOAD_INTERVAL_SECONDS,
-          metrics_port: int | None = None) -> RunningServer:
+          metrics_port: int | None = None,
+          credentials: grpc.ServerCredentials | None = None,
+          tokens: Tokens | None = None) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one).
 
     With a ``reloader`` the ruleset directory is watched every ``reload_interval``
     seconds (0: only on the ReloadRuleset RPC). With ``metrics_port`` (0: a free one),
-    Prometheus metrics are served on ``http://host:metrics_port/metrics``.
+    Prometheus metrics are served on ``http://host:metrics_port/metrics``. With
+    ``credentials`` the port speaks TLS (engine.grpc.security); with ``tokens`` every call
+    but health and reflection needs a bearer token with the method's scope.
     """
     metrics = ServerMetrics(arbiter, reloader) if metrics_port is not None else None
     options = [
@@ -137,7 +142,9 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
         ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 0),
     ]
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options)
+    interceptors: list[grpc.ServerInterceptor] = [TokenAuth(tokens)] if tokens else []
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
+                         interceptors=interceptors)
     pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(arbiter, metrics), server)
     apb_grpc.add_AdminServiceServicer_to_server(AdminServicer(arbiter, reloader, metrics),
                                                 server)
@@ -149,7 +156,9 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     reflection.enable_server_reflection(
         (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME, health.SERVICE_NAME,
          reflection.SERVICE_NAME), server)
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, credentials) if credentials is not None
+             else server.add_insecure_port(address))
     if bound == 0:
         raise OSError(f"cannot listen on {host}:{port}")
     server.start()

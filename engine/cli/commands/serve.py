@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+from typing import Any
 
 from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS
 from engine.cli.common import (
@@ -34,6 +36,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="an impression with no click or conversion after this long is "
                         "a negative example for the propensity models (default %(default)s)")
     add_snapshot_key_argument(p)
+    p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--tls-client-ca", metavar="PEM",
+                   help="require client certificates signed by this CA (mutual TLS)")
+    p.add_argument("--tokens-file", metavar="TOML",
+                   help="bearer tokens and their scopes ([tokens] TOKEN = [scopes]); "
+                        "default: $ARBITER_TOKENS (token=scope,scope;...); none: open")
     p.add_argument("--access-log", action="store_true",
                    help="log one line per RPC: method, status, latency, decision id")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -67,9 +76,28 @@ def run(args: argparse.Namespace) -> int:
                       snapshot_key=snapshot_key(args))
     reloader = RulesetReloader(args.rules, arbiter)
     running = server.start(arbiter, args.host, args.port, args.workers, reloader,
-                           args.reload_interval, args.metrics_port)
+                           args.reload_interval, args.metrics_port, *security(args))
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)
     server.serve_forever(running)
     return 0
+
+
+def security(args: argparse.Namespace) -> tuple[Any, dict[str, frozenset[str]] | None]:
+    """TLS credentials and bearer tokens from the flags and the environment."""
+    from engine.grpc.security import load_tokens, parse_tokens, server_credentials
+
+    credentials = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("arbiter serve: --tls-cert and --tls-key go together")
+        credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
+    elif args.tls_client_ca:
+        raise SystemExit("arbiter serve: --tls-client-ca needs --tls-cert and --tls-key")
+    tokens = None
+    if args.tokens_file:
+        tokens = load_tokens(args.tokens_file)
+    elif os.environ.get("ARBITER_TOKENS"):
+        tokens = parse_tokens(os.environ["ARBITER_TOKENS"])
+    return credentials, tokens

@@ -1,0 +1,115 @@
+"""TLS, mutual TLS and bearer tokens, with certificates made by openssl in the test."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adapters.memory import MemoryStore
+from dsl.ruleset import Ruleset
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
+from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc.security import parse_tokens, server_credentials
+from engine.service import Arbiter
+
+pytestmark = pytest.mark.skipif(shutil.which("openssl") is None, reason="needs openssl")
+REQUEST = pb.DecideRequest(user_id="u", placement="homepage_banner", channel="web")
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
+    d = tmp_path_factory.mktemp("pki")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+             "/CN=Arbiter test CA", "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    (d / "san.ext").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+                 "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                 "-CAcreateserial", "-days", "2", "-extfile", "san.ext",
+                 "-out", f"{name}.pem", cwd=d)
+    return d
+
+
+def _serve(retail: Ruleset, **kwargs: object) -> server.RunningServer:
+    return server.start(Arbiter(retail, MemoryStore(), seed=1), "127.0.0.1", 0, workers=2,
+                        **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def tls(retail: Ruleset, pki: Path) -> Iterator[server.RunningServer]:
+    running = _serve(retail, credentials=server_credentials(pki / "server.pem",
+                                                            pki / "server.key"))
+    yield running
+    running.stop(grace=0.2)
+
+
+def test_tls_serves_clients_that_trust_the_ca(tls: server.RunningServer, pki: Path) -> None:
+    creds = grpc.ssl_channel_credentials((pki / "ca.pem").read_bytes())
+    with grpc.secure_channel(f"localhost:{tls.port}", creds) as channel:
+        assert pb_grpc.DecisionServiceStub(channel).Decide(REQUEST, timeout=10).decision_id
+    with grpc.insecure_channel(f"127.0.0.1:{tls.port}") as plain, \
+            pytest.raises(grpc.RpcError) as err:
+        pb_grpc.DecisionServiceStub(plain).Decide(REQUEST, timeout=5)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+
+
+def test_mutual_tls_needs_a_client_certificate(retail: Ruleset, pki: Path) -> None:
+    running = _serve(retail, credentials=server_credentials(
+        pki / "server.pem", pki / "server.key", pki / "ca.pem"))
+    ca = (pki / "ca.pem").read_bytes()
+    try:
+        anonymous = grpc.ssl_channel_credentials(ca)
+        with grpc.secure_channel(f"localhost:{running.port}", anonymous) as channel, \
+                pytest.raises(grpc.RpcError):
+            pb_grpc.DecisionServiceStub(channel).Decide(REQUEST, timeout=5)
+        known = grpc.ssl_channel_credentials(ca, (pki / "client.key").read_bytes(),
+                                             (pki / "client.pem").read_bytes())
+        with grpc.secure_channel(f"localhost:{running.port}", known) as channel:
+            assert pb_grpc.DecisionServiceStub(channel).Decide(REQUEST, timeout=10).decision_id
+    finally:
+        running.stop(grace=0.2)
+
+
+def test_tokens_carry_scopes(retail: Ruleset) -> None:
+    running = _serve(retail, tokens=parse_tokens("svc-token=decide,feedback;ops-token=admin"))
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            decide = pb_grpc.DecisionServiceStub(channel).Decide
+            admin = apb_grpc.AdminServiceStub(channel).GetRuleset
+
+            def code(call: object, metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+                try:
+                    call(REQUEST if call is decide else apb.GetRulesetRequest(),  # type: ignore[operator]
+                         metadata=metadata, timeout=10)
+                except grpc.RpcError as err:
+                    return err.code()  # type: ignore[attr-defined, no-any-return]
+                return grpc.StatusCode.OK
+
+            service = (("authorization", "Bearer svc-token"),)
+            ops = (("authorization", "Bearer ops-token"),)
+            assert code(decide, ()) == grpc.StatusCode.UNAUTHENTICATED
+            assert code(decide, (("authorization", "Bearer wrong"),)) == (
+                grpc.StatusCode.UNAUTHENTICATED)
+            assert code(decide, service) == grpc.StatusCode.OK
+            assert code(admin, service) == grpc.StatusCode.PERMISSION_DENIED
+            assert code(admin, ops) == grpc.StatusCode.OK
+            assert code(decide, ops) == grpc.StatusCode.PERMISSION_DENIED
+            health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest())
+            assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes stay open
+    finally:
+        running.stop(grace=0.2)
