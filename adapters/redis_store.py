@@ -77,6 +77,8 @@ CONSUMER_TTL = 86400.0
 T = TypeVar("T")
 DEFAULT_CACHE_TTL = 1.0
 DEFAULT_CACHE_SIZE = 100_000
+DEFAULT_DECIDE_TIMEOUT = 0.5
+"""Seconds Decide waits for Redis (profile, arm counters, its record) before degrading."""
 
 
 def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
@@ -107,9 +109,14 @@ class RedisStore:
         namespace: str = "arb",
         cache_ttl: float = DEFAULT_CACHE_TTL,
         cache_size: int = DEFAULT_CACHE_SIZE,
+        decide_timeout: float = DEFAULT_DECIDE_TIMEOUT,
     ) -> None:
         self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
                                           health_check_interval=30)
+        # Decide's reads and its record: a stalled Redis must not hold an answer for long
+        self.fast = redis.Redis.from_url(url, socket_timeout=decide_timeout,
+                                         socket_connect_timeout=decide_timeout,
+                                         health_check_interval=30)
         self.ns = namespace
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
@@ -135,7 +142,7 @@ class RedisStore:
     def get_profile(self, user_id: str) -> Profile | None:
         hit, data = self._cached(user_id)
         if not hit:
-            data = _b(self.redis.get(self._k("p", user_id)))
+            data = _b(self.fast.get(self._k("p", user_id)))
             self._remember(user_id, data)
         return decode_profile(data) if data is not None else None
 
@@ -176,7 +183,7 @@ class RedisStore:
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
         ttl = max(1, int(ttl_seconds))
         index = self._k("ud", record.user_id)
-        pipe = self.redis.pipeline(transaction=False)
+        pipe = self.fast.pipeline(transaction=False)
         pipe.set(self._k("d", record.decision_id), encode(record), ex=ttl)
         pipe.sadd(index, record.decision_id)
         pipe.expire(index, ttl)
@@ -230,7 +237,7 @@ class RedisStore:
         return FeedbackCommit(False, effects)
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
-        raw = cast(dict[bytes, bytes], self.redis.hgetall(self._k("arms", experiment)))
+        raw = cast(dict[bytes, bytes], self.fast.hgetall(self._k("arms", experiment)))
         return counts_from_fields({name.decode(): float(value) for name, value in raw.items()})
 
     # ---- learning log and model snapshots ----------------------------------------------
@@ -279,3 +286,4 @@ class RedisStore:
 
     def close(self) -> None:
         self.redis.close()
+        self.fast.close()

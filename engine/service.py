@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -30,7 +31,7 @@ from engine.experiments.state import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning.consumer import Learner
 from engine.learning.models import ModelQuality, PropensityModels
-from engine.ports import FeedbackCommit, Store
+from engine.ports import FeedbackCommit, Store, StoreUnavailable
 from engine.profiles import record_event
 from engine.records import ArmCounts, Profile
 from engine.requests import (
@@ -81,7 +82,7 @@ class Arbiter:
         self.models = PropensityModels()
         self.learner = Learner(store, self.models, self.spec_of, reward_wait=reward_wait,
                                snapshot_key=snapshot_key, clock=clock)
-        self.experiments = ExperimentStates(store.arm_counts, self.sampler, clock)
+        self.experiments = ExperimentStates(self._arm_counts_or_none, self.sampler, clock)
         self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
         self.learner.restore()
         self.learner.catch_up()
@@ -94,6 +95,15 @@ class Arbiter:
     def swap_ruleset(self, ruleset: Ruleset) -> None:
         """Serve ``ruleset`` from the next request on (an atomic reference swap)."""
         self._ruleset = ruleset
+
+    def _arm_counts_or_none(self, experiment: str) -> Mapping[str, ArmCounts] | None:
+        """The store's counters, or None while it is unavailable (decisions go on with the
+        last counters known)."""
+        try:
+            return self.store.arm_counts(experiment)
+        except StoreUnavailable as err:
+            log.warning("arm counters unavailable, using the last known: %s", err)
+            return None
 
     def spec_of(self, placement: str, action_id: str) -> tuple[ModelSpec, float]:
         """The serving ruleset's model spec for a placement, and an action's prior."""
@@ -119,7 +129,12 @@ class Arbiter:
         req = decide_input(ruleset, user_id=user_id, placement=placement, channel=channel,
                            context=context, limit=limit, explain=explain, at=at,
                            now=self.clock())
-        profile = self.store.get_profile(user_id)
+        degraded = False
+        try:
+            profile = self.store.get_profile(user_id)
+        except StoreUnavailable as err:  # answer anyway, as for an unknown customer
+            log.warning("decide degraded, profile unavailable: %s", err)
+            profile, degraded = None, True
         decision, record = pipeline.run(
             ruleset, req, profile,
             decision_id=new_decision_id(),
@@ -130,8 +145,14 @@ class Arbiter:
         )
         # feedback is accepted for the attribution window from the decision's own time
         ttl = self.attribution_window - (self.clock() - record.decided_at)
-        if (record.actions or record.holdout) and ttl > 0:  # holdouts are exposures (lift)
-            self.store.save_decision(record, ttl)
+        if not degraded and (record.actions or record.holdout) and ttl > 0:  # holdouts: lift
+            try:
+                self.store.save_decision(record, ttl)
+            except StoreUnavailable as err:  # not recorded: it cannot take feedback
+                log.warning("decide degraded, decision not recorded: %s", err)
+                degraded = True
+        if degraded:
+            decision = dataclasses.replace(decision, degraded=True)
         if self.decision_log is not None:
             self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
         return decision

@@ -196,8 +196,12 @@ def test_grpc_reports_unavailable_and_health_while_redis_is_down(
             request = pb.DecideRequest(user_id="u", placement="email")
             assert stub.Decide(request).decision_id
             redis_server.kill()
+            # Decide degrades (an unknown customer, not recorded); writes are UNAVAILABLE
+            started = time.monotonic()
+            degraded = stub.Decide(request, timeout=5)
+            assert degraded.degraded and time.monotonic() - started < 2.0
             with pytest.raises(grpc.RpcError) as info:
-                stub.Decide(request)
+                stub.TrackEvent(pb.TrackEventRequest(user_id="u", event_type="visit"))
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
             deadline = time.monotonic() + 10
             while health.Check(health_pb2.HealthCheckRequest()).status != (
@@ -210,7 +214,7 @@ def test_grpc_reports_unavailable_and_health_while_redis_is_down(
                     health_pb2.HealthCheckResponse.SERVING):
                 assert time.monotonic() < deadline, "health never recovered"
                 time.sleep(0.2)
-            assert stub.Decide(request).decision_id
+            assert not stub.Decide(request).degraded
     finally:
         running.stop(grace=0.5)
 

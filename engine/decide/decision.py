@@ -57,6 +57,7 @@ class Decision:
     holdout: str | None = None  # the experiment whose holdout this customer is in
     # P(action in the first slot) for every action the policy could have put there
     policy: dict[str, float] = field(default_factory=dict)
+    degraded: bool = False  # the store was unavailable: an unknown customer, not recorded
 
     def render(self) -> str:
         """A readable text form (used by ``arbiter decide``)."""

@@ -63,7 +63,7 @@ class ExperimentStates:
     reload) rebuild the state; otherwise every decision shares the same draws.
     """
 
-    def __init__(self, store_counts: Callable[[str], Mapping[str, ArmCounts]],
+    def __init__(self, store_counts: Callable[[str], Mapping[str, ArmCounts] | None],
                  sampler: ThompsonSampler, clock: Callable[[], float],
                  refresh: float = REFRESH_SECONDS) -> None:
         self._store_counts = store_counts
@@ -72,6 +72,7 @@ class ExperimentStates:
         self._counts: TTLCache[str, Mapping[str, ArmCounts]] = TTLCache(
             maxsize=1024, ttl=refresh)
         self._states: dict[str, tuple[Mapping[str, ArmCounts], ExperimentState]] = {}
+        self._last: dict[str, Mapping[str, ArmCounts]] = {}  # last counters read, per name
         self._lock = threading.Lock()  # cachetools caches are not thread-safe
 
     def counts(self, name: str) -> Mapping[str, ArmCounts]:
@@ -79,9 +80,13 @@ class ExperimentStates:
         with self._lock:
             counts = self._counts.get(name)
         if counts is None:
-            counts = self._store_counts(name)
+            fresh = self._store_counts(name)
+            if fresh is None:  # the store is unavailable: the last known, not cached
+                return self._last.get(name, {})
+            counts = fresh
             with self._lock:
                 self._counts[name] = counts
+                self._last[name] = counts
         return counts
 
     def invalidate(self, names: Iterable[str]) -> None:

@@ -91,6 +91,7 @@ def decide_response(decision: Decision) -> pb.DecideResponse:
         ruleset_revision=decision.revision,
         decided_at=timestamp(decision.decided_at),
         holdout_experiment=decision.holdout or "",
+        degraded=decision.degraded,
     )
     for a in decision.actions:
         response.actions.append(pb.RankedAction(

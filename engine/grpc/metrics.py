@@ -36,6 +36,9 @@ class ServerMetrics:
         self.decisions = Counter("arbiter_decisions", "Actions shown, by placement, action "
                                  "and experiment arm", ["placement", "action", "arm"],
                                  registry=self.registry)
+        self.degraded = Counter("arbiter_degraded_decisions", "Decisions made without the "
+                                "store (an unknown customer, not recorded)",
+                                registry=self.registry)
         self.registry.register(_StateCollector(arbiter, reloader))
         self._http: Any = None
 
@@ -46,6 +49,8 @@ class ServerMetrics:
     def decided(self, decision: Decision) -> None:
         for action in decision.actions:
             self.decisions.labels(decision.placement, action.action_id, action.arm or "").inc()
+        if decision.degraded:
+            self.degraded.inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose ``/metrics`` over HTTP; returns the bound port (0 picks a free one)."""

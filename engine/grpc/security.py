@@ -7,8 +7,9 @@ token to its scopes; a call without ``authorization: Bearer <token>`` is
 ``UNAUTHENTICATED``, one whose token lacks the method's scope ``PERMISSION_DENIED``.
 The health service and reflection stay open (probes and generic tools).
 
->>> parse_tokens("svc=decide,feedback;ops=admin")
-{'svc': frozenset({'decide', 'feedback'}), 'ops': frozenset({'admin'})}
+>>> tokens = parse_tokens("svc=decide,feedback;ops=admin")
+>>> sorted(tokens["svc"]), sorted(tokens["ops"])
+(['decide', 'feedback'], ['admin'])
 """
 
 from __future__ import annotations
