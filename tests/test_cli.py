@@ -101,3 +101,19 @@ def test_the_cli_starts_without_the_heavy_dependencies() -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, cwd=ROOT, timeout=60).stdout
     assert out.strip() == "[]"
+
+
+def test_serve_settings_layer_flags_over_environment_over_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    settings = tmp_path / "arbiter.toml"
+    settings.write_text('port = 7001\nworkers = 3\nmetrics-port = 9100\naccess-log = true\n')
+    monkeypatch.setenv("ARBITER_PORT", "7002")
+    monkeypatch.setenv("ARBITER_RELOAD_INTERVAL", "5")
+    assert main(["serve", "--config", str(settings), "--workers", "6", "--print-config"]) == 0
+    out = capsys.readouterr().out
+    assert "port = 7002  # env ARBITER_PORT" in out  # the environment beats the file
+    assert "workers = 6  # flag" in out  # a flag beats both
+    assert "metrics-port = 9100  # file" in out and "access-log = true  # file" in out
+    assert "reload-interval = 5.0  # env ARBITER_RELOAD_INTERVAL" in out
+    assert 'host = "127.0.0.1"  # default' in out

@@ -15,9 +15,12 @@ from engine.cli.common import (
     open_store,
     snapshot_key,
 )
+from engine.cli.config import Layered, read_file, render
 from engine.decision_log import DecisionLog
 
 log = logging.getLogger("arbiter")
+LAYERED: Layered
+"""The serve options, layered over the environment and a settings file (engine/cli/config)."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -50,11 +53,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often to look for changed rule files (0: only on the "
                         "ReloadRuleset RPC)")
+    p.add_argument("--config", metavar="TOML", default=os.environ.get("ARBITER_CONFIG"),
+                   help="settings file (keys named like these flags); precedence: flags, "
+                        "ARBITER_* variables, this file, defaults")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved settings and where each came from, then exit")
+    global LAYERED
+    LAYERED = Layered(p)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from engine.grpc import server
+
+    sources = LAYERED.resolve(args, os.environ, read_file(args.config))
+    if args.print_config:
+        print(render(args, LAYERED, sources))
+        return 0
 
     if args.access_log:
         logging.getLogger("arbiter.access").setLevel(logging.INFO)
