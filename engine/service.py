@@ -33,7 +33,7 @@ from engine.learning.consumer import Learner
 from engine.learning.models import ModelQuality, PropensityModels
 from engine.ports import FeedbackCommit, Store, StoreUnavailable
 from engine.profiles import record_event
-from engine.records import ArmCounts, Profile
+from engine.records import ArmCounts, DecisionRecord, Profile
 from engine.requests import (
     InvalidArgument,
     check_id,
@@ -129,12 +129,7 @@ class Arbiter:
         req = decide_input(ruleset, user_id=user_id, placement=placement, channel=channel,
                            context=context, limit=limit, explain=explain, at=at,
                            now=self.clock())
-        degraded = False
-        try:
-            profile = self.store.get_profile(user_id)
-        except StoreUnavailable as err:  # answer anyway, as for an unknown customer
-            log.warning("decide degraded, profile unavailable: %s", err)
-            profile, degraded = None, True
+        profile, available = self._profile_for_decide(user_id)
         decision, record = pipeline.run(
             ruleset, req, profile,
             decision_id=new_decision_id(),
@@ -143,19 +138,33 @@ class Arbiter:
             sampler=self.sampler,
             tracer=tracer,
         )
-        # feedback is accepted for the attribution window from the decision's own time
-        ttl = self.attribution_window - (self.clock() - record.decided_at)
-        if not degraded and (record.actions or record.holdout) and ttl > 0:  # holdouts: lift
-            try:
-                self.store.save_decision(record, ttl)
-            except StoreUnavailable as err:  # not recorded: it cannot take feedback
-                log.warning("decide degraded, decision not recorded: %s", err)
-                degraded = True
-        if degraded:
+        if not (available and self._record(record)):
             decision = dataclasses.replace(decision, degraded=True)
         if self.decision_log is not None:
             self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
         return decision
+
+    def _profile_for_decide(self, user_id: str) -> tuple[Profile | None, bool]:
+        """The stored profile and True; (None, False) when the store cannot be read in
+        time: the decision goes on, degraded, as for an unknown customer."""
+        try:
+            return self.store.get_profile(user_id), True
+        except StoreUnavailable as err:
+            log.warning("decide degraded, profile unavailable: %s", err)
+            return None, False
+
+    def _record(self, record: DecisionRecord) -> bool:
+        """Store the decision for the attribution window (from its own time) so that it
+        can take feedback; False when the store failed (the decision is degraded)."""
+        ttl = self.attribution_window - (self.clock() - record.decided_at)
+        if not (record.actions or record.holdout) or ttl <= 0:  # holdouts: lift
+            return True
+        try:
+            self.store.save_decision(record, ttl)
+        except StoreUnavailable as err:
+            log.warning("decide degraded, decision not recorded: %s", err)
+            return False
+        return True
 
     def arm_counts(self, experiment: str) -> Mapping[str, ArmCounts]:
         """The experiment's raw counters as decisions see them (cached, refreshed each second)."""
