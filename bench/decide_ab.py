@@ -34,6 +34,13 @@ for placement, channel in (("email", "email"), ("homepage_banner", "web"), ("car
             f()
         best = min(timeit.repeat(f, number=500, repeat=7)) / 500
         out[placement + (" explain" if explain else "")] = best * 1e6
+for i in range(7):  # a loyal customer: every arm of the homepage experiment is eligible
+    arb.track(user_id="vip", event_type="visit")
+arb.track(user_id="vip", event_type="purchase", properties={"value": 700.0})
+f = lambda: arb.decide(user_id="vip", placement="homepage_banner", channel="web")
+for _ in range(200):
+    f()
+out["homepage_banner, VIP (Thompson)"] = min(timeit.repeat(f, number=500, repeat=7)) / 500 * 1e6
 print(json.dumps(out))
 '''
 

@@ -9,7 +9,7 @@ the first-slot distribution (:mod:`engine.decide.distribution`) needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -50,6 +50,8 @@ class Allocated(NamedTuple):
     kept: list[RankedAction]
     dropped: list[RankedAction]
     allocation: Allocation | None = None
+    memo: dict[Any, Any] | None = None  # the experiment state's memo, for the distribution
+    key: Any = None  # what the allocation was computed from (the arms' values)
 
 
 def _split(candidates: list[RankedAction], arms: list[RankedAction],
@@ -78,6 +80,32 @@ def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
     arms = [c for c in candidates if c.action_id in experiment.arms]
     if not arms:
         return Allocated(candidates, [])
+    key = tuple((a.action_id, a.value * a.weight) for a in arms) if linear else None
+    rows = state.memo.get(key) if key is not None else None
+    if rows is None:
+        rows = _score_rows(experiment, arms, state, scorer, linear)
+        if key is not None:
+            state.remember(key, rows)
+    columns, draws, scores, winners, allocation_weights = rows
+    row = int(sampler.integers(len(draws)))
+    best = int(winners[row])
+    played = arms[best]
+    chosen = RankedAction(played.action_id, float(scores[row, best]), float(draws[row, best]),
+                          played.value, played.weight, played.priority,
+                          experiment=experiment.name, arm=played.action_id, tags=played.tags)
+    top_scores = scores[np.arange(len(scores)), winners]
+    allocation = Allocation(arms, winners, top_scores, allocation_weights)
+    if tracer.enabled:
+        _trace_thompson(experiment, arms, chosen, best, draws[row], winners, state, columns,
+                        tracer)
+    kept, dropped = _split(candidates, arms, chosen)
+    memo = state.memo if key is not None else None
+    return Allocated(kept, dropped, allocation, memo, key)
+
+
+def _score_rows(experiment: Experiment, arms: list[RankedAction], state: ExperimentState,
+                scorer: Scorer, linear: bool) -> tuple[Any, ...]:
+    """Every posterior row scored: (columns, draws, scores, winner per row, row weights)."""
     columns = [experiment.arms.index(a.action_id) for a in arms]
     draws = state.draws[:, columns]
     if linear:
@@ -86,19 +114,8 @@ def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
         draws = draws[:CUSTOM_FORMULA_ROWS]
         scores = np.array([[scorer(arm, float(x)) for arm, x in zip(arms, row, strict=True)]
                            for row in draws])
-    row = int(sampler.integers(len(draws)))
-    best = int(np.argmax(scores[row]))
-    chosen = replace(arms[best], propensity=float(draws[row, best]),
-                     score=float(scores[row, best]), experiment=experiment.name,
-                     arm=arms[best].action_id)
     winners = np.argmax(scores, axis=1)
-    top_scores = scores[np.arange(len(scores)), winners]
-    allocation = Allocation(arms, winners, top_scores, np.full(len(scores), 1.0 / len(scores)))
-    if tracer.enabled:
-        _trace_thompson(experiment, arms, chosen, best, draws[row], winners, state, columns,
-                        tracer)
-    kept, dropped = _split(candidates, arms, chosen)
-    return Allocated(kept, dropped, allocation)
+    return columns, draws, scores, winners, np.full(len(scores), 1.0 / len(scores))
 
 
 def _trace_thompson(experiment: Experiment, arms: list[RankedAction], chosen: RankedAction,

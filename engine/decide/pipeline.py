@@ -29,7 +29,7 @@ from engine.decide.scoring import Candidates, Scorer, score_candidates, scorer_f
 from engine.decide.tracer import NULL_TRACER, ExplainTracer, Tracer, combine
 from engine.experiments.bucketing import in_holdout, takes_part
 from engine.experiments.sampling import ThompsonSampler
-from engine.experiments.state import ExperimentState
+from engine.experiments.state import MEMO_LIMIT, ExperimentState
 from engine.learning.models import PropensityModels
 from engine.records import DecisionRecord, Profile, ShownAction
 
@@ -130,10 +130,7 @@ def _choose(ruleset: Ruleset, req: DecideInput, facts: Facts, allocated: Allocat
     candidates = allocated.kept
     ranked = rank(candidates, req.limit, tracer)
     if ranked:
-        member_scores = scored.member_scores
-        stochastic = allocated.allocation is not None or member_scores is not None
-        policy = (top_distribution(candidates, allocated.allocation, member_scores)
-                  if stochastic else {ranked[0].action_id: 1.0})
+        policy = _policy(allocated, scored, ranked)
         ranked[0].probability = policy.get(ranked[0].action_id, 0.0)
         return ranked, policy
     if req.placement.fallback is None:
@@ -142,6 +139,26 @@ def _choose(ruleset: Ruleset, req: DecideInput, facts: Facts, allocated: Allocat
     if holdout and experiment is not None:  # the holdout's outcomes, for measuring lift
         fallback.experiment, fallback.arm = experiment.name, HOLDOUT_ARM
     return [fallback], {fallback.action_id: 1.0}
+
+
+def _policy(allocated: Allocated, scored: Candidates, ranked: list[RankedAction]
+            ) -> dict[str, float]:
+    """The first-slot distribution; for an experiment, remembered by the experiment's
+    state under what it depends on (the arms' values, the other candidates' scores)."""
+    member_scores = scored.member_scores
+    if allocated.allocation is None and member_scores is None:
+        return {ranked[0].action_id: 1.0}
+    if allocated.memo is None or member_scores is not None:
+        return top_distribution(allocated.kept, allocated.allocation, member_scores)
+    key = ("top", allocated.key,
+           tuple((c.action_id, c.score, c.priority) for c in allocated.kept if c.arm is None))
+    memo = allocated.memo
+    policy = memo.get(key)
+    if policy is None:
+        if len(memo) >= MEMO_LIMIT:
+            memo.clear()
+        policy = memo[key] = top_distribution(allocated.kept, allocated.allocation, None)
+    return dict(policy)
 
 
 def _shown(a: RankedAction, experiment: Experiment | None) -> ShownAction:

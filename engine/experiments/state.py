@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from cachetools import TTLCache
@@ -32,6 +33,8 @@ from engine.records import ArmCounts
 
 DRAWS = 256
 """Rows of posterior draws per experiment (each decision picks one)."""
+MEMO_LIMIT = 4096
+"""Entries an experiment state keeps of what decisions computed from its draws."""
 REFRESH_SECONDS = 1.0
 """Arm counters are re-read from the store at most this often (other replicas' feedback)."""
 
@@ -44,6 +47,16 @@ class ExperimentState:
     counts: Mapping[str, ArmCounts]
     posteriors: tuple[Posterior, ...]
     draws: np.ndarray  # (DRAWS, arms): sampled mean reward of each arm
+    # what decisions compute from these draws, by the inputs that decide it (the arms'
+    # values, the other candidates' scores); dropped with the state when counts change
+    memo: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def remember(self, key: Any, value: Any) -> Any:
+        """Keep ``value`` under ``key`` (at most MEMO_LIMIT entries); returns it."""
+        if len(self.memo) >= MEMO_LIMIT:
+            self.memo.clear()
+        self.memo[key] = value
+        return value
 
 
 def build_state(experiment: Experiment, raw: Mapping[str, ArmCounts], now: float,
