@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from dsl.ruleset import DEFAULT_MODEL
+from adapters.memory import MemoryStore
+from dsl.ruleset import DEFAULT_MODEL, Ruleset
 from engine.grpc import convert
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.server import RunningServer
+from engine.service import Arbiter
 
 Stub = pb_grpc.DecisionServiceStub
 
@@ -213,3 +216,42 @@ def test_invalid_argument_carries_a_bad_request_detail_naming_the_field(
     bad = error_details_pb2.BadRequest()
     assert status.details[0].Unpack(bad)
     assert bad.field_violations[0].field == "placement"
+
+
+def test_a_request_whose_deadline_passed_in_the_queue_is_not_worked_on(
+        retail: Ruleset) -> None:
+    """One worker, busy; a second call's deadline expires while it waits: the server
+    answers DEADLINE_EXCEEDED without deciding (no work for a client that has gone)."""
+    import threading
+    import time
+
+    from engine.grpc import server as grpc_server
+
+    arbiter = Arbiter(retail, MemoryStore(), seed=1)
+    calls: list[str] = []
+    real_decide = arbiter.decide
+
+    def slow_decide(**kwargs: Any) -> Any:
+        calls.append(kwargs["user_id"])
+        if kwargs["user_id"] == "slow":
+            time.sleep(0.6)
+        return real_decide(**kwargs)
+
+    arbiter.decide = slow_decide  # type: ignore[method-assign]
+    running = grpc_server.start(arbiter, "127.0.0.1", 0, workers=1)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            busy = threading.Thread(target=lambda: stub.Decide(pb.DecideRequest(
+                user_id="slow", placement="homepage_banner", channel="web"), timeout=5))
+            busy.start()
+            time.sleep(0.1)
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Decide(pb.DecideRequest(user_id="late", placement="homepage_banner",
+                                             channel="web"), timeout=0.2)
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+            busy.join()
+            time.sleep(0.2)
+    finally:
+        running.stop(grace=0.5)
+    assert calls == ["slow"]

@@ -76,6 +76,13 @@ def rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[..., 
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         response = None
+        remaining = context.time_remaining()
+        if remaining is not None and remaining <= 0:  # expired while queued: no work at all
+            metrics = getattr(self, "metrics", None)
+            if metrics is not None:
+                metrics.observe(method.__name__, grpc.StatusCode.DEADLINE_EXCEEDED, 0.0)
+            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
+                          "deadline exceeded before the request was handled")
         try:
             response = method(self, request, context)
             return response
