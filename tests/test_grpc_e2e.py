@@ -255,3 +255,42 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_not_worked_on(
     finally:
         running.stop(grace=0.5)
     assert calls == ["slow"]
+
+
+def test_liveness_on_its_own_port_answers_while_every_worker_is_stuck(
+        retail: Ruleset) -> None:
+    import threading
+    import time
+
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from engine.grpc import server as grpc_server
+
+    arbiter = Arbiter(retail, MemoryStore(), seed=1)
+    release = threading.Event()
+    real_decide = arbiter.decide
+
+    def stuck(**kwargs: Any) -> Any:
+        release.wait(10)
+        return real_decide(**kwargs)
+
+    arbiter.decide = stuck  # type: ignore[method-assign]
+    running = grpc_server.start(arbiter, "127.0.0.1", 0, workers=1, health_port=0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \
+                grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as probe:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            busy = threading.Thread(target=lambda: stub.Decide(pb.DecideRequest(
+                user_id="u", placement="homepage_banner", channel="web"), timeout=15))
+            busy.start()
+            time.sleep(0.2)
+            started = time.monotonic()
+            status = health_pb2_grpc.HealthStub(probe).Check(health_pb2.HealthCheckRequest(),
+                                                            timeout=2)
+            assert status.status == health_pb2.HealthCheckResponse.SERVING
+            assert time.monotonic() - started < 1.0
+            release.set()
+            busy.join()
+    finally:
+        release.set()
+        running.stop(grace=0.5)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from typing import Any, TypeVar
 
@@ -56,6 +57,8 @@ class RunningServer:
         self.server = server
         self.metrics = metrics
         self.metrics_port = 0
+        self.health_server: grpc.Server | None = None  # liveness on its own threads
+        self.health_port = 0
         self.port = port
         self.arbiter = arbiter
         self.health = health_servicer
@@ -110,10 +113,16 @@ class RunningServer:
                 for name in ("", SERVICE_NAME):
                     self.health.set(name, status)
 
-    def stop(self, grace: float = 2.0) -> None:
+    def stop(self, grace: float = 2.0, pre_stop: float = 0.0) -> None:
+        """Report NOT_SERVING, wait ``pre_stop`` seconds (load balancers notice), then let
+        in-flight requests finish for up to ``grace`` seconds."""
         self.health.enter_graceful_shutdown()
+        if pre_stop > 0:
+            time.sleep(pre_stop)
         self._stopped.set()
         self.server.stop(grace).wait()
+        if self.health_server is not None:
+            self.health_server.stop(0).wait()
         if self.metrics is not None:
             self.metrics.close()
         self.arbiter.close()
@@ -127,7 +136,8 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
           reload_interval: float = RELOAD_INTERVAL_SECONDS,
           metrics_port: int | None = None,
           credentials: grpc.ServerCredentials | None = None,
-          tokens: Tokens | None = None) -> RunningServer:
+          tokens: Tokens | None = None,
+          health_port: int | None = None) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one).
 
     With a ``reloader`` the ruleset directory is watched every ``reload_interval``
@@ -165,14 +175,32 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     log.info("serving ruleset %s on %s:%d", arbiter.ruleset.revision, host, bound)
     running = RunningServer(server, bound, arbiter, health_servicer, reloader, reload_interval,
                             metrics)
+    if health_port is not None:
+        running.health_server, running.health_port = _health_server(health_servicer, host,
+                                                                    health_port)
     if metrics is not None and metrics_port is not None:
         running.metrics_port = metrics.serve(metrics_port, host)
         log.info("metrics on http://%s:%d/metrics", host, running.metrics_port)
     return running
 
 
-def serve_forever(running: RunningServer) -> None:
-    """Block until SIGINT/SIGTERM, then drain in-flight requests and stop."""
+def _health_server(servicer: health.HealthServicer, host: str, port: int
+                   ) -> tuple[grpc.Server, int]:
+    """The health service alone, on its own port and threads: probes never queue behind
+    requests that are stuck on the main port."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port} (health)")
+    server.start()
+    log.info("health on %s:%d", host, bound)
+    return server, bound
+
+
+def serve_forever(running: RunningServer, grace: float = 2.0, pre_stop: float = 0.0) -> None:
+    """Block until SIGINT/SIGTERM, then report NOT_SERVING, wait ``pre_stop`` seconds, and
+    drain in-flight requests for up to ``grace`` seconds."""
     done = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
@@ -181,5 +209,5 @@ def serve_forever(running: RunningServer) -> None:
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
     done.wait()
-    log.info("shutting down")
-    running.stop()
+    log.info("shutting down: pre-stop %.1fs, drain up to %.1fs", pre_stop, grace)
+    running.stop(grace, pre_stop)

@@ -53,6 +53,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
                    help="how often to look for changed rule files (0: only on the "
                         "ReloadRuleset RPC)")
+    p.add_argument("--health-port", type=int, metavar="PORT",
+                   help="also serve the health service alone on this port, on its own "
+                        "threads (probes never wait behind stuck requests)")
+    p.add_argument("--pre-stop", type=float, default=0.0, metavar="SECONDS",
+                   help="on SIGTERM, report NOT_SERVING this long before draining")
+    p.add_argument("--drain", type=float, default=2.0, metavar="SECONDS",
+                   help="on SIGTERM, let in-flight requests finish this long at most")
     p.add_argument("--config", metavar="TOML", default=os.environ.get("ARBITER_CONFIG"),
                    help="settings file (keys named like these flags); precedence: flags, "
                         "ARBITER_* variables, this file, defaults")
@@ -91,11 +98,12 @@ def run(args: argparse.Namespace) -> int:
                       snapshot_key=snapshot_key(args))
     reloader = RulesetReloader(args.rules, arbiter)
     running = server.start(arbiter, args.host, args.port, args.workers, reloader,
-                           args.reload_interval, args.metrics_port, *security(args))
+                           args.reload_interval, args.metrics_port, *security(args),
+                           health_port=args.health_port)
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)
-    server.serve_forever(running)
+    server.serve_forever(running, args.drain, args.pre_stop)
     return 0
 
 
