@@ -95,12 +95,13 @@ def parse_context(pairs: Sequence[str], schema: Any = None) -> dict[str, Any]:
 
 
 def add_request_arguments(parser: argparse.ArgumentParser, *, user_required: bool,
-                          default_seed: int | None = None) -> None:
+                          default_seed: int | None = None,
+                          default_user: str | None = "explain-user") -> None:
     """The Decide request: --user, --placement, --channel, --context, --limit, --seed."""
     if user_required:
         parser.add_argument("--user", required=True)
     else:
-        parser.add_argument("--user", default="explain-user")
+        parser.add_argument("--user", default=default_user)
     parser.add_argument("--placement", required=True)
     parser.add_argument("--channel", default="")
     parser.add_argument("--context", nargs="*", default=[], metavar="KEY=VALUE")

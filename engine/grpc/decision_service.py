@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import grpc
 
+from engine.decide.decision import Decision
 from engine.grpc import convert
 from engine.grpc.errors import rpc
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
@@ -11,6 +12,9 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.metrics import ServerMetrics
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
+
+MAX_BATCH = 1000
+"""Decisions per DecideBatch call."""
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
@@ -21,6 +25,29 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     @rpc
     def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext
                ) -> pb.DecideResponse:
+        return convert.decide_response(self._decide(request))
+
+    @rpc
+    def DecideBatch(self, request: pb.DecideBatchRequest, context: grpc.ServicerContext
+                    ) -> pb.DecideBatchResponse:
+        if len(request.requests) > MAX_BATCH:
+            raise InvalidArgument("requests", f"at most {MAX_BATCH} per call")
+        response = pb.DecideBatchResponse()
+        for one in request.requests:
+            try:
+                decision = self._decide(one)
+                if request.record_impressions and decision.actions and not decision.degraded:
+                    self.arbiter.feedback(decision_id=decision.decision_id,
+                                          action_id=decision.actions[0].action_id,
+                                          outcome="impression")
+            except InvalidArgument as err:
+                response.results.append(pb.DecideBatchResult(error=str(err)))
+                continue
+            response.results.append(
+                pb.DecideBatchResult(decision=convert.decide_response(decision)))
+        return response
+
+    def _decide(self, request: pb.DecideRequest) -> Decision:
         decision = self.arbiter.decide(
             user_id=request.user_id,
             placement=request.placement,
@@ -32,7 +59,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         )
         if self.metrics is not None:
             self.metrics.decided(decision)
-        return convert.decide_response(decision)
+        return decision
 
     @rpc
     def Feedback(self, request: pb.FeedbackRequest, context: grpc.ServicerContext

@@ -24,6 +24,7 @@ import grpc
 
 SCOPES = {
     "/arbiter.v1.DecisionService/Decide": "decide",
+    "/arbiter.v1.DecisionService/DecideBatch": "decide",
     "/arbiter.v1.DecisionService/Feedback": "feedback",
     "/arbiter.v1.DecisionService/TrackEvent": "track",
     "/arbiter.v1.DecisionService/GetProfile": "profiles",

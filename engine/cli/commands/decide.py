@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
+from typing import Any
 
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_path
@@ -22,7 +25,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     where = p.add_mutually_exclusive_group()
     where.add_argument("--rules", default=default_rules(), help="decide in process")
     where.add_argument("--target", help="host:port of a running server")
-    add_request_arguments(p, user_required=True)
+    add_request_arguments(p, user_required=False, default_user=None)
+    p.add_argument("--batch", metavar="USERS.jsonl",
+                   help="decide for every line ({\"user_id\": ..., \"context\": {...}}) "
+                        "through DecideBatch; needs --target and --out")
+    p.add_argument("--out", metavar="DECISIONS.jsonl", help="with --batch: one line each")
+    p.add_argument("--record-impressions", action="store_true",
+                   help="with --batch: count each first action as shown (caps apply next)")
     p.add_argument("--explain", action="store_true", help="why each action was chosen")
     p.add_argument("--profile", help="JSON profile file to decide for (in process)")
     p.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
@@ -36,6 +45,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "batch", None):
+        return run_batch(args)
+    if not args.user:
+        print(f"arbiter {args.command}: --user is required", file=sys.stderr)
+        return 2
     try:
         decision = _decide_remote(args) if args.target else _decide_local(args)
     except RulesetError as err:
@@ -93,3 +107,49 @@ def _decide_remote(args: argparse.Namespace) -> Decision:
                 raise InvalidArgument("request", err.details() or "") from err
             raise SystemExit(f"arbiter decide: {err.code().name}: {err.details()}") from err
     return convert.decision_from_response(response, args.user, args.placement, args.channel)
+
+
+BATCH = 500
+"""Requests per DecideBatch call from ``arbiter decide --batch``."""
+
+
+def run_batch(args: argparse.Namespace) -> int:
+    """Every line of ``--batch`` decided through DecideBatch, written to ``--out``."""
+    import grpc
+
+    from engine.grpc import convert
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+    if not (args.target and args.out):
+        print("arbiter decide: --batch needs --target and --out", file=sys.stderr)
+        return 2
+    lines = [json.loads(line) for line in Path(args.batch).read_text().splitlines()
+             if line.strip()]
+    done = 0
+    with grpc.insecure_channel(args.target) as channel, Path(args.out).open("w") as out:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        for start in range(0, len(lines), BATCH):
+            chunk = lines[start:start + BATCH]
+            requests = [pb.DecideRequest(
+                user_id=str(item.get("user_id", "")), placement=args.placement,
+                channel=args.channel, limit=args.limit,
+                context={k: convert.to_value(v) for k, v in (item.get("context") or {}).items()})
+                for item in chunk]
+            response = stub.DecideBatch(pb.DecideBatchRequest(
+                requests=requests, record_impressions=args.record_impressions), timeout=120)
+            for item, result in zip(chunk, response.results, strict=True):
+                out.write(json.dumps(_batch_line(item, result)) + "\n")
+            done += len(chunk)
+            print(f"\rdecided {done:,}/{len(lines):,}", end="", file=sys.stderr, flush=True)
+    print(file=sys.stderr)
+    return 0
+
+
+def _batch_line(item: dict[str, Any], result: Any) -> dict[str, Any]:
+    if result.error:
+        return {"user_id": item.get("user_id"), "error": result.error}
+    d = result.decision
+    return {"user_id": item.get("user_id"), "decision_id": d.decision_id,
+            "actions": [{"action_id": a.action_id, "rank": a.rank, "score": a.score,
+                         "content": dict(a.content)} for a in d.actions]}

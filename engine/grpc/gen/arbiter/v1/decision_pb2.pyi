@@ -58,6 +58,28 @@ class StringList(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class DecideBatchRequest(_message.Message):
+    __slots__ = ("requests", "record_impressions")
+    REQUESTS_FIELD_NUMBER: _ClassVar[int]
+    RECORD_IMPRESSIONS_FIELD_NUMBER: _ClassVar[int]
+    requests: _containers.RepeatedCompositeFieldContainer[DecideRequest]
+    record_impressions: bool
+    def __init__(self, requests: _Optional[_Iterable[_Union[DecideRequest, _Mapping]]] = ..., record_impressions: _Optional[bool] = ...) -> None: ...
+
+class DecideBatchResult(_message.Message):
+    __slots__ = ("decision", "error")
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    decision: DecideResponse
+    error: str
+    def __init__(self, decision: _Optional[_Union[DecideResponse, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+
+class DecideBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[DecideBatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[DecideBatchResult, _Mapping]]] = ...) -> None: ...
+
 class DecideRequest(_message.Message):
     __slots__ = ("user_id", "placement", "channel", "context", "limit", "explain", "at")
     class ContextEntry(_message.Message):

@@ -60,6 +60,11 @@ class DecisionServiceStub:
                 request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.SerializeToString,
                 response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.FromString,
                 _registered_method=True)
+        self.DecideBatch = channel.unary_unary(
+                '/arbiter.v1.DecisionService/DecideBatch',
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -103,6 +108,14 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DecideBatch(self, request, context):
+        """Many decisions in one call (campaign sends): each result is a decision or the
+        reason that request was refused; one bad request does not fail the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -130,6 +143,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.ForgetProfile,
                     request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.FromString,
                     response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.SerializeToString,
+            ),
+            'DecideBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideBatch,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -268,6 +286,33 @@ class DecisionService:
             '/arbiter.v1.DecisionService/ForgetProfile',
             engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileRequest.SerializeToString,
             engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.ForgetProfileResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.DecisionService/DecideBatch',
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
