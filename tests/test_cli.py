@@ -117,3 +117,39 @@ def test_serve_settings_layer_flags_over_environment_over_file(
     assert "metrics-port = 9100  # file" in out and "access-log = true  # file" in out
     assert "reload-interval = 5.0  # env ARBITER_RELOAD_INTERVAL" in out
     assert 'host = "127.0.0.1"  # default' in out
+
+
+@pytest.mark.parametrize(("setting", "message"), [
+    ('port = "abc"\n', "settings file: port: invalid literal"),
+    ("prot = 1\n", "unknown key(s) prot"),
+    ("port = \n", "Invalid value (at line 1, column 8)"),
+    ("access-log = 3\n", "access-log: expected true or false"),
+    ('[tokens]\n', "unknown key(s) tokens"),
+])
+def test_a_bad_settings_file_is_a_clear_error(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str) -> None:
+    settings = tmp_path / "arbiter.toml"
+    settings.write_text(setting)
+    # even when a flag overrides the bad value, the file is refused before serving
+    assert main(["serve", "--config", str(settings), "--port", "0"]) == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(("env", "flags", "message"), [
+    ({"ARBITER_PORT": "abc"}, [], "ARBITER_PORT: invalid literal"),
+    ({"ARBITER_TOKENS": "svc=superuser"}, [], "unknown scope(s) superuser"),
+    ({"ARBITER_TOKENS": "=decide"}, [], "ARBITER_TOKENS: expected token=scope"),
+    ({}, ["--tokens-file", "TOKENS"], "'svc' must be a list of scope names"),
+    ({}, ["--tls-cert", "/nowhere.pem"], "--tls-cert and --tls-key go together"),
+    ({}, ["--tls-cert", "/nowhere.pem", "--tls-key", "/nowhere.key"], "No such file"),
+])
+def test_bad_security_settings_are_refused_before_serving(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+        env: dict[str, str], flags: list[str], message: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    tokens = tmp_path / "tokens.toml"
+    tokens.write_text('[tokens]\nsvc = "decide"\n')
+    flags = [str(tokens) if f == "TOKENS" else f for f in flags]
+    assert main(["serve", "--port", "0", *flags]) == 2
+    assert message in capsys.readouterr().err

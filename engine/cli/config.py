@@ -27,6 +27,11 @@ from typing import Any
 
 UNSET: Any = object()
 TRUE = {"1", "true", "yes", "on"}
+FALSE = {"0", "false", "no", "off", ""}
+
+
+class SettingsError(ValueError):
+    """A setting that cannot be used, named with where it came from."""
 
 
 class Layered:
@@ -42,18 +47,28 @@ class Layered:
     def resolve(self, args: argparse.Namespace, env: Mapping[str, str],
                 file: Mapping[str, Any]) -> dict[str, str]:
         """Fill every UNSET option in ``args``; returns where each value came from."""
+        known = {a.option_strings[-1].lstrip("-") for a in self.options} | {
+            a.dest for a in self.options}
+        unknown = sorted(set(file) - known)
+        if unknown:
+            raise SettingsError(f"settings file: unknown key(s) {', '.join(unknown)}")
         sources: dict[str, str] = {}
         for action in self.options:
             dest, flag = action.dest, action.option_strings[-1].lstrip("-")
             variable = "ARBITER_" + dest.upper()
+            # every value given is checked, even one a higher layer overrides
+            from_env = (_convert(action, env[variable], variable) if variable in env
+                        else UNSET)
+            from_file = (_convert(action, file.get(flag, file.get(dest)),
+                                  f"settings file: {flag}")
+                         if flag in file or dest in file else UNSET)
             if getattr(args, dest) is not UNSET:
                 sources[dest] = "flag"
-                continue
-            if variable in env:
-                setattr(args, dest, _convert(action, env[variable]))
+            elif from_env is not UNSET:
+                setattr(args, dest, from_env)
                 sources[dest] = f"env {variable}"
-            elif flag in file or dest in file:
-                setattr(args, dest, file.get(flag, file.get(dest)))
+            elif from_file is not UNSET:
+                setattr(args, dest, from_file)
                 sources[dest] = "file"
             else:
                 setattr(args, dest, self.defaults[dest])
@@ -61,17 +76,31 @@ class Layered:
         return sources
 
 
-def _convert(action: argparse.Action, text: str) -> Any:
+def _convert(action: argparse.Action, value: Any, where: str) -> Any:
+    """The value as the flag's own type would parse it; SettingsError naming ``where``."""
     if isinstance(action, argparse._StoreTrueAction):
-        return text.strip().lower() in TRUE
-    return action.type(text) if callable(action.type) else text
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in TRUE | FALSE:
+            return text in TRUE
+        raise SettingsError(f"{where}: expected true or false, got {value!r}")
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise SettingsError(f"{where}: expected a single value, got {value!r}")
+    try:
+        return action.type(str(value)) if callable(action.type) else str(value)
+    except (TypeError, ValueError) as err:
+        raise SettingsError(f"{where}: {err}") from None
 
 
 def read_file(path: str | None) -> dict[str, Any]:
     """The settings file (TOML), or nothing."""
     if not path:
         return {}
-    return dict(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+    try:
+        return dict(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise SettingsError(f"settings file {path}: {err}") from None
 
 
 def render(args: argparse.Namespace, layered: Layered, sources: Mapping[str, str]) -> str:

@@ -43,14 +43,38 @@ def parse_tokens(text: str) -> dict[str, frozenset[str]]:
     out: dict[str, frozenset[str]] = {}
     for item in filter(None, (part.strip() for part in text.split(";"))):
         token, _, scopes = item.partition("=")
-        out[token.strip()] = frozenset(s.strip() for s in scopes.split(",") if s.strip())
+        out[token.strip()] = _scopes(frozenset(s.strip() for s in scopes.split(",")
+                                               if s.strip()), "ARBITER_TOKENS")
+    if "" in out or not out:
+        raise ValueError("ARBITER_TOKENS: expected token=scope,scope;token=scope")
     return out
 
 
+def _scopes(scopes: frozenset[str], where: str) -> frozenset[str]:
+    unknown = scopes - set(SCOPES.values())
+    if unknown:
+        raise ValueError(f"{where}: unknown scope(s) {', '.join(sorted(unknown))} "
+                         f"(known: {', '.join(sorted(set(SCOPES.values())))})")
+    return scopes
+
+
 def load_tokens(path: str | Path) -> dict[str, frozenset[str]]:
-    """A TOML file: ``[tokens]`` then ``"TOKEN" = ["decide", "feedback"]``."""
-    data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
-    return {token: frozenset(scopes) for token, scopes in data.get("tokens", {}).items()}
+    """A TOML file: ``[tokens]`` then ``"TOKEN" = ["decide", "feedback"]``; ValueError
+    saying what is wrong with it."""
+    try:
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ValueError(f"tokens file {path}: {err}") from None
+    tokens = data.get("tokens")
+    if not isinstance(tokens, dict) or not tokens:
+        raise ValueError(f"tokens file {path}: needs a [tokens] table of TOKEN = [scopes]")
+    out: dict[str, frozenset[str]] = {}
+    for token, scopes in tokens.items():
+        if not token or not isinstance(scopes, list) or not all(
+                isinstance(s, str) for s in scopes):
+            raise ValueError(f"tokens file {path}: {token!r} must be a list of scope names")
+        out[token] = _scopes(frozenset(scopes), f"tokens file {path}")
+    return out
 
 
 def scope_of(method: str) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import sys
 from typing import Any
 
 from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS
@@ -15,7 +16,7 @@ from engine.cli.common import (
     open_store,
     snapshot_key,
 )
-from engine.cli.config import Layered, read_file, render
+from engine.cli.config import Layered, SettingsError, read_file, render
 from engine.decision_log import DecisionLog
 
 log = logging.getLogger("arbiter")
@@ -73,10 +74,16 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from engine.grpc import server
 
-    sources = LAYERED.resolve(args, os.environ, read_file(args.config))
-    if args.print_config:
-        print(render(args, LAYERED, sources))
-        return 0
+    try:  # every setting checked before anything is loaded or bound
+        sources = LAYERED.resolve(args, os.environ, read_file(args.config))
+        if args.print_config:
+            print(render(args, LAYERED, sources))
+            return 0
+        credentials, tokens = security(args)
+        key = snapshot_key(args)
+    except (SettingsError, ValueError, OSError) as err:
+        print(f"arbiter serve: {err}", file=sys.stderr)
+        return 2
 
     if args.access_log:
         logging.getLogger("arbiter.access").setLevel(logging.INFO)
@@ -95,10 +102,10 @@ def run(args: argparse.Namespace) -> int:
         decision_log = JsonlDecisionLog(args.decision_log)
     arbiter = Arbiter(ruleset, open_store(args.redis), seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
-                      snapshot_key=snapshot_key(args))
+                      snapshot_key=key)
     reloader = RulesetReloader(args.rules, arbiter)
     running = server.start(arbiter, args.host, args.port, args.workers, reloader,
-                           args.reload_interval, args.metrics_port, *security(args),
+                           args.reload_interval, args.metrics_port, credentials, tokens,
                            health_port=args.health_port)
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
@@ -114,10 +121,10 @@ def security(args: argparse.Namespace) -> tuple[Any, dict[str, frozenset[str]] |
     credentials = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
-            raise SystemExit("arbiter serve: --tls-cert and --tls-key go together")
+            raise ValueError("--tls-cert and --tls-key go together")
         credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     elif args.tls_client_ca:
-        raise SystemExit("arbiter serve: --tls-client-ca needs --tls-cert and --tls-key")
+        raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
     tokens = None
     if args.tokens_file:
         tokens = load_tokens(args.tokens_file)
