@@ -39,3 +39,19 @@ def test_the_arm_earning_twice_as_much_wins(seed: int) -> None:
     assert report.best_arm == "b2"
     b2 = next(a for a in report.arms if a.arm == "b2")
     assert b2.prob_best > 0.9 and b2.ci[0] < 6.0 < b2.ci[1]
+
+
+def test_the_holdout_starts_from_the_arms_pooled_prior() -> None:
+    from engine.experiments.report import experiment_report
+    from engine.records import ArmCounts
+
+    rules = load_text(RULES.replace("reward: conversion.value", "reward: conversion.value\n"
+                                    "  holdout: 10%"))
+    counts = {"b1": ArmCounts(10, 30, 900), "b2": ArmCounts(10, 90, 8100),
+              "holdout": ArmCounts(4, 100, 10000)}
+    report = experiment_report(rules.experiments["rev"], counts, 0.0)
+    assert report.holdout is not None
+    # pooled from b1 and b2 only (mean 6 per impression), not from the holdout's own data
+    empty = experiment_report(rules.experiments["rev"],
+                              {**counts, "holdout": ArmCounts()}, 0.0).holdout
+    assert empty is not None and empty.mean == pytest.approx(6.0)

@@ -126,12 +126,18 @@ def pooled_prior(prior: NormalGammaPrior, counts: Mapping[str, ArmCounts]) -> No
     return NormalGammaPrior(mean, POOLED_KAPPA, POOLED_ALPHA, POOLED_ALPHA * variance)
 
 
+def arms_prior(prior: Prior, arms: Sequence[str], counts: Mapping[str, ArmCounts]) -> Prior:
+    """The prior the arms' posteriors start from: a pooled one set from the arms' data."""
+    if isinstance(prior, NormalGammaPrior) and prior.pooled:
+        return pooled_prior(prior, {a: counts[a] for a in arms if a in counts})
+    return prior
+
+
 def experiment_posteriors(prior: Prior, arms: Sequence[str],
                           counts: Mapping[str, ArmCounts]) -> tuple[Posterior, ...]:
     """Every arm's posterior, in ``arms`` order (a pooled prior is set from all arms)."""
-    if isinstance(prior, NormalGammaPrior) and prior.pooled:
-        prior = pooled_prior(prior, {a: counts[a] for a in arms if a in counts})
-    return tuple(posterior_of(counts.get(arm), prior) for arm in arms)
+    start = arms_prior(prior, arms, counts)
+    return tuple(posterior_of(counts.get(arm), start) for arm in arms)
 
 
 def posterior_of(counts: ArmCounts | None, prior: Prior) -> Posterior:

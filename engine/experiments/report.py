@@ -23,8 +23,10 @@ from dsl.ruleset import BetaPrior, Experiment
 from dsl.vocabulary import HOLDOUT_ARM
 from engine.experiments.posteriors import (
     Posterior,
+    arms_prior,
     expected_loss,
     experiment_posteriors,
+    posterior_of,
     sample_means,
     win_probabilities,
 )
@@ -154,8 +156,8 @@ def experiment_report(experiment: Experiment, raw: Mapping[str, ArmCounts], now:
     holdout = None
     if experiment.holdout > 0:
         held = counts.get(HOLDOUT_ARM, ArmCounts())
-        post = experiment_posteriors(experiment.prior, (*experiment.arms, HOLDOUT_ARM),
-                                     {**counts, HOLDOUT_ARM: held})[-1]
+        # the holdout starts from the arms' prior, so the two are compared on one footing
+        post = posterior_of(held, arms_prior(experiment.prior, experiment.arms, counts))
         holdout = ArmReport(HOLDOUT_ARM, held.trials, held.successes, post, post.interval(0.95),
                             allocation=experiment.holdout / 100.0)
     return ExperimentReport(
