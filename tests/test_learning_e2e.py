@@ -106,6 +106,9 @@ def test_sample_ratio_mismatch_is_flagged() -> None:
     assert skewed.srm.mismatch and "MISMATCH" in skewed.render()
 
 
+DECISIONS = 2500
+
+
 def test_simulated_traffic_converges_survives_a_restart_and_replays(
         redis_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
@@ -116,7 +119,10 @@ def test_simulated_traffic_converges_survives_a_restart_and_replays(
     running = server.start(first, "127.0.0.1", 0, workers=4)
     target = f"127.0.0.1:{running.port}"
     try:
-        outcome = simulate(target, users=300, decisions=1500, seed=11)
+        # 2,500 decisions: the loyal customers' cap on vip_early_access (3 per week) stops
+        # its exposures near 450, so P(best) rests on how far the other arms were explored;
+        # at 1,500 it hovered between 0.95 and 0.99 from run to run
+        outcome = simulate(target, users=300, decisions=DECISIONS, seed=11)
         assert outcome["click_rate"] > outcome["uniform"]  # type: ignore[operator]
         with grpc.insecure_channel(target) as channel:
             stub = rpb_grpc.ReportServiceStub(channel)
@@ -156,7 +162,7 @@ def test_simulated_traffic_converges_survives_a_restart_and_replays(
                                              "reward: click\n  winner: vip_early_access\n}"))
     assert main(["replay", str(log_path), "--rules", str(candidate), "--format", "json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert result["decisions"] == 1500 and result["skipped"] == 0
+    assert result["decisions"] == DECISIONS and result["skipped"] == 0
     assert result["ips"]["low"] <= result["ips"]["value"] <= result["ips"]["high"]
 
 
