@@ -168,8 +168,33 @@ class MemoryStore:
     def load_models(self) -> tuple[bytes, str] | None:
         return self._snapshot
 
+    @property
+    def blocking(self) -> bool:
+        return False
+
+    def decide_io(self) -> MemoryDecideIO:
+        return MemoryDecideIO(self)
+
     def ping(self) -> bool:
         return True
 
     def close(self) -> None:
         pass
+
+
+class MemoryDecideIO:
+    """:class:`~engine.ports.DecideIO` on a :class:`MemoryStore`: the calls are in process
+    memory and short, so they run inline on the event loop."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def get_profile(self, user_id: str, timeout: float) -> Profile | None:
+        return self.store.get_profile(user_id)
+
+    async def save_decision(self, record: DecisionRecord, ttl_seconds: float,
+                            timeout: float) -> None:
+        self.store.save_decision(record, ttl_seconds)
+
+    async def aclose(self) -> None:
+        return None

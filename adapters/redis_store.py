@@ -36,6 +36,7 @@ from typing import Any, TypeVar, cast
 import redis
 from cachetools import TTLCache
 
+from adapters.redis_decide_io import RedisDecideIO
 from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit, StoreUnavailable
 from engine.records import (
     ArmCounts,
@@ -117,6 +118,8 @@ class RedisStore:
         self.fast = redis.Redis.from_url(url, socket_timeout=decide_timeout,
                                          socket_connect_timeout=decide_timeout,
                                          health_check_interval=30)
+        self.url = url
+        self.decide_timeout = decide_timeout
         self.ns = namespace
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
@@ -125,7 +128,25 @@ class RedisStore:
     def _k(self, kind: str, name: str) -> str:
         return f"{self.ns}:{kind}:{name}"
 
+    key = _k
+
+    @property
+    def blocking(self) -> bool:
+        return True
+
+    def decide_io(self) -> RedisDecideIO:
+        """Decide's reads and writes on redis-py's asyncio client (coalesced, batched)."""
+        return RedisDecideIO(self)
+
     # ---- profiles -------------------------------------------------------------------
+    def cached_profile(self, user_id: str) -> tuple[bool, bytes | None]:
+        """(True, encoded profile or None) when the in-process cache holds the user."""
+        return self._cached(user_id)
+
+    def remember_profile(self, user_id: str, data: bytes | None) -> None:
+        """Put an encoded profile (None: no profile) in the in-process cache."""
+        self._remember(user_id, data)
+
     def _cached(self, user_id: str) -> tuple[bool, bytes | None]:
         if self._cache is None:
             return False, None

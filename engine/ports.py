@@ -44,6 +44,21 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be reached; nothing was changed, the call may be retried."""
 
 
+class DecideIO(Protocol):
+    """Decide's store I/O for an asynchronous server: the profile read and the record
+    write, each bounded by ``timeout`` seconds (StoreUnavailable past it, or when the
+    store cannot be reached). Implementations may batch concurrent calls (one MGET per
+    loop turn; a group commit of the records in flight), but a call returns only when its
+    own read or write is done."""
+
+    async def get_profile(self, user_id: str, timeout: float) -> Profile | None: ...
+
+    async def save_decision(self, record: DecisionRecord, ttl_seconds: float,
+                            timeout: float) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
 class Store(LearningLog, Protocol):
     """Profiles, decisions, bandit statistics and (inherited) the learning log."""
 
@@ -70,6 +85,16 @@ class Store(LearningLog, Protocol):
 
     def ping(self) -> bool:
         """True when the store can be reached (health checks)."""
+        ...
+
+    @property
+    def blocking(self) -> bool:
+        """True when calls wait on the network (a server runs them off its event loop);
+        False for a store in process memory (calls are short and run inline)."""
+        ...
+
+    def decide_io(self) -> DecideIO:
+        """Asynchronous Decide I/O on this store, for a server's event loop."""
         ...
 
     def close(self) -> None: ...

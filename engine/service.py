@@ -35,6 +35,7 @@ from engine.ports import FeedbackCommit, Store, StoreUnavailable
 from engine.profiles import record_event
 from engine.records import ArmCounts, DecisionRecord, Profile
 from engine.requests import (
+    DecideInput,
     InvalidArgument,
     check_id,
     check_outcome,
@@ -94,6 +95,8 @@ class Arbiter:
 
     def swap_ruleset(self, ruleset: Ruleset) -> None:
         """Serve ``ruleset`` from the next request on (an atomic reference swap)."""
+        if not self.experiments.pull:  # its experiments' counters before it serves
+            self.experiments.refresh(ruleset.experiments)
         self._ruleset = ruleset
 
     def _arm_counts_or_none(self, experiment: str) -> Mapping[str, ArmCounts] | None:
@@ -124,24 +127,65 @@ class Arbiter:
         at: float | None = None,
         tracer: Tracer | None = None,
     ) -> Decision:
-        """Decide for one customer; ``explain`` adds reasons, ``tracer`` listens to the stages."""
-        ruleset = self._ruleset
-        req = decide_input(ruleset, user_id=user_id, placement=placement, channel=channel,
-                           context=context, limit=limit, explain=explain, at=at,
-                           now=self.clock())
+        """Decide for one customer; ``explain`` adds reasons, ``tracer`` listens to the stages.
+
+        The three steps (:meth:`decide_request`, :meth:`decide_from`,
+        :meth:`finish_decide`) are public so that an asynchronous server can do the store
+        I/O between them without blocking its loop.
+        """
+        req = self.decide_request(user_id=user_id, placement=placement, channel=channel,
+                                  context=context, limit=limit, explain=explain, at=at)
         profile, available = self._profile_for_decide(user_id)
-        decision, record = pipeline.run(
-            ruleset, req, profile,
+        decision, record = self.decide_from(req, profile, tracer)
+        stored = self._record(record)
+        return self.finish_decide(req, decision, profile, available and stored)
+
+    def decide_request(
+        self,
+        *,
+        user_id: str,
+        placement: str,
+        channel: str = "",
+        context: Mapping[str, Any] | None = None,
+        limit: int = 0,
+        explain: bool = False,
+        at: float | None = None,
+    ) -> DecideInput:
+        """The checked request (raises InvalidArgument naming the field)."""
+        return decide_input(self._ruleset, user_id=user_id, placement=placement,
+                            channel=channel, context=context, limit=limit, explain=explain,
+                            at=at, now=self.clock())
+
+    def decide_from(self, req: DecideInput, profile: Profile | None,
+                    tracer: Tracer | None = None) -> tuple[Decision, DecisionRecord]:
+        """The decision for a loaded profile (None: unknown customer), and its record.
+        Pure computation: no store I/O."""
+        return pipeline.run(
+            self._ruleset, req, profile,
             decision_id=new_decision_id(),
             models=self.models,
             experiment_state=self.experiments.get,
             sampler=self.sampler,
             tracer=tracer,
         )
-        if not (available and self._record(record)):
+
+    def record_ttl(self, record: DecisionRecord) -> float | None:
+        """Seconds the record must be kept to take feedback; None when it needs no storing
+        (nothing shown and no holdout, or already past its attribution window)."""
+        ttl = self.attribution_window - (self.clock() - record.decided_at)
+        if not (record.actions or record.holdout) or ttl <= 0:  # holdouts: lift
+            return None
+        return ttl
+
+    def finish_decide(self, req: DecideInput, decision: Decision, profile: Profile | None,
+                      complete: bool) -> Decision:
+        """Mark the decision degraded unless its profile was read and its record stored,
+        and write it to the decision log."""
+        if not complete:
             decision = dataclasses.replace(decision, degraded=True)
         if self.decision_log is not None:
-            self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
+            self.decision_log.write(decision_entry(self._ruleset, decision, req.context,
+                                                   profile))
         return decision
 
     def _profile_for_decide(self, user_id: str) -> tuple[Profile | None, bool]:
@@ -156,8 +200,8 @@ class Arbiter:
     def _record(self, record: DecisionRecord) -> bool:
         """Store the decision for the attribution window (from its own time) so that it
         can take feedback; False when the store failed (the decision is degraded)."""
-        ttl = self.attribution_window - (self.clock() - record.decided_at)
-        if not (record.actions or record.holdout) or ttl <= 0:  # holdouts: lift
+        ttl = self.record_ttl(record)
+        if ttl is None:
             return True
         try:
             self.store.save_decision(record, ttl)
@@ -211,8 +255,18 @@ class Arbiter:
 
     def sync(self) -> int:
         """Re-read other replicas' arm counters and learn from the log; events applied."""
-        self.experiments.invalidate_all()
+        if self.experiments.pull:
+            self.experiments.invalidate_all()
+        else:
+            self.experiments.refresh(self._ruleset.experiments)
         return self.learn()
+
+    def decide_without_store_reads(self) -> None:
+        """Decisions stop reading arm counters from the store: :meth:`sync` (every second)
+        and Feedback fetch them in their own threads. For an asynchronous server, whose
+        loop must never wait on a blocking store call."""
+        self.experiments.push_only()
+        self.experiments.refresh(self._ruleset.experiments)
 
     # ---- reports ------------------------------------------------------------------
     def experiment_report(self, name: str) -> ExperimentReport:

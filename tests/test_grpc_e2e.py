@@ -229,15 +229,15 @@ def test_a_request_whose_deadline_passed_in_the_queue_is_not_worked_on(
 
     arbiter = Arbiter(retail, MemoryStore(), seed=1)
     calls: list[str] = []
-    real_decide = arbiter.decide
+    real_decide = arbiter.decide_from
 
-    def slow_decide(**kwargs: Any) -> Any:
-        calls.append(kwargs["user_id"])
-        if kwargs["user_id"] == "slow":
+    def slow_decide(req: Any, *args: Any) -> Any:  # holds the event loop
+        calls.append(req.user_id)
+        if req.user_id == "slow":
             time.sleep(0.6)
-        return real_decide(**kwargs)
+        return real_decide(req, *args)
 
-    arbiter.decide = slow_decide  # type: ignore[method-assign]
+    arbiter.decide_from = slow_decide  # type: ignore[method-assign]
     running = grpc_server.start(arbiter, "127.0.0.1", 0, workers=1)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
@@ -268,13 +268,13 @@ def test_liveness_on_its_own_port_answers_while_every_worker_is_stuck(
 
     arbiter = Arbiter(retail, MemoryStore(), seed=1)
     release = threading.Event()
-    real_decide = arbiter.decide
+    real_decide = arbiter.decide_from
 
-    def stuck(**kwargs: Any) -> Any:
+    def stuck(*args: Any) -> Any:  # a decision that holds the event loop itself
         release.wait(10)
-        return real_decide(**kwargs)
+        return real_decide(*args)
 
-    arbiter.decide = stuck  # type: ignore[method-assign]
+    arbiter.decide_from = stuck  # type: ignore[method-assign]
     running = grpc_server.start(arbiter, "127.0.0.1", 0, workers=1, health_port=0)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel, \

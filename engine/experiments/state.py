@@ -74,6 +74,11 @@ class ExperimentStates:
     re-read at most every ``refresh`` seconds, at once after :meth:`invalidate`
     (this process's own feedback). New counters or a new :class:`Experiment` (a
     reload) rebuild the state; otherwise every decision shares the same draws.
+
+    After :meth:`push_only`, decisions never read the store: they use the counters
+    last fetched by :meth:`refresh` (a background task every second, and the
+    feedback path after its own writes), which is what an asynchronous server needs
+    (no blocking read on its event loop).
     """
 
     def __init__(self, store_counts: Callable[[str], Mapping[str, ArmCounts] | None],
@@ -87,9 +92,26 @@ class ExperimentStates:
         self._states: dict[str, tuple[Mapping[str, ArmCounts], ExperimentState]] = {}
         self._last: dict[str, Mapping[str, ArmCounts]] = {}  # last counters read, per name
         self._lock = threading.Lock()  # cachetools caches are not thread-safe
+        self.pull = True  # False: decisions use what refresh() fetched
+
+    def push_only(self) -> None:
+        """From now on decisions never read the store; :meth:`refresh` feeds them."""
+        self.pull = False
+
+    def refresh(self, names: Iterable[str]) -> None:
+        """Re-read these experiments' counters now (in the caller's thread); an
+        unavailable store keeps the last known."""
+        for name in names:
+            fresh = self._store_counts(name)
+            if fresh is not None:
+                with self._lock:
+                    self._counts[name] = fresh
+                    self._last[name] = fresh
 
     def counts(self, name: str) -> Mapping[str, ArmCounts]:
         """The experiment's raw counters (:func:`engine.experiments.windows.counter_keys`)."""
+        if not self.pull:
+            return self._last.get(name, {})
         with self._lock:
             counts = self._counts.get(name)
         if counts is None:
@@ -103,7 +125,11 @@ class ExperimentStates:
         return counts
 
     def invalidate(self, names: Iterable[str]) -> None:
-        """Re-read these experiments' counters on next use (after this process's feedback)."""
+        """Re-read these experiments' counters on next use (after this process's feedback);
+        in push mode, re-read them now."""
+        if not self.pull:
+            self.refresh(names)
+            return
         with self._lock:
             for name in names:
                 self._counts.pop(name, None)

@@ -9,6 +9,7 @@ from engine.grpc.errors import rpc
 from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
 from engine.grpc.metrics import ServerMetrics
+from engine.grpc.offload import Offload
 from engine.reloader import RulesetReloader
 from engine.requests import FailedPrecondition
 from engine.service import Arbiter
@@ -16,8 +17,9 @@ from engine.service import Arbiter
 
 class AdminServicer(apb_grpc.AdminServiceServicer):
     def __init__(self, arbiter: Arbiter, reloader: RulesetReloader | None,
-                 metrics: ServerMetrics | None = None) -> None:
+                 offload: Offload, metrics: ServerMetrics | None = None) -> None:
         self.arbiter = arbiter
+        self.offload = offload
         self.reloader = reloader
         self.metrics = metrics
 
@@ -34,16 +36,16 @@ class AdminServicer(apb_grpc.AdminServiceServicer):
         return info
 
     @rpc
-    def GetRuleset(self, request: apb.GetRulesetRequest, context: grpc.ServicerContext
-                   ) -> apb.RulesetInfo:
+    async def GetRuleset(self, request: apb.GetRulesetRequest,
+                         context: grpc.aio.ServicerContext) -> apb.RulesetInfo:
         return self._info()
 
     @rpc
-    def ReloadRuleset(self, request: apb.ReloadRulesetRequest, context: grpc.ServicerContext
-                      ) -> apb.ReloadRulesetResponse:
+    async def ReloadRuleset(self, request: apb.ReloadRulesetRequest,
+                            context: grpc.aio.ServicerContext) -> apb.ReloadRulesetResponse:
         if self.reloader is None:
             raise FailedPrecondition("this server was not started from a ruleset directory")
-        result = self.reloader.reload()
+        result = await self.offload.thread(self.reloader.reload)
         return apb.ReloadRulesetResponse(accepted=result.accepted, changed=result.changed,
                                          serving=self._info(),
                                          diagnostics=convert.diagnostic_messages(result))

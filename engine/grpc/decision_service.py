@@ -1,54 +1,92 @@
-"""gRPC DecisionService: Decide, Feedback, TrackEvent, GetProfile, ForgetProfile."""
+"""gRPC DecisionService: Decide, DecideBatch, Feedback, TrackEvent, GetProfile, ForgetProfile.
+
+Decide runs on the event loop: the checked request, the profile read (asynchronous,
+coalesced with the other Decides of the same loop turn), the decision (synchronous and
+short), the record write (group commit). The store waits are bounded by the store's
+Decide timeout and by the RPC's deadline; when either runs out the decision is answered
+degraded (an unknown customer, not recorded) instead of late. The other RPCs run their
+store transactions off the loop (:mod:`engine.grpc.offload`).
+"""
 
 from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Sequence
 
 import grpc
 
 from engine.decide.decision import Decision
 from engine.grpc import convert
-from engine.grpc.errors import rpc
+from engine.grpc.errors import rpc, throttled, time_left
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.metrics import ServerMetrics
+from engine.grpc.offload import Offload
+from engine.ports import DecideIO, StoreUnavailable
+from engine.records import Profile
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
+log = logging.getLogger(__name__)
+
 MAX_BATCH = 1000
 """Decisions per DecideBatch call."""
+RESPONSE_RESERVE_SECONDS = 0.002
+"""Of the deadline, kept for deciding and answering after the store waits."""
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
-    def __init__(self, arbiter: Arbiter, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, arbiter: Arbiter, offload: Offload, decide_io: DecideIO,
+                 metrics: ServerMetrics | None = None, store_timeout: float = 0.5,
+                 default_deadline: float = 10.0) -> None:
         self.arbiter = arbiter
+        self.offload = offload
+        self.io = decide_io
         self.metrics = metrics
+        self.store_timeout = store_timeout
+        self.default_deadline = default_deadline
 
     @rpc
-    def Decide(self, request: pb.DecideRequest, context: grpc.ServicerContext
-               ) -> pb.DecideResponse:
-        return convert.decide_response(self._decide(request))
+    async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
+                     ) -> pb.DecideResponse:
+        return convert.decide_response(await self._decide(request))
 
     @rpc
-    def DecideBatch(self, request: pb.DecideBatchRequest, context: grpc.ServicerContext
-                    ) -> pb.DecideBatchResponse:
+    async def DecideBatch(self, request: pb.DecideBatchRequest,
+                          context: grpc.aio.ServicerContext) -> pb.DecideBatchResponse:
         if len(request.requests) > MAX_BATCH:
             raise InvalidArgument("requests", f"at most {MAX_BATCH} per call")
-        response = pb.DecideBatchResponse()
-        for one in request.requests:
-            try:
-                decision = self._decide(one)
-                if request.record_impressions and decision.actions and not decision.degraded:
-                    self.arbiter.feedback(decision_id=decision.decision_id,
-                                          action_id=decision.actions[0].action_id,
-                                          outcome="impression")
-            except InvalidArgument as err:
-                response.results.append(pb.DecideBatchResult(error=str(err)))
-                continue
-            response.results.append(
-                pb.DecideBatchResult(decision=convert.decide_response(decision)))
-        return response
+        if not self.offload.store_blocks:  # in-memory store: nothing to overlap
+            return pb.DecideBatchResponse(results=[
+                await self._batch_one(one, request.record_impressions)
+                for one in request.requests])
+        results: list[pb.DecideBatchResult | None] = [None] * len(request.requests)
+        for wave in _waves(request.requests):  # one user's requests in order
+            outcomes = await asyncio.gather(
+                *(self._batch_one(request.requests[i], request.record_impressions)
+                  for i in wave))
+            for i, result in zip(wave, outcomes, strict=True):
+                results[i] = result
+        return pb.DecideBatchResponse(results=[r for r in results if r is not None])
 
-    def _decide(self, request: pb.DecideRequest) -> Decision:
-        decision = self.arbiter.decide(
+    async def _batch_one(self, one: pb.DecideRequest, record_impressions: bool
+                         ) -> pb.DecideBatchResult:
+        try:
+            decision = await self._decide(one)
+            if record_impressions and decision.actions and not decision.degraded:
+                await self.offload.store(
+                    self.arbiter.feedback, decision_id=decision.decision_id,
+                    action_id=decision.actions[0].action_id, outcome="impression")
+        except InvalidArgument as err:
+            return pb.DecideBatchResult(error=str(err))
+        return pb.DecideBatchResult(decision=convert.decide_response(decision))
+
+    async def _decide(self, request: pb.DecideRequest) -> Decision:
+        arbiter = self.arbiter
+        req = arbiter.decide_request(
             user_id=request.user_id,
             placement=request.placement,
             channel=request.channel,
@@ -57,18 +95,58 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             explain=request.explain,
             at=convert.optional_time(request, "at"),
         )
+        profile, available = await self._profile(req.user_id)
+        decision, record = arbiter.decide_from(req, profile)
+        stored = True
+        ttl = arbiter.record_ttl(record)
+        if ttl is not None:
+            stored = await self._store(self.io.save_decision(
+                record, ttl, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
+        decision = arbiter.finish_decide(req, decision, profile, available and stored)
         if self.metrics is not None:
             self.metrics.decided(decision)
         return decision
 
+    async def _profile(self, user_id: str) -> tuple[Profile | None, bool]:
+        started = time.perf_counter()
+        try:  # half the time left at most: the record write needs some too
+            profile = await self.io.get_profile(user_id, self._budget(0.0, share=0.5))
+        except StoreUnavailable as err:
+            self._store_failed("read", err, started)
+            return None, False
+        if self.metrics is not None:
+            self.metrics.store("read", time.perf_counter() - started)
+        return profile, True
+
+    async def _store(self, write: Awaitable[None], op: str) -> bool:
+        started = time.perf_counter()
+        try:
+            await write
+        except StoreUnavailable as err:
+            self._store_failed(op, err, started)
+            return False
+        if self.metrics is not None:
+            self.metrics.store(op, time.perf_counter() - started)
+        return True
+
+    def _store_failed(self, op: str, err: StoreUnavailable, started: float) -> None:
+        throttled.warning(f"decide:{op}", "decide degraded (%s): %s", op, err)
+        if self.metrics is not None:
+            self.metrics.store(op, time.perf_counter() - started, failed=True)
+
+    def _budget(self, reserve: float, share: float = 1.0) -> float:
+        """How long a store call may wait: the store's timeout, within the deadline."""
+        return min(self.store_timeout, time_left() * share - reserve)
+
     @rpc
-    def Feedback(self, request: pb.FeedbackRequest, context: grpc.ServicerContext
-                 ) -> pb.FeedbackResponse:
+    async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext
+                       ) -> pb.FeedbackResponse:
         outcome = convert.OUTCOME_NAMES.get(request.outcome)
         if outcome is None:
             raise InvalidArgument("outcome", "must be set (impression, click, conversion, "
                                              "dismiss)")
-        commit = self.arbiter.feedback(
+        commit = await self.offload.store(
+            self.arbiter.feedback,
             decision_id=request.decision_id,
             action_id=request.action_id,
             outcome=outcome,
@@ -82,28 +160,52 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return {k: v.type for k, v in self.arbiter.ruleset.profile_schema.items()}
 
     @rpc
-    def TrackEvent(self, request: pb.TrackEventRequest, context: grpc.ServicerContext
-                   ) -> pb.TrackEventResponse:
-        profile = self.arbiter.track(
+    async def TrackEvent(self, request: pb.TrackEventRequest,
+                         context: grpc.aio.ServicerContext) -> pb.TrackEventResponse:
+        properties = convert.from_values("properties", request.properties)
+        traits = convert.from_values("traits", request.traits)
+        profile = await self.offload.store(
+            self.arbiter.track,
             user_id=request.user_id,
             event_type=request.event_type,
-            properties=convert.from_values("properties", request.properties),
-            traits=convert.from_values("traits", request.traits),
+            properties=properties,
+            traits=traits,
             at=convert.optional_time(request, "timestamp"),
         )
         return pb.TrackEventResponse(
             profile=convert.profile_message(profile, self.arbiter.clock(), self._types()))
 
     @rpc
-    def GetProfile(self, request: pb.GetProfileRequest, context: grpc.ServicerContext
-                   ) -> pb.GetProfileResponse:
-        profile = self.arbiter.get_profile(request.user_id)
+    async def GetProfile(self, request: pb.GetProfileRequest,
+                         context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
+        profile = await self.offload.store(self.arbiter.get_profile, request.user_id)
         if profile is None:
             return pb.GetProfileResponse(found=False)
         return pb.GetProfileResponse(found=True, profile=convert.profile_message(
             profile, self.arbiter.clock(), self._types()))
 
     @rpc
-    def ForgetProfile(self, request: pb.ForgetProfileRequest, context: grpc.ServicerContext
-                      ) -> pb.ForgetProfileResponse:
-        return pb.ForgetProfileResponse(deleted=self.arbiter.forget(request.user_id))
+    async def ForgetProfile(self, request: pb.ForgetProfileRequest,
+                            context: grpc.aio.ServicerContext) -> pb.ForgetProfileResponse:
+        deleted = await self.offload.store(self.arbiter.forget, request.user_id)
+        return pb.ForgetProfileResponse(deleted=deleted)
+
+
+def _waves(requests: Sequence[pb.DecideRequest]) -> list[list[int]]:
+    """Indexes in waves, each user at most once per wave and in request order: a batch
+    decides concurrently but one customer's decisions in sequence (caps see the earlier).
+
+    >>> class R:
+    ...     def __init__(self, u): self.user_id = u
+    >>> _waves([R("a"), R("b"), R("a"), R("c"), R("a")])
+    [[0, 1, 3], [2], [4]]
+    """
+    seen: defaultdict[str, int] = defaultdict(int)
+    waves: list[list[int]] = []
+    for i, one in enumerate(requests):
+        n = seen[one.user_id]
+        seen[one.user_id] = n + 1
+        if n == len(waves):
+            waves.append([])
+        waves[n].append(i)
+    return waves

@@ -6,10 +6,12 @@ else is logged with its traceback and answered ``INTERNAL``.
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
 import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -18,6 +20,7 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from engine.feedback import ActionNotInDecision
+from engine.grpc.throttled_log import ThrottledLog
 from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.requests import FailedPrecondition, InvalidArgument, NotFound
 
@@ -26,6 +29,8 @@ access = logging.getLogger("arbiter.access")
 """One line per RPC (method, status, latency, decision id; never a user id or profile).
 Off unless ``arbiter serve --access-log`` sets it to INFO."""
 access.setLevel(logging.WARNING)
+throttled = ThrottledLog(log)
+"""Repeated warnings (an outage seen by every request) once per interval, with a count."""
 
 R = TypeVar("R")
 
@@ -61,39 +66,61 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         return (grpc.StatusCode.NOT_FOUND,
                 f"action_id: {err.args[0]!r} was not part of this decision")
     if isinstance(err, StoreUnavailable):
-        log.warning("%s: %s", method, err)
+        throttled.warning(f"unavailable:{method}", "%s: %s", method, err)
         return grpc.StatusCode.UNAVAILABLE, "profile store unavailable; retry"
     log.exception("%s failed", method)
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 
 
-def rpc(method: Callable[[Any, Any, grpc.ServicerContext], R]) -> Callable[..., R]:
-    """Map engine errors to gRPC status codes (logging anything unexpected), and count
-    every call by method and code in the servicer's ``metrics``, if it has any."""
+DEFAULT_DEADLINE_SECONDS = 10.0
+"""The deadline of an RPC whose client sent none (``arbiter serve --default-deadline``)."""
+_deadline: contextvars.ContextVar[float] = contextvars.ContextVar("deadline")
+
+
+def time_left() -> float:
+    """Seconds until the current RPC's deadline (its client's, or the server default)."""
+    return _deadline.get() - asyncio.get_running_loop().time()
+
+
+def rpc(method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
+        ) -> Callable[..., Awaitable[R]]:
+    """Run an RPC within its deadline and map engine errors to gRPC status codes (logging
+    anything unexpected); count every call by method and code in the servicer's
+    ``metrics``, if it has any, and write the access-log line.
+
+    The deadline is the client's, or the servicer's ``default_deadline`` when the client
+    sent none; :func:`time_left` tells the store calls inside how long they may wait.
+    Past it the RPC stops (its awaits are cancelled) and answers DEADLINE_EXCEEDED.
+    """
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> R:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> R:
         started = time.perf_counter()
         code = grpc.StatusCode.OK
         response = None
+        metrics = getattr(self, "metrics", None)
         remaining = context.time_remaining()
-        if remaining is not None and remaining <= 0:  # expired while queued: no work at all
-            metrics = getattr(self, "metrics", None)
-            if metrics is not None:
-                metrics.observe(method.__name__, grpc.StatusCode.DEADLINE_EXCEEDED, 0.0)
-            context.abort(grpc.StatusCode.DEADLINE_EXCEEDED,
-                          "deadline exceeded before the request was handled")
+        if remaining is None:
+            remaining = getattr(self, "default_deadline", DEFAULT_DEADLINE_SECONDS)
         try:
-            response = method(self, request, context)
+            if remaining <= 0:  # expired while queued: no work at all
+                raise TimeoutError
+            deadline = asyncio.get_running_loop().time() + remaining
+            _deadline.set(deadline)  # this RPC's own task: no reset needed
+            async with asyncio.timeout_at(deadline):
+                response = await method(self, request, context)
             return response
+        except TimeoutError:
+            code = grpc.StatusCode.DEADLINE_EXCEEDED
+            await context.abort(code, "deadline exceeded; the request was stopped")
         except Exception as err:
             code, message = status_of(err, method.__name__)
             if isinstance(err, InvalidArgument):
-                context.abort_with_status(bad_request(err))
-            context.abort(code, message)
+                status = bad_request(err)
+                await context.abort(status.code, status.details, status.trailing_metadata)
+            await context.abort(code, message)
         finally:
             seconds = time.perf_counter() - started
-            metrics = getattr(self, "metrics", None)
             if metrics is not None:
                 metrics.observe(method.__name__, code, seconds)
             if access.isEnabledFor(logging.INFO):

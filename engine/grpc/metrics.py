@@ -39,12 +39,23 @@ class ServerMetrics:
         self.degraded = Counter("arbiter_degraded_decisions", "Decisions made without the "
                                 "store (an unknown customer, not recorded)",
                                 registry=self.registry)
+        self.store_seconds = Histogram("arbiter_store_seconds", "Decide's store waits "
+                                       "(read: profile, write: decision record)", ["op"],
+                                       buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.store_errors = Counter("arbiter_store_errors", "Decide's store waits that "
+                                    "failed or ran out of time", ["op"],
+                                    registry=self.registry)
         self.registry.register(_StateCollector(arbiter, reloader))
         self._http: Any = None
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         self.rpcs.labels(method, code.name).inc()
         self.latency.labels(method).observe(seconds)
+
+    def store(self, op: str, seconds: float, failed: bool = False) -> None:
+        self.store_seconds.labels(op).observe(seconds)
+        if failed:
+            self.store_errors.labels(op).inc()
 
     def decided(self, decision: Decision) -> None:
         for action in decision.actions:

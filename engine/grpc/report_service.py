@@ -9,28 +9,32 @@ from engine.grpc.errors import rpc
 from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
 from engine.grpc.metrics import ServerMetrics
+from engine.grpc.offload import Offload
 from engine.requests import InvalidArgument, NotFound
 from engine.service import Arbiter
 
 
 class ReportServicer(rpb_grpc.ReportServiceServicer):
-    def __init__(self, arbiter: Arbiter, metrics: ServerMetrics | None = None) -> None:
+    def __init__(self, arbiter: Arbiter, offload: Offload,
+                 metrics: ServerMetrics | None = None) -> None:
         self.arbiter = arbiter
+        self.offload = offload
         self.metrics = metrics
 
     @rpc
-    def ExperimentReport(self, request: rpb.ExperimentReportRequest,
-                         context: grpc.ServicerContext) -> rpb.ExperimentReportResponse:
+    async def ExperimentReport(self, request: rpb.ExperimentReportRequest,
+                               context: grpc.aio.ServicerContext) -> rpb.ExperimentReportResponse:
         name = request.experiment
         experiments = self.arbiter.ruleset.experiments
         if name not in experiments:
             known = ", ".join(sorted(experiments)) or "none"
             error = NotFound if name else InvalidArgument
             raise error("experiment", f"unknown experiment '{name}' (known: {known})")
-        return convert.report_to_proto(self.arbiter.experiment_report(name))
+        return convert.report_to_proto(
+            await self.offload.store(self.arbiter.experiment_report, name))
 
     @rpc
-    def ModelReport(self, request: rpb.ModelReportRequest, context: grpc.ServicerContext
-                    ) -> rpb.ModelReportResponse:
-        return rpb.ModelReportResponse(
-            models=[convert.quality_to_proto(q) for q in self.arbiter.model_report()])
+    async def ModelReport(self, request: rpb.ModelReportRequest,
+                          context: grpc.aio.ServicerContext) -> rpb.ModelReportResponse:
+        qualities = await self.offload.store(self.arbiter.model_report)
+        return rpb.ModelReportResponse(models=[convert.quality_to_proto(q) for q in qualities])

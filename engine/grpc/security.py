@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import hmac
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +88,13 @@ def scope_of(method: str) -> str | None:
 
 
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    def handler(request: Any, context: grpc.ServicerContext) -> Any:
-        context.abort(code, message)
+    async def handler(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(handler)
 
 
-class TokenAuth(grpc.ServerInterceptor):
+class TokenAuth(grpc.aio.ServerInterceptor):
     """Checks the bearer token of every call against the method's scope."""
 
     def __init__(self, tokens: Tokens) -> None:
@@ -111,11 +111,11 @@ class TokenAuth(grpc.ServerInterceptor):
                         return scopes
         return None
 
-    def intercept_service(self, continuation: Callable[[Any], Any],
-                          handler_call_details: grpc.HandlerCallDetails) -> Any:
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                handler_call_details: grpc.HandlerCallDetails) -> Any:
         needed = scope_of(handler_call_details.method)
         if needed is None:
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         scopes = self._scopes(handler_call_details.invocation_metadata)
         if scopes is None:
             return _deny(grpc.StatusCode.UNAUTHENTICATED,
@@ -123,7 +123,7 @@ class TokenAuth(grpc.ServerInterceptor):
         if needed not in scopes:
             return _deny(grpc.StatusCode.PERMISSION_DENIED,
                          f"authorization: the token lacks the '{needed}' scope")
-        return continuation(handler_call_details)
+        return await continuation(handler_call_details)
 
 
 def server_credentials(cert: str | Path, key: str | Path,

@@ -1,25 +1,35 @@
-"""gRPC server: a thin translation layer over :class:`engine.service.Arbiter`.
+"""gRPC server: ``grpc.aio``, a thin translation layer over :class:`engine.service.Arbiter`.
 
-Adds the standard ``grpc.health.v1`` health service and server reflection, so
-``grpcurl``/``grpc_health_probe`` work without our proto files. Each RPC maps
-engine errors to status codes and never lets an exception reach gRPC unlogged.
+One event loop serves every RPC. Decide runs on it (short synchronous decision work,
+asynchronous store I/O); blocking store transactions run in a small thread pool
+(:mod:`engine.grpc.offload`). Adds the standard ``grpc.health.v1`` health service and
+server reflection (``grpc.reflection.v1`` and ``v1alpha``), so ``grpcurl`` and
+``grpc_health_probe`` work without our proto files. Each RPC maps engine errors to
+status codes and never lets an exception reach gRPC unlogged.
+
+:func:`start` runs the loop in a thread of its own and returns a handle, so tests
+and :func:`serve_forever` drive a server from ordinary synchronous code.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 import time
 from concurrent import futures
-from typing import Any, TypeVar
+from typing import Any
 
 import grpc
+from grpc_health.v1 import _async as health_aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
+from grpc_reflection.v1alpha import _async as reflection_aio
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from engine.grpc.admin_service import AdminServicer
 from engine.grpc.decision_service import DecisionServicer
+from engine.grpc.errors import DEFAULT_DEADLINE_SECONDS
 from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
@@ -27,9 +37,11 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
 from engine.grpc.metrics import ServerMetrics
+from engine.grpc.offload import Offload
 from engine.grpc.report_service import ReportServicer
 from engine.grpc.security import TokenAuth, Tokens
-from engine.ports import StoreUnavailable
+from engine.grpc.throttled_log import ThrottledLog
+from engine.ports import DecideIO
 from engine.reloader import RulesetReloader
 from engine.service import Arbiter
 
@@ -38,36 +50,50 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
 REPORT_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["ReportService"].full_name
+REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 RELOAD_INTERVAL_SECONDS = 1.0
 MAX_MESSAGE_BYTES = 1 << 20
 SYNC_INTERVAL_SECONDS = 1.0
+READY_TIMEOUT_SECONDS = 1.0
+"""A sync with the store slower than this reports NOT_SERVING (readiness within a second)."""
 LEARN_WAKE_SECONDS = 0.5
 
-R = TypeVar("R")
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 class RunningServer:
-    """A started server: its port, and a stop that also stops the background loops."""
+    """A started server: its ports, and a stop that also stops the background loops."""
 
-    def __init__(self, server: grpc.Server, port: int, arbiter: Arbiter,
-                 health_servicer: health.HealthServicer,
-                 reloader: RulesetReloader | None = None,
-                 reload_interval: float = RELOAD_INTERVAL_SECONDS,
-                 metrics: ServerMetrics | None = None) -> None:
-        self.server = server
-        self.metrics = metrics
-        self.metrics_port = 0
-        self.health_server: grpc.Server | None = None  # liveness on its own threads
-        self.health_port = 0
-        self.port = port
+    def __init__(self, loop: asyncio.AbstractEventLoop, thread: threading.Thread,
+                 arbiter: Arbiter, reloader: RulesetReloader | None,
+                 offload: Offload, decide_io: DecideIO,
+                 metrics: ServerMetrics | None) -> None:
+        self.loop = loop
+        self.thread = thread
         self.arbiter = arbiter
-        self.health = health_servicer
         self.reloader = reloader
+        self.offload = offload
+        self.decide_io = decide_io
+        self.metrics = metrics
+        self.server: grpc.aio.Server | None = None
+        self.health = health_aio.HealthServicer()
+        # the health service alone, on its own port and threads: it answers even while
+        # the event loop is held (a pathological rule), where liveness probes must not fail
+        self.probe_health = health.HealthServicer()
+        self.health_server: grpc.Server | None = None
+        self.port = 0
+        self.health_port = 0
+        self.metrics_port = 0
         self._stopped = threading.Event()
-        self._sync = threading.Thread(target=self._sync_loop, name="arbiter-sync", daemon=True)
-        self._sync.start()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._unready = ThrottledLog(log, 30.0)
+
+    # ---- background work (threads for blocking loops, tasks for the health state) ------
+    def start_background(self, reload_interval: float) -> None:
+        self._tasks.append(self.loop.create_task(self._sync_loop()))
         threading.Thread(target=self._learn_loop, name="arbiter-learn", daemon=True).start()
-        if reloader is not None and reload_interval > 0:
+        if self.reloader is not None and reload_interval > 0:
             threading.Thread(target=self._watch_loop, args=(reload_interval,),
                              name="arbiter-reload", daemon=True).start()
 
@@ -90,45 +116,66 @@ class RunningServer:
             logged.clear()
             try:
                 self.arbiter.learn()
-            except StoreUnavailable as err:
-                log.warning("learning paused, store unavailable: %s", err)
-            except Exception:
-                log.exception("learning from the log failed; retrying")
+            except Exception as err:  # StoreUnavailable included: retried next wake
+                self._unready.warning("learn", "learning paused: %s", err)
 
-    def _sync_loop(self) -> None:
-        """Learn from other replicas' feedback; report the store's reachability as health."""
-        serving = health_pb2.HealthCheckResponse.SERVING
-        down = health_pb2.HealthCheckResponse.NOT_SERVING
-        while not self._stopped.wait(SYNC_INTERVAL_SECONDS):
+    async def _sync_loop(self) -> None:
+        """Every second: other replicas' arm counters and feedback; readiness is whether
+        that finished within a second (the store is reachable and fast enough)."""
+        pending: asyncio.Future[int] | None = None
+        while not self._stopped.is_set():
+            await asyncio.sleep(SYNC_INTERVAL_SECONDS)
+            if pending is None or pending.done():  # never two syncs at once
+                pending = asyncio.ensure_future(self.offload.thread(self.arbiter.sync))
             try:
-                self.arbiter.sync()
-                status = serving
-            except StoreUnavailable as err:
-                log.warning("store unavailable: %s", err)
-                status = down
-            except Exception:
-                log.exception("sync with the store failed; retrying")
-                status = down
+                await asyncio.wait_for(asyncio.shield(pending), READY_TIMEOUT_SECONDS)
+                status = SERVING
+            except Exception as err:  # unavailable, too slow, or failed: not ready
+                self._unready.warning("sync", "not ready, store sync failed: %r", err)
+                status = NOT_SERVING
             if not self._stopped.is_set():
-                for name in ("", SERVICE_NAME):
-                    self.health.set(name, status)
+                await self.set_health(status)
 
+    async def set_health(self, status: Any) -> None:
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+            self.probe_health.set(name, status)
+
+    # ---- stopping ----------------------------------------------------------------------
     def stop(self, grace: float = 2.0, pre_stop: float = 0.0) -> None:
         """Report NOT_SERVING, wait ``pre_stop`` seconds (load balancers notice), then let
         in-flight requests finish for up to ``grace`` seconds."""
-        self.health.enter_graceful_shutdown()
+        if self._stopped.is_set():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._stop(grace, pre_stop), self.loop).result()
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=5)
+            self.offload.close()
+            if self.metrics is not None:
+                self.metrics.close()
+            self.arbiter.close()
+
+    async def _stop(self, grace: float, pre_stop: float) -> None:
+        await self.health.enter_graceful_shutdown()
+        self.probe_health.enter_graceful_shutdown()
         if pre_stop > 0:
-            time.sleep(pre_stop)
+            await asyncio.sleep(pre_stop)
         self._stopped.set()
-        self.server.stop(grace).wait()
+        for task in self._tasks:
+            task.cancel()
+        if self.server is not None:
+            await self.server.stop(grace)
         if self.health_server is not None:
-            self.health_server.stop(0).wait()
-        if self.metrics is not None:
-            self.metrics.close()
-        self.arbiter.close()
+            self.health_server.stop(0)
+        try:
+            await self.decide_io.aclose()
+        except Exception as err:  # a store that is gone: nothing to flush
+            log.debug("closing the decide I/O: %r", err)
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        self._stopped.wait()
 
 
 def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
@@ -137,57 +184,102 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
           metrics_port: int | None = None,
           credentials: grpc.ServerCredentials | None = None,
           tokens: Tokens | None = None,
-          health_port: int | None = None) -> RunningServer:
-    """Start serving on ``host:port`` (port 0 picks a free one).
+          health_port: int | None = None,
+          reuse_port: bool = False,
+          default_deadline: float = DEFAULT_DEADLINE_SECONDS) -> RunningServer:
+    """Start serving on ``host:port`` (port 0 picks a free one) on an event loop of its own.
 
-    With a ``reloader`` the ruleset directory is watched every ``reload_interval``
-    seconds (0: only on the ReloadRuleset RPC). With ``metrics_port`` (0: a free one),
-    Prometheus metrics are served on ``http://host:metrics_port/metrics``. With
-    ``credentials`` the port speaks TLS (engine.grpc.security); with ``tokens`` every call
-    but health and reflection needs a bearer token with the method's scope.
+    ``workers`` threads run blocking store transactions. With a ``reloader`` the ruleset
+    directory is watched every ``reload_interval`` seconds (0: only on the ReloadRuleset
+    RPC). With ``metrics_port`` (0: a free one), Prometheus metrics are served on
+    ``http://host:metrics_port/metrics``. With ``credentials`` the port speaks TLS
+    (engine.grpc.security); with ``tokens`` every call but health and reflection needs a
+    bearer token with the method's scope. ``reuse_port`` lets several processes listen
+    on one port (SO_REUSEPORT). An RPC whose client sets no deadline gets
+    ``default_deadline`` seconds.
     """
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="arbiter-loop", daemon=True)
+    thread.start()
     metrics = ServerMetrics(arbiter, reloader) if metrics_port is not None else None
-    options = [
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
-        ("grpc.so_reuseport", 0),
-    ]
-    interceptors: list[grpc.ServerInterceptor] = [TokenAuth(tokens)] if tokens else []
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=options,
-                         interceptors=interceptors)
-    pb_grpc.add_DecisionServiceServicer_to_server(DecisionServicer(arbiter, metrics), server)
-    apb_grpc.add_AdminServiceServicer_to_server(AdminServicer(arbiter, reloader, metrics),
-                                                server)
-    rpb_grpc.add_ReportServiceServicer_to_server(ReportServicer(arbiter, metrics), server)
-    health_servicer = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    for name in ("", SERVICE_NAME):
-        health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME, health.SERVICE_NAME,
-         reflection.SERVICE_NAME), server)
-    address = f"{host}:{port}"
-    bound = (server.add_secure_port(address, credentials) if credentials is not None
-             else server.add_insecure_port(address))
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
-    server.start()
-    log.info("serving ruleset %s on %s:%d", arbiter.ruleset.revision, host, bound)
-    running = RunningServer(server, bound, arbiter, health_servicer, reloader, reload_interval,
-                            metrics)
-    if health_port is not None:
-        running.health_server, running.health_port = _health_server(health_servicer, host,
-                                                                    health_port)
+    offload = Offload(arbiter.store.blocking, workers)
+    running = RunningServer(loop, thread, arbiter, reloader, offload,
+                            arbiter.store.decide_io(), metrics)
+    try:
+        asyncio.run_coroutine_threadsafe(
+            _start(running, host, port, credentials, tokens, health_port, reuse_port,
+                   default_deadline), loop).result()
+    except BaseException:
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(timeout=5)
+        offload.close()
+        raise
+    running.start_background(reload_interval)
+    log.info("serving ruleset %s on %s:%d", arbiter.ruleset.revision, host, running.port)
     if metrics is not None and metrics_port is not None:
         running.metrics_port = metrics.serve(metrics_port, host)
         log.info("metrics on http://%s:%d/metrics", host, running.metrics_port)
     return running
 
 
+async def _start(running: RunningServer, host: str, port: int,
+                 credentials: grpc.ServerCredentials | None, tokens: Tokens | None,
+                 health_port: int | None, reuse_port: bool, default_deadline: float) -> None:
+    arbiter, offload, metrics = running.arbiter, running.offload, running.metrics
+    # decisions read arm counters fetched in the background, never on the loop
+    await offload.thread(arbiter.decide_without_store_reads)
+    options = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
+        ("grpc.so_reuseport", 1 if reuse_port else 0),
+    ]
+    interceptors = [TokenAuth(tokens)] if tokens else []
+    server = grpc.aio.server(options=options, interceptors=interceptors)
+    store = arbiter.store
+    timeout = float(getattr(store, "decide_timeout", 0.5))
+    pb_grpc.add_DecisionServiceServicer_to_server(
+        DecisionServicer(arbiter, offload, running.decide_io, metrics, timeout,
+                         default_deadline), server)
+    apb_grpc.add_AdminServiceServicer_to_server(
+        AdminServicer(arbiter, running.reloader, offload, metrics), server)
+    rpb_grpc.add_ReportServiceServicer_to_server(
+        ReportServicer(arbiter, offload, metrics), server)
+    health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
+    await running.set_health(SERVING)
+    _add_reflection(server, (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME,
+                             health.SERVICE_NAME))
+    address = f"{host}:{port}"
+    bound = (server.add_secure_port(address, credentials) if credentials is not None
+             else server.add_insecure_port(address))
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}")
+    await server.start()
+    running.server, running.port = server, bound
+    if health_port is not None:
+        running.health_server, running.health_port = _health_server(
+            running.probe_health, host, health_port)
+
+
+def _add_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
+    """Server reflection, v1alpha (grpcio-reflection) and v1. grpcio-reflection ships only
+    v1alpha; v1's messages are the same on the wire (the package name is all that
+    changed), so v1 is the same servicer under the v1 service name."""
+    names = (*services, reflection.SERVICE_NAME, REFLECTION_V1)
+    reflection.enable_server_reflection(names, server)
+    servicer = reflection_aio.ReflectionServicer(names)
+    handler = grpc.method_handlers_generic_handler(REFLECTION_V1, {
+        "ServerReflectionInfo": grpc.stream_stream_rpc_method_handler(
+            servicer.ServerReflectionInfo,
+            request_deserializer=reflection_pb2.ServerReflectionRequest.FromString,
+            response_serializer=reflection_pb2.ServerReflectionResponse.SerializeToString),
+    })
+    server.add_generic_rpc_handlers((handler,))
+
+
 def _health_server(servicer: health.HealthServicer, host: str, port: int
                    ) -> tuple[grpc.Server, int]:
-    """The health service alone, on its own port and threads: probes never queue behind
-    requests that are stuck on the main port."""
+    """The health service alone, on its own port and threads (a synchronous server): it
+    answers even while the event loop is held, and no token stands in front of it."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
     bound = server.add_insecure_port(f"{host}:{port}")
@@ -208,6 +300,9 @@ def serve_forever(running: RunningServer, grace: float = 2.0, pre_stop: float = 
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    done.wait()
+    while not done.wait(1.0):
+        pass
     log.info("shutting down: pre-stop %.1fs, drain up to %.1fs", pre_stop, grace)
+    started = time.monotonic()
     running.stop(grace, pre_stop)
+    log.info("stopped in %.1fs", time.monotonic() - started)
