@@ -80,6 +80,8 @@ DEFAULT_CACHE_TTL = 1.0
 DEFAULT_CACHE_SIZE = 100_000
 DEFAULT_DECIDE_TIMEOUT = 0.5
 """Seconds Decide waits for Redis (profile, arm counters, its record) before degrading."""
+DEFAULT_BATCH_LINGER = 0.001
+"""Seconds a server's batched Decide round trip waits for more calls while under load."""
 
 
 def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
@@ -111,6 +113,7 @@ class RedisStore:
         cache_ttl: float = DEFAULT_CACHE_TTL,
         cache_size: int = DEFAULT_CACHE_SIZE,
         decide_timeout: float = DEFAULT_DECIDE_TIMEOUT,
+        batch_linger: float = DEFAULT_BATCH_LINGER,
     ) -> None:
         self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
                                           health_check_interval=30)
@@ -120,6 +123,7 @@ class RedisStore:
                                          health_check_interval=30)
         self.url = url
         self.decide_timeout = decide_timeout
+        self.batch_linger = batch_linger
         self.ns = namespace
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
