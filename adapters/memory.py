@@ -196,5 +196,8 @@ class MemoryDecideIO:
                             timeout: float) -> None:
         self.store.save_decision(record, ttl_seconds)
 
+    async def ping(self, timeout: float) -> bool:
+        return True
+
     async def aclose(self) -> None:
         return None

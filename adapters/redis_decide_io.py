@@ -119,6 +119,12 @@ class RedisDecideIO:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    async def ping(self, timeout: float) -> bool:
+        try:
+            return bool(await asyncio.wait_for(self.redis.ping(), timeout))
+        except (TimeoutError, *FAILURES):
+            return False
+
     async def aclose(self) -> None:
         await self.redis.aclose()
 

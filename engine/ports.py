@@ -56,6 +56,10 @@ class DecideIO(Protocol):
     async def save_decision(self, record: DecisionRecord, ttl_seconds: float,
                             timeout: float) -> None: ...
 
+    async def ping(self, timeout: float) -> bool:
+        """True when the store answered within ``timeout`` seconds (readiness)."""
+        ...
+
     async def aclose(self) -> None: ...
 
 

@@ -313,8 +313,12 @@ class Arbiter:
         return deleted
 
     def close(self) -> None:
+        """Save a last model snapshot (skipped with one warning when the store is gone: the
+        next start replays the log from the previous one) and close the store."""
         try:
             self.learner.snapshot()
+        except StoreUnavailable as err:
+            log.warning("no final model snapshot, store unavailable: %s", err)
         finally:
             if self.decision_log is not None:
                 self.decision_log.close()

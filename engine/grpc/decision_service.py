@@ -99,7 +99,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         decision, record = arbiter.decide_from(req, profile)
         stored = True
         ttl = arbiter.record_ttl(record)
-        if ttl is not None:
+        if ttl is not None and available:  # degraded already: not recorded, no more waiting
             stored = await self._store(self.io.save_decision(
                 record, ttl, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
         decision = arbiter.finish_decide(req, decision, profile, available and stored)
@@ -135,8 +135,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             self.metrics.store(op, time.perf_counter() - started, failed=True)
 
     def _budget(self, reserve: float, share: float = 1.0) -> float:
-        """How long a store call may wait: the store's timeout, within the deadline."""
-        return min(self.store_timeout, time_left() * share - reserve)
+        """How long a store call may wait: the store's timeout, within the deadline (less
+        a tenth of what is left, and ``reserve``, for answering)."""
+        return min(self.store_timeout, time_left() * share * 0.9 - reserve)
 
     @rpc
     async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext

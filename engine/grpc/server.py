@@ -54,8 +54,8 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 RELOAD_INTERVAL_SECONDS = 1.0
 MAX_MESSAGE_BYTES = 1 << 20
 SYNC_INTERVAL_SECONDS = 1.0
-READY_TIMEOUT_SECONDS = 1.0
-"""A sync with the store slower than this reports NOT_SERVING (readiness within a second)."""
+READY_INTERVAL_SECONDS = 0.5
+"""Readiness pings the store this often, and waits this long for its answer."""
 LEARN_WAKE_SECONDS = 0.5
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -92,6 +92,7 @@ class RunningServer:
     # ---- background work (threads for blocking loops, tasks for the health state) ------
     def start_background(self, reload_interval: float) -> None:
         self._tasks.append(self.loop.create_task(self._sync_loop()))
+        self._tasks.append(self.loop.create_task(self._ready_loop()))
         threading.Thread(target=self._learn_loop, name="arbiter-learn", daemon=True).start()
         if self.reloader is not None and reload_interval > 0:
             threading.Thread(target=self._watch_loop, args=(reload_interval,),
@@ -120,20 +121,34 @@ class RunningServer:
                 self._unready.warning("learn", "learning paused: %s", err)
 
     async def _sync_loop(self) -> None:
-        """Every second: other replicas' arm counters and feedback; readiness is whether
-        that finished within a second (the store is reachable and fast enough)."""
+        """Every second, off the loop: other replicas' arm counters and feedback."""
         pending: asyncio.Future[int] | None = None
         while not self._stopped.is_set():
             await asyncio.sleep(SYNC_INTERVAL_SECONDS)
-            if pending is None or pending.done():  # never two syncs at once
-                pending = asyncio.ensure_future(self.offload.thread(self.arbiter.sync))
-            try:
-                await asyncio.wait_for(asyncio.shield(pending), READY_TIMEOUT_SECONDS)
-                status = SERVING
-            except Exception as err:  # unavailable, too slow, or failed: not ready
-                self._unready.warning("sync", "not ready, store sync failed: %r", err)
-                status = NOT_SERVING
-            if not self._stopped.is_set():
+            if pending is not None and not pending.done():
+                continue  # the store is slow: never two syncs at once
+            pending = asyncio.ensure_future(self.offload.thread(self.arbiter.sync))
+            pending.add_done_callback(self._synced)
+
+    def _synced(self, done: asyncio.Future[int]) -> None:
+        if not done.cancelled() and done.exception() is not None:
+            self._unready.warning("sync", "sync with the store failed: %r", done.exception())
+
+    async def _ready_loop(self) -> None:
+        """Readiness: NOT_SERVING within a second of the store stopping to answer, SERVING
+        again as soon as it does (a ping every half second, half a second to answer)."""
+        status = SERVING
+        while not self._stopped.is_set():
+            await asyncio.sleep(READY_INTERVAL_SECONDS)
+            ready = await self.decide_io.ping(READY_INTERVAL_SECONDS)
+            now = SERVING if ready else NOT_SERVING
+            if now != status and not self._stopped.is_set():
+                if not ready:
+                    log.warning("not ready: the store did not answer a ping in %.1fs",
+                                READY_INTERVAL_SECONDS)
+                else:
+                    log.info("ready: the store answers again")
+                status = now
                 await self.set_health(status)
 
     async def set_health(self, status: Any) -> None:

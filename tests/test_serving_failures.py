@@ -1,0 +1,159 @@
+"""The served API when Redis stalls or dies: answers within the deadline, degraded Decides,
+UNAVAILABLE or DEADLINE_EXCEEDED writes that are never acknowledged unless stored,
+liveness that never queues, readiness within a second, a quiet shutdown.
+
+Each test runs a real gRPC server (grpc.aio) on a real port over a private
+redis-server, stalled with ``CLIENT PAUSE`` or killed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Iterator
+
+import grpc
+import pytest
+import redis
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from adapters.redis_store import RedisStore
+from dsl.ruleset import Ruleset
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.service import Arbiter
+from tests.conftest import RedisServer
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+def pause(url: str, ms: int) -> None:
+    client = redis.Redis.from_url(url)
+    client.execute_command("CLIENT", "PAUSE", str(ms), "ALL")
+    client.close()
+
+
+@pytest.fixture
+def served(redis_url: str, retail: Ruleset) -> Iterator[server.RunningServer]:
+    store = RedisStore(redis_url, cache_ttl=0, decide_timeout=0.3)
+    running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0,
+                           default_deadline=1.0)
+    yield running
+    running.stop(grace=0.5)
+
+
+def channel_to(running: server.RunningServer) -> grpc.Channel:
+    return grpc.insecure_channel(f"127.0.0.1:{running.port}")
+
+
+def test_decide_answers_degraded_within_a_short_deadline_while_redis_stalls(
+        served: server.RunningServer, redis_url: str) -> None:
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        request = pb.DecideRequest(user_id="u1", placement="homepage_banner", channel="web")
+        assert not stub.Decide(request, timeout=2).degraded
+        pause(redis_url, 2500)
+        answers: list[tuple[float, object]] = []
+
+        def one(i: int) -> None:
+            started = time.monotonic()
+            try:
+                reply = stub.Decide(pb.DecideRequest(
+                    user_id=f"stalled-{i}", placement="homepage_banner", channel="web"),
+                    timeout=0.2)
+                answers.append((time.monotonic() - started, reply.degraded))
+            except grpc.RpcError as err:
+                answers.append((time.monotonic() - started, err.code()))  # type: ignore[attr-defined]
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(16)]
+        for t in threads:
+            t.start()
+        # liveness on the main port, while 16 Decides wait on the stalled store
+        started = time.monotonic()
+        check = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(),
+                                                           timeout=1)
+        assert time.monotonic() - started < 0.5 and check.status in (SERVING, NOT_SERVING)
+        for t in threads:
+            t.join()
+        # every one answered, in time, and as a degraded decision (not an error)
+        assert len(answers) == 16
+        assert all(seconds < 0.35 for seconds, _ in answers), answers
+        assert all(outcome is True for _, outcome in answers), answers
+        time.sleep(2.6)
+        assert not stub.Decide(request, timeout=2).degraded
+
+
+def test_readiness_goes_not_serving_within_a_second_and_comes_back(
+        served: server.RunningServer, redis_server: RedisServer) -> None:
+    with channel_to(served) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == SERVING
+        redis_server.kill()
+        killed = time.monotonic()
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=1).status != NOT_SERVING:
+            assert time.monotonic() - killed < 1.5, "readiness still SERVING"
+            time.sleep(0.05)
+        redis_server.start()
+        back = time.monotonic()
+        while health.Check(health_pb2.HealthCheckRequest(), timeout=1).status != SERVING:
+            assert time.monotonic() - back < 3.0, "readiness did not come back"
+            time.sleep(0.05)
+
+
+def test_feedback_during_a_stall_is_never_acknowledged_unless_stored(
+        served: server.RunningServer, redis_url: str) -> None:
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        decision = stub.Decide(pb.DecideRequest(user_id="fb", placement="homepage_banner",
+                                                channel="web"), timeout=2)
+        action = decision.actions[0].action_id
+        click = pb.FeedbackRequest(decision_id=decision.decision_id, action_id=action,
+                                   outcome=pb.OUTCOME_CLICK, idempotency_key="k1")
+        pause(redis_url, 1500)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Feedback(click, timeout=0.3)
+        assert err.value.code() in (  # type: ignore[attr-defined]
+            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        assert time.monotonic() - started < 0.6
+        # no client deadline: the server's default (1 s here) answers, never a hang
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TrackEvent(pb.TrackEventRequest(user_id="fb", event_type="visit"))
+        assert err.value.code() in (  # type: ignore[attr-defined]
+            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        assert time.monotonic() - started < 1.5
+        time.sleep(1.6)
+        # the retry after the stall: applied once in all (the first try may have landed)
+        stub.Feedback(click, timeout=5)
+        again = stub.Feedback(click, timeout=5)
+        assert again.duplicate
+        report = redis.Redis.from_url(redis_url).xlen("arb:learn")
+        assert report == 1
+
+
+def test_shutdown_with_redis_gone_logs_no_traceback(
+        redis_url: str, redis_server: RedisServer, retail: Ruleset,
+        caplog: pytest.LogCaptureFixture) -> None:
+    store = RedisStore(redis_url, cache_ttl=0, decide_timeout=0.3)
+    running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0)
+    with channel_to(running) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        decision = stub.Decide(pb.DecideRequest(user_id="s", placement="homepage_banner",
+                                                channel="web"), timeout=2)
+        stub.Feedback(pb.FeedbackRequest(decision_id=decision.decision_id,
+                                         action_id=decision.actions[0].action_id,
+                                         outcome=pb.OUTCOME_CLICK), timeout=2)
+    redis_server.kill()
+    time.sleep(1.2)
+    caplog.clear()
+    with caplog.at_level(logging.DEBUG):
+        started = time.monotonic()
+        running.stop(grace=0.5)
+        assert time.monotonic() - started < 8
+    tracebacks = [r for r in caplog.records if r.exc_info is not None]
+    assert not tracebacks, [r.getMessage() for r in tracebacks]
+    redis_server.start()
