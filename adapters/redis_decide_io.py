@@ -10,9 +10,9 @@ load (the previous round trip carried more than one call) a round trip waits
 ``batch_linger`` seconds (1 ms by default) for more to join: on a CPU-bound server that
 trades a millisecond of latency for fewer, fuller round trips (bench/RESULTS.md §11).
 
-Each caller still waits for its own read or write (acknowledged means stored) and for no longer than its own ``timeout``: past it, or when
-Redis cannot be reached, the call raises :class:`~engine.ports.StoreUnavailable` and the
-decision is answered degraded.
+Each caller still waits for its own read or write (acknowledged means stored) and for no
+longer than its own ``timeout``: past it, or when Redis cannot be reached, the call
+raises :class:`~engine.ports.StoreUnavailable` and the decision is answered degraded.
 """
 
 from __future__ import annotations
