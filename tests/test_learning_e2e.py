@@ -170,7 +170,7 @@ def _serve(redis_url: str, port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
-         str(port), "--redis", redis_url, "--reward-wait", "1"],
+         str(port), "--redis", redis_url, "--reward-wait", "1", "--processes", "1"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
         grpc.channel_ready_future(channel).result(timeout=30)

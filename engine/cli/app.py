@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import sys
 import time
 from collections.abc import Sequence
 from importlib import metadata
@@ -54,6 +55,7 @@ def version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for serve --processes
     configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     started = time.perf_counter()
     code: int = args.func(args)

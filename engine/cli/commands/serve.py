@@ -30,8 +30,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
     p.add_argument("--redis", metavar="URL", help="redis://host:port/db (default: in memory)")
+    p.add_argument("--processes", type=int, default=0, metavar="N",
+                   help="serving processes sharing the port (SO_REUSEPORT) under one "
+                        "supervising parent; default 0: one per core with --redis, 1 with "
+                        "the in-memory store (its state is per process)")
+    p.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=4,
-                   help="request threads (more is slower under the GIL: bench/RESULTS.md)")
+                   help="threads for blocking store transactions (Feedback, TrackEvent, "
+                        "reports); Decide runs on the event loop")
+    p.add_argument("--default-deadline", type=float, default=10.0, metavar="SECONDS",
+                   help="the deadline of a request whose client sent none")
     p.add_argument("--seed", type=int, help="seed of the Thompson sampler")
     p.add_argument("--decision-log", metavar="FILE.jsonl",
                    help="append every decision and outcome here (for arbiter replay)")
@@ -81,9 +89,14 @@ def run(args: argparse.Namespace) -> int:
             return 0
         credentials, tokens = security(args)
         key = snapshot_key(args)
+        processes = process_count(args)
     except (SettingsError, ValueError, OSError) as err:
         print(f"arbiter serve: {err}", file=sys.stderr)
         return 2
+    if processes > 1:
+        from engine.cli.supervisor import supervise
+
+        return supervise(getattr(args, "argv", sys.argv[1:]), args, processes)
 
     if args.access_log:
         logging.getLogger("arbiter.access").setLevel(logging.INFO)
@@ -106,12 +119,29 @@ def run(args: argparse.Namespace) -> int:
     reloader = RulesetReloader(args.rules, arbiter)
     running = server.start(arbiter, args.host, args.port, args.workers, reloader,
                            args.reload_interval, args.metrics_port, credentials, tokens,
-                           health_port=args.health_port)
+                           health_port=args.health_port, reuse_port=args.reuse_port,
+                           default_deadline=args.default_deadline)
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)
     server.serve_forever(running, args.drain, args.pre_stop)
     return 0
+
+
+def process_count(args: argparse.Namespace) -> int:
+    """``--processes``, or its default: one per core with Redis, one in memory."""
+    if args.processes < 0:
+        raise ValueError("--processes must be 0 (automatic) or more")
+    processes = args.processes or ((os.cpu_count() or 1) if args.redis else 1)
+    if processes > 1 and not args.redis:
+        raise ValueError("--processes above 1 needs --redis: the in-memory store is "
+                         "per process, so processes would not share profiles or learning")
+    if processes > 1 and args.decision_log:
+        raise ValueError("--decision-log needs one process (one writer of the file); "
+                         "use --processes 1")
+    if args.default_deadline <= 0:
+        raise ValueError("--default-deadline must be above 0")
+    return processes
 
 
 def security(args: argparse.Namespace) -> tuple[Any, dict[str, frozenset[str]] | None]:

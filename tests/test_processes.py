@@ -1,0 +1,80 @@
+"""``arbiter serve --processes 2``: two serving processes on one port over a shared Redis,
+a parent that restarts a killed child and stops them all on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import grpc
+
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from tests.conftest import RETAIL, ROOT, free_port
+
+
+def decisions_counted(metrics_port: int) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                  timeout=5).read().decode()
+    return sum(float(m) for m in re.findall(
+        r'^arbiter_rpc_total\{code="OK",method="Decide"\} (\S+)$', text, re.M))
+
+
+def test_two_processes_share_the_port_and_the_parent_restarts_a_killed_one(
+        redis_url: str) -> None:
+    port, metrics = free_port(), free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
+         str(port), "--redis", redis_url, "--processes", "2", "--metrics-port", str(metrics)],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    out = proc.stdout
+    threading.Thread(target=lambda: lines.extend(iter(out.readline, "")), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("with 2 processes" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        pids = [int(p) for p in re.findall(r"pids (\d+), (\d+)", "".join(lines))[0]]
+        # connections are spread by the kernel: many channels reach both processes
+        for i in range(40):
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+                    ("grpc.use_local_subchannel_pool", 1)]) as channel:
+                pb_grpc.DecisionServiceStub(channel).Decide(
+                    pb.DecideRequest(user_id=f"u{i}", placement="email"), timeout=5)
+        counts = [decisions_counted(metrics), decisions_counted(metrics + 1)]
+        assert sum(counts) == 40 and min(counts) > 0, counts
+        # a child killed outright is replaced, and the port keeps answering meanwhile
+        os.kill(pids[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while not any("restarting" in line for line in lines) or sum(
+                f"pid {pids[0]}]" not in line and "[process 0" in line
+                and "arbiter: serving" in line for line in lines) < 1:
+            assert time.monotonic() < deadline, "".join(lines)
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+                pb_grpc.DecisionServiceStub(channel).Decide(
+                    pb.DecideRequest(user_id="during", placement="email"), timeout=5)
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, "".join(lines)
+    for pid in pids[1:]:  # every child is gone with the parent
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(
+            f"/proc/{pid}/status").read().lower()
+
+
+def test_processes_above_one_need_redis() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL),
+         "--processes", "2"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--processes above 1 needs --redis" in out.stderr
