@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from pathlib import Path
 
 import grpc
 
@@ -68,8 +69,8 @@ def test_two_processes_share_the_port_and_the_parent_restarts_a_killed_one(
         proc.wait(timeout=30)
     assert proc.returncode == 0, "".join(lines)
     for pid in pids[1:]:  # every child is gone with the parent
-        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(
-            f"/proc/{pid}/status").read().lower()
+        status = Path(f"/proc/{pid}/status")
+        assert not status.exists() or "zombie" in status.read_text().lower()
 
 
 def test_processes_above_one_need_redis() -> None:
