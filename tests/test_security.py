@@ -113,3 +113,27 @@ def test_tokens_carry_scopes(retail: Ruleset) -> None:
             assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes stay open
     finally:
         running.stop(grace=0.2)
+
+
+def test_the_cli_client_speaks_mutual_tls_with_a_token(
+        retail: Ruleset, pki: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli.app import main
+
+    running = _serve(retail, credentials=server_credentials(
+        pki / "server.pem", pki / "server.key", pki / "ca.pem"),
+        tokens=parse_tokens("svc-token=decide;ops-token=reports"))
+    tls = ["--tls-ca", str(pki / "ca.pem"), "--tls-cert", str(pki / "client.pem"),
+           "--tls-key", str(pki / "client.key")]
+    target = ["--target", f"localhost:{running.port}"]
+    try:
+        assert main(["decide", *target, *tls, "--token", "svc-token", "--user", "u",
+                     "--placement", "homepage_banner", "--channel", "web"]) == 0
+        assert "1. " in capsys.readouterr().out
+        assert main(["report", "hero_test", *target, *tls, "--token", "ops-token"]) == 0
+        assert "hero_test" in capsys.readouterr().out
+        with pytest.raises(SystemExit) as refused:  # the wrong scope: a clear refusal
+            main(["decide", *target, *tls, "--token", "ops-token", "--user", "u",
+                  "--placement", "homepage_banner", "--channel", "web"])
+        assert "PERMISSION_DENIED" in str(refused.value)
+    finally:
+        running.stop(grace=0.2)

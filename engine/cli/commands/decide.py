@@ -10,6 +10,7 @@ from typing import Any
 
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_path
+from engine.cli.client import add_client_arguments, open_channel
 from engine.cli.common import (
     add_request_arguments,
     default_rules,
@@ -35,6 +36,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--explain", action="store_true", help="why each action was chosen")
     p.add_argument("--profile", help="JSON profile file to decide for (in process)")
     p.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
+    add_client_arguments(p)
     p.set_defaults(func=run)
 
     e = sub.add_parser("explain", help="why each action is or is not chosen")
@@ -96,7 +98,7 @@ def _decide_remote(args: argparse.Namespace) -> Decision:
     from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
     context = {k: convert.to_value(v) for k, v in parse_context(args.context).items()}
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
         try:
             response = stub.Decide(pb.DecideRequest(
@@ -115,7 +117,6 @@ BATCH = 500
 
 def run_batch(args: argparse.Namespace) -> int:
     """Every line of ``--batch`` decided through DecideBatch, written to ``--out``."""
-    import grpc
 
     from engine.grpc import convert
     from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
@@ -127,7 +128,7 @@ def run_batch(args: argparse.Namespace) -> int:
     lines = [json.loads(line) for line in Path(args.batch).read_text().splitlines()
              if line.strip()]
     done = 0
-    with grpc.insecure_channel(args.target) as channel, Path(args.out).open("w") as out:
+    with open_channel(args) as channel, Path(args.out).open("w") as out:
         stub = pb_grpc.DecisionServiceStub(channel)
         for start in range(0, len(lines), BATCH):
             chunk = lines[start:start + BATCH]

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from dsl.loader import load_path
+from engine.cli.client import add_client_arguments, open_channel
 from engine.cli.common import (
     add_format_argument,
     add_snapshot_key_argument,
@@ -34,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_snapshot_key_argument(p)
     p.add_argument("--plot", metavar="FILE.png", help="draw the arms' posteriors")
     add_format_argument(p)
+    add_client_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -138,7 +140,7 @@ def _from_server(args: argparse.Namespace) -> Reports:
     from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
     from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
 
-    with grpc.insecure_channel(args.target) as channel:
+    with open_channel(args) as channel:
         stub = rpb_grpc.ReportServiceStub(channel)
         try:
             report = None
