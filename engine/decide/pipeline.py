@@ -54,14 +54,17 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     """
     explainer = ExplainTracer() if req.explain else None
     trace = NULL_TRACER if explainer is None and tracer is None else combine(explainer, tracer)
+    trace.stage("segments")
     facts = build_facts(ruleset, profile, req)
     evaluate_segments(ruleset, facts, trace)
+    trace.stage("scoring")
     spec = ruleset.model_of(req.placement.name)
     features = features_of(facts, spec)
     member = int(sampler.integers(spec.bagging)) if spec.bagging else 0
     scorer = scorer_for(ruleset, req.placement, facts)
     scored = score_candidates(ruleset, req, facts, profile, models, spec, features, member,
                               scorer, trace)
+    trace.stage("allocation")
     experiment = _experiment_for(ruleset, req)
     holdout = experiment is not None and in_holdout(experiment, req.user_id)
     if holdout:
@@ -69,19 +72,28 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     else:
         allocated = _allocate(experiment, scored.actions, req,
                               Learnt(models, experiment_state, sampler), scorer, trace)
+    trace.stage("ranking")
     ranked, policy = _choose(ruleset, req, facts, allocated, scored, experiment, holdout, trace)
+    trace.stage("content")
     for shown in ranked:
         render_content(ruleset, shown, facts)
     traces = explainer.explain(ruleset, req.placement, ranked) if explainer else ()
+    trace.stage("")
     held_out = experiment.name if holdout and experiment is not None else None
     matched = tuple(name for name, hit in facts.segments.items() if hit is True)
     decision = Decision(decision_id, ruleset.revision, req.now, req.user_id, req.placement.name,
                         req.channel, tuple(ranked), matched, traces, held_out, policy)
-    record = DecisionRecord(
-        decision_id=decision_id, user_id=req.user_id, placement=req.placement.name,
-        channel=req.channel, revision=ruleset.revision, decided_at=req.now,
-        actions=[_shown(a, experiment) for a in ranked], features=features, holdout=held_out)
-    return decision, record
+    return decision, _record(decision, req, features, experiment)
+
+
+def _record(decision: Decision, req: DecideInput, features: dict[str, float],
+            experiment: Experiment | None) -> DecisionRecord:
+    """What is stored of a decision, for its feedback and the learning log."""
+    return DecisionRecord(
+        decision_id=decision.decision_id, user_id=req.user_id, placement=req.placement.name,
+        channel=req.channel, revision=decision.revision, decided_at=req.now,
+        actions=[_shown(a, experiment) for a in decision.actions], features=features,
+        holdout=decision.holdout)
 
 
 def _experiment_for(ruleset: Ruleset, req: DecideInput) -> Experiment | None:

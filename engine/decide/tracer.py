@@ -34,6 +34,10 @@ class Tracer:
     enabled: ClassVar[bool] = False
     """Stages build events only for an enabled tracer."""
 
+    def stage(self, name: str) -> None:
+        """A stage of the decision begins (segments, scoring, allocation, ranking,
+        content); "" when the last one ended. Called for every decision: keep it cheap."""
+
     def segment(self, segment: Segment, matched: bool) -> None:
         """A segment was evaluated for the customer."""
 
@@ -67,6 +71,10 @@ class TracerGroup(Tracer):
 
     def __init__(self, tracers: Sequence[Tracer]) -> None:
         self.tracers = tuple(t for t in tracers if t.enabled)
+
+    def stage(self, name: str) -> None:
+        for t in self.tracers:
+            t.stage(name)
 
     def segment(self, segment: Segment, matched: bool) -> None:
         for t in self.tracers:

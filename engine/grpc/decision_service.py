@@ -11,10 +11,12 @@ store transactions off the loop (:mod:`engine.grpc.offload`).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Sequence
+from typing import Any
 
 import grpc
 
@@ -25,15 +27,17 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.metrics import ServerMetrics
 from engine.grpc.offload import Offload
-from engine.ports import DecideIO, StoreUnavailable
-from engine.records import Profile
-from engine.requests import InvalidArgument
+from engine.grpc.tracing import Tracing
+from engine.ports import DecideIO, FeedbackCommit, StoreUnavailable
+from engine.records import DecisionRecord, Profile
+from engine.requests import DecideInput, InvalidArgument
 from engine.service import Arbiter
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
 """Decisions per DecideBatch call."""
+NO_SPAN = contextlib.nullcontext()
 RESPONSE_RESERVE_SECONDS = 0.002
 """Of the deadline, kept for deciding and answering after the store waits."""
 
@@ -41,13 +45,18 @@ RESPONSE_RESERVE_SECONDS = 0.002
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
     def __init__(self, arbiter: Arbiter, offload: Offload, decide_io: DecideIO,
                  metrics: ServerMetrics | None = None, store_timeout: float = 0.5,
-                 default_deadline: float = 10.0) -> None:
+                 default_deadline: float = 10.0, tracing: Tracing | None = None) -> None:
         self.arbiter = arbiter
         self.offload = offload
         self.io = decide_io
         self.metrics = metrics
         self.store_timeout = store_timeout
         self.default_deadline = default_deadline
+        self.tracing = tracing
+
+    def _span(self, name: str) -> contextlib.AbstractContextManager[Any]:
+        """An OpenTelemetry span when tracing is on (engine.grpc.tracing), else nothing."""
+        return NO_SPAN if self.tracing is None else self.tracing.span(name)
 
     @rpc
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
@@ -95,17 +104,32 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             explain=request.explain,
             at=convert.optional_time(request, "at"),
         )
-        profile, available = await self._profile(req.user_id)
-        decision, record = arbiter.decide_from(req, profile)
+        with self._span("store.profile_read"):
+            profile, available = await self._profile(req.user_id)
+        if self.tracing is None:
+            decision, record = arbiter.decide_from(req, profile)
+        else:
+            decision, record = self._traced_decide(self.tracing, req, profile)
         stored = True
         ttl = arbiter.record_ttl(record)
         if ttl is not None and available:  # degraded already: not recorded, no more waiting
-            stored = await self._store(self.io.save_decision(
-                record, ttl, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
+            with self._span("store.record_write"):
+                stored = await self._store(self.io.save_decision(
+                    record, ttl, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
         decision = arbiter.finish_decide(req, decision, profile, available and stored)
         if self.metrics is not None:
             self.metrics.decided(decision)
         return decision
+
+    def _traced_decide(self, tracing: Tracing, req: DecideInput, profile: Profile | None
+                       ) -> tuple[Decision, DecisionRecord]:
+        with tracing.span("decide") as span:
+            stages = tracing.stages()
+            decision, record = self.arbiter.decide_from(req, profile, stages)
+            if stages is not None:
+                stages.finish()
+            tracing.describe(span, decision)
+        return decision, record
 
     async def _profile(self, user_id: str) -> tuple[Profile | None, bool]:
         started = time.perf_counter()
@@ -146,7 +170,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if outcome is None:
             raise InvalidArgument("outcome", "must be set (impression, click, conversion, "
                                              "dismiss)")
-        commit = await self.offload.store(
+        with self._span("store.feedback"):
+            commit = await self._feedback(request, outcome)
+        return pb.FeedbackResponse(duplicate=commit.duplicate)
+
+    async def _feedback(self, request: pb.FeedbackRequest, outcome: str) -> FeedbackCommit:
+        return await self.offload.store(
             self.arbiter.feedback,
             decision_id=request.decision_id,
             action_id=request.action_id,
@@ -155,7 +184,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             idempotency_key=request.idempotency_key,
             at=convert.optional_time(request, "timestamp"),
         )
-        return pb.FeedbackResponse(duplicate=commit.duplicate)
 
     def _types(self) -> dict[str, str]:
         return {k: v.type for k, v in self.arbiter.ruleset.profile_schema.items()}
@@ -165,14 +193,15 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                          context: grpc.aio.ServicerContext) -> pb.TrackEventResponse:
         properties = convert.from_values("properties", request.properties)
         traits = convert.from_values("traits", request.traits)
-        profile = await self.offload.store(
-            self.arbiter.track,
-            user_id=request.user_id,
-            event_type=request.event_type,
-            properties=properties,
-            traits=traits,
-            at=convert.optional_time(request, "timestamp"),
-        )
+        with self._span("store.track"):
+            profile = await self.offload.store(
+                self.arbiter.track,
+                user_id=request.user_id,
+                event_type=request.event_type,
+                properties=properties,
+                traits=traits,
+                at=convert.optional_time(request, "timestamp"),
+            )
         return pb.TrackEventResponse(
             profile=convert.profile_message(profile, self.arbiter.clock(), self._types()))
 

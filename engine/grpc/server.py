@@ -41,6 +41,7 @@ from engine.grpc.offload import Offload
 from engine.grpc.report_service import ReportServicer
 from engine.grpc.security import TokenAuth, Tokens
 from engine.grpc.throttled_log import ThrottledLog
+from engine.grpc.tracing import Tracing
 from engine.ports import DecideIO
 from engine.reloader import RulesetReloader
 from engine.service import Arbiter
@@ -76,6 +77,7 @@ class RunningServer:
         self.offload = offload
         self.decide_io = decide_io
         self.metrics = metrics
+        self.tracing: Tracing | None = None
         self.server: grpc.aio.Server | None = None
         self.health = health_aio.HealthServicer()
         # the health service alone, on its own port and threads: it answers even while
@@ -170,6 +172,8 @@ class RunningServer:
             self.offload.close()
             if self.metrics is not None:
                 self.metrics.close()
+            if self.tracing is not None:
+                self.tracing.shutdown()
             self.arbiter.close()
 
     async def _stop(self, grace: float, pre_stop: float) -> None:
@@ -201,7 +205,8 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
           tokens: Tokens | None = None,
           health_port: int | None = None,
           reuse_port: bool = False,
-          default_deadline: float = DEFAULT_DEADLINE_SECONDS) -> RunningServer:
+          default_deadline: float = DEFAULT_DEADLINE_SECONDS,
+          tracing: Tracing | None = None) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one) on an event loop of its own.
 
     ``workers`` threads run blocking store transactions. With a ``reloader`` the ruleset
@@ -211,7 +216,7 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     (engine.grpc.security); with ``tokens`` every call but health and reflection needs a
     bearer token with the method's scope. ``reuse_port`` lets several processes listen
     on one port (SO_REUSEPORT). An RPC whose client sets no deadline gets
-    ``default_deadline`` seconds.
+    ``default_deadline`` seconds. With ``tracing``, OpenTelemetry spans (engine.grpc.tracing).
     """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="arbiter-loop", daemon=True)
@@ -220,10 +225,11 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     offload = Offload(arbiter.store.blocking, workers)
     running = RunningServer(loop, thread, arbiter, reloader, offload,
                             arbiter.store.decide_io(), metrics)
+    running.tracing = tracing
     try:
         asyncio.run_coroutine_threadsafe(
             _start(running, host, port, credentials, tokens, health_port, reuse_port,
-                   default_deadline), loop).result()
+                   default_deadline, tracing), loop).result()
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
@@ -239,7 +245,8 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
 
 async def _start(running: RunningServer, host: str, port: int,
                  credentials: grpc.ServerCredentials | None, tokens: Tokens | None,
-                 health_port: int | None, reuse_port: bool, default_deadline: float) -> None:
+                 health_port: int | None, reuse_port: bool, default_deadline: float,
+                 tracing: Tracing | None) -> None:
     arbiter, offload, metrics = running.arbiter, running.offload, running.metrics
     # decisions read arm counters fetched in the background, never on the loop
     await offload.thread(arbiter.decide_without_store_reads)
@@ -248,13 +255,17 @@ async def _start(running: RunningServer, host: str, port: int,
         ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
     ]
-    interceptors = [TokenAuth(tokens)] if tokens else []
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    if tracing is not None:  # outermost: a refused token is traced too
+        interceptors.append(tracing.interceptor())
+    if tokens:
+        interceptors.append(TokenAuth(tokens))
     server = grpc.aio.server(options=options, interceptors=interceptors)
     store = arbiter.store
     timeout = float(getattr(store, "decide_timeout", 0.5))
     pb_grpc.add_DecisionServiceServicer_to_server(
         DecisionServicer(arbiter, offload, running.decide_io, metrics, timeout,
-                         default_deadline), server)
+                         default_deadline, tracing), server)
     apb_grpc.add_AdminServiceServicer_to_server(
         AdminServicer(arbiter, running.reloader, offload, metrics), server)
     rpb_grpc.add_ReportServiceServicer_to_server(

@@ -57,6 +57,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "default: $ARBITER_TOKENS (token=scope,scope;...); none: open")
     p.add_argument("--access-log", action="store_true",
                    help="log one line per RPC: method, status, latency, decision id")
+    p.add_argument("--otel-exporter", choices=("none", "console", "otlp"), default="none",
+                   help="OpenTelemetry traces: otlp (endpoint from OTEL_EXPORTER_OTLP_*), "
+                        "console, or none (default); needs the otel extra")
     p.add_argument("--metrics-port", type=int, metavar="PORT",
                    help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off)")
     p.add_argument("--reload-interval", type=float, default=1.0, metavar="SECONDS",
@@ -90,7 +93,8 @@ def run(args: argparse.Namespace) -> int:
         credentials, tokens = security(args)
         key = snapshot_key(args)
         processes = process_count(args)
-    except (SettingsError, ValueError, OSError) as err:
+        tracing = tracing_for(args) if processes == 1 else None
+    except (SettingsError, ValueError, OSError, ImportError) as err:
         print(f"arbiter serve: {err}", file=sys.stderr)
         return 2
     if processes > 1:
@@ -120,12 +124,21 @@ def run(args: argparse.Namespace) -> int:
     running = server.start(arbiter, args.host, args.port, args.workers, reloader,
                            args.reload_interval, args.metrics_port, credentials, tokens,
                            health_port=args.health_port, reuse_port=args.reuse_port,
-                           default_deadline=args.default_deadline)
+                           default_deadline=args.default_deadline, tracing=tracing)
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)
     server.serve_forever(running, args.drain, args.pre_stop)
     return 0
+
+
+def tracing_for(args: argparse.Namespace) -> Any:
+    """OpenTelemetry tracing as ``--otel-exporter`` asks (None: off)."""
+    if args.otel_exporter == "none":
+        return None
+    from engine.grpc.tracing import tracing_from
+
+    return tracing_from(args.otel_exporter)
 
 
 def process_count(args: argparse.Namespace) -> int:
