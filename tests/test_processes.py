@@ -54,6 +54,7 @@ def test_two_processes_share_the_port_and_the_parent_restarts_a_killed_one(
         counts = [decisions_counted(metrics), decisions_counted(metrics + 1)]
         assert sum(counts) == 40 and min(counts) > 0, counts
         # a child killed outright is replaced, and the port keeps answering meanwhile
+        # (a connection that was queued on the killed child is reset: clients reconnect)
         os.kill(pids[0], signal.SIGKILL)
         deadline = time.monotonic() + 60
         while not any("restarting" in line for line in lines) or sum(
@@ -62,7 +63,8 @@ def test_two_processes_share_the_port_and_the_parent_restarts_a_killed_one(
             assert time.monotonic() < deadline, "".join(lines)
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 pb_grpc.DecisionServiceStub(channel).Decide(
-                    pb.DecideRequest(user_id="during", placement="email"), timeout=5)
+                    pb.DecideRequest(user_id="during", placement="email"), timeout=5,
+                    wait_for_ready=True)
             time.sleep(0.2)
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -86,28 +86,37 @@ def _reason(r: Reason) -> pb.Reason:
 
 
 def decide_response(decision: Decision) -> pb.DecideResponse:
-    response = pb.DecideResponse(
-        decision_id=decision.decision_id,
-        ruleset_revision=decision.revision,
-        decided_at=timestamp(decision.decided_at),
-        holdout_experiment=decision.holdout or "",
-        degraded=decision.degraded,
-    )
+    response = pb.DecideResponse()
+    fill_decide_response(response, decision)
+    return response
+
+
+def fill_decide_response(response: pb.DecideResponse, decision: Decision) -> None:
+    """Write the decision into ``response`` in place (DecideBatch fills its results
+    without copying each one)."""
+    response.decision_id = decision.decision_id
+    response.ruleset_revision = decision.revision
+    response.decided_at.FromNanoseconds(int(decision.decided_at * 1e9))
+    if decision.holdout:
+        response.holdout_experiment = decision.holdout
+    if decision.degraded:
+        response.degraded = True
     for a in decision.actions:
-        response.actions.append(pb.RankedAction(
+        action = response.actions.add(
             action_id=a.action_id, rank=a.rank, score=a.score, propensity=a.propensity,
             value=a.value, weight=a.weight, experiment=a.experiment or "", arm=a.arm or "",
-            content=a.content, reasons=[_reason(r) for r in a.reasons],
-            score_terms=[pb.ScoreTerm(name=k, value=v) for k, v in a.score_terms.items()],
-            tags=list(a.tags), probability=a.probability,
-        ))
+            content=a.content, tags=a.tags, probability=a.probability)
+        if a.reasons:
+            action.reasons.extend(_reason(r) for r in a.reasons)
+        if a.score_terms:
+            action.score_terms.extend(pb.ScoreTerm(name=k, value=v)
+                                      for k, v in a.score_terms.items())
     if decision.traces:
         response.explanation.segments.extend(decision.segments)
         for t in decision.traces:
             response.explanation.candidates.append(pb.ActionTrace(
                 action_id=t.action_id, eligible=t.eligible,
                 reasons=[_reason(r) for r in t.reasons]))
-    return response
 
 
 def decision_from_response(response: pb.DecideResponse, user_id: str, placement: str,

@@ -68,21 +68,20 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                           context: grpc.aio.ServicerContext) -> pb.DecideBatchResponse:
         if len(request.requests) > MAX_BATCH:
             raise InvalidArgument("requests", f"at most {MAX_BATCH} per call")
+        response = pb.DecideBatchResponse()
+        results = [response.results.add() for _ in request.requests]
+        record = request.record_impressions
         if not self.offload.store_blocks:  # in-memory store: nothing to overlap
-            return pb.DecideBatchResponse(results=[
-                await self._batch_one(one, request.record_impressions)
-                for one in request.requests])
-        results: list[pb.DecideBatchResult | None] = [None] * len(request.requests)
+            for one, result in zip(request.requests, results, strict=True):
+                await self._batch_one(one, record, result)
+            return response
         for wave in _waves(request.requests):  # one user's requests in order
-            outcomes = await asyncio.gather(
-                *(self._batch_one(request.requests[i], request.record_impressions)
-                  for i in wave))
-            for i, result in zip(wave, outcomes, strict=True):
-                results[i] = result
-        return pb.DecideBatchResponse(results=[r for r in results if r is not None])
+            await asyncio.gather(*(self._batch_one(request.requests[i], record, results[i])
+                                   for i in wave))
+        return response
 
-    async def _batch_one(self, one: pb.DecideRequest, record_impressions: bool
-                         ) -> pb.DecideBatchResult:
+    async def _batch_one(self, one: pb.DecideRequest, record_impressions: bool,
+                         result: pb.DecideBatchResult) -> None:
         try:
             decision = await self._decide(one)
             if record_impressions and decision.actions and not decision.degraded:
@@ -90,20 +89,26 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     self.arbiter.feedback, decision_id=decision.decision_id,
                     action_id=decision.actions[0].action_id, outcome="impression")
         except InvalidArgument as err:
-            return pb.DecideBatchResult(error=str(err))
-        return pb.DecideBatchResult(decision=convert.decide_response(decision))
+            result.error = str(err)
+            return
+        convert.fill_decide_response(result.decision, decision)
 
     async def _decide(self, request: pb.DecideRequest) -> Decision:
         arbiter = self.arbiter
-        req = arbiter.decide_request(
-            user_id=request.user_id,
-            placement=request.placement,
-            channel=request.channel,
-            context=convert.from_values("context", request.context),
-            limit=request.limit,
-            explain=request.explain,
-            at=convert.optional_time(request, "at"),
-        )
+        if not self.offload.store_blocks and self.tracing is None:
+            # in-memory store: the library's own synchronous decide, inline
+            decision = arbiter.decide(**_decide_arguments(request))
+        else:
+            decision = await self._decide_async(arbiter.decide_request(
+                **_decide_arguments(request)))
+        if self.metrics is not None:
+            self.metrics.decided(decision)
+        return decision
+
+    async def _decide_async(self, req: DecideInput) -> Decision:
+        """Profile read and record write awaited on the store's DecideIO, the decision in
+        between: the loop serves other requests while the store answers."""
+        arbiter = self.arbiter
         with self._span("store.profile_read"):
             profile, available = await self._profile(req.user_id)
         if self.tracing is None:
@@ -116,10 +121,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             with self._span("store.record_write"):
                 stored = await self._store(self.io.save_decision(
                     record, ttl, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
-        decision = arbiter.finish_decide(req, decision, profile, available and stored)
-        if self.metrics is not None:
-            self.metrics.decided(decision)
-        return decision
+        return arbiter.finish_decide(req, decision, profile, available and stored)
 
     def _traced_decide(self, tracing: Tracing, req: DecideInput, profile: Profile | None
                        ) -> tuple[Decision, DecisionRecord]:
@@ -219,6 +221,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                             context: grpc.aio.ServicerContext) -> pb.ForgetProfileResponse:
         deleted = await self.offload.store(self.arbiter.forget, request.user_id)
         return pb.ForgetProfileResponse(deleted=deleted)
+
+
+def _decide_arguments(request: pb.DecideRequest) -> dict[str, Any]:
+    return {
+        "user_id": request.user_id,
+        "placement": request.placement,
+        "channel": request.channel,
+        "context": convert.from_values("context", request.context),
+        "limit": request.limit,
+        "explain": request.explain,
+        "at": convert.optional_time(request, "at"),
+    }
 
 
 def _waves(requests: Sequence[pb.DecideRequest]) -> list[list[int]]:
