@@ -37,18 +37,29 @@ DAY = 86400.0
 
 
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process, from /proc (Linux)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU time of a process and its live children (``--processes``), from
+    /proc (Linux)."""
+    total = 0.0
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    kids = [int(c) for c in children.read_text().split()] if children.exists() else []
+    for one in (pid, *kids):
+        try:
+            fields = Path(f"/proc/{one}/stat").read_text().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
 
 
 @contextmanager
-def arbiter_server(redis_url: str | None, workers: int,
-                   tree: Path = ROOT) -> Iterator[tuple[str, int]]:
+def arbiter_server(redis_url: str | None, workers: int, tree: Path = ROOT,
+                   rules: Path | None = None, extra: tuple[str, ...] = ()
+                   ) -> Iterator[tuple[str, int]]:
     """``arbiter serve`` from a source tree (another checkout measures a "before")."""
     port = free_port()
-    cmd = [sys.executable, "-m", "engine.cli", "serve", "--rules", str(tree / "rulesets/retail"),
-           "--port", str(port), "--workers", str(workers)]
+    cmd = [sys.executable, "-m", "engine.cli", "serve", "--rules",
+           str(rules or tree / "rulesets/retail"), "--port", str(port), "--workers",
+           str(workers), *extra]
     if redis_url:
         cmd += ["--redis", redis_url]
     proc = subprocess.Popen(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
@@ -90,12 +101,13 @@ def seed_profiles(target: str, users: int) -> None:
                     track(user, "content_view", m * 60)
 
 
-def loadgen(target: str, pid: int, rpc: str, args: argparse.Namespace) -> dict[str, Any]:
+def loadgen(target: str, pid: int, rpc: str, args: argparse.Namespace,
+            extra: tuple[str, ...] = ()) -> dict[str, Any]:
     cpu_before = cpu_seconds(pid)
     out = subprocess.run(
         [sys.executable, "-m", "bench.loadgen", "--target", target, "--rpc", rpc,
          "--concurrency", str(args.concurrency), "--duration", str(args.duration),
-         "--users", str(args.users)],
+         "--users", str(args.users), *extra],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
         check=True)
     result = dict(json.loads(out.stdout.strip().splitlines()[-1]))

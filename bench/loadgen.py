@@ -16,7 +16,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -29,11 +29,12 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 PLACEMENTS = (("homepage_banner", "web"), ("email", "email"), ("cart_page", "web"))
 
 
-def decide_requests(users: int, seed: int) -> Callable[[], pb.DecideRequest]:
+def decide_requests(users: int, seed: int, only: str = "") -> Callable[[], pb.DecideRequest]:
     rng = random.Random(seed)
+    placements = [p for p in PLACEMENTS if p[0] == only] if only else list(PLACEMENTS)
 
     def make() -> pb.DecideRequest:
-        placement, channel = PLACEMENTS[rng.randrange(len(PLACEMENTS))]
+        placement, channel = placements[rng.randrange(len(placements))]
         context = {}
         if placement == "cart_page":
             context["cart_value"] = pb.Value(number_value=rng.uniform(10, 120))
@@ -43,13 +44,14 @@ def decide_requests(users: int, seed: int) -> Callable[[], pb.DecideRequest]:
     return make
 
 
-async def drive(call: Callable[[Any], Awaitable[Any]], make: Callable[[], Any],
+async def drive(calls: Sequence[Callable[[Any], Awaitable[Any]]], make: Callable[[], Any],
                 concurrency: int, duration: float) -> dict[str, float]:
+    """``concurrency`` workers, worker i on ``calls[i % len(calls)]`` (one per channel)."""
     latencies: list[float] = []
     errors = 0
     deadline = time.perf_counter() + duration
 
-    async def worker() -> None:
+    async def worker(call: Callable[[Any], Awaitable[Any]]) -> None:
         nonlocal errors
         while time.perf_counter() < deadline:
             request = make()
@@ -62,7 +64,7 @@ async def drive(call: Callable[[Any], Awaitable[Any]], make: Callable[[], Any],
             latencies.append(time.perf_counter() - started)
 
     started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    await asyncio.gather(*(worker(calls[i % len(calls)]) for i in range(concurrency)))
     elapsed = time.perf_counter() - started
     ms = np.array(latencies) * 1000.0
     return {
@@ -116,23 +118,30 @@ async def feedback_requests(stub: Any, pending: int, pool: int, concurrency: int
 
 
 async def run(args: argparse.Namespace) -> dict[str, float]:
-    async with grpc.aio.insecure_channel(args.target) as channel:
-        await channel.channel_ready()
-        call: Callable[[Any], Awaitable[Any]]
+    # each channel its own connection: with --processes N the kernel spreads connections
+    channels = [grpc.aio.insecure_channel(args.target, options=[
+        ("grpc.use_local_subchannel_pool", 1)]) for _ in range(args.channels)]
+    try:
+        for channel in channels:
+            await channel.channel_ready()
+        calls: list[Callable[[Any], Awaitable[Any]]]
         make: Callable[[], Any]
         if args.rpc == "check":
-            call = health_pb2_grpc.HealthStub(channel).Check
+            calls = [health_pb2_grpc.HealthStub(c).Check for c in channels]
             make = health_pb2.HealthCheckRequest
         elif args.rpc == "feedback":
-            stub = pb_grpc.DecisionServiceStub(channel)
-            call = stub.Feedback
+            stub = pb_grpc.DecisionServiceStub(channels[0])
+            calls = [pb_grpc.DecisionServiceStub(c).Feedback for c in channels]
             make = await feedback_requests(stub, args.pending, args.pool, args.concurrency,
                                            args.seed)
         else:
-            call = pb_grpc.DecisionServiceStub(channel).Decide
-            make = decide_requests(args.users, args.seed)
-        warmup = await drive(call, make, args.concurrency, args.warmup) if args.warmup else {}
-        result = await drive(call, make, args.concurrency, args.duration)
+            calls = [pb_grpc.DecisionServiceStub(c).Decide for c in channels]
+            make = decide_requests(args.users, args.seed, args.placement)
+        warmup = await drive(calls, make, args.concurrency, args.warmup) if args.warmup else {}
+        result = await drive(calls, make, args.concurrency, args.duration)
+    finally:
+        for channel in channels:
+            await channel.close()
     return {"rpc": args.rpc, "concurrency": args.concurrency,  # type: ignore[dict-item]
             "warmup_requests": warmup.get("requests", 0), **result}
 
@@ -149,6 +158,10 @@ def main() -> None:
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--users", type=int, default=1000)
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--channels", type=int, default=1,
+                   help="connections to spread the workers over (several server processes)")
+    p.add_argument("--placement", default="",
+                   help="decide: only this placement (default: the three-placement mix)")
     print(json.dumps(asyncio.run(run(p.parse_args()))), flush=True)
 
 

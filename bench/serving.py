@@ -1,0 +1,130 @@
+"""The serving goals of issue 10, each as a ratio to the health-Check floor in the same run.
+
+    python -m bench.serving [--duration 5] [--users 5000] [--only NAME,...]
+
+For every configuration it starts ``arbiter serve`` (a subprocess; for Redis a private
+``redis-server`` with appendfsync always), seeds ``--users`` profiles, and runs the load
+generator (its own process) on the health ``Check`` then on ``Decide``, same
+concurrency and channels. Configurations:
+
+* ``memory`` / ``redis``: the three-placement mix at concurrency 32, one process;
+* ``memory-c1`` / ``redis-c1``: the same at concurrency 1;
+* ``homepage``: ``homepage_banner`` alone (experiment with exact logged probabilities);
+* ``bagging``: ``homepage_banner`` alone with ``model on homepage_banner { bagging: 10 }``
+  (the contextual path), to read against ``homepage``;
+* ``redis-p1-8ch`` / ``redis-p2-8ch``: one and two processes (``--processes``), eight
+  client connections (the kernel spreads connections, not requests, over processes).
+
+Prints a Markdown table; ``--json FILE`` keeps the raw numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bench.load import ROOT, arbiter_server, loadgen, seed_profiles
+from tests.redis_proc import RedisServer
+
+
+@dataclass(frozen=True)
+class Config:
+    name: str
+    store: str
+    concurrency: int = 32
+    placement: str = ""
+    processes: int = 1
+    channels: int = 1
+    bagging: bool = False
+
+
+CONFIGS = (
+    Config("memory", "memory"),
+    Config("redis", "redis"),
+    Config("memory-c1", "memory", concurrency=1),
+    Config("redis-c1", "redis", concurrency=1),
+    Config("homepage", "memory", placement="homepage_banner"),
+    Config("bagging", "memory", placement="homepage_banner", bagging=True),
+    Config("redis-p1-8ch", "redis", processes=1, channels=8),
+    Config("redis-p2-8ch", "redis", processes=2, channels=8),
+)
+
+
+@contextmanager
+def served(config: Config, tmp: Path) -> Iterator[tuple[str, int]]:
+    rules = ROOT / "rulesets/retail"
+    if config.bagging:
+        rules = tmp / "rules"
+        shutil.copytree(ROOT / "rulesets/retail", rules)
+        (rules / "model.arb").write_text("model on homepage_banner { bagging: 10 }\n")
+    extra = ("--processes", str(config.processes))
+    if config.store == "memory":
+        with arbiter_server(None, 4, rules=rules, extra=extra) as served_:
+            yield served_
+        return
+    redis_ = RedisServer(tmp)
+    redis_.start()
+    try:
+        with arbiter_server(redis_.url, 4, rules=rules, extra=extra) as served_:
+            yield served_
+    finally:
+        redis_.stop()
+
+
+def measure(config: Config, args: argparse.Namespace) -> dict[str, Any]:
+    run = argparse.Namespace(concurrency=config.concurrency, duration=args.duration,
+                             users=args.users)
+    extra = ("--channels", str(config.channels), "--placement", config.placement)
+    with tempfile.TemporaryDirectory() as tmp, served(config, Path(tmp)) as (target, pid):
+        seed_profiles(target, args.users)
+        check = loadgen(target, pid, "check", run, extra)
+        decide = loadgen(target, pid, "decide", run, extra)
+    return {"config": config.name, "check": check, "decide": decide,
+            "rps_ratio": decide["rps"] / check["rps"],
+            "p99_ratio": decide["p99_ms"] / check["p99_ms"]}
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| config | floor req/s | floor p99 ms | Decide req/s | Decide p50 ms | "
+             "Decide p99 ms | throughput ratio | p99 ratio | errors |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        c, d = r["check"], r["decide"]
+        lines.append(f"| {r['config']} | {c['rps']:.0f} | {c['p99_ms']:.2f} | {d['rps']:.0f} | "
+                     f"{d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {r['rps_ratio']:.2f} | "
+                     f"{r['p99_ratio']:.2f} | {c['errors'] + d['errors']} |")
+    by = {r["config"]: r for r in rows}
+    if "homepage" in by and "bagging" in by:
+        lines.append(f"\nbagging 10 / plain homepage_banner Decide throughput: "
+                     f"{by['bagging']['decide']['rps'] / by['homepage']['decide']['rps']:.2f}")
+    if "redis-p1-8ch" in by and "redis-p2-8ch" in by:
+        one, two = by["redis-p1-8ch"], by["redis-p2-8ch"]
+        lines.append(f"two processes / one, Decide throughput: "
+                     f"{two['decide']['rps'] / one['decide']['rps']:.2f}; floor: "
+                     f"{two['check']['rps'] / one['check']['rps']:.2f}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--duration", type=float, default=5.0)
+    p.add_argument("--users", type=int, default=5000)
+    p.add_argument("--only", default="", help="comma-separated configuration names")
+    p.add_argument("--json", help="write raw numbers here")
+    args = p.parse_args()
+    wanted = set(filter(None, args.only.split(",")))
+    rows = [measure(c, args) for c in CONFIGS if not wanted or c.name in wanted]
+    print(table(rows))
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
