@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 
-from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit
+from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit, IdempotencyKeyReused
 from engine.records import (
     ArmCounts,
     DecisionRecord,
@@ -36,7 +36,7 @@ class MemoryStore:
         self._profiles: dict[str, bytes] = {}
         self._decisions: dict[str, tuple[bytes, float, str]] = {}  # record, expiry, user
         self._user_decisions: dict[str, set[str]] = {}
-        self._keys: dict[str, float] = {}
+        self._keys: dict[str, tuple[float, str]] = {}  # key -> (expiry, fingerprint)
         self._arms: dict[str, dict[str, float]] = {}  # experiment -> {arm}:{field} -> sum
         self._consumers: dict[str, int] = {}  # consumer -> the log offset it has applied
         self._log: list[LearningEvent | None] = []  # None: an entry erased by forget
@@ -89,7 +89,7 @@ class MemoryStore:
                 ids.discard(decision_id)
                 if not ids:
                     del self._user_decisions[user_id]
-        for key in [k for k, exp in self._keys.items() if exp < now]:
+        for key in [k for k, (exp, _) in self._keys.items() if exp < now]:
             del self._keys[key]
         for user in list(self._user_keys):  # the per-user indexes follow what they index
             live = {k for k in self._user_keys[user] if k in self._keys}
@@ -111,14 +111,16 @@ class MemoryStore:
         return decode_decision(entry[0])
 
     def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
-                        ttl_seconds: float) -> FeedbackCommit:
+                        ttl_seconds: float, fingerprint: str = "") -> FeedbackCommit:
         with self._lock:
             now = self.clock()
             decision = self.get_decision(decision_id)
             if decision is None:
                 raise DecisionNotFound(decision_id)
-            expires = self._keys.get(idempotency_key)
+            expires, applied = self._keys.get(idempotency_key, (None, ""))
             if expires is not None and expires >= now:
+                if applied != fingerprint:
+                    raise IdempotencyKeyReused(idempotency_key)
                 return FeedbackCommit(True, None)
             effects = change(decision, self.get_profile(decision.user_id))
             _, expires_at, user_id = self._decisions[decision_id]
@@ -132,7 +134,7 @@ class MemoryStore:
             self._user_log.setdefault(decision.user_id, []).append(
                 self._log_base + len(self._log))
             self._log.append(effects.event)
-            self._keys[idempotency_key] = now + ttl_seconds
+            self._keys[idempotency_key] = (now + ttl_seconds, fingerprint)
             self._user_keys.setdefault(decision.user_id, set()).add(idempotency_key)
             return FeedbackCommit(False, effects)
 

@@ -6,7 +6,9 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:p:{user}``           profile, msgspec MessagePack
 ``{ns}:d:{decision}``       decision record, expires after the attribution window
 ``{ns}:ud:{user}``          set of the user's decision ids (for ForgetProfile)
-``{ns}:k:{key}``            idempotency key of an applied feedback
+``{ns}:k:{key}``            idempotency key of an applied feedback, scoped to its decision
+                            (``{decision}|k|{key}``, or ``{decision}|d|{action}|{outcome}``
+                            without one); the value is the request's fingerprint
 ``{ns}:uk:{user}``          set of the user's idempotency keys (for ForgetProfile)
 ``{ns}:ul:{user}``          set of the user's learning-log entry ids (for ForgetProfile)
 ``{ns}:arms:{experiment}``  hash ``{arm}:trials|successes|sum_sq`` (HINCRBYFLOAT);
@@ -37,7 +39,13 @@ import redis
 from cachetools import TTLCache
 
 from adapters.redis_decide_io import RedisDecideIO
-from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit, StoreUnavailable
+from engine.ports import (
+    DecisionNotFound,
+    FeedbackChange,
+    FeedbackCommit,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+)
 from engine.records import (
     ArmCounts,
     DecisionRecord,
@@ -220,7 +228,7 @@ class RedisStore:
 
     # ---- feedback -------------------------------------------------------------------
     def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
-                        ttl_seconds: float) -> FeedbackCommit:
+                        ttl_seconds: float, fingerprint: str = "") -> FeedbackCommit:
         dkey, ikey = self._k("d", decision_id), self._k("k", idempotency_key)
         with self.redis.pipeline() as pipe:
             while True:
@@ -229,7 +237,10 @@ class RedisStore:
                     data = _b(pipe.get(dkey))
                     if data is None:
                         raise DecisionNotFound(decision_id)
-                    if pipe.exists(ikey):
+                    applied = _b(pipe.get(ikey))
+                    if applied is not None:
+                        if applied.decode() != fingerprint:
+                            raise IdempotencyKeyReused(idempotency_key)
                         return FeedbackCommit(True, None)
                     decision = decode_decision(data)
                     pkey = self._k("p", decision.user_id)
@@ -251,7 +262,7 @@ class RedisStore:
                         self._k("ul", decision.user_id), self._k("uk", decision.user_id),
                         encode(effects.event), idempotency_key,
                         max(int(ttl_seconds), USER_INDEX_TTL))
-                    pipe.set(ikey, b"1", ex=max(1, int(ttl_seconds)))
+                    pipe.set(ikey, fingerprint.encode(), ex=max(1, int(ttl_seconds)))
                     pipe.execute()
                     break
                 except redis.WatchError:

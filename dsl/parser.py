@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import difflib
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -62,18 +63,28 @@ class _ToAst(Transformer[Token, Any]):
         return ast.Pos(self.file, line + self.line_offset, column)
 
     # -- literals
+    def _finite(self, value: float, token: Token) -> float:
+        """``value`` when finite; else a positioned error (a literal too large for a float
+        would compile to inf and fail at run time) and 0."""
+        if math.isfinite(value):
+            return value
+        text = str(token)
+        shown = text if len(text) <= 24 else f"{text[:12]}...{text[-6:]}"
+        self.diagnostics.append(Diagnostic(
+            "error", f"number {shown} is too large (at most about 1.8e308)", self._pos(token)))
+        return 0.0
+
     @v_args(meta=True)
     def number(self, meta: Any, children: list[Token]) -> ast.Literal:
-        return ast.Literal(float(children[0]), "number", self._pos(children[0]),
-                           str(children[0]))
+        return ast.Literal(self._finite(float(children[0]), children[0]), "number",
+                           self._pos(children[0]), str(children[0]))
 
     def signed_number(self, children: list[Token]) -> float:
-        return float(children[0])
+        return self._finite(float(children[0]), children[0])
 
     @v_args(meta=True)
     def duration(self, meta: Any, children: list[Token]) -> ast.Literal:
-        return ast.Literal(duration_seconds(children[0]), "duration", self._pos(children[0]),
-                           str(children[0]))
+        return self._duration_literal(children[0])
 
     @v_args(meta=True)
     def string(self, meta: Any, children: list[Token]) -> ast.Literal:
@@ -240,7 +251,8 @@ class _ToAst(Transformer[Token, Any]):
         return ("normal_gamma", tuple(c))
 
     def _duration_literal(self, token: Token) -> ast.Literal:
-        return ast.Literal(duration_seconds(token), "duration", self._pos(token), str(token))
+        return ast.Literal(self._finite(duration_seconds(token), token), "duration",
+                           self._pos(token), str(token))
 
     # ---- block fields: every field rule is read by its kind (dsl.ast.block_fields) ----
     def __default__(self, data: Any, children: list[Any], meta: Any) -> Any:
@@ -305,9 +317,10 @@ _READERS: dict[str, Reader] = {
     "number": lambda tr, rule, c, pos: c[0],
     "int": lambda tr, rule, c, pos: int(c[0]),
     "string": lambda tr, rule, c, pos: _unescape(c[0]),
-    "percent": lambda tr, rule, c, pos: float(str(c[0])[:-1]),
+    "percent": lambda tr, rule, c, pos: tr._finite(float(str(c[0])[:-1]), c[0]),
     "duration": lambda tr, rule, c, pos: tr._duration_literal(c[0]),
-    "cap": lambda tr, rule, c, pos: ast.FrequencyCap(int(c[0]), duration_seconds(c[1]), pos,
+    "cap": lambda tr, rule, c, pos: ast.FrequencyCap(int(c[0]), tr._finite(
+        duration_seconds(c[1]), c[1]), pos,
                                                      str(c[1])),
     "suppress": lambda tr, rule, c, pos: ast.Suppression(tr._duration_literal(c[0]), int(c[1]),
                                                          str(c[2]), pos),

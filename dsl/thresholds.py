@@ -16,6 +16,7 @@ it, and its values are compiled into the rules as constants.
 
 from __future__ import annotations
 
+import math
 import re
 import tomllib
 from dataclasses import replace
@@ -34,6 +35,16 @@ def _line_of(text: str, key: str) -> int:
         if re.match(rf"\s*{re.escape(key)}\s*=", line):
             return number
     return 1
+
+
+def _value_column(text: str, line: int) -> int:
+    """The column where the value of ``key = value`` on ``line`` starts."""
+    source = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
+    equals = source.find("=")
+    if equals < 0:
+        return 1
+    rest = source[equals + 1:]
+    return equals + 2 + (len(rest) - len(rest.lstrip()))
 
 
 def apply_overrides(checked: CheckedRuleset, path: str, text: str) -> list[Diagnostic]:
@@ -57,6 +68,11 @@ def apply_overrides(checked: CheckedRuleset, path: str, text: str) -> list[Diagn
         if not isinstance(value, kinds) or (spec.type == "number" and isinstance(value, bool)):
             diagnostics.append(Diagnostic(
                 "error", f"threshold '{key}' is a {spec.type}, not {type(value).__name__}", pos))
+            continue
+        if spec.type == "number" and not math.isfinite(float(value)):
+            diagnostics.append(Diagnostic(
+                "error", f"threshold '{key}' must be a finite number, not {value}",
+                Pos(path, pos.line, _value_column(text, pos.line))))
             continue
         checked.thresholds[key] = replace(
             spec, default=float(value) if spec.type == "number" else value)

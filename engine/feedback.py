@@ -47,7 +47,23 @@ class FeedbackInput:
 
     @property
     def key(self) -> str:
-        return self.idempotency_key or f"{self.decision_id}:{self.action_id}:{self.outcome}"
+        """The idempotency key, scoped to its decision: the same key on another decision
+        is another request. Without a key: one per decision, action and outcome.
+
+        >>> FeedbackInput("d1", "a", "click", None, "order-7", 0.0, 0.0).key
+        'd1|k|order-7'
+        >>> FeedbackInput("d1", "a", "click", None, "", 0.0, 0.0).key
+        'd1|d|a|click'
+        """
+        if self.idempotency_key:
+            return f"{self.decision_id}|k|{self.idempotency_key}"
+        return f"{self.decision_id}|d|{self.action_id}|{self.outcome}"
+
+    @property
+    def fingerprint(self) -> str:
+        """What a replay under the same key must repeat (timestamps aside, which a retry
+        may legitimately re-stamp): the action, the outcome and the value."""
+        return f"{self.action_id}\x1f{self.outcome}\x1f{self.value!r}"
 
 
 def feedback_effects(

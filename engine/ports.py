@@ -40,6 +40,10 @@ class DecisionNotFound(LookupError):
     """No decision with this id within the attribution window."""
 
 
+class IdempotencyKeyReused(ValueError):
+    """The key was already applied on this decision to a different request."""
+
+
 class StoreUnavailable(RuntimeError):
     """The store cannot be reached; nothing was changed, the call may be retried."""
 
@@ -80,9 +84,11 @@ class Store(LearningLog, Protocol):
 
     def commit_feedback(
         self, decision_id: str, idempotency_key: str, change: FeedbackChange,
-        ttl_seconds: float,
+        ttl_seconds: float, fingerprint: str = "",
     ) -> FeedbackCommit:
-        """Apply ``change`` once per key; raises DecisionNotFound for an unknown id."""
+        """Apply ``change`` once per key; raises DecisionNotFound for an unknown id. The
+        key is kept ``ttl_seconds`` with the request's ``fingerprint``: the same key again
+        with the same fingerprint is a duplicate, with another one IdempotencyKeyReused."""
         ...
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]: ...

@@ -239,7 +239,7 @@ class Arbiter:
                            check_time("timestamp", at, now), now, self.attribution_window)
         commit = self.store.commit_feedback(
             decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
-            self.attribution_window)
+            self.attribution_window, fb.fingerprint)
         if not commit.duplicate and commit.effects is not None:
             if self.decision_log is not None:
                 self.decision_log.write(outcome_entry(commit.effects.event))

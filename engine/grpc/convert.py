@@ -5,7 +5,8 @@ The only place, with the generated code and the servicers, that knows protobuf.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,7 +23,10 @@ from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.learning.quality import ModelQuality
 from engine.records import Profile
 from engine.reloader import ReloadResult
-from engine.requests import InvalidArgument
+from engine.requests import MAX_MAP_ENTRIES, MAX_STRING_LENGTH, InvalidArgument
+
+MAX_KEY_LENGTH = 256
+"""Characters in a map key (context, traits, properties and string maps)."""
 
 OUTCOME_NAMES = {
     pb.OUTCOME_IMPRESSION: "impression",
@@ -33,7 +37,25 @@ OUTCOME_NAMES = {
 OUTCOME_ENUMS = {name: enum for enum, name in OUTCOME_NAMES.items()}
 
 
-def seconds(ts: Timestamp) -> float:
+TIMESTAMP_MIN_SECONDS = -62_135_596_800  # 0001-01-01T00:00:00Z
+TIMESTAMP_MAX_SECONDS = 253_402_300_799  # 9999-12-31T23:59:59Z
+TIMESTAMP_RANGE = ("must be a google.protobuf.Timestamp between 0001-01-01T00:00:00Z and "
+                   "9999-12-31T23:59:59.999999999Z")
+
+
+def seconds(ts: Timestamp, field: str = "timestamp") -> float:
+    """Epoch seconds of a Timestamp; INVALID_ARGUMENT naming ``field`` outside the range
+    ``google/protobuf/timestamp.proto`` defines (or with nanos outside 0..999,999,999).
+
+    >>> seconds(Timestamp(seconds=10, nanos=500_000_000))
+    10.5
+    >>> seconds(Timestamp(seconds=2**62), "context.when")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    engine.requests.InvalidArgument: context.when: must be a google.protobuf.Timestamp ...
+    """
+    if not (TIMESTAMP_MIN_SECONDS <= ts.seconds <= TIMESTAMP_MAX_SECONDS
+            and 0 <= ts.nanos <= 999_999_999):
+        raise InvalidArgument(field, TIMESTAMP_RANGE)
     return ts.seconds + ts.nanos / 1e9
 
 
@@ -44,20 +66,51 @@ def timestamp(at: float) -> Timestamp:
 
 
 def from_value(field: str, value: pb.Value) -> Any:
+    """A wire value as Python, checked once here for every RPC: finite numbers,
+    timestamps in range, strings, lists and maps within their sizes (INVALID_ARGUMENT
+    naming ``field`` otherwise)."""
     kind = value.WhichOneof("kind")
     if kind is None:
         raise InvalidArgument(field, "value has no kind set")
+    if kind == "number_value":
+        if not math.isfinite(value.number_value):
+            raise InvalidArgument(field, "must be a finite number")
+        return value.number_value
     if kind == "timestamp_value":
-        return datetime.fromtimestamp(seconds(value.timestamp_value), UTC)
+        return datetime.fromtimestamp(seconds(value.timestamp_value, field), UTC)
+    if kind == "string_value":
+        return _string(field, value.string_value)
     if kind == "string_list":
-        return list(value.string_list.values)
+        items = value.string_list.values
+        if len(items) > MAX_MAP_ENTRIES:
+            raise InvalidArgument(field, f"has more than {MAX_MAP_ENTRIES} items")
+        return [_string(f"{field}[{i}]", item) for i, item in enumerate(items)]
     if kind == "string_map":
-        return dict(value.string_map.entries)
+        return _checked_map(field, value.string_map.entries, _string)
     return getattr(value, kind)
 
 
+def _string(field: str, text: str) -> str:
+    if len(text) > MAX_STRING_LENGTH:
+        raise InvalidArgument(field, f"is longer than {MAX_STRING_LENGTH} characters")
+    return text
+
+
+def _checked_map(field: str, entries: Mapping[str, Any],
+                 convert: Callable[[str, Any], Any]) -> dict[str, Any]:
+    if len(entries) > MAX_MAP_ENTRIES:
+        raise InvalidArgument(field, f"has more than {MAX_MAP_ENTRIES} entries")
+    out = {}
+    for key, item in entries.items():
+        if len(key) > MAX_KEY_LENGTH:
+            raise InvalidArgument(field, f"has a key longer than {MAX_KEY_LENGTH} characters")
+        out[key] = convert(f"{field}.{key}", item)
+    return out
+
+
 def from_values(field: str, values: Mapping[str, pb.Value]) -> dict[str, Any]:
-    return {key: from_value(f"{field}.{key}", v) for key, v in values.items()}
+    """A map of wire values (``context``, ``traits``, ``properties``), checked."""
+    return _checked_map(field, values, from_value)
 
 
 def to_value(value: Any, kind: str | None = None) -> pb.Value:
@@ -77,7 +130,8 @@ def to_value(value: Any, kind: str | None = None) -> pb.Value:
 
 
 def optional_time(message: Any, field: str) -> float | None:
-    return seconds(getattr(message, field)) if message.HasField(field) else None
+    """A request's own optional Timestamp field, range-checked (None when unset)."""
+    return seconds(getattr(message, field), field) if message.HasField(field) else None
 
 
 def _reason(r: Reason) -> pb.Reason:

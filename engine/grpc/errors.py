@@ -20,8 +20,9 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from engine.feedback import ActionNotInDecision
+from engine.grpc.decoding import Undecodable
 from engine.grpc.throttled_log import ThrottledLog
-from engine.ports import DecisionNotFound, StoreUnavailable
+from engine.ports import DecisionNotFound, IdempotencyKeyReused, StoreUnavailable
 from engine.requests import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,10 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(err)
     if isinstance(err, FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(err)
+    if isinstance(err, IdempotencyKeyReused):
+        return (grpc.StatusCode.FAILED_PRECONDITION,
+                "idempotency_key: already used on this decision for a different request "
+                "(another action, outcome or value); send a new key for a new request")
     if isinstance(err, DecisionNotFound):
         return (grpc.StatusCode.NOT_FOUND,
                 f"decision_id: no decision {err.args[0]!r} in the attribution window")
@@ -82,6 +87,19 @@ def time_left() -> float:
     return _deadline.get() - asyncio.get_running_loop().time()
 
 
+async def _refuse_undecodable(method: str, request: Undecodable,
+                              context: grpc.aio.ServicerContext, metrics: Any) -> None:
+    """INVALID_ARGUMENT for bytes that are not the request message; one log line per
+    method every ten seconds at most, and a count."""
+    throttled.warning(f"undecodable:{method}", "%s: undecodable request: %s", method,
+                      request.reason)
+    if metrics is not None:
+        metrics.undecodable(method)
+        metrics.observe(method, grpc.StatusCode.INVALID_ARGUMENT, 0.0)
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                        f"request: not a valid {method} request message ({request.reason})")
+
+
 def rpc(method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
         ) -> Callable[..., Awaitable[R]]:
     """Run an RPC within its deadline and map engine errors to gRPC status codes (logging
@@ -99,6 +117,8 @@ def rpc(method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
         code = grpc.StatusCode.OK
         response = None
         metrics = getattr(self, "metrics", None)
+        if type(request) is Undecodable:
+            await _refuse_undecodable(method.__name__, request, context, metrics)
         remaining = context.time_remaining()
         if remaining is None:
             remaining = getattr(self, "default_deadline", DEFAULT_DEADLINE_SECONDS)

@@ -45,12 +45,18 @@ class ServerMetrics:
         self.store_errors = Counter("arbiter_store_errors", "Decide's store waits that "
                                     "failed or ran out of time", ["op"],
                                     registry=self.registry)
+        self.undecodable_requests = Counter(
+            "arbiter_undecodable_requests", "Requests whose bytes were not the method's "
+            "message (answered INVALID_ARGUMENT)", ["method"], registry=self.registry)
         self.registry.register(_StateCollector(arbiter, reloader))
         self._http: Any = None
 
     def observe(self, method: str, code: grpc.StatusCode, seconds: float) -> None:
         self.rpcs.labels(method, code.name).inc()
         self.latency.labels(method).observe(seconds)
+
+    def undecodable(self, method: str) -> None:
+        self.undecodable_requests.labels(method).inc()
 
     def store(self, op: str, seconds: float, failed: bool = False) -> None:
         self.store_seconds.labels(op).observe(seconds)

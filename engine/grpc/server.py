@@ -29,6 +29,7 @@ from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from engine.grpc.admin_service import AdminServicer
 from engine.grpc.decision_service import DecisionServicer
+from engine.grpc.decoding import add_tolerant
 from engine.grpc.errors import DEFAULT_DEADLINE_SECONDS
 from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
@@ -263,13 +264,13 @@ async def _start(running: RunningServer, host: str, port: int,
     server = grpc.aio.server(options=options, interceptors=interceptors)
     store = arbiter.store
     timeout = float(getattr(store, "decide_timeout", 0.5))
-    pb_grpc.add_DecisionServiceServicer_to_server(
-        DecisionServicer(arbiter, offload, running.decide_io, metrics, timeout,
-                         default_deadline, tracing), server)
-    apb_grpc.add_AdminServiceServicer_to_server(
-        AdminServicer(arbiter, running.reloader, offload, metrics), server)
-    rpb_grpc.add_ReportServiceServicer_to_server(
-        ReportServicer(arbiter, offload, metrics), server)
+    add_tolerant(pb_grpc.add_DecisionServiceServicer_to_server, DecisionServicer(
+        arbiter, offload, running.decide_io, metrics, timeout, default_deadline, tracing),
+        server)
+    add_tolerant(apb_grpc.add_AdminServiceServicer_to_server,
+                 AdminServicer(arbiter, running.reloader, offload, metrics), server)
+    add_tolerant(rpb_grpc.add_ReportServiceServicer_to_server,
+                 ReportServicer(arbiter, offload, metrics), server)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     await running.set_health(SERVING)
     _add_reflection(server, (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME,
