@@ -274,3 +274,14 @@ def test_forget_erases_the_users_learning_entries_and_feedback_keys(store: Store
     store.save_decision(_decision("d1", "u1"), TTL)  # the user comes back: keys are free
     assert not store.commit_feedback("d1", "key-1", _effects("impression"), TTL).duplicate
     assert store.arm_counts("exp") != {}  # aggregates stay: they hold no one
+
+
+def test_a_key_replayed_with_another_request_is_refused_not_swallowed(store: Store) -> None:
+    from engine.ports import IdempotencyKeyReused
+
+    store.save_decision(_decision("d1"), TTL)
+    assert not store.commit_feedback("d1", "key", _effects("click"), TTL, "click|a").duplicate
+    assert store.commit_feedback("d1", "key", _effects("click"), TTL, "click|a").duplicate
+    with pytest.raises(IdempotencyKeyReused):
+        store.commit_feedback("d1", "key", _effects("click"), TTL, "conversion|a")
+    assert len(store.learning_events("", 10)) == 1  # the refused one changed nothing

@@ -37,6 +37,10 @@ def test_default_then_override() -> None:
     ("\nspend_p99 = 1\n", "r/thresholds.toml:2:1: error: 'spend_p99' is not a declared threshold"),
     ("spend_p90 = \"x\"\n", "r/thresholds.toml:1:1: error: threshold 'spend_p90' is a number"),
     ("spend_p90 = \n", "r/thresholds.toml:1:13: error: invalid TOML"),
+    ("spend_p90 = nan\n", "r/thresholds.toml:1:13: error: threshold 'spend_p90' must be a finite"),
+    ("spend_p90 = inf\n", "r/thresholds.toml:1:13: error: threshold 'spend_p90' must be a finite"),
+    ("spend_p90 =  -inf\n", "r/thresholds.toml:1:14: error: threshold 'spend_p90' must be a finite"),
+    ("spend_p90 = 1e400\n", "r/thresholds.toml:1:13: error: threshold 'spend_p90' must be a finite"),
 ])
 def test_bad_overrides_are_positioned_errors(toml: str, message: str) -> None:
     with pytest.raises(RulesetError) as info:
@@ -63,3 +67,28 @@ def test_reload_picks_up_a_changed_thresholds_file(tmp_path: Path) -> None:
     result = reloader.poll()
     assert result is not None and not result.accepted
     assert "threshold 'vip_spend' is a number" in result.render()
+
+
+@pytest.mark.parametrize(("source", "where"), [
+    (RULES.replace("= 500", "= " + "9" * 400), "r/rules.arb:2:34"),
+    (RULES.replace("> thresholds.spend_p90", "> " + "1" * 320), "r/rules.arb:5:31"),
+])
+def test_a_literal_too_large_for_a_float_is_a_positioned_error(source: str, where: str) -> None:
+    with pytest.raises(RulesetError) as info:
+        load_sources({"r/rules.arb": source})
+    assert info.value.render().startswith(f"{where}: error: number "), info.value.render()
+    assert "is too large" in info.value.render()
+
+
+def test_a_non_finite_threshold_edit_is_rejected_and_the_previous_ruleset_serves(
+        tmp_path: Path) -> None:
+    rules = tmp_path / "retail"
+    shutil.copytree(RETAIL, rules)
+    arb = Arbiter(load_path(rules), MemoryStore(), seed=1)
+    reloader = RulesetReloader(rules, arb)
+    before = arb.ruleset.revision
+    (rules / "thresholds.toml").write_text("vip_spend = nan\n")
+    result = reloader.poll()
+    assert result is not None and not result.accepted
+    assert arb.ruleset.revision == before
+    assert arb.decide(user_id="u", placement="homepage_banner", channel="web").actions
