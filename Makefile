@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum pyproject.toml | cut -d' ' -f1)
 
-.PHONY: install serve test lint wheel-test proto bench bench-load bench-micro bench-engines bench-regret bench-cb clean
+.PHONY: install serve test lint wheel-test proto fuzz bench bench-load bench-micro bench-engines bench-regret bench-cb clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Arbiter needs Python 3.11+"'
@@ -32,6 +32,12 @@ wheel-test: $(STAMP)  ## build the wheel, install it outside the checkout, serve
 
 proto: $(STAMP)  ## regenerate engine/grpc/gen from proto/
 	$(PY) -m engine.grpc.protogen
+
+fuzz: $(STAMP)  ## a long fuzz run: 10,000 API requests per store, 10,000 ruleset mutants
+	ARBITER_FUZZ_RANDOM=1 ARBITER_FUZZ_EXAMPLES=10000 ARBITER_FUZZ_MUTANTS=10000 \
+	ARBITER_FUZZ_STORED=300 ARBITER_FUZZ_REPORT=.fuzz \
+	$(PY) -m pytest tests/test_fuzz_api.py tests/test_fuzz_rules.py tests/test_fuzz_stored.py \
+	    -p no:cacheprovider -q -s
 
 bench: bench-micro bench-engines bench-load
 

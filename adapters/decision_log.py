@@ -30,6 +30,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engine.records import is_log_entry
+
 log = logging.getLogger(__name__)
 
 
@@ -126,13 +128,22 @@ def compact(path: Path, user_id: str) -> int:
 
 
 def iter_log(path: str | Path) -> Iterator[dict[str, Any]]:
-    """The entries of a decision log, in order, one at a time (a torn line is skipped)."""
-    with Path(path).open(encoding="utf-8") as f:
+    """The entries of a decision log, in order, one at a time. A line that is torn, not
+    JSON, not UTF-8 or not shaped like a log entry is skipped (one warning at the end
+    says how many): a damaged log reads as the good lines it still has."""
+    skipped = 0
+    with Path(path).open(encoding="utf-8", errors="replace") as f:
         for line in f:
             try:
-                yield json.loads(line)
-            except json.JSONDecodeError:
-                continue
+                entry = json.loads(line)
+            except (json.JSONDecodeError, RecursionError):
+                entry = None
+            if is_log_entry(entry):
+                yield entry
+            elif line.strip():
+                skipped += 1
+    if skipped:
+        log.warning("decision log %s: %d damaged line(s) skipped", path, skipped)
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

@@ -142,8 +142,9 @@ class MemoryStore:
         with self._lock:
             return counts_from_fields(self._arms.get(experiment, {}))
 
-    def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
-        out: list[tuple[str, LearningEvent]] = []
+    def learning_events(self, after: str, limit: int
+                        ) -> list[tuple[str, LearningEvent | None]]:
+        out: list[tuple[str, LearningEvent | None]] = []
         with self._lock:
             position = max(int(after) if after else 0, self._log_base)
             while len(out) < limit and position - self._log_base < len(self._log):

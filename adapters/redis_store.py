@@ -277,11 +277,12 @@ class RedisStore:
         return counts_from_fields({name.decode(): float(value) for name, value in raw.items()})
 
     # ---- learning log and model snapshots ----------------------------------------------
-    def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
+    def learning_events(self, after: str, limit: int
+                        ) -> list[tuple[str, LearningEvent | None]]:
         start = f"({after}" if after else "-"
         entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
                        self.redis.xrange(f"{self.ns}:learn", min=start, max="+", count=limit))
-        return [(eid.decode(), decode_event(fields[b"e"])) for eid, fields in entries]
+        return [(eid.decode(), decode_event(fields.get(b"e", b""))) for eid, fields in entries]
 
     def trim_learning_log(self, consumer: str, offset: str) -> int:
         """XTRIM the stream below the oldest offset still needed.

@@ -157,13 +157,86 @@ def encode(record: msgspec.Struct) -> bytes:
     return _profile_encoder.encode(record)
 
 
-def decode_profile(data: bytes) -> Profile:
-    return _profile_decoder.decode(data)
+class CorruptRecord(ValueError):
+    """Stored bytes that do not decode as the record they should be (truncated, written
+    by something else, bit rot). ``field`` names the request field that led to it.
+
+    >>> decode_profile(b"\\x92garbage", "user_id")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    engine.records.CorruptRecord: user_id: the stored profile is corrupt (...)
+    """
+
+    def __init__(self, field: str, kind: str, reason: str) -> None:
+        self.field, self.kind = field, kind
+        super().__init__(f"{field}: the stored {kind} is corrupt ({reason})")
 
 
-def decode_decision(data: bytes) -> DecisionRecord:
-    return _decision_decoder.decode(data)
+def decode_profile(data: bytes, field: str = "user_id") -> Profile:
+    try:
+        return _profile_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        raise CorruptRecord(field, "profile", str(err)) from None
 
 
-def decode_event(data: bytes) -> LearningEvent:
-    return _event_decoder.decode(data)
+def decode_decision(data: bytes, field: str = "decision_id") -> DecisionRecord:
+    try:
+        return _decision_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError) as err:
+        raise CorruptRecord(field, "decision", str(err)) from None
+
+
+def decode_event(data: bytes) -> LearningEvent | None:
+    """A learning-log entry; None (and no exception) for one that does not decode, so
+    the log's consumers step over it instead of stopping at it."""
+    try:
+        return _event_decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+class LoggedAction(msgspec.Struct):
+    action_id: str
+    probability: float | None = None
+    propensity: float | None = None
+
+
+class LoggedDecision(msgspec.Struct):
+    """The fields of a decision-log decision line that readers rely on."""
+
+    decision_id: str
+    user_id: str
+    placement: str
+    at: float
+    actions: list[LoggedAction]
+    kind: str = "decision"
+
+
+class LoggedOutcome(msgspec.Struct):
+    """The fields of a decision-log outcome line that readers rely on."""
+
+    decision_id: str
+    action_id: str
+    outcome: str
+    at: float
+    kind: str = "outcome"
+
+
+def is_log_entry(entry: object) -> bool:
+    """Whether a parsed decision-log line has the shape its readers rely on.
+
+    >>> is_log_entry({"kind": "outcome", "decision_id": "d", "action_id": "a",
+    ...               "outcome": "click", "at": 1.0})
+    True
+    >>> is_log_entry({"kind": "decision", "decision_id": 7}), is_log_entry([1])
+    (False, False)
+    """
+    if not isinstance(entry, dict):
+        return False
+    shape = {"decision": LoggedDecision, "outcome": LoggedOutcome}.get(entry.get("kind", ""))
+    if shape is None:
+        return False
+    try:
+        msgspec.convert(entry, shape)
+    except msgspec.ValidationError:
+        return False
+    return True

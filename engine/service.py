@@ -33,7 +33,7 @@ from engine.learning.consumer import Learner
 from engine.learning.models import ModelQuality, PropensityModels
 from engine.ports import FeedbackCommit, Store, StoreUnavailable
 from engine.profiles import record_event
-from engine.records import ArmCounts, DecisionRecord, Profile
+from engine.records import ArmCounts, CorruptRecord, DecisionRecord, Profile
 from engine.requests import (
     DecideInput,
     InvalidArgument,
@@ -195,6 +195,9 @@ class Arbiter:
             return self.store.get_profile(user_id), True
         except StoreUnavailable as err:
             log.warning("decide degraded, profile unavailable: %s", err)
+            return None, False
+        except CorruptRecord as err:  # decide as for an unknown customer, marked degraded
+            log.error("decide degraded: %s", err)
             return None, False
 
     def _record(self, record: DecisionRecord) -> bool:

@@ -29,7 +29,7 @@ from engine.grpc.metrics import ServerMetrics
 from engine.grpc.offload import Offload
 from engine.grpc.tracing import Tracing
 from engine.ports import DecideIO, FeedbackCommit, StoreUnavailable
-from engine.records import DecisionRecord, Profile
+from engine.records import CorruptRecord, DecisionRecord, Profile
 from engine.requests import DecideInput, InvalidArgument
 from engine.service import Arbiter
 
@@ -139,6 +139,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             profile = await self.io.get_profile(user_id, self._budget(0.0, share=0.5))
         except StoreUnavailable as err:
             self._store_failed("read", err, started)
+            return None, False
+        except CorruptRecord as err:  # as an unknown customer, degraded; ForgetProfile heals
+            throttled.warning("decide:corrupt", "decide degraded: %s", err)
             return None, False
         if self.metrics is not None:
             self.metrics.store("read", time.perf_counter() - started)

@@ -23,6 +23,7 @@ from engine.feedback import ActionNotInDecision
 from engine.grpc.decoding import Undecodable
 from engine.grpc.throttled_log import ThrottledLog
 from engine.ports import DecisionNotFound, IdempotencyKeyReused, StoreUnavailable
+from engine.records import CorruptRecord
 from engine.requests import FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,10 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(err)
     if isinstance(err, FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(err)
+    if isinstance(err, CorruptRecord):
+        throttled.warning(f"corrupt:{method}", "%s: %s", method, err)
+        return (grpc.StatusCode.DATA_LOSS,
+                f"{err}; ForgetProfile removes what is stored about the customer")
     if isinstance(err, IdempotencyKeyReused):
         return (grpc.StatusCode.FAILED_PRECONDITION,
                 "idempotency_key: already used on this decision for a different request "

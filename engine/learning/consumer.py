@@ -73,6 +73,7 @@ class Learner:
         self.labels = FinalLabels()  # predictions awaiting their final label (quality)
         self.applied = 0
         self.last_received = 0.0  # receive time of the newest event applied (lag metric)
+        self.corrupt = 0  # log entries that did not decode (stepped over)
         self.trimmed = 0  # log entries this process dropped (everyone was past them)
         self.consumer_id = uuid.uuid4().hex[:12]
         self._since_snapshot = 0
@@ -106,8 +107,9 @@ class Learner:
                 raise ValueError(f"snapshot format {version}")
             self.models.restore(models_blob)
         except Exception as err:  # refused, older, or written by another River: relearn
-            log.warning("model snapshot not loaded (%s: %s); relearning from the log",
-                        type(err).__name__, err)
+            log.warning("model snapshot not loaded (%s: %s); relearning from the log "
+                        "(entries older than the snapshot may have been trimmed: the models "
+                        "learn again from what the log still holds)", type(err).__name__, err)
             return
         with self._lock:
             self.labels, self.offset = labels, offset
@@ -131,8 +133,12 @@ class Learner:
             while True:
                 events = self.store.learning_events(self.offset, batch)
                 for offset, event in events:
-                    self._apply(event)
                     self.offset = offset
+                    if event is None:  # an entry that does not decode: stepped over
+                        self.corrupt += 1
+                        log.warning("learning-log entry %s does not decode; skipped", offset)
+                        continue
+                    self._apply(event)
                     self.last_received = event.received_at
                 total += len(events)
                 self._since_snapshot += len(events)

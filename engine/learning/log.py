@@ -14,8 +14,10 @@ from engine.records import LearningEvent
 class LearningLog(Protocol):
     """Acknowledged outcomes in log order, and the models' snapshot with its offset."""
 
-    def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent]]:
-        """Learning events logged after offset ``after`` ("" for the start), in order."""
+    def learning_events(self, after: str, limit: int
+                        ) -> list[tuple[str, LearningEvent | None]]:
+        """Learning events logged after offset ``after`` ("" for the start), in order;
+        None for an entry that does not decode (consumers step over it)."""
         ...
 
     def save_models(self, blob: bytes, offset: str) -> None: ...
