@@ -197,20 +197,22 @@ class RedisStore:
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries."""
         indexes = [self._k(kind, user_id) for kind in ("ud", "uk", "ul")]
-        read = self.redis.pipeline(transaction=False)
-        for index in indexes:
-            read.smembers(index)
-        decisions, keys, entries = cast(list[set[bytes]], read.execute())
-        pipe = self.redis.pipeline()  # one MULTI: everything goes, or nothing
-        pipe.delete(self._k("p", user_id), *(self._k("d", d.decode()) for d in decisions))
-        if keys:
-            pipe.delete(*(self._k("k", k.decode()) for k in keys))
-        if entries:
-            pipe.xdel(f"{self.ns}:learn", *entries)
-        pipe.delete(*indexes)
-        deleted = pipe.execute()[0]
+
+        def transaction(pipe: Any) -> None:
+            # the indexes are WATCHed: a decision or feedback indexed meanwhile (another
+            # replica) makes EXEC fail and the whole read-and-delete run again
+            decisions, keys, entries = (pipe.smembers(index) for index in indexes)
+            pipe.multi()  # one MULTI: everything goes, or nothing
+            pipe.delete(self._k("p", user_id), *(self._k("d", d.decode()) for d in decisions))
+            if keys:
+                pipe.delete(*(self._k("k", k.decode()) for k in keys))
+            if entries:
+                pipe.xdel(f"{self.ns}:learn", *entries)
+            pipe.delete(*indexes)
+
+        replies = cast(list[Any], self.redis.transaction(transaction, *indexes))
         self._remember(user_id, None)
-        return int(deleted)  # the profile and decisions, as the API documents
+        return int(replies[0])  # the profile and decisions, as the API documents
 
     # ---- decisions ------------------------------------------------------------------
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
