@@ -66,3 +66,21 @@ def test_the_cli_decides_a_file_of_users(running: server.RunningServer, tmp_path
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(lines) == 1200 and all(line["actions"] for line in lines)
     assert "decided 1,200/1,200" in capsys.readouterr().err
+
+
+def test_an_old_decision_in_a_recorded_batch_is_answered_with_a_note_not_a_failed_batch(
+        stub: pb_grpc.DecisionServiceStub) -> None:
+    """Found by the API fuzzer: one request decided for a time past the attribution
+    window could not have its impression recorded, and failed the whole batch NOT_FOUND."""
+    import time
+
+    from engine.grpc import convert
+
+    old = pb.DecideRequest(user_id="u", placement="homepage_banner", channel="web",
+                           at=convert.timestamp(time.time() - 8 * 86400))
+    fresh = pb.DecideRequest(user_id="v", placement="homepage_banner", channel="web")
+    response = stub.DecideBatch(pb.DecideBatchRequest(requests=[old, fresh],
+                                                      record_impressions=True), timeout=10)
+    assert response.results[0].decision.actions
+    assert response.results[0].error.startswith("at: decided, but older than")
+    assert response.results[1].decision.actions and not response.results[1].error

@@ -28,7 +28,7 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.metrics import ServerMetrics
 from engine.grpc.offload import Offload
 from engine.grpc.tracing import Tracing
-from engine.ports import DecideIO, FeedbackCommit, StoreUnavailable
+from engine.ports import DecideIO, DecisionNotFound, FeedbackCommit, StoreUnavailable
 from engine.records import CorruptRecord, DecisionRecord, Profile
 from engine.requests import DecideInput, InvalidArgument
 from engine.service import Arbiter
@@ -84,14 +84,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                          result: pb.DecideBatchResult) -> None:
         try:
             decision = await self._decide(one)
-            if record_impressions and decision.actions and not decision.degraded:
-                await self.offload.store(
-                    self.arbiter.feedback, decision_id=decision.decision_id,
-                    action_id=decision.actions[0].action_id, outcome="impression")
         except InvalidArgument as err:
             result.error = str(err)
             return
         convert.fill_decide_response(result.decision, decision)
+        if record_impressions and decision.actions and not decision.degraded:
+            try:
+                await self.offload.store(
+                    self.arbiter.feedback, decision_id=decision.decision_id,
+                    action_id=decision.actions[0].action_id, outcome="impression")
+            except DecisionNotFound:  # decided for a time past the attribution window
+                result.error = ("at: decided, but older than the attribution window, so "
+                                "not recorded and its impression not counted")
 
     async def _decide(self, request: pb.DecideRequest) -> Decision:
         arbiter = self.arbiter
