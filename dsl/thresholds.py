@@ -37,6 +37,16 @@ def _line_of(text: str, key: str) -> int:
     return 1
 
 
+def _finite(value: object) -> bool:
+    """A TOML number that a float holds (an integer of 400 digits does not)."""
+    if not isinstance(value, int | float):
+        return False
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _value_column(text: str, line: int) -> int:
     """The column where the value of ``key = value`` on ``line`` starts."""
     source = text.splitlines()[line - 1] if line <= len(text.splitlines()) else ""
@@ -69,7 +79,7 @@ def apply_overrides(checked: CheckedRuleset, path: str, text: str) -> list[Diagn
             diagnostics.append(Diagnostic(
                 "error", f"threshold '{key}' is a {spec.type}, not {type(value).__name__}", pos))
             continue
-        if spec.type == "number" and not math.isfinite(float(value)):
+        if spec.type == "number" and not _finite(value):
             diagnostics.append(Diagnostic(
                 "error", f"threshold '{key}' must be a finite number, not {value}",
                 Pos(path, pos.line, _value_column(text, pos.line))))

@@ -153,3 +153,13 @@ def test_idempotency_keys_belong_to_their_decision(stub: pb_grpc.DecisionService
     # a true replay stays a duplicate
     assert feedback(b, b_action, pb.OUTCOME_IMPRESSION, "order-1") == (
         grpc.StatusCode.OK, "", True)
+
+
+def test_the_last_representable_instant_is_accepted_exactly(
+        stub: pb_grpc.DecisionServiceStub) -> None:
+    """Found by the API fuzzer: 9999-12-31T23:59:59.99998Z rounded, as a float, into year
+    10000 and answered INTERNAL."""
+    last = pb.Value(timestamp_value=Timestamp(seconds=253_402_300_799, nanos=999_984_742))
+    code, details = status(stub.TrackEvent, pb.TrackEventRequest(
+        user_id="u", event_type="visit", properties={"when": last}))
+    assert code == grpc.StatusCode.OK, details

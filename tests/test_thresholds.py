@@ -92,3 +92,11 @@ def test_a_non_finite_threshold_edit_is_rejected_and_the_previous_ruleset_serves
     assert result is not None and not result.accepted
     assert arb.ruleset.revision == before
     assert arb.decide(user_id="u", placement="homepage_banner", channel="web").actions
+
+
+def test_an_integer_too_large_for_a_float_is_a_positioned_error_not_a_crash() -> None:
+    """Found by the rules fuzzer: a 400-digit integer raised OverflowError in the loader."""
+    with pytest.raises(RulesetError) as info:
+        load_sources({"r/rules.arb": RULES, "r/thresholds.toml": f"spend_p90 = {'9' * 400}\n"})
+    assert info.value.render().startswith(
+        "r/thresholds.toml:1:13: error: threshold 'spend_p90' must be a finite number")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -21,7 +21,7 @@ from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.learning.quality import ModelQuality
-from engine.records import Profile
+from engine.records import CorruptRecord, Profile
 from engine.reloader import ReloadResult
 from engine.requests import MAX_MAP_ENTRIES, MAX_STRING_LENGTH, InvalidArgument
 
@@ -77,7 +77,10 @@ def from_value(field: str, value: pb.Value) -> Any:
             raise InvalidArgument(field, "must be a finite number")
         return value.number_value
     if kind == "timestamp_value":
-        return datetime.fromtimestamp(seconds(value.timestamp_value, field), UTC)
+        ts = value.timestamp_value
+        seconds(ts, field)  # the range check; the datetime is built exactly (no float
+        # rounding past 9999-12-31T23:59:59.999999)
+        return datetime.fromtimestamp(ts.seconds, UTC) + timedelta(microseconds=ts.nanos // 1000)
     if kind == "string_value":
         return _string(field, value.string_value)
     if kind == "string_list":
@@ -199,7 +202,19 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
 
 def profile_message(profile: Profile, now: float,
                     types: Mapping[str, str] | None = None) -> pb.Profile:
-    """A profile for GetProfile: attributes, event aggregates, contact history."""
+    """A profile for GetProfile: attributes, event aggregates, contact history.
+
+    A stored profile that decodes but holds a value no request could have written (a
+    time outside Timestamp's range, after damage in the store) is a CorruptRecord."""
+    try:
+        return _profile_message(profile, now, types)
+    except (ValueError, OverflowError) as err:
+        raise CorruptRecord("user_id", "profile", f"a stored value is out of range: {err}"
+                            ) from None
+
+
+def _profile_message(profile: Profile, now: float,
+                     types: Mapping[str, str] | None) -> pb.Profile:
     from dsl.runtime import count_within
 
     message = pb.Profile(user_id=profile.user_id)
