@@ -695,6 +695,8 @@ _ARITHMETIC: dict[tuple[str, str, str], str] = {
 _FUNCTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "days_since": (("timestamp",), "number"),
     "hours_since": (("timestamp",), "number"),
+    "hour_of_day": (("timestamp",), "number"),
+    "day_of_week": (("timestamp",), "number"),
     "contains": (("string", "string"), "bool"),
     "starts_with": (("string", "string"), "bool"),
     "ends_with": (("string", "string"), "bool"),

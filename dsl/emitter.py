@@ -123,4 +123,6 @@ class Emitter:
         args = [self.emit(a) for a in node.args]
         if node.name in ("days_since", "hours_since"):
             args.insert(0, "now")
+        if node.name in ("hour_of_day", "day_of_week"):  # in the customer's time zone
+            args.append("A.get('timezone')")
         return f"{node.name}({', '.join(args)})"

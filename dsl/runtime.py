@@ -12,9 +12,11 @@ from __future__ import annotations
 import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
-from datetime import UTC, datetime
+from datetime import UTC, datetime, tzinfo
+from functools import lru_cache
 from operator import itemgetter
 from typing import Protocol
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY = 86400.0
 HOUR = 3600.0
@@ -80,6 +82,46 @@ def hours_since(now: float, ts: float | None) -> float | None:
     return None if ts is None else (now - ts) / HOUR
 
 
+@lru_cache(maxsize=1024)
+def _zone(name: str | None) -> tzinfo:
+    """The IANA zone ``name``; UTC for none, or for a name the tz database lacks."""
+    if not name or not isinstance(name, str):
+        return UTC
+    try:
+        return ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return UTC
+
+
+def _local(ts: float | None, zone: str | None) -> datetime | None:
+    if ts is None or not math.isfinite(ts):
+        return None
+    try:
+        return datetime.fromtimestamp(ts, _zone(zone))
+    except (OverflowError, OSError, ValueError):  # outside what datetime holds
+        return None
+
+
+def hour_of_day(ts: float | None, zone: str | None = None) -> float | None:
+    """0-23 in the customer's time zone (the profile's ``timezone``, else UTC).
+
+    >>> hour_of_day(1_767_614_400.0), hour_of_day(1_767_614_400.0, "America/New_York")
+    (12.0, 7.0)
+    """
+    local = _local(ts, zone)
+    return None if local is None else float(local.hour)
+
+
+def day_of_week(ts: float | None, zone: str | None = None) -> float | None:
+    """0 (Monday) to 6 (Sunday) in the customer's time zone.
+
+    >>> day_of_week(1_767_614_400.0), day_of_week(1_767_614_400.0, "Pacific/Kiritimati")
+    (0.0, 1.0)
+    """
+    local = _local(ts, zone)
+    return None if local is None else float(local.weekday())
+
+
 def div(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -130,6 +172,8 @@ HELPERS: dict[str, object] = {
     "_first": first_at,
     "days_since": days_since,
     "hours_since": hours_since,
+    "hour_of_day": hour_of_day,
+    "day_of_week": day_of_week,
     "_div": div,
     "contains": contains,
     "starts_with": starts_with,

@@ -244,3 +244,22 @@ action a {
     content = d.actions[0].content
     assert content["page"] == "<b>&lt;img src=x onerror=alert(1)&gt;</b> <i>ok</i>"
     assert content["plain"] == "<img src=x onerror=alert(1)>"
+
+
+@pytest.mark.parametrize(("zone", "hour", "weekday"), [
+    (None, 21.0, 0.0),  # 2026-01-05 21:00 UTC, a Monday
+    ("Europe/Paris", 22.0, 0.0),
+    ("Asia/Tokyo", 6.0, 1.0),  # already Tuesday morning
+    ("America/Los_Angeles", 13.0, 0.0),
+    ("Not/AZone", 21.0, 0.0),  # unknown zone: UTC
+])
+def test_hour_of_day_and_day_of_week_in_the_customers_time_zone(
+        zone: str | None, hour: float, weekday: float) -> None:
+    rs = load_text("profile { timezone: string }\nplacement home { channels: web }\n"
+                   "segment h = hour_of_day(now) == 0\nsegment d = day_of_week(now) == 0\n"
+                   "action a { placements: home value: hour_of_day(now) * 10 + "
+                   "day_of_week(now) }\n")
+    at = 1_767_646_800.0
+    value = rs.actions["a"].value({"timezone": zone}, {}, {}, {}, at, None)
+    assert value == hour * 10 + weekday
+    assert rs.segments[0].fn({"timezone": zone}, {}, {}, {}, None, None) is not True  # null
