@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import random
 import threading
 import time
@@ -50,13 +51,25 @@ ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
 """How long a decision can receive feedback (its record's time to live)."""
 
 
+_ID_BITS = random.Random()  # seeded from os.urandom; private, so nothing reseeds it
+
+
+def _reseed_ids() -> None:
+    _ID_BITS.seed()
+
+
+os.register_at_fork(after_in_child=_reseed_ids)
+
+
 def new_decision_id() -> str:
     """128 random bits as 32 hex digits (the shape of ``uuid4().hex``, a sixth of its cost).
 
-    The generator is seeded from the OS at start and reseeded in every forked child,
-    so ids do not repeat across processes or replicas.
+    A generator of its own, seeded from the OS at start and reseeded in every forked
+    child: ids never repeat across processes or replicas, whatever else seeds the
+    global ``random`` (a library, or Hypothesis, which reseeds it for every example
+    and made the fuzzer's decision ids repeat).
     """
-    return f"{random.getrandbits(128):032x}"
+    return f"{_ID_BITS.getrandbits(128):032x}"
 
 
 class Arbiter:

@@ -182,3 +182,16 @@ def test_learner_snapshot_and_restore_resume_at_offset() -> None:
     x = {"segment:x": 1.0}
     expected = models.predict("a", DEFAULT_MODEL, 0.05, x)
     assert restored.models.predict("a", DEFAULT_MODEL, 0.05, x) == pytest.approx(expected)
+
+
+def test_decision_ids_do_not_follow_the_global_random_state() -> None:
+    """Found by the API fuzzer: Hypothesis reseeds the global ``random`` for each example,
+    and decision ids drawn from it repeated (a feedback then met another decision)."""
+    import random
+
+    from engine.service import new_decision_id
+
+    random.seed(7)
+    first = new_decision_id()
+    random.seed(7)
+    assert new_decision_id() != first

@@ -56,6 +56,7 @@ def _methods() -> list[tuple[str, type[Message]]]:
 
 METHODS = _methods()
 COUNTS: dict[str, Counter[str]] = {}
+SAMPLES: dict[str, dict[str, list[str]]] = {}  # store -> "method CODE" -> first messages
 
 
 class Target:
@@ -98,8 +99,11 @@ def target(request: pytest.FixtureRequest, redis_server: RedisServer) -> Iterato
 def _report(store_name: str) -> None:
     counts = COUNTS.get(store_name, Counter())
     print(f"\nAPI fuzz, {store_name} store: {sum(counts.values())} requests")
+    samples = SAMPLES.get(store_name, {})
     for key, n in sorted(counts.items()):
         print(f"  {key}: {n}")
+        for message in samples.get(key, []) if not key.endswith(" OK") else []:
+            print(f"      e.g. {message[:110]}")
     out = os.environ.get("ARBITER_FUZZ_REPORT")
     if out:
         Path(out).mkdir(parents=True, exist_ok=True)
@@ -142,7 +146,11 @@ def test_every_request_gets_a_declared_answer_and_rejections_leave_nothing(
         target.channel.unary_unary(path)(data, timeout=10)
     except grpc.RpcError as err:
         code, details = err.code(), err.details() or ""  # type: ignore[attr-defined]
-    COUNTS.setdefault(target.store_name, Counter())[f"{method} {code.name}"] += 1
+    key = f"{method} {code.name}"
+    COUNTS.setdefault(target.store_name, Counter())[key] += 1
+    seen = SAMPLES.setdefault(target.store_name, {}).setdefault(key, [])
+    if len(seen) < 2 and details not in seen:
+        seen.append(details)
     assert code in ALLOWED, (method, code, details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         field = details.split(":", 1)[0].split(".", 1)[0].split("[", 1)[0]
