@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit, IdempotencyKeyReused
 from engine.records import (
@@ -38,6 +38,7 @@ class MemoryStore:
         self._user_decisions: dict[str, set[str]] = {}
         self._keys: dict[str, tuple[float, str]] = {}  # key -> (expiry, fingerprint)
         self._arms: dict[str, dict[str, float]] = {}  # experiment -> {arm}:{field} -> sum
+        self._counters: dict[str, dict[str, float]] = {}  # add_counters
         self._consumers: dict[str, int] = {}  # consumer -> the log offset it has applied
         self._log: list[LearningEvent | None] = []  # None: an entry erased by forget
         self._user_log: dict[str, list[int]] = {}  # user -> positions of their entries
@@ -137,6 +138,13 @@ class MemoryStore:
             self._keys[idempotency_key] = (now + ttl_seconds, fingerprint)
             self._user_keys.setdefault(decision.user_id, set()).add(idempotency_key)
             return FeedbackCommit(False, effects)
+
+    def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:
+        with self._lock:
+            counters = self._counters.setdefault(name, {})
+            for key, delta in deltas.items():
+                counters[key] = counters.get(key, 0.0) + delta
+            return dict(counters)
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
         with self._lock:

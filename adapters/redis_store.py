@@ -13,6 +13,8 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:ul:{user}``          set of the user's learning-log entry ids (for ForgetProfile)
 ``{ns}:arms:{experiment}``  hash ``{arm}:trials|successes|sum_sq`` (HINCRBYFLOAT);
                             ``{arm}@{hour}:...`` buckets for windowed experiments
+``{ns}:counters:{name}``    hash of population counters shared by replicas
+                            (``engagement_hours``: engagements by hour of the week)
 ``{ns}:learn``              stream of learning events, one entry per feedback
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
@@ -31,7 +33,7 @@ own writes at once. A cached Decide makes no profile round trip.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from threading import Lock
 from typing import Any, TypeVar, cast
 
@@ -273,6 +275,15 @@ class RedisStore:
         if effects.profile is not None:
             self._remember(decision.user_id, encode(effects.profile))
         return FeedbackCommit(False, effects)
+
+    def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:
+        key = self._k("counters", name)
+        pipe = self.redis.pipeline()  # MULTI: the increments and the read together
+        for field, delta in deltas.items():
+            pipe.hincrbyfloat(key, field, delta)
+        pipe.hgetall(key)
+        raw = cast(dict[bytes, bytes], pipe.execute()[-1])
+        return {field.decode(): float(value) for field, value in raw.items()}
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
         raw = cast(dict[bytes, bytes], self.fast.hgetall(self._k("arms", experiment)))

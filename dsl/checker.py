@@ -697,6 +697,7 @@ _FUNCTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "hours_since": (("timestamp",), "number"),
     "hour_of_day": (("timestamp",), "number"),
     "day_of_week": (("timestamp",), "number"),
+    "best_send_hour": ((), "number"),
     "contains": (("string", "string"), "bool"),
     "starts_with": (("string", "string"), "bool"),
     "ends_with": (("string", "string"), "bool"),

@@ -11,6 +11,7 @@ from typing import Any
 
 from dsl import ast
 from dsl.checker import CheckedRuleset, Type
+from dsl.vocabulary import SEND_TIME_ATTRIBUTE
 
 _EVENT_FUNCS = {"count": "_count", "sum": "_sum", "last": "_last", "first": "_first"}
 
@@ -125,4 +126,6 @@ class Emitter:
             args.insert(0, "now")
         if node.name in ("hour_of_day", "day_of_week"):  # in the customer's time zone
             args.append("A.get('timezone')")
+        if node.name == "best_send_hour":
+            args = [f"A.get({SEND_TIME_ATTRIBUTE!r})", "now"]
         return f"{node.name}({', '.join(args)})"

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, tzinfo
 from functools import lru_cache
 from operator import itemgetter
-from typing import Protocol
+from typing import Any, Protocol
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 DAY = 86400.0
@@ -122,6 +122,16 @@ def day_of_week(ts: float | None, zone: str | None = None) -> float | None:
     return None if local is None else float(local.weekday())
 
 
+def best_send_hour(send: Any, now: float) -> float | None:
+    """The hour of day (0-23, the customer's zone) of their best send slot: their own
+    engagement by hour of the week, shrunk toward the population's
+    (:mod:`engine.decide.send_time`); None when nobody has engaged yet."""
+    if send is None:
+        return None
+    at = send.best_at(now)
+    return None if at is None else hour_of_day(at, send.zone)
+
+
 def div(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -174,6 +184,7 @@ HELPERS: dict[str, object] = {
     "hours_since": hours_since,
     "hour_of_day": hour_of_day,
     "day_of_week": day_of_week,
+    "best_send_hour": best_send_hour,
     "_div": div,
     "contains": contains,
     "starts_with": starts_with,

@@ -53,3 +53,7 @@ class ReasonKind(StrEnum):
 
 ELIGIBILITY_KINDS = frozenset({ReasonKind.ELIGIBILITY, ReasonKind.CONSENT, ReasonKind.CAP})
 """Reasons that decide whether an action may be shown at all."""
+
+SEND_TIME_ATTRIBUTE = "@send_time"
+"""Where a decision's facts carry the customer's send-time facts (``best_send_hour()``):
+an attribute key no rule can write, since ``@`` is not part of a name."""

@@ -8,7 +8,7 @@ conflict, so the function may run more than once and must not have side effects.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -92,6 +92,12 @@ class Store(LearningLog, Protocol):
         ...
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]: ...
+
+    def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:
+        """Add ``deltas`` to the shared counters ``name`` and return all their totals
+        (one atomic step; empty deltas just read). Population statistics shared by
+        replicas, such as engagement by hour of the week."""
+        ...
 
     def ping(self) -> bool:
         """True when the store can be reached (health checks)."""

@@ -14,6 +14,7 @@ from bisect import insort
 from collections.abc import Mapping
 
 from dsl.vocabulary import EVENT_RETENTION_SECONDS
+from engine.decide.send_time import hour_of_week
 from engine.records import AttrValue, EventStats, Profile
 
 MAX_RECENT_EVENTS = 1000
@@ -21,6 +22,17 @@ MAX_RECENT_EVENTS = 1000
 """Windowed counts look back at most this far; all-time counts and totals are exact."""
 MAX_CONTACTS_PER_ACTION = 200
 CONTACT_RETENTION_SECONDS = 180 * 86400.0
+
+
+ENGAGEMENTS = frozenset({"click", "conversion"})
+"""Feedback outcomes that count as engagement for send-time optimisation (every
+TrackEvent counts too)."""
+
+
+def _engaged(profile: Profile, at: float) -> None:
+    """One more engagement in ``at``'s hour of the week (at most 168 counters)."""
+    h = hour_of_week(at)
+    profile.engagement[h] = profile.engagement.get(h, 0.0) + 1.0
 
 
 def _touch(profile: Profile, at: float) -> None:
@@ -55,6 +67,7 @@ def record_event(
     if drop:
         del stats.recent[:drop]
     _set_traits(profile, traits)
+    _engaged(profile, at)
     _touch(profile, at)
     return profile
 
@@ -80,6 +93,8 @@ def record_contact(profile: Profile | None, user_id: str, action_id: str, outcom
                    at: float, channel: str) -> Profile:
     """The profile after an outcome of an action shown to it (for contact policies)."""
     profile = profile if profile is not None else Profile(user_id=user_id)
+    if outcome in ENGAGEMENTS:
+        _engaged(profile, at)
     history = profile.contacts.setdefault(action_id, [])
     insort(history, (at, outcome, channel))
     horizon = at - CONTACT_RETENTION_SECONDS

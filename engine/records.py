@@ -40,6 +40,8 @@ class Profile(msgspec.Struct, omit_defaults=True):
     first_seen: float | None = None
     last_seen: float | None = None
     version: int = 0
+    # hour of the week (UTC, Monday 00:00 = 0) -> engagements then (send-time optimisation)
+    engagement: dict[int, float] = {}
 
 
 class ShownAction(msgspec.Struct, omit_defaults=True):

@@ -24,6 +24,7 @@ from dsl.ruleset import ModelSpec, Ruleset
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
 from engine.decide.decision import Decision
+from engine.decide.send_time import PopulationHours
 from engine.decide.tracer import Tracer
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
 from engine.experiments.report import ExperimentReport, experiment_report
@@ -33,7 +34,7 @@ from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning.consumer import Learner
 from engine.learning.models import ModelQuality, PropensityModels
 from engine.ports import FeedbackCommit, Store, StoreUnavailable
-from engine.profiles import record_event
+from engine.profiles import ENGAGEMENTS, record_event
 from engine.records import ArmCounts, CorruptRecord, DecisionRecord, Profile
 from engine.requests import (
     DecideInput,
@@ -97,9 +98,11 @@ class Arbiter:
         self.learner = Learner(store, self.models, self.spec_of, reward_wait=reward_wait,
                                snapshot_key=snapshot_key, clock=clock)
         self.experiments = ExperimentStates(self._arm_counts_or_none, self.sampler, clock)
+        self.population = PopulationHours()  # engagement by hour of week, all replicas
         self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
         self.learner.restore()
         self.learner.catch_up()
+        self._sync_population()
 
     # ---- ruleset ------------------------------------------------------------------
     @property
@@ -180,6 +183,7 @@ class Arbiter:
             experiment_state=self.experiments.get,
             sampler=self.sampler,
             tracer=tracer,
+            population=self.population.histogram(),
         )
 
     def record_ttl(self, record: DecisionRecord) -> float | None:
@@ -257,6 +261,8 @@ class Arbiter:
             decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
             self.attribution_window, fb.fingerprint)
         if not commit.duplicate and commit.effects is not None:
+            if outcome in ENGAGEMENTS:
+                self.population.add(fb.at)
             if self.decision_log is not None:
                 self.decision_log.write(outcome_entry(commit.effects.event))
             self.experiments.invalidate({e for e, _ in commit.effects.arm_increments})
@@ -275,7 +281,15 @@ class Arbiter:
             self.experiments.invalidate_all()
         else:
             self.experiments.refresh(self._ruleset.experiments)
+        self._sync_population()
         return self.learn()
+
+    def _sync_population(self) -> None:
+        """Send this process's engagements by hour, read everyone's (send times)."""
+        try:
+            self.population.sync(self.store.add_counters)
+        except StoreUnavailable as err:  # kept for the next sync
+            log.warning("population engagement not synced, store unavailable: %s", err)
 
     def decide_without_store_reads(self) -> None:
         """Decisions stop reading arm counters from the store: :meth:`sync` (every second)
@@ -308,11 +322,13 @@ class Arbiter:
     ) -> Profile:
         req = track_input(self._ruleset, user_id=user_id, event_type=event_type,
                           properties=properties, traits=traits, at=at, now=self.clock())
-        return self.store.update_profile(
+        profile = self.store.update_profile(
             req.user_id,
             lambda p: record_event(p, req.user_id, req.event_type, req.value, req.at,
                                    req.traits),
         )
+        self.population.add(req.at)
+        return profile
 
     def get_profile(self, user_id: str) -> Profile | None:
         check_id("user_id", user_id)

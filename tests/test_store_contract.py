@@ -285,3 +285,11 @@ def test_a_key_replayed_with_another_request_is_refused_not_swallowed(store: Sto
     with pytest.raises(IdempotencyKeyReused):
         store.commit_feedback("d1", "key", _effects("click"), TTL, "conversion|a")
     assert len(store.learning_events("", 10)) == 1  # the refused one changed nothing
+
+
+def test_shared_counters_add_up_across_replicas(harness: Harness) -> None:
+    one, other = harness.open(), harness.other()
+    assert one.add_counters("c", {}) == {}
+    assert one.add_counters("c", {"3": 1.0, "7": 2.0}) == {"3": 1.0, "7": 2.0}
+    assert other.add_counters("c", {"3": 0.5}) == {"3": 1.5, "7": 2.0}
+    assert one.add_counters("d", {}) == {}  # counters are per name

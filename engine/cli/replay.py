@@ -137,7 +137,7 @@ def candidate_decision(arbiter: Arbiter, entry: dict[str, Any]) -> Decision:
     store = arbiter.store
     store.forget(user)
     if profile_data is not None:
-        profile = msgspec.convert(profile_data, Profile)
+        profile = msgspec.convert(profile_data, Profile, strict=False)  # JSON keys are strings
         store.update_profile(user, lambda _: profile)
     decision = arbiter.decide(user_id=user, placement=entry["placement"],
                               channel=entry.get("channel", ""),

@@ -58,6 +58,7 @@ class Decision:
     # P(action in the first slot) for every action the policy could have put there
     policy: dict[str, float] = field(default_factory=dict)
     degraded: bool = False  # the store was unavailable: an unknown customer, not recorded
+    best_send_at: float | None = None  # email: the next hour in the customer's best slot
 
     def render(self) -> str:
         """A readable text form (used by ``arbiter decide``)."""

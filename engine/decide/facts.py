@@ -9,7 +9,9 @@ from typing import Any
 
 from dsl.ruleset import ModelSpec, Ruleset
 from dsl.schema import FieldSpec
+from dsl.vocabulary import SEND_TIME_ATTRIBUTE as SEND_TIME
 from engine.decide.inputs import DecideInput
+from engine.decide.send_time import SendTime
 from engine.decide.tracer import Tracer
 from engine.records import Profile
 
@@ -52,8 +54,13 @@ def _typed(schema: Mapping[str, FieldSpec], values: Mapping[str, Any]) -> dict[s
     return out
 
 
-def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput) -> Facts:
-    """Defaults, then the stored profile, then built-ins; the request's context likewise."""
+def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
+                population: Mapping[int, float] | None = None) -> Facts:
+    """Defaults, then the stored profile, then built-ins; the request's context likewise.
+
+    ``population`` is the population's engagement by hour of the week: with it the
+    attributes carry the customer's :class:`SendTime` under ``SEND_TIME`` (a key no
+    rule can name; ``best_send_hour()`` reads it)."""
     attributes = dict(ruleset.attribute_defaults)
     if profile is not None:
         attributes.update(_typed(ruleset.profile_schema, profile.attributes))
@@ -61,6 +68,8 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput) -> 
     attributes["known"] = profile is not None
     attributes["first_seen"] = profile.first_seen if profile else None
     attributes["last_seen"] = profile.last_seen if profile else None
+    attributes[SEND_TIME] = SendTime(profile.engagement if profile else {},
+                                     population or {}, attributes.get("timezone"))
     context = dict(ruleset.context_defaults)
     context.update(req.context)
     context["placement"] = req.placement.name

@@ -9,11 +9,11 @@ stores the record after. Each stage reports to a :class:`~engine.decide.tracer.T
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 from dsl.ruleset import Experiment, Ruleset
-from dsl.vocabulary import HOLDOUT_ARM, ReasonKind
+from dsl.vocabulary import HOLDOUT_ARM, SEND_TIME_ATTRIBUTE, ReasonKind
 from engine.decide.allocation import (
     Allocated,
     allocate_fixed,
@@ -26,6 +26,7 @@ from engine.decide.facts import Facts, build_facts, evaluate_segments, features_
 from engine.decide.inputs import DecideInput
 from engine.decide.ranking import fallback_action, rank, render_content
 from engine.decide.scoring import Candidates, Scorer, score_candidates, scorer_for
+from engine.decide.send_time import SendTime
 from engine.decide.tracer import NULL_TRACER, ExplainTracer, Tracer, combine
 from engine.experiments.bucketing import in_holdout, takes_part
 from engine.experiments.sampling import ThompsonSampler
@@ -46,7 +47,8 @@ class Learnt(NamedTuple):
 
 def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision_id: str,
         models: PropensityModels, experiment_state: StateOf, sampler: ThompsonSampler,
-        tracer: Tracer | None = None) -> tuple[Decision, DecisionRecord]:
+        tracer: Tracer | None = None, population: Mapping[int, float] | None = None,
+        ) -> tuple[Decision, DecisionRecord]:
     """One decision, from a loaded profile to the record to store.
 
     ``req.explain`` adds an :class:`ExplainTracer` (reasons and traces in the
@@ -55,7 +57,7 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     explainer = ExplainTracer() if req.explain else None
     trace = NULL_TRACER if explainer is None and tracer is None else combine(explainer, tracer)
     trace.stage("segments")
-    facts = build_facts(ruleset, profile, req)
+    facts = build_facts(ruleset, profile, req, population)
     evaluate_segments(ruleset, facts, trace)
     trace.stage("scoring")
     spec = ruleset.model_of(req.placement.name)
@@ -82,8 +84,17 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     held_out = experiment.name if holdout and experiment is not None else None
     matched = tuple(name for name, hit in facts.segments.items() if hit is True)
     decision = Decision(decision_id, ruleset.revision, req.now, req.user_id, req.placement.name,
-                        req.channel, tuple(ranked), matched, traces, held_out, policy)
+                        req.channel, tuple(ranked), matched, traces, held_out, policy,
+                        best_send_at=_send_at(req, facts))
     return decision, _record(decision, req, features, experiment)
+
+
+def _send_at(req: DecideInput, facts: Facts) -> float | None:
+    """On email, when to send (engine.decide.send_time); else None."""
+    if req.channel != "email":
+        return None
+    send: SendTime = facts.attributes[SEND_TIME_ATTRIBUTE]
+    return send.best_at(req.now)
 
 
 def _record(decision: Decision, req: DecideInput, features: dict[str, float],

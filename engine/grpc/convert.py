@@ -158,6 +158,8 @@ def fill_decide_response(response: pb.DecideResponse, decision: Decision) -> Non
         response.holdout_experiment = decision.holdout
     if decision.degraded:
         response.degraded = True
+    if decision.best_send_at is not None:
+        response.best_send_at.FromSeconds(int(decision.best_send_at))
     for a in decision.actions:
         action = response.actions.add(
             action_id=a.action_id, rank=a.rank, score=a.score, propensity=a.propensity,
