@@ -671,7 +671,7 @@ class Checker:
             if types[0].name != types[1].name:
                 self.error("coalesce() needs two values of one type", node.pos)
             return Type(types[0].name, types[1].nullable and types[0].nullable)
-        return Type(result, any(t.nullable for t in types))
+        return Type(result, name in _MAY_BE_NULL or any(t.nullable for t in types))
 
 
 _ARITHMETIC: dict[tuple[str, str, str], str] = {
@@ -706,6 +706,8 @@ _FUNCTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "coalesce": (("any", "any"), "any"),
 }
 FUNCTION_NAMES = frozenset([*_FUNCTIONS, "count", "sum", "last", "first"])
+_MAY_BE_NULL = frozenset({"best_send_hour", "hour_of_day", "day_of_week"})
+"""Null even from non-null arguments: no engagement yet; a time no calendar holds."""
 
 
 def check(modules: list[ast.Module]) -> tuple[CheckedRuleset, list[Diagnostic]]:

@@ -183,7 +183,7 @@ class Arbiter:
             experiment_state=self.experiments.get,
             sampler=self.sampler,
             tracer=tracer,
-            population=self.population.histogram(),
+            population=self.population.prior,
         )
 
     def record_ttl(self, record: DecisionRecord) -> float | None:

@@ -4,6 +4,8 @@ email decisions as best_send_at."""
 
 from __future__ import annotations
 
+import pytest
+
 from adapters.memory import MemoryStore
 from adapters.redis_store import RedisStore
 from dsl.loader import load_text
@@ -61,14 +63,18 @@ def test_a_new_customer_gets_the_populations_best_hour() -> None:
     arb = arbiter()
     for i in range(20):  # everyone is active on Wednesdays at 07:00 UTC
         arb.track(user_id=f"u{i}", event_type="visit", at=MONDAY - 5 * 86400 + 7 * HOUR)
+    arb.sync()  # the population is read back every second (the server's sync)
     decision = arb.decide(user_id="newcomer", placement="mail", channel="email")
     assert decision.best_send_at == MONDAY + 2 * 86400 + 7 * HOUR
     assert arb.decide(user_id="nobody-yet", placement="web", channel="web").actions
 
 
-def test_with_no_engagement_anywhere_there_is_no_send_time() -> None:
+def test_with_no_engagement_anywhere_there_is_no_send_time(
+        caplog: pytest.LogCaptureFixture) -> None:
     decision = arbiter().decide(user_id="first", placement="mail", channel="email")
     assert decision.best_send_at is None and decision.actions[0].content["when"] == ""
+    assert "evening_person" not in decision.segments  # null: not in it, and no failure
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
 
 
 def test_replicas_share_the_population(redis_url: str) -> None:

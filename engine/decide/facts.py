@@ -11,7 +11,7 @@ from dsl.ruleset import ModelSpec, Ruleset
 from dsl.schema import FieldSpec
 from dsl.vocabulary import SEND_TIME_ATTRIBUTE as SEND_TIME
 from engine.decide.inputs import DecideInput
-from engine.decide.send_time import SendTime
+from engine.decide.send_time import NO_PRIOR, Prior, SendTime
 from engine.decide.tracer import Tracer
 from engine.records import Profile
 
@@ -55,7 +55,7 @@ def _typed(schema: Mapping[str, FieldSpec], values: Mapping[str, Any]) -> dict[s
 
 
 def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
-                population: Mapping[int, float] | None = None) -> Facts:
+                population: Prior = NO_PRIOR) -> Facts:
     """Defaults, then the stored profile, then built-ins; the request's context likewise.
 
     ``population`` is the population's engagement by hour of the week: with it the
@@ -68,8 +68,8 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
     attributes["known"] = profile is not None
     attributes["first_seen"] = profile.first_seen if profile else None
     attributes["last_seen"] = profile.last_seen if profile else None
-    attributes[SEND_TIME] = SendTime(profile.engagement if profile else {},
-                                     population or {}, attributes.get("timezone"))
+    attributes[SEND_TIME] = SendTime(profile.engagement if profile else {}, population,
+                                     attributes.get("timezone"))
     context = dict(ruleset.context_defaults)
     context.update(req.context)
     context["placement"] = req.placement.name

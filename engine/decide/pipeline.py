@@ -9,7 +9,7 @@ stores the record after. Each stage reports to a :class:`~engine.decide.tracer.T
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import NamedTuple
 
 from dsl.ruleset import Experiment, Ruleset
@@ -26,7 +26,7 @@ from engine.decide.facts import Facts, build_facts, evaluate_segments, features_
 from engine.decide.inputs import DecideInput
 from engine.decide.ranking import fallback_action, rank, render_content
 from engine.decide.scoring import Candidates, Scorer, score_candidates, scorer_for
-from engine.decide.send_time import SendTime
+from engine.decide.send_time import NO_PRIOR, Prior, SendTime
 from engine.decide.tracer import NULL_TRACER, ExplainTracer, Tracer, combine
 from engine.experiments.bucketing import in_holdout, takes_part
 from engine.experiments.sampling import ThompsonSampler
@@ -47,7 +47,7 @@ class Learnt(NamedTuple):
 
 def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision_id: str,
         models: PropensityModels, experiment_state: StateOf, sampler: ThompsonSampler,
-        tracer: Tracer | None = None, population: Mapping[int, float] | None = None,
+        tracer: Tracer | None = None, population: Prior = NO_PRIOR,
         ) -> tuple[Decision, DecisionRecord]:
     """One decision, from a loaded profile to the record to store.
 

@@ -17,9 +17,9 @@ decision carries the next such hour as ``best_send_at``.
 >>> monday_9 = 4 * 86400 + 9 * 3600  # 1970-01-05 09:00 UTC, a Monday
 >>> hour_of_week(monday_9)
 9
->>> best_slot({9: 3.0}, {20: 100.0})  # their own three engagements beat the prior
+>>> best_slot({9: 3.0}, Prior({20: 100.0}))  # their own three engagements beat the prior
 9
->>> best_slot({}, {20: 100.0, 9: 10.0})  # nothing of their own: the population's best
+>>> best_slot({}, Prior({20: 100.0, 9: 10.0}))  # nothing of their own: the population's
 20
 """
 
@@ -42,17 +42,34 @@ def hour_of_week(at: float) -> int:
     return int((at // 3600 + EPOCH_WEEKDAY * 24) % HOURS_PER_WEEK)
 
 
-def best_slot(own: Mapping[int, float], population: Mapping[int, float]) -> int | None:
-    """The hour of the week with the highest smoothed engagement; None when neither the
-    customer nor the population has any (ties: the earliest hour)."""
-    total = sum(population.values())
-    if not own and total <= 0:
-        return None
-    prior = STRENGTH / total if total > 0 else 0.0
-    best, best_score = None, -1.0
-    for h in range(HOURS_PER_WEEK):
-        score = own.get(h, 0.0) + prior * population.get(h, 0.0)
-        if score > best_score:
+class Prior:
+    """The population's share of every customer's smoothed engagement, computed once per
+    population update: ``STRENGTH * n_pop[h] / N_pop`` and its best hour."""
+
+    __slots__ = ("best", "best_score", "weights")
+
+    def __init__(self, population: Mapping[int, float]) -> None:
+        total = sum(n for n in population.values() if n > 0)
+        self.weights = ({h: STRENGTH * n / total for h, n in population.items() if n > 0}
+                        if total > 0 else {})
+        self.best: int | None = None
+        self.best_score = -1.0
+        for h in sorted(self.weights):  # the earliest of equal hours
+            if self.weights[h] > self.best_score:
+                self.best, self.best_score = h, self.weights[h]
+
+
+NO_PRIOR = Prior({})
+
+
+def best_slot(own: Mapping[int, float], prior: Prior) -> int | None:
+    """The hour of the week with the highest smoothed engagement, the earliest of equals;
+    None when neither the customer nor the population has any. O(the customer's hours):
+    an hour they never engaged in cannot beat the population's best."""
+    best, best_score = prior.best, prior.best_score
+    for h, n in own.items():
+        score = n + prior.weights.get(h, 0.0)
+        if score > best_score or (score == best_score and best is not None and h < best):
             best, best_score = h, score
     return best
 
@@ -69,8 +86,7 @@ class SendTime:
 
     __slots__ = ("own", "population", "zone")
 
-    def __init__(self, own: Mapping[int, float], population: Mapping[int, float],
-                 zone: object) -> None:
+    def __init__(self, own: Mapping[int, float], population: Prior, zone: object) -> None:
         self.own, self.population, self.zone = own, population, zone
 
     def best_at(self, now: float) -> float | None:
@@ -80,28 +96,19 @@ class SendTime:
 
 
 class PopulationHours:
-    """The population's engagement histogram in this process: what the store said at the
-    last :meth:`sync`, plus what this process added since (so its own engagements count
-    at once). Bounded: 168 counters, however many engagements."""
+    """The population's engagement histogram as decisions see it: everyone's totals as
+    the store had them at the last :meth:`sync` (every second), this process's own
+    engagements included once synced. Bounded: 168 counters, however many engagements."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._shared: dict[int, float] = {}
         self._pending: dict[int, float] = {}
+        self.prior = NO_PRIOR
 
     def add(self, at: float, n: float = 1.0) -> None:
         h = hour_of_week(at)
         with self._lock:
             self._pending[h] = self._pending.get(h, 0.0) + n
-
-    def histogram(self) -> dict[int, float]:
-        with self._lock:
-            if not self._pending:
-                return self._shared
-            merged = dict(self._shared)
-            for h, n in self._pending.items():
-                merged[h] = merged.get(h, 0.0) + n
-            return merged
 
     def sync(self, add_counters: Callable[[str, Mapping[str, float]], Mapping[str, float]]
              ) -> None:
@@ -118,5 +125,4 @@ class PopulationHours:
             raise
         shared = {int(h): float(n) for h, n in totals.items()
                   if h.isdigit() and int(h) < HOURS_PER_WEEK}
-        with self._lock:
-            self._shared = shared
+        self.prior = Prior(shared)  # one reference swap: decisions never see half of it
