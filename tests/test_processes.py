@@ -27,9 +27,23 @@ def decisions_counted(metrics_port: int) -> float:
         r'^arbiter_rpc_total\{code="OK",method="Decide"\} (\S+)$', text, re.M))
 
 
+def two_free_ports() -> int:
+    """A port P with P and P + 1 both free (the children's metrics ports)."""
+    import socket
+
+    while True:
+        first = free_port()
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", first + 1))
+            except OSError:
+                continue
+        return first
+
+
 def test_two_processes_share_the_port_and_the_parent_restarts_a_killed_one(
         redis_url: str) -> None:
-    port, metrics = free_port(), free_port()
+    port, metrics = free_port(), two_free_ports()
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
          str(port), "--redis", redis_url, "--processes", "2", "--metrics-port", str(metrics)],

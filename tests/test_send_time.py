@@ -86,3 +86,26 @@ def test_replicas_share_the_population(redis_url: str) -> None:
     second.sync()
     decision = second.decide(user_id="elsewhere", placement="mail", channel="email")
     assert decision.best_send_at == MONDAY + 6 * 86400 + 15 * HOUR  # next Sunday 15:00
+
+
+def test_best_send_at_travels_in_the_decide_response() -> None:
+    import grpc
+
+    from engine.grpc import server
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+    arb = arbiter()
+    arb.track(user_id="cy", event_type="email_open", at=MONDAY - 86400 + 10 * HOUR)
+    running = server.start(arb, "127.0.0.1", 0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            email = stub.Decide(pb.DecideRequest(user_id="cy", placement="mail",
+                                                 channel="email"), timeout=5)
+            web = stub.Decide(pb.DecideRequest(user_id="cy", placement="web",
+                                               channel="web"), timeout=5)
+    finally:
+        running.stop(grace=0.2)
+    assert email.HasField("best_send_at") and not web.HasField("best_send_at")
+    assert email.best_send_at.seconds == MONDAY + 6 * 86400 + 10 * HOUR  # Sunday 10:00
