@@ -14,7 +14,8 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:arms:{experiment}``  hash ``{arm}:trials|successes|sum_sq`` (HINCRBYFLOAT);
                             ``{arm}@{hour}:...`` buckets for windowed experiments
 ``{ns}:counters:{name}``    hash of population counters shared by replicas
-                            (``engagement_hours``: engagements by hour of the week)
+                            (``engagement_hours``: engagements by hour of the week;
+                            ``pct:{statistic}``: percentile() histograms)
 ``{ns}:learn``              stream of learning events, one entry per feedback
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied

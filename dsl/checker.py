@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic
+from dsl.printer import print_expr
 from dsl.schema import CONTEXT_BUILTINS, PROFILE_BUILTINS, FieldSpec
 from dsl.units import date_seconds
 from dsl.vocabulary import (
@@ -71,6 +72,8 @@ class CheckedRuleset:
     types: dict[int, Type] = field(default_factory=dict)
     loop_refs: set[int] = field(default_factory=set)  # refs to a template loop variable
     segment_refs: dict[str, set[str]] = field(default_factory=dict)
+    # percentile(...) aggregates: population key -> how the rules wrote it
+    population: dict[str, str] = field(default_factory=dict)
 
     def type_of(self, node: ast.Expr) -> Type:
         return self.types[id(node)]
@@ -628,9 +631,37 @@ class Checker:
             return None
         return name
 
+    def _percentile(self, node: ast.Call, refs: set[str], allow_action: bool) -> Type:
+        """``percentile(AGGREGATE, P)``: the P-th percentile of an all-time per-customer
+        aggregate over the population (engine.decide.population)."""
+        if node.kwargs or len(node.args) != 2:
+            self.error("percentile() takes an aggregate and a percent: "
+                       "percentile(sum(purchase.value), 80)", node.pos)
+            return ERROR
+        aggregate, percent = node.args
+        self._type(aggregate, refs, allow_action)
+        key = population_key(aggregate)
+        if key is None:
+            self.error("percentile() reads count(EVENT), sum(EVENT.value) (all time: no "
+                       "'within') or a number attribute profile.NAME", aggregate.pos)
+        elif key.startswith("profile:") and self.out.profile.get(key[8:], None) is not None \
+                and self.out.profile[key[8:]].type != "number":
+            self.error(f"percentile() needs a number; profile.{key[8:]} is a "
+                       f"{self.out.profile[key[8:]].type}", aggregate.pos)
+        else:
+            self.out.population[key] = print_expr(aggregate)
+        if not (isinstance(percent, ast.Literal) and percent.kind == "number"
+                and 0 <= float(percent.value) <= 100):  # type: ignore[arg-type]
+            self.error("percentile()'s second argument is a number from 0 to 100", percent.pos)
+        else:
+            self._set(percent, Type("number", False))
+        return Type("number", True)  # null until the population has data
+
     def _call(self, node: ast.Call, refs: set[str], allow_action: bool) -> Type:
         name = node.name
         kwargs = dict(node.kwargs)
+        if name == "percentile":
+            return self._percentile(node, refs, allow_action)
         if name in ("count", "sum", "last", "first"):
             self._event_arg(node, allow_property=name == "sum")
             allowed = {"within"} if name in ("count", "sum") else set()
@@ -705,7 +736,21 @@ _FUNCTIONS: dict[str, tuple[tuple[str, ...], str]] = {
     "upper": (("string",), "string"),
     "coalesce": (("any", "any"), "any"),
 }
-FUNCTION_NAMES = frozenset([*_FUNCTIONS, "count", "sum", "last", "first"])
+FUNCTION_NAMES = frozenset([*_FUNCTIONS, "count", "sum", "last", "first", "percentile"])
+
+
+def population_key(aggregate: ast.Expr) -> str | None:
+    """The population statistic a percentile() reads: ``count:EVENT``, ``sum:EVENT`` or
+    ``profile:NAME``; None for anything else (a windowed count changes without events,
+    so no one could keep its population up to date)."""
+    if isinstance(aggregate, ast.Call) and aggregate.name in ("count", "sum") \
+            and not aggregate.kwargs and len(aggregate.args) == 1 \
+            and isinstance(aggregate.args[0], ast.Ref):
+        return f"{aggregate.name}:{aggregate.args[0].parts[0]}"
+    if isinstance(aggregate, ast.Ref) and aggregate.parts[0] == "profile" \
+            and len(aggregate.parts) == 2:
+        return f"profile:{aggregate.parts[1]}"
+    return None
 _MAY_BE_NULL = frozenset({"best_send_hour", "hour_of_day", "day_of_week"})
 """Null even from non-null arguments: no engagement yet; a time no calendar holds."""
 

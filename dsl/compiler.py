@@ -108,6 +108,7 @@ class Compiler:
             models={m.placement: _model(m) for m in checked.models.values()},
             groups={g: tuple(sorted(a.id for a in actions.values() if a.group == g))
                     for g in {a.group for a in actions.values() if a.group}},
+            population=dict(sorted(checked.population.items())),
         )
 
     def _declare_action(self, a: ast.ActionDef) -> dict[str, str | None]:

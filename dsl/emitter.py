@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 from dsl import ast
-from dsl.checker import CheckedRuleset, Type
-from dsl.vocabulary import SEND_TIME_ATTRIBUTE
+from dsl.checker import CheckedRuleset, Type, population_key
+from dsl.vocabulary import POPULATION_ATTRIBUTE, SEND_TIME_ATTRIBUTE
 
 _EVENT_FUNCS = {"count": "_count", "sum": "_sum", "last": "_last", "first": "_first"}
 
@@ -121,6 +121,12 @@ class Emitter:
             within = dict(node.kwargs).get("within")
             window = repr(within.value) if isinstance(within, ast.Literal) else "None"
             return f"{_EVENT_FUNCS[node.name]}({event}, now, {window})"
+        if node.name == "percentile":  # the population's, kept by the engine
+            key = population_key(node.args[0])
+            percent = node.args[1]
+            assert key is not None and isinstance(percent, ast.Literal)
+            return (f"_pct(A.get({POPULATION_ATTRIBUTE!r}), {key!r}, "
+                    f"{float(percent.value)!r})")  # type: ignore[arg-type]
         args = [self.emit(a) for a in node.args]
         if node.name in ("days_since", "hours_since"):
             args.insert(0, "now")

@@ -293,6 +293,9 @@ class Ruleset:
     channel_caps: Mapping[str, Limit] = field(default_factory=dict)
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group -> action ids
     models: Mapping[str, ModelSpec] = field(default_factory=dict)  # placement -> its model
+    # percentile() statistics the rules read: key (count:EVENT, sum:EVENT, profile:NAME)
+    # -> how the rules wrote it
+    population: Mapping[str, str] = field(default_factory=dict)
 
     def model_of(self, placement: str) -> ModelSpec:
         return self.models.get(placement, DEFAULT_MODEL)

@@ -132,6 +132,12 @@ def best_send_hour(send: Any, now: float) -> float | None:
     return None if at is None else hour_of_day(at, send.zone)
 
 
+def percentile_of(population: Any, key: str, percent: float) -> float | None:
+    """The population's ``percent``-th percentile of statistic ``key``
+    (engine.decide.population); None while it has no data."""
+    return None if population is None else population.percentile(key, percent)
+
+
 def div(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
@@ -185,6 +191,7 @@ HELPERS: dict[str, object] = {
     "hour_of_day": hour_of_day,
     "day_of_week": day_of_week,
     "best_send_hour": best_send_hour,
+    "_pct": percentile_of,
     "_div": div,
     "contains": contains,
     "starts_with": starts_with,

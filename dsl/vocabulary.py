@@ -57,3 +57,6 @@ ELIGIBILITY_KINDS = frozenset({ReasonKind.ELIGIBILITY, ReasonKind.CONSENT, Reaso
 SEND_TIME_ATTRIBUTE = "@send_time"
 """Where a decision's facts carry the customer's send-time facts (``best_send_hour()``):
 an attribute key no rule can write, since ``@`` is not part of a name."""
+
+POPULATION_ATTRIBUTE = "@population"
+"""Where a decision's facts carry the population statistics ``percentile()`` reads."""

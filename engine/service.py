@@ -24,6 +24,7 @@ from dsl.ruleset import ModelSpec, Ruleset
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
 from engine.decide.decision import Decision
+from engine.decide.population import PopulationStats, statistics
 from engine.decide.send_time import PopulationHours
 from engine.decide.tracer import Tracer
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
@@ -99,6 +100,7 @@ class Arbiter:
                                snapshot_key=snapshot_key, clock=clock)
         self.experiments = ExperimentStates(self._arm_counts_or_none, self.sampler, clock)
         self.population = PopulationHours()  # engagement by hour of week, all replicas
+        self.percentiles = PopulationStats()  # percentile() statistics, all replicas
         self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
         self.learner.restore()
         self.learner.catch_up()
@@ -184,6 +186,7 @@ class Arbiter:
             sampler=self.sampler,
             tracer=tracer,
             population=self.population.prior,
+            percentiles=self.percentiles,
         )
 
     def record_ttl(self, record: DecisionRecord) -> float | None:
@@ -288,8 +291,9 @@ class Arbiter:
         """Send this process's engagements by hour, read everyone's (send times)."""
         try:
             self.population.sync(self.store.add_counters)
+            self.percentiles.sync(self.store.add_counters, self._ruleset.population)
         except StoreUnavailable as err:  # kept for the next sync
-            log.warning("population engagement not synced, store unavailable: %s", err)
+            log.warning("population statistics not synced, store unavailable: %s", err)
 
     def decide_without_store_reads(self) -> None:
         """Decisions stop reading arm counters from the store: :meth:`sync` (every second)
@@ -322,12 +326,18 @@ class Arbiter:
     ) -> Profile:
         req = track_input(self._ruleset, user_id=user_id, event_type=event_type,
                           properties=properties, traits=traits, at=at, now=self.clock())
-        profile = self.store.update_profile(
-            req.user_id,
-            lambda p: record_event(p, req.user_id, req.event_type, req.value, req.at,
-                                   req.traits),
-        )
+        keys = tuple(self._ruleset.population)
+        before: list[dict[str, float | None]] = []
+
+        def change(p: Profile | None) -> Profile:  # may run again on a conflict: the
+            before[:] = [statistics(p, keys)]  # last run is the one stored
+            return record_event(p, req.user_id, req.event_type, req.value, req.at,
+                                req.traits)
+
+        profile = self.store.update_profile(req.user_id, change)
         self.population.add(req.at)
+        if keys:
+            self.percentiles.move(before[0], statistics(profile, keys))
         return profile
 
     def get_profile(self, user_id: str) -> Profile | None:
@@ -339,7 +349,14 @@ class Arbiter:
         and learning-log entries (the store), and the decision log's lines about them.
         Returns the profile and decisions deleted."""
         check_id("user_id", user_id)
+        keys = tuple(self._ruleset.population)
+        try:  # the customer leaves the population's percentiles too
+            before = statistics(self.store.get_profile(user_id), keys) if keys else {}
+        except CorruptRecord:
+            before = {}
         deleted = self.store.forget(user_id)
+        if before:
+            self.percentiles.move(before, dict.fromkeys(keys))
         if self.decision_log is not None:
             self.decision_log.forget(user_id)
         return deleted

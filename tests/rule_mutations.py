@@ -14,7 +14,9 @@ TOKENS = ["segment", "action", "placement", "experiment", "policy", "model", "th
           "sum(purchase.value)", "now", "profile.tier", "context.cart_value",
           "thresholds.vip_spend", "cap: 0 per 1d", "slots: 0", "weight: -5", "prior: 2",
           "bagging: 0", "bagging: 1000", "holdout: 100%", "\\", "\x00", "é", "\t", "\n",
-          "import \"x.arb\"", "import \"segments.arb\"", "#", "true", "false", "null"]
+          "import \"x.arb\"", "import \"segments.arb\"", "#", "true", "false", "null",
+          "percentile(sum(purchase.value), 80)", "percentile(count(visit), 101)",
+          "percentile(", "best_send_hour()", "hour_of_day(now)", "day_of_week(last(visit))"]
 THRESHOLD_VALUES = ["nan", "inf", "-inf", "1e400", "-1e308", "1e308", "0", "-0.0", "\"x\"",
                     "true", "[1]", "{a=1}", "", "9" * 400]
 

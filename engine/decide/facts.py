@@ -9,6 +9,7 @@ from typing import Any
 
 from dsl.ruleset import ModelSpec, Ruleset
 from dsl.schema import FieldSpec
+from dsl.vocabulary import POPULATION_ATTRIBUTE as POPULATION
 from dsl.vocabulary import SEND_TIME_ATTRIBUTE as SEND_TIME
 from engine.decide.inputs import DecideInput
 from engine.decide.send_time import NO_PRIOR, Prior, SendTime
@@ -55,12 +56,13 @@ def _typed(schema: Mapping[str, FieldSpec], values: Mapping[str, Any]) -> dict[s
 
 
 def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
-                population: Prior = NO_PRIOR) -> Facts:
+                population: Prior = NO_PRIOR, percentiles: object = None) -> Facts:
     """Defaults, then the stored profile, then built-ins; the request's context likewise.
 
     ``population`` is the population's engagement by hour of the week: with it the
     attributes carry the customer's :class:`SendTime` under ``SEND_TIME`` (a key no
-    rule can name; ``best_send_hour()`` reads it)."""
+    rule can name; ``best_send_hour()`` reads it); ``percentiles`` (the population's
+    statistics, engine.decide.population) likewise, for ``percentile()``."""
     attributes = dict(ruleset.attribute_defaults)
     if profile is not None:
         attributes.update(_typed(ruleset.profile_schema, profile.attributes))
@@ -70,6 +72,7 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
     attributes["last_seen"] = profile.last_seen if profile else None
     attributes[SEND_TIME] = SendTime(profile.engagement if profile else {}, population,
                                      attributes.get("timezone"))
+    attributes[POPULATION] = percentiles
     context = dict(ruleset.context_defaults)
     context.update(req.context)
     context["placement"] = req.placement.name

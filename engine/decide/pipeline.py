@@ -48,7 +48,7 @@ class Learnt(NamedTuple):
 def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision_id: str,
         models: PropensityModels, experiment_state: StateOf, sampler: ThompsonSampler,
         tracer: Tracer | None = None, population: Prior = NO_PRIOR,
-        ) -> tuple[Decision, DecisionRecord]:
+        percentiles: object = None) -> tuple[Decision, DecisionRecord]:
     """One decision, from a loaded profile to the record to store.
 
     ``req.explain`` adds an :class:`ExplainTracer` (reasons and traces in the
@@ -57,7 +57,7 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     explainer = ExplainTracer() if req.explain else None
     trace = NULL_TRACER if explainer is None and tracer is None else combine(explainer, tracer)
     trace.stage("segments")
-    facts = build_facts(ruleset, profile, req, population)
+    facts = build_facts(ruleset, profile, req, population, percentiles)
     evaluate_segments(ruleset, facts, trace)
     trace.stage("scoring")
     spec = ruleset.model_of(req.placement.name)

@@ -35,5 +35,8 @@ def run(args: argparse.Namespace) -> int:
     if result.ruleset is not None:
         summary += (f"; revision {result.ruleset.revision}; cost bound "
                     f"{result.ruleset.cost} expression nodes per decision")
+        if result.ruleset.population:
+            summary += ("; reads population percentiles of "
+                        + ", ".join(result.ruleset.population.values()))
     print(summary)
     return 1 if errors else 0
