@@ -51,6 +51,12 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
+def _one_process(tree: Path) -> tuple[str, ...]:
+    """Measure one process unless asked otherwise (``serve`` defaults to one per core with
+    Redis); an older checkout may not know the flag."""
+    return ("--processes", "1") if tree == ROOT else ()
+
+
 @contextmanager
 def arbiter_server(redis_url: str | None, workers: int, tree: Path = ROOT,
                    rules: Path | None = None, extra: tuple[str, ...] = ()
@@ -59,7 +65,7 @@ def arbiter_server(redis_url: str | None, workers: int, tree: Path = ROOT,
     port = free_port()
     cmd = [sys.executable, "-m", "engine.cli", "serve", "--rules",
            str(rules or tree / "rulesets/retail"), "--port", str(port), "--workers",
-           str(workers), *extra]
+           str(workers), *(extra or _one_process(tree))]
     if redis_url:
         cmd += ["--redis", redis_url]
     proc = subprocess.Popen(cmd, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)},
