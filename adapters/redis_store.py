@@ -21,10 +21,11 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
 ==========================  =================================================
 
-Every read-modify-write is an optimistic transaction (WATCH/MULTI/EXEC, retried on
-conflict), so concurrent updates from any number of replicas never lose one. A
-feedback's effects (decision, profile, counters, stream entry, idempotency key)
-commit in one MULTI: acknowledged means all of it is stored.
+Every read-modify-write is optimistic (retried on conflict), so concurrent updates
+from any number of replicas never lose one: profiles with WATCH/MULTI/EXEC; a
+feedback reads in two round trips and commits its effects (decision, profile,
+counters, stream entry, idempotency key) in one compare-and-set script
+(``COMMIT_FEEDBACK``): acknowledged means all of it is stored.
 
 Profiles are cached in process for ``cache_ttl`` seconds (bounded LRU+TTL): a
 replica sees another replica's profile writes at most ``cache_ttl`` late and its
@@ -46,6 +47,7 @@ from engine.ports import (
     DecisionNotFound,
     FeedbackChange,
     FeedbackCommit,
+    FeedbackEffects,
     IdempotencyKeyReused,
     StoreUnavailable,
 )
@@ -73,15 +75,39 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
-LOG_EVENT = """
-local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
-redis.call('SADD', KEYS[2], id)
-redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[2])
-redis.call('EXPIRE', KEYS[3], ARGV[3])
-return id
+COMMIT_FEEDBACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local profile = redis.call('GET', KEYS[3])
+if string.sub(ARGV[2], 1, 1) == '0' then
+  if profile then return 0 end
+elseif profile ~= string.sub(ARGV[2], 2) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
+local i = 11
+for _ = 1, tonumber(ARGV[10]) do
+  redis.call('HINCRBYFLOAT', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+local id = redis.call('XADD', KEYS[4], '*', 'e', ARGV[8])
+redis.call('SADD', KEYS[5], id)
+redis.call('EXPIRE', KEYS[5], ARGV[7])
+redis.call('SADD', KEYS[6], ARGV[9])
+redis.call('EXPIRE', KEYS[6], ARGV[7])
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
+return 1
 """
-"""Appends a learning event and indexes it, and its idempotency key, under its user."""
+"""A feedback's effects, all or nothing, if what they were computed from is unchanged
+(compare-and-set). KEYS: decision, idempotency key, profile, learning stream, the user's
+log-entry and key indexes, then the arm hashes. ARGV: the decision as read, the profile
+as read ("0" = none, else "1" and its bytes), their new values ("" = profile
+unchanged), fingerprint, key TTL, index TTL, learning event, key name, the number of
+arm increments, then (key index, field, delta) for each. Returns 1, or 0 on a
+conflict."""
+MAX_COMMIT_ATTEMPTS = 50
+"""Reads-then-compare-and-set attempts of one feedback before it answers UNAVAILABLE."""
 USER_INDEX_TTL = 90 * 86400
 """How long after a user's last feedback the per-user indexes of it are kept."""
 CONSUMER_TTL = 86400.0
@@ -139,6 +165,7 @@ class RedisStore:
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
         self._cache_lock = Lock()
+        self._commit_feedback = self.redis.register_script(COMMIT_FEEDBACK)
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.ns}:{kind}:{name}"
@@ -235,47 +262,48 @@ class RedisStore:
     def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
                         ttl_seconds: float, fingerprint: str = "") -> FeedbackCommit:
         dkey, ikey = self._k("d", decision_id), self._k("k", idempotency_key)
-        with self.redis.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(dkey, ikey)
-                    data = _b(pipe.get(dkey))
-                    if data is None:
-                        raise DecisionNotFound(decision_id)
-                    applied = _b(pipe.get(ikey))
-                    if applied is not None:
-                        if applied.decode() != fingerprint:
-                            raise IdempotencyKeyReused(idempotency_key)
-                        return FeedbackCommit(True, None)
-                    decision = decode_decision(data)
-                    pkey = self._k("p", decision.user_id)
-                    pipe.watch(pkey)
-                    pdata = _b(pipe.get(pkey))
-                    effects = change(decision, decode_profile(pdata) if pdata else None)
-                    pipe.multi()
-                    pipe.set(dkey, encode(effects.decision), keepttl=True)
-                    if effects.profile is not None:
-                        pipe.set(pkey, encode(effects.profile))
-                    for experiment, deltas in counter_deltas(effects.arm_increments).items():
-                        akey = self._k("arms", experiment)
-                        for name, delta in deltas.items():
-                            pipe.hincrbyfloat(akey, name, delta)
-                    # XADD, and index the entry and key under the user. EVAL, not EVALSHA:
-                    # inside MULTI a NOSCRIPT (after a restart) would not stop the rest
-                    pipe.eval(
-                        LOG_EVENT, 3, f"{self.ns}:learn",
-                        self._k("ul", decision.user_id), self._k("uk", decision.user_id),
-                        encode(effects.event), idempotency_key,
-                        max(int(ttl_seconds), USER_INDEX_TTL))
-                    pipe.set(ikey, fingerprint.encode(), ex=max(1, int(ttl_seconds)))
-                    pipe.execute()
-                    break
-                except redis.WatchError:
-                    continue
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            read = self.redis.pipeline(transaction=False)
+            read.get(dkey)
+            read.get(ikey)
+            data, applied = cast(list[bytes | None], read.execute())
+            if data is None:
+                raise DecisionNotFound(decision_id)
+            if applied is not None:
+                if applied.decode() != fingerprint:
+                    raise IdempotencyKeyReused(idempotency_key)
+                return FeedbackCommit(True, None)
+            decision = decode_decision(data)
+            pkey = self._k("p", decision.user_id)
+            pdata = _b(self.redis.get(pkey))
+            effects = change(decision, decode_profile(pdata) if pdata is not None else None)
+            if self._commit(dkey, ikey, pkey, data, pdata, effects, idempotency_key,
+                            fingerprint, ttl_seconds):
+                if effects.profile is not None:
+                    self._remember(decision.user_id, encode(effects.profile))
+                return FeedbackCommit(False, effects)
+        raise StoreUnavailable(f"feedback on {decision_id}: still conflicting after "
+                               f"{MAX_COMMIT_ATTEMPTS} attempts")
 
-        if effects.profile is not None:
-            self._remember(decision.user_id, encode(effects.profile))
-        return FeedbackCommit(False, effects)
+    def _commit(self, dkey: str, ikey: str, pkey: str, data: bytes, pdata: bytes | None,
+                effects: FeedbackEffects, idempotency_key: str, fingerprint: str,
+                ttl_seconds: float) -> bool:
+        """Write a feedback's effects in one script run if nothing it read has changed
+        (compare-and-set); False on a conflict (the caller reads again)."""
+        user = effects.decision.user_id
+        keys = [dkey, ikey, pkey, f"{self.ns}:learn", self._k("ul", user),
+                self._k("uk", user)]
+        increments: list[Any] = []
+        for experiment, deltas in counter_deltas(effects.arm_increments).items():
+            keys.append(self._k("arms", experiment))
+            for name, delta in deltas.items():
+                increments += [len(keys), name, repr(float(delta))]
+        args = [data, b"0" if pdata is None else b"1" + pdata, encode(effects.decision),
+                encode(effects.profile) if effects.profile is not None else b"",
+                fingerprint, max(1, int(ttl_seconds)),
+                max(int(ttl_seconds), USER_INDEX_TTL), encode(effects.event), idempotency_key,
+                len(increments) // 3, *increments]
+        return bool(self._commit_feedback(keys=keys, args=args))
 
     def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:
         key = self._k("counters", name)
