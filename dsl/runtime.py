@@ -84,12 +84,14 @@ def hours_since(now: float, ts: float | None) -> float | None:
 
 @lru_cache(maxsize=1024)
 def _zone(name: str | None) -> tzinfo:
-    """The IANA zone ``name``; UTC for none, or for a name the tz database lacks."""
+    """The IANA zone ``name``; UTC for none, or for a name the tz database lacks (or that
+    is no file name at all: too long, NUL). Cached either way, so a bad name costs one
+    lookup, not one per decision."""
     if not name or not isinstance(name, str):
         return UTC
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return UTC
 
 

@@ -252,6 +252,8 @@ action a {
     ("Asia/Tokyo", 6.0, 1.0),  # already Tuesday morning
     ("America/Los_Angeles", 13.0, 0.0),
     ("Not/AZone", 21.0, 0.0),  # unknown zone: UTC
+    ("x" * 5000, 21.0, 0.0),  # no file name at all (OSError inside ZoneInfo): UTC
+    ("../../etc/passwd", 21.0, 0.0),
 ])
 def test_hour_of_day_and_day_of_week_in_the_customers_time_zone(
         zone: str | None, hour: float, weekday: float) -> None:
