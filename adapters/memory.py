@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-from engine.ports import DecisionNotFound, FeedbackChange, FeedbackCommit, IdempotencyKeyReused
+from engine.ports import (
+    DecisionNotFound,
+    FeedbackChange,
+    FeedbackCommit,
+    IdempotencyKeyReused,
+    Learning,
+)
 from engine.records import (
+    FORGET,
     ArmCounts,
     DecisionRecord,
     LearningEvent,
@@ -22,6 +29,7 @@ from engine.records import (
     decode_decision,
     decode_profile,
     encode,
+    pseudonym,
 )
 
 SWEEP_EVERY = 4096
@@ -46,16 +54,40 @@ class MemoryStore:
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
         self._writes = 0
+        self._items: dict[str, bytes] = {}  # the catalogue's changes: id -> item, b"": removed
+        self._items_version = 0
 
     def get_profile(self, user_id: str) -> Profile | None:
         data = self._profiles.get(user_id)
         return decode_profile(data) if data is not None else None
 
-    def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile]) -> Profile:
+    def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                       learning: Learning | None = None) -> Profile:
         with self._lock:
             profile = change(self.get_profile(user_id))
+            event = learning(profile) if learning is not None else None
             self._profiles[user_id] = encode(profile)
+            if event is not None:
+                self._append(user_id, event)
             return profile
+
+    def _append(self, user_id: str | None, event: LearningEvent) -> None:
+        if user_id is not None:
+            self._user_log.setdefault(user_id, []).append(self._log_base + len(self._log))
+        self._log.append(event)
+
+    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
+        with self._lock:
+            self._items.update(upserts)
+            self._items.update(dict.fromkeys(removals, b""))
+            self._items_version += 1
+            return self._items_version
+
+    def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
+        with self._lock:
+            if known_version == self._items_version:
+                return known_version, None
+            return self._items_version, dict(self._items)
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries (erased
@@ -69,6 +101,8 @@ class MemoryStore:
             for position in self._user_log.pop(user_id, []):
                 if position >= self._log_base:
                     self._log[position - self._log_base] = None
+            now = self.clock()  # the recommender drops what it learnt of them too
+            self._append(None, LearningEvent("", "", FORGET, now, now, user=pseudonym(user_id)))
             return deleted
 
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
@@ -132,9 +166,7 @@ class MemoryStore:
                 fields = self._arms.setdefault(experiment, {})
                 for name, delta in deltas.items():
                     fields[name] = fields.get(name, 0.0) + delta
-            self._user_log.setdefault(decision.user_id, []).append(
-                self._log_base + len(self._log))
-            self._log.append(effects.event)
+            self._append(decision.user_id, effects.event)
             self._keys[idempotency_key] = (now + ttl_seconds, fingerprint)
             self._user_keys.setdefault(decision.user_id, set()).add(idempotency_key)
             return FeedbackCommit(False, effects)

@@ -16,7 +16,11 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:counters:{name}``    hash of population counters shared by replicas
                             (``engagement_hours``: engagements by hour of the week;
                             ``pct:{statistic}``: percentile() histograms)
-``{ns}:learn``              stream of learning events, one entry per feedback
+``{ns}:learn``              stream of learning events: feedback, item interactions,
+                            forget markers
+``{ns}:items``              hash of the catalogue's changes: item id -> item
+                            (MessagePack), empty for a removed item
+``{ns}:items:v``            the catalogue's version (INCR on every change)
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
 ==========================  =================================================
@@ -35,7 +39,8 @@ own writes at once. A cached Decide makes no profile round trip.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from threading import Lock
 from typing import Any, TypeVar, cast
 
@@ -49,9 +54,11 @@ from engine.ports import (
     FeedbackCommit,
     FeedbackEffects,
     IdempotencyKeyReused,
+    Learning,
     StoreUnavailable,
 )
 from engine.records import (
+    FORGET,
     ArmCounts,
     DecisionRecord,
     LearningEvent,
@@ -62,6 +69,7 @@ from engine.records import (
     decode_event,
     decode_profile,
     encode,
+    pseudonym,
 )
 
 
@@ -106,6 +114,13 @@ as read ("0" = none, else "1" and its bytes), their new values ("" = profile
 unchanged), fingerprint, key TTL, index TTL, learning event, key name, the number of
 arm increments, then (key index, field, delta) for each. Returns 1, or 0 on a
 conflict."""
+LOG_ENTRY = """
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('SADD', KEYS[2], id)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return id
+"""
+"""A learning-log entry and its place in the user's index (for ForgetProfile)."""
 MAX_COMMIT_ATTEMPTS = 50
 """Reads-then-compare-and-set attempts of one feedback before it answers UNAVAILABLE."""
 USER_INDEX_TTL = 90 * 86400
@@ -209,20 +224,51 @@ class RedisStore:
             self._remember(user_id, data)
         return decode_profile(data) if data is not None else None
 
-    def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile]) -> Profile:
+    def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                       learning: Learning | None = None) -> Profile:
         key = self._k("p", user_id)
 
         def transaction(pipe: Any) -> Profile:
             data = _b(pipe.get(key))
             profile = change(decode_profile(data) if data is not None else None)
+            event = learning(profile) if learning is not None else None
             pipe.multi()
             pipe.set(key, encode(profile))
+            if event is not None:
+                self._log_entry(pipe, user_id, event)
             return profile
 
         profile = cast(Profile, self.redis.transaction(
             transaction, key, value_from_callable=True))  # type: ignore[arg-type]
         self._remember(user_id, encode(profile))
         return profile
+
+    def _log_entry(self, pipe: Any, user_id: str | None, event: LearningEvent) -> None:
+        """Queue a learning-log entry (indexed by user for ForgetProfile) on ``pipe``."""
+        if user_id is None:
+            pipe.xadd(f"{self.ns}:learn", {"e": encode(event)})
+            return
+        index = self._k("ul", user_id)
+        pipe.eval(LOG_ENTRY, 2, f"{self.ns}:learn", index, encode(event), USER_INDEX_TTL)
+
+    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
+        pipe = self.redis.pipeline()  # MULTI: the changes and the version together
+        changes = {**upserts, **dict.fromkeys(removals, b"")}
+        if changes:
+            pipe.hset(f"{self.ns}:items", mapping=changes)  # type: ignore[arg-type]
+        pipe.incr(f"{self.ns}:items:v")
+        return int(pipe.execute()[-1])
+
+    def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
+        version = int(cast(bytes | None, self.redis.get(f"{self.ns}:items:v")) or 0)
+        if version == known_version:
+            return version, None
+        pipe = self.redis.pipeline()  # MULTI: a consistent pair
+        pipe.get(f"{self.ns}:items:v")
+        pipe.hgetall(f"{self.ns}:items")
+        raw_version, raw = pipe.execute()
+        items = {k.decode(): v for k, v in cast(dict[bytes, bytes], raw).items()}
+        return int(raw_version or 0), items
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries."""
@@ -239,6 +285,9 @@ class RedisStore:
             if entries:
                 pipe.xdel(f"{self.ns}:learn", *entries)
             pipe.delete(*indexes)
+            now = time.time()  # the recommender drops what it learnt of them too
+            self._log_entry(pipe, None, LearningEvent("", "", FORGET, now, now,
+                                                      user=pseudonym(user_id)))
 
         replies = cast(list[Any], self.redis.transaction(transaction, *indexes))
         self._remember(user_id, None)

@@ -161,7 +161,7 @@ class FieldDecl:
 
 @dataclass(frozen=True, slots=True)
 class SchemaBlock:
-    kind: str  # profile | context | thresholds
+    kind: str  # profile | context | thresholds | items
     fields: tuple[FieldDecl, ...]
     pos: Pos
 
@@ -250,6 +250,26 @@ class ContentField:
 
 
 @dataclass(frozen=True, slots=True)
+class Exclusion:
+    """``exclude: purchase within 30d``: items the customer had that event with (in the
+    window; ever, as far as the profile's item history goes, without one)."""
+
+    event: str
+    window: Literal | None
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class Recommend:
+    """``items: recommend(4, where: item.in_stock, exclude: purchase within 30d)``."""
+
+    count: int
+    pos: Pos
+    where: Expr | None = None
+    exclude: tuple[Exclusion, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ActionDef:
     """``action NAME { ... }``: its fields, in the order ``arbiter fmt`` writes them."""
 
@@ -271,6 +291,7 @@ class ActionDef:
     cap: FrequencyCap | None = field(default=None, metadata=written("cap"))
     cooldown: Literal | None = field(default=None, metadata=written("duration"))
     suppress: Suppression | None = field(default=None, metadata=written("suppress"))
+    items: Recommend | None = field(default=None, metadata=written("recommend"))
     content: tuple[ContentField, ...] = field(default=(), metadata=written("content"))
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 

@@ -15,7 +15,13 @@ from dataclasses import dataclass, field
 from dsl import ast
 from dsl.diagnostics import Diagnostic
 from dsl.printer import print_expr
-from dsl.schema import CONTEXT_BUILTINS, PROFILE_BUILTINS, FieldSpec
+from dsl.schema import (
+    CONTEXT_BUILTINS,
+    ITEM_BUILTINS,
+    PROFILE_BUILTINS,
+    RECOMMENDED_FIELDS,
+    FieldSpec,
+)
 from dsl.units import date_seconds
 from dsl.vocabulary import (
     EVENT_RETENTION_SECONDS,
@@ -25,6 +31,8 @@ from dsl.vocabulary import (
     REWARD_OUTCOMES,
 )
 
+MAX_RECOMMENDED = 50
+"""The most items one recommend() returns."""
 PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
 FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1, "join": 1,
            "raw": 0}
@@ -61,6 +69,8 @@ class CheckedRuleset:
     profile: dict[str, FieldSpec] = field(default_factory=dict)
     context: dict[str, FieldSpec] = field(default_factory=dict)
     thresholds: dict[str, FieldSpec] = field(default_factory=dict)
+    items: dict[str, FieldSpec] = field(default_factory=dict)  # the catalogue's attributes
+    items_declared: bool = False  # an items block exists (recommend() needs one)
     events: dict[str, ast.Pos] = field(default_factory=dict)
     placements: dict[str, ast.PlacementDef] = field(default_factory=dict)
     segments: dict[str, ast.SegmentDef] = field(default_factory=dict)
@@ -71,6 +81,7 @@ class CheckedRuleset:
     models: dict[str, ast.ModelDef] = field(default_factory=dict)  # placement -> model
     types: dict[int, Type] = field(default_factory=dict)
     loop_refs: set[int] = field(default_factory=set)  # refs to a template loop variable
+    item_refs: set[int] = field(default_factory=set)  # item.NAME (recommend's where, loops)
     segment_refs: dict[str, set[str]] = field(default_factory=dict)
     # percentile(...) aggregates: population key -> how the rules wrote it
     population: dict[str, str] = field(default_factory=dict)
@@ -92,6 +103,8 @@ class Checker:
         self.diagnostics: list[Diagnostic] = []
         self._experiment_by_placement: dict[str, ast.ExperimentDef] = {}
         self._loop_vars: list[str] = []  # template loop variables in scope
+        self._item_vars: set[str] = set()  # those of them that are catalogue items
+        self._recommending = False  # checking an action with items: recommend(...)
 
     def error(self, message: str, pos: ast.Pos) -> None:
         self.diagnostics.append(Diagnostic("error", message, pos))
@@ -143,8 +156,10 @@ class Checker:
 
     def _collect_schema(self, block: ast.SchemaBlock) -> None:
         table = {"profile": self.out.profile, "context": self.out.context,
-                 "thresholds": self.out.thresholds}[block.kind]
-        builtins = {"profile": PROFILE_BUILTINS, "context": CONTEXT_BUILTINS}.get(block.kind, {})
+                 "thresholds": self.out.thresholds, "items": self.out.items}[block.kind]
+        builtins = {"profile": PROFILE_BUILTINS, "context": CONTEXT_BUILTINS,
+                    "items": ITEM_BUILTINS}.get(block.kind, {})
+        self.out.items_declared |= block.kind == "items"
         for decl in block.fields:
             if decl.name in table or decl.name in builtins:
                 self.error(f"{block.kind} attribute '{decl.name}' is declared twice", decl.pos)
@@ -287,9 +302,38 @@ class Checker:
                            "click, conversion or dismiss", action.suppress.pos)
             if action.suppress.count < 1:
                 self.error("suppress after at least 1 outcome", action.suppress.pos)
+        if action.items is not None:
+            self._check_recommend(action.items, refs)
+        self._recommending = action.items is not None
         for content in action.content:
             self._check_parts(content.parts, refs)
+        self._recommending = False
         self.out.segment_refs[f"action:{action.name}"] = refs
+
+    def _check_recommend(self, reco: ast.Recommend, refs: set[str]) -> None:
+        """``items: recommend(N, where: ..., exclude: EVENT within D)``."""
+        if not self.out.items_declared:
+            self.error("recommend() needs the catalogue's attributes: declare an "
+                       "'items { ... }' block (name: string, price: number, ...)", reco.pos)
+        if not 1 <= reco.count <= MAX_RECOMMENDED:
+            self.error(f"recommend() returns 1 to {MAX_RECOMMENDED} items, not {reco.count}",
+                       reco.pos)
+        if reco.where is not None:
+            self._item_vars.add("item")
+            self._loop_vars.append("item")
+            try:
+                self._expect_bool(reco.where, refs, "'where'")
+            finally:
+                self._loop_vars.pop()
+                self._item_vars.discard("item")
+        for rule in reco.exclude:
+            if rule.event not in self.out.events:
+                self.error(f"unknown event '{rule.event}'{_suggest(rule.event, self.out.events)}"
+                           " (declare it with 'events: ...')", rule.pos)
+            if rule.window is not None and not 0 < rule.window.value <= EVENT_RETENTION_SECONDS:  # type: ignore[operator]
+                self.error(f"an exclusion window is at most "
+                           f"{int(EVENT_RETENTION_SECONDS // 86400)}d (the item history "
+                           "a profile keeps)", rule.window.pos)
 
     def _check_policies(self) -> None:
         groups = {a.group for a in self.out.actions.values() if a.group}
@@ -340,7 +384,10 @@ class Checker:
                     self.error(f"'{part.var}' is already a name here; pick another loop "
                                "variable", part.pos)
                 self._loop_vars.append(part.var)
+                if t.item == "item":
+                    self._item_vars.add(part.var)
                 self._check_parts(part.body, refs)
+                self._item_vars.discard(part.var)
                 self._loop_vars.pop()
 
     def _check_token(self, token: ast.TemplateToken, refs: set[str]) -> None:
@@ -546,10 +593,23 @@ class Checker:
                 )
                 return ERROR
             return Type(spec2.type, spec2.nullable, "string" if spec2.type == "list" else None)
+        if head in self._item_vars and len(rest) == 1:
+            return self._item_ref(node, rest[0])
         if len(node.parts) == 1:
+            if head in self._item_vars:
+                self.error(f"'{head}' is an item: write {head}.NAME (one of "
+                           f"{', '.join([*ITEM_BUILTINS, *self.out.items])})", node.pos)
+                return ERROR
             if head in self._loop_vars:
                 self.out.loop_refs.add(id(node))
                 return Type("string", False)
+            if head == "recommended" and self._recommending and head not in self.out.segments:
+                self.out.loop_refs.add(id(node))
+                return Type("list", False, "item")
+            if head == "recommended" and head not in self.out.segments:
+                self.error("'recommended' is an action's recommended items: give the action "
+                           "'items: recommend(N)' and use it in its content", node.pos)
+                return ERROR
             if head in self.out.segments:
                 refs.add(head)
                 return Type("bool", False)
@@ -558,6 +618,24 @@ class Checker:
         self.error(f"unknown name '{'.'.join(node.parts)}': use profile.NAME, context.NAME, "
                    "thresholds.NAME or a segment name", node.pos)
         return ERROR
+
+    def _item_ref(self, node: ast.Ref, name: str) -> Type:
+        """``item.NAME``: a catalogue item's attribute (recommend's ``where``, a loop over
+        ``recommended``), its ``id``, or the ``score`` and ``reason`` it was recommended
+        with."""
+        spec = ITEM_BUILTINS.get(name) or RECOMMENDED_FIELDS.get(name)
+        if spec is not None:
+            self.out.item_refs.add(id(node))
+            return Type(*spec)
+        declared = self.out.items.get(name)
+        if declared is None:
+            known = [*ITEM_BUILTINS, *self.out.items, *RECOMMENDED_FIELDS]
+            self.error(f"unknown item attribute '{name}'{_suggest(name, known)} (declare it "
+                       "in the items block)", node.pos)
+            return ERROR
+        self.out.item_refs.add(id(node))
+        return Type(declared.type, declared.nullable,
+                    "string" if declared.type == "list" else None)
 
     def _unary(self, node: ast.Unary, refs: set[str], allow_action: bool) -> Type:
         t = self._type(node.operand, refs, allow_action)

@@ -36,6 +36,7 @@ from dsl.ruleset import (
     NormalGammaPrior,
     Placement,
     Prior,
+    RecommendSpec,
     Ruleset,
     Segment,
     Suppression,
@@ -109,14 +110,18 @@ class Compiler:
             groups={g: tuple(sorted(a.id for a in actions.values() if a.group == g))
                     for g in {a.group for a in actions.values() if a.group}},
             population=dict(sorted(checked.population.items())),
+            item_schema=dict(checked.items),
+            items_declared=checked.items_declared,
         )
 
     def _declare_action(self, a: ast.ActionDef) -> dict[str, str | None]:
         """The names of the action's generated functions (its templates' kept by node)."""
         for content in a.content:
             self._declare_template(content.parts)
+        where = a.items.where if a.items is not None else None
         return {clause: self.function(expr) if expr is not None else None
-                for clause, expr in (("when", a.when), ("unless", a.unless), ("value", a.value))}
+                for clause, expr in (("when", a.when), ("unless", a.unless), ("value", a.value),
+                                     ("where", where))}
 
     def _action(self, a: ast.ActionDef, fns: dict[str, str | None],
                 namespace: dict[str, Any]) -> Action:
@@ -151,6 +156,7 @@ class Compiler:
             pos=a.pos,
             segments=tuple(sorted(self.checked.segment_refs.get(f"action:{a.name}", ()))),
             when_segments=_segments_in(a.when, self.checked),
+            recommend=_recommend(a.items, fn("where")),
             definition=a,
         )
 
@@ -268,6 +274,15 @@ def _experiment(e: ast.ExperimentDef) -> Experiment:
         window=float(e.window.value) if e.window else None,  # type: ignore[arg-type]
         half_life=float(e.half_life.value) if e.half_life else None,  # type: ignore[arg-type]
         winner=e.winner, traffic=e.traffic)
+
+
+def _recommend(reco: ast.Recommend | None, where: CompiledFn | None) -> RecommendSpec | None:
+    if reco is None:
+        return None
+    return RecommendSpec(
+        reco.count, where, print_expr(reco.where) if reco.where is not None else "",
+        tuple((rule.event, float(rule.window.value) if rule.window is not None else None)  # type: ignore[arg-type]
+              for rule in reco.exclude), reco.pos)
 
 
 def _model(m: ast.ModelDef) -> ModelSpec:

@@ -44,6 +44,8 @@ class Emitter:
             return "now"
         if isinstance(node, ast.Ref):
             head, *rest = node.parts
+            if id(node) in self.checked.item_refs:  # item.NAME: a catalogue item's
+                return f"X[{head!r}].get({rest[0]!r})"
             if not rest:
                 if id(node) in self.checked.loop_refs:
                     return f"X[{head!r}]"  # a template loop variable

@@ -199,6 +199,16 @@ def _suppress(keyword: str, rule: ast.Suppression, node: Any) -> list[str]:
     return [f"suppress: {_literal(rule.window)} after {rule.count} {rule.outcome}"]
 
 
+def _recommend(keyword: str, reco: ast.Recommend, node: Any) -> list[str]:
+    options = [str(reco.count)]
+    if reco.where is not None:
+        options.append(f"where: {print_expr(reco.where)}")
+    for rule in reco.exclude:
+        window = f" within {_literal(rule.window)}" if rule.window is not None else ""
+        options.append(f"exclude: {rule.event}{window}")
+    return [f"{keyword}: recommend({', '.join(options)})"]
+
+
 _SHOWERS: dict[str, Shower] = {
     "names": lambda k, v, n: [f"{k}: {', '.join(v)}"],
     "name": lambda k, v, n: [f"{k}: {v}"],
@@ -212,6 +222,7 @@ _SHOWERS: dict[str, Shower] = {
     "cap": _cap,
     "suppress": _suppress,
     "content": _content,
+    "recommend": _recommend,
     "features": lambda k, v, n: [f"{k}: {', '.join(f for f, _ in v or ())}"],
     "weights": lambda k, v, n: [f"allocate: weights({', '.join(_number(w) for w in v)})"]
     if v else [],

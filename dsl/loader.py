@@ -11,6 +11,7 @@ every diagnostic found so far (all files are parsed and checked in one run).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import re
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsl import ast
+from dsl.catalogue import FILE_NAMES as CATALOGUE_FILES
+from dsl.catalogue import is_catalogue_file, load_catalogue
 from dsl.checker import CheckedRuleset, check
 from dsl.compiler import compile_ruleset
 from dsl.diagnostics import Diagnostic, RulesetError
@@ -41,6 +44,7 @@ class Build:
     diagnostics: list[Diagnostic] = field(default_factory=list)
     ruleset: Ruleset | None = None
 
+    catalogue: tuple[dict[str, object], ...] = ()  # items.jsonl, checked
     unparsed: int = 0  # files whose syntax errors left no module
     cost: int = 0  # expression nodes evaluated per decision, at most
 
@@ -51,7 +55,7 @@ class Build:
 
 def _parse(build: Build) -> None:
     for path, text in build.sources.items():
-        if is_thresholds_file(path):
+        if is_thresholds_file(path) or is_catalogue_file(path):
             continue
         module, diagnostics = parse_text(text, path)
         build.diagnostics.extend(diagnostics)
@@ -76,6 +80,12 @@ def _check(build: Build) -> None:
     for path, text in build.sources.items():
         if is_thresholds_file(path):
             build.diagnostics.extend(apply_overrides(build.checked, path, text))
+        elif is_catalogue_file(path):
+            checked = build.checked
+            items, found = load_catalogue(
+                path, text, checked.items if checked.items_declared else None)
+            build.catalogue += items
+            build.diagnostics.extend(found)
 
 
 def _lint(build: Build) -> None:
@@ -87,8 +97,9 @@ def _lint(build: Build) -> None:
 def _compile(build: Build) -> None:
     assert build.checked is not None
     warnings = tuple(d.render(build.sources) for d in build.diagnostics)
-    build.ruleset = compile_ruleset(build.checked, build.sources, revision(build.sources), warnings,
-                                    build.cost)
+    build.ruleset = dataclasses.replace(
+        compile_ruleset(build.checked, build.sources, revision(build.sources), warnings,
+                        build.cost), catalogue=build.catalogue)
 
 
 STAGES: tuple[tuple[str, Callable[[Build], None]], ...] = (
@@ -159,8 +170,9 @@ def ruleset_files(path: str | Path) -> list[Path]:
                     seen.add(found.resolve())
                     files.append(found)
                     queue.append(found)
-    if root.is_dir() and (root / THRESHOLDS_FILE).is_file():
-        files.append(root / THRESHOLDS_FILE)
+    for extra in (THRESHOLDS_FILE, *CATALOGUE_FILES):
+        if root.is_dir() and (root / extra).is_file():
+            files.append(root / extra)
     return files
 
 

@@ -208,6 +208,27 @@ class _ToAst(Transformer[Token, Any]):
         return ast.SchemaBlock("context", tuple(children), self._pos(meta))
 
     @v_args(meta=True)
+    def items_block(self, meta: Any, children: list[Any]) -> ast.SchemaBlock:
+        return ast.SchemaBlock("items", tuple(children), self._pos(meta))
+
+    def reco_where(self, children: list[Any]) -> tuple[str, Any]:
+        return ("where", children[0])
+
+    @v_args(meta=True)
+    def reco_exclude(self, meta: Any, children: list[Any]) -> tuple[str, Any]:
+        window = self._duration_literal(children[1]) if len(children) > 1 else None
+        return ("exclude", ast.Exclusion(str(children[0]), window, self._pos(children[0])))
+
+    def _recommend(self, children: list[Any], pos: ast.Pos) -> ast.Recommend:
+        count, *options = children
+        wheres = [value for kind, value in options if kind == "where"]
+        if len(wheres) > 1:
+            self.diagnostics.append(Diagnostic(
+                "error", "'where' is set twice in this recommend()", wheres[1].pos))
+        return ast.Recommend(int(count), pos, wheres[0] if wheres else None,
+                             tuple(value for kind, value in options if kind == "exclude"))
+
+    @v_args(meta=True)
     def thresholds_block(self, meta: Any, children: list[Any]) -> ast.SchemaBlock:
         return ast.SchemaBlock("thresholds", tuple(children), self._pos(meta))
 
@@ -325,6 +346,7 @@ _READERS: dict[str, Reader] = {
     "suppress": lambda tr, rule, c, pos: ast.Suppression(tr._duration_literal(c[0]), int(c[1]),
                                                          str(c[2]), pos),
     "content": lambda tr, rule, c, pos: tuple(c),
+    "recommend": lambda tr, rule, c, pos: tr._recommend(c, pos),
     "features": lambda tr, rule, c, pos: tuple(c),
     "weights": lambda tr, rule, c, pos: tuple(c),
     "thompson": lambda tr, rule, c, pos: c[0] if c else None,

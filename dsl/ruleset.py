@@ -149,6 +149,17 @@ def _apply_filter(name: str, args: tuple[Any, ...], value: Any, kind: str) -> tu
 
 
 @dataclass(frozen=True, slots=True)
+class RecommendSpec:
+    """``items: recommend(N, where: ..., exclude: EVENT within D)`` of an action."""
+
+    count: int
+    where: CompiledFn | None  # fn(A, C, E, S, now, {"item": item}) -> bool | None
+    where_source: str
+    exclude: tuple[tuple[str, float | None], ...]  # (event, window seconds or None: ever)
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     id: str
     placements: frozenset[str]
@@ -175,6 +186,7 @@ class Action:
     group: str | None = None
     cooldown: Limit | None = None  # limit 1: no impression within the window
     suppress: Suppression | None = None
+    recommend: RecommendSpec | None = None  # its item list (engine.decide.recommend)
     # the checked declaration: a plain field needs no compiled copy (docs/architecture.md)
     definition: ActionDef | None = field(default=None, repr=False, compare=False)
 
@@ -296,6 +308,10 @@ class Ruleset:
     # percentile() statistics the rules read: key (count:EVENT, sum:EVENT, profile:NAME)
     # -> how the rules wrote it
     population: Mapping[str, str] = field(default_factory=dict)
+    # the catalogue's declared attributes (the items block) and the items of items.jsonl
+    item_schema: Mapping[str, FieldSpec] = field(default_factory=dict)
+    items_declared: bool = False
+    catalogue: tuple[Mapping[str, Any], ...] = ()
 
     def model_of(self, placement: str) -> ModelSpec:
         return self.models.get(placement, DEFAULT_MODEL)

@@ -21,6 +21,10 @@ PROFILE_BUILTINS = {
     "last_seen": ("timestamp", True),
 }
 CONTEXT_BUILTINS = {"placement": ("string", False), "channel": ("string", False)}
+ITEM_BUILTINS = {"id": ("string", False)}
+"""Every catalogue item has an id; the ``items`` block declares the rest."""
+RECOMMENDED_FIELDS = {"score": ("number", False), "reason": ("string", False)}
+"""What a recommended item carries besides its attributes (templates read them)."""
 
 
 @dataclass(frozen=True, slots=True)

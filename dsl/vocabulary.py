@@ -49,6 +49,7 @@ class ReasonKind(StrEnum):
     EXPERIMENT = "experiment"  # allocation: Thompson, fixed split, winner, holdout
     SCORE = "score"  # the arbitration formula and the rank cut
     FALLBACK = "fallback"  # the placement's fallback, shown when nothing was eligible
+    RECOMMENDATION = "recommendation"  # an item recommend() chose, with its source and score
 
 
 ELIGIBILITY_KINDS = frozenset({ReasonKind.ELIGIBILITY, ReasonKind.CONSENT, ReasonKind.CAP})

@@ -22,8 +22,15 @@ from dataclasses import dataclass
 from dsl.vocabulary import REWARD_OUTCOMES
 from engine.experiments.windows import counter_keys
 from engine.ports import DecisionNotFound, FeedbackEffects
-from engine.profiles import record_contact
-from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile, ShownAction
+from engine.profiles import record_contact, record_item
+from engine.records import (
+    ArmCounts,
+    DecisionRecord,
+    LearningEvent,
+    Profile,
+    ShownAction,
+    pseudonym,
+)
 from engine.requests import InvalidArgument
 
 CLOCK_SKEW_SECONDS = 5.0
@@ -44,6 +51,7 @@ class FeedbackInput:
     at: float
     received_at: float
     window: float = float("inf")  # the attribution window, from the decision's time
+    item_id: str = ""  # a recommended item of the action the outcome is about
 
     @property
     def key(self) -> str:
@@ -57,13 +65,15 @@ class FeedbackInput:
         """
         if self.idempotency_key:
             return f"{self.decision_id}|k|{self.idempotency_key}"
-        return f"{self.decision_id}|d|{self.action_id}|{self.outcome}"
+        item = f"|i|{self.item_id}" if self.item_id else ""
+        return f"{self.decision_id}|d|{self.action_id}|{self.outcome}{item}"
 
     @property
     def fingerprint(self) -> str:
         """What a replay under the same key must repeat (timestamps aside, which a retry
         may legitimately re-stamp): the action, the outcome and the value."""
-        return f"{self.action_id}\x1f{self.outcome}\x1f{self.value!r}"
+        item = f"\x1f{self.item_id}" if self.item_id else ""
+        return f"{self.action_id}\x1f{self.outcome}\x1f{self.value!r}{item}"
 
 
 def feedback_effects(
@@ -79,6 +89,9 @@ def feedback_effects(
         raise DecisionNotFound(fb.decision_id)
     if fb.at < decision.decided_at - CLOCK_SKEW_SECONDS:
         raise InvalidArgument("timestamp", "is before the decision it reports on")
+    if fb.item_id and fb.item_id not in shown.items:
+        raise InvalidArgument("item_id", f"'{fb.item_id}' was not recommended with action "
+                                         f"{fb.action_id} in this decision")
     seen = decision.outcomes.setdefault(fb.action_id, [])
     first = fb.outcome not in seen
     # any other outcome means the action was seen, even if no impression was reported
@@ -99,6 +112,10 @@ def feedback_effects(
         seen.append(fb.outcome)
         changed = record_contact(changed or profile, decision.user_id, fb.action_id,
                                  fb.outcome, fb.at, decision.channel)
+    if fb.item_id and fb.outcome != "impression":  # an interaction with the item
+        changed = changed or profile or Profile(user_id=decision.user_id)
+        event.history = record_item(changed, fb.item_id, fb.outcome, fb.at)
+        event.user, event.item_id = pseudonym(decision.user_id), fb.item_id
     return FeedbackEffects(decision, changed, event, increments)
 
 

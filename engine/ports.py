@@ -8,7 +8,7 @@ conflict, so the function may run more than once and must not have side effects.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -34,6 +34,9 @@ class FeedbackCommit:
 
 
 FeedbackChange = Callable[[DecisionRecord, Profile | None], FeedbackEffects]
+Learning = Callable[[Profile], LearningEvent | None]
+"""What a profile update logs for the learners (an item interaction), from the profile
+as it will be stored; None: nothing."""
 
 
 class DecisionNotFound(LookupError):
@@ -73,10 +76,27 @@ class Store(LearningLog, Protocol):
     def get_profile(self, user_id: str) -> Profile | None: ...
 
     def update_profile(
-        self, user_id: str, change: Callable[[Profile | None], Profile]
-    ) -> Profile: ...
+        self, user_id: str, change: Callable[[Profile | None], Profile],
+        learning: Learning | None = None,
+    ) -> Profile:
+        """Apply ``change`` atomically; the entry ``learning`` makes of the new profile
+        is appended to the learning log in the same transaction."""
+        ...
 
-    def forget(self, user_id: str) -> int: ...
+    def forget(self, user_id: str) -> int:
+        """Delete the user's profile, decisions, feedback keys and learning-log entries,
+        and log a :data:`~engine.records.FORGET` entry for the recommender."""
+        ...
+
+    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
+        """Upsert encoded catalogue items and remove others (shared by replicas);
+        returns the catalogue's new version."""
+        ...
+
+    def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
+        """(version, every change: id -> encoded item, b"" for removed), or (version,
+        None) when ``known_version`` is current."""
+        ...
 
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None: ...
 

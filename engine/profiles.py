@@ -15,11 +15,15 @@ from collections.abc import Mapping
 
 from dsl.vocabulary import EVENT_RETENTION_SECONDS
 from engine.decide.send_time import hour_of_week
-from engine.records import AttrValue, EventStats, Profile
+from engine.records import AttrValue, EventStats, Profile, recent_items
 
 MAX_RECENT_EVENTS = 1000
 """Per event type, the newest timestamps kept for windowed counts and sums."""
 """Windowed counts look back at most this far; all-time counts and totals are exact."""
+MAX_ITEM_HISTORY = 100
+"""The newest item interactions a profile keeps (recommendation seeds, exclusions)."""
+HISTORY_SEEDS = 10
+"""Distinct recent items a new interaction is learnt with (co-occurrence)."""
 MAX_CONTACTS_PER_ACTION = 200
 CONTACT_RETENTION_SECONDS = 180 * 86400.0
 
@@ -70,6 +74,21 @@ def record_event(
     _engaged(profile, at)
     _touch(profile, at)
     return profile
+
+
+def record_item(profile: Profile, item_id: str, event: str, at: float) -> list[str]:
+    """Add an item interaction to the profile's history (bounded, in time order);
+    returns the customer's previous distinct items, newest first (at most HISTORY_SEEDS)."""
+    previous = recent_items(profile.items, HISTORY_SEEDS, skip=item_id)
+    insort(profile.items, (at, item_id, event))
+    horizon = profile.items[-1][0] - EVENT_RETENTION_SECONDS
+    drop = 0
+    while drop < len(profile.items) and profile.items[drop][0] < horizon:
+        drop += 1
+    drop = max(drop, len(profile.items) - MAX_ITEM_HISTORY)
+    if drop:
+        del profile.items[:drop]
+    return previous
 
 
 def _set_traits(profile: Profile, traits: Mapping[str, AttrValue]) -> None:

@@ -6,6 +6,7 @@ functions that change them live in :mod:`engine.profiles` and :mod:`engine.feedb
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 
 import msgspec
@@ -42,6 +43,9 @@ class Profile(msgspec.Struct, omit_defaults=True):
     version: int = 0
     # hour of the week (UTC, Monday 00:00 = 0) -> engagements then (send-time optimisation)
     engagement: dict[int, float] = {}
+    # [(timestamp, item id, event)], oldest first, bounded (engine.profiles.MAX_ITEM_HISTORY):
+    # what the customer viewed, bought, clicked (recommendations and their exclusions)
+    items: list[tuple[float, str, str]] = []
 
 
 class ShownAction(msgspec.Struct, omit_defaults=True):
@@ -59,6 +63,7 @@ class ShownAction(msgspec.Struct, omit_defaults=True):
     # deterministic choice; Thompson sampling and fixed splits make it less. Logged
     # for off-policy evaluation (`arbiter replay`); computed for the top slot.
     probability: float = 1.0
+    items: list[str] = []  # the recommended items shown with it, best first
 
 
 class DecisionRecord(msgspec.Struct, omit_defaults=True):
@@ -96,6 +101,13 @@ class LearningEvent(msgspec.Struct, omit_defaults=True):
     # was shown is a (fake) negative; the first reward of the decision-action a positive
     shown: bool = False
     rewarded: bool = False
+    # an interaction with a catalogue item (TrackEvent with an item, or Feedback on a
+    # recommended item): the recommender learns it. ``user`` is a pseudonym
+    # (:func:`pseudonym`), ``history`` the customer's previous items, newest first.
+    # outcome "forget" with no item: drop what the recommender holds about ``user``.
+    user: str = ""
+    item_id: str = ""
+    history: list[str] = []
 
 
 class ArmCounts(msgspec.Struct):
@@ -147,6 +159,36 @@ def counts_from_fields(fields: Mapping[str, float]) -> dict[str, ArmCounts]:
         if name in ARM_FIELDS:
             setattr(counts.setdefault(arm, ArmCounts()), name, float(value))
     return counts
+
+
+def pseudonym(user_id: str) -> str:
+    """How the learning log and the recommender name a customer: 16 hex digits of
+    SHA-256, never the id itself.
+
+    >>> pseudonym("alice")
+    '2bd806c97f0e00af'
+    """
+    return hashlib.sha256(user_id.encode()).hexdigest()[:16]
+
+
+def recent_items(history: list[tuple[float, str, str]], limit: int, skip: str = ""
+                 ) -> list[str]:
+    """Distinct item ids of a history, newest first.
+
+    >>> recent_items([(1.0, "a", "view"), (2.0, "b", "view"), (3.0, "a", "purchase")], 5)
+    ['a', 'b']
+    """
+    out: list[str] = []
+    for _, item_id, _ in reversed(history):
+        if item_id != skip and item_id not in out:
+            out.append(item_id)
+            if len(out) >= limit:
+                break
+    return out
+
+
+FORGET = "forget"
+"""The outcome of a learning-log entry that drops a customer from the recommender."""
 
 
 _profile_encoder = msgspec.msgpack.Encoder()

@@ -47,6 +47,7 @@ class TrackInput:
     value: float
     at: float
     traits: dict[str, AttrValue]
+    item_id: str = ""  # the catalogue item the event is about (recommendations)
 
 
 def _kind(value: Any) -> str:
@@ -187,8 +188,10 @@ def track_input(
     traits: Mapping[str, Any] | None = None,
     at: float | None = None,
     now: float,
+    item_id: str = "",
 ) -> TrackInput:
-    """Check a TrackEvent request; a numeric ``value`` property is the event's value."""
+    """Check a TrackEvent request; a numeric ``value`` property is the event's value, the
+    ``item_id`` (or a string ``item_id`` property) the item it is about."""
     check_id("user_id", user_id)
     if not event_type:
         raise InvalidArgument("event_type", "is required")
@@ -205,8 +208,18 @@ def track_input(
     if not isinstance(value, float) or isinstance(value, bool):
         raise InvalidArgument("properties.value", "must be a number")
     checked_traits = check_map("traits", traits or {}, ruleset.profile_schema, "profile")
+    if not item_id:
+        prop = props.get("item_id")
+        if prop is not None and not isinstance(prop, str):
+            raise InvalidArgument("properties.item_id", "must be a string")
+        item_id = prop or ""
+        field = "properties.item_id"
+    else:
+        field = "item_id"
+    if item_id:
+        check_id(field, item_id)
     return TrackInput(user_id, event_type, value, check_time("timestamp", at, now),
-                      checked_traits)
+                      checked_traits, item_id)
 
 
 def check_outcome(outcome: str) -> str:

@@ -17,14 +17,17 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from dsl.catalogue import check_item
 from dsl.ruleset import ModelSpec, Ruleset
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
+from engine.decide.catalogue import Catalogue, decode_item, encode_item
 from engine.decide.decision import Decision
 from engine.decide.population import PopulationStats, statistics
+from engine.decide.recommend import Recommendations
 from engine.decide.send_time import PopulationHours
 from engine.decide.tracer import Tracer
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
@@ -34,9 +37,17 @@ from engine.experiments.state import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning.consumer import Learner
 from engine.learning.models import ModelQuality, PropensityModels
+from engine.learning.recommender import Recommender
 from engine.ports import FeedbackCommit, Store, StoreUnavailable
-from engine.profiles import ENGAGEMENTS, record_event
-from engine.records import ArmCounts, CorruptRecord, DecisionRecord, Profile
+from engine.profiles import ENGAGEMENTS, record_event, record_item
+from engine.records import (
+    ArmCounts,
+    CorruptRecord,
+    DecisionRecord,
+    LearningEvent,
+    Profile,
+    pseudonym,
+)
 from engine.requests import (
     DecideInput,
     InvalidArgument,
@@ -49,6 +60,8 @@ from engine.requests import (
 
 log = logging.getLogger(__name__)
 
+MAX_ITEMS_PER_CALL = 10_000
+"""Catalogue items one upsert or removal may carry."""
 ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
 """How long a decision can receive feedback (its record's time to live)."""
 
@@ -96,8 +109,12 @@ class Arbiter:
         self.decision_log = decision_log
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
+        self.recommender = Recommender()
         self.learner = Learner(store, self.models, self.spec_of, reward_wait=reward_wait,
-                               snapshot_key=snapshot_key, clock=clock)
+                               snapshot_key=snapshot_key, clock=clock,
+                               recommender=self.recommender)
+        self._item_changes: dict[str, Mapping[str, Any] | None] = {}  # the store's, decoded
+        self.catalogue = Catalogue.build(ruleset.catalogue, {})
         self.experiments = ExperimentStates(self._arm_counts_or_none, self.sampler, clock)
         self.population = PopulationHours()  # engagement by hour of week, all replicas
         self.percentiles = PopulationStats()  # percentile() statistics, all replicas
@@ -105,6 +122,7 @@ class Arbiter:
         self.learner.restore()
         self.learner.catch_up()
         self._sync_population()
+        self._sync_catalogue()
 
     # ---- ruleset ------------------------------------------------------------------
     @property
@@ -115,6 +133,9 @@ class Arbiter:
         """Serve ``ruleset`` from the next request on (an atomic reference swap)."""
         if not self.experiments.pull:  # its experiments' counters before it serves
             self.experiments.refresh(ruleset.experiments)
+        if ruleset.catalogue is not self._ruleset.catalogue:
+            self.catalogue = Catalogue.build(ruleset.catalogue, self._item_changes,
+                                             self.catalogue.version)
         self._ruleset = ruleset
 
     def _arm_counts_or_none(self, experiment: str) -> Mapping[str, ArmCounts] | None:
@@ -187,6 +208,8 @@ class Arbiter:
             tracer=tracer,
             population=self.population.prior,
             percentiles=self.percentiles,
+            recommendations=(Recommendations(self.catalogue, self.recommender)
+                             if self._ruleset.items_declared else None),
         )
 
     def record_ttl(self, record: DecisionRecord) -> float | None:
@@ -247,11 +270,15 @@ class Arbiter:
         value: float | None = None,
         idempotency_key: str = "",
         at: float | None = None,
+        item_id: str = "",
     ) -> FeedbackCommit:
         """Apply an outcome once per idempotency key. Raises DecisionNotFound,
-        ActionNotInDecision or InvalidArgument."""
+        ActionNotInDecision or InvalidArgument. ``item_id``: the outcome is about one of
+        the action's recommended items (the recommender learns it)."""
         check_id("decision_id", decision_id)
         check_id("action_id", action_id)
+        if item_id:
+            check_id("item_id", item_id)
         check_outcome(outcome)
         if len(idempotency_key) > 256:
             raise InvalidArgument("idempotency_key", "is longer than 256 characters")
@@ -259,7 +286,8 @@ class Arbiter:
             raise InvalidArgument("value", "must be a finite number")
         now = self.clock()
         fb = FeedbackInput(decision_id, action_id, outcome, value, idempotency_key,
-                           check_time("timestamp", at, now), now, self.attribution_window)
+                           check_time("timestamp", at, now), now, self.attribution_window,
+                           item_id)
         commit = self.store.commit_feedback(
             decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
             self.attribution_window, fb.fingerprint)
@@ -285,7 +313,53 @@ class Arbiter:
         else:
             self.experiments.refresh(self._ruleset.experiments)
         self._sync_population()
+        self._sync_catalogue()
         return self.learn()
+
+    def _sync_catalogue(self) -> None:
+        """Apply the catalogue changes made through any replica (when its version moved)."""
+        try:
+            version, changes = self.store.catalogue_changes(self.catalogue.version)
+        except StoreUnavailable as err:
+            log.warning("catalogue not synced, store unavailable: %s", err)
+            return
+        if changes is not None:
+            self._item_changes = {item_id: decode_item(data)
+                                  for item_id, data in changes.items()}
+            self.catalogue = Catalogue.build(self._ruleset.catalogue, self._item_changes,
+                                             version)
+
+    # ---- catalogue ----------------------------------------------------------------
+    def upsert_items(self, items: Sequence[Mapping[str, Any]]) -> int:
+        """Add or replace catalogue items (checked against the items block; raises
+        InvalidArgument naming ``items[i].NAME``); every replica sees them within a
+        second. Returns the catalogue's version."""
+        ruleset = self._ruleset
+        if not ruleset.items_declared:
+            raise InvalidArgument("items", "the serving ruleset declares no items block")
+        if len(items) > MAX_ITEMS_PER_CALL:
+            raise InvalidArgument("items", f"at most {MAX_ITEMS_PER_CALL} per call")
+        checked: dict[str, bytes] = {}
+        for i, raw in enumerate(items):
+            item, problems = check_item(ruleset.item_schema, raw)
+            if problems:
+                name, message = problems[0]
+                raise InvalidArgument(f"items[{i}].{name}", message)
+            assert item is not None
+            checked[item["id"]] = encode_item(item)
+        version = self.store.change_items(checked, ())
+        self._sync_catalogue()
+        return version
+
+    def remove_items(self, item_ids: Sequence[str]) -> int:
+        """Take items out of the catalogue (they are no longer recommended)."""
+        if len(item_ids) > MAX_ITEMS_PER_CALL:
+            raise InvalidArgument("item_ids", f"at most {MAX_ITEMS_PER_CALL} per call")
+        for i, item_id in enumerate(item_ids):
+            check_id(f"item_ids[{i}]", item_id)
+        version = self.store.change_items({}, item_ids)
+        self._sync_catalogue()
+        return version
 
     def _sync_population(self) -> None:
         """Send this process's engagements by hour, read everyone's (send times)."""
@@ -323,18 +397,36 @@ class Arbiter:
         properties: Mapping[str, Any] | None = None,
         traits: Mapping[str, Any] | None = None,
         at: float | None = None,
+        item_id: str = "",
     ) -> Profile:
+        """Record a behavioural event; with ``item_id`` it is an interaction with that
+        catalogue item, which the recommender learns (through the learning log)."""
         req = track_input(self._ruleset, user_id=user_id, event_type=event_type,
-                          properties=properties, traits=traits, at=at, now=self.clock())
+                          properties=properties, traits=traits, at=at, now=self.clock(),
+                          item_id=item_id)
         keys = tuple(self._ruleset.population)
         before: list[dict[str, float | None]] = []
 
+        history: list[str] = []
+
         def change(p: Profile | None) -> Profile:  # may run again on a conflict: the
             before[:] = [statistics(p, keys)]  # last run is the one stored
-            return record_event(p, req.user_id, req.event_type, req.value, req.at,
-                                req.traits)
+            profile = record_event(p, req.user_id, req.event_type, req.value, req.at,
+                                   req.traits)
+            if req.item_id:
+                history[:] = record_item(profile, req.item_id, req.event_type, req.at)
+            return profile
 
-        profile = self.store.update_profile(req.user_id, change)
+        def learning(profile: Profile) -> LearningEvent | None:
+            if not req.item_id:
+                return None
+            return LearningEvent("", "", req.event_type, req.at, self.clock(),
+                                 user=pseudonym(req.user_id), item_id=req.item_id,
+                                 history=list(history))
+
+        profile = self.store.update_profile(req.user_id, change, learning)
+        if req.item_id:
+            self.feedback_logged.set()  # the background learner picks it up
         self.population.add(req.at)
         if keys:
             self.percentiles.move(before[0], statistics(profile, keys))

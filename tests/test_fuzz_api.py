@@ -41,7 +41,8 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
            grpc.StatusCode.FAILED_PRECONDITION, grpc.StatusCode.RESOURCE_EXHAUSTED}
 FIELDS = {"user_id", "placement", "channel", "context", "limit", "explain", "at", "requests",
           "decision_id", "action_id", "outcome", "value", "idempotency_key", "timestamp",
-          "event_type", "properties", "traits", "experiment", "request"}
+          "event_type", "properties", "traits", "experiment", "request", "item_id", "items",
+          "item_ids"}
 
 
 def _methods() -> list[tuple[str, type[Message]]]:

@@ -20,7 +20,14 @@ from adapters.redis_store import RedisStore
 from engine.feedback import ActionNotInDecision
 from engine.ports import DecisionNotFound, FeedbackEffects, Store, StoreUnavailable
 from engine.profiles import record_contact, record_event
-from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile, ShownAction
+from engine.records import (
+    ArmCounts,
+    DecisionRecord,
+    LearningEvent,
+    Profile,
+    ShownAction,
+    pseudonym,
+)
 from tests.conftest import free_port
 
 NOW = 1_767_614_400.0
@@ -269,7 +276,11 @@ def test_forget_erases_the_users_learning_entries_and_feedback_keys(store: Store
     offsets = [o for o, _ in store.learning_events("", 10)]
     store.forget("u1")
     remaining = store.learning_events("", 10)
-    assert [e.decision_id for _, e in remaining] == ["d2"]
+    # u2's entry stays; a marker tells the recommender to drop u1 (by pseudonym only)
+    assert [(e.decision_id, e.outcome) for _, e in remaining] == [("d2", "impression"),
+                                                                   ("", "forget")]
+    marker = remaining[1][1]
+    assert marker is not None and marker.user == pseudonym("u1") and "u1" not in str(marker)
     assert store.learning_events(offsets[0], 10) == remaining  # offsets still valid
     store.save_decision(_decision("d1", "u1"), TTL)  # the user comes back: keys are free
     assert not store.commit_feedback("d1", "key-1", _effects("impression"), TTL).duplicate

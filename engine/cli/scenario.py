@@ -4,7 +4,7 @@ Used by ``arbiter explain --profile FILE``, ``arbiter decide --profile FILE`` an
 ``arbiter test``. JSON or TOML, one shape::
 
     traits = { first_name = "Ann", email_opt_in = true }
-    events = [ { type = "add_to_cart", value = 80, ago = "26h" } ]
+    events = [ { type = "add_to_cart", value = 80, ago = "26h", item = "sku-12" } ]
     contacts = [ { action = "cart_reminder", outcome = "impression", ago = "2h",
                    channel = "email" } ]   # channel: default, the action's first
 
@@ -76,7 +76,9 @@ def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: floa
         arbiter.track(user_id=user_id, event_type=str(event["type"]),
                       properties={"value": float(value)} if value else {},
                       traits=scenario.traits if i == len(events) - 1 else {},
-                      at=now - _ago(event, field))
+                      at=now - _ago(event, field), item_id=str(event.get("item", "")))
+    if any("item" in event for event in events):
+        arbiter.learn()  # the recommender learns the items before the decision
     for i, contact in enumerate(scenario.contacts):
         field = f"contacts[{i}]"
         action, outcome = contact.get("action"), contact.get("outcome", "impression")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from dsl.vocabulary import ReasonKind
 
@@ -16,6 +18,21 @@ class Reason:
     passed: bool
     detail: str = ""
     location: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RecommendedItem:
+    """An item ``items: recommend(...)`` chose for an action, and why."""
+
+    item_id: str
+    score: float
+    reason: str  # model | co-occurrence | content | popularity | catalogue
+    attributes: Mapping[str, Any]
+
+    def fields(self) -> dict[str, Any]:
+        """What a template's ``item.NAME`` reads."""
+        return {**self.attributes, "id": self.item_id, "score": self.score,
+                "reason": self.reason}
 
 
 @dataclass(slots=True)
@@ -34,6 +51,7 @@ class RankedAction:
     score_terms: dict[str, float] = field(default_factory=dict)
     tags: tuple[str, ...] = ()
     probability: float = 1.0  # P(chosen for this slot | request); see ShownAction
+    items: tuple[RecommendedItem, ...] = ()  # items: recommend(...), best first
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +98,8 @@ class Decision:
             )
             for key, text in a.content.items():
                 lines.append(f"     {key}: {text}")
+            for item in a.items:
+                lines.append(f"     item {item.item_id}  score={item.score:.4f}  ({item.reason})")
         if self.traces:
             lines.append("why:")
             for trace in self.traces:

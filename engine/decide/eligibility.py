@@ -15,9 +15,10 @@ from dsl.ast import Pos
 from dsl.ruleset import Action, Ruleset
 from dsl.vocabulary import ReasonKind
 from engine.decide.contacts import impressions_within, last_contact, outcomes_within
-from engine.decide.decision import Reason
+from engine.decide.decision import Reason, RecommendedItem
 from engine.decide.facts import Facts
 from engine.decide.inputs import DecideInput
+from engine.decide.recommend import recommend
 from engine.decide.tracer import Tracer
 from engine.records import Profile
 
@@ -61,7 +62,32 @@ def check_eligibility(ruleset: Ruleset, action: Action, req: DecideInput, facts:
     value = _value(action, args, tracer)
     if value is None or not contact_policies_allow(ruleset, action, req, profile, tracer):
         return None
+    if action.recommend is not None and not recommended_items(action, facts, tracer):
+        return None
     return value
+
+
+def recommended_items(action: Action, facts: Facts, tracer: Tracer) -> list[RecommendedItem]:
+    """The action's ``items: recommend(...)`` for this customer (kept on the facts for
+    its content and the response); an action with no item to show is not eligible."""
+    spec = action.recommend
+    found = facts.recommended.get(action.id)
+    if found is None and spec is not None:
+        sources = facts.recommendations
+        found = [] if sources is None else recommend(spec, sources, facts.profile, facts.user_key,
+                                                     facts.args(), facts.now)
+        facts.recommended[action.id] = found
+        if tracer.enabled:
+            if not found:
+                tracer.check(action.id, Reason(
+                    ReasonKind.RECOMMENDATION, "items", False,
+                    "no item to recommend" + (f" where {spec.where_source}"
+                                              if spec.where_source else ""), str(spec.pos)))
+            for item in found:
+                tracer.check(action.id, Reason(ReasonKind.RECOMMENDATION, item.item_id, True,
+                                               f"{item.reason}, score {item.score:.4f}",
+                                               str(spec.pos)))
+    return found or []
 
 
 def _consented(action: Action, facts: Facts, tracer: Tracer) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from dsl.ruleset import ModelSpec, Ruleset
@@ -14,7 +14,7 @@ from dsl.vocabulary import SEND_TIME_ATTRIBUTE as SEND_TIME
 from engine.decide.inputs import DecideInput
 from engine.decide.send_time import NO_PRIOR, Prior, SendTime
 from engine.decide.tracer import Tracer
-from engine.records import Profile
+from engine.records import Profile, pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,12 @@ class Facts:
     events: Mapping[str, Any]
     segments: dict[str, bool]
     now: float
+    # recommend(): the catalogue and the learnt recommender, the customer's pseudonym,
+    # and each action's items once computed (engine.decide.recommend)
+    recommendations: Any = None
+    profile: Profile | None = None
+    user_key: str = ""
+    recommended: dict[str, Any] = field(default_factory=dict)
 
     def args(self) -> tuple[Any, ...]:
         return (self.attributes, self.context, self.events, self.segments, self.now)
@@ -56,7 +62,8 @@ def _typed(schema: Mapping[str, FieldSpec], values: Mapping[str, Any]) -> dict[s
 
 
 def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
-                population: Prior = NO_PRIOR, percentiles: object = None) -> Facts:
+                population: Prior = NO_PRIOR, percentiles: object = None,
+                recommendations: object = None) -> Facts:
     """Defaults, then the stored profile, then built-ins; the request's context likewise.
 
     ``population`` is the population's engagement by hour of the week: with it the
@@ -78,7 +85,12 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
     context["placement"] = req.placement.name
     context["channel"] = req.channel
     events = profile.events if profile is not None else {}
-    return Facts(attributes, context, events, {}, req.now)
+    facts = Facts(attributes, context, events, {}, req.now)
+    if recommendations is not None:
+        facts.recommendations = recommendations
+        facts.profile = profile
+        facts.user_key = pseudonym(req.user_id)
+    return facts
 
 
 def evaluate_segments(ruleset: Ruleset, facts: Facts, tracer: Tracer) -> None:

@@ -48,7 +48,8 @@ class Learnt(NamedTuple):
 def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision_id: str,
         models: PropensityModels, experiment_state: StateOf, sampler: ThompsonSampler,
         tracer: Tracer | None = None, population: Prior = NO_PRIOR,
-        percentiles: object = None) -> tuple[Decision, DecisionRecord]:
+        percentiles: object = None, recommendations: object = None
+        ) -> tuple[Decision, DecisionRecord]:
     """One decision, from a loaded profile to the record to store.
 
     ``req.explain`` adds an :class:`ExplainTracer` (reasons and traces in the
@@ -57,7 +58,7 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     explainer = ExplainTracer() if req.explain else None
     trace = NULL_TRACER if explainer is None and tracer is None else combine(explainer, tracer)
     trace.stage("segments")
-    facts = build_facts(ruleset, profile, req, population, percentiles)
+    facts = build_facts(ruleset, profile, req, population, percentiles, recommendations)
     evaluate_segments(ruleset, facts, trace)
     trace.stage("scoring")
     spec = ruleset.model_of(req.placement.name)
@@ -191,4 +192,4 @@ def _shown(a: RankedAction, experiment: Experiment | None) -> ShownAction:
         reward=experiment.reward if arm and experiment else None,
         reward_value=bool(arm and experiment and experiment.reward_value),
         windowed=bool(arm and experiment and experiment.windowed),
-        probability=a.probability)
+        probability=a.probability, items=[item.item_id for item in a.items])

@@ -7,6 +7,7 @@ import logging
 from dsl.ruleset import Ruleset
 from dsl.vocabulary import ReasonKind
 from engine.decide.decision import RankedAction, Reason
+from engine.decide.eligibility import recommended_items
 from engine.decide.facts import Facts
 from engine.decide.tracer import Tracer
 
@@ -40,14 +41,18 @@ def fallback_action(ruleset: Ruleset, action_id: str, facts: Facts,
         tracer.fallback(action.id, Reason(ReasonKind.FALLBACK, action.id, True,
                                           "no action was eligible: the placement's fallback",
                                           str(action.pos)))
+    items = tuple(recommended_items(action, facts, tracer)) if action.recommend else ()
     return RankedAction(action.id, 0.0, 0.0, value, action.weight, action.priority, rank=1,
-                        tags=action.tags)
+                        tags=action.tags, items=items)
 
 
 def render_content(ruleset: Ruleset, ranked: RankedAction, facts: Facts) -> None:
     """Fill the action's content templates for this customer (a failing one renders empty)."""
     action = ruleset.actions[ranked.action_id]
-    args = (*facts.args(), action.fields(ranked.value, ranked.propensity))
+    fields = action.fields(ranked.value, ranked.propensity)
+    if action.recommend is not None:
+        fields["recommended"] = [item.fields() for item in ranked.items]
+    args = (*facts.args(), fields)
     for name, template in action.content:
         try:
             ranked.content[name] = template.render(args)

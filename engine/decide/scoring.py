@@ -86,7 +86,10 @@ def score_candidates(ruleset: Ruleset, req: DecideInput, facts: Facts, profile: 
             propensity = bag[action.id][member]
         else:
             propensity = models.predict(action.id, spec, action.prior, features, placement)
-        candidates.append(score_candidate(action, value, propensity, scorer, tracer))
+        candidate = score_candidate(action, value, propensity, scorer, tracer)
+        if action.recommend is not None:
+            candidate.items = tuple(facts.recommended.get(action.id, ()))
+        candidates.append(candidate)
     member_scores = ([{c.action_id: scorer(c, bag[c.action_id][k]) for c in candidates}
                       for k in range(spec.bagging)] if spec.bagging else None)
     return Candidates(candidates, member_scores)

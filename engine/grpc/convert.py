@@ -14,7 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from dsl.diagnostics import Diagnostic
 from dsl.vocabulary import ReasonKind
-from engine.decide.decision import ActionTrace, Decision, RankedAction, Reason
+from engine.decide.decision import ActionTrace, Decision, RankedAction, Reason, RecommendedItem
 from engine.experiments.posteriors import BetaPosterior, NormalGammaPosterior, Posterior
 from engine.experiments.report import ArmReport, ExperimentReport, SampleRatio
 from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
@@ -170,6 +170,9 @@ def fill_decide_response(response: pb.DecideResponse, decision: Decision) -> Non
         if a.score_terms:
             action.score_terms.extend(pb.ScoreTerm(name=k, value=v)
                                       for k, v in a.score_terms.items())
+        if a.items:
+            action.items.extend(pb.RecommendedItem(item_id=i.item_id, score=i.score,
+                                                   reason=i.reason) for i in a.items)
     if decision.traces:
         response.explanation.segments.extend(decision.segments)
         for t in decision.traces:
@@ -191,7 +194,9 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
                      experiment=a.experiment or None, arm=a.arm or None,
                      content=dict(a.content), reasons=reasons(a.reasons),
                      score_terms={t.name: t.value for t in a.score_terms},
-                     tags=tuple(a.tags), probability=a.probability)
+                     tags=tuple(a.tags), probability=a.probability,
+                     items=tuple(RecommendedItem(i.item_id, i.score, i.reason, {})
+                                 for i in a.items))
         for a in response.actions
     )
     traces = tuple(ActionTrace(t.action_id, t.eligible, tuple(reasons(t.reasons)))

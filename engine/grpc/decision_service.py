@@ -192,6 +192,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             value=request.value if request.HasField("value") else None,
             idempotency_key=request.idempotency_key,
             at=convert.optional_time(request, "timestamp"),
+            item_id=request.item_id,
         )
 
     def _types(self) -> dict[str, str]:
@@ -210,6 +211,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 properties=properties,
                 traits=traits,
                 at=convert.optional_time(request, "timestamp"),
+                item_id=request.item_id,
             )
         return pb.TrackEventResponse(
             profile=convert.profile_message(profile, self.arbiter.clock(), self._types()))

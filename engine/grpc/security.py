@@ -30,6 +30,7 @@ SCOPES = {
     "/arbiter.v1.DecisionService/GetProfile": "profiles",
     "/arbiter.v1.DecisionService/ForgetProfile": "profiles",
     "/arbiter.v1.AdminService/": "admin",
+    "/arbiter.v1.CatalogueService/": "admin",
     "/arbiter.v1.ReportService/": "reports",
 }
 """The scope each method needs (a key ending in / covers the whole service)."""

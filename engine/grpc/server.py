@@ -28,6 +28,7 @@ from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from engine.grpc.admin_service import AdminServicer
+from engine.grpc.catalogue_service import CatalogueServicer
 from engine.grpc.decision_service import DecisionServicer
 from engine.grpc.decoding import add_tolerant
 from engine.grpc.errors import DEFAULT_DEADLINE_SECONDS
@@ -52,6 +53,7 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
 REPORT_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["ReportService"].full_name
+CATALOGUE_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogueService"].full_name
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 RELOAD_INTERVAL_SECONDS = 1.0
 MAX_MESSAGE_BYTES = 1 << 20
@@ -271,10 +273,12 @@ async def _start(running: RunningServer, host: str, port: int,
                  AdminServicer(arbiter, running.reloader, offload, metrics), server)
     add_tolerant(rpb_grpc.add_ReportServiceServicer_to_server,
                  ReportServicer(arbiter, offload, metrics), server)
+    add_tolerant(pb_grpc.add_CatalogueServiceServicer_to_server,
+                 CatalogueServicer(arbiter, offload), server)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     await running.set_health(SERVING)
     _add_reflection(server, (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME,
-                             health.SERVICE_NAME))
+                             CATALOGUE_SERVICE_NAME, health.SERVICE_NAME))
     address = f"{host}:{port}"
     bound = (server.add_secure_port(address, credentials) if credentials is not None
              else server.add_insecure_port(address))

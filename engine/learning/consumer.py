@@ -32,10 +32,11 @@ from engine.learning.delayed import fake_negative_weight, positive_weight
 from engine.learning.log import LearningLog
 from engine.learning.models import PropensityModels
 from engine.learning.quality import FinalLabels
+from engine.learning.recommender import Recommender
 from engine.learning.snapshots import sign, verify
-from engine.records import LearningEvent
+from engine.records import FORGET, LearningEvent
 
-SNAPSHOT_FORMAT = 2
+SNAPSHOT_FORMAT = 3
 """Version of the pickled snapshot; an older one is ignored and the log replayed."""
 log = logging.getLogger(__name__)
 SpecOf = Callable[[str, str], tuple[ModelSpec, float]]
@@ -59,9 +60,11 @@ class Learner:
         snapshot_seconds: float = 30.0,
         snapshot_key: bytes | None = None,
         clock: Callable[[], float] | None = None,
+        recommender: Recommender | None = None,
     ) -> None:
         self.store = store
         self.models = models
+        self.recommender = recommender if recommender is not None else Recommender()
         self.spec_of = spec_of
         self.reward_wait = reward_wait
         self.snapshot_every = snapshot_every
@@ -101,11 +104,12 @@ class Learner:
             return
         stored, offset = saved
         try:
-            version, models_blob, labels = pickle.loads(
+            version, models_blob, labels, recommender = pickle.loads(
                 verify(self.snapshot_key, offset, stored))
-            if version != SNAPSHOT_FORMAT:
+            if version != SNAPSHOT_FORMAT or not isinstance(recommender, Recommender):
                 raise ValueError(f"snapshot format {version}")
             self.models.restore(models_blob)
+            self.recommender.__setstate__(recommender.__getstate__())
         except Exception as err:  # refused, older, or written by another River: relearn
             log.warning("model snapshot not loaded (%s: %s); relearning from the log "
                         "(entries older than the snapshot may have been trimmed: the models "
@@ -122,7 +126,8 @@ class Learner:
         self._since_snapshot = 0
         self._last_snapshot = time.monotonic()
         if self.snapshot_key is not None:
-            blob = pickle.dumps((SNAPSHOT_FORMAT, self.models.snapshot(), self.labels))
+            blob = pickle.dumps((SNAPSHOT_FORMAT, self.models.snapshot(), self.labels,
+                                 self.recommender))
             self.store.save_models(sign(self.snapshot_key, self.offset, blob), self.offset)
         self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
 
@@ -154,6 +159,8 @@ class Learner:
 
     def _apply(self, event: LearningEvent) -> None:
         """Learn what the event teaches (O(1)); score predictions whose label is final."""
+        if event.item_id or event.outcome == FORGET:
+            self.recommender.learn(event)
         if event.shown or event.rewarded:
             spec, prior = self.spec_of(event.placement, event.action_id)
             key = (event.decision_id, event.action_id)

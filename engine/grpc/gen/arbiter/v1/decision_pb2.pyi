@@ -23,6 +23,41 @@ OUTCOME_CLICK: Outcome
 OUTCOME_CONVERSION: Outcome
 OUTCOME_DISMISS: Outcome
 
+class Item(_message.Message):
+    __slots__ = ("id", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Value
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    attributes: _containers.MessageMap[str, Value]
+    def __init__(self, id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+
+class UpsertItemsRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[Item]
+    def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ...) -> None: ...
+
+class RemoveItemsRequest(_message.Message):
+    __slots__ = ("item_ids",)
+    ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
+    item_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CatalogueResponse(_message.Message):
+    __slots__ = ("version", "items")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    items: int
+    def __init__(self, version: _Optional[int] = ..., items: _Optional[int] = ...) -> None: ...
+
 class Value(_message.Message):
     __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value", "string_list", "string_map")
     STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -128,7 +163,7 @@ class ScoreTerm(_message.Message):
     def __init__(self, name: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
 
 class RankedAction(_message.Message):
-    __slots__ = ("action_id", "rank", "score", "propensity", "value", "weight", "experiment", "arm", "content", "reasons", "score_terms", "tags", "probability")
+    __slots__ = ("action_id", "rank", "score", "propensity", "value", "weight", "experiment", "arm", "content", "reasons", "score_terms", "tags", "probability", "items")
     class ContentEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -149,6 +184,7 @@ class RankedAction(_message.Message):
     SCORE_TERMS_FIELD_NUMBER: _ClassVar[int]
     TAGS_FIELD_NUMBER: _ClassVar[int]
     PROBABILITY_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     action_id: str
     rank: int
     score: float
@@ -162,7 +198,18 @@ class RankedAction(_message.Message):
     score_terms: _containers.RepeatedCompositeFieldContainer[ScoreTerm]
     tags: _containers.RepeatedScalarFieldContainer[str]
     probability: float
-    def __init__(self, action_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., content: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., score_terms: _Optional[_Iterable[_Union[ScoreTerm, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ..., probability: _Optional[float] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[RecommendedItem]
+    def __init__(self, action_id: _Optional[str] = ..., rank: _Optional[int] = ..., score: _Optional[float] = ..., propensity: _Optional[float] = ..., value: _Optional[float] = ..., weight: _Optional[float] = ..., experiment: _Optional[str] = ..., arm: _Optional[str] = ..., content: _Optional[_Mapping[str, str]] = ..., reasons: _Optional[_Iterable[_Union[Reason, _Mapping]]] = ..., score_terms: _Optional[_Iterable[_Union[ScoreTerm, _Mapping]]] = ..., tags: _Optional[_Iterable[str]] = ..., probability: _Optional[float] = ..., items: _Optional[_Iterable[_Union[RecommendedItem, _Mapping]]] = ...) -> None: ...
+
+class RecommendedItem(_message.Message):
+    __slots__ = ("item_id", "score", "reason")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    score: float
+    reason: str
+    def __init__(self, item_id: _Optional[str] = ..., score: _Optional[float] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ActionTrace(_message.Message):
     __slots__ = ("action_id", "eligible", "reasons")
@@ -203,20 +250,22 @@ class DecideResponse(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., ruleset_revision: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[RankedAction, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holdout_experiment: _Optional[str] = ..., degraded: _Optional[bool] = ..., best_send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
-    __slots__ = ("decision_id", "action_id", "outcome", "value", "idempotency_key", "timestamp")
+    __slots__ = ("decision_id", "action_id", "outcome", "value", "idempotency_key", "timestamp", "item_id")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     ACTION_ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     VALUE_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     action_id: str
     outcome: Outcome
     value: float
     idempotency_key: str
     timestamp: _timestamp_pb2.Timestamp
-    def __init__(self, decision_id: _Optional[str] = ..., action_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., value: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    item_id: str
+    def __init__(self, decision_id: _Optional[str] = ..., action_id: _Optional[str] = ..., outcome: _Optional[_Union[Outcome, str]] = ..., value: _Optional[float] = ..., idempotency_key: _Optional[str] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., item_id: _Optional[str] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
     __slots__ = ("duplicate",)
@@ -225,7 +274,7 @@ class FeedbackResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
 
 class TrackEventRequest(_message.Message):
-    __slots__ = ("user_id", "event_type", "properties", "timestamp", "traits")
+    __slots__ = ("user_id", "event_type", "properties", "timestamp", "traits", "item_id")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -245,12 +294,14 @@ class TrackEventRequest(_message.Message):
     PROPERTIES_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     TRAITS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     event_type: str
     properties: _containers.MessageMap[str, Value]
     timestamp: _timestamp_pb2.Timestamp
     traits: _containers.MessageMap[str, Value]
-    def __init__(self, user_id: _Optional[str] = ..., event_type: _Optional[str] = ..., properties: _Optional[_Mapping[str, Value]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traits: _Optional[_Mapping[str, Value]] = ...) -> None: ...
+    item_id: str
+    def __init__(self, user_id: _Optional[str] = ..., event_type: _Optional[str] = ..., properties: _Optional[_Mapping[str, Value]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traits: _Optional[_Mapping[str, Value]] = ..., item_id: _Optional[str] = ...) -> None: ...
 
 class TrackEventResponse(_message.Message):
     __slots__ = ("profile",)

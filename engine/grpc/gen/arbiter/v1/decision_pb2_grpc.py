@@ -322,3 +322,130 @@ class DecisionService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class CatalogueServiceStub:
+    """A typed value in a context, property or trait map.
+    The item catalogue recommend() draws from (operators; scope "admin"). The file
+    next to the rules (items.jsonl) is the base; these changes are shared by replicas.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.UpsertItems = channel.unary_unary(
+                '/arbiter.v1.CatalogueService/UpsertItems',
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.CatalogueResponse.FromString,
+                _registered_method=True)
+        self.RemoveItems = channel.unary_unary(
+                '/arbiter.v1.CatalogueService/RemoveItems',
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.RemoveItemsRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.CatalogueResponse.FromString,
+                _registered_method=True)
+
+
+class CatalogueServiceServicer:
+    """A typed value in a context, property or trait map.
+    The item catalogue recommend() draws from (operators; scope "admin"). The file
+    next to the rules (items.jsonl) is the base; these changes are shared by replicas.
+    """
+
+    def UpsertItems(self, request, context):
+        """Add or replace items (checked against the ruleset's items block;
+        INVALID_ARGUMENT names items[i].attribute). Every replica serves them within a second.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveItems(self, request, context):
+        """Take items out of the catalogue: they are no longer recommended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_CatalogueServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.CatalogueResponse.SerializeToString,
+            ),
+            'RemoveItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveItems,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.RemoveItemsRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.CatalogueResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'arbiter.v1.CatalogueService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('arbiter.v1.CatalogueService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class CatalogueService:
+    """A typed value in a context, property or trait map.
+    The item catalogue recommend() draws from (operators; scope "admin"). The file
+    next to the rules (items.jsonl) is the base; these changes are shared by replicas.
+    """
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.CatalogueService/UpsertItems',
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.UpsertItemsRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.CatalogueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.CatalogueService/RemoveItems',
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.RemoveItemsRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.CatalogueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -1,0 +1,117 @@
+"""The item catalogue as decisions read it: the ruleset's file, then the changes made
+over gRPC (shared by replicas through the store), with content indexes.
+
+Content similarity uses two conventional attributes when the items block declares
+them: ``category`` (a string) and ``tags`` (a list). Each index is built once per
+catalogue version, so a decision looks items up, never scans them.
+
+>>> cat = Catalogue.build([{"id": "a", "category": "shoes"}, {"id": "b", "category": "shoes"},
+...                        {"id": "c", "category": "hats"}], {})
+>>> cat.similar("a")
+[('b', 1.0)]
+>>> cat = cat.with_changes({"b": None, "d": {"id": "d", "category": "shoes"}}, 2)
+>>> sorted(cat.items), cat.similar("a")
+(['a', 'c', 'd'], [('d', 1.0)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import msgspec
+
+PER_CATEGORY = 50
+"""Items of a category (or a tag) a seed item contributes, at most."""
+TAG_SHARE = 0.5
+"""Similarity of items sharing a tag but not the category."""
+
+_decoder = msgspec.msgpack.Decoder(dict[str, Any])
+_encoder = msgspec.msgpack.Encoder()
+
+
+def encode_item(item: Mapping[str, Any]) -> bytes:
+    return _encoder.encode(dict(item))
+
+
+def decode_item(data: bytes) -> dict[str, Any] | None:
+    """An item as stored; None for a removed one (empty) or one that does not decode."""
+    if not data:
+        return None
+    try:
+        return _decoder.decode(data)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+
+
+class Catalogue:
+    """Items by id, and the items of each category and tag (immutable: changes make a new
+    catalogue, swapped in by reference)."""
+
+    def __init__(self, base: tuple[Mapping[str, Any], ...], items: dict[str, Mapping[str, Any]],
+                 version: int = 0) -> None:
+        self.base = base  # the ruleset's items.jsonl
+        self.items = items
+        self.version = version  # the store's catalogue version applied
+        self.by_category: dict[str, list[str]] = {}
+        self.by_tag: dict[str, list[str]] = {}
+        for item_id, item in items.items():
+            category = item.get("category")
+            if isinstance(category, str):
+                self.by_category.setdefault(category, []).append(item_id)
+            tags = item.get("tags")
+            if isinstance(tags, list):
+                for tag in tags:
+                    self.by_tag.setdefault(tag, []).append(item_id)
+
+    @classmethod
+    def build(cls, base: Iterable[Mapping[str, Any]],
+              changes: Mapping[str, Mapping[str, Any] | None], version: int = 0) -> Catalogue:
+        """The file's items with the store's changes applied (None: removed)."""
+        base = tuple(base)
+        items = {str(item["id"]): item for item in base}
+        for item_id, item in changes.items():
+            if item is None:
+                items.pop(item_id, None)
+            else:
+                items[item_id] = item
+        return cls(base, items, version)
+
+    def with_changes(self, changes: Mapping[str, Mapping[str, Any] | None], version: int
+                     ) -> Catalogue:
+        return Catalogue.build(self.base, changes, version)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def similar(self, item_id: str) -> list[tuple[str, float]]:
+        """Items like ``item_id`` by attributes: the same category (1.0), else a shared tag
+        (TAG_SHARE); at most PER_CATEGORY of each."""
+        item = self.items.get(item_id)
+        if item is None:
+            return []
+        out: dict[str, float] = {}
+        category = item.get("category")
+        if isinstance(category, str):
+            for other in self.by_category.get(category, ())[:PER_CATEGORY + 1]:
+                if other != item_id:
+                    out[other] = 1.0
+        tags = item.get("tags")
+        if isinstance(tags, list):
+            for tag in tags:
+                for other in self.by_tag.get(tag, ())[:PER_CATEGORY + 1]:
+                    if other != item_id and other not in out:
+                        out[other] = TAG_SHARE
+        return list(out.items())[:PER_CATEGORY]
+
+    def first(self, count: int) -> list[str]:
+        """The first ``count`` items (the last resort when nothing was learnt yet)."""
+        out = []
+        for item_id in self.items:
+            out.append(item_id)
+            if len(out) >= count:
+                break
+        return out
+
+
+EMPTY = Catalogue((), {})
