@@ -1,0 +1,302 @@
+"""Recommendations: the items block and catalogue file, recommend() in actions and templates,
+learning from TrackEvent and Feedback through the log, the catalogue RPCs, replicas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import grpc
+import pytest
+
+from adapters.memory import MemoryStore
+from adapters.redis_store import RedisStore
+from dsl.diagnostics import RulesetError
+from dsl.formatter import format_text
+from dsl.loader import load_sources
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.learning.recommender import MODEL_HISTORY
+from engine.records import pseudonym
+from engine.requests import InvalidArgument
+from engine.service import Arbiter
+
+RULES = """
+items { name: string  category: string  price: number  tags: list  in_stock: bool = true }
+events: view, purchase
+profile { first_name: string }
+placement shop { channels: web  slots: 1 }
+action picks {
+  placements: shop
+  value: 1
+  items: recommend(3, where: item.in_stock and item.price < 100, exclude: purchase within 30d)
+  content { list: html "{% for item in recommended %}<li>{{ item.name }}</li>{% end %}" }
+}
+"""
+NOW = 1_780_000_000.0
+
+
+def _items(n: int = 12) -> str:
+    rows = [{"id": f"i{k}", "name": f"Item {k}", "category": "odd" if k % 2 else "even",
+             "price": 10.0 * k, "tags": [f"t{k % 3}"]} for k in range(n)]
+    return "\n".join(json.dumps(r) for r in rows)
+
+
+def _arbiter(store: object | None = None, rules: str = RULES, items: str | None = None,
+             **kw: object) -> Arbiter:
+    rs = load_sources({"r/rules.arb": rules, "r/items.jsonl": _items() if items is None
+                       else items})
+    return Arbiter(rs, store or MemoryStore(clock=lambda: NOW), seed=1,  # type: ignore[arg-type]
+                   clock=lambda: NOW, **kw)  # type: ignore[arg-type]
+
+
+def _errors(sources: dict[str, str]) -> list[str]:
+    with pytest.raises(RulesetError) as err:
+        load_sources(sources)
+    return [f"{d.pos.file}:{d.pos.line}:{d.pos.column}: {d.message}" for d in err.value.diagnostics]
+
+
+def _ids(arbiter: Arbiter, user: str) -> list[tuple[str, str]]:
+    d = arbiter.decide(user_id=user, placement="shop", channel="web")
+    return [(i.item_id, i.reason) for i in d.actions[0].items] if d.actions else []
+
+
+# ---- the language -----------------------------------------------------------------------
+def test_recommend_formats_and_round_trips() -> None:
+    text = format_text(RULES)
+    assert ("items: recommend(3, where: item.in_stock and item.price < 100, "
+            "exclude: purchase within 30d)") in text
+    assert format_text(text) == text
+
+
+@pytest.mark.parametrize(("rules", "expected"), [
+    ("events: view\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 items: recommend(2) }",
+     "r/rules.arb:3:35: recommend() needs the catalogue's attributes"),
+    ("items { name: string }\nevents: view\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 items: recommend(2, where: item.colour == \"red\") }",
+     "r/rules.arb:4:62: unknown item attribute 'colour'"),
+    ("items { name: string }\nevents: view, purchase\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 items: recommend(2, exclude: purchsae) }",
+     "r/rules.arb:4:64: unknown event 'purchsae'; did you mean 'purchase'?"),
+    ("items { name: string }\nevents: view\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 items: recommend(0) }",
+     "r/rules.arb:4:35: recommend() returns 1 to 50 items, not 0"),
+    ("items { name: string }\nevents: view\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 content { x: \"{% for i in recommended %}{% end %}\" } }",
+     "'recommended' is an action's recommended items"),
+    ("items { name: string }\nevents: view\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 items: recommend(2)\n"
+     "  content { x: \"{{ recommended }}\" } }",
+     "a content token must be a single value"),
+])
+def test_recommend_mistakes_are_positioned(rules: str, expected: str) -> None:
+    errors = _errors({"r/rules.arb": rules})
+    assert any(expected in e for e in errors), errors
+
+
+def test_catalogue_file_mistakes_point_at_line_and_attribute() -> None:
+    items = "\n".join([
+        '{"id": "a", "name": "A", "price": 5}',
+        '{"id": "b", "name": "B", "price": "cheap"}',
+        '{"id": "c", "colour": "red"}',
+        "not json",
+        '{"id": "a", "name": "again"}',
+        '{"name": "no id"}',
+    ])
+    errors = _errors({"r/rules.arb": RULES, "r/items.jsonl": items})
+    assert "r/items.jsonl:2:26: item attribute 'price' must be a number, not a string" in errors
+    assert "r/items.jsonl:3:13: item attribute 'colour' is not declared in the items block" \
+        in errors
+    assert any(e.startswith("r/items.jsonl:4:1: not a JSON object") for e in errors)
+    assert "r/items.jsonl:5:2: item 'a' appears twice" in errors
+    assert any(e.startswith("r/items.jsonl:6:") and "'id' must be a non-empty" in e
+               for e in errors)
+    no_block = _errors({"r/rules.arb": "placement p { channels: web }", "r/items.jsonl": items})
+    assert "r/items.jsonl:1:1: a catalogue file needs an 'items { ... }' block in the rules " \
+        "declaring its attributes" in no_block
+
+
+def test_a_csv_catalogue_is_read_with_the_schema_types() -> None:
+    csv = "id,name,category,price,tags,in_stock\nx1,Shirt,tops,19.5,cotton|summer,false\n"
+    rs = load_sources({"r/rules.arb": RULES, "r/items.csv": csv})
+    assert rs.catalogue == ({"id": "x1", "name": "Shirt", "category": "tops", "price": 19.5,
+                             "tags": ["cotton", "summer"], "in_stock": False},)
+
+
+# ---- the engine -------------------------------------------------------------------------
+def test_a_new_customer_gets_the_popular_items_then_co_occurrence_then_the_model() -> None:
+    arb = _arbiter()
+    for u in range(40):  # i1 and i3 are bought together; i5 is the most viewed
+        arb.track(user_id=f"u{u}", event_type="view", item_id="i5", at=NOW - 100)
+        arb.track(user_id=f"u{u}", event_type="view", item_id="i1" if u % 2 else "i2",
+                  at=NOW - 90)
+        if u % 2:
+            arb.track(user_id=f"u{u}", event_type="view", item_id="i3", at=NOW - 80)
+    arb.learn()
+    assert _ids(arb, "stranger")[0] == ("i5", "popularity")
+    arb.track(user_id="ann", event_type="view", item_id="i1", at=NOW - 10)
+    arb.learn()
+    first = _ids(arb, "ann")
+    assert first[0][1] == "co-occurrence" and {"i3", "i5"} <= {i for i, _ in first}
+    for item in ("i2", "i4")[: MODEL_HISTORY - 1]:
+        arb.track(user_id="ann", event_type="view", item_id=item, at=NOW - 5)
+    arb.learn()
+    assert arb.recommender.knows(pseudonym("ann"))
+    assert {reason for _, reason in _ids(arb, "ann")} == {"model"}
+
+
+def test_where_and_exclusions_filter_the_items() -> None:
+    arb = _arbiter(rules=RULES.replace("recommend(3,", "recommend(10,"))
+    arb.upsert_items([{"id": "i1", "name": "Sold out", "category": "odd", "price": 10.0,
+                       "in_stock": False}])
+    arb.track(user_id="bo", event_type="purchase", item_id="i3", at=NOW - 86400)
+    arb.track(user_id="bo", event_type="purchase", item_id="i5", at=NOW - 40 * 86400)
+    arb.track(user_id="bo", event_type="view", item_id="i7", at=NOW - 60)
+    arb.learn()
+    items = [i for i, _ in _ids(arb, "bo")]
+    assert "i1" not in items  # out of stock
+    assert "i3" not in items  # bought within 30 days
+    assert "i5" in items  # bought 40 days ago: may be recommended again
+    assert all(int(i[1:]) < 10 for i in items)  # price under 100
+
+
+def test_an_action_with_nothing_to_recommend_is_not_eligible_and_explain_says_why() -> None:
+    arb = _arbiter(rules=RULES.replace("item.price < 100", "item.price < 0"))
+    d = arb.decide(user_id="x", placement="shop", channel="web", explain=True)
+    assert d.actions == ()
+    reasons = [r for t in d.traces for r in t.reasons if r.kind == "recommendation"]
+    assert reasons and not reasons[0].passed
+    assert "no item to recommend where item.in_stock and item.price < 0" in reasons[0].detail
+
+
+def test_explain_and_the_response_carry_each_item_with_its_reason_and_score() -> None:
+    arb = _arbiter()
+    d = arb.decide(user_id="x", placement="shop", channel="web", explain=True)
+    items = d.actions[0].items
+    assert [i.item_id for i in items] == ["i0", "i1", "i2"] and items[0].reason == "catalogue"
+    shown = [r for r in d.traces[0].reasons if r.kind == "recommendation"]
+    assert [r.name for r in shown] == ["i0", "i1", "i2"]
+    assert shown[0].detail.startswith("catalogue, score ") and shown[0].location
+    assert "item i0  score=" in d.render()
+
+
+def test_item_names_are_escaped_in_html_content() -> None:
+    items = json.dumps({"id": "evil", "name": "<script>alert(1)</script>", "price": 1.0})
+    arb = _arbiter(items=items)
+    d = arb.decide(user_id="x", placement="shop", channel="web")
+    assert d.actions[0].content["list"] == "<li>&lt;script&gt;alert(1)&lt;/script&gt;</li>"
+
+
+def test_feedback_on_a_recommended_item_trains_the_recommender() -> None:
+    arb = _arbiter()
+    d = arb.decide(user_id="cy", placement="shop", channel="web")
+    first, second = d.actions[0].items[0].item_id, d.actions[0].items[1].item_id
+    before = arb.recommender.interactions
+    arb.feedback(decision_id=d.decision_id, action_id="picks", outcome="click", item_id=first)
+    # another item of the same action is another interaction, not a reused key
+    commit = arb.feedback(decision_id=d.decision_id, action_id="picks", outcome="click",
+                          item_id=second)
+    assert not commit.duplicate
+    arb.learn()
+    assert arb.recommender.interactions == before + 2
+    profile = arb.get_profile("cy")
+    assert profile is not None and [i for _, i, _ in profile.items] == [first, second]
+    with pytest.raises(InvalidArgument) as err:
+        arb.feedback(decision_id=d.decision_id, action_id="picks", outcome="click",
+                     item_id="i11")
+    assert err.value.field == "item_id"
+
+
+def test_catalogue_changes_are_checked_and_removed_items_are_never_recommended() -> None:
+    arb = _arbiter()
+    with pytest.raises(InvalidArgument) as err:
+        arb.upsert_items([{"id": "ok", "price": 3.0}, {"id": "bad", "price": "free"}])
+    assert err.value.field == "items[1].price"
+    assert "ok" not in arb.catalogue.items  # all or nothing
+    arb.remove_items(["i0", "i1"])
+    assert [i for i, _ in _ids(arb, "x")] == ["i2", "i3", "i4"]
+    arb.upsert_items([{"id": "i1", "name": "Back", "price": 1.0}])
+    assert "i1" in [i for i, _ in _ids(arb, "x")]
+
+
+def test_forget_drops_the_customer_from_the_recommender() -> None:
+    arb = _arbiter()
+    for item in ("i1", "i2", "i3", "i4"):
+        arb.track(user_id="del", event_type="view", item_id=item, at=NOW - 10)
+    arb.learn()
+    key = pseudonym("del")
+    assert arb.recommender.knows(key) and key in arb.recommender.model.u_latents
+    arb.forget("del")
+    arb.learn()
+    assert not arb.recommender.knows(key) and key not in arb.recommender.model.u_latents
+    assert arb.get_profile("del") is None
+
+
+def test_the_recommender_survives_a_restart_through_the_snapshot() -> None:
+    store = MemoryStore(clock=lambda: NOW)
+    arb = _arbiter(store, snapshot_key=b"k")
+    for u in range(10):
+        arb.track(user_id=f"u{u}", event_type="view", item_id="i1", at=NOW - 9)
+        arb.track(user_id=f"u{u}", event_type="view", item_id="i2", at=NOW - 8)
+    arb.learn()
+    arb.learner.snapshot()
+    again = _arbiter(store, snapshot_key=b"k")
+    assert again.recommender.neighbours("i1") == arb.recommender.neighbours("i1") != []
+    assert again.recommender.interactions == 20
+
+
+def test_replicas_share_the_catalogue_and_the_interactions(redis_url: str) -> None:
+    a = _arbiter(RedisStore(redis_url, cache_ttl=0))
+    b = _arbiter(RedisStore(redis_url, cache_ttl=0))
+    a.upsert_items([{"id": "new", "name": "New", "price": 1.0, "category": "odd"}])
+    a.remove_items(["i0"])
+    b.sync()
+    assert "new" in b.catalogue.items and "i0" not in b.catalogue.items
+    for u in range(5):
+        a.track(user_id=f"u{u}", event_type="view", item_id="i1", at=NOW - 9)
+        a.track(user_id=f"u{u}", event_type="view", item_id="i3", at=NOW - 8)
+    b.sync()
+    assert b.recommender.neighbours("i1")[0][0] == "i3"
+    b.forget("u1")  # the forget marker reaches the other replica through the log
+    a.sync()
+    assert pseudonym("u1") not in a.recommender.users
+
+
+# ---- over gRPC --------------------------------------------------------------------------
+def test_catalogue_track_decide_and_feedback_over_grpc(tmp_path: Path) -> None:
+    arb = _arbiter()
+    running = server.start(arb, "127.0.0.1", 0, workers=2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        catalogue = pb_grpc.CatalogueServiceStub(channel)
+        stub = pb_grpc.DecisionServiceStub(channel)
+        answer = catalogue.UpsertItems(pb.UpsertItemsRequest(items=[pb.Item(
+            id="g1", attributes={"name": pb.Value(string_value="Gift"),
+                                 "price": pb.Value(number_value=5.0),
+                                 "category": pb.Value(string_value="odd")})]))
+        assert answer.items == 13 and answer.version >= 1
+        with pytest.raises(grpc.RpcError) as err:
+            catalogue.UpsertItems(pb.UpsertItemsRequest(items=[pb.Item(
+                id="g2", attributes={"price": pb.Value(string_value="free")})]))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("items[0].price: must be a number")
+        stub.TrackEvent(pb.TrackEventRequest(user_id="gus", event_type="view", item_id="g1"))
+        arb.learn()
+        d = stub.Decide(pb.DecideRequest(user_id="gus", placement="shop", channel="web"))
+        items = d.actions[0].items
+        assert len(items) == 3 and all(i.reason and i.item_id for i in items)
+        assert items[0].reason == "content"  # like the gift the customer viewed
+        stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id, action_id="picks",
+                                         outcome=pb.OUTCOME_CLICK, item_id=items[0].item_id))
+        with pytest.raises(grpc.RpcError) as err:
+            stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id, action_id="picks",
+                                             outcome=pb.OUTCOME_CLICK, item_id="nope"))
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details().startswith("item_id:")
+        removed = catalogue.RemoveItems(pb.RemoveItemsRequest(item_ids=["g1"]))
+        assert removed.items == 12
+    finally:
+        channel.close()
+        running.stop(grace=0.5)
