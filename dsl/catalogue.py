@@ -109,7 +109,7 @@ def load_catalogue(path: str, text: str, schema: Mapping[str, FieldSpec] | None
     if schema is None:
         return (), [Diagnostic("error", "a catalogue file needs an 'items { ... }' block in "
                                         "the rules declaring its attributes", Pos(path, 1, 1))]
-    rows = _csv_rows(path, text, schema) if path.endswith(".csv") else _json_rows(path, text)
+    rows = csv_rows(path, text, schema) if path.endswith(".csv") else json_rows(path, text)
     items: dict[str, dict[str, Any]] = {}
     diagnostics: list[Diagnostic] = []
     for line_no, raw, line, problem in rows:
@@ -134,7 +134,7 @@ Row = tuple[int, dict[str, Any], str, str | None]
 """(line number, the item as read, the line, a problem with the line itself)."""
 
 
-def _json_rows(path: str, text: str) -> list[Row]:
+def json_rows(path: str, text: str) -> list[Row]:
     rows: list[Row] = []
     for line_no, line in enumerate(text.splitlines(), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
@@ -152,7 +152,7 @@ def _json_rows(path: str, text: str) -> list[Row]:
     return rows
 
 
-def _csv_rows(path: str, text: str, schema: Mapping[str, FieldSpec]) -> list[Row]:
+def csv_rows(path: str, text: str, schema: Mapping[str, FieldSpec]) -> list[Row]:
     """A header row of attribute names; numbers and bools parsed, lists split on ``|``."""
     reader = csv.DictReader(io.StringIO(text))
     rows: list[Row] = []

@@ -300,3 +300,25 @@ def test_catalogue_track_decide_and_feedback_over_grpc(tmp_path: Path) -> None:
     finally:
         channel.close()
         running.stop(grace=0.5)
+
+
+def test_the_items_command_checks_upserts_and_removes(
+        tmp_path: Path, running: server.RunningServer, arbiter: Arbiter,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli.app import main
+    from tests.conftest import RETAIL
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "price": "9"}\n')
+    assert main(["items", "check", str(bad), "--rules", str(RETAIL)]) == 1
+    assert "bad.jsonl:1:13: error: item attribute 'price' must be a number" in \
+        capsys.readouterr().err
+    good = tmp_path / "new.jsonl"
+    good.write_text('{"id": "sku-900", "name": "Gift card", "category": "gifts", "price": 50}\n')
+    target = f"127.0.0.1:{running.port}"
+    assert main(["items", "upsert", str(good), "--target", target]) == 0
+    assert arbiter.catalogue.items["sku-900"]["name"] == "Gift card"
+    assert main(["items", "upsert", str(bad), "--target", target]) == 1
+    assert "INVALID_ARGUMENT: items[0].price" in capsys.readouterr().err
+    assert main(["items", "remove", "sku-900", "--target", target]) == 0
+    assert "sku-900" not in arbiter.catalogue.items

@@ -21,10 +21,10 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 
-from engine.cli.commands import check, decide, fmt, replay, report, serve, test
+from engine.cli.commands import check, decide, fmt, items, replay, report, serve, test
 from engine.cli.logs import configure
 
-COMMANDS = (serve, check, decide, fmt, test, report, replay)
+COMMANDS = (serve, check, decide, fmt, test, report, replay, items)
 """Each module registers its subcommand(s); adding a command is adding a module here.
 
 Command modules import at the top only what registering needs; ``run`` imports the

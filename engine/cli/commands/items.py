@@ -1,0 +1,120 @@
+"""``arbiter items``: check a catalogue file, or upsert and remove items on a running server.
+
+``arbiter items check items.jsonl --rules DIR`` checks a file against the ruleset's items
+block (positioned errors); ``arbiter items upsert items.jsonl`` and ``arbiter items remove
+ID...`` change the catalogue every replica serves (CatalogueService, scope ``admin``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from dsl.catalogue import load_catalogue
+from dsl.diagnostics import RulesetError
+from dsl.loader import load_path
+from engine.cli.client import add_client_arguments, open_channel
+from engine.cli.common import default_rules
+
+BATCH = 1000
+"""Items per UpsertItems call."""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("items", help="check a catalogue file; upsert or remove items on a server")
+    p.add_argument("action", choices=("check", "upsert", "remove"))
+    p.add_argument("args", nargs="+", metavar="FILE|ID",
+                   help="a catalogue file (items.jsonl or .csv), or item ids to remove")
+    p.add_argument("--rules", default=default_rules(), help="ruleset directory (for check)")
+    p.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
+    add_client_arguments(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.action == "remove":
+        return _remove(args)
+    path = Path(args.args[0])
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        print(f"arbiter items: cannot read {path}: {err}", file=sys.stderr)
+        return 2
+    if args.action == "check":
+        return _check(args, path, text)
+    return _upsert(args, path, text)
+
+
+def _check(args: argparse.Namespace, path: Path, text: str) -> int:
+    try:
+        ruleset = load_path(args.rules)
+    except (RulesetError, FileNotFoundError) as err:
+        print(f"arbiter items: the ruleset does not load: {err}", file=sys.stderr)
+        return 2
+    items, diagnostics = load_catalogue(
+        str(path), text, ruleset.item_schema if ruleset.items_declared else None)
+    for d in diagnostics:
+        print(d.render({str(path): text}), file=sys.stderr)
+    print(f"{path}: {len(items)} item(s), {len(diagnostics)} error(s)")
+    return 1 if diagnostics else 0
+
+
+def _upsert(args: argparse.Namespace, path: Path, text: str) -> int:
+    """Send the file's items in batches; each item's attributes as typed in the file
+    (the server checks them against its serving ruleset)."""
+    import json
+
+    import grpc
+
+    from dsl.catalogue import csv_rows, json_rows
+    from engine.grpc import convert
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+    if path.suffix == ".csv":
+        try:
+            ruleset = load_path(args.rules)
+            schema = ruleset.item_schema
+        except (RulesetError, FileNotFoundError):
+            schema = {}
+        rows = csv_rows(str(path), text, schema)
+    else:
+        rows = json_rows(str(path), text)
+    messages = []
+    for line, raw, _, problem in rows:
+        if problem is not None:
+            print(f"{path}:{line}: {problem}", file=sys.stderr)
+            return 1
+        attributes = {k: convert.to_value(v) for k, v in raw.items() if k != "id" and v is not None}
+        messages.append(pb.Item(id=str(raw.get("id", "")), attributes=attributes))
+    stub = pb_grpc.CatalogueServiceStub(open_channel(args))
+    answer = None
+    for start in range(0, len(messages), BATCH):
+        try:
+            answer = stub.UpsertItems(pb.UpsertItemsRequest(items=messages[start:start + BATCH]),
+                                      timeout=30)
+        except grpc.RpcError as err:
+            print(f"arbiter items: {err.code().name}: {err.details()} (in items "
+                  f"{start + 1}-{start + BATCH} of {path})", file=sys.stderr)
+            return 1
+    served = answer.items if answer is not None else 0
+    print(json.dumps({"upserted": len(messages), "catalogue_items": served,
+                      "version": answer.version if answer is not None else 0}))
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    import grpc
+
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+    stub = pb_grpc.CatalogueServiceStub(open_channel(args))
+    try:
+        answer = stub.RemoveItems(pb.RemoveItemsRequest(item_ids=args.args), timeout=30)
+    except grpc.RpcError as err:
+        print(f"arbiter items: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    print(f"removed {len(args.args)} item(s); the catalogue now has {answer.items}")
+    return 0
