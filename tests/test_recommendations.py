@@ -17,8 +17,9 @@ from dsl.loader import load_sources
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.decide.recommend import Recommendations, candidates
 from engine.learning.recommender import MODEL_HISTORY
-from engine.records import pseudonym
+from engine.records import pseudonym, recent_items
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
@@ -143,8 +144,13 @@ def test_a_new_customer_gets_the_popular_items_then_co_occurrence_then_the_model
     for item in ("i2", "i4")[: MODEL_HISTORY - 1]:
         arb.track(user_id="ann", event_type="view", item_id=item, at=NOW - 5)
     arb.learn()
-    assert arb.recommender.knows(pseudonym("ann"))
-    assert {reason for _, reason in _ids(arb, "ann")} == {"model"}
+    key = pseudonym("ann")
+    assert arb.recommender.knows(key)  # the model now scores her best candidates too
+    profile = arb.get_profile("ann")
+    assert profile is not None
+    pool = candidates(Recommendations(arb.catalogue, arb.recommender),
+                      recent_items(profile.items, 10), key)
+    assert len(pool.found["model"]) > 0
 
 
 def test_where_and_exclusions_filter_the_items() -> None:
@@ -287,7 +293,8 @@ def test_catalogue_track_decide_and_feedback_over_grpc(tmp_path: Path) -> None:
         d = stub.Decide(pb.DecideRequest(user_id="gus", placement="shop", channel="web"))
         items = d.actions[0].items
         assert len(items) == 3 and all(i.reason and i.item_id for i in items)
-        assert items[0].reason == "content"  # like the gift the customer viewed
+        assert {i.reason for i in items} == {"popularity", "content"}  # the gift, like it
+        assert items[0].item_id == "g1"  # the one item anyone viewed: the most popular
         stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id, action_id="picks",
                                          outcome=pb.OUTCOME_CLICK, item_id=items[0].item_id))
         with pytest.raises(grpc.RpcError) as err:

@@ -21,7 +21,7 @@ from typing import Any
 
 import msgspec
 
-PER_CATEGORY = 50
+PER_CATEGORY = 20
 """Items of a category (or a tag) a seed item contributes, at most."""
 TAG_SHARE = 0.5
 """Similarity of items sharing a tag but not the category."""

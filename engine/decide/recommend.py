@@ -13,6 +13,7 @@ each with its score and the reason it was chosen.
 
 from __future__ import annotations
 
+import heapq
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -28,12 +29,16 @@ log = logging.getLogger(__name__)
 
 SEEDS = 10
 """Recent items of the customer recommendations start from."""
-POPULAR = 100
+POPULAR = 50
 """Popular items considered for every customer."""
-MAX_CANDIDATES = 400
-"""Candidates scored and filtered per recommendation, at most."""
-SCALE = {"co-occurrence": 1.0, "content": 0.1, "popularity": 0.01, "catalogue": 0.001}
-"""Each source's scores are in [0, 1], times its scale: a stronger source always wins."""
+MAX_CANDIDATES = 300
+"""Candidates gathered per recommendation, at most (then filtered)."""
+MODEL_RERANK = 60
+"""The best candidates the model scores too, once it knows the customer."""
+WEIGHT = {"co-occurrence": 1.0, "content": 0.1, "popularity": 0.3, "catalogue": 0.001,
+          "model": 0.1}
+"""Each source's scores are in [0, 1]; an item's score is their weighted sum (measured
+with bench/reco_quality.py)."""
 
 
 class Recommendations:
@@ -57,58 +62,79 @@ def _excluded(spec: RecommendSpec, profile: Profile | None, now: float) -> set[s
     return out
 
 
-def candidates(sources: Recommendations, seeds: list[str]) -> dict[str, tuple[float, str]]:
-    """item -> (score, reason) from every source, the strongest source kept per item."""
-    out: dict[str, tuple[float, str]] = {}
+class Pool:
+    """Candidate items with their score: the weighted evidence of every source added up;
+    the reason of an item is the source that contributed most (computed for those kept)."""
+
+    __slots__ = ("found", "scores")
+
+    def __init__(self, found: dict[str, dict[str, float]]) -> None:
+        self.found = {name: part for name, part in found.items() if part}
+        scores: dict[str, float] = {}
+        for part in self.found.values():
+            for item, value in part.items():
+                scores[item] = scores.get(item, 0.0) + value
+        self.scores = scores
+
+    def reason(self, item: str) -> str:
+        return max(self.found, key=lambda name: self.found[name].get(item, 0.0))
+
+
+def candidates(sources: Recommendations, seeds: list[str], user_key: str = "") -> Pool:
+    """The candidates of every source for a customer whose recent items are ``seeds``
+    (and the model's scores of the best of them, once it knows the customer)."""
     recommender, catalogue = sources.recommender, sources.catalogue
-
-    def add(item: str, score: float, reason: str) -> None:
-        scaled = score * SCALE[reason]
-        old = out.get(item)
-        if old is None or scaled > old[0]:
-            out[item] = (scaled, reason)
-
+    co: dict[str, float] = {}
+    content: dict[str, float] = {}
+    w_co, w_content = WEIGHT["co-occurrence"], WEIGHT["content"]
     for rank, seed in enumerate(seeds):
         recency = 1.0 / (1.0 + 0.2 * rank)  # the newest items count most
         for item, similarity in recommender.neighbours(seed):
-            co = out.get(item)
-            if co is not None and co[1] == "co-occurrence":  # evidence from several seeds adds
-                out[item] = (co[0] + similarity * recency / len(seeds), "co-occurrence")
-            else:
-                add(item, similarity * recency, "co-occurrence")
+            co[item] = co.get(item, 0.0) + similarity * recency * w_co
         for item, similarity in catalogue.similar(seed):
-            add(item, similarity * recency, "content")
-        if len(out) >= MAX_CANDIDATES:
+            content[item] = content.get(item, 0.0) + similarity * recency * w_content
+        if len(co) + len(content) >= MAX_CANDIDATES:
             break
-    for item, share in recommender.popular(POPULAR):
-        add(item, share, "popularity")
-    if len(out) < POPULAR:  # nothing learnt yet: the catalogue itself, in order
-        for n, item in enumerate(catalogue.first(POPULAR)):
-            add(item, 1.0 / (1 + n), "catalogue")
-    return out
+    w_pop = WEIGHT["popularity"]
+    found = {"co-occurrence": co, "content": content,
+             "popularity": {item: share * w_pop for item, share in recommender.popular(POPULAR)}}
+    pool = Pool(found)
+    if len(pool.scores) < POPULAR:  # nothing learnt yet: the catalogue itself, in order
+        found["catalogue"] = {item: WEIGHT["catalogue"] / (1 + n)
+                              for n, item in enumerate(catalogue.first(POPULAR))}
+        pool = Pool(found)
+    if user_key and recommender.knows(user_key):  # the model re-ranks the best candidates
+        best = heapq.nlargest(MODEL_RERANK, pool.scores, key=pool.scores.__getitem__)
+        w_model = WEIGHT["model"]
+        model = {item: score * w_model
+                 for item, score in zip(best, recommender.model_scores(user_key, best),
+                                        strict=True)}
+        found["model"] = model
+        pool.found["model"] = model
+        for item, value in model.items():
+            pool.scores[item] += value
+    return pool
 
 
 def recommend(spec: RecommendSpec, sources: Recommendations, profile: Profile | None,
               user_key: str, args: tuple[Any, ...], now: float) -> list[RecommendedItem]:
     """The action's items for this customer, best first (``args`` are the rules'
     arguments; ``where`` reads the item as ``item``)."""
-    catalogue, recommender = sources.catalogue, sources.recommender
+    catalogue = sources.catalogue
     history = profile.items if profile is not None else []
-    seeds = recent_items(history, SEEDS)
-    pool = candidates(sources, seeds)
+    pool = candidates(sources, recent_items(history, SEEDS), user_key)
     excluded = _excluded(spec, profile, now)
-    if recommender.knows(user_key):  # the model ranks what the sources proposed
-        pool = {item: (recommender.model_score(user_key, item), "model") for item in pool}
-    ranked = sorted(pool.items(), key=lambda entry: (-entry[1][0], entry[0]))
+    scores = pool.scores
+    ranked = sorted(scores, key=lambda item: (-scores[item], item))
     out: list[RecommendedItem] = []
     A, C, E, S = args[:4]
-    for item_id, (score, reason) in ranked:
+    for item_id in ranked:
         if item_id in excluded:
             continue
         item = catalogue.items.get(item_id)
         if item is None:
             continue
-        found = RecommendedItem(item_id, round(score, 6), reason, item)
+        found = RecommendedItem(item_id, round(scores[item_id], 6), pool.reason(item_id), item)
         if spec.where is not None:
             try:
                 keep = spec.where(A, C, E, S, now, {"item": found.fields()})

@@ -24,8 +24,8 @@ sources, each bounded:
 ...     history = ["a"] if item == "b" else []
 ...     rec.learn(LearningEvent("", "", "view", float(n), float(n), user=user, item_id=item,
 ...                             history=history))
->>> rec.neighbours("a")
-[('b', 1.0)]
+>>> [(item, round(similarity, 3)) for item, similarity in rec.neighbours("a")]
+[('b', 0.286)]
 >>> [item for item, _ in rec.popular(2)]  # as often as a, and more recently
 ['b', 'a']
 """
@@ -35,6 +35,7 @@ from __future__ import annotations
 import heapq
 import math
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -51,6 +52,12 @@ MAX_PARTNERS = 200
 """Co-occurrence partners kept per item (the weakest dropped beyond it)."""
 NEIGHBOURS = 30
 """Neighbours an item contributes to a recommendation."""
+SHRINK = 5.0
+"""Added to the cosine's denominator: a pair seen once between two rare items is not a
+perfect match (shrinkage toward 0, as item-kNN recommenders do)."""
+STALE_SECONDS = 1.0
+"""An item's cached neighbours are recomputed at most this often once new pairs arrive
+(recomputing on every interaction would make hot items cost on every decision)."""
 MAX_ITEMS = 200_000
 """Items with learnt state (the least popular dropped beyond it)."""
 MAX_USERS = 200_000
@@ -86,14 +93,19 @@ class Recommender:
         self.partners: dict[str, dict[str, float]] = {}  # item -> item -> co-occurrence
         self.users: OrderedDict[str, int] = OrderedDict()  # pseudonym -> interactions
         self.interactions = 0
+        self.item_ids: list[str] = []  # every item with learnt state, in order of first use
         self._top: list[tuple[str, float]] = []  # most popular first: (item, log2 score)
         self._neighbours: dict[str, list[tuple[str, float]]] = {}  # cache, per item
+        self._stale: set[str] = set()  # items whose pairs changed since their cache was made
+        self._cached_at: dict[str, float] = {}  # when each item's neighbours were computed
         self._lock = threading.RLock()
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         del state["_lock"]
         state["_neighbours"] = {}
+        state["_stale"] = set()
+        state["_cached_at"] = {}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -125,6 +137,8 @@ class Recommender:
     def _count(self, item: str, weight: float, at: float) -> None:
         """Decayed popularity, kept as log2 of the score at its last update."""
         old = self.popularity.get(item)
+        if old is None:
+            self.item_ids.append(item)
         score = weight if old is None else (
             2.0 ** (old[0] - max(at - old[1], 0.0) / HALF_LIFE_SECONDS) + weight)
         self.popularity[item] = (math.log2(score), max(at, old[1]) if old else at)
@@ -138,7 +152,7 @@ class Recommender:
         if len(partners) > MAX_PARTNERS:
             for weakest in heapq.nsmallest(MAX_PARTNERS // 4, partners, key=partners.__getitem__):
                 del partners[weakest]
-        self._neighbours.pop(item, None)
+        self._stale.add(item)
 
     def _learn_model(self, user: str, item: str, weight: float) -> None:
         self.users[user] = self.users.get(user, 0) + 1
@@ -148,11 +162,9 @@ class Recommender:
         model = self.model
         for _ in range(max(1, round(weight))):
             model.learn_one(user, item, 1.0)
-        if not self._top:
-            return
-        for k in range(NEGATIVES):
-            other = self._top[int(_draw(user, item, str(self.interactions), str(k))
-                                  * len(self._top))][0]
+        known = self.item_ids
+        for k in range(NEGATIVES):  # items drawn uniformly: mostly ones the customer ignored
+            other = known[int(_draw(user, item, str(self.interactions), str(k)) * len(known))]
             if other != item:
                 model.learn_one(user, other, 0.0)
 
@@ -170,11 +182,14 @@ class Recommender:
         weakest = heapq.nsmallest(count, self.popularity,
                                   key=lambda i: self.popularity[i][0]
                                   + self.popularity[i][1] / HALF_LIFE_SECONDS)
+        gone = set(weakest)
+        self.item_ids = [i for i in self.item_ids if i not in gone]
         for item in weakest:
             self.popularity.pop(item, None)
             self.counts.pop(item, None)
             self.partners.pop(item, None)
             self._neighbours.pop(item, None)
+            self._stale.discard(item)
             self.model.i_biases.pop(item, None)
             self.model.i_latents.pop(item, None)
 
@@ -202,7 +217,8 @@ class Recommender:
     def neighbours(self, item: str) -> list[tuple[str, float]]:
         """Items most often used with ``item``, by cosine similarity, best first."""
         cached = self._neighbours.get(item)
-        if cached is not None:
+        if cached is not None and (item not in self._stale or time.monotonic()
+                                   - self._cached_at.get(item, 0.0) < STALE_SECONDS):
             return cached
         with self._lock:
             partners = self.partners.get(item)
@@ -210,10 +226,13 @@ class Recommender:
                 return []
             counts = self.counts
             norm = math.sqrt(counts.get(item, 1.0))
-            scored = [(other, round(min(1.0, n / (norm * math.sqrt(counts.get(other, 1.0)))), 6))
+            sqrt, get = math.sqrt, counts.get
+            scored = [(other, n / (norm * sqrt(get(other, 1.0)) + SHRINK))
                       for other, n in partners.items()]
             best = heapq.nlargest(NEIGHBOURS, scored, key=lambda pair: (pair[1], pair[0]))
             self._neighbours[item] = best
+            self._cached_at[item] = time.monotonic()
+            self._stale.discard(item)
             return best
 
     def knows(self, user: str) -> bool:
@@ -233,6 +252,22 @@ class Recommender:
             if u is not None and i is not None:
                 score += float(np.dot(u, i))
         return score
+
+    def model_scores(self, user: str, items: list[str]) -> list[float]:
+        """:meth:`model_score` of several items at once (one matrix product)."""
+        if not items:
+            return []
+        model = self.model
+        with self._lock:
+            base = float(model.global_mean.get()) + model.u_biases.get(user, 0.0)
+            biases = [model.i_biases.get(item, 0.0) for item in items]
+            u = model.u_latents.get(user)
+            if u is None:
+                return [base + b for b in biases]
+            zero = np.zeros_like(u)
+            latents = np.array([model.i_latents.get(item, zero) for item in items])
+        dots = latents @ u
+        return [base + b + float(d) for b, d in zip(biases, dots, strict=True)]
 
     def stats(self) -> dict[str, float]:
         """Sizes, for reports and metrics."""
