@@ -385,8 +385,16 @@ class Arbiter:
                                  revision=ruleset.revision)
 
     def model_report(self) -> list[ModelQuality]:
+        """Every model's progressive quality: the propensity models, and the recommender
+        once it has learnt an interaction (its hit rate and sizes as metrics)."""
         self.learner.catch_up()
-        return self.models.quality()
+        report = self.models.quality()
+        stats = self.recommender.stats()
+        if stats["interactions"]:
+            nan = float("nan")
+            report.append(ModelQuality("@recommender", "co-occurrence+popularity+BiasedMF",
+                                       int(stats["interactions"]), nan, nan, nan, nan, stats))
+        return report
 
     # ---- profiles -----------------------------------------------------------------
     def track(

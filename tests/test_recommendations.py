@@ -14,10 +14,10 @@ from adapters.redis_store import RedisStore
 from dsl.diagnostics import RulesetError
 from dsl.formatter import format_text
 from dsl.loader import load_sources
+from engine.decide.recommend import Recommendations, candidates
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
-from engine.decide.recommend import Recommendations, candidates
 from engine.learning.recommender import MODEL_HISTORY
 from engine.records import pseudonym, recent_items
 from engine.requests import InvalidArgument
@@ -329,3 +329,20 @@ def test_the_items_command_checks_upserts_and_removes(
     assert "INVALID_ARGUMENT: items[0].price" in capsys.readouterr().err
     assert main(["items", "remove", "sku-900", "--target", target]) == 0
     assert "sku-900" not in arbiter.catalogue.items
+
+
+def test_get_profile_shows_the_item_history_and_the_report_the_recommender(
+        stub: pb_grpc.DecisionServiceStub, arbiter: Arbiter) -> None:
+    from engine.cli.commands.report import render_models
+
+    for n, item in enumerate(["sku-001", "sku-002", "sku-003"] * 10):
+        stub.TrackEvent(pb.TrackEventRequest(user_id=f"r{n % 7}", event_type="page_view",
+                                             item_id=item))
+    found = stub.GetProfile(pb.GetProfileRequest(user_id="r0"))
+    assert [(i.item_id, i.event) for i in found.profile.items][:2] == [
+        ("sku-001", "page_view"), ("sku-002", "page_view")]
+    report = arbiter.model_report()
+    row = next(q for q in report if q.model == "@recommender")
+    assert row.examples == 30 and row.metrics["items"] == 3
+    assert 0.0 <= row.metrics["hit_rate@10"] <= 1.0
+    assert "@recommender" in render_models(report) and "hit_rate@10" in render_models(report)

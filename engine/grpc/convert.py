@@ -244,6 +244,9 @@ def _profile_message(profile: Profile, now: float,
             conversions=outcomes.count("conversion"), dismissals=outcomes.count("dismiss"),
             last_at=timestamp(history[-1][0]) if history else None,
         ))
+    for at, item_id, event in profile.items:
+        message.items.append(pb.ItemInteraction(item_id=item_id, event=event,
+                                                at=timestamp(at)))
     if profile.first_seen is not None:
         message.first_seen.CopyFrom(timestamp(profile.first_seen))
     if profile.last_seen is not None:
@@ -293,12 +296,13 @@ def report_from_proto(p: rpb.ExperimentReportResponse) -> ExperimentReport:
 def quality_to_proto(q: ModelQuality) -> rpb.ModelQuality:
     return rpb.ModelQuality(model=q.model, learner=q.learner, examples=q.examples,
                             rolling_auc=q.rolling_auc, rolling_log_loss=q.rolling_log_loss,
-                            mean_predicted=q.mean_predicted, observed_rate=q.observed_rate)
+                            mean_predicted=q.mean_predicted, observed_rate=q.observed_rate,
+                            metrics=q.metrics)
 
 
 def quality_from_proto(p: rpb.ModelQuality) -> ModelQuality:
     return ModelQuality(p.model, p.learner, p.examples, p.rolling_auc, p.rolling_log_loss,
-                        p.mean_predicted, p.observed_rate)
+                        p.mean_predicted, p.observed_rate, dict(p.metrics))
 
 
 # ---- rulesets ----------------------------------------------------------------------

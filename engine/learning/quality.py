@@ -51,6 +51,7 @@ class ModelQuality:
     rolling_log_loss: float
     mean_predicted: float
     observed_rate: float
+    metrics: dict[str, float] = field(default_factory=dict)  # other models' own measures
 
 
 def _pseudonym(key: tuple[str, str]) -> bytes:

@@ -37,7 +37,7 @@ import math
 import threading
 import time
 import zlib
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,6 +69,10 @@ NEGATIVES = 2
 POPULAR_KEPT = 200
 """The most popular items kept ranked (refreshed every REFRESH_EVERY interactions)."""
 REFRESH_EVERY = 100
+QUALITY_EVERY = 10
+"""One interaction in this many (with a history) is predicted before it is learnt."""
+QUALITY_K = 10
+QUALITY_WINDOW = 1000
 EVENT_WEIGHTS: Mapping[str, float] = {
     "purchase": 3.0, "conversion": 3.0, "add_to_cart": 2.0, "click": 1.0, "view": 1.0}
 """How much an interaction counts, by event or outcome (others: 1)."""
@@ -93,6 +97,7 @@ class Recommender:
         self.partners: dict[str, dict[str, float]] = {}  # item -> item -> co-occurrence
         self.users: OrderedDict[str, int] = OrderedDict()  # pseudonym -> interactions
         self.interactions = 0
+        self.hits: deque[bool] = deque(maxlen=QUALITY_WINDOW)  # progressive hit@10
         self.item_ids: list[str] = []  # every item with learnt state, in order of first use
         self._top: list[tuple[str, float]] = []  # most popular first: (item, log2 score)
         self._neighbours: dict[str, list[tuple[str, float]]] = {}  # cache, per item
@@ -123,6 +128,8 @@ class Recommender:
         weight = EVENT_WEIGHTS.get(event.outcome, 1.0)
         item = event.item_id
         with self._lock:
+            if event.history and self.interactions % QUALITY_EVERY == 0:
+                self.hits.append(item in self.predict(event.history, QUALITY_K))
             self._count(item, weight, event.at)
             for partner in event.history:
                 if partner != item:
@@ -269,8 +276,26 @@ class Recommender:
         dots = latents @ u
         return [base + b + float(d) for b, d in zip(biases, dots, strict=True)]
 
+    def predict(self, history: list[str], count: int) -> list[str]:
+        """The ``count`` items co-occurrence and popularity rank first for a customer whose
+        recent items are ``history`` (newest first), excluding them: what the quality
+        metric checks the next interaction against."""
+        scores: dict[str, float] = {}
+        for rank, seed in enumerate(history[:10]):
+            for other, similarity in self.neighbours(seed):
+                scores[other] = scores.get(other, 0.0) + similarity / (1.0 + 0.2 * rank)
+        for other, share in self.popular(50):
+            scores[other] = scores.get(other, 0.0) + 0.3 * share
+        for seen in history:
+            scores.pop(seen, None)
+        return heapq.nlargest(count, scores, key=scores.__getitem__)
+
     def stats(self) -> dict[str, float]:
-        """Sizes, for reports and metrics."""
+        """Sizes and the progressive hit rate (the share of sampled interactions whose item
+        was among the 10 predicted just before it), for reports and metrics."""
+        hits = list(self.hits)
         return {"interactions": float(self.interactions), "items": float(len(self.popularity)),
                 "customers": float(len(self.users)),
-                "pairs": float(sum(len(p) for p in self.partners.values()))}
+                "pairs": float(sum(len(p) for p in self.partners.values())),
+                "hit_rate@10": sum(hits) / len(hits) if hits else float("nan"),
+                "hit_samples": float(len(hits))}

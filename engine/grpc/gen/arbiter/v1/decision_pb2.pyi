@@ -345,8 +345,18 @@ class ContactAggregate(_message.Message):
     last_at: _timestamp_pb2.Timestamp
     def __init__(self, action_id: _Optional[str] = ..., impressions: _Optional[int] = ..., clicks: _Optional[int] = ..., conversions: _Optional[int] = ..., dismissals: _Optional[int] = ..., last_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
+class ItemInteraction(_message.Message):
+    __slots__ = ("item_id", "event", "at")
+    ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_FIELD_NUMBER: _ClassVar[int]
+    AT_FIELD_NUMBER: _ClassVar[int]
+    item_id: str
+    event: str
+    at: _timestamp_pb2.Timestamp
+    def __init__(self, item_id: _Optional[str] = ..., event: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
 class Profile(_message.Message):
-    __slots__ = ("user_id", "attributes", "events", "contacts", "first_seen", "last_seen")
+    __slots__ = ("user_id", "attributes", "events", "contacts", "first_seen", "last_seen", "items")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -360,13 +370,15 @@ class Profile(_message.Message):
     CONTACTS_FIELD_NUMBER: _ClassVar[int]
     FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     attributes: _containers.MessageMap[str, Value]
     events: _containers.RepeatedCompositeFieldContainer[EventAggregate]
     contacts: _containers.RepeatedCompositeFieldContainer[ContactAggregate]
     first_seen: _timestamp_pb2.Timestamp
     last_seen: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., events: _Optional[_Iterable[_Union[EventAggregate, _Mapping]]] = ..., contacts: _Optional[_Iterable[_Union[ContactAggregate, _Mapping]]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    items: _containers.RepeatedCompositeFieldContainer[ItemInteraction]
+    def __init__(self, user_id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., events: _Optional[_Iterable[_Union[EventAggregate, _Mapping]]] = ..., contacts: _Optional[_Iterable[_Union[ContactAggregate, _Mapping]]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., items: _Optional[_Iterable[_Union[ItemInteraction, _Mapping]]] = ...) -> None: ...
 
 class GetProfileRequest(_message.Message):
     __slots__ = ("user_id",)

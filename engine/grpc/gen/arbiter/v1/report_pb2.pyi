@@ -79,7 +79,14 @@ class ModelReportRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelQuality(_message.Message):
-    __slots__ = ("model", "learner", "examples", "rolling_auc", "rolling_log_loss", "mean_predicted", "observed_rate")
+    __slots__ = ("model", "learner", "examples", "rolling_auc", "rolling_log_loss", "mean_predicted", "observed_rate", "metrics")
+    class MetricsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     LEARNER_FIELD_NUMBER: _ClassVar[int]
     EXAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -87,6 +94,7 @@ class ModelQuality(_message.Message):
     ROLLING_LOG_LOSS_FIELD_NUMBER: _ClassVar[int]
     MEAN_PREDICTED_FIELD_NUMBER: _ClassVar[int]
     OBSERVED_RATE_FIELD_NUMBER: _ClassVar[int]
+    METRICS_FIELD_NUMBER: _ClassVar[int]
     model: str
     learner: str
     examples: int
@@ -94,7 +102,8 @@ class ModelQuality(_message.Message):
     rolling_log_loss: float
     mean_predicted: float
     observed_rate: float
-    def __init__(self, model: _Optional[str] = ..., learner: _Optional[str] = ..., examples: _Optional[int] = ..., rolling_auc: _Optional[float] = ..., rolling_log_loss: _Optional[float] = ..., mean_predicted: _Optional[float] = ..., observed_rate: _Optional[float] = ...) -> None: ...
+    metrics: _containers.ScalarMap[str, float]
+    def __init__(self, model: _Optional[str] = ..., learner: _Optional[str] = ..., examples: _Optional[int] = ..., rolling_auc: _Optional[float] = ..., rolling_log_loss: _Optional[float] = ..., mean_predicted: _Optional[float] = ..., observed_rate: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ModelReportResponse(_message.Message):
     __slots__ = ("models",)
