@@ -7,6 +7,7 @@ report an error at the exact place in the source.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 
@@ -324,6 +325,26 @@ class PolicyDef:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterFeature:
+    name: str
+    expr: Expr
+    pos: Pos
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterDef:
+    """``cluster rfm { features: recency = ..., frequency = ...; k: 4; names: ... }``."""
+
+    name: str
+    pos: Pos
+    features: tuple[ClusterFeature, ...] = field(
+        default=(), metadata=written("cluster_features", rule="cluster_features"))
+    k: int = field(default=0, metadata=written("int", rule="cluster_k"))
+    names: tuple[str, ...] = field(default=(), metadata=written("names", rule="cluster_names"))
+    field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
+
+
+@dataclass(frozen=True, slots=True)
 class ModelDef:
     """``model on P { ... }``: the propensity model of a placement's actions."""
 
@@ -367,7 +388,7 @@ class ExperimentDef:
 
 
 Item = (ImportDef | SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef
-        | ModelDef | PolicyDef)
+        | ModelDef | PolicyDef | ClusterDef)
 
 
 @dataclass(frozen=True, slots=True)
@@ -395,3 +416,26 @@ def shape(node: object) -> object:
             (name, shape(getattr(node, name)))
             for name in node.__dataclass_fields__ if name not in _POSITIONAL))
     return node
+
+
+def walk(node: Expr) -> Iterator[Expr]:
+    """Every node of an expression, the node itself first."""
+    yield node
+    if isinstance(node, Unary):
+        yield from walk(node.operand)
+    elif isinstance(node, Binary):
+        yield from walk(node.left)
+        yield from walk(node.right)
+    elif isinstance(node, BoolOp):
+        for operand in node.operands:
+            yield from walk(operand)
+    elif isinstance(node, Call):
+        for arg in node.args:
+            yield from walk(arg)
+        for _, value in node.kwargs:
+            yield from walk(value)
+    elif isinstance(node, Index):
+        yield from walk(node.target)
+    elif isinstance(node, ListExpr):
+        for item in node.items:
+            yield from walk(item)

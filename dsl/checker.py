@@ -33,6 +33,8 @@ from dsl.vocabulary import (
 
 MAX_RECOMMENDED = 50
 """The most items one recommend() returns."""
+MAX_CLUSTERS = 20
+"""The most items one recommend() returns."""
 PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
 FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1, "join": 1,
            "raw": 0}
@@ -79,6 +81,7 @@ class CheckedRuleset:
     experiments: dict[str, ast.ExperimentDef] = field(default_factory=dict)
     policies: list[ast.PolicyRule] = field(default_factory=list)
     models: dict[str, ast.ModelDef] = field(default_factory=dict)  # placement -> model
+    clusters: dict[str, ast.ClusterDef] = field(default_factory=dict)  # learned segments
     types: dict[int, Type] = field(default_factory=dict)
     loop_refs: set[int] = field(default_factory=set)  # refs to a template loop variable
     item_refs: set[int] = field(default_factory=set)  # item.NAME (recommend's where, loops)
@@ -148,6 +151,11 @@ class Checker:
                     self.out.experiments[item.name] = item
                 elif isinstance(item, ast.PolicyDef):
                     self.out.policies.extend(item.rules)
+                elif isinstance(item, ast.ClusterDef):
+                    owner_cluster = self.out.clusters.setdefault(item.name, item)
+                    if owner_cluster is not item:
+                        self.error(f"cluster '{item.name}' is already defined at "
+                                   f"{owner_cluster.pos}", item.pos)
                 elif isinstance(item, ast.ModelDef):
                     owner = self.out.models.setdefault(item.placement, item)
                     if owner is not item:
@@ -218,6 +226,41 @@ class Checker:
         self._check_policies()
         for model in out.models.values():
             self._check_model(model)
+        for cluster in out.clusters.values():
+            self._check_cluster(cluster)
+
+    def _check_cluster(self, cluster: ast.ClusterDef) -> None:
+        """Per-customer number features (the profile, events, now: no context, no
+        segment), 2 to MAX_CLUSTERS clusters, and a name for each when names are given."""
+        pos = cluster.field_pos
+        if not cluster.features:
+            self.error(f"cluster '{cluster.name}' needs 'features: NAME = EXPR, ...'",
+                       cluster.pos)
+        seen: set[str] = set()
+        for feature in cluster.features:
+            if feature.name in seen:
+                self.error(f"feature '{feature.name}' is named twice", feature.pos)
+            seen.add(feature.name)
+            refs: set[str] = set()
+            t = self._type(feature.expr, refs)
+            if t.name not in ("number", "error"):
+                self.error(f"a cluster feature is a number, not {t}", feature.expr.pos)
+            if refs:
+                self.error("a cluster feature reads the customer (profile, events), not "
+                           f"segments ({', '.join(sorted(refs))})", feature.expr.pos)
+            for node in ast.walk(feature.expr):
+                if isinstance(node, ast.Ref) and node.parts[0] in ("context", "cluster"):
+                    self.error(f"a cluster feature reads the customer (profile, events), not "
+                               f"{node.parts[0]}.", node.pos)
+        if not 2 <= cluster.k <= MAX_CLUSTERS:
+            self.error(f"k is the number of clusters: 2 to {MAX_CLUSTERS}",
+                       pos.get("k", cluster.pos))
+        if cluster.names:
+            if len(cluster.names) != cluster.k:
+                self.error(f"{len(cluster.names)} names for k: {cluster.k} clusters",
+                           pos["names"])
+            if len(set(cluster.names)) != len(cluster.names):
+                self.error("cluster names must differ", pos["names"])
 
     def _check_model(self, model: ast.ModelDef) -> None:
         pos = model.field_pos
@@ -566,6 +609,14 @@ class Checker:
                            "thresholds block)", node.pos)
                 return ERROR
             return Type(spec0.type, False)
+        if head == "cluster" and len(rest) == 1:
+            found = self.out.clusters.get(rest[0])
+            if found is None:
+                self.error(f"unknown cluster '{rest[0]}'{_suggest(rest[0], self.out.clusters)}"
+                           " (declare it with 'cluster NAME { ... }')", node.pos)
+                return ERROR
+            # null until the clusters are learnt, or when a feature is unknown
+            return Type("string" if found.names else "number", True)
         if head in ("profile", "context", "action") and len(rest) == 1:
             name = rest[0]
             if head == "action":

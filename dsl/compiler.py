@@ -28,6 +28,7 @@ from dsl.printer import print_expr
 from dsl.ruleset import (
     Action,
     BetaPrior,
+    ClusterSpec,
     CompiledFn,
     Experiment,
     FrequencyCap,
@@ -76,6 +77,8 @@ class Compiler:
         rank_fns = {p.name: self.function(p.rank) for p in checked.placements.values()
                     if p.rank is not None}
         action_fns = {a.name: self._declare_action(a) for a in checked.actions.values()}
+        cluster_fns = {c.name: [self.function(f.expr) for f in c.features]
+                       for c in checked.clusters.values()}
         namespace = self._exec()
         segments = tuple(
             Segment(name, namespace[seg_fns[name]], checked.segments[name].pos,
@@ -111,6 +114,10 @@ class Compiler:
                     for g in {a.group for a in actions.values() if a.group}},
             population=dict(sorted(checked.population.items())),
             item_schema=dict(checked.items),
+            clusters={c.name: ClusterSpec(
+                c.name, tuple(f.name for f in c.features),
+                tuple(namespace[fn] for fn in cluster_fns[c.name]), c.k, c.names, c.pos)
+                for c in checked.clusters.values()},
             items_declared=checked.items_declared,
         )
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from dsl import ast
 from dsl.checker import CheckedRuleset, Type, population_key
-from dsl.vocabulary import POPULATION_ATTRIBUTE, SEND_TIME_ATTRIBUTE
+from dsl.vocabulary import CLUSTERS_ATTRIBUTE, POPULATION_ATTRIBUTE, SEND_TIME_ATTRIBUTE
 
 _EVENT_FUNCS = {"count": "_count", "sum": "_sum", "last": "_last", "first": "_first"}
 
@@ -50,6 +50,8 @@ class Emitter:
                 if id(node) in self.checked.loop_refs:
                     return f"X[{head!r}]"  # a template loop variable
                 return f"S[{head!r}]"
+            if head == "cluster":  # the customer's learned cluster (engine.learning.clusters)
+                return f"_cluster(A.get({CLUSTERS_ATTRIBUTE!r}), {rest[0]!r})"
             if head == "thresholds":  # a constant of this revision
                 return repr(self.checked.thresholds[rest[0]].default)
             table = {"profile": "A", "context": "C", "action": "X"}[head]

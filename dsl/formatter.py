@@ -223,6 +223,8 @@ _SHOWERS: dict[str, Shower] = {
     "suppress": _suppress,
     "content": _content,
     "recommend": _recommend,
+    "cluster_features": lambda k, v, n: [
+        f"{k}: " + ", ".join(f"{f.name} = {print_expr(f.expr)}" for f in v)] if v else [],
     "features": lambda k, v, n: [f"{k}: {', '.join(f for f, _ in v or ())}"],
     "weights": lambda k, v, n: [f"allocate: weights({', '.join(_number(w) for w in v)})"]
     if v else [],
@@ -268,6 +270,8 @@ def _item(item: ast.Item) -> Block:
                                _expr_lines(f"segment {item.name} =", item.condition, "")))
     if isinstance(item, ast.ActionDef):
         return _block(item, f"action {item.name} {{")
+    if isinstance(item, ast.ClusterDef):
+        return _block(item, f"cluster {item.name} {{")
     if isinstance(item, ast.PolicyDef):
         return _policy(item)
     if isinstance(item, ast.ModelDef):

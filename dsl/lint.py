@@ -14,37 +14,14 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
 
 from dsl import ast
+from dsl.ast import walk
 from dsl.checker import CheckedRuleset
 from dsl.diagnostics import Diagnostic
 from dsl.emitter import Emitter
 from dsl.printer import print_expr
 from dsl.runtime import HELPERS
-
-
-def walk(node: ast.Expr) -> Iterator[ast.Expr]:
-    """Every node of an expression, the node itself first."""
-    yield node
-    if isinstance(node, ast.Unary):
-        yield from walk(node.operand)
-    elif isinstance(node, ast.Binary):
-        yield from walk(node.left)
-        yield from walk(node.right)
-    elif isinstance(node, ast.BoolOp):
-        for operand in node.operands:
-            yield from walk(operand)
-    elif isinstance(node, ast.Call):
-        for arg in node.args:
-            yield from walk(arg)
-        for _, value in node.kwargs:
-            yield from walk(value)
-    elif isinstance(node, ast.Index):
-        yield from walk(node.target)
-    elif isinstance(node, ast.ListExpr):
-        for item in node.items:
-            yield from walk(item)
 
 
 def _constant(expr: ast.Expr, checked: CheckedRuleset) -> tuple[bool, object]:

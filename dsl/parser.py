@@ -315,6 +315,16 @@ class _ToAst(Transformer[Token, Any]):
                             field_pos={**positions, "placement": self._pos(placement)})
 
     @v_args(meta=True)
+    def cluster_def(self, meta: Any, children: list[Any]) -> ast.ClusterDef:
+        name, *fields = children
+        values, positions = self._fields(fields, "cluster")
+        return ast.ClusterDef(str(name), self._pos(name), **values, field_pos=positions)
+
+    @v_args(meta=True)
+    def cluster_feature(self, meta: Any, children: list[Any]) -> ast.ClusterFeature:
+        return ast.ClusterFeature(str(children[0]), children[1], self._pos(children[0]))
+
+    @v_args(meta=True)
     def experiment_def(self, meta: Any, children: list[Any]) -> ast.ExperimentDef:
         name, placement, *fields = children
         values, positions = self._fields(fields, "experiment")
@@ -347,6 +357,7 @@ _READERS: dict[str, Reader] = {
                                                          str(c[2]), pos),
     "content": lambda tr, rule, c, pos: tuple(c),
     "recommend": lambda tr, rule, c, pos: tr._recommend(c, pos),
+    "cluster_features": lambda tr, rule, c, pos: tuple(c),
     "features": lambda tr, rule, c, pos: tuple(c),
     "weights": lambda tr, rule, c, pos: tuple(c),
     "thompson": lambda tr, rule, c, pos: c[0] if c else None,
@@ -355,7 +366,7 @@ _READERS: dict[str, Reader] = {
 """How each kind of field value is read from its parse tree."""
 
 BLOCKS = {"action": ast.ActionDef, "experiment": ast.ExperimentDef, "model": ast.ModelDef,
-          "placement": ast.PlacementDef}
+          "placement": ast.PlacementDef, "cluster": ast.ClusterDef}
 FIELD_RULES: dict[str, ast.BlockField] = {
     row.rule: row for node in BLOCKS.values() for row in ast.block_fields(node)}
 FIELD_RULES["reward_value"] = FIELD_RULES["reward"]  # reward: conversion.value

@@ -160,6 +160,22 @@ class RecommendSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """``cluster NAME { features: ..., k: N, names: ... }``: a learned segmentation."""
+
+    name: str
+    features: tuple[str, ...]
+    fns: tuple[CompiledFn, ...]  # fn(A, C, E, S, now) -> number | None, one per feature
+    k: int
+    names: tuple[str, ...]  # empty: clusters are numbered 0..k-1
+    pos: Pos
+
+    def key(self) -> tuple[tuple[str, ...], int]:
+        """What the learnt model depends on: a change relearns it from scratch."""
+        return self.features, self.k
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     id: str
     placements: frozenset[str]
@@ -312,6 +328,7 @@ class Ruleset:
     item_schema: Mapping[str, FieldSpec] = field(default_factory=dict)
     items_declared: bool = False
     catalogue: tuple[Mapping[str, Any], ...] = ()
+    clusters: Mapping[str, ClusterSpec] = field(default_factory=dict)
 
     def model_of(self, placement: str) -> ModelSpec:
         return self.models.get(placement, DEFAULT_MODEL)

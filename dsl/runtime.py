@@ -134,6 +134,12 @@ def best_send_hour(send: Any, now: float) -> float | None:
     return None if at is None else hour_of_day(at, send.zone)
 
 
+def cluster_of(clusters: Any, name: str) -> float | str | None:
+    """The customer's cluster ``name`` (its index, or its given name); None before the
+    clusters are learnt or when a feature is unknown (engine.learning.clusters)."""
+    return None if clusters is None else clusters.get(name)
+
+
 def percentile_of(population: Any, key: str, percent: float) -> float | None:
     """The population's ``percent``-th percentile of statistic ``key``
     (engine.decide.population); None while it has no data."""
@@ -194,6 +200,7 @@ HELPERS: dict[str, object] = {
     "day_of_week": day_of_week,
     "best_send_hour": best_send_hour,
     "_pct": percentile_of,
+    "_cluster": cluster_of,
     "_div": div,
     "contains": contains,
     "starts_with": starts_with,

@@ -61,3 +61,6 @@ an attribute key no rule can write, since ``@`` is not part of a name."""
 
 POPULATION_ATTRIBUTE = "@population"
 """Where a decision's facts carry the population statistics ``percentile()`` reads."""
+
+CLUSTERS_ATTRIBUTE = "@clusters"
+"""Where a decision's facts carry the customer's learned clusters (``cluster.NAME``)."""

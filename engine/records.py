@@ -46,6 +46,8 @@ class Profile(msgspec.Struct, omit_defaults=True):
     # [(timestamp, item id, event)], oldest first, bounded (engine.profiles.MAX_ITEM_HISTORY):
     # what the customer viewed, bought, clicked (recommendations and their exclusions)
     items: list[tuple[float, str, str]] = []
+    # when the clusters last learnt this customer's features (at most once a day each)
+    clustered_at: float | None = None
 
 
 class ShownAction(msgspec.Struct, omit_defaults=True):
@@ -108,6 +110,8 @@ class LearningEvent(msgspec.Struct, omit_defaults=True):
     user: str = ""
     item_id: str = ""
     history: list[str] = []
+    # a TrackEvent's cluster features of the customer after it (``NAME/feature``)
+    profile_features: dict[str, float] = {}
 
 
 class ArmCounts(msgspec.Struct):

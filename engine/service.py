@@ -25,6 +25,7 @@ from dsl.ruleset import ModelSpec, Ruleset
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
 from engine.decide.catalogue import Catalogue, decode_item, encode_item
+from engine.decide.clusters import logged_features
 from engine.decide.decision import Decision
 from engine.decide.population import PopulationStats, statistics
 from engine.decide.recommend import Recommendations
@@ -35,6 +36,7 @@ from engine.experiments.report import ExperimentReport, experiment_report
 from engine.experiments.sampling import ThompsonSampler
 from engine.experiments.state import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
+from engine.learning.clusters import ClusterModels
 from engine.learning.consumer import Learner
 from engine.learning.models import ModelQuality, PropensityModels
 from engine.learning.recommender import Recommender
@@ -60,6 +62,9 @@ from engine.requests import (
 
 log = logging.getLogger(__name__)
 
+CLUSTER_EVERY_SECONDS = 86400.0
+"""A customer's cluster features are learnt at most once a day (of event time): the
+clusters describe customers, not events, so a burst of events counts once."""
 MAX_ITEMS_PER_CALL = 10_000
 """Catalogue items one upsert or removal may carry."""
 ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
@@ -110,9 +115,11 @@ class Arbiter:
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
         self.recommender = Recommender()
+        self.clusters = ClusterModels()
         self.learner = Learner(store, self.models, self.spec_of, reward_wait=reward_wait,
                                snapshot_key=snapshot_key, clock=clock,
-                               recommender=self.recommender)
+                               recommender=self.recommender, clusters=self.clusters,
+                               clusters_of=lambda: self._ruleset.clusters)
         self._item_changes: dict[str, Mapping[str, Any] | None] = {}  # the store's, decoded
         self.catalogue = Catalogue.build(ruleset.catalogue, {})
         self.experiments = ExperimentStates(self._arm_counts_or_none, self.sampler, clock)
@@ -210,6 +217,7 @@ class Arbiter:
             percentiles=self.percentiles,
             recommendations=(Recommendations(self.catalogue, self.recommender)
                              if self._ruleset.items_declared else None),
+            clusters=self.clusters,
         )
 
     def record_ttl(self, record: DecisionRecord) -> float | None:
@@ -389,11 +397,15 @@ class Arbiter:
         once it has learnt an interaction (its hit rate and sizes as metrics)."""
         self.learner.catch_up()
         report = self.models.quality()
+        nan = float("nan")
         stats = self.recommender.stats()
         if stats["interactions"]:
-            nan = float("nan")
             report.append(ModelQuality("@recommender", "co-occurrence+popularity+BiasedMF",
                                        int(stats["interactions"]), nan, nan, nan, nan, stats))
+        specs = self._ruleset.clusters
+        for name, examples, metrics in self.clusters.report(specs):
+            report.append(ModelQuality(f"cluster:{name}", f"KMeans k={specs[name].k}",
+                                       examples, nan, nan, nan, nan, metrics))
         return report
 
     # ---- profiles -----------------------------------------------------------------
@@ -416,6 +428,8 @@ class Arbiter:
         before: list[dict[str, float | None]] = []
 
         history: list[str] = []
+        ruleset = self._ruleset
+        cluster_now: list[bool] = [False]
 
         def change(p: Profile | None) -> Profile:  # may run again on a conflict: the
             before[:] = [statistics(p, keys)]  # last run is the one stored
@@ -423,17 +437,24 @@ class Arbiter:
                                    req.traits)
             if req.item_id:
                 history[:] = record_item(profile, req.item_id, req.event_type, req.at)
+            last = profile.clustered_at
+            cluster_now[0] = bool(ruleset.clusters) and (
+                last is None or req.at - last >= CLUSTER_EVERY_SECONDS)
+            if cluster_now[0]:
+                profile.clustered_at = req.at
             return profile
 
         def learning(profile: Profile) -> LearningEvent | None:
-            if not req.item_id:
+            features = logged_features(ruleset, profile, req.at) if cluster_now[0] else {}
+            if not (req.item_id or features):
                 return None
             return LearningEvent("", "", req.event_type, req.at, self.clock(),
-                                 user=pseudonym(req.user_id), item_id=req.item_id,
-                                 history=list(history))
+                                 user=pseudonym(req.user_id) if req.item_id else "",
+                                 item_id=req.item_id, history=list(history),
+                                 profile_features=features)
 
         profile = self.store.update_profile(req.user_id, change, learning)
-        if req.item_id:
+        if req.item_id or cluster_now[0]:
             self.feedback_logged.set()  # the background learner picks it up
         self.population.add(req.at)
         if keys:

@@ -144,6 +144,7 @@ def test_experiment_plays_exactly_one_arm_and_records_it(arb: Arbiter) -> None:
 
 def test_clicks_move_the_posterior_and_the_propensity(arb: Arbiter) -> None:
     make_vip(arb, "vera")
+    arb.learn()  # her events' cluster features (the retail ruleset clusters customers)
     before = arb.models.predict("new_arrivals", DEFAULT_MODEL, 0.05, {})
     for _ in range(60):
         d = arb.decide(user_id="vera", placement="homepage_banner", channel="web")

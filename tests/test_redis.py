@@ -141,7 +141,7 @@ def test_restart_without_snapshot_replays_the_log(redis_url: str, retail: Rulese
               for a in first.arm_counts("hero_test")}
     # no close(): as if the process died
     second = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY)
-    assert second.learner.applied == 10
+    assert second.learner.applied == 10 + 2  # 10 outcomes, 2 days of her cluster features
     for action, p in learnt.items():
         assert second.models.predict(action, DEFAULT_MODEL, 0.05, x) == pytest.approx(p)
 

@@ -92,6 +92,30 @@ def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: floa
             user_id, action_id, str(outcome), now - _ago(contact, field), channel))
 
 
+def apply_population(arbiter: Arbiter, path: Path, now: float) -> None:
+    """Other customers' events, from a JSON-lines file of ``{"user", "type", "value",
+    "ago", "item"}`` objects, tracked oldest first, then learnt (the clusters, the
+    recommender): the population a test case's customer is compared with."""
+    events = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            raise InvalidArgument(f"population line {n}", f"not JSON: {err.msg}") from None
+        if not isinstance(entry, dict) or "user" not in entry or "type" not in entry:
+            raise InvalidArgument(f"population line {n}", "needs a user and a type")
+        events.append((now - _ago(entry, f"population line {n}"), entry))
+    events.sort(key=lambda pair: pair[0])
+    for at, entry in events:
+        value = entry.get("value", 0)
+        arbiter.track(user_id=str(entry["user"]), event_type=str(entry["type"]), at=at,
+                      properties={"value": float(value)} if value else {},
+                      item_id=str(entry.get("item", "")))
+    arbiter.learn()
+
+
 def _first_channel(ruleset: Ruleset, action_id: str) -> str:
     """A contact's channel when the file does not say: the action's first, by name."""
     placement = ruleset.placements[min(ruleset.actions[action_id].placements)]

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dsl.ruleset import Ruleset, Segment
-from engine.cli.scenario import Scenario, apply_scenario
+from engine.cli.scenario import Scenario, apply_population, apply_scenario
 from engine.decide.decision import ActionTrace, Decision
 from engine.decide.tracer import Tracer
 from engine.ports import StoreFactory
@@ -40,7 +40,8 @@ from engine.service import Arbiter
 
 TEST_SUFFIX = ".test.toml"
 DEFAULT_NOW = datetime.fromisoformat("2026-01-05T12:00:00+00:00").timestamp()
-CASE_KEYS = {"name", "placement", "channel", "context", "limit", "now", "profile", "expect"}
+CASE_KEYS = {"name", "placement", "channel", "context", "limit", "now", "profile", "expect",
+             "population"}
 EXPECT_KEYS = {"segments", "not_segments", "eligible", "not_eligible", "top", "actions",
                "none", "content"}
 
@@ -154,6 +155,9 @@ class CaseRunner:
                           clock=lambda: now)
         tracer = CaseTracer()
         try:
+            if "population" in case:  # other customers first: what clusters, popularity learn
+                folder = Path(location.rsplit(":", 1)[0]).parent
+                apply_population(arbiter, folder / str(case["population"]), now)
             apply_scenario(arbiter, "test-user", Scenario.from_dict(case.get("profile", {})),
                            now)
             decision = arbiter.decide(
@@ -162,6 +166,9 @@ class CaseRunner:
                 limit=int(case.get("limit", 0)), explain=True, tracer=tracer)
         except InvalidArgument as err:
             result.failures.append(f"invalid test input: {err}")
+            return result
+        except OSError as err:
+            result.failures.append(f"population: {err}")
             return result
         self.coverage.segments_matched |= tracer.segments
         self.coverage.actions_eligible |= tracer.eligible

@@ -8,25 +8,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from dsl.ruleset import ModelSpec, Ruleset
-from dsl.schema import FieldSpec
+from dsl.vocabulary import CLUSTERS_ATTRIBUTE as CLUSTERS
 from dsl.vocabulary import POPULATION_ATTRIBUTE as POPULATION
 from dsl.vocabulary import SEND_TIME_ATTRIBUTE as SEND_TIME
+from engine.decide.attributes import typed_attributes
+from engine.decide.clusters import Assignments
 from engine.decide.inputs import DecideInput
 from engine.decide.send_time import NO_PRIOR, Prior, SendTime
 from engine.decide.tracer import Tracer
 from engine.records import Profile, pseudonym
 
 log = logging.getLogger(__name__)
-
-_PY_TYPES: dict[str, tuple[type, ...]] = {
-    "number": (float, int),
-    "string": (str,),
-    "bool": (bool,),
-    "timestamp": (float, int),
-    "list": (list,),
-    "map": (dict,),
-}
-
 
 @dataclass(slots=True)
 class Facts:
@@ -48,22 +40,9 @@ class Facts:
         return (self.attributes, self.context, self.events, self.segments, self.now)
 
 
-def _typed(schema: Mapping[str, FieldSpec], values: Mapping[str, Any]) -> dict[str, Any]:
-    """Stored attributes whose type matches the schema; others read as missing."""
-    out = {}
-    for name, value in values.items():
-        spec = schema.get(name)
-        if spec is None:
-            continue
-        kinds = _PY_TYPES[spec.type]
-        if isinstance(value, kinds) and not (spec.type != "bool" and isinstance(value, bool)):
-            out[name] = value
-    return out
-
-
 def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
                 population: Prior = NO_PRIOR, percentiles: object = None,
-                recommendations: object = None) -> Facts:
+                recommendations: object = None, clusters: object = None) -> Facts:
     """Defaults, then the stored profile, then built-ins; the request's context likewise.
 
     ``population`` is the population's engagement by hour of the week: with it the
@@ -72,7 +51,7 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
     statistics, engine.decide.population) likewise, for ``percentile()``."""
     attributes = dict(ruleset.attribute_defaults)
     if profile is not None:
-        attributes.update(_typed(ruleset.profile_schema, profile.attributes))
+        attributes.update(typed_attributes(ruleset.profile_schema, profile.attributes))
     attributes["user_id"] = req.user_id
     attributes["known"] = profile is not None
     attributes["first_seen"] = profile.first_seen if profile else None
@@ -86,6 +65,9 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
     context["channel"] = req.channel
     events = profile.events if profile is not None else {}
     facts = Facts(attributes, context, events, {}, req.now)
+    if clusters is not None and ruleset.clusters:
+        attributes[CLUSTERS] = Assignments(clusters, ruleset.clusters,  # type: ignore[arg-type]
+                                           facts.args())
     if recommendations is not None:
         facts.recommendations = recommendations
         facts.profile = profile

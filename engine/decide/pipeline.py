@@ -48,7 +48,7 @@ class Learnt(NamedTuple):
 def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision_id: str,
         models: PropensityModels, experiment_state: StateOf, sampler: ThompsonSampler,
         tracer: Tracer | None = None, population: Prior = NO_PRIOR,
-        percentiles: object = None, recommendations: object = None
+        percentiles: object = None, recommendations: object = None, clusters: object = None
         ) -> tuple[Decision, DecisionRecord]:
     """One decision, from a loaded profile to the record to store.
 
@@ -58,7 +58,8 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     explainer = ExplainTracer() if req.explain else None
     trace = NULL_TRACER if explainer is None and tracer is None else combine(explainer, tracer)
     trace.stage("segments")
-    facts = build_facts(ruleset, profile, req, population, percentiles, recommendations)
+    facts = build_facts(ruleset, profile, req, population, percentiles, recommendations,
+                        clusters)
     evaluate_segments(ruleset, facts, trace)
     trace.stage("scoring")
     spec = ruleset.model_of(req.placement.name)

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     source.add_argument("--redis", help="read the statistics from Redis instead")
     p.add_argument("--rules", default=default_rules(), help="ruleset directory (with --redis)")
     p.add_argument("--models", action="store_true", help="also the models' quality")
+    p.add_argument("--clusters", action="store_true",
+                   help="the learned clusters: sizes, centres, silhouette")
     add_snapshot_key_argument(p)
     p.add_argument("--plot", metavar="FILE.png", help="draw the arms' posteriors")
     add_format_argument(p)
@@ -66,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
     else:
         if report is not None:
             print(report.render())
-        if args.models or report is None:
+        if args.clusters:
+            print(render_clusters(models))
+        elif args.models or report is None:
             print(render_models(models))
     if args.plot and report is not None:
         from engine.cli.plot import plot_report
@@ -113,6 +117,36 @@ def render_models(models: Sequence[ModelQuality]) -> str:
     return "\n".join(lines)
 
 
+def render_clusters(models: Sequence[ModelQuality]) -> str:
+    """Each learned segmentation: its clusters' share of recent customers and centres (in
+    the features' own units), and the silhouette on a sample (-1 to 1; above 0.5 is a
+    clear structure, near 0 overlapping clusters)."""
+    rows = [q for q in models if q.model.startswith("cluster:")]
+    if not rows:
+        return "no cluster has learnt anything yet (the ruleset defines none, or no TrackEvent)"
+    out: list[str] = []
+    for q in rows:
+        metrics = q.metrics
+        silhouette = metrics.get("silhouette", float("nan"))
+        shown = f"{silhouette:.3f}" if silhouette == silhouette else "n/a (not seeded yet)"
+        out.append(f"{q.model[len('cluster:'):]}  ({q.learner}, {q.examples} profiles "
+                   f"learnt, silhouette {shown})")
+        features = sorted({k.split(":", 2)[2] for k in metrics if k.startswith("centre:")},
+                          key=lambda f: next(i for i, k in enumerate(metrics)
+                                             if k.endswith(f":{f}")))
+        if not features:
+            continue
+        out.append("  " + f"{'cluster':>7} {'share':>6} " + " ".join(f"{f:>12}" for f in features))
+        number = 0
+        while f"size:{number}" in metrics:
+            centre = " ".join(f"{metrics[f'centre:{number}:{f}']:>12.4g}" for f in features)
+            out.append(f"  {number:>7} {metrics[f'size:{number}']:>6.1%} {centre}")
+            number += 1
+    out.append("(clusters numbered by their first feature, lowest first: `names` follow "
+               "that order)")
+    return "\n".join(out)
+
+
 def _from_redis(args: argparse.Namespace) -> Reports:
     """The counters for the experiment; the models only when asked (that means loading
     the snapshot and replaying the learning log after it)."""
@@ -130,7 +164,7 @@ def _from_redis(args: argparse.Namespace) -> Reports:
             report = experiment_report(ruleset.experiments[args.experiment],
                                        store.arm_counts(args.experiment), time.time(),
                                        revision=ruleset.revision)
-        if not args.models and report is not None:
+        if not (args.models or args.clusters) and report is not None:
             return report, []
         return report, Arbiter(ruleset, store, snapshot_key=snapshot_key(args)).model_report()
     finally:
@@ -152,7 +186,7 @@ def _from_server(args: argparse.Namespace) -> Reports:
                 report = report_from_proto(stub.ExperimentReport(
                     rpb.ExperimentReportRequest(experiment=args.experiment), timeout=30))
             models = []
-            if args.models or report is None:
+            if args.models or args.clusters or report is None:
                 models = [quality_from_proto(q) for q in
                           stub.ModelReport(rpb.ModelReportRequest(), timeout=30).models]
         except grpc.RpcError as err:
