@@ -7,10 +7,13 @@ definition:
 
 - features are standardised online (River ``preprocessing.StandardScaler``), a feature
   the customer does not have (null) sits at the mean;
-- the first ``init_examples`` vectors seed the centres with k-means++ and a few Lloyd
-  iterations (River's ``KMeans`` starts from random centres, which leaves clusters
-  empty); from then on River's ``cluster.KMeans`` moves the closest centre toward each
-  new vector (``halflife`` :data:`HALFLIFE`);
+- the first vectors (:data:`INIT_PER_CLUSTER` per cluster) seed the centres with
+  k-means++ and Lloyd iterations (River's ``KMeans`` starts from random centres, which
+  leaves clusters empty); from then on River's ``cluster.KMeans`` moves the closest
+  centre toward each new vector (``halflife`` :data:`HALFLIFE`), and every
+  :data:`REFIT_EVERY` vectors the centres are refitted on the most recent
+  :data:`WINDOW` (Lloyd from the current centres and from k-means++ restarts, the
+  tightest kept): online updates alone stay in the local optimum of the early data;
 - clusters are numbered by their centre's first feature, lowest first, so ``names`` read
   in that order and a cluster keeps its number as the centres drift;
 - quality: the silhouette on a sample of recent vectors (a reservoir of
@@ -48,6 +51,11 @@ SAMPLE = 400
 """Recent vectors kept (reservoir sampling) for the silhouette."""
 RECENT = 1000
 """Recent assignments the cluster sizes are computed over."""
+REFIT_EVERY = 500
+"""Vectors between two refits of the centres on the recent window."""
+WINDOW = 2000
+"""Recent vectors (features as learnt, no customer id) the refits use."""
+RESTARTS = 3
 
 
 class _Clustering:
@@ -57,11 +65,11 @@ class _Clustering:
         self.k = spec.k
         self.scaler = preprocessing.StandardScaler()
         self.kmeans = cluster.KMeans(n_clusters=spec.k, halflife=HALFLIFE, seed=len(spec.name))
-        self.buffer: list[dict[str, float | None]] = []
         self.ready = False
         self.examples = 0
         self.sample: list[np.ndarray] = []
         self.recent: deque[int] = deque(maxlen=RECENT)
+        self.window: deque[dict[str, float | None]] = deque(maxlen=WINDOW)
         self._rng = random.Random(spec.name)
 
     def _scaled(self, x: Mapping[str, float | None]) -> dict[str, float]:
@@ -74,14 +82,16 @@ class _Clustering:
         if present:
             self.scaler.learn_one(present)
         self.examples += 1
+        self.window.append(dict(x))
         if not self.ready:
-            self.buffer.append(dict(x))
-            if len(self.buffer) >= INIT_PER_CLUSTER * self.k:
-                self._seed()
+            if len(self.window) >= INIT_PER_CLUSTER * self.k:
+                self._refit(seed=True)
             return
         scaled = self._scaled(x)
         self._keep(scaled)
         self.recent.append(self.kmeans.learn_predict_one(scaled))
+        if self.examples % REFIT_EVERY == 0:
+            self._refit(seed=False)
 
     def _keep(self, scaled: dict[str, float]) -> None:
         vector = np.array([scaled[f] for f in self.features])
@@ -92,31 +102,37 @@ class _Clustering:
             if j < SAMPLE:
                 self.sample[j] = vector
 
-    def _seed(self) -> None:
-        """k-means++ on the buffered vectors (scaled now), then Lloyd iterations."""
+    def _refit(self, seed: bool) -> None:
+        """Lloyd's k-means on the recent window (scaled now), from the current centres
+        (unless seeding) and from k-means++ restarts; the lowest inertia wins."""
         data = np.array([[v[f] for f in self.features]
-                         for v in (self._scaled(x) for x in self.buffer)])
+                         for v in (self._scaled(x) for x in self.window)])
         rng = np.random.default_rng(self._rng.randrange(2**32))
+        starts = [self._plus_plus(data, rng) for _ in range(RESTARTS)]
+        if not seed:
+            starts.append(np.array([[self.kmeans.centers[i][f] for f in self.features]
+                                    for i in range(self.k)]))
+        best, best_inertia = starts[0], float("inf")
+        for c in starts:
+            c, inertia = _lloyd(data, c)
+            if inertia < best_inertia:
+                best, best_inertia = c, inertia
+        for i in range(self.k):
+            self.kmeans.centers[i] = collections.defaultdict(
+                float, {f: float(best[i][j]) for j, f in enumerate(self.features)})
+        if seed:
+            for row in data:
+                self._keep({f: float(row[j]) for j, f in enumerate(self.features)})
+            self.ready = True
+
+    def _plus_plus(self, data: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         centres = [data[rng.integers(len(data))]]
         for _ in range(1, self.k):
             d2 = np.min([((data - c) ** 2).sum(axis=1) for c in centres], axis=0)
             total = d2.sum()
             pick = rng.integers(len(data)) if total <= 0 else rng.choice(len(data), p=d2 / total)
             centres.append(data[pick])
-        c = np.array(centres)
-        for _ in range(10):
-            labels = ((data[:, None, :] - c[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
-            for i in range(self.k):
-                members = data[labels == i]
-                if len(members):
-                    c[i] = members.mean(axis=0)
-        for i in range(self.k):
-            self.kmeans.centers[i] = collections.defaultdict(
-                float, {f: float(c[i][j]) for j, f in enumerate(self.features)})
-        for row in data:
-            self._keep({f: float(row[j]) for j, f in enumerate(self.features)})
-        self.buffer = []
-        self.ready = True
+        return np.array(centres)
 
     def order(self) -> list[int]:
         """Centre ids, lowest first feature first: cluster number i is ``order()[i]``."""
@@ -147,6 +163,22 @@ class _Clustering:
         out["silhouette"] = silhouette(np.array(self.sample), np.array(
             [[self.kmeans.centers[c][f] for f in self.features] for c in order]))
         return out
+
+
+def _lloyd(data: np.ndarray, centres: np.ndarray, rounds: int = 20
+           ) -> tuple[np.ndarray, float]:
+    """Lloyd iterations from ``centres``; (centres, inertia). An empty cluster keeps its
+    centre."""
+    c = centres.copy()
+    labels = np.zeros(len(data), dtype=int)
+    for _ in range(rounds):
+        labels = ((data[:, None, :] - c[None, :, :]) ** 2).sum(axis=2).argmin(axis=1)
+        new = np.array([data[labels == i].mean(axis=0) if (labels == i).any() else c[i]
+                        for i in range(len(c))])
+        if np.allclose(new, c):
+            break
+        c = new
+    return c, float(((data - c[labels]) ** 2).sum())
 
 
 def silhouette(data: np.ndarray, centres: np.ndarray) -> float:
