@@ -345,6 +345,41 @@ class ClusterDef:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreOutcome:
+    """What a score predicts, from the events after each snapshot of the customer:
+    ``no EVENT within D`` (churn: 1 when none comes), ``EVENT within D`` (1 when one
+    comes), or ``sum(EVENT.value) within D`` (a number: the total in the window)."""
+
+    kind: str  # none | any | sum
+    event: str
+    window: Literal
+    pos: Pos
+
+    @property
+    def binary(self) -> bool:
+        return self.kind != "sum"
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreDef:
+    """``score churn { label: no purchase within 60d  features: ... }``."""
+
+    name: str
+    pos: Pos
+    label: ScoreOutcome | None = field(
+        default=None, metadata=written("score_outcome", rule="score_label_none"))
+    target: ScoreOutcome | None = field(
+        default=None, metadata=written("score_outcome", rule="score_target"))
+    features: tuple[ClusterFeature, ...] = field(
+        default=(), metadata=written("cluster_features", rule="score_features"))
+    field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
+
+    @property
+    def outcome(self) -> ScoreOutcome | None:
+        return self.label or self.target
+
+
+@dataclass(frozen=True, slots=True)
 class ModelDef:
     """``model on P { ... }``: the propensity model of a placement's actions."""
 
@@ -388,7 +423,7 @@ class ExperimentDef:
 
 
 Item = (ImportDef | SchemaBlock | EventsDef | PlacementDef | SegmentDef | ActionDef | ExperimentDef
-        | ModelDef | PolicyDef | ClusterDef)
+        | ModelDef | PolicyDef | ClusterDef | ScoreDef)
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from dsl.vocabulary import (
 MAX_RECOMMENDED = 50
 """The most items one recommend() returns."""
 MAX_CLUSTERS = 20
+MAX_SCORE_WINDOW = 365 * 86400.0
 """The most items one recommend() returns."""
 PLAIN_ORDERED = {"number", "duration", "timestamp", "string"}
 FILTERS = {"default": 1, "upper": 0, "lower": 0, "title": 0, "round": 1, "join": 1,
@@ -82,6 +83,7 @@ class CheckedRuleset:
     policies: list[ast.PolicyRule] = field(default_factory=list)
     models: dict[str, ast.ModelDef] = field(default_factory=dict)  # placement -> model
     clusters: dict[str, ast.ClusterDef] = field(default_factory=dict)  # learned segments
+    scores: dict[str, ast.ScoreDef] = field(default_factory=dict)  # predictive scores
     types: dict[int, Type] = field(default_factory=dict)
     loop_refs: set[int] = field(default_factory=set)  # refs to a template loop variable
     item_refs: set[int] = field(default_factory=set)  # item.NAME (recommend's where, loops)
@@ -156,6 +158,11 @@ class Checker:
                     if owner_cluster is not item:
                         self.error(f"cluster '{item.name}' is already defined at "
                                    f"{owner_cluster.pos}", item.pos)
+                elif isinstance(item, ast.ScoreDef):
+                    owner_score = self.out.scores.setdefault(item.name, item)
+                    if owner_score is not item:
+                        self.error(f"score '{item.name}' is already defined at "
+                                   f"{owner_score.pos}", item.pos)
                 elif isinstance(item, ast.ModelDef):
                     owner = self.out.models.setdefault(item.placement, item)
                     if owner is not item:
@@ -228,30 +235,35 @@ class Checker:
             self._check_model(model)
         for cluster in out.clusters.values():
             self._check_cluster(cluster)
+        for score in out.scores.values():
+            self._check_score(score)
+
+    def _check_score(self, score: ast.ScoreDef) -> None:
+        """One label or target over a declared event, a positive window, and features
+        like a cluster's."""
+        if score.label is not None and score.target is not None:
+            self.error("a score has a label (a yes/no outcome) or a target (a number), "
+                       "not both", score.field_pos["target"])
+        outcome = score.outcome
+        if outcome is None:
+            self.error(f"score '{score.name}' needs 'label: no EVENT within D', 'label: EVENT "
+                       "within D' or 'target: sum(EVENT.value) within D'", score.pos)
+        else:
+            if outcome.event not in self.out.events:
+                self.error(f"unknown event '{outcome.event}'"
+                           f"{_suggest(outcome.event, self.out.events)} (declare it with "
+                           "'events: ...')", outcome.pos)
+            if not 0 < float(outcome.window.value) <= MAX_SCORE_WINDOW:  # type: ignore[arg-type]
+                self.error(f"a score's window is 1s to {int(MAX_SCORE_WINDOW // 86400)}d",
+                           outcome.window.pos)
+        self._check_features(score.features, f"score '{score.name}'", score.pos, "a score")
 
     def _check_cluster(self, cluster: ast.ClusterDef) -> None:
         """Per-customer number features (the profile, events, now: no context, no
         segment), 2 to MAX_CLUSTERS clusters, and a name for each when names are given."""
         pos = cluster.field_pos
-        if not cluster.features:
-            self.error(f"cluster '{cluster.name}' needs 'features: NAME = EXPR, ...'",
-                       cluster.pos)
-        seen: set[str] = set()
-        for feature in cluster.features:
-            if feature.name in seen:
-                self.error(f"feature '{feature.name}' is named twice", feature.pos)
-            seen.add(feature.name)
-            refs: set[str] = set()
-            t = self._type(feature.expr, refs)
-            if t.name not in ("number", "error"):
-                self.error(f"a cluster feature is a number, not {t}", feature.expr.pos)
-            if refs:
-                self.error("a cluster feature reads the customer (profile, events), not "
-                           f"segments ({', '.join(sorted(refs))})", feature.expr.pos)
-            for node in ast.walk(feature.expr):
-                if isinstance(node, ast.Ref) and node.parts[0] in ("context", "cluster"):
-                    self.error(f"a cluster feature reads the customer (profile, events), not "
-                               f"{node.parts[0]}.", node.pos)
+        self._check_features(cluster.features, f"cluster '{cluster.name}'", cluster.pos,
+                             "a cluster")
         if not 2 <= cluster.k <= MAX_CLUSTERS:
             self.error(f"k is the number of clusters: 2 to {MAX_CLUSTERS}",
                        pos.get("k", cluster.pos))
@@ -261,6 +273,30 @@ class Checker:
                            pos["names"])
             if len(set(cluster.names)) != len(cluster.names):
                 self.error("cluster names must differ", pos["names"])
+
+    def _check_features(self, features: tuple[ast.ClusterFeature, ...], owner: str,
+                        pos: ast.Pos, what: str) -> None:
+        """Named per-customer number features: the profile, events and now; no context,
+        segment, cluster or score."""
+        if not features:
+            self.error(f"{owner} needs 'features: NAME = EXPR, ...'", pos)
+        seen: set[str] = set()
+        for feature in features:
+            if feature.name in seen:
+                self.error(f"feature '{feature.name}' is named twice", feature.pos)
+            seen.add(feature.name)
+            refs: set[str] = set()
+            t = self._type(feature.expr, refs)
+            if t.name not in ("number", "error"):
+                self.error(f"{what} feature is a number, not {t}", feature.expr.pos)
+            if refs:
+                self.error(f"{what} feature reads the customer (profile, events), not "
+                           f"segments ({', '.join(sorted(refs))})", feature.expr.pos)
+            for node in ast.walk(feature.expr):
+                if isinstance(node, ast.Ref) and node.parts[0] in ("context", "cluster",
+                                                                    "score"):
+                    self.error(f"{what} feature reads the customer (profile, events), not "
+                               f"{node.parts[0]}.", node.pos)
 
     def _check_model(self, model: ast.ModelDef) -> None:
         pos = model.field_pos
@@ -609,6 +645,12 @@ class Checker:
                            "thresholds block)", node.pos)
                 return ERROR
             return Type(spec0.type, False)
+        if head == "score" and len(rest) == 1:
+            if rest[0] not in self.out.scores:
+                self.error(f"unknown score '{rest[0]}'{_suggest(rest[0], self.out.scores)}"
+                           " (declare it with 'score NAME { ... }')", node.pos)
+                return ERROR
+            return Type("number", True)  # null until the score has learnt enough labels
         if head == "cluster" and len(rest) == 1:
             found = self.out.clusters.get(rest[0])
             if found is None:

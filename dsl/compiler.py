@@ -39,6 +39,7 @@ from dsl.ruleset import (
     Prior,
     RecommendSpec,
     Ruleset,
+    ScoreSpec,
     Segment,
     Suppression,
     Template,
@@ -79,6 +80,8 @@ class Compiler:
         action_fns = {a.name: self._declare_action(a) for a in checked.actions.values()}
         cluster_fns = {c.name: [self.function(f.expr) for f in c.features]
                        for c in checked.clusters.values()}
+        score_fns = {sc.name: [self.function(f.expr) for f in sc.features]
+                     for sc in checked.scores.values()}
         namespace = self._exec()
         segments = tuple(
             Segment(name, namespace[seg_fns[name]], checked.segments[name].pos,
@@ -118,6 +121,8 @@ class Compiler:
                 c.name, tuple(f.name for f in c.features),
                 tuple(namespace[fn] for fn in cluster_fns[c.name]), c.k, c.names, c.pos)
                 for c in checked.clusters.values()},
+            scores={sc.name: _score(sc, tuple(namespace[fn] for fn in score_fns[sc.name]))
+                    for sc in checked.scores.values() if sc.outcome is not None},
             items_declared=checked.items_declared,
         )
 
@@ -281,6 +286,16 @@ def _experiment(e: ast.ExperimentDef) -> Experiment:
         window=float(e.window.value) if e.window else None,  # type: ignore[arg-type]
         half_life=float(e.half_life.value) if e.half_life else None,  # type: ignore[arg-type]
         winner=e.winner, traffic=e.traffic)
+
+
+def _score(score: ast.ScoreDef, fns: tuple[CompiledFn, ...]) -> ScoreSpec:
+    outcome = score.outcome
+    assert outcome is not None
+    window = outcome.window
+    text = {"none": f"no {outcome.event}", "any": outcome.event}.get(
+        outcome.kind, f"sum({outcome.event}.value)") + f" within {window.text or window.value}"
+    return ScoreSpec(score.name, tuple(f.name for f in score.features), fns, outcome.kind,
+                     outcome.event, float(window.value), text, score.pos)  # type: ignore[arg-type]
 
 
 def _recommend(reco: ast.Recommend | None, where: CompiledFn | None) -> RecommendSpec | None:

@@ -16,6 +16,11 @@ from dsl.vocabulary import CLUSTERS_ATTRIBUTE, POPULATION_ATTRIBUTE, SEND_TIME_A
 _EVENT_FUNCS = {"count": "_count", "sum": "_sum", "last": "_last", "first": "_first"}
 
 
+def node_name(node: ast.Ref) -> str:
+    """``cluster.NAME`` or ``score.NAME``: what the decision's learnt values are keyed by."""
+    return ".".join(node.parts)
+
+
 class Emitter:
     """Translates one expression tree to Python source, collecting constants."""
 
@@ -50,8 +55,8 @@ class Emitter:
                 if id(node) in self.checked.loop_refs:
                     return f"X[{head!r}]"  # a template loop variable
                 return f"S[{head!r}]"
-            if head == "cluster":  # the customer's learned cluster (engine.learning.clusters)
-                return f"_cluster(A.get({CLUSTERS_ATTRIBUTE!r}), {rest[0]!r})"
+            if head in ("cluster", "score"):  # learnt (engine.learning.clusters, .scores)
+                return f"_cluster(A.get({CLUSTERS_ATTRIBUTE!r}), {node_name(node)!r})"
             if head == "thresholds":  # a constant of this revision
                 return repr(self.checked.thresholds[rest[0]].default)
             table = {"profile": "A", "context": "C", "action": "X"}[head]

@@ -223,6 +223,9 @@ _SHOWERS: dict[str, Shower] = {
     "suppress": _suppress,
     "content": _content,
     "recommend": _recommend,
+    "score_outcome": lambda k, v, n: [f"{k}: " + (
+        f"no {v.event}" if v.kind == "none" else v.event if v.kind == "any"
+        else f"sum({v.event}.value)") + f" within {_literal(v.window)}"],
     "cluster_features": lambda k, v, n: [
         f"{k}: " + ", ".join(f"{f.name} = {print_expr(f.expr)}" for f in v)] if v else [],
     "features": lambda k, v, n: [f"{k}: {', '.join(f for f, _ in v or ())}"],
@@ -272,6 +275,8 @@ def _item(item: ast.Item) -> Block:
         return _block(item, f"action {item.name} {{")
     if isinstance(item, ast.ClusterDef):
         return _block(item, f"cluster {item.name} {{")
+    if isinstance(item, ast.ScoreDef):
+        return _block(item, f"score {item.name} {{")
     if isinstance(item, ast.PolicyDef):
         return _policy(item)
     if isinstance(item, ast.ModelDef):

@@ -321,6 +321,16 @@ class _ToAst(Transformer[Token, Any]):
         return ast.ClusterDef(str(name), self._pos(name), **values, field_pos=positions)
 
     @v_args(meta=True)
+    def score_def(self, meta: Any, children: list[Any]) -> ast.ScoreDef:
+        name, *fields = children
+        values, positions = self._fields(fields, "score")
+        return ast.ScoreDef(str(name), self._pos(name), **values, field_pos=positions)
+
+    def _score_outcome(self, rule: str, c: list[Any], pos: ast.Pos) -> ast.ScoreOutcome:
+        kind = {"score_label_none": "none", "score_label_any": "any"}.get(rule, "sum")
+        return ast.ScoreOutcome(kind, str(c[0]), self._duration_literal(c[-1]), pos)
+
+    @v_args(meta=True)
     def cluster_feature(self, meta: Any, children: list[Any]) -> ast.ClusterFeature:
         return ast.ClusterFeature(str(children[0]), children[1], self._pos(children[0]))
 
@@ -358,6 +368,7 @@ _READERS: dict[str, Reader] = {
     "content": lambda tr, rule, c, pos: tuple(c),
     "recommend": lambda tr, rule, c, pos: tr._recommend(c, pos),
     "cluster_features": lambda tr, rule, c, pos: tuple(c),
+    "score_outcome": lambda tr, rule, c, pos: tr._score_outcome(rule, c, pos),
     "features": lambda tr, rule, c, pos: tuple(c),
     "weights": lambda tr, rule, c, pos: tuple(c),
     "thompson": lambda tr, rule, c, pos: c[0] if c else None,
@@ -366,10 +377,11 @@ _READERS: dict[str, Reader] = {
 """How each kind of field value is read from its parse tree."""
 
 BLOCKS = {"action": ast.ActionDef, "experiment": ast.ExperimentDef, "model": ast.ModelDef,
-          "placement": ast.PlacementDef, "cluster": ast.ClusterDef}
+          "placement": ast.PlacementDef, "cluster": ast.ClusterDef, "score": ast.ScoreDef}
 FIELD_RULES: dict[str, ast.BlockField] = {
     row.rule: row for node in BLOCKS.values() for row in ast.block_fields(node)}
 FIELD_RULES["reward_value"] = FIELD_RULES["reward"]  # reward: conversion.value
+FIELD_RULES["score_label_any"] = FIELD_RULES["score_label_none"]  # label: EVENT within D
 
 
 def _describe(token: Token) -> str:

@@ -176,6 +176,28 @@ class ClusterSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ScoreSpec:
+    """``score NAME { label: ... | target: ..., features: ... }``: a predictive score."""
+
+    name: str
+    features: tuple[str, ...]
+    fns: tuple[CompiledFn, ...]  # fn(A, C, E, S, now) -> number | None, one per feature
+    kind: str  # none (no EVENT within D) | any (EVENT within D) | sum (sum(EVENT.value) ...)
+    event: str
+    window_seconds: float
+    text: str  # the label or target as written
+    pos: Pos
+
+    @property
+    def binary(self) -> bool:
+        return self.kind != "sum"
+
+    def key(self) -> tuple[object, ...]:
+        """What the learnt model depends on: a change relearns it from scratch."""
+        return self.features, self.kind, self.event, self.window_seconds
+
+
+@dataclass(frozen=True, slots=True)
 class Action:
     id: str
     placements: frozenset[str]
@@ -329,6 +351,7 @@ class Ruleset:
     items_declared: bool = False
     catalogue: tuple[Mapping[str, Any], ...] = ()
     clusters: Mapping[str, ClusterSpec] = field(default_factory=dict)
+    scores: Mapping[str, ScoreSpec] = field(default_factory=dict)
 
     def model_of(self, placement: str) -> ModelSpec:
         return self.models.get(placement, DEFAULT_MODEL)

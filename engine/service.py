@@ -25,7 +25,7 @@ from dsl.ruleset import ModelSpec, Ruleset
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
 from engine.decide.catalogue import Catalogue, decode_item, encode_item
-from engine.decide.clusters import logged_features
+from engine.decide.clusters import features_of, logged_features, profile_args, score_snapshot
 from engine.decide.decision import Decision
 from engine.decide.population import PopulationStats, statistics
 from engine.decide.recommend import Recommendations
@@ -40,6 +40,7 @@ from engine.learning.clusters import ClusterModels
 from engine.learning.consumer import Learner
 from engine.learning.models import ModelQuality, PropensityModels
 from engine.learning.recommender import Recommender
+from engine.learning.scores import ScoreModels
 from engine.ports import FeedbackCommit, Store, StoreUnavailable
 from engine.profiles import ENGAGEMENTS, record_event, record_item
 from engine.records import (
@@ -116,10 +117,12 @@ class Arbiter:
         self.models = PropensityModels()
         self.recommender = Recommender()
         self.clusters = ClusterModels()
+        self.scores = ScoreModels()
         self.learner = Learner(store, self.models, self.spec_of, reward_wait=reward_wait,
                                snapshot_key=snapshot_key, clock=clock,
                                recommender=self.recommender, clusters=self.clusters,
-                               clusters_of=lambda: self._ruleset.clusters)
+                               clusters_of=lambda: self._ruleset.clusters,
+                               scores=self.scores, scores_of=lambda: self._ruleset.scores)
         self._item_changes: dict[str, Mapping[str, Any] | None] = {}  # the store's, decoded
         self.catalogue = Catalogue.build(ruleset.catalogue, {})
         self.experiments = ExperimentStates(self._arm_counts_or_none, self.sampler, clock)
@@ -218,6 +221,7 @@ class Arbiter:
             recommendations=(Recommendations(self.catalogue, self.recommender)
                              if self._ruleset.items_declared else None),
             clusters=self.clusters,
+            scores=self.scores,
         )
 
     def record_ttl(self, record: DecisionRecord) -> float | None:
@@ -406,7 +410,34 @@ class Arbiter:
         for name, examples, metrics in self.clusters.report(specs):
             report.append(ModelQuality(f"cluster:{name}", f"KMeans k={specs[name].k}",
                                        examples, nan, nan, nan, nan, metrics))
+        for name, learner, labels, quality in self.scores.report(self._ruleset.scores):
+            if isinstance(quality, dict):  # a target: its error
+                report.append(ModelQuality(f"score:{name}", learner, labels, nan, nan, nan,
+                                           nan, quality))
+            else:
+                rate = float(quality.observed.get())
+                auc = float(quality.auc.get()) if 0.0 < rate < 1.0 else nan
+                report.append(ModelQuality(f"score:{name}", learner, labels, auc,
+                                           float(quality.log_loss.get()),
+                                           float(quality.predicted.get()), rate))
         return report
+
+    def learnt_values(self, profile: Profile) -> dict[str, float]:
+        """The customer's scores and clusters now (``score.NAME``, ``cluster.NAME``: a
+        cluster by number), as GetProfile shows them; those not learnt yet are left out."""
+        ruleset = self._ruleset
+        args = profile_args(ruleset, profile, self.clock())
+        out: dict[str, float] = {}
+        for name, spec in ruleset.scores.items():
+            value = self.scores.predict(spec, features_of(spec, args))
+            if value is not None:
+                out[f"score.{name}"] = value
+        for name, cluster in ruleset.clusters.items():
+            assigned = self.clusters.assign(cluster, features_of(cluster, args))
+            if assigned is not None:
+                number = cluster.names.index(assigned) if isinstance(assigned, str) else assigned
+                out[f"cluster.{name}"] = float(number)
+        return out
 
     # ---- profiles -----------------------------------------------------------------
     def track(
@@ -438,23 +469,26 @@ class Arbiter:
             if req.item_id:
                 history[:] = record_item(profile, req.item_id, req.event_type, req.at)
             last = profile.clustered_at
-            cluster_now[0] = bool(ruleset.clusters) and (
+            cluster_now[0] = bool(ruleset.clusters or ruleset.scores) and (
                 last is None or req.at - last >= CLUSTER_EVERY_SECONDS)
             if cluster_now[0]:
                 profile.clustered_at = req.at
             return profile
 
+        labelled = any(spec.event == req.event_type for spec in ruleset.scores.values())
+
         def learning(profile: Profile) -> LearningEvent | None:
             features = logged_features(ruleset, profile, req.at) if cluster_now[0] else {}
+            if cluster_now[0] or labelled:  # every event a score counts is logged
+                features.update(score_snapshot(ruleset, profile, req.at))
             if not (req.item_id or features):
                 return None
             return LearningEvent("", "", req.event_type, req.at, self.clock(),
-                                 user=pseudonym(req.user_id) if req.item_id else "",
-                                 item_id=req.item_id, history=list(history),
-                                 profile_features=features)
+                                 user=pseudonym(req.user_id), item_id=req.item_id,
+                                 history=list(history), profile_features=features)
 
         profile = self.store.update_profile(req.user_id, change, learning)
-        if req.item_id or cluster_now[0]:
+        if req.item_id or cluster_now[0] or labelled:
             self.feedback_logged.set()  # the background learner picks it up
         self.population.add(req.at)
         if keys:

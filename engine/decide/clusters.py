@@ -8,20 +8,21 @@ through the log) and, lazily, when a decision's rules read ``cluster.NAME``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from dsl.ruleset import ClusterSpec, Ruleset
+from dsl.ruleset import ClusterSpec, Ruleset, ScoreSpec
 from engine.decide.attributes import typed_attributes
 from engine.records import Profile
 
 if TYPE_CHECKING:  # River loads only where the models are built (the CLI stays light)
     from engine.learning.clusters import ClusterModels
+    from engine.learning.scores import ScoreModels
 
 log = logging.getLogger(__name__)
 
 
-def features_of(spec: ClusterSpec, args: tuple[Any, ...]) -> dict[str, float | None]:
+def features_of(spec: ClusterSpec | ScoreSpec, args: tuple[Any, ...]
+                ) -> dict[str, float | None]:
     """Each feature's value (None: unknown, or it failed) for the rules' arguments."""
     out: dict[str, float | None] = {}
     for name, fn in zip(spec.features, spec.fns, strict=True):
@@ -55,18 +56,41 @@ def logged_features(ruleset: Ruleset, profile: Profile, now: float) -> dict[str,
     return out
 
 
+def score_snapshot(ruleset: Ruleset, profile: Profile, now: float) -> dict[str, float]:
+    """What the scores learn from a TrackEvent: each score's features (``NAME:feature``)
+    and, for each event a label or target counts, the customer's ``@count:EVENT``,
+    ``@total:EVENT`` and ``@last:EVENT`` after it (engine.learning.scores)."""
+    args = profile_args(ruleset, profile, now)
+    out: dict[str, float] = {}
+    for spec in ruleset.scores.values():
+        for feature, value in features_of(spec, args).items():
+            if value is not None:
+                out[f"{spec.name}:{feature}"] = value
+        stats = profile.events.get(spec.event)
+        out[f"@count:{spec.event}"] = float(stats.count) if stats else 0.0
+        out[f"@total:{spec.event}"] = float(stats.total) if stats else 0.0
+        out[f"@last:{spec.event}"] = float(stats.last_at) if stats else 0.0
+    return out
+
+
 class Assignments:
-    """``cluster.NAME`` for one decision: computed on first read, then kept."""
+    """``cluster.NAME`` and ``score.NAME`` for one decision: computed on first read."""
 
-    __slots__ = ("_args", "_done", "_models", "_specs")
+    __slots__ = ("_args", "_clusters", "_done", "_ruleset", "_scores")
 
-    def __init__(self, models: ClusterModels, specs: Mapping[str, ClusterSpec],
+    def __init__(self, clusters: ClusterModels, scores: ScoreModels | None, ruleset: Ruleset,
                  args: tuple[Any, ...]) -> None:
-        self._models, self._specs, self._args = models, specs, args
-        self._done: dict[str, int | str | None] = {}
+        self._clusters, self._scores, self._ruleset, self._args = clusters, scores, ruleset, args
+        self._done: dict[str, float | int | str | None] = {}
 
-    def get(self, name: str) -> int | str | None:
+    def get(self, name: str) -> float | int | str | None:
         if name not in self._done:
-            spec = self._specs[name]
-            self._done[name] = self._models.assign(spec, features_of(spec, self._args))
+            kind, _, short = name.partition(".")
+            if kind == "cluster":
+                spec = self._ruleset.clusters[short]
+                self._done[name] = self._clusters.assign(spec, features_of(spec, self._args))
+            else:
+                score = self._ruleset.scores[short]
+                self._done[name] = (None if self._scores is None else self._scores.predict(
+                    score, features_of(score, self._args)))
         return self._done[name]

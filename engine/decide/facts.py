@@ -42,7 +42,8 @@ class Facts:
 
 def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
                 population: Prior = NO_PRIOR, percentiles: object = None,
-                recommendations: object = None, clusters: object = None) -> Facts:
+                recommendations: object = None, clusters: object = None,
+                scores: object = None) -> Facts:
     """Defaults, then the stored profile, then built-ins; the request's context likewise.
 
     ``population`` is the population's engagement by hour of the week: with it the
@@ -65,8 +66,8 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
     context["channel"] = req.channel
     events = profile.events if profile is not None else {}
     facts = Facts(attributes, context, events, {}, req.now)
-    if clusters is not None and ruleset.clusters:
-        attributes[CLUSTERS] = Assignments(clusters, ruleset.clusters,  # type: ignore[arg-type]
+    if clusters is not None and (ruleset.clusters or ruleset.scores):
+        attributes[CLUSTERS] = Assignments(clusters, scores, ruleset,  # type: ignore[arg-type]
                                            facts.args())
     if recommendations is not None:
         facts.recommendations = recommendations

@@ -48,8 +48,8 @@ class Learnt(NamedTuple):
 def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision_id: str,
         models: PropensityModels, experiment_state: StateOf, sampler: ThompsonSampler,
         tracer: Tracer | None = None, population: Prior = NO_PRIOR,
-        percentiles: object = None, recommendations: object = None, clusters: object = None
-        ) -> tuple[Decision, DecisionRecord]:
+        percentiles: object = None, recommendations: object = None, clusters: object = None,
+        scores: object = None) -> tuple[Decision, DecisionRecord]:
     """One decision, from a loaded profile to the record to store.
 
     ``req.explain`` adds an :class:`ExplainTracer` (reasons and traces in the
@@ -59,7 +59,7 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     trace = NULL_TRACER if explainer is None and tracer is None else combine(explainer, tracer)
     trace.stage("segments")
     facts = build_facts(ruleset, profile, req, population, percentiles, recommendations,
-                        clusters)
+                        clusters, scores)
     evaluate_segments(ruleset, facts, trace)
     trace.stage("scoring")
     spec = ruleset.model_of(req.placement.name)

@@ -208,13 +208,17 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
 
 
 def profile_message(profile: Profile, now: float,
-                    types: Mapping[str, str] | None = None) -> pb.Profile:
+                    types: Mapping[str, str] | None = None,
+                    learnt: Mapping[str, float] | None = None) -> pb.Profile:
     """A profile for GetProfile: attributes, event aggregates, contact history.
 
     A stored profile that decodes but holds a value no request could have written (a
     time outside Timestamp's range, after damage in the store) is a CorruptRecord."""
     try:
-        return _profile_message(profile, now, types)
+        message = _profile_message(profile, now, types)
+        if learnt:
+            message.learnt.update(learnt)
+        return message
     except (ValueError, OverflowError) as err:
         raise CorruptRecord("user_id", "profile", f"a stored value is out of range: {err}"
                             ) from None

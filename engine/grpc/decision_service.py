@@ -222,8 +222,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         profile = await self.offload.store(self.arbiter.get_profile, request.user_id)
         if profile is None:
             return pb.GetProfileResponse(found=False)
+        learnt = self.arbiter.learnt_values(profile)
         return pb.GetProfileResponse(found=True, profile=convert.profile_message(
-            profile, self.arbiter.clock(), self._types()))
+            profile, self.arbiter.clock(), self._types(), learnt))
 
     @rpc
     async def ForgetProfile(self, request: pb.ForgetProfileRequest,

@@ -213,7 +213,8 @@ def split_features(specs: Mapping[str, ClusterSpec], logged: Mapping[str, float]
                    ) -> dict[str, dict[str, float | None]]:
     """A log entry's features back per cluster (a missing feature is None)."""
     return {name: {f: logged.get(f"{name}/{f}") for f in spec.features}
-            for name, spec in specs.items()}
+            for name, spec in specs.items() if any(f"{name}/{f}" in logged
+                                                   for f in spec.features)}
 
 
 class ClusterModels:

@@ -26,7 +26,7 @@ import uuid
 import zlib
 from collections.abc import Callable, Mapping
 
-from dsl.ruleset import ClusterSpec, ModelSpec
+from dsl.ruleset import ClusterSpec, ModelSpec, ScoreSpec
 from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS
 from engine.learning.clusters import ClusterModels, split_features
 from engine.learning.delayed import fake_negative_weight, positive_weight
@@ -34,10 +34,11 @@ from engine.learning.log import LearningLog
 from engine.learning.models import PropensityModels
 from engine.learning.quality import FinalLabels
 from engine.learning.recommender import Recommender
+from engine.learning.scores import ScoreModels
 from engine.learning.snapshots import sign, verify
 from engine.records import FORGET, LearningEvent
 
-SNAPSHOT_FORMAT = 4
+SNAPSHOT_FORMAT = 5
 """Version of the pickled snapshot; an older one is ignored and the log replayed."""
 log = logging.getLogger(__name__)
 SpecOf = Callable[[str, str], tuple[ModelSpec, float]]
@@ -64,12 +65,16 @@ class Learner:
         recommender: Recommender | None = None,
         clusters: ClusterModels | None = None,
         clusters_of: Callable[[], Mapping[str, ClusterSpec]] | None = None,
+        scores: ScoreModels | None = None,
+        scores_of: Callable[[], Mapping[str, ScoreSpec]] | None = None,
     ) -> None:
         self.store = store
         self.models = models
         self.recommender = recommender if recommender is not None else Recommender()
         self.clusters = clusters if clusters is not None else ClusterModels()
         self.clusters_of = clusters_of  # the serving ruleset's cluster definitions
+        self.scores = scores if scores is not None else ScoreModels()
+        self.scores_of = scores_of  # and its predictive scores
         self.spec_of = spec_of
         self.reward_wait = reward_wait
         self.snapshot_every = snapshot_every
@@ -109,14 +114,16 @@ class Learner:
             return
         stored, offset = saved
         try:
-            version, models_blob, labels, recommender, clusters = pickle.loads(
+            version, models_blob, labels, recommender, clusters, scores = pickle.loads(
                 verify(self.snapshot_key, offset, stored))
             if (version != SNAPSHOT_FORMAT or not isinstance(recommender, Recommender)
-                    or not isinstance(clusters, ClusterModels)):
+                    or not isinstance(clusters, ClusterModels)
+                    or not isinstance(scores, ScoreModels)):
                 raise ValueError(f"snapshot format {version}")
             self.models.restore(models_blob)
             self.recommender.__setstate__(recommender.__getstate__())
             self.clusters.__setstate__(clusters.__getstate__())
+            self.scores.__setstate__(scores.__getstate__())
         except Exception as err:  # refused, older, or written by another River: relearn
             log.warning("model snapshot not loaded (%s: %s); relearning from the log "
                         "(entries older than the snapshot may have been trimmed: the models "
@@ -134,7 +141,7 @@ class Learner:
         self._last_snapshot = time.monotonic()
         if self.snapshot_key is not None:
             blob = pickle.dumps((SNAPSHOT_FORMAT, self.models.snapshot(), self.labels,
-                                 self.recommender, self.clusters))
+                                 self.recommender, self.clusters, self.scores))
             self.store.save_models(sign(self.snapshot_key, self.offset, blob), self.offset)
         self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
 
@@ -168,11 +175,17 @@ class Learner:
         """Learn what the event teaches (O(1)); score predictions whose label is final."""
         if event.item_id or event.outcome == FORGET:
             self.recommender.learn(event)
+        if event.outcome == FORGET and event.user:
+            self.scores.forget(event.user)
+        if event.profile_features and event.user and self.scores_of is not None:
+            scores = self.scores_of()
+            if scores:
+                self.scores.learn(scores, event.user, event.at, event.profile_features)
         if event.profile_features and self.clusters_of is not None:
-            specs = self.clusters_of()
-            for name, x in split_features(specs, event.profile_features).items():
+            clusters = self.clusters_of()
+            for name, x in split_features(clusters, event.profile_features).items():
                 if any(v is not None for v in x.values()):
-                    self.clusters.learn(specs[name], x)
+                    self.clusters.learn(clusters[name], x)
         if event.shown or event.rewarded:
             spec, prior = self.spec_of(event.placement, event.action_id)
             key = (event.decision_id, event.action_id)

@@ -356,7 +356,7 @@ class ItemInteraction(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., event: _Optional[str] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
 
 class Profile(_message.Message):
-    __slots__ = ("user_id", "attributes", "events", "contacts", "first_seen", "last_seen", "items")
+    __slots__ = ("user_id", "attributes", "events", "contacts", "first_seen", "last_seen", "items", "learnt")
     class AttributesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -364,6 +364,13 @@ class Profile(_message.Message):
         key: str
         value: Value
         def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Value, _Mapping]] = ...) -> None: ...
+    class LearntEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     EVENTS_FIELD_NUMBER: _ClassVar[int]
@@ -371,6 +378,7 @@ class Profile(_message.Message):
     FIRST_SEEN_FIELD_NUMBER: _ClassVar[int]
     LAST_SEEN_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    LEARNT_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     attributes: _containers.MessageMap[str, Value]
     events: _containers.RepeatedCompositeFieldContainer[EventAggregate]
@@ -378,7 +386,8 @@ class Profile(_message.Message):
     first_seen: _timestamp_pb2.Timestamp
     last_seen: _timestamp_pb2.Timestamp
     items: _containers.RepeatedCompositeFieldContainer[ItemInteraction]
-    def __init__(self, user_id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., events: _Optional[_Iterable[_Union[EventAggregate, _Mapping]]] = ..., contacts: _Optional[_Iterable[_Union[ContactAggregate, _Mapping]]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., items: _Optional[_Iterable[_Union[ItemInteraction, _Mapping]]] = ...) -> None: ...
+    learnt: _containers.ScalarMap[str, float]
+    def __init__(self, user_id: _Optional[str] = ..., attributes: _Optional[_Mapping[str, Value]] = ..., events: _Optional[_Iterable[_Union[EventAggregate, _Mapping]]] = ..., contacts: _Optional[_Iterable[_Union[ContactAggregate, _Mapping]]] = ..., first_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_seen: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., items: _Optional[_Iterable[_Union[ItemInteraction, _Mapping]]] = ..., learnt: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class GetProfileRequest(_message.Message):
     __slots__ = ("user_id",)
