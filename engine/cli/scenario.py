@@ -113,7 +113,7 @@ def apply_population(arbiter: Arbiter, path: Path, now: float) -> None:
         arbiter.track(user_id=str(entry["user"]), event_type=str(entry["type"]), at=at,
                       properties={"value": float(value)} if value else {},
                       item_id=str(entry.get("item", "")))
-    arbiter.learn()
+    arbiter.sync()  # learnt (clusters, scores, recommender) and the population's percentiles
 
 
 def _first_channel(ruleset: Ruleset, action_id: str) -> str:
