@@ -16,7 +16,13 @@ TOKENS = ["segment", "action", "placement", "experiment", "policy", "model", "th
           "bagging: 0", "bagging: 1000", "holdout: 100%", "\\", "\x00", "é", "\t", "\n",
           "import \"x.arb\"", "import \"segments.arb\"", "#", "true", "false", "null",
           "percentile(sum(purchase.value), 80)", "percentile(count(visit), 101)",
-          "percentile(", "best_send_hour()", "hour_of_day(now)", "day_of_week(last(visit))"]
+          "percentile(", "best_send_hour()", "hour_of_day(now)", "day_of_week(last(visit))",
+          "items: recommend(3)", "recommend(0)", "recommend(99, where: item.price < 1)",
+          "where: item.nope", "exclude: purchase within 0d", "exclude: nope", "recommended",
+          "{% for item in recommended %}{{ item.name }}{% end %}", "item.price", "items {",
+          "cluster c { features: x = count(visit)  k: 2 }", "cluster.shoppers", "k: 0",
+          "names: a", "score.churn", "score s { label: no visit within 1d  features: x = 1 }",
+          "label: no purchase within 400d", "target: sum(visit.value) within 1d"]
 THRESHOLD_VALUES = ["nan", "inf", "-inf", "1e400", "-1e308", "1e308", "0", "-0.0", "\"x\"",
                     "true", "[1]", "{a=1}", "", "9" * 400]
 

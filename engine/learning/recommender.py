@@ -48,7 +48,7 @@ from engine.records import FORGET, LearningEvent
 
 HALF_LIFE_SECONDS = 7 * 86400.0
 """Popularity halves in a week without interactions."""
-MAX_PARTNERS = 200
+MAX_PARTNERS = 100
 """Co-occurrence partners kept per item (the weakest dropped beyond it)."""
 NEIGHBOURS = 30
 """Neighbours an item contributes to a recommendation."""
@@ -58,7 +58,7 @@ perfect match (shrinkage toward 0, as item-kNN recommenders do)."""
 STALE_SECONDS = 1.0
 """An item's cached neighbours are recomputed at most this often once new pairs arrive
 (recomputing on every interaction would make hot items cost on every decision)."""
-MAX_ITEMS = 200_000
+MAX_ITEMS = 100_000
 """Items with learnt state (the least popular dropped beyond it)."""
 MAX_USERS = 200_000
 """Customers the model holds factors for (least recently active dropped beyond it)."""
