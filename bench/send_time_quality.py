@@ -51,7 +51,7 @@ def main() -> None:
         hour = int(min(23, max(0, rng.gauss(19, 3))))
         slot = (day * 24 + hour) % HOURS_PER_WEEK  # counted from NOW's weekday
         preferred[f"c{c}"] = hour_of_week(NOW + slot * 3600)  # Arbiter's frame: Monday 0h
-        for k in range(args.history):
+        for _ in range(args.history):
             at_slot = slot if rng.random() < 0.5 else rng.randrange(HOURS_PER_WEEK)
             weeks_ago = rng.randint(1, 8)
             at = NOW - weeks_ago * 7 * 86400 + at_slot * 3600 + rng.uniform(0, 3500)

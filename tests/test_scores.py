@@ -145,3 +145,28 @@ def test_forget_drops_the_waiting_snapshot_and_snapshots_restore_the_scores() ->
     again = _arbiter(store, snapshot_key=b"k")
     x = {"recency": 3.0, "visits": 10.0}
     assert again.scores.predict(spec, x) == pytest.approx(arb.scores.predict(spec, x))
+
+
+def test_explain_learns_from_a_population_file_first(
+        tmp_path: object, capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from engine.cli.app import main
+    from tests.conftest import RETAIL
+
+    profile = Path(str(tmp_path)) / "bo.toml"
+    profile.write_text("""traits = { email_opt_in = true }
+events = [
+  { type = "purchase", value = 60, ago = "140d" }, { type = "purchase", value = 55, ago = "120d" },
+  { type = "purchase", value = 70, ago = "100d" }, { type = "purchase", value = 65, ago = "80d" },
+  { type = "visit", ago = "40d" }, { type = "visit", ago = "20d" },
+]
+""")
+    args = ["explain", str(RETAIL), "--user", "bo", "--placement", "email", "--profile",
+            str(profile)]
+    assert main(args) == 0
+    assert "segments: (none)" in capsys.readouterr().out  # nothing learnt: no churn score
+    population = str(RETAIL / "tests" / "population.jsonl")
+    assert main([*args, "--population", population]) == 0
+    out = capsys.readouterr().out
+    assert "segments: churn_risk" in out and "1. winback_offer" in out

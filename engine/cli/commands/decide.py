@@ -42,6 +42,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser("explain", help="why each action is or is not chosen")
     e.add_argument("rules", help="ruleset directory")
     e.add_argument("--profile", help="profile file (JSON or TOML); none: a new customer")
+    e.add_argument("--population", metavar="FILE.jsonl",
+                   help="other customers' events to learn from first (clusters, scores, "
+                        "recommendations, percentiles), as in arbiter test")
     add_request_arguments(e, user_required=False, default_seed=0)
     e.set_defaults(func=run, explain=True, target=None, json=False)  # a local explained decide
 
@@ -76,12 +79,15 @@ def run(args: argparse.Namespace) -> int:
 
 def _decide_local(args: argparse.Namespace) -> Decision:
     import time
+    from pathlib import Path
 
-    from engine.cli.scenario import apply_scenario, load_scenario
+    from engine.cli.scenario import apply_population, apply_scenario, load_scenario
     from engine.service import Arbiter
 
     ruleset = load_path(args.rules)
     arbiter = Arbiter(ruleset, memory_store_factory()(time.time), seed=args.seed)
+    if getattr(args, "population", None):
+        apply_population(arbiter, Path(args.population), arbiter.clock())
     if args.profile:
         apply_scenario(arbiter, args.user, load_scenario(args.profile), arbiter.clock())
     return arbiter.decide(
