@@ -176,3 +176,23 @@ def test_replicas_learn_the_same_clusters_from_the_log(redis_url: str) -> None:
     _populate(a, customers=90)
     b.sync()
     assert a.clusters.report(a.ruleset.clusters) == b.clusters.report(b.ruleset.clusters)
+
+
+def test_report_clusters_command_prints_and_plots(tmp_path: object,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from pathlib import Path
+
+    from engine.cli.app import main
+
+    arb = _arbiter()
+    _populate(arb, customers=90)
+    running = server.start(arb, "127.0.0.1", 0, workers=2)
+    png = Path(str(tmp_path)) / "clusters.png"
+    try:
+        code = main(["report", "--clusters", "--target", f"127.0.0.1:{running.port}",
+                     "--plot", str(png)])
+    finally:
+        running.stop(grace=0.5)
+    out = capsys.readouterr().out
+    assert code == 0 and "shoppers  (KMeans k=3" in out and "clusters plot written" in out
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -65,3 +65,42 @@ def plot_report(report: ExperimentReport, path: str | Path) -> Path:
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+def plot_clusters(metrics_by_cluster: dict[str, dict[str, float]], path: str | Path) -> Path:
+    """One panel per learned segmentation: each cluster's centre in every feature (as a
+    multiple of that feature's largest centre, so features of any unit share an axis),
+    with the cluster's share of recent customers in the legend. Returns the file."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise RuntimeError("--plot needs matplotlib: pip install 'arbiter-nba[plot]'") from err
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = sorted(metrics_by_cluster)
+    fig, axes = plt.subplots(1, max(len(names), 1), figsize=(6 * max(len(names), 1), 4),
+                             squeeze=False)
+    for ax, name in zip(axes[0], names, strict=False):
+        metrics = metrics_by_cluster[name]
+        features = list(dict.fromkeys(k.split(":", 2)[2] for k in metrics
+                                      if k.startswith("centre:")))
+        clusters = sorted({int(k.split(":")[1]) for k in metrics if k.startswith("size:")})
+        xs = np.arange(len(features))
+        width = 0.8 / max(len(clusters), 1)
+        for n, cluster in enumerate(clusters):
+            centre = np.array([metrics[f"centre:{cluster}:{f}"] for f in features])
+            top = np.array([max(abs(metrics[f"centre:{c}:{f}"]) for c in clusters) or 1.0
+                            for f in features])
+            ax.bar(xs + n * width, centre / top, width,
+                   label=f"{cluster} ({metrics[f'size:{cluster}']:.0%})")
+        ax.set_xticks(xs + width * (len(clusters) - 1) / 2, features)
+        ax.set_title(f"{name} (silhouette {metrics.get('silhouette', float('nan')):.2f})")
+        ax.set_ylabel("centre / largest centre")
+        ax.legend(title="cluster (share)")
+    fig.tight_layout()
+    out = Path(path)
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--clusters", action="store_true",
                    help="the learned clusters: sizes, centres, silhouette")
     add_snapshot_key_argument(p)
-    p.add_argument("--plot", metavar="FILE.png", help="draw the arms' posteriors")
+    p.add_argument("--plot", metavar="FILE.png",
+                   help="draw the arms' posteriors (with --clusters: the clusters' centres)")
     add_format_argument(p)
     add_client_arguments(p)
     p.set_defaults(func=run)
@@ -72,7 +73,17 @@ def run(args: argparse.Namespace) -> int:
             print(render_clusters(models))
         elif args.models or report is None:
             print(render_models(models))
-    if args.plot and report is not None:
+    if args.plot and args.clusters:
+        from engine.cli.plot import plot_clusters
+
+        rows = {q.model[len("cluster:"):]: q.metrics for q in models
+                if q.model.startswith("cluster:") and "size:0" in q.metrics}
+        try:
+            print(f"clusters plot written to {plot_clusters(rows, args.plot)}")
+        except RuntimeError as err:
+            print(f"arbiter report: {err}", file=sys.stderr)
+            return 2
+    elif args.plot and report is not None:
         from engine.cli.plot import plot_report
 
         try:
