@@ -196,3 +196,15 @@ def test_report_clusters_command_prints_and_plots(tmp_path: object,
     out = capsys.readouterr().out
     assert code == 0 and "shoppers  (KMeans k=3" in out and "clusters plot written" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_fast_assignment_is_rivers_nearest_centre() -> None:
+    arb = _arbiter()
+    _populate(arb, customers=90)
+    model = arb.clusters._models["shoppers"]
+    rng = random.Random(5)
+    for _ in range(300):
+        x = {"basket": rng.uniform(0, 300), "monthly": rng.uniform(0, 8),
+             "visits": rng.choice([None, rng.uniform(0, 25)])}
+        river = model.order().index(model.kmeans.predict_one(model._scaled(x)))
+        assert model.assign(x) == river

@@ -170,3 +170,15 @@ events = [
     assert main([*args, "--population", population]) == 0
     out = capsys.readouterr().out
     assert "segments: churn_risk" in out and "1. winback_offer" in out
+
+
+def test_the_fast_prediction_is_rivers_pipeline() -> None:
+    arb = _arbiter()
+    _simulate(arb, customers=60)
+    rng = random.Random(3)
+    for name in ("churn", "spend"):
+        spec, model = arb.ruleset.scores[name], arb.scores._models[name]
+        for _ in range(100):
+            x = {f: rng.uniform(0, 200) for f in spec.features}
+            assert model.fast_predict(spec, x) == pytest.approx(model.predict(spec, x),
+                                                                  abs=1e-9)

@@ -88,9 +88,11 @@ class Assignments:
             kind, _, short = name.partition(".")
             if kind == "cluster":
                 spec = self._ruleset.clusters[short]
-                self._done[name] = self._clusters.assign(spec, features_of(spec, self._args))
+                self._done[name] = (self._clusters.assign(spec, features_of(spec, self._args))
+                                    if self._clusters.ready(spec) else None)
             else:
                 score = self._ruleset.scores[short]
-                self._done[name] = (None if self._scores is None else self._scores.predict(
-                    score, features_of(score, self._args)))
+                self._done[name] = (
+                    self._scores.predict(score, features_of(score, self._args))
+                    if self._scores is not None and self._scores.ready(score) else None)
         return self._done[name]

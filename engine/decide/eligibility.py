@@ -20,7 +20,7 @@ from engine.decide.facts import Facts
 from engine.decide.inputs import DecideInput
 from engine.decide.recommend import recommend
 from engine.decide.tracer import Tracer
-from engine.records import Profile
+from engine.records import Profile, pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +74,8 @@ def recommended_items(action: Action, facts: Facts, tracer: Tracer) -> list[Reco
     found = facts.recommended.get(action.id)
     if found is None and spec is not None:
         sources = facts.recommendations
+        if sources is not None and not facts.user_key:
+            facts.user_key = pseudonym(str(facts.attributes["user_id"]))
         found = [] if sources is None else recommend(spec, sources, facts.profile, facts.user_key,
                                                      facts.args(), facts.now)
         facts.recommended[action.id] = found

@@ -16,7 +16,7 @@ from engine.decide.clusters import Assignments
 from engine.decide.inputs import DecideInput
 from engine.decide.send_time import NO_PRIOR, Prior, SendTime
 from engine.decide.tracer import Tracer
-from engine.records import Profile, pseudonym
+from engine.records import Profile
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +72,6 @@ def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
     if recommendations is not None:
         facts.recommendations = recommendations
         facts.profile = profile
-        facts.user_key = pseudonym(req.user_id)
     return facts
 
 

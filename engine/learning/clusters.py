@@ -70,6 +70,8 @@ class _Clustering:
         self.sample: list[np.ndarray] = []
         self.recent: deque[int] = deque(maxlen=RECENT)
         self.window: deque[dict[str, float | None]] = deque(maxlen=WINDOW)
+        self.version = 0  # bumped by every change a decision's assignment depends on
+        self._fast: tuple[int, list[tuple[float, float]], list[list[float]]] | None = None
         self._rng = random.Random(spec.name)
 
     def _scaled(self, x: Mapping[str, float | None]) -> dict[str, float]:
@@ -78,6 +80,7 @@ class _Clustering:
         return {f: float(scaled.get(f, 0.0)) for f in self.features}
 
     def learn(self, x: Mapping[str, float | None]) -> None:
+        self.version += 1
         present = {f: float(v) for f, v in x.items() if v is not None and f in self.features}
         if present:
             self.scaler.learn_one(present)
@@ -120,6 +123,7 @@ class _Clustering:
         for i in range(self.k):
             self.kmeans.centers[i] = collections.defaultdict(
                 float, {f: float(best[i][j]) for j, f in enumerate(self.features)})
+        self.version += 1
         if seed:
             for row in data:
                 self._keep({f: float(row[j]) for j, f in enumerate(self.features)})
@@ -140,10 +144,28 @@ class _Clustering:
         return sorted(self.kmeans.centers, key=lambda i: (self.kmeans.centers[i][first], i))
 
     def assign(self, x: Mapping[str, float | None]) -> int | None:
+        """The cluster number of ``x``: River's KMeans' nearest centre, computed from a
+        copy of the scaler's statistics and the ordered centres kept until the next
+        change (a decision reads it without walking River's dicts)."""
         if not self.ready:
             return None
-        centre = self.kmeans.predict_one(self._scaled(x))
-        return self.order().index(centre)
+        fast = self._fast
+        if fast is None or fast[0] != self.version:
+            scaler = self.scaler
+            stats = [(float(scaler.means.get(f, 0.0)), float(scaler.vars.get(f, 0.0)) ** 0.5)
+                     for f in self.features]
+            centres = [[self.kmeans.centers[c][f] for f in self.features] for c in self.order()]
+            fast = self._fast = (self.version, stats, centres)
+        _, stats, centres = fast
+        scaled = [0.0 if v is None or not sd else (v - mean) / sd
+                  for v, (mean, sd) in zip((x.get(f) for f in self.features), stats,
+                                           strict=True)]
+        best, best_d = 0, float("inf")
+        for number, centre in enumerate(centres):
+            d = sum((c - v) ** 2 for c, v in zip(centre, scaled, strict=True))
+            if d < best_d:
+                best, best_d = number, d
+        return best
 
     def report(self) -> dict[str, float]:
         """Silhouette on the sample, each cluster's share of recent customers, centres in
@@ -240,6 +262,11 @@ class ClusterModels:
     def learn(self, spec: ClusterSpec, x: Mapping[str, float | None]) -> None:
         with self._lock:
             self._model(spec).learn(x)
+
+    def ready(self, spec: ClusterSpec) -> bool:
+        """Whether ``spec``'s clusters are seeded (a decision computes no feature before)."""
+        model = self._models.get(spec.name)
+        return model is not None and model.ready and model.key == spec.key()
 
     def assign(self, spec: ClusterSpec, x: Mapping[str, float | None]) -> int | str | None:
         """The customer's cluster: its number, or its name when the definition names them;

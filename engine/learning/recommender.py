@@ -60,7 +60,7 @@ STALE_SECONDS = 1.0
 (recomputing on every interaction would make hot items cost on every decision)."""
 MAX_ITEMS = 100_000
 """Items with learnt state (the least popular dropped beyond it)."""
-MAX_USERS = 200_000
+MAX_USERS = 50_000
 """Customers the model holds factors for (least recently active dropped beyond it)."""
 MODEL_HISTORY = 3
 """Interactions of a customer before the model ranks their recommendations."""

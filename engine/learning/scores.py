@@ -67,6 +67,26 @@ class _Score:
         self.quality = RollingQuality()  # labels: AUC, log loss, calibration
         self.mae: Any = utils.Rolling(metrics.MAE, window_size=QUALITY_WINDOW)  # targets
         self.mean_target: Any = utils.Rolling(metrics.MAE, window_size=QUALITY_WINDOW)  # |y - 0|
+        self._fast: tuple[int, float, dict[str, tuple[float, float, float]]] | None = None
+
+    def fast_predict(self, spec: ScoreSpec, x: Mapping[str, float]) -> float:
+        """:meth:`predict` from a copy of the scaler's and the regression's parameters,
+        kept until the next label (a decision does not walk River's pipeline)."""
+        fast = self._fast
+        if fast is None or fast[0] != self.labels:
+            scaler, regression = self.model.steps.values()
+            weights = regression._weights
+            fast = self._fast = (self.labels, float(regression.intercept), {
+                f: (float(scaler.means.get(f, 0.0)), float(scaler.vars.get(f, 0.0)) ** 0.5,
+                    float(weights.get(f, 0.0))) for f in spec.features})
+        _, z, params = fast
+        for f, value in x.items():
+            found = params.get(f)
+            if found is not None and found[1]:
+                z += found[2] * (value - found[0]) / found[1]
+        if spec.binary:
+            return 1.0 / (1.0 + math.exp(-max(min(z, 500.0), -500.0)))
+        return z
 
     def predict(self, spec: ScoreSpec, x: Mapping[str, float]) -> float:
         if spec.binary:
@@ -160,13 +180,18 @@ class ScoreModels:
             for model in self._models.values():
                 model.pending.pop(user, None)
 
+    def ready(self, spec: ScoreSpec) -> bool:
+        """Whether ``spec`` has learnt enough to be read (before: no feature computed)."""
+        model = self._models.get(spec.name)
+        return model is not None and model.labels >= MIN_LABELS and model.key == spec.key()
+
     def predict(self, spec: ScoreSpec, x: Mapping[str, float | None]) -> float | None:
         """The score for these features; None until it has learnt MIN_LABELS labels."""
         with self._lock:
             model = self._models.get(spec.name)
             if model is None or model.key != spec.key() or model.labels < MIN_LABELS:
                 return None
-            value = model.predict(spec, {k: v for k, v in x.items() if v is not None})
+            value = model.fast_predict(spec, {k: v for k, v in x.items() if v is not None})
         if not math.isfinite(value):
             return None
         return value if spec.binary else max(value, 0.0) if spec.kind == "sum" else value
