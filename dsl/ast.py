@@ -326,9 +326,10 @@ class PolicyDef:
 
 @dataclass(frozen=True, slots=True)
 class ClusterFeature:
-    name: str
+    name: str  # as written before '=', or the expression as printed
     expr: Expr
     pos: Pos
+    named: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -227,7 +227,8 @@ _SHOWERS: dict[str, Shower] = {
         f"no {v.event}" if v.kind == "none" else v.event if v.kind == "any"
         else f"sum({v.event}.value)") + f" within {_literal(v.window)}"],
     "cluster_features": lambda k, v, n: [
-        f"{k}: " + ", ".join(f"{f.name} = {print_expr(f.expr)}" for f in v)] if v else [],
+        f"{k}: " + ", ".join(f"{f.name} = {print_expr(f.expr)}" if f.named
+                             else print_expr(f.expr) for f in v)] if v else [],
     "features": lambda k, v, n: [f"{k}: {', '.join(f for f, _ in v or ())}"],
     "weights": lambda k, v, n: [f"allocate: weights({', '.join(_number(w) for w in v)})"]
     if v else [],

@@ -23,6 +23,7 @@ from lark.exceptions import UnexpectedCharacters, UnexpectedEOF, UnexpectedInput
 
 from dsl import ast
 from dsl.diagnostics import Diagnostic
+from dsl.printer import print_expr
 from dsl.units import duration_seconds
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
@@ -333,6 +334,12 @@ class _ToAst(Transformer[Token, Any]):
     @v_args(meta=True)
     def cluster_feature(self, meta: Any, children: list[Any]) -> ast.ClusterFeature:
         return ast.ClusterFeature(str(children[0]), children[1], self._pos(children[0]))
+
+    @v_args(meta=True)
+    def unnamed_feature(self, meta: Any, children: list[Any]) -> ast.ClusterFeature:
+        """A feature written as its expression only: named by the expression as printed."""
+        return ast.ClusterFeature(print_expr(children[0]), children[0], self._pos(meta),
+                                  named=False)
 
     @v_args(meta=True)
     def experiment_def(self, meta: Any, children: list[Any]) -> ast.ExperimentDef:

@@ -208,3 +208,13 @@ def test_the_fast_assignment_is_rivers_nearest_centre() -> None:
              "visits": rng.choice([None, rng.uniform(0, 25)])}
         river = model.order().index(model.kmeans.predict_one(model._scaled(x)))
         assert model.assign(x) == river
+
+
+def test_features_may_be_written_without_names() -> None:
+    text = """events: purchase
+cluster c { features: count(purchase), x = sum(purchase.value) / count(purchase)  k: 2 }
+"""
+    rs = load_text(text)
+    assert rs.clusters["c"].features == ("count(purchase)", "x")
+    assert "features: count(purchase), x = sum(purchase.value) / count(purchase)" in \
+        format_text(text)
