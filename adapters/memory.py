@@ -54,7 +54,7 @@ class MemoryStore:
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
         self._writes = 0
-        self._items: dict[str, bytes] = {}  # the catalogue's changes: id -> item, b"": removed
+        self._items: dict[str, tuple[int, bytes]] = {}  # id -> (version, item; b"": removed)
         self._items_version = 0
 
     def get_profile(self, user_id: str) -> Profile | None:
@@ -78,16 +78,19 @@ class MemoryStore:
 
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         with self._lock:
-            self._items.update(upserts)
-            self._items.update(dict.fromkeys(removals, b""))
             self._items_version += 1
-            return self._items_version
+            version = self._items_version
+            self._items.update((k, (version, v)) for k, v in upserts.items())
+            self._items.update((k, (version, b"")) for k in removals)
+            return version
 
     def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
         with self._lock:
             if known_version == self._items_version:
                 return known_version, None
-            return self._items_version, dict(self._items)
+            since = known_version if 0 < known_version <= self._items_version else 0
+            return self._items_version, {k: v for k, (at, v) in self._items.items()
+                                         if at > since}
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries (erased

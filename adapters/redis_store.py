@@ -21,6 +21,8 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:items``              hash of the catalogue's changes: item id -> item
                             (MessagePack), empty for a removed item
 ``{ns}:items:v``            the catalogue's version (INCR on every change)
+``{ns}:items:at``           sorted set: item id -> the version that last changed it (a
+                            replica reads only what changed since its version)
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
 ==========================  =================================================
@@ -114,6 +116,16 @@ as read ("0" = none, else "1" and its bytes), their new values ("" = profile
 unchanged), fingerprint, key TTL, index TTL, learning event, key name, the number of
 arm increments, then (key index, field, delta) for each. Returns 1, or 0 on a
 conflict."""
+CHANGE_ITEMS = """
+local version = redis.call('INCR', KEYS[2])
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[3], version, ARGV[i])
+end
+return version
+"""
+"""Catalogue changes (ARGV: id, item, ...; an empty item is a removal) under a new
+version, each id indexed by it. KEYS: the items hash, the version, the version index."""
 LOG_ENTRY = """
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 redis.call('SADD', KEYS[2], id)
@@ -181,6 +193,7 @@ class RedisStore:
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
         self._cache_lock = Lock()
         self._commit_feedback = self.redis.register_script(COMMIT_FEEDBACK)
+        self._change_items = self.redis.register_script(CHANGE_ITEMS)
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.ns}:{kind}:{name}"
@@ -252,23 +265,30 @@ class RedisStore:
         pipe.eval(LOG_ENTRY, 2, f"{self.ns}:learn", index, encode(event), USER_INDEX_TTL)
 
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
-        pipe = self.redis.pipeline()  # MULTI: the changes and the version together
         changes = {**upserts, **dict.fromkeys(removals, b"")}
-        if changes:
-            pipe.hset(f"{self.ns}:items", mapping=changes)  # type: ignore[arg-type]
-        pipe.incr(f"{self.ns}:items:v")
-        return int(pipe.execute()[-1])
+        return int(self._change_items(
+            keys=[f"{self.ns}:items", f"{self.ns}:items:v", f"{self.ns}:items:at"],
+            args=[x for pair in changes.items() for x in pair]))
 
     def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
+        """What changed since ``known_version`` (everything when it is 0): one GET when
+        nothing did, else the changed ids from the version index and their values."""
         version = int(cast(bytes | None, self.redis.get(f"{self.ns}:items:v")) or 0)
         if version == known_version:
             return version, None
-        pipe = self.redis.pipeline()  # MULTI: a consistent pair
+        pipe = self.redis.pipeline()  # MULTI: the version and what it covers, together
         pipe.get(f"{self.ns}:items:v")
-        pipe.hgetall(f"{self.ns}:items")
-        raw_version, raw = pipe.execute()
-        items = {k.decode(): v for k, v in cast(dict[bytes, bytes], raw).items()}
-        return int(raw_version or 0), items
+        if known_version <= 0 or known_version > version:  # new, or the store was reset
+            pipe.hgetall(f"{self.ns}:items")
+            raw_version, raw = pipe.execute()
+            items = {k.decode(): v for k, v in cast(dict[bytes, bytes], raw).items()}
+            return int(raw_version or 0), items
+        pipe.zrangebyscore(f"{self.ns}:items:at", f"({known_version}", "+inf")
+        raw_version, ids = pipe.execute()
+        names = [i.decode() for i in cast(list[bytes], ids)]
+        values = cast(list[bytes | None],
+                      self.redis.hmget(f"{self.ns}:items", names)) if names else []
+        return int(raw_version or 0), {n: v or b"" for n, v in zip(names, values, strict=True)}
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries."""

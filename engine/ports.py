@@ -94,8 +94,9 @@ class Store(LearningLog, Protocol):
         ...
 
     def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
-        """(version, every change: id -> encoded item, b"" for removed), or (version,
-        None) when ``known_version`` is current."""
+        """(version, what changed since ``known_version``: id -> encoded item, b"" for
+        removed; everything when it is 0 or newer than the store's), or (version, None)
+        when ``known_version`` is current."""
         ...
 
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None: ...

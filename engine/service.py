@@ -336,8 +336,13 @@ class Arbiter:
             log.warning("catalogue not synced, store unavailable: %s", err)
             return
         if changes is not None:
-            self._item_changes = {item_id: decode_item(data)
-                                  for item_id, data in changes.items()}
+            known = self.catalogue.version
+            delta: dict[str, Mapping[str, Any] | None] = {
+                item_id: decode_item(data) for item_id, data in changes.items()}
+            if 0 < known <= version:  # what changed since ours: merged into what we had
+                self._item_changes = {**self._item_changes, **delta}
+            else:  # everything
+                self._item_changes = delta
             self.catalogue = Catalogue.build(self._ruleset.catalogue, self._item_changes,
                                              version)
 

@@ -304,3 +304,13 @@ def test_shared_counters_add_up_across_replicas(harness: Harness) -> None:
     assert one.add_counters("c", {"3": 1.0, "7": 2.0}) == {"3": 1.0, "7": 2.0}
     assert other.add_counters("c", {"3": 0.5}) == {"3": 1.5, "7": 2.0}
     assert one.add_counters("d", {}) == {}  # counters are per name
+
+
+def test_catalogue_changes_come_since_a_version(store: Store) -> None:
+    assert store.catalogue_changes(0) == (0, None)
+    v1 = store.change_items({"a": b"A", "b": b"B"}, ())
+    v2 = store.change_items({"c": b"C"}, ["a"])
+    assert v2 > v1
+    assert store.catalogue_changes(v2) == (v2, None)  # current: nothing to read
+    assert store.catalogue_changes(v1) == (v2, {"c": b"C", "a": b""})  # only what changed
+    assert store.catalogue_changes(0) == (v2, {"a": b"", "b": b"B", "c": b"C"})  # all
