@@ -23,8 +23,15 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 import redis.asyncio
 
-from engine.ports import StoreUnavailable
-from engine.records import DecisionRecord, Profile, decode_profile, encode
+from adapters.redis_scripts import COMMIT_FEEDBACK, MAX_COMMIT_ATTEMPTS
+from engine.ports import (
+    DecisionNotFound,
+    FeedbackChange,
+    FeedbackCommit,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+)
+from engine.records import DecisionRecord, Profile, decode_decision, decode_profile, encode
 
 if TYPE_CHECKING:
     from adapters.redis_store import RedisStore
@@ -49,6 +56,59 @@ class RedisDecideIO:
         self.linger = store.batch_linger
         self._tasks: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # pipelines sent (fewer than the calls: the batching works)
+        # Feedback's transactions: the store's ordinary timeouts, not Decide's
+        self.writer = redis.asyncio.Redis.from_url(
+            store.url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        self._commit_script = self.writer.register_script(COMMIT_FEEDBACK)
+
+    # ---- Feedback: the store's compare-and-set, awaited instead of on a thread ------------
+    async def commit_feedback(self, decision_id: str, idempotency_key: str,
+                              change: FeedbackChange, ttl_seconds: float, fingerprint: str,
+                              timeout: float) -> FeedbackCommit:
+        """:meth:`RedisStore.commit_feedback <adapters.redis_store.RedisStore.commit_feedback>`
+        on the asyncio client: two read round trips and the script, the same keys and
+        the same all-or-nothing write; StoreUnavailable past ``timeout`` (the script may
+        or may not have run: a retry with the same key is answered as a duplicate)."""
+        if timeout <= 0:
+            raise StoreUnavailable("redis: no time left for the feedback")
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._commit_feedback(decision_id, idempotency_key, change,
+                                                   ttl_seconds, fingerprint)
+        except TimeoutError:
+            raise StoreUnavailable(f"redis: feedback took longer than {timeout:.3f}s"
+                                   ) from None
+        except FAILURES as err:
+            raise StoreUnavailable(f"redis: {err}") from err
+
+    async def _commit_feedback(self, decision_id: str, idempotency_key: str,
+                               change: FeedbackChange, ttl_seconds: float, fingerprint: str
+                               ) -> FeedbackCommit:
+        store = self.store
+        dkey, ikey = store.key("d", decision_id), store.key("k", idempotency_key)
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            read = self.writer.pipeline(transaction=False)
+            read.get(dkey)
+            read.get(ikey)
+            data, applied = cast(list[bytes | None], await read.execute())
+            if data is None:
+                raise DecisionNotFound(decision_id)
+            if applied is not None:
+                if applied.decode() != fingerprint:
+                    raise IdempotencyKeyReused(idempotency_key)
+                return FeedbackCommit(True, None)
+            decision = decode_decision(data)
+            pkey = store.key("p", decision.user_id)
+            pdata = cast(bytes | None, await self.writer.get(pkey))
+            effects = change(decision, decode_profile(pdata) if pdata is not None else None)
+            keys, args = store.feedback_script_args(dkey, ikey, pkey, data, pdata, effects,
+                                                    idempotency_key, fingerprint, ttl_seconds)
+            if await self._commit_script(keys=keys, args=args):
+                if effects.profile is not None:
+                    store.remember_profile(decision.user_id, encode(effects.profile))
+                return FeedbackCommit(False, effects)
+        raise StoreUnavailable(f"feedback on {decision_id}: still conflicting after "
+                               f"{MAX_COMMIT_ATTEMPTS} attempts")
 
     # ---- profiles and records: one pipeline in flight, carrying all that waits -------------
     async def get_profile(self, user_id: str, timeout: float) -> Profile | None:
@@ -128,6 +188,7 @@ class RedisDecideIO:
 
     async def aclose(self) -> None:
         await self.redis.aclose()
+        await self.writer.aclose()
 
 
 async def _within(waiter: asyncio.Future[Any], timeout: float, what: str) -> Any:

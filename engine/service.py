@@ -287,6 +287,21 @@ class Arbiter:
         """Apply an outcome once per idempotency key. Raises DecisionNotFound,
         ActionNotInDecision or InvalidArgument. ``item_id``: the outcome is about one of
         the action's recommended items (the recommender learns it)."""
+        fb = self.feedback_input(decision_id=decision_id, action_id=action_id,
+                                 outcome=outcome, value=value,
+                                 idempotency_key=idempotency_key, at=at, item_id=item_id)
+        commit = self.store.commit_feedback(
+            decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
+            self.attribution_window, fb.fingerprint)
+        self.experiments.invalidate(self.feedback_applied(fb, commit))
+        return commit
+
+    def feedback_input(self, *, decision_id: str, action_id: str, outcome: str,
+                       value: float | None = None, idempotency_key: str = "",
+                       at: float | None = None, item_id: str = "") -> FeedbackInput:
+        """The checked Feedback request (raises InvalidArgument naming the field). With
+        :meth:`feedback_applied`, the two halves of :meth:`feedback` around the store's
+        transaction, for a server that awaits it."""
         check_id("decision_id", decision_id)
         check_id("action_id", action_id)
         if item_id:
@@ -297,20 +312,22 @@ class Arbiter:
         if value is not None and not math.isfinite(value):
             raise InvalidArgument("value", "must be a finite number")
         now = self.clock()
-        fb = FeedbackInput(decision_id, action_id, outcome, value, idempotency_key,
-                           check_time("timestamp", at, now), now, self.attribution_window,
-                           item_id)
-        commit = self.store.commit_feedback(
-            decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
-            self.attribution_window, fb.fingerprint)
-        if not commit.duplicate and commit.effects is not None:
-            if outcome in ENGAGEMENTS:
-                self.population.add(fb.at)
-            if self.decision_log is not None:
-                self.decision_log.write(outcome_entry(commit.effects.event))
-            self.experiments.invalidate({e for e, _ in commit.effects.arm_increments})
-            self.feedback_logged.set()  # the background learner picks it up
-        return commit
+        return FeedbackInput(decision_id, action_id, outcome, value, idempotency_key,
+                             check_time("timestamp", at, now), now, self.attribution_window,
+                             item_id)
+
+    def feedback_applied(self, fb: FeedbackInput, commit: FeedbackCommit) -> set[str]:
+        """What follows a stored outcome in this process (send-time population, decision
+        log, the learner woken); returns the experiments whose counters it moved (the
+        caller refreshes them: :meth:`ExperimentStates.invalidate`)."""
+        if commit.duplicate or commit.effects is None:
+            return set()
+        if fb.outcome in ENGAGEMENTS:
+            self.population.add(fb.at)
+        if self.decision_log is not None:
+            self.decision_log.write(outcome_entry(commit.effects.event))
+        self.feedback_logged.set()  # the background learner picks it up
+        return {e for e, _ in commit.effects.arm_increments}
 
     def learn(self) -> int:
         """Train the models on every learning event logged since the last call (by any

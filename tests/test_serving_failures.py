@@ -160,3 +160,35 @@ def test_shutdown_with_redis_gone_logs_no_traceback(
     tracebacks = [r for r in caplog.records if r.exc_info is not None]
     assert not tracebacks, [r.getMessage() for r in tracebacks]
     redis_server.start()
+
+
+def test_concurrent_feedback_on_redis_is_applied_exactly_once_each(
+        served: server.RunningServer, redis_url: str) -> None:
+    """Feedback awaits the store's compare-and-set on the server's loop (no thread): many
+    at once, retries of the same key among them, each counted once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        decisions = [stub.Decide(pb.DecideRequest(user_id=f"cf{i}", placement="homepage_banner",
+                                                  channel="web"), timeout=5)
+                     for i in range(20)]
+
+        def send(i: int) -> bool:
+            d = decisions[i % 20]
+            return stub.Feedback(pb.FeedbackRequest(
+                decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                outcome=pb.OUTCOME_IMPRESSION, idempotency_key=f"k{i % 20}"),
+                timeout=10).duplicate
+
+        with ThreadPoolExecutor(16) as pool:
+            duplicates = list(pool.map(send, range(80)))  # each key sent 4 times
+    assert duplicates.count(False) == 20 and duplicates.count(True) == 60
+    entries = redis.Redis.from_url(redis_url).xrange("arb:learn")
+    outcomes = [e for e in (decode_event(f[b"e"]) for _, f in entries)
+                if e is not None and e.decision_id]
+    assert len(outcomes) == 20
+    trials = sum(float(v) for k, v in redis.Redis.from_url(redis_url).hgetall(
+        "arb:arms:hero_test").items() if k.endswith(b":trials"))
+    arms = sum(1 for d in decisions if d.actions[0].experiment == "hero_test")
+    assert trials == arms  # one trial per decision shown an arm, however often it was sent

@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from engine.decide.decision import Decision
+from engine.feedback import feedback_effects
 from engine.grpc import convert
 from engine.grpc.errors import rpc, throttled, time_left
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
@@ -38,6 +39,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 1000
 """Decisions per DecideBatch call."""
 NO_SPAN = contextlib.nullcontext()
+FEEDBACK_STORE_SECONDS = 5.0
+"""How long Feedback's transaction may wait for the store, within the deadline."""
 RESPONSE_RESERVE_SECONDS = 0.002
 """Of the deadline, kept for deciding and answering after the store waits."""
 
@@ -167,10 +170,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if self.metrics is not None:
             self.metrics.store(op, time.perf_counter() - started, failed=True)
 
-    def _budget(self, reserve: float, share: float = 1.0) -> float:
-        """How long a store call may wait: the store's timeout, within the deadline (less
-        a tenth of what is left, and ``reserve``, for answering)."""
-        return min(self.store_timeout, time_left() * share * 0.9 - reserve)
+    def _budget(self, reserve: float, share: float = 1.0,
+                store_timeout: float | None = None) -> float:
+        """How long a store call may wait: the store's timeout (Decide's, unless given),
+        within the deadline (less a tenth of what is left, and ``reserve``, for answering)."""
+        limit = self.store_timeout if store_timeout is None else store_timeout
+        return min(limit, time_left() * share * 0.9 - reserve)
 
     @rpc
     async def Feedback(self, request: pb.FeedbackRequest, context: grpc.aio.ServicerContext
@@ -184,6 +189,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.FeedbackResponse(duplicate=commit.duplicate)
 
     async def _feedback(self, request: pb.FeedbackRequest, outcome: str) -> FeedbackCommit:
+        commit_async = getattr(self.io, "commit_feedback", None)
+        if commit_async is not None and self.offload.store_blocks:
+            return await self._feedback_async(request, outcome, commit_async)
         return await self.offload.store(
             self.arbiter.feedback,
             decision_id=request.decision_id,
@@ -194,6 +202,25 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             at=convert.optional_time(request, "timestamp"),
             item_id=request.item_id,
         )
+
+    async def _feedback_async(self, request: pb.FeedbackRequest, outcome: str,
+                              commit_async: Any) -> FeedbackCommit:
+        """The store's compare-and-set awaited on the loop (no thread); the experiments'
+        counters it moved are re-read on a worker thread, not waited for."""
+        arbiter = self.arbiter
+        fb = arbiter.feedback_input(
+            decision_id=request.decision_id, action_id=request.action_id, outcome=outcome,
+            value=request.value if request.HasField("value") else None,
+            idempotency_key=request.idempotency_key,
+            at=convert.optional_time(request, "timestamp"), item_id=request.item_id)
+        commit: FeedbackCommit = await commit_async(
+            fb.decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
+            arbiter.attribution_window, fb.fingerprint,
+            self._budget(RESPONSE_RESERVE_SECONDS, store_timeout=FEEDBACK_STORE_SECONDS))
+        moved = arbiter.feedback_applied(fb, commit)
+        if moved:
+            self.offload.spawn(arbiter.experiments.invalidate, moved)
+        return commit
 
     def _types(self) -> dict[str, str]:
         return {k: v.type for k, v in self.arbiter.ruleset.profile_schema.items()}

@@ -39,5 +39,9 @@ class Offload:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, functools.partial(fn, *args, **kwargs))
 
+    def spawn(self, fn: Callable[..., Any], /, *args: Any) -> None:
+        """Run ``fn`` in the pool without waiting for it (its errors are its own to log)."""
+        self.pool.submit(fn, *args)
+
     def close(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)

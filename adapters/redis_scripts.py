@@ -1,0 +1,58 @@
+"""The Lua scripts the Redis store runs: each an all-or-nothing write (shared by the
+synchronous store and the asyncio Decide/Feedback I/O)."""
+
+from __future__ import annotations
+
+COMMIT_FEEDBACK = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+local profile = redis.call('GET', KEYS[3])
+if string.sub(ARGV[2], 1, 1) == '0' then
+  if profile then return 0 end
+elseif profile ~= string.sub(ARGV[2], 2) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
+if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
+local i = 11
+for _ = 1, tonumber(ARGV[10]) do
+  redis.call('HINCRBYFLOAT', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+  i = i + 3
+end
+local id = redis.call('XADD', KEYS[4], '*', 'e', ARGV[8])
+redis.call('SADD', KEYS[5], id)
+redis.call('EXPIRE', KEYS[5], ARGV[7])
+redis.call('SADD', KEYS[6], ARGV[9])
+redis.call('EXPIRE', KEYS[6], ARGV[7])
+redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
+return 1
+"""
+"""A feedback's effects, all or nothing, if what they were computed from is unchanged
+(compare-and-set). KEYS: decision, idempotency key, profile, learning stream, the user's
+log-entry and key indexes, then the arm hashes. ARGV: the decision as read, the profile
+as read ("0" = none, else "1" and its bytes), their new values ("" = profile
+unchanged), fingerprint, key TTL, index TTL, learning event, key name, the number of
+arm increments, then (key index, field, delta) for each. Returns 1, or 0 on a
+conflict."""
+
+CHANGE_ITEMS = """
+local version = redis.call('INCR', KEYS[2])
+for i = 1, #ARGV, 2 do
+  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
+  redis.call('ZADD', KEYS[3], version, ARGV[i])
+end
+return version
+"""
+"""Catalogue changes (ARGV: id, item, ...; an empty item is a removal) under a new
+version, each id indexed by it. KEYS: the items hash, the version, the version index."""
+
+LOG_ENTRY = """
+local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
+redis.call('SADD', KEYS[2], id)
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return id
+"""
+"""A learning-log entry and its place in the user's index (for ForgetProfile)."""
+
+MAX_COMMIT_ATTEMPTS = 50
+"""Reads-then-compare-and-set attempts of one feedback before it answers UNAVAILABLE."""
