@@ -4,7 +4,8 @@
 
 Run by .ci/run after the test suite. Checks that an installed Arbiter has what it needs
 (the example ruleset is package data, nothing reads the checkout): ``arbiter --version``,
-then ``arbiter serve`` with no flags from an empty directory answers a Decide.
+then ``arbiter serve`` with no flags from an empty directory answers a Decide, and
+recommends from the shipped catalogue.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ import sys, grpc
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb, decision_pb2_grpc as pb_grpc
 with grpc.insecure_channel(sys.argv[1]) as channel:
     grpc.channel_ready_future(channel).result(timeout=60)
-    d = pb_grpc.DecisionServiceStub(channel).Decide(
+    stub = pb_grpc.DecisionServiceStub(channel)
+    d = stub.Decide(
         pb.DecideRequest(user_id="new", placement="homepage_banner", channel="web"), timeout=10)
+    cart = stub.Decide(pb.DecideRequest(
+        user_id="new", placement="cart_page", channel="web",
+        context={"cart_value": pb.Value(number_value=120)}), timeout=10)
+look = [a for a in cart.actions if a.action_id == "complete_the_look"]
+assert look and len(look[0].items) == 3, cart  # the shipped catalogue (items.jsonl) serves
 print(d.actions[0].action_id)
 """
 
