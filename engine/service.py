@@ -25,7 +25,7 @@ from dsl.ruleset import ModelSpec, Ruleset
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
 from engine.decide.catalogue import Catalogue, decode_item, encode_item
-from engine.decide.clusters import features_of, logged_features, profile_args, score_snapshot
+from engine.decide.clusters import features_of, profile_args
 from engine.decide.decision import Decision
 from engine.decide.population import PopulationStats, statistics
 from engine.decide.recommend import Recommendations
@@ -42,14 +42,12 @@ from engine.learning.models import ModelQuality, PropensityModels
 from engine.learning.recommender import Recommender
 from engine.learning.scores import ScoreModels
 from engine.ports import FeedbackCommit, Store, StoreUnavailable
-from engine.profiles import ENGAGEMENTS, record_event, record_item
+from engine.profiles import ENGAGEMENTS
 from engine.records import (
     ArmCounts,
     CorruptRecord,
     DecisionRecord,
-    LearningEvent,
     Profile,
-    pseudonym,
 )
 from engine.requests import (
     DecideInput,
@@ -60,12 +58,10 @@ from engine.requests import (
     decide_input,
     track_input,
 )
+from engine.tracking import TrackPlan
 
 log = logging.getLogger(__name__)
 
-CLUSTER_EVERY_SECONDS = 86400.0
-"""A customer's cluster features are learnt at most once a day (of event time): the
-clusters describe customers, not events, so a burst of events counts once."""
 MAX_ITEMS_PER_CALL = 10_000
 """Catalogue items one upsert or removal may carry."""
 ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
@@ -474,47 +470,31 @@ class Arbiter:
     ) -> Profile:
         """Record a behavioural event; with ``item_id`` it is an interaction with that
         catalogue item, which the recommender learns (through the learning log)."""
+        plan = self.track_plan(user_id=user_id, event_type=event_type, properties=properties,
+                               traits=traits, at=at, item_id=item_id)
+        profile = self.store.update_profile(plan.user_id, plan.change, plan.learning)
+        return self.track_applied(plan, profile)
+
+    def track_plan(self, *, user_id: str, event_type: str,
+                   properties: Mapping[str, Any] | None = None,
+                   traits: Mapping[str, Any] | None = None, at: float | None = None,
+                   item_id: str = "") -> TrackPlan:
+        """The checked TrackEvent (raises InvalidArgument naming the field) and what the
+        store's transaction applies: with :meth:`track_applied`, the two halves of
+        :meth:`track` around it, for a server that awaits the store."""
         req = track_input(self._ruleset, user_id=user_id, event_type=event_type,
                           properties=properties, traits=traits, at=at, now=self.clock(),
                           item_id=item_id)
-        keys = tuple(self._ruleset.population)
-        before: list[dict[str, float | None]] = []
+        return TrackPlan(req, self._ruleset, self.clock())
 
-        history: list[str] = []
-        ruleset = self._ruleset
-        cluster_now: list[bool] = [False]
-
-        def change(p: Profile | None) -> Profile:  # may run again on a conflict: the
-            before[:] = [statistics(p, keys)]  # last run is the one stored
-            profile = record_event(p, req.user_id, req.event_type, req.value, req.at,
-                                   req.traits)
-            if req.item_id:
-                history[:] = record_item(profile, req.item_id, req.event_type, req.at)
-            last = profile.clustered_at
-            cluster_now[0] = bool(ruleset.clusters or ruleset.scores) and (
-                last is None or req.at - last >= CLUSTER_EVERY_SECONDS)
-            if cluster_now[0]:
-                profile.clustered_at = req.at
-            return profile
-
-        labelled = any(spec.event == req.event_type for spec in ruleset.scores.values())
-
-        def learning(profile: Profile) -> LearningEvent | None:
-            features = logged_features(ruleset, profile, req.at) if cluster_now[0] else {}
-            if cluster_now[0] or labelled:  # every event a score counts is logged
-                features.update(score_snapshot(ruleset, profile, req.at))
-            if not (req.item_id or features):
-                return None
-            return LearningEvent("", "", req.event_type, req.at, self.clock(),
-                                 user=pseudonym(req.user_id), item_id=req.item_id,
-                                 history=list(history), profile_features=features)
-
-        profile = self.store.update_profile(req.user_id, change, learning)
-        if req.item_id or cluster_now[0] or labelled:
+    def track_applied(self, plan: TrackPlan, profile: Profile) -> Profile:
+        """What follows a stored event in this process: the learner woken when it logged
+        an entry, the population's send hours and percentile statistics moved."""
+        if plan.logged:
             self.feedback_logged.set()  # the background learner picks it up
-        self.population.add(req.at)
-        if keys:
-            self.percentiles.move(before[0], statistics(profile, keys))
+        self.population.add(plan.req.at)
+        if plan.keys:
+            self.percentiles.move(plan.before, statistics(profile, plan.keys))
         return profile
 
     def get_profile(self, user_id: str) -> Profile | None:

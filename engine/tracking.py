@@ -1,0 +1,71 @@
+"""TrackEvent's change to a profile, and the learning-log entry it makes: pure, so a
+store may apply it inside its transaction (and run it again on a conflict).
+
+>>> from dsl.loader import load_text
+>>> from engine.requests import track_input
+>>> rs = load_text("events: view")
+>>> plan = TrackPlan(track_input(rs, user_id="u", event_type="view", now=1000.0,
+...                              item_id="sku-1"), rs, 1000.0)
+>>> profile = plan.change(None)
+>>> profile.items, plan.learning(profile).item_id
+([(1000.0, 'sku-1', 'view')], 'sku-1')
+"""
+
+from __future__ import annotations
+
+from dsl.ruleset import Ruleset
+from engine.decide.clusters import logged_features, score_snapshot
+from engine.decide.population import statistics
+from engine.profiles import record_event, record_item
+from engine.records import LearningEvent, Profile, pseudonym
+from engine.requests import TrackInput
+
+CLUSTER_EVERY_SECONDS = 86400.0
+"""A customer's cluster and score features are learnt at most once a day (of event time):
+they describe customers, not events, so a burst of events counts once."""
+
+
+class TrackPlan:
+    """One checked TrackEvent: :meth:`change` (the profile after it), :meth:`learning` (the
+    entry for the learners, or None), and what the last run of them saw."""
+
+    def __init__(self, req: TrackInput, ruleset: Ruleset, received_at: float) -> None:
+        self.req = req
+        self.user_id = req.user_id
+        self.ruleset = ruleset
+        self.received_at = received_at
+        self.keys = tuple(ruleset.population)  # percentile() statistics to move
+        self.before: dict[str, float | None] = {}
+        self.history: list[str] = []
+        self.snapshot = False  # this event takes the customer's daily feature snapshot
+        self.labelled = any(spec.event == req.event_type for spec in ruleset.scores.values())
+        self.logged = False  # the last run of learning() made an entry
+
+    def change(self, profile: Profile | None) -> Profile:
+        """The profile after the event (may run again on a conflict: the last run counts)."""
+        req, ruleset = self.req, self.ruleset
+        self.before = statistics(profile, self.keys)
+        profile = record_event(profile, req.user_id, req.event_type, req.value, req.at,
+                               req.traits)
+        self.history = (record_item(profile, req.item_id, req.event_type, req.at)
+                        if req.item_id else [])
+        last = profile.clustered_at
+        self.snapshot = bool(ruleset.clusters or ruleset.scores) and (
+            last is None or req.at - last >= CLUSTER_EVERY_SECONDS)
+        if self.snapshot:
+            profile.clustered_at = req.at
+        return profile
+
+    def learning(self, profile: Profile) -> LearningEvent | None:
+        """The learning-log entry of the event: an item interaction, the customer's cluster
+        and score features (daily), the counts a score's label reads (every such event)."""
+        req, ruleset = self.req, self.ruleset
+        features = logged_features(ruleset, profile, req.at) if self.snapshot else {}
+        if self.snapshot or self.labelled:
+            features.update(score_snapshot(ruleset, profile, req.at))
+        self.logged = bool(req.item_id or features)
+        if not self.logged:
+            return None
+        return LearningEvent("", "", req.event_type, req.at, self.received_at,
+                             user=pseudonym(req.user_id), item_id=req.item_id,
+                             history=list(self.history), profile_features=features)
