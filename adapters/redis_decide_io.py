@@ -18,6 +18,7 @@ raises :class:`~engine.ports.StoreUnavailable` and the decision is answered degr
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -29,6 +30,7 @@ from engine.ports import (
     FeedbackChange,
     FeedbackCommit,
     IdempotencyKeyReused,
+    Learning,
     StoreUnavailable,
 )
 from engine.records import DecisionRecord, Profile, decode_decision, decode_profile, encode
@@ -80,6 +82,45 @@ class RedisDecideIO:
                                    ) from None
         except FAILURES as err:
             raise StoreUnavailable(f"redis: {err}") from err
+
+    async def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                             learning: Learning | None, timeout: float) -> Profile:
+        """:meth:`RedisStore.update_profile <adapters.redis_store.RedisStore.update_profile>`
+        (WATCH, read, MULTI: the profile and its learning-log entry) on the asyncio
+        client; StoreUnavailable past ``timeout``."""
+        if timeout <= 0:
+            raise StoreUnavailable("redis: no time left for the profile update")
+        try:
+            async with asyncio.timeout(timeout):
+                return await self._update_profile(user_id, change, learning)
+        except TimeoutError:
+            raise StoreUnavailable(f"redis: profile update took longer than {timeout:.3f}s"
+                                   ) from None
+        except FAILURES as err:
+            raise StoreUnavailable(f"redis: {err}") from err
+
+    async def _update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                              learning: Learning | None) -> Profile:
+        store = self.store
+        key = store.key("p", user_id)
+        for _ in range(MAX_COMMIT_ATTEMPTS):
+            async with self.writer.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(key)
+                    data = cast(bytes | None, await pipe.get(key))
+                    profile = change(decode_profile(data) if data is not None else None)
+                    event = learning(profile) if learning is not None else None
+                    pipe.multi()
+                    pipe.set(key, encode(profile))
+                    if event is not None:
+                        store.queue_log_entry(pipe, user_id, event)
+                    await pipe.execute()
+                except redis.WatchError:
+                    continue  # another writer came first: read again
+            store.remember_profile(user_id, encode(profile))
+            return profile
+        raise StoreUnavailable(f"profile of {user_id}: still conflicting after "
+                               f"{MAX_COMMIT_ATTEMPTS} attempts")
 
     async def _commit_feedback(self, decision_id: str, idempotency_key: str,
                                change: FeedbackChange, ttl_seconds: float, fingerprint: str

@@ -204,7 +204,7 @@ class RedisStore:
             pipe.multi()
             pipe.set(key, encode(profile))
             if event is not None:
-                self._log_entry(pipe, user_id, event)
+                self.queue_log_entry(pipe, user_id, event)
             return profile
 
         profile = cast(Profile, self.redis.transaction(
@@ -212,8 +212,9 @@ class RedisStore:
         self._remember(user_id, encode(profile))
         return profile
 
-    def _log_entry(self, pipe: Any, user_id: str | None, event: LearningEvent) -> None:
-        """Queue a learning-log entry (indexed by user for ForgetProfile) on ``pipe``."""
+    def queue_log_entry(self, pipe: Any, user_id: str | None, event: LearningEvent) -> None:
+        """Queue a learning-log entry (indexed by user for ForgetProfile) on ``pipe`` (a
+        transaction of the synchronous or the asyncio client)."""
         if user_id is None:
             pipe.xadd(f"{self.ns}:learn", {"e": encode(event)})
             return
@@ -262,7 +263,7 @@ class RedisStore:
                 pipe.xdel(f"{self.ns}:learn", *entries)
             pipe.delete(*indexes)
             now = time.time()  # the recommender drops what it learnt of them too
-            self._log_entry(pipe, None, LearningEvent("", "", FORGET, now, now,
+            self.queue_log_entry(pipe, None, LearningEvent("", "", FORGET, now, now,
                                                       user=pseudonym(user_id)))
 
         replies = cast(list[Any], self.redis.transaction(transaction, *indexes))

@@ -192,3 +192,29 @@ def test_concurrent_feedback_on_redis_is_applied_exactly_once_each(
         "arb:arms:hero_test").items() if k.endswith(b":trials"))
     arms = sum(1 for d in decisions if d.actions[0].experiment == "hero_test")
     assert trials == arms  # one trial per decision shown an arm, however often it was sent
+
+
+def test_concurrent_track_events_on_redis_lose_no_update(
+        served: server.RunningServer, redis_url: str) -> None:
+    """TrackEvent awaits the store's WATCH/MULTI on the server's loop: concurrent events of
+    one customer all count, each item interaction reaches the learning log."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.records import decode_profile
+
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+
+        def send(i: int) -> None:
+            stub.TrackEvent(pb.TrackEventRequest(
+                user_id="busy", event_type="page_view", item_id=f"sku-{i % 5:03d}",
+                properties={"value": pb.Value(number_value=1.0)}), timeout=10)
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(send, range(60)))
+    client = redis.Redis.from_url(redis_url)
+    profile = decode_profile(client.get("arb:p:busy"))
+    assert profile.events["page_view"].count == 60
+    assert profile.events["page_view"].total == 60.0
+    entries = [decode_event(f[b"e"]) for _, f in client.xrange("arb:learn")]
+    assert sum(1 for e in entries if e is not None and e.item_id) == 60

@@ -230,16 +230,21 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                          context: grpc.aio.ServicerContext) -> pb.TrackEventResponse:
         properties = convert.from_values("properties", request.properties)
         traits = convert.from_values("traits", request.traits)
+        arguments: dict[str, Any] = {"user_id": request.user_id, "event_type": request.event_type,
+                     "properties": properties, "traits": traits,
+                     "at": convert.optional_time(request, "timestamp"),
+                     "item_id": request.item_id}
+        update_async = getattr(self.io, "update_profile", None)
         with self._span("store.track"):
-            profile = await self.offload.store(
-                self.arbiter.track,
-                user_id=request.user_id,
-                event_type=request.event_type,
-                properties=properties,
-                traits=traits,
-                at=convert.optional_time(request, "timestamp"),
-                item_id=request.item_id,
-            )
+            if update_async is not None and self.offload.store_blocks:
+                # the store's transaction awaited on the loop (no thread)
+                plan = self.arbiter.track_plan(**arguments)
+                profile = self.arbiter.track_applied(plan, await update_async(
+                    plan.user_id, plan.change, plan.learning,
+                    self._budget(RESPONSE_RESERVE_SECONDS,
+                                 store_timeout=FEEDBACK_STORE_SECONDS)))
+            else:
+                profile = await self.offload.store(self.arbiter.track, **arguments)
         return pb.TrackEventResponse(
             profile=convert.profile_message(profile, self.arbiter.clock(), self._types()))
 
