@@ -117,6 +117,19 @@ async def feedback_requests(stub: Any, pending: int, pool: int, concurrency: int
     return make
 
 
+def track_requests(users: int, seed: int) -> Callable[[], pb.TrackEventRequest]:
+    """``--rpc track``: page views of catalogue items (an item interaction each: the
+    profile, its item history and a learning-log entry), customers in turn."""
+    counter = iter(range(10**12))
+
+    def make() -> pb.TrackEventRequest:
+        k = next(counter)
+        return pb.TrackEventRequest(user_id=f"user-{(k * 7919 + seed) % users}",
+                                    event_type="page_view", item_id=f"sku-{k % 29 + 1:03d}")
+
+    return make
+
+
 async def run(args: argparse.Namespace) -> dict[str, float]:
     # each channel its own connection: with --processes N the kernel spreads connections
     channels = [grpc.aio.insecure_channel(args.target, options=[
@@ -129,6 +142,9 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         if args.rpc == "check":
             calls = [health_pb2_grpc.HealthStub(c).Check for c in channels]
             make = health_pb2.HealthCheckRequest
+        elif args.rpc == "track":
+            calls = [pb_grpc.DecisionServiceStub(c).TrackEvent for c in channels]
+            make = track_requests(args.users, args.seed)
         elif args.rpc == "feedback":
             stub = pb_grpc.DecisionServiceStub(channels[0])
             calls = [pb_grpc.DecisionServiceStub(c).Feedback for c in channels]
@@ -149,7 +165,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--target", required=True)
-    p.add_argument("--rpc", choices=("check", "decide", "feedback"), required=True)
+    p.add_argument("--rpc", choices=("check", "decide", "feedback", "track"), required=True)
     p.add_argument("--pending", type=int, default=0,
                    help="feedback: impressions left awaiting a reward before measuring")
     p.add_argument("--pool", type=int, default=500, help="feedback: decisions clicked on")
