@@ -18,10 +18,11 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
                             ``pct:{statistic}``: percentile() histograms)
 ``{ns}:learn``              stream of learning events: feedback, item interactions,
                             forget markers
-``{ns}:items``              hash of the catalogue's changes: item id -> item
-                            (MessagePack), empty for a removed item
-``{ns}:items:v``            the catalogue's version (INCR on every change)
-``{ns}:items:at``           sorted set: item id -> the version that last changed it (a
+``{ns}:{items}``            hash of the catalogue's changes: item id -> item
+                            (MessagePack), empty for a removed item (the three
+                            catalogue keys share a Cluster hash tag)
+``{ns}:{items}:v``          the catalogue's version (INCR on every change)
+``{ns}:{items}:at``         sorted set: item id -> the version that last changed it (a
                             replica reads only what changed since its version)
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
@@ -221,30 +222,35 @@ class RedisStore:
         index = self._k("ul", user_id)
         pipe.eval(LOG_ENTRY, 2, f"{self.ns}:learn", index, encode(event), USER_INDEX_TTL)
 
+    def _items_key(self, suffix: str = "") -> str:
+        """The catalogue's keys, hash-tagged into one Redis Cluster slot (one script
+        writes them together)."""
+        return f"{self.ns}:{{items}}{suffix}"
+
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         changes = {**upserts, **dict.fromkeys(removals, b"")}
         return int(self._change_items(
-            keys=[f"{self.ns}:items", f"{self.ns}:items:v", f"{self.ns}:items:at"],
+            keys=[self._items_key(), self._items_key(":v"), self._items_key(":at")],
             args=[x for pair in changes.items() for x in pair]))
 
     def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
         """What changed since ``known_version`` (everything when it is 0): one GET when
         nothing did, else the changed ids from the version index and their values."""
-        version = int(cast(bytes | None, self.redis.get(f"{self.ns}:items:v")) or 0)
+        version = int(cast(bytes | None, self.redis.get(self._items_key(":v"))) or 0)
         if version == known_version:
             return version, None
         pipe = self.redis.pipeline()  # MULTI: the version and what it covers, together
-        pipe.get(f"{self.ns}:items:v")
+        pipe.get(self._items_key(":v"))
         if known_version <= 0 or known_version > version:  # new, or the store was reset
-            pipe.hgetall(f"{self.ns}:items")
+            pipe.hgetall(self._items_key())
             raw_version, raw = pipe.execute()
             items = {k.decode(): v for k, v in cast(dict[bytes, bytes], raw).items()}
             return int(raw_version or 0), items
-        pipe.zrangebyscore(f"{self.ns}:items:at", f"({known_version}", "+inf")
+        pipe.zrangebyscore(self._items_key(":at"), f"({known_version}", "+inf")
         raw_version, ids = pipe.execute()
         names = [i.decode() for i in cast(list[bytes], ids)]
         values = cast(list[bytes | None],
-                      self.redis.hmget(f"{self.ns}:items", names)) if names else []
+                      self.redis.hmget(self._items_key(), names)) if names else []
         return int(raw_version or 0), {n: v or b"" for n, v in zip(names, values, strict=True)}
 
     def forget(self, user_id: str) -> int:

@@ -56,7 +56,12 @@ class DecideIO(Protocol):
     write, each bounded by ``timeout`` seconds (StoreUnavailable past it, or when the
     store cannot be reached). Implementations may batch concurrent calls (one MGET per
     loop turn; a group commit of the records in flight), but a call returns only when its
-    own read or write is done."""
+    own read or write is done.
+
+    A network store's implementation may also offer Feedback's and TrackEvent's
+    transactions to be awaited (``commit_feedback(decision_id, key, change, ttl,
+    fingerprint, timeout)``, ``update_profile(user_id, change, learning, timeout)``, the
+    same semantics as the :class:`Store` methods); the server uses them when present."""
 
     async def get_profile(self, user_id: str, timeout: float) -> Profile | None: ...
 
