@@ -48,11 +48,18 @@ def decision_entry(ruleset: Ruleset, decision: Decision, context: Mapping[str, A
         "holdout": decision.holdout,
         "actions": [{"action_id": a.action_id, "rank": a.rank, "score": a.score,
                      "propensity": a.propensity, "probability": a.probability,
-                     "experiment": a.experiment, "arm": a.arm} for a in decision.actions],
+                     "experiment": a.experiment, "arm": a.arm,
+                     **({"items": [{"item_id": i.item_id, "score": i.score, "reason": i.reason}
+                                   for i in a.items]} if a.items else {})}
+                    for a in decision.actions],
         "policy": decision.policy,
     }
 
 
 def outcome_entry(event: LearningEvent) -> dict[str, Any]:
-    return {"kind": "outcome", "decision_id": event.decision_id, "action_id": event.action_id,
-            "outcome": event.outcome, "value": event.value, "at": event.at}
+    entry = {"kind": "outcome", "decision_id": event.decision_id,
+             "action_id": event.action_id, "outcome": event.outcome, "value": event.value,
+             "at": event.at}
+    if event.item_id:
+        entry["item_id"] = event.item_id
+    return entry

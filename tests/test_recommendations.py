@@ -346,3 +346,22 @@ def test_get_profile_shows_the_item_history_and_the_report_the_recommender(
     assert row.examples == 30 and row.metrics["items"] == 3
     assert 0.0 <= row.metrics["hit_rate@10"] <= 1.0
     assert "@recommender" in render_models(report) and "hit_rate@10" in render_models(report)
+
+
+def test_the_decision_log_keeps_the_recommended_items_and_the_clicks_on_them(
+        tmp_path: Path) -> None:
+    from adapters.decision_log import JsonlDecisionLog
+
+    path = tmp_path / "decisions.jsonl"
+    arb = _arbiter(decision_log=JsonlDecisionLog(path))
+    d = arb.decide(user_id="logged", placement="shop", channel="web")
+    item = d.actions[0].items[0].item_id
+    arb.feedback(decision_id=d.decision_id, action_id="picks", outcome="click", item_id=item)
+    arb.close()
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    decision = next(x for x in lines if x.get("decision_id") == d.decision_id
+                    and "actions" in x)
+    assert [i["item_id"] for i in decision["actions"][0]["items"]] == [
+        i.item_id for i in d.actions[0].items]
+    outcome = next(x for x in lines if x.get("kind") == "outcome")
+    assert outcome["item_id"] == item
