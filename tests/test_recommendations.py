@@ -365,3 +365,14 @@ def test_the_decision_log_keeps_the_recommended_items_and_the_clicks_on_them(
         i.item_id for i in d.actions[0].items]
     outcome = next(x for x in lines if x.get("kind") == "outcome")
     assert outcome["item_id"] == item
+
+
+def test_a_new_item_reaches_customers_through_its_category_before_anyone_used_it() -> None:
+    items = "\n".join(json.dumps({"id": f"s{k}", "name": f"Shoe {k}", "category": "shoes",
+                                  "price": 50.0}) for k in range(60))
+    arb = _arbiter(items=items)
+    arb.upsert_items([{"id": "new-shoe", "name": "New", "category": "shoes", "price": 40.0}])
+    arb.track(user_id="fan", event_type="view", item_id="s3", at=NOW - 60)
+    arb.learn()
+    pool = candidates(Recommendations(arb.catalogue, arb.recommender), ["s3"])
+    assert pool.reason("new-shoe") == "content"  # 61st of its category, still a candidate

@@ -86,20 +86,22 @@ class Catalogue:
 
     def similar(self, item_id: str) -> list[tuple[str, float]]:
         """Items like ``item_id`` by attributes: the same category (1.0), else a shared tag
-        (TAG_SHARE); at most PER_CATEGORY of each."""
+        (TAG_SHARE); at most PER_CATEGORY of each, half from the front of the catalogue's
+        order and half from its end (the newest items: cold items reach customers through
+        their attributes before anyone has used them)."""
         item = self.items.get(item_id)
         if item is None:
             return []
         out: dict[str, float] = {}
         category = item.get("category")
         if isinstance(category, str):
-            for other in self.by_category.get(category, ())[:PER_CATEGORY + 1]:
+            for other in _ends(self.by_category.get(category, [])):
                 if other != item_id:
                     out[other] = 1.0
         tags = item.get("tags")
         if isinstance(tags, list):
             for tag in tags:
-                for other in self.by_tag.get(tag, ())[:PER_CATEGORY + 1]:
+                for other in _ends(self.by_tag.get(tag, [])):
                     if other != item_id and other not in out:
                         out[other] = TAG_SHARE
         return list(out.items())[:PER_CATEGORY]
@@ -112,6 +114,18 @@ class Catalogue:
             if len(out) >= count:
                 break
         return out
+
+
+def _ends(members: list[str]) -> list[str]:
+    """At most PER_CATEGORY + 1 members: all of a short list, else both ends of it.
+
+    >>> _ends([str(i) for i in range(100)])[-2:]
+    ['98', '99']
+    """
+    if len(members) <= PER_CATEGORY + 1:
+        return members
+    half = (PER_CATEGORY + 1) // 2
+    return members[:half] + members[-half:]
 
 
 EMPTY = Catalogue((), {})
