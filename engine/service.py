@@ -22,6 +22,7 @@ from typing import Any
 
 from dsl.catalogue import check_item
 from dsl.ruleset import ModelSpec, Ruleset
+from dsl.runtime import hour_of_day
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.decide import pipeline
 from engine.decide.catalogue import Catalogue, decode_item, encode_item
@@ -29,7 +30,7 @@ from engine.decide.clusters import features_of, profile_args
 from engine.decide.decision import Decision
 from engine.decide.population import PopulationStats, statistics
 from engine.decide.recommend import Recommendations
-from engine.decide.send_time import PopulationHours
+from engine.decide.send_time import PopulationHours, SendTime
 from engine.decide.tracer import Tracer
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
 from engine.experiments.report import ExperimentReport, experiment_report
@@ -442,7 +443,8 @@ class Arbiter:
 
     def learnt_values(self, profile: Profile) -> dict[str, float]:
         """The customer's scores and clusters now (``score.NAME``, ``cluster.NAME``: a
-        cluster by number), as GetProfile shows them; those not learnt yet are left out."""
+        cluster by number) and ``best_send_hour`` (0-23, their time zone), as GetProfile
+        shows them; those not learnt yet are left out."""
         ruleset = self._ruleset
         args = profile_args(ruleset, profile, self.clock())
         out: dict[str, float] = {}
@@ -450,6 +452,12 @@ class Arbiter:
             value = self.scores.predict(spec, features_of(spec, args))
             if value is not None:
                 out[f"score.{name}"] = value
+        zone = profile.attributes.get("timezone")
+        best = SendTime(profile.engagement, self.population.prior,
+                        zone if isinstance(zone, str) else None).best_at(self.clock())
+        hour = hour_of_day(best, zone if isinstance(zone, str) else None)
+        if hour is not None:
+            out["best_send_hour"] = hour
         for name, cluster in ruleset.clusters.items():
             assigned = self.clusters.assign(cluster, features_of(cluster, args))
             if assigned is not None:

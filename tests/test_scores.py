@@ -127,7 +127,7 @@ def test_get_profile_shows_the_scores_over_grpc() -> None:
         channel.close()
         running.stop(grace=0.5)
     learnt = dict(found.profile.learnt)
-    assert set(learnt) == {"score.churn", "score.spend"}
+    assert set(learnt) == {"score.churn", "score.spend", "best_send_hour"}
     assert 0.0 <= learnt["score.churn"] <= 1.0 and learnt["score.spend"] >= 0.0
 
 
