@@ -376,3 +376,15 @@ def test_a_new_item_reaches_customers_through_its_category_before_anyone_used_it
     arb.learn()
     pool = candidates(Recommendations(arb.catalogue, arb.recommender), ["s3"])
     assert pool.reason("new-shoe") == "content"  # 61st of its category, still a candidate
+
+
+def test_a_narrow_where_falls_back_to_the_catalogue_in_its_order() -> None:
+    items = "\n".join(json.dumps({"id": f"i{k}", "name": f"Item {k}", "category": "c",
+                                  "price": 500.0 if k < 350 else 5.0}) for k in range(400))
+    arb = _arbiter(items=items)
+    for u in range(30):  # what everyone views is expensive
+        arb.track(user_id=f"u{u}", event_type="view", item_id=f"i{u}", at=NOW - 60)
+    arb.learn()
+    found = _ids(arb, "someone")
+    assert [i for i, _ in found] == ["i350", "i351", "i352"]  # the only ones under 100
+    assert {reason for _, reason in found} == {"catalogue"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import heapq
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from dsl.ruleset import RecommendSpec
@@ -33,6 +34,8 @@ POPULAR = 50
 """Popular items considered for every customer."""
 MAX_CANDIDATES = 300
 """Candidates gathered per recommendation, at most (then filtered)."""
+FALLBACK_SCAN = 500
+"""Catalogue items, in its order, tried when the learnt candidates do not fill the list."""
 MODEL_RERANK = 60
 """The best candidates the model scores too, once it knows the customer."""
 WEIGHT = {"co-occurrence": 1.0, "content": 0.1, "popularity": 0.3, "catalogue": 0.001,
@@ -127,23 +130,42 @@ def recommend(spec: RecommendSpec, sources: Recommendations, profile: Profile | 
     scores = pool.scores
     ranked = sorted(scores, key=lambda item: (-scores[item], item))
     out: list[RecommendedItem] = []
-    A, C, E, S = args[:4]
     for item_id in ranked:
-        if item_id in excluded:
+        found = _kept(spec, catalogue, item_id, scores[item_id], pool.reason, excluded,
+                      args, now)
+        if found is not None:
+            out.append(found)
+            if len(out) >= spec.count:
+                return out
+    # the learnt candidates ran out (a narrow where:): the catalogue's order, bounded
+    for n, item_id in enumerate(catalogue.first(FALLBACK_SCAN)):
+        if item_id in scores:
             continue
-        item = catalogue.items.get(item_id)
-        if item is None:
-            continue
-        found = RecommendedItem(item_id, round(scores[item_id], 6), pool.reason(item_id), item)
-        if spec.where is not None:
-            try:
-                keep = spec.where(A, C, E, S, now, {"item": found.fields()})
-            except Exception:  # a bug or bad item data: never crash, never recommend it
-                log.exception("recommend's where failed on item %s", item_id)
-                keep = None
-            if keep is not True:
-                continue
-        out.append(found)
-        if len(out) >= spec.count:
-            break
+        found = _kept(spec, catalogue, item_id, WEIGHT["catalogue"] / (1 + n),
+                      lambda _: "catalogue", excluded, args, now)
+        if found is not None:
+            out.append(found)
+            if len(out) >= spec.count:
+                break
     return out
+
+
+def _kept(spec: RecommendSpec, catalogue: Catalogue, item_id: str, score: float,
+          reason: Callable[[str], str], excluded: set[str], args: tuple[Any, ...],
+          now: float) -> RecommendedItem | None:
+    """The item as recommended, unless excluded, gone from the catalogue, or refused by
+    ``where`` (which never raises: a failure, logged, refuses it)."""
+    if item_id in excluded:
+        return None
+    item = catalogue.items.get(item_id)
+    if item is None:
+        return None
+    found = RecommendedItem(item_id, round(score, 6), reason(item_id), item)
+    if spec.where is None:
+        return found
+    try:
+        keep = spec.where(*args[:4], now, {"item": found.fields()})
+    except Exception:  # a bug or bad item data: never crash, never recommend it
+        log.exception("recommend's where failed on item %s", item_id)
+        return None
+    return found if keep is True else None
