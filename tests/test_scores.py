@@ -182,3 +182,14 @@ def test_the_fast_prediction_is_rivers_pipeline() -> None:
             x = {f: rng.uniform(0, 200) for f in spec.features}
             assert model.fast_predict(spec, x) == pytest.approx(model.predict(spec, x),
                                                                   abs=1e-9)
+
+
+def test_check_states_what_the_ruleset_learns(capsys: pytest.CaptureFixture[str]) -> None:
+    from engine.cli.app import main
+    from tests.conftest import RETAIL
+
+    assert main(["check", str(RETAIL)]) == 0
+    out = capsys.readouterr().out
+    assert "recommend() in complete_the_look, picked_for_you" in out
+    assert "cluster shoppers: k=3 on basket, monthly, visits" in out
+    assert "score churn: label no purchase within 60d from recency, orders, visits" in out

@@ -7,6 +7,7 @@ import json
 import sys
 
 from dsl.loader import build
+from dsl.ruleset import Ruleset
 from engine.cli.common import add_format_argument, read_rule_files
 
 
@@ -15,6 +16,23 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path")
     add_format_argument(p)
     p.set_defaults(func=run)
+
+
+def learnt_summary(ruleset: Ruleset) -> list[str]:
+    """What the ruleset learns online, one line each (a marketer's check of the setup)."""
+    lines = []
+    recommending = sorted(a.id for a in ruleset.actions.values() if a.recommend is not None)
+    if ruleset.items_declared:
+        lines.append(f"catalogue: {len(ruleset.catalogue)} item(s) in the ruleset's file; "
+                     f"recommend() in {', '.join(recommending) or 'no action'}")
+    for spec in ruleset.clusters.values():
+        names = f", named {', '.join(spec.names)}" if spec.names else ""
+        lines.append(f"cluster {spec.name}: k={spec.k} on {', '.join(spec.features)}{names}")
+    for score in ruleset.scores.values():
+        kind = "label" if score.binary else "target"
+        lines.append(f"score {score.name}: {kind} {score.text} from "
+                     f"{', '.join(score.features)}")
+    return lines
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,5 +56,6 @@ def run(args: argparse.Namespace) -> int:
         if result.ruleset.population:
             summary += ("; reads population percentiles of "
                         + ", ".join(result.ruleset.population.values()))
+        summary += "".join(f"\n{line}" for line in learnt_summary(result.ruleset))
     print(summary)
     return 1 if errors else 0
