@@ -268,6 +268,12 @@ def test_replicas_share_the_catalogue_and_the_interactions(redis_url: str) -> No
     b.forget("u1")  # the forget marker reaches the other replica through the log
     a.sync()
     assert pseudonym("u1") not in a.recommender.users
+    d = a.decide(user_id="u2", placement="shop", channel="web")  # a click on an item
+    clicked = d.actions[0].items[0].item_id
+    a.feedback(decision_id=d.decision_id, action_id="picks", outcome="click", item_id=clicked)
+    b.sync()
+    profile = b.get_profile("u2")
+    assert profile is not None and profile.items[-1][1:] == (clicked, "click")
 
 
 # ---- over gRPC --------------------------------------------------------------------------
