@@ -20,12 +20,12 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from dsl.catalogue import check_item
 from dsl.ruleset import ModelSpec, Ruleset
 from dsl.runtime import hour_of_day
 from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
+from engine.catalogue_sync import CatalogueKeeper
 from engine.decide import pipeline
-from engine.decide.catalogue import Catalogue, decode_item, encode_item
+from engine.decide.catalogue import Catalogue
 from engine.decide.clusters import features_of, profile_args
 from engine.decide.decision import Decision
 from engine.decide.population import PopulationStats, statistics
@@ -63,8 +63,6 @@ from engine.tracking import TrackPlan
 
 log = logging.getLogger(__name__)
 
-MAX_ITEMS_PER_CALL = 10_000
-"""Catalogue items one upsert or removal may carry."""
 ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
 """How long a decision can receive feedback (its record's time to live)."""
 
@@ -120,8 +118,7 @@ class Arbiter:
                                recommender=self.recommender, clusters=self.clusters,
                                clusters_of=lambda: self._ruleset.clusters,
                                scores=self.scores, scores_of=lambda: self._ruleset.scores)
-        self._item_changes: dict[str, Mapping[str, Any] | None] = {}  # the store's, decoded
-        self.catalogue = Catalogue.build(ruleset.catalogue, {})
+        self.catalogue_keeper = CatalogueKeeper(store, ruleset)
         self.experiments = ExperimentStates(self._arm_counts_or_none, self.sampler, clock)
         self.population = PopulationHours()  # engagement by hour of week, all replicas
         self.percentiles = PopulationStats()  # percentile() statistics, all replicas
@@ -129,7 +126,7 @@ class Arbiter:
         self.learner.restore()
         self.learner.catch_up()
         self._sync_population()
-        self._sync_catalogue()
+        self.catalogue_keeper.sync()
 
     # ---- ruleset ------------------------------------------------------------------
     @property
@@ -140,9 +137,7 @@ class Arbiter:
         """Serve ``ruleset`` from the next request on (an atomic reference swap)."""
         if not self.experiments.pull:  # its experiments' counters before it serves
             self.experiments.refresh(ruleset.experiments)
-        if ruleset.catalogue is not self._ruleset.catalogue:
-            self.catalogue = Catalogue.build(ruleset.catalogue, self._item_changes,
-                                             self.catalogue.version)
+        self.catalogue_keeper.rebase(ruleset)
         self._ruleset = ruleset
 
     def _arm_counts_or_none(self, experiment: str) -> Mapping[str, ArmCounts] | None:
@@ -339,58 +334,24 @@ class Arbiter:
         else:
             self.experiments.refresh(self._ruleset.experiments)
         self._sync_population()
-        self._sync_catalogue()
+        self.catalogue_keeper.sync()
         return self.learn()
 
-    def _sync_catalogue(self) -> None:
-        """Apply the catalogue changes made through any replica (when its version moved)."""
-        try:
-            version, changes = self.store.catalogue_changes(self.catalogue.version)
-        except StoreUnavailable as err:
-            log.warning("catalogue not synced, store unavailable: %s", err)
-            return
-        if changes is not None:
-            known = self.catalogue.version
-            delta: dict[str, Mapping[str, Any] | None] = {
-                item_id: decode_item(data) for item_id, data in changes.items()}
-            if 0 < known <= version:  # what changed since ours: merged into what we had
-                self._item_changes = {**self._item_changes, **delta}
-            else:  # everything
-                self._item_changes = delta
-            self.catalogue = Catalogue.build(self._ruleset.catalogue, self._item_changes,
-                                             version)
-
     # ---- catalogue ----------------------------------------------------------------
+    @property
+    def catalogue(self) -> Catalogue:
+        """The item catalogue served now (the ruleset's file and the store's changes)."""
+        return self.catalogue_keeper.catalogue
+
     def upsert_items(self, items: Sequence[Mapping[str, Any]]) -> int:
         """Add or replace catalogue items (checked against the items block; raises
         InvalidArgument naming ``items[i].NAME``); every replica sees them within a
         second. Returns the catalogue's version."""
-        ruleset = self._ruleset
-        if not ruleset.items_declared:
-            raise InvalidArgument("items", "the serving ruleset declares no items block")
-        if len(items) > MAX_ITEMS_PER_CALL:
-            raise InvalidArgument("items", f"at most {MAX_ITEMS_PER_CALL} per call")
-        checked: dict[str, bytes] = {}
-        for i, raw in enumerate(items):
-            item, problems = check_item(ruleset.item_schema, raw)
-            if problems:
-                name, message = problems[0]
-                raise InvalidArgument(f"items[{i}].{name}", message)
-            assert item is not None
-            checked[item["id"]] = encode_item(item)
-        version = self.store.change_items(checked, ())
-        self._sync_catalogue()
-        return version
+        return self.catalogue_keeper.upsert(self._ruleset, items)
 
     def remove_items(self, item_ids: Sequence[str]) -> int:
         """Take items out of the catalogue (they are no longer recommended)."""
-        if len(item_ids) > MAX_ITEMS_PER_CALL:
-            raise InvalidArgument("item_ids", f"at most {MAX_ITEMS_PER_CALL} per call")
-        for i, item_id in enumerate(item_ids):
-            check_id(f"item_ids[{i}]", item_id)
-        version = self.store.change_items({}, item_ids)
-        self._sync_catalogue()
-        return version
+        return self.catalogue_keeper.remove(item_ids)
 
     def _sync_population(self) -> None:
         """Send this process's engagements by hour, read everyone's (send times)."""

@@ -1,0 +1,95 @@
+"""The item catalogue a process serves: the ruleset's file plus the changes made through
+any replica (the store's, read by version), and the checked upserts and removals.
+
+>>> from dsl.loader import load_sources
+>>> from adapters.memory import MemoryStore
+>>> rs = load_sources({"r/a.arb": "items { price: number }", "r/items.jsonl": '{"id": "a"}'})
+>>> keeper = CatalogueKeeper(MemoryStore(), rs)
+>>> keeper.upsert(rs, [{"id": "b", "price": 2.0}])
+1
+>>> sorted(keeper.catalogue.items)
+['a', 'b']
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from dsl.catalogue import check_item
+from dsl.ruleset import Ruleset
+from engine.decide.catalogue import Catalogue, decode_item, encode_item
+from engine.ports import Store, StoreUnavailable
+from engine.requests import InvalidArgument, check_id
+
+log = logging.getLogger(__name__)
+
+MAX_ITEMS_PER_CALL = 10_000
+"""Catalogue items one upsert or removal may carry."""
+
+
+class CatalogueKeeper:
+    """Holds the served :class:`Catalogue` (swapped by reference, never mutated)."""
+
+    def __init__(self, store: Store, ruleset: Ruleset) -> None:
+        self.store = store
+        self._base = ruleset.catalogue
+        self._changes: dict[str, Mapping[str, Any] | None] = {}  # the store's, decoded
+        self.catalogue = Catalogue.build(ruleset.catalogue, {})
+
+    def rebase(self, ruleset: Ruleset) -> None:
+        """A reloaded ruleset's file, with the store's changes on top."""
+        if ruleset.catalogue is not self._base:
+            self._base = ruleset.catalogue
+            self.catalogue = Catalogue.build(ruleset.catalogue, self._changes,
+                                             self.catalogue.version)
+
+    def sync(self) -> None:
+        """Apply the changes made through any replica since our version (one store read
+        when there are none; a warning, and the catalogue as it was, when the store is
+        unavailable)."""
+        try:
+            version, changes = self.store.catalogue_changes(self.catalogue.version)
+        except StoreUnavailable as err:
+            log.warning("catalogue not synced, store unavailable: %s", err)
+            return
+        if changes is None:
+            return
+        known = self.catalogue.version
+        delta: dict[str, Mapping[str, Any] | None] = {
+            item_id: decode_item(data) for item_id, data in changes.items()}
+        if 0 < known <= version:  # what changed since ours: merged into what we had
+            self._changes = {**self._changes, **delta}
+        else:  # everything
+            self._changes = delta
+        self.catalogue = Catalogue.build(self._base, self._changes, version)
+
+    def upsert(self, ruleset: Ruleset, items: Sequence[Mapping[str, Any]]) -> int:
+        """Add or replace items, checked against the ruleset's items block (raises
+        InvalidArgument naming ``items[i].NAME``; all or nothing); returns the version."""
+        if not ruleset.items_declared:
+            raise InvalidArgument("items", "the serving ruleset declares no items block")
+        if len(items) > MAX_ITEMS_PER_CALL:
+            raise InvalidArgument("items", f"at most {MAX_ITEMS_PER_CALL} per call")
+        checked: dict[str, bytes] = {}
+        for i, raw in enumerate(items):
+            item, problems = check_item(ruleset.item_schema, raw)
+            if problems:
+                name, message = problems[0]
+                raise InvalidArgument(f"items[{i}].{name}", message)
+            assert item is not None
+            checked[item["id"]] = encode_item(item)
+        version = self.store.change_items(checked, ())
+        self.sync()
+        return version
+
+    def remove(self, item_ids: Sequence[str]) -> int:
+        """Take items out (they are no longer recommended); returns the version."""
+        if len(item_ids) > MAX_ITEMS_PER_CALL:
+            raise InvalidArgument("item_ids", f"at most {MAX_ITEMS_PER_CALL} per call")
+        for i, item_id in enumerate(item_ids):
+            check_id(f"item_ids[{i}]", item_id)
+        version = self.store.change_items({}, item_ids)
+        self.sync()
+        return version
