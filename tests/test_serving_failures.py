@@ -212,9 +212,18 @@ def test_concurrent_track_events_on_redis_lose_no_update(
 
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(send, range(60)))
+        found = stub.GetProfile(pb.GetProfileRequest(user_id="busy"), timeout=5)  # awaited
+        views = next(e for e in found.profile.events if e.event_type == "page_view")
+        assert found.found and views.count == 60 and len(found.profile.items) == 60
+        batch = stub.DecideBatch(pb.DecideBatchRequest(record_impressions=True, requests=[
+            pb.DecideRequest(user_id="busy", placement="homepage_banner", channel="web")] * 2),
+            timeout=10)
+        assert all(not r.error for r in batch.results)
     client = redis.Redis.from_url(redis_url)
     profile = decode_profile(client.get("arb:p:busy"))
     assert profile.events["page_view"].count == 60
     assert profile.events["page_view"].total == 60.0
     entries = [decode_event(f[b"e"]) for _, f in client.xrange("arb:learn")]
     assert sum(1 for e in entries if e is not None and e.item_id) == 60
+    impressions = [e for e in entries if e is not None and e.outcome == "impression"]
+    assert len(impressions) == 2  # the batch's two decisions, each shown once

@@ -31,7 +31,7 @@ from engine.grpc.offload import Offload
 from engine.grpc.tracing import Tracing
 from engine.ports import DecideIO, DecisionNotFound, FeedbackCommit, StoreUnavailable
 from engine.records import CorruptRecord, DecisionRecord, Profile
-from engine.requests import DecideInput, InvalidArgument
+from engine.requests import DecideInput, InvalidArgument, check_id
 from engine.service import Arbiter
 
 log = logging.getLogger(__name__)
@@ -93,8 +93,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         convert.fill_decide_response(result.decision, decision)
         if record_impressions and decision.actions and not decision.degraded:
             try:
-                await self.offload.store(
-                    self.arbiter.feedback, decision_id=decision.decision_id,
+                await self._commit_feedback(
+                    decision_id=decision.decision_id,
                     action_id=decision.actions[0].action_id, outcome="impression")
             except DecisionNotFound:  # decided for a time past the attribution window
                 result.error = ("at: decided, but older than the attribution window, so "
@@ -189,30 +189,21 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         return pb.FeedbackResponse(duplicate=commit.duplicate)
 
     async def _feedback(self, request: pb.FeedbackRequest, outcome: str) -> FeedbackCommit:
-        commit_async = getattr(self.io, "commit_feedback", None)
-        if commit_async is not None and self.offload.store_blocks:
-            return await self._feedback_async(request, outcome, commit_async)
-        return await self.offload.store(
-            self.arbiter.feedback,
-            decision_id=request.decision_id,
-            action_id=request.action_id,
-            outcome=outcome,
-            value=request.value if request.HasField("value") else None,
-            idempotency_key=request.idempotency_key,
-            at=convert.optional_time(request, "timestamp"),
-            item_id=request.item_id,
-        )
-
-    async def _feedback_async(self, request: pb.FeedbackRequest, outcome: str,
-                              commit_async: Any) -> FeedbackCommit:
-        """The store's compare-and-set awaited on the loop (no thread); the experiments'
-        counters it moved are re-read on a worker thread, not waited for."""
-        arbiter = self.arbiter
-        fb = arbiter.feedback_input(
+        return await self._commit_feedback(
             decision_id=request.decision_id, action_id=request.action_id, outcome=outcome,
             value=request.value if request.HasField("value") else None,
             idempotency_key=request.idempotency_key,
             at=convert.optional_time(request, "timestamp"), item_id=request.item_id)
+
+    async def _commit_feedback(self, **feedback: Any) -> FeedbackCommit:
+        """An outcome, stored once: with a network store whose DecideIO offers it, the
+        compare-and-set awaited on the loop (no thread), the experiments' counters it
+        moved re-read on a worker thread, not waited for; otherwise the library call."""
+        commit_async = getattr(self.io, "commit_feedback", None)
+        if commit_async is None or not self.offload.store_blocks:
+            return await self.offload.store(self.arbiter.feedback, **feedback)
+        arbiter = self.arbiter
+        fb = arbiter.feedback_input(**feedback)
         commit: FeedbackCommit = await commit_async(
             fb.decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
             arbiter.attribution_window, fb.fingerprint,
@@ -251,7 +242,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     @rpc
     async def GetProfile(self, request: pb.GetProfileRequest,
                          context: grpc.aio.ServicerContext) -> pb.GetProfileResponse:
-        profile = await self.offload.store(self.arbiter.get_profile, request.user_id)
+        if self.offload.store_blocks:  # the store's read awaited on the loop
+            check_id("user_id", request.user_id)
+            profile = await self.io.get_profile(
+                request.user_id, self._budget(RESPONSE_RESERVE_SECONDS))
+        else:
+            profile = self.arbiter.get_profile(request.user_id)
         if profile is None:
             return pb.GetProfileResponse(found=False)
         learnt = self.arbiter.learnt_values(profile)
