@@ -176,6 +176,7 @@ def decide_input(
         limit=limit or target.slots,
         explain=explain,
         now=at if at is not None else now,
+        ruleset=ruleset,
     )
 
 

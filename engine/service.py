@@ -201,8 +201,9 @@ class Arbiter:
                     tracer: Tracer | None = None) -> tuple[Decision, DecisionRecord]:
         """The decision for a loaded profile (None: unknown customer), and its record.
         Pure computation: no store I/O."""
+        ruleset = req.ruleset if req.ruleset is not None else self._ruleset
         return pipeline.run(
-            self._ruleset, req, profile,
+            ruleset, req, profile,
             decision_id=new_decision_id(),
             models=self.models,
             experiment_state=self.experiments.get,
@@ -211,7 +212,7 @@ class Arbiter:
             population=self.population.prior,
             percentiles=self.percentiles,
             recommendations=(Recommendations(self.catalogue, self.recommender)
-                             if self._ruleset.items_declared else None),
+                             if ruleset.items_declared else None),
             clusters=self.clusters,
             scores=self.scores,
         )
@@ -231,8 +232,8 @@ class Arbiter:
         if not complete:
             decision = dataclasses.replace(decision, degraded=True)
         if self.decision_log is not None:
-            self.decision_log.write(decision_entry(self._ruleset, decision, req.context,
-                                                   profile))
+            ruleset = req.ruleset if req.ruleset is not None else self._ruleset
+            self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
         return decision
 
     def _profile_for_decide(self, user_id: str) -> tuple[Profile | None, bool]:

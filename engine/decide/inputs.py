@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from dsl.ruleset import Placement
+from dsl.ruleset import Placement, Ruleset
 from engine.records import AttrValue
 
 
@@ -19,3 +19,6 @@ class DecideInput:
     limit: int
     explain: bool
     now: float
+    # the ruleset it was checked against: its decision uses that one, even when a reload
+    # swaps the serving ruleset between the check and the decision (never a mix of two)
+    ruleset: Ruleset | None = field(default=None, compare=False, repr=False)
