@@ -378,10 +378,16 @@ class Arbiter:
                                  revision=ruleset.revision)
 
     def model_report(self) -> list[ModelQuality]:
-        """Every model's progressive quality: the propensity models, and the recommender
-        once it has learnt an interaction (its hit rate and sizes as metrics)."""
+        """Every model's progressive quality: the propensity models, and the recommender,
+        clusters and scores once they have learnt something (their own measures as
+        metrics). Applies the learning log first."""
         self.learner.catch_up()
-        report = self.models.quality()
+        return self.models.quality() + self.learnt_quality()
+
+    def learnt_quality(self) -> list[ModelQuality]:
+        """The recommender's, clusters' and scores' rows of :meth:`model_report`, as they
+        stand (no store read: a metrics scrape calls it)."""
+        report: list[ModelQuality] = []
         nan = float("nan")
         stats = self.recommender.stats()
         if stats["interactions"]:

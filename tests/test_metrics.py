@@ -34,6 +34,10 @@ def test_rpcs_decisions_and_state_are_scraped(retail: Ruleset) -> None:
                                              outcome=pb.OUTCOME_CLICK))
             with pytest.raises(grpc.RpcError):
                 stub.Decide(pb.DecideRequest(user_id="u", placement="nowhere"))
+            for n in range(12):  # item views: the recommender learns (and is measured)
+                stub.TrackEvent(pb.TrackEventRequest(user_id=f"v{n % 3}", event_type="page_view",
+                                                     item_id=f"sku-00{n % 4 + 1}"))
+        arbiter.learn()
         url = f"http://127.0.0.1:{running.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
     finally:
@@ -47,6 +51,8 @@ def test_rpcs_decisions_and_state_are_scraped(retail: Ruleset) -> None:
             f'placement="homepage_banner"}} 1.0') in text
     assert f'arbiter_ruleset_info{{revision="{retail.revision}"}} 1.0' in text
     assert "arbiter_learning_lag_seconds" in text and "arbiter_reload_failures 0.0" in text
+    assert 'arbiter_learnt_metric{metric="interactions",model="@recommender"} 12.0' in text
+    assert "arbiter_catalogue_items 29.0" in text
 
 
 def test_json_logs_with_an_access_line_per_rpc_and_no_user_ids() -> None:

@@ -108,8 +108,18 @@ class _StateCollector(Collector):
                                 "validation, final labels)", labels=["model"])
         examples = GaugeMetricFamily("arbiter_model_examples", "Shown actions learnt",
                                      labels=["model"])
-        for q in self.arbiter.models.quality():
-            auc.add_metric([q.model], q.rolling_auc)
+        learnt = GaugeMetricFamily("arbiter_learnt_metric", "The recommender's, clusters' "
+                                   "and scores' own measures (hit_rate@10, silhouette, mae, "
+                                   "cluster shares, ...)", labels=["model", "metric"])
+        for q in [*self.arbiter.models.quality(), *self.arbiter.learnt_quality()]:
+            if q.rolling_auc == q.rolling_auc or not q.metrics:  # a classifier's AUC
+                auc.add_metric([q.model], q.rolling_auc)
             examples.add_metric([q.model], q.examples)
+            for name, value in q.metrics.items():
+                if not name.startswith("centre:"):  # centres: arbiter report --clusters
+                    learnt.add_metric([q.model, name], value)
         yield auc
         yield examples
+        yield learnt
+        yield GaugeMetricFamily("arbiter_catalogue_items", "Catalogue items served",
+                                value=len(self.arbiter.catalogue))
