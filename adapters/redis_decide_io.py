@@ -24,16 +24,15 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 import redis.asyncio
 
+from adapters.redis_feedback import feedback_steps, run_async
 from adapters.redis_scripts import COMMIT_FEEDBACK, MAX_COMMIT_ATTEMPTS
 from engine.ports import (
-    DecisionNotFound,
     FeedbackChange,
     FeedbackCommit,
-    IdempotencyKeyReused,
     Learning,
     StoreUnavailable,
 )
-from engine.records import DecisionRecord, Profile, decode_decision, decode_profile, encode
+from engine.records import DecisionRecord, Profile, decode_profile, encode
 
 if TYPE_CHECKING:
     from adapters.redis_store import RedisStore
@@ -75,8 +74,10 @@ class RedisDecideIO:
             raise StoreUnavailable("redis: no time left for the feedback")
         try:
             async with asyncio.timeout(timeout):
-                return await self._commit_feedback(decision_id, idempotency_key, change,
-                                                   ttl_seconds, fingerprint)
+                return await run_async(
+                    feedback_steps(self.store, decision_id, idempotency_key, change,
+                                   ttl_seconds, fingerprint),
+                    self.writer, self._commit_script)
         except TimeoutError:
             raise StoreUnavailable(f"redis: feedback took longer than {timeout:.3f}s"
                                    ) from None
@@ -120,35 +121,6 @@ class RedisDecideIO:
             store.remember_profile(user_id, encode(profile))
             return profile
         raise StoreUnavailable(f"profile of {user_id}: still conflicting after "
-                               f"{MAX_COMMIT_ATTEMPTS} attempts")
-
-    async def _commit_feedback(self, decision_id: str, idempotency_key: str,
-                               change: FeedbackChange, ttl_seconds: float, fingerprint: str
-                               ) -> FeedbackCommit:
-        store = self.store
-        dkey, ikey = store.key("d", decision_id), store.key("k", idempotency_key)
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            read = self.writer.pipeline(transaction=False)
-            read.get(dkey)
-            read.get(ikey)
-            data, applied = cast(list[bytes | None], await read.execute())
-            if data is None:
-                raise DecisionNotFound(decision_id)
-            if applied is not None:
-                if applied.decode() != fingerprint:
-                    raise IdempotencyKeyReused(idempotency_key)
-                return FeedbackCommit(True, None)
-            decision = decode_decision(data)
-            pkey = store.key("p", decision.user_id)
-            pdata = cast(bytes | None, await self.writer.get(pkey))
-            effects = change(decision, decode_profile(pdata) if pdata is not None else None)
-            keys, args = store.feedback_script_args(dkey, ikey, pkey, data, pdata, effects,
-                                                    idempotency_key, fingerprint, ttl_seconds)
-            if await self._commit_script(keys=keys, args=args):
-                if effects.profile is not None:
-                    store.remember_profile(decision.user_id, encode(effects.profile))
-                return FeedbackCommit(False, effects)
-        raise StoreUnavailable(f"feedback on {decision_id}: still conflicting after "
                                f"{MAX_COMMIT_ATTEMPTS} attempts")
 
     # ---- profiles and records: one pipeline in flight, carrying all that waits -------------

@@ -51,18 +51,16 @@ import redis
 from cachetools import TTLCache
 
 from adapters.redis_decide_io import RedisDecideIO
+from adapters.redis_feedback import feedback_steps, run_sync
 from adapters.redis_scripts import (
     CHANGE_ITEMS,
     COMMIT_FEEDBACK,
     LOG_ENTRY,
-    MAX_COMMIT_ATTEMPTS,
 )
 from engine.ports import (
-    DecisionNotFound,
     FeedbackChange,
     FeedbackCommit,
     FeedbackEffects,
-    IdempotencyKeyReused,
     Learning,
     StoreUnavailable,
 )
@@ -293,38 +291,9 @@ class RedisStore:
     # ---- feedback -------------------------------------------------------------------
     def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
                         ttl_seconds: float, fingerprint: str = "") -> FeedbackCommit:
-        dkey, ikey = self._k("d", decision_id), self._k("k", idempotency_key)
-        for _ in range(MAX_COMMIT_ATTEMPTS):
-            read = self.redis.pipeline(transaction=False)
-            read.get(dkey)
-            read.get(ikey)
-            data, applied = cast(list[bytes | None], read.execute())
-            if data is None:
-                raise DecisionNotFound(decision_id)
-            if applied is not None:
-                if applied.decode() != fingerprint:
-                    raise IdempotencyKeyReused(idempotency_key)
-                return FeedbackCommit(True, None)
-            decision = decode_decision(data)
-            pkey = self._k("p", decision.user_id)
-            pdata = _b(self.redis.get(pkey))
-            effects = change(decision, decode_profile(pdata) if pdata is not None else None)
-            if self._commit(dkey, ikey, pkey, data, pdata, effects, idempotency_key,
-                            fingerprint, ttl_seconds):
-                if effects.profile is not None:
-                    self._remember(decision.user_id, encode(effects.profile))
-                return FeedbackCommit(False, effects)
-        raise StoreUnavailable(f"feedback on {decision_id}: still conflicting after "
-                               f"{MAX_COMMIT_ATTEMPTS} attempts")
-
-    def _commit(self, dkey: str, ikey: str, pkey: str, data: bytes, pdata: bytes | None,
-                effects: FeedbackEffects, idempotency_key: str, fingerprint: str,
-                ttl_seconds: float) -> bool:
-        """Write a feedback's effects in one script run if nothing it read has changed
-        (compare-and-set); False on a conflict (the caller reads again)."""
-        keys, args = self.feedback_script_args(dkey, ikey, pkey, data, pdata, effects,
-                                               idempotency_key, fingerprint, ttl_seconds)
-        return bool(self._commit_feedback(keys=keys, args=args))
+        return run_sync(feedback_steps(self, decision_id, idempotency_key, change,
+                                       ttl_seconds, fingerprint),
+                        self.redis, self._commit_feedback)
 
     def feedback_script_args(self, dkey: str, ikey: str, pkey: str, data: bytes,
                              pdata: bytes | None, effects: FeedbackEffects,

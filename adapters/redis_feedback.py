@@ -1,0 +1,92 @@
+"""Feedback's compare-and-set on Redis as one protocol, driven by the synchronous client
+(the library's store) or the asyncio one (the server's loop): the steps are written once.
+
+:func:`feedback_steps` is a generator that yields what it needs from Redis, ``("get",
+keys)`` (a pipeline of GETs, answered with the values) or ``("script", (keys, args))``
+(``COMMIT_FEEDBACK``, answered with 1 or 0 on a conflict), and returns the
+:class:`~engine.ports.FeedbackCommit`; :func:`run_sync` and :func:`run_async` feed it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from typing import TYPE_CHECKING, Any, cast
+
+from adapters.redis_scripts import MAX_COMMIT_ATTEMPTS
+from engine.ports import (
+    DecisionNotFound,
+    FeedbackChange,
+    FeedbackCommit,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+)
+from engine.records import decode_decision, decode_profile, encode
+
+if TYPE_CHECKING:
+    from adapters.redis_store import RedisStore
+
+Step = tuple[str, Any]
+Steps = Generator[Step, Any, FeedbackCommit]
+
+
+def feedback_steps(store: RedisStore, decision_id: str, idempotency_key: str,
+                   change: FeedbackChange, ttl_seconds: float, fingerprint: str) -> Steps:
+    """Read the decision and the key, then the profile; compute the effects; write them
+    with the script if nothing read has changed; again on a conflict."""
+    dkey, ikey = store.key("d", decision_id), store.key("k", idempotency_key)
+    for _ in range(MAX_COMMIT_ATTEMPTS):
+        data, applied = cast(list[bytes | None], (yield ("get", [dkey, ikey])))
+        if data is None:
+            raise DecisionNotFound(decision_id)
+        if applied is not None:
+            if applied.decode() != fingerprint:
+                raise IdempotencyKeyReused(idempotency_key)
+            return FeedbackCommit(True, None)
+        decision = decode_decision(data)
+        pkey = store.key("p", decision.user_id)
+        (pdata,) = cast(list[bytes | None], (yield ("get", [pkey])))
+        effects = change(decision, decode_profile(pdata) if pdata is not None else None)
+        script = store.feedback_script_args(dkey, ikey, pkey, data, pdata, effects,
+                                            idempotency_key, fingerprint, ttl_seconds)
+        if (yield ("script", script)):
+            if effects.profile is not None:
+                store.remember_profile(decision.user_id, encode(effects.profile))
+            return FeedbackCommit(False, effects)
+    raise StoreUnavailable(f"feedback on {decision_id}: still conflicting after "
+                           f"{MAX_COMMIT_ATTEMPTS} attempts")
+
+
+def run_sync(steps: Steps, client: Any, script: Any) -> FeedbackCommit:
+    """Drive the steps on redis-py's synchronous client (``script``: its Script)."""
+    reply: Any = None
+    while True:
+        try:
+            kind, arg = steps.send(reply)
+        except StopIteration as done:
+            return cast(FeedbackCommit, done.value)
+        if kind == "get":
+            pipe = client.pipeline(transaction=False)
+            for key in arg:
+                pipe.get(key)
+            reply = pipe.execute()
+        else:
+            keys, args = arg
+            reply = script(keys=keys, args=args)
+
+
+async def run_async(steps: Steps, client: Any, script: Any) -> FeedbackCommit:
+    """Drive the steps on redis-py's asyncio client (``script``: its AsyncScript)."""
+    reply: Any = None
+    while True:
+        try:
+            kind, arg = steps.send(reply)
+        except StopIteration as done:
+            return cast(FeedbackCommit, done.value)
+        if kind == "get":
+            pipe = client.pipeline(transaction=False)
+            for key in arg:
+                pipe.get(key)
+            reply = await pipe.execute()
+        else:
+            keys, args = arg
+            reply = await script(keys=keys, args=args)
