@@ -394,3 +394,77 @@ def test_a_narrow_where_falls_back_to_the_catalogue_in_its_order() -> None:
     found = _ids(arb, "someone")
     assert [i for i, _ in found] == ["i350", "i351", "i352"]  # the only ones under 100
     assert {reason for _, reason in found} == {"catalogue"}
+
+
+def test_hostile_catalogue_and_item_input_is_refused_and_changes_nothing() -> None:
+    arb = _arbiter()
+    before = dict(arb.catalogue.items)
+    running = server.start(arb, "127.0.0.1", 0, workers=2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    catalogue = pb_grpc.CatalogueServiceStub(channel)
+    stub = pb_grpc.DecisionServiceStub(channel)
+
+    def refused(call: object, request: object, field: str) -> None:
+        with pytest.raises(grpc.RpcError) as err:
+            call(request, timeout=10)  # type: ignore[operator]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, err.value.details()
+        assert err.value.details().startswith(field), err.value.details()
+
+    try:
+        refused(catalogue.UpsertItems, pb.UpsertItemsRequest(items=[pb.Item(id="")]),
+                "items[0].id")
+        refused(catalogue.UpsertItems, pb.UpsertItemsRequest(items=[pb.Item(id="x" * 300)]),
+                "items[0].id")
+        refused(catalogue.UpsertItems, pb.UpsertItemsRequest(items=[pb.Item(
+            id="n", attributes={"price": pb.Value(number_value=float("nan"))})]),
+            "items[0].price")
+        refused(catalogue.UpsertItems, pb.UpsertItemsRequest(
+            items=[pb.Item(id=f"i{k}") for k in range(10_001)]), "items")
+        refused(catalogue.RemoveItems, pb.RemoveItemsRequest(item_ids=["ok", ""]),
+                "item_ids[1]")
+        refused(stub.TrackEvent, pb.TrackEventRequest(user_id="h", event_type="view",
+                                                      item_id="y" * 300), "item_id")
+        refused(stub.TrackEvent, pb.TrackEventRequest(
+            user_id="h", event_type="view",
+            properties={"item_id": pb.Value(number_value=3.0)}), "properties.item_id")
+        d = stub.Decide(pb.DecideRequest(user_id="h", placement="shop", channel="web"))
+        refused(stub.Feedback, pb.FeedbackRequest(
+            decision_id=d.decision_id, action_id="picks", outcome=pb.OUTCOME_CLICK,
+            item_id="z" * 300), "item_id")
+    finally:
+        channel.close()
+        running.stop(grace=0.5)
+    assert arb.catalogue.items == before  # nothing half-applied
+    assert arb.get_profile("h") is None  # the refused events stored nothing
+    assert arb.recommender.interactions == 0
+
+
+def test_hostile_catalogue_files_and_stored_items() -> None:
+    errors = _errors({"r/rules.arb": RULES, "r/items.jsonl": '{"id": "a", "price": NaN}\n'
+                      + '{"id": "b", "tags": ["x", 1]}\n' + '[1, 2]\n'})
+    assert "r/items.jsonl:1:13: item attribute 'price' must be a finite number" in errors
+    assert "r/items.jsonl:2:13: item attribute 'tags' must be a list of at most 64 strings" \
+        in errors
+    assert "r/items.jsonl:3:1: each line is one item: a JSON object" in errors
+    store = MemoryStore(clock=lambda: NOW)
+    arb = _arbiter(store)
+    store.change_items({"bad": b"\xc1garbage", "ok": b""}, ())  # damaged in the store
+    arb.sync()
+    assert "bad" not in arb.catalogue.items  # an item that does not decode is not served
+    assert _ids(arb, "x")  # and recommendations go on
+
+
+@pytest.mark.parametrize(("rules", "expected"), [
+    ("items { name: string }\nevents: view\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 items: recommend(99999999999999999999) }",
+     "recommend() returns 1 to 50 items"),
+    ("items { name: string }\nevents: view\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 items: recommend(2, exclude: view within 1e9d) }",
+     "syntax error"),
+    ("items { name: string }\nevents: view\nplacement p { channels: web }\n"
+     "action a { placements: p value: 1 items: recommend(2, exclude: view within "
+     + "9" * 400 + "d) }", "is too large"),
+])
+def test_hostile_recommend_literals(rules: str, expected: str) -> None:
+    errors = _errors({"r/rules.arb": rules})
+    assert any(expected in e for e in errors), errors
