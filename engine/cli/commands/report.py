@@ -69,10 +69,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         if report is not None:
             print(report.render())
+        if args.models or (report is None and not args.clusters):
+            print(render_models(models))
         if args.clusters:
             print(render_clusters(models))
-        elif args.models or report is None:
-            print(render_models(models))
     if args.plot and args.clusters:
         from engine.cli.plot import plot_clusters
 
