@@ -56,6 +56,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.store_timeout = store_timeout
         self.default_deadline = default_deadline
         self.tracing = tracing
+        self.never_wait: frozenset[str] = (
+            frozenset() if offload.store_blocks or tracing is not None
+            else frozenset({"Decide", "DecideBatch", "Feedback", "TrackEvent", "GetProfile"}))
+        """RPCs that run to their end without yielding to the loop (the in-memory store)."""
 
     def _span(self, name: str) -> contextlib.AbstractContextManager[Any]:
         """An OpenTelemetry span when tracing is on (engine.grpc.tracing), else nothing."""
