@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import grpc
@@ -117,6 +118,11 @@ def test_serve_settings_layer_flags_over_environment_over_file(
     assert "metrics-port = 9100  # file" in out and "access-log = true  # file" in out
     assert "reload-interval = 5.0  # env ARBITER_RELOAD_INTERVAL" in out
     assert 'host = "127.0.0.1"  # default' in out
+    assert "# tls-cert = (unset)  # default" in out  # every setting is listed
+    assert tomllib.loads(out)["port"] == 7002  # and the output is a usable settings file
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    assert "object at" not in capsys.readouterr().out  # defaults in help are values
 
 
 @pytest.mark.parametrize(("setting", "message"), [

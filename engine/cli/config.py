@@ -108,9 +108,10 @@ def render(args: argparse.Namespace, layered: Layered, sources: Mapping[str, str
     lines = []
     for action in layered.options:
         value = getattr(args, action.dest)
-        if value is None:
-            continue
         flag = action.option_strings[-1].lstrip("-")
+        if value is None:  # no value (its flag's help says what that means): a comment
+            lines.append(f"# {flag} = (unset)  # {sources.get(action.dest, 'default')}")
+            continue
         text = repr(value).replace("'", '"') if not isinstance(value, bool) else str(value).lower()
         lines.append(f"{flag} = {text}  # {sources.get(action.dest, 'default')}")
     return "\n".join(lines)

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--reward-wait", type=float, default=DEFAULT_REWARD_WAIT_SECONDS,
                    metavar="SECONDS",
                    help="an impression with no click or conversion after this long is "
-                        "a negative example for the propensity models (default %(default)s)")
+                        f"a negative example for the propensity models (default "
+                        f"{DEFAULT_REWARD_WAIT_SECONDS:g})")
     add_snapshot_key_argument(p)
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
