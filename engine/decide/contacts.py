@@ -20,15 +20,16 @@ def outcomes_within(profile: Profile | None, action_ids: Iterable[str], now: flo
                     window: float, outcome: str = "impression", channel: str | None = None
                     ) -> int:
     """Outcomes of these actions in ``(now - window, now]``, on one channel or any."""
-    if profile is None:
+    if profile is None or not profile.contacts:  # most customers: nothing shown yet
         return 0
     start = now - window
-    return sum(
-        1
-        for action_id in action_ids
-        for at, kind, where in profile.contacts.get(action_id, ())
-        if kind == outcome and start < at <= now and (channel is None or where == channel)
-    )
+    contacts = profile.contacts
+    count = 0
+    for action_id in action_ids:
+        for at, kind, where in contacts.get(action_id, ()):
+            if kind == outcome and start < at <= now and (channel is None or where == channel):
+                count += 1
+    return count
 
 
 def impressions_within(profile: Profile | None, action_id: str, now: float,

@@ -153,7 +153,8 @@ def fill_decide_response(response: pb.DecideResponse, decision: Decision) -> Non
     without copying each one)."""
     response.decision_id = decision.decision_id
     response.ruleset_revision = decision.revision
-    response.decided_at.FromNanoseconds(int(decision.decided_at * 1e9))
+    nanos = int(decision.decided_at * 1e9)  # FromNanoseconds is Python; this is two sets
+    response.decided_at.seconds, response.decided_at.nanos = divmod(nanos, 1_000_000_000)
     if decision.holdout:
         response.holdout_experiment = decision.holdout
     if decision.degraded:
