@@ -51,6 +51,8 @@ class RulesetReloader:
         self.failures = 0  # rule edits rejected since start (a metric)
         self._signature = self._files_signature()
         self._lock = threading.Lock()
+        self.on_swap: list[Callable[[], None]] = []
+        """Called after each swap, on the reloading thread (the server settles its heap)."""
 
     def _files_signature(self) -> tuple[tuple[str, int, int], ...]:
         try:
@@ -99,6 +101,8 @@ class RulesetReloader:
         self.arbiter.swap_ruleset(result.ruleset)
         self.loaded_at = self.clock()
         self.rejected = None
+        for hook in self.on_swap:
+            hook()
         log.info("ruleset %s -> %s (%d warning(s))", serving, new_revision,
                  len(result.ruleset.warnings))
         return ReloadResult(True, True, new_revision, diagnostics, sources)

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import pytest
 
 from adapters.memory import MemoryStore
 from dsl.loader import load_path, read_sources, revision
-from engine.grpc import server
+from engine.grpc import heap, server
 from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
@@ -172,3 +174,50 @@ def test_decisions_never_fail_or_mix_rulesets_during_reloads(rules: Path) -> Non
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_each_swap_settles_the_heap_and_the_replaced_rulesets_cycles_are_collected(
+        rules: Path) -> None:
+    """The server freezes what it loaded out of later collections (engine.grpc.heap); a
+    swap unfreezes, collects and freezes again, so a replaced ruleset does not leak."""
+    arb = Arbiter(load_path(rules), MemoryStore(), seed=1)
+    reloader = RulesetReloader(rules, arb)
+    swaps: list[str] = []
+    reloader.on_swap.append(lambda: swaps.append(arb.ruleset.revision))
+    reloader.on_swap.append(heap.settle)
+
+    class Node:
+        pass
+
+    try:
+        cycle = Node()
+        cycle.self = cycle  # type: ignore[attr-defined]
+        alive = weakref.ref(cycle)
+        heap.settle()
+        del cycle
+        gc.collect()
+        assert alive() is not None  # frozen: full collections no longer walk it
+        assert gc.get_freeze_count() > 0
+
+        edit(rules, ONBOARDING_VALUE, "  value: 12\n  priority: 10")
+        assert reloader.reload().changed
+        assert swaps == [arb.ruleset.revision]
+        assert alive() is None  # the swap's settle collected it
+
+        edit(rules, "  value: 12\n  priority: 10", "  value: 12\n  when: nope")
+        assert not reloader.reload().accepted
+        assert len(swaps) == 1  # a rejected edit swaps nothing
+    finally:
+        gc.unfreeze()
+
+
+def test_a_started_server_has_settled_its_heap(rules: Path) -> None:
+    arb = Arbiter(load_path(rules), MemoryStore(), seed=1)
+    gc.unfreeze()
+    running = server.start(arb, port=0, reloader=RulesetReloader(rules, arb))
+    try:
+        assert gc.get_freeze_count() > 0
+        assert heap.settle in running.reloader.on_swap  # type: ignore[union-attr]
+    finally:
+        running.stop()
+        gc.unfreeze()

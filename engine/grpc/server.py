@@ -27,6 +27,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import _async as reflection_aio
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
+from engine.grpc import heap
 from engine.grpc.admin_service import AdminServicer
 from engine.grpc.catalogue_service import CatalogueServicer
 from engine.grpc.decision_service import DecisionServicer
@@ -238,6 +239,9 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
         thread.join(timeout=5)
         offload.close()
         raise
+    heap.settle()  # the loaded ruleset, catalogue and models out of later collections
+    if reloader is not None:
+        reloader.on_swap.append(heap.settle)
     running.start_background(reload_interval)
     log.info("serving ruleset %s on %s:%d", arbiter.ruleset.revision, host, running.port)
     if metrics is not None and metrics_port is not None:
