@@ -3,11 +3,12 @@
 CPython's cyclic collector walks every tracked object of the oldest generation on
 each full collection. In a server nearly all of them are long-lived: the compiled
 ruleset, the catalogue, the models. Measured on the retail example (150,000 tracked
-objects), one full collection held the event loop 120 ms, every request in flight
-waiting behind it: the p99. :func:`settle` collects once and freezes what survives
-(:func:`gc.freeze`), so later full collections walk only what was made since. It runs
-after start-up and after each ruleset swap, unfreezing first so that the replaced
-ruleset's reference cycles are collected rather than kept for ever.
+objects) one full collection took 120 ms, and 810 ms with a larger learnt state
+(bench/heap_pause.py), every request in flight waiting behind it. :func:`settle`
+collects once and freezes what survives (:func:`gc.freeze`), so later full
+collections walk only what was made since. It runs after start-up and after each
+ruleset swap, unfreezing first so that the replaced ruleset's reference cycles are
+collected rather than kept for ever.
 
 >>> settle()
 >>> gc.get_freeze_count() > 0
