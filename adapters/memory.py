@@ -7,6 +7,7 @@ the store, exactly as with Redis.
 
 from __future__ import annotations
 
+import heapq
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -32,7 +33,8 @@ from engine.records import (
     pseudonym,
 )
 
-SWEEP_EVERY = 4096
+DECISION, KEY = 0, 1
+"""What an entry of the expiry heap stands for."""
 
 
 class MemoryStore:
@@ -45,6 +47,9 @@ class MemoryStore:
         self._decisions: dict[str, tuple[bytes, float, str]] = {}  # record, expiry, user
         self._user_decisions: dict[str, set[str]] = {}
         self._keys: dict[str, tuple[float, str]] = {}  # key -> (expiry, fingerprint)
+        # (expiry, DECISION or KEY, id, user): what to drop when, as Redis TTLs would;
+        # an entry whose record was replaced or forgotten since is skipped
+        self._expiries: list[tuple[float, int, str, str]] = []
         self._arms: dict[str, dict[str, float]] = {}  # experiment -> {arm}:{field} -> sum
         self._counters: dict[str, dict[str, float]] = {}  # add_counters
         self._consumers: dict[str, int] = {}  # consumer -> the log offset it has applied
@@ -53,7 +58,6 @@ class MemoryStore:
         self._user_keys: dict[str, set[str]] = {}  # user -> their idempotency keys
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
-        self._writes = 0
         self._items: dict[str, tuple[int, bytes]] = {}  # id -> (version, item; b"": removed)
         self._items_version = 0
 
@@ -73,7 +77,10 @@ class MemoryStore:
 
     def _append(self, user_id: str | None, event: LearningEvent) -> None:
         if user_id is not None:
-            self._user_log.setdefault(user_id, []).append(self._log_base + len(self._log))
+            positions = self._user_log.setdefault(user_id, [])
+            if positions and positions[0] < self._log_base:  # trimmed since: not theirs now
+                positions[:] = [p for p in positions if p >= self._log_base]
+            positions.append(self._log_base + len(self._log))
         self._log.append(event)
 
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
@@ -110,37 +117,32 @@ class MemoryStore:
 
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
         with self._lock:
-            self._decisions[record.decision_id] = (encode(record), self.clock() + ttl_seconds,
-                                                   record.user_id)
+            now = self.clock()
+            self._expire(now)
+            expires = now + ttl_seconds
+            self._decisions[record.decision_id] = (encode(record), expires, record.user_id)
             self._user_decisions.setdefault(record.user_id, set()).add(record.decision_id)
-            self._writes += 1
-            if self._writes % SWEEP_EVERY == 0:
-                self._sweep()
+            heapq.heappush(self._expiries, (expires, DECISION, record.decision_id,
+                                            record.user_id))
 
-    def _sweep(self) -> None:
-        """Drop expired decisions and idempotency keys (as Redis TTLs would)."""
-        now = self.clock()
-        for decision_id in [d for d, (_, exp, _) in self._decisions.items() if exp < now]:
-            _, _, user_id = self._decisions.pop(decision_id)
-            ids = self._user_decisions.get(user_id)
-            if ids is not None:
-                ids.discard(decision_id)
-                if not ids:
-                    del self._user_decisions[user_id]
-        for key in [k for k, (exp, _) in self._keys.items() if exp < now]:
-            del self._keys[key]
-        for user in list(self._user_keys):  # the per-user indexes follow what they index
-            live = {k for k in self._user_keys[user] if k in self._keys}
-            if live:
-                self._user_keys[user] = live
-            else:
-                del self._user_keys[user]
-        for user in list(self._user_log):
-            positions = [p for p in self._user_log[user] if p >= self._log_base]
-            if positions:
-                self._user_log[user] = positions
-            else:
-                del self._user_log[user]
+    def _expire(self, now: float) -> None:
+        """Drop the decisions and idempotency keys whose time has passed, as Redis TTLs
+        would: O(log n) each, however many are stored (never a scan of them all)."""
+        expiries = self._expiries
+        while expiries and expiries[0][0] < now:
+            expires, kind, name, user_id = heapq.heappop(expiries)
+            table: dict[str, tuple[float, str]] | dict[str, tuple[bytes, float, str]]
+            index, table, at = ((self._user_decisions, self._decisions, 1) if kind == DECISION
+                                else (self._user_keys, self._keys, 0))
+            entry = table.get(name)
+            if entry is None or entry[at] != expires:  # forgotten, or set again since
+                continue
+            del table[name]
+            names = index.get(user_id)
+            if names is not None:
+                names.discard(name)
+                if not names:
+                    del index[user_id]
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         entry = self._decisions.get(decision_id)
@@ -172,6 +174,9 @@ class MemoryStore:
             self._append(decision.user_id, effects.event)
             self._keys[idempotency_key] = (now + ttl_seconds, fingerprint)
             self._user_keys.setdefault(decision.user_id, set()).add(idempotency_key)
+            heapq.heappush(self._expiries, (now + ttl_seconds, KEY, idempotency_key,
+                                            decision.user_id))
+            self._expire(now)
             return FeedbackCommit(False, effects)
 
     def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:

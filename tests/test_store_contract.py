@@ -314,3 +314,25 @@ def test_catalogue_changes_come_since_a_version(store: Store) -> None:
     assert store.catalogue_changes(v2) == (v2, None)  # current: nothing to read
     assert store.catalogue_changes(v1) == (v2, {"c": b"C", "a": b""})  # only what changed
     assert store.catalogue_changes(0) == (v2, {"a": b"", "b": b"B", "c": b"C"})  # all
+
+
+def test_the_memory_store_drops_what_expired_as_it_goes_and_keeps_its_indexes() -> None:
+    """Expiry as Redis TTLs: what passed its time is gone, the per-customer indexes
+    follow, a key used again after expiring is new, and the store holds only what is
+    live however long it runs (no periodic scan of everything)."""
+    clock = [NOW]
+    store = MemoryStore(clock=lambda: clock[0])
+    for i in range(3000):
+        clock[0] = NOW + i
+        store.save_decision(_decision(f"d{i}", user=f"u{i % 7}"), 100.0)
+        store.commit_feedback(f"d{i}", f"k{i % 500}", _effects("impression"), 50.0)
+    assert store.get_decision("d2898") is None and store.get_decision("d2950") is not None
+    assert len(store._decisions) <= 101 and len(store._keys) <= 51  # only what lives
+    assert sum(map(len, store._user_decisions.values())) == len(store._decisions)
+    assert sum(map(len, store._user_keys.values())) == len(store._keys)
+    assert len(store._expiries) <= 101 + 51
+    store.forget("u3")  # forgotten entries are skipped when their time comes
+    clock[0] += 1000
+    store.save_decision(_decision("late", user="u1"), 100.0)
+    assert set(store._decisions) == {"late"} and store._keys == {}
+    assert store._user_decisions == {"u1": {"late"}} and store._user_keys == {}
