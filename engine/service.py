@@ -111,6 +111,7 @@ class Arbiter:
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
         self.recommender = Recommender()
+        self._serving_recommendations: Recommendations | None = None
         self.clusters = ClusterModels()
         self.scores = ScoreModels()
         self.learner = Learner(store, self.models, self.spec_of, reward_wait=reward_wait,
@@ -211,11 +212,20 @@ class Arbiter:
             tracer=tracer,
             population=self.population.prior,
             percentiles=self.percentiles,
-            recommendations=(Recommendations(self.catalogue, self.recommender)
-                             if ruleset.items_declared else None),
+            recommendations=self._recommendations() if ruleset.items_declared else None,
             clusters=self.clusters,
             scores=self.scores,
         )
+
+    def _recommendations(self) -> Recommendations:
+        """What recommend() reads, one object while the catalogue and the recommender
+        stay the same (it keeps what is the same for every customer with no history)."""
+        served = self._serving_recommendations
+        catalogue, recommender = self.catalogue, self.recommender
+        if (served is None or served.catalogue is not catalogue
+                or served.recommender is not recommender):
+            served = self._serving_recommendations = Recommendations(catalogue, recommender)
+        return served
 
     def record_ttl(self, record: DecisionRecord) -> float | None:
         """Seconds the record must be kept to take feedback; None when it needs no storing

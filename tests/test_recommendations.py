@@ -153,6 +153,20 @@ def test_a_new_customer_gets_the_popular_items_then_co_occurrence_then_the_model
     assert len(pool.found["model"]) > 0
 
 
+def test_customers_with_no_history_share_one_ranking_that_follows_popularity_and_catalogue(
+        ) -> None:
+    arb = _arbiter()
+    assert _ids(arb, "s1")[0] == ("i0", "catalogue")  # nothing learnt: the catalogue's order
+    assert _ids(arb, "s2") == _ids(arb, "s1")
+    for u in range(5):
+        arb.track(user_id=f"u{u}", event_type="view", item_id="i7", at=NOW - 100)
+    arb.learn()
+    assert _ids(arb, "s1")[0] == ("i7", "popularity")  # learnt since: the ranking follows
+    arb.remove_items(["i7"])
+    arb.catalogue_keeper.sync()
+    assert "i7" not in {i for i, _ in _ids(arb, "s2")}  # and so does the catalogue
+
+
 def test_where_and_exclusions_filter_the_items() -> None:
     arb = _arbiter(rules=RULES.replace("recommend(3,", "recommend(10,"))
     arb.upsert_items([{"id": "i1", "name": "Sold out", "category": "odd", "price": 10.0,

@@ -45,13 +45,25 @@ with bench/reco_quality.py)."""
 
 
 class Recommendations:
-    """What recommend() reads: the catalogue and the learnt recommender."""
+    """What recommend() reads: the catalogue and the learnt recommender; and the ranked
+    candidates of a customer with no item history, the same for every such customer
+    until popularity changes (kept while this catalogue and recommender serve)."""
 
-    __slots__ = ("catalogue", "recommender")
+    __slots__ = ("_cold", "catalogue", "recommender")
 
     def __init__(self, catalogue: Catalogue, recommender: Recommender) -> None:
         self.catalogue = catalogue
         self.recommender = recommender
+        self._cold: tuple[object, Pool, list[str]] | None = None
+
+    def cold(self) -> tuple[Pool, list[str]]:
+        """The candidates of a customer with no recent item and their order, best first."""
+        popular = self.recommender.popular_key
+        cold = self._cold
+        if cold is None or cold[0] is not popular:
+            pool = candidates(self, [])
+            cold = self._cold = (popular, pool, _ranked(pool.scores))
+        return cold[1], cold[2]
 
 
 def _excluded(spec: RecommendSpec, profile: Profile | None, now: float) -> set[str]:
@@ -125,10 +137,14 @@ def recommend(spec: RecommendSpec, sources: Recommendations, profile: Profile | 
     arguments; ``where`` reads the item as ``item``)."""
     catalogue = sources.catalogue
     history = profile.items if profile is not None else []
-    pool = candidates(sources, recent_items(history, SEEDS), user_key)
+    seeds = recent_items(history, SEEDS)
+    if seeds or (user_key and sources.recommender.knows(user_key)):
+        pool = candidates(sources, seeds, user_key)
+        ranked = _ranked(pool.scores)
+    else:
+        pool, ranked = sources.cold()
     excluded = _excluded(spec, profile, now)
     scores = pool.scores
-    ranked = sorted(scores, key=lambda item: (-scores[item], item))
     out: list[RecommendedItem] = []
     for item_id in ranked:
         found = _kept(spec, catalogue, item_id, scores[item_id], pool.reason, excluded,
@@ -148,6 +164,11 @@ def recommend(spec: RecommendSpec, sources: Recommendations, profile: Profile | 
             if len(out) >= spec.count:
                 break
     return out
+
+
+def _ranked(scores: dict[str, float]) -> list[str]:
+    """Best first; ties in item order, so that a recommendation is repeatable."""
+    return sorted(scores, key=lambda item: (-scores[item], item))
 
 
 def _kept(spec: RecommendSpec, catalogue: Catalogue, item_id: str, score: float,

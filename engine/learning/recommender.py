@@ -227,6 +227,12 @@ class Recommender:
         best = top[0][1]
         return [(item, 2.0 ** (score - best)) for item, score in top]
 
+    @property
+    def popular_key(self) -> object:
+        """An object replaced whenever :meth:`popular` may answer differently (the ranking
+        is never changed in place), to key what is computed from it."""
+        return self._top
+
     def neighbours(self, item: str) -> list[tuple[str, float]]:
         """Items most often used with ``item``, by cosine similarity, best first."""
         cached = self._neighbours.get(item)
