@@ -12,6 +12,7 @@ the action's fields (content templates only).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -120,6 +121,7 @@ class Template:
         return "".join(out)
 
 
+@functools.lru_cache(maxsize=4096)  # prices repeat: the Decimal arithmetic once per value
 def round_half_up(value: float, digits: int) -> float:
     """Round as people do (2.675 → 2.68), after dropping binary float noise.
 

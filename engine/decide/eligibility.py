@@ -48,7 +48,11 @@ def check_eligibility(ruleset: Ruleset, action: Action, req: DecideInput, facts:
         return None
     args = facts.args()
     if action.when is not None:
-        held = _condition(action.when, args, action, "when")
+        try:  # (inline: this runs for every action of every decision)
+            held: bool | None = action.when(*args)
+        except Exception:  # a bug or bad data: logged, and unknown
+            log.exception("'when' of %s failed", action.id)
+            held = None
         if tracer.enabled:
             _trace_when(action, held, facts, tracer)
         if held is not True:

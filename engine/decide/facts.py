@@ -35,9 +35,15 @@ class Facts:
     profile: Profile | None = None
     user_key: str = ""
     recommended: dict[str, Any] = field(default_factory=dict)
+    _args: tuple[Any, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        self._args = (self.attributes, self.context, self.events, self.segments, self.now)
 
     def args(self) -> tuple[Any, ...]:
-        return (self.attributes, self.context, self.events, self.segments, self.now)
+        """The compiled functions' arguments (A, C, E, S, now): the same tuple for the
+        whole decision (the dicts in it fill as the decision goes)."""
+        return self._args
 
 
 def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
