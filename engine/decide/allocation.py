@@ -86,14 +86,13 @@ def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
         rows = _score_rows(experiment, arms, state, scorer, linear)
         if key is not None:
             state.remember(key, rows)
-    columns, draws, scores, winners, allocation_weights = rows
+    columns, draws, scores, winners, allocation_weights, top_scores = rows
     row = int(sampler.integers(len(draws)))
     best = int(winners[row])
     played = arms[best]
     chosen = RankedAction(played.action_id, float(scores[row, best]), float(draws[row, best]),
                           played.value, played.weight, played.priority,
                           experiment=experiment.name, arm=played.action_id, tags=played.tags)
-    top_scores = scores[np.arange(len(scores)), winners]
     allocation = Allocation(arms, winners, top_scores, allocation_weights)
     if tracer.enabled:
         _trace_thompson(experiment, arms, chosen, best, draws[row], winners, state, columns,
@@ -105,7 +104,8 @@ def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
 
 def _score_rows(experiment: Experiment, arms: list[RankedAction], state: ExperimentState,
                 scorer: Scorer, linear: bool) -> tuple[Any, ...]:
-    """Every posterior row scored: (columns, draws, scores, winner per row, row weights)."""
+    """Every posterior row scored: (columns, draws, scores, winner per row, row weights,
+    the winner's score per row)."""
     columns = [experiment.arms.index(a.action_id) for a in arms]
     draws = state.draws[:, columns]
     if linear:
@@ -115,7 +115,8 @@ def _score_rows(experiment: Experiment, arms: list[RankedAction], state: Experim
         scores = np.array([[scorer(arm, float(x)) for arm, x in zip(arms, row, strict=True)]
                            for row in draws])
     winners = np.argmax(scores, axis=1)
-    return columns, draws, scores, winners, np.full(len(scores), 1.0 / len(scores))
+    return (columns, draws, scores, winners, np.full(len(scores), 1.0 / len(scores)),
+            scores[np.arange(len(scores)), winners])
 
 
 def _trace_thompson(experiment: Experiment, arms: list[RankedAction], chosen: RankedAction,
