@@ -205,14 +205,23 @@ class RedisDecideIO:
 
 
 async def _within(waiter: asyncio.Future[Any], timeout: float, what: str) -> Any:
-    """The waiter's result, or StoreUnavailable after ``timeout`` seconds."""
+    """The waiter's result, or StoreUnavailable after ``timeout`` seconds. (A timer that
+    fails the waiter: the waiter is this call's own, so ``asyncio.wait_for``'s extra
+    future and cancellation handshake are not needed on every read and write.)"""
     if timeout <= 0:
         waiter.cancel()
         raise StoreUnavailable(f"redis: no time left for the {what}")
+    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter, timeout, what)
     try:
-        return await asyncio.wait_for(waiter, timeout)
-    except TimeoutError:
-        raise StoreUnavailable(f"redis: {what} took longer than {timeout:.3f}s") from None
+        return await waiter
+    finally:
+        timer.cancel()
+
+
+def _expire(waiter: asyncio.Future[Any], timeout: float, what: str) -> None:
+    if not waiter.done():  # the round trip answers it later, or never: it is skipped then
+        waiter.set_exception(StoreUnavailable(
+            f"redis: {what} took longer than {timeout:.3f}s"))
 
 
 def _fail(waiters: list[asyncio.Future[Any]], err: BaseException) -> None:
