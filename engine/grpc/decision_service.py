@@ -186,8 +186,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                        ) -> pb.FeedbackResponse:
         outcome = convert.OUTCOME_NAMES.get(request.outcome)
         if outcome is None:
-            raise InvalidArgument("outcome", "must be set (impression, click, conversion, "
-                                             "dismiss)")
+            raise InvalidArgument("outcome", "must be set: OUTCOME_IMPRESSION, OUTCOME_CLICK, "
+                                             "OUTCOME_CONVERSION or OUTCOME_DISMISS")
         with self._span("store.feedback"):
             commit = await self._feedback(request, outcome)
         return pb.FeedbackResponse(duplicate=commit.duplicate)

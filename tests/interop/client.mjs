@@ -1,0 +1,78 @@
+// A Node.js client of Arbiter (@grpc/grpc-js, stubs loaded from proto/ at run time, as a
+// service in another language would): it prints what it saw as one JSON object, which
+// tests/test_interop_node.py checks.  Usage: node client.mjs HOST:PORT PROTO_DIR
+import grpc from "@grpc/grpc-js";
+import protoLoader from "@grpc/proto-loader";
+import protobuf from "protobufjs";
+
+const [target, protoDir] = process.argv.slice(2);
+const definition = protoLoader.loadSync(["arbiter/v1/decision.proto"], {
+  includeDirs: [protoDir], keepCase: true, longs: Number, enums: String, defaults: true,
+  oneofs: true,
+});
+const api = grpc.loadPackageDefinition(definition).arbiter.v1;
+const client = new api.DecisionService(target, grpc.credentials.createInsecure());
+
+// google.rpc.Status and BadRequest, to read the error details a server attaches
+const rpc = protobuf.parse(`
+  syntax = "proto3";
+  package google.rpc;
+  message Any { string type_url = 1; bytes value = 2; }
+  message Status { int32 code = 1; string message = 2; repeated Any details = 3; }
+  message FieldViolation { string field = 1; string description = 2; }
+  message BadRequest { repeated FieldViolation field_violations = 1; }
+`, { keepCase: true }).root;
+
+function call(method, request, deadlineSeconds = 5) {
+  return new Promise((resolve) => {
+    const deadline = new Date(Date.now() + deadlineSeconds * 1000);
+    client[method](request, { deadline }, (err, response) => {
+      if (!err) return resolve({ ok: true, response });
+      const out = { ok: false, code: grpc.status[err.code], details: err.details };
+      const raw = err.metadata && err.metadata.get("grpc-status-details-bin")[0];
+      if (raw) {
+        const status = rpc.lookupType("google.rpc.Status").decode(raw);
+        out.violations = status.details
+          .filter((d) => d.type_url.endsWith("google.rpc.BadRequest"))
+          .flatMap((d) => rpc.lookupType("google.rpc.BadRequest").decode(d.value)
+            .field_violations.map((v) => ({ field: v.field, description: v.description })));
+      }
+      resolve(out);
+    });
+  });
+}
+
+const now = Math.floor(Date.now() / 1000);
+const seen = {};
+seen.track = await call("TrackEvent", {
+  user_id: "node-user", event_type: "add_to_cart",
+  timestamp: { seconds: now - 26 * 3600, nanos: 500000000 },
+  properties: { value: { number_value: 89.5 } },
+  traits: { first_name: { string_value: "Nadia" }, email_opt_in: { bool_value: true } },
+});
+seen.decide = await call("Decide", { user_id: "node-user", placement: "email", channel: "email",
+                                     explain: true });
+const decision = seen.decide.ok ? seen.decide.response : null;
+if (decision && decision.actions.length) {
+  const action = decision.actions[0].action_id;
+  const feedback = { decision_id: decision.decision_id, action_id: action };
+  seen.impression = await call("Feedback", { ...feedback, outcome: "OUTCOME_IMPRESSION" });
+  seen.click = await call("Feedback", { ...feedback, outcome: "OUTCOME_CLICK", idempotency_key: "n-1" });
+  seen.click_again = await call("Feedback", { ...feedback, outcome: "OUTCOME_CLICK",
+                                              idempotency_key: "n-1" });
+}
+seen.no_outcome = await call("Feedback", { decision_id: decision ? decision.decision_id : "x",
+                                          action_id: "cart_reminder" });
+seen.bad_placement = await call("Decide", { user_id: "node-user", placement: "nowhere" });
+seen.bad_context = await call("Decide", {
+  user_id: "node-user", placement: "cart_page", channel: "web",
+  context: { cart_value: { string_value: "lots" } },
+});
+seen.no_user = await call("Decide", { user_id: "", placement: "email" });
+seen.batch = await call("DecideBatch", { requests: [
+  { user_id: "node-user", placement: "email", channel: "email" },
+  { user_id: "", placement: "email" },
+] });
+seen.profile = await call("GetProfile", { user_id: "node-user" });
+client.close();
+console.log(JSON.stringify(seen));
