@@ -54,6 +54,7 @@ class MemoryStore:
         self._counters: dict[str, dict[str, float]] = {}  # add_counters
         self._consumers: dict[str, int] = {}  # consumer -> the log offset it has applied
         self._log: list[LearningEvent | None] = []  # None: an entry erased by forget
+        self._log_owners: list[str | None] = []  # whose entry each is (None: nobody's)
         self._user_log: dict[str, list[int]] = {}  # user -> positions of their entries
         self._user_keys: dict[str, set[str]] = {}  # user -> their idempotency keys
         self._log_base = 0  # entries before this offset were trimmed
@@ -77,11 +78,9 @@ class MemoryStore:
 
     def _append(self, user_id: str | None, event: LearningEvent) -> None:
         if user_id is not None:
-            positions = self._user_log.setdefault(user_id, [])
-            if positions and positions[0] < self._log_base:  # trimmed since: not theirs now
-                positions[:] = [p for p in positions if p >= self._log_base]
-            positions.append(self._log_base + len(self._log))
+            self._user_log.setdefault(user_id, []).append(self._log_base + len(self._log))
         self._log.append(event)
+        self._log_owners.append(user_id)
 
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         with self._lock:
@@ -211,6 +210,17 @@ class MemoryStore:
             drop = max(upto - self._log_base, 0)
             del self._log[:drop]
             self._log_base += drop
+            for owner in self._log_owners[:drop]:  # the owners' indexes follow: O(dropped)
+                positions = self._user_log.get(owner) if owner is not None else None
+                if owner is None or positions is None:
+                    continue
+                kept = next((n for n, p in enumerate(positions) if p >= self._log_base),
+                            len(positions))
+                if kept == len(positions):
+                    del self._user_log[owner]
+                else:
+                    del positions[:kept]
+            del self._log_owners[:drop]
             return drop
 
     def save_models(self, blob: bytes, offset: str) -> None:

@@ -336,3 +336,20 @@ def test_the_memory_store_drops_what_expired_as_it_goes_and_keeps_its_indexes() 
     store.save_decision(_decision("late", user="u1"), 100.0)
     assert set(store._decisions) == {"late"} and store._keys == {}
     assert store._user_decisions == {"u1": {"late"}} and store._user_keys == {}
+
+
+def test_the_memory_store_forgets_trimmed_log_positions_of_customers_gone_quiet() -> None:
+    """A customer's index of log entries follows the log's trimming, so a long-running
+    store keeps nothing for entries every consumer has applied."""
+    store = MemoryStore(clock=lambda: NOW)
+    for i in range(300):
+        store.save_decision(_decision(f"d{i}", user=f"u{i % 30}"), TTL)
+        store.commit_feedback(f"d{i}", f"k{i}", _effects("impression"), TTL)
+    assert sum(map(len, store._user_log.values())) == 300
+    store.save_models(b"snapshot", "300")  # (nothing is trimmed past the snapshot)
+    store.trim_learning_log("learner", "200")
+    assert sum(map(len, store._user_log.values())) == 100
+    store.trim_learning_log("learner", "300")
+    assert store._user_log == {} and store._log_owners == []
+    store.forget("u1")  # nothing of theirs is left to erase; a marker for the recommender
+    assert len(store.learning_events("300", 10)) == 1
