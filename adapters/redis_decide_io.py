@@ -167,11 +167,7 @@ class RedisDecideIO:
         if users:
             pipe.mget([self.store.key("p", u) for u in users])
         for record, ttl_seconds, _ in writes:
-            ttl = max(1, int(ttl_seconds))
-            index = self.store.key("ud", record.user_id)
-            pipe.set(self.store.key("d", record.decision_id), encode(record), ex=ttl)
-            pipe.sadd(index, record.decision_id)
-            pipe.expire(index, ttl)
+            self.store.queue_decision(pipe, record, ttl_seconds)
         try:
             replies = await pipe.execute()
         except FAILURES as err:

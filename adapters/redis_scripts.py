@@ -3,7 +3,21 @@ synchronous store and the asyncio Decide/Feedback I/O)."""
 
 from __future__ import annotations
 
-COMMIT_FEEDBACK = """
+INDEX_ENTRY = """
+local function index_entry(stream, index, id, ttl)
+  redis.call('ZADD', index, string.match(id, '^%d+'), id)
+  local first = redis.call('XRANGE', stream, '-', '+', 'COUNT', 1)[1]
+  if first then  -- entries trimmed from the log leave the index too
+    redis.call('ZREMRANGEBYSCORE', index, '-inf', '(' .. string.match(first[1], '^%d+'))
+  end
+  redis.call('EXPIRE', index, ttl)
+end
+"""
+"""Index a learning-log entry under its user (a sorted set by the entry's time, for
+ForgetProfile), dropping the ids of entries the log no longer holds, so an active
+customer's index stays as long as the log, not as long as their history."""
+
+COMMIT_FEEDBACK = INDEX_ENTRY + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local profile = redis.call('GET', KEYS[3])
@@ -19,17 +33,18 @@ for _ = 1, tonumber(ARGV[10]) do
   redis.call('HINCRBYFLOAT', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
   i = i + 3
 end
-local id = redis.call('XADD', KEYS[4], '*', 'e', ARGV[8])
-redis.call('SADD', KEYS[5], id)
-redis.call('EXPIRE', KEYS[5], ARGV[7])
-redis.call('SADD', KEYS[6], ARGV[9])
+index_entry(KEYS[4], KEYS[5], redis.call('XADD', KEYS[4], '*', 'e', ARGV[8]), ARGV[7])
+local now = tonumber(redis.call('TIME')[1])
+redis.call('ZADD', KEYS[6], now + tonumber(ARGV[6]), ARGV[9])
+redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. now)
 redis.call('EXPIRE', KEYS[6], ARGV[7])
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
 return 1
 """
 """A feedback's effects, all or nothing, if what they were computed from is unchanged
 (compare-and-set). KEYS: decision, idempotency key, profile, learning stream, the user's
-log-entry and key indexes, then the arm hashes. ARGV: the decision as read, the profile
+log-entry and key indexes (sorted sets: entry time, key expiry; what has gone leaves
+them), then the arm hashes. ARGV: the decision as read, the profile
 as read ("0" = none, else "1" and its bytes), their new values ("" = profile
 unchanged), fingerprint, key TTL, index TTL, learning event, key name, the number of
 arm increments, then (key index, field, delta) for each. Returns 1, or 0 on a
@@ -46,10 +61,9 @@ return version
 """Catalogue changes (ARGV: id, item, ...; an empty item is a removal) under a new
 version, each id indexed by it. KEYS: the items hash, the version, the version index."""
 
-LOG_ENTRY = """
+LOG_ENTRY = INDEX_ENTRY + """
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
-redis.call('SADD', KEYS[2], id)
-redis.call('EXPIRE', KEYS[2], ARGV[2])
+index_entry(KEYS[1], KEYS[2], id, ARGV[2])
 return id
 """
 """A learning-log entry and its place in the user's index (for ForgetProfile)."""

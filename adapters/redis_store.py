@@ -5,12 +5,17 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ==========================  =================================================
 ``{ns}:p:{user}``           profile, msgspec MessagePack
 ``{ns}:d:{decision}``       decision record, expires after the attribution window
-``{ns}:ud:{user}``          set of the user's decision ids (for ForgetProfile)
+``{ns}:udz:{user}``         sorted set of the user's decision ids by expiry (for
+                            ForgetProfile); an expired id leaves at the user's next write
 ``{ns}:k:{key}``            idempotency key of an applied feedback, scoped to its decision
                             (``{decision}|k|{key}``, or ``{decision}|d|{action}|{outcome}``
                             without one); the value is the request's fingerprint
-``{ns}:uk:{user}``          set of the user's idempotency keys (for ForgetProfile)
-``{ns}:ul:{user}``          set of the user's learning-log entry ids (for ForgetProfile)
+``{ns}:ukz:{user}``         sorted set of the user's idempotency keys by expiry (likewise)
+``{ns}:ulz:{user}``         sorted set of the user's learning-log entry ids by time; ids
+                            trimmed from the log leave it at the user's next entry
+``{ns}:ud|uk|ul:{user}``    the same indexes as plain sets, as written before 0.1 (they
+                            grew with a customer's history): still read by ForgetProfile
+                            until they expire, never written
 ``{ns}:arms:{experiment}``  hash ``{arm}:trials|successes|sum_sq`` (HINCRBYFLOAT);
                             ``{arm}@{hour}:...`` buckets for windowed experiments
 ``{ns}:counters:{name}``    hash of population counters shared by replicas
@@ -92,6 +97,13 @@ def _stream_id(entry_id: str) -> tuple[int, int]:
 
 USER_INDEX_TTL = 90 * 86400
 """How long after a user's last feedback the per-user indexes of it are kept."""
+INDEXES = ("udz", "ukz", "ulz")
+"""The user's decisions, idempotency keys and learning-log entries (sorted sets)."""
+LEGACY_INDEXES = ("ud", "uk", "ul")
+"""The same as sets, as written before 0.1: read by ForgetProfile, never written."""
+CLOCK_SKEW_SECONDS = 60.0
+"""A decision id leaves its user's index this long after its expiry by the writer's clock
+(replicas' clocks differ a little; the record itself expires by Redis's clock)."""
 CONSUMER_TTL = 86400.0
 """Seconds after which a consumer that stopped checkpointing no longer holds the log."""
 T = TypeVar("T")
@@ -217,7 +229,7 @@ class RedisStore:
         if user_id is None:
             pipe.xadd(f"{self.ns}:learn", {"e": encode(event)})
             return
-        index = self._k("ul", user_id)
+        index = self._k("ulz", user_id)
         pipe.eval(LOG_ENTRY, 2, f"{self.ns}:learn", index, encode(event), USER_INDEX_TTL)
 
     def _items_key(self, suffix: str = "") -> str:
@@ -253,12 +265,16 @@ class RedisStore:
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries."""
-        indexes = [self._k(kind, user_id) for kind in ("ud", "uk", "ul")]
+        current = [self._k(kind, user_id) for kind in INDEXES]
+        legacy = [self._k(kind, user_id) for kind in LEGACY_INDEXES]
+        indexes = [*current, *legacy]
 
         def transaction(pipe: Any) -> None:
             # the indexes are WATCHed: a decision or feedback indexed meanwhile (another
             # replica) makes EXEC fail and the whole read-and-delete run again
-            decisions, keys, entries = (pipe.smembers(index) for index in indexes)
+            decisions, keys, entries = (
+                {*pipe.zrange(index, 0, -1), *pipe.smembers(old)}
+                for index, old in zip(current, legacy, strict=True))
             pipe.multi()  # one MULTI: everything goes, or nothing
             pipe.delete(self._k("p", user_id), *(self._k("d", d.decode()) for d in decisions))
             if keys:
@@ -276,13 +292,21 @@ class RedisStore:
 
     # ---- decisions ------------------------------------------------------------------
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
-        ttl = max(1, int(ttl_seconds))
-        index = self._k("ud", record.user_id)
         pipe = self.fast.pipeline(transaction=False)
-        pipe.set(self._k("d", record.decision_id), encode(record), ex=ttl)
-        pipe.sadd(index, record.decision_id)
-        pipe.expire(index, ttl)
+        self.queue_decision(pipe, record, ttl_seconds)
         pipe.execute()
+
+    def queue_decision(self, pipe: Any, record: DecisionRecord, ttl_seconds: float) -> None:
+        """Queue a decision record's write and its place in the user's index on ``pipe``
+        (of the synchronous or the asyncio client): the ids that expired leave the index,
+        so it holds the customer's live decisions, however many they made before."""
+        ttl = max(1, int(ttl_seconds))
+        now = time.time()
+        index = self._k("udz", record.user_id)
+        pipe.set(self._k("d", record.decision_id), encode(record), ex=ttl)
+        pipe.zadd(index, {record.decision_id: now + ttl})
+        pipe.zremrangebyscore(index, "-inf", f"({now - CLOCK_SKEW_SECONDS}")
+        pipe.expire(index, max(ttl, USER_INDEX_TTL))
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         data = _b(self.redis.get(self._k("d", decision_id)))
@@ -301,8 +325,8 @@ class RedisStore:
                              ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``COMMIT_FEEDBACK`` for these effects (sync and async clients)."""
         user = effects.decision.user_id
-        keys = [dkey, ikey, pkey, f"{self.ns}:learn", self._k("ul", user),
-                self._k("uk", user)]
+        keys = [dkey, ikey, pkey, f"{self.ns}:learn", self._k("ulz", user),
+                self._k("ukz", user)]
         increments: list[Any] = []
         for experiment, deltas in counter_deltas(effects.arm_increments).items():
             keys.append(self._k("arms", experiment))

@@ -125,7 +125,7 @@ def _left_behind(t: Target, user: str) -> list[str]:
     if t.stub.GetProfile(decision_pb2.GetProfileRequest(user_id=user), timeout=5).found:
         found.append("profile")
     if t.redis is not None:
-        for kind in ("p", "ud", "uk", "ul"):
+        for kind in ("p", "udz", "ukz", "ulz"):
             if t.redis.exists(f"fuzz:{kind}:{user}"):
                 found.append(kind)
     return found

@@ -353,3 +353,39 @@ def test_the_memory_store_forgets_trimmed_log_positions_of_customers_gone_quiet(
     assert store._user_log == {} and store._log_owners == []
     store.forget("u1")  # nothing of theirs is left to erase; a marker for the recommender
     assert len(store.learning_events("300", 10)) == 1
+
+
+def test_a_customers_redis_indexes_hold_what_lives_not_their_whole_history(
+        redis_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The per-customer indexes ForgetProfile reads keep the decisions and keys that have
+    not expired and the log entries the log still holds: an active customer's indexes
+    do not grow with their history (they did as plain sets)."""
+    import redis
+
+    from adapters import redis_store
+
+    monkeypatch.setattr(redis_store, "CLOCK_SKEW_SECONDS", 0.0)
+    store = RedisStore(redis_url, cache_ttl=0)
+    raw = redis.Redis.from_url(redis_url)
+    try:
+        for i in range(20):
+            store.save_decision(_decision(f"old{i}", user="ann"), 1)
+            store.commit_feedback(f"old{i}", f"k{i}", _effects("impression"), 1)
+        assert raw.zcard("arb:udz:ann") == 20 and raw.zcard("arb:ukz:ann") == 20
+        time.sleep(2.1)  # the decisions and keys expire
+        store.save_decision(_decision("new", user="ann"), 100)
+        store.commit_feedback("new", "fresh", _effects("impression"), 100)
+        assert raw.zrange("arb:udz:ann", 0, -1) == [b"new"]
+        assert raw.zrange("arb:ukz:ann", 0, -1) == [b"fresh"]
+        assert raw.zcard("arb:ulz:ann") == 21
+        last = store.learning_events("", 100)[-1][0]
+        raw.xtrim("arb:learn", minid=last, approximate=False)  # as the learner trims it
+        store.commit_feedback("new", "later", _effects("click"), 100)
+        assert raw.zcard("arb:ulz:ann") == 2  # the entries the log still holds
+        raw.sadd("arb:ud:ann", "legacy")  # an index as written before 0.1
+        raw.set("arb:d:legacy", b"x")
+        assert store.forget("ann") >= 2
+        assert not raw.keys("arb:u*:ann") and not raw.exists("arb:d:legacy", "arb:d:new")
+    finally:
+        store.close()
+        raw.close()
