@@ -49,6 +49,7 @@ async def drive(calls: Sequence[Callable[[Any], Awaitable[Any]]], make: Callable
     """``concurrency`` workers, worker i on ``calls[i % len(calls)]`` (one per channel)."""
     latencies: list[float] = []
     errors = 0
+    codes: dict[str, int] = {}
     deadline = time.perf_counter() + duration
 
     async def worker(call: Callable[[Any], Awaitable[Any]]) -> None:
@@ -58,8 +59,10 @@ async def drive(calls: Sequence[Callable[[Any], Awaitable[Any]]], make: Callable
             started = time.perf_counter()
             try:
                 await call(request)
-            except grpc.RpcError:
+            except grpc.RpcError as err:
                 errors += 1
+                name = f"{err.code().name}: {err.details()}"  # type: ignore[attr-defined]
+                codes[name] = codes.get(name, 0) + 1
                 continue
             latencies.append(time.perf_counter() - started)
 
@@ -70,6 +73,7 @@ async def drive(calls: Sequence[Callable[[Any], Awaitable[Any]]], make: Callable
     return {
         "requests": len(latencies),
         "errors": errors,
+        "error_codes": codes,  # type: ignore[dict-item]
         "seconds": elapsed,
         "rps": len(latencies) / elapsed,
         "p50_ms": float(np.percentile(ms, 50)) if len(ms) else float("nan"),

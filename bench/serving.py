@@ -100,6 +100,10 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"| {r['config']} | {c['rps']:.0f} | {c['p99_ms']:.2f} | {d['rps']:.0f} | "
                      f"{d['p50_ms']:.2f} | {d['p99_ms']:.2f} | {r['rps_ratio']:.2f} | "
                      f"{r['p99_ratio']:.2f} | {c['errors'] + d['errors']} |")
+    for r in rows:  # what the errors were, if any
+        for rpc in ("check", "decide"):
+            for error, count in r[rpc].get("error_codes", {}).items():
+                lines.append(f"\n{r['config']} {rpc}: {count} x {error}")
     by = {r["config"]: r for r in rows}
     if "homepage" in by and "bagging" in by:
         lines.append(f"\nbagging 10 / plain homepage_banner Decide throughput: "
