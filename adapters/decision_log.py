@@ -17,6 +17,12 @@ A decision line::
 
 An outcome line: ``{"kind": "outcome", "decision_id", "action_id", "outcome",
 "value", "at"}``. Profile attributes declared ``pii`` are replaced by ``"<pii>"``.
+
+The queue is bounded (``max_queued`` lines): when the writer falls behind (a slow disk),
+new lines are dropped and counted (``dropped``, the ``arbiter_decision_log_dropped``
+metric) instead of the server's memory growing; decisions are served either way. The file
+is reopened when it was moved or removed (``logrotate`` without ``copytruncate``), as
+:class:`logging.handlers.WatchedFileHandler` does.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,22 +42,39 @@ from engine.records import is_log_entry
 log = logging.getLogger(__name__)
 
 
+MAX_QUEUED = 100_000
+"""Lines waiting for the writer, at most (then new ones are dropped and counted)."""
+
+
 class JsonlDecisionLog:
     """Appends log entries to a file, one JSON object per line, off the request path."""
 
-    def __init__(self, path: str | Path, flush_seconds: float = 0.5) -> None:
+    def __init__(self, path: str | Path, flush_seconds: float = 0.5,
+                 max_queued: int = MAX_QUEUED) -> None:
         self.path = Path(path)
-        self._queue: queue.Queue[dict[str, Any] | _Forget | None] = queue.Queue()
+        self._queue: queue.Queue[dict[str, Any] | _Forget | None] = queue.Queue(max_queued)
         self._flush_seconds = flush_seconds
         self._file = self.path.open("a", encoding="utf-8")
+        self.dropped = 0
+        """Lines dropped because the writer was behind by ``max_queued``."""
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
 
     def write(self, entry: dict[str, Any]) -> None:
-        self._queue.put(entry)
+        try:
+            self._queue.put_nowait(entry)
+        except queue.Full:
+            self.dropped += 1
+            if self.dropped in (1, 10) or self.dropped % 10_000 == 0:
+                log.warning("decision log: the writer is behind; %d lines dropped so far",
+                            self.dropped)
 
     def _run(self) -> None:
+        checked = time.monotonic()
         while True:
+            if time.monotonic() - checked >= self._flush_seconds:
+                checked = time.monotonic()
+                self._reopen_if_moved()
             try:
                 entry = self._queue.get(timeout=self._flush_seconds)
             except queue.Empty:
@@ -69,11 +93,24 @@ class JsonlDecisionLog:
                 self._file.flush()
         self._file.flush()
 
+    def _reopen_if_moved(self) -> None:
+        """A new file at the path when the one written was moved or removed (rotated)."""
+        try:
+            on_disk = os.stat(self.path)
+        except FileNotFoundError:
+            on_disk = None
+        written = os.fstat(self._file.fileno())
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (written.st_dev,
+                                                                    written.st_ino):
+            self._file.flush()
+            self._file.close()
+            self._file = self.path.open("a", encoding="utf-8")
+
     def forget(self, user_id: str, timeout: float = 60.0) -> int:
         """Remove every line about ``user_id`` (its decisions and their outcomes) from the
         file, after everything queued before is written; returns the lines removed."""
         request = _Forget(user_id)
-        self._queue.put(request)
+        self._queue.put(request, timeout=timeout)  # never dropped: it waits for room
         if not request.done.wait(timeout):
             raise TimeoutError("the decision log did not compact in time")
         return request.removed
@@ -91,7 +128,10 @@ class JsonlDecisionLog:
 
     def close(self) -> None:
         """Write everything queued, then close the file."""
-        self._queue.put(None)
+        try:
+            self._queue.put(None, timeout=10)
+        except queue.Full:
+            log.warning("decision log: the writer did not drain in time; closing")
         self._thread.join(timeout=10)
         self._file.close()
 

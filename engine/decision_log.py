@@ -15,6 +15,9 @@ PII_MASK = "<pii>"
 
 
 class DecisionLog(Protocol):
+    dropped: int
+    """Entries not written because the writer was behind (bounded memory)."""
+
     def write(self, entry: dict[str, Any]) -> None: ...
 
     def forget(self, user_id: str) -> int:

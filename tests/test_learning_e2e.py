@@ -35,6 +35,7 @@ from tests.conftest import RETAIL, ROOT, free_port
 class ListLog:
     def __init__(self) -> None:
         self.entries: list[dict[str, Any]] = []
+        self.dropped = 0
 
     def write(self, entry: dict[str, Any]) -> None:
         self.entries.append(json.loads(json.dumps(entry)))  # as a file would give it back

@@ -14,7 +14,7 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from engine.decide.decision import Decision
@@ -88,7 +88,7 @@ class _StateCollector(Collector):
         self.arbiter = arbiter
         self.reloader = reloader
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         revision = GaugeMetricFamily("arbiter_ruleset_info", "The serving ruleset",
                                      labels=["revision"])
         revision.add_metric([self.arbiter.ruleset.revision], 1.0)
@@ -123,3 +123,8 @@ class _StateCollector(Collector):
         yield learnt
         yield GaugeMetricFamily("arbiter_catalogue_items", "Catalogue items served",
                                 value=len(self.arbiter.catalogue))
+        decision_log = self.arbiter.decision_log
+        if decision_log is not None:
+            yield CounterMetricFamily("arbiter_decision_log_dropped", "Decision-log lines "
+                                      "dropped because the writer was behind",
+                                      value=decision_log.dropped)
