@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import pytest
 
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
@@ -95,3 +96,14 @@ def test_processes_above_one_need_redis() -> None:
          "--processes", "2"], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--processes above 1 needs --redis" in out.stderr
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (("--max-concurrent-rpcs", "0"), "--max-concurrent-rpcs must be 1 or more"),
+    (("--default-deadline", "0"), "--default-deadline must be above 0")])
+def test_serving_limits_out_of_range_are_refused(flags: tuple[str, ...], message: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), *flags],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, timeout=60)
+    assert out.returncode == 2 and message in out.stderr

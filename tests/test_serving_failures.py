@@ -227,3 +227,38 @@ def test_concurrent_track_events_on_redis_lose_no_update(
     assert sum(1 for e in entries if e is not None and e.item_id) == 60
     impressions = [e for e in entries if e is not None and e.outcome == "impression"]
     assert len(impressions) == 2  # the batch's two decisions, each shown once
+
+
+def test_past_the_concurrent_rpc_limit_new_calls_are_refused_at_once(retail: Ruleset) -> None:
+    """Load shedding: with ``max_concurrent_rpcs`` calls in progress (here one open
+    reflection stream), a new call is answered RESOURCE_EXHAUSTED at once instead of
+    queueing; once the call ends, calls are served again."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    from adapters.memory import MemoryStore
+
+    running = server.start(Arbiter(retail, MemoryStore(), seed=1), "127.0.0.1", 0,
+                           max_concurrent_rpcs=1)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    try:
+        held = threading.Event()
+
+        def requests() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            held.wait(10)  # the stream stays open: one RPC in progress
+
+        stream = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            requests())
+        next(stream)  # the stream is being served
+        stub = pb_grpc.DecisionServiceStub(channel)
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Decide(pb.DecideRequest(user_id="u", placement="email"), timeout=5)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert time.monotonic() - started < 1.0  # refused, not queued
+        held.set()
+        list(stream)
+        assert stub.Decide(pb.DecideRequest(user_id="u", placement="email"), timeout=5)
+    finally:
+        channel.close()
+        running.stop(grace=0.5)

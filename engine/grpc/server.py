@@ -210,7 +210,8 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
           health_port: int | None = None,
           reuse_port: bool = False,
           default_deadline: float = DEFAULT_DEADLINE_SECONDS,
-          tracing: Tracing | None = None) -> RunningServer:
+          tracing: Tracing | None = None,
+          max_concurrent_rpcs: int | None = None) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one) on an event loop of its own.
 
     ``workers`` threads run blocking store transactions. With a ``reloader`` the ruleset
@@ -221,6 +222,8 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     bearer token with the method's scope. ``reuse_port`` lets several processes listen
     on one port (SO_REUSEPORT). An RPC whose client sets no deadline gets
     ``default_deadline`` seconds. With ``tracing``, OpenTelemetry spans (engine.grpc.tracing).
+    Past ``max_concurrent_rpcs`` RPCs in progress, gRPC refuses new ones with
+    ``RESOURCE_EXHAUSTED`` (None: no limit); the ``health_port`` server is not counted.
     """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="arbiter-loop", daemon=True)
@@ -233,7 +236,7 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     try:
         asyncio.run_coroutine_threadsafe(
             _start(running, host, port, credentials, tokens, health_port, reuse_port,
-                   default_deadline, tracing), loop).result()
+                   default_deadline, tracing, max_concurrent_rpcs), loop).result()
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
@@ -253,7 +256,7 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
 async def _start(running: RunningServer, host: str, port: int,
                  credentials: grpc.ServerCredentials | None, tokens: Tokens | None,
                  health_port: int | None, reuse_port: bool, default_deadline: float,
-                 tracing: Tracing | None) -> None:
+                 tracing: Tracing | None, max_concurrent_rpcs: int | None) -> None:
     arbiter, offload, metrics = running.arbiter, running.offload, running.metrics
     # decisions read arm counters fetched in the background, never on the loop
     await offload.thread(arbiter.decide_without_store_reads)
@@ -267,7 +270,8 @@ async def _start(running: RunningServer, host: str, port: int,
         interceptors.append(tracing.interceptor())
     if tokens:
         interceptors.append(TokenAuth(tokens))
-    server = grpc.aio.server(options=options, interceptors=interceptors)
+    server = grpc.aio.server(options=options, interceptors=interceptors,
+                             maximum_concurrent_rpcs=max_concurrent_rpcs)
     store = arbiter.store
     timeout = float(getattr(store, "decide_timeout", 0.5))
     add_tolerant(pb_grpc.add_DecisionServiceServicer_to_server, DecisionServicer(

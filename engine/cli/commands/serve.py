@@ -40,6 +40,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "reports); Decide runs on the event loop")
     p.add_argument("--default-deadline", type=float, default=10.0, metavar="SECONDS",
                    help="the deadline of a request whose client sent none")
+    p.add_argument("--max-concurrent-rpcs", type=int, default=1000, metavar="N",
+                   help="RPCs in progress at most per process; more are refused at once "
+                        "with RESOURCE_EXHAUSTED (load shedding) instead of queueing")
     p.add_argument("--seed", type=int, help="seed of the Thompson sampler")
     p.add_argument("--decision-log", metavar="FILE.jsonl",
                    help="append every decision and outcome here (for arbiter replay)")
@@ -125,7 +128,8 @@ def run(args: argparse.Namespace) -> int:
     running = server.start(arbiter, args.host, args.port, args.workers, reloader,
                            args.reload_interval, args.metrics_port, credentials, tokens,
                            health_port=args.health_port, reuse_port=args.reuse_port,
-                           default_deadline=args.default_deadline, tracing=tracing)
+                           default_deadline=args.default_deadline, tracing=tracing,
+                           max_concurrent_rpcs=args.max_concurrent_rpcs)
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)
@@ -155,6 +159,8 @@ def process_count(args: argparse.Namespace) -> int:
                          "use --processes 1")
     if args.default_deadline <= 0:
         raise ValueError("--default-deadline must be above 0")
+    if args.max_concurrent_rpcs < 1:
+        raise ValueError("--max-concurrent-rpcs must be 1 or more")
     return processes
 
 
