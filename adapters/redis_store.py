@@ -13,9 +13,9 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ``{ns}:ukz:{user}``         sorted set of the user's idempotency keys by expiry (likewise)
 ``{ns}:ulz:{user}``         sorted set of the user's learning-log entry ids by time; ids
                             trimmed from the log leave it at the user's next entry
-``{ns}:ud|uk|ul:{user}``    the same indexes as plain sets, as written before 0.1 (they
-                            grew with a customer's history): still read by ForgetProfile
-                            until they expire, never written
+``{ns}:ud|uk|ul:{user}``    the same indexes as plain sets, as earlier builds wrote them
+                            (they grew with a customer's history): still read by
+                            ForgetProfile until they expire, never written
 ``{ns}:arms:{experiment}``  hash ``{arm}:trials|successes|sum_sq`` (HINCRBYFLOAT);
                             ``{arm}@{hour}:...`` buckets for windowed experiments
 ``{ns}:counters:{name}``    hash of population counters shared by replicas
@@ -100,7 +100,7 @@ USER_INDEX_TTL = 90 * 86400
 INDEXES = ("udz", "ukz", "ulz")
 """The user's decisions, idempotency keys and learning-log entries (sorted sets)."""
 LEGACY_INDEXES = ("ud", "uk", "ul")
-"""The same as sets, as written before 0.1: read by ForgetProfile, never written."""
+"""The same as sets, as earlier builds wrote them: read by ForgetProfile, never written."""
 CLOCK_SKEW_SECONDS = 60.0
 """A decision id leaves its user's index this long after its expiry by the writer's clock
 (replicas' clocks differ a little; the record itself expires by Redis's clock)."""
@@ -306,7 +306,9 @@ class RedisStore:
         pipe.set(self._k("d", record.decision_id), encode(record), ex=ttl)
         pipe.zadd(index, {record.decision_id: now + ttl})
         pipe.zremrangebyscore(index, "-inf", f"({now - CLOCK_SKEW_SECONDS}")
-        pipe.expire(index, max(ttl, USER_INDEX_TTL))
+        # the index lives as long as a decision can: its TTL plus its age is the
+        # attribution window, never shorter than any id in the index has left
+        pipe.expire(index, ttl + max(0, int(now - record.decided_at)) + 1)
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         data = _b(self.redis.get(self._k("d", decision_id)))
