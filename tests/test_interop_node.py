@@ -12,7 +12,13 @@ from typing import Any
 
 import pytest
 
+from adapters.memory import MemoryStore
+from dsl.ruleset import Ruleset
+from engine.grpc import server
+from engine.grpc.security import parse_tokens, server_credentials
 from engine.grpc.server import RunningServer
+from engine.service import Arbiter
+from tests.test_security import pki  # noqa: F401  (the certificates, made by openssl)
 
 ROOT = Path(__file__).resolve().parent.parent
 CLIENT = ROOT / "tests/interop"
@@ -62,6 +68,26 @@ def test_a_node_client_reads_the_field_of_each_refused_request(node_client: Path
         assert refused["ok"] is False and refused["code"] == "INVALID_ARGUMENT", case
         assert refused["details"].startswith(f"{field}: "), case
         assert [v["field"] for v in refused["violations"]] == [field], case  # BadRequest
+
+
+def test_a_node_client_over_mutual_tls_with_bearer_tokens(node_client: Path, retail: Ruleset,
+                                                          pki: Path) -> None:  # noqa: F811
+    running = server.start(
+        Arbiter(retail, MemoryStore(), seed=1), "127.0.0.1", 0, workers=2,
+        credentials=server_credentials(pki / "server.pem", pki / "server.key", pki / "ca.pem"),
+        tokens=parse_tokens("svc-token=decide,feedback;ops-token=admin"))
+    try:
+        out = subprocess.run(["node", str(CLIENT / "secure_client.mjs"),
+                              f"localhost:{running.port}", str(ROOT / "proto"), str(pki),
+                              "svc-token", "ops-token", "wrong-token", ""],
+                             capture_output=True, text=True, timeout=60, check=True)
+    finally:
+        running.stop(grace=0.2)
+    seen = json.loads(out.stdout)
+    assert seen["svc-token"].startswith("OK ")
+    assert seen["ops-token"] == "PERMISSION_DENIED"  # a token without the decide scope
+    assert seen["wrong-token"] == seen["(none)"] == "UNAUTHENTICATED"
+    assert seen["no client certificate"] == "UNAVAILABLE"  # the TLS handshake is refused
 
 
 def _run(node_client: Path, running: RunningServer) -> dict[str, Any]:
