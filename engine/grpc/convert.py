@@ -160,12 +160,22 @@ def fill_decide_response(response: pb.DecideResponse, decision: Decision) -> Non
     if decision.degraded:
         response.degraded = True
     if decision.best_send_at is not None:
-        response.best_send_at.FromSeconds(int(decision.best_send_at))
+        response.best_send_at.seconds = int(decision.best_send_at)
     for a in decision.actions:
-        action = response.actions.add(
-            action_id=a.action_id, rank=a.rank, score=a.score, propensity=a.propensity,
-            value=a.value, weight=a.weight, experiment=a.experiment or "", arm=a.arm or "",
-            content=a.content, tags=a.tags, probability=a.probability)
+        # field by field, empty ones left out (no field here has presence, so the bytes
+        # are the same): a third cheaper than add(**fields) with the content map
+        action = response.actions.add()
+        action.action_id, action.rank, action.score = a.action_id, a.rank, a.score
+        action.propensity, action.value, action.weight = a.propensity, a.value, a.weight
+        action.probability = a.probability
+        if a.experiment:
+            action.experiment = a.experiment
+        if a.arm:
+            action.arm = a.arm
+        if a.content:
+            action.content.update(a.content)
+        if a.tags:
+            action.tags.extend(a.tags)
         if a.reasons:
             action.reasons.extend(_reason(r) for r in a.reasons)
         if a.score_terms:
