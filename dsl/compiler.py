@@ -304,7 +304,17 @@ def _recommend(reco: ast.Recommend | None, where: CompiledFn | None) -> Recommen
     return RecommendSpec(
         reco.count, where, print_expr(reco.where) if reco.where is not None else "",
         tuple((rule.event, float(rule.window.value) if rule.window is not None else None)  # type: ignore[arg-type]
-              for rule in reco.exclude), reco.pos)
+              for rule in reco.exclude), reco.pos,
+        where_reads_only_items=reco.where is not None and _reads_only_items(reco.where))
+
+
+def _reads_only_items(expr: ast.Expr) -> bool:
+    """Whether an expression reads nothing but ``item.*`` (no profile, context, segment,
+    function or ``now``): its value is the same for every customer at any time."""
+    return all(isinstance(node, ast.Literal | ast.ListExpr | ast.Unary | ast.Binary | ast.BoolOp)
+               or (isinstance(node, ast.Ref) and node.parts[0] == "item")
+               or (isinstance(node, ast.Index) and node.target.parts[0] == "item")
+               for node in ast.walk(expr))
 
 
 def _model(m: ast.ModelDef) -> ModelSpec:

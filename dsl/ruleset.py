@@ -159,6 +159,7 @@ class RecommendSpec:
     where_source: str
     exclude: tuple[tuple[str, float | None], ...]  # (event, window seconds or None: ever)
     pos: Pos
+    where_reads_only_items: bool = False  # the same answer for every customer and time
 
 
 @dataclass(frozen=True, slots=True)

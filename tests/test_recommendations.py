@@ -167,6 +167,26 @@ def test_customers_with_no_history_share_one_ranking_that_follows_popularity_and
     assert "i7" not in {i for i, _ in _ids(arb, "s2")}  # and so does the catalogue
 
 
+def test_a_where_reading_the_customer_is_evaluated_for_each_customer() -> None:
+    """The list for customers with no history is kept only when ``where`` reads nothing
+    but the item; a ``where`` that reads the profile is the customer's own."""
+    rules = RULES.replace("profile { first_name: string }",
+                          "profile { first_name: string  budget: number = 1000 }")
+    arb = _arbiter(rules=rules)
+    spec = arb.ruleset.actions["picks"].recommend
+    assert spec is not None and spec.where_reads_only_items
+    budgeted = _arbiter(rules=rules.replace("item.price < 100", "item.price < profile.budget"))
+    spec = budgeted.ruleset.actions["picks"].recommend
+    assert spec is not None and not spec.where_reads_only_items
+    budgeted.track(user_id="thrifty", event_type="view", traits={"budget": 25.0})
+    budgeted.track(user_id="lavish", event_type="view", traits={"budget": 1000.0})
+    assert {i for i, _ in _ids(budgeted, "lavish")} == {"i0", "i1", "i2"}
+    assert {i for i, _ in _ids(budgeted, "thrifty")} == {"i0", "i1", "i2"}  # all under 25
+    budgeted.track(user_id="broke", event_type="view", traits={"budget": 15.0})
+    assert [i for i, _ in _ids(budgeted, "broke")] == ["i0", "i1"]  # its own budget
+    assert len(_ids(budgeted, "lavish")) == 3
+
+
 def test_where_and_exclusions_filter_the_items() -> None:
     arb = _arbiter(rules=RULES.replace("recommend(3,", "recommend(10,"))
     arb.upsert_items([{"id": "i1", "name": "Sold out", "category": "odd", "price": 10.0,

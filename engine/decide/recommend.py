@@ -49,12 +49,13 @@ class Recommendations:
     candidates of a customer with no item history, the same for every such customer
     until popularity changes (kept while this catalogue and recommender serve)."""
 
-    __slots__ = ("_cold", "catalogue", "recommender")
+    __slots__ = ("_cold", "_cold_items", "catalogue", "recommender")
 
     def __init__(self, catalogue: Catalogue, recommender: Recommender) -> None:
         self.catalogue = catalogue
         self.recommender = recommender
         self._cold: tuple[object, Pool, list[str]] | None = None
+        self._cold_items: dict[RecommendSpec, list[RecommendedItem]] = {}
 
     def cold(self) -> tuple[Pool, list[str]]:
         """The candidates of a customer with no recent item and their order, best first."""
@@ -63,7 +64,20 @@ class Recommendations:
         if cold is None or cold[0] is not popular:
             pool = candidates(self, [])
             cold = self._cold = (popular, pool, _ranked(pool.scores))
+            self._cold_items = {}
         return cold[1], cold[2]
+
+    def cold_items(self, spec: RecommendSpec) -> list[RecommendedItem] | None:
+        """What ``spec`` recommends to a customer with no item history, once found for
+        one of them, when its ``where`` reads only the items (else None)."""
+        self.cold()  # (forgets the lists when popularity changed)
+        return self._cold_items.get(spec)
+
+    def remember_cold_items(self, spec: RecommendSpec, items: list[RecommendedItem]) -> None:
+        if spec.where is None or spec.where_reads_only_items:
+            if len(self._cold_items) >= MAX_CANDIDATES:  # specs of many reloads: start over
+                self._cold_items.clear()
+            self._cold_items[spec] = items
 
 
 def _excluded(spec: RecommendSpec, profile: Profile | None, now: float) -> set[str]:
@@ -135,15 +149,28 @@ def recommend(spec: RecommendSpec, sources: Recommendations, profile: Profile | 
               user_key: str, args: tuple[Any, ...], now: float) -> list[RecommendedItem]:
     """The action's items for this customer, best first (``args`` are the rules'
     arguments; ``where`` reads the item as ``item``)."""
-    catalogue = sources.catalogue
     history = profile.items if profile is not None else []
     seeds = recent_items(history, SEEDS)
-    if seeds or (user_key and sources.recommender.knows(user_key)):
+    cold = not history and not (user_key and sources.recommender.knows(user_key))
+    if cold:
+        found = sources.cold_items(spec)
+        if found is not None:  # the same for every customer with no history
+            return list(found)
+        pool, ranked = sources.cold()
+    else:
         pool = candidates(sources, seeds, user_key)
         ranked = _ranked(pool.scores)
-    else:
-        pool, ranked = sources.cold()
-    excluded = _excluded(spec, profile, now)
+    out = _recommended(spec, sources, pool, ranked, _excluded(spec, profile, now), args, now)
+    if cold:
+        sources.remember_cold_items(spec, out)
+    return out
+
+
+def _recommended(spec: RecommendSpec, sources: Recommendations, pool: Pool, ranked: list[str],
+                 excluded: set[str], args: tuple[Any, ...], now: float
+                 ) -> list[RecommendedItem]:
+    """The first ``spec.count`` of ``ranked`` that are kept, then of the catalogue's order."""
+    catalogue = sources.catalogue
     scores = pool.scores
     out: list[RecommendedItem] = []
     for item_id in ranked:
