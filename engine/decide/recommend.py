@@ -36,6 +36,8 @@ MAX_CANDIDATES = 300
 """Candidates gathered per recommendation, at most (then filtered)."""
 FALLBACK_SCAN = 500
 """Catalogue items, in its order, tried when the learnt candidates do not fill the list."""
+COLD_LISTS = 64
+"""Lists kept for customers with no history, one per ``recommend(...)`` of the rulesets."""
 MODEL_RERANK = 60
 """The best candidates the model scores too, once it knows the customer."""
 WEIGHT = {"co-occurrence": 1.0, "content": 0.1, "popularity": 0.3, "catalogue": 0.001,
@@ -55,7 +57,7 @@ class Recommendations:
         self.catalogue = catalogue
         self.recommender = recommender
         self._cold: tuple[object, Pool, list[str]] | None = None
-        self._cold_items: dict[RecommendSpec, list[RecommendedItem]] = {}
+        self._cold_items: dict[RecommendSpec, tuple[RecommendedItem, ...]] = {}
 
     def cold(self) -> tuple[Pool, list[str]]:
         """The candidates of a customer with no recent item and their order, best first."""
@@ -67,7 +69,7 @@ class Recommendations:
             self._cold_items = {}
         return cold[1], cold[2]
 
-    def cold_items(self, spec: RecommendSpec) -> list[RecommendedItem] | None:
+    def cold_items(self, spec: RecommendSpec) -> tuple[RecommendedItem, ...] | None:
         """What ``spec`` recommends to a customer with no item history, once found for
         one of them, when its ``where`` reads only the items (else None)."""
         self.cold()  # (forgets the lists when popularity changed)
@@ -75,9 +77,9 @@ class Recommendations:
 
     def remember_cold_items(self, spec: RecommendSpec, items: list[RecommendedItem]) -> None:
         if spec.where is None or spec.where_reads_only_items:
-            if len(self._cold_items) >= MAX_CANDIDATES:  # specs of many reloads: start over
+            if len(self._cold_items) >= COLD_LISTS:  # specs of many reloads: start over
                 self._cold_items.clear()
-            self._cold_items[spec] = items
+            self._cold_items[spec] = tuple(items)
 
 
 def _excluded(spec: RecommendSpec, profile: Profile | None, now: float) -> set[str]:
