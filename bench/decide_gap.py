@@ -29,7 +29,7 @@ from typing import Any
 
 import grpc
 
-from bench.load import ROOT, cpu_seconds, seed_profiles
+from bench.load import ROOT, loadgen, seed_profiles
 from tests.redis_proc import free_port
 
 CANNED_PLACEMENTS = (("homepage_banner", "web"), ("email", "email"), ("cart_page", "web"))
@@ -86,19 +86,6 @@ def _serve(mode: str, port: int) -> None:
               file=sys.stderr, flush=True)
 
 
-def _loadgen(target: str, pid: int, rpc: str, args: argparse.Namespace) -> dict[str, Any]:
-    before = cpu_seconds(pid)
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.loadgen", "--target", target, "--rpc", rpc,
-         "--concurrency", "32", "--duration", str(args.duration), "--users", str(args.users)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
-        check=True)
-    result = dict(json.loads(out.stdout.strip().splitlines()[-1]))
-    total = result["requests"] + result.get("warmup_requests", 0)
-    result["server_cpu_us"] = (cpu_seconds(pid) - before) / max(total, 1) * 1e6
-    return result
-
-
 def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "bench.decide_gap", "--serve", mode,
@@ -110,8 +97,9 @@ def measure(mode: str, args: argparse.Namespace) -> dict[str, Any]:
         with grpc.insecure_channel(target) as channel:
             grpc.channel_ready_future(channel).result(timeout=60)
         seed_profiles(target, args.users)
-        row = {"mode": mode, "check": _loadgen(target, proc.pid, "check", args),
-               "decide": _loadgen(target, proc.pid, "decide", args)}
+        run = argparse.Namespace(concurrency=32, duration=args.duration, users=args.users)
+        row = {"mode": mode, "check": loadgen(target, proc.pid, "check", run),
+               "decide": loadgen(target, proc.pid, "decide", run)}
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=120)
