@@ -389,3 +389,37 @@ def test_a_customers_redis_indexes_hold_what_lives_not_their_whole_history(
     finally:
         store.close()
         raw.close()
+
+
+def test_decisions_in_flight_are_written_in_one_round_trip_and_indexed(redis_url: str) -> None:
+    """The asyncio Decide I/O writes the records of the decisions waiting together as one
+    command: every record stored with its TTL and indexed under its customer (two of the
+    same customer's included), each caller answered after its own record is stored."""
+    import asyncio
+
+    import redis
+
+    store = RedisStore(redis_url, cache_ttl=0)
+    io = store.decide_io()
+    raw = redis.Redis.from_url(redis_url)
+    records = [_decision("a1", user="ann"), _decision("a2", user="ann"),
+               _decision("b1", user="bob")]
+
+    async def save_all() -> None:
+        await asyncio.gather(*(io.save_decision(r, 100, 5.0) for r in records))
+        await io.aclose()
+
+    try:
+        asyncio.run(save_all())
+        assert io.round_trips == 1
+        for r in records:
+            assert store.get_decision(r.decision_id) == r
+            assert 95 <= raw.ttl(f"arb:d:{r.decision_id}") <= 100
+        assert raw.zrange("arb:udz:ann", 0, -1) == [b"a1", b"a2"]
+        assert raw.zrange("arb:udz:bob", 0, -1) == [b"b1"]
+        expiry = raw.zscore("arb:udz:bob", "b1")
+        assert expiry is not None and abs(expiry - (time.time() + 100)) < 5
+        assert raw.ttl("arb:udz:ann") > 100  # the record's TTL plus its age
+    finally:
+        store.close()
+        raw.close()
