@@ -4,16 +4,20 @@
 
 Starts ``arbiter serve`` (in memory) as a subprocess, seeds ``--customers`` profiles
 (opted in to email, a cart left 30 hours ago: the email actions are eligible) and
-sends batches of ``--batch`` decisions cycling through them, one call at a time, for
-``--seconds``; prints decisions/s and the health-Check rate measured the
-same way (one call at a time) as the floor of a single RPC.
+sends batches of ``--batch`` decisions cycling through them, ``--in-flight`` calls at a
+time (two by default: the client builds and reads one batch while the server decides
+another, so the rate is the server's, as for a campaign sender with a few workers), for
+``--seconds``; prints decisions/s and the health-Check rate measured one call at a time
+as the floor of a single RPC.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import time
+from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -43,6 +47,8 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--batch", type=int, default=500)
     p.add_argument("--placement", default="email")
+    p.add_argument("--in-flight", type=int, default=2,
+                   help="DecideBatch calls outstanding at once")
     p.add_argument("--customers", type=int, default=5000,
                    help="seeded customers (opted in to email, a cart left 30 h ago) the "
                         "batches cycle through")
@@ -52,15 +58,23 @@ def main() -> None:
         health = health_pb2_grpc.HealthStub(channel)
         seed(stub, args.customers)
         decided, calls, n = 0, 0, 0
+        in_flight: collections.deque[Any] = collections.deque()
         deadline = time.perf_counter() + args.seconds
         started = time.perf_counter()
-        while time.perf_counter() < deadline:
-            requests = [pb.DecideRequest(user_id=f"b{(n + i) % args.customers}",
-                                         placement=args.placement,
-                                         channel=CHANNELS[args.placement])
-                        for i in range(args.batch)]
-            n += args.batch
-            response = stub.DecideBatch(pb.DecideBatchRequest(requests=requests), timeout=60)
+        while True:
+            more = time.perf_counter() < deadline
+            if more and len(in_flight) < args.in_flight:
+                requests = [pb.DecideRequest(user_id=f"b{(n + i) % args.customers}",
+                                             placement=args.placement,
+                                             channel=CHANNELS[args.placement])
+                            for i in range(args.batch)]
+                n += args.batch
+                in_flight.append(stub.DecideBatch.future(
+                    pb.DecideBatchRequest(requests=requests), timeout=60))
+                continue
+            if not in_flight:
+                break
+            response = in_flight.popleft().result()
             decided += sum(1 for r in response.results if not r.error)
             calls += 1
         batch_rate = decided / (time.perf_counter() - started)
@@ -70,6 +84,7 @@ def main() -> None:
             checks += 1
         check_rate = checks / (time.perf_counter() - started)
     print(json.dumps({"placement": args.placement, "batch": args.batch,
+                      "in_flight": args.in_flight,
                       "decisions_per_s": round(batch_rate), "calls": calls,
                       "sequential_check_per_s": round(check_rate)}))
 

@@ -32,6 +32,7 @@ definition:
 from __future__ import annotations
 
 import collections
+import math
 import random
 import threading
 from collections import deque
@@ -158,11 +159,10 @@ class _Clustering:
             fast = self._fast = (self.version, stats, centres)
         _, stats, centres = fast
         scaled = [0.0 if v is None or not sd else (v - mean) / sd
-                  for v, (mean, sd) in zip((x.get(f) for f in self.features), stats,
-                                           strict=True)]
-        best, best_d = 0, float("inf")
+                  for v, (mean, sd) in zip(map(x.get, self.features), stats, strict=True)]
+        best, best_d = 0, math.inf
         for number, centre in enumerate(centres):
-            d = sum((c - v) ** 2 for c, v in zip(centre, scaled, strict=True))
+            d = math.dist(centre, scaled)  # C; the nearest by the same Euclidean distance
             if d < best_d:
                 best, best_d = number, d
         return best
