@@ -49,9 +49,8 @@ MAX_QUEUED = 100_000
 class JsonlDecisionLog:
     """Appends log entries to a file, one JSON object per line, off the request path."""
 
-    def __init__(
-        self, path: str | Path, flush_seconds: float = 0.5, max_queued: int = MAX_QUEUED
-    ) -> None:
+    def __init__(self, path: str | Path, flush_seconds: float = 0.5,
+                 max_queued: int = MAX_QUEUED) -> None:
         self.path = Path(path)
         self._queue: queue.Queue[dict[str, Any] | _Forget | None] = queue.Queue(max_queued)
         self._flush_seconds = flush_seconds
@@ -67,9 +66,8 @@ class JsonlDecisionLog:
         except queue.Full:
             self.dropped += 1
             if self.dropped in (1, 10) or self.dropped % 10_000 == 0:
-                log.warning(
-                    "decision log: the writer is behind; %d lines dropped so far", self.dropped
-                )
+                log.warning("decision log: the writer is behind; %d lines dropped so far",
+                            self.dropped)
 
     def _run(self) -> None:
         checked = time.monotonic()
@@ -102,7 +100,8 @@ class JsonlDecisionLog:
         except FileNotFoundError:
             on_disk = None
         written = os.fstat(self._file.fileno())
-        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (written.st_dev, written.st_ino):
+        if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (written.st_dev,
+                                                                    written.st_ino):
             self._file.flush()
             self._file.close()
             self._file = self.path.open("a", encoding="utf-8")
@@ -149,11 +148,8 @@ class _Forget:
 def compact(path: Path, user_id: str) -> int:
     """Rewrite the log without the user's decisions and the outcomes that refer to them
     (an atomic replace); returns how many lines were removed."""
-    decisions = {
-        e.get("decision_id")
-        for e in iter_log(path)
-        if e.get("kind") == "decision" and e.get("user_id") == user_id
-    }
+    decisions = {e.get("decision_id") for e in iter_log(path)
+                 if e.get("kind") == "decision" and e.get("user_id") == user_id}
     removed = 0
     temporary = path.with_name(path.name + ".forget")
     with path.open(encoding="utf-8") as source, temporary.open("w", encoding="utf-8") as out:

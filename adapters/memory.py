@@ -66,12 +66,8 @@ class MemoryStore:
         data = self._profiles.get(user_id)
         return decode_profile(data) if data is not None else None
 
-    def update_profile(
-        self,
-        user_id: str,
-        change: Callable[[Profile | None], Profile],
-        learning: Learning | None = None,
-    ) -> Profile:
+    def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                       learning: Learning | None = None) -> Profile:
         with self._lock:
             profile = change(self.get_profile(user_id))
             event = learning(profile) if learning is not None else None
@@ -99,7 +95,8 @@ class MemoryStore:
             if known_version == self._items_version:
                 return known_version, None
             since = known_version if 0 < known_version <= self._items_version else 0
-            return self._items_version, {k: v for k, (at, v) in self._items.items() if at > since}
+            return self._items_version, {k: v for k, (at, v) in self._items.items()
+                                         if at > since}
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries (erased
@@ -124,7 +121,8 @@ class MemoryStore:
             expires = now + ttl_seconds
             self._decisions[record.decision_id] = (encode(record), expires, record.user_id)
             self._user_decisions.setdefault(record.user_id, set()).add(record.decision_id)
-            heapq.heappush(self._expiries, (expires, DECISION, record.decision_id, record.user_id))
+            heapq.heappush(self._expiries, (expires, DECISION, record.decision_id,
+                                            record.user_id))
 
     def _expire(self, now: float) -> None:
         """Drop the decisions and idempotency keys whose time has passed, as Redis TTLs
@@ -133,11 +131,8 @@ class MemoryStore:
         while expiries and expiries[0][0] < now:
             expires, kind, name, user_id = heapq.heappop(expiries)
             table: dict[str, tuple[float, str]] | dict[str, tuple[bytes, float, str]]
-            index, table, at = (
-                (self._user_decisions, self._decisions, 1)
-                if kind == DECISION
-                else (self._user_keys, self._keys, 0)
-            )
+            index, table, at = ((self._user_decisions, self._decisions, 1) if kind == DECISION
+                                else (self._user_keys, self._keys, 0))
             entry = table.get(name)
             if entry is None or entry[at] != expires:  # forgotten, or set again since
                 continue
@@ -154,14 +149,8 @@ class MemoryStore:
             return None
         return decode_decision(entry[0])
 
-    def commit_feedback(
-        self,
-        decision_id: str,
-        idempotency_key: str,
-        change: FeedbackChange,
-        ttl_seconds: float,
-        fingerprint: str = "",
-    ) -> FeedbackCommit:
+    def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
+                        ttl_seconds: float, fingerprint: str = "") -> FeedbackCommit:
         with self._lock:
             now = self.clock()
             decision = self.get_decision(decision_id)
@@ -184,9 +173,8 @@ class MemoryStore:
             self._append(decision.user_id, effects.event)
             self._keys[idempotency_key] = (now + ttl_seconds, fingerprint)
             self._user_keys.setdefault(decision.user_id, set()).add(idempotency_key)
-            heapq.heappush(
-                self._expiries, (now + ttl_seconds, KEY, idempotency_key, decision.user_id)
-            )
+            heapq.heappush(self._expiries, (now + ttl_seconds, KEY, idempotency_key,
+                                            decision.user_id))
             self._expire(now)
             return FeedbackCommit(False, effects)
 
@@ -201,7 +189,8 @@ class MemoryStore:
         with self._lock:
             return counts_from_fields(self._arms.get(experiment, {}))
 
-    def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent | None]]:
+    def learning_events(self, after: str, limit: int
+                        ) -> list[tuple[str, LearningEvent | None]]:
         out: list[tuple[str, LearningEvent | None]] = []
         with self._lock:
             position = max(int(after) if after else 0, self._log_base)
@@ -225,9 +214,8 @@ class MemoryStore:
                 positions = self._user_log.get(owner) if owner is not None else None
                 if owner is None or positions is None:
                     continue
-                kept = next(
-                    (n for n, p in enumerate(positions) if p >= self._log_base), len(positions)
-                )
+                kept = next((n for n, p in enumerate(positions) if p >= self._log_base),
+                            len(positions))
                 if kept == len(positions):
                     del self._user_log[owner]
                 else:
@@ -265,9 +253,8 @@ class MemoryDecideIO:
     async def get_profile(self, user_id: str, timeout: float) -> Profile | None:
         return self.store.get_profile(user_id)
 
-    async def save_decision(
-        self, record: DecisionRecord, ttl_seconds: float, timeout: float
-    ) -> None:
+    async def save_decision(self, record: DecisionRecord, ttl_seconds: float,
+                            timeout: float) -> None:
         self.store.save_decision(record, ttl_seconds)
 
     async def ping(self, timeout: float) -> bool:

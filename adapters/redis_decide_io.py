@@ -48,11 +48,8 @@ class RedisDecideIO:
         self.store = store
         timeout = store.decide_timeout
         self.redis = redis.asyncio.Redis.from_url(
-            store.url,
-            socket_timeout=timeout,
-            socket_connect_timeout=timeout,
-            health_check_interval=30,
-        )
+            store.url, socket_timeout=timeout, socket_connect_timeout=timeout,
+            health_check_interval=30)
         self._reads: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._writes: list[tuple[DecisionRecord, float, asyncio.Future[None]]] = []
         self._flushing = False
@@ -62,20 +59,13 @@ class RedisDecideIO:
         self.round_trips = 0  # pipelines sent (fewer than the calls: the batching works)
         # Feedback's transactions: the store's ordinary timeouts, not Decide's
         self.writer = redis.asyncio.Redis.from_url(
-            store.url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
-        )
+            store.url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
         self._commit_script = self.writer.register_script(COMMIT_FEEDBACK)
 
     # ---- Feedback: the store's compare-and-set, awaited instead of on a thread ------------
-    async def commit_feedback(
-        self,
-        decision_id: str,
-        idempotency_key: str,
-        change: FeedbackChange,
-        ttl_seconds: float,
-        fingerprint: str,
-        timeout: float,
-    ) -> FeedbackCommit:
+    async def commit_feedback(self, decision_id: str, idempotency_key: str,
+                              change: FeedbackChange, ttl_seconds: float, fingerprint: str,
+                              timeout: float) -> FeedbackCommit:
         """:meth:`RedisStore.commit_feedback <adapters.redis_store.RedisStore.commit_feedback>`
         on the asyncio client: two read round trips and the script, the same keys and
         the same all-or-nothing write; StoreUnavailable past ``timeout`` (the script may
@@ -85,24 +75,17 @@ class RedisDecideIO:
         try:
             async with asyncio.timeout(timeout):
                 return await run_async(
-                    feedback_steps(
-                        self.store, decision_id, idempotency_key, change, ttl_seconds, fingerprint
-                    ),
-                    self.writer,
-                    self._commit_script,
-                )
+                    feedback_steps(self.store, decision_id, idempotency_key, change,
+                                   ttl_seconds, fingerprint),
+                    self.writer, self._commit_script)
         except TimeoutError:
-            raise StoreUnavailable(f"redis: feedback took longer than {timeout:.3f}s") from None
+            raise StoreUnavailable(f"redis: feedback took longer than {timeout:.3f}s"
+                                   ) from None
         except FAILURES as err:
             raise StoreUnavailable(f"redis: {err}") from err
 
-    async def update_profile(
-        self,
-        user_id: str,
-        change: Callable[[Profile | None], Profile],
-        learning: Learning | None,
-        timeout: float,
-    ) -> Profile:
+    async def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                             learning: Learning | None, timeout: float) -> Profile:
         """:meth:`RedisStore.update_profile <adapters.redis_store.RedisStore.update_profile>`
         (WATCH, read, MULTI: the profile and its learning-log entry) on the asyncio
         client; StoreUnavailable past ``timeout``."""
@@ -112,15 +95,13 @@ class RedisDecideIO:
             async with asyncio.timeout(timeout):
                 return await self._update_profile(user_id, change, learning)
         except TimeoutError:
-            raise StoreUnavailable(
-                f"redis: profile update took longer than {timeout:.3f}s"
-            ) from None
+            raise StoreUnavailable(f"redis: profile update took longer than {timeout:.3f}s"
+                                   ) from None
         except FAILURES as err:
             raise StoreUnavailable(f"redis: {err}") from err
 
-    async def _update_profile(
-        self, user_id: str, change: Callable[[Profile | None], Profile], learning: Learning | None
-    ) -> Profile:
+    async def _update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                              learning: Learning | None) -> Profile:
         store = self.store
         key = store.key("p", user_id)
         for _ in range(MAX_COMMIT_ATTEMPTS):
@@ -139,9 +120,8 @@ class RedisDecideIO:
                     continue  # another writer came first: read again
             store.remember_profile(user_id, encode(profile))
             return profile
-        raise StoreUnavailable(
-            f"profile of {user_id}: still conflicting after {MAX_COMMIT_ATTEMPTS} attempts"
-        )
+        raise StoreUnavailable(f"profile of {user_id}: still conflicting after "
+                               f"{MAX_COMMIT_ATTEMPTS} attempts")
 
     # ---- profiles and records: one pipeline in flight, carrying all that waits -------------
     async def get_profile(self, user_id: str, timeout: float) -> Profile | None:
@@ -153,9 +133,8 @@ class RedisDecideIO:
             data = await _within(waiter, timeout, "profile read")
         return decode_profile(data) if data is not None else None
 
-    async def save_decision(
-        self, record: DecisionRecord, ttl_seconds: float, timeout: float
-    ) -> None:
+    async def save_decision(self, record: DecisionRecord, ttl_seconds: float,
+                            timeout: float) -> None:
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._writes.append((record, ttl_seconds, waiter))
         self._kick()
@@ -177,11 +156,9 @@ class RedisDecideIO:
         finally:
             self._flushing = False
 
-    async def _flush(
-        self,
-        reads: dict[str, list[asyncio.Future[bytes | None]]],
-        writes: list[tuple[DecisionRecord, float, asyncio.Future[None]]],
-    ) -> None:
+    async def _flush(self, reads: dict[str, list[asyncio.Future[bytes | None]]],
+                     writes: list[tuple[DecisionRecord, float, asyncio.Future[None]]]
+                     ) -> None:
         """One round trip: an MGET of the profiles asked, and the records to write."""
         self.round_trips += 1
         self._last_batch = len(reads) + len(writes)
@@ -238,7 +215,8 @@ async def _within(waiter: asyncio.Future[Any], timeout: float, what: str) -> Any
 
 def _expire(waiter: asyncio.Future[Any], timeout: float, what: str) -> None:
     if not waiter.done():  # the round trip answers it later, or never: it is skipped then
-        waiter.set_exception(StoreUnavailable(f"redis: {what} took longer than {timeout:.3f}s"))
+        waiter.set_exception(StoreUnavailable(
+            f"redis: {what} took longer than {timeout:.3f}s"))
 
 
 def _fail(waiters: list[asyncio.Future[Any]], err: BaseException) -> None:

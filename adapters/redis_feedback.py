@@ -29,14 +29,8 @@ Step = tuple[str, Any]
 Steps = Generator[Step, Any, FeedbackCommit]
 
 
-def feedback_steps(
-    store: RedisStore,
-    decision_id: str,
-    idempotency_key: str,
-    change: FeedbackChange,
-    ttl_seconds: float,
-    fingerprint: str,
-) -> Steps:
+def feedback_steps(store: RedisStore, decision_id: str, idempotency_key: str,
+                   change: FeedbackChange, ttl_seconds: float, fingerprint: str) -> Steps:
     """Read the decision and the key, then the profile; compute the effects; write them
     with the script if nothing read has changed; again on a conflict."""
     dkey, ikey = store.key("d", decision_id), store.key("k", idempotency_key)
@@ -52,16 +46,14 @@ def feedback_steps(
         pkey = store.key("p", decision.user_id)
         (pdata,) = cast(list[bytes | None], (yield ("get", [pkey])))
         effects = change(decision, decode_profile(pdata) if pdata is not None else None)
-        script = store.feedback_script_args(
-            dkey, ikey, pkey, data, pdata, effects, idempotency_key, fingerprint, ttl_seconds
-        )
+        script = store.feedback_script_args(dkey, ikey, pkey, data, pdata, effects,
+                                            idempotency_key, fingerprint, ttl_seconds)
         if (yield ("script", script)):
             if effects.profile is not None:
                 store.remember_profile(decision.user_id, encode(effects.profile))
             return FeedbackCommit(False, effects)
-    raise StoreUnavailable(
-        f"feedback on {decision_id}: still conflicting after {MAX_COMMIT_ATTEMPTS} attempts"
-    )
+    raise StoreUnavailable(f"feedback on {decision_id}: still conflicting after "
+                           f"{MAX_COMMIT_ATTEMPTS} attempts")
 
 
 def run_sync(steps: Steps, client: Any, script: Any) -> FeedbackCommit:

@@ -17,9 +17,7 @@ end
 ForgetProfile), dropping the ids of entries the log no longer holds, so an active
 customer's index stays as long as the log, not as long as their history."""
 
-COMMIT_FEEDBACK = (
-    INDEX_ENTRY
-    + """
+COMMIT_FEEDBACK = INDEX_ENTRY + """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 local profile = redis.call('GET', KEYS[3])
@@ -43,7 +41,6 @@ redis.call('EXPIRE', KEYS[6], ARGV[7])
 redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
 return 1
 """
-)
 """A feedback's effects, all or nothing, if what they were computed from is unchanged
 (compare-and-set). KEYS: decision, idempotency key, profile, learning stream, the user's
 log-entry and key indexes (sorted sets: entry time, key expiry; what has gone leaves
@@ -64,14 +61,11 @@ return version
 """Catalogue changes (ARGV: id, item, ...; an empty item is a removal) under a new
 version, each id indexed by it. KEYS: the items hash, the version, the version index."""
 
-LOG_ENTRY = (
-    INDEX_ENTRY
-    + """
+LOG_ENTRY = INDEX_ENTRY + """
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])
 index_entry(KEYS[1], KEYS[2], id, ARGV[2])
 return id
 """
-)
 """A learning-log entry and its place in the user's index (for ForgetProfile)."""
 
 SAVE_DECISIONS = """

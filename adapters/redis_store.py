@@ -147,23 +147,18 @@ class RedisStore:
         decide_timeout: float = DEFAULT_DECIDE_TIMEOUT,
         batch_linger: float = DEFAULT_BATCH_LINGER,
     ) -> None:
-        self.redis = redis.Redis.from_url(
-            url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30
-        )
+        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
+                                          health_check_interval=30)
         # Decide's reads and its record: a stalled Redis must not hold an answer for long
-        self.fast = redis.Redis.from_url(
-            url,
-            socket_timeout=decide_timeout,
-            socket_connect_timeout=decide_timeout,
-            health_check_interval=30,
-        )
+        self.fast = redis.Redis.from_url(url, socket_timeout=decide_timeout,
+                                         socket_connect_timeout=decide_timeout,
+                                         health_check_interval=30)
         self.url = url
         self.decide_timeout = decide_timeout
         self.batch_linger = batch_linger
         self.ns = namespace
         self._cache: TTLCache[str, bytes | None] | None = (
-            TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None
-        )
+            TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
         self._cache_lock = Lock()
         self._commit_feedback = self.redis.register_script(COMMIT_FEEDBACK)
         self._change_items = self.redis.register_script(CHANGE_ITEMS)
@@ -210,12 +205,8 @@ class RedisStore:
             self._remember(user_id, data)
         return decode_profile(data) if data is not None else None
 
-    def update_profile(
-        self,
-        user_id: str,
-        change: Callable[[Profile | None], Profile],
-        learning: Learning | None = None,
-    ) -> Profile:
+    def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                       learning: Learning | None = None) -> Profile:
         key = self._k("p", user_id)
 
         def transaction(pipe: Any) -> Profile:
@@ -228,7 +219,8 @@ class RedisStore:
                 self.queue_log_entry(pipe, user_id, event)
             return profile
 
-        profile = cast(Profile, self.redis.transaction(transaction, key, value_from_callable=True))  # type: ignore[arg-type]
+        profile = cast(Profile, self.redis.transaction(
+            transaction, key, value_from_callable=True))  # type: ignore[arg-type]
         self._remember(user_id, encode(profile))
         return profile
 
@@ -248,12 +240,9 @@ class RedisStore:
 
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         changes = {**upserts, **dict.fromkeys(removals, b"")}
-        return int(
-            self._change_items(
-                keys=[self._items_key(), self._items_key(":v"), self._items_key(":at")],
-                args=[x for pair in changes.items() for x in pair],
-            )
-        )
+        return int(self._change_items(
+            keys=[self._items_key(), self._items_key(":v"), self._items_key(":at")],
+            args=[x for pair in changes.items() for x in pair]))
 
     def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
         """What changed since ``known_version`` (everything when it is 0): one GET when
@@ -271,9 +260,8 @@ class RedisStore:
         pipe.zrangebyscore(self._items_key(":at"), f"({known_version}", "+inf")
         raw_version, ids = pipe.execute()
         names = [i.decode() for i in cast(list[bytes], ids)]
-        values = (
-            cast(list[bytes | None], self.redis.hmget(self._items_key(), names)) if names else []
-        )
+        values = cast(list[bytes | None],
+                      self.redis.hmget(self._items_key(), names)) if names else []
         return int(raw_version or 0), {n: v or b"" for n, v in zip(names, values, strict=True)}
 
     def forget(self, user_id: str) -> int:
@@ -287,8 +275,7 @@ class RedisStore:
             # replica) makes EXEC fail and the whole read-and-delete run again
             decisions, keys, entries = (
                 {*pipe.zrange(index, 0, -1), *pipe.smembers(old)}
-                for index, old in zip(current, legacy, strict=True)
-            )
+                for index, old in zip(current, legacy, strict=True))
             pipe.multi()  # one MULTI: everything goes, or nothing
             pipe.delete(self._k("p", user_id), *(self._k("d", d.decode()) for d in decisions))
             if keys:
@@ -297,9 +284,8 @@ class RedisStore:
                 pipe.xdel(f"{self.ns}:learn", *entries)
             pipe.delete(*indexes)
             now = time.time()  # the recommender drops what it learnt of them too
-            self.queue_log_entry(
-                pipe, None, LearningEvent("", "", FORGET, now, now, user=pseudonym(user_id))
-            )
+            self.queue_log_entry(pipe, None, LearningEvent("", "", FORGET, now, now,
+                                                      user=pseudonym(user_id)))
 
         replies = cast(list[Any], self.redis.transaction(transaction, *indexes))
         self._remember(user_id, None)
@@ -311,7 +297,8 @@ class RedisStore:
         self.queue_decisions(pipe, [(record, ttl_seconds)])
         pipe.execute()
 
-    def queue_decisions(self, pipe: Any, writes: Iterable[tuple[DecisionRecord, float]]) -> None:
+    def queue_decisions(self, pipe: Any, writes: Iterable[tuple[DecisionRecord, float]]
+                        ) -> None:
         """Queue decision records (each with its TTL in seconds) and their places in
         their users' indexes on ``pipe`` (of the synchronous or the asyncio client), as
         one command: the ids that expired leave each index, so it holds the customer's
@@ -324,12 +311,8 @@ class RedisStore:
             keys += (self._k("d", record.decision_id), self._k("udz", record.user_id))
             # the index lives as long as a decision can: its TTL plus its age is the
             # attribution window, never shorter than any id in the index has left
-            args += (
-                encode(record),
-                ttl,
-                ttl + max(0, int(now - record.decided_at)) + 1,
-                record.decision_id,
-            )
+            args += (encode(record), ttl, ttl + max(0, int(now - record.decided_at)) + 1,
+                     record.decision_id)
         if keys:
             pipe.eval(SAVE_DECISIONS, len(keys), *keys, *args)
 
@@ -338,53 +321,30 @@ class RedisStore:
         return decode_decision(data) if data is not None else None
 
     # ---- feedback -------------------------------------------------------------------
-    def commit_feedback(
-        self,
-        decision_id: str,
-        idempotency_key: str,
-        change: FeedbackChange,
-        ttl_seconds: float,
-        fingerprint: str = "",
-    ) -> FeedbackCommit:
-        return run_sync(
-            feedback_steps(self, decision_id, idempotency_key, change, ttl_seconds, fingerprint),
-            self.redis,
-            self._commit_feedback,
-        )
+    def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
+                        ttl_seconds: float, fingerprint: str = "") -> FeedbackCommit:
+        return run_sync(feedback_steps(self, decision_id, idempotency_key, change,
+                                       ttl_seconds, fingerprint),
+                        self.redis, self._commit_feedback)
 
-    def feedback_script_args(
-        self,
-        dkey: str,
-        ikey: str,
-        pkey: str,
-        data: bytes,
-        pdata: bytes | None,
-        effects: FeedbackEffects,
-        idempotency_key: str,
-        fingerprint: str,
-        ttl_seconds: float,
-    ) -> tuple[list[str], list[Any]]:
+    def feedback_script_args(self, dkey: str, ikey: str, pkey: str, data: bytes,
+                             pdata: bytes | None, effects: FeedbackEffects,
+                             idempotency_key: str, fingerprint: str, ttl_seconds: float
+                             ) -> tuple[list[str], list[Any]]:
         """KEYS and ARGV of ``COMMIT_FEEDBACK`` for these effects (sync and async clients)."""
         user = effects.decision.user_id
-        keys = [dkey, ikey, pkey, f"{self.ns}:learn", self._k("ulz", user), self._k("ukz", user)]
+        keys = [dkey, ikey, pkey, f"{self.ns}:learn", self._k("ulz", user),
+                self._k("ukz", user)]
         increments: list[Any] = []
         for experiment, deltas in counter_deltas(effects.arm_increments).items():
             keys.append(self._k("arms", experiment))
             for name, delta in deltas.items():
                 increments += [len(keys), name, repr(float(delta))]
-        args = [
-            data,
-            b"0" if pdata is None else b"1" + pdata,
-            encode(effects.decision),
-            encode(effects.profile) if effects.profile is not None else b"",
-            fingerprint,
-            max(1, int(ttl_seconds)),
-            max(int(ttl_seconds), USER_INDEX_TTL),
-            encode(effects.event),
-            idempotency_key,
-            len(increments) // 3,
-            *increments,
-        ]
+        args = [data, b"0" if pdata is None else b"1" + pdata, encode(effects.decision),
+                encode(effects.profile) if effects.profile is not None else b"",
+                fingerprint, max(1, int(ttl_seconds)),
+                max(int(ttl_seconds), USER_INDEX_TTL), encode(effects.event), idempotency_key,
+                len(increments) // 3, *increments]
         return keys, args
 
     def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:
@@ -401,12 +361,11 @@ class RedisStore:
         return counts_from_fields({name.decode(): float(value) for name, value in raw.items()})
 
     # ---- learning log and model snapshots ----------------------------------------------
-    def learning_events(self, after: str, limit: int) -> list[tuple[str, LearningEvent | None]]:
+    def learning_events(self, after: str, limit: int
+                        ) -> list[tuple[str, LearningEvent | None]]:
         start = f"({after}" if after else "-"
-        entries = cast(
-            list[tuple[bytes, dict[bytes, bytes]]],
-            self.redis.xrange(f"{self.ns}:learn", min=start, max="+", count=limit),
-        )
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       self.redis.xrange(f"{self.ns}:learn", min=start, max="+", count=limit))
         return [(eid.decode(), decode_event(fields.get(b"e", b""))) for eid, fields in entries]
 
     def trim_learning_log(self, consumer: str, offset: str) -> int:
@@ -437,9 +396,8 @@ class RedisStore:
         self.redis.hset(f"{self.ns}:models", mapping={"blob": blob, "offset": offset})
 
     def load_models(self) -> tuple[bytes, str] | None:
-        blob, offset = cast(
-            list[bytes | None], self.redis.hmget(f"{self.ns}:models", ["blob", "offset"])
-        )
+        blob, offset = cast(list[bytes | None],
+                            self.redis.hmget(f"{self.ns}:models", ["blob", "offset"]))
         if blob is None:
             return None
         return blob, (offset or b"").decode()

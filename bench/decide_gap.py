@@ -1,7 +1,7 @@
 """Where the Decide/Check gap comes from: the gRPC machinery for Decide's messages, or the
 decision itself.
 
-    python -m bench.decide_gap [--duration 5] [--users 5000]
+    python -m bench.decide_gap [--duration 5] [--users 5000] [--modes real,canned,timed]
 
 Serves the retail example on the in-memory store (``engine.grpc.server.start``, one
 process, the load generator in its own) three times, and runs the health ``Check`` and the
@@ -11,7 +11,10 @@ three-placement ``Decide`` mix against each:
 * ``canned``: ``Decide`` answers, for each placement, a response made once at start-up by
   a real decision (the same messages on the wire, no decision work per call);
 * ``timed``: the real handler, with its own CPU time measured per call on the serving
-  thread, and the same handler timed afterwards in a tight loop on the same requests.
+  thread, and the same handler timed afterwards in a tight loop on the same requests;
+* ``batched`` (with ``--modes``): as ``timed``, but the Decides that arrive in one loop
+  turn are decided back to back in one callback (does deciding each between gRPC's own
+  work make it dearer? It does not: bench/RESULTS.md §25).
 
 If ``canned`` costs what ``Check`` costs, everything Decide adds is the handler's own
 work; the last two columns say what that work costs when served and in isolation.
@@ -20,6 +23,7 @@ work; the last two columns say what that work costs when served and in isolation
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -32,11 +36,12 @@ import grpc
 from bench.load import ROOT, loadgen, seed_profiles
 from tests.redis_proc import free_port
 
+MODES = ("real", "canned", "timed", "batched")
 CANNED_PLACEMENTS = (("homepage_banner", "web"), ("email", "email"), ("cart_page", "web"))
 
 
 def _serve(mode: str, port: int) -> None:
-    """The server process: ``mode`` real, canned or timed; prints handler timings at exit."""
+    """The server process in ``mode`` (MODES); prints handler timings at exit."""
     from adapters.memory import MemoryStore
     from bench.loadgen import decide_requests
     from dsl.loader import load_path
@@ -47,6 +52,7 @@ def _serve(mode: str, port: int) -> None:
 
     arbiter = Arbiter(load_path(ROOT / "rulesets/retail"), MemoryStore(), seed=1)
     calls = [0, 0.0]
+    sizes = [0, 0]  # batched: loop turns with Decides, Decides
 
     def handle(request: pb.DecideRequest) -> pb.DecideResponse:
         return convert.decide_response(arbiter.decide(**_decide_arguments(request)))
@@ -71,9 +77,33 @@ def _serve(mode: str, port: int) -> None:
             return response
 
         DecisionServicer.Decide = timed_decide  # type: ignore[method-assign]
+    elif mode == "batched":
+        pending: list[tuple[pb.DecideRequest, asyncio.Future[pb.DecideResponse]]] = []
+
+        def flush() -> None:
+            items = pending[:]
+            pending.clear()
+            sizes[0] += 1
+            sizes[1] += len(items)
+            started = time.thread_time()
+            for request, future in items:
+                future.set_result(handle(request))
+            calls[0] += len(items)
+            calls[1] += time.thread_time() - started
+
+        async def batched_decide(self: DecisionServicer, request: pb.DecideRequest,
+                                 context: Any) -> pb.DecideResponse:
+            loop = asyncio.get_running_loop()
+            future = loop.create_future()
+            if not pending:
+                loop.call_soon(flush)
+            pending.append((request, future))
+            return await future
+
+        DecisionServicer.Decide = batched_decide  # type: ignore[method-assign]
     running = server.start(arbiter, port=port)
     server.serve_forever(running)
-    if mode == "timed" and calls[0]:
+    if mode in ("timed", "batched") and calls[0]:
         make = decide_requests(5000, 7)
         requests = [make() for _ in range(3000)]
         for request in requests:  # warm: the loop's own caches, as the served calls were
@@ -82,7 +112,8 @@ def _serve(mode: str, port: int) -> None:
         for request in requests:
             handle(request)
         tight = (time.thread_time() - started) / len(requests)
-        print(json.dumps({"served_us": calls[1] / calls[0] * 1e6, "tight_us": tight * 1e6}),
+        print(json.dumps({"served_us": calls[1] / calls[0] * 1e6, "tight_us": tight * 1e6,
+                          "mean_batch": sizes[1] / sizes[0] if sizes[0] else 1.0}),
               file=sys.stderr, flush=True)
 
 
@@ -126,14 +157,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--duration", type=float, default=5.0)
     parser.add_argument("--users", type=int, default=5000)
-    parser.add_argument("--serve", choices=("real", "canned", "timed"), help=argparse.SUPPRESS)
+    parser.add_argument("--modes", default="real,canned,timed",
+                        help=f"comma-separated, of {', '.join(MODES)}")
+    parser.add_argument("--serve", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--json", help="write the raw numbers here")
     args = parser.parse_args()
     if args.serve:
         _serve(args.serve, args.port)
         return
-    rows = [measure(mode, args) for mode in ("real", "canned", "timed")]
+    modes = args.modes.split(",")
+    if unknown := set(modes) - set(MODES):
+        parser.error(f"--modes: unknown {', '.join(sorted(unknown))}")
+    rows = [measure(mode, args) for mode in modes]
     print(table(rows))
     if args.json:
         with open(args.json, "w") as out:
