@@ -10,7 +10,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from engine.ports import (
     DecisionNotFound,
@@ -22,6 +22,7 @@ from engine.ports import (
 from engine.records import (
     FORGET,
     ArmCounts,
+    CorruptRecord,
     DecisionRecord,
     LearningEvent,
     Profile,
@@ -256,6 +257,21 @@ class MemoryDecideIO:
     async def save_decision(self, record: DecisionRecord, ttl_seconds: float,
                             timeout: float) -> None:
         self.store.save_decision(record, ttl_seconds)
+
+    async def get_profiles(self, user_ids: Sequence[str], timeout: float
+                           ) -> list[Profile | CorruptRecord | None]:
+        profiles: list[Profile | CorruptRecord | None] = []
+        for user_id in user_ids:
+            try:
+                profiles.append(self.store.get_profile(user_id))
+            except CorruptRecord as err:
+                profiles.append(err)
+        return profiles
+
+    async def save_decisions(self, writes: Sequence[tuple[DecisionRecord, float]],
+                             timeout: float) -> None:
+        for record, ttl_seconds in writes:
+            self.store.save_decision(record, ttl_seconds)
 
     async def ping(self, timeout: float) -> bool:
         return True

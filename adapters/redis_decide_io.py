@@ -18,7 +18,7 @@ raises :class:`~engine.ports.StoreUnavailable` and the decision is answered degr
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
 import redis
@@ -32,7 +32,7 @@ from engine.ports import (
     Learning,
     StoreUnavailable,
 )
-from engine.records import DecisionRecord, Profile, decode_profile, encode
+from engine.records import CorruptRecord, DecisionRecord, Profile, decode_profile, encode
 
 if TYPE_CHECKING:
     from adapters.redis_store import RedisStore
@@ -139,6 +139,44 @@ class RedisDecideIO:
         self._writes.append((record, ttl_seconds, waiter))
         self._kick()
         await _within(waiter, timeout, "decision record write")
+
+    async def get_profiles(self, user_ids: Sequence[str], timeout: float
+                           ) -> list[Profile | CorruptRecord | None]:
+        """The profiles in one wait, read with whatever else the next round trip
+        carries (the cached ones from the cache)."""
+        loop = asyncio.get_running_loop()
+        found: list[bytes | asyncio.Future[bytes | None] | None] = []
+        waiting: list[asyncio.Future[bytes | None]] = []
+        for user_id in user_ids:
+            hit, data = self.store.cached_profile(user_id)
+            if hit:
+                found.append(data)
+                continue
+            waiter: asyncio.Future[bytes | None] = loop.create_future()
+            self._reads.setdefault(user_id, []).append(waiter)
+            found.append(waiter)
+            waiting.append(waiter)
+        if waiting:
+            self._kick()
+            await _within(asyncio.gather(*waiting), timeout, "profile reads")
+        profiles: list[Profile | CorruptRecord | None] = []
+        for item in found:
+            data = item.result() if isinstance(item, asyncio.Future) else item
+            try:
+                profiles.append(decode_profile(data) if data is not None else None)
+            except CorruptRecord as err:
+                profiles.append(err)
+        return profiles
+
+    async def save_decisions(self, writes: Sequence[tuple[DecisionRecord, float]],
+                             timeout: float) -> None:
+        """The records in the next round trip (one command), one wait for all."""
+        if not writes:
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._writes.extend((record, ttl_seconds, waiter) for record, ttl_seconds in writes)
+        self._kick()
+        await _within(waiter, timeout, "decision record writes")
 
     def _kick(self) -> None:
         if not self._flushing:

@@ -2,7 +2,8 @@
 
     python -m bench.batch_load [--seconds 10] [--batch 500] [--placement email]
 
-Starts ``arbiter serve`` (in memory) as a subprocess, seeds ``--customers`` profiles
+Starts ``arbiter serve`` (in memory, or ``--store redis`` on a private redis-server) as
+a subprocess, seeds ``--customers`` profiles
 (opted in to email, a cart left 30 hours ago: the email actions are eligible) and
 sends batches of ``--batch`` decisions cycling through them, ``--in-flight`` calls at a
 time (two by default: the client builds and reads one batch while the server decides
@@ -15,17 +16,21 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.load import arbiter_server
+from bench.load import arbiter_server, cpu_seconds
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from tests.redis_proc import RedisServer
 
 CHANNELS = {"email": "email", "homepage_banner": "web", "cart_page": "web"}
 
@@ -52,15 +57,26 @@ def main() -> None:
     p.add_argument("--customers", type=int, default=5000,
                    help="seeded customers (opted in to email, a cart left 30 h ago) the "
                         "batches cycle through")
+    p.add_argument("--store", choices=("memory", "redis"), default="memory",
+                   help="redis: a private redis-server (appendfsync always), one process")
     args = p.parse_args()
-    with arbiter_server(None, 4) as (target, _pid), grpc.insecure_channel(target) as channel:
+    with contextlib.ExitStack() as stack:
+        redis_url = None
+        if args.store == "redis":
+            redis_ = RedisServer(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+            redis_.start()
+            stack.callback(redis_.stop)
+            redis_url = redis_.url
+        target, pid = stack.enter_context(
+            arbiter_server(redis_url, 4, extra=("--processes", "1")))
+        channel = stack.enter_context(grpc.insecure_channel(target))
         stub = pb_grpc.DecisionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         seed(stub, args.customers)
         decided, calls, n = 0, 0, 0
         in_flight: collections.deque[Any] = collections.deque()
         deadline = time.perf_counter() + args.seconds
-        started = time.perf_counter()
+        started, cpu_before = time.perf_counter(), cpu_seconds(pid)
         while True:
             more = time.perf_counter() < deadline
             if more and len(in_flight) < args.in_flight:
@@ -78,14 +94,16 @@ def main() -> None:
             decided += sum(1 for r in response.results if not r.error)
             calls += 1
         batch_rate = decided / (time.perf_counter() - started)
+        cpu_us = (cpu_seconds(pid) - cpu_before) / max(decided, 1) * 1e6
         checks, started = 0, time.perf_counter()
         while time.perf_counter() - started < 3.0:
             health.Check(health_pb2.HealthCheckRequest())
             checks += 1
         check_rate = checks / (time.perf_counter() - started)
-    print(json.dumps({"placement": args.placement, "batch": args.batch,
+    print(json.dumps({"store": args.store, "placement": args.placement, "batch": args.batch,
                       "in_flight": args.in_flight,
                       "decisions_per_s": round(batch_rate), "calls": calls,
+                      "server_cpu_us_per_decision": round(cpu_us, 1),
                       "sequential_check_per_s": round(check_rate)}))
 
 

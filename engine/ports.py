@@ -8,12 +8,12 @@ conflict, so the function may run more than once and must not have side effects.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from engine.learning.log import LearningLog
-from engine.records import ArmCounts, DecisionRecord, LearningEvent, Profile
+from engine.records import ArmCounts, CorruptRecord, DecisionRecord, LearningEvent, Profile
 
 
 @dataclass
@@ -67,6 +67,17 @@ class DecideIO(Protocol):
 
     async def save_decision(self, record: DecisionRecord, ttl_seconds: float,
                             timeout: float) -> None: ...
+
+    async def get_profiles(self, user_ids: Sequence[str], timeout: float
+                           ) -> list[Profile | CorruptRecord | None]:
+        """Several customers' profiles in one wait (a DecideBatch wave), in order; a
+        corrupt one is its CorruptRecord, the others are still read."""
+        ...
+
+    async def save_decisions(self, writes: Sequence[tuple[DecisionRecord, float]],
+                             timeout: float) -> None:
+        """Several records (each with its TTL in seconds), returning when all are stored."""
+        ...
 
     async def ping(self, timeout: float) -> bool:
         """True when the store answered within ``timeout`` seconds (readiness)."""

@@ -262,3 +262,39 @@ def test_past_the_concurrent_rpc_limit_new_calls_are_refused_at_once(retail: Rul
     finally:
         channel.close()
         running.stop(grace=0.5)
+
+
+def test_a_batch_on_a_stalled_or_corrupt_store_answers_degraded_decisions_in_time(
+        served: server.RunningServer, redis_url: str) -> None:
+    """DecideBatch on Redis reads a wave's profiles in one wait and writes its records in
+    one: a corrupt profile makes only its own decision degraded (an unknown customer);
+    while Redis stalls, every decision of the batch is answered degraded within the
+    deadline, none refused, none recorded."""
+    raw = redis.Redis.from_url(redis_url)
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        for user in ("ok-1", "ok-2", "broken"):
+            stub.TrackEvent(pb.TrackEventRequest(user_id=user, event_type="visit"), timeout=5)
+        raw.set("arb:p:broken", b"\x00 not a profile")
+        users = ["ok-1", "broken", "ok-2", "ok-1"]  # ok-1 twice: two waves
+
+        def batch(timeout: float) -> pb.DecideBatchResponse:
+            return stub.DecideBatch(pb.DecideBatchRequest(requests=[
+                pb.DecideRequest(user_id=u, placement="homepage_banner", channel="web")
+                for u in users]), timeout=timeout)
+
+        answered = batch(5)
+        assert [r.error for r in answered.results] == [""] * 4
+        assert [r.decision.degraded for r in answered.results] == [False, True, False, False]
+        recorded = [r.decision.decision_id for r in answered.results if r.decision.actions]
+        assert recorded and all(raw.exists(f"arb:d:{d}") for d in recorded
+                                if d != answered.results[1].decision.decision_id)
+        pause(redis_url, 2000)
+        started = time.monotonic()
+        stalled = batch(0.8)
+        assert time.monotonic() - started < 0.8
+        assert [r.error for r in stalled.results] == [""] * 4
+        assert all(r.decision.degraded and r.decision.actions for r in stalled.results)
+    time.sleep(2.1)
+    assert not any(raw.exists(f"arb:d:{r.decision.decision_id}") for r in stalled.results)
+    raw.close()

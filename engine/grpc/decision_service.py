@@ -83,9 +83,74 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 await self._batch_one(one, record, result)
             return response
         for wave in _waves(request.requests):  # one user's requests in order
-            await asyncio.gather(*(self._batch_one(request.requests[i], record, results[i])
-                                   for i in wave))
+            await self._decide_wave([request.requests[i] for i in wave],
+                                    [results[i] for i in wave], record)
         return response
+
+    async def _decide_wave(self, requests: list[pb.DecideRequest],
+                           results: list[pb.DecideBatchResult], record_impressions: bool
+                           ) -> None:
+        """Distinct customers' decisions with one wait for their profiles and one for
+        their records (not one task, timer and pair of waits per decision): the same
+        decisions, degraded together when the store fails or runs out of time."""
+        arbiter = self.arbiter
+        checked: list[tuple[DecideInput, pb.DecideBatchResult]] = []
+        for one, result in zip(requests, results, strict=True):
+            try:
+                checked.append((arbiter.decide_request(**_decide_arguments(one)), result))
+            except InvalidArgument as err:
+                result.error = str(err)
+        if not checked:
+            return
+        profiles = await self._profiles([req.user_id for req, _ in checked])
+        made: list[tuple[DecideInput, Decision, Profile | None, bool]] = []
+        writes: list[tuple[DecisionRecord, float]] = []
+        for (req, _), (profile, available) in zip(checked, profiles, strict=True):
+            if self.tracing is None:
+                decision, record = arbiter.decide_from(req, profile)
+            else:
+                decision, record = self._traced_decide(self.tracing, req, profile)
+            ttl = arbiter.record_ttl(record)
+            if ttl is not None and available:
+                writes.append((record, ttl))
+            made.append((req, decision, profile, available))
+        stored = True
+        if writes:
+            with self._span("store.record_write"):
+                stored = await self._store(self.io.save_decisions(
+                    writes, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
+        impressions = []
+        for (req, decision, profile, complete), (_, result) in zip(made, checked, strict=True):
+            decision = arbiter.finish_decide(req, decision, profile, complete and stored)
+            if self.metrics is not None:
+                self.metrics.decided(decision)
+            convert.fill_decide_response(result.decision, decision)
+            if record_impressions and decision.actions and not decision.degraded:
+                impressions.append(self._record_impression(decision, result))
+        if impressions:
+            await asyncio.gather(*impressions)
+
+    async def _profiles(self, user_ids: list[str]) -> list[tuple[Profile | None, bool]]:
+        """Each customer's profile and True; (None, False) for all when the store could
+        not be read in time, and for a corrupt one alone (those decisions go on as for
+        unknown customers, degraded)."""
+        started = time.perf_counter()
+        try:  # half the time left at most: the record writes need some too
+            with self._span("store.profile_read"):
+                found = await self.io.get_profiles(user_ids, self._budget(0.0, share=0.5))
+        except StoreUnavailable as err:
+            self._store_failed("read", err, started)
+            return [(None, False)] * len(user_ids)
+        if self.metrics is not None:
+            self.metrics.store("read", time.perf_counter() - started)
+        profiles: list[tuple[Profile | None, bool]] = []
+        for profile in found:
+            if isinstance(profile, CorruptRecord):  # ForgetProfile heals it
+                throttled.warning("decide:corrupt", "decide degraded: %s", profile)
+                profiles.append((None, False))
+            else:
+                profiles.append((profile, True))
+        return profiles
 
     async def _batch_one(self, one: pb.DecideRequest, record_impressions: bool,
                          result: pb.DecideBatchResult) -> None:
@@ -96,13 +161,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             return
         convert.fill_decide_response(result.decision, decision)
         if record_impressions and decision.actions and not decision.degraded:
-            try:
-                await self._commit_feedback(
-                    decision_id=decision.decision_id,
-                    action_id=decision.actions[0].action_id, outcome="impression")
-            except DecisionNotFound:  # decided for a time past the attribution window
-                result.error = ("at: decided, but older than the attribution window, so "
-                                "not recorded and its impression not counted")
+            await self._record_impression(decision, result)
+
+    async def _record_impression(self, decision: Decision, result: pb.DecideBatchResult
+                                 ) -> None:
+        """DecideBatch's ``record_impressions``: the first action counted as shown."""
+        try:
+            await self._commit_feedback(
+                decision_id=decision.decision_id,
+                action_id=decision.actions[0].action_id, outcome="impression")
+        except DecisionNotFound:  # decided for a time past the attribution window
+            result.error = ("at: decided, but older than the attribution window, so "
+                            "not recorded and its impression not counted")
 
     async def _decide(self, request: pb.DecideRequest) -> Decision:
         arbiter = self.arbiter
