@@ -35,12 +35,16 @@ class Allocation:
 
     Per outcome: ``winners`` the index into ``arms`` of the arm kept (-1: none),
     ``scores`` its score (NaN: the arm's own model score), ``weights`` its probability.
+    ``ladders``, when the scores are all fixed (Thompson): per arm, the scores of the
+    outcomes it wins in ascending order and the weight of those from each index on
+    (one more entry, 0), for the first-slot distribution's binary searches.
     """
 
     arms: list[RankedAction]
     winners: np.ndarray
     scores: np.ndarray
     weights: np.ndarray
+    ladders: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
 
 
 class Allocated(NamedTuple):
@@ -86,14 +90,14 @@ def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
         rows = _score_rows(experiment, arms, state, scorer, linear)
         if key is not None:
             state.remember(key, rows)
-    columns, draws, scores, winners, allocation_weights, top_scores = rows
+    columns, draws, scores, winners, allocation_weights, top_scores, arm_ladders = rows
     row = int(sampler.integers(len(draws)))
     best = int(winners[row])
     played = arms[best]
     chosen = RankedAction(played.action_id, float(scores[row, best]), float(draws[row, best]),
                           played.value, played.weight, played.priority,
                           experiment=experiment.name, arm=played.action_id, tags=played.tags)
-    allocation = Allocation(arms, winners, top_scores, allocation_weights)
+    allocation = Allocation(arms, winners, top_scores, allocation_weights, arm_ladders)
     if tracer.enabled:
         _trace_thompson(experiment, arms, chosen, best, draws[row], winners, state, columns,
                         tracer)
@@ -105,7 +109,7 @@ def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
 def _score_rows(experiment: Experiment, arms: list[RankedAction], state: ExperimentState,
                 scorer: Scorer, linear: bool) -> tuple[Any, ...]:
     """Every posterior row scored: (columns, draws, scores, winner per row, row weights,
-    the winner's score per row)."""
+    the winner's score per row, each arm's ladder (:class:`Allocation`))."""
     columns = [experiment.arms.index(a.action_id) for a in arms]
     draws = state.draws[:, columns]
     if linear:
@@ -115,8 +119,29 @@ def _score_rows(experiment: Experiment, arms: list[RankedAction], state: Experim
         scores = np.array([[scorer(arm, float(x)) for arm, x in zip(arms, row, strict=True)]
                            for row in draws])
     winners = np.argmax(scores, axis=1)
-    return (columns, draws, scores, winners, np.full(len(scores), 1.0 / len(scores)),
-            scores[np.arange(len(scores)), winners])
+    weights = np.full(len(scores), 1.0 / len(scores))
+    top = scores[np.arange(len(scores)), winners]
+    return columns, draws, scores, winners, weights, top, ladders(winners, top, weights,
+                                                                  len(arms))
+
+
+def ladders(winners: np.ndarray, scores: np.ndarray, weights: np.ndarray, arms: int
+            ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """Per arm: the scores of the outcomes it wins, ascending, and the weight of the
+    outcomes from each index on (ending with 0).
+
+    >>> (s, w), = ladders(np.array([0, 0, 0]), np.array([0.3, 0.1, 0.2]),
+    ...                   np.array([0.5, 0.25, 0.25]), 1)
+    >>> s.tolist(), w.tolist()
+    ([0.1, 0.2, 0.3], [1.0, 0.75, 0.5, 0.0])
+    """
+    out = []
+    for j in range(arms):
+        mine = winners == j
+        order = np.argsort(scores[mine], kind="stable")
+        below = np.concatenate(([0.0], np.cumsum(weights[mine][order])))
+        out.append((scores[mine][order], below[-1] - below))
+    return tuple(out)
 
 
 def _trace_thompson(experiment: Experiment, arms: list[RankedAction], chosen: RankedAction,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from engine.decide.allocation import Allocation
+from engine.decide.allocation import Allocation, ladders
 from engine.decide.decision import RankedAction
 
 Scores = dict[str, float] | None
@@ -55,25 +55,36 @@ def _best(others: list[RankedAction], scores: Scores) -> RankedAction | None:
 def _first_slots(allocation: Allocation, scenarios: list[Scores],
                  bests: list[RankedAction | None]) -> tuple[np.ndarray, np.ndarray]:
     """Per bag member (rows): P(its best plain action is first), and P(arm j is first)
-    (columns), over the allocation's outcomes (a member x outcome matrix at once)."""
+    (columns), over the allocation's outcomes.
+
+    An arm is first when its score beats the member's best plain action (or ties it and
+    wins on priority, then id). Outcomes with a fixed score (Thompson: the row's
+    winning score) are sorted once per arm, so each member's share is two binary
+    searches in their cumulative weights, not a member x outcome comparison; outcomes
+    scored by the arm's own model (NaN: a fixed split) depend on the member only.
+    """
     winners, weights, arms = allocation.winners, allocation.weights, allocation.arms
-    members, kept_arm = len(scenarios), winners >= 0
+    members = len(scenarios)
+    arm_p = np.zeros((members, len(arms)))
     if arms:
-        own = np.array([[_score_of(a, scores) for a in arms] for scores in scenarios])
-        arm_scores = np.where(np.isnan(allocation.scores)[None, :],
-                              own[:, np.maximum(winners, 0)], allocation.scores[None, :])
-    else:
-        arm_scores = np.full((members, len(winners)), -np.inf)
-    thresholds = np.array([_score_of(b, s) if b is not None else -np.inf
-                           for b, s in zip(bests, scenarios, strict=True)])
-    ties_won = np.array([[b is None or (-a.priority, a.action_id) < (-b.priority, b.action_id)
-                          for a in arms] or [False] for b in bests])
-    t = thresholds[:, None]
-    arm_wins = kept_arm[None, :] & ((arm_scores > t) | (
-        (arm_scores == t) & ties_won[:, np.maximum(winners, 0)]))
-    best_p = np.where(~arm_wins, weights[None, :], 0.0).sum(axis=1)
-    if not arms:
-        return best_p, np.zeros((members, 0))
-    chosen = np.where(arm_wins, weights[None, :], 0.0)
-    arm_p = np.stack([chosen[:, winners == j].sum(axis=1) for j in range(len(arms))], axis=1)
+        thresholds = np.array([_score_of(b, s) if b is not None else -np.inf
+                               for b, s in zip(bests, scenarios, strict=True)])
+        fixed = ~np.isnan(allocation.scores)
+        # Thompson's are made once with its rows; NaN outcomes are in no arm's ladder
+        arm_ladders = allocation.ladders or ladders(
+            np.where(fixed, winners, -1), np.nan_to_num(allocation.scores), weights, len(arms))
+        for j, arm in enumerate(arms):
+            ties_won = np.array([b is None or (-arm.priority, arm.action_id)
+                                 < (-b.priority, b.action_id) for b in bests])
+            sorted_scores, above = arm_ladders[j]
+            if len(sorted_scores):
+                beat = above[np.searchsorted(sorted_scores, thresholds, side="right")]
+                reach = above[np.searchsorted(sorted_scores, thresholds, side="left")]
+                arm_p[:, j] += np.where(ties_won, reach, beat)
+            own_scored = (winners == j) & ~fixed
+            if own_scored.any():
+                own = np.array([_score_of(arm, s) for s in scenarios])
+                wins = (own > thresholds) | ((own == thresholds) & ties_won)
+                arm_p[:, j] += np.where(wins, weights[own_scored].sum(), 0.0)
+    best_p = weights.sum() - arm_p.sum(axis=1)
     return best_p, arm_p

@@ -81,6 +81,15 @@ def cold_start_order(action_id: str, members: int) -> tuple[int, ...]:
                         key=lambda k: zlib.crc32(f"{action_id}:{k}".encode())))
 
 
+@functools.lru_cache(maxsize=4096)
+def cold_start_bag(action_id: str, prior: float, members: int) -> tuple[float, ...]:
+    """Every member's cold-start prediction for the action, in member order: what
+    :meth:`PropensityModels.predict` answers for each before the model has data."""
+    order = cold_start_order(action_id, members)
+    quantiles = cold_start_quantiles(prior, members)
+    return tuple(quantiles[order[k]] for k in range(members))
+
+
 def _proba(model: Any, features: dict[str, float], prior: float) -> float:
     proba = model.predict_proba_one(features)
     return float(proba.get(True, prior)) if proba else prior
@@ -114,8 +123,7 @@ class PropensityModels:
         model = self._models.get(spec.key(placement, action_id))
         examples = model.examples if model is not None else 0
         if member is not None and spec.bagging and examples < COLD_START_EXAMPLES:
-            order = cold_start_order(action_id, spec.bagging)
-            return cold_start_quantiles(prior, spec.bagging)[order[member % spec.bagging]]
+            return cold_start_bag(action_id, prior, spec.bagging)[member % spec.bagging]
         if model is None or examples == 0:
             return prior
         x = model_features(spec, action_id, features)
@@ -129,7 +137,9 @@ class PropensityModels:
                     features: Mapping[str, float], placement: str = "") -> list[float]:
         """Every bag member's P(reward), in member order (features encoded once)."""
         model = self._models.get(spec.key(placement, action_id))
-        if model is None or model.examples < COLD_START_EXAMPLES or model.spec != spec:
+        if model is None or model.examples < COLD_START_EXAMPLES:
+            return list(cold_start_bag(action_id, prior, spec.bagging))
+        if model.spec != spec:
             return [self.predict(action_id, spec, prior, features, placement, k)
                     for k in range(spec.bagging)]
         x = model_features(spec, action_id, features)
