@@ -11,6 +11,7 @@ from dsl.diagnostics import RulesetError
 from dsl.loader import load_text
 from dsl.ruleset import ModelSpec
 from engine.decide.facts import Facts, features_of
+from engine.learning.features import ModelInput, model_features
 from engine.learning.models import PropensityModels
 from engine.service import Arbiter
 
@@ -95,6 +96,25 @@ def test_bagged_members_differ_and_the_bag_learns() -> None:
         models.predict("a", spec, 0.05, x, "home", member=k) for k in range(8)]
     assert models.predict("a", spec, 0.05, x, "home") > 0.3
     assert models.quality()[0].learner == "logistic bagged x8"
+
+
+def test_a_bag_splits_its_input_once_and_predicts_as_from_a_plain_dict() -> None:
+    """The members share the split of one ModelInput into numbers and indicators; each
+    predicts what its pipeline predicts from a plain dict (nothing is mutated)."""
+    spec = ModelSpec(per="placement", bagging=4)
+    models = PropensityModels()
+    rng = random.Random(2)
+    for _ in range(400):
+        x = {"context.device=mobile": 1.0, "profile.spend": rng.uniform(0, 500)}
+        models.learn("a", spec, 0.05, x, rng.random() < x["profile.spend"] / 600, "home")
+    features = {"context.device=mobile": 1.0, "profile.spend": 420.0}
+    model_input = model_features(spec, "a", features)
+    assert isinstance(model_input, ModelInput)
+    plain = dict(model_input)
+    bag = models.predict_bag("a", spec, 0.05, features, "home")
+    members = list(models._models[spec.key("home", "a")].learner)
+    assert bag == [m.predict_proba_one(dict(plain))[True] for m in members]
+    assert len(set(bag)) > 1 and dict(model_input) == plain
 
 
 def test_bagged_decisions_log_the_share_of_members() -> None:

@@ -1,0 +1,110 @@
+"""What ``model { bagging: K }`` costs a decision, in process, cold and trained.
+
+    python -m bench.bagging_cost [--members 10] [--passes 3]
+
+The retail example's ``homepage_banner`` (an experiment with Thompson sampling, so the
+exact first-slot probability is computed) on the in-memory store, for the load
+generator's population (5,000 customers: loyal, cart abandoners, readers, occasional,
+unknown). Three cases, each in its own process: the plain placement, the placement with
+a bag of ``--members`` whose models have no data yet (cold start), and the same after
+3,000 decisions with impressions and clicks learnt (trained). Each prints the best of
+``--passes`` passes over 3,000 requests (parse, servicer arguments, ``Arbiter.decide``,
+response), pinned to one core where ``taskset`` exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.load import ROOT
+
+CASE = r'''
+import json, sys, time
+from pathlib import Path
+from adapters.memory import MemoryStore
+from bench.load import DAY
+from dsl.loader import load_path
+from engine.grpc import convert
+from engine.grpc.decision_service import _decide_arguments
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.service import Arbiter
+
+rules, trained, passes = Path(sys.argv[1]), sys.argv[2] == "trained", int(sys.argv[3])
+arb = Arbiter(load_path(rules), MemoryStore(), seed=1)
+now = time.time()
+for i in range(5000):  # bench.load.seed_profiles' population, in process
+    user, kind = f"user-{i}", i % 5
+    if kind == 4:
+        continue
+    arb.track(user_id=user, event_type="visit", at=now - 40 * DAY)
+    if kind == 0:
+        arb.track(user_id=user, event_type="purchase", at=now - 3 * DAY,
+                  properties={"value": 700.0})
+        for d in range(6):
+            arb.track(user_id=user, event_type="visit", at=now - (d + 0.5) * DAY)
+    elif kind == 1:
+        arb.track(user_id=user, event_type="add_to_cart", at=now - 30 * 3600,
+                  properties={"value": 80.0})
+    elif kind == 2:
+        for m in range(4):
+            arb.track(user_id=user, event_type="content_view", at=now - m * 60)
+if trained:
+    for i in range(3000):
+        d = arb.decide(user_id=f"user-{i % 5000}", placement="homepage_banner", channel="web")
+        if d.actions:
+            top = d.actions[0].action_id
+            arb.feedback(decision_id=d.decision_id, action_id=top, outcome="impression")
+            if i % 7 == 0:
+                arb.feedback(decision_id=d.decision_id, action_id=top, outcome="click")
+    arb.learn()
+requests = [pb.DecideRequest(user_id=f"user-{i}", placement="homepage_banner", channel="web")
+            for i in range(3000)]
+
+def one_pass():
+    started = time.perf_counter()
+    for r in requests:
+        convert.decide_response(arb.decide(**_decide_arguments(r))).SerializeToString()
+    return (time.perf_counter() - started) / len(requests) * 1e6
+
+one_pass()
+print(json.dumps(min(one_pass() for _ in range(passes))))
+'''
+
+
+def run(rules: Path, trained: bool, passes: int) -> float:
+    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
+    result = subprocess.run([*pin, sys.executable, "-c", CASE, str(rules),
+                             "trained" if trained else "cold", str(passes)],
+                            cwd=ROOT, check=True, capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
+    return float(json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--passes", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        bagged = Path(tmp) / "rules"
+        shutil.copytree(ROOT / "rulesets/retail", bagged)
+        (bagged / "model.arb").write_text(
+            f"model on homepage_banner {{ bagging: {args.members} }}\n")
+        plain = run(ROOT / "rulesets/retail", False, args.passes)
+        rows = [("plain", plain), (f"bagging {args.members}, cold", run(bagged, False,
+                                                                        args.passes)),
+                (f"bagging {args.members}, trained", run(bagged, True, args.passes))]
+    print("| case | µs per decision | / plain |")
+    print("|---|---:|---:|")
+    for name, us in rows:
+        print(f"| {name} | {us:.1f} | {us / plain:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
