@@ -22,8 +22,10 @@ from dsl.ruleset import Ruleset
 from engine.decide.catalogue import Catalogue, decode_item, encode_item
 from engine.ports import Store, StoreUnavailable
 from engine.requests import InvalidArgument, check_id
+from engine.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
+throttled = ThrottledLog(log)  # an outage's repeated warnings, one line per 10 s
 
 MAX_ITEMS_PER_CALL = 10_000
 """Catalogue items one upsert or removal may carry."""
@@ -52,7 +54,7 @@ class CatalogueKeeper:
         try:
             version, changes = self.store.catalogue_changes(self.catalogue.version)
         except StoreUnavailable as err:
-            log.warning("catalogue not synced, store unavailable: %s", err)
+            throttled.warning("catalogue", "catalogue not synced, store unavailable: %s", err)
             return
         if changes is None:
             return

@@ -59,9 +59,11 @@ from engine.requests import (
     decide_input,
     track_input,
 )
+from engine.throttled_log import ThrottledLog
 from engine.tracking import TrackPlan
 
 log = logging.getLogger(__name__)
+throttled = ThrottledLog(log)  # an outage's repeated warnings, one line per 10 s
 
 ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
 """How long a decision can receive feedback (its record's time to live)."""
@@ -124,8 +126,12 @@ class Arbiter:
         self.population = PopulationHours()  # engagement by hour of week, all replicas
         self.percentiles = PopulationStats()  # percentile() statistics, all replicas
         self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
-        self.learner.restore()
-        self.learner.catch_up()
+        self._restored = False  # the model snapshot loaded (or found absent)
+        try:
+            self.learn()
+        except StoreUnavailable as err:  # serve degraded; sync() and the learner retry
+            log.warning("the store is unreachable at start (%s): deciding as for unknown "
+                        "customers (degraded) until it answers", err)
         self._sync_population()
         self.catalogue_keeper.sync()
 
@@ -147,7 +153,8 @@ class Arbiter:
         try:
             return self.store.arm_counts(experiment)
         except StoreUnavailable as err:
-            log.warning("arm counters unavailable, using the last known: %s", err)
+            throttled.warning("arm-counters", "arm counters unavailable, using the last "
+                              "known: %s", err)
             return None
 
     def spec_of(self, placement: str, action_id: str) -> tuple[ModelSpec, float]:
@@ -335,7 +342,12 @@ class Arbiter:
     def learn(self) -> int:
         """Train the models on every learning event logged since the last call (by any
         replica); returns how many were applied. The server calls this in the
-        background; Feedback never waits for a model."""
+        background; Feedback never waits for a model. The first call loads the model
+        snapshot first (a store that was unreachable when this Arbiter was made: the
+        first call that reaches it); raises StoreUnavailable while it cannot be read."""
+        if not self._restored:
+            self.learner.restore()
+            self._restored = True
         return self.learner.catch_up()
 
     def sync(self) -> int:
@@ -370,7 +382,8 @@ class Arbiter:
             self.population.sync(self.store.add_counters)
             self.percentiles.sync(self.store.add_counters, self._ruleset.population)
         except StoreUnavailable as err:  # kept for the next sync
-            log.warning("population statistics not synced, store unavailable: %s", err)
+            throttled.warning("population", "population statistics not synced, store "
+                              "unavailable: %s", err)
 
     def decide_without_store_reads(self) -> None:
         """Decisions stop reading arm counters from the store: :meth:`sync` (every second)

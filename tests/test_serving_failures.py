@@ -298,3 +298,53 @@ def test_a_batch_on_a_stalled_or_corrupt_store_answers_degraded_decisions_in_tim
     time.sleep(2.1)
     assert not any(raw.exists(f"arb:d:{r.decision.decision_id}") for r in stalled.results)
     raw.close()
+
+
+def test_a_server_started_while_redis_is_down_serves_degraded_then_recovers(
+        redis_server: RedisServer, redis_url: str, retail: Ruleset) -> None:
+    """Redis down at start-up (a pod that starts before its Redis): the server starts
+    anyway, not ready, deciding as for unknown customers (degraded) and refusing writes
+    with UNAVAILABLE; once Redis answers it is ready within about a second, loads what
+    Redis holds (the learning log) and decides for known customers again."""
+    seeded = Arbiter(retail, RedisStore(redis_url), seed=1)
+    for _ in range(7):
+        seeded.track(user_id="vera", event_type="visit")
+    seeded.track(user_id="vera", event_type="purchase", properties={"value": 700.0})
+    seeded.store.close()
+    redis_server.stop()
+    started = time.monotonic()
+    store = RedisStore(redis_url, cache_ttl=0, decide_timeout=0.3)
+    running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0,
+                           default_deadline=1.0)
+    try:
+        assert time.monotonic() - started < 5
+        with channel_to(running) as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            stub = pb_grpc.DecisionServiceStub(channel)
+            assert health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == NOT_SERVING
+            request = pb.DecideRequest(user_id="vera", placement="homepage_banner",
+                                       channel="web")
+            degraded = stub.Decide(request, timeout=1)
+            assert degraded.degraded and degraded.actions
+            with pytest.raises(grpc.RpcError) as refused:
+                stub.TrackEvent(pb.TrackEventRequest(user_id="vera", event_type="visit"),
+                                timeout=1)
+            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+            redis_server.start()
+            deadline = time.monotonic() + 5
+            while health.Check(health_pb2.HealthCheckRequest(),
+                               timeout=1).status != SERVING:
+                assert time.monotonic() < deadline, "not ready after Redis came back"
+                time.sleep(0.1)
+            served = stub.Decide(request, timeout=1)
+            assert not served.degraded
+            profile = stub.GetProfile(pb.GetProfileRequest(user_id="vera"), timeout=1)
+            assert profile.found
+            logged = len(store.learning_events("", 1000))
+            deadline = time.monotonic() + 5
+            while running.arbiter.learner.applied < logged:  # learnt once Redis answers
+                assert time.monotonic() < deadline, (running.arbiter.learner.applied, logged)
+                time.sleep(0.1)
+            assert logged > 0 and running.arbiter.learner.applied == logged
+    finally:
+        running.stop(grace=0.5)

@@ -34,13 +34,16 @@ def default_rules() -> str:
     return str(Path(rulesets.__file__).parent / "retail")
 
 
-def open_store(redis_url: str | None) -> Store:
-    """The Redis store at ``redis_url`` (checked reachable), or a new in-memory one."""
+def open_store(redis_url: str | None, check: bool = True) -> Store:
+    """The Redis store at ``redis_url``, or a new in-memory one. ``check``: fail now
+    (StoreUnavailable) when Redis does not answer; a server does not check, it starts
+    degraded and not ready until Redis answers."""
     if redis_url:
         from adapters.redis_store import RedisStore  # only when asked: redis is optional here
 
         store = RedisStore(redis_url)
-        store.ping()
+        if check:
+            store.ping()
         return store
     from adapters.memory import MemoryStore
 

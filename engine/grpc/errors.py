@@ -21,10 +21,10 @@ from grpc_status import rpc_status
 
 from engine.feedback import ActionNotInDecision
 from engine.grpc.decoding import Undecodable
-from engine.grpc.throttled_log import ThrottledLog
 from engine.ports import DecisionNotFound, IdempotencyKeyReused, StoreUnavailable
 from engine.records import CorruptRecord
 from engine.requests import FailedPrecondition, InvalidArgument, NotFound
+from engine.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 access = logging.getLogger("arbiter.access")

@@ -43,11 +43,11 @@ from engine.grpc.metrics import ServerMetrics
 from engine.grpc.offload import Offload
 from engine.grpc.report_service import ReportServicer
 from engine.grpc.security import TokenAuth, Tokens
-from engine.grpc.throttled_log import ThrottledLog
 from engine.grpc.tracing import Tracing
 from engine.ports import DecideIO
 from engine.reloader import RulesetReloader
 from engine.service import Arbiter
+from engine.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,7 @@ class RunningServer:
         self.port = 0
         self.health_port = 0
         self.metrics_port = 0
+        self.ready = True  # the store answered at start (readiness begins there)
         self._stopped = threading.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._unready = ThrottledLog(log, 30.0)
@@ -143,7 +144,7 @@ class RunningServer:
     async def _ready_loop(self) -> None:
         """Readiness: NOT_SERVING within a second of the store stopping to answer, SERVING
         again as soon as it does (a ping every half second, half a second to answer)."""
-        status = SERVING
+        status = SERVING if self.ready else NOT_SERVING
         while not self._stopped.is_set():
             await asyncio.sleep(READY_INTERVAL_SECONDS)
             ready = await self.decide_io.ping(READY_INTERVAL_SECONDS)
@@ -284,7 +285,9 @@ async def _start(running: RunningServer, host: str, port: int,
     add_tolerant(pb_grpc.add_CatalogueServiceServicer_to_server,
                  CatalogueServicer(arbiter, offload), server)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
-    await running.set_health(SERVING)
+    ready = await running.decide_io.ping(READY_INTERVAL_SECONDS)
+    await running.set_health(SERVING if ready else NOT_SERVING)
+    running.ready = ready
     _add_reflection(server, (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME,
                              CATALOGUE_SERVICE_NAME, health.SERVICE_NAME))
     address = f"{host}:{port}"

@@ -121,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         from adapters.decision_log import JsonlDecisionLog
 
         decision_log = JsonlDecisionLog(args.decision_log)
-    arbiter = Arbiter(ruleset, open_store(args.redis), seed=args.seed,
+    arbiter = Arbiter(ruleset, open_store(args.redis, check=False), seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
                       snapshot_key=key)
     reloader = RulesetReloader(args.rules, arbiter)
