@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import grpc
 import pytest
@@ -347,4 +348,47 @@ def test_a_server_started_while_redis_is_down_serves_degraded_then_recovers(
                 time.sleep(0.1)
             assert logged > 0 and running.arbiter.learner.applied == logged
     finally:
+        running.stop(grace=0.5)
+
+
+def test_liveness_on_the_health_port_survives_a_redis_outage_but_not_a_wedged_loop(
+        redis_url: str, redis_server: RedisServer, retail: Ruleset,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ``--health-port`` service: ``""`` is liveness (a Kubernetes liveness probe must
+    not restart pods because Redis is down), the servicer's name mirrors readiness; a
+    loop that stops turning (here for longer than a shortened threshold) fails liveness."""
+    monkeypatch.setattr(server, "LIVENESS_STALL_SECONDS", 1.0)
+    arbiter = Arbiter(retail, RedisStore(redis_url, cache_ttl=0, decide_timeout=0.3), seed=1)
+    release = threading.Event()
+    running = server.start(arbiter, "127.0.0.1", 0, default_deadline=1.0, health_port=0)
+    name = "arbiter.v1.DecisionService"
+
+    def status(channel: grpc.Channel, service: str = "") -> int:
+        return int(health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=1).status)
+
+    def wait_for(check: Any, what: str, seconds: float = 3.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not check():
+            assert time.monotonic() < deadline, what
+            time.sleep(0.05)
+
+    try:
+        with channel_to(running) as main, \
+                grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as probe:
+            assert (status(probe), status(probe, name), status(main)) == (
+                SERVING, SERVING, SERVING)
+            redis_server.kill()
+            wait_for(lambda: status(main) == NOT_SERVING, "readiness still SERVING")
+            wait_for(lambda: status(probe, name) == NOT_SERVING, "probe readiness SERVING")
+            time.sleep(1.5)  # longer than the stall threshold: the loop still turns
+            assert status(probe) == SERVING
+            redis_server.start()
+            wait_for(lambda: status(probe, name) == SERVING, "probe readiness not back")
+            running.loop.call_soon_threadsafe(release.wait, 3.0)  # wedge the loop
+            wait_for(lambda: status(probe) == NOT_SERVING, "liveness still SERVING")
+            release.set()
+            wait_for(lambda: status(probe) == SERVING, "liveness not back")
+    finally:
+        release.set()
         running.stop(grace=0.5)

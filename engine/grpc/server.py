@@ -62,6 +62,10 @@ SYNC_INTERVAL_SECONDS = 1.0
 READY_INTERVAL_SECONDS = 0.5
 """Readiness pings the store this often, and waits this long for its answer."""
 LEARN_WAKE_SECONDS = 0.5
+LIVENESS_STALL_SECONDS = 30.0
+"""Liveness (the ``--health-port`` service ``""``) fails once the event loop has not
+turned for this long: a wedged process, which a restart cures. A store outage never
+fails it (readiness says that)."""
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -85,8 +89,10 @@ class RunningServer:
         self.server: grpc.aio.Server | None = None
         self.health = health_aio.HealthServicer()
         # the health service alone, on its own port and threads: it answers even while
-        # the event loop is held (a pathological rule), where liveness probes must not fail
+        # the event loop is held (a pathological rule). Service "" is liveness (the loop
+        # turned within LIVENESS_STALL_SECONDS), the servicer's name mirrors readiness
         self.probe_health = health.HealthServicer()
+        self._loop_turned = time.monotonic()
         self.health_server: grpc.Server | None = None
         self.port = 0
         self.health_port = 0
@@ -101,6 +107,8 @@ class RunningServer:
         self._tasks.append(self.loop.create_task(self._sync_loop()))
         self._tasks.append(self.loop.create_task(self._ready_loop()))
         threading.Thread(target=self._learn_loop, name="arbiter-learn", daemon=True).start()
+        threading.Thread(target=self._liveness_loop, name="arbiter-liveness",
+                         daemon=True).start()
         if self.reloader is not None and reload_interval > 0:
             threading.Thread(target=self._watch_loop, args=(reload_interval,),
                              name="arbiter-reload", daemon=True).start()
@@ -114,6 +122,19 @@ class RunningServer:
             except Exception:
                 log.exception("ruleset reload failed; still serving %s",
                               self.arbiter.ruleset.revision)
+
+    def _liveness_loop(self) -> None:
+        """Liveness on the health port, off the event loop: NOT_SERVING while the loop has
+        not turned for LIVENESS_STALL_SECONDS, SERVING again when it does."""
+        alive = True
+        while not self._stopped.wait(READY_INTERVAL_SECONDS):
+            now = time.monotonic() - self._loop_turned < LIVENESS_STALL_SECONDS
+            if now != alive and not self._stopped.is_set():
+                if not now:
+                    log.error("not live: the event loop has not turned for %.0fs",
+                              LIVENESS_STALL_SECONDS)
+                self.probe_health.set("", SERVING if now else NOT_SERVING)
+                alive = now
 
     def _learn_loop(self) -> None:
         """Train the models soon after each feedback, off the request path."""
@@ -147,6 +168,7 @@ class RunningServer:
         status = SERVING if self.ready else NOT_SERVING
         while not self._stopped.is_set():
             await asyncio.sleep(READY_INTERVAL_SECONDS)
+            self._loop_turned = time.monotonic()
             ready = await self.decide_io.ping(READY_INTERVAL_SECONDS)
             now = SERVING if ready else NOT_SERVING
             if now != status and not self._stopped.is_set():
@@ -159,9 +181,11 @@ class RunningServer:
                 await self.set_health(status)
 
     async def set_health(self, status: Any) -> None:
+        """Readiness: both names on the main port, the servicer's name on the health port
+        (whose ``""`` is liveness)."""
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
-            self.probe_health.set(name, status)
+        self.probe_health.set(SERVICE_NAME, status)
 
     # ---- stopping ----------------------------------------------------------------------
     def stop(self, grace: float = 2.0, pre_stop: float = 0.0) -> None:
