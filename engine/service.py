@@ -127,6 +127,7 @@ class Arbiter:
         self.percentiles = PopulationStats()  # percentile() statistics, all replicas
         self.feedback_logged = threading.Event()  # set by Feedback, cleared by the learner
         self._restored = False  # the model snapshot loaded (or found absent)
+        self._restoring = threading.Lock()  # the learner's and the sync's threads
         try:
             self.learn()
         except StoreUnavailable as err:  # serve degraded; sync() and the learner retry
@@ -346,8 +347,10 @@ class Arbiter:
         snapshot first (a store that was unreachable when this Arbiter was made: the
         first call that reaches it); raises StoreUnavailable while it cannot be read."""
         if not self._restored:
-            self.learner.restore()
-            self._restored = True
+            with self._restoring:
+                if not self._restored:
+                    self.learner.restore()
+                    self._restored = True
         return self.learner.catch_up()
 
     def sync(self) -> int:

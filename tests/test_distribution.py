@@ -56,9 +56,8 @@ def cases(draw: st.DrawFn) -> tuple[Allocation, list[dict[str, float] | None],
     bests = [draw(st.none() | st.sampled_from(plain)) for _ in scenarios]
     outcomes = draw(st.integers(1, 12))
     winners = np.array([draw(st.integers(-1, len(arms) - 1)) for _ in range(outcomes)])
-    thompson = draw(st.booleans())  # every score fixed, ladders made with the rows
-    scores = np.array([draw(SCORES) if thompson else draw(SCORES | st.just(math.nan))
-                       for _ in range(outcomes)])
+    thompson = draw(st.booleans())  # ladders made with the rows, as Thompson does
+    scores = np.array([draw(SCORES | st.just(math.nan)) for _ in range(outcomes)])
     raw = np.array([draw(st.integers(1, 5)) for _ in range(outcomes)], dtype=float)
     weights = raw / raw.sum()
     allocation = Allocation(arms, winners, scores, weights,

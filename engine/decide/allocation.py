@@ -35,9 +35,8 @@ class Allocation:
 
     Per outcome: ``winners`` the index into ``arms`` of the arm kept (-1: none),
     ``scores`` its score (NaN: the arm's own model score), ``weights`` its probability.
-    ``ladders``, when the scores are all fixed (Thompson): per arm, the scores of the
-    outcomes it wins in ascending order and the weight of those from each index on
-    (one more entry, 0), for the first-slot distribution's binary searches.
+    ``ladders`` (Thompson's, made once with its posterior rows; empty: made when needed):
+    :func:`ladders` of these outcomes, for the first-slot distribution's binary searches.
     """
 
     arms: list[RankedAction]
@@ -127,17 +126,18 @@ def _score_rows(experiment: Experiment, arms: list[RankedAction], state: Experim
 
 def ladders(winners: np.ndarray, scores: np.ndarray, weights: np.ndarray, arms: int
             ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Per arm: the scores of the outcomes it wins, ascending, and the weight of the
-    outcomes from each index on (ending with 0).
+    """Per arm: the fixed (not NaN) scores of the outcomes it wins, ascending, and the
+    weight of the outcomes from each index on (ending with 0).
 
-    >>> (s, w), = ladders(np.array([0, 0, 0]), np.array([0.3, 0.1, 0.2]),
-    ...                   np.array([0.5, 0.25, 0.25]), 1)
-    >>> s.tolist(), w.tolist()
-    ([0.1, 0.2, 0.3], [1.0, 0.75, 0.5, 0.0])
+    >>> (s, w), = ladders(np.array([0, 0, 0, 0]), np.array([0.3, 0.1, np.nan, 0.2]),
+    ...                   np.array([0.4, 0.2, 0.2, 0.2]), 1)
+    >>> s.tolist(), [round(x, 6) for x in w.tolist()]
+    ([0.1, 0.2, 0.3], [0.8, 0.6, 0.4, 0.0])
     """
+    fixed = ~np.isnan(scores)
     out = []
     for j in range(arms):
-        mine = winners == j
+        mine = (winners == j) & fixed
         order = np.argsort(scores[mine], kind="stable")
         below = np.concatenate(([0.0], np.cumsum(weights[mine][order])))
         out.append((scores[mine][order], below[-1] - below))

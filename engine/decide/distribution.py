@@ -70,9 +70,8 @@ def _first_slots(allocation: Allocation, scenarios: list[Scores],
         thresholds = np.array([_score_of(b, s) if b is not None else -np.inf
                                for b, s in zip(bests, scenarios, strict=True)])
         fixed = ~np.isnan(allocation.scores)
-        # Thompson's are made once with its rows; NaN outcomes are in no arm's ladder
-        arm_ladders = allocation.ladders or ladders(
-            np.where(fixed, winners, -1), np.nan_to_num(allocation.scores), weights, len(arms))
+        arm_ladders = allocation.ladders or ladders(winners, allocation.scores, weights,
+                                                    len(arms))
         for j, arm in enumerate(arms):
             ties_won = np.array([b is None or (-arm.priority, arm.action_id)
                                  < (-b.priority, b.action_id) for b in bests])
