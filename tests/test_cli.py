@@ -46,6 +46,15 @@ def test_check_missing_path(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "/nonexistent/rules"]) == 1
 
 
+def test_a_command_on_an_unreachable_redis_says_so_in_one_line(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    closed = f"redis://127.0.0.1:{free_port()}/0"
+    assert main(["report", "--rules", str(RETAIL), "--redis", closed, "hero_test"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("arbiter report: the store did not answer: redis:")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
 def test_decide_in_process_with_profile_file(capsys: pytest.CaptureFixture[str]) -> None:
     code = main(["decide", "--rules", str(RETAIL), "--user", "ann", "--placement", "email",
                  "--profile", str(RETAIL / "profiles" / "cart_abandoner.json"), "--explain"])

@@ -23,6 +23,7 @@ from importlib import metadata
 
 from engine.cli.commands import check, decide, fmt, items, replay, report, serve, test
 from engine.cli.logs import configure
+from engine.ports import StoreUnavailable
 
 COMMANDS = (serve, check, decide, fmt, test, report, replay, items)
 """Each module registers its subcommand(s); adding a command is adding a module here.
@@ -58,6 +59,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args.argv = list(sys.argv[1:] if argv is None else argv)  # for serve --processes
     configure(logging.DEBUG if args.verbose else logging.INFO, args.log_format)
     started = time.perf_counter()
-    code: int = args.func(args)
+    try:
+        code: int = args.func(args)
+    except StoreUnavailable as err:  # a known condition: one line, not a traceback
+        print(f"arbiter {args.command}: the store did not answer: {err}", file=sys.stderr)
+        return 1
     log.debug("done in %.3fs", time.perf_counter() - started)
     return code
