@@ -68,6 +68,23 @@ def test_the_cli_decides_a_file_of_users(running: server.RunningServer, tmp_path
     assert "decided 1,200/1,200" in capsys.readouterr().err
 
 
+def test_the_cli_refuses_a_bad_line_before_deciding_anything(
+        running: server.RunningServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    users = tmp_path / "users.jsonl"
+    good = "".join(json.dumps({"user_id": f"c{i}"}) + "\n" for i in range(700))
+    users.write_text(good + '{"user_id": "c700", "context": {"device": "web"}}\n["c701"]\n')
+    out = tmp_path / "decisions.jsonl"
+    args = ["decide", "--target", f"127.0.0.1:{running.port}", "--batch", str(users),
+            "--placement", "homepage_banner", "--channel", "web", "--out", str(out)]
+    assert main(args) == 2
+    assert f"{users}:702:1: not a JSON object" in capsys.readouterr().err
+    assert not out.exists()  # nothing decided, nothing recorded
+    users.write_text(good + '{"user_id": "c700", "context": ["web"]}\n')
+    assert main(args) == 2
+    assert f"{users}:701:1: context: not a JSON object" in capsys.readouterr().err
+
+
 def test_an_old_decision_in_a_recorded_batch_is_answered_with_a_note_not_a_failed_batch(
         stub: pb_grpc.DecisionServiceStub) -> None:
     """Found by the API fuzzer: one request decided for a time past the attribution

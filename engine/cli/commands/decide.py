@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +124,12 @@ BATCH = 500
 
 
 def run_batch(args: argparse.Namespace) -> int:
-    """Every line of ``--batch`` decided through DecideBatch, written to ``--out``."""
+    """Every line of ``--batch`` decided through DecideBatch, written to ``--out``.
+
+    The file is read twice, a line at a time (memory stays flat however many customers
+    it lists): once to check every line (a line that is not a JSON object stops the run
+    before anything is decided, naming file:line:col), once to decide them in order.
+    """
 
     from engine.grpc import convert
     from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
@@ -131,13 +138,17 @@ def run_batch(args: argparse.Namespace) -> int:
     if not (args.target and args.out):
         print("arbiter decide: --batch needs --target and --out", file=sys.stderr)
         return 2
-    lines = [json.loads(line) for line in Path(args.batch).read_text().splitlines()
-             if line.strip()]
+    path = Path(args.batch)
+    try:
+        total = sum(1 for _ in batch_users(path))
+    except (OSError, ValueError) as err:
+        print(f"arbiter decide: {err}", file=sys.stderr)
+        return 2
     done = 0
+    users = batch_users(path)
     with open_channel(args) as channel, Path(args.out).open("w") as out:
         stub = pb_grpc.DecisionServiceStub(channel)
-        for start in range(0, len(lines), BATCH):
-            chunk = lines[start:start + BATCH]
+        while chunk := list(itertools.islice(users, BATCH)):
             requests = [pb.DecideRequest(
                 user_id=str(item.get("user_id", "")), placement=args.placement,
                 channel=args.channel, limit=args.limit,
@@ -148,9 +159,36 @@ def run_batch(args: argparse.Namespace) -> int:
             for item, result in zip(chunk, response.results, strict=True):
                 out.write(json.dumps(_batch_line(item, result)) + "\n")
             done += len(chunk)
-            print(f"\rdecided {done:,}/{len(lines):,}", end="", file=sys.stderr, flush=True)
+            print(f"\rdecided {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return 0
+
+
+def batch_users(path: Path) -> Iterator[dict[str, Any]]:
+    """The objects of a JSON-lines file, one line at a time, blank lines skipped; raises
+    ValueError naming ``path:line:col`` for a line that is not a JSON object (or whose
+    ``context`` is not one).
+
+    >>> import tempfile
+    >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
+    ...     _ = f.write('{"user_id": "ann"}\\n\\n{"user_id": "bob", oops}\\n')
+    >>> list(batch_users(Path(f.name)))
+    Traceback (most recent call last):
+    ValueError: ...jsonl:3:20: not JSON (Expecting property name enclosed in double quotes)
+    """
+    with path.open() as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}:{err.colno}: not JSON ({err.msg})") from None
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}:{number}:1: not a JSON object")
+            if not isinstance(item.get("context") or {}, dict):
+                raise ValueError(f"{path}:{number}:1: context: not a JSON object")
+            yield item
 
 
 def _batch_line(item: dict[str, Any], result: Any) -> dict[str, Any]:
