@@ -11,7 +11,7 @@ feature is a number that is always present.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from dsl.ruleset import ModelSpec
@@ -47,11 +47,7 @@ def numeric_part(x: dict[str, float]) -> dict[str, float]:
     >>> numeric_part({"spend": 3.0, "device=mobile": 1.0, 17: 1.0})
     {'spend': 3.0}
     """
-    if type(x) is ModelInput:
-        if x._numeric is None:
-            x._numeric = _numbers(x)
-        return x._numeric
-    return _numbers(x)
+    return _part(x, "_numeric", _numbers)
 
 
 def indicator_part(x: dict[str, float]) -> dict[str, float]:
@@ -60,11 +56,20 @@ def indicator_part(x: dict[str, float]) -> dict[str, float]:
     >>> indicator_part({"spend": 3.0, "device=mobile": 1.0, 17: 1.0})
     {'device=mobile': 1.0, 17: 1.0}
     """
-    if type(x) is ModelInput:
-        if x._indicators is None:
-            x._indicators = _indicators(x)
-        return x._indicators
-    return _indicators(x)
+    return _part(x, "_indicators", _indicators)
+
+
+def _part(x: dict[str, float], slot: str, split: Callable[[Mapping[Any, float]],
+                                                           dict[str, float]]
+          ) -> dict[str, float]:
+    """``split(x)``, remembered in ``x``'s ``slot`` when ``x`` is a :class:`ModelInput`."""
+    if type(x) is not ModelInput:
+        return split(x)
+    part: dict[str, float] | None = getattr(x, slot)
+    if part is None:
+        part = split(x)
+        setattr(x, slot, part)
+    return part
 
 
 def _numbers(x: Mapping[Any, float]) -> dict[str, float]:
