@@ -21,18 +21,28 @@ if TYPE_CHECKING:  # River loads only where the models are built (the CLI stays 
 log = logging.getLogger(__name__)
 
 
-def features_of(spec: ClusterSpec | ScoreSpec, args: tuple[Any, ...]
-                ) -> dict[str, float | None]:
-    """Each feature's value (None: unknown, or it failed) for the rules' arguments."""
-    out: dict[str, float | None] = {}
-    for name, fn in zip(spec.features, spec.fns, strict=True):
+_NUMBER = (int, float)  # (a tuple: isinstance with ``int | float`` builds the union per call)
+
+
+def feature_values(spec: ClusterSpec | ScoreSpec, args: tuple[Any, ...]) -> list[float | None]:
+    """Each feature's value in ``spec.features`` order (None: unknown, or it failed) for
+    the rules' arguments."""
+    out: list[float | None] = []
+    for fn in spec.fns:
         try:
             value = fn(*args)
         except Exception:  # bad stored data: the feature is unknown, never a crash
-            log.exception("cluster %s feature %s failed", spec.name, name)
+            log.exception("cluster %s feature %s failed", spec.name,
+                          spec.features[len(out)])
             value = None
-        out[name] = float(value) if isinstance(value, int | float) else None
+        out.append(float(value) if isinstance(value, _NUMBER) else None)
     return out
+
+
+def features_of(spec: ClusterSpec | ScoreSpec, args: tuple[Any, ...]
+                ) -> dict[str, float | None]:
+    """Each feature's value by name (None: unknown, or it failed) for the rules' arguments."""
+    return dict(zip(spec.features, feature_values(spec, args), strict=True))
 
 
 def profile_args(ruleset: Ruleset, profile: Profile, now: float) -> tuple[Any, ...]:
@@ -84,15 +94,18 @@ class Assignments:
         self._done: dict[str, float | int | str | None] = {}
 
     def get(self, name: str) -> float | int | str | None:
-        if name not in self._done:
-            kind, _, short = name.partition(".")
-            if kind == "cluster":
-                spec = self._ruleset.clusters[short]
-                self._done[name] = (self._clusters.assign(spec, features_of(spec, self._args))
-                                    if self._clusters.ready(spec) else None)
-            else:
-                score = self._ruleset.scores[short]
-                self._done[name] = (
-                    self._scores.predict(score, features_of(score, self._args))
-                    if self._scores is not None and self._scores.ready(score) else None)
-        return self._done[name]
+        done = self._done
+        if name in done:
+            return done[name]
+        kind, _, short = name.partition(".")
+        value: float | int | str | None = None
+        if kind == "cluster":
+            spec = self._ruleset.clusters[short]
+            if self._clusters.ready(spec):
+                value = self._clusters.assign_values(spec, feature_values(spec, self._args))
+        else:
+            score = self._ruleset.scores[short]
+            if self._scores is not None and self._scores.ready(score):
+                value = self._scores.predict_values(score, feature_values(score, self._args))
+        done[name] = value
+        return value

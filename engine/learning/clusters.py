@@ -36,7 +36,7 @@ import math
 import random
 import threading
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -145,11 +145,16 @@ class _Clustering:
         return sorted(self.kmeans.centers, key=lambda i: (self.kmeans.centers[i][first], i))
 
     def assign(self, x: Mapping[str, float | None]) -> int | None:
-        """The cluster number of ``x``: River's KMeans' nearest centre, computed from a
-        copy of the scaler's statistics and the ordered centres kept until the next
-        change (a decision reads it without walking River's dicts)."""
+        """The cluster number of ``x``: River's KMeans' nearest centre (see
+        :meth:`nearest`)."""
         if not self.ready:
             return None
+        return self.nearest(self.fast(), list(map(x.get, self.features)))
+
+    def fast(self) -> tuple[int, list[tuple[float, float]], list[list[float]]]:
+        """A copy of the scaler's statistics and the ordered centres, kept until the next
+        change (a decision reads it without walking River's dicts). Rebuilt under the
+        models' lock; read without it."""
         fast = self._fast
         if fast is None or fast[0] != self.version:
             scaler = self.scaler
@@ -157,9 +162,16 @@ class _Clustering:
                      for f in self.features]
             centres = [[self.kmeans.centers[c][f] for f in self.features] for c in self.order()]
             fast = self._fast = (self.version, stats, centres)
+        return fast
+
+    @staticmethod
+    def nearest(fast: tuple[int, list[tuple[float, float]], list[list[float]]],
+                values: Sequence[float | None]) -> int:
+        """The number of the centre nearest ``values`` (the features in order, scaled by
+        the kept statistics; an unknown one at the mean)."""
         _, stats, centres = fast
         scaled = [0.0 if v is None or not sd else (v - mean) / sd
-                  for v, (mean, sd) in zip(map(x.get, self.features), stats, strict=True)]
+                  for v, (mean, sd) in zip(values, stats, strict=True)]
         best, best_d = 0, math.inf
         for number, centre in enumerate(centres):
             d = math.dist(centre, scaled)  # C; the nearest by the same Euclidean distance
@@ -271,13 +283,20 @@ class ClusterModels:
     def assign(self, spec: ClusterSpec, x: Mapping[str, float | None]) -> int | str | None:
         """The customer's cluster: its number, or its name when the definition names them;
         None while the clusters are not seeded yet."""
-        with self._lock:
-            model = self._models.get(spec.name)
-            if model is None or model.key != spec.key():
-                return None
-            number = model.assign(x)
-        if number is None:
+        return self.assign_values(spec, list(map(x.get, spec.features)))
+
+    def assign_values(self, spec: ClusterSpec, values: Sequence[float | None]
+                      ) -> int | str | None:
+        """:meth:`assign` from the features' values in ``spec.features`` order (a
+        decision's path: no lock unless the model changed since the last read)."""
+        model = self._models.get(spec.name)
+        if model is None or not model.ready or model.key != spec.key():
             return None
+        fast = model._fast
+        if fast is None or fast[0] != model.version:
+            with self._lock:
+                fast = model.fast()
+        number = model.nearest(fast, values)
         return spec.names[number] if spec.names else number
 
     def report(self, specs: Mapping[str, ClusterSpec]) -> list[tuple[str, int, dict[str, float]]]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -67,23 +67,37 @@ class _Score:
         self.quality = RollingQuality()  # labels: AUC, log loss, calibration
         self.mae: Any = utils.Rolling(metrics.MAE, window_size=QUALITY_WINDOW)  # targets
         self.mean_target: Any = utils.Rolling(metrics.MAE, window_size=QUALITY_WINDOW)  # |y - 0|
-        self._fast: tuple[int, float, dict[str, tuple[float, float, float]]] | None = None
+        self._fast: tuple[int, float, list[tuple[float, float, float]]] | None = None
 
-    def fast_predict(self, spec: ScoreSpec, x: Mapping[str, float]) -> float:
-        """:meth:`predict` from a copy of the scaler's and the regression's parameters,
-        kept until the next label (a decision does not walk River's pipeline)."""
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_fast": None}  # a cache: rebuilt on the first read
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._fast = None  # (a snapshot from an older version kept another shape)
+
+    def fast(self, spec: ScoreSpec) -> tuple[int, float, list[tuple[float, float, float]]]:
+        """A copy of the scaler's and the regression's parameters (mean, deviation,
+        weight per feature, in ``spec.features`` order), kept until the next label (a
+        decision does not walk River's pipeline). Rebuilt under the models' lock."""
         fast = self._fast
         if fast is None or fast[0] != self.labels:
             scaler, regression = self.model.steps.values()
             weights = regression._weights
-            fast = self._fast = (self.labels, float(regression.intercept), {
-                f: (float(scaler.means.get(f, 0.0)), float(scaler.vars.get(f, 0.0)) ** 0.5,
-                    float(weights.get(f, 0.0))) for f in spec.features})
+            fast = self._fast = (self.labels, float(regression.intercept), [
+                (float(scaler.means.get(f, 0.0)), float(scaler.vars.get(f, 0.0)) ** 0.5,
+                 float(weights.get(f, 0.0))) for f in spec.features])
+        return fast
+
+    @staticmethod
+    def fast_predict(spec: ScoreSpec, fast: tuple[int, float, list[tuple[float, float, float]]],
+                     values: Sequence[float | None]) -> float:
+        """:meth:`predict` from :meth:`fast` and the features' values in order (an unknown
+        one, or one without spread yet, adds nothing)."""
         _, z, params = fast
-        for f, value in x.items():
-            found = params.get(f)
-            if found is not None and found[1]:
-                z += found[2] * (value - found[0]) / found[1]
+        for value, (mean, sd, weight) in zip(values, params, strict=True):
+            if value is not None and sd:
+                z += weight * (value - mean) / sd
         if spec.binary:
             return 1.0 / (1.0 + math.exp(-max(min(z, 500.0), -500.0)))
         return z
@@ -187,11 +201,19 @@ class ScoreModels:
 
     def predict(self, spec: ScoreSpec, x: Mapping[str, float | None]) -> float | None:
         """The score for these features; None until it has learnt MIN_LABELS labels."""
-        with self._lock:
-            model = self._models.get(spec.name)
-            if model is None or model.key != spec.key() or model.labels < MIN_LABELS:
-                return None
-            value = model.fast_predict(spec, {k: v for k, v in x.items() if v is not None})
+        return self.predict_values(spec, list(map(x.get, spec.features)))
+
+    def predict_values(self, spec: ScoreSpec, values: Sequence[float | None]) -> float | None:
+        """:meth:`predict` from the features' values in ``spec.features`` order (a
+        decision's path: no lock unless the model learnt since the last read)."""
+        model = self._models.get(spec.name)
+        if model is None or model.labels < MIN_LABELS or model.key != spec.key():
+            return None
+        fast = model._fast
+        if fast is None or fast[0] != model.labels:
+            with self._lock:
+                fast = model.fast(spec)
+        value = model.fast_predict(spec, fast, values)
         if not math.isfinite(value):
             return None
         return value if spec.binary else max(value, 0.0) if spec.kind == "sum" else value
