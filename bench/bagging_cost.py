@@ -5,9 +5,10 @@
 The retail example's ``homepage_banner`` (an experiment with Thompson sampling, so the
 exact first-slot probability is computed) on the in-memory store, for the load
 generator's population (5,000 customers: loyal, cart abandoners, readers, occasional,
-unknown). Three cases, each in its own process: the plain placement, the placement with
-a bag of ``--members`` whose models have no data yet (cold start), and the same after
-3,000 decisions with impressions and clicks learnt (trained). Each prints the best of
+unknown). Four cases, each in its own process: the plain placement, the same after 3,000
+decisions with impressions and clicks learnt (trained: each candidate predicted by its
+action's logistic model), the placement with a bag of ``--members`` whose models have no
+data yet (cold start), and the bag trained the same way. Each prints the best of
 ``--passes`` passes over 3,000 requests (parse, servicer arguments, ``Arbiter.decide``,
 response), pinned to one core where ``taskset`` exists.
 """
@@ -97,8 +98,9 @@ def main() -> None:
         (bagged / "model.arb").write_text(
             f"model on homepage_banner {{ bagging: {args.members} }}\n")
         plain = run(ROOT / "rulesets/retail", False, args.passes)
-        rows = [("plain", plain), (f"bagging {args.members}, cold", run(bagged, False,
-                                                                        args.passes)),
+        rows = [("plain", plain),
+                ("plain, trained", run(ROOT / "rulesets/retail", True, args.passes)),
+                (f"bagging {args.members}, cold", run(bagged, False, args.passes)),
                 (f"bagging {args.members}, trained", run(bagged, True, args.passes))]
     print("| case | µs per decision | / plain |")
     print("|---|---:|---:|")

@@ -117,6 +117,79 @@ def test_a_bag_splits_its_input_once_and_predicts_as_from_a_plain_dict() -> None
     assert len(set(bag)) > 1 and dict(model_input) == plain
 
 
+@pytest.mark.parametrize("spec", [ModelSpec(), ModelSpec(per="placement"),
+                                  ModelSpec(bagging=4), ModelSpec(per="placement", bagging=3)],
+                         ids=["action", "placement", "bagged", "placement-bagged"])
+def test_the_kept_parameters_predict_exactly_what_rivers_pipeline_predicts(
+        spec: ModelSpec) -> None:
+    """Decisions predict the default logistic learner from a copy of its parameters
+    (engine.learning.linear), copied again after every learn; the same floats as River's
+    pipeline, for seen and unseen numbers and indicators, at every stage of training."""
+    models = PropensityModels()
+    rng = random.Random(5)
+    key = spec.key("home", "a")
+
+    def river(x: dict[str, float]) -> list[float]:
+        learner = models._models[key].learner
+        members = list(learner) if spec.bagging else [learner]
+        encoded = model_features(spec, "a", x)
+        return [m.predict_proba_one(dict(encoded))[True] for m in members]
+
+    for round_ in range(6):
+        for _ in range(40 * (round_ + 1)):
+            x = {"context.device=mobile": 1.0, "profile.spend": rng.uniform(0, 500),
+                 "segment:big": float(rng.random() < 0.5)}
+            models.learn("a", spec, 0.05, x, rng.random() < x["profile.spend"] / 600,
+                         "home")
+        for _ in range(25):
+            x = {f: v for f, v in (("context.device=tablet", 1.0),
+                                   ("profile.spend", rng.uniform(-100, 900)),
+                                   ("profile.unseen", rng.uniform(0, 9)),
+                                   ("segment:big", 1.0)) if rng.random() < 0.7}
+            expected = river(x)
+            if spec.bagging:
+                assert models.predict_bag("a", spec, 0.05, x, "home") == expected
+                assert [models.predict("a", spec, 0.05, x, "home", member=k)
+                        for k in range(spec.bagging)] == expected
+            else:
+                assert models.predict("a", spec, 0.05, x, "home") == expected[0]
+    assert models._models[key].fast is not None
+
+
+@pytest.mark.parametrize("spec", [ModelSpec(learner="adpredictor"), ModelSpec(learner="tree"),
+                                  ModelSpec(hashed=64)], ids=["adpredictor", "tree", "hashed"])
+def test_other_learners_are_predicted_by_river(spec: ModelSpec) -> None:
+    models = PropensityModels()
+    train(models, spec, n=300)
+    model = models._models[spec.key("home", "a")]
+    x = {"context.device=mobile": 1.0}
+    assert models.predict("a", spec, 0.05, x, "home") == \
+        model.learner.predict_proba_one(dict(model_features(spec, "a", x))).get(True, 0.05)
+    assert model.parameters() is None
+
+
+def test_a_pickled_model_keeps_no_parameter_copy() -> None:
+    """The copy is a cache: a snapshot does not carry it, and a model pickled before it
+    existed (no change counter) loads and predicts."""
+    import pickle
+
+    spec = ModelSpec()
+    models = PropensityModels()
+    train(models, spec, n=200)
+    x = {"context.device=mobile": 1.0}
+    before = models.predict("a", spec, 0.05, x, "home")
+    model = models._models[spec.key("home", "a")]
+    assert model.fast is not None
+    state = model.__getstate__()
+    assert state["fast"] is None
+    del state["changes"]  # as an older snapshot holds it
+    restored = object.__new__(type(model))
+    restored.__setstate__(state)
+    assert restored.changes == 0 and restored.fast is None
+    models._models[spec.key("home", "a")] = pickle.loads(pickle.dumps(restored))
+    assert models.predict("a", spec, 0.05, x, "home") == before
+
+
 def test_bagged_decisions_log_the_share_of_members() -> None:
     rs = load_text(rules("model on home { features: context.device  bagging: 8 }"))
     arb = Arbiter(rs, MemoryStore(), seed=2)

@@ -157,47 +157,71 @@ def contact_policies_allow(ruleset: Ruleset, action: Action, req: DecideInput,
     All are counted from the profile's contact history (outcomes reported with
     Feedback); every check that applies is traced.
     """
-    describe = tracer.enabled
+    if not tracer.enabled:
+        return _allowed(ruleset, action, req, profile)
     checks: list[Check] = []
     if action.cap is not None or action.cooldown is not None or action.suppress is not None:
-        _action_limits(checks, action, req, profile, describe)
+        _action_limits(checks, action, req, profile)
     if action.group is not None or req.channel in ruleset.channel_caps:
-        _shared_limits(checks, ruleset, action, req, profile, describe)
+        _shared_limits(checks, ruleset, action, req, profile)
     allowed = True
     for name, ok, detail, location in checks:
-        if describe:
-            tracer.check(action.id, Reason(CAP, name, ok, detail, str(location)))
-        elif not ok:
-            return False
+        tracer.check(action.id, Reason(CAP, name, ok, detail, str(location)))
         allowed = allowed and ok
     return allowed
 
 
+def _allowed(ruleset: Ruleset, action: Action, req: DecideInput, profile: Profile | None
+             ) -> bool:
+    """:func:`contact_policies_allow` untraced: the checks in the same order, the first
+    that fails ends it, nothing described."""
+    now = req.now
+    if action.cap is not None and impressions_within(
+            profile, action.id, now, action.cap.window_seconds) >= action.cap.limit:
+        return False
+    if action.cooldown is not None:
+        last = last_contact(profile, action.id)
+        if last is not None and now - last < action.cooldown.window_seconds:
+            return False
+    rule = action.suppress
+    if rule is not None and outcomes_within(profile, (action.id,), now, rule.window_seconds,
+                                            rule.outcome) >= rule.count:
+        return False
+    group_cap = ruleset.group_caps.get(action.group) if action.group else None
+    if group_cap is not None and action.group is not None and outcomes_within(
+            profile, ruleset.groups[action.group], now,
+            group_cap.window_seconds) >= group_cap.limit:
+        return False
+    channel_cap = ruleset.channel_caps.get(req.channel)
+    return channel_cap is None or outcomes_within(
+        profile, profile.contacts if profile else (), now, channel_cap.window_seconds,
+        channel=req.channel) < channel_cap.limit
+
+
 def _action_limits(checks: list[Check], action: Action, req: DecideInput,
-                   profile: Profile | None, describe: bool) -> None:
+                   profile: Profile | None) -> None:
     """Frequency cap, cooldown and suppression of the action itself."""
     now = req.now
     if action.cap is not None:
         shown = impressions_within(profile, action.id, now, action.cap.window_seconds)
         checks.append(("frequency", shown < action.cap.limit,
-                       f"{shown} impressions, {action.cap.text}" if describe else "",
+                       f"{shown} impressions, {action.cap.text}",
                        action.cap.pos))
     if action.cooldown is not None:
         last = last_contact(profile, action.id)
         ok = last is None or now - last >= action.cooldown.window_seconds
-        since = ("never shown" if last is None
-                 else f"last shown {(now - last) / 3600:.1f}h ago") if describe else ""
-        checks.append(("cooldown", ok, f"{since}, cooldown {action.cooldown.text}"
-                       if describe else "", action.cooldown.pos))
+        since = "never shown" if last is None else f"last shown {(now - last) / 3600:.1f}h ago"
+        checks.append(("cooldown", ok, f"{since}, cooldown {action.cooldown.text}",
+                       action.cooldown.pos))
     if action.suppress is not None:
         rule = action.suppress
         seen = outcomes_within(profile, (action.id,), now, rule.window_seconds, rule.outcome)
         checks.append(("suppress", seen < rule.count,
-                       f"{seen} {rule.outcome}(s), {rule.text}" if describe else "", rule.pos))
+                       f"{seen} {rule.outcome}(s), {rule.text}", rule.pos))
 
 
 def _shared_limits(checks: list[Check], ruleset: Ruleset, action: Action, req: DecideInput,
-                   profile: Profile | None, describe: bool) -> None:
+                   profile: Profile | None) -> None:
     """The caps the action shares: its group's and the channel's."""
     now = req.now
     group_cap = ruleset.group_caps.get(action.group) if action.group else None
@@ -205,12 +229,11 @@ def _shared_limits(checks: list[Check], ruleset: Ruleset, action: Action, req: D
         shown = outcomes_within(profile, ruleset.groups[action.group], now,
                                 group_cap.window_seconds)
         checks.append((f"group {action.group}", shown < group_cap.limit,
-                       f"{shown} impressions in the group, {group_cap.text}"
-                       if describe else "", group_cap.pos))
+                       f"{shown} impressions in the group, {group_cap.text}", group_cap.pos))
     channel_cap = ruleset.channel_caps.get(req.channel)
     if channel_cap is not None:
         shown = outcomes_within(profile, profile.contacts if profile else (), now,
                                 channel_cap.window_seconds, channel=req.channel)
         checks.append((f"channel {req.channel}", shown < channel_cap.limit,
-                       f"{shown} impressions on {req.channel}, {channel_cap.text}"
-                       if describe else "", channel_cap.pos))
+                       f"{shown} impressions on {req.channel}, {channel_cap.text}",
+                       channel_cap.pos))

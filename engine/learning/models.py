@@ -45,6 +45,7 @@ from scipy import stats as scipy_stats
 
 from dsl.ruleset import DEFAULT_MODEL, ModelSpec
 from engine.learning.features import model_features
+from engine.learning.linear import LogisticParameters, parameters, probability, split
 from engine.learning.quality import ModelQuality, RollingQuality
 from engine.learning.registry import LEARNERS, new_learner
 
@@ -101,6 +102,35 @@ class _Model:
     learner: Any
     examples: int = 0
     quality: RollingQuality = field(default_factory=RollingQuality)
+    changes: int = 0  # learn_one calls: what the kept parameters are current for
+    # (changes, each member's parameters or None: predicted through River), kept between
+    # decisions; a cache, never pickled
+    fast: tuple[int, list[LogisticParameters] | None] | None = field(
+        default=None, compare=False, repr=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "fast": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"changes": 0, **state, "fast": None})  # older: no changes
+
+    def parameters(self) -> list[LogisticParameters] | None:
+        """Each member's parameters (one for an unbagged model), when every member is
+        the default logistic pipeline; else None. Call under the models' lock."""
+        fast = self.fast
+        if fast is None or fast[0] != self.changes:
+            members: list[LogisticParameters] | None = None
+            if self.spec.learner == "logistic" and not self.spec.hashed:
+                members = []
+                for member in self.learner if self.spec.bagging else (self.learner,):
+                    p = parameters(member)
+                    if p is None:
+                        members = None
+                        break
+                    members.append(p)
+            fast = (self.changes, members)
+            self.fast = fast
+        return fast[1]
 
 
 def _auc(quality: RollingQuality) -> float:
@@ -127,6 +157,9 @@ class PropensityModels:
         if model is None or examples == 0:
             return prior
         x = model_features(spec, action_id, features)
+        members = self._parameters(model) if model.spec == spec else None
+        if members is not None and (member is not None or not spec.bagging):
+            return probability(members[member % len(members) if member is not None else 0], x)
         with self._lock:
             learner = model.learner
             if member is not None and spec.bagging and model.spec == spec:
@@ -143,8 +176,21 @@ class PropensityModels:
             return [self.predict(action_id, spec, prior, features, placement, k)
                     for k in range(spec.bagging)]
         x = model_features(spec, action_id, features)
+        members = self._parameters(model)
+        if members is not None:
+            parts = split(x)
+            return [probability(p, x, parts) for p in members]
         with self._lock:
             return [_proba(member, x, prior) for member in model.learner]
+
+    def _parameters(self, model: _Model) -> list[LogisticParameters] | None:
+        """The model's kept parameters (:mod:`engine.learning.linear`), copied again
+        under the lock after it learnt; read without the lock otherwise."""
+        fast = model.fast
+        if fast is not None and fast[0] == model.changes:
+            return fast[1]
+        with self._lock:
+            return model.parameters()
 
     def learn(self, action_id: str, spec: ModelSpec, prior: float,
               features: Mapping[str, float], label: bool, placement: str = "", *,
@@ -172,6 +218,7 @@ class PropensityModels:
                 for _ in range(int(w) + (1 if draw < w - int(w) else 0)):
                     model.learner.learn_one(x, label)
             model.examples += int(new_example)
+            model.changes += 1
             return before
 
     def record_quality(self, key: str, label: bool, predicted: float) -> None:
