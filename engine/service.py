@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import os
@@ -19,6 +18,8 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
+
+import msgspec
 
 from dsl.ruleset import ModelSpec, Ruleset
 from dsl.runtime import hour_of_day
@@ -248,7 +249,7 @@ class Arbiter:
         """Mark the decision degraded unless its profile was read and its record stored,
         and write it to the decision log."""
         if not complete:
-            decision = dataclasses.replace(decision, degraded=True)
+            decision = msgspec.structs.replace(decision, degraded=True)
         if self.decision_log is not None:
             ruleset = req.ruleset if req.ruleset is not None else self._ruleset
             self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))

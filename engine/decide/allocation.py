@@ -8,9 +8,10 @@ the first-slot distribution (:mod:`engine.decide.distribution`) needs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+import msgspec
 import numpy as np
 
 from dsl.ruleset import Experiment
@@ -189,7 +190,7 @@ def allocate_fixed(experiment: Experiment, candidates: list[RankedAction], user_
     arm = fixed_arm(experiment, user_id)
     arms = [c for c in candidates if c.action_id in experiment.arms]
     assigned = next((c for c in arms if c.action_id == arm), None)
-    chosen = (replace(assigned, experiment=experiment.name, arm=arm)
+    chosen = (msgspec.structs.replace(assigned, experiment=experiment.name, arm=arm)
               if assigned is not None else None)
     total = sum(experiment.weights)
     index = {c.action_id: i for i, c in enumerate(arms)}

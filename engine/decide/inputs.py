@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import msgspec
 
 from dsl.ruleset import Placement, Ruleset
 from engine.records import AttrValue
 
 
-@dataclass(frozen=True, slots=True)
-class DecideInput:
-    """Everything one decision depends on besides the profile and the learnt state."""
+class DecideInput(msgspec.Struct, frozen=True):
+    """Everything one decision depends on besides the profile and the learnt state (a
+    Struct: built for every request, several times cheaper than a frozen dataclass)."""
 
     user_id: str
     placement: Placement
@@ -21,4 +21,4 @@ class DecideInput:
     now: float
     # the ruleset it was checked against: its decision uses that one, even when a reload
     # swaps the serving ruleset between the check and the decision (never a mix of two)
-    ruleset: Ruleset | None = field(default=None, compare=False, repr=False)
+    ruleset: Ruleset | None = None
