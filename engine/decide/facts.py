@@ -127,12 +127,15 @@ def features_of(facts: Facts, spec: ModelSpec) -> dict[str, float]:
     return features
 
 
+_NUMBER = (int, float)  # (``int | float`` would build a union object per call)
+
+
 def _encode(features: dict[str, float], name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool):
         features[name] = 1.0 if value else 0.0
-    elif isinstance(value, int | float):
+    elif isinstance(value, _NUMBER):
         features[name] = float(value)
     elif isinstance(value, list):
         for item in value:
