@@ -1,0 +1,180 @@
+"""What one decision costs in process, per placement, and a fingerprint of what it decides.
+
+    python -m bench.decide_cost [--passes 5] [--golden]
+
+The retail example on the in-memory store with the load generator's population (5,000
+customers: loyal, cart abandoners, readers, occasional, unknown; the clusters learnt),
+decisions read as the server reads them (arm counters pushed, not pulled). For the
+three-placement mix, each placement alone, and ``email`` for ``bench.batch_load``'s
+customers (a cart left 30 h ago, opted in), the best of ``--passes`` passes over 3,000
+requests (request conversion, ``Arbiter.decide``, the response serialized), each case in
+its own process pinned to one core where ``taskset`` exists. Run it from two checkouts to
+compare a change (``PYTHONPATH`` and the working directory set to each).
+
+``--golden`` prints a SHA-256 over 4,000 decisions made on a fixed clock and seed (a
+fifth with ``explain``; impressions and clicks fed back and learnt every 1,000, so the
+models, clusters and scores are trained): the serialized responses without their ids and
+the stored records. A change that should not change decisions must not change it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import sys
+
+from bench.load import ROOT
+
+CASES = (("mix", ""), ("homepage_banner", "homepage_banner"), ("email", "email"),
+         ("cart_page", "cart_page"), ("email, batch customers", "batch"))
+
+TIMING = r'''
+import json, sys, time
+from adapters.memory import MemoryStore
+from bench.load import DAY, ROOT
+from bench.loadgen import decide_requests
+from dsl.loader import load_path
+from engine.grpc import convert
+from engine.grpc.decision_service import _decide_arguments
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.service import Arbiter
+
+case, passes = sys.argv[1], int(sys.argv[2])
+arb = Arbiter(load_path(ROOT / "rulesets/retail"), MemoryStore(), seed=1)
+now = time.time()
+if case == "batch":  # bench.batch_load's customers
+    for i in range(5000):
+        arb.track(user_id=f"b{i}", event_type="add_to_cart", at=now - 30 * 3600,
+                  properties={"value": 80.0}, traits={"first_name": "Ann",
+                                                      "email_opt_in": True})
+    requests = [pb.DecideRequest(user_id=f"b{i}", placement="email", channel="email")
+                for i in range(3000)]
+else:  # bench.load.seed_profiles' population
+    for i in range(5000):
+        user, kind = f"user-{i}", i % 5
+        if kind == 4:
+            continue
+        arb.track(user_id=user, event_type="visit", at=now - 40 * DAY)
+        if kind == 0:
+            arb.track(user_id=user, event_type="purchase", at=now - 3 * DAY,
+                      properties={"value": 700.0})
+            for d in range(6):
+                arb.track(user_id=user, event_type="visit", at=now - (d + 0.5) * DAY)
+        elif kind == 1:
+            arb.track(user_id=user, event_type="add_to_cart", at=now - 30 * 3600,
+                      properties={"value": 80.0})
+        elif kind == 2:
+            for m in range(4):
+                arb.track(user_id=user, event_type="content_view", at=now - m * 60)
+    make = decide_requests(5000, 7, case)
+    requests = [make() for _ in range(3000)]
+arb.learn()
+arb.decide_without_store_reads()  # as served: arm counters pushed, not read per decision
+
+def one_pass():
+    started = time.perf_counter()
+    for r in requests:
+        convert.decide_response(arb.decide(**_decide_arguments(r))).SerializeToString()
+    return (time.perf_counter() - started) / len(requests) * 1e6
+
+one_pass()
+print(json.dumps(min(one_pass() for _ in range(passes))))
+'''
+
+GOLDEN = r'''
+import hashlib, msgspec
+from pathlib import Path
+from adapters.memory import MemoryStore
+from bench.load import DAY
+from bench.loadgen import decide_requests
+from dsl.loader import load_path
+from engine.grpc import convert
+from engine.grpc.decision_service import _decide_arguments
+from engine.service import Arbiter
+
+T = 1_780_000_000.0
+clock = [T]
+# a relative path: explanations name rule files as loaded, the same in any checkout
+arb = Arbiter(load_path(Path("rulesets/retail")), MemoryStore(), seed=1,
+              clock=lambda: clock[0])
+for i in range(3000):
+    user, kind = f"user-{i}", i % 5
+    if kind == 4:
+        continue
+    arb.track(user_id=user, event_type="visit", at=T - 40 * DAY)
+    if kind == 0:
+        arb.track(user_id=user, event_type="purchase", at=T - (3 + i % 100) * DAY,
+                  properties={"value": 700.0 + i})
+        for d in range(i % 7):
+            arb.track(user_id=user, event_type="visit", at=T - (d + 0.5) * DAY)
+        if i % 3 == 0:
+            arb.track(user_id=user, event_type="page_view", at=T - 3600,
+                      item_id=f"sku-{i % 40}")
+    elif kind == 1:
+        arb.track(user_id=user, event_type="add_to_cart", at=T - (30 + i % 50) * 3600,
+                  properties={"value": 80.0})
+    elif kind == 2:
+        for m in range(i % 6):
+            arb.track(user_id=user, event_type="content_view", at=T - m * 60)
+    if i % 3 != 2:
+        arb.track(user_id=user, event_type="visit", at=T - 50 * DAY, traits={
+            "email_opt_in": i % 3 == 0, "first_name": f"N{i}",
+            "tier": "gold" if i % 13 == 0 else "standard",
+            "consents": ["email_marketing"] if i % 4 == 0 else []})
+arb.learn()
+digest = hashlib.sha256()
+save = arb.store.save_decision
+
+def hashed_save(record, *args, **kwargs):
+    digest.update(msgspec.json.encode(msgspec.structs.replace(record, decision_id="")))
+    return save(record, *args, **kwargs)
+
+arb.store.save_decision = hashed_save
+make = decide_requests(3000, 11)
+for i in range(4000):
+    request = make()
+    request.explain = i % 5 == 0
+    decision = arb.decide(**_decide_arguments(request))
+    response = convert.decide_response(decision)
+    response.decision_id = ""
+    digest.update(response.SerializeToString(deterministic=True))
+    if decision.actions and i % 3 == 0:
+        top = decision.actions[0].action_id
+        arb.feedback(decision_id=decision.decision_id, action_id=top, outcome="impression")
+        if i % 6 == 0:
+            arb.feedback(decision_id=decision.decision_id, action_id=top, outcome="click")
+    if i % 1000 == 999:
+        arb.learn()
+    clock[0] += 0.5
+print(digest.hexdigest())
+'''
+
+
+def _run(code: str, *args: str) -> str:
+    pin = ["taskset", "-c", "1"] if shutil.which("taskset") else []
+    result = subprocess.run([*pin, sys.executable, "-c", code, *args], cwd=ROOT, check=True,
+                            capture_output=True, text=True,
+                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
+                                 "PYTHONHASHSEED": "0"})
+    return result.stdout.strip().splitlines()[-1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--passes", type=int, default=5)
+    parser.add_argument("--golden", action="store_true",
+                        help="print the fingerprint of 4,000 decisions instead")
+    args = parser.parse_args()
+    if args.golden:
+        print(_run(GOLDEN))
+        return
+    print("| case | µs per decision |")
+    print("|---|---:|")
+    for name, case in CASES:
+        print(f"| {name} | {float(json.loads(_run(TIMING, case, str(args.passes)))):.1f} |")
+
+
+if __name__ == "__main__":
+    main()
