@@ -133,6 +133,10 @@ def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
     return cls
 
 
+_ABSENT = object()
+"""Not in the in-process profile cache (a cached None is a known absent profile)."""
+
+
 @_unavailable_on_connection_errors
 class RedisStore:
     """A :class:`~engine.ports.Store` on Redis (``redis://host:port/db``)."""
@@ -188,10 +192,13 @@ class RedisStore:
     def _cached(self, user_id: str) -> tuple[bool, bytes | None]:
         if self._cache is None:
             return False, None
+        # one get, which reads the clock once: ``in`` then ``[]`` raised KeyError when the
+        # entry expired between the two (an INTERNAL error on a busy DecideBatch)
         with self._cache_lock:
-            if user_id in self._cache:
-                return True, self._cache[user_id]
-        return False, None
+            data = self._cache.get(user_id, _ABSENT)
+        if data is _ABSENT:
+            return False, None
+        return True, data  # type: ignore[return-value]
 
     def _remember(self, user_id: str, data: bytes | None) -> None:
         if self._cache is not None:

@@ -243,3 +243,17 @@ def test_learning_stream_is_trimmed_below_what_every_replica_applied(
     for action in ("vip_early_access", "new_arrivals", "free_shipping"):
         assert c.models.predict(action, DEFAULT_MODEL, 0.05, x) == pytest.approx(
             b.models.predict(action, DEFAULT_MODEL, 0.05, x)), action
+
+
+def test_a_cached_profile_expiring_while_read_is_a_miss_not_an_error(redis_url: str) -> None:
+    """The in-process cache is read with one lookup: a membership test then a read found
+    the entry, then raised KeyError once it expired in between (an INTERNAL error on a
+    busy DecideBatch, found by bench.batch_load)."""
+    from cachetools import TTLCache
+
+    clock = iter(x * 0.6 for x in range(1000))  # every read of the clock moves it on
+    store = RedisStore(redis_url, cache_ttl=60)
+    store._cache = TTLCache(maxsize=10, ttl=1.0, timer=lambda: next(clock))
+    store.remember_profile("ann", b"bytes")  # stored at 0.0, expires at 1.0
+    assert store.cached_profile("ann") == (True, b"bytes")  # read at 0.6
+    assert store.cached_profile("ann") == (False, None)  # read at 1.2: expired, a miss
