@@ -18,12 +18,10 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
-from bench.load import ROOT
+from bench.load import ROOT, run_in_tree
 
 CASE = r'''
 import json, sys, time
@@ -79,12 +77,8 @@ print(json.dumps(min(one_pass() for _ in range(passes))))
 
 
 def run(rules: Path, trained: bool, passes: int) -> float:
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    result = subprocess.run([*pin, sys.executable, "-c", CASE, str(rules),
-                             "trained" if trained else "cold", str(passes)],
-                            cwd=ROOT, check=True, capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"})
-    return float(json.loads(result.stdout.strip().splitlines()[-1]))
+    return float(json.loads(run_in_tree(ROOT, CASE, str(rules),
+                                        "trained" if trained else "cold", str(passes))))
 
 
 def main() -> None:

@@ -14,10 +14,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
 from pathlib import Path
+
+from bench.load import run_in_tree
 
 CASE = r'''
 import json, timeit
@@ -46,11 +45,7 @@ print(json.dumps(out))
 
 
 def run_tree(tree: Path) -> dict[str, float]:
-    pin = ["taskset", "-c", "0"] if shutil.which("taskset") else []
-    result = subprocess.run([*pin, sys.executable, "-c", CASE], cwd=tree, check=True,
-                            env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
-                            capture_output=True, text=True)
-    return dict(json.loads(result.stdout))
+    return dict(json.loads(run_in_tree(tree, CASE)))
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """What one decision costs in process, per placement, and a fingerprint of what it decides.
 
-    python -m bench.decide_cost [--passes 5] [--golden]
+    python -m bench.decide_cost [TREE ...] [--rounds 2] [--passes 5] [--golden]
 
 The retail example on the in-memory store with the load generator's population (5,000
 customers: loyal, cart abandoners, readers, occasional, unknown; the clusters learnt),
@@ -8,10 +8,11 @@ decisions read as the server reads them (arm counters pushed, not pulled). For t
 three-placement mix, each placement alone, and ``email`` for ``bench.batch_load``'s
 customers (a cart left 30 h ago, opted in), the best of ``--passes`` passes over 3,000
 requests (request conversion, ``Arbiter.decide``, the response serialized), each case in
-its own process pinned to one core where ``taskset`` exists. Run it from two checkouts to
-compare a change (``PYTHONPATH`` and the working directory set to each).
+its own process pinned to one core where ``taskset`` exists. Given source trees (default:
+this checkout; ``git worktree add /tmp/before <commit>`` makes another), rounds alternate
+them and each case keeps its best round; the last column is the last tree over the first.
 
-``--golden`` prints a SHA-256 over 4,000 decisions made on a fixed clock and seed (a
+``--golden`` prints, per tree, a SHA-256 over 4,000 decisions made on a fixed clock and seed (a
 fifth with ``explain``; impressions and clicks fed back and learnt every 1,000, so the
 models, clusters and scores are trained): the serialized responses without their ids and
 the stored records. A change that should not change decisions must not change it.
@@ -21,11 +22,9 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
-import subprocess
-import sys
+from pathlib import Path
 
-from bench.load import ROOT
+from bench.load import ROOT, run_in_tree
 
 CASES = (("mix", ""), ("homepage_banner", "homepage_banner"), ("email", "email"),
          ("cart_page", "cart_page"), ("email, batch customers", "batch"))
@@ -33,7 +32,8 @@ CASES = (("mix", ""), ("homepage_banner", "homepage_banner"), ("email", "email")
 TIMING = r'''
 import json, sys, time
 from adapters.memory import MemoryStore
-from bench.load import DAY, ROOT
+from pathlib import Path
+from bench.load import DAY
 from bench.loadgen import decide_requests
 from dsl.loader import load_path
 from engine.grpc import convert
@@ -42,7 +42,7 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.service import Arbiter
 
 case, passes = sys.argv[1], int(sys.argv[2])
-arb = Arbiter(load_path(ROOT / "rulesets/retail"), MemoryStore(), seed=1)
+arb = Arbiter(load_path(Path("rulesets/retail")), MemoryStore(), seed=1)
 now = time.time()
 if case == "batch":  # bench.batch_load's customers
     for i in range(5000):
@@ -152,28 +152,34 @@ print(digest.hexdigest())
 '''
 
 
-def _run(code: str, *args: str) -> str:
-    pin = ["taskset", "-c", "1"] if shutil.which("taskset") else []
-    result = subprocess.run([*pin, sys.executable, "-c", code, *args], cwd=ROOT, check=True,
-                            capture_output=True, text=True,
-                            env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin",
-                                 "PYTHONHASHSEED": "0"})
-    return result.stdout.strip().splitlines()[-1]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("trees", type=Path, nargs="*", default=[ROOT])
+    parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--golden", action="store_true",
-                        help="print the fingerprint of 4,000 decisions instead")
+                        help="print each tree's fingerprint of 4,000 decisions instead")
     args = parser.parse_args()
+    trees = [tree.resolve() for tree in args.trees]
     if args.golden:
-        print(_run(GOLDEN))
+        for tree in trees:
+            print(f"{tree}: {run_in_tree(tree, GOLDEN, core=1)}")
         return
-    print("| case | µs per decision |")
-    print("|---|---:|")
-    for name, case in CASES:
-        print(f"| {name} | {float(json.loads(_run(TIMING, case, str(args.passes)))):.1f} |")
+    best: dict[tuple[Path, str], float] = {}
+    for _ in range(args.rounds):
+        for tree in trees:
+            for name, case in CASES:
+                us = float(json.loads(run_in_tree(tree, TIMING, case, str(args.passes),
+                                                  core=1)))
+                best[tree, name] = min(us, best.get((tree, name), float("inf")))
+    ratio = len(trees) > 1
+    print("| case | " + " | ".join(f"{tree} µs" for tree in trees)
+          + (" | last / first |" if ratio else " |"))
+    print("|---|" + "---:|" * (len(trees) + ratio))
+    for name, _ in CASES:
+        row = [best[tree, name] for tree in trees]
+        print(f"| {name} | " + " | ".join(f"{us:.1f}" for us in row)
+              + (f" | {row[-1] / row[0]:.2f} |" if ratio else " |"))
 
 
 if __name__ == "__main__":

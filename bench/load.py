@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -34,6 +35,18 @@ from tests.redis_proc import RedisServer, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 DAY = 86400.0
+
+
+def run_in_tree(tree: Path, code: str, *args: str, core: int = 0) -> str:
+    """The last line ``python -c code args`` prints, run in source tree ``tree`` (its
+    directory and ``PYTHONPATH``) pinned to ``core`` where ``taskset`` exists: how the
+    in-process benches measure one checkout against another."""
+    pin = ["taskset", "-c", str(core)] if shutil.which("taskset") else []
+    result = subprocess.run([*pin, sys.executable, "-c", code, *args], cwd=tree, check=True,
+                            env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin",
+                                 "PYTHONHASHSEED": "0"},
+                            capture_output=True, text=True)
+    return result.stdout.strip().splitlines()[-1]
 
 
 def cpu_seconds(pid: int) -> float:
