@@ -12,6 +12,10 @@ concurrency and channels. Configurations:
 * ``homepage``: ``homepage_banner`` alone (experiment with exact logged probabilities);
 * ``bagging``: ``homepage_banner`` alone with ``model on homepage_banner { bagging: 10 }``
   (the contextual path), to read against ``homepage``;
+* ``homepage-trained`` / ``bagging-trained``: the same two after 3,000 decisions with
+  impressions and clicks sent through the API and learnt (:func:`train`): each candidate
+  is predicted by its action's model, as in production once feedback flows (the two
+  above measure cold models, which a bag leaves after 20 examples per action);
 * ``redis-p1-8ch`` / ``redis-p2-8ch``: one and two processes (``--processes``), eight
   client connections (the kernel spreads connections, not requests, over processes).
 
@@ -24,13 +28,20 @@ import argparse
 import json
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import grpc
+
 from bench.load import ROOT, arbiter_server, loadgen, seed_profiles
+from dsl.vocabulary import LEARNERS
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc.gen.arbiter.v1 import report_pb2, report_pb2_grpc
 from tests.redis_proc import RedisServer
 
 
@@ -43,6 +54,7 @@ class Config:
     processes: int = 1
     channels: int = 1
     bagging: bool = False
+    trained: bool = False
 
 
 CONFIGS = (
@@ -52,6 +64,9 @@ CONFIGS = (
     Config("redis-c1", "redis", concurrency=1),
     Config("homepage", "memory", placement="homepage_banner"),
     Config("bagging", "memory", placement="homepage_banner", bagging=True),
+    Config("homepage-trained", "memory", placement="homepage_banner", trained=True),
+    Config("bagging-trained", "memory", placement="homepage_banner", bagging=True,
+           trained=True),
     Config("redis-p1-8ch", "redis", processes=1, channels=8),
     Config("redis-p2-8ch", "redis", processes=2, channels=8),
 )
@@ -78,15 +93,47 @@ def served(config: Config, tmp: Path) -> Iterator[tuple[str, int]]:
         redis_.stop()
 
 
+def train(target: str, users: int, decisions: int = 3000) -> int:
+    """``homepage_banner``'s models trained through the API, as ``bench.bagging_cost``
+    trains them in process: a decision per customer in turn, an impression of its first
+    action, a click on one in seven. Returns the propensity models' examples, once the
+    learner has caught up (two model reports a second apart agree)."""
+    with grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        for i in range(decisions):
+            d = stub.Decide(pb.DecideRequest(user_id=f"user-{i % users}",
+                                             placement="homepage_banner", channel="web"))
+            if not d.actions:
+                continue
+            top = d.actions[0].action_id
+            stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id, action_id=top,
+                                             outcome=pb.OUTCOME_IMPRESSION))
+            if i % 7 == 0:
+                stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id, action_id=top,
+                                                 outcome=pb.OUTCOME_CLICK))
+        reports = report_pb2_grpc.ReportServiceStub(channel)
+        learnt, deadline = -1, time.monotonic() + 30
+        while time.monotonic() < deadline:
+            time.sleep(1.0)
+            now = sum(m.examples for m in
+                      reports.ModelReport(report_pb2.ModelReportRequest()).models
+                      if m.learner.split()[0] in LEARNERS)
+            if now == learnt and now > 0:
+                break
+            learnt = now
+        return learnt
+
+
 def measure(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     run = argparse.Namespace(concurrency=config.concurrency, duration=args.duration,
                              users=args.users)
     extra = ("--channels", str(config.channels), "--placement", config.placement)
     with tempfile.TemporaryDirectory() as tmp, served(config, Path(tmp)) as (target, pid):
         seed_profiles(target, args.users)
+        learnt = train(target, args.users) if config.trained else 0
         check = loadgen(target, pid, "check", run, extra)
         decide = loadgen(target, pid, "decide", run, extra)
-    return {"config": config.name, "check": check, "decide": decide,
+    return {"config": config.name, "check": check, "decide": decide, "learnt": learnt,
             "rps_ratio": decide["rps"] / check["rps"],
             "p99_ratio": decide["p99_ms"] / check["p99_ms"]}
 
@@ -108,6 +155,11 @@ def table(rows: list[dict[str, Any]]) -> str:
     if "homepage" in by and "bagging" in by:
         lines.append(f"\nbagging 10 / plain homepage_banner Decide throughput: "
                      f"{by['bagging']['decide']['rps'] / by['homepage']['decide']['rps']:.2f}")
+    if "homepage-trained" in by and "bagging-trained" in by:
+        plain, bagged = by["homepage-trained"], by["bagging-trained"]
+        lines.append(f"bagging 10 / plain homepage_banner, trained models: "
+                     f"{bagged['decide']['rps'] / plain['decide']['rps']:.2f} "
+                     f"({plain['learnt']} and {bagged['learnt']} examples learnt)")
     if "redis-p1-8ch" in by and "redis-p2-8ch" in by:
         one, two = by["redis-p1-8ch"], by["redis-p2-8ch"]
         lines.append(f"two processes / one, Decide throughput: "
