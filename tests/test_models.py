@@ -223,3 +223,39 @@ def test_model_report_over_the_library() -> None:
     (quality,) = arb.model_report()
     assert quality.model == "@home" and quality.learner == "adpredictor"
     assert quality.examples == 1
+
+
+def test_predictions_while_the_learner_learns_are_whole_models() -> None:
+    """Decisions read the kept parameters without the lock while the learner thread
+    learns: every prediction is a probability, none fails, and once learning stops they
+    are River's again."""
+    import threading
+
+    spec = ModelSpec(bagging=4)
+    models = PropensityModels()
+    train(models, spec, n=100)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+
+    def learn() -> None:
+        try:
+            train(models, spec, n=1500, seed=9)
+        except BaseException as err:  # pragma: no cover - reported below
+            errors.append(err)
+        finally:
+            stop.set()
+
+    learner = threading.Thread(target=learn)
+    learner.start()
+    x = {"context.device=mobile": 1.0, "profile.spend": 50.0}
+    seen = 0
+    while not stop.is_set():
+        for p in models.predict_bag("a", spec, 0.05, x, "home"):
+            assert 0.0 <= p <= 1.0
+        seen += 1
+    learner.join()
+    assert not errors and seen > 0
+    members = list(models._models[spec.key("home", "a")].learner)
+    encoded = dict(model_features(spec, "a", x))
+    assert models.predict_bag("a", spec, 0.05, x, "home") == [
+        m.predict_proba_one(dict(encoded))[True] for m in members]
