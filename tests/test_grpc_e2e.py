@@ -41,6 +41,7 @@ def test_decide_returns_a_ranked_explained_decision(stub: Stub) -> None:
                                             channel="web", explain=True))
     assert len(response.decision_id) == 32
     assert len(response.ruleset_revision) == 12
+    assert response.channel == "web"
     top = response.actions[0]
     assert (top.action_id, top.rank) == ("onboarding_tour", 1)
     assert top.score == pytest.approx(top.propensity * top.value * top.weight)
@@ -54,6 +55,7 @@ def test_decide_returns_a_ranked_explained_decision(stub: Stub) -> None:
 def test_track_event_makes_a_cart_abandoner_who_gets_the_cart_action(stub: Stub) -> None:
     before = stub.Decide(pb.DecideRequest(user_id="carla", placement="email"))
     assert "cart_reminder" not in [a.action_id for a in before.actions]
+    assert before.channel == "email"  # the placement's only channel, the request named none
     added = convert.timestamp(time.time() - 26 * 3600)
     tracked = stub.TrackEvent(pb.TrackEventRequest(
         user_id="carla", event_type="add_to_cart", properties={"value": num(89.0)},

@@ -153,6 +153,7 @@ def fill_decide_response(response: pb.DecideResponse, decision: Decision) -> Non
     without copying each one)."""
     response.decision_id = decision.decision_id
     response.ruleset_revision = decision.revision
+    response.channel = decision.channel
     nanos = int(decision.decided_at * 1e9)  # FromNanoseconds is Python; this is two sets
     decided_at = response.decided_at  # (each read of a sub-message makes a wrapper)
     decided_at.seconds, decided_at.nanos = divmod(nanos, 1_000_000_000)
@@ -216,7 +217,8 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
     traces = tuple(ActionTrace(t.action_id, t.eligible, tuple(reasons(t.reasons)))
                    for t in response.explanation.candidates)
     return Decision(response.decision_id, response.ruleset_revision,
-                    seconds(response.decided_at), user_id, placement, channel, actions,
+                    seconds(response.decided_at), user_id, placement,
+                    response.channel or channel, actions,
                     tuple(response.explanation.segments), traces,
                     response.holdout_experiment or None)
 

@@ -230,7 +230,7 @@ class Explanation(_message.Message):
     def __init__(self, segments: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[ActionTrace, _Mapping]]] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "ruleset_revision", "actions", "explanation", "decided_at", "holdout_experiment", "degraded", "best_send_at")
+    __slots__ = ("decision_id", "ruleset_revision", "actions", "explanation", "decided_at", "holdout_experiment", "degraded", "best_send_at", "channel")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     RULESET_REVISION_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -239,6 +239,7 @@ class DecideResponse(_message.Message):
     HOLDOUT_EXPERIMENT_FIELD_NUMBER: _ClassVar[int]
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     BEST_SEND_AT_FIELD_NUMBER: _ClassVar[int]
+    CHANNEL_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     ruleset_revision: str
     actions: _containers.RepeatedCompositeFieldContainer[RankedAction]
@@ -247,7 +248,8 @@ class DecideResponse(_message.Message):
     holdout_experiment: str
     degraded: bool
     best_send_at: _timestamp_pb2.Timestamp
-    def __init__(self, decision_id: _Optional[str] = ..., ruleset_revision: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[RankedAction, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holdout_experiment: _Optional[str] = ..., degraded: _Optional[bool] = ..., best_send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    channel: str
+    def __init__(self, decision_id: _Optional[str] = ..., ruleset_revision: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[RankedAction, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holdout_experiment: _Optional[str] = ..., degraded: _Optional[bool] = ..., best_send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("decision_id", "action_id", "outcome", "value", "idempotency_key", "timestamp", "item_id")
