@@ -21,9 +21,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.load import ROOT, run_in_tree
+from bench.load import IN_PROCESS_POPULATION, ROOT, run_in_tree
 
-CASE = r'''
+CASE = IN_PROCESS_POPULATION + r'''
 import json, sys, time
 from pathlib import Path
 from adapters.memory import MemoryStore
@@ -37,22 +37,7 @@ from engine.service import Arbiter
 rules, trained, passes = Path(sys.argv[1]), sys.argv[2] == "trained", int(sys.argv[3])
 arb = Arbiter(load_path(rules), MemoryStore(), seed=1)
 now = time.time()
-for i in range(5000):  # bench.load.seed_profiles' population, in process
-    user, kind = f"user-{i}", i % 5
-    if kind == 4:
-        continue
-    arb.track(user_id=user, event_type="visit", at=now - 40 * DAY)
-    if kind == 0:
-        arb.track(user_id=user, event_type="purchase", at=now - 3 * DAY,
-                  properties={"value": 700.0})
-        for d in range(6):
-            arb.track(user_id=user, event_type="visit", at=now - (d + 0.5) * DAY)
-    elif kind == 1:
-        arb.track(user_id=user, event_type="add_to_cart", at=now - 30 * 3600,
-                  properties={"value": 80.0})
-    elif kind == 2:
-        for m in range(4):
-            arb.track(user_id=user, event_type="content_view", at=now - m * 60)
+seed_population(_track_in_process, 5000)  # bench.load.seed_profiles' population
 if trained:
     for i in range(3000):
         d = arb.decide(user_id=f"user-{i % 5000}", placement="homepage_banner", channel="web")

@@ -24,12 +24,12 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.load import ROOT, run_in_tree
+from bench.load import IN_PROCESS_POPULATION, ROOT, run_in_tree
 
 CASES = (("mix", ""), ("homepage_banner", "homepage_banner"), ("email", "email"),
          ("cart_page", "cart_page"), ("email, batch customers", "batch"))
 
-TIMING = r'''
+TIMING = IN_PROCESS_POPULATION + r'''
 import json, sys, time
 from adapters.memory import MemoryStore
 from pathlib import Path
@@ -52,22 +52,7 @@ if case == "batch":  # bench.batch_load's customers
     requests = [pb.DecideRequest(user_id=f"b{i}", placement="email", channel="email")
                 for i in range(3000)]
 else:  # bench.load.seed_profiles' population
-    for i in range(5000):
-        user, kind = f"user-{i}", i % 5
-        if kind == 4:
-            continue
-        arb.track(user_id=user, event_type="visit", at=now - 40 * DAY)
-        if kind == 0:
-            arb.track(user_id=user, event_type="purchase", at=now - 3 * DAY,
-                      properties={"value": 700.0})
-            for d in range(6):
-                arb.track(user_id=user, event_type="visit", at=now - (d + 0.5) * DAY)
-        elif kind == 1:
-            arb.track(user_id=user, event_type="add_to_cart", at=now - 30 * 3600,
-                      properties={"value": 80.0})
-        elif kind == 2:
-            for m in range(4):
-                arb.track(user_id=user, event_type="content_view", at=now - m * 60)
+    seed_population(_track_in_process, 5000)
     make = decide_requests(5000, 7, case)
     requests = [make() for _ in range(3000)]
 arb.learn()

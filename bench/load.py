@@ -12,6 +12,7 @@ machine state. Prints a Markdown table; ``--json FILE`` keeps the raw numbers.
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import shutil
@@ -20,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from statistics import median
@@ -93,31 +94,49 @@ def arbiter_server(redis_url: str | None, workers: int, tree: Path = ROOT,
         proc.wait(30)
 
 
+def seed_population(track: Callable[[str, str, float, float], None], users: int) -> None:
+    """A population: VIPs, cart abandoners, readers, occasional visitors, unknowns, one
+    of each in turn; ``track(user, event, seconds_ago, value)`` records an event. The
+    in-process benches run this function's source in the checkout they measure."""
+    for i in range(users):
+        user, kind = f"user-{i}", i % 5
+        if kind == 4:
+            continue  # never seen: the onboarding path
+        track(user, "visit", 40 * DAY, 0.0)
+        if kind == 0:
+            track(user, "purchase", 3 * DAY, 700.0)
+            for d in range(6):
+                track(user, "visit", (d + 0.5) * DAY, 0.0)
+        elif kind == 1:
+            track(user, "add_to_cart", 30 * 3600, 80.0)
+        elif kind == 2:
+            for m in range(4):
+                track(user, "content_view", m * 60, 0.0)
+
+
+IN_PROCESS_POPULATION = ("from __future__ import annotations\n"
+                         + inspect.getsource(seed_population) + """
+def _track_in_process(user, event, ago, value):
+    arb.track(user_id=user, event_type=event, at=now - ago,
+              properties={"value": value} if value else None)
+""")
+"""Source that defines :func:`seed_population` and ``_track_in_process`` (for an
+``Arbiter`` named ``arb`` and a time ``now``), for the code the in-process benches run in
+another checkout (which may not have the function)."""
+
+
 def seed_profiles(target: str, users: int) -> None:
-    """A population: VIPs, cart abandoners, readers, occasional visitors, unknowns."""
+    """:func:`seed_population` through TrackEvent."""
     now = time.time()
     with grpc.insecure_channel(target) as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
 
-        def track(user: str, event: str, ago: float, value: float = 0.0) -> None:
+        def track(user: str, event: str, ago: float, value: float) -> None:
             stub.TrackEvent(pb.TrackEventRequest(
                 user_id=user, event_type=event, timestamp=convert.timestamp(now - ago),
                 properties={"value": pb.Value(number_value=value)}))
 
-        for i in range(users):
-            user, kind = f"user-{i}", i % 5
-            if kind == 4:
-                continue  # never seen: the onboarding path
-            track(user, "visit", 40 * DAY)
-            if kind == 0:
-                track(user, "purchase", 3 * DAY, 700.0)
-                for d in range(6):
-                    track(user, "visit", (d + 0.5) * DAY)
-            elif kind == 1:
-                track(user, "add_to_cart", 30 * 3600, 80.0)
-            elif kind == 2:
-                for m in range(4):
-                    track(user, "content_view", m * 60)
+        seed_population(track, users)
 
 
 def loadgen(target: str, pid: int, rpc: str, args: argparse.Namespace,
