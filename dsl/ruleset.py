@@ -13,6 +13,7 @@ the action's fields (content templates only).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
@@ -25,6 +26,7 @@ from dsl.runtime import to_text
 from dsl.schema import FieldSpec
 
 CompiledFn = Callable[..., Any]
+_NUMBER = (int, float)  # (``int | float`` would build a union object per call)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,33 +94,80 @@ class Template:
     Templates are sandboxed by construction: they compile from the same checked
     expressions as rules, so they can read the profile, the context, segments and
     the action's fields, and nothing else; a loop runs once per list element.
+
+    Each part becomes, once, the literal text or a function that renders it
+    (filters, printing and escaping decided when the template is built, not per use).
+
+    >>> from dsl.loader import load_text
+    >>> rules = load_text('''
+    ... profile { name: string }
+    ... context { n: number }
+    ... placement web { channels: web }
+    ... action hi { placements: web  value: 1
+    ...   content { m: html "{% if context.n > 1 %}<b>{{ profile.name | upper }}</b>{% end %}" } }
+    ... ''')
+    >>> template = dict(rules.actions["hi"].content)["m"]
+    >>> template.render(({"name": "a&b"}, {"n": 2.0}, {}, {}, 0.0, {}))
+    '<b>A&amp;B</b>'
     """
 
     parts: tuple[str | TemplateToken | TemplateIf | TemplateFor, ...]
     html: bool = False  # escape every inserted value (MarkupSafe) unless filtered | raw
+    _pieces: tuple[str | Callable[[tuple[Any, ...]], str], ...] = field(
+        init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_pieces",
+                           tuple(_piece(part, self.html) for part in self.parts))
 
     def render(self, args: tuple[Any, ...]) -> str:
-        out: list[str] = []
-        for part in self.parts:
-            if isinstance(part, str):
-                out.append(part)
-            elif isinstance(part, TemplateToken):
-                value = part.fn(*args)
-                kind = part.kind
-                for name, fargs in part.filters:
-                    value, kind = _apply_filter(name, fargs, value, kind)
-                text = to_text(value, kind)
-                if self.html and not any(name == "raw" for name, _ in part.filters):
-                    text = str(escape(text))
-                out.append(text)
-            elif isinstance(part, TemplateIf):
-                branch = part.then if part.condition(*args) is True else part.otherwise
-                out.append(branch.render(args))
-            else:
-                fields = args[5]
-                for item in part.items(*args) or ():
-                    out.append(part.body.render((*args[:5], {**fields, part.var: item})))
-        return "".join(out)
+        return "".join([piece if type(piece) is str else piece(args)  # type: ignore[operator]
+                        for piece in self._pieces])
+
+
+def _piece(part: str | TemplateToken | TemplateIf | TemplateFor, html: bool
+           ) -> str | Callable[[tuple[Any, ...]], str]:
+    """The literal text, or a function of the template's arguments that renders ``part``."""
+    if isinstance(part, str):
+        return part
+    if isinstance(part, TemplateIf):
+        condition, then, otherwise = part.condition, part.then.render, part.otherwise.render
+        return lambda args: then(args) if condition(*args) is True else otherwise(args)
+    if isinstance(part, TemplateFor):
+        items, body, var = part.items, part.body.render, part.var
+
+        def each(args: tuple[Any, ...]) -> str:
+            head, fields = args[:5], args[5]
+            return "".join([body((*head, {**fields, var: item}))
+                            for item in items(*args) or ()])
+        return each
+    fn, kind, filters = part.fn, part.kind, part.filters
+    escaped = html and not any(name == "raw" for name, _ in filters)
+    if not filters:
+        if escaped:
+            return lambda args: _escaped(to_text(fn(*args), kind))
+        return lambda args: to_text(fn(*args), kind)
+
+    def filtered(args: tuple[Any, ...]) -> str:
+        value, now_kind = fn(*args), kind
+        for name, fargs in filters:
+            value, now_kind = _apply_filter(name, fargs, value, now_kind)
+        text = to_text(value, now_kind)
+        return _escaped(text) if escaped else text
+    return filtered
+
+
+_HTML_SPECIAL = re.compile("[&<>'\"]")
+
+
+def _escaped(text: str) -> str:
+    """``text`` escaped for HTML as MarkupSafe escapes it; unchanged (no copy, no Markup
+    object) when it has nothing to escape, as most inserted names and numbers have not.
+
+    >>> _escaped("Tom & Jerry's <b>"), _escaped("12.5")
+    ('Tom &amp; Jerry&#39;s &lt;b&gt;', '12.5')
+    """
+    return str(escape(text)) if _HTML_SPECIAL.search(text) else text
 
 
 @functools.lru_cache(maxsize=4096)  # prices repeat: the Decimal arithmetic once per value
@@ -145,7 +194,7 @@ def _apply_filter(name: str, args: tuple[Any, ...], value: Any, kind: str) -> tu
         return to_text(value, kind).lower(), "string"
     if name == "title":
         return to_text(value, kind).title(), "string"
-    if name == "round" and isinstance(value, int | float):
+    if name == "round" and isinstance(value, _NUMBER):
         return round_half_up(float(value), int(args[0])), kind
     return value, kind
 

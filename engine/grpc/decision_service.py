@@ -56,10 +56,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.store_timeout = store_timeout
         self.default_deadline = default_deadline
         self.tracing = tracing
-        self.never_wait: frozenset[str] = (
-            frozenset() if offload.store_blocks or tracing is not None
+        self.untimed: frozenset[str] = (
+            frozenset({"Decide"}) if offload.store_blocks or tracing is not None
             else frozenset({"Decide", "DecideBatch", "Feedback", "TrackEvent", "GetProfile"}))
-        """RPCs that run to their end without yielding to the loop (the in-memory store)."""
+        """RPCs that need no deadline timer around them: those that run to their end
+        without yielding to the loop (the in-memory store), and Decide, whose only waits
+        (the profile read, the record write) each have a timer from the deadline and
+        answer degraded when it fires (one timer per Decide fewer; a batch keeps its
+        timer, which stops the decisions left when the deadline passes)."""
 
     def _span(self, name: str) -> contextlib.AbstractContextManager[Any]:
         """An OpenTelemetry span when tracing is on (engine.grpc.tracing), else nothing."""

@@ -114,8 +114,9 @@ def rpc(method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
     The deadline is the client's, or the servicer's ``default_deadline`` when the client
     sent none; :func:`time_left` tells the store calls inside how long they may wait.
     Past it the RPC stops (its awaits are cancelled) and answers DEADLINE_EXCEEDED.
-    Methods named in the servicer's ``never_wait`` (no await that yields: the in-memory
-    store) skip the timer, which could not interrupt them.
+    Methods named in the servicer's ``untimed`` skip the timer: they never yield to the
+    loop (the in-memory store), so it could not interrupt them, or each of their waits
+    has a timer of its own from :func:`time_left`.
     """
 
     @functools.wraps(method)
@@ -134,8 +135,8 @@ def rpc(method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
                 raise TimeoutError
             deadline = asyncio.get_running_loop().time() + remaining
             _deadline.set(deadline)  # this RPC's own task: no reset needed
-            if method.__name__ in getattr(self, "never_wait", ()):
-                # runs to its end without yielding: a timer could not stop it anyway
+            if method.__name__ in getattr(self, "untimed", ()):
+                # no yield, or every wait timed from the deadline already
                 response = await method(self, request, context)
             else:
                 async with asyncio.timeout_at(deadline):
