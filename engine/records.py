@@ -6,6 +6,7 @@ functions that change them live in :mod:`engine.profiles` and :mod:`engine.feedb
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Mapping
 
@@ -165,6 +166,11 @@ def counts_from_fields(fields: Mapping[str, float]) -> dict[str, ArmCounts]:
     return counts
 
 
+PSEUDONYMS_KEPT = 65_536
+"""Pseudonyms remembered per process (a few MB at most)."""
+
+
+@functools.lru_cache(maxsize=PSEUDONYMS_KEPT)  # a returning customer's, without the hash
 def pseudonym(user_id: str) -> str:
     """How the learning log and the recommender name a customer: 16 hex digits of
     SHA-256, never the id itself.
