@@ -42,6 +42,10 @@ counters, stream entry, idempotency key) in one compare-and-set script
 Profiles are cached in process for ``cache_ttl`` seconds (bounded LRU+TTL): a
 replica sees another replica's profile writes at most ``cache_ttl`` late and its
 own writes at once. A cached Decide makes no profile round trip.
+
+A Redis Cluster is refused with a clear error (:func:`refuse_cluster`): a feedback's
+script and a round trip's records touch keys of many slots (bench/RESULTS.md and
+the README name what Cluster support needs).
 """
 
 from __future__ import annotations
@@ -131,6 +135,30 @@ def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
         functools.update_wrapper(wrapper, method)
         setattr(cls, name, wrapper)
     return cls
+
+
+class RedisClusterNotSupported(ValueError):
+    """The URL names a node of a Redis Cluster, which this store cannot use."""
+
+
+def refuse_cluster(url: str, timeout: float = 2.0) -> None:
+    """Raise :class:`RedisClusterNotSupported` when ``url`` names a Redis Cluster node
+    (``INFO cluster``: ``cluster_enabled:1``); an unreachable Redis passes (a server
+    starts degraded and waits for it). Without this check a Cluster node answers
+    ``MOVED`` to most keys and a server fails at startup with a traceback."""
+    client = redis.Redis.from_url(url, socket_timeout=timeout,
+                                  socket_connect_timeout=timeout)
+    try:
+        info = client.info("cluster")
+    except (redis.ConnectionError, redis.TimeoutError, OSError):
+        return
+    finally:
+        client.close()
+    if int(info.get("cluster_enabled", 0) or 0):
+        raise RedisClusterNotSupported(
+            f"{url} is a Redis Cluster node; Arbiter's Redis store needs a standalone "
+            "Redis (a primary, with replicas or Sentinel for failover): its feedback "
+            "script and record writes touch keys of several hash slots")
 
 
 _ABSENT = object()

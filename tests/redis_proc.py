@@ -20,8 +20,9 @@ def free_port() -> int:
 class RedisServer:
     """A private redis-server on a free port, in a temporary directory; restartable."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *extra: str) -> None:
         self.directory = directory
+        self.extra = extra  # more redis-server options (``--cluster-enabled yes``)
         self.port = free_port()
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -36,7 +37,8 @@ class RedisServer:
         # appendonly with fsync always: a restart keeps every acknowledged write
         self.process = subprocess.Popen(
             [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory)],
+             "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.directory),
+             *self.extra],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
         deadline = time.monotonic() + 10

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from engine.cli import main
 from tests.conftest import RETAIL, ROOT, free_port
+from tests.redis_proc import RedisServer
 
 
 def test_check_accepts_the_retail_ruleset(capsys: pytest.CaptureFixture[str]) -> None:
@@ -101,6 +102,25 @@ def test_serve_refuses_a_broken_ruleset(tmp_path: Path) -> None:
     assert proc.returncode == 1
     assert "bad.arb:1:9: error: syntax error" in proc.stderr
     assert time.monotonic() - started < 60
+
+
+def test_serve_and_report_refuse_a_redis_cluster_node_with_one_clear_line(
+        tmp_path: Path) -> None:
+    """A Redis Cluster node answers MOVED to most keys: the server used to die at startup
+    with a traceback. Now both commands say what is wrong and exit 2."""
+    node = RedisServer(tmp_path, "--cluster-enabled", "yes", "--cluster-config-file",
+                       str(tmp_path / "nodes.conf"))
+    node.start()
+    try:
+        for command in (["serve", "--port", "0"], ["report", "--models"]):
+            proc = subprocess.run(
+                [sys.executable, "-m", "engine.cli", *command, "--rules", "rulesets/retail",
+                 "--redis", node.url], cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 2, proc.stderr
+            assert f"{node.url} is a Redis Cluster node" in proc.stderr
+            assert "Traceback" not in proc.stderr
+    finally:
+        node.stop()
 
 
 def test_the_cli_starts_without_the_heavy_dependencies() -> None:

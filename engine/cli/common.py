@@ -37,10 +37,13 @@ def default_rules() -> str:
 def open_store(redis_url: str | None, check: bool = True) -> Store:
     """The Redis store at ``redis_url``, or a new in-memory one. ``check``: fail now
     (StoreUnavailable) when Redis does not answer; a server does not check, it starts
-    degraded and not ready until Redis answers."""
+    degraded and not ready until Redis answers. A Redis Cluster node is refused
+    (``RedisClusterNotSupported``, a ValueError) whenever it answers."""
     if redis_url:
-        from adapters.redis_store import RedisStore  # only when asked: redis is optional here
+        # only when asked: redis is optional here
+        from adapters.redis_store import RedisStore, refuse_cluster
 
+        refuse_cluster(redis_url)
         store = RedisStore(redis_url)
         if check:
             store.ping()

@@ -18,6 +18,7 @@ from engine.cli.common import (
     open_store,
     snapshot_key,
 )
+from engine.ports import StoreUnavailable
 
 if TYPE_CHECKING:  # numpy, scipy and river load only when a report is asked for
     from engine.experiments.report import ExperimentReport
@@ -52,6 +53,9 @@ def run(args: argparse.Namespace) -> int:
         report, models = _from_server(args) if args.target else _from_redis(args)
     except KeyError as err:
         print(f"arbiter report: {err.args[0]}", file=sys.stderr)
+        return 2
+    except (ValueError, StoreUnavailable) as err:  # a Redis Cluster node; Redis down
+        print(f"arbiter report: {err}", file=sys.stderr)
         return 2
     if args.format == "json":
         from google.protobuf.json_format import MessageToDict

@@ -98,6 +98,10 @@ def run(args: argparse.Namespace) -> int:
         key = snapshot_key(args)
         processes = process_count(args)
         tracing = tracing_for(args) if processes == 1 else None
+        if args.redis:
+            from adapters.redis_store import refuse_cluster
+
+            refuse_cluster(args.redis)
     except (SettingsError, ValueError, OSError, ImportError) as err:
         print(f"arbiter serve: {err}", file=sys.stderr)
         return 2
