@@ -44,8 +44,8 @@ replica sees another replica's profile writes at most ``cache_ttl`` late and its
 own writes at once. A cached Decide makes no profile round trip.
 
 A Redis Cluster is refused with a clear error (:func:`refuse_cluster`): a feedback's
-script and a round trip's records touch keys of many slots (bench/RESULTS.md and
-the README name what Cluster support needs).
+script and a round trip's records touch keys of many slots (docs/architecture.md,
+"Toward Redis Cluster", has what Cluster support needs).
 """
 
 from __future__ import annotations
