@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, cast
 import redis
 import redis.asyncio
 
+from adapters.redis_connect import async_client
 from adapters.redis_feedback import feedback_steps, run_async
 from adapters.redis_scripts import COMMIT_FEEDBACK, MAX_COMMIT_ATTEMPTS
 from engine.ports import (
@@ -47,9 +48,8 @@ class RedisDecideIO:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         timeout = store.decide_timeout
-        self.redis = redis.asyncio.Redis.from_url(
-            store.url, socket_timeout=timeout, socket_connect_timeout=timeout,
-            health_check_interval=30)
+        self.redis = async_client(store.url, socket_timeout=timeout,
+                                  socket_connect_timeout=timeout, health_check_interval=30)
         self._reads: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._writes: list[tuple[DecisionRecord, float, asyncio.Future[None]]] = []
         self._flushing = False
@@ -58,8 +58,8 @@ class RedisDecideIO:
         self._tasks: set[asyncio.Task[None]] = set()
         self.round_trips = 0  # pipelines sent (fewer than the calls: the batching works)
         # Feedback's transactions: the store's ordinary timeouts, not Decide's
-        self.writer = redis.asyncio.Redis.from_url(
-            store.url, socket_timeout=5, socket_connect_timeout=5, health_check_interval=30)
+        self.writer = async_client(store.url, socket_timeout=5, socket_connect_timeout=5,
+                                   health_check_interval=30)
         self._commit_script = self.writer.register_script(COMMIT_FEEDBACK)
 
     # ---- Feedback: the store's compare-and-set, awaited instead of on a thread ------------

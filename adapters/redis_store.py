@@ -59,6 +59,7 @@ from typing import Any, TypeVar, cast
 import redis
 from cachetools import TTLCache
 
+from adapters.redis_connect import sync_client
 from adapters.redis_decide_io import RedisDecideIO
 from adapters.redis_feedback import feedback_steps, run_sync
 from adapters.redis_scripts import (
@@ -146,8 +147,7 @@ def refuse_cluster(url: str, timeout: float = 2.0) -> None:
     (``INFO cluster``: ``cluster_enabled:1``); an unreachable Redis passes (a server
     starts degraded and waits for it). Without this check a Cluster node answers
     ``MOVED`` to most keys and a server fails at startup with a traceback."""
-    client = redis.Redis.from_url(url, socket_timeout=timeout,
-                                  socket_connect_timeout=timeout)
+    client = sync_client(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         info = client.info("cluster")
     except (redis.ConnectionError, redis.TimeoutError, OSError):
@@ -156,9 +156,9 @@ def refuse_cluster(url: str, timeout: float = 2.0) -> None:
         client.close()
     if int(info.get("cluster_enabled", 0) or 0):
         raise RedisClusterNotSupported(
-            f"{url} is a Redis Cluster node; Arbiter's Redis store needs a standalone "
-            "Redis (a primary, with replicas or Sentinel for failover): its feedback "
-            "script and record writes touch keys of several hash slots")
+            f"{url} is a Redis Cluster node; Arbiter's Redis store needs one primary "
+            "(standalone, or redis+sentinel://HOST/SERVICE for one Sentinel watches): its "
+            "feedback script and record writes touch keys of several hash slots")
 
 
 _ABSENT = object()
@@ -167,7 +167,9 @@ _ABSENT = object()
 
 @_unavailable_on_connection_errors
 class RedisStore:
-    """A :class:`~engine.ports.Store` on Redis (``redis://host:port/db``)."""
+    """A :class:`~engine.ports.Store` on Redis (``redis://host:port/db``, or a primary
+    found through Sentinel: ``redis+sentinel://host:port/service/db``,
+    :mod:`adapters.redis_connect`)."""
 
     def __init__(
         self,
@@ -179,12 +181,11 @@ class RedisStore:
         decide_timeout: float = DEFAULT_DECIDE_TIMEOUT,
         batch_linger: float = DEFAULT_BATCH_LINGER,
     ) -> None:
-        self.redis = redis.Redis.from_url(url, socket_timeout=5, socket_connect_timeout=5,
-                                          health_check_interval=30)
+        self.redis = sync_client(url, socket_timeout=5, socket_connect_timeout=5,
+                                 health_check_interval=30)
         # Decide's reads and its record: a stalled Redis must not hold an answer for long
-        self.fast = redis.Redis.from_url(url, socket_timeout=decide_timeout,
-                                         socket_connect_timeout=decide_timeout,
-                                         health_check_interval=30)
+        self.fast = sync_client(url, socket_timeout=decide_timeout,
+                                socket_connect_timeout=decide_timeout, health_check_interval=30)
         self.url = url
         self.decide_timeout = decide_timeout
         self.batch_linger = batch_linger

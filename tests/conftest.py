@@ -14,9 +14,9 @@ from dsl.ruleset import Ruleset
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.service import Arbiter
-from tests.redis_proc import RedisServer, free_port
+from tests.redis_proc import RedisServer, SentinelTopology, free_port
 
-__all__ = ["RedisServer", "free_port"]
+__all__ = ["RedisServer", "SentinelTopology", "free_port"]
 
 ROOT = Path(__file__).resolve().parent.parent
 RETAIL = ROOT / "rulesets" / "retail"
@@ -28,6 +28,16 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     server_.start()
     yield server_
     server_.stop()
+
+
+@pytest.fixture(scope="session")
+def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SentinelTopology]:
+    """A primary, its replica and a Sentinel, shared by the tests that only read and
+    write through it (a failover test makes its own)."""
+    topology = SentinelTopology(tmp_path_factory.mktemp("sentinel"))
+    topology.start()
+    yield topology
+    topology.stop()
 
 
 @pytest.fixture

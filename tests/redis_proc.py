@@ -6,7 +6,9 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import redis
 
@@ -68,3 +70,83 @@ class RedisServer:
         client = redis.Redis(port=self.port)
         client.flushall()
         client.close()
+
+
+class SentinelTopology:
+    """A primary, its replica and one Sentinel watching them (``service`` its name), all
+    private on free ports: what ``redis+sentinel://`` URLs are tested against."""
+
+    def __init__(self, directory: Path, service: str = "arbiter") -> None:
+        self.directory, self.service = directory, service
+        self.primary = RedisServer(_subdirectory(directory, "a"))
+        self.replica = RedisServer(_subdirectory(directory, "b"), "--replicaof", "127.0.0.1",
+                                   str(self.primary.port))
+        self.sentinel_port = free_port()
+        self.sentinel: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}/0"
+
+    def start(self) -> None:
+        self.primary.start()
+        self.replica.start()
+        config = self.directory / "sentinel.conf"  # Sentinel rewrites it: its own copy
+        config.write_text(
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.directory}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 5000\n")
+        self.sentinel = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # ready when the Sentinel knows the replica in sync (a failover needs one)
+        self._wait(lambda: any(r.get("flags") == "slave" and r.get("master-link-status") == "ok"
+                               for r in self._ask("SENTINEL", "REPLICAS", self.service)),
+                   "the Sentinel to see the replica")
+
+    def primary_port(self) -> int:
+        return int(self._ask("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.service)[1])
+
+    def failover(self) -> None:
+        """Promote the replica (SENTINEL FAILOVER) and wait until the Sentinel names it
+        and it accepts writes."""
+        before = self.primary_port()
+        self._ask("SENTINEL", "FAILOVER", self.service)
+        self._wait(lambda: self.primary_port() != before, "the Sentinel to name the replica")
+        promoted = redis.Redis(port=self.primary_port())
+        self._wait(lambda: promoted.role()[0] == b"master", "the replica to take writes")
+        promoted.close()
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.terminate()
+            self.sentinel.wait(10)
+            self.sentinel = None
+        self.replica.stop()
+        self.primary.stop()
+
+    def _ask(self, *command: str) -> Any:
+        client = redis.Redis(port=self.sentinel_port, decode_responses=True)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+    @staticmethod
+    def _wait(ready: Callable[[], bool], what: str, seconds: float = 30.0) -> None:
+        deadline = time.monotonic() + seconds
+        while True:
+            try:
+                if ready():
+                    return
+            except (redis.ConnectionError, redis.ResponseError, IndexError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"waited {seconds:.0f}s for {what}")
+            time.sleep(0.1)
+
+
+def _subdirectory(directory: Path, name: str) -> Path:
+    (directory / name).mkdir(parents=True, exist_ok=True)
+    return directory / name

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
+import redis
 
 from adapters.memory import MemoryStore
 from adapters.redis_store import RedisStore
@@ -66,9 +67,31 @@ def _redis(request: pytest.FixtureRequest) -> Harness:
     return Harness(open_one, open_one, unreachable, 0.2)
 
 
+def _redis_sentinel(request: pytest.FixtureRequest) -> Harness:
+    """The same Redis store, its primary found through a Sentinel (redis+sentinel://)."""
+    topology = request.getfixturevalue("sentinel_topology")
+    primary = redis.Redis(port=topology.primary_port())
+    primary.flushall()
+    primary.close()
+    opened: list[RedisStore] = []
+
+    def open_one() -> RedisStore:
+        opened.append(RedisStore(topology.url, cache_ttl=0.2))
+        return opened[-1]
+
+    def unreachable() -> RedisStore:
+        store = RedisStore(f"redis+sentinel://127.0.0.1:{free_port()}/arbiter/0", cache_ttl=0)
+        opened.append(store)
+        return store
+
+    request.addfinalizer(lambda: [s.close() for s in opened])
+    return Harness(open_one, open_one, unreachable, 0.2)
+
+
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
     "memory": _memory,
     "redis": _redis,
+    "redis-sentinel": _redis_sentinel,
 }
 
 

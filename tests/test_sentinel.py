@@ -1,0 +1,152 @@
+"""Redis behind Sentinel (``redis+sentinel://``): a failover loses nothing acknowledged
+and the store, the asyncio Decide I/O and a served Arbiter follow the new primary.
+
+Each test runs its own primary, replica and Sentinel (private redis-servers on free
+ports) and promotes the replica with ``SENTINEL FAILOVER``. (The store contract over a
+Sentinel URL is in ``test_store_contract.py``, harness ``redis-sentinel``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+import pytest
+import redis
+
+from adapters.redis_store import RedisStore
+from dsl.ruleset import Ruleset
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.ports import StoreUnavailable
+from engine.profiles import record_event
+from engine.records import DecisionRecord
+from engine.service import Arbiter
+from tests.redis_proc import SentinelTopology
+
+T = TypeVar("T")
+
+
+@pytest.fixture
+def topology(tmp_path: Path) -> Iterator[SentinelTopology]:
+    topology = SentinelTopology(tmp_path)
+    topology.start()
+    yield topology
+    topology.stop()
+
+
+def replicated(topology: SentinelTopology) -> None:
+    """Wait until the replica has every write so far (what a failover keeps: Redis
+    replicates asynchronously, so a write acknowledged just before a primary dies can be
+    lost unless the writer waits like this; README, Deployment)."""
+    primary = redis.Redis(port=topology.primary_port())
+    assert primary.execute_command("WAIT", 1, 5000) == 1
+    primary.close()
+
+
+def soon(attempt: Callable[[], T], seconds: float = 10.0) -> tuple[T, int]:
+    """``attempt()``'s result once the store answers again, and how many attempts
+    answered StoreUnavailable before (the connections to the old primary failing)."""
+    failures, deadline = 0, time.monotonic() + seconds
+    while True:
+        try:
+            return attempt(), failures
+        except StoreUnavailable:
+            failures += 1
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def test_the_store_follows_a_failover_and_keeps_what_was_replicated(
+        topology: SentinelTopology) -> None:
+    store = RedisStore(topology.url, cache_ttl=0)
+    first = topology.primary_port()
+    store.update_profile("ann", lambda p: record_event(p, "ann", "visit", 0.0, 100.0, {}), None)
+    store.save_decision(DecisionRecord("d1", "ann", "home", "web", "rev", 100.0, []), 3600)
+    replicated(topology)
+
+    topology.failover()
+
+    assert topology.primary_port() != first
+    profile, _ = soon(lambda: store.get_profile("ann"))
+    assert profile is not None and profile.events["visit"].count == 1
+    soon(lambda: store.update_profile(
+        "ann", lambda p: record_event(p, "ann", "visit", 0.0, 200.0, {}), None))
+    assert store.get_decision("d1") is not None
+    # the write went to the new primary
+    promoted = redis.Redis(port=topology.primary_port())
+    assert promoted.exists("arb:p:ann") and promoted.role()[0] == b"master"
+    promoted.close()
+    assert store.get_profile("ann").events["visit"].count == 2  # type: ignore[union-attr]
+    store.close()
+
+
+def test_the_asyncio_decide_io_follows_a_failover(topology: SentinelTopology) -> None:
+    store = RedisStore(topology.url, cache_ttl=0)
+    store.update_profile("bob", lambda p: record_event(p, "bob", "visit", 0.0, 100.0, {}), None)
+    replicated(topology)
+
+    async def scenario() -> int:
+        io = store.decide_io()
+        assert await io.get_profile("bob", 1.0) is not None
+        topology.failover()
+        failures, deadline = 0, time.monotonic() + 10
+        while True:
+            try:
+                profile = await io.get_profile("bob", 1.0)
+                await io.save_decision(
+                    DecisionRecord("d2", "bob", "home", "web", "rev", 100.0, []), 3600, 1.0)
+                break
+            except StoreUnavailable:
+                failures += 1
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+        assert profile is not None
+        await io.aclose()
+        return failures
+
+    asyncio.run(scenario())
+    assert store.get_decision("d2") is not None
+    store.close()
+
+
+def test_a_served_arbiter_decides_personalised_again_soon_after_a_failover(
+        topology: SentinelTopology, retail: Ruleset) -> None:
+    store = RedisStore(topology.url, cache_ttl=0, decide_timeout=0.3)
+    running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0,
+                           default_deadline=1.0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            request = pb.DecideRequest(user_id="cat", placement="homepage_banner",
+                                       channel="web")
+            stub.TrackEvent(pb.TrackEventRequest(user_id="cat", event_type="visit"),
+                            timeout=2)
+            assert not stub.Decide(request, timeout=2).degraded
+            replicated(topology)
+
+            topology.failover()
+
+            # degraded (never an error) while the old connections fail, then personalised
+            started, answers = time.monotonic(), []
+            while time.monotonic() - started < 10:
+                reply = stub.Decide(request, timeout=2)
+                answers.append(reply.degraded)
+                if not reply.degraded:
+                    break
+                time.sleep(0.1)
+            assert answers[-1] is False, answers
+            # writes reach the new primary: acknowledged means stored there
+            stub.TrackEvent(pb.TrackEventRequest(user_id="cat", event_type="visit"),
+                            timeout=2)
+            promoted = redis.Redis(port=topology.primary_port())
+            assert promoted.exists("arb:p:cat")
+            promoted.close()
+    finally:
+        running.stop(grace=0.5)
