@@ -6,16 +6,16 @@ it; this module reads the form other Redis clients use::
 
     redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]
 
-(``rediss+sentinel://`` for TLS to the data nodes; Sentinel members default to port
-26379; the credentials are the data nodes'). Its clients connect to whichever server
-Sentinel names as the primary; after a failover, a connection to the old primary fails
-once (redis-py turns its READONLY reply into a ConnectionError, which the store answers
-as StoreUnavailable: degraded decisions, UNAVAILABLE writes) and the next connects to
-the new one.
+(Sentinel members default to port 26379; the credentials are the data nodes'; TLS
+through Sentinel is not offered yet: a URL has no place for the CA to trust). Its
+clients connect to whichever server Sentinel names as the primary; after a failover, a
+connection to the old primary fails once (redis-py turns its READONLY reply into a
+ConnectionError, which the store answers as StoreUnavailable: degraded decisions,
+UNAVAILABLE writes) and the next connects to the new one.
 
 >>> found = parse_sentinel_url("redis+sentinel://ann:s3cret@s1,s2:26380/shop/2")
->>> found.hosts, found.service, found.db, found.username, found.ssl
-((('s1', 26379), ('s2', 26380)), 'shop', 2, 'ann', False)
+>>> found.hosts, found.service, found.db, found.username
+((('s1', 26379), ('s2', 26380)), 'shop', 2, 'ann')
 >>> parse_sentinel_url("redis://localhost:6379/0") is None
 True
 """
@@ -31,8 +31,7 @@ import redis.asyncio
 import redis.asyncio.sentinel
 import redis.sentinel
 
-SENTINEL_SCHEMES = {"redis+sentinel": False, "rediss+sentinel": True}
-"""The Sentinel URL schemes, and whether each speaks TLS to the data nodes."""
+SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
 
 
@@ -45,14 +44,14 @@ class SentinelURL:
     db: int
     username: str | None
     password: str | None
-    ssl: bool
 
 
 def parse_sentinel_url(url: str) -> SentinelURL | None:
     """The Sentinel URL's parts; None for any other scheme; ValueError when malformed."""
     scheme, _, rest = url.partition("://")
-    ssl = SENTINEL_SCHEMES.get(scheme.lower())
-    if ssl is None:
+    if scheme.lower() == "rediss+sentinel":
+        raise ValueError(f"{url}: TLS through Sentinel is not supported yet")
+    if scheme.lower() != SENTINEL_SCHEME:
         return None
     parts = urlsplit(f"redis://{rest}")  # for the userinfo, path and query only
     if parts.query or parts.fragment:
@@ -66,7 +65,7 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
         raise ValueError(f"{url}: the database must be a number, not {path[1]!r}")
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
     return SentinelURL(hosts, unquote(path[0]), int(path[1]) if len(path) == 2 else 0,
-                       unquote(username) or None, unquote(password) or None, ssl)
+                       unquote(username) or None, unquote(password) or None)
 
 
 def _member(url: str, member: str) -> tuple[str, int]:
@@ -79,11 +78,8 @@ def _member(url: str, member: str) -> tuple[str, int]:
 
 
 def _data_node_options(sentinel: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
-    out = dict(options, db=sentinel.db, username=sentinel.username,
-               password=sentinel.password)
-    if sentinel.ssl:
-        out["ssl"] = True
-    return out
+    return dict(options, db=sentinel.db, username=sentinel.username,
+                password=sentinel.password)
 
 
 def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:

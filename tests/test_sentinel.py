@@ -9,6 +9,10 @@ Sentinel URL is in ``test_store_contract.py``, harness ``redis-sentinel``.)
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +31,8 @@ from engine.ports import StoreUnavailable
 from engine.profiles import record_event
 from engine.records import DecisionRecord
 from engine.service import Arbiter
-from tests.redis_proc import SentinelTopology
+from tests.conftest import ROOT
+from tests.redis_proc import SentinelTopology, free_port
 
 T = TypeVar("T")
 
@@ -150,3 +155,29 @@ def test_a_served_arbiter_decides_personalised_again_soon_after_a_failover(
             promoted.close()
     finally:
         running.stop(grace=0.5)
+
+
+def test_arbiter_serve_takes_a_sentinel_url(sentinel_topology: SentinelTopology) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", "rulesets/retail",
+         "--port", str(port), "--processes", "1", "--redis", sentinel_topology.url],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.DecisionServiceStub(channel)
+            stub.TrackEvent(pb.TrackEventRequest(user_id="dan", event_type="visit"),
+                            timeout=5)
+            reply = stub.Decide(pb.DecideRequest(user_id="dan", placement="homepage_banner",
+                                                 channel="web"), timeout=5)
+            assert reply.actions and not reply.degraded
+        primary = redis.Redis(port=sentinel_topology.primary_port())
+        assert primary.exists("arb:p:dan")
+        primary.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+    assert proc.returncode == 0, output.decode()
+    assert b"with redis store" in output

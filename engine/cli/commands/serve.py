@@ -29,7 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--rules", default=default_rules(), help="ruleset directory or file")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
-    p.add_argument("--redis", metavar="URL", help="redis://host:port/db (default: in memory)")
+    p.add_argument("--redis", metavar="URL",
+                   help="redis://host:port/db, or redis+sentinel://host[:port][,...]/service[/db] "
+                        "(default: in memory)")
     p.add_argument("--processes", type=int, default=0, metavar="N",
                    help="serving processes sharing the port (SO_REUSEPORT) under one "
                         "supervising parent; default 0: one per core with --redis, 1 with "
