@@ -329,16 +329,15 @@ class RedisStore:
 
     # ---- decisions ------------------------------------------------------------------
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
-        pipe = self.fast.pipeline(transaction=False)
-        self.queue_decisions(pipe, [(record, ttl_seconds)])
-        pipe.execute()
+        self.fast.eval(*self.decisions_command([(record, ttl_seconds)]))
 
-    def queue_decisions(self, pipe: Any, writes: Iterable[tuple[DecisionRecord, float]]
-                        ) -> None:
-        """Queue decision records (each with its TTL in seconds) and their places in
-        their users' indexes on ``pipe`` (of the synchronous or the asyncio client), as
-        one command: the ids that expired leave each index, so it holds the customer's
-        live decisions, however many they made before."""
+    def decisions_command(self, writes: Iterable[tuple[DecisionRecord, float]]
+                          ) -> tuple[Any, ...]:
+        """The arguments of one ``EVAL`` (redis-py's ``eval(script, numkeys, *keys_args)``,
+        on a client or a pipeline) that stores decision records (each with its TTL in
+        seconds) and their places in their users' indexes: the ids that expired leave
+        each index, so it holds the customer's live decisions, however many they made
+        before. Empty when there is nothing to write."""
         now = time.time()
         keys: list[str] = []
         args: list[Any] = [now, f"({now - CLOCK_SKEW_SECONDS}"]
@@ -349,8 +348,7 @@ class RedisStore:
             # attribution window, never shorter than any id in the index has left
             args += (encode(record), ttl, ttl + max(0, int(now - record.decided_at)) + 1,
                      record.decision_id)
-        if keys:
-            pipe.eval(SAVE_DECISIONS, len(keys), *keys, *args)
+        return (SAVE_DECISIONS, len(keys), *keys, *args) if keys else ()
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         data = _b(self.redis.get(self._k("d", decision_id)))
