@@ -18,6 +18,7 @@ raises :class:`~engine.ports.StoreUnavailable` and the decision is answered degr
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,6 +27,7 @@ import redis.asyncio
 
 from adapters.redis_connect import async_client
 from adapters.redis_feedback import feedback_steps, run_async
+from adapters.redis_replicas import check_replicated, wait_command
 from adapters.redis_scripts import COMMIT_FEEDBACK, MAX_COMMIT_ATTEMPTS
 from engine.ports import (
     FeedbackChange,
@@ -74,10 +76,12 @@ class RedisDecideIO:
             raise StoreUnavailable("redis: no time left for the feedback")
         try:
             async with asyncio.timeout(timeout):
-                return await run_async(
+                commit = await run_async(
                     feedback_steps(self.store, decision_id, idempotency_key, change,
                                    ttl_seconds, fingerprint),
                     self.writer, self._commit_script)
+                await self.replicated()  # a duplicate too: the first may not have been
+                return commit
         except TimeoutError:
             raise StoreUnavailable(f"redis: feedback took longer than {timeout:.3f}s"
                                    ) from None
@@ -93,7 +97,9 @@ class RedisDecideIO:
             raise StoreUnavailable("redis: no time left for the profile update")
         try:
             async with asyncio.timeout(timeout):
-                return await self._update_profile(user_id, change, learning)
+                profile = await self._update_profile(user_id, change, learning)
+                await self.replicated()
+                return profile
         except TimeoutError:
             raise StoreUnavailable(f"redis: profile update took longer than {timeout:.3f}s"
                                    ) from None
@@ -122,6 +128,18 @@ class RedisDecideIO:
             return profile
         raise StoreUnavailable(f"profile of {user_id}: still conflicting after "
                                f"{MAX_COMMIT_ATTEMPTS} attempts")
+
+    async def replicated(self) -> None:
+        """:meth:`RedisStore.replicated <adapters.redis_store.RedisStore.replicated>` on
+        the asyncio client."""
+        store = self.store
+        if store.replicas <= 0:
+            return
+        pipe = self.writer.pipeline(transaction=False)
+        pipe.set(f"{store.ns}:replicated", time.time())
+        pipe.execute_command(*wait_command(store.replicas, store.replica_timeout))
+        check_replicated(int((await pipe.execute())[1]), store.replicas,
+                         store.replica_timeout)
 
     # ---- profiles and records: one pipeline in flight, carrying all that waits -------------
     async def get_profile(self, user_id: str, timeout: float) -> Profile | None:
@@ -205,16 +223,23 @@ class RedisDecideIO:
         users = list(reads)
         keys = [self.store.key("p", u) for u in users]
         save = self.store.decisions_command((record, ttl) for record, ttl, _ in writes)
+        replicas = self.store.replicas if save else 0
+        replies: list[Any]
         try:
             if not save:
                 replies = [await self.redis.mget(keys)]
-            elif not users:
+            elif not users and not replicas:
                 replies = [await self.redis.eval(*save)]
             else:
                 pipe = self.redis.pipeline(transaction=False)
-                pipe.mget(keys)
+                if users:
+                    pipe.mget(keys)
                 pipe.eval(*save)
+                if replicas:  # the records' own connection: WAIT counts its writes
+                    pipe.execute_command(*wait_command(replicas, self.store.decide_timeout))
                 replies = await pipe.execute()
+                if not users:
+                    replies.insert(0, None)
         except (*FAILURES, redis.RedisError) as err:  # an error reply too: not stored
             _fail([w for waiters in reads.values() for w in waiters], err)
             _fail([w for _, _, w in writes], err)
@@ -225,6 +250,12 @@ class RedisDecideIO:
                 for reader in reads[user]:
                     if not reader.done():
                         reader.set_result(data)
+        if replicas:
+            try:
+                check_replicated(int(replies[-1]), replicas, self.store.decide_timeout)
+            except StoreUnavailable as err:
+                _fail([w for _, _, w in writes], err)
+                return
         for _, _, writer in writes:
             if not writer.done():
                 writer.set_result(None)

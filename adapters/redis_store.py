@@ -62,6 +62,7 @@ from cachetools import TTLCache
 from adapters.redis_connect import sync_client
 from adapters.redis_decide_io import RedisDecideIO
 from adapters.redis_feedback import feedback_steps, run_sync
+from adapters.redis_replicas import check_replicated, wait_command
 from adapters.redis_scripts import (
     CHANGE_ITEMS,
     COMMIT_FEEDBACK,
@@ -119,6 +120,9 @@ DEFAULT_DECIDE_TIMEOUT = 0.5
 """Seconds Decide waits for Redis (profile, arm counters, its record) before degrading."""
 DEFAULT_BATCH_LINGER = 0.001
 """Seconds a server's batched Decide round trip waits for more calls while under load."""
+DEFAULT_REPLICA_TIMEOUT = 1.0
+"""Seconds a write waits for its replicas (``replicas``) before it is refused."""
+
 
 
 def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
@@ -180,6 +184,8 @@ class RedisStore:
         cache_size: int = DEFAULT_CACHE_SIZE,
         decide_timeout: float = DEFAULT_DECIDE_TIMEOUT,
         batch_linger: float = DEFAULT_BATCH_LINGER,
+        replicas: int = 0,
+        replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
     ) -> None:
         self.redis = sync_client(url, socket_timeout=5, socket_connect_timeout=5,
                                  health_check_interval=30)
@@ -189,6 +195,10 @@ class RedisStore:
         self.url = url
         self.decide_timeout = decide_timeout
         self.batch_linger = batch_linger
+        self.replicas = replicas
+        """Replicas that must have a write before it is acknowledged (0: the primary's
+        own, with its AOF, as by default); see :meth:`replicated`."""
+        self.replica_timeout = replica_timeout
         self.ns = namespace
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
@@ -198,6 +208,19 @@ class RedisStore:
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.ns}:{kind}:{name}"
+
+    def replicated(self) -> None:
+        """With ``replicas``: return once that many replicas have every write made so
+        far, else raise :class:`NotReplicated` after ``replica_timeout``. Redis
+        replicates one ordered stream, so a marker written now and waited for (``WAIT``
+        counts the calling connection's own writes) stands for every write before it,
+        on whatever connection: a failover to such a replica loses nothing acknowledged."""
+        if self.replicas <= 0:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.set(f"{self.ns}:replicated", time.time())
+        pipe.execute_command(*wait_command(self.replicas, self.replica_timeout))
+        check_replicated(int(pipe.execute()[1]), self.replicas, self.replica_timeout)
 
     key = _k
 
@@ -258,6 +281,7 @@ class RedisStore:
         profile = cast(Profile, self.redis.transaction(
             transaction, key, value_from_callable=True))  # type: ignore[arg-type]
         self._remember(user_id, encode(profile))
+        self.replicated()
         return profile
 
     def queue_log_entry(self, pipe: Any, user_id: str | None, event: LearningEvent) -> None:
@@ -276,9 +300,11 @@ class RedisStore:
 
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         changes = {**upserts, **dict.fromkeys(removals, b"")}
-        return int(self._change_items(
+        version = int(self._change_items(
             keys=[self._items_key(), self._items_key(":v"), self._items_key(":at")],
             args=[x for pair in changes.items() for x in pair]))
+        self.replicated()
+        return version
 
     def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
         """What changed since ``known_version`` (everything when it is 0): one GET when
@@ -325,11 +351,13 @@ class RedisStore:
 
         replies = cast(list[Any], self.redis.transaction(transaction, *indexes))
         self._remember(user_id, None)
+        self.replicated()
         return int(replies[0])  # the profile and decisions, as the API documents
 
     # ---- decisions ------------------------------------------------------------------
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
         self.fast.eval(*self.decisions_command([(record, ttl_seconds)]))
+        self.replicated()
 
     def decisions_command(self, writes: Iterable[tuple[DecisionRecord, float]]
                           ) -> tuple[Any, ...]:
@@ -357,9 +385,11 @@ class RedisStore:
     # ---- feedback -------------------------------------------------------------------
     def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
                         ttl_seconds: float, fingerprint: str = "") -> FeedbackCommit:
-        return run_sync(feedback_steps(self, decision_id, idempotency_key, change,
-                                       ttl_seconds, fingerprint),
-                        self.redis, self._commit_feedback)
+        commit = run_sync(feedback_steps(self, decision_id, idempotency_key, change,
+                                         ttl_seconds, fingerprint),
+                          self.redis, self._commit_feedback)
+        self.replicated()  # a duplicate too: the first attempt may not have been
+        return commit
 
     def feedback_script_args(self, dkey: str, ikey: str, pkey: str, data: bytes,
                              pdata: bytes | None, effects: FeedbackEffects,

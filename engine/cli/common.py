@@ -34,17 +34,18 @@ def default_rules() -> str:
     return str(Path(rulesets.__file__).parent / "retail")
 
 
-def open_store(redis_url: str | None, check: bool = True) -> Store:
+def open_store(redis_url: str | None, check: bool = True, replicas: int = 0) -> Store:
     """The Redis store at ``redis_url``, or a new in-memory one. ``check``: fail now
     (StoreUnavailable) when Redis does not answer; a server does not check, it starts
     degraded and not ready until Redis answers. A Redis Cluster node is refused
-    (``RedisClusterNotSupported``, a ValueError) whenever it answers."""
+    (``RedisClusterNotSupported``, a ValueError) whenever it answers. ``replicas``:
+    Redis replicas that must have a write before it is acknowledged."""
     if redis_url:
         # only when asked: redis is optional here
         from adapters.redis_store import RedisStore, refuse_cluster
 
         refuse_cluster(redis_url)
-        store = RedisStore(redis_url)
+        store = RedisStore(redis_url, replicas=replicas)
         if check:
             store.ping()
         return store

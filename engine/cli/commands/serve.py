@@ -32,6 +32,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--redis", metavar="URL",
                    help="redis://host:port/db, or redis+sentinel://host[:port][,...]/service[/db] "
                         "(default: in memory)")
+    p.add_argument("--redis-replicas", type=int, default=0, metavar="N",
+                   help="acknowledge a write only once N replicas have it (Redis WAIT; "
+                        "for a failover that loses nothing acknowledged); default 0: "
+                        "once the primary has it")
     p.add_argument("--processes", type=int, default=0, metavar="N",
                    help="serving processes sharing the port (SO_REUSEPORT) under one "
                         "supervising parent; default 0: one per core with --redis, 1 with "
@@ -127,7 +131,8 @@ def run(args: argparse.Namespace) -> int:
         from adapters.decision_log import JsonlDecisionLog
 
         decision_log = JsonlDecisionLog(args.decision_log)
-    arbiter = Arbiter(ruleset, open_store(args.redis, check=False), seed=args.seed,
+    arbiter = Arbiter(ruleset, open_store(args.redis, check=False,
+                                          replicas=args.redis_replicas), seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
                       snapshot_key=key)
     reloader = RulesetReloader(args.rules, arbiter)
@@ -167,6 +172,8 @@ def process_count(args: argparse.Namespace) -> int:
         raise ValueError("--default-deadline must be above 0")
     if args.max_concurrent_rpcs < 1:
         raise ValueError("--max-concurrent-rpcs must be 1 or more")
+    if args.redis_replicas < 0 or (args.redis_replicas and not args.redis):
+        raise ValueError("--redis-replicas must be 0 or more, and needs --redis")
     return processes
 
 
