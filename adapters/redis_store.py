@@ -31,6 +31,8 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
                             replica reads only what changed since its version)
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
+``{ns}:replicated``         a marker written before ``WAIT`` (``replicas``: the time of
+                            the last write waited for)
 ==========================  =================================================
 
 Every read-modify-write is optimistic (retried on conflict), so concurrent updates
@@ -122,7 +124,6 @@ DEFAULT_BATCH_LINGER = 0.001
 """Seconds a server's batched Decide round trip waits for more calls while under load."""
 DEFAULT_REPLICA_TIMEOUT = 1.0
 """Seconds a write waits for its replicas (``replicas``) before it is refused."""
-
 
 
 def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
