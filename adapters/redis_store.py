@@ -155,8 +155,8 @@ def refuse_cluster(url: str, timeout: float = 2.0) -> None:
     client = sync_client(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
         info = client.info("cluster")
-    except (redis.ConnectionError, redis.TimeoutError, OSError):
-        return
+    except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError):
+        return  # down (the server waits for it), or INFO refused (a managed Redis)
     finally:
         client.close()
     if int(info.get("cluster_enabled", 0) or 0):
