@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import redis
 
-from adapters.redis_store import RedisStore
+from adapters.redis_store import RedisStore, refuse_cluster
 from dsl.ruleset import DEFAULT_MODEL, Ruleset
 from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.service import Arbiter
-from tests.conftest import RedisServer
+from tests.conftest import RedisServer, free_port
 
 D = 86400.0
 
@@ -257,3 +258,15 @@ def test_a_cached_profile_expiring_while_read_is_a_miss_not_an_error(redis_url: 
     store.remember_profile("ann", b"bytes")  # stored at 0.0, expires at 1.0
     assert store.cached_profile("ann") == (True, b"bytes")  # read at 0.6
     assert store.cached_profile("ann") == (False, None)  # read at 1.2: expired, a miss
+
+
+def test_the_cluster_check_lets_a_redis_that_refuses_info_start(tmp_path: Path) -> None:
+    """Managed Redis services may rename or refuse INFO: the start-up check for a Cluster
+    node must not stop a server there (only a Cluster node is refused)."""
+    server = RedisServer(tmp_path, "--rename-command", "INFO", "")
+    server.start()
+    try:
+        refuse_cluster(server.url)  # no error: INFO refused, so not known to be a Cluster
+    finally:
+        server.stop()
+    refuse_cluster(f"redis://127.0.0.1:{free_port()}/0")  # down: the server waits for it
