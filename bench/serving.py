@@ -17,7 +17,9 @@ concurrency and channels. Configurations:
   is predicted by its action's model, as in production once feedback flows (the two
   above measure cold models, which a bag leaves after 20 examples per action);
 * ``redis-p1-8ch`` / ``redis-p2-8ch``: one and two processes (``--processes``), eight
-  client connections (the kernel spreads connections, not requests, over processes).
+  client connections (the kernel spreads connections, not requests, over processes);
+* ``redis-replicated``: the mix on Redis with a replica and ``--redis-replicas 1`` (every
+  acknowledged write waited for by the replica), to read against ``redis``.
 
 ``--pairs N`` measures Check then Decide N times on the same server and shows the pair
 with the median throughput ratio, and the range of all N ratios: on a machine whose
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import redis
 
 from bench.load import ROOT, arbiter_server, loadgen, seed_profiles
 from dsl.vocabulary import LEARNERS
@@ -59,6 +62,7 @@ class Config:
     channels: int = 1
     bagging: bool = False
     trained: bool = False
+    replicas: int = 0  # a replica of the Redis primary, and --redis-replicas this
 
 
 CONFIGS = (
@@ -73,6 +77,7 @@ CONFIGS = (
            trained=True),
     Config("redis-p1-8ch", "redis", processes=1, channels=8),
     Config("redis-p2-8ch", "redis", processes=2, channels=8),
+    Config("redis-replicated", "redis", replicas=1),
 )
 
 
@@ -83,17 +88,30 @@ def served(config: Config, tmp: Path) -> Iterator[tuple[str, int]]:
         rules = tmp / "rules"
         shutil.copytree(ROOT / "rulesets/retail", rules)
         (rules / "model.arb").write_text("model on homepage_banner { bagging: 10 }\n")
-    extra = ("--processes", str(config.processes))
+    extra: tuple[str, ...] = ("--processes", str(config.processes))
     if config.store == "memory":
         with arbiter_server(None, 4, rules=rules, extra=extra) as served_:
             yield served_
         return
-    redis_ = RedisServer(tmp)
+    (tmp / "primary").mkdir()
+    redis_ = RedisServer(tmp / "primary", "--repl-diskless-sync-delay", "0")
     redis_.start()
+    replica = None
+    if config.replicas:
+        (tmp / "replica").mkdir()
+        replica = RedisServer(tmp / "replica", "--replicaof", "127.0.0.1", str(redis_.port))
+        replica.start()
+        primary = redis.Redis(port=redis_.port)
+        while primary.execute_command("WAIT", 1, 100) < 1:  # until the replica is in sync
+            primary.set("bench:sync", 1)
+        primary.close()
+        extra += ("--redis-replicas", str(config.replicas))
     try:
         with arbiter_server(redis_.url, 4, rules=rules, extra=extra) as served_:
             yield served_
     finally:
+        if replica is not None:
+            replica.stop()
         redis_.stop()
 
 
