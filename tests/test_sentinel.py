@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -232,3 +233,58 @@ def test_with_replicas_asked_a_write_is_acknowledged_only_once_they_have_it(
             assert not stub.Decide(decide, timeout=2).degraded
     finally:
         running.stop(grace=0.5)
+
+
+def test_with_replicas_asked_a_primary_killed_mid_writes_loses_nothing_acknowledged(
+        topology: SentinelTopology) -> None:
+    """The guarantee `--redis-replicas 1` exists for: four writers go on while the
+    primary is killed (SIGKILL, writes in flight) and Sentinel promotes the replica;
+    every write that was answered is on the new primary. (Writes after the failover are
+    refused: the new primary has no replica left, so none can be acknowledged; that is
+    the option's meaning.)"""
+    store = RedisStore(topology.url, cache_ttl=0, replicas=1, replica_timeout=0.5)
+    first = topology.primary_port()
+    acknowledged: list[str] = []
+    stop = threading.Event()
+
+    def writer(name: str) -> None:
+        i = 0
+        while not stop.is_set():
+            user = f"{name}-{i}"
+            i += 1
+            try:
+                store.update_profile(user, lambda p, u=user: record_event(
+                    p, u, "visit", 0.0, 100.0, {}), None)
+                acknowledged.append(user)
+            except StoreUnavailable:
+                time.sleep(0.01)
+
+    threads = [threading.Thread(target=writer, args=(f"w{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(acknowledged) < 20:  # the writers going
+            assert time.monotonic() < deadline, "no write acknowledged"
+            time.sleep(0.02)
+        before = len(acknowledged)
+        topology.primary.kill()
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                if topology.primary_port() != first:
+                    break
+            except redis.ConnectionError:
+                pass
+            assert time.monotonic() < deadline, "no failover"
+            time.sleep(0.05)
+        time.sleep(0.5)  # writes on to the new primary (refused: no replica left)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    promoted = redis.Redis(port=topology.primary_port())
+    missing = [u for u in acknowledged if not promoted.exists(f"arb:p:{u}")]
+    promoted.close()
+    assert not missing, (before, len(acknowledged), missing[:10])
+    store.close()
