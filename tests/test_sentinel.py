@@ -189,18 +189,19 @@ def test_with_replicas_asked_a_write_is_acknowledged_only_once_they_have_it(
     """--redis-replicas 1: a write answers once the replica has it (so a failover keeps
     it); with the replica gone, writes are refused (UNAVAILABLE, degraded Decides) and a
     retried feedback is applied once when it is back."""
-    store = RedisStore(topology.url, cache_ttl=0, decide_timeout=0.3, replicas=1,
-                       replica_timeout=0.3)
+    replicated(topology)  # the replica in sync before the first write waits for it
+    store = RedisStore(topology.url, cache_ttl=0, decide_timeout=0.5, replicas=1,
+                       replica_timeout=1.0)
     running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0,
-                           default_deadline=2.0)
+                           default_deadline=3.0)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.DecisionServiceStub(channel)
             track = pb.TrackEventRequest(user_id="eve", event_type="visit")
             decide = pb.DecideRequest(user_id="eve", placement="homepage_banner",
                                       channel="web")
-            stub.TrackEvent(track, timeout=2)
-            decision = stub.Decide(decide, timeout=2)
+            stub.TrackEvent(track, timeout=3)
+            decision = stub.Decide(decide, timeout=3)
             assert not decision.degraded
             replica = redis.Redis(port=topology.replica.port)
             assert replica.exists("arb:p:eve") and replica.exists(
@@ -209,28 +210,30 @@ def test_with_replicas_asked_a_write_is_acknowledged_only_once_they_have_it(
 
             topology.replica.stop()
             with pytest.raises(grpc.RpcError) as refused:
-                stub.TrackEvent(track, timeout=2)
+                stub.TrackEvent(track, timeout=3)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
-            assert stub.Decide(decide, timeout=2).degraded  # its record is not acknowledged
+            assert stub.Decide(decide, timeout=3).degraded  # its record is not acknowledged
             click = pb.FeedbackRequest(decision_id=decision.decision_id,
                                        action_id=decision.actions[0].action_id,
                                        outcome=pb.OUTCOME_IMPRESSION, idempotency_key="k1")
             with pytest.raises(grpc.RpcError) as refused:
-                stub.Feedback(click, timeout=2)
+                stub.Feedback(click, timeout=3)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
 
             topology.replica.start()
             deadline = time.monotonic() + 15
             while True:  # the retry, once the replica has caught up
                 try:
-                    reply = stub.Feedback(click, timeout=2)
+                    reply = stub.Feedback(click, timeout=3)
                     break
                 except grpc.RpcError as err:
                     assert err.code() == grpc.StatusCode.UNAVAILABLE
                     assert time.monotonic() < deadline
                     time.sleep(0.2)
             assert reply.duplicate  # stored by the first attempt, counted once
-            assert not stub.Decide(decide, timeout=2).degraded
+            while stub.Decide(decide, timeout=3).degraded:  # records acknowledged again
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
     finally:
         running.stop(grace=0.5)
 
