@@ -108,8 +108,10 @@ def test_serve_and_report_refuse_a_redis_cluster_node_with_one_clear_line(
         tmp_path: Path) -> None:
     """A Redis Cluster node answers MOVED to most keys: the server used to die at startup
     with a traceback. Now both commands say what is wrong and exit 2."""
+    # the cluster bus on a port of its own (by default port + 10000, past 65535 for a
+    # high free port: the server would not start)
     node = RedisServer(tmp_path, "--cluster-enabled", "yes", "--cluster-config-file",
-                       str(tmp_path / "nodes.conf"))
+                       str(tmp_path / "nodes.conf"), "--cluster-port", str(free_port()))
     node.start()
     try:
         for command in (["serve", "--port", "0"], ["report", "--models"]):
