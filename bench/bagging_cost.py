@@ -21,7 +21,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from bench.load import IN_PROCESS_POPULATION, ROOT, run_in_tree
+from bench.load import IN_PROCESS_POPULATION, ROOT, TIMED_PASSES, run_in_tree
 
 CASE = IN_PROCESS_POPULATION + r'''
 import json, sys, time
@@ -50,15 +50,7 @@ if trained:
 requests = [pb.DecideRequest(user_id=f"user-{i}", placement="homepage_banner", channel="web")
             for i in range(3000)]
 
-def one_pass():
-    started = time.perf_counter()
-    for r in requests:
-        convert.decide_response(arb.decide(**_decide_arguments(r))).SerializeToString()
-    return (time.perf_counter() - started) / len(requests) * 1e6
-
-one_pass()
-print(json.dumps(min(one_pass() for _ in range(passes))))
-'''
+''' + TIMED_PASSES
 
 
 def run(rules: Path, trained: bool, passes: int) -> float:

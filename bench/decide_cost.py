@@ -24,7 +24,7 @@ import argparse
 import json
 from pathlib import Path
 
-from bench.load import IN_PROCESS_POPULATION, ROOT, run_in_tree
+from bench.load import IN_PROCESS_POPULATION, ROOT, TIMED_PASSES, run_in_tree
 
 CASES = (("mix", ""), ("homepage_banner", "homepage_banner"), ("email", "email"),
          ("cart_page", "cart_page"), ("email, batch customers", "batch"))
@@ -58,15 +58,7 @@ else:  # bench.load.seed_profiles' population
 arb.learn()
 arb.decide_without_store_reads()  # as served: arm counters pushed, not read per decision
 
-def one_pass():
-    started = time.perf_counter()
-    for r in requests:
-        convert.decide_response(arb.decide(**_decide_arguments(r))).SerializeToString()
-    return (time.perf_counter() - started) / len(requests) * 1e6
-
-one_pass()
-print(json.dumps(min(one_pass() for _ in range(passes))))
-'''
+''' + TIMED_PASSES
 
 GOLDEN = r'''
 import hashlib, msgspec

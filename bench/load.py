@@ -125,6 +125,21 @@ def _track_in_process(user, event, ago, value):
 another checkout (which may not have the function)."""
 
 
+TIMED_PASSES = """
+def one_pass():
+    started = time.perf_counter()
+    for r in requests:
+        convert.decide_response(arb.decide(**_decide_arguments(r))).SerializeToString()
+    return (time.perf_counter() - started) / len(requests) * 1e6
+
+one_pass()
+print(json.dumps(min(one_pass() for _ in range(passes))))
+"""
+"""Source that times the in-process benches' ``requests`` on ``arb`` (best of ``passes``
+passes, µs per decision: request conversion, the decision, the response serialized)
+and prints it; it needs ``time``, ``json``, ``convert`` and ``_decide_arguments``."""
+
+
 def seed_profiles(target: str, users: int) -> None:
     """:func:`seed_population` through TrackEvent."""
     now = time.time()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -23,6 +24,7 @@ import grpc
 import pytest
 import redis
 
+from adapters.redis_connect import parse_sentinel_url
 from adapters.redis_store import RedisStore
 from dsl.ruleset import Ruleset
 from engine.grpc import server
@@ -291,3 +293,29 @@ def test_with_replicas_asked_a_primary_killed_mid_writes_loses_nothing_acknowled
     promoted.close()
     assert not missing, (before, len(acknowledged), missing[:10])
     store.close()
+
+
+@pytest.mark.parametrize(("url", "error"), [
+    ("redis+sentinel://h", "expected /SERVICE or /SERVICE/DB"),
+    ("redis+sentinel://h/", "expected /SERVICE or /SERVICE/DB"),
+    ("redis+sentinel://h/s/0/x", "expected /SERVICE or /SERVICE/DB"),
+    ("redis+sentinel://h/s/x", "the database must be a number"),
+    ("redis+sentinel://h:port/s", "is not a Sentinel host[:port]"),
+    ("redis+sentinel://,h/s", "is not a Sentinel host[:port]"),
+    ("redis+sentinel://h/s?ssl=1", "takes no options"),
+    ("rediss+sentinel://h/s", "TLS through Sentinel is not supported"),
+])
+def test_a_malformed_sentinel_url_is_refused_naming_what_is_wrong(url: str, error: str
+                                                                   ) -> None:
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_sentinel_url(url)
+    with pytest.raises(ValueError, match=re.escape(error)):  # before any client exists
+        RedisStore(url)
+
+
+def test_a_sentinel_url_reads_hosts_ports_ipv6_credentials_and_database() -> None:
+    found = parse_sentinel_url("REDIS+SENTINEL://u:p%40ss@h1,h2:26380,[::1]:7/my%20svc/3")
+    assert found is not None
+    assert found.hosts == (("h1", 26379), ("h2", 26380), ("::1", 7))
+    assert (found.service, found.db, found.username, found.password) == (
+        "my svc", 3, "u", "p@ss")

@@ -50,21 +50,22 @@ def _memory(request: pytest.FixtureRequest) -> Harness:
     return Harness(lambda: store, lambda: store, None, 0.0)
 
 
-def _redis(request: pytest.FixtureRequest) -> Harness:
-    url = request.getfixturevalue("redis_url")
+def _redis_stores(request: pytest.FixtureRequest, url: str, unreachable_url: str) -> Harness:
+    """Redis stores on ``url`` (replicas see each other's writes within the cache TTL),
+    and one on ``unreachable_url``; all closed after the test."""
     opened: list[RedisStore] = []
 
-    def open_one() -> RedisStore:
-        opened.append(RedisStore(url, cache_ttl=0.2))
+    def open_one(at: str = url, cache_ttl: float = 0.2) -> RedisStore:
+        opened.append(RedisStore(at, cache_ttl=cache_ttl))
         return opened[-1]
 
-    def unreachable() -> RedisStore:
-        store = RedisStore(f"redis://127.0.0.1:{free_port()}/0", cache_ttl=0)
-        opened.append(store)
-        return store
-
     request.addfinalizer(lambda: [s.close() for s in opened])
-    return Harness(open_one, open_one, unreachable, 0.2)
+    return Harness(open_one, open_one, lambda: open_one(unreachable_url, 0), 0.2)
+
+
+def _redis(request: pytest.FixtureRequest) -> Harness:
+    return _redis_stores(request, request.getfixturevalue("redis_url"),
+                         f"redis://127.0.0.1:{free_port()}/0")
 
 
 def _redis_sentinel(request: pytest.FixtureRequest) -> Harness:
@@ -73,19 +74,8 @@ def _redis_sentinel(request: pytest.FixtureRequest) -> Harness:
     primary = redis.Redis(port=topology.primary_port())
     primary.flushall()
     primary.close()
-    opened: list[RedisStore] = []
-
-    def open_one() -> RedisStore:
-        opened.append(RedisStore(topology.url, cache_ttl=0.2))
-        return opened[-1]
-
-    def unreachable() -> RedisStore:
-        store = RedisStore(f"redis+sentinel://127.0.0.1:{free_port()}/arbiter/0", cache_ttl=0)
-        opened.append(store)
-        return store
-
-    request.addfinalizer(lambda: [s.close() for s in opened])
-    return Harness(open_one, open_one, unreachable, 0.2)
+    return _redis_stores(request, topology.url,
+                         f"redis+sentinel://127.0.0.1:{free_port()}/arbiter/0")
 
 
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
