@@ -68,6 +68,37 @@ return id
 """
 """A learning-log entry and its place in the user's index (for ForgetProfile)."""
 
+UPDATE_PROFILES = INDEX_ENTRY + """
+local replies = {}
+for i = 2, #KEYS, 2 do
+  local a = i / 2 * 3 - 1
+  local current = redis.call('GET', KEYS[i])
+  local same
+  if string.sub(ARGV[a], 1, 1) == '0' then
+    same = not current
+  else
+    same = current == string.sub(ARGV[a], 2)
+  end
+  if same then
+    redis.call('SET', KEYS[i], ARGV[a + 1])
+    if ARGV[a + 2] ~= '' then
+      index_entry(KEYS[1], KEYS[i + 1], redis.call('XADD', KEYS[1], '*', 'e', ARGV[a + 2]),
+                  ARGV[1])
+    end
+    replies[#replies + 1] = 1
+  else
+    replies[#replies + 1] = 0
+  end
+end
+return replies
+"""
+"""Profile updates (TrackEvent's), each applied if the profile is as it was read
+(compare-and-set), with its learning-log entry indexed under its user. KEYS: the
+learning stream, then per update the profile and the user's log-entry index. ARGV: the
+index's TTL, then per update the profile as read ("0" = none, else "1" and its bytes),
+the new profile and the log entry ("" = none). Returns per update 1 (applied) or 0 (a
+conflict: read again and retry)."""
+
 SAVE_DECISIONS = """
 local now = tonumber(ARGV[1])
 for i = 1, #KEYS, 2 do

@@ -36,7 +36,9 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ==========================  =================================================
 
 Every read-modify-write is optimistic (retried on conflict), so concurrent updates
-from any number of replicas never lose one: profiles with WATCH/MULTI/EXEC; a
+from any number of replicas never lose one: profiles with WATCH/MULTI/EXEC here, and
+on a server's loop (TrackEvent) with a compare-and-set script shared by the updates in
+flight (``UPDATE_PROFILES``, adapters.redis_round_trips); a
 feedback reads in two round trips and commits its effects (decision, profile,
 counters, stream entry, idempotency key) in one compare-and-set script
 (``COMMIT_FEEDBACK``): acknowledged means all of it is stored.
@@ -70,6 +72,7 @@ from adapters.redis_scripts import (
     COMMIT_FEEDBACK,
     LOG_ENTRY,
     SAVE_DECISIONS,
+    UPDATE_PROFILES,
 )
 from engine.ports import (
     FeedbackChange,
@@ -378,6 +381,19 @@ class RedisStore:
             args += (encode(record), ttl, ttl + max(0, int(now - record.decided_at)) + 1,
                      record.decision_id)
         return (SAVE_DECISIONS, len(keys), *keys, *args) if keys else ()
+
+    def updates_command(self, updates: Iterable[tuple[str, bytes | None, bytes, bytes | None]]
+                        ) -> tuple[Any, ...]:
+        """The arguments of one ``EVAL`` that applies profile updates, each (user, the
+        encoded profile as read or None, the new one, its encoded learning-log entry or
+        None) a compare-and-set; the reply says per update whether it applied. Empty
+        when there is nothing to update."""
+        keys: list[str] = [f"{self.ns}:learn"]
+        args: list[Any] = [USER_INDEX_TTL]
+        for user_id, expected, profile, entry in updates:
+            keys += (self._k("p", user_id), self._k("ulz", user_id))
+            args += (b"0" if expected is None else b"1" + expected, profile, entry or b"")
+        return (UPDATE_PROFILES, len(keys), *keys, *args) if len(keys) > 1 else ()
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         data = _b(self.redis.get(self._k("d", decision_id)))

@@ -4,8 +4,9 @@
 
 For every configuration it starts ``arbiter serve`` (a subprocess; for Redis a private
 ``redis-server`` with appendfsync always), seeds ``--users`` profiles, and runs the load
-generator (its own process) on the health ``Check`` then on ``Decide``, same
-concurrency and channels. Configurations:
+generator (its own process) on the health ``Check`` then on ``Decide`` (the RPC
+columns; TrackEvent or Feedback where the configuration says), same concurrency and
+channels. Configurations:
 
 * ``memory`` / ``redis``: the three-placement mix at concurrency 32, one process;
 * ``memory-c1`` / ``redis-c1``: the same at concurrency 1;
@@ -19,7 +20,11 @@ concurrency and channels. Configurations:
 * ``redis-p1-8ch`` / ``redis-p2-8ch``: one and two processes (``--processes``), eight
   client connections (the kernel spreads connections, not requests, over processes);
 * ``redis-replicated``: the mix on Redis with a replica and ``--redis-replicas 1`` (every
-  acknowledged write waited for by the replica), to read against ``redis``.
+  acknowledged write waited for by the replica), to read against ``redis``;
+* ``redis-track`` / ``redis-track-replicated``, ``redis-feedback`` /
+  ``redis-feedback-replicated``: the write RPCs in place of Decide (item page views; clicks
+  on decisions with 1,000 impressions awaiting a reward), without and with a replica and
+  ``--redis-replicas 1``: what waiting for the replica costs each write.
 
 ``--pairs N`` measures Check then Decide N times on the same server and shows the pair
 with the median throughput ratio, and the range of all N ratios: on a machine whose
@@ -63,6 +68,7 @@ class Config:
     bagging: bool = False
     trained: bool = False
     replicas: int = 0  # a replica of the Redis primary, and --redis-replicas this
+    rpc: str = "decide"  # what is measured against Check: decide, track or feedback
 
 
 CONFIGS = (
@@ -78,6 +84,10 @@ CONFIGS = (
     Config("redis-p1-8ch", "redis", processes=1, channels=8),
     Config("redis-p2-8ch", "redis", processes=2, channels=8),
     Config("redis-replicated", "redis", replicas=1),
+    Config("redis-track", "redis", rpc="track"),
+    Config("redis-track-replicated", "redis", replicas=1, rpc="track"),
+    Config("redis-feedback", "redis", rpc="feedback"),
+    Config("redis-feedback-replicated", "redis", replicas=1, rpc="feedback"),
 )
 
 
@@ -150,11 +160,13 @@ def measure(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     run = argparse.Namespace(concurrency=config.concurrency, duration=args.duration,
                              users=args.users)
     extra = ("--channels", str(config.channels), "--placement", config.placement)
+    if config.rpc == "feedback":
+        extra += ("--pending", "1000")
     with tempfile.TemporaryDirectory() as tmp, served(config, Path(tmp)) as (target, pid):
         seed_profiles(target, args.users)
         learnt = train(target, args.users) if config.trained else 0
         pairs = [(loadgen(target, pid, "check", run, extra),
-                  loadgen(target, pid, "decide", run, extra)) for _ in range(args.pairs)]
+                  loadgen(target, pid, config.rpc, run, extra)) for _ in range(args.pairs)]
     # the pair with the median throughput ratio: each ratio compares two windows seconds
     # apart, so a machine that slows down for a while moves both sides of it
     ratios = sorted((d["rps"] / c["rps"], i) for i, (c, d) in enumerate(pairs))
@@ -178,8 +190,8 @@ def _error_codes(pairs: list[tuple[dict[str, Any], dict[str, Any]]]) -> dict[str
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| config | floor req/s | floor p99 ms | Decide req/s | Decide p50 ms | "
-             "Decide p99 ms | throughput ratio | p99 ratio | ratio range | errors |",
+    lines = ["| config | floor req/s | floor p99 ms | RPC req/s | RPC p50 ms | "
+             "RPC p99 ms | throughput ratio | p99 ratio | ratio range | errors |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
     for r in rows:
         c, d, spread = r["check"], r["decide"], r["rps_ratios"]

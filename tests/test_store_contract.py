@@ -436,3 +436,56 @@ def test_decisions_in_flight_are_written_in_one_round_trip_and_indexed(redis_url
     finally:
         store.close()
         raw.close()
+
+
+def test_asyncio_profile_updates_are_compare_and_set_in_shared_round_trips(
+        redis_url: str) -> None:
+    """TrackEvent's update on the asyncio I/O: a profile read (or taken from the cache),
+    changed, and written by the next round trip's script only if it is still as read.
+    Concurrent updates of one customer all count, each with its own log entry indexed
+    under the customer; another replica's write behind a stale cached copy is not lost
+    (the update is refused and retried); many customers' updates share round trips."""
+    import asyncio
+
+    from engine.records import decode_event
+
+    mine, other = RedisStore(redis_url, cache_ttl=60), RedisStore(redis_url, cache_ttl=60)
+    io = mine.decide_io()
+    raw = redis.Redis.from_url(redis_url)
+
+    def view(user: str) -> Callable[[Profile | None], Profile]:
+        return lambda p: record_event(p, user, "view", 1.0, NOW, {})
+
+    def entry(user: str) -> Callable[[Profile], LearningEvent]:
+        return lambda p: LearningEvent("", "", "interaction", NOW, NOW, user=user)
+
+    async def work() -> int:
+        await io.update_profile("ann", view("ann"), None, 5.0)
+        mine.get_profile("ann")  # cached here
+        other.update_profile("ann", view("ann"))  # another replica: the copy is stale
+        await io.update_profile("ann", view("ann"), None, 5.0)
+        await asyncio.gather(*(io.update_profile("bob", view("bob"), entry("bob"), 5.0)
+                               for _ in range(20)))
+        before = io.round_trips
+        await asyncio.gather(*(io.update_profile(f"c{i}", view(f"c{i}"), None, 5.0)
+                               for i in range(30)))
+        trips = io.round_trips - before
+        await io.aclose()
+        return trips
+
+    try:
+        trips = asyncio.run(work())
+        fresh = RedisStore(redis_url, cache_ttl=0)
+        ann, bob = fresh.get_profile("ann"), fresh.get_profile("bob")
+        fresh.close()
+        assert ann is not None and ann.events["view"].count == 3
+        assert bob is not None and bob.events["view"].count == 20
+        logged = [decode_event(f[b"e"]) for _, f in raw.xrange("arb:learn")]
+        assert [e.user for e in logged if e is not None] == ["bob"] * 20
+        assert raw.zcard("arb:ulz:bob") == 20  # each entry indexed (ForgetProfile)
+        assert trips <= 4  # 30 customers: their reads, then their writes, together
+        assert all(mine.get_profile(f"c{i}") is not None for i in range(30))
+    finally:
+        for store in (mine, other):
+            store.close()
+        raw.close()
