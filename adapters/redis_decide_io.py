@@ -51,6 +51,7 @@ class RedisDecideIO:
         self._decide = RoundTrips(store, self.redis, store.batch_linger, timeout)
         self._track = RoundTrips(store, self.writer, store.batch_linger,
                                  store.replica_timeout)
+        self._turns: dict[str, _Turn] = {}  # customers with an update in flight
 
     @property
     def round_trips(self) -> int:
@@ -103,6 +104,23 @@ class RedisDecideIO:
             raise StoreUnavailable(f"redis: {err}") from err
 
     async def _update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
+                              learning: Learning | None) -> Profile:
+        # one update per customer in flight from this process: the next starts from the
+        # profile the last one wrote (cached), so this process's own updates of a busy
+        # customer never conflict (updates from other replicas may: read again, retry)
+        turn = self._turns.get(user_id)
+        if turn is None:
+            turn = self._turns[user_id] = _Turn()
+        turn.waiting += 1
+        try:
+            async with turn.lock:
+                return await self._update_in_turn(user_id, change, learning)
+        finally:
+            turn.waiting -= 1
+            if not turn.waiting:
+                del self._turns[user_id]
+
+    async def _update_in_turn(self, user_id: str, change: Callable[[Profile | None], Profile],
                               learning: Learning | None) -> Profile:
         cached, data = self.store.cached_profile(user_id)  # if stale: one retry more
         for _ in range(MAX_COMMIT_ATTEMPTS):
@@ -182,6 +200,16 @@ class RedisDecideIO:
     async def aclose(self) -> None:
         await self.redis.aclose()
         await self.writer.aclose()
+
+
+class _Turn:
+    """A customer's profile updates in this process, one at a time."""
+
+    __slots__ = ("lock", "waiting")
+
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.waiting = 0
 
 
 async def _within(waiter: asyncio.Future[Any], timeout: float, what: str) -> Any:
