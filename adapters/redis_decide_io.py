@@ -18,10 +18,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from adapters.redis_connect import async_client
-from adapters.redis_feedback import feedback_steps, run_async
+from adapters.redis_feedback import feedback_steps, run_batched
 from adapters.redis_replicas import check_replicated, wait_command
 from adapters.redis_round_trips import FAILURES, RoundTrips
-from adapters.redis_scripts import COMMIT_FEEDBACK, MAX_COMMIT_ATTEMPTS
+from adapters.redis_scripts import MAX_COMMIT_ATTEMPTS
 from engine.ports import (
     FeedbackChange,
     FeedbackCommit,
@@ -47,7 +47,6 @@ class RedisDecideIO:
         # Feedback's transactions: the store's ordinary timeouts, not Decide's
         self.writer = async_client(store.url, socket_timeout=5, socket_connect_timeout=5,
                                    health_check_interval=30)
-        self._commit_script = self.writer.register_script(COMMIT_FEEDBACK)
         self._decide = RoundTrips(store, self.redis, store.batch_linger, timeout)
         self._track = RoundTrips(store, self.writer, store.batch_linger,
                                  store.replica_timeout)
@@ -59,22 +58,22 @@ class RedisDecideIO:
         works)."""
         return self._decide.count + self._track.count
 
-    # ---- Feedback: the store's compare-and-set, awaited instead of on a thread ------------
+    # ---- Feedback: the store's compare-and-set, on the shared round trips -----------------
     async def commit_feedback(self, decision_id: str, idempotency_key: str,
                               change: FeedbackChange, ttl_seconds: float, fingerprint: str,
                               timeout: float) -> FeedbackCommit:
         """:meth:`RedisStore.commit_feedback <adapters.redis_store.RedisStore.commit_feedback>`
-        on the asyncio client: two read round trips and the script, the same keys and
-        the same all-or-nothing write; StoreUnavailable past ``timeout`` (the script may
-        or may not have run: a retry with the same key is answered as a duplicate)."""
+        on the shared round trips (its two reads and its script each riding with the other
+        calls in flight): the same keys and the same all-or-nothing write;
+        StoreUnavailable past ``timeout`` (the script may or may not have run: a retry
+        with the same key is answered as a duplicate)."""
         if timeout <= 0:
             raise StoreUnavailable("redis: no time left for the feedback")
         try:
             async with asyncio.timeout(timeout):
-                commit = await run_async(
+                commit = await run_batched(
                     feedback_steps(self.store, decision_id, idempotency_key, change,
-                                   ttl_seconds, fingerprint),
-                    self.writer, self._commit_script)
+                                   ttl_seconds, fingerprint), self._track)
                 await self.replicated()  # a duplicate too: the first may not have been
                 return commit
         except TimeoutError:

@@ -1,10 +1,11 @@
 """Feedback's compare-and-set on Redis as one protocol, driven by the synchronous client
-(the library's store) or the asyncio one (the server's loop): the steps are written once.
+(the library's store) or the server's shared round trips on its loop: the steps are
+written once.
 
 :func:`feedback_steps` is a generator that yields what it needs from Redis, ``("get",
 keys)`` (a pipeline of GETs, answered with the values) or ``("script", (keys, args))``
 (``COMMIT_FEEDBACK``, answered with 1 or 0 on a conflict), and returns the
-:class:`~engine.ports.FeedbackCommit`; :func:`run_sync` and :func:`run_async` feed it.
+:class:`~engine.ports.FeedbackCommit`; :func:`run_sync` and :func:`run_batched` feed it.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Generator
 from typing import TYPE_CHECKING, Any, cast
 
-from adapters.redis_scripts import MAX_COMMIT_ATTEMPTS
+from adapters.redis_scripts import COMMIT_FEEDBACK, MAX_COMMIT_ATTEMPTS
 from engine.ports import (
     DecisionNotFound,
     FeedbackChange,
@@ -23,6 +24,7 @@ from engine.ports import (
 from engine.records import decode_decision, decode_profile, encode
 
 if TYPE_CHECKING:
+    from adapters.redis_round_trips import RoundTrips
     from adapters.redis_store import RedisStore
 
 Step = tuple[str, Any]
@@ -74,8 +76,9 @@ def run_sync(steps: Steps, client: Any, script: Any) -> FeedbackCommit:
             reply = script(keys=keys, args=args)
 
 
-async def run_async(steps: Steps, client: Any, script: Any) -> FeedbackCommit:
-    """Drive the steps on redis-py's asyncio client (``script``: its AsyncScript)."""
+async def run_batched(steps: Steps, trips: RoundTrips) -> FeedbackCommit:
+    """Drive the steps on the server's shared round trips (adapters.redis_round_trips):
+    each read an ``MGET`` and the script an ``EVAL`` riding with the other calls in flight."""
     reply: Any = None
     while True:
         try:
@@ -83,10 +86,7 @@ async def run_async(steps: Steps, client: Any, script: Any) -> FeedbackCommit:
         except StopIteration as done:
             return cast(FeedbackCommit, done.value)
         if kind == "get":
-            pipe = client.pipeline(transaction=False)
-            for key in arg:
-                pipe.get(key)
-            reply = await pipe.execute()
+            reply = await trips.command("MGET", *arg)
         else:
             keys, args = arg
-            reply = await script(keys=keys, args=args)
+            reply = await trips.command("EVAL", COMMIT_FEEDBACK, len(keys), *keys, *args)

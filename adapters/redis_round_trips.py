@@ -3,8 +3,9 @@ everything that arrives while it is out goes in the next one.
 
 A server's event loop runs many requests at once. Their Redis work is batched the way
 databases group their commits: profile reads (one ``MGET``), decision records (one
-``SAVE_DECISIONS`` script) and profile updates (one ``UPDATE_PROFILES`` script, each a
-compare-and-set) that arrive while a round trip is out all go in the next one. With no
+``SAVE_DECISIONS`` script), profile updates (one ``UPDATE_PROFILES`` script, each a
+compare-and-set) and any other command (a feedback's reads and script) that arrive while
+a round trip is out all go in the next one. With no
 concurrency there is no wait (the first call goes at once); under load (the previous round
 trip carried more than one call) a round trip waits ``linger`` seconds for more to join:
 on a CPU-bound server that trades a millisecond of latency for fewer, fuller round trips
@@ -12,14 +13,16 @@ on a CPU-bound server that trades a millisecond of latency for fewer, fuller rou
 ``WAIT`` on its own connection (``WAIT`` counts the calling connection's writes).
 
 Each caller gets a future of its own: it is answered when its part of the round trip is
-(acknowledged means stored), or failed with :class:`~engine.ports.StoreUnavailable`.
+(acknowledged means stored), or failed with :class:`~engine.ports.StoreUnavailable`
+(an error reply fails only the calls it answers).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any, cast
+import functools
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import redis
 import redis.asyncio
@@ -51,6 +54,7 @@ class RoundTrips:
         self._reads: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._writes: list[_Write] = []
         self._updates: list[_Update] = []
+        self._commands: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
         self._flushing = False
         self._last_batch = 0  # calls the previous round trip carried
         self._tasks: set[asyncio.Task[None]] = set()
@@ -80,6 +84,14 @@ class RoundTrips:
         self._kick()
         return waiter
 
+    def command(self, *args: Any) -> asyncio.Future[Any]:
+        """Any other command, sent with the next round trip; the future gets its reply.
+        (A write here is not covered by the round trip's ``WAIT``.)"""
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._commands.append((args, waiter))
+        self._kick()
+        return waiter
+
     def _kick(self) -> None:
         if not self._flushing:
             self._flushing = True
@@ -89,73 +101,115 @@ class RoundTrips:
 
     async def _flush_all(self) -> None:
         try:
-            while self._reads or self._writes or self._updates:
+            while self._reads or self._writes or self._updates or self._commands:
                 if self._last_batch > 1 and self.linger > 0:  # under load: let more join
                     await asyncio.sleep(self.linger)
                 reads, self._reads = self._reads, {}
                 writes, self._writes = self._writes, []
                 updates, self._updates = self._updates, []
-                await self._flush(reads, writes, updates)
+                others, self._commands = self._commands, []
+                await self._flush(reads, writes, updates, others)
         finally:
             self._flushing = False
 
     async def _flush(self, reads: dict[str, list[asyncio.Future[bytes | None]]],
-                     writes: list[_Write], updates: list[_Update]) -> None:
+                     writes: list[_Write], updates: list[_Update],
+                     others: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
         """One round trip: a pipeline when it carries several commands; the command
         alone when one, as at low concurrency (redis-py's pipeline costs ~50 µs of CPU
         more per round trip)."""
         self.count += 1
-        self._last_batch = len(reads) + len(writes) + len(updates)
+        self._last_batch = len(reads) + len(writes) + len(updates) + len(others)
         store = self.store
-        users = list(reads)
-        commands: list[tuple[Any, ...]] = []
-        if users:
-            commands.append(("MGET", *(store.key("p", u) for u in users)))
+        commands: list[_Command] = []
+        if reads:
+            users = list(reads)
+            commands.append(_Command(
+                ("MGET", *(store.key("p", u) for u in users)),
+                functools.partial(_answer_reads, store, users, reads),
+                [w for waiters in reads.values() for w in waiters]))
         save = store.decisions_command((record, ttl) for record, ttl, _ in writes)
         if save:
-            commands.append(("EVAL", *save))
+            stored = [w for _, _, w in writes]
+            commands.append(_Command(("EVAL", *save), functools.partial(_answer_all, stored),
+                                     stored, waited=True))
         update = store.updates_command(u[:4] for u in updates)
         if update:
-            commands.append(("EVAL", *update))
+            commands.append(_Command(("EVAL", *update),
+                                     functools.partial(_answer_updates, store, updates),
+                                     [u[4] for u in updates], waited=True))
+        for args, waiter in others:
+            commands.append(_Command(args, functools.partial(_answer, waiter), [waiter]))
         replicas = store.replicas if save or update else 0
-        if replicas:
-            commands.append(wait_command(replicas, self.wait_timeout))
+        if replicas:  # the writes' own connection: WAIT counts its writes
+            commands.append(_Command(wait_command(replicas, self.wait_timeout), _ignore, []))
         try:
             if len(commands) == 1:
-                replies = [await self.client.execute_command(*commands[0])]
+                replies = [await self.client.execute_command(*commands[0].args)]
             else:
                 pipe = self.client.pipeline(transaction=False)
                 for command in commands:
-                    pipe.execute_command(*command)
-                replies = await pipe.execute()
-        except (*FAILURES, redis.RedisError) as err:  # an error reply too: not stored
-            fail([w for waiters in reads.values() for w in waiters], err)
-            fail([w for _, _, w in writes], err)
-            fail([u[4] for u in updates], err)
+                    pipe.execute_command(*command.args)
+                replies = await pipe.execute(raise_on_error=False)
+        except (*FAILURES, redis.RedisError) as err:  # nothing is known to be stored
+            for command in commands:
+                fail(command.waiters, err)
             return
-        if users:
-            for user, data in zip(users, cast(list[bytes | None], replies[0]), strict=True):
-                store.remember_profile(user, data)
-                for reader in reads[user]:
-                    if not reader.done():
-                        reader.set_result(data)
+        unreplicated: BaseException | None = None
         if replicas:
             try:
+                if isinstance(replies[-1], Exception):
+                    raise replies[-1]
                 check_replicated(int(replies[-1]), replicas, self.wait_timeout)
-            except StoreUnavailable as err:
-                fail([w for _, _, w in writes], err)
-                fail([u[4] for u in updates], err)
-                return
-        for _, _, writer in writes:
-            if not writer.done():
-                writer.set_result(None)
-        if update:
-            applied = replies[len(commands) - 2 if replicas else len(commands) - 1]
-            for (user, _, profile, _, waiter), ok in zip(updates, applied, strict=True):
-                if ok:
-                    store.remember_profile(user, profile)
-                if not waiter.done():
-                    waiter.set_result(bool(ok))
+            except (StoreUnavailable, redis.RedisError) as err:
+                unreplicated = err
+        for command, reply in zip(commands, replies, strict=True):
+            if isinstance(reply, Exception):  # an error reply: only its own calls fail
+                fail(command.waiters, reply)
+            elif command.waited and unreplicated is not None:
+                fail(command.waiters, unreplicated)
+            else:
+                command.answer(reply)
+
+
+class _Command(NamedTuple):
+    args: tuple[Any, ...]
+    answer: Callable[[Any], None]  # given the reply: answers the waiters
+    waiters: list[asyncio.Future[Any]]  # failed on an error reply
+    waited: bool = False  # a write the round trip's WAIT must confirm
+
+
+def _answer_reads(store: RedisStore, users: list[str],
+                  reads: dict[str, list[asyncio.Future[bytes | None]]],
+                  values: list[bytes | None]) -> None:
+    for user, data in zip(users, values, strict=True):
+        store.remember_profile(user, data)
+        for reader in reads[user]:
+            if not reader.done():
+                reader.set_result(data)
+
+
+def _answer_updates(store: RedisStore, updates: list[_Update], applied: list[int]) -> None:
+    for (user, _, profile, _, waiter), ok in zip(updates, applied, strict=True):
+        if ok:
+            store.remember_profile(user, profile)
+        if not waiter.done():
+            waiter.set_result(bool(ok))
+
+
+def _answer_all(waiters: list[asyncio.Future[None]], _: Any) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def _answer(waiter: asyncio.Future[Any], reply: Any) -> None:
+    if not waiter.done():
+        waiter.set_result(reply)
+
+
+def _ignore(_: Any) -> None:
+    pass
 
 
 def fail(waiters: list[asyncio.Future[Any]], err: BaseException) -> None:

@@ -489,3 +489,46 @@ def test_asyncio_profile_updates_are_compare_and_set_in_shared_round_trips(
         for store in (mine, other):
             store.close()
         raw.close()
+
+
+def test_asyncio_feedback_rides_shared_round_trips_once_per_key(redis_url: str) -> None:
+    """Feedback on the server's shared round trips: sixteen concurrent sends with one key
+    apply once (the rest are duplicates), distinct keys on distinct decisions all apply,
+    in fewer round trips than calls; an error reply in a round trip fails only the call
+    it answers, not the others carried with it."""
+    import asyncio
+
+    store = RedisStore(redis_url, cache_ttl=0)
+    io = store.decide_io()
+    raw = redis.Redis.from_url(redis_url)
+    for i in range(20):
+        store.save_decision(_decision(f"d{i}", user=f"u{i % 4}"), TTL)
+    raw.set("arb:not-a-number", "x")
+
+    async def work() -> tuple[list[bool], list[bool], int, object, object]:
+        same = await asyncio.gather(*(io.commit_feedback(
+            "d0", "key", _effects("click", 1.0, 1.0), TTL, "", 5.0) for _ in range(16)))
+        before = io.round_trips
+        many = await asyncio.gather(*(io.commit_feedback(
+            f"d{i}", f"k{i}", _effects("impression", 1.0), TTL, "", 5.0)
+            for i in range(1, 20)))
+        trips = io.round_trips - before
+        bad, good = await asyncio.gather(io._track.command("INCR", "arb:not-a-number"),
+                                         io._track.command("GET", "arb:not-a-number"),
+                                         return_exceptions=True)
+        await io.aclose()
+        return ([c.duplicate for c in same], [c.duplicate for c in many], trips, bad, good)
+
+    try:
+        same, many, trips, bad, good = asyncio.run(work())
+        assert sorted(same) == [False] + [True] * 15
+        assert many == [False] * 19
+        assert trips < 3 * 19  # two reads and a script each, shared
+        record = store.get_decision("d0")
+        assert record is not None and record.outcomes == {"offer": ["click"]}
+        assert store.arm_counts("exp") == {"offer": ArmCounts(20.0, 1.0)}
+        assert len(store.learning_events("", 100)) == 20
+        assert isinstance(bad, StoreUnavailable) and good == b"x"
+    finally:
+        store.close()
+        raw.close()
