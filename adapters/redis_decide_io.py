@@ -74,7 +74,8 @@ class RedisDecideIO:
                 commit = await run_batched(
                     feedback_steps(self.store, decision_id, idempotency_key, change,
                                    ttl_seconds, fingerprint), self._track)
-                await self.replicated()  # a duplicate too: the first may not have been
+                if commit.duplicate:  # the first may not have been replicated yet
+                    await self.replicated()
                 return commit
         except TimeoutError:
             raise StoreUnavailable(f"redis: feedback took longer than {timeout:.3f}s"

@@ -78,7 +78,8 @@ def run_sync(steps: Steps, client: Any, script: Any) -> FeedbackCommit:
 
 async def run_batched(steps: Steps, trips: RoundTrips) -> FeedbackCommit:
     """Drive the steps on the server's shared round trips (adapters.redis_round_trips):
-    each read an ``MGET`` and the script an ``EVAL`` riding with the other calls in flight."""
+    each read an ``MGET`` and the script an ``EVAL`` riding with the other calls in flight
+    (confirmed by the round trip's ``WAIT`` when the store has ``replicas``)."""
     reply: Any = None
     while True:
         try:
@@ -89,4 +90,5 @@ async def run_batched(steps: Steps, trips: RoundTrips) -> FeedbackCommit:
             reply = await trips.command("MGET", *arg)
         else:
             keys, args = arg
-            reply = await trips.command("EVAL", COMMIT_FEEDBACK, len(keys), *keys, *args)
+            reply = await trips.command("EVAL", COMMIT_FEEDBACK, len(keys), *keys, *args,
+                                        waited=True)

@@ -54,7 +54,7 @@ class RoundTrips:
         self._reads: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._writes: list[_Write] = []
         self._updates: list[_Update] = []
-        self._commands: list[tuple[tuple[Any, ...], asyncio.Future[Any]]] = []
+        self._commands: list[tuple[tuple[Any, ...], asyncio.Future[Any], bool]] = []
         self._flushing = False
         self._last_batch = 0  # calls the previous round trip carried
         self._tasks: set[asyncio.Task[None]] = set()
@@ -84,11 +84,12 @@ class RoundTrips:
         self._kick()
         return waiter
 
-    def command(self, *args: Any) -> asyncio.Future[Any]:
+    def command(self, *args: Any, waited: bool = False) -> asyncio.Future[Any]:
         """Any other command, sent with the next round trip; the future gets its reply.
-        (A write here is not covered by the round trip's ``WAIT``.)"""
+        ``waited``: a write the round trip's ``WAIT`` for the store's replicas confirms
+        (the future fails if they do not have it in time)."""
         waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._commands.append((args, waiter))
+        self._commands.append((args, waiter, waited))
         self._kick()
         return waiter
 
@@ -114,7 +115,8 @@ class RoundTrips:
 
     async def _flush(self, reads: dict[str, list[asyncio.Future[bytes | None]]],
                      writes: list[_Write], updates: list[_Update],
-                     others: list[tuple[tuple[Any, ...], asyncio.Future[Any]]]) -> None:
+                     others: list[tuple[tuple[Any, ...], asyncio.Future[Any], bool]]
+                     ) -> None:
         """One round trip: a pipeline when it carries several commands; the command
         alone when one, as at low concurrency (redis-py's pipeline costs ~50 µs of CPU
         more per round trip)."""
@@ -138,9 +140,10 @@ class RoundTrips:
             commands.append(_Command(("EVAL", *update),
                                      functools.partial(_answer_updates, store, updates),
                                      [u[4] for u in updates], waited=True))
-        for args, waiter in others:
-            commands.append(_Command(args, functools.partial(_answer, waiter), [waiter]))
-        replicas = store.replicas if save or update else 0
+        for args, waiter, waited in others:
+            commands.append(_Command(args, functools.partial(_answer, waiter), [waiter],
+                                     waited))
+        replicas = store.replicas if any(c.waited for c in commands) else 0
         if replicas:  # the writes' own connection: WAIT counts its writes
             commands.append(_Command(wait_command(replicas, self.wait_timeout), _ignore, []))
         try:
