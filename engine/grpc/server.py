@@ -62,6 +62,8 @@ SYNC_INTERVAL_SECONDS = 1.0
 READY_INTERVAL_SECONDS = 0.5
 """Readiness pings the store this often, and waits this long for its answer."""
 LEARN_WAKE_SECONDS = 0.5
+LEARN_GATHER_SECONDS = 0.05
+"""After an event is logged, how long the learner waits for more before reading the log."""
 LIVENESS_STALL_SECONDS = 30.0
 """Liveness (the ``--health-port`` service ``""``) fails once the event loop has not
 turned for this long: a wedged process, which a restart cures. A store outage never
@@ -142,6 +144,10 @@ class RunningServer:
         while not self._stopped.is_set():
             if not logged.wait(LEARN_WAKE_SECONDS):
                 continue
+            # let events gather: under load one read of the log then carries many
+            # (each read is a round trip, and learning waits for no request)
+            if self._stopped.wait(LEARN_GATHER_SECONDS):
+                break
             logged.clear()
             try:
                 self.arbiter.learn()
