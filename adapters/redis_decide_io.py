@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from adapters.redis_connect import async_client
 from adapters.redis_feedback import feedback_steps, run_batched
-from adapters.redis_replicas import check_replicated, wait_command
 from adapters.redis_round_trips import FAILURES, RoundTrips
 from adapters.redis_scripts import MAX_COMMIT_ATTEMPTS
 from engine.ports import (
@@ -137,15 +136,11 @@ class RedisDecideIO:
 
     async def replicated(self) -> None:
         """:meth:`RedisStore.replicated <adapters.redis_store.RedisStore.replicated>` on
-        the asyncio client."""
+        the shared round trips (a marker write confirmed by the round trip's ``WAIT``)."""
         store = self.store
-        if store.replicas <= 0:
-            return
-        pipe = self.writer.pipeline(transaction=False)
-        pipe.set(f"{store.ns}:replicated", time.time())
-        pipe.execute_command(*wait_command(store.replicas, store.replica_timeout))
-        check_replicated(int((await pipe.execute())[1]), store.replicas,
-                         store.replica_timeout)
+        if store.replicas > 0:
+            await self._track.command("SET", f"{store.ns}:replicated", time.time(),
+                                      waited=True)
 
     # ---- profiles and records: one pipeline in flight, carrying all that waits -------------
     async def get_profile(self, user_id: str, timeout: float) -> Profile | None:

@@ -1,6 +1,7 @@
 """Decisions per second through DecideBatch, one server process, against the floor.
 
     python -m bench.batch_load [--seconds 10] [--batch 500] [--placement email]
+                               [--record-impressions] [--server-tree DIR]
 
 Starts ``arbiter serve`` (in memory, or ``--store redis`` on a private redis-server) as
 a subprocess, seeds ``--customers`` profiles
@@ -9,7 +10,10 @@ sends batches of ``--batch`` decisions cycling through them, ``--in-flight`` cal
 time (two by default: the client builds and reads one batch while the server decides
 another, so the rate is the server's, as for a campaign sender with a few workers), for
 ``--seconds``; prints decisions/s and the health-Check rate measured one call at a time
-as the floor of a single RPC.
+as the floor of a single RPC. ``--record-impressions`` counts each decision's first
+action as shown (a campaign's send: contact policies apply to the next batch), a
+feedback per decision in the same call; ``--server-tree`` serves another checkout (a
+"before").
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.load import arbiter_server, cpu_seconds
+from bench.load import ROOT, arbiter_server, cpu_seconds
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from tests.redis_proc import RedisServer
@@ -59,6 +63,10 @@ def main() -> None:
                         "batches cycle through")
     p.add_argument("--store", choices=("memory", "redis"), default="memory",
                    help="redis: a private redis-server (appendfsync always), one process")
+    p.add_argument("--record-impressions", action="store_true",
+                   help="each decision's first action counted as shown (a send)")
+    p.add_argument("--server-tree", type=Path, default=ROOT,
+                   help="serve this checkout (another measures a 'before')")
     args = p.parse_args()
     with contextlib.ExitStack() as stack:
         redis_url = None
@@ -68,12 +76,12 @@ def main() -> None:
             stack.callback(redis_.stop)
             redis_url = redis_.url
         target, pid = stack.enter_context(
-            arbiter_server(redis_url, 4, extra=("--processes", "1")))
+            arbiter_server(redis_url, 4, tree=args.server_tree, extra=("--processes", "1")))
         channel = stack.enter_context(grpc.insecure_channel(target))
         stub = pb_grpc.DecisionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         seed(stub, args.customers)
-        decided, calls, n = 0, 0, 0
+        decided, shown, calls, n = 0, 0, 0, 0
         in_flight: collections.deque[Any] = collections.deque()
         deadline = time.perf_counter() + args.seconds
         started, cpu_before = time.perf_counter(), cpu_seconds(pid)
@@ -86,12 +94,15 @@ def main() -> None:
                             for i in range(args.batch)]
                 n += args.batch
                 in_flight.append(stub.DecideBatch.future(
-                    pb.DecideBatchRequest(requests=requests), timeout=60))
+                    pb.DecideBatchRequest(requests=requests,
+                                          record_impressions=args.record_impressions),
+                    timeout=60))
                 continue
             if not in_flight:
                 break
             response = in_flight.popleft().result()
             decided += sum(1 for r in response.results if not r.error)
+            shown += sum(1 for r in response.results if not r.error and r.decision.actions)
             calls += 1
         batch_rate = decided / (time.perf_counter() - started)
         cpu_us = (cpu_seconds(pid) - cpu_before) / max(decided, 1) * 1e6
@@ -101,8 +112,10 @@ def main() -> None:
             checks += 1
         check_rate = checks / (time.perf_counter() - started)
     print(json.dumps({"store": args.store, "placement": args.placement, "batch": args.batch,
+                      "record_impressions": args.record_impressions,
                       "in_flight": args.in_flight,
                       "decisions_per_s": round(batch_rate), "calls": calls,
+                      "with_an_action": round(shown / max(decided, 1), 3),
                       "server_cpu_us_per_decision": round(cpu_us, 1),
                       "sequential_check_per_s": round(check_rate)}))
 

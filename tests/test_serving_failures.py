@@ -392,3 +392,42 @@ def test_liveness_on_the_health_port_survives_a_redis_outage_but_not_a_wedged_lo
     finally:
         release.set()
         running.stop(grace=0.5)
+
+
+def test_more_concurrent_writes_than_a_connection_pool_holds_all_succeed(
+        served: server.RunningServer, redis_url: str) -> None:
+    """redis-py's asyncio pool holds 100 connections and refuses the 101st ("Too many
+    connections"): a DecideBatch of 300 recorded sends (a feedback each, at once) was
+    answered UNAVAILABLE, and so would 101 concurrent Feedbacks or TrackEvents. Writes
+    ride shared round trips: every one of 300 succeeds, and each is stored once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    users = [f"camp-{i}" for i in range(300)]
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        with ThreadPoolExecutor(32) as pool:  # 300 TrackEvents, many at once
+            list(pool.map(lambda u: stub.TrackEvent(pb.TrackEventRequest(
+                user_id=u, event_type="add_to_cart", timestamp=_hours_ago(30),
+                traits={"email_opt_in": pb.Value(bool_value=True)}), timeout=10), users))
+        batch = stub.DecideBatch(pb.DecideBatchRequest(record_impressions=True, requests=[
+            pb.DecideRequest(user_id=u, placement="email", channel="email") for u in users]),
+            timeout=30)
+        assert [r.error for r in batch.results] == [""] * 300
+        shown = [r.decision for r in batch.results if r.decision.actions]
+        assert len(shown) == 300  # a cart left 30 h ago, opted in: a reminder each
+        clicks = [stub.Feedback.future(pb.FeedbackRequest(
+            decision_id=d.decision_id, action_id=d.actions[0].action_id,
+            outcome=pb.OUTCOME_CLICK), timeout=10) for d in shown]
+        assert all(not c.result().duplicate for c in clicks)  # 300 in flight at once
+    entries = [decode_event(f[b"e"]) for _, f in redis.Redis.from_url(redis_url).xrange(
+        "arb:learn")]
+    outcomes = [e.outcome for e in entries if e is not None and e.outcome]
+    assert outcomes.count("impression") == 300 and outcomes.count("click") == 300
+
+
+def _hours_ago(hours: float) -> Any:
+    from google.protobuf.timestamp_pb2 import Timestamp
+
+    at = Timestamp()
+    at.FromSeconds(int(time.time() - hours * 3600))
+    return at
