@@ -397,9 +397,9 @@ def test_liveness_on_the_health_port_survives_a_redis_outage_but_not_a_wedged_lo
 def test_more_concurrent_writes_than_a_connection_pool_holds_all_succeed(
         served: server.RunningServer, redis_url: str) -> None:
     """redis-py's asyncio pool holds 100 connections and refuses the 101st ("Too many
-    connections"): a DecideBatch of 300 recorded sends (a feedback each, at once) was
-    answered UNAVAILABLE, and so would 101 concurrent Feedbacks or TrackEvents. Writes
-    ride shared round trips: every one of 300 succeeds, and each is stored once."""
+    connections"): a DecideBatch of 300 recorded sends (its feedbacks started at once,
+    each on a connection of its own) was answered UNAVAILABLE. Writes ride shared round
+    trips: all 300 sends, then 300 clicks in flight at once, succeed, each stored once."""
     from concurrent.futures import ThreadPoolExecutor
 
     users = [f"camp-{i}" for i in range(300)]
