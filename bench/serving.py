@@ -24,7 +24,9 @@ channels. Configurations:
 * ``redis-track`` / ``redis-track-replicated``, ``redis-feedback`` /
   ``redis-feedback-replicated``: the write RPCs in place of Decide (item page views; clicks
   on decisions with 1,000 impressions awaiting a reward), without and with a replica and
-  ``--redis-replicas 1``: what waiting for the replica costs each write.
+  ``--redis-replicas 1``: what waiting for the replica costs each write;
+* ``redis-track-p1-8ch`` / ``redis-track-p2-8ch``: TrackEvent with one and two processes
+  (every process learns every event: does ingest scale?).
 
 ``--pairs N`` measures Check then Decide N times on the same server and shows the pair
 with the median throughput ratio, and the range of all N ratios: on a machine whose
@@ -88,6 +90,8 @@ CONFIGS = (
     Config("redis-track-replicated", "redis", replicas=1, rpc="track"),
     Config("redis-feedback", "redis", rpc="feedback"),
     Config("redis-feedback-replicated", "redis", replicas=1, rpc="feedback"),
+    Config("redis-track-p1-8ch", "redis", processes=1, channels=8, rpc="track"),
+    Config("redis-track-p2-8ch", "redis", processes=2, channels=8, rpc="track"),
 )
 
 
@@ -211,11 +215,12 @@ def table(rows: list[dict[str, Any]]) -> str:
         lines.append(f"bagging 10 / plain homepage_banner, trained models: "
                      f"{bagged['decide']['rps'] / plain['decide']['rps']:.2f} "
                      f"({plain['learnt']} and {bagged['learnt']} examples learnt)")
-    if "redis-p1-8ch" in by and "redis-p2-8ch" in by:
-        one, two = by["redis-p1-8ch"], by["redis-p2-8ch"]
-        lines.append(f"two processes / one, Decide throughput: "
-                     f"{two['decide']['rps'] / one['decide']['rps']:.2f}; floor: "
-                     f"{two['check']['rps'] / one['check']['rps']:.2f}")
+    for rpc, prefix in (("Decide", "redis"), ("TrackEvent", "redis-track")):
+        if f"{prefix}-p1-8ch" in by and f"{prefix}-p2-8ch" in by:
+            one, two = by[f"{prefix}-p1-8ch"], by[f"{prefix}-p2-8ch"]
+            lines.append(f"two processes / one, {rpc} throughput: "
+                         f"{two['decide']['rps'] / one['decide']['rps']:.2f}; floor: "
+                         f"{two['check']['rps'] / one['check']['rps']:.2f}")
     return "\n".join(lines)
 
 
