@@ -431,3 +431,35 @@ def _hours_ago(hours: float) -> Any:
     at = Timestamp()
     at.FromSeconds(int(time.time() - hours * 3600))
     return at
+
+
+def test_two_servers_updating_one_customer_at_once_lose_no_event(
+        redis_url: str, retail: Ruleset) -> None:
+    """Two replicas on one Redis, 40 concurrent TrackEvents of one customer each: within
+    a process one update per customer is in flight; across them the compare-and-set
+    refuses the update made from a stale profile (the other replica's cached copy or
+    read), which reads again: all 80 events count."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.records import decode_profile
+
+    servers = [server.start(Arbiter(retail, RedisStore(redis_url, cache_ttl=5.0), seed=1),
+                            "127.0.0.1", 0, default_deadline=10.0) for _ in range(2)]
+    channels = [channel_to(s) for s in servers]
+    try:
+        stubs = [pb_grpc.DecisionServiceStub(c) for c in channels]
+
+        def send(i: int) -> None:
+            stubs[i % 2].TrackEvent(pb.TrackEventRequest(
+                user_id="hot", event_type="visit",
+                properties={"value": pb.Value(number_value=1.0)}), timeout=10)
+
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(send, range(80)))
+    finally:
+        for channel in channels:
+            channel.close()
+        for running in servers:
+            running.stop(grace=0.5)
+    profile = decode_profile(redis.Redis.from_url(redis_url).get("arb:p:hot"))
+    assert profile.events["visit"].count == 80 and profile.events["visit"].total == 80.0
