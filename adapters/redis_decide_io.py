@@ -2,12 +2,11 @@
 
 Decide's profile reads and decision records go by group commit
 (:class:`~adapters.redis_round_trips.RoundTrips` on a client with Decide's short
-timeouts); TrackEvent's profile updates likewise, as compare-and-set scripts, on a
-client with the store's ordinary timeouts; Feedback runs the store's compare-and-set
-awaited on the loop. Each caller still waits for its own read or write (acknowledged
-means stored) and for no longer than its own ``timeout``: past it, or when Redis cannot
-be reached, the call raises :class:`~engine.ports.StoreUnavailable` (and a decision is
-answered degraded).
+timeouts); TrackEvent's profile updates and Feedback's reads and script likewise, each
+a compare-and-set, on a client with the store's ordinary timeouts. Each caller still
+waits for its own read or write (acknowledged means stored) and for no longer than its
+own ``timeout``: past it, or when Redis cannot be reached, the call raises
+:class:`~engine.ports.StoreUnavailable` (and a decision is answered degraded).
 """
 
 from __future__ import annotations
@@ -33,7 +32,6 @@ if TYPE_CHECKING:
     from adapters.redis_store import RedisStore
 
 
-
 class RedisDecideIO:
     """:class:`~engine.ports.DecideIO` on the same Redis, keys and profile cache as a
     :class:`~adapters.redis_store.RedisStore`."""
@@ -43,7 +41,7 @@ class RedisDecideIO:
         timeout = store.decide_timeout
         self.redis = async_client(store.url, socket_timeout=timeout,
                                   socket_connect_timeout=timeout, health_check_interval=30)
-        # Feedback's transactions: the store's ordinary timeouts, not Decide's
+        # TrackEvent's and Feedback's round trips: the store's ordinary timeouts, not Decide's
         self.writer = async_client(store.url, socket_timeout=5, socket_connect_timeout=5,
                                    health_check_interval=30)
         self._decide = RoundTrips(store, self.redis, store.batch_linger, timeout)
