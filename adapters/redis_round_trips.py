@@ -5,12 +5,12 @@ A server's event loop runs many requests at once. Their Redis work is batched th
 databases group their commits: profile reads (one ``MGET``), decision records (one
 ``SAVE_DECISIONS`` script), profile updates (one ``UPDATE_PROFILES`` script, each a
 compare-and-set) and any other command (a feedback's reads and script) that arrive while
-a round trip is out all go in the next one. With no
-concurrency there is no wait (the first call goes at once); under load (the previous round
-trip carried more than one call) a round trip waits ``linger`` seconds for more to join:
-on a CPU-bound server that trades a millisecond of latency for fewer, fuller round trips
-(bench/RESULTS.md §11). With the store's ``replicas`` a round trip that writes ends with a
-``WAIT`` on its own connection (``WAIT`` counts the calling connection's writes).
+a round trip is out all go in the next one. With no concurrency there is no wait (the
+first call goes at once); under load (the previous round trip carried more than one
+call) a round trip waits ``linger`` seconds for more to join: on a CPU-bound server that
+trades a millisecond of latency for fewer, fuller round trips (bench/RESULTS.md §11).
+With the store's ``replicas`` a round trip that writes ends with a ``WAIT`` on its own
+connection (``WAIT`` counts the calling connection's writes).
 
 Each caller gets a future of its own: it is answered when its part of the round trip is
 (acknowledged means stored), or failed with :class:`~engine.ports.StoreUnavailable`
@@ -36,7 +36,6 @@ if TYPE_CHECKING:
 
 FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)
 """What redis-py raises when Redis cannot be reached or answer in time."""
-_Read = asyncio.Future  # of bytes | None
 _Write = tuple[DecisionRecord, float, "asyncio.Future[None]"]
 _Update = tuple[str, bytes | None, bytes, bytes | None, "asyncio.Future[bool]"]
 """(user, the profile as read, the new one, its learning-log entry, the waiter told
@@ -154,7 +153,7 @@ class RoundTrips:
                 for command in commands:
                     pipe.execute_command(*command.args)
                 replies = await pipe.execute(raise_on_error=False)
-        except (*FAILURES, redis.RedisError) as err:  # nothing is known to be stored
+        except (*FAILURES, redis.RedisError) as err:  # not acknowledged (stored or not)
             for command in commands:
                 fail(command.waiters, err)
             return
