@@ -21,6 +21,7 @@ channels. Configurations:
   client connections (the kernel spreads connections, not requests, over processes);
 * ``redis-replicated``: the mix on Redis with a replica and ``--redis-replicas 1`` (every
   acknowledged write waited for by the replica), to read against ``redis``;
+* ``memory-track``: TrackEvent in memory, to read against ``redis-track``;
 * ``redis-track`` / ``redis-track-replicated``, ``redis-feedback`` /
   ``redis-feedback-replicated``: the write RPCs in place of Decide (item page views; clicks
   on decisions with 1,000 impressions awaiting a reward), without and with a replica and
@@ -86,6 +87,7 @@ CONFIGS = (
     Config("redis-p1-8ch", "redis", processes=1, channels=8),
     Config("redis-p2-8ch", "redis", processes=2, channels=8),
     Config("redis-replicated", "redis", replicas=1),
+    Config("memory-track", "memory", rpc="track"),
     Config("redis-track", "redis", rpc="track"),
     Config("redis-track-replicated", "redis", replicas=1, rpc="track"),
     Config("redis-feedback", "redis", rpc="feedback"),
