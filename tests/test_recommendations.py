@@ -502,3 +502,26 @@ def test_hostile_catalogue_files_and_stored_items() -> None:
 def test_hostile_recommend_literals(rules: str, expected: str) -> None:
     errors = _errors({"r/rules.arb": rules})
     assert any(expected in e for e in errors), errors
+
+
+def test_the_popular_items_are_ranked_by_decayed_score_ties_in_order_of_first_use() -> None:
+    """The ranking of popular items against its definition: sorted by log2 score at a
+    common time, most popular first, equal scores in the order items were first seen
+    (a stable sort), the best POPULAR_KEPT kept."""
+    import random
+
+    from engine.learning.recommender import HALF_LIFE_SECONDS, POPULAR_KEPT, Recommender
+    from engine.records import LearningEvent
+
+    rng = random.Random(7)
+    for size in (5, 150, 450):
+        recommender = Recommender()
+        for n in range(size * 3):
+            item = f"i{rng.randrange(size)}"
+            at = 1_700_000_000.0 + rng.choice((0.0, 3600.0, 7200.0))  # many equal scores
+            recommender.learn(LearningEvent("", "", "view", at, at, item_id=item))
+        recommender._refresh_top()
+        popularity = recommender.popularity
+        expected = sorted(popularity, key=lambda i: popularity[i][0]
+                          + popularity[i][1] / HALF_LIFE_SECONDS, reverse=True)
+        assert [item for item, _ in recommender._top] == expected[:POPULAR_KEPT]

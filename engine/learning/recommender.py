@@ -186,10 +186,12 @@ class Recommender:
         if not self.popularity:
             self._top = []
             return
-        def key(entry: tuple[str, tuple[float, float]]) -> float:
-            return entry[1][0] + entry[1][1] / HALF_LIFE_SECONDS  # log2 score at time 0 + t/H
-        best = heapq.nlargest(POPULAR_KEPT, self.popularity.items(), key=key)
-        self._top = [(item, key((item, state))) for item, state in best]
+        items = list(self.popularity)
+        # each item's log2 score at time 0 (log2 score + t/H), computed once; the ties keep
+        # their order of first use (nlargest is stable over the indexes)
+        keys = [log2 + at / HALF_LIFE_SECONDS for log2, at in self.popularity.values()]
+        best = heapq.nlargest(POPULAR_KEPT, range(len(keys)), key=keys.__getitem__)
+        self._top = [(items[i], keys[i]) for i in best]
 
     def _drop_items(self, count: int) -> None:
         weakest = heapq.nsmallest(count, self.popularity,
