@@ -516,7 +516,7 @@ def test_the_popular_items_are_ranked_by_decayed_score_ties_in_order_of_first_us
     rng = random.Random(7)
     for size in (5, 150, 450):
         recommender = Recommender()
-        for n in range(size * 3):
+        for _ in range(size * 3):
             item = f"i{rng.randrange(size)}"
             at = 1_700_000_000.0 + rng.choice((0.0, 3600.0, 7200.0))  # many equal scores
             recommender.learn(LearningEvent("", "", "view", at, at, item_id=item))
