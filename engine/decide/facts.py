@@ -45,6 +45,14 @@ class Facts:
         whole decision (the dicts in it fill as the decision goes)."""
         return self._args
 
+    def close(self) -> None:
+        """Drop the learnt clusters' reader, the decision's one reference cycle
+        (attributes → :class:`Assignments` → the arguments → attributes), so that what
+        the decision read goes with it by reference counting rather than waiting for a
+        pass of the cyclic collector (a decision made ~11 such objects; each pass walks
+        them, and those that survive one are walked again by the older generations)."""
+        self.attributes.pop(CLUSTERS, None)
+
 
 def build_facts(ruleset: Ruleset, profile: Profile | None, req: DecideInput,
                 population: Prior = NO_PRIOR, percentiles: object = None,

@@ -60,6 +60,17 @@ def run(ruleset: Ruleset, req: DecideInput, profile: Profile | None, *, decision
     trace.stage("segments")
     facts = build_facts(ruleset, profile, req, population, percentiles, recommendations,
                         clusters, scores)
+    try:
+        return _decide(ruleset, req, profile, facts, decision_id, models, experiment_state,
+                       sampler, trace, explainer)
+    finally:
+        facts.close()
+
+
+def _decide(ruleset: Ruleset, req: DecideInput, profile: Profile | None, facts: Facts,
+            decision_id: str, models: PropensityModels, experiment_state: StateOf,
+            sampler: ThompsonSampler, trace: Tracer, explainer: ExplainTracer | None
+            ) -> tuple[Decision, DecisionRecord]:
     evaluate_segments(ruleset, facts, trace)
     trace.stage("scoring")
     spec = ruleset.model_of(req.placement.name)
