@@ -259,3 +259,85 @@ def test_predictions_while_the_learner_learns_are_whole_models() -> None:
     encoded = dict(model_features(spec, "a", x))
     assert models.predict_bag("a", spec, 0.05, x, "home") == [
         m.predict_proba_one(dict(encoded))[True] for m in members]
+
+
+# ---- a model's size, bounded whatever the data ------------------------------------------
+def page_views(models: PropensityModels, spec: ModelSpec, pages: range) -> None:
+    """Clicked on pages divisible by 3, and by mobile users; one example per page."""
+    for n in pages:
+        x = {f"context.page=/p/{n}": 1.0,
+             "context.device=mobile" if n % 2 else "context.device=desktop": 1.0}
+        models.learn("a", spec, 0.05, x, n % 3 == 0 or n % 2 == 1, "home")
+
+
+@pytest.mark.parametrize("spec", [ModelSpec(), ModelSpec(per="placement"),
+                                  ModelSpec(learner="adpredictor"), ModelSpec(bagging=4)],
+                         ids=["logistic", "per-placement", "adpredictor", "bagged"])
+def test_a_feature_with_ever_new_values_does_not_grow_the_model(
+        spec: ModelSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A string with a new value on every request (a URL, an id) gets weights for its
+    first MAX_VALUES values; the rest share one, so the model, its kept parameters and
+    its snapshots stop growing, and what it learns of the other features is kept."""
+    import pickle
+
+    from engine.learning import vocabulary
+
+    monkeypatch.setattr(vocabulary, "MAX_VALUES", 50)
+    models = PropensityModels()
+    page_views(models, spec, range(0, 400))
+    size = len(models.snapshot())
+    page_views(models, spec, range(400, 2400))
+    assert len(models.snapshot()) < size * 1.2  # 5x the examples, all new values
+    model = models._models[spec.key("home", "a")]
+    assert model.vocabulary is not None
+    assert model.vocabulary.values["context.page"] == {f"/p/{n}" for n in range(50)}
+    if spec.learner == "logistic":
+        for member in model.parameters() or ():
+            pages = {k for k in member.weights if "context.page=" in str(k)}
+            assert len(pages) <= 51 * (2 if spec.per == "placement" else 1)
+    # a page never seen reads the shared weight; an admitted page its own
+    unseen = models.predict("a", spec, 0.05, {"context.page=/new": 1.0}, "home")
+    pooled = models.predict("a", spec, 0.05, {"context.page=(other)": 1.0}, "home")
+    assert unseen == pooled
+    assert models.predict("a", spec, 0.05, {"context.page=/p/3": 1.0}, "home") != pooled
+    mobile = models.predict("a", spec, 0.05, {"context.device=mobile": 1.0}, "home")
+    desktop = models.predict("a", spec, 0.05, {"context.device=desktop": 1.0}, "home")
+    assert mobile > desktop  # still learns what the bounded features say
+    # a replica restored from the snapshot admits and pools the same values
+    restored = PropensityModels()
+    restored.restore(models.snapshot())
+    page_views(models, spec, range(2400, 2500))
+    page_views(restored, spec, range(2400, 2500))
+    assert pickle.loads(models.snapshot())[spec.key("home", "a")].vocabulary.values == \
+        pickle.loads(restored.snapshot())[spec.key("home", "a")].vocabulary.values
+    for page in ("/p/7", "/p/2450", "/never"):
+        x = {f"context.page={page}": 1.0}
+        assert models.predict("a", spec, 0.05, x, "home") == \
+            restored.predict("a", spec, 0.05, x, "home")
+
+
+def test_below_the_limit_values_are_learnt_as_before() -> None:
+    """No feature at its limit: the features reach the learner unchanged (the same
+    object), so a model predicts exactly as without the bound."""
+    models = PropensityModels()
+    spec = ModelSpec()
+    page_views(models, spec, range(0, 300))
+    model = models._models[spec.key("home", "a")]
+    x = {"context.page=/p/1": 1.0}
+    assert model.vocabulary is not None and not model.vocabulary.full
+    assert model.seen(x) is x
+    assert models.predict("a", spec, 0.05, {"context.page=/unseen": 1.0}, "home") == \
+        models.predict("a", spec, 0.05, {}, "home")  # an unseen value: no weight yet
+
+
+def test_a_hashed_model_has_no_vocabulary_and_an_older_snapshot_gets_one() -> None:
+    models = PropensityModels()
+    page_views(models, ModelSpec(hashed=64), range(0, 100))
+    assert models._models[ModelSpec(hashed=64).key("home", "a")].vocabulary is None
+    page_views(models, ModelSpec(), range(0, 100))
+    model = models._models[ModelSpec().key("home", "a")]
+    state = model.__getstate__()
+    del state["vocabulary"]  # as a snapshot from before the bound holds it
+    restored = object.__new__(type(model))
+    restored.__setstate__(state)
+    assert restored.vocabulary is not None and restored.vocabulary.values == {}

@@ -48,6 +48,7 @@ from engine.learning.features import model_features
 from engine.learning.linear import LogisticParameters, parameters, probability, split
 from engine.learning.quality import ModelQuality, RollingQuality
 from engine.learning.registry import LEARNERS, new_learner
+from engine.learning.vocabulary import Vocabulary
 
 __all__ = ["DEFAULT_MODEL", "ModelQuality", "PropensityModels"]
 
@@ -107,12 +108,27 @@ class _Model:
     # decisions; a cache, never pickled
     fast: tuple[int, list[LogisticParameters] | None] | None = field(
         default=None, compare=False, repr=False)
+    # the one-hot values it gives weights of their own (engine.learning.vocabulary);
+    # None when hashed (its buckets bound it)
+    vocabulary: Vocabulary | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.vocabulary is None and not self.spec.hashed:
+            self.vocabulary = Vocabulary()
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "fast": None}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"changes": 0, **state, "fast": None})  # older: no changes
+        # older snapshots: no changes counted, no vocabulary (one starts now)
+        self.__dict__.update({"changes": 0, "vocabulary": None, **state, "fast": None})
+        self.__post_init__()
+
+    def seen(self, features: Mapping[str, float]) -> Mapping[str, float]:
+        """``features`` as the model predicts from them (values it never admitted, of a
+        feature at its limit, read the pooled weight)."""
+        vocabulary = self.vocabulary
+        return features if vocabulary is None else vocabulary.seen(features)
 
     def parameters(self) -> list[LogisticParameters] | None:
         """Each member's parameters (one for an unbagged model), when every member is
@@ -156,7 +172,7 @@ class PropensityModels:
             return cold_start_bag(action_id, prior, spec.bagging)[member % spec.bagging]
         if model is None or examples == 0:
             return prior
-        x = model_features(spec, action_id, features)
+        x = model_features(spec, action_id, model.seen(features))
         members = self._parameters(model) if model.spec == spec else None
         if members is not None and (member is not None or not spec.bagging):
             return probability(members[member % len(members) if member is not None else 0], x)
@@ -175,7 +191,7 @@ class PropensityModels:
         if model.spec != spec:
             return [self.predict(action_id, spec, prior, features, placement, k)
                     for k in range(spec.bagging)]
-        x = model_features(spec, action_id, features)
+        x = model_features(spec, action_id, model.seen(features))
         members = self._parameters(model)
         if members is not None:
             parts = split(x)
@@ -205,11 +221,13 @@ class PropensityModels:
         second label of an example already counted (the positive after its impression).
         """
         key = spec.key(placement, action_id)
-        x = model_features(spec, action_id, features)
         with self._lock:
             model = self._models.get(key)
             if model is None or model.spec != spec:  # a new model, or the ruleset changed it
                 model = self._models[key] = _Model(spec, new_learner(spec, prior, key))
+            admitted = (features if model.vocabulary is None
+                        else model.vocabulary.admit(features, key))
+            x = model_features(spec, action_id, admitted)
             before = _proba(model.learner, x, prior)
             w = weight(before) if weight is not None else 1.0
             if LEARNERS[spec.learner].weighted:
