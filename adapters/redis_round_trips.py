@@ -126,7 +126,7 @@ class RoundTrips:
         if reads:
             users = list(reads)
             commands.append(_Command(
-                ("MGET", *(store.key("p", u) for u in users)),
+                ("MGET", *(store.key("p", u).encode() for u in users)),
                 functools.partial(_answer_reads, store, users, reads),
                 [w for waiters in reads.values() for w in waiters]))
         save = store.decisions_command((record, ttl) for record, ttl, _ in writes)

@@ -204,6 +204,7 @@ class RedisStore:
         own, with its AOF, as by default); see :meth:`replicated`."""
         self.replica_timeout = replica_timeout
         self.ns = namespace
+        self.ns_bytes = namespace.encode()
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
         self._cache_lock = Lock()
@@ -371,15 +372,19 @@ class RedisStore:
         each index, so it holds the customer's live decisions, however many they made
         before. Empty when there is nothing to write."""
         now = time.time()
-        keys: list[str] = []
-        args: list[Any] = [now, f"({now - CLOCK_SKEW_SECONDS}"]
+        keys: list[bytes] = []
+        args: list[bytes] = [repr(now).encode(), f"({now - CLOCK_SKEW_SECONDS}".encode()]
+        # every argument as bytes: redis-py passes bytes through and would otherwise
+        # encode each str and int in Python (half of packing a record's six arguments)
         for record, ttl_seconds in writes:
             ttl = max(1, int(ttl_seconds))
-            keys += (self._k("d", record.decision_id), self._k("udz", record.user_id))
+            decision_id = record.decision_id.encode()
+            keys += (b"%s:d:%s" % (self.ns_bytes, decision_id),
+                     self._k("udz", record.user_id).encode())
             # the index lives as long as a decision can: its TTL plus its age is the
             # attribution window, never shorter than any id in the index has left
-            args += (encode(record), ttl, ttl + max(0, int(now - record.decided_at)) + 1,
-                     record.decision_id)
+            args += (encode(record), b"%d" % ttl,
+                     b"%d" % (ttl + max(0, int(now - record.decided_at)) + 1), decision_id)
         return (SAVE_DECISIONS, len(keys), *keys, *args) if keys else ()
 
     def updates_command(self, updates: Iterable[tuple[str, bytes | None, bytes, bytes | None]]
@@ -388,10 +393,10 @@ class RedisStore:
         encoded profile as read or None, the new one, its encoded learning-log entry or
         None) a compare-and-set; the reply says per update whether it applied. Empty
         when there is nothing to update."""
-        keys: list[str] = [f"{self.ns}:learn"]
-        args: list[Any] = [USER_INDEX_TTL]
-        for user_id, expected, profile, entry in updates:
-            keys += (self._k("p", user_id), self._k("ulz", user_id))
+        keys: list[bytes] = [b"%s:learn" % self.ns_bytes]
+        args: list[bytes] = [b"%d" % USER_INDEX_TTL]
+        for user_id, expected, profile, entry in updates:  # bytes: see decisions_command
+            keys += (self._k("p", user_id).encode(), self._k("ulz", user_id).encode())
             args += (b"0" if expected is None else b"1" + expected, profile, entry or b"")
         return (UPDATE_PROFILES, len(keys), *keys, *args) if len(keys) > 1 else ()
 
