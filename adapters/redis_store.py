@@ -75,6 +75,7 @@ from adapters.redis_scripts import (
     UPDATE_PROFILES,
 )
 from engine.ports import (
+    LEARNING_LOG_MAX_ENTRIES,
     FeedbackChange,
     FeedbackCommit,
     FeedbackEffects,
@@ -190,6 +191,7 @@ class RedisStore:
         batch_linger: float = DEFAULT_BATCH_LINGER,
         replicas: int = 0,
         replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
+        log_max_entries: int = LEARNING_LOG_MAX_ENTRIES,
     ) -> None:
         self.redis = sync_client(url, socket_timeout=5, socket_connect_timeout=5,
                                  health_check_interval=30)
@@ -203,6 +205,8 @@ class RedisStore:
         """Replicas that must have a write before it is acknowledged (0: the primary's
         own, with its AOF, as by default); see :meth:`replicated`."""
         self.replica_timeout = replica_timeout
+        self.log_max_entries = log_max_entries
+        """The learning log's cap (0: none; :data:`engine.ports.LEARNING_LOG_MAX_ENTRIES`)."""
         self.ns = namespace
         self.ns_bytes = namespace.encode()
         self._cache: TTLCache[str, bytes | None] | None = (
@@ -455,7 +459,8 @@ class RedisStore:
         return [(eid.decode(), decode_event(fields.get(b"e", b""))) for eid, fields in entries]
 
     def trim_learning_log(self, consumer: str, offset: str) -> int:
-        """XTRIM the stream below the oldest offset still needed.
+        """XTRIM the stream below the oldest offset still needed, and to
+        :attr:`log_max_entries` whatever is needed.
 
         Needed: the snapshot's offset (a process that starts loads the snapshot and
         replays after it) and every live consumer's (``{ns}:consumers``, refreshed at
@@ -473,10 +478,12 @@ class RedisStore:
             needed.append(their_offset)
         saved = _b(self.redis.hget(f"{self.ns}:models", "offset"))
         needed.append(saved.decode() if saved is not None else "")
-        if "" in needed:  # someone has applied nothing yet: keep everything
-            return 0
-        oldest = min(needed, key=_stream_id)
-        return int(self.redis.xtrim(f"{self.ns}:learn", minid=oldest))
+        stream, trimmed = f"{self.ns}:learn", 0
+        if "" not in needed:  # else someone has applied nothing yet: all is needed
+            trimmed = int(self.redis.xtrim(stream, minid=min(needed, key=_stream_id)))
+        if self.log_max_entries:  # needed or not, never more than the cap
+            trimmed += int(self.redis.xtrim(stream, maxlen=self.log_max_entries))
+        return trimmed
 
     def save_models(self, blob: bytes, offset: str) -> None:
         self.redis.hset(f"{self.ns}:models", mapping={"blob": blob, "offset": offset})

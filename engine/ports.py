@@ -15,6 +15,12 @@ from typing import Protocol
 from engine.learning.log import LearningLog
 from engine.records import ArmCounts, CorruptRecord, DecisionRecord, LearningEvent, Profile
 
+LEARNING_LOG_MAX_ENTRIES = 1_000_000
+"""Entries a shared learning log keeps at most by default, whatever its consumers and
+snapshot still need (``arbiter serve --learning-log-max``): a replica or snapshot
+further behind misses the oldest, and its models learn from what is left. Without a cap
+a log with no snapshot, or with a consumer gone quiet, grew with every event."""
+
 
 @dataclass
 class FeedbackEffects:

@@ -246,6 +246,40 @@ def test_learning_stream_is_trimmed_below_what_every_replica_applied(
             b.models.predict(action, DEFAULT_MODEL, 0.05, x)), action
 
 
+def test_the_learning_log_is_capped_with_no_snapshot_and_a_replica_gone_quiet(
+        redis_url: str, retail: Ruleset) -> None:
+    """Without a snapshot key nothing is ever saved, so every entry counted as needed and
+    the stream grew with every event (a week of page views: the whole Redis). Now it
+    keeps at most ``log_max_entries`` (about: whole stream nodes of 100 go), and a
+    replica that stopped reading does not hold it either; what is left is still read."""
+    a = Arbiter(retail, RedisStore(redis_url, log_max_entries=200), seed=1)
+    quiet = Arbiter(retail, RedisStore(redis_url, log_max_entries=200), seed=2)
+    quiet.learner.restore()  # registers at the start of the log, then never reads
+    a.learner.snapshot_every, a.learner.snapshot_seconds = 100, 0.0
+    stream = f"{a.store.ns}:learn"  # type: ignore[attr-defined]
+    r = redis.Redis.from_url(redis_url)
+    for i in range(900):
+        a.track(user_id=f"u{i % 50}", event_type="page_view", item_id=f"sku-{i % 7}")
+        if i % 100 == 99:
+            a.learn()  # checkpoints every 100 entries: the store trims
+    assert a.learner.trimmed >= 600
+    assert 200 <= r.xlen(stream) <= 300
+    assert a.learner.offset == r.xrevrange(stream, count=1)[0][0].decode()
+    assert a.recommender.popular(3)  # it learnt as it went
+    quiet.learn()  # the replica that fell behind reads on from what is left
+    assert quiet.learner.offset == a.learner.offset
+
+
+def test_the_learning_log_cap_can_be_lifted(redis_url: str, retail: Ruleset) -> None:
+    a = Arbiter(retail, RedisStore(redis_url, log_max_entries=0), seed=1)
+    a.learner.snapshot_every, a.learner.snapshot_seconds = 100, 0.0
+    for i in range(300):
+        a.track(user_id=f"u{i % 50}", event_type="page_view", item_id=f"sku-{i % 7}")
+    a.learn()
+    assert a.learner.trimmed == 0  # no snapshot key: all is needed, as before
+    assert redis.Redis.from_url(redis_url).xlen(f"{a.store.ns}:learn") == 300  # type: ignore[attr-defined]
+
+
 def test_a_cached_profile_expiring_while_read_is_a_miss_not_an_error(redis_url: str) -> None:
     """The in-process cache is read with one lookup: a membership test then a read found
     the entry, then raised KeyError once it expired in between (an INTERNAL error on a

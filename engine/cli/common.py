@@ -18,7 +18,7 @@ from typing import Any
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_path, read_sources
 from dsl.ruleset import Ruleset
-from engine.ports import Store, StoreFactory
+from engine.ports import LEARNING_LOG_MAX_ENTRIES, Store, StoreFactory
 from engine.requests import InvalidArgument
 
 EXAMPLE_RULES = "rulesets/retail"
@@ -34,18 +34,21 @@ def default_rules() -> str:
     return str(Path(rulesets.__file__).parent / "retail")
 
 
-def open_store(redis_url: str | None, check: bool = True, replicas: int = 0) -> Store:
+def open_store(redis_url: str | None, check: bool = True, replicas: int = 0,
+               log_max_entries: int | None = None) -> Store:
     """The Redis store at ``redis_url``, or a new in-memory one. ``check``: fail now
     (StoreUnavailable) when Redis does not answer; a server does not check, it starts
     degraded and not ready until Redis answers. A Redis Cluster node is refused
     (``RedisClusterNotSupported``, a ValueError) whenever it answers. ``replicas``:
-    Redis replicas that must have a write before it is acknowledged."""
+    Redis replicas that must have a write before it is acknowledged;
+    ``log_max_entries``: the learning log's cap (None: the store's default)."""
     if redis_url:
         # only when asked: redis is optional here
         from adapters.redis_store import RedisStore, refuse_cluster
 
         refuse_cluster(redis_url)
-        store = RedisStore(redis_url, replicas=replicas)
+        store = RedisStore(redis_url, replicas=replicas, log_max_entries=(
+            LEARNING_LOG_MAX_ENTRIES if log_max_entries is None else log_max_entries))
         if check:
             store.ping()
         return store
@@ -124,7 +127,7 @@ def add_snapshot_key_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--snapshot-key-file", metavar="PATH",
                         help="key that signs model snapshots (default: "
                              "$ARBITER_SNAPSHOT_KEY; with Redis and no key, snapshots are "
-                             "off and the learning log is kept whole)")
+                             "off and a restart relearns from what the learning log holds)")
 
 
 def snapshot_key(args: argparse.Namespace) -> bytes | None:
@@ -141,5 +144,6 @@ def snapshot_key(args: argparse.Namespace) -> bytes | None:
         return secrets.token_bytes(32)
     logging.getLogger("arbiter").warning(
         "no snapshot key (ARBITER_SNAPSHOT_KEY or --snapshot-key-file): model snapshots "
-        "are off; a restart relearns from the learning log, kept whole")
+        "are off; a restart relearns from what the learning log holds (at most "
+        "--learning-log-max entries)")
     return None

@@ -18,6 +18,7 @@ from engine.cli.common import (
 )
 from engine.cli.config import Layered, SettingsError, read_file, render
 from engine.decision_log import DecisionLog
+from engine.ports import LEARNING_LOG_MAX_ENTRIES
 
 log = logging.getLogger("arbiter")
 LAYERED: Layered
@@ -36,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="acknowledge a write only once N replicas have it (Redis WAIT; "
                         "for a failover that loses nothing acknowledged); default 0: "
                         "once the primary has it")
+    p.add_argument("--learning-log-max", type=int, default=LEARNING_LOG_MAX_ENTRIES,
+                   metavar="N",
+                   help="entries the Redis learning log keeps at most (0: no cap), however "
+                        f"far behind a replica or the snapshot is (default "
+                        f"{LEARNING_LOG_MAX_ENTRIES})")
     p.add_argument("--processes", type=int, default=0, metavar="N",
                    help="serving processes sharing the port (SO_REUSEPORT) under one "
                         "supervising parent; default 0: one per core with --redis, 1 with "
@@ -132,7 +138,9 @@ def run(args: argparse.Namespace) -> int:
 
         decision_log = JsonlDecisionLog(args.decision_log)
     arbiter = Arbiter(ruleset, open_store(args.redis, check=False,
-                                          replicas=args.redis_replicas), seed=args.seed,
+                                          replicas=args.redis_replicas,
+                                          log_max_entries=args.learning_log_max),
+                      seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
                       snapshot_key=key)
     reloader = RulesetReloader(args.rules, arbiter)
@@ -172,6 +180,8 @@ def process_count(args: argparse.Namespace) -> int:
         raise ValueError("--default-deadline must be above 0")
     if args.max_concurrent_rpcs < 1:
         raise ValueError("--max-concurrent-rpcs must be 1 or more")
+    if args.learning_log_max < 0:
+        raise ValueError("--learning-log-max must be 0 (no cap) or more")
     if args.redis_replicas < 0 or (args.redis_replicas and not args.redis):
         raise ValueError("--redis-replicas must be 0 or more, and needs --redis")
     return processes
