@@ -24,6 +24,9 @@ DEFAULT_PRIOR = 0.05
 DEFAULT_REWARD_WAIT_SECONDS = 1800.0
 """An impression without a reward after this long is a negative example (Azure
 Personalizer's reward wait)."""
+ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
+"""How long a decision can receive feedback (its record's time to live; ``arbiter serve
+--attribution-window``)."""
 
 EVENT_RETENTION_SECONDS = 90 * 86400.0
 """How far back a profile keeps each event type's timestamps: the longest ``within``

@@ -23,7 +23,7 @@ import msgspec
 
 from dsl.ruleset import ModelSpec, Ruleset
 from dsl.runtime import hour_of_day
-from dsl.vocabulary import DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
+from dsl.vocabulary import ATTRIBUTION_WINDOW_SECONDS, DEFAULT_PRIOR, DEFAULT_REWARD_WAIT_SECONDS
 from engine.catalogue_sync import CatalogueKeeper
 from engine.decide import pipeline
 from engine.decide.catalogue import Catalogue
@@ -65,9 +65,6 @@ from engine.tracking import TrackPlan
 
 log = logging.getLogger(__name__)
 throttled = ThrottledLog(log)  # an outage's repeated warnings, one line per 10 s
-
-ATTRIBUTION_WINDOW_SECONDS = 7 * 86400.0
-"""How long a decision can receive feedback (its record's time to live)."""
 
 
 _ID_BITS = random.Random()  # seeded from os.urandom; private, so nothing reseeds it

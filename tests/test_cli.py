@@ -190,3 +190,38 @@ def test_bad_security_settings_are_refused_before_serving(
     flags = [str(tokens) if f == "TOKENS" else f for f in flags]
     assert main(["serve", "--port", "0", *flags]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_serve_keeps_decisions_for_the_attribution_window_it_is_given() -> None:
+    """``--attribution-window``: a decision takes feedback that long, then its record is
+    gone (NOT_FOUND), so an operator sizes what the store keeps per decision."""
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
+         str(port), "--attribution-window", "2"], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            grpc.channel_ready_future(channel).result(timeout=60)
+            stub = pb_grpc.DecisionServiceStub(channel)
+
+            def decide_and_click(wait: float) -> None:
+                d = stub.Decide(pb.DecideRequest(user_id="ann", placement="homepage_banner",
+                                                 channel="web"))
+                time.sleep(wait)
+                stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id,
+                                                 action_id=d.actions[0].action_id,
+                                                 outcome=pb.OUTCOME_CLICK))
+
+            decide_and_click(0.0)  # within the window: taken
+            with pytest.raises(grpc.RpcError) as err:
+                decide_and_click(2.5)
+            assert err.value.code() == grpc.StatusCode.NOT_FOUND
+            assert "attribution window" in (err.value.details() or "")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
