@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from engine.ports import (
+    LEARNING_LOG_MAX_ENTRIES,
     DecisionNotFound,
     FeedbackChange,
     FeedbackCommit,
@@ -41,8 +42,11 @@ DECISION, KEY = 0, 1
 class MemoryStore:
     """A :class:`~engine.ports.Store` in a few dicts."""
 
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, clock: Callable[[], float] = time.time,
+                 log_max_entries: int = LEARNING_LOG_MAX_ENTRIES) -> None:
         self.clock = clock
+        self.log_max_entries = log_max_entries
+        """The learning log's cap (0: none), as the Redis store's."""
         self._lock = threading.RLock()
         self._profiles: dict[str, bytes] = {}
         self._decisions: dict[str, tuple[bytes, float, str]] = {}  # record, expiry, user
@@ -208,6 +212,8 @@ class MemoryStore:
             self._consumers[consumer] = int(offset or 0)
             snapshot = int(self._snapshot[1] or 0) if self._snapshot else 0
             upto = min(*self._consumers.values(), snapshot)
+            if self.log_max_entries:  # needed or not, never more than the cap
+                upto = max(upto, self._log_base + len(self._log) - self.log_max_entries)
             drop = max(upto - self._log_base, 0)
             del self._log[:drop]
             self._log_base += drop

@@ -255,6 +255,18 @@ def test_trimming_bounds_the_log(store: Store) -> None:
     assert remaining == offsets[-len(remaining):]
 
 
+def test_the_log_keeps_at_most_its_cap_whatever_is_still_needed(store: Store) -> None:
+    """No snapshot and a consumer that applied nothing: all is needed, yet the log keeps
+    at most its cap (Redis: about, by whole stream nodes of 100), the newest entries."""
+    store.log_max_entries = 100  # type: ignore[attr-defined]
+    _log(store, 250)
+    offsets = [offset for offset, _ in store.learning_events("", 1000)]
+    dropped = store.trim_learning_log("behind", "")
+    remaining = [o for o, _ in store.learning_events("", 1000)]
+    assert dropped == 250 - len(remaining) and 100 <= len(remaining) <= 200
+    assert remaining == offsets[-len(remaining):]
+
+
 def test_models_snapshot_round_trips(store: Store) -> None:
     assert store.load_models() is None
     store.save_models(b"\x00blob", "")

@@ -26,5 +26,6 @@ class LearningLog(Protocol):
 
     def trim_learning_log(self, consumer: str, offset: str) -> int:
         """Record that ``consumer`` has applied the log up to ``offset``; drop the entries
-        that every live consumer and the saved snapshot are past. Returns how many."""
+        that every live consumer and the saved snapshot are past, and the oldest beyond
+        the store's cap (``engine.ports.LEARNING_LOG_MAX_ENTRIES``). Returns how many."""
         ...
