@@ -35,7 +35,7 @@ from engine.records import (
     pseudonym,
 )
 
-DECISION, KEY = 0, 1
+DECISION, KEY, PROFILE = 0, 1, 2
 """What an entry of the expiry heap stands for."""
 
 
@@ -43,10 +43,14 @@ class MemoryStore:
     """A :class:`~engine.ports.Store` in a few dicts."""
 
     def __init__(self, clock: Callable[[], float] = time.time,
-                 log_max_entries: int = LEARNING_LOG_MAX_ENTRIES) -> None:
+                 log_max_entries: int = LEARNING_LOG_MAX_ENTRIES,
+                 profile_retention: float = 0.0) -> None:
         self.clock = clock
         self.log_max_entries = log_max_entries
         """The learning log's cap (0: none), as the Redis store's."""
+        self.profile_retention = profile_retention
+        """Seconds a profile is kept after its last change (0: for ever), as Redis's."""
+        self._profile_expiry: dict[str, float] = {}  # with a retention: when each goes
         self._lock = threading.RLock()
         self._profiles: dict[str, bytes] = {}
         self._decisions: dict[str, tuple[bytes, float, str]] = {}  # record, expiry, user
@@ -69,14 +73,32 @@ class MemoryStore:
 
     def get_profile(self, user_id: str) -> Profile | None:
         data = self._profiles.get(user_id)
-        return decode_profile(data) if data is not None else None
+        if data is None:
+            return None
+        expires = self._profile_expiry.get(user_id)
+        if expires is not None and expires < self.clock():  # past its retention
+            return None
+        return decode_profile(data)
+
+    def _put_profile(self, user_id: str, data: bytes, now: float) -> None:
+        """Store a profile; with a retention, it goes that long after this change."""
+        self._profiles[user_id] = data
+        if self.profile_retention > 0:
+            if user_id not in self._profile_expiry:  # one heap entry per profile, moved
+                heapq.heappush(self._expiries,  # on when it comes due (see _expire)
+                               (now + self.profile_retention, PROFILE, user_id, user_id))
+            self._profile_expiry[user_id] = now + self.profile_retention
+        else:  # kept for ever, as a Redis SET without a TTL
+            self._profile_expiry.pop(user_id, None)
 
     def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
                        learning: Learning | None = None) -> Profile:
         with self._lock:
+            now = self.clock()
+            self._expire(now)
             profile = change(self.get_profile(user_id))
             event = learning(profile) if learning is not None else None
-            self._profiles[user_id] = encode(profile)
+            self._put_profile(user_id, encode(profile), now)
             if event is not None:
                 self._append(user_id, event)
             return profile
@@ -108,6 +130,7 @@ class MemoryStore:
         in place, so every consumer's offset stays valid)."""
         with self._lock:
             deleted = int(self._profiles.pop(user_id, None) is not None)
+            self._profile_expiry.pop(user_id, None)
             for decision_id in self._user_decisions.pop(user_id, set()):
                 deleted += int(self._decisions.pop(decision_id, None) is not None)
             for key in self._user_keys.pop(user_id, set()):
@@ -130,11 +153,22 @@ class MemoryStore:
                                             record.user_id))
 
     def _expire(self, now: float) -> None:
-        """Drop the decisions and idempotency keys whose time has passed, as Redis TTLs
-        would: O(log n) each, however many are stored (never a scan of them all)."""
+        """Drop the decisions, idempotency keys and profiles whose time has passed, as
+        Redis TTLs would: O(log n) each, however many are stored (never a scan of them
+        all)."""
         expiries = self._expiries
         while expiries and expiries[0][0] < now:
             expires, kind, name, user_id = heapq.heappop(expiries)
+            if kind == PROFILE:
+                due = self._profile_expiry.get(name)
+                if due is None:  # kept for ever since, or forgotten
+                    continue
+                if due >= now:  # changed since: due later, looked at again then
+                    heapq.heappush(expiries, (due, PROFILE, name, name))
+                    continue
+                del self._profile_expiry[name]
+                self._profiles.pop(name, None)
+                continue
             table: dict[str, tuple[float, str]] | dict[str, tuple[bytes, float, str]]
             index, table, at = ((self._user_decisions, self._decisions, 1) if kind == DECISION
                                 else (self._user_keys, self._keys, 0))
@@ -170,7 +204,7 @@ class MemoryStore:
             _, expires_at, user_id = self._decisions[decision_id]
             self._decisions[decision_id] = (encode(effects.decision), expires_at, user_id)
             if effects.profile is not None:
-                self._profiles[decision.user_id] = encode(effects.profile)
+                self._put_profile(decision.user_id, encode(effects.profile), now)
             for experiment, deltas in counter_deltas(effects.arm_increments).items():
                 fields = self._arms.setdefault(experiment, {})
                 for name, delta in deltas.items():

@@ -27,9 +27,15 @@ elseif profile ~= string.sub(ARGV[2], 2) then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
-if ARGV[4] ~= '' then redis.call('SET', KEYS[3], ARGV[4]) end
-local i = 11
-for _ = 1, tonumber(ARGV[10]) do
+if ARGV[4] ~= '' then
+  if ARGV[10] ~= '0' then
+    redis.call('SET', KEYS[3], ARGV[4], 'EX', ARGV[10])
+  else
+    redis.call('SET', KEYS[3], ARGV[4])
+  end
+end
+local i = 12
+for _ = 1, tonumber(ARGV[11]) do
   redis.call('HINCRBYFLOAT', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
   i = i + 3
 end
@@ -46,9 +52,9 @@ return 1
 log-entry and key indexes (sorted sets: entry time, key expiry; what has gone leaves
 them), then the arm hashes. ARGV: the decision as read, the profile
 as read ("0" = none, else "1" and its bytes), their new values ("" = profile
-unchanged), fingerprint, key TTL, index TTL, learning event, key name, the number of
-arm increments, then (key index, field, delta) for each. Returns 1, or 0 on a
-conflict."""
+unchanged), fingerprint, key TTL, index TTL, learning event, key name, the profile's
+retention in seconds ("0": for ever), the number of arm increments, then (key index,
+field, delta) for each. Returns 1, or 0 on a conflict."""
 
 CHANGE_ITEMS = """
 local version = redis.call('INCR', KEYS[2])
@@ -71,7 +77,7 @@ return id
 UPDATE_PROFILES = INDEX_ENTRY + """
 local replies = {}
 for i = 2, #KEYS, 2 do
-  local a = i / 2 * 3 - 1
+  local a = i / 2 * 3
   local current = redis.call('GET', KEYS[i])
   local same
   if string.sub(ARGV[a], 1, 1) == '0' then
@@ -80,7 +86,11 @@ for i = 2, #KEYS, 2 do
     same = current == string.sub(ARGV[a], 2)
   end
   if same then
-    redis.call('SET', KEYS[i], ARGV[a + 1])
+    if ARGV[2] ~= '0' then
+      redis.call('SET', KEYS[i], ARGV[a + 1], 'EX', ARGV[2])
+    else
+      redis.call('SET', KEYS[i], ARGV[a + 1])
+    end
     if ARGV[a + 2] ~= '' then
       index_entry(KEYS[1], KEYS[i + 1], redis.call('XADD', KEYS[1], '*', 'e', ARGV[a + 2]),
                   ARGV[1])
@@ -95,7 +105,8 @@ return replies
 """Profile updates (TrackEvent's), each applied if the profile is as it was read
 (compare-and-set), with its learning-log entry indexed under its user. KEYS: the
 learning stream, then per update the profile and the user's log-entry index. ARGV: the
-index's TTL, then per update the profile as read ("0" = none, else "1" and its bytes),
+index's TTL, the profiles' retention in seconds ("0": for ever), then per update the
+profile as read ("0" = none, else "1" and its bytes),
 the new profile and the log entry ("" = none). Returns per update 1 (applied) or 0 (a
 conflict: read again and retry)."""
 

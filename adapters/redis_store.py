@@ -192,6 +192,7 @@ class RedisStore:
         replicas: int = 0,
         replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
         log_max_entries: int = LEARNING_LOG_MAX_ENTRIES,
+        profile_retention: float = 0.0,
     ) -> None:
         self.redis = sync_client(url, socket_timeout=5, socket_connect_timeout=5,
                                  health_check_interval=30)
@@ -206,6 +207,10 @@ class RedisStore:
         own, with its AOF, as by default); see :meth:`replicated`."""
         self.replica_timeout = replica_timeout
         self.log_max_entries = log_max_entries
+        self.profile_retention = profile_retention
+        """Seconds a profile is kept after its last change (0: for ever): each write sets
+        the key's TTL, so a customer with no event and no feedback for that long is gone
+        (their decisions and indexes expire on their own TTLs)."""
         """The learning log's cap (0: none; :data:`engine.ports.LEARNING_LOG_MAX_ENTRIES`)."""
         self.ns = namespace
         self.ns_bytes = namespace.encode()
@@ -214,6 +219,11 @@ class RedisStore:
         self._cache_lock = Lock()
         self._commit_feedback = self.redis.register_script(COMMIT_FEEDBACK)
         self._change_items = self.redis.register_script(CHANGE_ITEMS)
+
+    def _retention(self) -> bytes:
+        """:attr:`profile_retention` as the scripts take it: whole seconds, b"0" for ever."""
+        retention = self.profile_retention
+        return b"%d" % max(1, int(retention)) if retention > 0 else b"0"
 
     def _k(self, kind: str, name: str) -> str:
         return f"{self.ns}:{kind}:{name}"
@@ -282,7 +292,8 @@ class RedisStore:
             profile = change(decode_profile(data) if data is not None else None)
             event = learning(profile) if learning is not None else None
             pipe.multi()
-            pipe.set(key, encode(profile))
+            retention = self._retention()
+            pipe.set(key, encode(profile), ex=int(retention) if retention != b"0" else None)
             if event is not None:
                 self.queue_log_entry(pipe, user_id, event)
             return profile
@@ -398,7 +409,7 @@ class RedisStore:
         None) a compare-and-set; the reply says per update whether it applied. Empty
         when there is nothing to update."""
         keys: list[bytes] = [b"%s:learn" % self.ns_bytes]
-        args: list[bytes] = [b"%d" % USER_INDEX_TTL]
+        args: list[bytes] = [b"%d" % USER_INDEX_TTL, self._retention()]
         for user_id, expected, profile, entry in updates:  # bytes: see decisions_command
             keys += (self._k("p", user_id).encode(), self._k("ulz", user_id).encode())
             args += (b"0" if expected is None else b"1" + expected, profile, entry or b"")
@@ -434,7 +445,7 @@ class RedisStore:
                 encode(effects.profile) if effects.profile is not None else b"",
                 fingerprint, max(1, int(ttl_seconds)),
                 max(int(ttl_seconds), USER_INDEX_TTL), encode(effects.event), idempotency_key,
-                len(increments) // 3, *increments]
+                self._retention(), len(increments) // 3, *increments]
         return keys, args
 
     def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:

@@ -222,6 +222,40 @@ def test_arm_counts_add_up_per_counter_key(store: Store) -> None:
     assert store.arm_counts("other") == {}
 
 
+def _later(store: Store, seconds: float) -> None:
+    """Let ``seconds`` pass for the store: the in-memory store's clock moves on; Redis
+    expires keys in its own time."""
+    if isinstance(store, MemoryStore):
+        now = store.clock() + seconds
+        store.clock = lambda: now
+    else:
+        time.sleep(seconds)
+
+
+def test_a_profile_unchanged_for_its_retention_is_gone(store: Store) -> None:
+    """``profile_retention``: a customer with no event or feedback for that long is
+    gone; any change keeps them that long again (Redis: the key's TTL)."""
+    store.profile_retention = 1.0  # type: ignore[attr-defined]
+    def view(user: str) -> Callable[[Profile | None], Profile]:
+        return lambda p: record_event(p, user, "view", 1.0, NOW, {})
+
+    store.update_profile("gone", view("gone"))
+    store.update_profile("kept", view("kept"))
+    store.save_decision(_decision("d1", user="fed"), TTL)
+    store.commit_feedback("d1", "k1", _effects("impression", trials=1.0), TTL)
+    assert store.get_profile("fed") is not None  # feedback made it (its contacts)
+    _later(store, 0.6)
+    store.update_profile("kept", view("kept"))  # changed again: kept anew
+    _later(store, 0.6)
+    assert store.get_profile("gone") is None and store.get_profile("fed") is None
+    kept = store.get_profile("kept")
+    assert kept is not None and kept.events["view"].count == 2
+    store.profile_retention = 0.0  # type: ignore[attr-defined]
+    store.update_profile("kept", view("kept"))  # for ever again
+    _later(store, 1.2)
+    assert store.get_profile("kept") is not None
+
+
 # ---- the learning log ---------------------------------------------------------------------
 def test_the_learning_log_is_read_in_order_after_an_offset(store: Store) -> None:
     _log(store, 5)
@@ -544,3 +578,47 @@ def test_asyncio_feedback_rides_shared_round_trips_once_per_key(redis_url: str) 
     finally:
         store.close()
         raw.close()
+
+
+def test_asyncio_writes_give_a_profile_its_retention(redis_url: str) -> None:
+    """The server's asyncio paths (TrackEvent's update script, Feedback's script on the
+    shared round trips) set the profile's TTL as the synchronous store does; without a
+    retention the key has none."""
+    import asyncio
+
+    store = RedisStore(redis_url, profile_retention=3600)
+    io = store.decide_io()
+    raw = redis.Redis.from_url(redis_url)
+
+    async def work() -> None:
+        await io.update_profile("ann", lambda p: record_event(p, "ann", "view", 1.0, NOW, {}),
+                                None, 5.0)
+        store.save_decision(_decision("d1", user="fed"), TTL)
+        await io.commit_feedback("d1", "k1", _effects("impression", trials=1.0), TTL, "", 5.0)
+        store.profile_retention = 0.0
+        await io.update_profile("bob", lambda p: record_event(p, "bob", "view", 1.0, NOW, {}),
+                                None, 5.0)
+
+    asyncio.run(work())
+    assert 3590 < raw.ttl(store.key("p", "ann")) <= 3600
+    assert 3590 < raw.ttl(store.key("p", "fed")) <= 3600
+    assert raw.ttl(store.key("p", "bob")) == -1  # no TTL: kept for ever
+
+
+def test_the_memory_stores_expiry_heap_holds_one_entry_per_profile() -> None:
+    """Each write moves a profile's due time, not a new heap entry: a busy customer
+    costs one entry, not one per event for the retention period."""
+    now = [NOW]
+    store = MemoryStore(clock=lambda: now[0], profile_retention=100.0)
+    for i in range(1000):
+        user = f"u{i % 10}"
+        store.update_profile(user, lambda p, u=user: record_event(p, u, "view", 1.0, NOW, {}))
+        now[0] += 0.1
+    assert len(store._expiries) == 10
+    now[0] += 60  # each u was last written 99.0-99.9 s after NOW: due 199.0-199.9
+    store.update_profile("x", lambda p: record_event(p, "x", "view", 1.0, NOW, {}))
+    assert all(store.get_profile(f"u{i}") is not None for i in range(10))
+    now[0] += 41  # NOW + 201: past every u's due time
+    store.update_profile("y", lambda p: record_event(p, "y", "view", 1.0, NOW, {}))
+    assert [store.get_profile(f"u{i}") for i in range(10)] == [None] * 10
+    assert sorted(store._profiles) == ["x", "y"]

@@ -68,6 +68,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how long a decision takes feedback: its record is kept that long "
                         "(about 1.1 KB on Redis for a decision that showed something; "
                         f"default {ATTRIBUTION_WINDOW_SECONDS:g}, 7 days)")
+    p.add_argument("--profile-retention", type=float, default=0.0, metavar="SECONDS",
+                   help="delete a customer's profile this long after its last event or "
+                        "feedback (Redis: the key's TTL; default 0: kept until "
+                        "ForgetProfile)")
     add_snapshot_key_argument(p)
     p.add_argument("--tls-cert", metavar="PEM", help="serve TLS with this certificate")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
@@ -144,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         decision_log = JsonlDecisionLog(args.decision_log)
     arbiter = Arbiter(ruleset, open_store(args.redis, check=False,
                                           replicas=args.redis_replicas,
-                                          log_max_entries=args.learning_log_max),
+                                          log_max_entries=args.learning_log_max,
+                                          profile_retention=args.profile_retention),
                       seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
                       attribution_window=args.attribution_window,
@@ -188,6 +193,8 @@ def process_count(args: argparse.Namespace) -> int:
         raise ValueError("--max-concurrent-rpcs must be 1 or more")
     if args.attribution_window <= 0:
         raise ValueError("--attribution-window must be above 0")
+    if args.profile_retention < 0:
+        raise ValueError("--profile-retention must be 0 (for ever) or more")
     if args.learning_log_max < 0:
         raise ValueError("--learning-log-max must be 0 (no cap) or more")
     if args.redis_replicas < 0 or (args.redis_replicas and not args.redis):
