@@ -192,16 +192,17 @@ def test_bad_security_settings_are_refused_before_serving(
     assert message in capsys.readouterr().err
 
 
-def test_serve_keeps_decisions_for_the_attribution_window_it_is_given() -> None:
+def test_serve_keeps_decisions_and_profiles_as_long_as_it_is_told() -> None:
     """``--attribution-window``: a decision takes feedback that long, then its record is
-    gone (NOT_FOUND), so an operator sizes what the store keeps per decision."""
+    gone (NOT_FOUND), so an operator sizes what the store keeps per decision; and
+    ``--profile-retention``: a customer with no event for that long is gone."""
     from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
     from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
-         str(port), "--attribution-window", "2"], cwd=ROOT,
+         str(port), "--attribution-window", "2", "--profile-retention", "2"], cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
     try:
@@ -217,11 +218,14 @@ def test_serve_keeps_decisions_for_the_attribution_window_it_is_given() -> None:
                                                  action_id=d.actions[0].action_id,
                                                  outcome=pb.OUTCOME_CLICK))
 
+            stub.TrackEvent(pb.TrackEventRequest(user_id="bob", event_type="visit"))
             decide_and_click(0.0)  # within the window: taken
+            assert stub.GetProfile(pb.GetProfileRequest(user_id="bob")).found
             with pytest.raises(grpc.RpcError) as err:
                 decide_and_click(2.5)
             assert err.value.code() == grpc.StatusCode.NOT_FOUND
             assert "attribution window" in (err.value.details() or "")
+            assert not stub.GetProfile(pb.GetProfileRequest(user_id="bob")).found
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
