@@ -489,11 +489,14 @@ class RedisStore:
             needed.append(their_offset)
         saved = _b(self.redis.hget(f"{self.ns}:models", "offset"))
         needed.append(saved.decode() if saved is not None else "")
+        # approximate trims (whole stream nodes) with no LIMIT: Redis's default stops a
+        # call at 10,000 entries, which a log taking more between two trims outgrew
         stream, trimmed = f"{self.ns}:learn", 0
         if "" not in needed:  # else someone has applied nothing yet: all is needed
-            trimmed = int(self.redis.xtrim(stream, minid=min(needed, key=_stream_id)))
+            trimmed = int(self.redis.xtrim(stream, minid=min(needed, key=_stream_id),
+                                           limit=0))
         if self.log_max_entries:  # needed or not, never more than the cap
-            trimmed += int(self.redis.xtrim(stream, maxlen=self.log_max_entries))
+            trimmed += int(self.redis.xtrim(stream, maxlen=self.log_max_entries, limit=0))
         return trimmed
 
     def save_models(self, blob: bytes, offset: str) -> None:

@@ -270,6 +270,31 @@ def test_the_learning_log_is_capped_with_no_snapshot_and_a_replica_gone_quiet(
     assert quiet.learner.offset == a.learner.offset
 
 
+def test_one_trim_drops_more_than_redis_default_limit(redis_url: str) -> None:
+    """An approximate XTRIM stops at 10,000 entries unless told otherwise: a log that took
+    more than that between two trims (30 s apart: above ~330 events a second) was never
+    brought back down, below the consumers' offsets or to its cap (a 3-minute soak at a
+    cap of 50,000 ended at 113,000 entries). Whole stream nodes go, so a few more than
+    asked may stay."""
+    r = redis.Redis.from_url(redis_url)
+
+    def log(n: int) -> list[str]:
+        pipe = r.pipeline(transaction=False)
+        for _ in range(n):
+            pipe.xadd("arb:learn", {"e": b"x" * 300})
+        return [i.decode() for i in pipe.execute()]
+
+    ids = log(25_000)
+    store = RedisStore(redis_url, log_max_entries=0)  # below what is needed, no cap
+    store.save_models(b"models", ids[-3_000])
+    assert store.trim_learning_log("one", ids[-3_000]) >= 21_000
+    assert 3_000 <= r.xlen("arb:learn") <= 3_200
+    log(25_000)
+    store.log_max_entries = 2_000  # and the cap, with everything still needed
+    assert store.trim_learning_log("one", ids[-3_000]) >= 25_000
+    assert 2_000 <= r.xlen("arb:learn") <= 2_200
+
+
 def test_the_learning_log_cap_can_be_lifted(redis_url: str, retail: Ruleset) -> None:
     a = Arbiter(retail, RedisStore(redis_url, log_max_entries=0), seed=1)
     a.learner.snapshot_every, a.learner.snapshot_seconds = 100, 0.0
