@@ -119,6 +119,8 @@ CLOCK_SKEW_SECONDS = 60.0
 (replicas' clocks differ a little; the record itself expires by Redis's clock)."""
 CONSUMER_TTL = 86400.0
 """Seconds after which a consumer that stopped checkpointing no longer holds the log."""
+TRIM_BATCH = 100_000
+"""Learning-log entries one XTRIM drops at most (a few ms of Redis's time)."""
 T = TypeVar("T")
 DEFAULT_CACHE_TTL = 1.0
 DEFAULT_CACHE_SIZE = 100_000
@@ -489,15 +491,24 @@ class RedisStore:
             needed.append(their_offset)
         saved = _b(self.redis.hget(f"{self.ns}:models", "offset"))
         needed.append(saved.decode() if saved is not None else "")
-        # approximate trims (whole stream nodes) with no LIMIT: Redis's default stops a
-        # call at 10,000 entries, which a log taking more between two trims outgrew
         stream, trimmed = f"{self.ns}:learn", 0
         if "" not in needed:  # else someone has applied nothing yet: all is needed
-            trimmed = int(self.redis.xtrim(stream, minid=min(needed, key=_stream_id),
-                                           limit=0))
+            trimmed = self._trim(stream, minid=min(needed, key=_stream_id))
         if self.log_max_entries:  # needed or not, never more than the cap
-            trimmed += int(self.redis.xtrim(stream, maxlen=self.log_max_entries, limit=0))
+            trimmed += self._trim(stream, maxlen=self.log_max_entries)
         return trimmed
+
+    def _trim(self, stream: str, **bound: Any) -> int:
+        """Approximate XTRIMs (whole stream nodes) until nothing more goes, each of at
+        most :data:`TRIM_BATCH` entries: Redis's default LIMIT stopped a call at 10,000,
+        which a log taking more between two trims outgrew for ever, and no limit at all
+        would hold Redis for as long as a large backlog takes to free."""
+        total = 0
+        while True:  # (a call drops whole nodes: fewer than the limit says nothing)
+            dropped = int(self.redis.xtrim(stream, limit=TRIM_BATCH, **bound))
+            if not dropped:
+                return total
+            total += dropped
 
     def save_models(self, blob: bytes, offset: str) -> None:
         self.redis.hset(f"{self.ns}:models", mapping={"blob": blob, "offset": offset})

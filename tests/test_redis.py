@@ -270,12 +270,17 @@ def test_the_learning_log_is_capped_with_no_snapshot_and_a_replica_gone_quiet(
     assert quiet.learner.offset == a.learner.offset
 
 
-def test_one_trim_drops_more_than_redis_default_limit(redis_url: str) -> None:
+@pytest.mark.parametrize("batch", [100_000, 4_000])
+def test_one_trim_drops_more_than_redis_default_limit(
+        redis_url: str, batch: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """An approximate XTRIM stops at 10,000 entries unless told otherwise: a log that took
     more than that between two trims (30 s apart: above ~330 events a second) was never
     brought back down, below the consumers' offsets or to its cap (a 3-minute soak at a
-    cap of 50,000 ended at 113,000 entries). Whole stream nodes go, so a few more than
-    asked may stay."""
+    cap of 50,000 ended at 113,000 entries). Now a trim goes on in calls of at most
+    ``TRIM_BATCH`` until done. Whole stream nodes go, so a few more than asked may stay."""
+    from adapters import redis_store
+
+    monkeypatch.setattr(redis_store, "TRIM_BATCH", batch)
     r = redis.Redis.from_url(redis_url)
 
     def log(n: int) -> list[str]:
