@@ -129,8 +129,9 @@ class MemoryStore:
         """The profile, the user's decisions, feedback keys and learning-log entries (erased
         in place, so every consumer's offset stays valid)."""
         with self._lock:
-            deleted = int(self._profiles.pop(user_id, None) is not None)
-            self._profile_expiry.pop(user_id, None)
+            expires = self._profile_expiry.pop(user_id, None)
+            deleted = int(self._profiles.pop(user_id, None) is not None  # not if past its
+                          and (expires is None or expires >= self.clock()))  # retention
             for decision_id in self._user_decisions.pop(user_id, set()):
                 deleted += int(self._decisions.pop(decision_id, None) is not None)
             for key in self._user_keys.pop(user_id, set()):

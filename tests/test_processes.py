@@ -102,8 +102,13 @@ def test_processes_above_one_need_redis() -> None:
     (("--max-concurrent-rpcs", "0"), "--max-concurrent-rpcs must be 1 or more"),
     (("--default-deadline", "0"), "--default-deadline must be above 0"),
     (("--learning-log-max", "-1"), "--learning-log-max must be 0 (no cap) or more"),
+    (("--default-deadline", "inf"), "--default-deadline must be above 0 and finite"),
     (("--attribution-window", "0"), "--attribution-window must be above 0"),
-    (("--profile-retention", "-1"), "--profile-retention must be 0 (for ever) or more")])
+    (("--attribution-window", "nan"), "--attribution-window must be above 0 and finite"),
+    (("--attribution-window", "inf"), "--attribution-window must be above 0 and finite"),
+    (("--profile-retention", "-1"), "--profile-retention must be 0 (for ever) or more"),
+    (("--profile-retention", "nan"), "--profile-retention must be 0 (for ever) or more"),
+    (("--reward-wait", "nan"), "--reward-wait must be 0 or more, and finite")])
 def test_serving_limits_out_of_range_are_refused(flags: tuple[str, ...], message: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), *flags],

@@ -248,6 +248,7 @@ def test_a_profile_unchanged_for_its_retention_is_gone(store: Store) -> None:
     store.update_profile("kept", view("kept"))  # changed again: kept anew
     _later(store, 0.6)
     assert store.get_profile("gone") is None and store.get_profile("fed") is None
+    assert store.forget("gone") == 0  # nothing left to forget, as on Redis
     kept = store.get_profile("kept")
     assert kept is not None and kept.events["view"].count == 2
     store.profile_retention = 0.0  # type: ignore[attr-defined]

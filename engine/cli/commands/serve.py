@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 from typing import Any
@@ -187,14 +188,17 @@ def process_count(args: argparse.Namespace) -> int:
     if processes > 1 and args.decision_log:
         raise ValueError("--decision-log needs one process (one writer of the file); "
                          "use --processes 1")
-    if args.default_deadline <= 0:
-        raise ValueError("--default-deadline must be above 0")
+    # (``not x > 0`` refuses NaN too, which every comparison answers False)
+    if not 0 < args.default_deadline < math.inf:
+        raise ValueError("--default-deadline must be above 0 and finite")
     if args.max_concurrent_rpcs < 1:
         raise ValueError("--max-concurrent-rpcs must be 1 or more")
-    if args.attribution_window <= 0:
-        raise ValueError("--attribution-window must be above 0")
-    if args.profile_retention < 0:
-        raise ValueError("--profile-retention must be 0 (for ever) or more")
+    if not 0 < args.attribution_window < math.inf:
+        raise ValueError("--attribution-window must be above 0 and finite")
+    if not 0 <= args.profile_retention < math.inf:
+        raise ValueError("--profile-retention must be 0 (for ever) or more, and finite")
+    if not 0 <= args.reward_wait < math.inf:
+        raise ValueError("--reward-wait must be 0 or more, and finite")
     if args.learning_log_max < 0:
         raise ValueError("--learning-log-max must be 0 (no cap) or more")
     if args.redis_replicas < 0 or (args.redis_replicas and not args.redis):
