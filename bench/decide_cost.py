@@ -16,12 +16,17 @@ them and each case keeps its best round; the last column is the last tree over t
 fifth with ``explain``; impressions and clicks fed back and learnt every 1,000, so the
 models, clusters and scores are trained): the serialized responses without their ids and
 the stored records. A change that should not change decisions must not change it.
+``--golden --bagging K`` does the same with every placement's model a bag of ``K``
+(the contextual path: each member's predictions and the exact first-slot probability).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
+import tempfile
 from pathlib import Path
 
 from bench.load import IN_PROCESS_POPULATION, ROOT, TIMED_PASSES, run_in_tree
@@ -71,11 +76,15 @@ from engine.grpc import convert
 from engine.grpc.decision_service import _decide_arguments
 from engine.service import Arbiter
 
+import os, sys
 T = 1_780_000_000.0
 clock = [T]
-# a relative path: explanations name rule files as loaded, the same in any checkout
-arb = Arbiter(load_path(Path("rulesets/retail")), MemoryStore(), seed=1,
-              clock=lambda: clock[0])
+# a relative path: explanations name rule files as loaded, the same in any checkout (and,
+# for a copy, in any temporary directory: argv[1] holds it as "rules")
+if len(sys.argv) > 1:
+    os.chdir(sys.argv[1])
+rules = Path("rules" if len(sys.argv) > 1 else "rulesets/retail")
+arb = Arbiter(load_path(rules), MemoryStore(), seed=1, clock=lambda: clock[0])
 for i in range(3000):
     user, kind = f"user-{i}", i % 5
     if kind == 4:
@@ -129,6 +138,17 @@ print(digest.hexdigest())
 '''
 
 
+def _bagged_rules(tmp: Path, members: int) -> Path:
+    """A copy of the retail example in ``tmp``/rules with every placement's model a bag."""
+    rules = tmp / "rules"
+    shutil.copytree(ROOT / "rulesets/retail", rules)
+    placements = re.findall(r"^placement\s+(\w+)", "\n".join(
+        f.read_text() for f in sorted(rules.glob("*.arb"))), flags=re.M)
+    (rules / "zz_bagging.arb").write_text("".join(
+        f"model on {p} {{ bagging: {members} }}\n" for p in placements))
+    return rules
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("trees", type=Path, nargs="*", default=[ROOT])
@@ -136,11 +156,18 @@ def main() -> None:
     parser.add_argument("--passes", type=int, default=5)
     parser.add_argument("--golden", action="store_true",
                         help="print each tree's fingerprint of 4,000 decisions instead")
+    parser.add_argument("--bagging", type=int, default=0,
+                        help="with --golden: every placement's model a bag of this many")
     args = parser.parse_args()
     trees = [tree.resolve() for tree in args.trees]
     if args.golden:
-        for tree in trees:
-            print(f"{tree}: {run_in_tree(tree, GOLDEN, core=1)}")
+        with tempfile.TemporaryDirectory() as tmp:
+            if args.bagging:
+                _bagged_rules(Path(tmp), args.bagging)
+            for tree in trees:
+                fingerprint = run_in_tree(tree, GOLDEN, *([tmp] if args.bagging else []),
+                                          core=1)
+                print(f"{tree}: {fingerprint}")
         return
     best: dict[tuple[Path, str], float] = {}
     for _ in range(args.rounds):
