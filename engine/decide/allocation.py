@@ -44,7 +44,7 @@ class Allocation:
     winners: np.ndarray
     scores: np.ndarray
     weights: np.ndarray
-    ladders: tuple[tuple[np.ndarray, np.ndarray], ...] = ()
+    ladders: tuple[Ladder, ...] = ()
 
 
 class Allocated(NamedTuple):
@@ -125,23 +125,35 @@ def _score_rows(experiment: Experiment, arms: list[RankedAction], state: Experim
                                                                   len(arms))
 
 
-def ladders(winners: np.ndarray, scores: np.ndarray, weights: np.ndarray, arms: int
-            ) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
-    """Per arm: the fixed (not NaN) scores of the outcomes it wins, ascending, and the
-    weight of the outcomes from each index on (ending with 0).
+class Ladder(NamedTuple):
+    """One arm's outcomes, for the first-slot distribution's binary searches: the fixed
+    (not NaN) scores of the outcomes it wins, ascending; the weight of those outcomes from
+    each index on (ending with 0); and the weight of the outcomes it wins at its own
+    model's score (NaN: a fixed split). Lists: searched per bag member with ``bisect``."""
 
-    >>> (s, w), = ladders(np.array([0, 0, 0, 0]), np.array([0.3, 0.1, np.nan, 0.2]),
-    ...                   np.array([0.4, 0.2, 0.2, 0.2]), 1)
-    >>> s.tolist(), [round(x, 6) for x in w.tolist()]
-    ([0.1, 0.2, 0.3], [0.8, 0.6, 0.4, 0.0])
+    scores: list[float]
+    above: list[float]
+    own: float
+
+
+def ladders(winners: np.ndarray, scores: np.ndarray, weights: np.ndarray, arms: int
+            ) -> tuple[Ladder, ...]:
+    """Per arm, its :class:`Ladder`.
+
+    >>> (s, w, own), = ladders(np.array([0, 0, 0, 0]), np.array([0.3, 0.1, np.nan, 0.2]),
+    ...                        np.array([0.4, 0.2, 0.2, 0.2]), 1)
+    >>> s, [round(x, 6) for x in w], round(own, 6)
+    ([0.1, 0.2, 0.3], [0.8, 0.6, 0.4, 0.0], 0.2)
     """
     fixed = ~np.isnan(scores)
     out = []
     for j in range(arms):
-        mine = (winners == j) & fixed
+        won = winners == j
+        mine = won & fixed
         order = np.argsort(scores[mine], kind="stable")
         below = np.concatenate(([0.0], np.cumsum(weights[mine][order])))
-        out.append((scores[mine][order], below[-1] - below))
+        out.append(Ladder(scores[mine][order].tolist(), (below[-1] - below).tolist(),
+                          float(weights[won & ~fixed].sum())))
     return tuple(out)
 
 
