@@ -396,6 +396,8 @@ class ModelDef:
     bagging: int = field(default=0, metadata=written("int", rule="model_bagging"))
     # hash features into this many buckets (0: one-hot)
     hashed: int = field(default=0, metadata=written("int", rule="model_hashed"))
+    # values of a one-hot feature with a weight of their own (0: not written, the default)
+    vocabulary: int = field(default=0, metadata=written("int", rule="model_vocabulary"))
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 

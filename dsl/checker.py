@@ -27,6 +27,7 @@ from dsl.vocabulary import (
     EVENT_RETENTION_SECONDS,
     FEATURE_TYPES,
     LEARNERS,
+    MAX_MODEL_VOCABULARY,
     MODEL_PER,
     REWARD_OUTCOMES,
 )
@@ -313,6 +314,12 @@ class Checker:
                        pos.get("bagging", model.pos))
         if model.hashed > 2**20:
             self.error("hashed takes at most 1048576 buckets", pos.get("hashed", model.pos))
+        if "vocabulary" in pos and not 1 <= model.vocabulary <= MAX_MODEL_VOCABULARY:
+            self.error(f"vocabulary takes from 1 to {MAX_MODEL_VOCABULARY:,} values per "
+                       "feature", pos["vocabulary"])
+        elif "vocabulary" in pos and model.hashed:
+            self.error("vocabulary bounds one-hot values; a hashed model is bounded by its "
+                       "buckets already: write one or the other", pos["vocabulary"])
         for name, where in model.features or ():
             if name == "segments":
                 continue

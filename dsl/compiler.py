@@ -49,7 +49,7 @@ from dsl.ruleset import (
 )
 from dsl.runtime import HELPERS
 from dsl.units import date_seconds
-from dsl.vocabulary import DEFAULT_PRIOR
+from dsl.vocabulary import DEFAULT_PRIOR, MODEL_VOCABULARY
 
 ARGS = "A, C, E, S, now, X=None"
 
@@ -319,4 +319,5 @@ def _reads_only_items(expr: ast.Expr) -> bool:
 
 def _model(m: ast.ModelDef) -> ModelSpec:
     features = tuple(name for name, _ in m.features) if m.features is not None else None
-    return ModelSpec(m.per, features, m.learner, m.bagging, m.hashed)
+    return ModelSpec(m.per, features, m.learner, m.bagging, m.hashed,
+                     m.vocabulary or MODEL_VOCABULARY)

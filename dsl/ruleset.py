@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import functools
 import re
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -24,6 +24,7 @@ from markupsafe import escape
 from dsl.ast import ActionDef, Pos
 from dsl.runtime import to_text
 from dsl.schema import FieldSpec
+from dsl.vocabulary import MODEL_VOCABULARY
 
 CompiledFn = Callable[..., Any]
 _NUMBER = (int, float)  # (``int | float`` would build a union object per call)
@@ -363,10 +364,20 @@ class ModelSpec:
     learner: str = "logistic"  # logistic | adpredictor | tree
     bagging: int = 0
     hashed: int = 0
+    # one-hot values per feature with a weight of their own; not part of what the model
+    # is (changing it keeps what was learnt: engine.learning.vocabulary)
+    vocabulary: int = field(default=MODEL_VOCABULARY, compare=False)
 
     def key(self, placement: str, action_id: str) -> str:
         """The model that predicts ``action_id`` at ``placement``."""
         return action_id if self.per == "action" else f"@{placement}"
+
+    def __setstate__(self, state: Sequence[Any]) -> None:
+        """Unpickle (a snapshot's model specs); one from before a field was added gets
+        that field's default."""
+        values = list(state)
+        for i, f in enumerate(fields(self)):
+            object.__setattr__(self, f.name, values[i] if i < len(values) else f.default)
 
 
 DEFAULT_MODEL = ModelSpec()

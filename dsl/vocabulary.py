@@ -35,6 +35,12 @@ window a rule may use (all-time counts, totals, first and last stay exact)."""
 LEARNERS = ("logistic", "adpredictor", "tree")
 """``learner:`` values of a ``model`` block (each has a factory in engine.learning.registry)."""
 MODEL_PER = ("action", "placement")
+MODEL_VOCABULARY = 1000
+"""Values of one one-hot feature that a model gives weights of their own unless its
+``vocabulary:`` says otherwise (engine.learning.vocabulary); later values share one."""
+MAX_MODEL_VOCABULARY = 100_000
+"""The most ``vocabulary:`` may allow (a weight per value, in every bag member, in every
+snapshot)."""
 FEATURE_TYPES = ("number", "bool", "string", "list")
 """Attribute types a model can use as features."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 
 import pytest
@@ -48,6 +49,9 @@ def test_declared_features_are_encoded_by_type() -> None:
     ("model on home { features: profile.spnd }", "unknown profile attribute 'spnd'"),
     ("model on home { features: spend }", "a feature is 'segments', 'profile.NAME' or"),
     ("model on home { bagging: 1 }", "bagging takes from 2 to 50 members"),
+    ("model on home { vocabulary: 0 }", "vocabulary takes from 1 to 100,000 values"),
+    ("model on home { vocabulary: 100001 }", "vocabulary takes from 1 to 100,000 values"),
+    ("model on home { hashed: 64  vocabulary: 10 }", "a hashed model is bounded by its"),
     ("model on home { per: user }", "per must be action or placement"),
     ("model on hom { }", "unknown placement 'hom'; did you mean 'home'?"),
     ("model on home { }\nmodel on home { }", "placement 'home' already has a model"),
@@ -270,19 +274,16 @@ def page_views(models: PropensityModels, spec: ModelSpec, pages: range) -> None:
         models.learn("a", spec, 0.05, x, n % 3 == 0 or n % 2 == 1, "home")
 
 
-@pytest.mark.parametrize("spec", [ModelSpec(), ModelSpec(per="placement"),
-                                  ModelSpec(learner="adpredictor"), ModelSpec(bagging=4)],
-                         ids=["logistic", "per-placement", "adpredictor", "bagged"])
-def test_a_feature_with_ever_new_values_does_not_grow_the_model(
-        spec: ModelSpec, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("spec", [
+    ModelSpec(vocabulary=50), ModelSpec(per="placement", vocabulary=50),
+    ModelSpec(learner="adpredictor", vocabulary=50), ModelSpec(bagging=4, vocabulary=50)],
+    ids=["logistic", "per-placement", "adpredictor", "bagged"])
+def test_a_feature_with_ever_new_values_does_not_grow_the_model(spec: ModelSpec) -> None:
     """A string with a new value on every request (a URL, an id) gets weights for its
-    first MAX_VALUES values; the rest share one, so the model, its kept parameters and
+    first ``vocabulary`` values; the rest share one, so the model, its kept parameters and
     its snapshots stop growing, and what it learns of the other features is kept."""
     import pickle
 
-    from engine.learning import vocabulary
-
-    monkeypatch.setattr(vocabulary, "MAX_VALUES", 50)
     models = PropensityModels()
     page_views(models, spec, range(0, 400))
     size = len(models.snapshot())
@@ -341,3 +342,57 @@ def test_a_hashed_model_has_no_vocabulary_and_an_older_snapshot_gets_one() -> No
     restored = object.__new__(type(model))
     restored.__setstate__(state)
     assert restored.vocabulary is not None and restored.vocabulary.values == {}
+
+
+def test_vocabulary_is_set_by_the_model_block_and_changing_it_keeps_what_was_learnt(
+        ) -> None:
+    """``vocabulary: N`` bounds each one-hot feature at N values; a ruleset that changes
+    N keeps the model (its examples and weights), admits again up to the new limit, and
+    leaves the values admitted under the old one with their weights."""
+    assert load_text(rules("model on home { }")).model_of("home").vocabulary == 1000
+    spec = load_text(rules("model on home { features: context.device  vocabulary: 20 }")
+                     ).model_of("home")
+    assert spec.vocabulary == 20
+    models = PropensityModels()
+    page_views(models, spec, range(0, 100))
+    key = spec.key("home", "a")
+    model = models._models[key]
+    assert model.vocabulary is not None and len(model.vocabulary.values["context.page"]) == 20
+    admitted = models.predict("a", spec, 0.05, {"context.page=/p/3": 1.0}, "home")
+    wider = dataclasses.replace(spec, vocabulary=40)
+    assert wider == spec  # the same model: the limit is not part of what it is
+    page_views(models, wider, range(100, 200))
+    model = models._models[key]
+    assert model.examples == 200 and model.spec.vocabulary == 40
+    assert len(model.vocabulary.values["context.page"]) == 40
+    assert "/p/119" in model.vocabulary.values["context.page"]
+    assert "/p/120" not in model.vocabulary.values["context.page"]
+    assert models.predict("a", wider, 0.05, {"context.page=/p/3": 1.0}, "home") != \
+        models.predict("a", wider, 0.05, {"context.page=/p/160": 1.0}, "home")
+    assert admitted != 0.05  # it had learnt; it was not reset to the prior
+    narrower = dataclasses.replace(spec, vocabulary=5)
+    page_views(models, narrower, range(200, 210))
+    assert len(model.vocabulary.values["context.page"]) == 40  # none forgotten
+    assert model.examples == 210
+
+
+def test_a_snapshot_from_before_vocabulary_loads_with_the_default() -> None:
+    """A model spec pickled with five fields (per, features, learner, bagging, hashed),
+    as snapshots were written before ``vocabulary:``, unpickles with the default."""
+    import copyreg
+    import io
+    import pickle
+
+    class OldPickler(pickle.Pickler):
+        def reducer_override(self, obj: object) -> object:
+            if isinstance(obj, ModelSpec):  # the state the five-field class gave
+                return copyreg.__newobj__, (ModelSpec,), [obj.per, obj.features, obj.learner,
+                                                          obj.bagging, obj.hashed]
+            return NotImplemented
+
+    out = io.BytesIO()
+    OldPickler(out, protocol=pickle.HIGHEST_PROTOCOL).dump(
+        ModelSpec(per="placement", bagging=4, vocabulary=7))
+    spec = pickle.loads(out.getvalue())
+    assert spec == ModelSpec(per="placement", bagging=4)
+    assert spec.vocabulary == 1000

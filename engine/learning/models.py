@@ -114,7 +114,7 @@ class _Model:
 
     def __post_init__(self) -> None:
         if self.vocabulary is None and not self.spec.hashed:
-            self.vocabulary = Vocabulary()
+            self.vocabulary = Vocabulary(self.spec.vocabulary)
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "fast": None}
@@ -225,8 +225,11 @@ class PropensityModels:
             model = self._models.get(key)
             if model is None or model.spec != spec:  # a new model, or the ruleset changed it
                 model = self._models[key] = _Model(spec, new_learner(spec, prior, key))
-            admitted = (features if model.vocabulary is None
-                        else model.vocabulary.admit(features, key))
+            vocabulary = model.vocabulary
+            if vocabulary is not None and vocabulary.limit != spec.vocabulary:
+                vocabulary.resize(spec.vocabulary)  # `vocabulary:` changed: keep the rest
+                model.spec = spec
+            admitted = features if vocabulary is None else vocabulary.admit(features, key)
             x = model_features(spec, action_id, admitted)
             before = _proba(model.learner, x, prior)
             w = weight(before) if weight is not None else 1.0

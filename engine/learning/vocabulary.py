@@ -4,7 +4,8 @@ weight of their own, later ones share one.
 A one-hot feature (``context.page=/cart``) gets a weight per distinct value. A string
 with many values (a URL, a search term, an id sent as context) would grow a model, its
 prediction copies and its snapshots with every new value for as long as the server runs.
-Each model admits the first :data:`MAX_VALUES` values of each feature it learns; the
+Each model admits the first :data:`MAX_VALUES` values (or its `model` block's `vocabulary:`)
+of each feature it learns; the
 values after them share one weight, ``NAME=(other)`` (the residual bin of Pega's
 adaptive models). Every replica learns the same log in the same order, so every replica
 admits the same values. Below the limit nothing changes: an unseen value has no weight
@@ -22,10 +23,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
+from dsl.vocabulary import MODEL_VOCABULARY
+
 log = logging.getLogger(__name__)
 
-MAX_VALUES = 1000
-"""Values of one one-hot feature that a model gives weights of their own."""
+MAX_VALUES = MODEL_VOCABULARY
+"""Values of one one-hot feature that a model gives weights of their own, unless its
+``model`` block's ``vocabulary:`` says otherwise."""
 OTHER = "(other)"
 """The value every later value of a full feature is learnt and predicted as."""
 
@@ -41,6 +45,23 @@ class Vocabulary:
         self.full: frozenset[str] = frozenset()
         """Features at the limit: replaced, never changed in place, so a decision reads
         it without the models' lock."""
+
+    def resize(self, limit: int) -> None:
+        """A new limit (the ``model`` block's ``vocabulary:`` changed; call under the
+        models' lock): values admitted stay admitted; a feature with room again admits
+        new values, one at or past the new limit pools them.
+
+        >>> v = Vocabulary(limit=1)
+        >>> _ = v.admit({"page=a": 1.0}), v.admit({"page=b": 1.0})
+        >>> v.seen({"page=b": 1.0})
+        {'page=(other)': 1.0}
+        >>> v.resize(2)
+        >>> dict(v.admit({"page=b": 1.0})), sorted(v.values["page"])
+        ({'page=b': 1.0}, ['a', 'b'])
+        """
+        self.limit = limit
+        self.full = frozenset(name for name, values in self.values.items()
+                              if len(values) >= limit)
 
     def admit(self, features: Mapping[str, float], model: str = "") -> Mapping[str, float]:
         """What a model learns of ``features`` (call under the models' lock): a new value
