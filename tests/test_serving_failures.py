@@ -394,6 +394,37 @@ def test_liveness_on_the_health_port_survives_a_redis_outage_but_not_a_wedged_lo
         running.stop(grace=0.5)
 
 
+def test_an_idle_server_stays_live_and_its_readiness_follows_the_store(
+        redis_url: str, redis_server: RedisServer, retail: Ruleset,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With no request on the main port at all (only probes, on the health port), the
+    background loops still run: liveness stays SERVING past the stall threshold, and
+    readiness turns NOT_SERVING when Redis goes. (The loops were scheduled from another
+    thread without waking the event loop, so an idle server's never started: liveness
+    failed 30 s after start, a probe would have restarted every quiet pod, and readiness
+    never followed the store until some request woke the loop.)"""
+    monkeypatch.setattr(server, "LIVENESS_STALL_SECONDS", 1.0)
+    arbiter = Arbiter(retail, RedisStore(redis_url, cache_ttl=0, decide_timeout=0.3), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, default_deadline=1.0, health_port=0)
+    name = "arbiter.v1.DecisionService"
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.health_port}") as probe:
+            def status(service: str = "") -> int:
+                return int(health_pb2_grpc.HealthStub(probe).Check(
+                    health_pb2.HealthCheckRequest(service=service), timeout=1).status)
+
+            time.sleep(2.0)  # twice the stall threshold, nothing on the main port
+            assert (status(), status(name)) == (SERVING, SERVING)
+            redis_server.kill()
+            deadline = time.monotonic() + 3
+            while status(name) != NOT_SERVING:
+                assert time.monotonic() < deadline, "readiness still SERVING"
+                time.sleep(0.05)
+            assert status() == SERVING
+    finally:
+        running.stop(grace=0.5)
+
+
 def test_more_concurrent_writes_than_a_connection_pool_holds_all_succeed(
         served: server.RunningServer, redis_url: str) -> None:
     """redis-py's asyncio pool holds 100 connections and refuses the 101st ("Too many

@@ -106,14 +106,24 @@ class RunningServer:
 
     # ---- background work (threads for blocking loops, tasks for the health state) ------
     def start_background(self, reload_interval: float) -> None:
-        self._tasks.append(self.loop.create_task(self._sync_loop()))
-        self._tasks.append(self.loop.create_task(self._ready_loop()))
+        """Start the background loops: tasks on the event loop (scheduled from this
+        thread with ``call_soon_threadsafe``, which wakes the loop; ``create_task`` from
+        another thread would leave them queued until something else woke it, which an
+        idle server's loop never is), threads for the blocking ones."""
+        self.loop.call_soon_threadsafe(self._start_tasks)
         threading.Thread(target=self._learn_loop, name="arbiter-learn", daemon=True).start()
         threading.Thread(target=self._liveness_loop, name="arbiter-liveness",
                          daemon=True).start()
         if self.reloader is not None and reload_interval > 0:
             threading.Thread(target=self._watch_loop, args=(reload_interval,),
                              name="arbiter-reload", daemon=True).start()
+
+    def _start_tasks(self) -> None:
+        """(On the event loop.)"""
+        if self._stopped.is_set():
+            return
+        self._tasks.append(self.loop.create_task(self._sync_loop()))
+        self._tasks.append(self.loop.create_task(self._ready_loop()))
 
     def _watch_loop(self, interval: float) -> None:
         """Reload the ruleset when its files change (compiled here, off the request path)."""
