@@ -114,7 +114,8 @@ digest = hashlib.sha256()
 save = arb.store.save_decision
 
 def hashed_save(record, *args, **kwargs):
-    digest.update(msgspec.json.encode(msgspec.structs.replace(record, decision_id="")))
+    # the record's fields, whatever its stored layout (a map before session 13, an array since)
+    digest.update(repr(msgspec.structs.replace(record, decision_id="")).encode())
     return save(record, *args, **kwargs)
 
 arb.store.save_decision = hashed_save

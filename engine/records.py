@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 from collections.abc import Mapping
+from typing import Any
 
 import msgspec
 
@@ -51,7 +52,9 @@ class Profile(msgspec.Struct, omit_defaults=True):
     clustered_at: float | None = None
 
 
-class ShownAction(msgspec.Struct, omit_defaults=True):
+class ShownAction(msgspec.Struct, omit_defaults=True, array_like=True):
+    """One action of a :class:`DecisionRecord` (stored by position, as the record)."""
+
     action_id: str
     rank: int
     score: float
@@ -69,8 +72,14 @@ class ShownAction(msgspec.Struct, omit_defaults=True):
     items: list[str] = []  # the recommended items shown with it, best first
 
 
-class DecisionRecord(msgspec.Struct, omit_defaults=True):
-    """What was decided, kept for the attribution window so feedback can join it."""
+class DecisionRecord(msgspec.Struct, omit_defaults=True, array_like=True):
+    """What was decided, kept for the attribution window so feedback can join it.
+
+    Stored as an array, fields by position (a record is kept for every decision shown,
+    for days: field names in every one made it a quarter larger); a field added later
+    goes at the end, with a default. Records stored as maps by earlier builds still
+    decode (:func:`decode_decision`).
+    """
 
     decision_id: str
     user_id: str
@@ -232,8 +241,48 @@ def decode_profile(data: bytes, field: str = "user_id") -> Profile:
         raise CorruptRecord(field, "profile", str(err)) from None
 
 
+def _as_map(struct: type[msgspec.Struct], name: str, **types: Any) -> Any:
+    """A twin of ``struct`` stored as a map of field names (how records were stored
+    before they were arrays), with the field types in ``types`` replaced."""
+    fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
+    for f in msgspec.structs.fields(struct):
+        kind = types.get(f.name, f.type)
+        if f.default is not msgspec.NODEFAULT:
+            fields.append((f.name, kind, f.default))
+        elif f.default_factory is not msgspec.NODEFAULT:
+            fields.append((f.name, kind, msgspec.field(default_factory=f.default_factory)))
+        else:
+            fields.append((f.name, kind))
+    return msgspec.defstruct(name, fields, omit_defaults=True)
+
+
+_MapShownAction = _as_map(ShownAction, "MapShownAction")
+_map_decision_decoder = msgspec.msgpack.Decoder(
+    _as_map(DecisionRecord, "MapDecisionRecord",
+            actions=list[_MapShownAction]))  # type: ignore[valid-type]  # made at run time
+_MSGPACK_MAPS = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))  # fixmap, map 16, map 32
+
+
 def decode_decision(data: bytes, field: str = "decision_id") -> DecisionRecord:
+    """A stored decision record: an array, or a map as earlier builds stored it.
+
+    >>> record = DecisionRecord("d1", "ann", "home", "web", "r1", 1.0,
+    ...                         [ShownAction("offer", 1, 0.5, 0.1, 5.0)])
+    >>> encode(record)[:1] == b"\\x9a"  # an array of its 10 fields, no field names
+    True
+    >>> old = msgspec.msgpack.encode({"decision_id": "d1", "user_id": "ann",
+    ...     "placement": "home", "channel": "web", "revision": "r1", "decided_at": 1.0,
+    ...     "actions": [{"action_id": "offer", "rank": 1, "score": 0.5,
+    ...                  "propensity": 0.1, "value": 5.0}]})
+    >>> decode_decision(old) == decode_decision(encode(record)) == record
+    True
+    """
     try:
+        if data[:1] and data[0] in _MSGPACK_MAPS:
+            old = _map_decision_decoder.decode(data)
+            return DecisionRecord(**{
+                **msgspec.structs.asdict(old),
+                "actions": [ShownAction(**msgspec.structs.asdict(a)) for a in old.actions]})
         return _decision_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         raise CorruptRecord(field, "decision", str(err)) from None

@@ -334,3 +334,53 @@ def test_the_cluster_check_lets_a_redis_that_refuses_info_start(tmp_path: Path) 
     finally:
         server.stop()
     refuse_cluster(f"redis://127.0.0.1:{free_port()}/0")  # down: the server waits for it
+
+
+def test_a_record_stored_as_a_map_by_an_earlier_build_takes_its_feedback(
+        redis_url: str, retail: Ruleset) -> None:
+    """Records are stored as arrays since session 13 (a quarter smaller); one a replica of
+    the earlier build stored as a map of field names, still within its attribution window
+    after an upgrade, decodes as the same record, takes feedback exactly once, teaches
+    the models its features, and is written back in the new layout."""
+    import msgspec
+
+    from engine.records import decode_decision
+
+    store = RedisStore(redis_url)
+    arb = Arbiter(retail, store, seed=1)
+    vip(arb, "olga")
+    d = arb.decide(user_id="olga", placement="homepage_banner", channel="web")
+    key = store._k("d", d.decision_id)
+    stored = store.redis.get(key)
+    assert stored is not None and stored[:1] == b"\x9a"  # an array of the 10 fields
+    record = decode_decision(stored)
+    assert record.features
+
+    def as_map(struct: msgspec.Struct) -> dict[str, object]:  # as the earlier build wrote it
+        out: dict[str, object] = {}
+        for f in msgspec.structs.fields(struct):
+            value = getattr(struct, f.name)
+            default = f.default if f.default is not msgspec.NODEFAULT else (
+                f.default_factory() if f.default_factory is not msgspec.NODEFAULT else None)
+            required = (f.default is msgspec.NODEFAULT
+                        and f.default_factory is msgspec.NODEFAULT)
+            if required or value != default:
+                out[f.name] = [as_map(a) for a in value] if f.name == "actions" else value
+        return out
+
+    legacy = msgspec.msgpack.encode(as_map(record))
+    assert legacy[:1] != stored[:1] and len(legacy) > len(stored) * 1.15
+    store.redis.set(key, legacy, keepttl=True)
+    assert decode_decision(legacy) == record
+    arm = d.actions[0].action_id
+    first = arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="click",
+                         idempotency_key="k1")
+    again = arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="click",
+                         idempotency_key="k1")
+    assert (first.duplicate, again.duplicate) == (False, True)
+    rewritten = store.redis.get(key)
+    assert rewritten is not None and rewritten[:1] == b"\x9a"
+    assert decode_decision(rewritten).outcomes == {arm: ["impression", "click"]}  # implied
+    events = [e for _, e in store.learning_events("", 100)
+              if e is not None and e.decision_id == d.decision_id]
+    assert len(events) == 1 and events[0].features == record.features and events[0].rewarded
