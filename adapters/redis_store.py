@@ -84,6 +84,7 @@ from engine.ports import (
 )
 from engine.records import (
     FORGET,
+    RECORD_LAYOUTS,
     ArmCounts,
     DecisionRecord,
     LearningEvent,
@@ -94,6 +95,7 @@ from engine.records import (
     decode_event,
     decode_profile,
     encode,
+    encode_decision,
     pseudonym,
 )
 
@@ -195,7 +197,14 @@ class RedisStore:
         replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
         log_max_entries: int = LEARNING_LOG_MAX_ENTRIES,
         profile_retention: float = 0.0,
+        record_layout: str = "array",
     ) -> None:
+        if record_layout not in RECORD_LAYOUTS:
+            raise ValueError(f"record layout {record_layout!r}: use "
+                             f"{' or '.join(RECORD_LAYOUTS)}")
+        self.record_layout = record_layout
+        """How decision records are written (:data:`engine.records.RECORD_LAYOUTS`;
+        ``map`` while replicas of a build before session 13 still read them)."""
         self.redis = sync_client(url, socket_timeout=5, socket_connect_timeout=5,
                                  health_check_interval=30)
         # Decide's reads and its record: a stalled Redis must not hold an answer for long
@@ -400,7 +409,7 @@ class RedisStore:
                      self._k("udz", record.user_id).encode())
             # the index lives as long as a decision can: its TTL plus its age is the
             # attribution window, never shorter than any id in the index has left
-            args += (encode(record), b"%d" % ttl,
+            args += (encode_decision(record, self.record_layout), b"%d" % ttl,
                      b"%d" % (ttl + max(0, int(now - record.decided_at)) + 1), decision_id)
         return (SAVE_DECISIONS, len(keys), *keys, *args) if keys else ()
 
@@ -443,7 +452,8 @@ class RedisStore:
             keys.append(self._k("arms", experiment))
             for name, delta in deltas.items():
                 increments += [len(keys), name, repr(float(delta))]
-        args = [data, b"0" if pdata is None else b"1" + pdata, encode(effects.decision),
+        args = [data, b"0" if pdata is None else b"1" + pdata,
+                encode_decision(effects.decision, self.record_layout),
                 encode(effects.profile) if effects.profile is not None else b"",
                 fingerprint, max(1, int(ttl_seconds)),
                 max(int(ttl_seconds), USER_INDEX_TTL), encode(effects.event), idempotency_key,

@@ -257,10 +257,34 @@ def _as_map(struct: type[msgspec.Struct], name: str, **types: Any) -> Any:
 
 
 _MapShownAction = _as_map(ShownAction, "MapShownAction")
-_map_decision_decoder = msgspec.msgpack.Decoder(
-    _as_map(DecisionRecord, "MapDecisionRecord",
-            actions=list[_MapShownAction]))  # type: ignore[valid-type]  # made at run time
+_MapDecisionRecord = _as_map(DecisionRecord, "MapDecisionRecord",
+                             actions=list[_MapShownAction])  # type: ignore[valid-type]
+_map_decision_decoder = msgspec.msgpack.Decoder(_MapDecisionRecord)
 _MSGPACK_MAPS = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))  # fixmap, map 16, map 32
+
+
+RECORD_LAYOUTS = ("array", "map")
+"""How decision records are written: ``array`` (fields by position, since session 13) or
+``map`` (field names, as earlier builds wrote and read them: for a rolling upgrade, until
+no replica of an earlier build is left). Both are read."""
+
+
+def encode_decision(record: DecisionRecord, layout: str = "array") -> bytes:
+    """A decision record as stored, in one of :data:`RECORD_LAYOUTS`.
+
+    >>> record = DecisionRecord("d1", "ann", "home", "web", "r1", 1.0,
+    ...                         [ShownAction("offer", 1, 0.5, 0.1, 5.0)])
+    >>> as_map = encode_decision(record, "map")
+    >>> msgspec.msgpack.decode(as_map)["actions"][0]["action_id"]
+    'offer'
+    >>> decode_decision(as_map) == record and len(as_map) > len(encode_decision(record))
+    True
+    """
+    if layout == "array":
+        return encode(record)
+    return encode(_MapDecisionRecord(**{
+        **msgspec.structs.asdict(record),
+        "actions": [_MapShownAction(**msgspec.structs.asdict(a)) for a in record.actions]}))
 
 
 def decode_decision(data: bytes, field: str = "decision_id") -> DecisionRecord:

@@ -115,3 +115,14 @@ def test_serving_limits_out_of_range_are_refused(flags: tuple[str, ...], message
         cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
         text=True, timeout=60)
     assert out.returncode == 2 and message in out.stderr
+
+
+def test_a_record_layout_from_the_environment_is_checked() -> None:
+    """``--record-layout`` has choices on the command line; from ``ARBITER_RECORD_LAYOUT``
+    (or a file) an unknown one is refused the same way, not with a traceback."""
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL)], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ARBITER_RECORD_LAYOUT": "json"},
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "--record-layout must be array or map, not 'json'" in \
+        out.stderr and "Traceback" not in out.stderr

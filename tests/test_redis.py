@@ -384,3 +384,40 @@ def test_a_record_stored_as_a_map_by_an_earlier_build_takes_its_feedback(
     events = [e for _, e in store.learning_events("", 100)
               if e is not None and e.decision_id == d.decision_id]
     assert len(events) == 1 and events[0].features == record.features and events[0].rewarded
+
+
+
+def test_the_map_layout_writes_records_an_earlier_build_reads(redis_url: str,
+                                                               retail: Ruleset) -> None:
+    """``--record-layout map`` (a rolling upgrade from a build before session 13): records,
+    the one Decide writes and the one feedback writes back, are maps of field names (what
+    the earlier build's decoder reads), and the array layout's replica reads them too."""
+    import msgspec
+
+    from engine.records import decode_decision
+
+    with pytest.raises(ValueError, match="record layout 'json'"):
+        RedisStore(redis_url, record_layout="json")
+    store = RedisStore(redis_url, record_layout="map")
+    arb = Arbiter(retail, store, seed=1)
+    vip(arb, "mira")
+    d = arb.decide(user_id="mira", placement="homepage_banner", channel="web")
+    key = store._k("d", d.decision_id)
+
+    def as_earlier_build_reads(data: bytes) -> dict[str, object]:
+        stored = msgspec.msgpack.decode(data)
+        assert isinstance(stored, dict) and isinstance(stored["actions"][0], dict)
+        return stored
+
+    written = store.redis.get(key)
+    assert written is not None and as_earlier_build_reads(written)["user_id"] == "mira"
+    newer = Arbiter(retail, RedisStore(redis_url), seed=2)
+    arm = d.actions[0].action_id
+    assert not newer.feedback(decision_id=d.decision_id, action_id=arm,
+                              outcome="impression").duplicate
+    assert not arb.feedback(decision_id=d.decision_id, action_id=arm,
+                            outcome="click").duplicate
+    back = store.redis.get(key)
+    assert back is not None
+    assert as_earlier_build_reads(back)["outcomes"] == {arm: ["impression", "click"]}
+    assert decode_decision(back).outcomes == {arm: ["impression", "click"]}

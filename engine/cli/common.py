@@ -35,14 +35,16 @@ def default_rules() -> str:
 
 
 def open_store(redis_url: str | None, check: bool = True, replicas: int = 0,
-               log_max_entries: int | None = None, profile_retention: float = 0.0) -> Store:
+               log_max_entries: int | None = None, profile_retention: float = 0.0,
+               record_layout: str = "array") -> Store:
     """The Redis store at ``redis_url``, or a new in-memory one. ``check``: fail now
     (StoreUnavailable) when Redis does not answer; a server does not check, it starts
     degraded and not ready until Redis answers. A Redis Cluster node is refused
     (``RedisClusterNotSupported``, a ValueError) whenever it answers. ``replicas``:
     Redis replicas that must have a write before it is acknowledged;
     ``log_max_entries``: the learning log's cap (None: the store's default);
-    ``profile_retention``: seconds a profile is kept after its last change (0: for ever)."""
+    ``profile_retention``: seconds a profile is kept after its last change (0: for ever);
+    ``record_layout``: how Redis decision records are written (engine.records)."""
     if redis_url:
         # only when asked: redis is optional here
         from adapters.redis_store import RedisStore, refuse_cluster
@@ -50,6 +52,7 @@ def open_store(redis_url: str | None, check: bool = True, replicas: int = 0,
         refuse_cluster(redis_url)
         store = RedisStore(
             redis_url, replicas=replicas, profile_retention=profile_retention,
+            record_layout=record_layout,
             log_max_entries=(LEARNING_LOG_MAX_ENTRIES if log_max_entries is None
                              else log_max_entries))
         if check:

@@ -20,6 +20,7 @@ from engine.cli.common import (
 from engine.cli.config import Layered, SettingsError, read_file, render
 from engine.decision_log import DecisionLog
 from engine.ports import LEARNING_LOG_MAX_ENTRIES
+from engine.records import RECORD_LAYOUTS
 
 log = logging.getLogger("arbiter")
 LAYERED: Layered
@@ -43,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="entries the Redis learning log keeps at most (0: no cap), however "
                         f"far behind a replica or the snapshot is (default "
                         f"{LEARNING_LOG_MAX_ENTRIES})")
+    p.add_argument("--record-layout", choices=RECORD_LAYOUTS, default="array",
+                   help="how Redis decision records are written: array (default), or map "
+                        "as builds before session 13 read them, while a rolling upgrade "
+                        "from one is under way (both are read)")
     p.add_argument("--processes", type=int, default=0, metavar="N",
                    help="serving processes sharing the port (SO_REUSEPORT) under one "
                         "supervising parent; default 0: one per core with --redis, 1 with "
@@ -150,7 +155,8 @@ def run(args: argparse.Namespace) -> int:
     arbiter = Arbiter(ruleset, open_store(args.redis, check=False,
                                           replicas=args.redis_replicas,
                                           log_max_entries=args.learning_log_max,
-                                          profile_retention=args.profile_retention),
+                                          profile_retention=args.profile_retention,
+                                          record_layout=args.record_layout),
                       seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
                       attribution_window=args.attribution_window,
@@ -203,6 +209,9 @@ def process_count(args: argparse.Namespace) -> int:
         raise ValueError("--learning-log-max must be 0 (no cap) or more")
     if args.redis_replicas < 0 or (args.redis_replicas and not args.redis):
         raise ValueError("--redis-replicas must be 0 or more, and needs --redis")
+    if args.record_layout not in RECORD_LAYOUTS:  # (from the environment or a file)
+        raise ValueError(f"--record-layout must be {' or '.join(RECORD_LAYOUTS)}, "
+                         f"not {args.record_layout!r}")
     return processes
 
 
