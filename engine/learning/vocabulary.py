@@ -4,12 +4,12 @@ weight of their own, later ones share one.
 A one-hot feature (``context.page=/cart``) gets a weight per distinct value. A string
 with many values (a URL, a search term, an id sent as context) would grow a model, its
 prediction copies and its snapshots with every new value for as long as the server runs.
-Each model admits the first :data:`MAX_VALUES` values (or its `model` block's `vocabulary:`)
-of each feature it learns; the
-values after them share one weight, ``NAME=(other)`` (the residual bin of Pega's
-adaptive models). Every replica learns the same log in the same order, so every replica
-admits the same values. Below the limit nothing changes: an unseen value has no weight
-yet, as before; a hashed model (``hashed:``) is bounded by its buckets already.
+Each model admits the first :data:`MAX_VALUES` values of each feature it learns (or as
+many as its ``model`` block's ``vocabulary:`` says); the values after them share one
+weight, ``NAME=(other)`` (the residual bin of Pega's adaptive models). Every replica
+learns the same log in the same order, so every replica admits the same values. Below
+the limit nothing changes: an unseen value has no weight yet, as before; a hashed model
+(``hashed:``) is bounded by its buckets already.
 
 >>> v = Vocabulary(limit=2)
 >>> [list(v.admit({f"context.page={p}": 1.0, "spend": 3.0})) for p in "abc"]
