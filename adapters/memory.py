@@ -32,6 +32,7 @@ from engine.records import (
     decode_decision,
     decode_profile,
     encode,
+    encode_decision,
     pseudonym,
 )
 
@@ -148,7 +149,8 @@ class MemoryStore:
             now = self.clock()
             self._expire(now)
             expires = now + ttl_seconds
-            self._decisions[record.decision_id] = (encode(record), expires, record.user_id)
+            self._decisions[record.decision_id] = (encode_decision(record), expires,
+                                                   record.user_id)
             self._user_decisions.setdefault(record.user_id, set()).add(record.decision_id)
             heapq.heappush(self._expiries, (expires, DECISION, record.decision_id,
                                             record.user_id))
@@ -203,7 +205,8 @@ class MemoryStore:
                 return FeedbackCommit(True, None)
             effects = change(decision, self.get_profile(decision.user_id))
             _, expires_at, user_id = self._decisions[decision_id]
-            self._decisions[decision_id] = (encode(effects.decision), expires_at, user_id)
+            self._decisions[decision_id] = (encode_decision(effects.decision), expires_at,
+                                            user_id)
             if effects.profile is not None:
                 self._put_profile(decision.user_id, encode(effects.profile), now)
             for experiment, deltas in counter_deltas(effects.arm_increments).items():
