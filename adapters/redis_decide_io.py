@@ -26,7 +26,14 @@ from engine.ports import (
     Learning,
     StoreUnavailable,
 )
-from engine.records import CorruptRecord, DecisionRecord, Profile, decode_profile, encode
+from engine.records import (
+    CorruptRecord,
+    DecisionRecord,
+    Profile,
+    decode_profile,
+    encode,
+    encode_event,
+)
 
 if TYPE_CHECKING:
     from adapters.redis_store import RedisStore
@@ -127,7 +134,7 @@ class RedisDecideIO:
             profile = change(decode_profile(data) if data is not None else None)
             event = learning(profile) if learning is not None else None
             if await self._track.update(user_id, data, encode(profile),
-                                        encode(event) if event is not None else None):
+                                        encode_event(event) if event is not None else None):
                 return profile
         raise StoreUnavailable(f"profile of {user_id}: still conflicting after "
                                f"{MAX_COMMIT_ATTEMPTS} attempts")

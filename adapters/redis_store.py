@@ -96,6 +96,7 @@ from engine.records import (
     decode_profile,
     encode,
     encode_decision,
+    encode_event,
     pseudonym,
 )
 
@@ -319,10 +320,11 @@ class RedisStore:
         """Queue a learning-log entry (indexed by user for ForgetProfile) on ``pipe`` (a
         transaction of the synchronous or the asyncio client)."""
         if user_id is None:
-            pipe.xadd(f"{self.ns}:learn", {"e": encode(event)})
+            pipe.xadd(f"{self.ns}:learn", {"e": encode_event(event)})
             return
         index = self._k("ulz", user_id)
-        pipe.eval(LOG_ENTRY, 2, f"{self.ns}:learn", index, encode(event), USER_INDEX_TTL)
+        pipe.eval(LOG_ENTRY, 2, f"{self.ns}:learn", index, encode_event(event),
+                  USER_INDEX_TTL)
 
     def _items_key(self, suffix: str = "") -> str:
         """The catalogue's keys, hash-tagged into one Redis Cluster slot (one script
@@ -456,7 +458,7 @@ class RedisStore:
                 encode_decision(effects.decision, self.record_layout),
                 encode(effects.profile) if effects.profile is not None else b"",
                 fingerprint, max(1, int(ttl_seconds)),
-                max(int(ttl_seconds), USER_INDEX_TTL), encode(effects.event), idempotency_key,
+                max(int(ttl_seconds), USER_INDEX_TTL), encode_event(effects.event), idempotency_key,
                 self._retention(), len(increments) // 3, *increments]
         return keys, args
 

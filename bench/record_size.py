@@ -1,4 +1,4 @@
-"""What a recorded decision costs in Redis, at two sizes.
+"""What a recorded decision and a learning-log entry cost in Redis, at two sizes.
 
     python -m bench.record_size [TREE ...] [--decisions 2000,20000] [--users 2000]
 
@@ -7,7 +7,9 @@ customers seeded as the load generator seeds them, then the three-placement mix 
 Decides, each shown decision recorded for feedback as the server records it. Prints,
 per tree and number of decisions: the records written, Redis's ``used_memory`` growth per
 record (the record, its key, its TTL and the customer's decision index), the mean
-``MEMORY USAGE`` of a record key, and the mean stored record in bytes. Given source trees
+``MEMORY USAGE`` of a record key, the mean stored record in bytes, and the mean
+learning-log entry of an impression fed back on every third shown decision. Given source
+trees
 (``git worktree add /tmp/before <commit>``), each runs its own code.
 """
 
@@ -39,16 +41,24 @@ seed_population(_track_in_process, users)
 client = redis.Redis.from_url(url)
 before = int(client.info("memory")["used_memory"])
 make = decide_requests(users, 7)
+shown = []
 for _ in range(decisions):
-    arb.decide(**_decide_arguments(make()))
+    d = arb.decide(**_decide_arguments(make()))
+    if d.actions:
+        shown.append(d)
 after = int(client.info("memory")["used_memory"])
+for d in shown[::3]:
+    arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                 outcome="impression")
+entries = client.xrevrange("arb:learn", count=min(500, len(shown[::3])))  # the feedback
+entry = sum(len(fields[b"e"]) for _, fields in entries) / max(len(entries), 1)
 keys = [k for k in client.scan_iter(match="arb:d:*", count=1000)]
 sample = keys[:500]
 usage = [int(client.memory_usage(k, samples=0) or 0) for k in sample]
 stored = [len(client.get(k) or b"") for k in sample]
 print(json.dumps({"records": len(keys), "bytes_per_record": (after - before) / max(len(keys), 1),
                   "key_memory_usage": sum(usage) / max(len(usage), 1),
-                  "stored_bytes": sum(stored) / max(len(stored), 1)}))
+                  "stored_bytes": sum(stored) / max(len(stored), 1), "log_entry": entry}))
 '''
 
 
@@ -59,8 +69,8 @@ def main() -> None:
     parser.add_argument("--users", type=int, default=2000)
     args = parser.parse_args()
     print("| tree | decisions | records | used_memory per record | MEMORY USAGE of a record "
-          "| stored record |")
-    print("|---|---:|---:|---:|---:|---:|")
+          "| stored record | learning-log entry |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for size in (int(n) for n in args.decisions.split(",")):
         for tree in (t.resolve() for t in args.trees):
             with tempfile.TemporaryDirectory() as tmp:
@@ -73,7 +83,7 @@ def main() -> None:
                     server.stop()
             print(f"| {tree} | {size:,} | {out['records']:,} | "
                   f"{out['bytes_per_record']:,.0f} B | {out['key_memory_usage']:,.0f} B | "
-                  f"{out['stored_bytes']:,.0f} B |")
+                  f"{out['stored_bytes']:,.0f} B | {out['log_entry']:,.0f} B |")
 
 
 if __name__ == "__main__":
