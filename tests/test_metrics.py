@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import urllib.request
+from pathlib import Path
 
 import grpc
 import pytest
@@ -77,3 +78,47 @@ def test_json_logs_with_an_access_line_per_rpc_and_no_user_ids() -> None:
     assert {"rpc": "Decide", "code": "OK", "decision_id": d.decision_id}.items() <= (
         access[0].items())
     assert "ann-private" not in err
+
+
+def test_a_feature_pooled_beyond_its_vocabulary_is_reported(tmp_path: Path) -> None:
+    """A model whose one-hot feature reached its ``vocabulary:`` shows it: in the
+    metrics (values admitted, per model and feature), in ``arbiter report --models``'s
+    table, and nowhere for a model still below its limit."""
+    import re
+    import shutil
+
+    from dsl.loader import load_path
+    from engine.cli.commands.report import render_models
+
+    rules = tmp_path / "rules"
+    shutil.copytree(RETAIL, rules)
+    (rules / "model.arb").write_text(
+        "model on homepage_banner { features: context.device  vocabulary: 2 }\n")
+    arbiter = Arbiter(load_path(rules), MemoryStore(), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, workers=4, metrics_port=0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            for device in ("mobile", "desktop", "tablet", "tv") * 3:
+                d = stub.Decide(pb.DecideRequest(
+                    user_id="u", placement="homepage_banner", channel="web",
+                    context={"device": pb.Value(string_value=device)}))
+                stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id,
+                                                 action_id=d.actions[0].action_id,
+                                                 outcome=pb.OUTCOME_CLICK))
+        arbiter.learn()
+        url = f"http://127.0.0.1:{running.metrics_port}/metrics"
+        text = urllib.request.urlopen(url, timeout=10).read().decode()
+    finally:
+        running.stop(grace=0.5)
+    pooled = re.findall(r'arbiter_model_pooled_feature_values\{feature="context.device",'
+                        r'model="([^"]+)"\} 2.0', text)
+    assert pooled, text
+    quality = {q.model: q for q in arbiter.models.quality()}
+    assert all(quality[m].pooled() == ["context.device"] for m in pooled)
+    assert all(f'arbiter_model_auc{{model="{m}"}}' in text for m in pooled)
+    table = render_models(list(quality.values()))
+    assert "pooled beyond their vocabulary: context.device" in table
+    below = [m for m, q in quality.items() if not q.pooled()]
+    assert all("pooled" not in line for line in table.splitlines()
+               if line.split(" ")[0] in below)

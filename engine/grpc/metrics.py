@@ -18,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from engine.decide.decision import Decision
+from engine.learning.quality import POOLED
 from engine.reloader import RulesetReloader
 from engine.service import Arbiter
 
@@ -122,16 +123,24 @@ class _StateCollector(Collector):
         learnt = GaugeMetricFamily("arbiter_learnt_metric", "The recommender's, clusters' "
                                    "and scores' own measures (hit_rate@10, silhouette, mae, "
                                    "cluster shares, ...)", labels=["model", "metric"])
+        pooled = GaugeMetricFamily("arbiter_model_pooled_feature_values", "Values of a "
+                                   "one-hot feature with a weight of their own, for each "
+                                   "feature at its vocabulary limit (later values share "
+                                   "one)", labels=["model", "feature"])
         for q in [*self.arbiter.models.quality(), *self.arbiter.learnt_quality()]:
-            if q.rolling_auc == q.rolling_auc or not q.metrics:  # a classifier's AUC
+            own = q.own_metrics()
+            if q.rolling_auc == q.rolling_auc or not own:  # a classifier's AUC
                 auc.add_metric([q.model], q.rolling_auc)
             examples.add_metric([q.model], q.examples)
-            for name, value in q.metrics.items():
+            for name, value in own.items():
                 if not name.startswith("centre:"):  # centres: arbiter report --clusters
                     learnt.add_metric([q.model, name], value)
+            for feature in q.pooled():
+                pooled.add_metric([q.model, feature], q.metrics[POOLED + feature])
         yield auc
         yield examples
         yield learnt
+        yield pooled
         yield GaugeMetricFamily("arbiter_catalogue_items", "Catalogue items served",
                                 value=len(self.arbiter.catalogue))
         decision_log = self.arbiter.decision_log

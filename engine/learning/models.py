@@ -46,7 +46,7 @@ from scipy import stats as scipy_stats
 from dsl.ruleset import DEFAULT_MODEL, ModelSpec
 from engine.learning.features import model_features
 from engine.learning.linear import LogisticParameters, parameters, probability, split
-from engine.learning.quality import ModelQuality, RollingQuality
+from engine.learning.quality import POOLED, ModelQuality, RollingQuality
 from engine.learning.registry import LEARNERS, new_learner
 from engine.learning.vocabulary import Vocabulary
 
@@ -155,6 +155,14 @@ def _auc(quality: RollingQuality) -> float:
     return float(quality.auc.get()) if 0.0 < rate < 1.0 else float("nan")
 
 
+def _pooled(vocabulary: Vocabulary | None) -> dict[str, float]:
+    """``pooled:NAME`` -> values admitted, for each feature at its limit."""
+    if vocabulary is None:
+        return {}
+    return {f"{POOLED}{name}": float(len(vocabulary.values[name]))
+            for name in sorted(vocabulary.full)}
+
+
 class PropensityModels:
     """Every model by key (an action id, or ``@placement``); thread-safe, snapshottable."""
 
@@ -260,7 +268,8 @@ class PropensityModels:
                     key,
                     m.spec.learner + (f" bagged x{m.spec.bagging}" if m.spec.bagging else ""),
                     m.examples, _auc(m.quality), float(m.quality.log_loss.get()),
-                    float(m.quality.predicted.get()), float(m.quality.observed.get()))
+                    float(m.quality.predicted.get()), float(m.quality.observed.get()),
+                    _pooled(m.vocabulary))
                 for key, m in sorted(self._models.items())]
 
     def snapshot(self) -> bytes:

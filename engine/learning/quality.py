@@ -51,7 +51,21 @@ class ModelQuality:
     rolling_log_loss: float
     mean_predicted: float
     observed_rate: float
-    metrics: dict[str, float] = field(default_factory=dict)  # other models' own measures
+    # other models' own measures; a propensity model's features at their vocabulary
+    # limit as ``pooled:NAME`` -> the values admitted (engine.learning.vocabulary)
+    metrics: dict[str, float] = field(default_factory=dict)
+
+    def own_metrics(self) -> dict[str, float]:
+        """The measures of a model measured its own way (the recommender, clusters,
+        scores); empty for a propensity model (AUC and the rest)."""
+        return {k: v for k, v in self.metrics.items() if not k.startswith(POOLED)}
+
+    def pooled(self) -> list[str]:
+        """The features whose later values share one weight."""
+        return [k[len(POOLED):] for k in self.metrics if k.startswith(POOLED)]
+
+
+POOLED = "pooled:"
 
 
 def _pseudonym(key: tuple[str, str]) -> bytes:

@@ -119,13 +119,17 @@ def render_models(models: Sequence[ModelQuality]) -> str:
              f"{'mean p':>7} {'rate':>7}"]
     for q in models:
         auc = f"{q.rolling_auc:>6.3f}" if q.rolling_auc == q.rolling_auc else f"{'n/a':>6}"
-        if q.metrics:  # a model measured its own way (the recommender, clusters, scores)
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in q.metrics.items())
+        own = q.own_metrics()
+        if own:  # a model measured its own way (the recommender, clusters, scores)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in own.items())
             lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9}  {shown}")
             continue
+        pooled = q.pooled()
         lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9} {auc} "
                      f"{q.rolling_log_loss:>9.4f} {q.mean_predicted:>7.4f} "
-                     f"{q.observed_rate:>7.4f}")
+                     f"{q.observed_rate:>7.4f}"
+                     + (f"  pooled beyond their vocabulary: {', '.join(pooled)}"
+                        if pooled else ""))
     lines.append("(progressive validation: each example predicted before it was learnt; "
                  "last 1,000 examples)")
     return "\n".join(lines)
