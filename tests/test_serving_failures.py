@@ -403,7 +403,7 @@ def test_an_idle_server_stays_live_and_its_readiness_follows_the_store(
     thread without waking the event loop, so an idle server's never started: liveness
     failed 30 s after start, a probe would have restarted every quiet pod, and readiness
     never followed the store until some request woke the loop.)"""
-    monkeypatch.setattr(server, "LIVENESS_STALL_SECONDS", 1.0)
+    monkeypatch.setattr(server, "LIVENESS_STALL_SECONDS", 1.5)
     arbiter = Arbiter(retail, RedisStore(redis_url, cache_ttl=0, decide_timeout=0.3), seed=1)
     running = server.start(arbiter, "127.0.0.1", 0, default_deadline=1.0, health_port=0)
     name = "arbiter.v1.DecisionService"
@@ -413,7 +413,7 @@ def test_an_idle_server_stays_live_and_its_readiness_follows_the_store(
                 return int(health_pb2_grpc.HealthStub(probe).Check(
                     health_pb2.HealthCheckRequest(service=service), timeout=1).status)
 
-            time.sleep(2.0)  # twice the stall threshold, nothing on the main port
+            time.sleep(3.0)  # twice the stall threshold, nothing on the main port
             assert (status(), status(name)) == (SERVING, SERVING)
             redis_server.kill()
             deadline = time.monotonic() + 3
