@@ -93,7 +93,8 @@ def test_a_feature_pooled_beyond_its_vocabulary_is_reported(tmp_path: Path) -> N
     rules = tmp_path / "rules"
     shutil.copytree(RETAIL, rules)
     (rules / "model.arb").write_text(
-        "model on homepage_banner { features: context.device  vocabulary: 2 }\n")
+        "model on homepage_banner { per: placement  features: context.device\n"
+        "  vocabulary: 2 }\n")  # one model, whichever action each decision shows
     arbiter = Arbiter(load_path(rules), MemoryStore(), seed=1)
     running = server.start(arbiter, "127.0.0.1", 0, workers=4, metrics_port=0)
     try:
@@ -113,7 +114,7 @@ def test_a_feature_pooled_beyond_its_vocabulary_is_reported(tmp_path: Path) -> N
         running.stop(grace=0.5)
     pooled = re.findall(r'arbiter_model_pooled_feature_values\{feature="context.device",'
                         r'model="([^"]+)"\} 2.0', text)
-    assert pooled, text
+    assert pooled == ["@homepage_banner"], text
     quality = {q.model: q for q in arbiter.models.quality()}
     assert all(quality[m].pooled() == ["context.device"] for m in pooled)
     assert all(f'arbiter_model_auc{{model="{m}"}}' in text for m in pooled)
