@@ -78,8 +78,8 @@ class DecisionRecord(msgspec.Struct, omit_defaults=True, array_like=True):
 
     Stored as an array, fields by position (a record is kept for every decision shown,
     for days: field names in every one made it a quarter larger); a field added later
-    goes at the end, with a default. Records stored as maps by earlier builds still
-    decode (:func:`decode_decision`).
+    goes at the end, with a default (earlier builds then ignore it). Records stored as
+    maps by earlier builds still decode (:func:`decode_decision`).
     """
 
     decision_id: str
@@ -329,6 +329,13 @@ def decode_decision(data: bytes, field: str = "decision_id") -> DecisionRecord:
     ...     "actions": [{"action_id": "offer", "rank": 1, "score": 0.5,
     ...                  "propensity": 0.1, "value": 5.0}]})
     >>> decode_decision(old) == decode_decision(encode(record)) == record
+    True
+
+    A later build's record, with a field appended, reads as far as this build knows it
+    (so a field added at the end needs no upgrade step):
+
+    >>> newer = msgspec.msgpack.encode([*msgspec.msgpack.decode(encode(record)), "new"])
+    >>> decode_decision(newer) == record
     True
     """
     try:
