@@ -23,6 +23,14 @@ from engine.cli.app import main
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.records import (
+    RECORD_LAYOUTS,
+    CorruptRecord,
+    DecisionRecord,
+    ShownAction,
+    decode_decision,
+    encode_decision,
+)
 from engine.service import Arbiter
 from tests.conftest import RETAIL, RedisServer
 from tests.fuzzing import fuzz_settings
@@ -183,3 +191,23 @@ def test_a_damaged_decision_log_reads_as_its_good_lines(
     assert [json.dumps(e, sort_keys=True) for e in entries] == [
         json.dumps(json.loads(line), sort_keys=True) for line in good]
     assert main(["replay", str(path), "--rules", str(RETAIL)]) == 0
+
+
+@FUZZ
+@given(layout=st.sampled_from(RECORD_LAYOUTS), damage=DAMAGE)
+def test_a_damaged_record_in_either_layout_is_corrupt_never_a_crash(
+        layout: str, damage: Damage) -> None:
+    """A decision record stored as an array or as a map (an earlier build's, or
+    ``--record-layout map``), then damaged: it decodes as a record or raises
+    CorruptRecord naming the field, never another exception."""
+    record = DecisionRecord(
+        "d1", "ann", "home", "web", "r1", 1.0,
+        [ShownAction("offer", 1, 0.5, 0.1, 5.0, "exp", "offer", reward="click",
+                     items=["sku-1"])],
+        features={"segment:vip": 1.0, "context.spend": 12.5}, outcomes={"offer": ["click"]})
+    try:
+        decoded = decode_decision(damage(encode_decision(record, layout)))
+    except CorruptRecord as err:
+        assert err.field == "decision_id"
+    else:
+        assert isinstance(decoded, DecisionRecord)
