@@ -100,6 +100,7 @@ def test_processes_above_one_need_redis() -> None:
 
 @pytest.mark.parametrize(("flags", "message"), [
     (("--max-concurrent-rpcs", "0"), "--max-concurrent-rpcs must be 1 or more"),
+    (("--max-pending-rpcs", "0"), "--max-pending-rpcs must be 1 or more"),
     (("--default-deadline", "0"), "--default-deadline must be above 0"),
     (("--learning-log-max", "-1"), "--learning-log-max must be 0 (no cap) or more"),
     (("--default-deadline", "inf"), "--default-deadline must be above 0 and finite"),

@@ -61,6 +61,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-concurrent-rpcs", type=int, default=1000, metavar="N",
                    help="RPCs in progress at most per process; more are refused at once "
                         "with RESOURCE_EXHAUSTED (load shedding) instead of queueing")
+    p.add_argument("--max-pending-rpcs", type=int, default=10_000, metavar="N",
+                   help="calls received and waiting to start, at most per process (a "
+                        "burst of connections); past it gRPC cancels new calls")
     p.add_argument("--seed", type=int, help="seed of the Thompson sampler")
     p.add_argument("--decision-log", metavar="FILE.jsonl",
                    help="append every decision and outcome here (for arbiter replay)")
@@ -166,7 +169,8 @@ def run(args: argparse.Namespace) -> int:
                            args.reload_interval, args.metrics_port, credentials, tokens,
                            health_port=args.health_port, reuse_port=args.reuse_port,
                            default_deadline=args.default_deadline, tracing=tracing,
-                           max_concurrent_rpcs=args.max_concurrent_rpcs)
+                           max_concurrent_rpcs=args.max_concurrent_rpcs,
+                           max_pending_rpcs=args.max_pending_rpcs)
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)
@@ -199,6 +203,8 @@ def process_count(args: argparse.Namespace) -> int:
         raise ValueError("--default-deadline must be above 0 and finite")
     if args.max_concurrent_rpcs < 1:
         raise ValueError("--max-concurrent-rpcs must be 1 or more")
+    if args.max_pending_rpcs < 1:
+        raise ValueError("--max-pending-rpcs must be 1 or more")
     if not 0 < args.attribution_window < math.inf:
         raise ValueError("--attribution-window must be above 0 and finite")
     if not 0 <= args.profile_retention < math.inf:
