@@ -101,6 +101,7 @@ def test_processes_above_one_need_redis() -> None:
 @pytest.mark.parametrize(("flags", "message"), [
     (("--max-concurrent-rpcs", "0"), "--max-concurrent-rpcs must be 1 or more"),
     (("--max-pending-rpcs", "0"), "--max-pending-rpcs must be 1 or more"),
+    (("--max-connection-age", "-1"), "--max-connection-age must be 0 (never) or more"),
     (("--default-deadline", "0"), "--default-deadline must be above 0"),
     (("--learning-log-max", "-1"), "--learning-log-max must be 0 (no cap) or more"),
     (("--default-deadline", "inf"), "--default-deadline must be above 0 and finite"),
@@ -127,3 +128,28 @@ def test_a_record_layout_from_the_environment_is_checked() -> None:
         capture_output=True, text=True, timeout=60)
     assert out.returncode == 2 and "--record-layout must be array or map, not 'json'" in \
         out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.parametrize("taken", ["--port", "--metrics-port", "--health-port",
+                                   "--processes 2"])
+def test_a_port_in_use_is_one_line_not_a_traceback(taken: str, redis_url: str) -> None:
+    """Another program listens on the port asked for: ``arbiter serve`` says which
+    address it cannot listen on and exits 1 (the main port of one process or of the
+    supervisor, the metrics port, the health port)."""
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        flags = (["--port", str(port), "--processes", "2", "--redis", redis_url]
+                 if taken == "--processes 2" else
+                 ["--port", str(port)] if taken == "--port" else
+                 ["--port", str(free_port()), taken, str(port)])
+        out = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), *flags],
+            cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+            text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -8,8 +8,6 @@ redis-server, stalled with ``CLIENT PAUSE`` or killed.
 
 from __future__ import annotations
 
-import asyncio
-import collections
 import logging
 import threading
 import time
@@ -265,45 +263,6 @@ def test_past_the_concurrent_rpc_limit_new_calls_are_refused_at_once(retail: Rul
     finally:
         channel.close()
         running.stop(grace=0.5)
-
-
-def _burst(port: int, connections: int) -> collections.Counter[str]:
-    """One Decide on each of ``connections`` new connections, all at once: status counts."""
-    async def one(i: int) -> str:
-        async with grpc.aio.insecure_channel(
-                f"127.0.0.1:{port}", options=[("grpc.use_local_subchannel_pool", 1)]) as ch:
-            try:
-                await pb_grpc.DecisionServiceStub(ch).Decide(
-                    pb.DecideRequest(user_id=f"b{i}", placement="email"), timeout=30)
-            except grpc.aio.AioRpcError as err:
-                return err.code().name
-            return "OK"
-
-    async def burst() -> list[str]:
-        return await asyncio.gather(*(one(i) for i in range(connections)))
-
-    return collections.Counter(asyncio.run(burst()))
-
-
-def test_a_burst_of_new_connections_waits_its_turn_up_to_the_pending_bound(
-        retail: Ruleset) -> None:
-    """2,500 clients connecting at once, a call each: every call is answered (gRPC's core
-    cancels calls waiting to start past 1,000 by default: 180-200 of this burst before
-    ``max_pending_rpcs``); with the bound below the burst, the core cancels the excess."""
-    from adapters.memory import MemoryStore
-
-    for pending, expect_all in ((server.MAX_PENDING_RPCS, True), (20, False)):
-        running = server.start(Arbiter(retail, MemoryStore(), seed=1), "127.0.0.1", 0,
-                               max_pending_rpcs=pending)
-        try:
-            statuses = _burst(running.port, 2500)
-        finally:
-            running.stop(grace=0.5)
-        assert sum(statuses.values()) == 2500
-        if expect_all:
-            assert statuses == {"OK": 2500}
-        else:
-            assert statuses["CANCELLED"] > 0 and statuses["OK"] > 0, statuses
 
 
 def test_a_batch_on_a_stalled_or_corrupt_store_answers_degraded_decisions_in_time(

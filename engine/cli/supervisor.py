@@ -167,7 +167,12 @@ def child_argvs(argv: Sequence[str], processes: int, port: int,
 
 def supervise(argv: Sequence[str], args: Any, processes: int) -> int:
     """Run ``processes`` children of ``arbiter serve`` on one port until SIGTERM/SIGINT."""
-    reserved = reserve_port(args.host, args.port)
+    try:
+        reserved = reserve_port(args.host, args.port)
+    except OSError as err:
+        print(f"arbiter serve: cannot listen on {args.host}:{args.port}: "
+              f"{err.strerror or err}", file=sys.stderr)
+        return 1
     port = reserved.getsockname()[1]
     supervisor = Supervisor(
         child_argvs(argv, processes, port, args.metrics_port, args.health_port, args.seed),

@@ -18,6 +18,7 @@ import logging
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent import futures
 from typing import Any
 
@@ -59,6 +60,38 @@ REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 RELOAD_INTERVAL_SECONDS = 1.0
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_PENDING_RPCS = 10_000  # calls received, not yet started (gRPC's default: 1,000)
+MAX_CONNECTION_AGE_SECONDS = 300.0
+CONNECTION_AGE_GRACE_MS = 60_000  # calls in flight on a connection closed for its age
+CLIENT_PING_MIN_MS = 10_000  # clients' keepalive pings accepted this often
+PING_IDLE_CONNECTIONS_MS, PING_TIMEOUT_MS = 60_000, 20_000
+
+
+def connection_options(max_connection_age: float) -> list[tuple[str, int]]:
+    """gRPC channel arguments for the server's connections.
+
+    Clients' keepalive pings are accepted every 10 s even with no call in flight (gRPC's
+    default, 5 minutes, answers a Java or Go client's 30 s keepalive with GOAWAY
+    ``too_many_pings``); an idle connection is pinged every minute and closed when its
+    peer does not answer within 20 s (a vanished client's connection would otherwise stay
+    for TCP's two hours); with an age, a connection is closed with GOAWAY after about
+    that long (gRPC adds ±10%; calls in flight get a minute to finish), so clients
+    reconnect and the kernel (``SO_REUSEPORT``) or a load balancer spreads them anew.
+
+    >>> dict(connection_options(0)).get("grpc.max_connection_age_ms") is None
+    True
+    >>> dict(connection_options(300))["grpc.max_connection_age_ms"]
+    300000
+    """
+    options = [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", CLIENT_PING_MIN_MS),
+        ("grpc.keepalive_time_ms", PING_IDLE_CONNECTIONS_MS),
+        ("grpc.keepalive_timeout_ms", PING_TIMEOUT_MS),
+    ]
+    if max_connection_age > 0:
+        options += [("grpc.max_connection_age_ms", max(1, round(max_connection_age * 1000))),
+                    ("grpc.max_connection_age_grace_ms", CONNECTION_AGE_GRACE_MS)]
+    return options
 SYNC_INTERVAL_SECONDS = 1.0
 READY_INTERVAL_SECONDS = 0.5
 """Readiness pings the store this often, and waits this long for its answer."""
@@ -254,7 +287,8 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
           default_deadline: float = DEFAULT_DEADLINE_SECONDS,
           tracing: Tracing | None = None,
           max_concurrent_rpcs: int | None = None,
-          max_pending_rpcs: int = MAX_PENDING_RPCS) -> RunningServer:
+          max_pending_rpcs: int = MAX_PENDING_RPCS,
+          max_connection_age: float = MAX_CONNECTION_AGE_SECONDS) -> RunningServer:
     """Start serving on ``host:port`` (port 0 picks a free one) on an event loop of its own.
 
     ``workers`` threads run blocking store transactions. With a ``reloader`` the ruleset
@@ -269,6 +303,8 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     ``RESOURCE_EXHAUSTED`` (None: no limit); the ``health_port`` server is not counted.
     Calls received but not yet started wait in gRPC's core, ``max_pending_rpcs`` at most
     (a burst of new connections); past it the core cancels new calls (``CANCELLED``).
+    A connection is closed gracefully after about ``max_connection_age`` seconds (0:
+    never), so that clients reconnect and spread over processes and replicas.
     """
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, name="arbiter-loop", daemon=True)
@@ -281,8 +317,8 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     try:
         asyncio.run_coroutine_threadsafe(
             _start(running, host, port, credentials, tokens, health_port, reuse_port,
-                   default_deadline, tracing, max_concurrent_rpcs, max_pending_rpcs),
-            loop).result()
+                   default_deadline, tracing, max_concurrent_rpcs, max_pending_rpcs,
+                   max_connection_age), loop).result()
     except BaseException:
         loop.call_soon_threadsafe(loop.stop)
         thread.join(timeout=5)
@@ -294,7 +330,12 @@ def start(arbiter: Arbiter, host: str = "127.0.0.1", port: int = 50051,
     running.start_background(reload_interval)
     log.info("serving ruleset %s on %s:%d", arbiter.ruleset.revision, host, running.port)
     if metrics is not None and metrics_port is not None:
-        running.metrics_port = metrics.serve(metrics_port, host)
+        try:
+            running.metrics_port = metrics.serve(metrics_port, host)
+        except OSError as err:
+            running.stop(grace=0)
+            raise OSError(f"cannot listen on {host}:{metrics_port} (metrics): "
+                          f"{err.strerror or err}") from err
         log.info("metrics on http://%s:%d/metrics", host, running.metrics_port)
     return running
 
@@ -303,11 +344,12 @@ async def _start(running: RunningServer, host: str, port: int,
                  credentials: grpc.ServerCredentials | None, tokens: Tokens | None,
                  health_port: int | None, reuse_port: bool, default_deadline: float,
                  tracing: Tracing | None, max_concurrent_rpcs: int | None,
-                 max_pending_rpcs: int) -> None:
+                 max_pending_rpcs: int, max_connection_age: float) -> None:
     arbiter, offload, metrics = running.arbiter, running.offload, running.metrics
     # decisions read arm counters fetched in the background, never on the loop
     await offload.thread(arbiter.decide_without_store_reads)
     options = [
+        *connection_options(max_connection_age),
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", 4 * MAX_MESSAGE_BYTES),
         ("grpc.so_reuseport", 1 if reuse_port else 0),
@@ -342,15 +384,18 @@ async def _start(running: RunningServer, host: str, port: int,
     _add_reflection(server, (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME,
                              CATALOGUE_SERVICE_NAME, health.SERVICE_NAME))
     address = f"{host}:{port}"
-    bound = (server.add_secure_port(address, credentials) if credentials is not None
-             else server.add_insecure_port(address))
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}")
+    bound = _bind(lambda: (server.add_secure_port(address, credentials)
+                           if credentials is not None else server.add_insecure_port(address)),
+                  host, port, "")
     await server.start()
     running.server, running.port = server, bound
     if health_port is not None:
-        running.health_server, running.health_port = _health_server(
-            running.probe_health, host, health_port)
+        try:
+            running.health_server, running.health_port = _health_server(
+                running.probe_health, host, health_port)
+        except OSError:
+            await server.stop(0)
+            raise
 
 
 def _add_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
@@ -369,15 +414,26 @@ def _add_reflection(server: grpc.aio.Server, services: tuple[str, ...]) -> None:
     server.add_generic_rpc_handlers((handler,))
 
 
+def _bind(add_port: Callable[[], int], host: str, port: int, what: str) -> int:
+    """The bound port, or OSError naming the address (grpcio raises RuntimeError where it
+    once returned 0: a port in use, or a host that is not this machine's)."""
+    try:
+        bound = add_port()
+    except RuntimeError:
+        bound = 0
+    if bound == 0:
+        raise OSError(f"cannot listen on {host}:{port}{what}: the port is in use, or the "
+                      f"host is not an address of this machine")
+    return bound
+
+
 def _health_server(servicer: health.HealthServicer, host: str, port: int
                    ) -> tuple[grpc.Server, int]:
     """The health service alone, on its own port and threads (a synchronous server): it
     answers even while the event loop is held, and no token stands in front of it."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    bound = server.add_insecure_port(f"{host}:{port}")
-    if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port} (health)")
+    bound = _bind(lambda: server.add_insecure_port(f"{host}:{port}"), host, port, " (health)")
     server.start()
     log.info("health on %s:%d", host, bound)
     return server, bound

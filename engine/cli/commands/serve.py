@@ -64,6 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-pending-rpcs", type=int, default=10_000, metavar="N",
                    help="calls received and waiting to start, at most per process (a "
                         "burst of connections); past it gRPC cancels new calls")
+    p.add_argument("--max-connection-age", type=float, default=300.0, metavar="SECONDS",
+                   help="close each client connection gracefully after about this long "
+                        "(0: never), so clients reconnect and spread over processes and "
+                        "replicas")
     p.add_argument("--seed", type=int, help="seed of the Thompson sampler")
     p.add_argument("--decision-log", metavar="FILE.jsonl",
                    help="append every decision and outcome here (for arbiter replay)")
@@ -165,12 +169,18 @@ def run(args: argparse.Namespace) -> int:
                       attribution_window=args.attribution_window,
                       snapshot_key=key)
     reloader = RulesetReloader(args.rules, arbiter)
-    running = server.start(arbiter, args.host, args.port, args.workers, reloader,
-                           args.reload_interval, args.metrics_port, credentials, tokens,
-                           health_port=args.health_port, reuse_port=args.reuse_port,
-                           default_deadline=args.default_deadline, tracing=tracing,
-                           max_concurrent_rpcs=args.max_concurrent_rpcs,
-                           max_pending_rpcs=args.max_pending_rpcs)
+    try:
+        running = server.start(arbiter, args.host, args.port, args.workers, reloader,
+                               args.reload_interval, args.metrics_port, credentials, tokens,
+                               health_port=args.health_port, reuse_port=args.reuse_port,
+                               default_deadline=args.default_deadline, tracing=tracing,
+                               max_concurrent_rpcs=args.max_concurrent_rpcs,
+                               max_pending_rpcs=args.max_pending_rpcs,
+                               max_connection_age=args.max_connection_age)
+    except OSError as err:  # a port in use: one line, not a traceback
+        print(f"arbiter serve: {err}", file=sys.stderr)
+        arbiter.close()
+        return 1
     print(f"arbiter: serving {args.rules} (revision {ruleset.revision}) on "
           f"{args.host}:{running.port} with {'redis' if args.redis else 'in-memory'} store",
           flush=True)
@@ -205,6 +215,8 @@ def process_count(args: argparse.Namespace) -> int:
         raise ValueError("--max-concurrent-rpcs must be 1 or more")
     if args.max_pending_rpcs < 1:
         raise ValueError("--max-pending-rpcs must be 1 or more")
+    if not 0 <= args.max_connection_age < math.inf:
+        raise ValueError("--max-connection-age must be 0 (never) or more, and finite")
     if not 0 < args.attribution_window < math.inf:
         raise ValueError("--attribution-window must be above 0 and finite")
     if not 0 <= args.profile_retention < math.inf:
