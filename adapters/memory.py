@@ -69,6 +69,7 @@ class MemoryStore:
         self._user_keys: dict[str, set[str]] = {}  # user -> their idempotency keys
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
+        self._lease: tuple[str, float] = ("", 0.0)  # the learner lease: holder, until
         self._items: dict[str, tuple[int, bytes]] = {}  # id -> (version, item; b"": removed)
         self._items_version = 0
 
@@ -273,6 +274,23 @@ class MemoryStore:
 
     def load_models(self) -> tuple[bytes, str] | None:
         return self._snapshot
+
+    def models_offset(self) -> str:
+        return self._snapshot[1] if self._snapshot is not None else ""
+
+    def hold_learner_lease(self, holder: str, seconds: float) -> bool:
+        with self._lock:
+            current, until = self._lease
+            now = time.monotonic()
+            if current in ("", holder) or now >= until:
+                self._lease = (holder, now + seconds)
+                return True
+            return False
+
+    def release_learner_lease(self, holder: str) -> None:
+        with self._lock:
+            if self._lease[0] == holder:
+                self._lease = ("", 0.0)
 
     @property
     def blocking(self) -> bool:

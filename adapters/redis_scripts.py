@@ -129,3 +129,25 @@ its TTL, the index's TTL and the decision id (scored by its expiry)."""
 
 MAX_COMMIT_ATTEMPTS = 50
 """Reads-then-compare-and-set attempts of one feedback before it answers UNAVAILABLE."""
+
+
+HOLD_LEASE = """
+-- KEYS[1] the lease; ARGV[1] who asks, ARGV[2] its time to live in ms.
+-- Renewed when ARGV[1] holds it, taken when nobody does: 1; else 0.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  return 1
+end
+return 0
+"""
+
+RELEASE_LEASE = """
+-- KEYS[1] the lease; ARGV[1] who lets it go (only its holder can).
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""

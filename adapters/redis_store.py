@@ -70,7 +70,9 @@ from adapters.redis_replicas import check_replicated, wait_command
 from adapters.redis_scripts import (
     CHANGE_ITEMS,
     COMMIT_FEEDBACK,
+    HOLD_LEASE,
     LOG_ENTRY,
+    RELEASE_LEASE,
     SAVE_DECISIONS,
     UPDATE_PROFILES,
 )
@@ -231,6 +233,8 @@ class RedisStore:
         self._cache_lock = Lock()
         self._commit_feedback = self.redis.register_script(COMMIT_FEEDBACK)
         self._change_items = self.redis.register_script(CHANGE_ITEMS)
+        self._hold_lease = self.redis.register_script(HOLD_LEASE)
+        self._release_lease = self.redis.register_script(RELEASE_LEASE)
 
     def _retention(self) -> bytes:
         """:attr:`profile_retention` as the scripts take it: whole seconds, b"0" for ever."""
@@ -531,6 +535,17 @@ class RedisStore:
         if blob is None:
             return None
         return blob, (offset or b"").decode()
+
+    def models_offset(self) -> str:
+        saved = _b(self.redis.hget(f"{self.ns}:models", "offset"))
+        return saved.decode() if saved is not None else ""
+
+    def hold_learner_lease(self, holder: str, seconds: float) -> bool:
+        return bool(self._hold_lease(keys=[f"{self.ns}:learner"],
+                                     args=[holder, max(1, int(seconds * 1000))]))
+
+    def release_learner_lease(self, holder: str) -> None:
+        self._release_lease(keys=[f"{self.ns}:learner"], args=[holder])
 
     def ping(self) -> bool:
         return bool(self.redis.ping())

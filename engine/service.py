@@ -40,6 +40,7 @@ from engine.experiments.state import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning.clusters import ClusterModels
 from engine.learning.consumer import Learner
+from engine.learning.log import LEARNING_MODES
 from engine.learning.models import ModelQuality, PropensityModels
 from engine.learning.recommender import Recommender
 from engine.learning.scores import ScoreModels
@@ -102,7 +103,10 @@ class Arbiter:
         attribution_window: float = ATTRIBUTION_WINDOW_SECONDS,
         decision_log: DecisionLog | None = None,
         snapshot_key: bytes | None = None,
+        learners: str = "every",
     ) -> None:
+        if learners not in LEARNING_MODES:
+            raise ValueError(f"learners must be {' or '.join(LEARNING_MODES)}, not {learners!r}")
         self._ruleset = ruleset
         self.store = store
         self.clock = clock
@@ -118,7 +122,8 @@ class Arbiter:
                                snapshot_key=snapshot_key, clock=clock,
                                recommender=self.recommender, clusters=self.clusters,
                                clusters_of=lambda: self._ruleset.clusters,
-                               scores=self.scores, scores_of=lambda: self._ruleset.scores)
+                               scores=self.scores, scores_of=lambda: self._ruleset.scores,
+                               elected=learners == "one")
         self.catalogue_keeper = CatalogueKeeper(store, ruleset)
         self.experiments = ExperimentStates(self._arm_counts_or_none, self.sampler, clock)
         self.population = PopulationHours()  # engagement by hour of week, all replicas
@@ -349,7 +354,7 @@ class Arbiter:
                 if not self._restored:
                     self.learner.restore()
                     self._restored = True
-        return self.learner.catch_up()
+        return self.learner.step()
 
     def sync(self) -> int:
         """Re-read other replicas' arm counters and learn from the log; events applied."""
@@ -404,8 +409,9 @@ class Arbiter:
     def model_report(self) -> list[ModelQuality]:
         """Every model's progressive quality: the propensity models, and the recommender,
         clusters and scores once they have learnt something (their own measures as
-        metrics). Applies the learning log first."""
-        self.learner.catch_up()
+        metrics). Applies the learning log first (or, as one of ``learners="one"``'s
+        followers, the newest snapshot)."""
+        self.learn()
         return self.models.quality() + self.learnt_quality()
 
     def learnt_quality(self) -> list[ModelQuality]:
@@ -523,6 +529,7 @@ class Arbiter:
         next start replays the log from the previous one) and close the store."""
         try:
             self.learner.snapshot()
+            self.learner.resign()
         except StoreUnavailable as err:
             log.warning("no final model snapshot, store unavailable: %s", err)
         finally:

@@ -102,6 +102,8 @@ def test_processes_above_one_need_redis() -> None:
     (("--max-concurrent-rpcs", "0"), "--max-concurrent-rpcs must be 1 or more"),
     (("--max-pending-rpcs", "0"), "--max-pending-rpcs must be 1 or more"),
     (("--max-connection-age", "-1"), "--max-connection-age must be 0 (never) or more"),
+    (("--learners", "one", "--redis", "redis://127.0.0.1:1/0"),
+     "--learners one needs a snapshot key"),
     (("--default-deadline", "0"), "--default-deadline must be above 0"),
     (("--learning-log-max", "-1"), "--learning-log-max must be 0 (no cap) or more"),
     (("--default-deadline", "inf"), "--default-deadline must be above 0 and finite"),
@@ -153,3 +155,58 @@ def test_a_port_in_use_is_one_line_not_a_traceback(taken: str, redis_url: str) -
     assert out.returncode == 1, out.stderr
     assert f"cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def metric(metrics_port: int, name: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics",
+                                  timeout=5).read().decode()
+    found = re.findall(rf"^{name}(?:_total)? (\S+)$", text, re.M)
+    return float(found[0]) if found else 0.0
+
+
+def test_with_one_learner_one_process_reads_the_log_and_the_other_adopts(
+        redis_url: str) -> None:
+    """``--learners one`` over two processes: feedback through either, exactly one of
+    them applies the learning log, the other takes its published snapshots."""
+    port, metrics = free_port(), two_free_ports()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
+         str(port), "--redis", redis_url, "--processes", "2", "--metrics-port", str(metrics),
+         "--learners", "one"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
+                       "ARBITER_SNAPSHOT_KEY": "test key"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    assert proc.stdout is not None
+    out = proc.stdout
+    threading.Thread(target=lambda: lines.extend(iter(out.readline, "")), daemon=True).start()
+    try:
+        deadline = time.monotonic() + 60
+        while not any("with 2 processes" in line for line in lines):
+            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
+            time.sleep(0.1)
+        for i in range(40):  # new connections: both processes take feedback
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+                    ("grpc.use_local_subchannel_pool", 1)]) as channel:
+                stub = pb_grpc.DecisionServiceStub(channel)
+                d = stub.Decide(pb.DecideRequest(user_id=f"u{i}", placement="homepage_banner",
+                                                 channel="web"), timeout=5)
+                stub.Feedback(pb.FeedbackRequest(
+                    decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                    outcome=pb.OUTCOME_CLICK), timeout=5)
+        deadline = time.monotonic() + 30  # published within 5 s, adopted within 1 s
+        while True:
+            leaders = [metric(m, "arbiter_learning_leader") for m in (metrics, metrics + 1)]
+            applied = [metric(m, "arbiter_learning_events_applied")
+                       for m in (metrics, metrics + 1)]
+            adopted = [metric(m, "arbiter_model_snapshots_adopted")
+                       for m in (metrics, metrics + 1)]
+            one = leaders.index(1.0) if leaders.count(1.0) == 1 else None
+            if (one is not None and applied[one] >= 40 and applied[1 - one] == 0
+                    and adopted[1 - one] > 0):
+                break
+            assert time.monotonic() < deadline, (leaders, applied, adopted, "".join(lines))
+            time.sleep(0.5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)

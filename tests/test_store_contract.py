@@ -303,9 +303,26 @@ def test_the_log_keeps_at_most_its_cap_whatever_is_still_needed(store: Store) ->
 
 
 def test_models_snapshot_round_trips(store: Store) -> None:
-    assert store.load_models() is None
+    assert store.load_models() is None and store.models_offset() == ""
     store.save_models(b"\x00blob", "")
     assert store.load_models() == (b"\x00blob", "")
+    store.save_models(b"\x01blob", "7-1")
+    assert store.models_offset() == "7-1"
+
+
+def test_the_learner_lease_has_one_holder_until_released_or_expired(store: Store) -> None:
+    """``--learners one``: one holder renews; another gets it when it is released or
+    left to expire."""
+    assert store.hold_learner_lease("a", 5.0)
+    assert store.hold_learner_lease("a", 5.0)  # renewed
+    assert not store.hold_learner_lease("b", 5.0)
+    store.release_learner_lease("b")  # not b's to release
+    assert not store.hold_learner_lease("b", 5.0)
+    store.release_learner_lease("a")
+    assert store.hold_learner_lease("b", 0.3)
+    assert not store.hold_learner_lease("a", 5.0)
+    time.sleep(0.5)  # b stopped renewing
+    assert store.hold_learner_lease("a", 5.0)
 
 
 # ---- the backing service ------------------------------------------------------------------

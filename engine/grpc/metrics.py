@@ -112,6 +112,13 @@ class _StateCollector(Collector):
         yield GaugeMetricFamily("arbiter_learning_events_applied",
                                 "Learning-log events this process has applied",
                                 value=learner.applied)
+        yield GaugeMetricFamily("arbiter_learning_leader", "1 while this process learns "
+                                "from the learning log (every process with --learners "
+                                "every; the elected one with --learners one)",
+                                value=float(not learner.elected or learner.leading))
+        yield CounterMetricFamily("arbiter_model_snapshots_adopted", "Snapshots of the one "
+                                  "learner this process took (--learners one)",
+                                  value=learner.adopted)
         lag = max(time.time() - learner.last_received, 0.0) if learner.last_received else 0.0
         yield GaugeMetricFamily("arbiter_learning_lag_seconds",
                                 "Age of the newest learning event applied (0: none yet)",

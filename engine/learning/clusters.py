@@ -262,8 +262,10 @@ class ClusterModels:
         return {"_models": self._models}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._models = state["_models"]
-        self._lock = threading.Lock()
+        if "_lock" not in self.__dict__:  # unpickled; else live, adopting a snapshot
+            self._lock = threading.Lock()
+        with self._lock:
+            self._models = state["_models"]
 
     def _model(self, spec: ClusterSpec) -> _Clustering:
         model = self._models.get(spec.name)

@@ -30,17 +30,25 @@ from dsl.ruleset import ClusterSpec, ModelSpec, ScoreSpec
 from dsl.vocabulary import DEFAULT_REWARD_WAIT_SECONDS
 from engine.learning.clusters import ClusterModels, split_features
 from engine.learning.delayed import fake_negative_weight, positive_weight
-from engine.learning.log import LearningLog
+from engine.learning.log import LearningLog, offset_key
 from engine.learning.models import PropensityModels
 from engine.learning.quality import FinalLabels
 from engine.learning.recommender import Recommender
 from engine.learning.scores import ScoreModels
 from engine.learning.snapshots import sign, verify
 from engine.records import FORGET, LearningEvent
+from engine.throttled_log import ThrottledLog
 
 SNAPSHOT_FORMAT = 5
 """Version of the pickled snapshot; an older one is ignored and the log replayed."""
+LEASE_SECONDS = 10.0
+"""How long the one learner's lease lasts unrenewed (it renews it every step, about
+every second): a learner that died or lost the store is replaced after this long."""
+PUBLISH_SECONDS = 5.0
+"""The one learner publishes its state this often (when it learnt something): how far
+behind the others' models are, at most, besides their one-second step."""
 log = logging.getLogger(__name__)
+throttled = ThrottledLog(log, 60.0)
 SpecOf = Callable[[str, str], tuple[ModelSpec, float]]
 """(placement, action id) -> the placement's model spec and the action's prior."""
 
@@ -67,6 +75,7 @@ class Learner:
         clusters_of: Callable[[], Mapping[str, ClusterSpec]] | None = None,
         scores: ScoreModels | None = None,
         scores_of: Callable[[], Mapping[str, ScoreSpec]] | None = None,
+        elected: bool = False,
     ) -> None:
         self.store = store
         self.models = models
@@ -77,6 +86,11 @@ class Learner:
         self.scores_of = scores_of  # and its predictive scores
         self.spec_of = spec_of
         self.reward_wait = reward_wait
+        self.elected = elected  # one learner for all processes (the lease holder)
+        self.leading = False  # this process holds the lease (elected only)
+        self.adopted = 0  # snapshots of the one learner taken (elected, following)
+        if elected:  # the others learn only through what it publishes
+            snapshot_every, snapshot_seconds = 1, PUBLISH_SECONDS
         self.snapshot_every = snapshot_every
         self.snapshot_seconds = snapshot_seconds  # and at most this often: a snapshot's
         # cost grows with the models and the labels awaited, so it is paid by time
@@ -97,12 +111,14 @@ class Learner:
         """Load the last snapshot, if any; the next :meth:`catch_up` replays the rest.
 
         Either way this process registers as a consumer of the log at its offset, so
-        no other replica trims what it has not applied yet.
+        no other replica trims what it has not applied yet (elected: only the learner
+        reads the log, and registers when it publishes).
         """
         try:
             self._restore()
         finally:
-            self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
+            if not self.elected:
+                self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
 
     def _restore(self) -> None:
         saved = self.store.load_models()
@@ -112,27 +128,79 @@ class Learner:
             log.warning("a model snapshot exists but no snapshot key is configured "
                         "(ARBITER_SNAPSHOT_KEY): relearning from the log")
             return
-        stored, offset = saved
         try:
-            version, models_blob, labels, recommender, clusters, scores = pickle.loads(
-                verify(self.snapshot_key, offset, stored))
-            if (version != SNAPSHOT_FORMAT or not isinstance(recommender, Recommender)
-                    or not isinstance(clusters, ClusterModels)
-                    or not isinstance(scores, ScoreModels)):
-                raise ValueError(f"snapshot format {version}")
-            self.models.restore(models_blob)
-            self.recommender.__setstate__(recommender.__getstate__())
-            self.clusters.__setstate__(clusters.__getstate__())
-            self.scores.__setstate__(scores.__getstate__())
+            with self._lock:
+                self._install(*saved)
         except Exception as err:  # refused, older, or written by another River: relearn
             log.warning("model snapshot not loaded (%s: %s); relearning from the log "
                         "(entries older than the snapshot may have been trimmed: the models "
                         "learn again from what the log still holds)", type(err).__name__, err)
-            return
-        with self._lock:
-            self.labels, self.offset = labels, offset
+
+    def _install(self, stored: bytes, offset: str) -> None:
+        """Take the state of a snapshot (verified first; raises when refused)."""
+        assert self.snapshot_key is not None
+        version, models_blob, labels, recommender, clusters, scores = pickle.loads(
+            verify(self.snapshot_key, offset, stored))
+        if (version != SNAPSHOT_FORMAT or not isinstance(recommender, Recommender)
+                or not isinstance(clusters, ClusterModels)
+                or not isinstance(scores, ScoreModels)):
+            raise ValueError(f"snapshot format {version}")
+        self.models.restore(models_blob)
+        self.recommender.__setstate__(recommender.__getstate__())
+        self.clusters.__setstate__(clusters.__getstate__())
+        self.scores.__setstate__(scores.__getstate__())
+        self.labels, self.offset = labels, offset
+        if "-" in offset:  # a Redis stream id: the receive time (ms) of its newest event
+            self.last_received = max(self.last_received, int(offset.split("-")[0]) / 1000)
+
+    def step(self) -> int:
+        """This process's turn of learning; returns the log events applied. Every process
+        catches up with the log; elected, only the lease holder does, and the others
+        adopt the newest state it published."""
+        if not self.elected:
+            return self.catch_up()
+        if not self.store.hold_learner_lease(self.consumer_id, LEASE_SECONDS):
+            if self.leading:
+                log.info("another process is the learner now (--learners one)")
+            self.leading = False
+            self.adopt()
+            return 0
+        if not self.leading:  # from the newest published state: the log before it may
+            self.adopt()  # be trimmed already
+            self.leading = True
+            log.info("this process is the learner (--learners one)")
+        return self.catch_up()
+
+    def adopt(self) -> bool:
+        """Take the newest published snapshot if it is past this process's state; True
+        when taken. A damaged or foreign one is refused (logged), the state kept."""
+        if self.snapshot_key is None:
+            return False
+        if offset_key(self.store.models_offset()) <= offset_key(self.offset):
+            return False
+        saved = self.store.load_models()
+        if saved is None or offset_key(saved[1]) <= offset_key(self.offset):
+            return False
+        try:
+            with self._lock:
+                self._install(*saved)
+        except Exception as err:
+            throttled.warning("adopt", "the learner's snapshot at %s not adopted (%s: %s)",
+                              saved[1], type(err).__name__, err)
+            return False
+        self.adopted += 1
+        return True
+
+    def resign(self) -> None:
+        """Let the learner's lease go (on shutdown), so another process takes over now."""
+        if self.elected and self.leading:
+            self.leading = False
+            self.store.release_learner_lease(self.consumer_id)
 
     def snapshot(self) -> None:
+        """Save the state now (elected: only the learner; the others' is never newer)."""
+        if self.elected and not self.leading:
+            return
         with self._lock:
             self._snapshot()
 

@@ -118,8 +118,13 @@ class Recommender:
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._lock = threading.RLock()
+        lock = self.__dict__.get("_lock")
+        if lock is None:  # unpickled
+            self.__dict__.update(state)
+            self._lock = threading.RLock()
+            return
+        with lock:  # a live recommender takes another's state (a snapshot adopted)
+            self.__dict__.update({k: v for k, v in state.items() if k != "_lock"})
 
     # ---- learning ------------------------------------------------------------------
     def learn(self, event: LearningEvent) -> None:

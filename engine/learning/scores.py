@@ -134,8 +134,10 @@ class ScoreModels:
         return {"_models": self._models, "clock": self.clock}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._models, self.clock = state["_models"], state["clock"]
-        self._lock = threading.Lock()
+        if "_lock" not in self.__dict__:  # unpickled; else live, adopting a snapshot
+            self._lock = threading.Lock()
+        with self._lock:
+            self._models, self.clock = state["_models"], state["clock"]
 
     def _model(self, spec: ScoreSpec) -> _Score:
         model = self._models.get(spec.name)

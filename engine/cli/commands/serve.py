@@ -19,6 +19,7 @@ from engine.cli.common import (
 )
 from engine.cli.config import Layered, SettingsError, read_file, render
 from engine.decision_log import DecisionLog
+from engine.learning.log import LEARNING_MODES
 from engine.ports import LEARNING_LOG_MAX_ENTRIES
 from engine.records import RECORD_LAYOUTS
 
@@ -48,6 +49,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="how Redis decision records are written: array (default), or map "
                         "as builds before session 13 read them, while a rolling upgrade "
                         "from one is under way (both are read)")
+    p.add_argument("--learners", choices=LEARNING_MODES, default="every",
+                   help="every: each process learns from the learning log (default); one: "
+                        "one process at a time (elected through the store) learns and "
+                        "publishes its models every 5 s, the others load them (needs a "
+                        "snapshot key): learning costs a process the same however many "
+                        "processes and replicas there are")
     p.add_argument("--processes", type=int, default=0, metavar="N",
                    help="serving processes sharing the port (SO_REUSEPORT) under one "
                         "supervising parent; default 0: one per core with --redis, 1 with "
@@ -131,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         credentials, tokens = security(args)
         key = snapshot_key(args)
         processes = process_count(args)
+        if args.learners == "one" and key is None:
+            raise ValueError("--learners one needs a snapshot key (ARBITER_SNAPSHOT_KEY or "
+                             "--snapshot-key-file): the other processes load the "
+                             "learner's signed snapshots")
         tracing = tracing_for(args) if processes == 1 else None
         if args.redis:
             from adapters.redis_store import refuse_cluster
@@ -167,7 +178,7 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
                       attribution_window=args.attribution_window,
-                      snapshot_key=key)
+                      snapshot_key=key, learners=args.learners)
     reloader = RulesetReloader(args.rules, arbiter)
     try:
         running = server.start(arbiter, args.host, args.port, args.workers, reloader,
@@ -227,6 +238,9 @@ def process_count(args: argparse.Namespace) -> int:
         raise ValueError("--learning-log-max must be 0 (no cap) or more")
     if args.redis_replicas < 0 or (args.redis_replicas and not args.redis):
         raise ValueError("--redis-replicas must be 0 or more, and needs --redis")
+    if args.learners not in LEARNING_MODES:  # (from the environment or a file)
+        raise ValueError(f"--learners must be {' or '.join(LEARNING_MODES)}, "
+                         f"not {args.learners!r}")
     if args.record_layout not in RECORD_LAYOUTS:  # (from the environment or a file)
         raise ValueError(f"--record-layout must be {' or '.join(RECORD_LAYOUTS)}, "
                          f"not {args.record_layout!r}")
