@@ -1,17 +1,21 @@
 """TrackEvent throughput on Redis against the health-Check floor (item page views).
 
     python -m bench.track_load [--duration 4] [--server-tree DIR]
+                               [--processes N --learners every|one]
 
 Starts ``arbiter serve --redis`` (a private redis-server, as the tests start it) on the
 retail ruleset from ``--server-tree`` (another checkout measures a "before"), then runs
 the load generator (its own process) on the health ``Check`` and on ``TrackEvent``
 (``page_view`` of a catalogue item: the profile, its item history and a learning-log
-entry, in one transaction), concurrency 32; prints one Markdown row.
+entry, in one transaction), concurrency 32; prints one Markdown row. With
+``--processes N``, N serving processes (a snapshot key set, so ``--learners one`` can
+be compared with ``every``); server CPU is every process's.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 from pathlib import Path
 
@@ -25,12 +29,17 @@ def main() -> None:
     p.add_argument("--concurrency", type=int, default=32)
     p.add_argument("--users", type=int, default=5000)
     p.add_argument("--server-tree", type=Path, default=ROOT)
+    p.add_argument("--processes", type=int, default=1)
+    p.add_argument("--learners", choices=("every", "one"), default="every")
     args = p.parse_args()
+    os.environ.setdefault("ARBITER_SNAPSHOT_KEY", "bench key")
+    extra = ("--processes", str(args.processes), "--learners", args.learners)
     with tempfile.TemporaryDirectory() as tmp:
         redis = RedisServer(Path(tmp))
         redis.start()
         try:
-            with arbiter_server(redis.url, 4, tree=args.server_tree) as (target, pid):
+            with arbiter_server(redis.url, 4, tree=args.server_tree,
+                                extra=extra) as (target, pid):
                 floor = loadgen(target, pid, "check", args)
                 track = loadgen(target, pid, "track", args)
         finally:

@@ -38,6 +38,7 @@ def clicks(arb: Arbiter, user: str, n: int) -> None:
 def replicas(retail: Ruleset, redis_url: str,
              monkeypatch: pytest.MonkeyPatch) -> tuple[Arbiter, Arbiter]:
     monkeypatch.setattr(consumer, "PUBLISH_SECONDS", 0.0)  # publish at every step
+    monkeypatch.setattr(consumer, "SNAPSHOT_SHARE", 1.0)
     first = Arbiter(retail, RedisStore(redis_url), seed=1, snapshot_key=KEY, learners="one")
     second = Arbiter(retail, RedisStore(redis_url), seed=2, snapshot_key=KEY,
                      learners="one")

@@ -46,7 +46,12 @@ LEASE_SECONDS = 10.0
 every second): a learner that died or lost the store is replaced after this long."""
 PUBLISH_SECONDS = 5.0
 """The one learner publishes its state this often (when it learnt something): how far
-behind the others' models are, at most, besides their one-second step."""
+behind the others' models are, besides their one-second step, while snapshots are
+small. (A learner's state is bounded, but grows with customers to tens of MB.)"""
+SNAPSHOT_SHARE = 0.05
+"""Publishing (the learner) or adopting (the others) a snapshot takes at most this share
+of a process's time: when one takes longer than ``SNAPSHOT_SHARE * PUBLISH_SECONDS``,
+the next waits proportionally longer (models staler, cost flat)."""
 log = logging.getLogger(__name__)
 throttled = ThrottledLog(log, 60.0)
 SpecOf = Callable[[str, str], tuple[ModelSpec, float]]
@@ -89,6 +94,7 @@ class Learner:
         self.elected = elected  # one learner for all processes (the lease holder)
         self.leading = False  # this process holds the lease (elected only)
         self.adopted = 0  # snapshots of the one learner taken (elected, following)
+        self._adopt_after = 0.0  # monotonic time before which no snapshot is adopted
         if elected:  # the others learn only through what it publishes
             snapshot_every, snapshot_seconds = 1, PUBLISH_SECONDS
         self.snapshot_every = snapshot_every
@@ -166,21 +172,23 @@ class Learner:
             self.adopt()
             return 0
         if not self.leading:  # from the newest published state: the log before it may
-            self.adopt()  # be trimmed already
+            self.adopt(now=True)  # be trimmed already
             self.leading = True
             log.info("this process is the learner (--learners one)")
         return self.catch_up()
 
-    def adopt(self) -> bool:
+    def adopt(self, now: bool = False) -> bool:
         """Take the newest published snapshot if it is past this process's state; True
-        when taken. A damaged or foreign one is refused (logged), the state kept."""
-        if self.snapshot_key is None:
+        when taken. A damaged or foreign one is refused (logged), the state kept. Unless
+        ``now``, an adoption waits in proportion to the last one's cost (SNAPSHOT_SHARE)."""
+        if self.snapshot_key is None or (not now and time.monotonic() < self._adopt_after):
             return False
         if offset_key(self.store.models_offset()) <= offset_key(self.offset):
             return False
         saved = self.store.load_models()
         if saved is None or offset_key(saved[1]) <= offset_key(self.offset):
             return False
+        started = time.monotonic()
         try:
             with self._lock:
                 self._install(*saved)
@@ -188,6 +196,9 @@ class Learner:
             throttled.warning("adopt", "the learner's snapshot at %s not adopted (%s: %s)",
                               saved[1], type(err).__name__, err)
             return False
+        finally:
+            took = time.monotonic() - started
+            self._adopt_after = started + max(0.0, took / SNAPSHOT_SHARE)
         self.adopted += 1
         return True
 
@@ -206,12 +217,15 @@ class Learner:
 
     def _snapshot(self) -> None:
         self._since_snapshot = 0
-        self._last_snapshot = time.monotonic()
+        started = self._last_snapshot = time.monotonic()
         if self.snapshot_key is not None:
             blob = pickle.dumps((SNAPSHOT_FORMAT, self.models.snapshot(), self.labels,
                                  self.recommender, self.clusters, self.scores))
             self.store.save_models(sign(self.snapshot_key, self.offset, blob), self.offset)
         self.trimmed += self.store.trim_learning_log(self.consumer_id, self.offset)
+        if self.elected:  # the next publication waits in proportion to this one's cost
+            self.snapshot_seconds = max(PUBLISH_SECONDS,
+                                        (time.monotonic() - started) / SNAPSHOT_SHARE)
 
     def catch_up(self, batch: int = 500) -> int:
         """Apply every logged event after our offset; returns how many were applied."""
