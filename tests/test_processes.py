@@ -42,23 +42,33 @@ def two_free_ports() -> int:
         return first
 
 
-def test_two_processes_share_the_port_and_the_parent_restarts_a_killed_one(
-        redis_url: str) -> None:
-    port, metrics = free_port(), two_free_ports()
+def serve_two(redis_url: str, port: int, metrics: int, *extra: str,
+              env: dict[str, str] | None = None) -> tuple[subprocess.Popen[str], list[str]]:
+    """``arbiter serve --processes 2`` on Redis, started: the parent, and its output's
+    lines as they come (a thread reads them)."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
-         str(port), "--redis", redis_url, "--processes", "2", "--metrics-port", str(metrics)],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT, text=True)
+         str(port), "--redis", redis_url, "--processes", "2", "--metrics-port", str(metrics),
+         *extra], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     lines: list[str] = []
     assert proc.stdout is not None
     out = proc.stdout
     threading.Thread(target=lambda: lines.extend(iter(out.readline, "")), daemon=True).start()
+    deadline = time.monotonic() + 60
+    while not any("with 2 processes" in line for line in lines):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("".join(lines))
+        time.sleep(0.1)
+    return proc, lines
+
+
+def test_two_processes_share_the_port_and_the_parent_restarts_a_killed_one(
+        redis_url: str) -> None:
+    port, metrics = free_port(), two_free_ports()
+    proc, lines = serve_two(redis_url, port, metrics)
     try:
-        deadline = time.monotonic() + 60
-        while not any("with 2 processes" in line for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.1)
         pids = [int(p) for p in re.findall(r"pids (\d+), (\d+)", "".join(lines))[0]]
         # connections are spread by the kernel: many channels reach both processes
         for i in range(40):
@@ -169,22 +179,9 @@ def test_with_one_learner_one_process_reads_the_log_and_the_other_adopts(
     """``--learners one`` over two processes: feedback through either, exactly one of
     them applies the learning log, the other takes its published snapshots."""
     port, metrics = free_port(), two_free_ports()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--port",
-         str(port), "--redis", redis_url, "--processes", "2", "--metrics-port", str(metrics),
-         "--learners", "one"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT),
-                       "ARBITER_SNAPSHOT_KEY": "test key"},
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-    assert proc.stdout is not None
-    out = proc.stdout
-    threading.Thread(target=lambda: lines.extend(iter(out.readline, "")), daemon=True).start()
+    proc, lines = serve_two(redis_url, port, metrics, "--learners", "one",
+                            env={"ARBITER_SNAPSHOT_KEY": "test key"})
     try:
-        deadline = time.monotonic() + 60
-        while not any("with 2 processes" in line for line in lines):
-            assert proc.poll() is None and time.monotonic() < deadline, "".join(lines)
-            time.sleep(0.1)
         for i in range(40):  # new connections: both processes take feedback
             with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
                     ("grpc.use_local_subchannel_pool", 1)]) as channel:
