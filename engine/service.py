@@ -107,6 +107,9 @@ class Arbiter:
     ) -> None:
         if learners not in LEARNING_MODES:
             raise ValueError(f"learners must be {' or '.join(LEARNING_MODES)}, not {learners!r}")
+        if learners == "one" and snapshot_key is None:  # the others could never adopt
+            raise ValueError('learners="one" needs a snapshot_key: the other processes '
+                             "load the learner's signed snapshots")
         self._ruleset = ruleset
         self.store = store
         self.clock = clock

@@ -89,3 +89,10 @@ def test_a_learner_that_stops_renewing_is_replaced_when_its_lease_expires(
     assert learner.learn() == 0 and not learner.learner.leading  # it follows when back
     assert learner.learner.adopted == 1 and predictions(learner) == \
         pytest.approx(predictions(follower))
+
+
+def test_one_learner_without_a_snapshot_key_is_refused(retail: Ruleset, redis_url: str) -> None:
+    """Without a key the others could never load the learner's snapshots: their models
+    would never learn anything."""
+    with pytest.raises(ValueError, match="needs a snapshot_key"):
+        Arbiter(retail, RedisStore(redis_url), learners="one")
