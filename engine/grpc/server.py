@@ -386,7 +386,8 @@ async def _start(running: RunningServer, host: str, port: int,
     address = f"{host}:{port}"
     bound = _bind(lambda: (server.add_secure_port(address, credentials)
                            if credentials is not None else server.add_insecure_port(address)),
-                  host, port, "")
+                  host, port, " (TLS: or its certificate and key do not load)"
+                  if credentials is not None else "")
     await server.start()
     running.server, running.port = server, bound
     if health_port is not None:
@@ -422,8 +423,8 @@ def _bind(add_port: Callable[[], int], host: str, port: int, what: str) -> int:
     except RuntimeError:
         bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen on {host}:{port}{what}: the port is in use, or the "
-                      f"host is not an address of this machine")
+        raise OSError(f"cannot listen on {host}:{port}: the port is in use, or the host "
+                      f"is not an address of this machine{what}")
     return bound
 
 
@@ -433,7 +434,8 @@ def _health_server(servicer: health.HealthServicer, host: str, port: int
     answers even while the event loop is held, and no token stands in front of it."""
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
     health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
-    bound = _bind(lambda: server.add_insecure_port(f"{host}:{port}"), host, port, " (health)")
+    bound = _bind(lambda: server.add_insecure_port(f"{host}:{port}"), host, port,
+                  " (--health-port)")
     server.start()
     log.info("health on %s:%d", host, bound)
     return server, bound
