@@ -208,6 +208,13 @@ def tracing_for(args: argparse.Namespace) -> Any:
     return tracing_from(args.otel_exporter)
 
 
+MAX_RPC_BOUND = 1_000_000
+"""The largest ``--max-concurrent-rpcs`` and ``--max-pending-rpcs``."""
+MAX_CONNECTION_AGE = 1_000_000
+"""The longest ``--max-connection-age``, seconds (11.6 days; gRPC takes milliseconds as
+a C int)."""
+
+
 def process_count(args: argparse.Namespace) -> int:
     """``--processes``, or its default: one per core with Redis, one in memory."""
     if args.processes < 0:
@@ -222,12 +229,18 @@ def process_count(args: argparse.Namespace) -> int:
     # (``not x > 0`` refuses NaN too, which every comparison answers False)
     if not 0 < args.default_deadline < math.inf:
         raise ValueError("--default-deadline must be above 0 and finite")
-    if args.max_concurrent_rpcs < 1:
-        raise ValueError("--max-concurrent-rpcs must be 1 or more")
-    if args.max_pending_rpcs < 1:
-        raise ValueError("--max-pending-rpcs must be 1 or more")
-    if not 0 <= args.max_connection_age < math.inf:
-        raise ValueError("--max-connection-age must be 0 (never) or more, and finite")
+    for flag, port in (("--port", args.port), ("--metrics-port", args.metrics_port),
+                       ("--health-port", args.health_port)):
+        if port is not None and not 0 <= port <= 65535:  # (gRPC wraps a larger one)
+            raise ValueError(f"{flag} must be 0 (a free one) to 65535, not {port}")
+    # gRPC takes these as C ints (a larger one was an OverflowError at start)
+    for flag, count in (("--max-concurrent-rpcs", args.max_concurrent_rpcs),
+                        ("--max-pending-rpcs", args.max_pending_rpcs)):
+        if not 1 <= count <= MAX_RPC_BOUND:
+            raise ValueError(f"{flag} must be 1 or more, at most {MAX_RPC_BOUND:,}")
+    if not 0 <= args.max_connection_age <= MAX_CONNECTION_AGE:  # NaN, inf refused too
+        raise ValueError("--max-connection-age must be 0 (never) or more, at most "
+                         f"{MAX_CONNECTION_AGE:,} seconds")
     if not 0 < args.attribution_window < math.inf:
         raise ValueError("--attribution-window must be above 0 and finite")
     if not 0 <= args.profile_retention < math.inf:
