@@ -96,3 +96,18 @@ def test_one_learner_without_a_snapshot_key_is_refused(retail: Ruleset, redis_ur
     would never learn anything."""
     with pytest.raises(ValueError, match="needs a snapshot_key"):
         Arbiter(retail, RedisStore(redis_url), learners="one")
+
+
+def test_a_damaged_snapshot_offset_stops_neither_learning_nor_following(
+        replicas: tuple[Arbiter, Arbiter], redis_url: str) -> None:
+    """The stored snapshot's offset overwritten with junk: the learner keeps learning (and
+    publishes over it), the follower adopts nothing until then, no exception escapes."""
+    import redis
+
+    learner, follower = replicas
+    redis.Redis.from_url(redis_url).hset("arb:models", "offset", "junk")
+    assert follower.learn() == 0 and follower.learner.adopted == 0
+    clicks(learner, "vera", 5)
+    assert learner.learn() > 0
+    assert follower.learn() == 0 and follower.learner.adopted == 1
+    assert predictions(follower) == pytest.approx(predictions(learner))

@@ -19,10 +19,17 @@ def offset_key(offset: str) -> tuple[int, ...]:
     """A log offset as a sortable key: Redis stream ids (``ms-seq``) and the memory
     store's positions alike; "" (nothing applied) sorts first.
 
+    A damaged one sorts first too (nothing is adopted from it):
+
     >>> sorted(["1700-2", "", "1700-10", "999-0"], key=offset_key)
     ['', '999-0', '1700-2', '1700-10']
+    >>> offset_key("junk")
+    ()
     """
-    return tuple(int(part) for part in offset.split("-")) if offset else ()
+    try:
+        return tuple(int(part) for part in offset.split("-")) if offset else ()
+    except ValueError:
+        return ()
 
 
 class LearningLog(Protocol):
