@@ -21,7 +21,7 @@ from engine.ports import (
     IdempotencyKeyReused,
     StoreUnavailable,
 )
-from engine.records import decode_decision, decode_profile, encode
+from engine.records import MissingFeatureNames, decode_decision, decode_profile, encode
 
 if TYPE_CHECKING:
     from adapters.redis_round_trips import RoundTrips
@@ -44,7 +44,12 @@ def feedback_steps(store: RedisStore, decision_id: str, idempotency_key: str,
             if applied.decode() != fingerprint:
                 raise IdempotencyKeyReused(idempotency_key)
             return FeedbackCommit(True, None)
-        decision = decode_decision(data)
+        try:
+            decision = decode_decision(data, names=store.feature_names)
+        except MissingFeatureNames as err:  # a names list this process has not read yet
+            (blob,) = cast(list[bytes | None], (yield ("get", [store.names_key(err.ref)])))
+            store.resolve_names(err, blob)
+            decision = decode_decision(data, names=store.feature_names)
         pkey = store.key("p", decision.user_id)
         (pdata,) = cast(list[bytes | None], (yield ("get", [pkey])))
         effects = change(decision, decode_profile(pdata) if pdata is not None else None)

@@ -111,21 +111,35 @@ the new profile and the log entry ("" = none). Returns per update 1 (applied) or
 conflict: read again and retry)."""
 
 SAVE_DECISIONS = """
-local now = tonumber(ARGV[1])
-for i = 1, #KEYS, 2 do
-  local a = 2 + (i - 1) * 2
+local now, lists = tonumber(ARGV[1]), tonumber(ARGV[3])
+for i = 1, lists do
+  local need = tonumber(ARGV[3 + i * 2])
+  local left = redis.call('TTL', KEYS[i])
+  if left == -2 or (left >= 0 and left < need) then
+    redis.call('SET', KEYS[i], ARGV[2 + i * 2], 'EX', need + 86400)
+  end
+end
+local base = 3 + lists * 2
+for i = lists + 1, #KEYS, 2 do
+  local a = base + (i - lists - 1) * 2
   redis.call('SET', KEYS[i], ARGV[a + 1], 'EX', ARGV[a + 2])
   redis.call('ZADD', KEYS[i + 1], now + tonumber(ARGV[a + 2]), ARGV[a + 4])
   redis.call('ZREMRANGEBYSCORE', KEYS[i + 1], '-inf', ARGV[2])
   redis.call('EXPIRE', KEYS[i + 1], ARGV[a + 3])
 end
-return #KEYS / 2
+return (#KEYS - lists) / 2
 """
 """Decision records and their places in their users' indexes, in one command (redis-py
-spends ~10 µs of client CPU per pipelined command: four per record cost 55 µs, this 14).
-KEYS: per record, its key and its user's decision index. ARGV: now, the index's lower
-bound ("(" and a time: ids that expired before it leave), then per record: the record,
-its TTL, the index's TTL and the decision id (scored by its expiry)."""
+spends ~10 µs of client CPU per pipelined command: four per record cost 55 µs, this 14),
+with the feature names lists they refer to (``compact`` records,
+:mod:`engine.feature_names`): a list is written when missing or due to expire before the
+longest-lived record of this command that refers to it (then to live a day longer), so a
+record is never stored without its names, whatever happened to Redis before.
+KEYS: the names lists' keys, then per record its key and its user's decision index.
+ARGV: now, the index's lower bound ("(" and a time: ids that expired before it leave),
+the number of names lists, per list: the list and the seconds it must live, then per
+record: the record, its TTL, the index's TTL and the decision id (scored by its
+expiry)."""
 
 MAX_COMMIT_ATTEMPTS = 50
 """Reads-then-compare-and-set attempts of one feedback before it answers UNAVAILABLE."""

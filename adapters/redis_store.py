@@ -76,6 +76,7 @@ from adapters.redis_scripts import (
     SAVE_DECISIONS,
     UPDATE_PROFILES,
 )
+from engine.feature_names import FeatureNameSets
 from engine.ports import (
     LEARNING_LOG_MAX_ENTRIES,
     FeedbackChange,
@@ -88,8 +89,10 @@ from engine.records import (
     FORGET,
     RECORD_LAYOUTS,
     ArmCounts,
+    CorruptRecord,
     DecisionRecord,
     LearningEvent,
+    MissingFeatureNames,
     Profile,
     counter_deltas,
     counts_from_fields,
@@ -97,7 +100,9 @@ from engine.records import (
     decode_event,
     decode_profile,
     encode,
+    encode_compact_decision,
     encode_decision,
+    encode_decision_update,
     encode_event,
     pseudonym,
 )
@@ -200,14 +205,16 @@ class RedisStore:
         replica_timeout: float = DEFAULT_REPLICA_TIMEOUT,
         log_max_entries: int = LEARNING_LOG_MAX_ENTRIES,
         profile_retention: float = 0.0,
-        record_layout: str = "array",
+        record_layout: str = "compact",
     ) -> None:
         if record_layout not in RECORD_LAYOUTS:
             raise ValueError(f"record layout {record_layout!r}: use "
                              f"{' or '.join(RECORD_LAYOUTS)}")
         self.record_layout = record_layout
         """How decision records are written (:data:`engine.records.RECORD_LAYOUTS`;
-        ``map`` while replicas of a build before session 13 still read them)."""
+        ``array`` or ``map`` while replicas of an earlier build still read them)."""
+        self.feature_names = FeatureNameSets()
+        """The feature names lists this process knows (``compact`` records)."""
         self.redis = sync_client(url, socket_timeout=5, socket_connect_timeout=5,
                                  health_check_interval=30)
         # Decide's reads and its record: a stalled Redis must not hold an answer for long
@@ -405,7 +412,9 @@ class RedisStore:
         before. Empty when there is nothing to write."""
         now = time.time()
         keys: list[bytes] = []
-        args: list[bytes] = [repr(now).encode(), f"({now - CLOCK_SKEW_SECONDS}".encode()]
+        args: list[bytes] = []
+        lists: dict[bytes, tuple[bytes, int]] = {}  # names id -> (list, seconds to keep)
+        compact = self.record_layout == "compact"
         # every argument as bytes: redis-py passes bytes through and would otherwise
         # encode each str and int in Python (half of packing a record's six arguments)
         for record, ttl_seconds in writes:
@@ -413,11 +422,42 @@ class RedisStore:
             decision_id = record.decision_id.encode()
             keys += (b"%s:d:%s" % (self.ns_bytes, decision_id),
                      self._k("udz", record.user_id).encode())
+            if compact:
+                data, names = encode_compact_decision(record, self.feature_names)
+                if names is not None:
+                    ref, blob = names
+                    lists[ref] = (blob, max(ttl, lists.get(ref, (b"", 0))[1]))
+            else:
+                data = encode_decision(record, self.record_layout)
             # the index lives as long as a decision can: its TTL plus its age is the
             # attribution window, never shorter than any id in the index has left
-            args += (encode_decision(record, self.record_layout), b"%d" % ttl,
+            args += (data, b"%d" % ttl,
                      b"%d" % (ttl + max(0, int(now - record.decided_at)) + 1), decision_id)
-        return (SAVE_DECISIONS, len(keys), *keys, *args) if keys else ()
+        if not keys:
+            return ()
+        head = [repr(now).encode(), f"({now - CLOCK_SKEW_SECONDS}".encode(),
+                b"%d" % len(lists)]
+        for blob, keep in lists.values():
+            head += (blob, b"%d" % keep)
+        keys = [self.names_key(ref) for ref in lists] + keys
+        args = head + args
+        return (SAVE_DECISIONS, len(keys), *keys, *args)
+
+    def names_key(self, ref: bytes) -> bytes:
+        """The key of a feature names list (``compact`` records)."""
+        return b"%s:fn:%s" % (self.ns_bytes, ref.hex().encode())
+
+    def resolve_names(self, err: MissingFeatureNames, blob: bytes | None,
+                      field: str = "decision_id") -> None:
+        """Hold the names list a record refers to, as read from Redis (``blob``: None
+        when the key is gone); a record whose names are gone or damaged is corrupt."""
+        if blob is None:
+            raise CorruptRecord(field, "decision", f"its feature names {err.ref.hex()} "
+                                                   "are not stored")
+        try:
+            self.feature_names.learn(err.ref, blob)
+        except ValueError as bad:
+            raise CorruptRecord(field, "decision", str(bad)) from None
 
     def updates_command(self, updates: Iterable[tuple[str, bytes | None, bytes, bytes | None]]
                         ) -> tuple[Any, ...]:
@@ -434,7 +474,13 @@ class RedisStore:
 
     def get_decision(self, decision_id: str) -> DecisionRecord | None:
         data = _b(self.redis.get(self._k("d", decision_id)))
-        return decode_decision(data) if data is not None else None
+        if data is None:
+            return None
+        try:
+            return decode_decision(data, names=self.feature_names)
+        except MissingFeatureNames as err:
+            self.resolve_names(err, _b(self.redis.get(self.names_key(err.ref))))
+            return decode_decision(data, names=self.feature_names)
 
     # ---- feedback -------------------------------------------------------------------
     def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
@@ -459,7 +505,7 @@ class RedisStore:
             for name, delta in deltas.items():
                 increments += [len(keys), name, repr(float(delta))]
         args = [data, b"0" if pdata is None else b"1" + pdata,
-                encode_decision(effects.decision, self.record_layout),
+                encode_decision_update(effects.decision, data, self.record_layout),
                 encode(effects.profile) if effects.profile is not None else b"",
                 fingerprint, max(1, int(ttl_seconds)),
                 max(int(ttl_seconds), USER_INDEX_TTL), encode_event(effects.event), idempotency_key,

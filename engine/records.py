@@ -14,6 +14,8 @@ from typing import Any
 
 import msgspec
 
+from engine.feature_names import FeatureNameSets
+
 AttrValue = str | float | bool | list[str] | dict[str, str] | None
 
 
@@ -213,7 +215,6 @@ FORGET = "forget"
 
 _profile_encoder = msgspec.msgpack.Encoder()
 _profile_decoder = msgspec.msgpack.Decoder(Profile)
-_decision_decoder = msgspec.msgpack.Decoder(DecisionRecord)
 _event_decoder = msgspec.msgpack.Decoder(LearningEvent)
 
 
@@ -242,9 +243,10 @@ def decode_profile(data: bytes, field: str = "user_id") -> Profile:
         raise CorruptRecord(field, "profile", str(err)) from None
 
 
-def _as_map(struct: type[msgspec.Struct], name: str, **types: Any) -> Any:
-    """A twin of ``struct`` stored as a map of field names (how records were stored
-    before they were arrays), with the field types in ``types`` replaced."""
+def _twin(struct: type[msgspec.Struct], name: str, *, array_like: bool, **types: Any) -> Any:
+    """A twin of ``struct`` with the field types in ``types`` replaced, stored as an
+    array (fields by position) or as a map of field names (how records were stored
+    before session 13)."""
     fields: list[tuple[str, Any] | tuple[str, Any, Any]] = []
     for f in msgspec.structs.fields(struct):
         kind = types.get(f.name, f.type)
@@ -254,37 +256,51 @@ def _as_map(struct: type[msgspec.Struct], name: str, **types: Any) -> Any:
             fields.append((f.name, kind, msgspec.field(default_factory=f.default_factory)))
         else:
             fields.append((f.name, kind))
-    return msgspec.defstruct(name, fields, omit_defaults=True)
+    return msgspec.defstruct(name, fields, omit_defaults=True, array_like=array_like)
 
 
-_MapShownAction = _as_map(ShownAction, "MapShownAction")
-_MapDecisionRecord = _as_map(DecisionRecord, "MapDecisionRecord",
-                             actions=list[_MapShownAction])  # type: ignore[valid-type]
+_MapShownAction = _twin(ShownAction, "MapShownAction", array_like=False)
+_MapDecisionRecord = _twin(DecisionRecord, "MapDecisionRecord", array_like=False,
+                           actions=list[_MapShownAction])  # type: ignore[valid-type]
+_StoredDecisionRecord = _twin(DecisionRecord, "StoredDecisionRecord", array_like=True,
+                              features=dict[str, float] | tuple[bytes, list[float]])
+"""A record as stored in the ``array`` and ``compact`` layouts: its features a map of
+names to values, or ``(id of the names list, values in its order)``."""
+_stored_decision_decoder = msgspec.msgpack.Decoder(_StoredDecisionRecord)
 _map_decision_decoder = msgspec.msgpack.Decoder(_MapDecisionRecord)
 _MSGPACK_MAPS = frozenset((*range(0x80, 0x90), 0xDE, 0xDF))  # fixmap, map 16, map 32
 
 
-RECORD_LAYOUTS = ("array", "map")
-"""How decision records are written: ``array`` (fields by position, since session 13) or
-``map`` (field names, as earlier builds wrote and read them: for a rolling upgrade, until
-no replica of an earlier build is left). Both are read."""
+RECORD_LAYOUTS = ("compact", "array", "map")
+"""How decision records are written: ``compact`` (fields by position, and a features'
+names list that recurs by its id, the list stored once: :mod:`engine.feature_names`;
+since session 15), ``array`` (fields by position, names in every record: what builds of
+sessions 13 and 14 read) or ``map`` (field names too, what earlier builds read). The
+last two are for a rolling upgrade, until no replica of an earlier build is left; all
+three are read."""
+
+
+def _flag_as_int(value: float) -> float:
+    """0.0 and 1.0 as the integers 0 and 1: one byte in MessagePack where a float takes
+    nine, decoded as the same floats (``-0.0`` stays a float). Segment flags and one-hot
+    values are most of a record's features."""
+    return 1 if value == 1.0 else 0 if value == 0.0 and math.copysign(1.0, value) > 0 else value
 
 
 def _flags_as_ints(features: dict[str, float]) -> dict[str, float]:
-    """``features`` with every 0.0 and 1.0 as the integer 0 or 1: one byte in
-    MessagePack where a float takes nine, decoded as the same floats (``-0.0`` stays a
-    float). Segment flags and one-hot values are most of a record's features.
+    """``features`` with every 0.0 and 1.0 as an integer (:func:`_flag_as_int`).
 
     >>> _flags_as_ints({"segment:vip": 1.0, "segment:new": 0.0, "spend": 12.5, "x": -0.0})
     {'segment:vip': 1, 'segment:new': 0, 'spend': 12.5, 'x': -0.0}
     """
-    return {k: (1 if v == 1.0 else 0 if v == 0.0 and math.copysign(1.0, v) > 0 else v)
-            for k, v in features.items()}
+    return {k: _flag_as_int(v) for k, v in features.items()}
 
 
 def encode_decision(record: DecisionRecord, layout: str = "array") -> bytes:
-    """A decision record as stored, in one of :data:`RECORD_LAYOUTS`, its feature flags
-    as integers (:func:`_flags_as_ints`).
+    """A decision record as stored, its names written in it: ``array`` (also what
+    ``compact`` writes without a names cache, :func:`encode_compact_decision`) or
+    ``map`` (:data:`RECORD_LAYOUTS`), its feature flags as integers
+    (:func:`_flags_as_ints`).
 
     >>> record = DecisionRecord("d1", "ann", "home", "web", "r1", 1.0,
     ...                         [ShownAction("offer", 1, 0.5, 0.1, 5.0)])
@@ -296,11 +312,79 @@ def encode_decision(record: DecisionRecord, layout: str = "array") -> bytes:
     """
     if record.features:
         record = msgspec.structs.replace(record, features=_flags_as_ints(record.features))
-    if layout == "array":
+    if layout != "map":
         return encode(record)
     return encode(_MapDecisionRecord(**{
         **msgspec.structs.asdict(record),
         "actions": [_MapShownAction(**msgspec.structs.asdict(a)) for a in record.actions]}))
+
+
+def encode_compact_decision(record: DecisionRecord, names: FeatureNameSets
+                            ) -> tuple[bytes, tuple[bytes, bytes] | None]:
+    """A decision record in the ``compact`` layout, and the names list it refers to
+    (its id and the list as stored), which the store must keep as long as the record;
+    None when the record spells its names out (a list this process sees for the first
+    time, :meth:`~engine.feature_names.FeatureNameSets.intern`).
+
+    >>> names = FeatureNameSets()
+    >>> record = DecisionRecord("d1", "ann", "home", "web", "r1", 1.0,
+    ...                         [ShownAction("offer", 1, 0.5, 0.1, 5.0)],
+    ...                         {"segment:vip": 1.0, "context.spend": 12.5})
+    >>> first, none = encode_compact_decision(record, names)
+    >>> data, (ref, blob) = encode_compact_decision(record, names)
+    >>> none is None and len(data) < len(first) and decode_decision(data, names=names) == record
+    True
+    >>> decode_decision(data)  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    engine.records.MissingFeatureNames: feature names ... are not held in this process
+    """
+    features = record.features
+    interned = names.intern(tuple(features)) if features else None
+    if interned is None:
+        return encode_decision(record), None
+    fields = msgspec.structs.astuple(record)
+    values = [_flag_as_int(v) for v in features.values()]
+    return encode(_StoredDecisionRecord(*fields[:7], (interned[0], values), *fields[8:])
+                  ), interned
+
+
+def encode_decision_update(record: DecisionRecord, original: bytes, layout: str) -> bytes:
+    """``record`` after feedback (which changes its outcomes only), stored as the
+    ``original`` bytes it was read from were when ``layout`` is ``compact``: a names
+    list it referred to is still referred to (and kept as long as the record), names it
+    spelled out are still spelled out. In ``layout`` itself otherwise.
+
+    >>> names = FeatureNameSets()
+    >>> record = DecisionRecord("d1", "ann", "home", "web", "r1", 1.0,
+    ...                         [ShownAction("offer", 1, 0.5, 0.1, 5.0)], {"segment:vip": 1.0})
+    >>> _ = encode_compact_decision(record, names)
+    >>> data, interned = encode_compact_decision(record, names)
+    >>> record.outcomes["offer"] = ["impression"]
+    >>> after = encode_decision_update(record, data, "compact")
+    >>> decode_decision(after, names=names) == record, len(after) < len(encode_decision(record))
+    (True, True)
+    """
+    if layout == "compact" and original[:1] and original[0] not in _MSGPACK_MAPS:
+        try:
+            stored = _stored_decision_decoder.decode(original)
+        except (msgspec.DecodeError, msgspec.ValidationError):
+            return encode_decision(record)
+        features = stored.features  # as decoded: flags are floats again
+        features = ((features[0], [_flag_as_int(v) for v in features[1]])
+                    if isinstance(features, tuple) else _flags_as_ints(features))
+        return encode(msgspec.structs.replace(stored, features=features,
+                                              outcomes=record.outcomes))
+    return encode_decision(record, layout)
+
+
+class MissingFeatureNames(LookupError):
+    """A ``compact`` record refers to a feature names list this process does not hold:
+    the store reads the list (:meth:`~engine.feature_names.FeatureNameSets.learn`)
+    and decodes the record again."""
+
+    def __init__(self, ref: bytes) -> None:
+        self.ref = ref
+        super().__init__(f"feature names {ref.hex()} are not held in this process")
 
 
 def encode_event(event: LearningEvent) -> bytes:
@@ -317,8 +401,11 @@ def encode_event(event: LearningEvent) -> bytes:
     return encode(event)
 
 
-def decode_decision(data: bytes, field: str = "decision_id") -> DecisionRecord:
-    """A stored decision record: an array, or a map as earlier builds stored it.
+def decode_decision(data: bytes, field: str = "decision_id",
+                    names: FeatureNameSets | None = None) -> DecisionRecord:
+    """A stored decision record: an array (its features' names in it, or a names list
+    by id, read from ``names``: :class:`MissingFeatureNames` when not held there), or a
+    map as earlier builds stored it.
 
     >>> record = DecisionRecord("d1", "ann", "home", "web", "r1", 1.0,
     ...                         [ShownAction("offer", 1, 0.5, 0.1, 5.0)])
@@ -344,9 +431,24 @@ def decode_decision(data: bytes, field: str = "decision_id") -> DecisionRecord:
             return DecisionRecord(**{
                 **msgspec.structs.asdict(old),
                 "actions": [ShownAction(**msgspec.structs.asdict(a)) for a in old.actions]})
-        return _decision_decoder.decode(data)
+        stored = _stored_decision_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         raise CorruptRecord(field, "decision", str(err)) from None
+    fields = msgspec.structs.astuple(stored)
+    features = fields[7]
+    if isinstance(features, tuple):
+        ref, values = features
+        held = names.names(ref) if names is not None else None
+        if held is None:
+            raise MissingFeatureNames(ref)
+        if len(held) != len(values):
+            raise CorruptRecord(field, "decision", f"{len(values)} feature values for "
+                                                   f"{len(held)} names")
+        features = dict(zip(held, values, strict=True))
+    decision_id, user_id, placement, channel, revision, decided_at, actions, _, outcomes, \
+        holdout = fields
+    return DecisionRecord(decision_id, user_id, placement, channel, revision, decided_at,
+                          actions, features, outcomes, holdout)
 
 
 def decode_event(data: bytes) -> LearningEvent | None:

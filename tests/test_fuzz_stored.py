@@ -20,6 +20,7 @@ from adapters.decision_log import JsonlDecisionLog, iter_log
 from adapters.redis_store import RedisStore
 from dsl.loader import load_path
 from engine.cli.app import main
+from engine.feature_names import FeatureNameSets
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
@@ -27,8 +28,10 @@ from engine.records import (
     RECORD_LAYOUTS,
     CorruptRecord,
     DecisionRecord,
+    MissingFeatureNames,
     ShownAction,
     decode_decision,
+    encode_compact_decision,
     encode_decision,
 )
 from engine.service import Arbiter
@@ -197,17 +200,26 @@ def test_a_damaged_decision_log_reads_as_its_good_lines(
 @given(layout=st.sampled_from(RECORD_LAYOUTS), damage=DAMAGE)
 def test_a_damaged_record_in_either_layout_is_corrupt_never_a_crash(
         layout: str, damage: Damage) -> None:
-    """A decision record stored as an array or as a map (an earlier build's, or
-    ``--record-layout map``), then damaged: it decodes as a record or raises
-    CorruptRecord naming the field, never another exception."""
+    """A decision record stored compact (its names list by id), as an array or as a map
+    (an earlier build's, or ``--record-layout array|map``), then damaged: it decodes as
+    a record or raises CorruptRecord naming the field (or MissingFeatureNames for an id
+    no list has: the store then finds none, a CorruptRecord), never another exception."""
     record = DecisionRecord(
         "d1", "ann", "home", "web", "r1", 1.0,
         [ShownAction("offer", 1, 0.5, 0.1, 5.0, "exp", "offer", reward="click",
                      items=["sku-1"])],
         features={"segment:vip": 1.0, "context.spend": 12.5}, outcomes={"offer": ["click"]})
+    names = FeatureNameSets()
+    data = encode_decision(record, layout)
+    if layout == "compact":  # the second sighting of its names list refers to it
+        encode_compact_decision(record, names)
+        data, interned = encode_compact_decision(record, names)
+        assert interned is not None
     try:
-        decoded = decode_decision(damage(encode_decision(record, layout)))
+        decoded = decode_decision(damage(data), names=names)
     except CorruptRecord as err:
         assert err.field == "decision_id"
+    except MissingFeatureNames:
+        pass
     else:
         assert isinstance(decoded, DecisionRecord)

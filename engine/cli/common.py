@@ -36,7 +36,7 @@ def default_rules() -> str:
 
 def open_store(redis_url: str | None, check: bool = True, replicas: int = 0,
                log_max_entries: int | None = None, profile_retention: float = 0.0,
-               record_layout: str = "array") -> Store:
+               record_layout: str = "compact") -> Store:
     """The Redis store at ``redis_url``, or a new in-memory one. ``check``: fail now
     (StoreUnavailable) when Redis does not answer; a server does not check, it starts
     degraded and not ready until Redis answers. A Redis Cluster node is refused

@@ -45,10 +45,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="entries the Redis learning log keeps at most (0: no cap), however "
                         f"far behind a replica or the snapshot is (default "
                         f"{LEARNING_LOG_MAX_ENTRIES})")
-    p.add_argument("--record-layout", choices=RECORD_LAYOUTS, default="array",
-                   help="how Redis decision records are written: array (default), or map "
-                        "as builds before session 13 read them, while a rolling upgrade "
-                        "from one is under way (both are read)")
+    p.add_argument("--record-layout", choices=RECORD_LAYOUTS, default="compact",
+                   help="how Redis decision records are written: compact (default: a "
+                        "features' names list that recurs stored once, by id), or array "
+                        "(names in every record) as builds of sessions 13 and 14 read them, "
+                        "or map as earlier builds do, while a rolling upgrade from one is "
+                        "under way (all are read)")
     p.add_argument("--learners", choices=LEARNING_MODES, default="every",
                    help="every: each process learns from the learning log (default); one: "
                         "one process at a time (elected through the store) learns and "
