@@ -5,6 +5,9 @@ Layout (``{ns}`` is the namespace, ``arb`` by default):
 ==========================  =================================================
 ``{ns}:p:{user}``           profile, msgspec MessagePack
 ``{ns}:d:{decision}``       decision record, expires after the attribution window
+``{ns}:fn:{id}``            a features' names list that ``compact`` records refer to by
+                            id (:mod:`engine.feature_names`): written with the first
+                            record that refers to it, kept a day past the last
 ``{ns}:udz:{user}``         sorted set of the user's decision ids by expiry (for
                             ForgetProfile); an expired id leaves at the user's next write
 ``{ns}:k:{key}``            idempotency key of an applied feedback, scoped to its decision

@@ -70,15 +70,15 @@ class FeatureNameSets:
     def intern(self, names: tuple[str, ...]) -> tuple[bytes, bytes] | None:
         """The id of ``names`` and the list as stored, if this process has seen the list
         before; else None (and the sighting is remembered)."""
+        ref = self._ids.get(names)  # the common case, without the lock (dict reads are atomic)
+        if ref is not None:
+            held = self._lists.get(ref)
+            if held is not None:
+                return ref, held[1]
         with self._lock:
-            ref = self._ids.get(names, _UNSEEN)
-            if ref is _UNSEEN:  # remember the sighting only
+            if self._ids.get(names, _UNSEEN) is _UNSEEN:  # remember the sighting only
                 self._remember_id(names, None)
                 return None
-            if isinstance(ref, bytes) and ref in self._lists:
-                self._ids.move_to_end(names)
-                self._lists.move_to_end(ref)
-                return ref, self._lists[ref][1]
             blob = _encoder.encode(list(names))
             ref = names_id(blob)
             self._remember_id(names, ref)
@@ -109,6 +109,8 @@ class FeatureNameSets:
     def __len__(self) -> int:
         return len(self._lists)
 
+    # first in, first out: a list in use that was dropped is spelled out in one record,
+    # then has its id again (cheaper than reordering on every use)
     def _remember_id(self, names: tuple[str, ...], ref: bytes | None) -> None:
         self._ids[names] = ref
         self._ids.move_to_end(names)

@@ -293,7 +293,8 @@ def _flags_as_ints(features: dict[str, float]) -> dict[str, float]:
     >>> _flags_as_ints({"segment:vip": 1.0, "segment:new": 0.0, "spend": 12.5, "x": -0.0})
     {'segment:vip': 1, 'segment:new': 0, 'spend': 12.5, 'x': -0.0}
     """
-    return {k: _flag_as_int(v) for k, v in features.items()}
+    return {k: (1 if v == 1.0 else 0 if v == 0.0 and math.copysign(1.0, v) > 0 else v)
+            for k, v in features.items()}
 
 
 def encode_decision(record: DecisionRecord, layout: str = "array") -> bytes:
@@ -343,7 +344,8 @@ def encode_compact_decision(record: DecisionRecord, names: FeatureNameSets
     if interned is None:
         return encode_decision(record), None
     fields = msgspec.structs.astuple(record)
-    values = [_flag_as_int(v) for v in features.values()]
+    values = [1 if v == 1.0 else 0 if v == 0.0 and math.copysign(1.0, v) > 0 else v
+              for v in features.values()]  # (_flag_as_int, inline: a call per value costs)
     return encode(_StoredDecisionRecord(*fields[:7], (interned[0], values), *fields[8:])
                   ), interned
 
