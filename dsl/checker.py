@@ -339,6 +339,10 @@ class Checker:
             elif kind not in FEATURE_TYPES:
                 self.error(f"a {kind} cannot be a feature: use a number, bool, string or "
                            "list attribute", where)
+            elif spec is not None and spec.pii:
+                self.error(f"{head}.{attr} is personal data (pii) and cannot be a feature: "
+                           "its values would become the names of model weights and of "
+                           "stored decisions' features", where)
 
     def _check_action(self, action: ast.ActionDef) -> None:
         pos = action.field_pos

@@ -17,7 +17,8 @@ from engine.learning.models import PropensityModels
 from engine.service import Arbiter
 
 RULES = """
-profile { spend: number = 0  tier: string = "standard"  vip: bool = false  tags: list }
+profile { spend: number = 0  tier: string = "standard"  vip: bool = false  tags: list
+          email: string pii }
 context { device: string = "desktop" }
 placement home { channels: web  slots: 1 }
 segment big = profile.spend > 100
@@ -48,6 +49,8 @@ def test_declared_features_are_encoded_by_type() -> None:
     ("model on home { learner: svm }", "unknown learner 'svm': use logistic, adpredictor, tree"),
     ("model on home { features: profile.spnd }", "unknown profile attribute 'spnd'"),
     ("model on home { features: spend }", "a feature is 'segments', 'profile.NAME' or"),
+    ("model on home { features: segments, profile.email }",
+     "profile.email is personal data (pii) and cannot be a feature"),
     ("model on home { bagging: 1 }", "bagging takes from 2 to 50 members"),
     ("model on home { vocabulary: 0 }", "vocabulary takes from 1 to 100,000 values"),
     ("model on home { vocabulary: 100001 }", "vocabulary takes from 1 to 100,000 values"),
