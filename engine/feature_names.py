@@ -22,6 +22,9 @@ True
 (8, True, True)
 >>> FeatureNameSets().learn(ref, blob) == names  # another process reads it
 True
+>>> huge = tuple(f"context.page=/{i:04d}" + "x" * 100 for i in range(100))
+>>> sets.intern(huge), sets.intern(huge)  # too long to keep: stays in its records
+(None, None)
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ import msgspec
 NAMES_ID_BYTES = 8
 """Bytes of a names list's id (collisions: about one in 10^19 for a pair of lists)."""
 
-NAME_SETS_KEPT = 4096
+NAME_SETS_KEPT = 2048
 """Distinct names lists (and first sightings) one process remembers."""
+
+MAX_LIST_CHARS = 8192
+"""A names list longer than this (characters of its names) stays in its records: it
+bounds the cache (about 50 MB at worst, a few hundred KB for real rulesets)."""
 
 _encoder = msgspec.msgpack.Encoder()
 _UNSEEN = object()
@@ -75,6 +82,8 @@ class FeatureNameSets:
             held = self._lists.get(ref)
             if held is not None:
                 return ref, held[1]
+        if sum(map(len, names)) > MAX_LIST_CHARS:
+            return None
         with self._lock:
             if self._ids.get(names, _UNSEEN) is _UNSEEN:  # remember the sighting only
                 self._remember_id(names, None)

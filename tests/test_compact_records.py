@@ -162,3 +162,23 @@ def test_served_records_refer_to_names_another_server_reads(redis_url: str,
             channel.close()
         for running in servers:
             running.stop(grace=0.5)
+
+
+def test_the_names_cache_is_bounded_and_a_dropped_list_comes_back() -> None:
+    """Many distinct lists (a context value unique per request) never grow a process's
+    cache past its size; a list in use that was dropped is spelled out once, then has
+    its id again (the same id: computed from its content)."""
+    from engine.feature_names import FeatureNameSets
+
+    sets = FeatureNameSets(size=8)
+    hot = ("segment:vip", "context.device=mobile")
+    sets.intern(hot)
+    interned = sets.intern(hot)
+    assert interned is not None
+    for i in range(1000):
+        unique = ("segment:vip", f"context.session=s{i}")
+        sets.intern(unique)
+        sets.intern(unique)
+        assert len(sets) <= 8 and len(sets._ids) <= 8
+    assert sets.names(interned[0]) is None
+    assert sets.intern(hot) is None and sets.intern(hot) == interned
