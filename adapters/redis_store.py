@@ -50,7 +50,7 @@ Profiles are cached in process for ``cache_ttl`` seconds (bounded LRU+TTL): a
 replica sees another replica's profile writes at most ``cache_ttl`` late and its
 own writes at once. A cached Decide makes no profile round trip.
 
-A Redis Cluster is refused with a clear error (:func:`refuse_cluster`): a feedback's
+A Redis Cluster is refused with a clear error (:func:`check_server`): a feedback's
 script and a round trip's records touch keys of many slots (docs/architecture.md,
 "Toward Redis Cluster", has what Cluster support needs).
 """
@@ -166,16 +166,18 @@ class RedisClusterNotSupported(ValueError):
     """The URL names a node of a Redis Cluster, which this store cannot use."""
 
 
-def refuse_cluster(url: str, timeout: float = 2.0) -> None:
-    """Raise :class:`RedisClusterNotSupported` when ``url`` names a Redis Cluster node
-    (``INFO cluster``: ``cluster_enabled:1``); an unreachable Redis passes (a server
-    starts degraded and waits for it). Without this check a Cluster node answers
-    ``MOVED`` to most keys and a server fails at startup with a traceback."""
+def check_server(url: str, timeout: float = 2.0) -> list[str]:
+    """What a server must know of the Redis at ``url`` before it starts: raise
+    :class:`RedisClusterNotSupported` for a Cluster node (``INFO``: ``cluster_enabled:1``;
+    without this check a Cluster node answers ``MOVED`` to most keys and a server fails at
+    startup with a traceback); return warnings about settings that lose data silently
+    (:func:`setting_warnings`). An unreachable Redis passes (a server starts degraded and
+    waits for it), and so does one that refuses ``INFO`` (a managed Redis)."""
     client = sync_client(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     try:
-        info = client.info("cluster")
+        info = client.info()
     except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError):
-        return  # down (the server waits for it), or INFO refused (a managed Redis)
+        return []
     finally:
         client.close()
     if int(info.get("cluster_enabled", 0) or 0):
@@ -183,6 +185,33 @@ def refuse_cluster(url: str, timeout: float = 2.0) -> None:
             f"{url} is a Redis Cluster node; Arbiter's Redis store needs one primary "
             "(standalone, or redis+sentinel://HOST/SERVICE for one Sentinel watches): its "
             "feedback script and record writes touch keys of several hash slots")
+    return setting_warnings(info)
+
+
+def setting_warnings(info: Mapping[str, Any]) -> list[str]:
+    """Warnings about a Redis's settings (its ``INFO``) that would lose Arbiter's data
+    without an error: a memory limit with an eviction policy drops keys when full
+    (profiles with their contact history, so caps stop holding; decision records and
+    their feature names; the idempotency keys that make feedback count once), where
+    ``noeviction`` refuses writes instead (Decide degrades, writes are UNAVAILABLE).
+
+    >>> setting_warnings({"maxmemory": 0, "maxmemory_policy": "allkeys-lru"})
+    []
+    >>> setting_warnings({"maxmemory": 2**30, "maxmemory_policy": "noeviction"})
+    []
+    >>> print(*setting_warnings({"maxmemory": 2**30, "maxmemory_policy": "volatile-lru"}))
+    ... # doctest: +ELLIPSIS
+    Redis evicts keys when full (maxmemory-policy volatile-lru, maxmemory 1.0 GiB): ...
+    """
+    limit = int(info.get("maxmemory", 0) or 0)
+    policy = str(info.get("maxmemory_policy", "noeviction"))
+    if limit <= 0 or policy == "noeviction":
+        return []
+    return [f"Redis evicts keys when full (maxmemory-policy {policy}, maxmemory "
+            f"{limit / 2**30:.1f} GiB): profiles and their contact history, decision records "
+            "and feedback's idempotency keys can vanish without an error; set "
+            "maxmemory-policy noeviction (a full Redis then refuses writes: Decide "
+            "degrades, Feedback and TrackEvent answer UNAVAILABLE)"]
 
 
 _ABSENT = object()

@@ -125,6 +125,29 @@ def test_serve_and_report_refuse_a_redis_cluster_node_with_one_clear_line(
         node.stop()
 
 
+def test_serve_warns_of_a_redis_that_evicts_keys_when_full(tmp_path: Path) -> None:
+    """An eviction policy drops profiles, records and idempotency keys without an error:
+    the server says so at start (and serves); with noeviction it says nothing."""
+    for policy, warned in (("allkeys-lru", True), ("noeviction", False)):
+        node = RedisServer(tmp_path, "--maxmemory", "64mb", "--maxmemory-policy", policy)
+        node.start()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "engine.cli", "serve", "--port", "0", "--rules",
+                 "rulesets/retail", "--redis", node.url, "--processes", "1"],
+                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                assert proc.stdout is not None
+                assert "arbiter: serving" in proc.stdout.readline()
+            finally:
+                proc.terminate()
+                _, stderr = proc.communicate(timeout=30)
+            assert (f"maxmemory-policy {policy}, maxmemory 0.1 GiB" in stderr) is warned, stderr
+            assert "set maxmemory-policy noeviction" in stderr if warned else True
+        finally:
+            node.stop()
+
+
 def test_the_cli_starts_without_the_heavy_dependencies() -> None:
     """`arbiter check` and `fmt` run in editors and pre-commit hooks: they load no River,
     NumPy, SciPy, gRPC or Redis client (commands import those when they run)."""

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 
-from adapters.redis_store import RedisStore, refuse_cluster
+from adapters.redis_store import RedisStore, check_server
 from dsl.ruleset import DEFAULT_MODEL, Ruleset
 from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.service import Arbiter
@@ -330,10 +330,10 @@ def test_the_cluster_check_lets_a_redis_that_refuses_info_start(tmp_path: Path) 
     server = RedisServer(tmp_path, "--rename-command", "INFO", "")
     server.start()
     try:
-        refuse_cluster(server.url)  # no error: INFO refused, so not known to be a Cluster
+        assert check_server(server.url) == []  # INFO refused: not known to be a Cluster
     finally:
         server.stop()
-    refuse_cluster(f"redis://127.0.0.1:{free_port()}/0")  # down: the server waits for it
+    assert check_server(f"redis://127.0.0.1:{free_port()}/0") == []  # down: it waits for it
 
 
 def test_a_record_stored_as_a_map_by_an_earlier_build_takes_its_feedback(

@@ -47,9 +47,10 @@ def open_store(redis_url: str | None, check: bool = True, replicas: int = 0,
     ``record_layout``: how Redis decision records are written (engine.records)."""
     if redis_url:
         # only when asked: redis is optional here
-        from adapters.redis_store import RedisStore, refuse_cluster
+        from adapters.redis_store import RedisStore, check_server
 
-        refuse_cluster(redis_url)
+        for warning in check_server(redis_url):  # a Cluster node is refused
+            logging.getLogger("arbiter").warning("%s", warning)
         store = RedisStore(
             redis_url, replicas=replicas, profile_retention=profile_retention,
             record_layout=record_layout,

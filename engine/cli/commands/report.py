@@ -53,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as err:
         print(f"arbiter report: {err.args[0]}", file=sys.stderr)
         return 2
-    except ValueError as err:  # a Redis Cluster node (adapters.redis_store.refuse_cluster)
+    except ValueError as err:  # a Redis Cluster node (adapters.redis_store.check_server)
         print(f"arbiter report: {err}", file=sys.stderr)
         return 2
     if args.format == "json":

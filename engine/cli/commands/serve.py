@@ -146,9 +146,10 @@ def run(args: argparse.Namespace) -> int:
                              "learner's signed snapshots")
         tracing = tracing_for(args) if processes == 1 else None
         if args.redis:
-            from adapters.redis_store import refuse_cluster
+            from adapters.redis_store import check_server
 
-            refuse_cluster(args.redis)
+            for warning in check_server(args.redis):  # a Cluster node is refused
+                log.warning("%s", warning)
     except (SettingsError, ValueError, OSError, ImportError) as err:
         print(f"arbiter serve: {err}", file=sys.stderr)
         return 2
