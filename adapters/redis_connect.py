@@ -1,4 +1,5 @@
-"""Redis clients from a URL: a standalone server, or a primary found through Sentinel.
+"""Redis clients from a URL: a standalone server, a primary found through Sentinel, or
+the primary of one hash slot of a Redis Cluster.
 
 ``redis://`` and ``rediss://`` URLs are redis-py's own (``Redis.from_url``). redis-py
 finds and follows a Sentinel-monitored primary (``redis.sentinel``) but has no URL for
@@ -13,11 +14,25 @@ connection to the old primary fails once (redis-py turns its READONLY reply into
 ConnectionError, which the store answers as StoreUnavailable: degraded decisions,
 UNAVAILABLE writes) and the next connects to the new one.
 
+A Redis Cluster, whose nodes redis-py knows but whose multi-key scripts and pipelines
+its Cluster client does not run (scripts in a cluster pipeline are refused), is reached
+the same way: Arbiter keeps every key of a namespace under one hash tag, so one primary
+holds them all, and its clients connect to whichever primary serves that slot::
+
+    redis+cluster://[user:password@]host[:port][,host[:port]...][/0]
+
+(nodes default to port 6379; any reachable node answers which primary serves the slot;
+TLS is not offered here yet). After a failover or when the slot moves, a connection to
+the old node fails once (``MOVED``, ``READONLY``, ``CLUSTERDOWN``, ``TRYAGAIN`` become a
+ConnectionError: StoreUnavailable to the store) and the next connects to the new one.
+
 >>> found = parse_sentinel_url("redis+sentinel://ann:s3cret@s1,s2:26380/shop/2")
 >>> found.hosts, found.service, found.db, found.username
 ((('s1', 26379), ('s2', 26380)), 'shop', 2, 'ann')
 >>> parse_sentinel_url("redis://localhost:6379/0") is None
 True
+>>> parse_cluster_url("redis+cluster://n1,n2:7001").hosts
+(('n1', 6379), ('n2', 7001))
 """
 
 from __future__ import annotations
@@ -28,11 +43,19 @@ from urllib.parse import unquote, urlsplit
 
 import redis
 import redis.asyncio
+import redis.asyncio.connection
+import redis.asyncio.retry
 import redis.asyncio.sentinel
+import redis.backoff
+import redis.connection
+import redis.retry
 import redis.sentinel
+from redis.crc import key_slot
 
 SENTINEL_SCHEME = "redis+sentinel"
 SENTINEL_PORT = 26379
+CLUSTER_SCHEME = "redis+cluster"
+CLUSTER_PORT = 6379
 
 
 @dataclass(frozen=True)
@@ -68,13 +91,170 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
                        unquote(username) or None, unquote(password) or None)
 
 
-def _member(url: str, member: str) -> tuple[str, int]:
+def _member(url: str, member: str, default_port: int = SENTINEL_PORT,
+            what: str = "Sentinel") -> tuple[str, int]:
     host, colon, port = member.rpartition(":") if ":" in member else (member, "", "")
     if member.startswith("[") and member.endswith("]"):  # an IPv6 address, no port
         host, colon, port = member, "", ""
     if not host or (colon and not port.isdigit()):
-        raise ValueError(f"{url}: {member!r} is not a Sentinel host[:port]")
-    return host.removeprefix("[").removesuffix("]"), int(port) if port else SENTINEL_PORT
+        raise ValueError(f"{url}: {member!r} is not a {what} host[:port]")
+    return host.removeprefix("[").removesuffix("]"), int(port) if port else default_port
+
+
+@dataclass(frozen=True)
+class ClusterURL:
+    """A ``redis+cluster://`` URL, read."""
+
+    hosts: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+
+
+def parse_cluster_url(url: str) -> ClusterURL | None:
+    """The Cluster URL's parts; None for any other scheme; ValueError when malformed."""
+    scheme, _, rest = url.partition("://")
+    if scheme.lower() == "rediss+cluster":
+        raise ValueError(f"{url}: TLS to a Redis Cluster is not supported yet")
+    if scheme.lower() != CLUSTER_SCHEME:
+        return None
+    parts = urlsplit(f"redis://{rest}")
+    if parts.query or parts.fragment:
+        raise ValueError(f"{url}: a Cluster URL takes no options (?...) here")
+    if parts.path.strip("/") not in ("", "0"):
+        raise ValueError(f"{url}: a Redis Cluster has database 0 only")
+    userinfo, _, members = parts.netloc.rpartition("@")
+    hosts = tuple(_member(url, m, CLUSTER_PORT, "Cluster node") for m in members.split(","))
+    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
+    return ClusterURL(hosts, unquote(username) or None, unquote(password) or None)
+
+
+def slot_primary(slots: Any, slot: int, asked: str) -> tuple[str, int] | None:
+    """The primary serving ``slot`` in a ``CLUSTER SLOTS`` reply (from the node at host
+    ``asked``, which an empty or ``?`` address stands for), or None.
+
+    >>> reply = [[0, 5460, [b"10.0.0.1", 7000, b"id1"]], [5461, 16383, [b"", 7001, b"id2"]]]
+    >>> slot_primary(reply, 42, "n1"), slot_primary(reply, 9000, "n1")
+    (('10.0.0.1', 7000), ('n1', 7001))
+    """
+    for start, end, primary, *_ in slots:
+        if int(start) <= slot <= int(end):
+            host = primary[0].decode() if isinstance(primary[0], bytes) else str(primary[0])
+            return (host if host not in ("", "?") else asked), int(primary[1])
+    return None
+
+
+_ONCE = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
+_ASYNC_ONCE = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
+"""Asking a node which primary serves the slot: once (the next node is asked instead)."""
+
+_MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError,
+          redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError,
+          redis.exceptions.ReadOnlyError)
+"""Replies that say this node no longer serves the slot (or not yet again)."""
+
+
+class _SlotPool(redis.ConnectionPool):
+    """Connections to the primary that serves one hash slot of a Cluster, asked of the
+    cluster's nodes whenever a connection connects."""
+
+    def __init__(self, cluster: ClusterURL, slot: int, **options: Any) -> None:
+        self.cluster, self.slot = cluster, slot
+        self.ask_options = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
+                            if k in options}
+        super().__init__(connection_class=_SlotConnection, username=cluster.username,
+                         password=cluster.password, **options)
+
+    def primary(self) -> tuple[str, int]:
+        errors = []
+        for host, port in self.cluster.hosts:
+            node = redis.Redis(host=host, port=port, username=self.cluster.username,
+                               password=self.cluster.password, retry=_ONCE,
+                               **self.ask_options)
+            try:
+                found = slot_primary(node.execute_command("CLUSTER SLOTS"), self.slot, host)
+            except (redis.RedisError, OSError) as err:
+                errors.append(f"{host}:{port}: {err}")
+                continue
+            finally:
+                node.close()
+            if found is not None:
+                return found
+            errors.append(f"{host}:{port}: no primary serves slot {self.slot}")
+        raise redis.ConnectionError("no Cluster node named the primary of slot "
+                                    f"{self.slot} ({'; '.join(errors)})")
+
+    def make_connection(self) -> Any:
+        connection: Any = super().make_connection()
+        connection.slot_pool = self
+        return connection
+
+
+class _SlotConnection(redis.connection.Connection):
+    slot_pool: _SlotPool
+
+    def _connect(self) -> Any:
+        self.host, self.port = self.slot_pool.primary()
+        return super()._connect()
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except _MOVED as err:
+            self.disconnect()
+            raise redis.ConnectionError(f"the Cluster's slot {self.slot_pool.slot} is not "
+                                        f"served here now ({err})") from err
+
+
+class _AsyncSlotPool(redis.asyncio.ConnectionPool):
+    """:class:`_SlotPool` for asyncio clients."""
+
+    def __init__(self, cluster: ClusterURL, slot: int, **options: Any) -> None:
+        self.cluster, self.slot = cluster, slot
+        self.ask_options = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
+                            if k in options}
+        super().__init__(connection_class=_AsyncSlotConnection, username=cluster.username,
+                         password=cluster.password, **options)
+
+    async def primary(self) -> tuple[str, int]:
+        errors = []
+        for host, port in self.cluster.hosts:
+            node = redis.asyncio.Redis(host=host, port=port, username=self.cluster.username,
+                                       password=self.cluster.password, retry=_ASYNC_ONCE,
+                                       **self.ask_options)
+            try:
+                found = slot_primary(await node.execute_command("CLUSTER SLOTS"), self.slot,
+                                     host)
+            except (redis.RedisError, OSError) as err:
+                errors.append(f"{host}:{port}: {err}")
+                continue
+            finally:
+                await node.aclose()
+            if found is not None:
+                return found
+            errors.append(f"{host}:{port}: no primary serves slot {self.slot}")
+        raise redis.ConnectionError("no Cluster node named the primary of slot "
+                                    f"{self.slot} ({'; '.join(errors)})")
+
+    def make_connection(self) -> Any:
+        connection = super().make_connection()
+        connection.slot_pool = self
+        return connection
+
+
+class _AsyncSlotConnection(redis.asyncio.connection.Connection):
+    slot_pool: _AsyncSlotPool
+
+    async def _connect(self) -> None:
+        self.host, self.port = await self.slot_pool.primary()
+        await super()._connect()
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)
+        except _MOVED as err:
+            await self.disconnect()
+            raise redis.ConnectionError(f"the Cluster's slot {self.slot_pool.slot} is not "
+                                        f"served here now ({err})") from err
 
 
 def _data_node_options(sentinel: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
@@ -88,8 +268,13 @@ def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
             if k in options}
 
 
-def sync_client(url: str, **options: Any) -> redis.Redis:
-    """A synchronous client (redis-py's ``Redis``) for a standalone or Sentinel URL."""
+def sync_client(url: str, slot_key: str = "", **options: Any) -> redis.Redis:
+    """A synchronous client (redis-py's ``Redis``) for a standalone, Sentinel or Cluster
+    URL (on a Cluster: to the primary serving the slot of ``slot_key``)."""
+    cluster = parse_cluster_url(url)
+    if cluster is not None:
+        return redis.Redis(connection_pool=_SlotPool(cluster, key_slot(slot_key.encode()),
+                                                     **options))
     sentinel = parse_sentinel_url(url)
     if sentinel is None:
         return redis.Redis.from_url(url, **options)
@@ -98,8 +283,12 @@ def sync_client(url: str, **options: Any) -> redis.Redis:
     ).master_for(sentinel.service, **_data_node_options(sentinel, options))
 
 
-def async_client(url: str, **options: Any) -> redis.asyncio.Redis:
+def async_client(url: str, slot_key: str = "", **options: Any) -> redis.asyncio.Redis:
     """An asyncio client (redis-py's ``redis.asyncio.Redis``) for the same URLs."""
+    cluster = parse_cluster_url(url)
+    if cluster is not None:
+        return redis.asyncio.Redis(connection_pool=_AsyncSlotPool(
+            cluster, key_slot(slot_key.encode()), **options))
     sentinel = parse_sentinel_url(url)
     if sentinel is None:
         return redis.asyncio.Redis.from_url(url, **options)

@@ -46,10 +46,11 @@ class RedisDecideIO:
     def __init__(self, store: RedisStore) -> None:
         self.store = store
         timeout = store.decide_timeout
-        self.redis = async_client(store.url, socket_timeout=timeout,
+        self.redis = async_client(store.url, store.ns, socket_timeout=timeout,
                                   socket_connect_timeout=timeout, health_check_interval=30)
         # TrackEvent's and Feedback's round trips: the store's ordinary timeouts, not Decide's
-        self.writer = async_client(store.url, socket_timeout=5, socket_connect_timeout=5,
+        self.writer = async_client(store.url, store.ns, socket_timeout=5,
+                                   socket_connect_timeout=5,
                                    health_check_interval=30)
         self._decide = RoundTrips(store, self.redis, store.batch_linger, timeout)
         self._track = RoundTrips(store, self.writer, store.batch_linger,

@@ -1,6 +1,7 @@
 """Redis store: profiles, decisions, bandit counters and the learning log, shared by replicas.
 
-Layout (``{ns}`` is the namespace, ``arb`` by default):
+Layout (``{ns}`` is the namespace, ``arb`` by default; on a Redis Cluster the namespace
+in braces, ``{arb}``, a hash tag that puts every key in one slot):
 
 ==========================  =================================================
 ``{ns}:p:{user}``           profile, msgspec MessagePack
@@ -50,9 +51,11 @@ Profiles are cached in process for ``cache_ttl`` seconds (bounded LRU+TTL): a
 replica sees another replica's profile writes at most ``cache_ttl`` late and its
 own writes at once. A cached Decide makes no profile round trip.
 
-A Redis Cluster is refused with a clear error (:func:`check_server`): a feedback's
-script and a round trip's records touch keys of many slots (docs/architecture.md,
-"Toward Redis Cluster", has what Cluster support needs).
+On a Redis Cluster (``redis+cluster://``) every key of the namespace is under one hash
+tag, ``{arb}:...``: one slot on one primary, so every script and pipeline stays legal
+(the Cluster's high availability, not its sharding; docs/architecture.md, "Toward Redis
+Cluster", has what spreading over primaries needs). A Cluster node named by a
+``redis://`` URL is refused with a clear error (:func:`check_server`).
 """
 
 from __future__ import annotations
@@ -66,7 +69,7 @@ from typing import Any, TypeVar, cast
 import redis
 from cachetools import TTLCache
 
-from adapters.redis_connect import sync_client
+from adapters.redis_connect import parse_cluster_url, sync_client
 from adapters.redis_decide_io import RedisDecideIO
 from adapters.redis_feedback import feedback_steps, run_sync
 from adapters.redis_replicas import check_replicated, wait_command
@@ -163,28 +166,42 @@ def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
 
 
 class RedisClusterNotSupported(ValueError):
-    """The URL names a node of a Redis Cluster, which this store cannot use."""
+    """The URL names a Redis Cluster node as a standalone server (redis://), or a
+    standalone server as a Cluster (redis+cluster://)."""
 
 
 def check_server(url: str, timeout: float = 2.0) -> list[str]:
     """What a server must know of the Redis at ``url`` before it starts: raise
-    :class:`RedisClusterNotSupported` for a Cluster node (``INFO``: ``cluster_enabled:1``;
-    without this check a Cluster node answers ``MOVED`` to most keys and a server fails at
-    startup with a traceback); return warnings about settings that lose data silently
+    :class:`RedisClusterNotSupported` for a Cluster node named by a ``redis://`` URL
+    (``INFO``: ``cluster_enabled:1``; it would answer ``MOVED`` to most keys: a Cluster
+    is ``redis+cluster://``); return warnings about settings that lose data silently
     (:func:`setting_warnings`). An unreachable Redis passes (a server starts degraded and
     waits for it), and so does one that refuses ``INFO`` (a managed Redis)."""
-    client = sync_client(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    try:
-        info = client.info()
-    except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError):
+    cluster = parse_cluster_url(url)
+    nodes = ([f"redis://{host}:{port}/0" for host, port in cluster.hosts] if cluster
+             else [url])  # a Cluster: its nodes themselves, the first that answers
+    credentials: dict[str, Any] = ({"username": cluster.username,
+                                    "password": cluster.password} if cluster else {})
+    for node in nodes:
+        client = sync_client(node, socket_timeout=timeout, socket_connect_timeout=timeout,
+                             **credentials)
+        try:
+            info = client.info()
+            break
+        except (redis.ConnectionError, redis.TimeoutError, OSError, redis.ResponseError):
+            continue
+        finally:
+            client.close()
+    else:
         return []
-    finally:
-        client.close()
-    if int(info.get("cluster_enabled", 0) or 0):
+    if cluster is None and int(info.get("cluster_enabled", 0) or 0):
         raise RedisClusterNotSupported(
-            f"{url} is a Redis Cluster node; Arbiter's Redis store needs one primary "
-            "(standalone, or redis+sentinel://HOST/SERVICE for one Sentinel watches): its "
-            "feedback script and record writes touch keys of several hash slots")
+            f"{url} is a Redis Cluster node: name the Cluster as redis+cluster://HOST:PORT"
+            "[,HOST:PORT...] (every key of the namespace then shares one hash tag, on one "
+            "primary), or use one primary (standalone, or redis+sentinel://HOST/SERVICE)")
+    if cluster is not None and not int(info.get("cluster_enabled", 0) or 0):
+        raise RedisClusterNotSupported(f"{url}: the server is not a Redis Cluster node; "
+                                       "name it redis://HOST:PORT")
     return setting_warnings(info)
 
 
@@ -247,10 +264,14 @@ class RedisStore:
         ``array`` or ``map`` while replicas of an earlier build still read them)."""
         self.feature_names = FeatureNameSets()
         """The feature names lists this process knows (``compact`` records)."""
-        self.redis = sync_client(url, socket_timeout=5, socket_connect_timeout=5,
+        # on a Cluster every key of the namespace shares its hash tag: one slot, so
+        # every script and pipeline stays legal (adapters.redis_connect)
+        self.ns = f"{{{namespace}}}" if parse_cluster_url(url) is not None else namespace
+        self.ns_bytes = self.ns.encode()
+        self.redis = sync_client(url, self.ns, socket_timeout=5, socket_connect_timeout=5,
                                  health_check_interval=30)
         # Decide's reads and its record: a stalled Redis must not hold an answer for long
-        self.fast = sync_client(url, socket_timeout=decide_timeout,
+        self.fast = sync_client(url, self.ns, socket_timeout=decide_timeout,
                                 socket_connect_timeout=decide_timeout, health_check_interval=30)
         self.url = url
         self.decide_timeout = decide_timeout
@@ -265,8 +286,6 @@ class RedisStore:
         the key's TTL, so a customer with no event and no feedback for that long is gone
         (their decisions and indexes expire on their own TTLs)."""
         """The learning log's cap (0: none; :data:`engine.ports.LEARNING_LOG_MAX_ENTRIES`)."""
-        self.ns = namespace
-        self.ns_bytes = namespace.encode()
         self._cache: TTLCache[str, bytes | None] | None = (
             TTLCache(maxsize=cache_size, ttl=cache_ttl) if cache_ttl > 0 else None)
         self._cache_lock = Lock()

@@ -10,6 +10,8 @@ channels. Configurations:
 
 * ``memory`` / ``redis``: the three-placement mix at concurrency 32, one process;
 * ``memory-c1`` / ``redis-c1``: the same at concurrency 1;
+* ``redis-cluster``: the mix on a three-primary Redis Cluster (``redis+cluster://``), to
+  read against ``redis``;
 * ``homepage``: ``homepage_banner`` alone (experiment with exact logged probabilities);
 * ``bagging``: ``homepage_banner`` alone with ``model on homepage_banner { bagging: 10 }``
   (the contextual path), to read against ``homepage``;
@@ -57,7 +59,7 @@ from dsl.vocabulary import LEARNERS
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.gen.arbiter.v1 import report_pb2, report_pb2_grpc
-from tests.redis_proc import RedisServer
+from tests.redis_proc import ClusterTopology, RedisServer
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,7 @@ CONFIGS = (
     Config("redis", "redis"),
     Config("memory-c1", "memory", concurrency=1),
     Config("redis-c1", "redis", concurrency=1),
+    Config("redis-cluster", "cluster"),
     Config("homepage", "memory", placement="homepage_banner"),
     Config("bagging", "memory", placement="homepage_banner", bagging=True),
     Config("homepage-trained", "memory", placement="homepage_banner", trained=True),
@@ -108,6 +111,15 @@ def served(config: Config, tmp: Path) -> Iterator[tuple[str, int]]:
     if config.store == "memory":
         with arbiter_server(None, 4, rules=rules, extra=extra) as served_:
             yield served_
+        return
+    if config.store == "cluster":  # three primaries, appendfsync always as below
+        topology = ClusterTopology(tmp / "cluster")
+        topology.start()
+        try:
+            with arbiter_server(topology.url, 4, rules=rules, extra=extra) as served_:
+                yield served_
+        finally:
+            topology.stop()
         return
     (tmp / "primary").mkdir()
     redis_ = RedisServer(tmp / "primary", "--repl-diskless-sync-delay", "0")

@@ -14,7 +14,7 @@ from dsl.ruleset import Ruleset
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.service import Arbiter
-from tests.redis_proc import RedisServer, SentinelTopology, free_port
+from tests.redis_proc import ClusterTopology, RedisServer, SentinelTopology, free_port
 
 __all__ = ["RedisServer", "SentinelTopology", "free_port"]
 
@@ -38,6 +38,22 @@ def sentinel_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sent
     topology.start()
     yield topology
     topology.stop()
+
+
+@pytest.fixture(scope="session")
+def cluster_topology(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterTopology]:
+    """A Redis Cluster of three primaries, shared by the tests that only read and write
+    through it (a failover test makes its own, with replicas)."""
+    topology = ClusterTopology(tmp_path_factory.mktemp("cluster"))
+    topology.start()
+    yield topology
+    topology.stop()
+
+
+@pytest.fixture
+def cluster_url(cluster_topology: ClusterTopology) -> str:
+    cluster_topology.flush()
+    return cluster_topology.url
 
 
 @pytest.fixture

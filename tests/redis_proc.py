@@ -148,6 +148,86 @@ class SentinelTopology:
             time.sleep(0.1)
 
 
+class ClusterTopology:
+    """A Redis Cluster of ``primaries`` private nodes, each with ``replicas`` replicas,
+    slots spread evenly (built with CLUSTER MEET / ADDSLOTSRANGE / REPLICATE, no
+    redis-cli): what ``redis+cluster://`` URLs are tested against. A failed primary is
+    replaced by its replica within about a second (``cluster-node-timeout`` 500 ms)."""
+
+    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 0) -> None:
+        options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "500",
+                   "--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now")
+        self.nodes = []
+        self.bus_ports = []  # (the default, port + 10000, is past 65535 for high ports)
+        for i in range(primaries * (1 + replicas)):
+            sub = _subdirectory(directory, f"n{i}")
+            self.bus_ports.append(free_port())
+            self.nodes.append(RedisServer(sub, *options, "--cluster-config-file",
+                                          str(sub / "nodes.conf"), "--cluster-port",
+                                          str(self.bus_ports[-1])))
+        self.primaries = primaries
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def start(self) -> None:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()  # no node left running after a failed start
+            raise
+
+    def _start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        first = self.nodes[0]
+        for node in self.nodes[1:]:
+            self._ask(node, "CLUSTER", "MEET", "127.0.0.1", str(first.port),
+                      str(self.bus_ports[0]))
+        share = 16384 // self.primaries
+        for i, node in enumerate(self.nodes[:self.primaries]):
+            last = 16383 if i == self.primaries - 1 else (i + 1) * share - 1
+            self._ask(node, "CLUSTER", "ADDSLOTSRANGE", str(i * share), str(last))
+        ids = [self._ask(n, "CLUSTER", "MYID") for n in self.nodes[:self.primaries]]
+        for i, node in enumerate(self.nodes[self.primaries:]):
+            primary = ids[i % self.primaries]
+            SentinelTopology._wait(  # it must know the primary first (gossip)
+                lambda node=node, primary=primary: primary in str(self._ask(
+                    node, "CLUSTER", "NODES")), "a replica to learn its primary")
+            self._ask(node, "CLUSTER", "REPLICATE", primary)
+        SentinelTopology._wait(lambda: all(
+            "cluster_state:ok" in self._ask(n, "CLUSTER", "INFO")
+            for n in self.nodes if n.process is not None), "the Cluster to be ok")
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The node that serves ``key``'s slot now."""
+        live = [node for node in self.nodes if node.process is not None]
+        slot = int(self._ask(live[0], "CLUSTER", "KEYSLOT", key))
+        for node in live:
+            for start, end, primary, *_ in self._ask(node, "CLUSTER", "SLOTS"):
+                if int(start) <= slot <= int(end):
+                    return next(n for n in self.nodes if n.port == int(primary[1]))
+        raise LookupError(f"no node serves slot {slot}")
+
+    def flush(self) -> None:
+        for node in self.nodes[:self.primaries]:
+            if node.process is not None and self._ask(node, "ROLE")[0] == "master":
+                self._ask(node, "FLUSHALL")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    @staticmethod
+    def _ask(node: RedisServer, *command: str) -> Any:
+        client = redis.Redis(port=node.port, decode_responses=True)
+        try:
+            return client.execute_command(*command)
+        finally:
+            client.close()
+
+
 def _subdirectory(directory: Path, name: str) -> Path:
     (directory / name).mkdir(parents=True, exist_ok=True)
     return directory / name

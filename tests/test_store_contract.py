@@ -78,10 +78,18 @@ def _redis_sentinel(request: pytest.FixtureRequest) -> Harness:
                          f"redis+sentinel://127.0.0.1:{free_port()}/arbiter/0")
 
 
+def _redis_cluster(request: pytest.FixtureRequest) -> Harness:
+    """The same Redis store on a Redis Cluster (redis+cluster://): every key of the
+    namespace under one hash tag, on the primary that serves its slot."""
+    return _redis_stores(request, request.getfixturevalue("cluster_url"),
+                         f"redis+cluster://127.0.0.1:{free_port()}")
+
+
 HARNESSES: dict[str, Callable[[pytest.FixtureRequest], Harness]] = {
     "memory": _memory,
     "redis": _redis,
     "redis-sentinel": _redis_sentinel,
+    "redis-cluster": _redis_cluster,
 }
 
 
