@@ -69,30 +69,40 @@ class SentinelURL:
     password: str | None
 
 
-def parse_sentinel_url(url: str) -> SentinelURL | None:
-    """The Sentinel URL's parts; None for any other scheme; ValueError when malformed."""
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() == "rediss+sentinel":
-        raise ValueError(f"{url}: TLS through Sentinel is not supported yet")
-    if scheme.lower() != SENTINEL_SCHEME:
+def _parse_hosts(url: str, scheme: str, port: int, what: str
+                 ) -> tuple[str, tuple[tuple[str, int], ...], str | None, str | None] | None:
+    """A ``scheme://[user:password@]host[:port][,...][/path]`` URL's path, hosts (``port``
+    by default) and credentials; None for another scheme; ValueError when malformed."""
+    given, _, rest = url.partition("://")
+    if given.lower() == scheme.replace("redis+", "rediss+"):
+        raise ValueError(f"{url}: TLS to a Redis {what} is not supported yet")
+    if given.lower() != scheme:
         return None
     parts = urlsplit(f"redis://{rest}")  # for the userinfo, path and query only
     if parts.query or parts.fragment:
-        raise ValueError(f"{url}: a Sentinel URL takes no options (?...) here")
+        raise ValueError(f"{url}: a {what} URL takes no options (?...) here")
     userinfo, _, members = parts.netloc.rpartition("@")
-    hosts = tuple(_member(url, member) for member in members.split(","))
-    path = [p for p in parts.path.split("/") if p]
-    if not path or len(path) > 2:
-        raise ValueError(f"{url}: expected /SERVICE or /SERVICE/DB after the Sentinel hosts")
-    if len(path) == 2 and not path[1].isdigit():
-        raise ValueError(f"{url}: the database must be a number, not {path[1]!r}")
+    hosts = tuple(_member(url, member, port, what) for member in members.split(","))
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    return SentinelURL(hosts, unquote(path[0]), int(path[1]) if len(path) == 2 else 0,
-                       unquote(username) or None, unquote(password) or None)
+    return parts.path, hosts, unquote(username) or None, unquote(password) or None
 
 
-def _member(url: str, member: str, default_port: int = SENTINEL_PORT,
-            what: str = "Sentinel") -> tuple[str, int]:
+def parse_sentinel_url(url: str) -> SentinelURL | None:
+    """The Sentinel URL's parts; None for any other scheme; ValueError when malformed."""
+    parsed = _parse_hosts(url, SENTINEL_SCHEME, SENTINEL_PORT, "Sentinel")
+    if parsed is None:
+        return None
+    path, hosts, username, password = parsed
+    names = [p for p in path.split("/") if p]
+    if not names or len(names) > 2:
+        raise ValueError(f"{url}: expected /SERVICE or /SERVICE/DB after the Sentinel hosts")
+    if len(names) == 2 and not names[1].isdigit():
+        raise ValueError(f"{url}: the database must be a number, not {names[1]!r}")
+    return SentinelURL(hosts, unquote(names[0]), int(names[1]) if len(names) == 2 else 0,
+                       username, password)
+
+
+def _member(url: str, member: str, default_port: int, what: str) -> tuple[str, int]:
     host, colon, port = member.rpartition(":") if ":" in member else (member, "", "")
     if member.startswith("[") and member.endswith("]"):  # an IPv6 address, no port
         host, colon, port = member, "", ""
@@ -112,20 +122,13 @@ class ClusterURL:
 
 def parse_cluster_url(url: str) -> ClusterURL | None:
     """The Cluster URL's parts; None for any other scheme; ValueError when malformed."""
-    scheme, _, rest = url.partition("://")
-    if scheme.lower() == "rediss+cluster":
-        raise ValueError(f"{url}: TLS to a Redis Cluster is not supported yet")
-    if scheme.lower() != CLUSTER_SCHEME:
+    parsed = _parse_hosts(url, CLUSTER_SCHEME, CLUSTER_PORT, "Cluster")
+    if parsed is None:
         return None
-    parts = urlsplit(f"redis://{rest}")
-    if parts.query or parts.fragment:
-        raise ValueError(f"{url}: a Cluster URL takes no options (?...) here")
-    if parts.path.strip("/") not in ("", "0"):
+    path, hosts, username, password = parsed
+    if path.strip("/") not in ("", "0"):
         raise ValueError(f"{url}: a Redis Cluster has database 0 only")
-    userinfo, _, members = parts.netloc.rpartition("@")
-    hosts = tuple(_member(url, m, CLUSTER_PORT, "Cluster node") for m in members.split(","))
-    username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    return ClusterURL(hosts, unquote(username) or None, unquote(password) or None)
+    return ClusterURL(hosts, username, password)
 
 
 def slot_primary(slots: Any, slot: int, asked: str) -> tuple[str, int] | None:

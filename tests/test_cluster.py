@@ -4,6 +4,7 @@ failover of that primary."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -132,3 +133,29 @@ def test_a_cluster_url_names_a_cluster_and_a_redis_url_one_server(
     standalone = redis_url.replace("redis://", "redis+cluster://").removesuffix("/0")
     with pytest.raises(RedisClusterNotSupported, match="not a Redis Cluster node"):
         check_server(standalone)
+
+
+@pytest.mark.parametrize(("url", "error"), [
+    ("redis+cluster://h/1", "a Redis Cluster has database 0 only"),
+    ("redis+cluster://h:port", "is not a Cluster host[:port]"),
+    ("redis+cluster://h,,k", "is not a Cluster host[:port]"),
+    ("redis+cluster://h?ssl=1", "takes no options"),
+    ("rediss+cluster://h", "TLS to a Redis Cluster is not supported"),
+])
+def test_a_malformed_cluster_url_is_refused_naming_what_is_wrong(url: str, error: str
+                                                                  ) -> None:
+    from adapters.redis_connect import parse_cluster_url
+
+    with pytest.raises(ValueError, match=re.escape(error)):
+        parse_cluster_url(url)
+    with pytest.raises(ValueError, match=re.escape(error)):  # before any client exists
+        RedisStore(url)
+
+
+def test_a_cluster_url_reads_nodes_ports_and_credentials() -> None:
+    from adapters.redis_connect import parse_cluster_url
+
+    found = parse_cluster_url("REDIS+CLUSTER://u:p%40ss@n1,n2:7001,[::1]:7002/0")
+    assert found is not None
+    assert found.hosts == (("n1", 6379), ("n2", 7001), ("::1", 7002))
+    assert (found.username, found.password) == ("u", "p@ss")

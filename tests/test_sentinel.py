@@ -303,7 +303,7 @@ def test_with_replicas_asked_a_primary_killed_mid_writes_loses_nothing_acknowled
     ("redis+sentinel://h:port/s", "is not a Sentinel host[:port]"),
     ("redis+sentinel://,h/s", "is not a Sentinel host[:port]"),
     ("redis+sentinel://h/s?ssl=1", "takes no options"),
-    ("rediss+sentinel://h/s", "TLS through Sentinel is not supported"),
+    ("rediss+sentinel://h/s", "TLS to a Redis Sentinel is not supported"),
 ])
 def test_a_malformed_sentinel_url_is_refused_naming_what_is_wrong(url: str, error: str
                                                                    ) -> None:
