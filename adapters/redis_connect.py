@@ -37,6 +37,7 @@ True
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -44,7 +45,6 @@ from urllib.parse import unquote, urlsplit
 import redis
 import redis.asyncio
 import redis.asyncio.connection
-import redis.asyncio.retry
 import redis.asyncio.sentinel
 import redis.backoff
 import redis.connection
@@ -147,7 +147,6 @@ def slot_primary(slots: Any, slot: int, asked: str) -> tuple[str, int] | None:
 
 
 _ONCE = redis.retry.Retry(redis.backoff.NoBackoff(), 0)
-_ASYNC_ONCE = redis.asyncio.retry.Retry(redis.backoff.NoBackoff(), 0)
 """Asking a node which primary serves the slot: once (the next node is asked instead)."""
 
 _MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError,
@@ -156,40 +155,57 @@ _MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError,
 """Replies that say this node no longer serves the slot (or not yet again)."""
 
 
-class _SlotPool(redis.ConnectionPool):
+def ask_slot_primary(cluster: ClusterURL, slot: int, **options: Any) -> tuple[str, int]:
+    """The primary that serves ``slot``, asked of the Cluster's nodes in turn (each once,
+    with ``options``: its timeouts); ConnectionError when none names one."""
+    errors = []
+    for host, port in cluster.hosts:
+        node = redis.Redis(host=host, port=port, username=cluster.username,
+                           password=cluster.password, retry=_ONCE, **options)
+        try:
+            found = slot_primary(node.execute_command("CLUSTER SLOTS"), slot, host)
+        except (redis.RedisError, OSError) as err:
+            errors.append(f"{host}:{port}: {err}")
+            continue
+        finally:
+            node.close()
+        if found is not None:
+            return found
+        errors.append(f"{host}:{port}: no primary serves slot {slot}")
+    raise redis.ConnectionError(f"no Cluster node named the primary of slot {slot} "
+                                f"({'; '.join(errors)})")
+
+
+class _SlotPoolMixin:
+    """What a pool of connections to the primary of one slot knows (sync and asyncio)."""
+
+    cluster: ClusterURL
+    slot: int
+    ask_options: dict[str, Any]
+
+    def _slot_options(self, cluster: ClusterURL, slot: int, connection_class: type,
+                      options: dict[str, Any]) -> dict[str, Any]:
+        self.cluster, self.slot = cluster, slot
+        self.ask_options = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
+                            if k in options}
+        return dict(options, connection_class=connection_class, username=cluster.username,
+                    password=cluster.password)
+
+    def make_connection(self) -> Any:
+        connection: Any = super().make_connection()  # type: ignore[misc]
+        connection.slot_pool = self
+        return connection
+
+
+class _SlotPool(_SlotPoolMixin, redis.ConnectionPool):
     """Connections to the primary that serves one hash slot of a Cluster, asked of the
     cluster's nodes whenever a connection connects."""
 
     def __init__(self, cluster: ClusterURL, slot: int, **options: Any) -> None:
-        self.cluster, self.slot = cluster, slot
-        self.ask_options = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
-                            if k in options}
-        super().__init__(connection_class=_SlotConnection, username=cluster.username,
-                         password=cluster.password, **options)
+        super().__init__(**self._slot_options(cluster, slot, _SlotConnection, options))
 
     def primary(self) -> tuple[str, int]:
-        errors = []
-        for host, port in self.cluster.hosts:
-            node = redis.Redis(host=host, port=port, username=self.cluster.username,
-                               password=self.cluster.password, retry=_ONCE,
-                               **self.ask_options)
-            try:
-                found = slot_primary(node.execute_command("CLUSTER SLOTS"), self.slot, host)
-            except (redis.RedisError, OSError) as err:
-                errors.append(f"{host}:{port}: {err}")
-                continue
-            finally:
-                node.close()
-            if found is not None:
-                return found
-            errors.append(f"{host}:{port}: no primary serves slot {self.slot}")
-        raise redis.ConnectionError("no Cluster node named the primary of slot "
-                                    f"{self.slot} ({'; '.join(errors)})")
-
-    def make_connection(self) -> Any:
-        connection: Any = super().make_connection()
-        connection.slot_pool = self
-        return connection
+        return ask_slot_primary(self.cluster, self.slot, **self.ask_options)
 
 
 class _SlotConnection(redis.connection.Connection):
@@ -208,40 +224,16 @@ class _SlotConnection(redis.connection.Connection):
                                         f"served here now ({err})") from err
 
 
-class _AsyncSlotPool(redis.asyncio.ConnectionPool):
-    """:class:`_SlotPool` for asyncio clients."""
+class _AsyncSlotPool(_SlotPoolMixin, redis.asyncio.ConnectionPool):
+    """:class:`_SlotPool` for asyncio clients (the primary asked on a thread: a new
+    connection is rare, and the loop must not wait for a node's timeout)."""
 
     def __init__(self, cluster: ClusterURL, slot: int, **options: Any) -> None:
-        self.cluster, self.slot = cluster, slot
-        self.ask_options = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
-                            if k in options}
-        super().__init__(connection_class=_AsyncSlotConnection, username=cluster.username,
-                         password=cluster.password, **options)
+        super().__init__(**self._slot_options(cluster, slot, _AsyncSlotConnection, options))
 
     async def primary(self) -> tuple[str, int]:
-        errors = []
-        for host, port in self.cluster.hosts:
-            node = redis.asyncio.Redis(host=host, port=port, username=self.cluster.username,
-                                       password=self.cluster.password, retry=_ASYNC_ONCE,
+        return await asyncio.to_thread(ask_slot_primary, self.cluster, self.slot,
                                        **self.ask_options)
-            try:
-                found = slot_primary(await node.execute_command("CLUSTER SLOTS"), self.slot,
-                                     host)
-            except (redis.RedisError, OSError) as err:
-                errors.append(f"{host}:{port}: {err}")
-                continue
-            finally:
-                await node.aclose()
-            if found is not None:
-                return found
-            errors.append(f"{host}:{port}: no primary serves slot {self.slot}")
-        raise redis.ConnectionError("no Cluster node named the primary of slot "
-                                    f"{self.slot} ({'; '.join(errors)})")
-
-    def make_connection(self) -> Any:
-        connection = super().make_connection()
-        connection.slot_pool = self
-        return connection
 
 
 class _AsyncSlotConnection(redis.asyncio.connection.Connection):
