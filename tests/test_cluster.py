@@ -5,6 +5,8 @@ failover of that primary."""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.service import Arbiter
+from tests.conftest import RETAIL, ROOT
 from tests.redis_proc import ClusterTopology
 
 D = 86400.0
@@ -133,6 +136,13 @@ def test_a_cluster_url_names_a_cluster_and_a_redis_url_one_server(
     standalone = redis_url.replace("redis://", "redis+cluster://").removesuffix("/0")
     with pytest.raises(RedisClusterNotSupported, match="not a Redis Cluster node"):
         check_server(standalone)
+    for url, code in ((cluster_topology.url, 0), (node.url, 2), (standalone, 2)):
+        report = subprocess.run(
+            [sys.executable, "-m", "engine.cli", "report", "--models", "--rules",
+             str(RETAIL), "--redis", url], cwd=ROOT, capture_output=True, text=True,
+            timeout=60)
+        assert report.returncode == code, report.stderr
+        assert "Traceback" not in report.stderr
 
 
 @pytest.mark.parametrize(("url", "error"), [
