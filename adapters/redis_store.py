@@ -61,6 +61,7 @@ Cluster", has what spreading over primaries needs). A Cluster node named by a
 from __future__ import annotations
 
 import functools
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from threading import Lock
@@ -165,6 +166,24 @@ def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
     return cls
 
 
+NAMESPACE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""What a namespace (the prefix of every key) may be: letters, digits, ``_ . -``."""
+
+
+def check_namespace(namespace: str) -> str:
+    """``namespace`` if it is one (:data:`NAMESPACE`), else ValueError saying why.
+
+    >>> check_namespace("shop-eu")
+    'shop-eu'
+    >>> check_namespace("a{b}")
+    Traceback (most recent call last):
+    ValueError: namespace 'a{b}': 1 to 64 letters, digits, '_', '.' or '-'
+    """
+    if not NAMESPACE.fullmatch(namespace):
+        raise ValueError(f"namespace {namespace!r}: 1 to 64 letters, digits, '_', '.' or '-'")
+    return namespace
+
+
 class RedisClusterNotSupported(ValueError):
     """The URL names a Redis Cluster node as a standalone server (redis://), or a
     standalone server as a Cluster (redis+cluster://)."""
@@ -266,6 +285,7 @@ class RedisStore:
         """The feature names lists this process knows (``compact`` records)."""
         # on a Cluster every key of the namespace shares its hash tag: one slot, so
         # every script and pipeline stays legal (adapters.redis_connect)
+        check_namespace(namespace)
         self.ns = f"{{{namespace}}}" if parse_cluster_url(url) is not None else namespace
         self.ns_bytes = self.ns.encode()
         self.redis = sync_client(url, self.ns, socket_timeout=5, socket_connect_timeout=5,

@@ -169,3 +169,19 @@ def test_a_cluster_url_reads_nodes_ports_and_credentials() -> None:
     assert found is not None
     assert found.hosts == (("n1", 6379), ("n2", 7001), ("::1", 7002))
     assert (found.username, found.password) == ("u", "p@ss")
+
+
+def test_namespaces_keep_deployments_apart_each_in_its_own_slot(
+        cluster_topology: ClusterTopology, cluster_url: str) -> None:
+    """Two deployments on one Cluster (``--namespace``): neither sees the other's
+    customers, and each namespace is a hash tag of its own (a slot, maybe a primary)."""
+    from engine.records import Profile
+
+    shop, blog = RedisStore(cluster_url, namespace="shop"), RedisStore(cluster_url,
+                                                                      namespace="blog")
+    shop.update_profile("ann", lambda p: p or Profile(user_id="ann"))
+    assert shop.get_profile("ann") is not None and blog.get_profile("ann") is None
+    keys = [k for ks in cluster_keys(cluster_topology).values() for k in ks]
+    assert keys == [b"{shop}:p:ann"]
+    with pytest.raises(ValueError, match="namespace 'a{b}'"):
+        RedisStore(cluster_url, namespace="a{b}")

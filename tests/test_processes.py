@@ -139,6 +139,18 @@ def test_serving_limits_out_of_range_are_refused(flags: tuple[str, ...], message
     assert out.returncode == 2 and message in out.stderr
 
 
+def test_a_namespace_from_the_environment_is_checked() -> None:
+    """``ARBITER_NAMESPACE`` (or ``--namespace``): a prefix that would break the keys (a
+    brace is a Cluster hash tag) is refused before anything starts."""
+    out = subprocess.run(
+        [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), "--redis",
+         "redis://127.0.0.1:1/0"], cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "ARBITER_NAMESPACE": "a{b}"},
+        capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert "arbiter serve: namespace 'a{b}': 1 to 64 letters" in out.stderr
+
+
 def test_a_record_layout_from_the_environment_is_checked() -> None:
     """``--record-layout`` has choices on the command line; from ``ARBITER_RECORD_LAYOUT``
     (or a file) an unknown one is refused the same way, not with a traceback."""

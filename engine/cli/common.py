@@ -36,7 +36,7 @@ def default_rules() -> str:
 
 def open_store(redis_url: str | None, check: bool = True, replicas: int = 0,
                log_max_entries: int | None = None, profile_retention: float = 0.0,
-               record_layout: str = "compact") -> Store:
+               record_layout: str = "compact", namespace: str = "arb") -> Store:
     """The Redis store at ``redis_url``, or a new in-memory one. ``check``: fail now
     (StoreUnavailable) when Redis does not answer; a server does not check, it starts
     degraded and not ready until Redis answers. A Redis Cluster node is refused
@@ -44,7 +44,8 @@ def open_store(redis_url: str | None, check: bool = True, replicas: int = 0,
     Redis replicas that must have a write before it is acknowledged;
     ``log_max_entries``: the learning log's cap (None: the store's default);
     ``profile_retention``: seconds a profile is kept after its last change (0: for ever);
-    ``record_layout``: how Redis decision records are written (engine.records)."""
+    ``record_layout``: how Redis decision records are written (engine.records);
+    ``namespace``: the prefix of every Redis key (one per deployment sharing a Redis)."""
     if redis_url:
         # only when asked: redis is optional here
         from adapters.redis_store import RedisStore, check_server
@@ -53,7 +54,7 @@ def open_store(redis_url: str | None, check: bool = True, replicas: int = 0,
             logging.getLogger("arbiter").warning("%s", warning)
         store = RedisStore(
             redis_url, replicas=replicas, profile_retention=profile_retention,
-            record_layout=record_layout,
+            record_layout=record_layout, namespace=namespace,
             log_max_entries=(LEARNING_LOG_MAX_ENTRIES if log_max_entries is None
                              else log_max_entries))
         if check:

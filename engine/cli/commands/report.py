@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     source = p.add_mutually_exclusive_group()
     source.add_argument("--target", help="host:port of a running server (default 127.0.0.1:50051)")
     source.add_argument("--redis", help="read the statistics from Redis instead")
+    p.add_argument("--namespace", default="arb", metavar="NAME",
+                   help="the Redis keys' prefix the server was given (with --redis)")
     p.add_argument("--rules", default=default_rules(), help="ruleset directory (with --redis)")
     p.add_argument("--models", action="store_true", help="also the models' quality")
     p.add_argument("--clusters", action="store_true",
@@ -53,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as err:
         print(f"arbiter report: {err.args[0]}", file=sys.stderr)
         return 2
-    except ValueError as err:  # a Redis Cluster node (adapters.redis_store.check_server)
+    except ValueError as err:  # a Cluster node named redis://, a bad namespace
         print(f"arbiter report: {err}", file=sys.stderr)
         return 2
     if args.format == "json":
@@ -175,7 +177,7 @@ def _from_redis(args: argparse.Namespace) -> Reports:
     if args.experiment and args.experiment not in ruleset.experiments:
         known = ", ".join(sorted(ruleset.experiments)) or "none"
         raise KeyError(f"unknown experiment '{args.experiment}' (known: {known})")
-    store = open_store(args.redis)
+    store = open_store(args.redis, namespace=args.namespace)
     try:
         report = None
         if args.experiment:

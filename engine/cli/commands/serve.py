@@ -34,8 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on")
     p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
     p.add_argument("--redis", metavar="URL",
-                   help="redis://host:port/db, or redis+sentinel://host[:port][,...]/service[/db] "
-                        "(default: in memory)")
+                   help="redis://host:port/db, redis+sentinel://host[:port][,...]/service[/db] "
+                        "or redis+cluster://host[:port][,...] (default: in memory)")
+    p.add_argument("--namespace", default="arb", metavar="NAME",
+                   help="the prefix of every Redis key: one per deployment sharing a Redis "
+                        "(on a Cluster each namespace is a slot of its own); default arb")
     p.add_argument("--redis-replicas", type=int, default=0, metavar="N",
                    help="acknowledge a write only once N replicas have it (Redis WAIT; "
                         "for a failover that loses nothing acknowledged); default 0: "
@@ -146,8 +149,9 @@ def run(args: argparse.Namespace) -> int:
                              "learner's signed snapshots")
         tracing = tracing_for(args) if processes == 1 else None
         if args.redis:
-            from adapters.redis_store import check_server
+            from adapters.redis_store import check_namespace, check_server
 
+            check_namespace(args.namespace)
             for warning in check_server(args.redis):  # a Cluster node is refused
                 log.warning("%s", warning)
     except (SettingsError, ValueError, OSError, ImportError) as err:
@@ -177,7 +181,8 @@ def run(args: argparse.Namespace) -> int:
                                           replicas=args.redis_replicas,
                                           log_max_entries=args.learning_log_max,
                                           profile_retention=args.profile_retention,
-                                          record_layout=args.record_layout),
+                                          record_layout=args.record_layout,
+                                          namespace=args.namespace),
                       seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
                       attribution_window=args.attribution_window,
