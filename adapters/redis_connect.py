@@ -38,6 +38,7 @@ True
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -155,22 +156,25 @@ _MOVED = (redis.exceptions.MovedError, redis.exceptions.AskError,
 """Replies that say this node no longer serves the slot (or not yet again)."""
 
 
-def ask_slot_primary(cluster: ClusterURL, slot: int, **options: Any) -> tuple[str, int]:
-    """The primary that serves ``slot``, asked of the Cluster's nodes in turn (each once,
-    with ``options``: its timeouts); ConnectionError when none names one."""
-    errors = []
-    for host, port in cluster.hosts:
+def ask_slot_primary(cluster: ClusterURL, slot: int, nodes: Sequence[tuple[str, int]],
+                     **options: Any) -> tuple[tuple[str, int], list[tuple[str, int]]]:
+    """The primary that serves ``slot``, asked of ``nodes`` in turn (each once, with
+    ``options``: its timeouts), and the nodes that failed to answer before one did;
+    ConnectionError when none names it."""
+    errors, failed = [], []
+    for host, port in nodes:
         node = redis.Redis(host=host, port=port, username=cluster.username,
                            password=cluster.password, retry=_ONCE, **options)
         try:
             found = slot_primary(node.execute_command("CLUSTER SLOTS"), slot, host)
         except (redis.RedisError, OSError) as err:
             errors.append(f"{host}:{port}: {err}")
+            failed.append((host, port))
             continue
         finally:
             node.close()
         if found is not None:
-            return found
+            return found, failed
         errors.append(f"{host}:{port}: no primary serves slot {slot}")
     raise redis.ConnectionError(f"no Cluster node named the primary of slot {slot} "
                                 f"({'; '.join(errors)})")
@@ -182,14 +186,25 @@ class _SlotPoolMixin:
     cluster: ClusterURL
     slot: int
     ask_options: dict[str, Any]
+    ask_order: list[tuple[str, int]]  # a node that failed to answer is asked last
 
     def _slot_options(self, cluster: ClusterURL, slot: int, connection_class: type,
                       options: dict[str, Any]) -> dict[str, Any]:
         self.cluster, self.slot = cluster, slot
+        self.ask_order = list(cluster.hosts)
         self.ask_options = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
                             if k in options}
         return dict(options, connection_class=connection_class, username=cluster.username,
                     password=cluster.password)
+
+    def ask_primary(self) -> tuple[str, int]:
+        """The slot's primary now (:func:`ask_slot_primary`); nodes that did not answer
+        go to the end of the order, so a dead node's timeout is not paid each time."""
+        order = list(self.ask_order)
+        primary, failed = ask_slot_primary(self.cluster, self.slot, order, **self.ask_options)
+        if failed:
+            self.ask_order = [n for n in order if n not in failed] + failed
+        return primary
 
     def make_connection(self) -> Any:
         connection: Any = super().make_connection()  # type: ignore[misc]
@@ -205,7 +220,7 @@ class _SlotPool(_SlotPoolMixin, redis.ConnectionPool):
         super().__init__(**self._slot_options(cluster, slot, _SlotConnection, options))
 
     def primary(self) -> tuple[str, int]:
-        return ask_slot_primary(self.cluster, self.slot, **self.ask_options)
+        return self.ask_primary()
 
 
 class _SlotConnection(redis.connection.Connection):
@@ -232,8 +247,7 @@ class _AsyncSlotPool(_SlotPoolMixin, redis.asyncio.ConnectionPool):
         super().__init__(**self._slot_options(cluster, slot, _AsyncSlotConnection, options))
 
     async def primary(self) -> tuple[str, int]:
-        return await asyncio.to_thread(ask_slot_primary, self.cluster, self.slot,
-                                       **self.ask_options)
+        return await asyncio.to_thread(self.ask_primary)
 
 
 class _AsyncSlotConnection(redis.asyncio.connection.Connection):

@@ -21,7 +21,7 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.service import Arbiter
 from tests.conftest import RETAIL, ROOT
-from tests.redis_proc import ClusterTopology
+from tests.redis_proc import ClusterTopology, free_port
 
 D = 86400.0
 
@@ -185,3 +185,20 @@ def test_namespaces_keep_deployments_apart_each_in_its_own_slot(
     assert keys == [b"{shop}:p:ann"]
     with pytest.raises(ValueError, match=re.escape("namespace 'a{b}'")):
         RedisStore(cluster_url, namespace="a{b}")
+
+
+def test_a_node_that_does_not_answer_is_asked_last_afterwards(
+        cluster_topology: ClusterTopology) -> None:
+    """A dead node listed first would cost its connect timeout on every new connection;
+    after it fails once, the live nodes are asked first."""
+    from redis.crc import key_slot
+
+    from adapters.redis_connect import _SlotPool, parse_cluster_url
+
+    dead = ("127.0.0.1", free_port())
+    cluster = parse_cluster_url(f"redis+cluster://{dead[0]}:{dead[1]},"
+                                + cluster_topology.url.split("://")[1])
+    assert cluster is not None
+    pool = _SlotPool(cluster, key_slot(b"{arb}"), socket_connect_timeout=1.0)
+    assert pool.primary()[1] == cluster_topology.primary_of("{arb}").port
+    assert pool.ask_order[-1] == dead and pool.ask_order[0] != dead
