@@ -2,7 +2,8 @@
 
 Nothing survives a restart; use :class:`adapters.redis_store.RedisStore` for that.
 Records are kept encoded (MessagePack) so callers never share mutable state with
-the store, exactly as with Redis.
+the store, exactly as with Redis; decision records in the ``compact`` layout, their
+recurring feature names lists in a table of their own (:mod:`engine.feature_names`).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
+from engine.feature_names import FeatureNameSets
 from engine.ports import (
     LEARNING_LOG_MAX_ENTRIES,
     DecisionNotFound,
@@ -26,18 +28,23 @@ from engine.records import (
     CorruptRecord,
     DecisionRecord,
     LearningEvent,
+    MissingFeatureNames,
     Profile,
     counter_deltas,
     counts_from_fields,
     decode_decision,
     decode_profile,
     encode,
-    encode_decision,
+    encode_compact_decision,
+    encode_decision_update,
     pseudonym,
 )
 
-DECISION, KEY, PROFILE = 0, 1, 2
+DECISION, KEY, PROFILE, NAMES = 0, 1, 2, 3
 """What an entry of the expiry heap stands for."""
+
+NAMES_KEPT_BEYOND = 86400.0
+"""Seconds a feature names list outlives the last record that refers to it (as Redis)."""
 
 
 class MemoryStore:
@@ -55,6 +62,9 @@ class MemoryStore:
         self._lock = threading.RLock()
         self._profiles: dict[str, bytes] = {}
         self._decisions: dict[str, tuple[bytes, float, str]] = {}  # record, expiry, user
+        # compact records' feature names lists (engine.feature_names): id -> list, expiry
+        self._names: dict[bytes, tuple[bytes, float]] = {}
+        self.feature_names = FeatureNameSets()
         self._user_decisions: dict[str, set[str]] = {}
         self._keys: dict[str, tuple[float, str]] = {}  # key -> (expiry, fingerprint)
         # (expiry, DECISION or KEY, id, user): what to drop when, as Redis TTLs would;
@@ -150,8 +160,15 @@ class MemoryStore:
             now = self.clock()
             self._expire(now)
             expires = now + ttl_seconds
-            self._decisions[record.decision_id] = (encode_decision(record), expires,
-                                                   record.user_id)
+            data, names = encode_compact_decision(record, self.feature_names)
+            if names is not None:  # kept as long as the records that refer to it
+                ref, blob = names
+                if ref not in self._names:  # one heap entry per list, moved on when due
+                    heapq.heappush(self._expiries, (expires + NAMES_KEPT_BEYOND, NAMES,
+                                                    ref.hex(), ""))
+                until = max(expires + NAMES_KEPT_BEYOND, self._names.get(ref, (b"", 0.0))[1])
+                self._names[ref] = (blob, until)
+            self._decisions[record.decision_id] = (data, expires, record.user_id)
             self._user_decisions.setdefault(record.user_id, set()).add(record.decision_id)
             heapq.heappush(self._expiries, (expires, DECISION, record.decision_id,
                                             record.user_id))
@@ -173,6 +190,14 @@ class MemoryStore:
                 del self._profile_expiry[name]
                 self._profiles.pop(name, None)
                 continue
+            if kind == NAMES:
+                ref = bytes.fromhex(name)
+                held = self._names.get(ref)
+                if held is not None and held[1] >= now:  # referred to since: due later
+                    heapq.heappush(expiries, (held[1], NAMES, name, ""))
+                elif held is not None:
+                    del self._names[ref]
+                continue
             table: dict[str, tuple[float, str]] | dict[str, tuple[bytes, float, str]]
             index, table, at = ((self._user_decisions, self._decisions, 1) if kind == DECISION
                                 else (self._user_keys, self._keys, 0))
@@ -190,7 +215,15 @@ class MemoryStore:
         entry = self._decisions.get(decision_id)
         if entry is None or entry[1] < self.clock():
             return None
-        return decode_decision(entry[0])
+        try:
+            return decode_decision(entry[0], names=self.feature_names)
+        except MissingFeatureNames as err:  # dropped from the bounded cache: the table
+            held = self._names.get(err.ref)
+            if held is None:
+                raise CorruptRecord("decision_id", "decision", f"its feature names "
+                                    f"{err.ref.hex()} are not stored") from None
+            self.feature_names.learn(err.ref, held[0])
+            return decode_decision(entry[0], names=self.feature_names)
 
     def commit_feedback(self, decision_id: str, idempotency_key: str, change: FeedbackChange,
                         ttl_seconds: float, fingerprint: str = "") -> FeedbackCommit:
@@ -205,9 +238,10 @@ class MemoryStore:
                     raise IdempotencyKeyReused(idempotency_key)
                 return FeedbackCommit(True, None)
             effects = change(decision, self.get_profile(decision.user_id))
-            _, expires_at, user_id = self._decisions[decision_id]
-            self._decisions[decision_id] = (encode_decision(effects.decision), expires_at,
-                                            user_id)
+            original, expires_at, user_id = self._decisions[decision_id]
+            self._decisions[decision_id] = (
+                encode_decision_update(effects.decision, original, "compact"), expires_at,
+                user_id)
             if effects.profile is not None:
                 self._put_profile(decision.user_id, encode(effects.profile), now)
             for experiment, deltas in counter_deltas(effects.arm_increments).items():

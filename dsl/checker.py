@@ -339,10 +339,11 @@ class Checker:
             elif kind not in FEATURE_TYPES:
                 self.error(f"a {kind} cannot be a feature: use a number, bool, string or "
                            "list attribute", where)
-            elif spec is not None and spec.pii:
-                self.error(f"{head}.{attr} is personal data (pii) and cannot be a feature: "
-                           "its values would become the names of model weights and of "
-                           "stored decisions' features", where)
+            elif spec is not None and spec.pii and kind in ("string", "list"):
+                self.error(f"{head}.{attr} is personal data (pii) and cannot be a one-hot "
+                           f"feature: its values would become the names of model weights "
+                           "and of stored decisions' features (a number or bool pii "
+                           "attribute can: its values are not names)", where)
 
     def _check_action(self, action: ast.ActionDef) -> None:
         pos = action.field_pos

@@ -182,3 +182,33 @@ def test_the_names_cache_is_bounded_and_a_dropped_list_comes_back() -> None:
         assert len(sets) <= 8 and len(sets._ids) <= 8
     assert sets.names(interned[0]) is None
     assert sets.intern(hot) is None and sets.intern(hot) == interned
+
+
+def test_the_memory_store_keeps_names_lists_as_long_as_their_records() -> None:
+    """The in-memory store stores records compact too: a list lives until a day past the
+    last record that refers to it (as on Redis), and is read back from its table when
+    the bounded cache has dropped it."""
+    from adapters.memory import NAMES_KEPT_BEYOND, MemoryStore
+    from engine.feature_names import FeatureNameSets
+    from engine.records import DecisionRecord, ShownAction
+
+    now = [1_000_000.0]
+    store = MemoryStore(clock=lambda: now[0])
+
+    def record(decision_id: str) -> DecisionRecord:
+        return DecisionRecord(decision_id, "ann", "home", "web", "r1", now[0],
+                              [ShownAction("offer", 1, 0.5, 0.1, 5.0)],
+                              {"segment:vip": 1.0, "context.device=mobile": 1.0})
+
+    store.save_decision(record("d1"), 3600)
+    store.save_decision(record("d2"), 3600)
+    assert len(store._names) == 1 and isinstance(
+        msgspec.msgpack.decode(store._decisions["d2"][0])[7], list)
+    store.feature_names = FeatureNameSets()  # as if the cache had dropped the list
+    assert store.get_decision("d2") == record("d2")
+    now[0] += 3600 + NAMES_KEPT_BEYOND / 2  # the records have expired, the list not yet
+    store.save_decision(DecisionRecord("d3", "bob", "home", "web", "r1", now[0], []), 60)
+    assert len(store._names) == 1
+    now[0] += NAMES_KEPT_BEYOND
+    store.save_decision(DecisionRecord("d4", "bob", "home", "web", "r1", now[0], []), 60)
+    assert store._names == {}

@@ -18,7 +18,7 @@ from engine.service import Arbiter
 
 RULES = """
 profile { spend: number = 0  tier: string = "standard"  vip: bool = false  tags: list
-          email: string pii }
+          email: string pii  birth_year: number pii }
 context { device: string = "desktop" }
 placement home { channels: web  slots: 1 }
 segment big = profile.spend > 100
@@ -30,6 +30,12 @@ MODEL
 
 def rules(model: str) -> str:
     return RULES.replace("MODEL", model)
+
+
+def test_a_number_pii_attribute_can_be_a_feature() -> None:
+    """Its values are not names (``profile.birth_year``: one weight), unlike a one-hot."""
+    spec = load_text(rules("model on home { features: profile.birth_year }")).model_of("home")
+    assert spec.features == ("profile.birth_year",)
 
 
 def test_declared_features_are_encoded_by_type() -> None:
@@ -50,7 +56,7 @@ def test_declared_features_are_encoded_by_type() -> None:
     ("model on home { features: profile.spnd }", "unknown profile attribute 'spnd'"),
     ("model on home { features: spend }", "a feature is 'segments', 'profile.NAME' or"),
     ("model on home { features: segments, profile.email }",
-     "profile.email is personal data (pii) and cannot be a feature"),
+     "profile.email is personal data (pii) and cannot be a one-hot feature"),
     ("model on home { bagging: 1 }", "bagging takes from 2 to 50 members"),
     ("model on home { vocabulary: 0 }", "vocabulary takes from 1 to 100,000 values"),
     ("model on home { vocabulary: 100001 }", "vocabulary takes from 1 to 100,000 values"),
