@@ -163,11 +163,12 @@ class MemoryStore:
             data, names = encode_compact_decision(record, self.feature_names)
             if names is not None:  # kept as long as the records that refer to it
                 ref, blob = names
-                if ref not in self._names:  # one heap entry per list, moved on when due
-                    heapq.heappush(self._expiries, (expires + NAMES_KEPT_BEYOND, NAMES,
-                                                    ref.hex(), ""))
-                until = max(expires + NAMES_KEPT_BEYOND, self._names.get(ref, (b"", 0.0))[1])
-                self._names[ref] = (blob, until)
+                held = self._names.get(ref)
+                until = expires + NAMES_KEPT_BEYOND
+                if held is None:  # one heap entry per list, moved on when due
+                    heapq.heappush(self._expiries, (until, NAMES, ref.hex(), ""))
+                if held is None or until > held[1] + 60:  # (at most once a minute)
+                    self._names[ref] = (blob, until)
             self._decisions[record.decision_id] = (data, expires, record.user_id)
             self._user_decisions.setdefault(record.user_id, set()).add(record.decision_id)
             heapq.heappush(self._expiries, (expires, DECISION, record.decision_id,
