@@ -20,9 +20,10 @@ the same way: Arbiter keeps every key of a namespace under one hash tag, so one 
 holds them all, and its clients connect to whichever primary serves that slot::
 
     redis+cluster://[user:password@]host[:port][,host[:port]...][/0]
+    rediss+cluster://...[?ssl_ca_certs=PATH][&ssl_certfile=PATH&ssl_keyfile=PATH]
 
-(nodes default to port 6379; any reachable node answers which primary serves the slot;
-TLS is not offered here yet). After a failover or when the slot moves, a connection to
+(nodes default to port 6379; any reachable node answers which primary serves the slot,
+and over TLS names the TLS ports; the CA defaults to the system's). After a failover or when the slot moves, a connection to
 the old node fails once (``MOVED``, ``READONLY``, ``CLUSTERDOWN``, ``TRYAGAIN`` become a
 ConnectionError: StoreUnavailable to the store) and the next connects to the new one.
 
@@ -40,8 +41,8 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, unquote, urlsplit
 
 import redis
 import redis.asyncio
@@ -70,22 +71,43 @@ class SentinelURL:
     password: str | None
 
 
-def _parse_hosts(url: str, scheme: str, port: int, what: str
-                 ) -> tuple[str, tuple[tuple[str, int], ...], str | None, str | None] | None:
-    """A ``scheme://[user:password@]host[:port][,...][/path]`` URL's path, hosts (``port``
-    by default) and credentials; None for another scheme; ValueError when malformed."""
+class _Parsed(NamedTuple):
+    path: str
+    hosts: tuple[tuple[str, int], ...]
+    username: str | None
+    password: str | None
+    tls: tuple[tuple[str, str], ...] | None  # TLS options (rediss+...), None: plain
+
+
+TLS_OPTIONS = ("ssl_ca_certs", "ssl_certfile", "ssl_keyfile")
+"""What a ``rediss+cluster://`` URL may set (``?ssl_ca_certs=PATH&...``): the CA to
+trust (default: the system's), and the client's certificate and key for mutual TLS."""
+
+
+def _parse_hosts(url: str, scheme: str, port: int, what: str, tls: bool = False
+                 ) -> _Parsed | None:
+    """A ``scheme://[user:password@]host[:port][,...][/path]`` URL's parts, hosts with
+    ``port`` by default; ``rediss+...`` too (with :data:`TLS_OPTIONS`) when ``tls``;
+    None for another scheme; ValueError when malformed."""
     given, _, rest = url.partition("://")
-    if given.lower() == scheme.replace("redis+", "rediss+"):
+    secure = given.lower() == scheme.replace("redis+", "rediss+")
+    if secure and not tls:
         raise ValueError(f"{url}: TLS to a Redis {what} is not supported yet")
-    if given.lower() != scheme:
+    if given.lower() != scheme and not secure:
         return None
     parts = urlsplit(f"redis://{rest}")  # for the userinfo, path and query only
-    if parts.query or parts.fragment:
+    options = parse_qsl(parts.query, keep_blank_values=True)
+    if parts.fragment or (options and not secure):
         raise ValueError(f"{url}: a {what} URL takes no options (?...) here")
+    unknown = sorted({k for k, _ in options} - set(TLS_OPTIONS))
+    if unknown:
+        raise ValueError(f"{url}: unknown option {unknown[0]!r} (TLS: "
+                         f"{', '.join(TLS_OPTIONS)})")
     userinfo, _, members = parts.netloc.rpartition("@")
     hosts = tuple(_member(url, member, port, what) for member in members.split(","))
     username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-    return parts.path, hosts, unquote(username) or None, unquote(password) or None
+    return _Parsed(parts.path, hosts, unquote(username) or None, unquote(password) or None,
+                   tuple(options) if secure else None)
 
 
 def parse_sentinel_url(url: str) -> SentinelURL | None:
@@ -93,7 +115,7 @@ def parse_sentinel_url(url: str) -> SentinelURL | None:
     parsed = _parse_hosts(url, SENTINEL_SCHEME, SENTINEL_PORT, "Sentinel")
     if parsed is None:
         return None
-    path, hosts, username, password = parsed
+    path, hosts, username, password, _ = parsed
     names = [p for p in path.split("/") if p]
     if not names or len(names) > 2:
         raise ValueError(f"{url}: expected /SERVICE or /SERVICE/DB after the Sentinel hosts")
@@ -114,22 +136,33 @@ def _member(url: str, member: str, default_port: int, what: str) -> tuple[str, i
 
 @dataclass(frozen=True)
 class ClusterURL:
-    """A ``redis+cluster://`` URL, read."""
+    """A ``redis+cluster://`` (or TLS: ``rediss+cluster://``) URL, read."""
 
     hosts: tuple[tuple[str, int], ...]
     username: str | None
     password: str | None
+    tls: tuple[tuple[str, str], ...] | None = None  # TLS_OPTIONS given; None: plain
+
+    def client_options(self) -> dict[str, Any]:
+        """What a redis-py client of one node needs: credentials, and TLS."""
+        options: dict[str, Any] = {"username": self.username, "password": self.password}
+        if self.tls is not None:
+            options.update(self.tls, ssl=True)
+        return options
 
 
 def parse_cluster_url(url: str) -> ClusterURL | None:
-    """The Cluster URL's parts; None for any other scheme; ValueError when malformed."""
-    parsed = _parse_hosts(url, CLUSTER_SCHEME, CLUSTER_PORT, "Cluster")
+    """The Cluster URL's parts; None for any other scheme; ValueError when malformed.
+
+    >>> parse_cluster_url("rediss+cluster://n1:7000?ssl_ca_certs=/etc/ca.pem").tls
+    (('ssl_ca_certs', '/etc/ca.pem'),)
+    """
+    parsed = _parse_hosts(url, CLUSTER_SCHEME, CLUSTER_PORT, "Cluster", tls=True)
     if parsed is None:
         return None
-    path, hosts, username, password = parsed
-    if path.strip("/") not in ("", "0"):
+    if parsed.path.strip("/") not in ("", "0"):
         raise ValueError(f"{url}: a Redis Cluster has database 0 only")
-    return ClusterURL(hosts, username, password)
+    return ClusterURL(parsed.hosts, parsed.username, parsed.password, parsed.tls)
 
 
 def slot_primary(slots: Any, slot: int, asked: str) -> tuple[str, int] | None:
@@ -163,8 +196,8 @@ def ask_slot_primary(cluster: ClusterURL, slot: int, nodes: Sequence[tuple[str, 
     ConnectionError when none names it."""
     errors, failed = [], []
     for host, port in nodes:
-        node = redis.Redis(host=host, port=port, username=cluster.username,
-                           password=cluster.password, retry=_ONCE, **options)
+        node = redis.Redis(host=host, port=port, retry=_ONCE, **cluster.client_options(),
+                           **options)
         try:
             found = slot_primary(node.execute_command("CLUSTER SLOTS"), slot, host)
         except (redis.RedisError, OSError) as err:
@@ -194,8 +227,8 @@ class _SlotPoolMixin:
         self.ask_order = list(cluster.hosts)
         self.ask_options = {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
                             if k in options}
-        return dict(options, connection_class=connection_class, username=cluster.username,
-                    password=cluster.password)
+        return dict(options, **dict(cluster.tls or ()), connection_class=connection_class,
+                    username=cluster.username, password=cluster.password)
 
     def ask_primary(self) -> tuple[str, int]:
         """The slot's primary now (:func:`ask_slot_primary`); nodes that did not answer
@@ -217,7 +250,8 @@ class _SlotPool(_SlotPoolMixin, redis.ConnectionPool):
     cluster's nodes whenever a connection connects."""
 
     def __init__(self, cluster: ClusterURL, slot: int, **options: Any) -> None:
-        super().__init__(**self._slot_options(cluster, slot, _SlotConnection, options))
+        connection = _SlotSSLConnection if cluster.tls is not None else _SlotConnection
+        super().__init__(**self._slot_options(cluster, slot, connection, options))
 
     def primary(self) -> tuple[str, int]:
         return self.ask_primary()
@@ -239,12 +273,18 @@ class _SlotConnection(redis.connection.Connection):
                                         f"served here now ({err})") from err
 
 
+class _SlotSSLConnection(_SlotConnection, redis.connection.SSLConnection):
+    """:class:`_SlotConnection` over TLS (``rediss+cluster://``)."""
+
+
 class _AsyncSlotPool(_SlotPoolMixin, redis.asyncio.ConnectionPool):
     """:class:`_SlotPool` for asyncio clients (the primary asked on a thread: a new
     connection is rare, and the loop must not wait for a node's timeout)."""
 
     def __init__(self, cluster: ClusterURL, slot: int, **options: Any) -> None:
-        super().__init__(**self._slot_options(cluster, slot, _AsyncSlotConnection, options))
+        connection = (_AsyncSlotSSLConnection if cluster.tls is not None
+                      else _AsyncSlotConnection)
+        super().__init__(**self._slot_options(cluster, slot, connection, options))
 
     async def primary(self) -> tuple[str, int]:
         return await asyncio.to_thread(self.ask_primary)
@@ -264,6 +304,10 @@ class _AsyncSlotConnection(redis.asyncio.connection.Connection):
             await self.disconnect()
             raise redis.ConnectionError(f"the Cluster's slot {self.slot_pool.slot} is not "
                                         f"served here now ({err})") from err
+
+
+class _AsyncSlotSSLConnection(_AsyncSlotConnection, redis.asyncio.connection.SSLConnection):
+    """:class:`_AsyncSlotConnection` over TLS (``rediss+cluster://``)."""
 
 
 def _data_node_options(sentinel: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:

@@ -197,13 +197,11 @@ def check_server(url: str, timeout: float = 2.0) -> list[str]:
     (:func:`setting_warnings`). An unreachable Redis passes (a server starts degraded and
     waits for it), and so does one that refuses ``INFO`` (a managed Redis)."""
     cluster = parse_cluster_url(url)
-    nodes = ([f"redis://{host}:{port}/0" for host, port in cluster.hosts] if cluster
-             else [url])  # a Cluster: its nodes themselves, the first that answers
-    credentials: dict[str, Any] = ({"username": cluster.username,
-                                    "password": cluster.password} if cluster else {})
-    for node in nodes:
-        client = sync_client(node, socket_timeout=timeout, socket_connect_timeout=timeout,
-                             **credentials)
+    timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
+    clients = ([redis.Redis(host=host, port=port, **cluster.client_options(), **timeouts)
+                for host, port in cluster.hosts] if cluster  # its nodes, the first that
+               else [sync_client(url, **timeouts)])  # answers
+    for client in clients:
         try:
             info = client.info()
             break

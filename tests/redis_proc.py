@@ -154,15 +154,28 @@ class ClusterTopology:
     redis-cli): what ``redis+cluster://`` URLs are tested against. A failed primary is
     replaced by its replica within about a second (``cluster-node-timeout`` 500 ms)."""
 
-    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 0) -> None:
-        options = ("--cluster-enabled", "yes", "--cluster-node-timeout", "500",
-                   "--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now")
+    def __init__(self, directory: Path, primaries: int = 3, replicas: int = 0,
+                 pki: Path | None = None) -> None:
+        options: tuple[str, ...] = (
+            "--cluster-enabled", "yes", "--cluster-node-timeout", "500",
+            "--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now")
+        if pki is not None:  # TLS on a port of its own too (plain kept for the harness)
+            options += ("--tls-cert-file", str(pki / "server.pem"), "--tls-key-file",
+                        str(pki / "server.key"), "--tls-ca-cert-file", str(pki / "ca.pem"),
+                        "--tls-cluster", "yes", "--tls-replication", "yes",
+                        "--tls-auth-clients", "optional")
+        self.pki = pki
         self.nodes = []
         self.bus_ports = []  # (the default, port + 10000, is past 65535 for high ports)
+        self.tls_ports: list[int] = []
         for i in range(primaries * (1 + replicas)):
             sub = _subdirectory(directory, f"n{i}")
             self.bus_ports.append(free_port())
-            self.nodes.append(RedisServer(sub, *options, "--cluster-config-file",
+            tls: tuple[str, ...] = ()
+            if pki is not None:
+                self.tls_ports.append(free_port())
+                tls = ("--tls-port", str(self.tls_ports[-1]))
+            self.nodes.append(RedisServer(sub, *options, *tls, "--cluster-config-file",
                                           str(sub / "nodes.conf"), "--cluster-port",
                                           str(self.bus_ports[-1])))
         self.primaries = primaries
@@ -170,6 +183,13 @@ class ClusterTopology:
     @property
     def url(self) -> str:
         return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    @property
+    def tls_url(self) -> str:
+        """The same Cluster over TLS (``pki`` given), trusting the test CA."""
+        assert self.pki is not None
+        return ("rediss+cluster://" + ",".join(f"127.0.0.1:{p}" for p in self.tls_ports)
+                + f"?ssl_ca_certs={self.pki / 'ca.pem'}")
 
     def start(self) -> None:
         try:

@@ -150,7 +150,7 @@ def test_a_cluster_url_names_a_cluster_and_a_redis_url_one_server(
     ("redis+cluster://h:port", "is not a Cluster host[:port]"),
     ("redis+cluster://h,,k", "is not a Cluster host[:port]"),
     ("redis+cluster://h?ssl=1", "takes no options"),
-    ("rediss+cluster://h", "TLS to a Redis Cluster is not supported"),
+    ("rediss+cluster://h?ssl_verify=no", "unknown option 'ssl_verify'"),
 ])
 def test_a_malformed_cluster_url_is_refused_naming_what_is_wrong(url: str, error: str
                                                                   ) -> None:
@@ -202,3 +202,39 @@ def test_a_node_that_does_not_answer_is_asked_last_afterwards(
     pool = _SlotPool(cluster, key_slot(b"{arb}"), socket_connect_timeout=1.0)
     assert pool.primary()[1] == cluster_topology.primary_of("{arb}").port
     assert pool.ask_order[-1] == dead and pool.ask_order[0] != dead
+
+
+def test_a_cluster_over_tls_serves_and_a_wrong_ca_is_refused(tmp_path: Path,
+                                                             retail: Ruleset) -> None:
+    """``rediss+cluster://...?ssl_ca_certs=CA``: the slot's primary asked and used over
+    TLS (the Cluster answers TLS clients with its TLS ports); with a CA that did not sign
+    the nodes' certificates the store is unavailable, not connected in the clear."""
+    from engine.ports import StoreUnavailable
+    from tests.pki import make_pki
+
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "other").mkdir()
+    pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other")
+    topology = ClusterTopology(tmp_path / "cluster", pki=pki)
+    topology.start()
+    try:
+        store = RedisStore(topology.tls_url)
+        running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                stub = pb_grpc.DecisionServiceStub(channel)
+                track_visits(stub, "ann")
+                assert not decide(stub, "ann").degraded and visits(stub, "ann") == 6
+        finally:
+            running.stop(grace=0.5)
+        pool = store.redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            assert connection.port in topology.tls_ports
+        finally:
+            pool.release(connection)
+        wrong = topology.tls_url.replace(str(pki / "ca.pem"), str(other / "ca.pem"))
+        with pytest.raises(StoreUnavailable):
+            RedisStore(wrong, cache_ttl=0).get_profile("ann")
+    finally:
+        topology.stop()
