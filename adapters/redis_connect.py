@@ -7,8 +7,9 @@ it; this module reads the form other Redis clients use::
 
     redis+sentinel://[user:password@]host[:port][,host[:port]...]/service[/db]
 
-(Sentinel members default to port 26379; the credentials are the data nodes'; TLS
-through Sentinel is not offered yet: a URL has no place for the CA to trust). Its
+(Sentinel members default to port 26379; the credentials are the data nodes'; over
+TLS, ``rediss+sentinel://...?ssl_ca_certs=PATH``, to the Sentinels and the data nodes
+alike, with ``ssl_certfile``/``ssl_keyfile`` for mutual TLS). Its
 clients connect to whichever server Sentinel names as the primary; after a failover, a
 connection to the old primary fails once (redis-py turns its READONLY reply into a
 ConnectionError, which the store answers as StoreUnavailable: degraded decisions,
@@ -23,9 +24,10 @@ holds them all, and its clients connect to whichever primary serves that slot::
     rediss+cluster://...[?ssl_ca_certs=PATH][&ssl_certfile=PATH&ssl_keyfile=PATH]
 
 (nodes default to port 6379; any reachable node answers which primary serves the slot,
-and over TLS names the TLS ports; the CA defaults to the system's). After a failover or when the slot moves, a connection to
-the old node fails once (``MOVED``, ``READONLY``, ``CLUSTERDOWN``, ``TRYAGAIN`` become a
-ConnectionError: StoreUnavailable to the store) and the next connects to the new one.
+and over TLS names the TLS ports; the CA defaults to the system's). After a failover or
+when the slot moves, a connection to the old node fails once (``MOVED``, ``READONLY``,
+``CLUSTERDOWN``, ``TRYAGAIN`` become a ConnectionError: StoreUnavailable to the store)
+and the next connects to the new one.
 
 >>> found = parse_sentinel_url("redis+sentinel://ann:s3cret@s1,s2:26380/shop/2")
 >>> found.hosts, found.service, found.db, found.username
@@ -69,6 +71,11 @@ class SentinelURL:
     db: int
     username: str | None
     password: str | None
+    tls: tuple[tuple[str, str], ...] | None = None  # TLS_OPTIONS given; None: plain
+
+    def tls_options(self) -> dict[str, Any]:
+        """TLS to the Sentinels and the data nodes (``rediss+sentinel://``), or none."""
+        return {} if self.tls is None else {"ssl": True, **dict(self.tls)}
 
 
 class _Parsed(NamedTuple):
@@ -112,17 +119,17 @@ def _parse_hosts(url: str, scheme: str, port: int, what: str, tls: bool = False
 
 def parse_sentinel_url(url: str) -> SentinelURL | None:
     """The Sentinel URL's parts; None for any other scheme; ValueError when malformed."""
-    parsed = _parse_hosts(url, SENTINEL_SCHEME, SENTINEL_PORT, "Sentinel")
+    parsed = _parse_hosts(url, SENTINEL_SCHEME, SENTINEL_PORT, "Sentinel", tls=True)
     if parsed is None:
         return None
-    path, hosts, username, password, _ = parsed
+    path, hosts, username, password, tls = parsed
     names = [p for p in path.split("/") if p]
     if not names or len(names) > 2:
         raise ValueError(f"{url}: expected /SERVICE or /SERVICE/DB after the Sentinel hosts")
     if len(names) == 2 and not names[1].isdigit():
         raise ValueError(f"{url}: the database must be a number, not {names[1]!r}")
     return SentinelURL(hosts, unquote(names[0]), int(names[1]) if len(names) == 2 else 0,
-                       username, password)
+                       username, password, tls)
 
 
 def _member(url: str, member: str, default_port: int, what: str) -> tuple[str, int]:
@@ -312,13 +319,13 @@ class _AsyncSlotSSLConnection(_AsyncSlotConnection, redis.asyncio.connection.SSL
 
 def _data_node_options(sentinel: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
     return dict(options, db=sentinel.db, username=sentinel.username,
-                password=sentinel.password)
+                password=sentinel.password, **sentinel.tls_options())
 
 
-def _sentinel_options(options: dict[str, Any]) -> dict[str, Any]:
-    """How long to wait for a Sentinel: the data nodes' timeouts."""
-    return {k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
-            if k in options}
+def _sentinel_options(sentinel: SentinelURL, options: dict[str, Any]) -> dict[str, Any]:
+    """How to reach a Sentinel: the data nodes' timeouts, and TLS as they."""
+    return {**{k: options[k] for k in ("socket_timeout", "socket_connect_timeout")
+               if k in options}, **sentinel.tls_options()}
 
 
 def sync_client(url: str, slot_key: str = "", **options: Any) -> redis.Redis:
@@ -332,7 +339,7 @@ def sync_client(url: str, slot_key: str = "", **options: Any) -> redis.Redis:
     if sentinel is None:
         return redis.Redis.from_url(url, **options)
     return redis.sentinel.Sentinel(
-        sentinel.hosts, sentinel_kwargs=_sentinel_options(options),
+        sentinel.hosts, sentinel_kwargs=_sentinel_options(sentinel, options),
     ).master_for(sentinel.service, **_data_node_options(sentinel, options))
 
 
@@ -346,5 +353,5 @@ def async_client(url: str, slot_key: str = "", **options: Any) -> redis.asyncio.
     if sentinel is None:
         return redis.asyncio.Redis.from_url(url, **options)
     return redis.asyncio.sentinel.Sentinel(
-        sentinel.hosts, sentinel_kwargs=_sentinel_options(options),
+        sentinel.hosts, sentinel_kwargs=_sentinel_options(sentinel, options),
     ).master_for(sentinel.service, **_data_node_options(sentinel, options))

@@ -75,28 +75,51 @@ class SentinelTopology:
     """A primary, its replica and one Sentinel watching them (``service`` its name), all
     private on free ports: what ``redis+sentinel://`` URLs are tested against."""
 
-    def __init__(self, directory: Path, service: str = "arbiter") -> None:
-        self.directory, self.service = directory, service
+    def __init__(self, directory: Path, service: str = "arbiter",
+                 pki: Path | None = None) -> None:
+        self.directory, self.service, self.pki = directory, service, pki
         # a replica's full sync starts at once, not after Redis's 5 s default delay; on
         # SIGTERM no wait for a lagging replica (up to 10 s; every write is on disk)
-        quick = ("--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now")
-        self.primary = RedisServer(_subdirectory(directory, "a"), *quick)
-        self.replica = RedisServer(_subdirectory(directory, "b"), *quick, "--replicaof",
-                                   "127.0.0.1", str(self.primary.port))
+        quick: tuple[str, ...] = ("--repl-diskless-sync-delay", "0",
+                                  "--shutdown-on-sigterm", "now")
+        self.tls_ports = [free_port(), free_port(), free_port()]  # primary, replica, Sentinel
+        if pki is not None:  # TLS beside the plain ports (the harness keeps those)
+            quick += (*_tls_options(pki), "--tls-replication", "yes")
+        self.primary = RedisServer(_subdirectory(directory, "a"), *quick,
+                                   *self._tls_port(0))
+        # over TLS the replica, and the Sentinel, reach the primary at its TLS port
+        self.monitored_port = self.tls_ports[0] if pki is not None else self.primary.port
+        self.replica = RedisServer(_subdirectory(directory, "b"), *quick, *self._tls_port(1),
+                                   "--replicaof", "127.0.0.1", str(self.monitored_port))
         self.sentinel_port = free_port()
         self.sentinel: subprocess.Popen[bytes] | None = None
+
+    def _tls_port(self, i: int) -> tuple[str, ...]:
+        return ("--tls-port", str(self.tls_ports[i])) if self.pki is not None else ()
 
     @property
     def url(self) -> str:
         return f"redis+sentinel://127.0.0.1:{self.sentinel_port}/{self.service}/0"
 
+    @property
+    def tls_url(self) -> str:
+        """The same over TLS (``pki`` given): to the Sentinel and the data nodes."""
+        assert self.pki is not None
+        return (f"rediss+sentinel://127.0.0.1:{self.tls_ports[2]}/{self.service}/0"
+                f"?ssl_ca_certs={self.pki / 'ca.pem'}")
+
     def start(self) -> None:
         self.primary.start()
         self.replica.start()
         config = self.directory / "sentinel.conf"  # Sentinel rewrites it: its own copy
+        tls = "" if self.pki is None else (
+            f"tls-port {self.tls_ports[2]}\n" + "".join(
+                f"{k.lstrip('-')} {v}\n" for k, v in zip(*[iter(_tls_options(self.pki))] * 2,
+                                                          strict=True))
+            + "tls-replication yes\n")
         config.write_text(
-            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.directory}\n"
-            f"sentinel monitor {self.service} 127.0.0.1 {self.primary.port} 1\n"
+            f"port {self.sentinel_port}\nbind 127.0.0.1\ndir {self.directory}\n{tls}"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.monitored_port} 1\n"
             f"sentinel down-after-milliseconds {self.service} 1000\n"
             f"sentinel failover-timeout {self.service} 5000\n")
         self.sentinel = subprocess.Popen(
@@ -160,10 +183,8 @@ class ClusterTopology:
             "--cluster-enabled", "yes", "--cluster-node-timeout", "500",
             "--repl-diskless-sync-delay", "0", "--shutdown-on-sigterm", "now")
         if pki is not None:  # TLS on a port of its own too (plain kept for the harness)
-            options += ("--tls-cert-file", str(pki / "server.pem"), "--tls-key-file",
-                        str(pki / "server.key"), "--tls-ca-cert-file", str(pki / "ca.pem"),
-                        "--tls-cluster", "yes", "--tls-replication", "yes",
-                        "--tls-auth-clients", "optional")
+            options += (*_tls_options(pki), "--tls-cluster", "yes",
+                        "--tls-replication", "yes")
         self.pki = pki
         self.nodes = []
         self.bus_ports = []  # (the default, port + 10000, is past 65535 for high ports)
@@ -246,6 +267,14 @@ class ClusterTopology:
             return client.execute_command(*command)
         finally:
             client.close()
+
+
+def _tls_options(pki: Path) -> tuple[str, ...]:
+    """redis-server's TLS options with the test certificates (tests/pki.py); clients'
+    certificates optional."""
+    return ("--tls-cert-file", str(pki / "server.pem"), "--tls-key-file",
+            str(pki / "server.key"), "--tls-ca-cert-file", str(pki / "ca.pem"),
+            "--tls-auth-clients", "optional")
 
 
 def _subdirectory(directory: Path, name: str) -> Path:

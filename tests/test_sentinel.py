@@ -303,7 +303,7 @@ def test_with_replicas_asked_a_primary_killed_mid_writes_loses_nothing_acknowled
     ("redis+sentinel://h:port/s", "is not a Sentinel host[:port]"),
     ("redis+sentinel://,h/s", "is not a Sentinel host[:port]"),
     ("redis+sentinel://h/s?ssl=1", "takes no options"),
-    ("rediss+sentinel://h/s", "TLS to a Redis Sentinel is not supported"),
+    ("rediss+sentinel://h/s?ssl_verify=no", "unknown option 'ssl_verify'"),
 ])
 def test_a_malformed_sentinel_url_is_refused_naming_what_is_wrong(url: str, error: str
                                                                    ) -> None:
@@ -319,3 +319,46 @@ def test_a_sentinel_url_reads_hosts_ports_ipv6_credentials_and_database() -> Non
     assert found.hosts == (("h1", 26379), ("h2", 26380), ("::1", 7))
     assert (found.service, found.db, found.username, found.password) == (
         "my svc", 3, "u", "p@ss")
+
+
+def test_over_tls_the_sentinel_and_the_primary_are_reached_with_the_ca_given(
+        tmp_path: Path, retail: Ruleset) -> None:
+    """``rediss+sentinel://HOST:TLSPORT/SERVICE?ssl_ca_certs=CA``: TLS to the Sentinel
+    and to the primary it names (monitored at its TLS port), sync and asyncio clients
+    alike (a served Decide and feedback); with another CA, unavailable, never clear."""
+    from engine.ports import StoreUnavailable
+    from tests.pki import make_pki
+
+    (tmp_path / "pki").mkdir()
+    (tmp_path / "other").mkdir()
+    pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other")
+    topology = SentinelTopology(tmp_path / "topology", pki=pki)
+    topology.start()
+    try:
+        store = RedisStore(topology.tls_url)
+        running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+                stub = pb_grpc.DecisionServiceStub(channel)
+                stub.TrackEvent(pb.TrackEventRequest(user_id="ann", event_type="visit"),
+                                timeout=5)
+                d = stub.Decide(pb.DecideRequest(user_id="ann", placement="homepage_banner",
+                                                 channel="web"), timeout=5)
+                assert not d.degraded
+                stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id,
+                                                 action_id=d.actions[0].action_id,
+                                                 outcome=pb.OUTCOME_CLICK), timeout=5)
+        finally:
+            running.stop(grace=0.5)
+        assert store.get_profile("ann") is not None
+        pool = store.redis.connection_pool
+        connection = pool.get_connection()
+        try:
+            assert connection.port == topology.tls_ports[0]
+        finally:
+            pool.release(connection)
+        wrong = topology.tls_url.replace(str(pki / "ca.pem"), str(other / "ca.pem"))
+        with pytest.raises(StoreUnavailable):
+            RedisStore(wrong, cache_ttl=0).get_profile("ann")
+    finally:
+        topology.stop()
