@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+from typing import Any
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -25,3 +26,24 @@ def make_pki(directory: Path) -> Path:
                  "-CAcreateserial", "-days", "2", "-extfile", "san.ext",
                  "-out", f"{name}.pem", cwd=d)
     return d
+
+
+def make_two_pkis(directory: Path) -> tuple[Path, Path]:
+    """Test certificates (:func:`make_pki`) in ``directory/pki``, and another CA's in
+    ``directory/other`` (which did not sign the first's: a client trusting it must
+    refuse the servers)."""
+    made = []
+    for name in ("pki", "other"):
+        (directory / name).mkdir()
+        made.append(make_pki(directory / name))
+    return made[0], made[1]
+
+
+def connected_port(client: Any) -> int:
+    """The port a redis-py client's pool connects to now."""
+    pool = client.connection_pool
+    connection = pool.get_connection()
+    try:
+        return int(connection.port)
+    finally:
+        pool.release(connection)

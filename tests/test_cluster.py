@@ -145,32 +145,6 @@ def test_a_cluster_url_names_a_cluster_and_a_redis_url_one_server(
         assert "Traceback" not in report.stderr
 
 
-@pytest.mark.parametrize(("url", "error"), [
-    ("redis+cluster://h/1", "a Redis Cluster has database 0 only"),
-    ("redis+cluster://h:port", "is not a Cluster host[:port]"),
-    ("redis+cluster://h,,k", "is not a Cluster host[:port]"),
-    ("redis+cluster://h?ssl=1", "takes no options"),
-    ("rediss+cluster://h?ssl_verify=no", "unknown option 'ssl_verify'"),
-])
-def test_a_malformed_cluster_url_is_refused_naming_what_is_wrong(url: str, error: str
-                                                                  ) -> None:
-    from adapters.redis_connect import parse_cluster_url
-
-    with pytest.raises(ValueError, match=re.escape(error)):
-        parse_cluster_url(url)
-    with pytest.raises(ValueError, match=re.escape(error)):  # before any client exists
-        RedisStore(url)
-
-
-def test_a_cluster_url_reads_nodes_ports_and_credentials() -> None:
-    from adapters.redis_connect import parse_cluster_url
-
-    found = parse_cluster_url("REDIS+CLUSTER://u:p%40ss@n1,n2:7001,[::1]:7002/0")
-    assert found is not None
-    assert found.hosts == (("n1", 6379), ("n2", 7001), ("::1", 7002))
-    assert (found.username, found.password) == ("u", "p@ss")
-
-
 def test_namespaces_keep_deployments_apart_each_in_its_own_slot(
         cluster_topology: ClusterTopology, cluster_url: str) -> None:
     """Two deployments on one Cluster (``--namespace``): neither sees the other's
@@ -210,11 +184,9 @@ def test_a_cluster_over_tls_serves_and_a_wrong_ca_is_refused(tmp_path: Path,
     TLS (the Cluster answers TLS clients with its TLS ports); with a CA that did not sign
     the nodes' certificates the store is unavailable, not connected in the clear."""
     from engine.ports import StoreUnavailable
-    from tests.pki import make_pki
+    from tests.pki import connected_port, make_two_pkis
 
-    (tmp_path / "pki").mkdir()
-    (tmp_path / "other").mkdir()
-    pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other")
+    pki, other = make_two_pkis(tmp_path)
     topology = ClusterTopology(tmp_path / "cluster", pki=pki)
     topology.start()
     try:
@@ -227,12 +199,7 @@ def test_a_cluster_over_tls_serves_and_a_wrong_ca_is_refused(tmp_path: Path,
                 assert not decide(stub, "ann").degraded and visits(stub, "ann") == 6
         finally:
             running.stop(grace=0.5)
-        pool = store.redis.connection_pool
-        connection = pool.get_connection()
-        try:
-            assert connection.port in topology.tls_ports
-        finally:
-            pool.release(connection)
+        assert connected_port(store.redis) in topology.tls_ports
         wrong = topology.tls_url.replace(str(pki / "ca.pem"), str(other / "ca.pem"))
         with pytest.raises(StoreUnavailable):
             RedisStore(wrong, cache_ttl=0).get_profile("ann")

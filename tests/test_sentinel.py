@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -24,7 +23,6 @@ import grpc
 import pytest
 import redis
 
-from adapters.redis_connect import parse_sentinel_url
 from adapters.redis_store import RedisStore
 from dsl.ruleset import Ruleset
 from engine.grpc import server
@@ -295,43 +293,15 @@ def test_with_replicas_asked_a_primary_killed_mid_writes_loses_nothing_acknowled
     store.close()
 
 
-@pytest.mark.parametrize(("url", "error"), [
-    ("redis+sentinel://h", "expected /SERVICE or /SERVICE/DB"),
-    ("redis+sentinel://h/", "expected /SERVICE or /SERVICE/DB"),
-    ("redis+sentinel://h/s/0/x", "expected /SERVICE or /SERVICE/DB"),
-    ("redis+sentinel://h/s/x", "the database must be a number"),
-    ("redis+sentinel://h:port/s", "is not a Sentinel host[:port]"),
-    ("redis+sentinel://,h/s", "is not a Sentinel host[:port]"),
-    ("redis+sentinel://h/s?ssl=1", "takes no options"),
-    ("rediss+sentinel://h/s?ssl_verify=no", "unknown option 'ssl_verify'"),
-])
-def test_a_malformed_sentinel_url_is_refused_naming_what_is_wrong(url: str, error: str
-                                                                   ) -> None:
-    with pytest.raises(ValueError, match=re.escape(error)):
-        parse_sentinel_url(url)
-    with pytest.raises(ValueError, match=re.escape(error)):  # before any client exists
-        RedisStore(url)
-
-
-def test_a_sentinel_url_reads_hosts_ports_ipv6_credentials_and_database() -> None:
-    found = parse_sentinel_url("REDIS+SENTINEL://u:p%40ss@h1,h2:26380,[::1]:7/my%20svc/3")
-    assert found is not None
-    assert found.hosts == (("h1", 26379), ("h2", 26380), ("::1", 7))
-    assert (found.service, found.db, found.username, found.password) == (
-        "my svc", 3, "u", "p@ss")
-
-
 def test_over_tls_the_sentinel_and_the_primary_are_reached_with_the_ca_given(
         tmp_path: Path, retail: Ruleset) -> None:
     """``rediss+sentinel://HOST:TLSPORT/SERVICE?ssl_ca_certs=CA``: TLS to the Sentinel
     and to the primary it names (monitored at its TLS port), sync and asyncio clients
     alike (a served Decide and feedback); with another CA, unavailable, never clear."""
     from engine.ports import StoreUnavailable
-    from tests.pki import make_pki
+    from tests.pki import connected_port, make_two_pkis
 
-    (tmp_path / "pki").mkdir()
-    (tmp_path / "other").mkdir()
-    pki, other = make_pki(tmp_path / "pki"), make_pki(tmp_path / "other")
+    pki, other = make_two_pkis(tmp_path)
     topology = SentinelTopology(tmp_path / "topology", pki=pki)
     topology.start()
     try:
@@ -351,12 +321,7 @@ def test_over_tls_the_sentinel_and_the_primary_are_reached_with_the_ca_given(
         finally:
             running.stop(grace=0.5)
         assert store.get_profile("ann") is not None
-        pool = store.redis.connection_pool
-        connection = pool.get_connection()
-        try:
-            assert connection.port == topology.tls_ports[0]
-        finally:
-            pool.release(connection)
+        assert connected_port(store.redis) == topology.tls_ports[0]
         wrong = topology.tls_url.replace(str(pki / "ca.pem"), str(other / "ca.pem"))
         with pytest.raises(StoreUnavailable):
             RedisStore(wrong, cache_ttl=0).get_profile("ann")
