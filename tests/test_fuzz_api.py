@@ -119,6 +119,16 @@ def _user_of(request_class: type[Message], data: bytes) -> str | None:
     return getattr(message, "user_id", None) or None
 
 
+def _batch_users(request_class: type[Message], data: bytes) -> set[str]:
+    """The customers of a DecideBatch's requests (an accepted batch writes for each of
+    them: records, and with record_impressions their contacts)."""
+    try:
+        message = request_class.FromString(data)
+    except DecodeError:
+        return set()
+    return {r.user_id for r in getattr(message, "requests", ()) if r.user_id}
+
+
 def _left_behind(t: Target, user: str) -> list[str]:
     """What the store holds about a user no accepted request ever named."""
     found = []
@@ -158,6 +168,8 @@ def test_every_request_gets_a_declared_answer_and_rejections_leave_nothing(
         assert field in FIELDS and ": " in details, (method, details)
     elif code != grpc.StatusCode.OK:
         assert details, (method, code)
+    if code == grpc.StatusCode.OK and method == "DecideBatch":
+        target.accepted_users.update(_batch_users(request_class, data))
     user = _user_of(request_class, data)
     if user is None or method in ("GetProfile", "ForgetProfile"):
         return
