@@ -22,7 +22,7 @@ True
 (8, True, True)
 >>> FeatureNameSets().learn(ref, blob) == names  # another process reads it
 True
->>> huge = tuple(f"context.page=/{i:04d}" + "x" * 100 for i in range(100))
+>>> huge = tuple(f"context.page=/{i:04d}" + "x" * 100 for i in range(600))
 >>> sets.intern(huge), sets.intern(huge)  # too long to keep: stays in its records
 (None, None)
 """
@@ -39,11 +39,15 @@ NAMES_ID_BYTES = 8
 """Bytes of a names list's id (collisions: about one in 10^19 for a pair of lists)."""
 
 NAME_SETS_KEPT = 2048
-"""Distinct names lists (and first sightings) one process remembers."""
+"""Distinct names lists (and first sightings) one process remembers at most."""
 
-MAX_LIST_CHARS = 8192
-"""A names list longer than this (characters of its names) stays in its records: it
-bounds the cache (about 50 MB at worst, a few hundred KB for real rulesets)."""
+NAME_CHARS_KEPT = 4_000_000
+"""Characters of names the lists (and first sightings) one process remembers add up to
+at most: the cache stays under ~30 MB whatever the lists (a few hundred KB for a
+ruleset of tens of segments, 444 lists of a 300-segment ruleset's ~9,000 characters)."""
+
+MAX_LIST_CHARS = 65_536
+"""A names list longer than this (characters of its names) stays in its records."""
 
 _encoder = msgspec.msgpack.Encoder()
 _UNSEEN = object()
@@ -68,8 +72,9 @@ class FeatureNameSets:
     stored (the store keeps it as long as any record that refers to it) and read again.
     """
 
-    def __init__(self, size: int = NAME_SETS_KEPT) -> None:
-        self._size = size
+    def __init__(self, size: int = NAME_SETS_KEPT, chars: int = NAME_CHARS_KEPT) -> None:
+        self._size, self._chars_kept = size, chars
+        self._id_chars = self._list_chars = 0  # characters of names held, each table
         self._ids: OrderedDict[tuple[str, ...], bytes | None] = OrderedDict()
         self._lists: OrderedDict[bytes, tuple[tuple[str, ...], bytes]] = OrderedDict()
         self._lock = threading.Lock()
@@ -82,7 +87,7 @@ class FeatureNameSets:
             held = self._lists.get(ref)
             if held is not None:
                 return ref, held[1]
-        if sum(map(len, names)) > MAX_LIST_CHARS:
+        if _chars(names) > MAX_LIST_CHARS:
             return None
         with self._lock:
             if self._ids.get(names, _UNSEEN) is _UNSEEN:  # remember the sighting only
@@ -121,13 +126,23 @@ class FeatureNameSets:
     # first in, first out: a list in use that was dropped is spelled out in one record,
     # then has its id again (cheaper than reordering on every use)
     def _remember_id(self, names: tuple[str, ...], ref: bytes | None) -> None:
+        if names not in self._ids:
+            self._id_chars += _chars(names)
         self._ids[names] = ref
         self._ids.move_to_end(names)
-        while len(self._ids) > self._size:
-            self._ids.popitem(last=False)
+        while len(self._ids) > self._size or self._id_chars > self._chars_kept:
+            dropped, _ = self._ids.popitem(last=False)
+            self._id_chars -= _chars(dropped)
 
     def _remember_list(self, ref: bytes, names: tuple[str, ...], blob: bytes) -> None:
+        if ref not in self._lists:
+            self._list_chars += _chars(names)
         self._lists[ref] = (names, blob)
         self._lists.move_to_end(ref)
-        while len(self._lists) > self._size:
-            self._lists.popitem(last=False)
+        while len(self._lists) > self._size or self._list_chars > self._chars_kept:
+            _, (dropped, _) = self._lists.popitem(last=False)
+            self._list_chars -= _chars(dropped)
+
+
+def _chars(names: tuple[str, ...]) -> int:
+    return sum(map(len, names))

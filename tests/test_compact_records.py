@@ -212,3 +212,17 @@ def test_the_memory_store_keeps_names_lists_as_long_as_their_records() -> None:
     now[0] += NAMES_KEPT_BEYOND
     store.save_decision(DecisionRecord("d4", "bob", "home", "web", "r1", now[0], []), 60)
     assert store._names == {}
+
+
+def test_the_names_cache_is_bounded_in_characters_too() -> None:
+    """Long lists (a ruleset of hundreds of segments) fill the cache by their size, not
+    their number: what it holds stays under its character budget."""
+    from engine.feature_names import FeatureNameSets
+
+    sets = FeatureNameSets(size=100, chars=1000)
+    for i in range(50):
+        long = tuple(f"segment:s{i}_{j:02d}" + "x" * 20 for j in range(10))  # ~330 chars
+        sets.intern(long)
+        assert sets.intern(long) is not None  # its id (then perhaps dropped for the next)
+        assert sets._list_chars <= 1000 and sets._id_chars <= 1000
+        assert len(sets) <= 3
