@@ -198,9 +198,9 @@ def check_server(url: str, timeout: float = 2.0) -> list[str]:
     waits for it), and so does one that refuses ``INFO`` (a managed Redis)."""
     cluster = parse_cluster_url(url)
     timeouts: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout}
-    clients = ([redis.Redis(host=host, port=port, **cluster.client_options(), **timeouts)
-                for host, port in cluster.hosts] if cluster  # its nodes, the first that
-               else [sync_client(url, **timeouts)])  # answers
+    clients = ((redis.Redis(host=host, port=port, **cluster.client_options(), **timeouts)
+                for host, port in cluster.hosts) if cluster  # its nodes, the first that
+               else iter([sync_client(url, **timeouts)]))  # answers
     for client in clients:
         try:
             info = client.info()

@@ -47,3 +47,40 @@ def connected_port(client: Any) -> int:
         return int(connection.port)
     finally:
         pool.release(connection)
+
+
+def served_over_tls(url: str, ruleset: Any, pki: Path, other: Path) -> Any:
+    """A server on the Redis store at the TLS ``url`` (trusting ``pki``'s CA): a
+    TrackEvent, a Decide (not degraded) and its feedback answered; then the same URL
+    trusting ``other``'s CA, which did not sign the servers, is unavailable (never
+    plain text). Returns the first store."""
+    import grpc
+    import pytest
+
+    from adapters.redis_store import RedisStore
+    from engine.grpc import server
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+    from engine.ports import StoreUnavailable
+    from engine.service import Arbiter
+
+    store = RedisStore(url)
+    running = server.start(Arbiter(ruleset, store, seed=1), "127.0.0.1", 0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            stub.TrackEvent(pb.TrackEventRequest(user_id="ann", event_type="visit"),
+                            timeout=5)
+            d = stub.Decide(pb.DecideRequest(user_id="ann", placement="homepage_banner",
+                                             channel="web"), timeout=5)
+            assert not d.degraded
+            stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id,
+                                             action_id=d.actions[0].action_id,
+                                             outcome=pb.OUTCOME_CLICK), timeout=5)
+    finally:
+        running.stop(grace=0.5)
+    assert store.get_profile("ann") is not None
+    wrong = url.replace(str(pki / "ca.pem"), str(other / "ca.pem"))
+    with pytest.raises(StoreUnavailable):
+        RedisStore(wrong, cache_ttl=0).get_profile("ann")
+    return store

@@ -183,25 +183,13 @@ def test_a_cluster_over_tls_serves_and_a_wrong_ca_is_refused(tmp_path: Path,
     """``rediss+cluster://...?ssl_ca_certs=CA``: the slot's primary asked and used over
     TLS (the Cluster answers TLS clients with its TLS ports); with a CA that did not sign
     the nodes' certificates the store is unavailable, not connected in the clear."""
-    from engine.ports import StoreUnavailable
-    from tests.pki import connected_port, make_two_pkis
+    from tests.pki import connected_port, make_two_pkis, served_over_tls
 
     pki, other = make_two_pkis(tmp_path)
     topology = ClusterTopology(tmp_path / "cluster", pki=pki)
     topology.start()
     try:
-        store = RedisStore(topology.tls_url)
-        running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0)
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                stub = pb_grpc.DecisionServiceStub(channel)
-                track_visits(stub, "ann")
-                assert not decide(stub, "ann").degraded and visits(stub, "ann") == 6
-        finally:
-            running.stop(grace=0.5)
+        store = served_over_tls(topology.tls_url, retail, pki, other)
         assert connected_port(store.redis) in topology.tls_ports
-        wrong = topology.tls_url.replace(str(pki / "ca.pem"), str(other / "ca.pem"))
-        with pytest.raises(StoreUnavailable):
-            RedisStore(wrong, cache_ttl=0).get_profile("ann")
     finally:
         topology.stop()

@@ -298,32 +298,13 @@ def test_over_tls_the_sentinel_and_the_primary_are_reached_with_the_ca_given(
     """``rediss+sentinel://HOST:TLSPORT/SERVICE?ssl_ca_certs=CA``: TLS to the Sentinel
     and to the primary it names (monitored at its TLS port), sync and asyncio clients
     alike (a served Decide and feedback); with another CA, unavailable, never clear."""
-    from engine.ports import StoreUnavailable
-    from tests.pki import connected_port, make_two_pkis
+    from tests.pki import connected_port, make_two_pkis, served_over_tls
 
     pki, other = make_two_pkis(tmp_path)
     topology = SentinelTopology(tmp_path / "topology", pki=pki)
     topology.start()
     try:
-        store = RedisStore(topology.tls_url)
-        running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0)
-        try:
-            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
-                stub = pb_grpc.DecisionServiceStub(channel)
-                stub.TrackEvent(pb.TrackEventRequest(user_id="ann", event_type="visit"),
-                                timeout=5)
-                d = stub.Decide(pb.DecideRequest(user_id="ann", placement="homepage_banner",
-                                                 channel="web"), timeout=5)
-                assert not d.degraded
-                stub.Feedback(pb.FeedbackRequest(decision_id=d.decision_id,
-                                                 action_id=d.actions[0].action_id,
-                                                 outcome=pb.OUTCOME_CLICK), timeout=5)
-        finally:
-            running.stop(grace=0.5)
-        assert store.get_profile("ann") is not None
+        store = served_over_tls(topology.tls_url, retail, pki, other)
         assert connected_port(store.redis) == topology.tls_ports[0]
-        wrong = topology.tls_url.replace(str(pki / "ca.pem"), str(other / "ca.pem"))
-        with pytest.raises(StoreUnavailable):
-            RedisStore(wrong, cache_ttl=0).get_profile("ann")
     finally:
         topology.stop()

@@ -35,7 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=50051, help="port (0 picks a free one)")
     p.add_argument("--redis", metavar="URL",
                    help="redis://host:port/db, redis+sentinel://host[:port][,...]/service[/db] "
-                        "or redis+cluster://host[:port][,...] (default: in memory)")
+                        "or redis+cluster://host[:port][,...]; rediss... over TLS "
+                        "(default: in memory)")
     p.add_argument("--namespace", default="arb", metavar="NAME",
                    help="the prefix of every Redis key: one per deployment sharing a Redis "
                         "(on a Cluster each namespace is a slot of its own); default arb")
