@@ -220,7 +220,7 @@ async def _within(waiter: asyncio.Future[Any], timeout: float, what: str) -> Any
     if timeout <= 0:
         waiter.cancel()
         raise StoreUnavailable(f"redis: no time left for the {what}")
-    timer = asyncio.get_running_loop().call_later(timeout, _expire, waiter, timeout, what)
+    timer = waiter.get_loop().call_later(timeout, _expire, waiter, timeout, what)
     try:
         return await waiter
     finally:

@@ -57,19 +57,30 @@ class RoundTrips:
         self._flushing = False
         self._last_batch = 0  # calls the previous round trip carried
         self._tasks: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.count = 0  # round trips sent (fewer than the calls: the batching works)
+
+    def _future(self) -> asyncio.Future[Any]:
+        """A waiter on the running loop. The loop is kept (the client's connections are
+        bound to one loop anyway) and asked for again only once it is closed (another
+        ``asyncio.run``): ``asyncio.get_running_loop()`` costs a ``getpid`` system call
+        per call on Python 3.11, and this runs for every read and write."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop.create_future()
 
     def read(self, user_id: str) -> asyncio.Future[bytes | None]:
         """The encoded profile as stored (None: none), read by the next round trip (and
         put in the store's in-process cache)."""
-        waiter: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bytes | None] = self._future()
         self._reads.setdefault(user_id, []).append(waiter)
         self._kick()
         return waiter
 
     def write(self, records: Iterable[tuple[DecisionRecord, float]]) -> asyncio.Future[None]:
         """Decision records (each with its TTL in seconds), stored by the next round trip."""
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[None] = self._future()
         self._writes.extend((record, ttl, waiter) for record, ttl in records)
         self._kick()
         return waiter
@@ -78,7 +89,7 @@ class RoundTrips:
                entry: bytes | None) -> asyncio.Future[bool]:
         """Replace the user's profile with ``profile`` (and log ``entry``) if it is still
         ``expected``; the future says whether it was."""
-        waiter: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[bool] = self._future()
         self._updates.append((user_id, expected, profile, entry, waiter))
         self._kick()
         return waiter
@@ -87,7 +98,7 @@ class RoundTrips:
         """Any other command, sent with the next round trip; the future gets its reply.
         ``waited``: a write the round trip's ``WAIT`` for the store's replicas confirms
         (the future fails if they do not have it in time)."""
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        waiter: asyncio.Future[Any] = self._future()
         self._commands.append((args, waiter, waited))
         self._kick()
         return waiter
@@ -95,7 +106,8 @@ class RoundTrips:
     def _kick(self) -> None:
         if not self._flushing:
             self._flushing = True
-            task = asyncio.ensure_future(self._flush_all())
+            loop = self._loop or asyncio.get_running_loop()  # (set by the queued call)
+            task = loop.create_task(self._flush_all())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 

@@ -195,3 +195,19 @@ def test_decision_ids_do_not_follow_the_global_random_state() -> None:
     first = new_decision_id()
     random.seed(7)
     assert new_decision_id() != first
+
+
+def test_the_deadline_clock_is_the_event_loops() -> None:
+    """RPC deadlines are kept with ``loop_time`` (no ``getpid`` system call per read, as
+    ``asyncio.get_running_loop()`` makes on Python 3.11) and checked by
+    ``asyncio.timeout_at``, which reads the loop's clock: they must be the same clock."""
+    import asyncio
+
+    from engine.grpc.errors import loop_time
+
+    async def readings() -> tuple[float, float, float]:
+        loop = asyncio.get_running_loop()
+        return loop.time(), loop_time(), loop.time()
+
+    before, ours, after = asyncio.run(readings())
+    assert before <= ours <= after

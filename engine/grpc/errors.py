@@ -85,11 +85,15 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
 DEFAULT_DEADLINE_SECONDS = 10.0
 """The deadline of an RPC whose client sent none (``arbiter serve --default-deadline``)."""
 _deadline: contextvars.ContextVar[float] = contextvars.ContextVar("deadline")
+loop_time = time.monotonic
+"""The event loop's clock (asyncio's loops keep time with ``time.monotonic``:
+``BaseEventLoop.time``), read without ``asyncio.get_running_loop()``, which makes a
+``getpid`` system call on every call on Python 3.11."""
 
 
 def time_left() -> float:
     """Seconds until the current RPC's deadline (its client's, or the server default)."""
-    return _deadline.get() - asyncio.get_running_loop().time()
+    return _deadline.get() - loop_time()
 
 
 async def _refuse_undecodable(method: str, request: Undecodable,
@@ -133,7 +137,7 @@ def rpc(method: Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[R]]
         try:
             if remaining <= 0:  # expired while queued: no work at all
                 raise TimeoutError
-            deadline = asyncio.get_running_loop().time() + remaining
+            deadline = loop_time() + remaining
             _deadline.set(deadline)  # this RPC's own task: no reset needed
             if method.__name__ in getattr(self, "untimed", ()):
                 # no yield, or every wait timed from the deadline already
