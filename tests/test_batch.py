@@ -82,7 +82,18 @@ def test_the_cli_refuses_a_bad_line_before_deciding_anything(
     assert not out.exists()  # nothing decided, nothing recorded
     users.write_text(good + '{"user_id": "c700", "context": ["web"]}\n')
     assert main(args) == 2
-    assert f"{users}:701:1: context: not a JSON object" in capsys.readouterr().err
+    assert f"{users}:701:21: context: not a JSON object" in capsys.readouterr().err
+    # a key the batch does not read is refused, never silently ignored
+    users.write_text(good + '{"user_id": "c700", "placement": "email"}\n')
+    assert main(args) == 2
+    assert f"{users}:701:21: placement: not read;" in capsys.readouterr().err
+    for line, column in (('{"user_id": 700}', 2), ('{"user_id": ""}', 2),
+                         ('{"context": {}}', 1)):
+        users.write_text(good + line + "\n")
+        assert main(args) == 2
+        assert (f"{users}:701:{column}: user_id: must be a non-empty string"
+                in capsys.readouterr().err)
+    assert not out.exists()
 
 
 def test_an_old_decision_in_a_recorded_batch_is_answered_with_a_note_not_a_failed_batch(

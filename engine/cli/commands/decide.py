@@ -166,8 +166,8 @@ def run_batch(args: argparse.Namespace) -> int:
 
 def batch_users(path: Path) -> Iterator[dict[str, Any]]:
     """The objects of a JSON-lines file, one line at a time, blank lines skipped; raises
-    ValueError naming ``path:line:col`` for a line that is not a JSON object (or whose
-    ``context`` is not one).
+    ValueError naming ``path:line:col`` for a line that is not a JSON object, has a key
+    it does not read, no ``user_id`` string, or a ``context`` that is not an object.
 
     >>> import tempfile
     >>> with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
@@ -186,9 +186,30 @@ def batch_users(path: Path) -> Iterator[dict[str, Any]]:
                 raise ValueError(f"{path}:{number}:{err.colno}: not JSON ({err.msg})") from None
             if not isinstance(item, dict):
                 raise ValueError(f"{path}:{number}:1: not a JSON object")
+            where = f"{path}:{number}:{{}}"
+            for key in item:
+                if key not in BATCH_LINE_KEYS:  # never a silently ignored "placement"
+                    raise ValueError(
+                        where.format(_column(line, key)) + f": {key}: not read; a line has "
+                        "user_id and, optionally, context (the placement and channel are "
+                        "--placement and --channel)")
+            user = item.get("user_id")
+            if not isinstance(user, str) or not user:
+                raise ValueError(where.format(_column(line, "user_id"))
+                                 + ": user_id: must be a non-empty string")
             if not isinstance(item.get("context") or {}, dict):
-                raise ValueError(f"{path}:{number}:1: context: not a JSON object")
+                raise ValueError(where.format(_column(line, "context"))
+                                 + ": context: not a JSON object")
             yield item
+
+
+BATCH_LINE_KEYS = frozenset({"user_id", "context"})
+"""The keys a line of ``arbiter decide --batch`` may have."""
+
+
+def _column(line: str, key: str) -> int:
+    """Where ``key`` is named on ``line`` (1 when it is not: the line as a whole)."""
+    return line.find(json.dumps(key)) + 1 or 1
 
 
 def _batch_line(item: dict[str, Any], result: Any) -> dict[str, Any]:
