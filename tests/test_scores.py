@@ -214,3 +214,39 @@ def test_a_snapshot_keeps_no_prediction_cache() -> None:
     assert restored._fast is None
     arb.scores._models["churn"] = restored
     assert arb.scores.predict_values(spec, values) == before
+
+
+def test_waiting_snapshots_are_numbers_the_collector_stops_walking() -> None:
+    """Up to 200,000 customers per score wait for their label: as objects, every full
+    collection of the cyclic GC walked them all (a served process's pause grew with its
+    customers); as tuples of numbers the collector drops them from its lists."""
+    import gc
+
+    arb = _arbiter()
+    _simulate(arb, customers=60)
+    waiting = list(arb.scores._models["churn"].pending.values())
+    assert waiting and all(type(w) is tuple for w in waiting)
+    gc.collect()  # the inner tuples; the outer ones at this pass or the next
+    gc.collect()
+    assert not any(gc.is_tracked(w) or gc.is_tracked(w[1]) for w in waiting)
+
+
+def test_a_snapshot_from_before_converts_its_waiting_customers() -> None:
+    """A model snapshot written by an earlier version kept each waiting customer as a
+    ``_Pending`` object: it loads, its customers wait as they did and resolve the same."""
+    import pickle
+
+    from engine.learning.scores import _Pending
+
+    arb = _arbiter()
+    _simulate(arb, customers=60)
+    model = arb.scores._models["churn"]
+    names = model.key[0]
+    now = dict(model.pending)
+    model.pending = type(model.pending)(
+        (user, _Pending(at, {n: v for n, v in zip(names, values, strict=True)
+                             if v is not None}, base, total))
+        for user, (at, values, base, total) in now.items())
+    loaded = pickle.loads(pickle.dumps(arb.scores))
+    assert loaded._models["churn"].pending == now
+    assert list(loaded._models["churn"].pending) == list(now)  # the same order

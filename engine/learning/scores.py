@@ -44,12 +44,28 @@ MAX_PENDING = 200_000
 QUALITY_WINDOW = 1000
 
 
+Waiting = tuple[float, tuple[float | None, ...], float, float]
+"""A customer's snapshot awaiting its label: (when, the features' values in
+``spec.features`` order with None for an unknown one, the score's EVENT total then, the
+total seen so far inside the window).
+
+A plain tuple of numbers on purpose: the cyclic collector stops tracking such a tuple
+once it has seen that nothing in it is tracked (the inner tuple at its first look, the
+outer at the same or the next), whereas an object stays tracked, and every full collection
+walked the up to :data:`MAX_PENDING` of them per score (in a served process, nearly all
+of what it tracked: 58 ms per full collection at 100,000 waiting customers;
+bench/RESULTS.md §34)."""
+
+
 @dataclass
 class _Pending:
+    """A waiting snapshot as snapshots written before :data:`Waiting` kept them (read
+    from an older snapshot, then converted)."""
+
     at: float
     features: dict[str, float]
     base_total: float
-    total: float  # the EVENT total seen so far inside the window
+    total: float
 
 
 class _Score:
@@ -61,7 +77,7 @@ class _Score:
             learner = linear_model.LinearRegression(optimizer=optim.SGD(0.01),
                                                     intercept_lr=0.05)
         self.model = preprocessing.StandardScaler() | learner
-        self.pending: OrderedDict[str, _Pending] = OrderedDict()
+        self.pending: OrderedDict[str, Waiting] = OrderedDict()
         self.labels = 0
         self.positives = 0
         self.quality = RollingQuality()  # labels: AUC, log loss, calibration
@@ -75,6 +91,12 @@ class _Score:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._fast = None  # (a snapshot from an older version kept another shape)
+        names = self.key[0]  # the features, in order (ScoreSpec.key)
+        for user, waiting in self.pending.items():
+            if isinstance(waiting, _Pending):  # an older snapshot's
+                self.pending[user] = (waiting.at,
+                                      tuple(waiting.features.get(f) for f in names),
+                                      waiting.base_total, waiting.total)
 
     def fast(self, spec: ScoreSpec) -> tuple[int, float, list[tuple[float, float, float]]]:
         """A copy of the scaler's and the regression's parameters (mean, deviation,
@@ -107,9 +129,10 @@ class _Score:
             return float(self.model.predict_proba_one(dict(x)).get(True, 0.0))
         return float(self.model.predict_one(dict(x)))
 
-    def resolve(self, spec: ScoreSpec, snapshot: _Pending, label: float) -> None:
+    def resolve(self, spec: ScoreSpec, waiting: Waiting, label: float) -> None:
         """Progressive validation, then learning."""
-        x = snapshot.features
+        x = {name: value for name, value in zip(spec.features, waiting[1], strict=True)
+             if value is not None}
         predicted = self.predict(spec, x) if self.labels else (0.5 if spec.binary else 0.0)
         if spec.binary:
             self.quality.update(bool(label), min(max(predicted, 1e-6), 1 - 1e-6))
@@ -158,35 +181,38 @@ class ScoreModels:
                 total = snapshot.get(f"@total:{event}", 0.0)
                 waiting = model.pending.get(user)
                 if waiting is not None:
-                    end = waiting.at + spec.window_seconds
-                    if waiting.at < last <= end:  # the event came inside the window
-                        waiting.total = total
+                    since, values, base_total, _ = waiting
+                    end = since + spec.window_seconds
+                    if since < last <= end:  # the event came inside the window
+                        waiting = (since, values, base_total, total)
                         if spec.binary:
                             del model.pending[user]
                             model.resolve(spec, waiting, 1.0 if spec.kind == "any" else 0.0)
                             waiting = None
+                        else:  # (the same place in the order)
+                            model.pending[user] = waiting
                     if waiting is not None and at > end:  # the window is over
                         del model.pending[user]
                         self._expire(spec, model, waiting)
                         waiting = None
-                features = {name: snapshot[f"{spec.name}:{name}"] for name in spec.features
-                            if f"{spec.name}:{name}" in snapshot}
-                if waiting is None and features and len(model.pending) < MAX_PENDING:
-                    model.pending[user] = _Pending(at, features, total, total)
+                values = tuple(snapshot.get(f"{spec.name}:{name}") for name in spec.features)
+                if (waiting is None and values.count(None) < len(values)
+                        and len(model.pending) < MAX_PENDING):
+                    model.pending[user] = (at, values, total, total)
                 self._expire_before(spec, model, self.clock)
 
-    def _expire(self, spec: ScoreSpec, model: _Score, waiting: _Pending) -> None:
+    def _expire(self, spec: ScoreSpec, model: _Score, waiting: Waiting) -> None:
         if spec.binary:  # no event seen inside the window
             model.resolve(spec, waiting, 1.0 if spec.kind == "none" else 0.0)
         else:
-            model.resolve(spec, waiting, waiting.total - waiting.base_total)
+            model.resolve(spec, waiting, waiting[3] - waiting[2])
 
     def _expire_before(self, spec: ScoreSpec, model: _Score, clock: float) -> None:
         """Resolve the waiting snapshots whose window has passed (oldest first)."""
         pending = model.pending
         while pending:
             user, waiting = next(iter(pending.items()))
-            if waiting.at + spec.window_seconds >= clock:
+            if waiting[0] + spec.window_seconds >= clock:
                 break
             del pending[user]
             self._expire(spec, model, waiting)
