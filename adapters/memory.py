@@ -11,6 +11,7 @@ from __future__ import annotations
 import heapq
 import threading
 import time
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from engine.feature_names import FeatureNameSets
@@ -75,7 +76,8 @@ class MemoryStore:
         self._consumers: dict[str, int] = {}  # consumer -> the log offset it has applied
         self._log: list[LearningEvent | None] = []  # None: an entry erased by forget
         self._log_owners: list[str | None] = []  # whose entry each is (None: nobody's)
-        self._user_log: dict[str, list[int]] = {}  # user -> positions of their entries
+        # user -> positions of their entries (arrays: not walked by the cyclic collector)
+        self._user_log: dict[str, array[int]] = {}
         self._user_keys: dict[str, set[str]] = {}  # user -> their idempotency keys
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
@@ -117,7 +119,10 @@ class MemoryStore:
 
     def _append(self, user_id: str | None, event: LearningEvent) -> None:
         if user_id is not None:
-            self._user_log.setdefault(user_id, []).append(self._log_base + len(self._log))
+            positions = self._user_log.get(user_id)
+            if positions is None:
+                positions = self._user_log[user_id] = array("q")
+            positions.append(self._log_base + len(self._log))
         self._log.append(event)
         self._log_owners.append(user_id)
 

@@ -114,7 +114,7 @@ def feedback_effects(
                                  fb.outcome, fb.at, decision.channel)
     if fb.item_id and fb.outcome != "impression":  # an interaction with the item
         changed = changed or profile or Profile(user_id=decision.user_id)
-        event.history = record_item(changed, fb.item_id, fb.outcome, fb.at)
+        event.history = tuple(record_item(changed, fb.item_id, fb.outcome, fb.at))
         event.user, event.item_id = pseudonym(decision.user_id), fb.item_id
     return FeedbackEffects(decision, changed, event, increments)
 

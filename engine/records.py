@@ -100,8 +100,13 @@ class DecisionRecord(msgspec.Struct, omit_defaults=True, array_like=True):
         return next((a for a in self.actions if a.action_id == action_id), None)
 
 
-class LearningEvent(msgspec.Struct, omit_defaults=True):
-    """One acknowledged outcome, as the propensity models learn it (in log order)."""
+class LearningEvent(msgspec.Struct, omit_defaults=True, gc=False):
+    """One acknowledged outcome, as the propensity models learn it (in log order).
+
+    Untracked by the cyclic collector (``gc=False``; nothing in it can refer back to it:
+    strings, numbers, dicts of numbers, a tuple of strings): the in-memory store keeps up
+    to ``--learning-log-max`` of them, which every full collection walked
+    (bench/RESULTS.md §34)."""
 
     decision_id: str
     action_id: str
@@ -122,7 +127,7 @@ class LearningEvent(msgspec.Struct, omit_defaults=True):
     # outcome "forget" with no item: drop what the recommender holds about ``user``.
     user: str = ""
     item_id: str = ""
-    history: list[str] = []
+    history: tuple[str, ...] = ()
     # a TrackEvent's cluster features of the customer after it (``NAME/feature``)
     profile_features: dict[str, float] = {}
 

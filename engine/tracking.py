@@ -68,4 +68,4 @@ class TrackPlan:
             return None
         return LearningEvent("", "", req.event_type, req.at, self.received_at,
                              user=pseudonym(req.user_id), item_id=req.item_id,
-                             history=list(self.history), profile_features=features)
+                             history=tuple(self.history), profile_features=features)

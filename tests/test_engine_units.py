@@ -211,3 +211,33 @@ def test_the_deadline_clock_is_the_event_loops() -> None:
 
     before, ours, after = asyncio.run(readings())
     assert before <= ours <= after
+
+
+def test_what_learning_keeps_per_customer_is_not_walked_by_the_cyclic_collector() -> None:
+    """Every full collection walks every object the collector tracks, every request in
+    flight waiting. The in-memory store's learning log (up to --learning-log-max entries)
+    and the scores' customers awaiting a label (up to 200,000) are numbers and strings:
+    kept out of its lists, the objects it tracks grow by about one per customer (the log's
+    index of the customer's entries), where they grew by four (bench/RESULTS.md §34)."""
+    import gc
+    import time
+    from pathlib import Path
+
+    from dsl.loader import load_path
+    from engine.service import Arbiter
+
+    arb = Arbiter(load_path(Path(__file__).parent.parent / "rulesets/retail"),
+                  MemoryStore(), seed=1)
+    now = time.time()
+
+    def customers(start: int, count: int) -> int:
+        for i in range(start, start + count):
+            arb.track(user_id=f"c{i}", event_type="page_view", item_id=f"sku-{i % 29:03d}",
+                      at=now - 60)
+        arb.learn()
+        gc.collect()
+        gc.collect()  # (a tuple is dropped once what it holds has been)
+        return len(gc.get_objects())
+
+    first = customers(0, 500)
+    assert (customers(500, 2000) - first) / 2000 < 1.5

@@ -38,7 +38,7 @@ import threading
 import time
 import zlib
 from collections import OrderedDict, deque
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -295,7 +295,7 @@ class Recommender:
         dots = latents @ u
         return [base + b + float(d) for b, d in zip(biases, dots, strict=True)]
 
-    def predict(self, history: list[str], count: int) -> list[str]:
+    def predict(self, history: Sequence[str], count: int) -> list[str]:
         """The ``count`` items co-occurrence and popularity rank first for a customer whose
         recent items are ``history`` (newest first), excluding them: what the quality
         metric checks the next interaction against."""
