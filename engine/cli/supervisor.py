@@ -32,6 +32,7 @@ RESTART_BACKOFF_SECONDS = (0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 STABLE_SECONDS = 30.0
 """A child that ran this long had a good start: its next restart is immediate."""
 PR_SET_PDEATHSIG = 1
+_OUTPUT = threading.Lock()
 
 
 @dataclass
@@ -89,7 +90,7 @@ class Supervisor:
             line = raw.decode(errors="replace").rstrip()
             if line.startswith("arbiter: serving"):
                 child.ready.set()
-            print(f"[process {child.index} pid {process.pid}] {line}", flush=True)
+            _say(f"[process {child.index} pid {process.pid}] {line}")
 
     def start(self, timeout: float = 120.0) -> bool:
         """Start every child; True when all said they are serving within ``timeout``."""
@@ -189,8 +190,8 @@ def supervise(argv: Sequence[str], args: Any, processes: int) -> int:
             log.error("a serving process failed to start; stopping")
             return 1
         pids = ", ".join(str(c.process.pid) for c in supervisor.children if c.process)
-        print(f"arbiter: serving {args.rules} on {args.host}:{port} with {processes} "
-              f"processes (pids {pids})", flush=True)
+        _say(f"arbiter: serving {args.rules} on {args.host}:{port} with {processes} "
+             f"processes (pids {pids})")
         watcher = threading.Thread(target=supervisor.watch, name="arbiter-supervise",
                                    daemon=True)
         watcher.start()
@@ -201,3 +202,11 @@ def supervise(argv: Sequence[str], args: Any, processes: int) -> int:
     finally:
         supervisor.stop()
         reserved.close()
+
+
+def _say(line: str) -> None:
+    """One whole line on stdout (the children's relays and the parent write from several
+    threads; ``print`` writes the text and its newline separately, so lines ran together)."""
+    with _OUTPUT:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
