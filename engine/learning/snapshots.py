@@ -20,8 +20,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-MAGIC = b"ARBS1"
-"""Marks a signed snapshot (format 1): MAGIC, a 32-byte HMAC-SHA256, the pickle."""
+MAGIC = b"ARBS2"
+"""Marks a signed snapshot: MAGIC, a 32-byte HMAC-SHA256, the pickle. Format 2 (session
+16) holds a score's waiting customers as tuples, which a build before it would load and
+then fail on at its next learning step: such a build finds no magic it knows, refuses the
+snapshot at load and relearns from the log, as for any snapshot it cannot use."""
+READABLE = (MAGIC, b"ARBS1")
+"""Formats this build loads (format 1's objects are converted on load)."""
 
 
 class SnapshotRejected(ValueError):
@@ -39,9 +44,11 @@ def sign(key: bytes, offset: str, blob: bytes) -> bytes:
 
 def verify(key: bytes, offset: str, stored: bytes) -> bytes:
     """The blob, if ``stored`` was signed with ``key`` at ``offset``; else raises."""
-    if not stored.startswith(MAGIC):
-        raise SnapshotRejected("snapshot is not signed")
-    mac, blob = stored[len(MAGIC):len(MAGIC) + 32], stored[len(MAGIC) + 32:]
+    magic = stored[:len(MAGIC)]
+    if magic not in READABLE:
+        raise SnapshotRejected("snapshot is not signed (or in a format this build does "
+                               "not know)")
+    mac, blob = stored[len(magic):len(magic) + 32], stored[len(magic) + 32:]
     if not hmac.compare_digest(mac, _mac(key, offset, blob)):
         raise SnapshotRejected("snapshot signature does not match the key")
     return blob
