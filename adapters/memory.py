@@ -9,6 +9,7 @@ recurring feature names lists in a table of their own (:mod:`engine.feature_name
 from __future__ import annotations
 
 import heapq
+import struct
 import threading
 import time
 from array import array
@@ -44,6 +45,9 @@ from engine.records import (
 DECISION, KEY, PROFILE, NAMES = 0, 1, 2, 3
 """What an entry of the expiry heap stands for."""
 
+_POSITION = struct.Struct("q")
+"""One learning-log position in a customer's index (native int64, as ``array("q")`` reads)."""
+
 NAMES_KEPT_BEYOND = 86400.0
 """Seconds a feature names list outlives the last record that refers to it (as Redis)."""
 
@@ -66,7 +70,10 @@ class MemoryStore:
         # compact records' feature names lists (engine.feature_names): id -> list, expiry
         self._names: dict[bytes, tuple[bytes, float]] = {}
         self.feature_names = FeatureNameSets()
-        self._user_decisions: dict[str, set[str]] = {}
+        # per-customer indexes: dicts of atomic keys and bytearrays, which the cyclic
+        # collector does not track (a set or an array per customer it would walk at every
+        # full collection: a pause that grows with the customers)
+        self._user_decisions: dict[str, dict[str, None]] = {}
         self._keys: dict[str, tuple[float, str]] = {}  # key -> (expiry, fingerprint)
         # (expiry, DECISION or KEY, id, user): what to drop when, as Redis TTLs would;
         # an entry whose record was replaced or forgotten since is skipped
@@ -77,8 +84,8 @@ class MemoryStore:
         self._log: list[LearningEvent | None] = []  # None: an entry erased by forget
         self._log_owners: list[str | None] = []  # whose entry each is (None: nobody's)
         # user -> positions of their entries (arrays: not walked by the cyclic collector)
-        self._user_log: dict[str, array[int]] = {}
-        self._user_keys: dict[str, set[str]] = {}  # user -> their idempotency keys
+        self._user_log: dict[str, bytearray] = {}  # the positions, packed (_POSITION)
+        self._user_keys: dict[str, dict[str, None]] = {}  # user -> their idempotency keys
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
         self._lease: tuple[str, float] = ("", 0.0)  # the learner lease: holder, until
@@ -121,8 +128,8 @@ class MemoryStore:
         if user_id is not None:
             positions = self._user_log.get(user_id)
             if positions is None:
-                positions = self._user_log[user_id] = array("q")
-            positions.append(self._log_base + len(self._log))
+                positions = self._user_log[user_id] = bytearray()
+            positions += _POSITION.pack(self._log_base + len(self._log))
         self._log.append(event)
         self._log_owners.append(user_id)
 
@@ -149,11 +156,11 @@ class MemoryStore:
             expires = self._profile_expiry.pop(user_id, None)
             deleted = int(self._profiles.pop(user_id, None) is not None  # not if past its
                           and (expires is None or expires >= self.clock()))  # retention
-            for decision_id in self._user_decisions.pop(user_id, set()):
+            for decision_id in self._user_decisions.pop(user_id, {}):
                 deleted += int(self._decisions.pop(decision_id, None) is not None)
-            for key in self._user_keys.pop(user_id, set()):
+            for key in self._user_keys.pop(user_id, {}):
                 self._keys.pop(key, None)
-            for position in self._user_log.pop(user_id, []):
+            for position in array("q", self._user_log.pop(user_id, b"")):
                 if position >= self._log_base:
                     self._log[position - self._log_base] = None
             now = self.clock()  # the recommender drops what it learnt of them too
@@ -175,7 +182,7 @@ class MemoryStore:
                 if held is None or until > held[1] + 60:  # (at most once a minute)
                     self._names[ref] = (blob, until)
             self._decisions[record.decision_id] = (data, expires, record.user_id)
-            self._user_decisions.setdefault(record.user_id, set()).add(record.decision_id)
+            self._user_decisions.setdefault(record.user_id, {})[record.decision_id] = None
             heapq.heappush(self._expiries, (expires, DECISION, record.decision_id,
                                             record.user_id))
 
@@ -213,7 +220,7 @@ class MemoryStore:
             del table[name]
             names = index.get(user_id)
             if names is not None:
-                names.discard(name)
+                names.pop(name, None)
                 if not names:
                     del index[user_id]
 
@@ -256,7 +263,7 @@ class MemoryStore:
                     fields[name] = fields.get(name, 0.0) + delta
             self._append(decision.user_id, effects.event)
             self._keys[idempotency_key] = (now + ttl_seconds, fingerprint)
-            self._user_keys.setdefault(decision.user_id, set()).add(idempotency_key)
+            self._user_keys.setdefault(decision.user_id, {})[idempotency_key] = None
             heapq.heappush(self._expiries, (now + ttl_seconds, KEY, idempotency_key,
                                             decision.user_id))
             self._expire(now)
@@ -300,8 +307,10 @@ class MemoryStore:
                 positions = self._user_log.get(owner) if owner is not None else None
                 if owner is None or positions is None:
                     continue
-                kept = next((n for n, p in enumerate(positions) if p >= self._log_base),
-                            len(positions))
+                kept = 0  # bytes of positions before the new base (sorted: a prefix)
+                while (kept < len(positions)
+                       and _POSITION.unpack_from(positions, kept)[0] < self._log_base):
+                    kept += _POSITION.size
                 if kept == len(positions):
                     del self._user_log[owner]
                 else:

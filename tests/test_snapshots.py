@@ -84,21 +84,23 @@ def test_a_snapshot_that_fails_to_load_means_relearning(retail: Ruleset) -> None
     assert predictions(second) == pytest.approx(predictions(first))
 
 
-def test_snapshots_are_written_in_format_2_and_format_1_still_loads(retail: Ruleset) -> None:
-    """Format 2 keeps a score's waiting customers as tuples; a build before it does not
-    know its magic, so it refuses the snapshot at load and relearns from the log (rather
-    than loading objects it would fail on later). Format 1 snapshots, written by those
-    builds, still load here."""
+def test_snapshots_are_written_in_format_3_and_formats_2_and_1_still_load(retail: Ruleset
+                                                                         ) -> None:
+    """Format 2 keeps a score's waiting customers as tuples, format 3 the predictions
+    awaiting their final label; a build before them does not know the magic, so it refuses
+    the snapshot at load and relearns from the log (rather than loading objects it would
+    fail on later). Format 1 and 2 snapshots, written by those builds, still load here."""
     from engine.learning.snapshots import _mac, verify
 
     store = MemoryStore()
     first = trained(retail, store)
     stored, offset = store.load_models()  # type: ignore[misc]
-    assert stored.startswith(b"ARBS2")
+    assert stored.startswith(b"ARBS3")
     blob = verify(KEY, offset, stored)
-    format_1 = b"ARBS1" + _mac(KEY, offset, blob) + blob  # as a session-15 build wrote it
-    assert verify(KEY, offset, format_1) == blob
-    store.save_models(format_1, offset)
-    second = Arbiter(retail, store, seed=2, snapshot_key=KEY)
-    assert second.learner.applied == 0  # loaded, not relearnt
-    assert predictions(second) == pytest.approx(predictions(first))
+    for old in (b"ARBS1", b"ARBS2"):  # as session-15 and session-16 builds wrote them
+        older = old + _mac(KEY, offset, blob) + blob
+        assert verify(KEY, offset, older) == blob
+        store.save_models(older, offset)
+        second = Arbiter(retail, store, seed=2, snapshot_key=KEY)
+        assert second.learner.applied == 0  # loaded, not relearnt
+        assert predictions(second) == pytest.approx(predictions(first))

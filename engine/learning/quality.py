@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,9 +96,12 @@ class FinalLabels:
 
     def __init__(self, limit: int = MAX_AWAITING) -> None:
         self.limit = limit
-        # hash of (decision, action) -> [shown at, model key, prediction, rewarded]; hashed so
-        # that snapshots of it hold no decision id (ForgetProfile leaves nothing behind)
-        self.waiting: OrderedDict[bytes, list[Any]] = OrderedDict()
+        # hash of (decision, action) -> (shown at, model key, prediction, rewarded); hashed so
+        # that snapshots of it hold no decision id (ForgetProfile leaves nothing behind); a
+        # tuple of atoms, which the cyclic collector stops tracking (up to ``limit`` of them:
+        # a list each would be walked at every full collection). Snapshots before format 3
+        # hold lists, read the same way.
+        self.waiting: OrderedDict[bytes, Sequence[Any]] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self.waiting)
@@ -105,12 +109,13 @@ class FinalLabels:
     def shown(self, key: tuple[str, str], model: str, predicted: float, at: float) -> None:
         name = _pseudonym(key)
         if name not in self.waiting and len(self.waiting) < self.limit:
-            self.waiting[name] = [at, model, predicted, False]
+            self.waiting[name] = (at, model, predicted, False)
 
     def rewarded(self, key: tuple[str, str]) -> None:
-        entry = self.waiting.get(_pseudonym(key))
-        if entry is not None:
-            entry[3] = True
+        name = _pseudonym(key)
+        entry = self.waiting.get(name)
+        if entry is not None:  # (a key set again keeps its place in the order)
+            self.waiting[name] = (*entry[:3], True)
 
     def expire(self, before: float) -> list[tuple[str, bool, float]]:
         """(model, final label, prediction) of every entry shown before ``before``."""

@@ -20,13 +20,15 @@ from __future__ import annotations
 import hashlib
 import hmac
 
-MAGIC = b"ARBS2"
+MAGIC = b"ARBS3"
 """Marks a signed snapshot: MAGIC, a 32-byte HMAC-SHA256, the pickle. Format 2 (session
-16) holds a score's waiting customers as tuples, which a build before it would load and
-then fail on at its next learning step: such a build finds no magic it knows, refuses the
+16) holds a score's waiting customers as tuples, format 3 (session 17) the predictions
+awaiting their final label too; a build before either would load them and then fail on
+them at its next learning step: such a build finds no magic it knows, refuses the
 snapshot at load and relearns from the log, as for any snapshot it cannot use."""
-READABLE = (MAGIC, b"ARBS1")
-"""Formats this build loads (format 1's objects are converted on load)."""
+READABLE = (MAGIC, b"ARBS2", b"ARBS1")
+"""Formats this build loads (older formats' objects are converted on load or read as
+they are)."""
 
 
 class SnapshotRejected(ValueError):
