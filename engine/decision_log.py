@@ -21,7 +21,9 @@ class DecisionLog(Protocol):
     def write(self, entry: dict[str, Any]) -> None: ...
 
     def forget(self, user_id: str) -> int:
-        """Remove every entry about the user (ForgetProfile); returns how many."""
+        """Remove every entry about the user (ForgetProfile); returns how many. Raises
+        :class:`~engine.ports.DecisionLogUnavailable` when they could not be removed,
+        TimeoutError when it took too long."""
         ...
 
     def close(self) -> None: ...

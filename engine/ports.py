@@ -57,6 +57,11 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be reached; nothing was changed, the call may be retried."""
 
 
+class DecisionLogUnavailable(RuntimeError):
+    """The decision log could not be rewritten without a user's lines (ForgetProfile):
+    what the store held is deleted; forgetting again retries the log."""
+
+
 class DecideIO(Protocol):
     """Decide's store I/O for an asynchronous server: the profile read and the record
     write, each bounded by ``timeout`` seconds (StoreUnavailable past it, or when the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from pathlib import Path
@@ -72,3 +73,84 @@ def test_dropped_lines_are_a_metric(tmp_path: Path) -> None:
         assert "arbiter_decision_log_dropped_total 3.0" in scraped
     finally:
         arbiter.close()
+
+
+def _decision(decision_id: str, user: str) -> dict[str, Any]:
+    return {"kind": "decision", "decision_id": decision_id, "at": 1.0, "user_id": user,
+            "placement": "p", "channel": "web", "revision": "r", "context": {"page": user},
+            "profile": {}, "holdout": None, "actions": []}
+
+
+def test_forgets_queued_together_erase_in_one_pass_in_queue_order(tmp_path: Path) -> None:
+    """Every forget waits for the lines queued before it; the forgets queued right behind
+    one another share one pass over the file (a burst of erasure requests reads it once);
+    a line queued after a forget is kept (the customer came back). Erased lines are
+    blanked in place: the other lines keep their bytes and offsets."""
+    path = tmp_path / "d.jsonl"
+    log = JsonlDecisionLog(path, flush_seconds=0.05)
+    stuck = StuckFile(log._file)
+    log._file = stuck  # type: ignore[assignment]
+    for user in ("ann", "bob", "cy", 'd"q'):
+        log.write(_decision(f"{user}-1", user))
+        log.write(_line(f"{user}-1"))
+    results: dict[str, int] = {}
+    forgets = [threading.Thread(target=lambda u=u: results.update({u: log.forget(u)}))
+               for u in ("ann", 'd"q')]
+    for thread in forgets:
+        thread.start()
+    while log._queue.qsize() < 8:  # (one line taken by the stalled writer)
+        time.sleep(0.01)
+    log.write(_decision("ann-2", "ann"))
+    stuck.release.set()
+    for thread in forgets:
+        thread.join(10)
+    log.close()
+    assert results == {"ann": 4, 'd"q': 4}  # one pass for both: 2 lines each
+    kept = [e["decision_id"] for e in iter_log(path)]
+    assert kept == ["bob-1", "bob-1", "cy-1", "cy-1", "ann-2"]
+    lines = path.read_bytes().splitlines(keepends=True)
+    assert lines[0].strip() == b"" and lines[0].endswith(b"\n") and len(lines) == 9
+
+
+def test_a_failed_erasure_is_reported_and_the_writer_goes_on(tmp_path: Path) -> None:
+    """ForgetProfile is told (DecisionLogUnavailable: UNAVAILABLE, retry) instead of
+    being answered as if the lines were gone; the writer keeps writing, to the file it
+    has while no new one can be opened at the path, then to a new one."""
+    import pytest
+
+    from engine.grpc.errors import status_of
+    from engine.ports import DecisionLogUnavailable
+
+    path = tmp_path / "d.jsonl"
+    log = JsonlDecisionLog(path, flush_seconds=0.05)
+    log.write(_decision("ann-1", "ann"))
+    time.sleep(0.2)
+    path.rename(tmp_path / "moved")
+    path.mkdir()  # a folder where the file was: it can be neither read nor reopened
+    with pytest.raises(DecisionLogUnavailable) as raised:
+        log.forget("ann")
+    code, message = status_of(raised.value, "ForgetProfile")
+    assert code.name == "UNAVAILABLE" and "retry" in message
+    log.write(_line("while"))
+    time.sleep(0.2)
+    path.rmdir()
+    time.sleep(0.2)
+    log.write(_line("after"))
+    log.close()
+    assert [e["decision_id"] for e in iter_log(tmp_path / "moved")] == ["ann-1", "while"]
+    assert [e["decision_id"] for e in iter_log(path)] == ["after"]
+
+
+def test_damaged_and_foreign_lines_survive_an_erasure(tmp_path: Path) -> None:
+    """Bytes that are not UTF-8, a torn line, a JSON value that is not an object, and
+    another customer's line that merely mentions the user are kept byte for byte."""
+    from adapters.decision_log import erase_users
+
+    path = tmp_path / "d.jsonl"
+    other = json.dumps(_decision("bob-1", "bob") | {"context": {"page": "ann"}}).encode()
+    body = [json.dumps(_decision("ann-1", "ann")).encode(), b'\xff"ann"\xfe', other,
+            b'["ann"]', json.dumps(_line("ann-1")).encode(), b'{"user_id":"ann"']
+    path.write_bytes(b"\n".join(body))
+    assert erase_users(path, "ann") == 2
+    after = path.read_bytes().split(b"\n")
+    assert [line for line in after if line.strip()] == [body[1], other, body[3], body[5]]

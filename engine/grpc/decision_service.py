@@ -335,7 +335,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     @rpc
     async def ForgetProfile(self, request: pb.ForgetProfileRequest,
                             context: grpc.aio.ServicerContext) -> pb.ForgetProfileResponse:
-        deleted = await self.offload.store(self.arbiter.forget, request.user_id)
+        # always on a worker thread, whatever the store: it waits for the decision log to
+        # erase the user's lines (a pass over its file), which must not hold the loop
+        deleted = await self.offload.thread(self.arbiter.forget, request.user_id)
         return pb.ForgetProfileResponse(deleted=deleted)
 
 

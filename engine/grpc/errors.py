@@ -21,7 +21,12 @@ from grpc_status import rpc_status
 
 from engine.feedback import ActionNotInDecision
 from engine.grpc.decoding import Undecodable
-from engine.ports import DecisionNotFound, IdempotencyKeyReused, StoreUnavailable
+from engine.ports import (
+    DecisionLogUnavailable,
+    DecisionNotFound,
+    IdempotencyKeyReused,
+    StoreUnavailable,
+)
 from engine.records import CorruptRecord
 from engine.requests import FailedPrecondition, InvalidArgument, NotFound
 from engine.throttled_log import ThrottledLog
@@ -78,6 +83,9 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, StoreUnavailable):
         throttled.warning(f"unavailable:{method}", "%s: %s", method, err)
         return grpc.StatusCode.UNAVAILABLE, "profile store unavailable; retry"
+    if isinstance(err, DecisionLogUnavailable):
+        throttled.warning(f"unavailable:{method}", "%s: %s", method, err)
+        return grpc.StatusCode.UNAVAILABLE, f"{err}; retry"
     log.exception("%s failed", method)
     return grpc.StatusCode.INTERNAL, "internal error; see the server log"
 

@@ -1,0 +1,122 @@
+"""ForgetProfile with a decision log of a million decisions, served, and Decide meanwhile.
+
+    python -m bench.forget_log [--decisions 1000000] [--server-tree DIR]
+
+Writes a decision log of ``--decisions`` decisions (about 590 bytes each, an outcome
+line for every third; customers drawn from 100,000), serves the retail example on the
+in-memory store with ``--decision-log`` on it, and, while one client decides in a
+closed loop, asks ForgetProfile for two customers in turn (10 s deadline, the server's
+default). Prints each ForgetProfile's status and time, and the Decides answered while
+they ran (count, median, slowest). ``--server-tree`` serves another checkout (a
+"before"); erasing a user in process: ``python -m bench.forget_log --in-process``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.load import ROOT, arbiter_server
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+
+def write_log(path: Path, decisions: int) -> None:
+    """A decision log as the server writes it: decisions, and an outcome for every third."""
+    rng = random.Random(1)
+    with path.open("w") as f:
+        for i in range(decisions):
+            decision = {
+                "kind": "decision", "decision_id": f"{i:024x}", "at": 1.79e9 + i,
+                "user_id": f"user-{rng.randrange(100_000)}", "placement": "homepage_banner",
+                "channel": "web", "revision": "ecab5d1c5852",
+                "context": {"device": "mobile", "page": "home"},
+                "profile": {"tier": "gold", "email_opt_in": True, "first_name": "<pii>",
+                            "events": {"visit": 3, "purchase": 1}},
+                "holdout": None,
+                "actions": [{"action_id": "new_arrivals", "rank": 1, "score": 0.9,
+                             "propensity": 0.06, "probability": 0.41,
+                             "experiment": "hero_test", "arm": "new_arrivals"},
+                            {"action_id": "loyalty", "rank": 2, "score": 0.5,
+                             "propensity": 0.03}]}
+            f.write(json.dumps(decision, separators=(",", ":")) + "\n")
+            if i % 3 == 0:
+                f.write(json.dumps({"kind": "outcome", "decision_id": f"{i:024x}",
+                                    "action_id": "new_arrivals", "outcome": "impression",
+                                    "value": None, "at": 1.79e9 + i + 1},
+                                   separators=(",", ":")) + "\n")
+
+
+def served(tree: Path, log: Path) -> None:
+    extra = ("--processes", "1", "--decision-log", str(log))
+    with arbiter_server(None, 4, tree=tree, extra=extra) as (target, _), \
+            grpc.insecure_channel(target) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        latencies: list[float] = []
+        stop = threading.Event()
+
+        def decide() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                stub.Decide(pb.DecideRequest(user_id="x", placement="homepage_banner",
+                                             channel="web"))
+                latencies.append(time.perf_counter() - started)
+
+        thread = threading.Thread(target=decide)
+        thread.start()
+        time.sleep(1)
+        before = len(latencies)
+        for user in ("user-42", "user-43"):
+            started = time.perf_counter()
+            try:
+                stub.ForgetProfile(pb.ForgetProfileRequest(user_id=user), timeout=10)
+                status = "OK"
+            except grpc.RpcError as err:
+                status = err.code().name
+            print(f"ForgetProfile {user}: {status} in {time.perf_counter() - started:.2f} s",
+                  flush=True)
+        during = latencies[before:]
+        stop.set()
+        thread.join()
+    print(f"Decide meanwhile: {len(during)} answered, median "
+          f"{statistics.median(during) * 1e3:.2f} ms, slowest {max(during) * 1e3:.1f} ms")
+
+
+def in_process(log: Path) -> None:
+    from adapters.decision_log import erase_users
+
+    for users in (["user-42"], [f"user-{i}" for i in range(40, 140)]):
+        work = log.with_suffix(".work")
+        shutil.copy(log, work)
+        started = time.perf_counter()
+        erased = erase_users(work, users)
+        print(f"erase_users, {len(users)} user(s): {erased} lines in "
+              f"{time.perf_counter() - started:.2f} s")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--decisions", type=int, default=1_000_000)
+    p.add_argument("--server-tree", type=Path, default=ROOT)
+    p.add_argument("--in-process", action="store_true")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as folder:
+        log = Path(folder) / "decisions.jsonl"
+        write_log(log, args.decisions)
+        if args.in_process:
+            in_process(log)
+        else:
+            served(args.server_tree, log)
+
+
+if __name__ == "__main__":
+    main()
