@@ -13,6 +13,7 @@ import struct
 import threading
 import time
 from array import array
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from engine.feature_names import FeatureNameSets
@@ -89,7 +90,9 @@ class MemoryStore:
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
         self._lease: tuple[str, float] = ("", 0.0)  # the learner lease: holder, until
-        self._items: dict[str, tuple[int, bytes]] = {}  # id -> (version, item; b"": removed)
+        # id -> (version, item; b"": removed), in the order of their versions (a change
+        # moves its id to the end): what changed since a version is a walk from the end
+        self._items: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
         self._items_version = 0
 
     def get_profile(self, user_id: str) -> Profile | None:
@@ -137,17 +140,23 @@ class MemoryStore:
         with self._lock:
             self._items_version += 1
             version = self._items_version
-            self._items.update((k, (version, v)) for k, v in upserts.items())
-            self._items.update((k, (version, b"")) for k in removals)
+            for item_id, data in [*upserts.items(), *((k, b"") for k in removals)]:
+                self._items[item_id] = (version, data)
+                self._items.move_to_end(item_id)
             return version
 
     def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
         with self._lock:
             if known_version == self._items_version:
                 return known_version, None
-            since = known_version if 0 < known_version <= self._items_version else 0
-            return self._items_version, {k: v for k, (at, v) in self._items.items()
-                                         if at > since}
+            if not 0 < known_version <= self._items_version:  # new, or the store was reset
+                return self._items_version, {k: v for k, (_, v) in self._items.items()}
+            newest_first = []  # O(changes since), not O(catalogue)
+            for item_id, (at, data) in reversed(self._items.items()):
+                if at <= known_version:
+                    break
+                newest_first.append((item_id, data))
+            return self._items_version, dict(reversed(newest_first))
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries (erased

@@ -14,6 +14,7 @@ any replica (the store's, read by version), and the checked upserts and removals
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,36 +37,44 @@ class CatalogueKeeper:
 
     def __init__(self, store: Store, ruleset: Ruleset) -> None:
         self.store = store
-        self._base = ruleset.catalogue
+        self._lock = threading.Lock()  # one rebuild at a time (the periodic sync, an
+        self._base = ruleset.catalogue  # upsert's, a reload's), in version order
         self._changes: dict[str, Mapping[str, Any] | None] = {}  # the store's, decoded
         self.catalogue = Catalogue.build(ruleset.catalogue, {})
 
     def rebase(self, ruleset: Ruleset) -> None:
         """A reloaded ruleset's file, with the store's changes on top."""
-        if ruleset.catalogue is not self._base:
-            self._base = ruleset.catalogue
-            self.catalogue = Catalogue.build(ruleset.catalogue, self._changes,
-                                             self.catalogue.version)
+        with self._lock:
+            if ruleset.catalogue is not self._base:
+                self._base = ruleset.catalogue
+                self.catalogue = Catalogue.build(ruleset.catalogue, self._changes,
+                                                 self.catalogue.version)
 
     def sync(self) -> None:
         """Apply the changes made through any replica since our version (one store read
         when there are none; a warning, and the catalogue as it was, when the store is
         unavailable)."""
-        try:
-            version, changes = self.store.catalogue_changes(self.catalogue.version)
-        except StoreUnavailable as err:
-            throttled.warning("catalogue", "catalogue not synced, store unavailable: %s", err)
-            return
-        if changes is None:
-            return
-        known = self.catalogue.version
-        delta: dict[str, Mapping[str, Any] | None] = {
-            item_id: decode_item(data) for item_id, data in changes.items()}
-        if 0 < known <= version:  # what changed since ours: merged into what we had
-            self._changes = {**self._changes, **delta}
-        else:  # everything
-            self._changes = delta
-        self.catalogue = Catalogue.build(self._base, self._changes, version)
+        with self._lock:
+            try:
+                version, changes = self.store.catalogue_changes(self.catalogue.version)
+            except StoreUnavailable as err:
+                throttled.warning("catalogue", "catalogue not synced, store unavailable: %s",
+                                  err)
+                return
+            if changes is None:
+                return
+            known = self.catalogue.version
+            delta: dict[str, Mapping[str, Any] | None] = {
+                item_id: decode_item(data) for item_id, data in changes.items()}
+            if 0 < known <= version:  # what changed since ours: merged into what we had
+                self._changes.update(delta)  # (only read under the lock)
+                # (items replaced in place: their indexes kept, not rebuilt from every item)
+                updated = self.catalogue.updated(delta, version)
+            else:  # everything
+                self._changes, updated = delta, None
+            if updated is None:
+                updated = Catalogue.build(self._base, self._changes, version)
+            self.catalogue = updated
 
     def upsert(self, ruleset: Ruleset, items: Sequence[Mapping[str, Any]]) -> int:
         """Add or replace items, checked against the ruleset's items block (raises

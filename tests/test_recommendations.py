@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.memory import MemoryStore
 from adapters.redis_store import RedisStore
@@ -525,3 +528,33 @@ def test_the_popular_items_are_ranked_by_decayed_score_ties_in_order_of_first_us
         expected = sorted(popularity, key=lambda i: popularity[i][0]
                           + popularity[i][1] / HALF_LIFE_SECONDS, reverse=True)
         assert [item for item, _ in recommender._top] == expected[:POPULAR_KEPT]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.dictionaries(
+    st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+    st.one_of(st.none(), st.fixed_dictionaries({
+        "category": st.sampled_from(["x", "y", None]),
+        "tags": st.sampled_from([["t"], ["t", "u"], [], None]),
+        "price": st.integers(0, 3)})),
+    max_size=3), max_size=8))
+def test_a_catalogue_updated_in_place_is_the_catalogue_built_from_everything(
+        deltas: list[dict[str, dict[str, Any] | None]]) -> None:
+    """The keeper keeps a catalogue's indexes when a change only replaces items in place
+    (a feed's prices and stock), and builds it all otherwise: either way, after every
+    change, the same items, order and indexes as built from the file and every change."""
+    from engine.decide.catalogue import Catalogue
+
+    base = [{"id": "a", "category": "x", "tags": ["t"], "price": 1},
+            {"id": "b", "category": "y", "tags": [], "price": 2}]
+    changes: dict[str, Any] = {}
+    served = Catalogue.build(base, {})
+    for version, delta in enumerate(deltas, 1):
+        delta = {k: (None if v is None else {**v, "id": k}) for k, v in delta.items()}
+        changes = {**changes, **delta}
+        updated = served.updated(delta, version)
+        served = Catalogue.build(base, changes, version) if updated is None else updated
+        built = Catalogue.build(base, changes, version)
+        assert list(served.items.items()) == list(built.items.items())
+        assert served.by_category == built.by_category and served.by_tag == built.by_tag
+        assert served.version == built.version

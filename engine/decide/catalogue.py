@@ -77,6 +77,32 @@ class Catalogue:
                 items[item_id] = item
         return cls(base, items, version)
 
+    def updated(self, delta: Mapping[str, Mapping[str, Any] | None], version: int
+                ) -> Catalogue | None:
+        """This catalogue with ``delta`` applied, if it only replaces items it holds
+        without moving them between categories or tags (a feed's prices and stock): the
+        items copied, the indexes shared, the same catalogue :meth:`build` would make; else
+        None (a new, removed or re-categorised item: build it all).
+
+        >>> old = Catalogue.build([{"id": "a", "category": "x", "price": 1}], {})
+        >>> new = old.updated({"a": {"id": "a", "category": "x", "price": 2}}, 1)
+        >>> new.items["a"]["price"], new.by_category is old.by_category
+        (2, True)
+        >>> old.updated({"a": {"id": "a", "category": "y"}}, 1) is None
+        True
+        """
+        items = self.items
+        for item_id, item in delta.items():
+            held = items.get(item_id)
+            if (item is None or held is None or held.get("category") != item.get("category")
+                    or held.get("tags") != item.get("tags")):
+                return None
+        fresh = object.__new__(Catalogue)
+        fresh.base, fresh.version = self.base, version
+        fresh.items = {**items, **delta}  # type: ignore[dict-item]  # (no None: checked)
+        fresh.by_category, fresh.by_tag = self.by_category, self.by_tag
+        return fresh
+
     def with_changes(self, changes: Mapping[str, Mapping[str, Any] | None], version: int
                      ) -> Catalogue:
         return Catalogue.build(self.base, changes, version)

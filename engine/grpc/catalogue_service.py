@@ -20,15 +20,20 @@ class CatalogueServicer(pb_grpc.CatalogueServiceServicer):
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest,
                           context: grpc.aio.ServicerContext) -> pb.CatalogueResponse:
+        # on a worker thread whatever the store: up to 10,000 items converted and checked,
+        # then the served catalogue rebuilt (~50 ms at 100,000 items), not on the loop
+        version = await self.offload.thread(self._upsert, request)
+        return pb.CatalogueResponse(version=version, items=len(self.arbiter.catalogue))
+
+    def _upsert(self, request: pb.UpsertItemsRequest) -> int:
         items = []
         for i, item in enumerate(request.items):
             attributes = convert.from_values(f"items[{i}]", item.attributes)
             items.append({**attributes, "id": item.id})
-        version = await self.offload.store(self.arbiter.upsert_items, items)
-        return pb.CatalogueResponse(version=version, items=len(self.arbiter.catalogue))
+        return self.arbiter.upsert_items(items)
 
     @rpc
     async def RemoveItems(self, request: pb.RemoveItemsRequest,
                           context: grpc.aio.ServicerContext) -> pb.CatalogueResponse:
-        version = await self.offload.store(self.arbiter.remove_items, list(request.item_ids))
+        version = await self.offload.thread(self.arbiter.remove_items, list(request.item_ids))
         return pb.CatalogueResponse(version=version, items=len(self.arbiter.catalogue))

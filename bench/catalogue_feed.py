@@ -1,0 +1,86 @@
+"""Decide while a feed upserts catalogue items one at a time, at two catalogue sizes.
+
+    python -m bench.catalogue_feed [--sizes 10000,100000] [--server-tree DIR]
+
+Serves the retail example on the in-memory store, loads ``--sizes`` items through
+UpsertItems (10,000 a call), then for 5 s one client decides ``homepage_banner`` in a
+closed loop while another upserts one changed item every 50 ms (a product feed). Prints,
+per size, the upserts' median and slowest time and the Decides' count, median and
+slowest: a rebuild of the served catalogue after each change is O(items), and where it
+runs decides what else waits for it. ``--server-tree`` serves another checkout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import threading
+import time
+from pathlib import Path
+
+import grpc
+
+from bench.load import ROOT, arbiter_server
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+
+CATEGORIES = ("shoes", "bags", "coats", "hats", "watches")
+
+
+def item(i: int, price: float) -> pb.Item:
+    return pb.Item(id=f"feed-{i}", attributes={
+        "name": pb.Value(string_value=f"Item {i}"),
+        "category": pb.Value(string_value=CATEGORIES[i % len(CATEGORIES)]),
+        "price": pb.Value(number_value=price)})
+
+
+def one_size(tree: Path, size: int, seconds: float = 5.0) -> None:
+    with arbiter_server(None, 4, tree=tree, extra=("--processes", "1")) as (target, _), \
+            grpc.insecure_channel(target) as channel:
+        catalogue = pb_grpc.CatalogueServiceStub(channel)
+        decisions = pb_grpc.DecisionServiceStub(channel)
+        for start in range(0, size, 10_000):
+            catalogue.UpsertItems(pb.UpsertItemsRequest(
+                items=[item(i, 10.0) for i in range(start, min(size, start + 10_000))]),
+                timeout=120)
+        decided: list[float] = []
+        upserted: list[float] = []
+        stop = threading.Event()
+
+        def decide() -> None:
+            while not stop.is_set():
+                started = time.perf_counter()
+                decisions.Decide(pb.DecideRequest(user_id="x", placement="homepage_banner",
+                                                  channel="web"))
+                decided.append(time.perf_counter() - started)
+
+        thread = threading.Thread(target=decide)
+        thread.start()
+        ends, n = time.perf_counter() + seconds, 0
+        while time.perf_counter() < ends:
+            started = time.perf_counter()
+            catalogue.UpsertItems(pb.UpsertItemsRequest(items=[item(n % size, 11.0 + n)]))
+            upserted.append(time.perf_counter() - started)
+            n += 1
+            time.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
+        stop.set()
+        thread.join()
+    print(f"| {size:,} | {len(upserted)} | {statistics.median(upserted) * 1e3:.1f} | "
+          f"{max(upserted) * 1e3:.1f} | {len(decided)} | "
+          f"{statistics.median(decided) * 1e3:.2f} | {max(decided) * 1e3:.1f} |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="10000,100000")
+    p.add_argument("--server-tree", type=Path, default=ROOT)
+    args = p.parse_args()
+    print("| items | upserts | upsert median ms | slowest ms | Decides | Decide median ms | "
+          "slowest ms |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    for size in (int(s) for s in args.sizes.split(",")):
+        one_size(args.server_tree, size)
+
+
+if __name__ == "__main__":
+    main()
