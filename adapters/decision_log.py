@@ -27,16 +27,17 @@ is reopened when it was moved or removed (``logrotate`` without ``copytruncate``
 
 from __future__ import annotations
 
+import collections
 import json
 import logging
 import os
-import queue
 import re
 import threading
-import time
 from collections.abc import Collection, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
+
+import msgspec
 
 from engine.ports import DecisionLogUnavailable
 from engine.records import is_log_entry
@@ -47,16 +48,29 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 100_000
 """Lines waiting for the writer, at most (then new ones are dropped and counted)."""
 
+_CHUNK_BYTES = 1 << 20
+"""Encoded lines the writer gathers before one write (it writes what it has at the end
+of each turn anyway)."""
+
 
 class JsonlDecisionLog:
-    """Appends log entries to a file, one JSON object per line, off the request path."""
+    """Appends log entries to a file, one JSON object per line, off the request path.
+
+    A request appends its entry to a deque (no lock, no wake-up); the writer thread takes
+    everything waiting every ``flush_seconds`` (at once for a forget or closing), encodes
+    it (``msgspec``) and writes it in one call: a busy server pays neither a thread
+    handover per line nor ``json.dumps`` (bench/RESULTS.md §35)."""
 
     def __init__(self, path: str | Path, flush_seconds: float = 0.5,
                  max_queued: int = MAX_QUEUED) -> None:
         self.path = Path(path)
-        self._queue: queue.Queue[dict[str, Any] | _Forget | None] = queue.Queue(max_queued)
+        self._waiting: collections.deque[dict[str, Any] | _Forget | None] = (
+            collections.deque())
+        self._max_queued = max_queued
+        self._wake = threading.Event()  # a forget or closing: take what waits now
         self._flush_seconds = flush_seconds
-        self._file = self.path.open("a", encoding="utf-8")
+        self._encode = msgspec.json.Encoder().encode
+        self._file = self.path.open("ab")
         self._reopen_failed = False
         self.dropped = 0
         """Lines dropped: the writer was behind by ``max_queued``, or the file could not
@@ -65,64 +79,55 @@ class JsonlDecisionLog:
         self._thread.start()
 
     def write(self, entry: dict[str, Any]) -> None:
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
+        if len(self._waiting) >= self._max_queued:
             self._drop("the writer is behind")
+            return
+        self._waiting.append(entry)
 
     def _drop(self, why: str) -> None:
         self.dropped += 1
         if self.dropped in (1, 10) or self.dropped % 10_000 == 0:
             log.warning("decision log: %s; %d lines dropped so far", why, self.dropped)
 
-    def _flush(self) -> None:
+    def _write(self, chunk: bytearray, lines: int) -> None:
         try:
+            self._file.write(chunk)
             self._file.flush()
-        except OSError as err:  # a full or failing disk: what was buffered is lost
-            self._drop(f"the file cannot be written ({err})")
+        except OSError as err:  # a full or failing disk: the writer goes on
+            for _ in range(lines):
+                self._drop(f"the file cannot be written ({err})")
+        chunk.clear()
 
     def _run(self) -> None:
-        checked = time.monotonic()
-        taken: list[dict[str, Any] | None] = []  # taken from the queue ahead of its turn
+        waiting, chunk, lines = self._waiting, bytearray(), 0
         while True:
-            if time.monotonic() - checked >= self._flush_seconds:
-                checked = time.monotonic()
-                self._reopen_if_moved()
-            if taken:
-                entry: dict[str, Any] | _Forget | None = taken.pop()
-            else:
-                try:
-                    entry = self._queue.get(timeout=self._flush_seconds)
-                except queue.Empty:
-                    self._flush()
+            self._wake.wait(self._flush_seconds)
+            self._wake.clear()
+            self._reopen_if_moved()
+            while waiting:
+                entry = waiting.popleft()
+                if entry is None:  # closing: what was written before it is written
+                    self._write(chunk, lines)
+                    return
+                if isinstance(entry, _Forget):  # after the lines before it, with the
+                    self._write(chunk, lines)   # forgets right behind it: one pass
+                    lines, batch = 0, [entry]
+                    while waiting and isinstance(waiting[0], _Forget):
+                        batch.append(cast(_Forget, waiting.popleft()))
+                    self._forget(batch)
                     continue
-            if entry is None:
-                break
-            if isinstance(entry, _Forget):  # with the forgets queued right behind it: one
-                batch = [entry]             # rewrite of the file for all of them
-                while not taken:
-                    try:
-                        following = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if isinstance(following, _Forget):
-                        batch.append(following)
-                    else:
-                        taken.append(following)
-                self._forget(batch)
-                continue
-            try:
-                line = json.dumps(entry, separators=(",", ":")) + "\n"
-            except (TypeError, ValueError):
-                log.exception("decision log entry could not be encoded")
-                continue
-            try:
-                self._file.write(line)
-            except OSError as err:  # the writer goes on: the next line may fit
-                self._drop(f"the file cannot be written ({err})")
-            if self._queue.empty() and not taken:
-                self._flush()
-        self._flush()
+                try:
+                    chunk += self._encode(entry)
+                except (TypeError, ValueError, msgspec.EncodeError):
+                    log.exception("decision log entry could not be encoded")
+                    continue
+                chunk += b"\n"
+                lines += 1
+                if len(chunk) >= _CHUNK_BYTES:
+                    self._write(chunk, lines)
+                    lines = 0
+            self._write(chunk, lines)
+            lines = 0
 
     def _reopen_if_moved(self) -> None:
         """A new file at the path when the one written was moved or removed (rotated)."""
@@ -134,7 +139,7 @@ class JsonlDecisionLog:
         if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (written.st_dev,
                                                                     written.st_ino):
             try:
-                fresh = self.path.open("a", encoding="utf-8")
+                fresh = self.path.open("ab")
             except OSError as err:  # (its folder gone, a folder in its place): write on
                 if not self._reopen_failed:  # to the moved file, say so once
                     log.warning("decision log: cannot open a new %s (%s); writing on to "
@@ -142,7 +147,6 @@ class JsonlDecisionLog:
                 self._reopen_failed = True
                 return
             self._reopen_failed = False
-            self._flush()
             self._file.close()
             self._file = fresh
 
@@ -153,7 +157,8 @@ class JsonlDecisionLog:
         DecisionLogUnavailable when the file could not be read or written, TimeoutError
         when it took longer than ``timeout``."""
         request = _Forget(user_id)
-        self._queue.put(request, timeout=timeout)  # never dropped: it waits for room
+        self._waiting.append(request)  # never dropped
+        self._wake.set()
         if not request.done.wait(timeout):
             raise TimeoutError("the decision log did not compact in time")
         if request.error is not None:
@@ -164,7 +169,6 @@ class JsonlDecisionLog:
     def _forget(self, batch: list[_Forget]) -> None:
         removed, error = 0, None
         try:
-            self._file.flush()
             removed = erase_users(self.path, {request.user_id for request in batch})
         except Exception as err:  # the writer goes on; each caller is told
             log.exception("decision log: forgetting %d user(s) failed", len(batch))
@@ -175,11 +179,11 @@ class JsonlDecisionLog:
 
     def close(self) -> None:
         """Write everything queued, then close the file."""
-        try:
-            self._queue.put(None, timeout=10)
-        except queue.Full:
-            log.warning("decision log: the writer did not drain in time; closing")
+        self._waiting.append(None)
+        self._wake.set()
         self._thread.join(timeout=10)
+        if self._thread.is_alive():
+            log.warning("decision log: the writer did not drain in time; closing")
         try:
             self._file.close()
         except OSError as err:  # what was still buffered is lost; closing goes on
@@ -239,7 +243,9 @@ def erase_users(path: Path, user_ids: str | Collection[str]) -> int:
     users = {user_ids} if isinstance(user_ids, str) else set(user_ids)
     if not users:
         return 0
-    ids = {json.dumps(user)[1:-1].encode() for user in users}  # as lines spell them
+    # as lines spell them: escaped to ASCII (json.dumps, before session 17) or UTF-8
+    ids = {spelt for user in users for spelt in (json.dumps(user)[1:-1].encode(),
+                                                 msgspec.json.encode(user)[1:-1])}
     mentions = _field_in("user_id", ids)
     decisions: set[bytes] = set()
     outcomes: re.Pattern[bytes] | None = None  # a line that refers to one of those
@@ -267,7 +273,8 @@ def erase_users(path: Path, user_ids: str | Collection[str]) -> int:
                 if isinstance(entry, dict) and entry.get("user_id") in users:
                     erase[base + start] = stop - start
                     if isinstance(entry.get("decision_id"), str):
-                        decisions.add(json.dumps(entry["decision_id"])[1:-1].encode())
+                        decisions.update((json.dumps(entry["decision_id"])[1:-1].encode(),
+                                          msgspec.json.encode(entry["decision_id"])[1:-1]))
                         outcomes = None
             if decisions:
                 if outcomes is None:

@@ -10,6 +10,7 @@ channels. Configurations:
 
 * ``memory`` / ``redis``: the three-placement mix at concurrency 32, one process;
 * ``memory-c1`` / ``redis-c1``: the same at concurrency 1;
+* ``memory-logged``: ``memory`` with ``--decision-log`` (every decision a JSON line);
 * ``redis-cluster``: the mix on a three-primary Redis Cluster (``redis+cluster://``), to
   read against ``redis``;
 * ``homepage``: ``homepage_banner`` alone (experiment with exact logged probabilities);
@@ -74,12 +75,14 @@ class Config:
     trained: bool = False
     replicas: int = 0  # a replica of the Redis primary, and --redis-replicas this
     rpc: str = "decide"  # what is measured against Check: decide, track or feedback
+    decision_log: bool = False  # --decision-log to a file in the run's folder
 
 
 CONFIGS = (
     Config("memory", "memory"),
     Config("redis", "redis"),
     Config("memory-c1", "memory", concurrency=1),
+    Config("memory-logged", "memory", decision_log=True),
     Config("redis-c1", "redis", concurrency=1),
     Config("redis-cluster", "cluster"),
     Config("homepage", "memory", placement="homepage_banner"),
@@ -108,6 +111,8 @@ def served(config: Config, tmp: Path) -> Iterator[tuple[str, int]]:
         shutil.copytree(ROOT / "rulesets/retail", rules)
         (rules / "model.arb").write_text("model on homepage_banner { bagging: 10 }\n")
     extra: tuple[str, ...] = ("--processes", str(config.processes))
+    if config.decision_log:
+        extra += ("--decision-log", str(tmp / "decisions.jsonl"))
     if config.store == "memory":
         with arbiter_server(None, 4, rules=rules, extra=extra) as served_:
             yield served_

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import socket
 import subprocess
@@ -12,9 +13,38 @@ from typing import Any
 
 import redis
 
+_handed_out: set[int] = set()
+_random = random.SystemRandom()  # (not the global one, which tests may seed)
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """The ports the kernel gives outgoing connections (Linux's default if unknown)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
 
 def free_port() -> int:
-    with socket.socket() as s:
+    """A port nothing listens on, never handed out before in this process, and outside
+    the kernel's range for outgoing connections: a port the kernel picked there (``bind``
+    to 0) could be taken by a client's connection before the server bound it, and the
+    server then failed to start (seen once in a full run: a Cluster node)."""
+    low, high = _ephemeral_range()
+    first, last = (10_000, low - 1) if low - 10_000 >= 5_000 else (high + 1, 65_535)
+    for _ in range(1_000):
+        port = _random.randint(first, last)
+        if port in _handed_out:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # someone listens there
+                continue
+        _handed_out.add(port)
+        return port
+    with socket.socket() as s:  # (a crowded range: the kernel's choice)
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

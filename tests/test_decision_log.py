@@ -27,11 +27,12 @@ class StuckFile:
     """A file whose writes wait until released (a disk that stalls)."""
 
     def __init__(self, real: Any) -> None:
-        self.real, self.release = real, threading.Event()
+        self.real, self.release, self.entered = real, threading.Event(), threading.Event()
 
-    def write(self, text: str) -> int:
+    def write(self, data: bytes) -> int:
+        self.entered.set()
         self.release.wait(10)
-        return int(self.real.write(text))
+        return int(self.real.write(data))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)
@@ -41,14 +42,16 @@ def test_a_stalled_writer_drops_and_counts_lines_instead_of_growing(tmp_path: Pa
     log = JsonlDecisionLog(tmp_path / "d.jsonl", flush_seconds=0.05, max_queued=10)
     stuck = StuckFile(log._file)
     log._file = stuck  # type: ignore[assignment]
-    for i in range(100):
+    for i in range(10):
         log.write(_line(f"d{i}"))
-    assert 89 <= log.dropped <= 90  # one taken by the writer, ten waiting
+    assert stuck.entered.wait(5)  # the writer took those ten; its write stalls
+    for i in range(10, 110):
+        log.write(_line(f"d{i}"))
+    assert log.dropped == 90  # ten waiting, the rest dropped
     stuck.release.set()
     log.close()
-    written = list(iter_log(tmp_path / "d.jsonl"))
-    assert len(written) == 100 - log.dropped
-    assert written[0]["decision_id"] == "d0"  # the oldest kept, the newest dropped
+    written = [e["decision_id"] for e in iter_log(tmp_path / "d.jsonl")]
+    assert written == [f"d{i}" for i in range(20)]  # the oldest kept, the newest dropped
 
 
 def test_a_rotated_log_is_reopened_at_its_path(tmp_path: Path) -> None:
@@ -93,12 +96,13 @@ def test_forgets_queued_together_erase_in_one_pass_in_queue_order(tmp_path: Path
     for user in ("ann", "bob", "cy", 'd"q'):
         log.write(_decision(f"{user}-1", user))
         log.write(_line(f"{user}-1"))
+    assert stuck.entered.wait(5)  # the writer took the eight lines; its write stalls
     results: dict[str, int] = {}
     forgets = [threading.Thread(target=lambda u=u: results.update({u: log.forget(u)}))
                for u in ("ann", 'd"q')]
     for thread in forgets:
         thread.start()
-    while log._queue.qsize() < 8:  # (one line taken by the stalled writer)
+    while len(log._waiting) < 2:
         time.sleep(0.01)
     log.write(_decision("ann-2", "ann"))
     stuck.release.set()
@@ -154,3 +158,18 @@ def test_damaged_and_foreign_lines_survive_an_erasure(tmp_path: Path) -> None:
     assert erase_users(path, "ann") == 2
     after = path.read_bytes().split(b"\n")
     assert [line for line in after if line.strip()] == [body[1], other, body[3], body[5]]
+
+
+def test_a_user_is_erased_whichever_way_a_build_spelt_their_id(tmp_path: Path) -> None:
+    """Lines written before session 17 escape non-ASCII to \\uXXXX (json.dumps); this
+    build writes UTF-8 (msgspec). Both are the user's, and so is an outcome of theirs."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(_decision("old-1", "zoë")) + "\n")  # (ASCII-escaped)
+    log = JsonlDecisionLog(path, flush_seconds=0.05)
+    log.write(_decision("new-1", "zoë"))
+    log.write(_line("new-1"))
+    log.write(_decision("bob-1", "bob"))
+    assert log.forget("zoë") == 3
+    log.close()
+    assert "zoë".encode() not in path.read_bytes() and b"\\u00eb" not in path.read_bytes()
+    assert [e["decision_id"] for e in iter_log(path)] == ["bob-1"]
