@@ -39,8 +39,8 @@ class EventHistory(Protocol):
     def last_at(self) -> float: ...
 
     @property
-    def recent(self) -> Sequence[tuple[float, float]]:
-        """(timestamp, value) pairs, oldest first."""
+    def recent(self) -> Sequence[tuple[float, float]] | bytes:
+        """(timestamp, value) pairs, oldest first; or packed float64s t0, v0, t1, v1, ..."""
         ...
 
 
@@ -51,6 +51,9 @@ def count_within(stats: EventHistory | None, now: float, window: float | None) -
     if window is None:
         return stats.count
     recent = stats.recent
+    if isinstance(recent, bytes):  # packed: the timestamps are every other float
+        times = memoryview(recent).cast("d")[::2]
+        return bisect_right(times, now) - bisect_left(times, now - window)
     return bisect_right(recent, now, key=_ts) - bisect_left(recent, now - window, key=_ts)
 
 
@@ -61,6 +64,11 @@ def sum_within(stats: EventHistory | None, now: float, window: float | None) -> 
     if window is None:
         return stats.total
     recent = stats.recent
+    if isinstance(recent, bytes):  # packed: t0, v0, t1, v1, ...
+        packed = memoryview(recent).cast("d")
+        times = packed[::2]
+        lo, hi = bisect_left(times, now - window), bisect_right(times, now)
+        return math.fsum(packed[2 * lo + 1:2 * hi:2])
     lo = bisect_left(recent, now - window, key=_ts)
     hi = bisect_right(recent, now, key=_ts)
     return math.fsum(v for _, v in recent[lo:hi])

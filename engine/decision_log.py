@@ -9,6 +9,7 @@ import msgspec
 
 from dsl.ruleset import Ruleset
 from engine.decide.decision import Decision
+from engine.profiles import recent_events
 from engine.records import LearningEvent, Profile
 
 PII_MASK = "<pii>"
@@ -35,6 +36,9 @@ def decision_entry(ruleset: Ruleset, decision: Decision, context: Mapping[str, A
     stored: dict[str, Any] | None = None
     if profile is not None:
         stored = msgspec.to_builtins(profile)
+        for event_type, stats in profile.events.items():  # (as pairs, not base64, readably)
+            if isinstance(stats.recent, bytes):
+                stored["events"][event_type]["recent"] = recent_events(stats)
         attributes = stored.get("attributes", {})
         for name in attributes:
             spec = ruleset.profile_schema.get(name)

@@ -10,7 +10,8 @@ MULTI in Redis), so the aggregation rules live in one place.
 
 from __future__ import annotations
 
-from bisect import insort
+from array import array
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 
 from dsl.vocabulary import EVENT_RETENTION_SECONDS
@@ -39,6 +40,52 @@ def _engaged(profile: Profile, at: float) -> None:
     profile.engagement[h] = profile.engagement.get(h, 0.0) + 1.0
 
 
+PACKED, PAIRS = "packed", "pairs"
+PROFILE_LAYOUTS = (PACKED, PAIRS)
+"""How an event type's recent history is written: ``packed`` float64s (this build's), or
+``pairs``, a list of (timestamp, value) as builds before session 17 read it (for a
+rolling upgrade: such a build reads a packed history as a corrupt profile)."""
+
+
+def recent_events(stats: EventStats) -> list[tuple[float, float]]:
+    """An event type's recent (timestamp, value) pairs, oldest first, in either layout.
+
+    >>> p = record_event(None, "u", "visit", 2.0, at=10.0, traits={})
+    >>> p = record_event(p, "u", "visit", 1.0, at=5.0, traits={})
+    >>> recent_events(p.events["visit"]), type(p.events["visit"].recent).__name__
+    ([(5.0, 1.0), (10.0, 2.0)], 'bytes')
+    """
+    recent = stats.recent
+    if isinstance(recent, bytes):
+        packed = array("d", recent)
+        return list(zip(packed[::2], packed[1::2], strict=True))
+    return [(t, v) for t, v in recent]
+
+
+def _with_event(recent: list[tuple[float, float]] | bytes, at: float, value: float,
+                horizon: float, layout: str) -> list[tuple[float, float]] | bytes:
+    """The history with (at, value) in its place (as ``insort`` places a pair: after equal
+    pairs), without what is older than ``horizon`` or beyond MAX_RECENT_EVENTS."""
+    packed = array("d")
+    if isinstance(recent, bytes):
+        packed.frombytes(recent)
+    else:
+        for pair in recent:
+            packed.extend(pair)
+    times = packed[::2]
+    i = bisect_right(times, at)
+    while i > 0 and times[i - 1] == at and packed[2 * i - 1] > value:
+        i -= 1  # (equal times: ordered by value, as tuples are)
+    packed[2 * i:2 * i] = array("d", (at, value))
+    times = packed[::2]
+    drop = max(bisect_left(times, horizon), len(times) - MAX_RECENT_EVENTS)
+    if drop > 0:
+        del packed[:2 * drop]
+    if layout == PACKED:
+        return packed.tobytes()
+    return list(zip(packed[::2], packed[1::2], strict=True))
+
+
 def _touch(profile: Profile, at: float) -> None:
     profile.first_seen = at if profile.first_seen is None else min(profile.first_seen, at)
     profile.last_seen = at if profile.last_seen is None else max(profile.last_seen, at)
@@ -52,8 +99,10 @@ def record_event(
     value: float,
     at: float,
     traits: Mapping[str, AttrValue],
+    layout: str = PACKED,
 ) -> Profile:
-    """The profile after one behavioural event (and any traits sent with it)."""
+    """The profile after one behavioural event (and any traits sent with it); its event
+    history written in ``layout`` (:data:`PROFILE_LAYOUTS`)."""
     profile = profile if profile is not None else Profile(user_id=user_id)
     stats = profile.events.get(event_type)
     if stats is None:
@@ -62,14 +111,8 @@ def record_event(
     stats.total += value
     stats.first_at = min(stats.first_at, at)
     stats.last_at = max(stats.last_at, at)
-    insort(stats.recent, (at, value))
-    horizon = stats.last_at - EVENT_RETENTION_SECONDS
-    drop = 0
-    while drop < len(stats.recent) and stats.recent[drop][0] < horizon:
-        drop += 1
-    drop = max(drop, len(stats.recent) - MAX_RECENT_EVENTS)
-    if drop:
-        del stats.recent[:drop]
+    stats.recent = _with_event(stats.recent, at, value,
+                               stats.last_at - EVENT_RETENTION_SECONDS, layout)
     _set_traits(profile, traits)
     _engaged(profile, at)
     _touch(profile, at)

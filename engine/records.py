@@ -22,16 +22,20 @@ AttrValue = str | float | bool | list[str] | dict[str, str] | None
 class EventStats(msgspec.Struct, omit_defaults=True):
     """Aggregates of one event type on a profile.
 
-    ``recent`` keeps ``(timestamp, value)`` pairs, oldest first, bounded by
+    ``recent`` keeps the newest events' ``(timestamp, value)``, oldest first, bounded by
     :data:`engine.profiles.MAX_RECENT_EVENTS` and the retention window; windowed
-    ``count``/``sum`` in rules read it, all-time numbers read ``count``/``total``.
+    ``count``/``sum`` in rules read it, all-time numbers read ``count``/``total``. It is
+    packed float64s ``t0, v0, t1, v1, ...`` (``bytes``: a profile decodes without an
+    object per event, bench/RESULTS.md §35), or, as profiles were before session 17 and
+    are written with ``--profile-layout pairs``, a list of pairs: both are read
+    (:func:`engine.profiles.recent_events`).
     """
 
     count: int = 0
     total: float = 0.0
     first_at: float = 0.0
     last_at: float = 0.0
-    recent: list[tuple[float, float]] = []
+    recent: list[tuple[float, float]] | bytes = []
 
 
 class Profile(msgspec.Struct, omit_defaults=True):

@@ -45,7 +45,7 @@ from engine.learning.models import ModelQuality, PropensityModels
 from engine.learning.recommender import Recommender
 from engine.learning.scores import ScoreModels
 from engine.ports import FeedbackCommit, Store, StoreUnavailable
-from engine.profiles import ENGAGEMENTS
+from engine.profiles import ENGAGEMENTS, PACKED, PROFILE_LAYOUTS
 from engine.records import (
     ArmCounts,
     CorruptRecord,
@@ -104,14 +104,19 @@ class Arbiter:
         decision_log: DecisionLog | None = None,
         snapshot_key: bytes | None = None,
         learners: str = "every",
+        profile_layout: str = PACKED,
     ) -> None:
         if learners not in LEARNING_MODES:
             raise ValueError(f"learners must be {' or '.join(LEARNING_MODES)}, not {learners!r}")
+        if profile_layout not in PROFILE_LAYOUTS:
+            raise ValueError(f"profile_layout must be {' or '.join(PROFILE_LAYOUTS)}, "
+                             f"not {profile_layout!r}")
         if learners == "one" and snapshot_key is None:  # the others could never adopt
             raise ValueError('learners="one" needs a snapshot_key: the other processes '
                              "load the learner's signed snapshots")
         self._ruleset = ruleset
         self.store = store
+        self.profile_layout = profile_layout
         self.clock = clock
         self.attribution_window = attribution_window
         self.decision_log = decision_log
@@ -494,7 +499,7 @@ class Arbiter:
         req = track_input(self._ruleset, user_id=user_id, event_type=event_type,
                           properties=properties, traits=traits, at=at, now=self.clock(),
                           item_id=item_id)
-        return TrackPlan(req, self._ruleset, self.clock())
+        return TrackPlan(req, self._ruleset, self.clock(), self.profile_layout)
 
     def track_applied(self, plan: TrackPlan, profile: Profile) -> Profile:
         """What follows a stored event in this process: the learner woken when it logged

@@ -16,7 +16,7 @@ from __future__ import annotations
 from dsl.ruleset import Ruleset
 from engine.decide.clusters import logged_features, score_snapshot
 from engine.decide.population import statistics
-from engine.profiles import record_event, record_item
+from engine.profiles import PACKED, record_event, record_item
 from engine.records import LearningEvent, Profile, pseudonym
 from engine.requests import TrackInput
 
@@ -29,8 +29,10 @@ class TrackPlan:
     """One checked TrackEvent: :meth:`change` (the profile after it), :meth:`learning` (the
     entry for the learners, or None), and what the last run of them saw."""
 
-    def __init__(self, req: TrackInput, ruleset: Ruleset, received_at: float) -> None:
+    def __init__(self, req: TrackInput, ruleset: Ruleset, received_at: float,
+                 layout: str = PACKED) -> None:
         self.req = req
+        self.layout = layout  # of the event history (engine.profiles.PROFILE_LAYOUTS)
         self.user_id = req.user_id
         self.ruleset = ruleset
         self.received_at = received_at
@@ -46,7 +48,7 @@ class TrackPlan:
         req, ruleset = self.req, self.ruleset
         self.before = statistics(profile, self.keys)
         profile = record_event(profile, req.user_id, req.event_type, req.value, req.at,
-                               req.traits)
+                               req.traits, self.layout)
         self.history = (record_item(profile, req.item_id, req.event_type, req.at)
                         if req.item_id else [])
         last = profile.clustered_at

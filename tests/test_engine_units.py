@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from typing import Any
 
+import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from adapters.memory import MemoryStore
 from dsl.ruleset import DEFAULT_MODEL
@@ -15,6 +19,10 @@ from engine.learning.consumer import Learner
 from engine.learning.models import PropensityModels
 from engine.profiles import (
     MAX_RECENT_EVENTS,
+    PACKED,
+    PAIRS,
+    PROFILE_LAYOUTS,
+    recent_events,
     record_contact,
     record_event,
 )
@@ -30,7 +38,7 @@ def test_record_event_aggregates_and_traits() -> None:
     stats = p.events["purchase"]
     assert (stats.count, stats.total, stats.first_at, stats.last_at) == (
         2, 150.0, NOW - 20, NOW - 10)
-    assert [t for t, _ in stats.recent] == [NOW - 20, NOW - 10]
+    assert [t for t, _ in recent_events(stats)] == [NOW - 20, NOW - 10]
     assert p.attributes == {"first_name": "Ann"}
     assert (p.first_seen, p.last_seen) == (NOW - 20, NOW - 10)
     p = record_event(p, "u", "visit", 0.0, NOW, {"first_name": None})
@@ -42,9 +50,51 @@ def test_recent_events_are_bounded_but_totals_exact() -> None:
     for i in range(MAX_RECENT_EVENTS + 50):
         p = record_event(p, "u", "visit", 1.0, NOW + i, {})
     assert p is not None
-    assert len(p.events["visit"].recent) == MAX_RECENT_EVENTS
+    assert len(recent_events(p.events["visit"])) == MAX_RECENT_EVENTS
     assert p.events["visit"].count == MAX_RECENT_EVENTS + 50
     assert p.events["visit"].total == MAX_RECENT_EVENTS + 50
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 40), st.sampled_from([0.0, 1.0, 2.5, -1.0])),
+                min_size=1, max_size=60),
+       st.integers(1, 30), st.integers(0, 50), st.integers(1, 40))
+def test_a_packed_history_holds_and_counts_what_the_list_of_pairs_did(
+        events: list[tuple[int, float]], cap: int, now: int, window: int) -> None:
+    """The packed layout (this build's) and the pairs layout (``--profile-layout pairs``,
+    what builds before session 17 read and wrote) keep the same events in the same
+    order as the list the old code kept with ``insort`` and trimmed, whichever layout
+    each event found; the rules' windowed count and sum read the same from both."""
+    import random
+    from bisect import insort
+    from unittest import mock
+
+    import engine.profiles as profiles
+    from dsl.runtime import count_within, sum_within
+
+    horizon_of = 25.0  # (retention, in these tests' seconds)
+    expected: list[tuple[float, float]] = []
+    layouts = random.Random(len(events) * cap).choices(PROFILE_LAYOUTS, k=len(events))
+    packed = pairs = mixed = None
+    with mock.patch.object(profiles, "MAX_RECENT_EVENTS", cap), \
+            mock.patch.object(profiles, "EVENT_RETENTION_SECONDS", horizon_of):
+        for (at, value), layout in zip(events, layouts, strict=True):
+            packed = record_event(packed, "u", "visit", value, float(at), {}, PACKED)
+            pairs = record_event(pairs, "u", "visit", value, float(at), {}, PAIRS)
+            mixed = record_event(mixed, "u", "visit", value, float(at), {}, layout)
+            insort(expected, (float(at), value))  # the code before session 17
+            last = max(t for t, _ in expected) - horizon_of
+            expected = [e for e in expected if e[0] >= last][-cap:]
+    assert packed is not None and pairs is not None and mixed is not None
+    assert isinstance(packed.events["visit"].recent, bytes)
+    assert isinstance(pairs.events["visit"].recent, list)
+    for profile in (packed, pairs, mixed):
+        stats = profile.events["visit"]
+        assert recent_events(stats) == expected
+        assert count_within(stats, float(now), float(window)) == sum(
+            1 for t, _ in expected if now - window <= t <= now)
+        assert sum_within(stats, float(now), float(window)) == math.fsum(
+            v for t, v in expected if now - window <= t <= now)
 
 
 def test_impressions_within_window() -> None:
@@ -262,3 +312,45 @@ def test_what_learning_keeps_per_customer_is_not_walked_by_the_cyclic_collector(
 
     first = customers(0, 500)
     assert (customers(500, 2000) - first) / 2000 < 0.1
+
+
+class OldEventStats(msgspec.Struct, omit_defaults=True):  # (as before session 17)
+    count: int = 0
+    total: float = 0.0
+    first_at: float = 0.0
+    last_at: float = 0.0
+    recent: list[tuple[float, float]] = []
+
+
+class OldProfile(msgspec.Struct, omit_defaults=True):
+    user_id: str
+    events: dict[str, OldEventStats] = {}
+
+
+def test_profile_layouts_across_a_rolling_upgrade() -> None:
+    """A profile stored by a build before session 17 (pairs) is read here and decides the
+    same; with ``--profile-layout pairs`` this build writes what such a build reads; the
+    packed layout is refused by such a build's decoder (a corrupt profile: degraded, not
+    a history silently read as empty)."""
+    from engine.records import encode
+
+    def history(layout: str) -> Any:
+        p = None
+        for k in range(5):
+            p = record_event(p, "u", "purchase", 10.0 + k, NOW - k * 3600, {}, layout)
+        return p
+
+    packed, pairs = history(PACKED), history(PAIRS)
+    old = msgspec.msgpack.decode(encode(pairs), type=OldProfile)
+    assert old.events["purchase"].recent == recent_events(packed.events["purchase"])
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.msgpack.decode(encode(packed), type=OldProfile)
+    # an old build's profile, read and extended here, in either layout
+    stored = msgspec.msgpack.encode(old)
+    from engine.records import decode_profile
+
+    again = decode_profile(stored)
+    assert recent_events(again.events["purchase"]) == recent_events(packed.events["purchase"])
+    extended = record_event(again, "u", "purchase", 1.0, NOW, {})
+    assert isinstance(extended.events["purchase"].recent, bytes)
+    assert len(recent_events(extended.events["purchase"])) == 6

@@ -21,6 +21,7 @@ from engine.cli.config import Layered, SettingsError, read_file, render
 from engine.decision_log import DecisionLog
 from engine.learning.log import LEARNING_MODES
 from engine.ports import LEARNING_LOG_MAX_ENTRIES
+from engine.profiles import PACKED, PROFILE_LAYOUTS
 from engine.records import RECORD_LAYOUTS
 
 log = logging.getLogger("arbiter")
@@ -49,6 +50,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="entries the Redis learning log keeps at most (0: no cap), however "
                         f"far behind a replica or the snapshot is (default "
                         f"{LEARNING_LOG_MAX_ENTRIES})")
+    p.add_argument("--profile-layout", choices=PROFILE_LAYOUTS, default=PACKED,
+                   help="how a profile's event history is written: packed (default: "
+                        "float64s, decoded without an object per event), or pairs as "
+                        "builds before session 17 read it, while a rolling upgrade from "
+                        "one is under way (such a build takes a packed history for a "
+                        "corrupt profile); both are read")
     p.add_argument("--record-layout", choices=RECORD_LAYOUTS, default="compact",
                    help="how Redis decision records are written: compact (default: a "
                         "features' names list that recurs stored once, by id), or array "
@@ -187,7 +194,8 @@ def run(args: argparse.Namespace) -> int:
                       seed=args.seed,
                       reward_wait=args.reward_wait, decision_log=decision_log,
                       attribution_window=args.attribution_window,
-                      snapshot_key=key, learners=args.learners)
+                      snapshot_key=key, learners=args.learners,
+                      profile_layout=args.profile_layout)
     reloader = RulesetReloader(args.rules, arbiter)
     try:
         running = server.start(arbiter, args.host, args.port, args.workers, reloader,
@@ -263,6 +271,9 @@ def process_count(args: argparse.Namespace) -> int:
     if args.learners not in LEARNING_MODES:  # (from the environment or a file)
         raise ValueError(f"--learners must be {' or '.join(LEARNING_MODES)}, "
                          f"not {args.learners!r}")
+    if args.profile_layout not in PROFILE_LAYOUTS:  # (from the environment or a file)
+        raise ValueError(f"--profile-layout must be {' or '.join(PROFILE_LAYOUTS)}, "
+                         f"not {args.profile_layout!r}")
     if args.record_layout not in RECORD_LAYOUTS:  # (from the environment or a file)
         raise ValueError(f"--record-layout must be {' or '.join(RECORD_LAYOUTS)}, "
                          f"not {args.record_layout!r}")
