@@ -173,3 +173,26 @@ def test_a_user_is_erased_whichever_way_a_build_spelt_their_id(tmp_path: Path) -
     log.close()
     assert "zoë".encode() not in path.read_bytes() and b"\\u00eb" not in path.read_bytes()
     assert [e["decision_id"] for e in iter_log(path)] == ["bob-1"]
+
+
+def test_a_logged_profile_shows_its_history_as_pairs_and_replays(tmp_path: Path) -> None:
+    """Profiles keep their event history packed (bytes); the decision log shows it as
+    (timestamp, value) pairs, readable and what `arbiter replay` reads back."""
+    import msgspec
+
+    from engine.profiles import recent_events
+    from engine.records import Profile
+
+    log = JsonlDecisionLog(tmp_path / "d.jsonl", flush_seconds=0.05)
+    arbiter = Arbiter(load_path(RETAIL), MemoryStore(), seed=1, decision_log=log)
+    try:
+        arbiter.track(user_id="ann", event_type="add_to_cart", at=1_790_000_000.0,
+                      properties={"value": 80.0})
+        arbiter.decide(user_id="ann", placement="email", at=1_790_100_000.0)
+    finally:
+        arbiter.close()
+        log.close()
+    (entry,) = [e for e in iter_log(tmp_path / "d.jsonl") if e["kind"] == "decision"]
+    assert entry["profile"]["events"]["add_to_cart"]["recent"] == [[1_790_000_000.0, 80.0]]
+    replayed = msgspec.convert(entry["profile"], Profile, strict=False)
+    assert recent_events(replayed.events["add_to_cart"]) == [(1_790_000_000.0, 80.0)]
