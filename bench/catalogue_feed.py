@@ -14,13 +14,12 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import threading
 import time
 from pathlib import Path
 
 import grpc
 
-from bench.load import ROOT, arbiter_server
+from bench.load import ROOT, arbiter_server, deciding
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
@@ -38,33 +37,19 @@ def one_size(tree: Path, size: int, seconds: float = 5.0) -> None:
     with arbiter_server(None, 4, tree=tree, extra=("--processes", "1")) as (target, _), \
             grpc.insecure_channel(target) as channel:
         catalogue = pb_grpc.CatalogueServiceStub(channel)
-        decisions = pb_grpc.DecisionServiceStub(channel)
         for start in range(0, size, 10_000):
             catalogue.UpsertItems(pb.UpsertItemsRequest(
                 items=[item(i, 10.0) for i in range(start, min(size, start + 10_000))]),
                 timeout=120)
-        decided: list[float] = []
         upserted: list[float] = []
-        stop = threading.Event()
-
-        def decide() -> None:
-            while not stop.is_set():
+        with deciding(channel) as decided:
+            ends, n = time.perf_counter() + seconds, 0
+            while time.perf_counter() < ends:
                 started = time.perf_counter()
-                decisions.Decide(pb.DecideRequest(user_id="x", placement="homepage_banner",
-                                                  channel="web"))
-                decided.append(time.perf_counter() - started)
-
-        thread = threading.Thread(target=decide)
-        thread.start()
-        ends, n = time.perf_counter() + seconds, 0
-        while time.perf_counter() < ends:
-            started = time.perf_counter()
-            catalogue.UpsertItems(pb.UpsertItemsRequest(items=[item(n % size, 11.0 + n)]))
-            upserted.append(time.perf_counter() - started)
-            n += 1
-            time.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
-        stop.set()
-        thread.join()
+                catalogue.UpsertItems(pb.UpsertItemsRequest(items=[item(n % size, 11.0 + n)]))
+                upserted.append(time.perf_counter() - started)
+                n += 1
+                time.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
     print(f"| {size:,} | {len(upserted)} | {statistics.median(upserted) * 1e3:.1f} | "
           f"{max(upserted) * 1e3:.1f} | {len(decided)} | "
           f"{statistics.median(decided) * 1e3:.2f} | {max(decided) * 1e3:.1f} |", flush=True)

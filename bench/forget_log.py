@@ -19,13 +19,12 @@ import random
 import shutil
 import statistics
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import grpc
 
-from bench.load import ROOT, arbiter_server
+from bench.load import ROOT, arbiter_server, deciding
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
@@ -61,32 +60,19 @@ def served(tree: Path, log: Path) -> None:
     with arbiter_server(None, 4, tree=tree, extra=extra) as (target, _), \
             grpc.insecure_channel(target) as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
-        latencies: list[float] = []
-        stop = threading.Event()
-
-        def decide() -> None:
-            while not stop.is_set():
+        with deciding(channel) as latencies:
+            time.sleep(1)
+            before = len(latencies)
+            for user in ("user-42", "user-43"):
                 started = time.perf_counter()
-                stub.Decide(pb.DecideRequest(user_id="x", placement="homepage_banner",
-                                             channel="web"))
-                latencies.append(time.perf_counter() - started)
-
-        thread = threading.Thread(target=decide)
-        thread.start()
-        time.sleep(1)
-        before = len(latencies)
-        for user in ("user-42", "user-43"):
-            started = time.perf_counter()
-            try:
-                stub.ForgetProfile(pb.ForgetProfileRequest(user_id=user), timeout=10)
-                status = "OK"
-            except grpc.RpcError as err:
-                status = err.code().name
-            print(f"ForgetProfile {user}: {status} in {time.perf_counter() - started:.2f} s",
-                  flush=True)
-        during = latencies[before:]
-        stop.set()
-        thread.join()
+                try:
+                    stub.ForgetProfile(pb.ForgetProfileRequest(user_id=user), timeout=10)
+                    status = "OK"
+                except grpc.RpcError as err:
+                    status = err.code().name
+                print(f"ForgetProfile {user}: {status} in "
+                      f"{time.perf_counter() - started:.2f} s", flush=True)
+            during = latencies[before:]
     print(f"Decide meanwhile: {len(during)} answered, median "
           f"{statistics.median(during) * 1e3:.2f} ms, slowest {max(during) * 1e3:.1f} ms")
 

@@ -20,6 +20,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -92,6 +93,30 @@ def arbiter_server(redis_url: str | None, workers: int, tree: Path = ROOT,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+@contextmanager
+def deciding(channel: grpc.Channel) -> Iterator[list[float]]:
+    """One client deciding ``homepage_banner`` in a closed loop on its own thread while
+    the block runs; yields the list its latencies (seconds) are appended to."""
+    stub = pb_grpc.DecisionServiceStub(channel)
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def decide() -> None:
+        while not stop.is_set():
+            started = time.perf_counter()
+            stub.Decide(pb.DecideRequest(user_id="x", placement="homepage_banner",
+                                         channel="web"))
+            latencies.append(time.perf_counter() - started)
+
+    thread = threading.Thread(target=decide)
+    thread.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        thread.join()
 
 
 def seed_population(track: Callable[[str, str, float, float], None], users: int) -> None:
