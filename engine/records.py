@@ -247,9 +247,14 @@ class CorruptRecord(ValueError):
 
 def decode_profile(data: bytes, field: str = "user_id") -> Profile:
     try:
-        return _profile_decoder.decode(data)
+        profile = _profile_decoder.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError) as err:
         raise CorruptRecord(field, "profile", str(err)) from None
+    for event_type, stats in profile.events.items():
+        if isinstance(stats.recent, bytes) and len(stats.recent) % 16:
+            raise CorruptRecord(field, "profile", f"events.{event_type}.recent is not "
+                                "(timestamp, value) float64 pairs")
+    return profile
 
 
 def _twin(struct: type[msgspec.Struct], name: str, *, array_like: bool, **types: Any) -> Any:

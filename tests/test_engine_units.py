@@ -354,3 +354,15 @@ def test_profile_layouts_across_a_rolling_upgrade() -> None:
     extended = record_event(again, "u", "purchase", 1.0, NOW, {})
     assert isinstance(extended.events["purchase"].recent, bytes)
     assert len(recent_events(extended.events["purchase"])) == 6
+
+
+def test_a_packed_history_of_the_wrong_length_is_a_corrupt_profile() -> None:
+    """Stored bytes that are not whole (timestamp, value) pairs: the profile is corrupt
+    (degraded, DATA_LOSS, ForgetProfile heals), never an error deep in a rule."""
+    from engine.records import CorruptRecord, EventStats, Profile, decode_profile, encode
+
+    good = Profile(user_id="u", events={"visit": EventStats(count=1, recent=b"\0" * 16)})
+    assert decode_profile(encode(good)).events["visit"].count == 1
+    bad = Profile(user_id="u", events={"visit": EventStats(count=1, recent=b"\0" * 12)})
+    with pytest.raises(CorruptRecord, match=r"events\.visit\.recent"):
+        decode_profile(encode(bad))
