@@ -173,6 +173,11 @@ def test_serve_settings_layer_flags_over_environment_over_file(
     assert "reload-interval = 5.0  # env ARBITER_RELOAD_INTERVAL" in out
     assert 'host = "127.0.0.1"  # default' in out
     assert "# tls-cert = (unset)  # default" in out  # every setting is listed
+    monkeypatch.setenv("ARBITER_PROFILE_LAYOUT", "bogus")  # shown, then refused
+    assert main(["serve", "--config", str(settings), "--print-config"]) == 2
+    shown = capsys.readouterr()
+    assert 'profile-layout = "bogus"  # env ARBITER_PROFILE_LAYOUT' in shown.out
+    assert "--profile-layout must be packed or pairs, not 'bogus'" in shown.err
     assert tomllib.loads(out)["port"] == 7002  # and the output is a usable settings file
     with pytest.raises(SystemExit):
         main(["serve", "--help"])

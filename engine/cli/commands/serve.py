@@ -134,7 +134,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="settings file (keys named like these flags); precedence: flags, "
                         "ARBITER_* variables, this file, defaults")
     p.add_argument("--print-config", action="store_true",
-                   help="print the resolved settings and where each came from, then exit")
+                   help="print the resolved settings and where each came from, then exit "
+                        "(with status 2 and why, if serving would refuse them)")
     global LAYERED
     LAYERED = Layered(p)
     p.set_defaults(func=run)
@@ -145,8 +146,9 @@ def run(args: argparse.Namespace) -> int:
 
     try:  # every setting checked before anything is loaded or bound
         sources = LAYERED.resolve(args, os.environ, read_file(args.config))
-        if args.print_config:
+        if args.print_config:  # the settings, then whether serving would accept them
             print(render(args, LAYERED, sources))
+            process_count(args)
             return 0
         credentials, tokens = security(args)
         key = snapshot_key(args)
