@@ -135,6 +135,8 @@ class JsonlDecisionLog:
             on_disk = os.stat(self.path)
         except FileNotFoundError:
             on_disk = None
+        except OSError:  # (its folder unreadable now): write on to the file we have
+            return
         written = os.fstat(self._file.fileno())
         if on_disk is None or (on_disk.st_dev, on_disk.st_ino) != (written.st_dev,
                                                                     written.st_ino):
