@@ -1,11 +1,13 @@
 """What a Decide costs for a customer whose profile is at its bounds, against a new one.
 
-    python -m bench.heavy_profile [--events 1000] [--decisions 300]
+    python -m bench.heavy_profile [--events 1000] [--contacts 200] [--decisions 300]
 
 The retail example on the in-memory store: a customer with one visit, and a "heavy" one
 with ``--events`` events of each of the five event types (at most
 ``engine.profiles.MAX_RECENT_EVENTS`` recent ones are kept per type; item views and
-purchases with items), learnt. Prints µs per Decide for each placement and each
+purchases with items) and ``--contacts`` contacts with each action (impressions, a click
+in ten, on the action's first channel; at most ``engine.profiles.MAX_CONTACTS_PER_ACTION``
+are kept per action), learnt. Prints µs per Decide for each placement and each
 customer, the heavy profile's stored size, and what decoding it costs alone: every
 Decide decodes the customer's stored profile (the in-memory store and Redis's
 in-process cache hold bytes).
@@ -21,6 +23,7 @@ import msgspec
 
 from adapters.memory import MemoryStore
 from dsl.loader import load_path
+from engine.profiles import record_contact
 from engine.service import Arbiter
 
 PLACEMENTS = (("homepage_banner", "web"), ("email", "email"), ("cart_page", "web"))
@@ -30,6 +33,7 @@ EVENTS = ("visit", "page_view", "add_to_cart", "purchase", "content_view")
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--events", type=int, default=1000)
+    p.add_argument("--contacts", type=int, default=0)
     p.add_argument("--decisions", type=int, default=300)
     args = p.parse_args()
     arb = Arbiter(load_path(Path(__file__).parent.parent / "rulesets/retail"), MemoryStore(),
@@ -41,6 +45,13 @@ def main() -> None:
                       properties={"value": 5.0} if event in ("purchase", "add_to_cart")
                       else None,
                       item_id=f"sku-{k % 29:03d}" if event == "page_view" else None)
+    for action in arb.ruleset.actions.values():
+        channel = sorted(action.channels or ("web",))[0]
+        for k in range(args.contacts):
+            outcome = "click" if k % 10 == 9 else "impression"
+            at = now - 86400.0 - k * 3600.0  # (a day ago and before: caps mostly pass)
+            arb.store.update_profile("heavy", lambda p, a=action.id, o=outcome, t=at, c=channel:
+                                     record_contact(p, "heavy", a, o, t, c))
     arb.track(user_id="light", event_type="visit", at=now)
     arb.learn()
 

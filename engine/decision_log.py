@@ -8,9 +8,10 @@ from typing import Any, Protocol
 import msgspec
 
 from dsl.ruleset import Ruleset
+from engine.decide.contacts import contact_entries
 from engine.decide.decision import Decision
 from engine.profiles import recent_events
-from engine.records import LearningEvent, Profile
+from engine.records import ContactLog, LearningEvent, Profile
 
 PII_MASK = "<pii>"
 
@@ -39,6 +40,9 @@ def decision_entry(ruleset: Ruleset, decision: Decision, context: Mapping[str, A
         for event_type, stats in profile.events.items():  # (as pairs, not base64, readably)
             if isinstance(stats.recent, bytes):
                 stored["events"][event_type]["recent"] = recent_events(stats)
+        for action_id, history in profile.contacts.items():  # (as triples, as before)
+            if isinstance(history, ContactLog):
+                stored["contacts"][action_id] = contact_entries(history)
         attributes = stored.get("attributes", {})
         for name in attributes:
             spec = ruleset.profile_schema.get(name)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from dsl.vocabulary import REWARD_OUTCOMES
 from engine.experiments.windows import counter_keys
 from engine.ports import DecisionNotFound, FeedbackEffects
-from engine.profiles import record_contact, record_item
+from engine.profiles import PACKED, record_contact, record_item
 from engine.records import (
     ArmCounts,
     DecisionRecord,
@@ -77,11 +77,14 @@ class FeedbackInput:
 
 
 def feedback_effects(
-    fb: FeedbackInput, decision: DecisionRecord, profile: Profile | None
+    fb: FeedbackInput, decision: DecisionRecord, profile: Profile | None,
+    layout: str = PACKED,
 ) -> FeedbackEffects:
-    """What one outcome changes. Raises :class:`ActionNotInDecision`, ``DecisionNotFound``
-    (past the attribution window, counted from the decision's time) or ``InvalidArgument``
-    (a timestamp before the decision, a value reward without its value)."""
+    """What one outcome changes (the contact history written in ``layout``, one of
+    :data:`engine.profiles.PROFILE_LAYOUTS`). Raises :class:`ActionNotInDecision`,
+    ``DecisionNotFound`` (past the attribution window, counted from the decision's time)
+    or ``InvalidArgument`` (a timestamp before the decision, a value reward without its
+    value)."""
     shown = decision.shown(fb.action_id)
     if shown is None:
         raise ActionNotInDecision(fb.action_id)
@@ -107,11 +110,11 @@ def feedback_effects(
     if implied_impression:
         seen.append("impression")
         changed = record_contact(profile, decision.user_id, fb.action_id, "impression", fb.at,
-                                 decision.channel)
+                                 decision.channel, layout)
     if first:
         seen.append(fb.outcome)
         changed = record_contact(changed or profile, decision.user_id, fb.action_id,
-                                 fb.outcome, fb.at, decision.channel)
+                                 fb.outcome, fb.at, decision.channel, layout)
     if fb.item_id and fb.outcome != "impression":  # an interaction with the item
         changed = changed or profile or Profile(user_id=decision.user_id)
         event.history = tuple(record_item(changed, fb.item_id, fb.outcome, fb.at))

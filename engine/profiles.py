@@ -16,7 +16,14 @@ from collections.abc import Mapping
 
 from dsl.vocabulary import EVENT_RETENTION_SECONDS
 from engine.decide.send_time import hour_of_week
-from engine.records import AttrValue, EventStats, Profile, recent_items
+from engine.records import (
+    AttrValue,
+    ContactHistory,
+    ContactLog,
+    EventStats,
+    Profile,
+    recent_items,
+)
 
 MAX_RECENT_EVENTS = 1000
 """Per event type, the newest timestamps kept for windowed counts and sums."""
@@ -42,9 +49,10 @@ def _engaged(profile: Profile, at: float) -> None:
 
 PACKED, PAIRS = "packed", "pairs"
 PROFILE_LAYOUTS = (PACKED, PAIRS)
-"""How an event type's recent history is written: ``packed`` float64s (this build's), or
-``pairs``, a list of (timestamp, value) as builds before session 17 read it (for a
-rolling upgrade: such a build reads a packed history as a corrupt profile)."""
+"""How histories are written: ``packed`` (this build's: an event type's recent history as
+float64s, an action's contacts as a :class:`~engine.records.ContactLog`), or ``pairs``:
+lists of tuples, as builds before session 17 read them (for a rolling upgrade: an older
+build reads a packed history as a corrupt profile)."""
 
 
 def recent_events(stats: EventStats) -> list[tuple[float, float]]:
@@ -152,15 +160,58 @@ def record_traits(profile: Profile | None, user_id: str, traits: Mapping[str, At
 
 
 def record_contact(profile: Profile | None, user_id: str, action_id: str, outcome: str,
-                   at: float, channel: str) -> Profile:
-    """The profile after an outcome of an action shown to it (for contact policies)."""
+                   at: float, channel: str, layout: str = PACKED) -> Profile:
+    """The profile after an outcome of an action shown to it (for contact policies); the
+    action's history written in ``layout`` (:data:`PROFILE_LAYOUTS`).
+
+    >>> from engine.decide.contacts import contact_entries
+    >>> p = record_contact(None, "u", "offer", "impression", 10.0, "web")
+    >>> p = record_contact(p, "u", "offer", "click", 5.0, "web")
+    >>> contact_entries(p.contacts["offer"]), type(p.contacts["offer"]).__name__
+    ([(5.0, 'click', 'web'), (10.0, 'impression', 'web')], 'ContactLog')
+    """
     profile = profile if profile is not None else Profile(user_id=user_id)
     if outcome in ENGAGEMENTS:
         _engaged(profile, at)
-    history = profile.contacts.setdefault(action_id, [])
-    insort(history, (at, outcome, channel))
-    horizon = at - CONTACT_RETENTION_SECONDS
-    while history and (history[0][0] < horizon or len(history) > MAX_CONTACTS_PER_ACTION):
-        history.pop(0)
+    profile.contacts[action_id] = _with_contact(
+        profile.contacts.get(action_id, []), at, (outcome, channel),
+        at - CONTACT_RETENTION_SECONDS, layout)
     profile.version += 1
     return profile
+
+
+def _with_contact(history: ContactHistory, at: float, kind: tuple[str, str],
+                  horizon: float, layout: str) -> ContactHistory:
+    """The history with a contact of ``kind`` (outcome, channel) at ``at`` in its place (as
+    ``insort`` places a tuple: after equal ones), without what is older than ``horizon``
+    or beyond MAX_CONTACTS_PER_ACTION; only the kinds still used are kept."""
+    times = array("d")
+    if isinstance(history, ContactLog):
+        times.frombytes(history.times)
+        codes, kinds = bytearray(history.codes), list(history.kinds)
+    else:
+        index: dict[tuple[str, str], int] = {}
+        codes = bytearray(index.setdefault((o, c), len(index)) for _, o, c in history)
+        times.extend(t for t, _, _ in history)
+        kinds = list(index)
+    code = kinds.index(kind) if kind in kinds else len(kinds)
+    if code == len(kinds):
+        kinds.append(kind)
+    i = bisect_right(times, at)
+    while i > 0 and times[i - 1] == at and kinds[codes[i - 1]] > kind:
+        i -= 1
+    times.insert(i, at)
+    codes.insert(i, code)
+    drop = max(bisect_left(times, horizon), len(times) - MAX_CONTACTS_PER_ACTION)
+    if drop > 0:
+        del times[:drop], codes[:drop]
+    used = sorted(set(codes))
+    if len(used) < len(kinds):  # (a kind no contact has any more: renumbered without it)
+        kinds = [kinds[old] for old in used]
+        table = bytearray(range(256))
+        for new, old in enumerate(used):
+            table[old] = new
+        codes = codes.translate(table)
+    if layout == PACKED:
+        return ContactLog(times.tobytes(), bytes(codes), kinds)
+    return [(t, *kinds[c]) for t, c in zip(times, codes, strict=True)]

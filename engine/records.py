@@ -38,15 +38,36 @@ class EventStats(msgspec.Struct, omit_defaults=True):
     recent: list[tuple[float, float]] | bytes = []
 
 
+class ContactLog(msgspec.Struct, rename={"times": "t", "codes": "c", "kinds": "k"}):
+    """One action's contact history, packed: ``times`` are float64s, oldest first; each
+    contact has one byte in ``codes``, the index in ``kinds`` of its (outcome, channel).
+
+    Contact policies count in a window by bisecting the times and counting codes, and a
+    profile decodes three objects per action instead of a tuple per contact
+    (:mod:`engine.decide.contacts` reads it, :func:`engine.profiles.record_contact`
+    writes it).
+    """
+
+    times: bytes
+    codes: bytes
+    kinds: list[tuple[str, str]]
+
+
+ContactHistory = list[tuple[float, str, str]] | ContactLog
+"""An action's contacts: packed (this build writes), or the (timestamp, outcome, channel)
+list builds before session 18 wrote and ``--profile-layout pairs`` still does."""
+
+
 class Profile(msgspec.Struct, omit_defaults=True):
     """Everything Arbiter holds about one customer."""
 
     user_id: str
     attributes: dict[str, AttrValue] = {}
     events: dict[str, EventStats] = {}
-    # action_id -> [(timestamp, outcome, channel)], oldest first: the contact history
-    # that contact policies (caps, cooldowns, suppression) are enforced from.
-    contacts: dict[str, list[tuple[float, str, str]]] = {}
+    # action_id -> its contacts, oldest first: the contact history that contact policies
+    # (caps, cooldowns, suppression) are enforced from (a ContactLog, or older profiles'
+    # [(timestamp, outcome, channel)]; read with engine.decide.contacts)
+    contacts: dict[str, ContactHistory] = {}
     first_seen: float | None = None
     last_seen: float | None = None
     version: int = 0
@@ -254,7 +275,18 @@ def decode_profile(data: bytes, field: str = "user_id") -> Profile:
         if isinstance(stats.recent, bytes) and len(stats.recent) % 16:
             raise CorruptRecord(field, "profile", f"events.{event_type}.recent is not "
                                 "(timestamp, value) float64 pairs")
+    for action_id, history in profile.contacts.items():
+        if isinstance(history, ContactLog) and not _consistent(history):
+            raise CorruptRecord(field, "profile", f"contacts.{action_id} does not have one "
+                                "float64 time and one known kind per contact")
     return profile
+
+
+def _consistent(log: ContactLog) -> bool:
+    """Whether every contact has a time and a code of a kind (at most 255 kinds)."""
+    n = len(log.codes)
+    return (len(log.times) == 8 * n and len(log.kinds) < 256
+            and (n == 0 or max(log.codes) < len(log.kinds)))
 
 
 def _twin(struct: type[msgspec.Struct], name: str, *, array_like: bool, **types: Any) -> Any:

@@ -313,7 +313,7 @@ class Arbiter:
                                  outcome=outcome, value=value,
                                  idempotency_key=idempotency_key, at=at, item_id=item_id)
         commit = self.store.commit_feedback(
-            decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
+            decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p, self.profile_layout),
             self.attribution_window, fb.fingerprint)
         self.experiments.invalidate(self.feedback_applied(fb, commit))
         return commit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from typing import Any
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 from adapters.memory import MemoryStore
 from dsl.ruleset import DEFAULT_MODEL
-from engine.decide.contacts import impressions_within
+from engine.decide.contacts import contact_entries, impressions_within
 from engine.feedback import ActionNotInDecision, FeedbackInput, feedback_effects
 from engine.learning.consumer import Learner
 from engine.learning.models import PropensityModels
@@ -26,7 +27,14 @@ from engine.profiles import (
     record_contact,
     record_event,
 )
-from engine.records import ArmCounts, DecisionRecord, ShownAction
+from engine.records import (
+    ArmCounts,
+    ContactLog,
+    DecisionRecord,
+    ShownAction,
+    decode_profile,
+    encode,
+)
 
 NOW = 1_800_000_000.0
 
@@ -97,6 +105,59 @@ def test_a_packed_history_holds_and_counts_what_the_list_of_pairs_did(
             v for t, v in expected if now - window <= t <= now)
 
 
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 60), st.sampled_from(("impression", "click", "dismiss")),
+                          st.sampled_from(("web", "email", "sms")), st.sampled_from("ab")),
+                max_size=80),
+       st.integers(1, 30), st.integers(0, 70), st.integers(1, 40))
+def test_a_packed_contact_history_holds_and_counts_what_the_list_did(
+        contacts: list[tuple[int, str, str, str]], cap: int, now: int, window: int) -> None:
+    """Packed contact logs (this build's), the list layout (``--profile-layout pairs``,
+    what builds before session 18 read and wrote) and any mix keep the same contacts in
+    the same order as the list the old code kept with ``insort`` and trimmed; caps,
+    cooldowns and channel caps count the same from all of them."""
+    import random
+    from bisect import insort
+    from unittest import mock
+
+    import engine.profiles as profiles
+    from engine.decide.contacts import last_contact, outcomes_within
+
+    retention = 25.0
+    expected: dict[str, list[tuple[float, str, str]]] = {"a": [], "b": []}
+    layouts = random.Random(len(contacts) * cap).choices(PROFILE_LAYOUTS, k=len(contacts))
+    packed = pairs = mixed = None
+    with mock.patch.object(profiles, "MAX_CONTACTS_PER_ACTION", cap), \
+            mock.patch.object(profiles, "CONTACT_RETENTION_SECONDS", retention):
+        for (at, outcome, channel, action), layout in zip(contacts, layouts, strict=True):
+            packed = record_contact(packed, "u", action, outcome, float(at), channel, PACKED)
+            pairs = record_contact(pairs, "u", action, outcome, float(at), channel, PAIRS)
+            mixed = record_contact(mixed, "u", action, outcome, float(at), channel, layout)
+            history = expected[action]  # the code before session 18:
+            insort(history, (float(at), outcome, channel))
+            while history and (history[0][0] < at - retention or len(history) > cap):
+                history.pop(0)
+    if packed is None or pairs is None or mixed is None:
+        return
+    assert all(isinstance(h, ContactLog) for h in packed.contacts.values())
+    assert all(isinstance(h, list) for h in pairs.contacts.values())
+    for profile in (packed, pairs, mixed):
+        decoded = decode_profile(encode(profile))
+        for action, history in expected.items():
+            if history:
+                assert contact_entries(decoded.contacts[action]) == history
+                assert contact_entries(profile.contacts[action]) == history
+            for outcome in ("impression", "click", "dismiss"):
+                times = [t for t, o, _ in history if o == outcome]
+                assert last_contact(decoded, action, outcome) == (max(times) if times else None)
+        for outcome, channel in itertools.product(("impression", "click"),
+                                                  ("web", "email", None)):
+            assert outcomes_within(decoded, ("a", "b"), float(now), float(window), outcome,
+                                   channel) == sum(
+                1 for h in expected.values() for t, o, c in h
+                if o == outcome and now - window < t <= now and channel in (None, c))
+
+
 def test_impressions_within_window() -> None:
     p = record_contact(None, "u", "offer", "impression", NOW - 8 * 86400, "web")
     p = record_contact(p, "u", "offer", "impression", NOW - 86400, "web")
@@ -133,8 +194,9 @@ def test_click_without_impression_implies_one() -> None:
     effects = feedback_effects(fb("click"), decision(), None)
     assert effects.arm_increments == {("exp", "a"): ArmCounts(1.0, 1.0)}
     assert effects.profile is not None
-    assert sorted(o for _, o, _ in effects.profile.contacts["a"]) == ["click", "impression"]
-    assert {c for _, _, c in effects.profile.contacts["a"]} == {"web"}
+    contacts = contact_entries(effects.profile.contacts["a"])
+    assert sorted(o for _, o, _ in contacts) == ["click", "impression"]
+    assert {c for _, _, c in contacts} == {"web"}
     assert impressions_within(effects.profile, "a", NOW, 60) == 1
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from adapters.memory import MemoryStore
 from dsl.ruleset import Ruleset
+from engine.decide.contacts import contact_entries
 from engine.ports import DecisionNotFound
 from engine.requests import InvalidArgument
 from engine.service import Arbiter
@@ -28,7 +29,8 @@ def test_one_outcome_counts_once_in_caps_bandits_and_models(arb: Arbiter) -> Non
     assert [c.duplicate for c in commits] == [False, False, False]  # three keys, acknowledged
     profile = arb.get_profile("ann")
     assert profile is not None
-    assert [o for _, o, _ in profile.contacts[action.action_id]] == ["impression"]
+    assert [o for _, o, _ in contact_entries(profile.contacts[action.action_id])] == [
+        "impression"]
     if action.experiment:
         assert arb.arm_counts(action.experiment)[action.action_id].trials == 1.0
     arb.learn()

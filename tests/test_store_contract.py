@@ -19,6 +19,7 @@ import redis
 
 from adapters.memory import MemoryStore
 from adapters.redis_store import RedisStore
+from engine.decide.contacts import contact_entries
 from engine.feedback import ActionNotInDecision
 from engine.ports import DecisionNotFound, FeedbackEffects, Store, StoreUnavailable
 from engine.profiles import record_contact, record_event
@@ -204,7 +205,7 @@ def test_feedback_is_applied_once_per_key_under_concurrency(harness: Harness) ->
     assert store.arm_counts("exp") == {"offer": ArmCounts(1.0, 1.0)}
     assert len(store.learning_events("", 100)) == 1
     profile = store.get_profile("u1")
-    assert profile is not None and len(profile.contacts["offer"]) == 1
+    assert profile is not None and len(contact_entries(profile.contacts["offer"])) == 1
 
 
 def test_a_failed_change_stores_nothing_and_the_key_stays_free(store: Store) -> None:

@@ -14,6 +14,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from dsl.diagnostics import Diagnostic
 from dsl.vocabulary import ReasonKind
+from engine.decide.contacts import contact_entries
 from engine.decide.decision import ActionTrace, Decision, RankedAction, Reason, RecommendedItem
 from engine.experiments.posteriors import BetaPosterior, NormalGammaPosterior, Posterior
 from engine.experiments.report import ArmReport, ExperimentReport, SampleRatio
@@ -257,12 +258,13 @@ def _profile_message(profile: Profile, now: float,
             count_30d=int(count_within(stats, now, 30 * 86400.0)),
         ))
     for action_id, history in sorted(profile.contacts.items()):
-        outcomes = [outcome for _, outcome, _ in history]
+        entries = contact_entries(history)
+        outcomes = [outcome for _, outcome, _ in entries]
         message.contacts.append(pb.ContactAggregate(
             action_id=action_id,
             impressions=outcomes.count("impression"), clicks=outcomes.count("click"),
             conversions=outcomes.count("conversion"), dismissals=outcomes.count("dismiss"),
-            last_at=timestamp(history[-1][0]) if history else None,
+            last_at=timestamp(entries[-1][0]) if entries else None,
         ))
     for at, item_id, event in profile.items:
         message.items.append(pb.ItemInteraction(item_id=item_id, event=event,
