@@ -284,9 +284,13 @@ def decode_profile(data: bytes, field: str = "user_id") -> Profile:
 
 def _consistent(log: ContactLog) -> bool:
     """Whether every contact has a time and a code of a kind (at most 255 kinds)."""
-    n = len(log.codes)
-    return (len(log.times) == 8 * n and len(log.kinds) < 256
-            and (n == 0 or max(log.codes) < len(log.kinds)))
+    return (len(log.times) == 8 * len(log.codes) and len(log.kinds) < 256
+            and not log.codes.translate(None, _CODES_BELOW[len(log.kinds)]))
+
+
+_CODES_BELOW = [bytes(range(n)) for n in range(256)]
+"""The codes of ``n`` kinds (what must be left of a log's codes once they are deleted:
+nothing)."""
 
 
 def _twin(struct: type[msgspec.Struct], name: str, *, array_like: bool, **types: Any) -> Any:

@@ -387,6 +387,7 @@ class OldEventStats(msgspec.Struct, omit_defaults=True):  # (as before session 1
 class OldProfile(msgspec.Struct, omit_defaults=True):
     user_id: str
     events: dict[str, OldEventStats] = {}
+    contacts: dict[str, list[tuple[float, str, str]]] = {}
 
 
 def test_profile_layouts_across_a_rolling_upgrade() -> None:
@@ -400,6 +401,8 @@ def test_profile_layouts_across_a_rolling_upgrade() -> None:
         p = None
         for k in range(5):
             p = record_event(p, "u", "purchase", 10.0 + k, NOW - k * 3600, {}, layout)
+            p = record_contact(p, "u", "offer", ("impression", "click")[k % 2],
+                               NOW - k * 3600, "web", layout)
         return p
 
     packed, pairs = history(PACKED), history(PAIRS)
@@ -416,6 +419,16 @@ def test_profile_layouts_across_a_rolling_upgrade() -> None:
     extended = record_event(again, "u", "purchase", 1.0, NOW, {})
     assert isinstance(extended.events["purchase"].recent, bytes)
     assert len(recent_events(extended.events["purchase"])) == 6
+    # the contact history the same way (session 18 packed it)
+    assert old.contacts["offer"] == contact_entries(packed.contacts["offer"])
+    assert contact_entries(again.contacts["offer"]) == old.contacts["offer"]
+    contacted = record_contact(again, "u", "offer", "impression", NOW, "web")
+    assert isinstance(contacted.contacts["offer"], ContactLog)
+    assert contact_entries(contacted.contacts["offer"]) == [*old.contacts["offer"],
+                                                              (NOW, "impression", "web")]
+    with pytest.raises(msgspec.ValidationError):  # (the events alone would fail it too)
+        msgspec.msgpack.decode(encode(msgspec.structs.replace(packed, events={})),
+                               type=OldProfile)
 
 
 def test_a_packed_history_of_the_wrong_length_is_a_corrupt_profile() -> None:
@@ -428,3 +441,14 @@ def test_a_packed_history_of_the_wrong_length_is_a_corrupt_profile() -> None:
     bad = Profile(user_id="u", events={"visit": EventStats(count=1, recent=b"\0" * 12)})
     with pytest.raises(CorruptRecord, match=r"events\.visit\.recent"):
         decode_profile(encode(bad))
+    times = b"\0" * 16
+    for codes, kinds in ((b"\0\0", []), (b"\0\1", [("impression", "web")]),
+                         (b"\0", [("impression", "web")]),
+                         (b"\0\0", [("impression", str(k)) for k in range(256)])):
+        bad = Profile(user_id="u", contacts={"offer": ContactLog(times, codes, kinds)})
+        with pytest.raises(CorruptRecord, match=r"contacts\.offer"):
+            decode_profile(encode(bad))
+    good = Profile(user_id="u", contacts={"offer": ContactLog(times, b"\0\1", [
+        ("impression", "web"), ("click", "web")])})
+    assert contact_entries(decode_profile(encode(good)).contacts["offer"]) == [
+        (0.0, "impression", "web"), (0.0, "click", "web")]

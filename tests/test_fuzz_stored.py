@@ -20,10 +20,12 @@ from adapters.decision_log import JsonlDecisionLog, iter_log
 from adapters.redis_store import RedisStore
 from dsl.loader import load_path
 from engine.cli.app import main
+from engine.decide.contacts import contact_entries, last_contact, outcomes_within
 from engine.feature_names import FeatureNameSets
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.profiles import record_contact, record_event
 from engine.records import (
     RECORD_LAYOUTS,
     CorruptRecord,
@@ -31,6 +33,8 @@ from engine.records import (
     MissingFeatureNames,
     ShownAction,
     decode_decision,
+    decode_profile,
+    encode,
     encode_compact_decision,
     encode_decision,
 )
@@ -223,3 +227,27 @@ def test_a_damaged_record_in_either_layout_is_corrupt_never_a_crash(
         pass
     else:
         assert isinstance(decoded, DecisionRecord)
+
+
+@FUZZ
+@given(damage=DAMAGE)
+def test_a_damaged_packed_profile_is_corrupt_or_reads_never_a_crash(damage: Damage) -> None:
+    """A profile with packed event and contact histories, damaged: it decodes to a
+    profile every contact policy and writer can read, or raises CorruptRecord (degraded,
+    DATA_LOSS), never an exception inside a decision."""
+    profile = None
+    for k in range(6):
+        profile = record_event(profile, "ann", "visit", 1.0, 100.0 + k, {})
+        profile = record_contact(profile, "ann", "offer", ("impression", "click")[k % 2],
+                                 100.0 + k, ("web", "email")[k % 3 == 0])
+    assert profile is not None
+    try:
+        decoded = decode_profile(damage(encode(profile)))
+    except CorruptRecord as err:
+        assert err.field == "user_id"
+        return
+    for action_id, history in decoded.contacts.items():
+        contact_entries(history)
+        last_contact(decoded, action_id, "click")
+        outcomes_within(decoded, (action_id,), 200.0, 150.0, "impression", "web")
+        record_contact(decoded, "ann", action_id, "impression", 106.0, "web")

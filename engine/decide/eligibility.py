@@ -64,7 +64,8 @@ def check_eligibility(ruleset: Ruleset, action: Action, req: DecideInput, facts:
         if blocked is not False:  # unknown blocks too: never show on missing data
             return None
     value = _value(action, args, tracer)
-    if value is None or not contact_policies_allow(ruleset, action, req, profile, tracer):
+    if value is None or not contact_policies_allow(ruleset, action, req, profile, tracer,
+                                                   facts.shared_counts):
         return None
     if action.recommend is not None and not recommended_items(action, facts, tracer):
         return None
@@ -151,19 +152,22 @@ def _value(action: Action, args: tuple[Any, ...], tracer: Tracer) -> float | Non
 
 
 def contact_policies_allow(ruleset: Ruleset, action: Action, req: DecideInput,
-                           profile: Profile | None, tracer: Tracer) -> bool:
+                           profile: Profile | None, tracer: Tracer,
+                           counted: dict[str, int] | None = None) -> bool:
     """The action's cap, cooldown and suppression, its group's cap, the channel's cap.
 
     All are counted from the profile's contact history (outcomes reported with
-    Feedback); every check that applies is traced.
+    Feedback); every check that applies is traced. A group's or the channel's count is
+    the same for every action of the decision: ``counted`` keeps it (per decision).
     """
+    counted = {} if counted is None else counted
     if not tracer.enabled:
-        return _allowed(ruleset, action, req, profile)
+        return _allowed(ruleset, action, req, profile, counted)
     checks: list[Check] = []
     if action.cap is not None or action.cooldown is not None or action.suppress is not None:
         _action_limits(checks, action, req, profile)
     if action.group is not None or req.channel in ruleset.channel_caps:
-        _shared_limits(checks, ruleset, action, req, profile)
+        _shared_limits(checks, ruleset, action, req, profile, counted)
     allowed = True
     for name, ok, detail, location in checks:
         tracer.check(action.id, Reason(CAP, name, ok, detail, str(location)))
@@ -171,8 +175,8 @@ def contact_policies_allow(ruleset: Ruleset, action: Action, req: DecideInput,
     return allowed
 
 
-def _allowed(ruleset: Ruleset, action: Action, req: DecideInput, profile: Profile | None
-             ) -> bool:
+def _allowed(ruleset: Ruleset, action: Action, req: DecideInput, profile: Profile | None,
+             counted: dict[str, int]) -> bool:
     """:func:`contact_policies_allow` untraced: the checks in the same order, the first
     that fails ends it, nothing described."""
     now = req.now
@@ -188,14 +192,35 @@ def _allowed(ruleset: Ruleset, action: Action, req: DecideInput, profile: Profil
                                             rule.outcome) >= rule.count:
         return False
     group_cap = ruleset.group_caps.get(action.group) if action.group else None
-    if group_cap is not None and action.group is not None and outcomes_within(
-            profile, ruleset.groups[action.group], now,
-            group_cap.window_seconds) >= group_cap.limit:
+    if group_cap is not None and action.group is not None and _group_count(
+            counted, ruleset, action.group, profile, now) >= group_cap.limit:
         return False
     channel_cap = ruleset.channel_caps.get(req.channel)
-    return channel_cap is None or outcomes_within(
-        profile, profile.contacts if profile else (), now, channel_cap.window_seconds,
-        channel=req.channel) < channel_cap.limit
+    return channel_cap is None or _channel_count(
+        counted, ruleset, req.channel, profile, now) < channel_cap.limit
+
+
+def _group_count(counted: dict[str, int], ruleset: Ruleset, group: str,
+                 profile: Profile | None, now: float) -> int:
+    """Impressions of the group's actions in its cap's window (once per decision)."""
+    key = "group\x1f" + group
+    found = counted.get(key)
+    if found is None:
+        found = counted[key] = outcomes_within(profile, ruleset.groups[group], now,
+                                               ruleset.group_caps[group].window_seconds)
+    return found
+
+
+def _channel_count(counted: dict[str, int], ruleset: Ruleset, channel: str,
+                   profile: Profile | None, now: float) -> int:
+    """Impressions on the channel in its cap's window (once per decision)."""
+    key = "channel\x1f" + channel
+    found = counted.get(key)
+    if found is None:
+        found = counted[key] = outcomes_within(
+            profile, profile.contacts if profile else (), now,
+            ruleset.channel_caps[channel].window_seconds, channel=channel)
+    return found
 
 
 def _action_limits(checks: list[Check], action: Action, req: DecideInput,
@@ -221,19 +246,17 @@ def _action_limits(checks: list[Check], action: Action, req: DecideInput,
 
 
 def _shared_limits(checks: list[Check], ruleset: Ruleset, action: Action, req: DecideInput,
-                   profile: Profile | None) -> None:
+                   profile: Profile | None, counted: dict[str, int]) -> None:
     """The caps the action shares: its group's and the channel's."""
     now = req.now
     group_cap = ruleset.group_caps.get(action.group) if action.group else None
     if group_cap is not None and action.group is not None:
-        shown = outcomes_within(profile, ruleset.groups[action.group], now,
-                                group_cap.window_seconds)
+        shown = _group_count(counted, ruleset, action.group, profile, now)
         checks.append((f"group {action.group}", shown < group_cap.limit,
                        f"{shown} impressions in the group, {group_cap.text}", group_cap.pos))
     channel_cap = ruleset.channel_caps.get(req.channel)
     if channel_cap is not None:
-        shown = outcomes_within(profile, profile.contacts if profile else (), now,
-                                channel_cap.window_seconds, channel=req.channel)
+        shown = _channel_count(counted, ruleset, req.channel, profile, now)
         checks.append((f"channel {req.channel}", shown < channel_cap.limit,
                        f"{shown} impressions on {req.channel}, {channel_cap.text}",
                        channel_cap.pos))

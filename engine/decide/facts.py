@@ -35,6 +35,8 @@ class Facts:
     profile: Profile | None = None
     user_key: str = ""
     recommended: dict[str, Any] = field(default_factory=dict)
+    # a group's or the channel's contacts in its cap's window (engine.decide.eligibility)
+    shared_counts: dict[str, int] = field(default_factory=dict)
     _args: tuple[Any, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
