@@ -71,8 +71,14 @@ def main() -> None:
     for _ in range(100):
         arb.store.get_profile("heavy")
     decode = (time.perf_counter() - started) / 100 * 1e6
+    action_id = next(iter(arb.ruleset.actions))
+    started = time.perf_counter()
+    for k in range(100):  # (as Feedback does: read, change, write back)
+        arb.store.update_profile("heavy", lambda p, t=now + k: record_contact(
+            p, "heavy", action_id, "impression", t, "web"))
+    contact = (time.perf_counter() - started) / 100 * 1e6
     print(f"heavy profile: {len(msgspec.msgpack.encode(profile)):,} bytes stored, "
-          f"read and decoded in {decode:.0f} µs")
+          f"read and decoded in {decode:.0f} µs, a contact recorded in {contact:.0f} µs")
 
 
 if __name__ == "__main__":

@@ -160,14 +160,14 @@ def contact_policies_allow(ruleset: Ruleset, action: Action, req: DecideInput,
     Feedback); every check that applies is traced. A group's or the channel's count is
     the same for every action of the decision: ``counted`` keeps it (per decision).
     """
-    counted = {} if counted is None else counted
     if not tracer.enabled:
-        return _allowed(ruleset, action, req, profile, counted)
+        return _allowed(ruleset, action, req, profile, {} if counted is None else counted)
     checks: list[Check] = []
     if action.cap is not None or action.cooldown is not None or action.suppress is not None:
         _action_limits(checks, action, req, profile)
     if action.group is not None or req.channel in ruleset.channel_caps:
-        _shared_limits(checks, ruleset, action, req, profile, counted)
+        _shared_limits(checks, ruleset, action, req, profile,
+                       {} if counted is None else counted)
     allowed = True
     for name, ok, detail, location in checks:
         tracer.check(action.id, Reason(CAP, name, ok, detail, str(location)))
@@ -203,6 +203,8 @@ def _allowed(ruleset: Ruleset, action: Action, req: DecideInput, profile: Profil
 def _group_count(counted: dict[str, int], ruleset: Ruleset, group: str,
                  profile: Profile | None, now: float) -> int:
     """Impressions of the group's actions in its cap's window (once per decision)."""
+    if profile is None or not profile.contacts:
+        return 0
     key = "group\x1f" + group
     found = counted.get(key)
     if found is None:
@@ -214,12 +216,14 @@ def _group_count(counted: dict[str, int], ruleset: Ruleset, group: str,
 def _channel_count(counted: dict[str, int], ruleset: Ruleset, channel: str,
                    profile: Profile | None, now: float) -> int:
     """Impressions on the channel in its cap's window (once per decision)."""
+    if profile is None or not profile.contacts:
+        return 0
     key = "channel\x1f" + channel
     found = counted.get(key)
     if found is None:
         found = counted[key] = outcomes_within(
-            profile, profile.contacts if profile else (), now,
-            ruleset.channel_caps[channel].window_seconds, channel=channel)
+            profile, profile.contacts, now, ruleset.channel_caps[channel].window_seconds,
+            channel=channel)
     return found
 
 
