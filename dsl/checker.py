@@ -24,9 +24,11 @@ from dsl.schema import (
 )
 from dsl.units import date_seconds
 from dsl.vocabulary import (
+    CONTACT_RETENTION_SECONDS,
     EVENT_RETENTION_SECONDS,
     FEATURE_TYPES,
     LEARNERS,
+    MAX_CONTACTS_PER_ACTION,
     MAX_MODEL_VOCABULARY,
     MODEL_PER,
     REWARD_OUTCOMES,
@@ -385,14 +387,24 @@ class Checker:
             self.error("'weight' must not be negative", pos.get("weight", action.pos))
         if action.prior is not None and not 0.0 < action.prior < 1.0:
             self.error("'prior' is a propensity: between 0 and 1 exclusive", pos["prior"])
-        if action.cap is not None and action.cap.limit < 1:
-            self.error("a cap must allow at least 1 impression", action.cap.pos)
+        if action.cap is not None:
+            if action.cap.limit < 1:
+                self.error("a cap must allow at least 1 impression", action.cap.pos)
+            self._contact_count(action.cap.limit, "a cap counts", action.cap.pos)
+            self._contact_window(action.cap.window_seconds, "a cap", action.cap.pos)
+        if action.cooldown is not None:
+            self._contact_window(float(action.cooldown.value),  # type: ignore[arg-type]
+                                 "a cooldown", action.cooldown.pos)
         if action.suppress is not None:
             if action.suppress.outcome not in ("impression", "click", "conversion", "dismiss"):
                 self.error(f"unknown outcome '{action.suppress.outcome}': use impression, "
                            "click, conversion or dismiss", action.suppress.pos)
             if action.suppress.count < 1:
                 self.error("suppress after at least 1 outcome", action.suppress.pos)
+            self._contact_count(action.suppress.count, "a suppression counts",
+                                action.suppress.pos)
+            self._contact_window(float(action.suppress.window.value),  # type: ignore[arg-type]
+                                 "a suppression", action.suppress.window.pos)
         if action.items is not None:
             self._check_recommend(action.items, refs)
         self._recommending = action.items is not None
@@ -443,6 +455,20 @@ class Checker:
             seen[key] = rule
             if rule.limit < 1:
                 self.error("a policy must allow at least 1 contact", rule.pos)
+            self._contact_window(float(rule.window.value),  # type: ignore[arg-type]
+                                 "a policy", rule.window.pos)
+
+    def _contact_window(self, seconds: float, what: str, pos: ast.Pos) -> None:
+        """A window longer than the contact history kept would count too little, silently."""
+        if seconds > CONTACT_RETENTION_SECONDS:
+            self.error(f"{what} looks back at most {CONTACT_RETENTION_SECONDS / 86400:g}d "
+                       "(the contact history a profile keeps)", pos)
+
+    def _contact_count(self, limit: int, what: str, pos: ast.Pos) -> None:
+        """A limit above the contacts kept per action could never be reached."""
+        if limit > MAX_CONTACTS_PER_ACTION:
+            self.error(f"{what} at most {MAX_CONTACTS_PER_ACTION} contacts (the newest a "
+                       "profile keeps per action)", pos)
 
     def _check_window(self, action: ast.ActionDef) -> None:
         bounds = {}

@@ -32,6 +32,13 @@ EVENT_RETENTION_SECONDS = 90 * 86400.0
 """How far back a profile keeps each event type's timestamps: the longest ``within``
 window a rule may use (all-time counts, totals, first and last stay exact)."""
 
+CONTACT_RETENTION_SECONDS = 366 * 86400.0
+"""How far back a profile keeps an action's contacts (impressions, clicks, ...): the
+longest window a cap, cooldown, suppression or policy may use."""
+MAX_CONTACTS_PER_ACTION = 200
+"""The newest contacts a profile keeps per action: the most a cap or a suppression may
+count."""
+
 LEARNERS = ("logistic", "adpredictor", "tree")
 """``learner:`` values of a ``model`` block (each has a factory in engine.learning.registry)."""
 MODEL_PER = ("action", "placement")

@@ -10,11 +10,17 @@ MULTI in Redis), so the aggregation rules live in one place.
 
 from __future__ import annotations
 
+import math
+import struct
 from array import array
 from bisect import bisect_left, bisect_right, insort
 from collections.abc import Mapping
 
-from dsl.vocabulary import EVENT_RETENTION_SECONDS
+from dsl.vocabulary import (
+    CONTACT_RETENTION_SECONDS,
+    EVENT_RETENTION_SECONDS,
+    MAX_CONTACTS_PER_ACTION,
+)
 from engine.decide.send_time import hour_of_week
 from engine.records import (
     AttrValue,
@@ -32,9 +38,9 @@ MAX_ITEM_HISTORY = 100
 """The newest item interactions a profile keeps (recommendation seeds, exclusions)."""
 HISTORY_SEEDS = 10
 """Distinct recent items a new interaction is learnt with (co-occurrence)."""
-MAX_CONTACTS_PER_ACTION = 200
-CONTACT_RETENTION_SECONDS = 180 * 86400.0
 
+
+_FLOAT64 = struct.Struct("d")
 
 ENGAGEMENTS = frozenset({"click", "conversion"})
 """Feedback outcomes that count as engagement for send-time optimisation (every
@@ -173,11 +179,22 @@ def record_contact(profile: Profile | None, user_id: str, action_id: str, outcom
     profile = profile if profile is not None else Profile(user_id=user_id)
     if outcome in ENGAGEMENTS:
         _engaged(profile, at)
-    profile.contacts[action_id] = _with_contact(
-        profile.contacts.get(action_id, []), at, (outcome, channel),
-        at - CONTACT_RETENTION_SECONDS, layout)
+    horizon = at - CONTACT_RETENTION_SECONDS
+    contacts = profile.contacts
+    contacts[action_id] = _with_contact(contacts.get(action_id, []), at, (outcome, channel),
+                                        horizon, layout)
+    for stale in [a for a, history in contacts.items() if _newest(history) < horizon]:
+        del contacts[stale]  # (an action not shown for longer than is kept: a past campaign)
     profile.version += 1
     return profile
+
+
+def _newest(history: ContactHistory) -> float:
+    """When the action's newest contact happened (-inf without any)."""
+    if isinstance(history, ContactLog):
+        times = history.times
+        return _FLOAT64.unpack_from(times, len(times) - 8)[0] if times else -math.inf
+    return history[-1][0] if history else -math.inf
 
 
 def _with_contact(history: ContactHistory, at: float, kind: tuple[str, str],
