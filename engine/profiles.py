@@ -34,6 +34,9 @@ from engine.records import (
 MAX_RECENT_EVENTS = 1000
 """Per event type, the newest timestamps kept for windowed counts and sums."""
 """Windowed counts look back at most this far; all-time counts and totals are exact."""
+MAX_EVENT_TYPES = 256
+"""Event types a profile keeps (a ruleset that declares ``events:`` accepts only those;
+one that does not accepts any name): the one seen least recently makes room."""
 MAX_ITEM_HISTORY = 100
 """The newest item interactions a profile keeps (recommendation seeds, exclusions)."""
 HISTORY_SEEDS = 10
@@ -118,9 +121,12 @@ def record_event(
     """The profile after one behavioural event (and any traits sent with it); its event
     history written in ``layout`` (:data:`PROFILE_LAYOUTS`)."""
     profile = profile if profile is not None else Profile(user_id=user_id)
-    stats = profile.events.get(event_type)
+    events = profile.events
+    stats = events.get(event_type)
     if stats is None:
-        stats = profile.events[event_type] = EventStats(first_at=at, last_at=at)
+        if len(events) >= MAX_EVENT_TYPES:
+            del events[min(events, key=lambda name: events[name].last_at)]
+        stats = events[event_type] = EventStats(first_at=at, last_at=at)
     stats.count += 1
     stats.total += value
     stats.first_at = min(stats.first_at, at)

@@ -163,6 +163,21 @@ def test_a_packed_contact_history_holds_and_counts_what_the_list_did(
                 if o == outcome and now - window < t <= now and channel in (None, c))
 
 
+def test_a_profile_keeps_a_bounded_number_of_event_types() -> None:
+    """A ruleset without ``events:`` accepts any event type: a client sending a new name
+    with every event grows no profile past MAX_EVENT_TYPES (the least recent goes)."""
+    from engine.profiles import MAX_EVENT_TYPES
+
+    p = None
+    for k in range(MAX_EVENT_TYPES + 50):
+        p = record_event(p, "u", f"type_{k}", 1.0, NOW + k, {})
+    p = record_event(p, "u", "type_60", 1.0, NOW + 1000, {})  # (seen again: kept)
+    p = record_event(p, "u", "brand_new", 1.0, NOW + 1001, {})
+    assert p is not None and len(p.events) == MAX_EVENT_TYPES
+    assert "type_60" in p.events and "brand_new" in p.events and "type_50" not in p.events
+    assert "type_49" not in p.events and "type_51" in p.events
+
+
 def test_impressions_within_window() -> None:
     p = record_contact(None, "u", "offer", "impression", NOW - 8 * 86400, "web")
     p = record_contact(p, "u", "offer", "impression", NOW - 86400, "web")
