@@ -28,19 +28,20 @@ is reopened when it was moved or removed (``logrotate`` without ``copytruncate``
 from __future__ import annotations
 
 import collections
+import heapq
 import json
 import logging
 import os
 import re
 import threading
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import msgspec
 
 from engine.ports import DecisionLogUnavailable
-from engine.records import is_log_entry
+from engine.records import is_log_entry, pseudonym
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +76,13 @@ class JsonlDecisionLog:
         self.dropped = 0
         """Lines dropped: the writer was behind by ``max_queued``, or the file could not
         be written (a full disk)."""
+        self._cursor_file = self.path.with_name(self.path.name + ".forgotten")
+        try:
+            self.forget_cursor = self._cursor_file.read_text().strip()
+        except OSError:  # (none yet)
+            self.forget_cursor = ""
+        """Where this log's erasures of users forgotten by other processes reached (kept
+        in ``FILE.forgotten`` next to the log, so a restarted process carries on)."""
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
 
@@ -168,16 +176,37 @@ class JsonlDecisionLog:
                                          f"be erased: {request.error}")
         return request.removed
 
+    def forget_pseudonyms(self, pseudonyms: Collection[str], cursor: str) -> None:
+        """Queue the erasure of every line about the users with these pseudonyms (forgotten
+        by another process sharing the store), behind the lines queued before; then keep
+        ``cursor`` in ``FILE.forgotten`` (not when the erasure failed: a restarted process
+        tries again)."""
+        self._waiting.append(_Forget(None, frozenset(pseudonyms), cursor))  # never dropped
+        self._wake.set()
+
     def _forget(self, batch: list[_Forget]) -> None:
         removed, error = 0, None
+        users = {request.user_id for request in batch if request.user_id is not None}
+        hashed = frozenset().union(*(request.pseudonyms for request in batch))
         try:
-            removed = erase_users(self.path, {request.user_id for request in batch})
+            if users or hashed:
+                removed = erase_users(self.path, users, hashed)
+            cursors = [request.cursor for request in batch if request.cursor is not None]
+            if cursors:
+                self._keep_cursor(cursors[-1])
         except Exception as err:  # the writer goes on; each caller is told
             log.exception("decision log: forgetting %d user(s) failed", len(batch))
             error = f"{type(err).__name__}: {err}"
         for request in batch:
             request.removed, request.error = removed, error
             request.done.set()
+
+    def _keep_cursor(self, cursor: str) -> None:
+        """Replace ``FILE.forgotten`` with the cursor (whole or not at all)."""
+        partial = self._cursor_file.with_name(self._cursor_file.name + ".tmp")
+        partial.write_text(cursor + "\n")
+        os.replace(partial, self._cursor_file)
+        self.forget_cursor = cursor
 
     def close(self) -> None:
         """Write everything queued, then close the file."""
@@ -193,10 +222,14 @@ class JsonlDecisionLog:
 
 
 class _Forget:
-    """A request, queued behind the writes, to erase a user's lines."""
+    """A request, queued behind the writes, to erase a user's lines (by id, or by the
+    pseudonyms another process forgot, with the cursor to keep after them)."""
 
-    def __init__(self, user_id: str) -> None:
+    def __init__(self, user_id: str | None, pseudonyms: frozenset[str] = frozenset(),
+                 cursor: str | None = None) -> None:
         self.user_id = user_id
+        self.pseudonyms = pseudonyms
+        self.cursor = cursor
         self.removed = 0
         self.error: str | None = None
         self.done = threading.Event()
@@ -206,7 +239,7 @@ _BLOCK = 1 << 20
 """Bytes of the decision log read at a time when erasing users' lines."""
 
 
-def _field_in(key: str, values: set[bytes]) -> re.Pattern[bytes]:
+def _field_in(key: str, values: set[bytes], any_value: bool = False) -> re.Pattern[bytes]:
     """What finds a line's string field ``key`` (its JSON-escaped value the group) if it
     may be one of ``values``: the values themselves when they are few (the regex engine
     passes every other line over), else any value (looked up in the set by the caller).
@@ -214,17 +247,20 @@ def _field_in(key: str, values: set[bytes]) -> re.Pattern[bytes]:
     >>> _field_in("user_id", {b"ann"}).search(b'{"kind":"x","user_id" : "ann"}').group(1)
     b'ann'
     """
-    if len(values) > 64:
+    if any_value or len(values) > 64:
         value = rb'(?:[^"\\]|\\.)*'
     else:
         value = b"|".join(re.escape(v) for v in sorted(values))
     return re.compile(rb'"' + key.encode() + rb'"\s*:\s*"(' + value + rb')"')
 
 
-def erase_users(path: Path, user_ids: str | Collection[str]) -> int:
-    """Blank, in place, every line of the log about the users: their decisions and the
-    outcomes that refer to them (each line's bytes overwritten with spaces, its newline
-    kept, then synced; readers skip blank lines). Returns how many lines were erased.
+def erase_users(path: Path, user_ids: str | Collection[str],
+                pseudonyms: Collection[str] = ()) -> int:
+    """Blank, in place, every line of the log about the users (named by id, or by
+    :func:`~engine.records.pseudonym` when another process forgot them): their decisions
+    and outcomes, and the outcomes that refer to their decisions (each line's bytes
+    overwritten with spaces, its newline kept, then synced; readers skip blank lines).
+    Returns how many lines were erased.
 
     One pass over the file's bytes, a block at a time, nothing rewritten but the erased
     lines: the regex engine finds the lines whose ``user_id`` is one of theirs (each
@@ -241,14 +277,39 @@ def erase_users(path: Path, user_ids: str | Collection[str]) -> int:
     >>> erase_users(log, "ann"), [json.loads(line)["decision_id"] for line in log.open()
     ...                           if line.strip()]
     (2, ['d2'])
+    >>> erase_users(log, (), {pseudonym("bob")}), log.read_text().strip()
+    (1, '')
     """
     users = {user_ids} if isinstance(user_ids, str) else set(user_ids)
-    if not users:
+    hashed = set(pseudonyms)
+    if not users and not hashed:
         return 0
     # as lines spell them: escaped to ASCII (json.dumps, before session 17) or UTF-8
     ids = {spelt for user in users for spelt in (json.dumps(user)[1:-1].encode(),
                                                  msgspec.json.encode(user)[1:-1])}
-    mentions = _field_in("user_id", ids)
+    mentions = _field_in("user_id", ids, any_value=bool(hashed))
+    spelt_hashed: dict[bytes, bool] = {}  # a spelling seen -> its pseudonym is forgotten
+
+    def wanted(spelt: bytes) -> bool:
+        if spelt in ids:
+            return True
+        if not hashed:
+            return False
+        found = spelt_hashed.get(spelt)
+        if found is None:
+            if len(spelt_hashed) >= 100_000:  # (bounded, however many users the file has)
+                spelt_hashed.clear()
+            try:
+                user = json.loads(b'"' + spelt + b'"')
+            except ValueError:
+                user = None
+            found = spelt_hashed[spelt] = (isinstance(user, str)
+                                           and pseudonym(user) in hashed)
+        return found
+
+    def theirs(user: object) -> bool:
+        return user in users or (isinstance(user, str) and pseudonym(user) in hashed)
+
     decisions: set[bytes] = set()
     outcomes: re.Pattern[bytes] | None = None  # a line that refers to one of those
     erase: dict[int, int] = {}  # offset -> length of each line to blank
@@ -264,7 +325,7 @@ def erase_users(path: Path, user_ids: str | Collection[str]) -> int:
             line_start = -1
             for found in mentions.finditer(data, 0, end):
                 start = data.rfind(b"\n", 0, found.start()) + 1
-                if start == line_start or found.group(1) not in ids:  # (twice in a line)
+                if start == line_start or not wanted(found.group(1)):  # (twice in a line)
                     continue
                 line_start = start
                 stop = data.find(b"\n", found.end(), end) + 1 or end
@@ -272,7 +333,7 @@ def erase_users(path: Path, user_ids: str | Collection[str]) -> int:
                     entry = json.loads(data[start:stop])
                 except (ValueError, RecursionError):  # not JSON, or not UTF-8
                     continue
-                if isinstance(entry, dict) and entry.get("user_id") in users:
+                if isinstance(entry, dict) and theirs(entry.get("user_id")):
                     erase[base + start] = stop - start
                     if isinstance(entry.get("decision_id"), str):
                         decisions.update((json.dumps(entry["decision_id"])[1:-1].encode(),
@@ -317,6 +378,20 @@ def iter_log(path: str | Path) -> Iterator[dict[str, Any]]:
                 skipped += 1
     if skipped:
         log.warning("decision log %s: %d damaged line(s) skipped", path, skipped)
+
+
+def iter_logs(paths: Sequence[str | Path]) -> Iterator[dict[str, Any]]:
+    """The entries of several logs (one per serving process: a decision's outcomes may
+    be in another file than the decision) merged by their time ``at``, each file read
+    in the order it was written (nearly time order)."""
+    if len(paths) == 1:
+        return iter_log(paths[0])
+    return heapq.merge(*(iter_log(path) for path in paths), key=_entry_time)
+
+
+def _entry_time(entry: dict[str, Any]) -> float:
+    at = entry.get("at")
+    return float(at) if isinstance(at, int | float) else 0.0
 
 
 def read_log(path: str | Path) -> list[dict[str, Any]]:

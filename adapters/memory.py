@@ -176,6 +176,10 @@ class MemoryStore:
             self._append(None, LearningEvent("", "", FORGET, now, now, user=pseudonym(user_id)))
             return deleted
 
+    def forgotten_since(self, cursor: str, limit: int = 1000) -> tuple[list[str], str]:
+        """None: this store is one process's, whose own forgets are done as they come."""
+        return [], cursor
+
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
         with self._lock:
             now = self.clock()

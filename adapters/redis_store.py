@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import functools
 import re
+import secrets
 import time
 from collections.abc import Callable, Iterable, Mapping
 from threading import Lock
@@ -138,6 +139,9 @@ CONSUMER_TTL = 86400.0
 """Seconds after which a consumer that stopped checkpointing no longer holds the log."""
 TRIM_BATCH = 100_000
 """Learning-log entries one XTRIM drops at most (a few ms of Redis's time)."""
+FORGOTTEN_KEPT = 100_000
+"""Forgotten users (pseudonyms) the ``forgotten`` stream keeps for the other processes'
+decision logs: one down for longer than this many forgets misses the oldest."""
 T = TypeVar("T")
 DEFAULT_CACHE_TTL = 1.0
 DEFAULT_CACHE_SIZE = 100_000
@@ -286,6 +290,7 @@ class RedisStore:
         check_namespace(namespace)
         self.ns = f"{{{namespace}}}" if parse_cluster_url(url) is not None else namespace
         self.ns_bytes = self.ns.encode()
+        self._token = secrets.token_hex(8)  # this store's forgets (forgotten_since)
         self.redis = sync_client(url, self.ns, socket_timeout=5, socket_connect_timeout=5,
                                  health_check_interval=30)
         # Decide's reads and its record: a stalled Redis must not hold an answer for long
@@ -461,6 +466,9 @@ class RedisStore:
             now = time.time()  # the recommender drops what it learnt of them too
             self.queue_log_entry(pipe, None, LearningEvent("", "", FORGET, now, now,
                                                       user=pseudonym(user_id)))
+            # and every process's decision log (engine.service.Arbiter.sync)
+            pipe.xadd(f"{self.ns}:forgotten", {"u": pseudonym(user_id), "by": self._token},
+                      maxlen=FORGOTTEN_KEPT, approximate=True)
 
         replies = cast(list[Any], self.redis.transaction(transaction, *indexes))
         self._remember(user_id, None)
@@ -593,6 +601,21 @@ class RedisStore:
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
         raw = cast(dict[bytes, bytes], self.fast.hgetall(self._k("arms", experiment)))
         return counts_from_fields({name.decode(): float(value) for name, value in raw.items()})
+
+    def forgotten_since(self, cursor: str, limit: int = 1000) -> tuple[list[str], str]:
+        """Pseudonyms of the users other processes forgot after ``cursor`` (oldest first,
+        at most ``limit``), and the cursor after them; ``""``: none, the cursor now."""
+        key = f"{self.ns}:forgotten"
+        if not cursor:
+            newest = cast(list[tuple[bytes, Any]], self.redis.xrevrange(key, count=1))
+            return [], newest[0][0].decode() if newest else "0-0"
+        entries = cast(list[tuple[bytes, dict[bytes, bytes]]],
+                       self.redis.xrange(key, min=f"({cursor}", max="+", count=limit))
+        if not entries:
+            return [], cursor
+        return ([fields[b"u"].decode() for _, fields in entries
+                 if fields.get(b"by", b"").decode() != self._token and b"u" in fields],
+                entries[-1][0].decode())
 
     # ---- learning log and model snapshots ----------------------------------------------
     def learning_events(self, after: str, limit: int

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any, Protocol
 
 import msgspec
@@ -26,6 +26,15 @@ class DecisionLog(Protocol):
         """Remove every entry about the user (ForgetProfile); returns how many. Raises
         :class:`~engine.ports.DecisionLogUnavailable` when they could not be removed,
         TimeoutError when it took too long."""
+        ...
+
+    forget_cursor: str
+    """Where in the store's forgotten users (:meth:`~engine.ports.Store.forgotten_since`)
+    this log's erasures reached, as kept with the log ("" when it never followed them)."""
+
+    def forget_pseudonyms(self, pseudonyms: Collection[str], cursor: str) -> None:
+        """Queue the erasure of every entry about the users with these pseudonyms (forgotten
+        by another process), then keep ``cursor`` as :attr:`forget_cursor`."""
         ...
 
     def close(self) -> None: ...
@@ -69,8 +78,10 @@ def decision_entry(ruleset: Ruleset, decision: Decision, context: Mapping[str, A
     }
 
 
-def outcome_entry(event: LearningEvent) -> dict[str, Any]:
-    entry = {"kind": "outcome", "decision_id": event.decision_id,
+def outcome_entry(event: LearningEvent, user_id: str) -> dict[str, Any]:
+    """An acknowledged outcome, with its decision's user (so that ForgetProfile finds it in
+    any process's log, not only in the one that logged the decision)."""
+    entry = {"kind": "outcome", "decision_id": event.decision_id, "user_id": user_id,
              "action_id": event.action_id, "outcome": event.outcome, "value": event.value,
              "at": event.at}
     if event.item_id:

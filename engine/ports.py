@@ -115,6 +115,13 @@ class Store(LearningLog, Protocol):
         and log a :data:`~engine.records.FORGET` entry for the recommender."""
         ...
 
+    def forgotten_since(self, cursor: str, limit: int = 1000) -> tuple[list[str], str]:
+        """Pseudonyms (:func:`~engine.records.pseudonym`) of the users that other processes
+        sharing the store forgot after ``cursor``, oldest first (at most ``limit``), and
+        the cursor after them; ``cursor`` ``""``: none, and the cursor now. What each
+        process's decision log erases (:meth:`engine.service.Arbiter.sync`)."""
+        ...
+
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         """Upsert encoded catalogue items and remove others (shared by replicas);
         returns the catalogue's new version."""

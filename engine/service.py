@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -68,6 +69,10 @@ log = logging.getLogger(__name__)
 throttled = ThrottledLog(log)  # an outage's repeated warnings, one line per 10 s
 
 
+FORGOTTEN_GATHER_SECONDS = 10.0
+"""How often :meth:`Arbiter.sync` looks for users other processes forgot: their erasure
+from this process's decision log (a pass over the file) is shared by what gathered."""
+
 _ID_BITS = random.Random()  # seeded from os.urandom; private, so nothing reseeds it
 
 
@@ -120,6 +125,8 @@ class Arbiter:
         self.clock = clock
         self.attribution_window = attribution_window
         self.decision_log = decision_log
+        self._forgotten_cursor: str | None = None  # (erase_forgotten_elsewhere)
+        self._forgotten_due = time.monotonic() + FORGOTTEN_GATHER_SECONDS
         self.sampler = ThompsonSampler(seed)
         self.models = PropensityModels()
         self.recommender = Recommender()
@@ -146,6 +153,10 @@ class Arbiter:
                         "customers (degraded) until it answers", err)
         self._sync_population()
         self.catalogue_keeper.sync()
+        # from here on, what other processes forget reaches this decision log (when the
+        # store is unreachable, sync() takes it up once it answers)
+        with contextlib.suppress(StoreUnavailable):
+            self.erase_forgotten_elsewhere()
 
     # ---- ruleset ------------------------------------------------------------------
     @property
@@ -347,7 +358,8 @@ class Arbiter:
         if fb.outcome in ENGAGEMENTS:
             self.population.add(fb.at)
         if self.decision_log is not None:
-            self.decision_log.write(outcome_entry(commit.effects.event))
+            self.decision_log.write(outcome_entry(commit.effects.event,
+                                                  commit.effects.decision.user_id))
         self.feedback_logged.set()  # the background learner picks it up
         return {e for e, _ in commit.effects.arm_increments}
 
@@ -372,7 +384,23 @@ class Arbiter:
             self.experiments.refresh(self._ruleset.experiments)
         self._sync_population()
         self.catalogue_keeper.sync()
+        if time.monotonic() >= self._forgotten_due:
+            self._forgotten_due = time.monotonic() + FORGOTTEN_GATHER_SECONDS
+            self.erase_forgotten_elsewhere()
         return self.learn()
+
+    def erase_forgotten_elsewhere(self) -> None:
+        """Queue the erasure, from this process's decision log, of the users that other
+        processes forgot since the last call (or since the log last followed them)."""
+        if self.decision_log is None:
+            return
+        cursor = self._forgotten_cursor
+        if cursor is None:
+            cursor = self.decision_log.forget_cursor
+        pseudonyms, after = self.store.forgotten_since(cursor)
+        if after != cursor:
+            self.decision_log.forget_pseudonyms(pseudonyms, after)
+        self._forgotten_cursor = after
 
     # ---- catalogue ----------------------------------------------------------------
     @property

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -9,6 +12,7 @@ import redis
 from adapters.decision_log import JsonlDecisionLog
 from adapters.redis_store import RedisStore
 from dsl.ruleset import Ruleset
+from engine.records import pseudonym
 from engine.service import Arbiter
 
 KEY = b"snapshot key"
@@ -68,3 +72,63 @@ def test_forget_leaves_nothing_in_the_store_streams_snapshots_or_logs(
     for trace in ("kim", *kept):  # nobody else was forgotten
         assert trace in log
     assert any(k.decode().endswith(":kim") for k in client.keys("*"))
+
+
+def _lines_about(path: Path, users: set[str]) -> int:
+    """Lines of the log whose user is one of ``users``."""
+    return sum(1 for line in path.read_text().splitlines()
+               if line.strip() and json.loads(line).get("user_id") in users)
+
+
+def _until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def test_a_forget_reaches_every_process_decision_log(
+        redis_url: str, retail: Ruleset, tmp_path: Path) -> None:
+    """Two serving processes (or replicas) on one Redis, each with its own decision log:
+    ForgetProfile on one erases the user's lines there at once and, on its next look at
+    the store's forgotten users, in the other's (decisions and the outcomes it logged
+    for the first one's decisions); one restarted meanwhile catches up from where its
+    log's ``.forgotten`` file says it was."""
+    first_log, second_log = tmp_path / "decisions.0.jsonl", tmp_path / "decisions.1.jsonl"
+    first = Arbiter(retail, RedisStore(redis_url), seed=1,
+                    decision_log=JsonlDecisionLog(first_log, flush_seconds=0.05))
+    second = Arbiter(retail, RedisStore(redis_url), seed=2,
+                     decision_log=JsonlDecisionLog(second_log, flush_seconds=0.05))
+    second.erase_forgotten_elsewhere()  # (following from now on: the cursor kept)
+    assert _until(lambda: second_log.with_name(second_log.name + ".forgotten").exists())
+    for user in ("gina", "kim", "lee"):
+        _activity(first, user, 2)
+        _activity(second, user, 2)
+        made_first = first.decide(user_id=user, placement="homepage_banner", channel="web")
+        second.feedback(decision_id=made_first.decision_id,  # an outcome in the other log
+                        action_id=made_first.actions[0].action_id, outcome="click")
+    assert _until(lambda: _lines_about(second_log, {"gina"}) == 2 * 3 + 1)
+    assert _lines_about(first_log, {"gina"}) == 2 * 3 + 1
+    assert first.forget("gina") > 0
+    assert _lines_about(first_log, {"gina"}) == 0  # its own: erased before the answer
+    assert _lines_about(second_log, {"gina"}) > 0
+    assert first.store.forgotten_since("0-0")[0] == []  # (its own: done already)
+    assert second.store.forgotten_since("0-0")[0] == [pseudonym("gina")]
+    first.erase_forgotten_elsewhere()
+    second.erase_forgotten_elsewhere()
+    assert _until(lambda: _lines_about(second_log, {"gina"}) == 0)
+    assert _lines_about(second_log, {"kim", "lee"}) == 2 * (2 * 3 + 1)
+    assert "gina" not in second_log.read_text()
+    # the second process stops; kim is forgotten meanwhile; it starts again on its log
+    assert second.decision_log is not None
+    second.decision_log.close()
+    first.forget("kim")
+    again = Arbiter(retail, RedisStore(redis_url), seed=2,
+                    decision_log=JsonlDecisionLog(second_log, flush_seconds=0.05))
+    again.erase_forgotten_elsewhere()
+    assert _until(lambda: _lines_about(second_log, {"kim"}) == 0)
+    assert _lines_about(second_log, {"lee"}) == 2 * 3 + 1
+    for arb in (first, again):
+        arb.close()

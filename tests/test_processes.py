@@ -100,6 +100,50 @@ def test_two_processes_share_the_port_and_the_parent_restarts_a_killed_one(
         assert not status.exists() or "zombie" in status.read_text().lower()
 
 
+def test_each_process_logs_its_decisions_and_a_forget_reaches_every_log(
+        redis_url: str, tmp_path: Path) -> None:
+    """``--processes 2 --decision-log F.jsonl``: process i writes ``F.i.jsonl``; a user
+    forgotten through either process is erased from both logs (the other's at its next
+    look at the store's forgotten users, every ~10 s); ``arbiter replay`` reads both."""
+    from engine.cli.app import main
+
+    port, metrics = free_port(), two_free_ports()
+    log = tmp_path / "decisions.jsonl"
+    proc, lines = serve_two(redis_url, port, metrics, "--decision-log", str(log))
+    logs = [tmp_path / "decisions.0.jsonl", tmp_path / "decisions.1.jsonl"]
+
+    def about(user: str) -> list[int]:
+        return [sum(1 for line in path.read_text().splitlines()
+                    if line.strip() and f'"user_id":"{user}"' in line) for path in logs]
+
+    try:
+        for i in range(40):  # (a channel each: the kernel spreads them over processes)
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=[
+                    ("grpc.use_local_subchannel_pool", 1)]) as channel:
+                stub = pb_grpc.DecisionServiceStub(channel)
+                for user in (f"u{i}", "gina"):
+                    stub.Decide(pb.DecideRequest(user_id=user, placement="homepage_banner",
+                                                 channel="web"), timeout=5)
+        deadline = time.monotonic() + 10
+        while min(about("gina")) == 0 or sum(about("gina")) < 40:  # (written every 0.5 s)
+            assert time.monotonic() < deadline, about("gina")
+            time.sleep(0.1)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            pb_grpc.DecisionServiceStub(channel).ForgetProfile(
+                pb.ForgetProfileRequest(user_id="gina"), timeout=10)
+        assert 0 in about("gina")  # the process that answered: erased before it did
+        deadline = time.monotonic() + 30
+        while about("gina") != [0, 0]:
+            assert time.monotonic() < deadline, about("gina")
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert proc.returncode == 0, "".join(lines)
+    assert sum(about("u7")) == 1 and not log.exists()
+    assert main(["replay", *map(str, logs), "--rules", str(RETAIL)]) == 0
+
+
 def test_processes_above_one_need_redis() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL),

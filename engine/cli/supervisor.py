@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 log = logging.getLogger("arbiter")
@@ -145,10 +146,11 @@ class Supervisor:
 
 def child_argvs(argv: Sequence[str], processes: int, port: int,
                 metrics_port: int | None, health_port: int | None,
-                seed: int | None) -> list[list[str]]:
+                seed: int | None, decision_log: str | None = None) -> list[list[str]]:
     """Each child's command line: the parent's, then what differs per child (later flags
     win): one process, the shared port with SO_REUSEPORT, its own metrics and health
-    ports (``PORT + index``; 0 stays 0: a free one each) and seed (``seed + index``).
+    ports (``PORT + index``; 0 stays 0: a free one each), seed (``seed + index``) and
+    decision log (:func:`process_log_path`).
 
     >>> print(" ".join(child_argvs(["serve", "--redis", "r"], 2, 7000, 9100, None, 1)[1]))
     serve --redis r --processes 1 --port 7000 --reuse-port --metrics-port 9101 --seed 2
@@ -162,8 +164,20 @@ def child_argvs(argv: Sequence[str], processes: int, port: int,
             extra += ["--health-port", str(health_port + i if health_port else 0)]
         if seed is not None:
             extra += ["--seed", str(seed + i)]
+        if decision_log:
+            extra += ["--decision-log", process_log_path(decision_log, i)]
         out.append([*argv, *extra])
     return out
+
+
+def process_log_path(path: str, index: int) -> str:
+    """The decision log of serving process ``index``: one writer per file.
+
+    >>> process_log_path("logs/decisions.jsonl", 1), process_log_path("decisions", 0)
+    ('logs/decisions.1.jsonl', 'decisions.0')
+    """
+    file = Path(path)
+    return str(file.with_name(f"{file.stem}.{index}{file.suffix}"))
 
 
 def supervise(argv: Sequence[str], args: Any, processes: int) -> int:
@@ -176,7 +190,8 @@ def supervise(argv: Sequence[str], args: Any, processes: int) -> int:
         return 1
     port = reserved.getsockname()[1]
     supervisor = Supervisor(
-        child_argvs(argv, processes, port, args.metrics_port, args.health_port, args.seed),
+        child_argvs(argv, processes, port, args.metrics_port, args.health_port, args.seed,
+                    args.decision_log),
         stop_timeout=args.pre_stop + args.drain + 15.0)
     stop = threading.Event()
 

@@ -13,7 +13,9 @@ from engine.cli.common import add_format_argument, load_ruleset, memory_store_fa
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("replay", help="estimate a candidate ruleset's reward from logs")
-    p.add_argument("log", help="decision log (arbiter serve --decision-log)")
+    p.add_argument("log", nargs="+",
+                   help="decision log(s) (arbiter serve --decision-log; with --processes "
+                        "N, every FILE.i.jsonl: read merged in time order)")
     p.add_argument("--rules", required=True, help="the candidate ruleset directory")
     p.add_argument("--reward", default="click",
                    help="reward outcome: click, conversion, or conversion.value")
@@ -25,17 +27,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from adapters.decision_log import iter_log
+    from adapters.decision_log import iter_logs
     from engine.cli.replay import replay
 
     candidate = load_ruleset(args.rules, "replay")
     if candidate is None:
         return 1
-    if not Path(args.log).is_file():
-        print(f"arbiter replay: no decision log at {args.log}", file=sys.stderr)
-        return 2
+    for path in args.log:
+        if not Path(path).is_file():
+            print(f"arbiter replay: no decision log at {path}", file=sys.stderr)
+            return 2
     reward, _, value = args.reward.partition(".")
-    result = replay(lambda: iter_log(args.log), candidate, memory_store_factory(),
+    result = replay(lambda: iter_logs(args.log), candidate, memory_store_factory(),
                     reward=reward, value=value == "value", seed=args.seed,
                     placement=args.placement, experiment=args.experiment,
                     progress=lambda n: print(f"replayed {n:,} decisions", file=sys.stderr,

@@ -90,7 +90,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "replicas")
     p.add_argument("--seed", type=int, help="seed of the Thompson sampler")
     p.add_argument("--decision-log", metavar="FILE.jsonl",
-                   help="append every decision and outcome here (for arbiter replay)")
+                   help="append every decision and outcome here (for arbiter replay); "
+                        "with --processes N, process i writes FILE.i.jsonl")
     p.add_argument("--reward-wait", type=float, default=DEFAULT_REWARD_WAIT_SECONDS,
                    metavar="SECONDS",
                    help="an impression with no click or conversion after this long is "
@@ -242,9 +243,6 @@ def process_count(args: argparse.Namespace) -> int:
     if processes > 1 and not args.redis:
         raise ValueError("--processes above 1 needs --redis: the in-memory store is "
                          "per process, so processes would not share profiles or learning")
-    if processes > 1 and args.decision_log:
-        raise ValueError("--decision-log needs one process (one writer of the file); "
-                         "use --processes 1")
     # (``not x > 0`` refuses NaN too, which every comparison answers False)
     if not 0 < args.default_deadline < math.inf:
         raise ValueError("--default-deadline must be above 0 and finite")
