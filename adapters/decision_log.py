@@ -15,8 +15,8 @@ A decision line::
                   "propensity": 0.06, "probability": 0.41, "experiment": "hero_test",
                   "arm": "new_arrivals"}]}
 
-An outcome line: ``{"kind": "outcome", "decision_id", "action_id", "outcome",
-"value", "at"}``. Profile attributes declared ``pii`` are replaced by ``"<pii>"``.
+An outcome line: ``{"kind": "outcome", "decision_id", "user_id", "action_id",
+"outcome", "value", "at"}`` (``user_id`` from session 18). Profile attributes declared ``pii`` are replaced by ``"<pii>"``.
 
 The queue is bounded (``max_queued`` lines): when the writer falls behind (a slow disk),
 new lines are dropped and counted (``dropped``, the ``arbiter_decision_log_dropped``
