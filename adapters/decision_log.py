@@ -16,7 +16,8 @@ A decision line::
                   "arm": "new_arrivals"}]}
 
 An outcome line: ``{"kind": "outcome", "decision_id", "user_id", "action_id",
-"outcome", "value", "at"}`` (``user_id`` from session 18). Profile attributes declared ``pii`` are replaced by ``"<pii>"``.
+"outcome", "value", "at"}`` (``user_id`` from session 18). Profile attributes declared
+``pii`` are replaced by ``"<pii>"``.
 
 The queue is bounded (``max_queued`` lines): when the writer falls behind (a slow disk),
 new lines are dropped and counted (``dropped``, the ``arbiter_decision_log_dropped``
@@ -287,24 +288,28 @@ def erase_users(path: Path, user_ids: str | Collection[str],
     # as lines spell them: escaped to ASCII (json.dumps, before session 17) or UTF-8
     ids = {spelt for user in users for spelt in (json.dumps(user)[1:-1].encode(),
                                                  msgspec.json.encode(user)[1:-1])}
-    mentions = _field_in("user_id", ids, any_value=bool(hashed))
-    spelt_hashed: dict[bytes, bool] = {}  # a spelling seen -> its pseudonym is forgotten
+    mentions = _field_in("user_id", ids)
+    # by pseudonym: each block's distinct user ids (found by the regex engine) hashed, and
+    # those forgotten added to ``ids``, whose own pattern then finds their lines
+    any_user = _field_in("user_id", set(), any_value=True)
+    hashed_seen: dict[bytes, bool] = {}  # a spelling -> its pseudonym is forgotten
 
-    def wanted(spelt: bytes) -> bool:
-        if spelt in ids:
-            return True
-        if not hashed:
-            return False
-        found = spelt_hashed.get(spelt)
-        if found is None:
-            if len(spelt_hashed) >= 100_000:  # (bounded, however many users the file has)
-                spelt_hashed.clear()
-            try:
-                user = json.loads(b'"' + spelt + b'"')
-            except ValueError:
-                user = None
-            found = spelt_hashed[spelt] = (isinstance(user, str)
-                                           and pseudonym(user) in hashed)
+    def forgotten_in(data: bytes, end: int) -> set[bytes]:
+        found = set()
+        for spelt in set(any_user.findall(data, 0, end)):
+            known = hashed_seen.get(spelt)
+            if known is None:
+                if len(hashed_seen) >= 100_000:  # (bounded, however many users there are)
+                    hashed_seen.clear()
+                try:  # (most ids need no unescaping)
+                    user = (json.loads(b'"' + spelt + b'"') if b"\\" in spelt
+                            else spelt.decode())
+                except ValueError:
+                    user = None
+                known = hashed_seen[spelt] = (isinstance(user, str)
+                                              and pseudonym(user) in hashed)
+            if known:
+                found.add(spelt)
         return found
 
     def theirs(user: object) -> bool:
@@ -322,10 +327,15 @@ def erase_users(path: Path, user_ids: str | Collection[str],
             if block and end == 0:  # a line longer than a block: read on
                 carry = data
                 continue
+            if hashed:
+                more = forgotten_in(data, end) - ids
+                if more:
+                    ids |= more
+                    mentions = _field_in("user_id", ids)
             line_start = -1
-            for found in mentions.finditer(data, 0, end):
+            for found in mentions.finditer(data, 0, end) if ids else ():
                 start = data.rfind(b"\n", 0, found.start()) + 1
-                if start == line_start or not wanted(found.group(1)):  # (twice in a line)
+                if start == line_start or found.group(1) not in ids:  # (twice in a line)
                     continue
                 line_start = start
                 stop = data.find(b"\n", found.end(), end) + 1 or end

@@ -8,12 +8,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from prometheus_client import generate_latest
 
 from adapters.decision_log import JsonlDecisionLog, iter_log
 from adapters.memory import MemoryStore
 from dsl.loader import load_path
 from engine.grpc.metrics import ServerMetrics
+from engine.records import pseudonym
 from engine.service import Arbiter
 from tests.conftest import RETAIL
 
@@ -173,6 +175,24 @@ def test_a_user_is_erased_whichever_way_a_build_spelt_their_id(tmp_path: Path) -
     log.close()
     assert "zoë".encode() not in path.read_bytes() and b"\\u00eb" not in path.read_bytes()
     assert [e["decision_id"] for e in iter_log(path)] == ["bob-1"]
+
+
+@pytest.mark.parametrize("user", ["zoë", 'a"quoted\\id', "ann"])
+def test_another_process_forget_erases_by_pseudonym_however_the_id_was_spelt(
+        tmp_path: Path, user: str) -> None:
+    """A user forgotten by another process arrives as a pseudonym: their lines (escaped
+    or UTF-8, decisions and outcomes) are erased, others' kept, the cursor kept after."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps(_decision("old-1", user)) + "\n")  # (ASCII-escaped)
+    log = JsonlDecisionLog(path, flush_seconds=0.05)
+    log.write(_decision("new-1", user))
+    log.write({**_line("new-1"), "user_id": user})
+    log.write(_decision("bob-1", "bob"))
+    log.forget_pseudonyms([pseudonym(user)], "1-0")
+    log.close()
+    assert [e["decision_id"] for e in iter_log(path)] == ["bob-1"]
+    assert (tmp_path / "d.jsonl.forgotten").read_text().strip() == "1-0"
+    assert JsonlDecisionLog(path).forget_cursor == "1-0"
 
 
 def test_a_logged_profile_shows_its_history_as_pairs_and_replays(tmp_path: Path) -> None:
