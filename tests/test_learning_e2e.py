@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,11 @@ class ListLog:
 
     def forget(self, user_id: str) -> int:
         return 0
+
+    forget_cursor = ""
+
+    def forget_pseudonyms(self, pseudonyms: Collection[str], cursor: str) -> None:
+        self.forget_cursor = cursor
 
     def close(self) -> None:
         pass
@@ -92,7 +98,7 @@ def test_decision_log_masks_pii_and_keeps_outcomes(tmp_path: Path) -> None:
     decision, outcome = read_log(path)
     assert decision["profile"]["attributes"] == {"first_name": "<pii>", "tier": "gold"}
     assert decision["actions"][0]["probability"] == d.actions[0].probability
-    assert outcome == {"kind": "outcome", "decision_id": d.decision_id,
+    assert outcome == {"kind": "outcome", "decision_id": d.decision_id, "user_id": "ann",
                        "action_id": d.actions[0].action_id, "outcome": "click",
                        "value": None, "at": outcome["at"]}
 
