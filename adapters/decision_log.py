@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 MAX_QUEUED = 100_000
 """Lines waiting for the writer, at most (then new ones are dropped and counted)."""
 
+_CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
+"""A Redis stream entry id (what ``FILE.forgotten`` keeps)."""
+
 _CHUNK_BYTES = 1 << 20
 """Encoded lines the writer gathers before one write (it writes what it has at the end
 of each turn anyway)."""
@@ -80,7 +83,11 @@ class JsonlDecisionLog:
         self._cursor_file = self.path.with_name(self.path.name + ".forgotten")
         try:
             self.forget_cursor = self._cursor_file.read_text().strip()
-        except OSError:  # (none yet)
+        except (OSError, UnicodeDecodeError):  # (none yet, or unreadable)
+            self.forget_cursor = ""
+        if self.forget_cursor and not _CURSOR.fullmatch(self.forget_cursor):
+            log.warning("decision log: %s does not hold a stream position; following "
+                        "forgets from now on", self._cursor_file)
             self.forget_cursor = ""
         """Where this log's erasures of users forgotten by other processes reached (kept
         in ``FILE.forgotten`` next to the log, so a restarted process carries on)."""

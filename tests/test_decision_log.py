@@ -216,3 +216,14 @@ def test_a_logged_profile_shows_its_history_as_pairs_and_replays(tmp_path: Path)
     assert entry["profile"]["events"]["add_to_cart"]["recent"] == [[1_790_000_000.0, 80.0]]
     replayed = msgspec.convert(entry["profile"], Profile, strict=False)
     assert recent_events(replayed.events["add_to_cart"]) == [(1_790_000_000.0, 80.0)]
+
+
+@pytest.mark.parametrize("kept", [b"garbage\n", b"\xff\xfe", b"1-2-3", b""])
+def test_a_damaged_cursor_file_follows_forgets_from_now(tmp_path: Path, kept: bytes) -> None:
+    """``FILE.forgotten`` that is not a stream position: the log opens (following from
+    now, with a warning) rather than the server failing to start."""
+    path = tmp_path / "d.jsonl"
+    (tmp_path / "d.jsonl.forgotten").write_bytes(kept)
+    log = JsonlDecisionLog(path)
+    assert log.forget_cursor == ""
+    log.close()
