@@ -8,7 +8,7 @@ failing check ends the action's evaluation.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from dsl.ast import Pos
@@ -203,26 +203,27 @@ def _allowed(ruleset: Ruleset, action: Action, req: DecideInput, profile: Profil
 def _group_count(counted: dict[str, int], ruleset: Ruleset, group: str,
                  profile: Profile | None, now: float) -> int:
     """Impressions of the group's actions in its cap's window (once per decision)."""
-    if profile is None or not profile.contacts:
-        return 0
-    key = "group\x1f" + group
-    found = counted.get(key)
-    if found is None:
-        found = counted[key] = outcomes_within(profile, ruleset.groups[group], now,
-                                               ruleset.group_caps[group].window_seconds)
-    return found
+    return _once(counted, "group\x1f" + group, profile, ruleset.groups[group], now,
+                 ruleset.group_caps[group].window_seconds)
 
 
 def _channel_count(counted: dict[str, int], ruleset: Ruleset, channel: str,
                    profile: Profile | None, now: float) -> int:
     """Impressions on the channel in its cap's window (once per decision)."""
+    return _once(counted, "channel\x1f" + channel, profile, None, now,
+                 ruleset.channel_caps[channel].window_seconds, channel)
+
+
+def _once(counted: dict[str, int], key: str, profile: Profile | None,
+          action_ids: Iterable[str] | None, now: float, window: float,
+          channel: str | None = None) -> int:
+    """Impressions of these actions (None: all) in the window, kept in ``counted``."""
     if profile is None or not profile.contacts:
         return 0
-    key = "channel\x1f" + channel
     found = counted.get(key)
     if found is None:
         found = counted[key] = outcomes_within(
-            profile, profile.contacts, now, ruleset.channel_caps[channel].window_seconds,
+            profile, profile.contacts if action_ids is None else action_ids, now, window,
             channel=channel)
     return found
 
