@@ -305,3 +305,42 @@ def test_decisions_leave_no_reference_cycles(arb: Arbiter) -> None:
         assert gc.collect() == 0
     finally:
         gc.enable()
+
+
+SHARED_CAPS = """
+placement email { channels: email }
+placement web { channels: web }
+action a { placements: email, web  group: g  value: 3 }
+action b { placements: email, web  group: g  value: 2 }
+action c { placements: email, web  value: 1 }
+policy {
+  group g: at most 2 per 7d
+  channel email: at most 3 per 7d
+}
+"""
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_group_and_channel_caps_count_every_action_each_decision(explain: bool) -> None:
+    """A group's cap counts its actions' impressions together, a channel's every action's
+    on that channel; each decision counts afresh (what the previous one counted is not
+    kept), traced or not."""
+    arb = Arbiter(load_text(SHARED_CAPS), MemoryStore(), seed=1)
+
+    def shown(placement: str) -> list[str]:
+        d = arb.decide(user_id="ann", placement=placement, limit=3, explain=explain)
+        return [a.action_id for a in d.actions]
+
+    def impression(placement: str, action_id: str) -> None:
+        d = arb.decide(user_id="ann", placement=placement, limit=3)
+        arb.feedback(decision_id=d.decision_id, action_id=action_id, outcome="impression")
+
+    assert shown("email") == ["a", "b", "c"]
+    impression("web", "a")  # (web: the group counts it, the email channel does not)
+    assert shown("email") == ["a", "b", "c"]
+    impression("email", "b")
+    assert shown("email") == ["c"] and shown("web") == ["c"]  # the group's 2 reached
+    impression("email", "c")
+    assert shown("email") == ["c"]  # email: 2 of 3
+    impression("email", "c")
+    assert shown("email") == [] and shown("web") == ["c"]  # email: 3 of 3
