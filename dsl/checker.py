@@ -29,6 +29,7 @@ from dsl.vocabulary import (
     FEATURE_TYPES,
     LEARNERS,
     MAX_CONTACTS_PER_ACTION,
+    MAX_EVENT_TYPES,
     MAX_MODEL_VOCABULARY,
     MODEL_PER,
     REWARD_OUTCOMES,
@@ -141,6 +142,9 @@ class Checker:
                 elif isinstance(item, ast.EventsDef):
                     for name in item.names:
                         self.out.events.setdefault(name, item.pos)
+                    if len(self.out.events) > MAX_EVENT_TYPES:
+                        self.error(f"at most {MAX_EVENT_TYPES} event types (what a profile "
+                                   "keeps)", item.pos)
                 elif isinstance(item, ast.PlacementDef):
                     if declare("placement", item.name, item.pos):
                         self.out.placements[item.name] = item

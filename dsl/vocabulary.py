@@ -32,6 +32,10 @@ EVENT_RETENTION_SECONDS = 90 * 86400.0
 """How far back a profile keeps each event type's timestamps: the longest ``within``
 window a rule may use (all-time counts, totals, first and last stay exact)."""
 
+MAX_EVENT_TYPES = 256
+"""Event types a profile keeps (a ruleset that declares ``events:`` accepts only those,
+at most this many; one that does not accepts any name): the one seen least recently
+makes room."""
 CONTACT_RETENTION_SECONDS = 366 * 86400.0
 """How far back a profile keeps an action's contacts (impressions, clicks, ...): the
 longest window a cap, cooldown, suppression or policy may use."""

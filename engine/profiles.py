@@ -20,6 +20,7 @@ from dsl.vocabulary import (
     CONTACT_RETENTION_SECONDS,
     EVENT_RETENTION_SECONDS,
     MAX_CONTACTS_PER_ACTION,
+    MAX_EVENT_TYPES,
 )
 from engine.decide.send_time import hour_of_week
 from engine.records import (
@@ -34,9 +35,6 @@ from engine.records import (
 MAX_RECENT_EVENTS = 1000
 """Per event type, the newest timestamps kept for windowed counts and sums."""
 """Windowed counts look back at most this far; all-time counts and totals are exact."""
-MAX_EVENT_TYPES = 256
-"""Event types a profile keeps (a ruleset that declares ``events:`` accepts only those;
-one that does not accepts any name): the one seen least recently makes room."""
 MAX_ITEM_HISTORY = 100
 """The newest item interactions a profile keeps (recommendation seeds, exclusions)."""
 HISTORY_SEEDS = 10

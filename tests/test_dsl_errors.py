@@ -136,6 +136,8 @@ CASES = [
      "6:48: error: a suppression looks back at most 366d"),
     ("action a { placements: home value: 1 suppress: 7d after 300 impression }",
      "6:38: error: a suppression counts at most 200 contacts"),
+    ("events: " + ", ".join(f"e{k}" for k in range(300)),
+     "6:1: error: at most 256 event types (what a profile keeps)"),
     ("policy { channel web: at most 2 per 53w }",
      "6:37: error: a policy looks back at most 366d"),
     ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
