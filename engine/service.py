@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import os
@@ -153,10 +152,7 @@ class Arbiter:
                         "customers (degraded) until it answers", err)
         self._sync_population()
         self.catalogue_keeper.sync()
-        # from here on, what other processes forget reaches this decision log (when the
-        # store is unreachable, sync() takes it up once it answers)
-        with contextlib.suppress(StoreUnavailable):
-            self.erase_forgotten_elsewhere()
+        self._follow_forgotten()  # (from here on: what other processes forget)
 
     # ---- ruleset ------------------------------------------------------------------
     @property
@@ -386,8 +382,17 @@ class Arbiter:
         self.catalogue_keeper.sync()
         if time.monotonic() >= self._forgotten_due:
             self._forgotten_due = time.monotonic() + FORGOTTEN_GATHER_SECONDS
-            self.erase_forgotten_elsewhere()
+            self._follow_forgotten()
         return self.learn()
+
+    def _follow_forgotten(self) -> None:
+        """:meth:`erase_forgotten_elsewhere`, whose failure (the store down, its stream not
+        a stream) is retried at the next look and stops nothing else."""
+        try:
+            self.erase_forgotten_elsewhere()
+        except Exception as err:
+            throttled.warning("forgotten", "the users forgotten elsewhere could not be "
+                              "read (retried): %s", err)
 
     def erase_forgotten_elsewhere(self) -> None:
         """Queue the erasure, from this process's decision log, of the users that other

@@ -132,3 +132,22 @@ def test_a_forget_reaches_every_process_decision_log(
     assert _lines_about(second_log, {"lee"}) == 2 * 3 + 1
     for arb in (first, again):
         arb.close()
+
+
+def test_a_forgotten_stream_that_is_not_one_stops_neither_start_nor_learning(
+        redis_url: str, retail: Ruleset, tmp_path: Path) -> None:
+    """The ``forgotten`` key holding something else (a misconfigured neighbour): the
+    server starts, decides and learns; the decision log waits for a stream (warned)."""
+    client = redis.Redis.from_url(redis_url)
+    client.set("arb:forgotten", b"not a stream")
+    arb = Arbiter(retail, RedisStore(redis_url), seed=1,
+                  decision_log=JsonlDecisionLog(tmp_path / "d.jsonl"))
+    _activity(arb, "ann", 1)
+    arb._forgotten_due = 0.0  # (the next sync looks)
+    assert arb.sync() > 0
+    client.delete("arb:forgotten")
+    arb._forgotten_due = 0.0
+    arb.sync()
+    log = arb.decision_log
+    assert log is not None and _until(lambda: log.forget_cursor == "0-0")
+    arb.close()
