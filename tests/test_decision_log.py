@@ -227,3 +227,26 @@ def test_a_damaged_cursor_file_follows_forgets_from_now(tmp_path: Path, kept: by
     log = JsonlDecisionLog(path)
     assert log.forget_cursor == ""
     log.close()
+
+
+def test_erase_log_erases_users_from_rotated_files(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``arbiter erase-log --user ID FILE...``: the lines ForgetProfile would erase, in
+    files rotated away (which it does not touch); a compressed file is refused."""
+    from engine.cli.app import main
+
+    rotated = [tmp_path / "d.jsonl.1", tmp_path / "d.jsonl.2"]
+    for k, path in enumerate(rotated):
+        path.write_text("".join(json.dumps(line) + "\n" for line in (
+            _decision(f"a{k}", "ann"), {**_line(f"a{k}"), "user_id": "ann"},
+            _decision(f"b{k}", "bob"), _line(f"b{k}"))))
+    assert main(["erase-log", "--user", "ann", *map(str, rotated)]) == 0
+    assert capsys.readouterr().out.count("2 line(s) erased") == 2
+    for path in rotated:
+        assert [e["decision_id"] for e in iter_log(path)] == [f"b{rotated.index(path)}"] * 2
+    archived = tmp_path / "d.jsonl.3.gz"
+    archived.write_bytes(b"\x1f\x8b")
+    assert main(["erase-log", "--user", "bob", str(archived), str(rotated[0])]) == 2
+    captured = capsys.readouterr()
+    assert "compressed" in captured.err and "2 line(s) erased" in captured.out
+    assert list(iter_log(rotated[0])) == []

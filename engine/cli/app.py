@@ -21,11 +21,21 @@ import time
 from collections.abc import Sequence
 from importlib import metadata
 
-from engine.cli.commands import check, decide, fmt, items, replay, report, serve, test
+from engine.cli.commands import (
+    check,
+    decide,
+    erase_log,
+    fmt,
+    items,
+    replay,
+    report,
+    serve,
+    test,
+)
 from engine.cli.logs import configure
 from engine.ports import StoreUnavailable
 
-COMMANDS = (serve, check, decide, fmt, test, report, replay, items)
+COMMANDS = (serve, check, decide, fmt, test, report, replay, items, erase_log)
 """Each module registers its subcommand(s); adding a command is adding a module here.
 
 Command modules import at the top only what registering needs; ``run`` imports the
