@@ -72,6 +72,9 @@ FORGOTTEN_GATHER_SECONDS = 10.0
 """How often :meth:`Arbiter.sync` looks for users other processes forgot: their erasure
 from this process's decision log (a pass over the file) is shared by what gathered."""
 
+FORGOTTEN_PAGE = 1000
+"""Forgotten users read from the store per round trip."""
+
 _ID_BITS = random.Random()  # seeded from os.urandom; private, so nothing reseeds it
 
 
@@ -402,9 +405,17 @@ class Arbiter:
         cursor = self._forgotten_cursor
         if cursor is None:
             cursor = self.decision_log.forget_cursor
-        pseudonyms, after = self.store.forgotten_since(cursor)
+        gathered: list[str] = []
+        after = cursor
+        while True:  # (a backlog, after a restart: every page in one pass over the file)
+            pseudonyms, page_end = self.store.forgotten_since(after, FORGOTTEN_PAGE)
+            gathered += pseudonyms
+            done = page_end == after or not after  # ("": where the stream is now)
+            after = page_end
+            if done:
+                break
         if after != cursor:
-            self.decision_log.forget_pseudonyms(pseudonyms, after)
+            self.decision_log.forget_pseudonyms(gathered, after)
         self._forgotten_cursor = after
 
     # ---- catalogue ----------------------------------------------------------------

@@ -151,3 +151,29 @@ def test_a_forgotten_stream_that_is_not_one_stops_neither_start_nor_learning(
     log = arb.decision_log
     assert log is not None and _until(lambda: log.forget_cursor == "0-0")
     arb.close()
+
+
+def test_a_backlog_of_forgets_is_erased_in_one_look(
+        redis_url: str, retail: Ruleset, tmp_path: Path) -> None:
+    """More forgets than one page of the stream while a process was away: its next look
+    reads every page and erases them all in one pass."""
+    from engine import service
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"kind": "decision", "decision_id": f"d{k}",
+                                        "user_id": f"user-{k}", "at": 1.0}) + "\n"
+                            for k in range(30)))
+    (tmp_path / "d.jsonl.forgotten").write_text("0-0\n")
+    other = Arbiter(retail, RedisStore(redis_url), seed=1)
+    for k in range(25):
+        other.forget(f"user-{k}")
+    original, service.FORGOTTEN_PAGE = service.FORGOTTEN_PAGE, 4
+    try:
+        arb = Arbiter(retail, RedisStore(redis_url), seed=2,
+                      decision_log=JsonlDecisionLog(path, flush_seconds=0.05))
+    finally:
+        service.FORGOTTEN_PAGE = original
+    assert _until(lambda: _lines_about(path, {f"user-{k}" for k in range(30)}) == 5)
+    assert _lines_about(path, {f"user-{k}" for k in range(25, 30)}) == 5
+    arb.close()
+    other.close()
