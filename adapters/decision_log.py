@@ -42,7 +42,7 @@ from typing import Any, cast
 import msgspec
 
 from engine.ports import DecisionLogUnavailable
-from engine.records import is_log_entry, pseudonym
+from engine.records import is_log_entry, pseudonym, sampled
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +67,14 @@ class JsonlDecisionLog:
     handover per line nor ``json.dumps`` (bench/RESULTS.md §35)."""
 
     def __init__(self, path: str | Path, flush_seconds: float = 0.5,
-                 max_queued: int = MAX_QUEUED) -> None:
+                 max_queued: int = MAX_QUEUED, sample: float = 1.0) -> None:
+        if not 0.0 < sample <= 1.0:  # (NaN refused too)
+            raise ValueError(f"the decision log's sample must be above 0 and at most 1, "
+                             f"not {sample}")
         self.path = Path(path)
+        self.sample = sample
+        """The share of decisions logged, with their outcomes
+        (:func:`~engine.records.sampled`)."""
         self._waiting: collections.deque[dict[str, Any] | _Forget | None] = (
             collections.deque())
         self._max_queued = max_queued
@@ -93,6 +99,9 @@ class JsonlDecisionLog:
         in ``FILE.forgotten`` next to the log, so a restarted process carries on)."""
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
+
+    def keeps(self, decision_id: str) -> bool:
+        return sampled(decision_id, self.sample)
 
     def write(self, entry: dict[str, Any]) -> None:
         if len(self._waiting) >= self._max_queued:

@@ -22,6 +22,11 @@ class DecisionLog(Protocol):
 
     def write(self, entry: dict[str, Any]) -> None: ...
 
+    def keeps(self, decision_id: str) -> bool:
+        """Whether the decision (and its outcomes) is logged: all, or a sample chosen by
+        the id alone (:func:`engine.records.sampled`), the same in every process."""
+        ...
+
     def forget(self, user_id: str) -> int:
         """Remove every entry about the user (ForgetProfile); returns how many. Raises
         :class:`~engine.ports.DecisionLogUnavailable` when they could not be removed,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -537,6 +538,19 @@ class LoggedOutcome(msgspec.Struct):
     outcome: str
     at: float
     kind: str = "outcome"
+
+
+def sampled(decision_id: str, rate: float) -> bool:
+    """Whether a decision is in a ``rate`` sample of decisions: chosen by a hash of its id
+    alone (so its outcomes, reported to any process, follow it), independent of what was
+    decided, so estimates from the sample (``arbiter replay``) stay unbiased.
+
+    >>> sampled("0f3a", 1.0), sampled("0f3a", 0.0)
+    (True, False)
+    >>> sum(sampled(f"{k:032x}", 0.25) for k in range(10_000))
+    2486
+    """
+    return rate >= 1.0 or zlib.crc32(decision_id.encode()) < rate * 4294967296.0
 
 
 def is_log_entry(entry: object) -> bool:

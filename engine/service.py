@@ -270,7 +270,7 @@ class Arbiter:
         and write it to the decision log."""
         if not complete:
             decision = msgspec.structs.replace(decision, degraded=True)
-        if self.decision_log is not None:
+        if self.decision_log is not None and self.decision_log.keeps(decision.decision_id):
             ruleset = req.ruleset if req.ruleset is not None else self._ruleset
             self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
         return decision
@@ -356,7 +356,7 @@ class Arbiter:
             return set()
         if fb.outcome in ENGAGEMENTS:
             self.population.add(fb.at)
-        if self.decision_log is not None:
+        if self.decision_log is not None and self.decision_log.keeps(fb.decision_id):
             self.decision_log.write(outcome_entry(commit.effects.event,
                                                   commit.effects.decision.user_id))
         self.feedback_logged.set()  # the background learner picks it up

@@ -15,7 +15,7 @@ from adapters.decision_log import JsonlDecisionLog, iter_log
 from adapters.memory import MemoryStore
 from dsl.loader import load_path
 from engine.grpc.metrics import ServerMetrics
-from engine.records import pseudonym
+from engine.records import pseudonym, sampled
 from engine.service import Arbiter
 from tests.conftest import RETAIL
 
@@ -250,3 +250,27 @@ def test_erase_log_erases_users_from_rotated_files(
     captured = capsys.readouterr()
     assert "compressed" in captured.err and "2 line(s) erased" in captured.out
     assert list(iter_log(rotated[0])) == []
+
+
+def test_a_sampled_log_keeps_a_share_of_decisions_with_all_their_outcomes(
+        tmp_path: Path) -> None:
+    """``sample=0.3``: the decisions whose id is in the sample are logged, each with its
+    outcomes (whichever process they reach: the choice is the id's); the rest not."""
+    path = tmp_path / "d.jsonl"
+    arb = Arbiter(load_path(RETAIL), MemoryStore(), seed=1,
+                  decision_log=JsonlDecisionLog(path, flush_seconds=0.05, sample=0.3))
+    made = []
+    for k in range(300):
+        d = arb.decide(user_id=f"u{k}", placement="homepage_banner", channel="web")
+        arb.feedback(decision_id=d.decision_id, action_id=d.actions[0].action_id,
+                     outcome="click")
+        made.append(d.decision_id)
+    arb.close()
+    entries = list(iter_log(path))
+    logged = {e["decision_id"] for e in entries if e["kind"] == "decision"}
+    assert logged == {d for d in made if sampled(d, 0.3)}
+    assert 60 <= len(logged) <= 120
+    assert [e["decision_id"] for e in entries if e["kind"] == "outcome"] == [
+        d for d in made if d in logged]
+    with pytest.raises(ValueError, match="sample"):
+        JsonlDecisionLog(tmp_path / "other.jsonl", sample=0.0)

@@ -46,6 +46,9 @@ class ListLog:
 
     forget_cursor = ""
 
+    def keeps(self, decision_id: str) -> bool:
+        return True
+
     def forget_pseudonyms(self, pseudonyms: Collection[str], cursor: str) -> None:
         self.forget_cursor = cursor
 

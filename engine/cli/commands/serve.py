@@ -92,6 +92,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--decision-log", metavar="FILE.jsonl",
                    help="append every decision and outcome here (for arbiter replay); "
                         "with --processes N, process i writes FILE.i.jsonl")
+    p.add_argument("--decision-log-sample", type=float, default=1.0, metavar="SHARE",
+                   help="log this share of decisions, with their outcomes (chosen by "
+                        "decision id: replay estimates stay unbiased); default all")
     p.add_argument("--reward-wait", type=float, default=DEFAULT_REWARD_WAIT_SECONDS,
                    metavar="SECONDS",
                    help="an impression with no click or conversion after this long is "
@@ -187,7 +190,7 @@ def run(args: argparse.Namespace) -> int:
     if args.decision_log:
         from adapters.decision_log import JsonlDecisionLog
 
-        decision_log = JsonlDecisionLog(args.decision_log)
+        decision_log = JsonlDecisionLog(args.decision_log, sample=args.decision_log_sample)
     arbiter = Arbiter(ruleset, open_store(args.redis, check=False,
                                           replicas=args.redis_replicas,
                                           log_max_entries=args.learning_log_max,
@@ -244,6 +247,9 @@ def process_count(args: argparse.Namespace) -> int:
         raise ValueError("--processes above 1 needs --redis: the in-memory store is "
                          "per process, so processes would not share profiles or learning")
     # (``not x > 0`` refuses NaN too, which every comparison answers False)
+    if not 0 < args.decision_log_sample <= 1:
+        raise ValueError("--decision-log-sample must be above 0 and at most 1, not "
+                         f"{args.decision_log_sample}")
     if not 0 < args.default_deadline < math.inf:
         raise ValueError("--default-deadline must be above 0 and finite")
     for flag, port in (("--port", args.port), ("--metrics-port", args.metrics_port),
