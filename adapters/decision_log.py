@@ -87,14 +87,7 @@ class JsonlDecisionLog:
         """Lines dropped: the writer was behind by ``max_queued``, or the file could not
         be written (a full disk)."""
         self._cursor_file = self.path.with_name(self.path.name + ".forgotten")
-        try:
-            self.forget_cursor = self._cursor_file.read_text().strip()
-        except (OSError, UnicodeDecodeError):  # (none yet, or unreadable)
-            self.forget_cursor = ""
-        if self.forget_cursor and not _CURSOR.fullmatch(self.forget_cursor):
-            log.warning("decision log: %s does not hold a stream position; following "
-                        "forgets from now on", self._cursor_file)
-            self.forget_cursor = ""
+        self.forget_cursor = self._kept_cursor()
         """Where this log's erasures of users forgotten by other processes reached (kept
         in ``FILE.forgotten`` next to the log, so a restarted process carries on)."""
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
@@ -217,6 +210,18 @@ class JsonlDecisionLog:
         for request in batch:
             request.removed, request.error = removed, error
             request.done.set()
+
+    def _kept_cursor(self) -> str:
+        """``FILE.forgotten``'s stream position; "" when there is none (or not one)."""
+        try:
+            cursor = self._cursor_file.read_text().strip()
+        except (OSError, UnicodeDecodeError):  # (none yet, or unreadable)
+            return ""
+        if cursor and not _CURSOR.fullmatch(cursor):
+            log.warning("decision log: %s does not hold a stream position; following "
+                        "forgets from now on", self._cursor_file)
+            return ""
+        return cursor
 
     def _keep_cursor(self, cursor: str) -> None:
         """Replace ``FILE.forgotten`` with the cursor (whole or not at all)."""
