@@ -210,7 +210,8 @@ def _with_contact(history: ContactHistory, at: float, kind: tuple[str, str],
     if isinstance(history, ContactLog):
         times.frombytes(history.times)
         codes, kinds = bytearray(history.codes), list(history.kinds)
-    else:
+    else:  # (only the newest can stay: at most MAX_CONTACTS_PER_ACTION kinds to code)
+        history = history[-MAX_CONTACTS_PER_ACTION:]
         index: dict[tuple[str, str], int] = {}
         codes = bytearray(index.setdefault((o, c), len(index)) for _, o, c in history)
         times.extend(t for t, _, _ in history)

@@ -178,6 +178,18 @@ def test_a_profile_keeps_a_bounded_number_of_event_types() -> None:
     assert "type_49" not in p.events and "type_51" in p.events
 
 
+def test_an_overlong_stored_contact_list_keeps_its_newest() -> None:
+    """A list layout longer than the cap (written by no build of ours), each contact of
+    another kind: the newest MAX_CONTACTS_PER_ACTION stay, as trimming always kept."""
+    from engine.profiles import MAX_CONTACTS_PER_ACTION
+    from engine.records import Profile
+
+    old = [(NOW - 1000 + k, "impression", f"ch{k}") for k in range(300)]
+    p = record_contact(Profile("u", contacts={"a": list(old)}), "u", "a", "click", NOW, "web")
+    assert contact_entries(p.contacts["a"]) == [*old, (NOW, "click", "web")][
+        -MAX_CONTACTS_PER_ACTION:]
+
+
 def test_impressions_within_window() -> None:
     p = record_contact(None, "u", "offer", "impression", NOW - 8 * 86400, "web")
     p = record_contact(p, "u", "offer", "impression", NOW - 86400, "web")
