@@ -1,10 +1,13 @@
 """Decide while a feed upserts catalogue items one at a time, at two catalogue sizes.
 
-    python -m bench.catalogue_feed [--sizes 10000,100000] [--server-tree DIR]
+    python -m bench.catalogue_feed [--sizes 10000,100000] [--feed changed|new|removed]
+                                   [--server-tree DIR]
 
 Serves the retail example on the in-memory store, loads ``--sizes`` items through
 UpsertItems (10,000 a call), then for 5 s one client decides ``homepage_banner`` in a
-closed loop while another upserts one changed item every 50 ms (a product feed). Prints,
+closed loop while another, every 50 ms, upserts one changed item (a product feed's new
+price), upserts a new item (``--feed new``: a marketplace) or removes one (``--feed
+removed``). Prints,
 per size, the upserts' median and slowest time and the Decides' count, median and
 slowest: a rebuild of the served catalogue after each change is O(items), and where it
 runs decides what else waits for it. ``--server-tree`` serves another checkout.
@@ -33,7 +36,7 @@ def item(i: int, price: float) -> pb.Item:
         "price": pb.Value(number_value=price)})
 
 
-def one_size(tree: Path, size: int, seconds: float = 5.0) -> None:
+def one_size(tree: Path, size: int, feed: str, seconds: float = 5.0) -> None:
     with arbiter_server(None, 4, tree=tree, extra=("--processes", "1")) as (target, _), \
             grpc.insecure_channel(target) as channel:
         catalogue = pb_grpc.CatalogueServiceStub(channel)
@@ -46,7 +49,11 @@ def one_size(tree: Path, size: int, seconds: float = 5.0) -> None:
             ends, n = time.perf_counter() + seconds, 0
             while time.perf_counter() < ends:
                 started = time.perf_counter()
-                catalogue.UpsertItems(pb.UpsertItemsRequest(items=[item(n % size, 11.0 + n)]))
+                if feed == "removed":
+                    catalogue.RemoveItems(pb.RemoveItemsRequest(item_ids=[f"feed-{n}"]))
+                else:
+                    catalogue.UpsertItems(pb.UpsertItemsRequest(items=[
+                        item(size + n if feed == "new" else n % size, 11.0 + n)]))
                 upserted.append(time.perf_counter() - started)
                 n += 1
                 time.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
@@ -58,13 +65,14 @@ def one_size(tree: Path, size: int, seconds: float = 5.0) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,100000")
+    p.add_argument("--feed", choices=("changed", "new", "removed"), default="changed")
     p.add_argument("--server-tree", type=Path, default=ROOT)
     args = p.parse_args()
     print("| items | upserts | upsert median ms | slowest ms | Decides | Decide median ms | "
           "slowest ms |")
     print("|---:|---:|---:|---:|---:|---:|---:|")
     for size in (int(s) for s in args.sizes.split(",")):
-        one_size(args.server_tree, size)
+        one_size(args.server_tree, size, args.feed)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from dsl.catalogue import check_item
@@ -32,6 +32,10 @@ MAX_ITEMS_PER_CALL = 10_000
 """Catalogue items one upsert or removal may carry."""
 
 
+def _ids(items: Iterable[Mapping[str, Any]]) -> frozenset[str]:
+    return frozenset(str(item["id"]) for item in items)
+
+
 class CatalogueKeeper:
     """Holds the served :class:`Catalogue` (swapped by reference, never mutated)."""
 
@@ -39,6 +43,7 @@ class CatalogueKeeper:
         self.store = store
         self._lock = threading.Lock()  # one rebuild at a time (the periodic sync, an
         self._base = ruleset.catalogue  # upsert's, a reload's), in version order
+        self._base_ids = _ids(ruleset.catalogue)
         self._changes: dict[str, Mapping[str, Any] | None] = {}  # the store's, decoded
         self.catalogue = Catalogue.build(ruleset.catalogue, {})
 
@@ -46,7 +51,7 @@ class CatalogueKeeper:
         """A reloaded ruleset's file, with the store's changes on top."""
         with self._lock:
             if ruleset.catalogue is not self._base:
-                self._base = ruleset.catalogue
+                self._base, self._base_ids = ruleset.catalogue, _ids(ruleset.catalogue)
                 self.catalogue = Catalogue.build(ruleset.catalogue, self._changes,
                                                  self.catalogue.version)
 
@@ -67,9 +72,12 @@ class CatalogueKeeper:
             delta: dict[str, Mapping[str, Any] | None] = {
                 item_id: decode_item(data) for item_id, data in changes.items()}
             if 0 < known <= version:  # what changed since ours: merged into what we had
+                new = {item_id for item_id in delta
+                       if item_id not in self._changes and item_id not in self._base_ids}
                 self._changes.update(delta)  # (only read under the lock)
-                # (items replaced in place: their indexes kept, not rebuilt from every item)
-                updated = self.catalogue.updated(delta, version)
+                # (items replaced, removed, or new: indexes changed, not rebuilt from
+                # every item)
+                updated = self.catalogue.updated(delta, version, new)
             else:  # everything
                 self._changes, updated = delta, None
             if updated is None:

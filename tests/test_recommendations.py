@@ -532,17 +532,18 @@ def test_the_popular_items_are_ranked_by_decayed_score_ties_in_order_of_first_us
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.dictionaries(
-    st.sampled_from(["a", "b", "c", "d", "e", "f"]),
+    st.sampled_from(["a", "b", "c", "d", "e", "f", "g", "h"]),
     st.one_of(st.none(), st.fixed_dictionaries({
         "category": st.sampled_from(["x", "y", None]),
-        "tags": st.sampled_from([["t"], ["t", "u"], [], None]),
+        "tags": st.sampled_from([["t"], ["t", "u"], ["u", "u"], [], None]),
         "price": st.integers(0, 3)})),
     max_size=3), max_size=8))
 def test_a_catalogue_updated_in_place_is_the_catalogue_built_from_everything(
         deltas: list[dict[str, dict[str, Any] | None]]) -> None:
-    """The keeper keeps a catalogue's indexes when a change only replaces items in place
-    (a feed's prices and stock), and builds it all otherwise: either way, after every
-    change, the same items, order and indexes as built from the file and every change."""
+    """The keeper changes a catalogue's indexes in place when a change replaces, removes
+    or adds items (an id never seen before), and builds it all otherwise: either way,
+    after every change, the same items, order and indexes as built from the file and
+    every change; the catalogue it came from unchanged."""
     from engine.decide.catalogue import Catalogue
 
     base = [{"id": "a", "category": "x", "tags": ["t"], "price": 1},
@@ -551,8 +552,12 @@ def test_a_catalogue_updated_in_place_is_the_catalogue_built_from_everything(
     served = Catalogue.build(base, {})
     for version, delta in enumerate(deltas, 1):
         delta = {k: (None if v is None else {**v, "id": k}) for k, v in delta.items()}
+        new = {k for k in delta if k not in changes and k not in ("a", "b")}
         changes = {**changes, **delta}
-        updated = served.updated(delta, version)
+        was = (list(served.items.items()), repr(served.by_category), repr(served.by_tag))
+        updated = served.updated(delta, version, new)
+        assert was == (list(served.items.items()), repr(served.by_category),
+                       repr(served.by_tag))  # (copy-on-write: the served one untouched)
         served = Catalogue.build(base, changes, version) if updated is None else updated
         built = Catalogue.build(base, changes, version)
         assert list(served.items.items()) == list(built.items.items())

@@ -16,7 +16,7 @@ catalogue version, so a decision looks items up, never scans them.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import msgspec
@@ -77,12 +77,14 @@ class Catalogue:
                 items[item_id] = item
         return cls(base, items, version)
 
-    def updated(self, delta: Mapping[str, Mapping[str, Any] | None], version: int
-                ) -> Catalogue | None:
-        """This catalogue with ``delta`` applied, if it only replaces items it holds
-        without moving them between categories or tags (a feed's prices and stock): the
-        items copied, the indexes shared, the same catalogue :meth:`build` would make; else
-        None (a new, removed or re-categorised item: build it all).
+    def updated(self, delta: Mapping[str, Mapping[str, Any] | None], version: int,
+                new: Collection[str] = ()) -> Catalogue | None:
+        """This catalogue with ``delta`` applied, the same catalogue :meth:`build` would
+        make, without walking every item: items replaced in place (a feed's prices and
+        stock: the indexes shared), removed, or added when their id is in ``new`` (never
+        in the file or an earlier change: they go last, as :meth:`build` puts them); the
+        index lists they touch copied. None when an item moves between categories or
+        tags, or comes back after a removal (build it all).
 
         >>> old = Catalogue.build([{"id": "a", "category": "x", "price": 1}], {})
         >>> new = old.updated({"a": {"id": "a", "category": "x", "price": 2}}, 1)
@@ -90,17 +92,33 @@ class Catalogue:
         (2, True)
         >>> old.updated({"a": {"id": "a", "category": "y"}}, 1) is None
         True
+        >>> more = old.updated({"b": {"id": "b", "category": "x"}}, 2, new={"b"})
+        >>> list(more.items), more.by_category, old.by_category
+        (['a', 'b'], {'x': ['a', 'b']}, {'x': ['a']})
         """
         items = self.items
+        indexes = _Indexes(self.by_category, self.by_tag)
         for item_id, item in delta.items():
             held = items.get(item_id)
-            if (item is None or held is None or held.get("category") != item.get("category")
-                    or held.get("tags") != item.get("tags")):
+            if item is None:
+                if held is not None:
+                    indexes.remove(item_id, held)
+            elif held is None:
+                if item_id not in new:
+                    return None
+                indexes.add(item_id, item)
+            elif (held.get("category") != item.get("category")
+                  or held.get("tags") != item.get("tags")):
                 return None
         fresh = object.__new__(Catalogue)
         fresh.base, fresh.version = self.base, version
-        fresh.items = {**items, **delta}  # type: ignore[dict-item]  # (no None: checked)
-        fresh.by_category, fresh.by_tag = self.by_category, self.by_tag
+        fresh.items = dict(items)
+        for item_id, item in delta.items():
+            if item is None:
+                fresh.items.pop(item_id, None)
+            else:
+                fresh.items[item_id] = item
+        fresh.by_category, fresh.by_tag = indexes.by_category, indexes.by_tag
         return fresh
 
     def with_changes(self, changes: Mapping[str, Mapping[str, Any] | None], version: int
@@ -140,6 +158,44 @@ class Catalogue:
             if len(out) >= count:
                 break
         return out
+
+
+class _Indexes:
+    """A catalogue's category and tag indexes, changed copy-on-write: a dict and the lists
+    touched are copied once, the others shared with the catalogue they came from."""
+
+    def __init__(self, by_category: dict[str, list[str]], by_tag: dict[str, list[str]]
+                 ) -> None:
+        self.by_category, self.by_tag = by_category, by_tag
+        self._copied: set[tuple[bool, str]] = set()
+        self._own = False
+
+    def _list(self, of_category: bool, key: str) -> list[str]:
+        if not self._own:
+            self.by_category, self.by_tag = dict(self.by_category), dict(self.by_tag)
+            self._own = True
+        index = self.by_category if of_category else self.by_tag
+        if (of_category, key) not in self._copied:
+            self._copied.add((of_category, key))
+            index[key] = list(index.get(key, ()))
+        return index[key]
+
+    def _keys(self, item: Mapping[str, Any]) -> list[tuple[bool, str]]:
+        category, tags = item.get("category"), item.get("tags")
+        keys = [(True, category)] if isinstance(category, str) else []
+        return keys + ([(False, tag) for tag in tags] if isinstance(tags, list) else [])
+
+    def add(self, item_id: str, item: Mapping[str, Any]) -> None:
+        for of_category, key in self._keys(item):
+            self._list(of_category, key).append(item_id)
+
+    def remove(self, item_id: str, item: Mapping[str, Any]) -> None:
+        for of_category, key in self._keys(item):
+            listed = self._list(of_category, key)
+            listed.remove(item_id)
+            if not listed:  # (as a build has no empty list)
+                del (self.by_category if of_category else self.by_tag)[key]
+                self._copied.discard((of_category, key))
 
 
 def _ends(members: list[str]) -> list[str]:
