@@ -100,3 +100,43 @@ def test_decide_in_process_bagged(benchmark: Any, tmp_path: Any) -> None:
     assert min(warm) >= COLD_START_EXAMPLES, warm
     decision = benchmark(arb.decide, user_id="v", placement="homepage_banner", channel="web")
     assert decision.actions
+
+
+def _contacts(per_action: int) -> tuple[Any, list[str], dict[str, list[tuple[float, str, str]]]]:
+    """A profile with ``per_action`` contacts on each of 17 actions (packed, as this build
+    writes them), the action ids, and the same history as lists of tuples."""
+    from engine.decide.contacts import contact_entries
+    from engine.profiles import record_contact
+
+    actions = [f"action_{a}" for a in range(17)]
+    profile = None
+    for action in actions:
+        for k in range(per_action):
+            profile = record_contact(profile, "v", action, ("impression", "click")[k % 10 == 9],
+                                     NOW - k * 3600.0, ("email", "web")[k % 3 == 0])
+    assert profile is not None
+    return profile, actions, {a: contact_entries(h) for a, h in profile.contacts.items()}
+
+
+def handwritten_channel_count(history: dict[str, list[tuple[float, str, str]]],
+                              now: float, window: float, channel: str) -> int:
+    """What a programmer would write for a channel cap over (time, outcome, channel)."""
+    return sum(1 for contacts in history.values() for at, outcome, where in contacts
+               if outcome == "impression" and where == channel and now - window < at <= now)
+
+
+@pytest.mark.parametrize("per_action", [20, 200])
+def test_channel_cap_handwritten(benchmark: Any, per_action: int) -> None:
+    _, _, lists = _contacts(per_action)
+    assert benchmark(handwritten_channel_count, lists, NOW, 7 * DAY, "email") > 0
+
+
+@pytest.mark.parametrize("per_action", [20, 200])
+def test_channel_cap_packed(benchmark: Any, per_action: int) -> None:
+    """``channel email: at most N per 7d`` counted from the packed contact logs."""
+    from engine.decide.contacts import outcomes_within
+
+    profile, actions, lists = _contacts(per_action)
+    expected = handwritten_channel_count(lists, NOW, 7 * DAY, "email")
+    assert benchmark(outcomes_within, profile, actions, NOW, 7 * DAY, "impression",
+                     "email") == expected
