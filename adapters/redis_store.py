@@ -613,8 +613,9 @@ class RedisStore:
                        self.redis.xrange(key, min=f"({cursor}", max="+", count=limit))
         if not entries:
             return [], cursor
-        return ([fields[b"u"].decode() for _, fields in entries
-                 if fields.get(b"by", b"").decode() != self._token and b"u" in fields],
+        token = self._token.encode()  # (a damaged entry is stepped over, never stuck on)
+        return ([fields[b"u"].decode(errors="replace") for _, fields in entries
+                 if fields.get(b"by") != token and b"u" in fields],
                 entries[-1][0].decode())
 
     # ---- learning log and model snapshots ----------------------------------------------

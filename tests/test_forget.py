@@ -177,3 +177,21 @@ def test_a_backlog_of_forgets_is_erased_in_one_look(
     assert _lines_about(path, {f"user-{k}" for k in range(25, 30)}) == 5
     arb.close()
     other.close()
+
+
+def test_a_damaged_forgotten_entry_is_stepped_over(
+        redis_url: str, retail: Ruleset, tmp_path: Path) -> None:
+    """Entries of the ``forgotten`` stream that are not ours (bytes that are not UTF-8,
+    fields missing): the follower moves past them and still erases the users after."""
+    path = tmp_path / "d.jsonl"
+    path.write_text(json.dumps({"kind": "decision", "decision_id": "d1", "user_id": "ann",
+                                "at": 1.0}) + "\n")
+    arb = Arbiter(retail, RedisStore(redis_url), seed=1,
+                  decision_log=JsonlDecisionLog(path, flush_seconds=0.05))
+    client = redis.Redis.from_url(redis_url)
+    client.xadd("arb:forgotten", {b"u": b"\xff\xfe", b"by": b"\xff"})
+    client.xadd("arb:forgotten", {b"x": b"no user"})
+    client.xadd("arb:forgotten", {b"u": pseudonym("ann").encode(), b"by": b"other"})
+    arb.erase_forgotten_elsewhere()
+    assert _until(lambda: _lines_about(path, {"ann"}) == 0)
+    arb.close()
