@@ -275,9 +275,11 @@ class MemoryStore:
                 for name, delta in deltas.items():
                     fields[name] = fields.get(name, 0.0) + delta
             self._append(decision.user_id, effects.event)
-            self._keys[idempotency_key] = (now + ttl_seconds, fingerprint)
+            # the key lives as long as its decision (whose placement may have its own
+            # attribution window): past it the decision is gone and nothing can replay
+            self._keys[idempotency_key] = (expires_at, fingerprint)
             self._user_keys.setdefault(decision.user_id, {})[idempotency_key] = None
-            heapq.heappush(self._expiries, (now + ttl_seconds, KEY, idempotency_key,
+            heapq.heappush(self._expiries, (expires_at, KEY, idempotency_key,
                                             decision.user_id))
             self._expire(now)
             return FeedbackCommit(False, effects)

@@ -26,6 +26,8 @@ if string.sub(ARGV[2], 1, 1) == '0' then
 elseif profile ~= string.sub(ARGV[2], 2) then
   return 0
 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then ttl = tonumber(ARGV[6]) * 1000 end
 redis.call('SET', KEYS[1], ARGV[3], 'KEEPTTL')
 if ARGV[4] ~= '' then
   if ARGV[10] ~= '0' then
@@ -41,10 +43,11 @@ for _ = 1, tonumber(ARGV[11]) do
 end
 index_entry(KEYS[4], KEYS[5], redis.call('XADD', KEYS[4], '*', 'e', ARGV[8]), ARGV[7])
 local now = tonumber(redis.call('TIME')[1])
-redis.call('ZADD', KEYS[6], now + tonumber(ARGV[6]), ARGV[9])
+redis.call('ZADD', KEYS[6], now + math.ceil(ttl / 1000), ARGV[9])
 redis.call('ZREMRANGEBYSCORE', KEYS[6], '-inf', '(' .. now)
-redis.call('EXPIRE', KEYS[6], ARGV[7])
-redis.call('SET', KEYS[2], ARGV[5], 'EX', ARGV[6])
+local keep = math.max(tonumber(ARGV[7]), math.ceil(ttl / 1000))
+if redis.call('TTL', KEYS[6]) < keep then redis.call('EXPIRE', KEYS[6], keep) end
+redis.call('SET', KEYS[2], ARGV[5], 'PX', ttl)
 return 1
 """
 """A feedback's effects, all or nothing, if what they were computed from is unchanged
@@ -52,7 +55,8 @@ return 1
 log-entry and key indexes (sorted sets: entry time, key expiry; what has gone leaves
 them), then the arm hashes. ARGV: the decision as read, the profile
 as read ("0" = none, else "1" and its bytes), their new values ("" = profile
-unchanged), fingerprint, key TTL, index TTL, learning event, key name, the profile's
+unchanged), fingerprint, key TTL (used only when the decision has none: the key
+otherwise lives as long as its decision), index TTL, learning event, key name, the profile's
 retention in seconds ("0": for ever), the number of arm increments, then (key index,
 field, delta) for each. Returns 1, or 0 on a conflict."""
 
@@ -125,7 +129,9 @@ for i = lists + 1, #KEYS, 2 do
   redis.call('SET', KEYS[i], ARGV[a + 1], 'EX', ARGV[a + 2])
   redis.call('ZADD', KEYS[i + 1], now + tonumber(ARGV[a + 2]), ARGV[a + 4])
   redis.call('ZREMRANGEBYSCORE', KEYS[i + 1], '-inf', ARGV[2])
-  redis.call('EXPIRE', KEYS[i + 1], ARGV[a + 3])
+  if redis.call('TTL', KEYS[i + 1]) < tonumber(ARGV[a + 3]) then
+    redis.call('EXPIRE', KEYS[i + 1], ARGV[a + 3])
+  end
 end
 return (#KEYS - lists) / 2
 """
@@ -138,8 +144,9 @@ record is never stored without its names, whatever happened to Redis before.
 KEYS: the names lists' keys, then per record its key and its user's decision index.
 ARGV: now, the index's lower bound ("(" and a time: ids that expired before it leave),
 the number of names lists, per list: the list and the seconds it must live, then per
-record: the record, its TTL, the index's TTL and the decision id (scored by its
-expiry)."""
+record: the record, its TTL, the index's TTL (at least: an index is never made to expire
+before an id it holds, whose placement may take feedback for longer) and the decision id
+(scored by its expiry)."""
 
 MAX_COMMIT_ATTEMPTS = 50
 """Reads-then-compare-and-set attempts of one feedback before it answers UNAVAILABLE."""

@@ -58,7 +58,7 @@ def block_fields(node: type) -> tuple[BlockField, ...]:
     """A block's fields in canonical order (the order ``arbiter fmt`` writes them).
 
     >>> [f.keyword for f in block_fields(PlacementDef)]
-    ['channels', 'slots', 'fallback', 'rank']
+    ['channels', 'slots', 'fallback', 'rank', 'attribution']
     """
     rows = []
     for f in dataclasses.fields(node):
@@ -192,6 +192,8 @@ class PlacementDef:
     fallback: str | None = field(default=None, metadata=written("name"))
     # the arbitration formula; None: propensity * value * weight
     rank: Expr | None = field(default=None, metadata=written("expr", rule="rank_formula"))
+    # how long a decision here takes feedback; None: the server's --attribution-window
+    attribution: Literal | None = field(default=None, metadata=written("duration"))
     field_pos: dict[str, Pos] = field(default_factory=dict, compare=False, hash=False)
 
 

@@ -214,6 +214,9 @@ class Checker:
                 self.error(f"placement '{placement.name}' needs 'channels: ...'", placement.pos)
             if placement.slots < 1:
                 self.error("slots must be at least 1", placement.pos)
+            if placement.attribution is not None:
+                self._attribution(float(placement.attribution.value),  # type: ignore[arg-type]
+                                  placement.field_pos.get("attribution", placement.pos))
             if placement.rank is not None:
                 t = self._type(placement.rank, set(), allow_action=True)
                 if t.name not in ("number", "error"):
@@ -461,6 +464,16 @@ class Checker:
                 self.error("a policy must allow at least 1 contact", rule.pos)
             self._contact_window(float(rule.window.value),  # type: ignore[arg-type]
                                  "a policy", rule.window.pos)
+
+    def _attribution(self, seconds: float, pos: ast.Pos) -> None:
+        """A decision's record is kept this long: a second at least (feedback comes after
+        the answer), at most as long as the contact history it writes to."""
+        if seconds < 1:
+            self.error("attribution must be at least 1s (how long a decision takes "
+                       "feedback)", pos)
+        elif seconds > CONTACT_RETENTION_SECONDS:
+            self.error(f"attribution is at most {CONTACT_RETENTION_SECONDS / 86400:g}d (the "
+                       "contact history a profile keeps)", pos)
 
     def _contact_window(self, seconds: float, what: str, pos: ast.Pos) -> None:
         """A window longer than the contact history kept would count too little, silently."""

@@ -179,7 +179,9 @@ class Compiler:
             p.name, frozenset(p.channels), p.slots,
             tuple(sorted((x for x in actions.values() if p.name in x.placements),
                          key=lambda x: (-x.priority, x.id))),
-            p.pos, p.fallback, rank, print_expr(p.rank) if p.rank is not None else "")
+            p.pos, p.fallback, rank, print_expr(p.rank) if p.rank is not None else "",
+            float(p.attribution.value) if p.attribution is not None else None,  # type: ignore[arg-type]
+        )
 
     def _declare_template(self, parts: tuple[ast.TemplatePart, ...]) -> None:
         """Generate a function for every expression in a template (names kept by node)."""

@@ -297,6 +297,7 @@ class Placement:
     fallback: str | None = None  # shown when no action is eligible
     rank: CompiledFn | None = None  # the arbitration formula; None: propensity*value*weight
     rank_source: str = ""  # the formula as written; empty for the default
+    attribution: float | None = None  # seconds a decision takes feedback; None: the server's
 
 
 @dataclass(frozen=True, slots=True)

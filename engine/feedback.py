@@ -17,7 +17,8 @@ Counting rules (docs/README "Feedback"):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from dsl.vocabulary import REWARD_OUTCOMES
 from engine.experiments.windows import counter_keys
@@ -51,6 +52,8 @@ class FeedbackInput:
     at: float
     received_at: float
     window: float = float("inf")  # the attribution window, from the decision's time
+    # placements whose decisions take feedback for another time than ``window``
+    windows: Mapping[str, float] = field(default_factory=dict)
     item_id: str = ""  # a recommended item of the action the outcome is about
 
     @property
@@ -88,7 +91,7 @@ def feedback_effects(
     shown = decision.shown(fb.action_id)
     if shown is None:
         raise ActionNotInDecision(fb.action_id)
-    if fb.received_at - decision.decided_at > fb.window:
+    if fb.received_at - decision.decided_at > fb.windows.get(decision.placement, fb.window):
         raise DecisionNotFound(fb.decision_id)
     if fb.at < decision.decided_at - CLOCK_SKEW_SECONDS:
         raise InvalidArgument("timestamp", "is before the decision it reports on")

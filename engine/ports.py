@@ -142,8 +142,10 @@ class Store(LearningLog, Protocol):
         ttl_seconds: float, fingerprint: str = "",
     ) -> FeedbackCommit:
         """Apply ``change`` once per key; raises DecisionNotFound for an unknown id. The
-        key is kept ``ttl_seconds`` with the request's ``fingerprint``: the same key again
-        with the same fingerprint is a duplicate, with another one IdempotencyKeyReused."""
+        key is kept with the request's ``fingerprint`` as long as its decision is (for
+        ``ttl_seconds`` where the decision's own expiry cannot be read): the same key
+        again with the same fingerprint is a duplicate, with another one
+        IdempotencyKeyReused."""
         ...
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]: ...

@@ -78,6 +78,12 @@ FORGOTTEN_PAGE = 1000
 _ID_BITS = random.Random()  # seeded from os.urandom; private, so nothing reseeds it
 
 
+def attribution_windows(ruleset: Ruleset) -> dict[str, float]:
+    """Placements whose decisions take feedback for their own ``attribution:`` time."""
+    return {name: placement.attribution for name, placement in ruleset.placements.items()
+            if placement.attribution is not None}
+
+
 def _reseed_ids() -> None:
     _ID_BITS.seed()
 
@@ -122,6 +128,7 @@ class Arbiter:
             raise ValueError('learners="one" needs a snapshot_key: the other processes '
                              "load the learner's signed snapshots")
         self._ruleset = ruleset
+        self._windows = attribution_windows(ruleset)
         self.store = store
         self.profile_layout = profile_layout
         self.clock = clock
@@ -167,6 +174,7 @@ class Arbiter:
         if not self.experiments.pull:  # its experiments' counters before it serves
             self.experiments.refresh(ruleset.experiments)
         self.catalogue_keeper.rebase(ruleset)
+        self._windows = attribution_windows(ruleset)
         self._ruleset = ruleset
 
     def _arm_counts_or_none(self, experiment: str) -> Mapping[str, ArmCounts] | None:
@@ -256,10 +264,20 @@ class Arbiter:
             served = self._serving_recommendations = Recommendations(catalogue, recommender)
         return served
 
+    def attribution_for(self, placement: str) -> float:
+        """Seconds a decision at ``placement`` takes feedback, from its own time: the
+        placement's ``attribution:``, else the server's ``attribution_window``."""
+        return self._windows.get(placement, self.attribution_window)
+
+    @property
+    def longest_attribution(self) -> float:
+        """The longest time any decision of the serving ruleset takes feedback."""
+        return max(self.attribution_window, *self._windows.values())
+
     def record_ttl(self, record: DecisionRecord) -> float | None:
         """Seconds the record must be kept to take feedback; None when it needs no storing
         (nothing shown and no holdout, or already past its attribution window)."""
-        ttl = self.attribution_window - (self.clock() - record.decided_at)
+        ttl = self.attribution_for(record.placement) - (self.clock() - record.decided_at)
         if not (record.actions or record.holdout) or ttl <= 0:  # holdouts: lift
             return None
         return ttl
@@ -346,6 +364,7 @@ class Arbiter:
         now = self.clock()
         return FeedbackInput(decision_id, action_id, outcome, value, idempotency_key,
                              check_time("timestamp", at, now), now, self.attribution_window,
+                             self._windows,
                              item_id)
 
     def feedback_applied(self, fb: FeedbackInput, commit: FeedbackCommit) -> set[str]:

@@ -160,6 +160,10 @@ CASES = [
     ("action a { placements: home value: 1 group: g }\n"
      "policy { group g: at most 1 per 1d  group g: at most 2 per 1d }",
      "7:37: error: group 'g' already has a policy at"),
+    ("placement mail { channels: email  attribution: 400d }",
+     "6:35: error: attribution is at most 366d (the contact history a profile keeps)"),
+    ("placement mail { channels: email  attribution: 500ms }",
+     "6:35: error: attribution must be at least 1s"),
 ]
 
 

@@ -10,6 +10,7 @@ import pytest
 import redis
 
 from adapters.redis_store import RedisStore, check_server
+from dsl.loader import load_text
 from dsl.ruleset import DEFAULT_MODEL, Ruleset
 from engine.ports import DecisionNotFound, StoreUnavailable
 from engine.service import Arbiter
@@ -421,3 +422,28 @@ def test_the_map_layout_writes_records_an_earlier_build_reads(redis_url: str,
     assert back is not None
     assert as_earlier_build_reads(back)["outcomes"] == {arm: ["impression", "click"]}
     assert decode_decision(back).outcomes == {arm: ["impression", "click"]}
+
+
+def test_records_and_keys_live_as_long_as_their_placement_takes_feedback(
+        redis_url: str) -> None:
+    """A placement's ``attribution: 1h``: its records and idempotency keys expire after
+    the hour in Redis (not the server's 7 days), and a customer's indexes are never made
+    to expire before a longer-lived record or key they hold (ForgetProfile finds them)."""
+    rules = load_text("placement web { channels: web  attribution: 1h }\n"
+                      "placement mail { channels: email }\n"
+                      "action offer { placements: web, mail  value: 1 }\n")
+    store = RedisStore(redis_url, cache_ttl=0)
+    arb = Arbiter(rules, store, seed=1)
+    mail = arb.decide(user_id="ann", placement="mail", channel="email")
+    arb.feedback(decision_id=mail.decision_id, action_id="offer", outcome="impression")
+    web = arb.decide(user_id="ann", placement="web", channel="web")
+    arb.feedback(decision_id=web.decision_id, action_id="offer", outcome="impression")
+    r = redis.Redis.from_url(redis_url)
+    assert 3590 <= r.ttl(f"arb:d:{web.decision_id}") <= 3600
+    assert 3590 <= r.ttl(f"arb:k:{web.decision_id}|d|offer|impression") <= 3600
+    assert 7 * D - 10 <= r.ttl(f"arb:d:{mail.decision_id}") <= 7 * D
+    assert 7 * D - 10 <= r.ttl(f"arb:k:{mail.decision_id}|d|offer|impression") <= 7 * D
+    assert r.ttl("arb:udz:ann") >= 7 * D - 10 and r.ttl("arb:ukz:ann") >= 7 * D - 10
+    assert arb.forget("ann")
+    assert not r.exists(f"arb:d:{mail.decision_id}",
+                        f"arb:k:{mail.decision_id}|d|offer|impression")

@@ -253,7 +253,7 @@ class LogLearner:
             self.shown[entry["decision_id"]] = (at, entry["placement"], record.features, set())
         while self.shown:  # forget decisions past the attribution window
             oldest_at = next(iter(self.shown.values()))[0]
-            if oldest_at >= at - self.arbiter.attribution_window:
+            if oldest_at >= at - self.arbiter.longest_attribution:
                 break
             self.shown.popitem(last=False)
         return decision.policy
