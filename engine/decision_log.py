@@ -51,6 +51,7 @@ def decision_entry(ruleset: Ruleset, decision: Decision, context: Mapping[str, A
     stored: dict[str, Any] | None = None
     if profile is not None:
         stored = msgspec.to_builtins(profile)
+        stored.pop("event_ids", None)  # (what retries deduplicate on: nothing to replay)
         for event_type, stats in profile.events.items():  # (as pairs, not base64, readably)
             if isinstance(stats.recent, bytes):
                 stored["events"][event_type]["recent"] = recent_events(stats)

@@ -79,6 +79,9 @@ class Profile(msgspec.Struct, omit_defaults=True):
     items: list[tuple[float, str, str]] = []
     # when the clusters last learnt this customer's features (at most once a day each)
     clustered_at: float | None = None
+    # the TrackEvent ids received lately, oldest first: 24 bytes each, the time received
+    # (float64) and 8-byte digests of the id and of the event (engine.profiles.event_ids)
+    event_ids: bytes = b""
 
 
 class ShownAction(msgspec.Struct, omit_defaults=True, array_like=True):
@@ -280,6 +283,9 @@ def decode_profile(data: bytes, field: str = "user_id") -> Profile:
         if isinstance(history, ContactLog) and not _consistent(history):
             raise CorruptRecord(field, "profile", f"contacts.{action_id} does not have one "
                                 "float64 time and one known kind per contact")
+    if len(profile.event_ids) % 24:
+        raise CorruptRecord(field, "profile", "event_ids is not (time, id, event) records "
+                            "of 24 bytes")
     return profile
 
 

@@ -48,6 +48,7 @@ class TrackInput:
     at: float
     traits: dict[str, AttrValue]
     item_id: str = ""  # the catalogue item the event is about (recommendations)
+    event_id: str = ""  # the client's id of the event: a retry with it is applied once
 
 
 def _kind(value: Any) -> str:
@@ -190,6 +191,7 @@ def track_input(
     at: float | None = None,
     now: float,
     item_id: str = "",
+    event_id: str = "",
 ) -> TrackInput:
     """Check a TrackEvent request; a numeric ``value`` property is the event's value, the
     ``item_id`` (or a string ``item_id`` property) the item it is about."""
@@ -219,8 +221,10 @@ def track_input(
         field = "item_id"
     if item_id:
         check_id(field, item_id)
+    if event_id:
+        check_id("event_id", event_id)
     return TrackInput(user_id, event_type, value, check_time("timestamp", at, now),
-                      checked_traits, item_id)
+                      checked_traits, item_id, event_id)
 
 
 def check_outcome(outcome: str) -> str:

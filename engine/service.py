@@ -272,7 +272,7 @@ class Arbiter:
     @property
     def longest_attribution(self) -> float:
         """The longest time any decision of the serving ruleset takes feedback."""
-        return max(self.attribution_window, *self._windows.values())
+        return max([self.attribution_window, *self._windows.values()])
 
     def record_ttl(self, record: DecisionRecord) -> float | None:
         """Seconds the record must be kept to take feedback; None when it needs no storing
@@ -544,29 +544,39 @@ class Arbiter:
         traits: Mapping[str, Any] | None = None,
         at: float | None = None,
         item_id: str = "",
+        event_id: str = "",
     ) -> Profile:
         """Record a behavioural event; with ``item_id`` it is an interaction with that
-        catalogue item, which the recommender learns (through the learning log)."""
-        plan = self.track_plan(user_id=user_id, event_type=event_type, properties=properties,
-                               traits=traits, at=at, item_id=item_id)
-        profile = self.store.update_profile(plan.user_id, plan.change, plan.learning)
-        return self.track_applied(plan, profile)
+        catalogue item, which the recommender learns (through the learning log). With
+        ``event_id``, an event already applied under that id (a retry) changes nothing."""
+        return self.track_stored(self.track_plan(
+            user_id=user_id, event_type=event_type, properties=properties, traits=traits,
+            at=at, item_id=item_id, event_id=event_id))
 
     def track_plan(self, *, user_id: str, event_type: str,
                    properties: Mapping[str, Any] | None = None,
                    traits: Mapping[str, Any] | None = None, at: float | None = None,
-                   item_id: str = "") -> TrackPlan:
+                   item_id: str = "", event_id: str = "") -> TrackPlan:
         """The checked TrackEvent (raises InvalidArgument naming the field) and what the
         store's transaction applies: with :meth:`track_applied`, the two halves of
-        :meth:`track` around it, for a server that awaits the store."""
+        :meth:`track` around it, for a server that awaits the store; afterwards
+        ``plan.duplicate`` says whether its ``event_id`` had been applied before."""
         req = track_input(self._ruleset, user_id=user_id, event_type=event_type,
                           properties=properties, traits=traits, at=at, now=self.clock(),
-                          item_id=item_id)
+                          item_id=item_id, event_id=event_id)
         return TrackPlan(req, self._ruleset, self.clock(), self.profile_layout)
+
+    def track_stored(self, plan: TrackPlan) -> Profile:
+        """The plan applied in the store's (blocking) transaction, then in this process."""
+        return self.track_applied(
+            plan, self.store.update_profile(plan.user_id, plan.change, plan.learning))
 
     def track_applied(self, plan: TrackPlan, profile: Profile) -> Profile:
         """What follows a stored event in this process: the learner woken when it logged
-        an entry, the population's send hours and percentile statistics moved."""
+        an entry, the population's send hours and percentile statistics moved (nothing
+        for a duplicate)."""
+        if plan.duplicate:
+            return profile
         if plan.logged:
             self.feedback_logged.set()  # the background learner picks it up
         self.population.add(plan.req.at)

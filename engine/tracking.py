@@ -16,9 +16,10 @@ from __future__ import annotations
 from dsl.ruleset import Ruleset
 from engine.decide.clusters import logged_features, score_snapshot
 from engine.decide.population import statistics
+from engine.event_ids import event_digests, remember, seen
 from engine.profiles import PACKED, record_event, record_item
 from engine.records import LearningEvent, Profile, pseudonym
-from engine.requests import TrackInput
+from engine.requests import FailedPrecondition, TrackInput
 
 CLUSTER_EVERY_SECONDS = 86400.0
 """A customer's cluster and score features are learnt at most once a day (of event time):
@@ -42,10 +43,25 @@ class TrackPlan:
         self.snapshot = False  # this event takes the customer's daily feature snapshot
         self.labelled = any(spec.event == req.event_type for spec in ruleset.scores.values())
         self.logged = False  # the last run of learning() made an entry
+        self.digests = (event_digests(req.event_id, req.event_type, req.value, req.item_id,
+                                      req.traits) if req.event_id else None)
+        self.duplicate = False  # the last run of change() found the event already applied
 
     def change(self, profile: Profile | None) -> Profile:
-        """The profile after the event (may run again on a conflict: the last run counts)."""
+        """The profile after the event (may run again on a conflict: the last run counts);
+        the profile as it is when its ``event_id`` was applied before (raises
+        FailedPrecondition when that id named another event)."""
         req, ruleset = self.req, self.ruleset
+        self.duplicate = False
+        if self.digests is not None:
+            known = seen(profile, self.digests, self.received_at)
+            if known is False:
+                raise FailedPrecondition(
+                    "event_id: already used for another event of this customer (another "
+                    "type, value, item or traits); send a new id for a new event")
+            if known and profile is not None:
+                self.duplicate = True
+                return profile
         self.before = statistics(profile, self.keys)
         profile = record_event(profile, req.user_id, req.event_type, req.value, req.at,
                                req.traits, self.layout)
@@ -56,12 +72,17 @@ class TrackPlan:
             last is None or req.at - last >= CLUSTER_EVERY_SECONDS)
         if self.snapshot:
             profile.clustered_at = req.at
+        if self.digests is not None:
+            remember(profile, self.digests, self.received_at)
         return profile
 
     def learning(self, profile: Profile) -> LearningEvent | None:
         """The learning-log entry of the event: an item interaction, the customer's cluster
         and score features (daily), the counts a score's label reads (every such event)."""
         req, ruleset = self.req, self.ruleset
+        if self.duplicate:
+            self.logged = False
+            return None
         features = logged_features(ruleset, profile, req.at) if self.snapshot else {}
         if self.snapshot or self.labelled:
             features.update(score_snapshot(ruleset, profile, req.at))

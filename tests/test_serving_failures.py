@@ -494,3 +494,51 @@ def test_two_servers_updating_one_customer_at_once_lose_no_event(
             running.stop(grace=0.5)
     profile = decode_profile(redis.Redis.from_url(redis_url).get("arb:p:hot"))
     assert profile.events["visit"].count == 80 and profile.events["visit"].total == 80.0
+
+
+def test_a_track_event_retried_after_a_stall_with_its_event_id_counts_once(
+        served: server.RunningServer, redis_url: str) -> None:
+    """A TrackEvent that timed out while Redis stalled may or may not have landed; its
+    retry with the same ``event_id`` counts the purchase once either way (without an id
+    it would count twice), and concurrent copies of one event from many clients too."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from engine.records import decode_profile
+
+    purchase = pb.TrackEventRequest(user_id="buyer", event_type="purchase",
+                                    event_id="order-7",
+                                    properties={"value": pb.Value(number_value=80.0)})
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        pause(redis_url, 1500)
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TrackEvent(purchase, timeout=0.3)
+        assert err.value.code() in (  # type: ignore[attr-defined]
+            grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.UNAVAILABLE)
+        time.sleep(1.6)
+        answers = [stub.TrackEvent(purchase, timeout=5) for _ in range(2)]
+        assert answers[1].duplicate
+        bought = next(e for e in answers[1].profile.events if e.event_type == "purchase")
+        assert bought.count == 1 and bought.total_value == 80.0
+        with pytest.raises(grpc.RpcError) as err:  # another event under the same id
+            stub.TrackEvent(pb.TrackEventRequest(
+                user_id="buyer", event_type="purchase", event_id="order-7",
+                properties={"value": pb.Value(number_value=95.0)}), timeout=5)
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+        assert "event_id" in (err.value.details() or "")  # type: ignore[attr-defined]
+        with pytest.raises(grpc.RpcError) as err:
+            stub.TrackEvent(pb.TrackEventRequest(user_id="buyer", event_type="visit",
+                                                 event_id="x" * 300), timeout=5)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+        assert (err.value.details() or "").startswith("event_id")  # type: ignore[attr-defined]
+
+        def send(i: int) -> bool:
+            return stub.TrackEvent(pb.TrackEventRequest(
+                user_id="buyer", event_type="visit", event_id=f"visit-{i % 4}"),
+                timeout=10).duplicate
+
+        with ThreadPoolExecutor(16) as pool:
+            duplicates = list(pool.map(send, range(40)))
+        assert duplicates.count(False) == 4
+    profile = decode_profile(redis.Redis.from_url(redis_url).get("arb:p:buyer"))
+    assert profile.events["purchase"].count == 1 and profile.events["visit"].count == 4

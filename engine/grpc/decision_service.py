@@ -302,20 +302,21 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         arguments: dict[str, Any] = {"user_id": request.user_id, "event_type": request.event_type,
                      "properties": properties, "traits": traits,
                      "at": convert.optional_time(request, "timestamp"),
-                     "item_id": request.item_id}
+                     "item_id": request.item_id, "event_id": request.event_id}
         update_async = getattr(self.io, "update_profile", None)
         with self._span("store.track"):
+            plan = self.arbiter.track_plan(**arguments)
             if update_async is not None and self.offload.store_blocks:
                 # the store's transaction awaited on the loop (no thread)
-                plan = self.arbiter.track_plan(**arguments)
                 profile = self.arbiter.track_applied(plan, await update_async(
                     plan.user_id, plan.change, plan.learning,
                     self._budget(RESPONSE_RESERVE_SECONDS,
                                  store_timeout=FEEDBACK_STORE_SECONDS)))
             else:
-                profile = await self.offload.store(self.arbiter.track, **arguments)
+                profile = await self.offload.store(self.arbiter.track_stored, plan)
         return pb.TrackEventResponse(
-            profile=convert.profile_message(profile, self.arbiter.clock(), self._types()))
+            profile=convert.profile_message(profile, self.arbiter.clock(), self._types()),
+            duplicate=plan.duplicate)
 
     @rpc
     async def GetProfile(self, request: pb.GetProfileRequest,

@@ -276,7 +276,7 @@ class FeedbackResponse(_message.Message):
     def __init__(self, duplicate: _Optional[bool] = ...) -> None: ...
 
 class TrackEventRequest(_message.Message):
-    __slots__ = ("user_id", "event_type", "properties", "timestamp", "traits", "item_id")
+    __slots__ = ("user_id", "event_type", "properties", "timestamp", "traits", "item_id", "event_id")
     class PropertiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -297,19 +297,23 @@ class TrackEventRequest(_message.Message):
     TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
     TRAITS_FIELD_NUMBER: _ClassVar[int]
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
+    EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     event_type: str
     properties: _containers.MessageMap[str, Value]
     timestamp: _timestamp_pb2.Timestamp
     traits: _containers.MessageMap[str, Value]
     item_id: str
-    def __init__(self, user_id: _Optional[str] = ..., event_type: _Optional[str] = ..., properties: _Optional[_Mapping[str, Value]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traits: _Optional[_Mapping[str, Value]] = ..., item_id: _Optional[str] = ...) -> None: ...
+    event_id: str
+    def __init__(self, user_id: _Optional[str] = ..., event_type: _Optional[str] = ..., properties: _Optional[_Mapping[str, Value]] = ..., timestamp: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., traits: _Optional[_Mapping[str, Value]] = ..., item_id: _Optional[str] = ..., event_id: _Optional[str] = ...) -> None: ...
 
 class TrackEventResponse(_message.Message):
-    __slots__ = ("profile",)
+    __slots__ = ("profile", "duplicate")
     PROFILE_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     profile: Profile
-    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, profile: _Optional[_Union[Profile, _Mapping]] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class EventAggregate(_message.Message):
     __slots__ = ("event_type", "count", "total_value", "first_at", "last_at", "count_24h", "count_7d", "count_30d")
