@@ -112,3 +112,81 @@ def test_an_old_decision_in_a_recorded_batch_is_answered_with_a_note_not_a_faile
     assert response.results[0].decision.actions
     assert response.results[0].error.startswith("at: decided, but older than")
     assert response.results[1].decision.actions and not response.results[1].error
+
+
+def test_arbiter_track_loads_a_file_once_however_often_it_is_run(
+        running: server.RunningServer, arbiter: Arbiter, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``arbiter track FILE``: every line a TrackEvent (traits, past timestamps, items), a
+    refused line named FILE:LINE while the rest goes on; run again, nothing counts twice
+    (each line's event_id is the file's digest and its number); a malformed file is
+    refused whole before anything is sent."""
+    events = tmp_path / "crm.jsonl"
+    events.write_text("\n".join(json.dumps(line) for line in [
+        {"user_id": "ann", "event_type": "purchase", "properties": {"value": 40},
+         "timestamp": "2026-11-01T09:30:00Z", "item_id": "sku-1"},
+        {"user_id": "ann", "event_type": "visit",
+         "traits": {"first_name": "Ann", "email_opt_in": True}},
+        {"user_id": "bob", "event_type": "visit", "event_id": "bob-visit-1"},
+        {"user_id": "carl", "event_type": "nonsense"},
+        {"user_id": "ann", "event_type": "purchase", "properties": {"value": 60},
+         "timestamp": 1_793_000_000},
+        {"user_id": "ann", "event_type": "visit", "traits": {"first_name": "Anne"}},
+    ]) + "\n")
+    target = ["--target", f"127.0.0.1:{running.port}"]
+    assert main(["track", str(events), *target, "--concurrency", "3"]) == 1
+    err = capsys.readouterr().err
+    assert f"{events}:4: INVALID_ARGUMENT: event_type" in err
+    assert "5 applied, 0 already applied, 1 refused" in err
+    ann = arbiter.get_profile("ann")  # a customer's lines applied in file order
+    assert ann is not None and ann.attributes["first_name"] == "Anne"
+    assert ann.events["purchase"].count == 2 and ann.events["purchase"].total == 100.0
+    assert (ann.events["purchase"].first_at, ann.events["purchase"].last_at) == (
+        1_793_000_000.0, 1_793_525_400.0)  # (2026-11-01T09:30:00Z)
+    assert main(["track", str(events), *target]) == 1
+    assert "0 applied, 5 already applied, 1 refused" in capsys.readouterr().err
+    assert arbiter.get_profile("ann").events["purchase"].count == 2  # type: ignore[union-attr]
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('{"user_id": "dan", "event_type": "visit"}\n'
+                      '{"user_id": "dan", "event_type": "visit", "properties": {"v": null}}\n')
+    assert main(["track", str(broken), *target]) == 2
+    assert f"{broken}:2:" in capsys.readouterr().err and arbiter.get_profile("dan") is None
+
+
+def test_arbiter_track_sends_a_line_again_after_a_transient_failure() -> None:
+    """A line answered UNAVAILABLE is sent again (the same request: its event_id makes
+    that safe) until answered or out of retries; then it is reported, not dropped."""
+    import argparse
+    from types import SimpleNamespace
+
+    from engine.cli.commands.track import Tally, _finish
+
+    class Down(grpc.RpcError):
+        def code(self) -> grpc.StatusCode:
+            return grpc.StatusCode.UNAVAILABLE
+
+        def details(self) -> str:
+            return "redis: connection refused"
+
+    class Answer:
+        def __init__(self, outcome: object) -> None:
+            self.outcome = outcome
+
+        def result(self) -> object:
+            if isinstance(self.outcome, Exception):
+                raise self.outcome
+            return self.outcome
+
+    sent: list[object] = []
+    answers = iter([Answer(SimpleNamespace(duplicate=True))])
+    stub = SimpleNamespace(TrackEvent=SimpleNamespace(
+        future=lambda request, timeout: sent.append(request) or next(answers)))
+    request = pb.TrackEventRequest(user_id="ann", event_type="visit", event_id="f:1")
+    tally, in_flight = Tally(), {"ann": 1}
+    _finish((1, "ann", request, Answer(Down())), stub, argparse.Namespace(retries=2),
+            Path("f.jsonl"), tally, in_flight)
+    assert sent == [request] and tally.duplicates == 1 and in_flight == {}
+    tally, in_flight = Tally(), {"ann": 1}
+    _finish((7, "ann", request, Answer(Down())), stub, argparse.Namespace(retries=0),
+            Path("f.jsonl"), tally, in_flight)
+    assert tally.refused == ["f.jsonl:7: UNAVAILABLE: redis: connection refused"]

@@ -31,11 +31,12 @@ from engine.cli.commands import (
     report,
     serve,
     test,
+    track,
 )
 from engine.cli.logs import configure
 from engine.ports import StoreUnavailable
 
-COMMANDS = (serve, check, decide, fmt, test, report, replay, items, erase_log)
+COMMANDS = (serve, check, decide, fmt, test, report, replay, items, erase_log, track)
 """Each module registers its subcommand(s); adding a command is adding a module here.
 
 Command modules import at the top only what registering needs; ``run`` imports the

@@ -7,6 +7,7 @@ The CLI is a composition root: it is where a store is built from configuration
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
@@ -155,3 +156,12 @@ def snapshot_key(args: argparse.Namespace) -> bytes | None:
         "are off; a restart relearns from what the learning log holds (at most "
         "--learning-log-max entries)")
     return None
+
+
+def key_column(line: str, key: str) -> int:
+    """Where ``key`` is named on a JSON ``line`` (1 when it is not: the line as a whole).
+
+    >>> key_column('{"user_id": "ann", "oops": 1}', "oops")
+    20
+    """
+    return line.find(json.dumps(key)) + 1 or 1

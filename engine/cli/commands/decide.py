@@ -16,6 +16,7 @@ from engine.cli.client import add_client_arguments, open_channel
 from engine.cli.common import (
     add_request_arguments,
     default_rules,
+    key_column,
     memory_store_factory,
     parse_context,
 )
@@ -190,15 +191,15 @@ def batch_users(path: Path) -> Iterator[dict[str, Any]]:
             for key in item:
                 if key not in BATCH_LINE_KEYS:  # never a silently ignored "placement"
                     raise ValueError(
-                        where.format(_column(line, key)) + f": {key}: not read; a line has "
+                        where.format(key_column(line, key)) + f": {key}: not read; a line has "
                         "user_id and, optionally, context (the placement and channel are "
                         "--placement and --channel)")
             user = item.get("user_id")
             if not isinstance(user, str) or not user:
-                raise ValueError(where.format(_column(line, "user_id"))
+                raise ValueError(where.format(key_column(line, "user_id"))
                                  + ": user_id: must be a non-empty string")
             if not isinstance(item.get("context") or {}, dict):
-                raise ValueError(where.format(_column(line, "context"))
+                raise ValueError(where.format(key_column(line, "context"))
                                  + ": context: not a JSON object")
             yield item
 
@@ -206,10 +207,6 @@ def batch_users(path: Path) -> Iterator[dict[str, Any]]:
 BATCH_LINE_KEYS = frozenset({"user_id", "context"})
 """The keys a line of ``arbiter decide --batch`` may have."""
 
-
-def _column(line: str, key: str) -> int:
-    """Where ``key`` is named on ``line`` (1 when it is not: the line as a whole)."""
-    return line.find(json.dumps(key)) + 1 or 1
 
 
 def _batch_line(item: dict[str, Any], result: Any) -> dict[str, Any]:
