@@ -54,6 +54,9 @@ def test_a_node_client_decides_tracks_and_reports_outcomes(node_client: Path,
     assert (contacts["cart_reminder"]["impressions"], contacts["cart_reminder"]["clicks"]) == (1, 1)
     batch = seen["batch"]["response"]["results"]
     assert batch[0]["decision"]["actions"] and batch[1]["error"].startswith("user_id")
+    first, again = seen["purchase"]["response"], seen["purchase_again"]["response"]
+    assert (first["duplicate"], again["duplicate"]) == (False, True)
+    assert again["profile"]["events"][0]["count"] == 1  # the retry counted once
 
 
 REFUSED = {"no_outcome": "outcome", "bad_placement": "placement",

@@ -50,6 +50,11 @@ seen.track = await call("TrackEvent", {
   properties: { value: { number_value: 89.5 } },
   traits: { first_name: { string_value: "Nadia" }, email_opt_in: { bool_value: true } },
 });
+// the same purchase sent twice under its event_id (a retry): applied once
+const purchase = { user_id: "node-buyer", event_type: "purchase", event_id: "order-node-1",
+                   properties: { value: { number_value: 20 } } };
+seen.purchase = await call("TrackEvent", purchase);
+seen.purchase_again = await call("TrackEvent", purchase);
 seen.decide = await call("Decide", { user_id: "node-user", placement: "email", channel: "email",
                                      explain: true });
 const decision = seen.decide.ok ? seen.decide.response : null;
