@@ -4,6 +4,7 @@ sends recorded so that caps apply to the next decision."""
 from __future__ import annotations
 
 import json
+import tempfile
 from pathlib import Path
 
 import grpc
@@ -155,11 +156,16 @@ def test_arbiter_track_loads_a_file_once_however_often_it_is_run(
 
 def test_arbiter_track_sends_a_line_again_after_a_transient_failure() -> None:
     """A line answered UNAVAILABLE is sent again (the same request: its event_id makes
-    that safe) until answered or out of retries; then it is reported, not dropped."""
+    that safe) until answered or out of retries; then the run stops there, and against
+    a server that is not there at all it stops at once, saying so."""
     import argparse
+    import subprocess
+    import sys
+    import time
     from types import SimpleNamespace
 
-    from engine.cli.commands.track import Tally, _finish
+    from engine.cli.commands.track import Stopped, Tally, _finish
+    from tests.conftest import free_port
 
     class Down(grpc.RpcError):
         def code(self) -> grpc.StatusCode:
@@ -187,6 +193,15 @@ def test_arbiter_track_sends_a_line_again_after_a_transient_failure() -> None:
             Path("f.jsonl"), tally, in_flight)
     assert sent == [request] and tally.duplicates == 1 and in_flight == {}
     tally, in_flight = Tally(), {"ann": 1}
-    _finish((7, "ann", request, Answer(Down())), stub, argparse.Namespace(retries=0),
-            Path("f.jsonl"), tally, in_flight)
-    assert tally.refused == ["f.jsonl:7: UNAVAILABLE: redis: connection refused"]
+    with pytest.raises(Stopped, match=r"f\.jsonl:7: UNAVAILABLE after 1 attempts: redis"):
+        _finish((7, "ann", request, Answer(Down())), stub, argparse.Namespace(retries=0),
+                Path("f.jsonl"), tally, in_flight)
+    assert in_flight == {}
+    events = Path(tempfile.mkdtemp()) / "e.jsonl"
+    events.write_text('{"user_id": "ann", "event_type": "visit"}\n' * 3)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "engine.cli", "track", str(events), "--target",
+                          f"127.0.0.1:{free_port()}", "--retries", "1"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and time.monotonic() - started < 30
+    assert f"stopped at {events}:1: UNAVAILABLE after 2 attempts" in out.stderr

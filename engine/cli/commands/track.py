@@ -5,9 +5,9 @@ TrackEvents (``--concurrency`` in flight, a customer's lines in file order). Eve
 has an ``event_id`` (its own, or the file's digest and its line number), so a run that
 stopped half way can be run again: what was applied is answered as a duplicate and
 counted once (within the 24 hours a server remembers ids). Transient failures
-(``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...) are retried with backoff under the same id;
-a refused line (``INVALID_ARGUMENT``, ...) is reported as ``FILE:LINE`` and the run goes
-on.
+(``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...) are retried with backoff under the same id,
+and a line that still fails stops the run (the server is down: run it again later); a
+refused line (``INVALID_ARGUMENT``, ...) is reported as ``FILE:LINE`` and the run goes on.
 """
 
 from __future__ import annotations
@@ -51,6 +51,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+class Stopped(Exception):
+    """A line failed for a transient reason after every retry: the run stops there."""
+
+
 @dataclass
 class Tally:
     applied: int = 0
@@ -82,30 +86,39 @@ def run(args: argparse.Namespace) -> int:
         stub = pb_grpc.DecisionServiceStub(channel)
         window: deque[tuple[int, str, Any, Any]] = deque()  # (line, user, request, future)
         in_flight: dict[str, int] = {}  # user -> calls of theirs in the window
-        done = 0
-        for number, request in event_lines(path, digest):
-            while window and (len(window) >= args.concurrency
-                              or request.user_id in in_flight):
+        done, stopped = 0, ""
+        try:
+            for number, request in event_lines(path, digest):
+                while window and (len(window) >= args.concurrency
+                                  or request.user_id in in_flight):
+                    _finish(window.popleft(), stub, args, path, tally, in_flight)
+                    done += 1
+                    _progress(done, total)
+                in_flight[request.user_id] = in_flight.get(request.user_id, 0) + 1
+                window.append((number, request.user_id, request,
+                               stub.TrackEvent.future(request, timeout=10)))
+            while window:
                 _finish(window.popleft(), stub, args, path, tally, in_flight)
                 done += 1
                 _progress(done, total)
-            in_flight[request.user_id] = in_flight.get(request.user_id, 0) + 1
-            window.append((number, request.user_id, request,
-                           stub.TrackEvent.future(request, timeout=10)))
-        while window:
-            _finish(window.popleft(), stub, args, path, tally, in_flight)
-            done += 1
-            _progress(done, total)
+        except Stopped as err:
+            stopped = str(err)
+            for *_, future in window:  # the lines in flight may or may not land: a run
+                future.cancel()        # again answers those that did as duplicates
     print(file=sys.stderr)
     for refusal in tally.refused:
         print(refusal, file=sys.stderr)
+    if stopped:
+        print(f"arbiter track: stopped at {stopped}; run it again to go on (what was "
+              "applied answers as already applied)", file=sys.stderr)
     print(f"arbiter track: {tally.line()}", file=sys.stderr)
-    return 1 if tally.refused else 0
+    return 1 if tally.refused or stopped else 0
 
 
 def _finish(entry: tuple[int, str, Any, Any], stub: Any, args: argparse.Namespace,
             path: Path, tally: Tally, in_flight: dict[str, int]) -> None:
-    """Wait for one line's answer, sending it again after transient failures."""
+    """Wait for one line's answer, sending it again after transient failures (raises
+    Stopped when they outlast the retries)."""
     import grpc
 
     number, user, request, future = entry
@@ -115,7 +128,10 @@ def _finish(entry: tuple[int, str, Any, Any], stub: Any, args: argparse.Namespac
                 response = future.result()
             except grpc.RpcError as err:
                 code = err.code()
-                if code.name in RETRIED and attempt < args.retries:
+                if code.name in RETRIED:
+                    if attempt == args.retries:
+                        raise Stopped(f"{path}:{number}: {code.name} after {attempt + 1} "
+                                      f"attempts: {err.details()}") from None
                     time.sleep(min(5.0, 0.1 * 2 ** attempt))
                     future = stub.TrackEvent.future(request, timeout=10)
                     continue
