@@ -69,10 +69,24 @@ def _kind(value: Any) -> str:
 
 
 def check_id(field: str, value: str) -> str:
+    """An id as given, or InvalidArgument naming ``field``: empty, too long, or not
+    text that can be stored (a lone surrogate, which gRPC never delivers but a caller
+    in process can pass).
+
+    >>> check_id("user_id", "ann" + chr(0xD800))
+    Traceback (most recent call last):
+    engine.requests.InvalidArgument: user_id: is not valid Unicode text (a lone surrogate)
+    """
     if not value:
         raise InvalidArgument(field, "is required")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidArgument(field, f"is longer than {MAX_ID_LENGTH} characters")
+    if not value.isascii():
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            raise InvalidArgument(field, "is not valid Unicode text (a lone surrogate)"
+                                  ) from None
     return value
 
 

@@ -357,8 +357,8 @@ class Arbiter:
         if item_id:
             check_id("item_id", item_id)
         check_outcome(outcome)
-        if len(idempotency_key) > 256:
-            raise InvalidArgument("idempotency_key", "is longer than 256 characters")
+        if idempotency_key:
+            check_id("idempotency_key", idempotency_key)
         if value is not None and not math.isfinite(value):
             raise InvalidArgument("value", "must be a finite number")
         now = self.clock()

@@ -17,6 +17,7 @@ from dsl.ruleset import Ruleset
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.requests import InvalidArgument
 from engine.service import Arbiter
 
 BAD_TIMESTAMPS = [Timestamp(seconds=-62_135_596_801), Timestamp(seconds=253_402_300_800),
@@ -163,3 +164,21 @@ def test_the_last_representable_instant_is_accepted_exactly(
     code, details = status(stub.TrackEvent, pb.TrackEventRequest(
         user_id="u", event_type="visit", properties={"when": last}))
     assert code == grpc.StatusCode.OK, details
+
+
+def test_ids_that_are_not_unicode_text_are_refused_in_process(arbiter: Arbiter) -> None:
+    """gRPC delivers only valid UTF-8, but the library is called in process too: a lone
+    surrogate in an id is InvalidArgument naming the field, never an encoding crash in
+    a store."""
+    bad = "ann" + chr(0xD800)
+    for call, field in (
+            (lambda: arbiter.track(user_id=bad, event_type="visit"), "user_id"),
+            (lambda: arbiter.track(user_id="ann", event_type="visit", event_id=bad),
+             "event_id"),
+            (lambda: arbiter.decide(user_id=bad, placement="email", channel="email"),
+             "user_id"),
+            (lambda: arbiter.feedback(decision_id="d", action_id="a", outcome="click",
+                                      idempotency_key=bad), "idempotency_key")):
+        with pytest.raises(InvalidArgument) as err:
+            call()
+        assert err.value.field == field

@@ -216,10 +216,13 @@ def event_lines(path: Path, digest: str) -> Iterator[tuple[int, Any]]:
                         raise ValueError(where.format(key_column(line, name))
                                          + f": {key}.{name}: null (leave it out instead)")
                 maps[key] = {name: convert.to_value(_value(v)) for name, v in value.items()}
-            request = pb.TrackEventRequest(
-                user_id=item["user_id"], event_type=item["event_type"],
-                item_id=item.get("item_id") or "",
-                event_id=item.get("event_id") or f"{digest}:{number}", **maps)
+            try:
+                request = pb.TrackEventRequest(
+                    user_id=item["user_id"], event_type=item["event_type"],
+                    item_id=item.get("item_id") or "",
+                    event_id=item.get("event_id") or f"{digest}:{number}", **maps)
+            except ValueError as err:  # text that is not Unicode (a lone surrogate)
+                raise ValueError(f"{path}:{number}:1: {err}") from None
             if "timestamp" in item:
                 try:
                     request.timestamp.CopyFrom(convert.timestamp(_seconds(item["timestamp"])))
