@@ -12,7 +12,7 @@ import logging
 import os
 import secrets
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,3 +165,20 @@ def key_column(line: str, key: str) -> int:
     20
     """
     return line.find(json.dumps(key)) + 1 or 1
+
+
+def json_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
+    """The objects of a JSON-lines file with their line numbers and text, a line at a
+    time (memory stays flat), blank lines skipped; raises ValueError naming
+    ``path:line:col`` for a line that is not a JSON object."""
+    with path.open(encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{number}:{err.colno}: not JSON ({err.msg})") from None
+            if not isinstance(item, dict):
+                raise ValueError(f"{path}:{number}:1: not a JSON object")
+            yield number, line, item

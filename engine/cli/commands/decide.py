@@ -16,6 +16,7 @@ from engine.cli.client import add_client_arguments, open_channel
 from engine.cli.common import (
     add_request_arguments,
     default_rules,
+    json_lines,
     key_column,
     memory_store_factory,
     parse_context,
@@ -177,31 +178,22 @@ def batch_users(path: Path) -> Iterator[dict[str, Any]]:
     Traceback (most recent call last):
     ValueError: ...jsonl:3:20: not JSON (Expecting property name enclosed in double quotes)
     """
-    with path.open() as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}:{err.colno}: not JSON ({err.msg})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{number}:1: not a JSON object")
-            where = f"{path}:{number}:{{}}"
-            for key in item:
-                if key not in BATCH_LINE_KEYS:  # never a silently ignored "placement"
-                    raise ValueError(
-                        where.format(key_column(line, key)) + f": {key}: not read; a line has "
-                        "user_id and, optionally, context (the placement and channel are "
-                        "--placement and --channel)")
-            user = item.get("user_id")
-            if not isinstance(user, str) or not user:
-                raise ValueError(where.format(key_column(line, "user_id"))
-                                 + ": user_id: must be a non-empty string")
-            if not isinstance(item.get("context") or {}, dict):
-                raise ValueError(where.format(key_column(line, "context"))
-                                 + ": context: not a JSON object")
-            yield item
+    for number, line, item in json_lines(path):
+        where = f"{path}:{number}:{{}}"
+        for key in item:
+            if key not in BATCH_LINE_KEYS:  # never a silently ignored "placement"
+                raise ValueError(
+                    where.format(key_column(line, key)) + f": {key}: not read; a line has "
+                    "user_id and, optionally, context (the placement and channel are "
+                    "--placement and --channel)")
+        user = item.get("user_id")
+        if not isinstance(user, str) or not user:
+            raise ValueError(where.format(key_column(line, "user_id"))
+                             + ": user_id: must be a non-empty string")
+        if not isinstance(item.get("context") or {}, dict):
+            raise ValueError(where.format(key_column(line, "context"))
+                             + ": context: not a JSON object")
+        yield item
 
 
 BATCH_LINE_KEYS = frozenset({"user_id", "context"})

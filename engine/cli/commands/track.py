@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import re
 import sys
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.client import add_client_arguments, open_channel
-from engine.cli.common import key_column
+from engine.cli.common import json_lines, key_column
 
 LINE_KEYS = frozenset({"user_id", "event_type", "properties", "traits", "timestamp",
                        "item_id", "event_id"})
@@ -183,53 +182,44 @@ def event_lines(path: Path, digest: str) -> Iterator[tuple[int, Any]]:
     from engine.grpc import convert
     from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 
-    with path.open(encoding="utf-8") as lines:
-        for number, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
+    for number, line, item in json_lines(path):
+        where = f"{path}:{number}:{{}}"
+        for key in item:
+            if key not in LINE_KEYS:
+                raise ValueError(where.format(key_column(line, key)) + f": {key}: not read; "
+                                 "a line has user_id, event_type and, optionally, "
+                                 + ", ".join(sorted(LINE_KEYS - {"user_id", "event_type"})))
+        for key in ("user_id", "event_type", "item_id", "event_id"):
+            value = item.get(key)
+            if (key in ("user_id", "event_type") or value is not None) and (
+                    not isinstance(value, str) or not value):
+                raise ValueError(where.format(key_column(line, key))
+                                 + f": {key}: must be a non-empty string")
+        maps = {}
+        for key in ("properties", "traits"):
+            value = item.get(key) or {}
+            if not isinstance(value, dict):
+                raise ValueError(where.format(key_column(line, key))
+                                 + f": {key}: not a JSON object")
+            for name, v in value.items():
+                if v is None:
+                    raise ValueError(where.format(key_column(line, name))
+                                     + f": {key}.{name}: null (leave it out instead)")
+            maps[key] = {name: convert.to_value(_value(v)) for name, v in value.items()}
+        try:
+            request = pb.TrackEventRequest(
+                user_id=item["user_id"], event_type=item["event_type"],
+                item_id=item.get("item_id") or "",
+                event_id=item.get("event_id") or f"{digest}:{number}", **maps)
+        except ValueError as err:  # text that is not Unicode (a lone surrogate)
+            raise ValueError(f"{path}:{number}:1: {err}") from None
+        if "timestamp" in item:
             try:
-                item = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{number}:{err.colno}: not JSON ({err.msg})") from None
-            if not isinstance(item, dict):
-                raise ValueError(f"{path}:{number}:1: not a JSON object")
-            where = f"{path}:{number}:{{}}"
-            for key in item:
-                if key not in LINE_KEYS:
-                    raise ValueError(where.format(key_column(line, key)) + f": {key}: not read; "
-                                     "a line has user_id, event_type and, optionally, "
-                                     + ", ".join(sorted(LINE_KEYS - {"user_id", "event_type"})))
-            for key in ("user_id", "event_type", "item_id", "event_id"):
-                value = item.get(key)
-                if (key in ("user_id", "event_type") or value is not None) and (
-                        not isinstance(value, str) or not value):
-                    raise ValueError(where.format(key_column(line, key))
-                                     + f": {key}: must be a non-empty string")
-            maps = {}
-            for key in ("properties", "traits"):
-                value = item.get(key) or {}
-                if not isinstance(value, dict):
-                    raise ValueError(where.format(key_column(line, key))
-                                     + f": {key}: not a JSON object")
-                for name, v in value.items():
-                    if v is None:
-                        raise ValueError(where.format(key_column(line, name))
-                                         + f": {key}.{name}: null (leave it out instead)")
-                maps[key] = {name: convert.to_value(_value(v)) for name, v in value.items()}
-            try:
-                request = pb.TrackEventRequest(
-                    user_id=item["user_id"], event_type=item["event_type"],
-                    item_id=item.get("item_id") or "",
-                    event_id=item.get("event_id") or f"{digest}:{number}", **maps)
-            except ValueError as err:  # text that is not Unicode (a lone surrogate)
-                raise ValueError(f"{path}:{number}:1: {err}") from None
-            if "timestamp" in item:
-                try:
-                    request.timestamp.CopyFrom(convert.timestamp(_seconds(item["timestamp"])))
-                except (TypeError, ValueError, OverflowError) as err:
-                    raise ValueError(where.format(key_column(line, "timestamp"))
-                                     + f": timestamp: {err}") from None
-            yield number, request
+                request.timestamp.CopyFrom(convert.timestamp(_seconds(item["timestamp"])))
+            except (TypeError, ValueError, OverflowError) as err:
+                raise ValueError(where.format(key_column(line, "timestamp"))
+                                 + f": timestamp: {err}") from None
+        yield number, request
 
 
 def _value(value: Any) -> Any:
