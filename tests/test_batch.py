@@ -205,3 +205,38 @@ def test_arbiter_track_sends_a_line_again_after_a_transient_failure() -> None:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and time.monotonic() - started < 30
     assert f"stopped at {events}:1: UNAVAILABLE after 2 attempts" in out.stderr
+
+
+def test_a_batch_that_stopped_goes_on_with_resume(
+        running: server.RunningServer, arbiter: Arbiter, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A campaign run killed half way (its last line cut short) is resumed from the first
+    user without a complete decision in --out: nobody decided twice, nobody skipped;
+    against a server that is not there it stops without a traceback, saying how to go
+    on, and what it wrote is kept."""
+    import engine.cli.commands.decide as decide
+    from tests.conftest import free_port
+
+    monkeypatch.setattr(decide, "BATCH", 3)
+    monkeypatch.setattr(decide, "BATCH_RETRIES", 1)
+    users = tmp_path / "users.jsonl"
+    users.write_text("".join(json.dumps({"user_id": f"c{i}"}) + "\n" for i in range(10)))
+    out = tmp_path / "decisions.jsonl"
+    args = ["decide", "--batch", str(users), "--placement", "homepage_banner",
+            "--channel", "web", "--out", str(out), "--resume"]
+    assert main([*args, "--target", f"127.0.0.1:{running.port}"]) == 0
+    first = out.read_text().splitlines()
+    assert [json.loads(line)["user_id"] for line in first] == [f"c{i}" for i in range(10)]
+    out.write_text("\n".join(first[:4]) + "\n" + first[4][:9])  # killed while writing c4
+    decided = len(arbiter.store._decisions)  # type: ignore[attr-defined]
+    assert main([*args, "--target", f"127.0.0.1:{running.port}"]) == 0
+    again = out.read_text().splitlines()
+    assert again[:4] == first[:4] and len(again) == 10
+    assert [json.loads(line)["user_id"] for line in again] == [f"c{i}" for i in range(10)]
+    assert len(arbiter.store._decisions) == decided + 6  # type: ignore[attr-defined]
+    out.write_text("\n".join(first[:4]) + "\n")
+    capsys.readouterr()
+    assert main([*args, "--target", f"127.0.0.1:{free_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert "stopped after 4 of 10 users: UNAVAILABLE" in err and "--resume" in err
+    assert "Traceback" not in err and out.read_text().splitlines() == first[:4]

@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DECISIONS.jsonl", help="with --batch: one line each")
     p.add_argument("--record-impressions", action="store_true",
                    help="with --batch: count each first action as shown (caps apply next)")
+    p.add_argument("--resume", action="store_true",
+                   help="with --batch: go on after a run that stopped, from the first user "
+                        "whose decision is not in --out yet (it is appended to)")
     p.add_argument("--explain", action="store_true", help="why each action was chosen")
     p.add_argument("--profile", help="JSON profile file to decide for (in process)")
     p.add_argument("--json", action="store_true", help="print the DecideResponse as JSON")
@@ -131,39 +134,105 @@ def run_batch(args: argparse.Namespace) -> int:
     The file is read twice, a line at a time (memory stays flat however many customers
     it lists): once to check every line (a line that is not a JSON object stops the run
     before anything is decided, naming file:line:col), once to decide them in order.
+    A call the server could not take (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``: nothing
+    decided) is sent again with backoff; any other failure stops the run after the
+    decisions written so far, saying how to go on (``--resume``).
     """
 
-    from engine.grpc import convert
-    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
     from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
     if not (args.target and args.out):
         print("arbiter decide: --batch needs --target and --out", file=sys.stderr)
         return 2
-    path = Path(args.batch)
+    path, out_path = Path(args.batch), Path(args.out)
     try:
         total = sum(1 for _ in batch_users(path))
+        done = completed_lines(out_path) if args.resume else 0
     except (OSError, ValueError) as err:
         print(f"arbiter decide: {err}", file=sys.stderr)
         return 2
-    done = 0
-    users = batch_users(path)
-    with open_channel(args) as channel, Path(args.out).open("w") as out:
+    users = itertools.islice(batch_users(path), done, None)
+    with open_channel(args) as channel, out_path.open("a" if args.resume else "w") as out:
         stub = pb_grpc.DecisionServiceStub(channel)
         while chunk := list(itertools.islice(users, BATCH)):
-            requests = [pb.DecideRequest(
-                user_id=str(item.get("user_id", "")), placement=args.placement,
-                channel=args.channel, limit=args.limit,
-                context={k: convert.to_value(v) for k, v in (item.get("context") or {}).items()})
-                for item in chunk]
-            response = stub.DecideBatch(pb.DecideBatchRequest(
-                requests=requests, record_impressions=args.record_impressions), timeout=120)
-            for item, result in zip(chunk, response.results, strict=True):
-                out.write(json.dumps(_batch_line(item, result)) + "\n")
+            try:
+                response = _decide_chunk(stub, args, chunk)
+            except _BatchStopped as err:
+                print(f"\narbiter decide: stopped after {done:,} of {total:,} users: {err}. "
+                      f"{out_path} holds the first {done:,} decisions; run the same command "
+                      "with --resume to go on", file=sys.stderr)
+                return 1
+            out.write("".join(json.dumps(_batch_line(item, result)) + "\n"
+                              for item, result in zip(chunk, response.results, strict=True)))
+            out.flush()
             done += len(chunk)
             print(f"\rdecided {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return 0
+
+
+class _BatchStopped(Exception):
+    """A DecideBatch call failed in a way a retry cannot mend."""
+
+
+BATCH_RETRIES = 5
+"""Sends of a DecideBatch call the server could not take, with backoff."""
+
+
+def _decide_chunk(stub: Any, args: argparse.Namespace, chunk: list[dict[str, Any]]) -> Any:
+    import time
+
+    import grpc
+
+    from engine.grpc import convert
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+
+    request = pb.DecideBatchRequest(record_impressions=args.record_impressions, requests=[
+        pb.DecideRequest(
+            user_id=str(item.get("user_id", "")), placement=args.placement,
+            channel=args.channel, limit=args.limit,
+            context={k: convert.to_value(v) for k, v in (item.get("context") or {}).items()})
+        for item in chunk])
+    for attempt in range(BATCH_RETRIES + 1):
+        try:
+            return stub.DecideBatch(request, timeout=120)
+        except grpc.RpcError as err:
+            code = err.code()
+            # nothing was decided: send it again; anything else may have recorded some
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED
+                        ) and attempt < BATCH_RETRIES:
+                time.sleep(min(5.0, 0.2 * 2 ** attempt))
+                continue
+            raise _BatchStopped(f"{code.name}: {err.details()}") from None
+    raise AssertionError("unreachable")
+
+
+def completed_lines(out: Path) -> int:
+    """The complete lines of an earlier run's ``--out`` (a line cut short when that run
+    was killed is dropped from the file: its user is decided again).
+
+    >>> import tempfile
+    >>> out = Path(tempfile.mkdtemp()) / "decisions.jsonl"
+    >>> _ = out.write_text('{"user_id": "ann"}\\n{"user_id": "bo')
+    >>> completed_lines(out), out.read_text()
+    (1, '{"user_id": "ann"}\\n')
+    >>> completed_lines(out.with_name("none.jsonl"))
+    0
+    """
+    try:
+        file = out.open("r+b")
+    except FileNotFoundError:
+        return 0
+    with file:  # a megabyte at a time: memory stays flat however long the file
+        lines = end = position = 0
+        while block := file.read(1 << 20):
+            if (count := block.count(b"\n")):
+                lines += count
+                end = position + block.rfind(b"\n") + 1
+            position += len(block)
+        if end < position:
+            file.truncate(end)
+    return lines
 
 
 def batch_users(path: Path) -> Iterator[dict[str, Any]]:
