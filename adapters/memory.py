@@ -120,9 +120,13 @@ class MemoryStore:
         with self._lock:
             now = self.clock()
             self._expire(now)
-            profile = change(self.get_profile(user_id))
+            before = self.get_profile(user_id)
+            profile = change(before)
+            stored = encode(profile)
+            if before is not None and stored == self._profiles[user_id]:
+                return profile  # nothing changed (a duplicate event): nothing to write
             event = learning(profile) if learning is not None else None
-            self._put_profile(user_id, encode(profile), now)
+            self._put_profile(user_id, stored, now)
             if event is not None:
                 self._append(user_id, event)
             return profile

@@ -133,8 +133,11 @@ class RedisDecideIO:
                 data = await self._track.read(user_id)
             cached = False
             profile = change(decode_profile(data) if data is not None else None)
+            stored = encode(profile)
+            if stored == data:  # nothing changed (an event applied before: what was read
+                return profile  # had stored it), so nothing to write
             event = learning(profile) if learning is not None else None
-            if await self._track.update(user_id, data, encode(profile),
+            if await self._track.update(user_id, data, stored,
                                         encode_event(event) if event is not None else None):
                 return profile
         raise StoreUnavailable(f"profile of {user_id}: still conflicting after "

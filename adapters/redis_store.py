@@ -5,7 +5,8 @@ in braces, ``{arb}``, a hash tag that puts every key in one slot):
 
 ==========================  =================================================
 ``{ns}:p:{user}``           profile, msgspec MessagePack
-``{ns}:d:{decision}``       decision record, expires after the attribution window
+``{ns}:d:{decision}``       decision record, expires after its placement's attribution
+                            window
 ``{ns}:fn:{id}``            a features' names list that ``compact`` records refer to by
                             id (:mod:`engine.feature_names`): written with the first
                             record that refers to it, kept a day past the last
@@ -13,7 +14,8 @@ in braces, ``{arb}``, a hash tag that puts every key in one slot):
                             ForgetProfile); an expired id leaves at the user's next write
 ``{ns}:k:{key}``            idempotency key of an applied feedback, scoped to its decision
                             (``{decision}|k|{key}``, or ``{decision}|d|{action}|{outcome}``
-                            without one); the value is the request's fingerprint
+                            without one); the value is the request's fingerprint; it
+                            expires with its decision
 ``{ns}:ukz:{user}``         sorted set of the user's idempotency keys by expiry (likewise)
 ``{ns}:ulz:{user}``         sorted set of the user's learning-log entry ids by time; ids
                             trimmed from the log leave it at the user's next entry

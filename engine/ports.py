@@ -107,7 +107,8 @@ class Store(LearningLog, Protocol):
         learning: Learning | None = None,
     ) -> Profile:
         """Apply ``change`` atomically; the entry ``learning`` makes of the new profile
-        is appended to the learning log in the same transaction."""
+        is appended to the learning log in the same transaction. A change that leaves
+        the profile as stored (a duplicate event) need not be written."""
         ...
 
     def forget(self, user_id: str) -> int:

@@ -518,6 +518,9 @@ def test_a_track_event_retried_after_a_stall_with_its_event_id_counts_once(
         time.sleep(1.6)
         answers = [stub.TrackEvent(purchase, timeout=5) for _ in range(2)]
         assert answers[1].duplicate
+        scripts = _evals(redis_url)
+        assert stub.TrackEvent(purchase, timeout=5).duplicate
+        assert _evals(redis_url) == scripts  # a duplicate writes nothing
         bought = next(e for e in answers[1].profile.events if e.event_type == "purchase")
         assert bought.count == 1 and bought.total_value == 80.0
         with pytest.raises(grpc.RpcError) as err:  # another event under the same id
@@ -542,3 +545,9 @@ def test_a_track_event_retried_after_a_stall_with_its_event_id_counts_once(
         assert duplicates.count(False) == 4
     profile = decode_profile(redis.Redis.from_url(redis_url).get("arb:p:buyer"))
     assert profile.events["purchase"].count == 1 and profile.events["visit"].count == 4
+
+
+def _evals(url: str) -> int:
+    """Scripts Redis has run (every profile update is one)."""
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return sum(int(v["calls"]) for k, v in stats.items() if k.startswith("cmdstat_eval"))
