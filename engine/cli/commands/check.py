@@ -35,6 +35,27 @@ def learnt_summary(ruleset: Ruleset) -> list[str]:
     return lines
 
 
+def attribution_summary(ruleset: Ruleset) -> list[str]:
+    """The placements whose decisions take feedback (and keep their records) for their
+    own time, one line each: what a deployment's store holds is proportional to it.
+
+    >>> from dsl.loader import load_text
+    >>> attribution_summary(load_text("placement web { channels: web  attribution: 36h }"))
+    ['placement web: takes feedback for 1.5d after each decision (attribution)']
+    """
+    return [f"placement {name}: takes feedback for {_duration(placement.attribution)} "
+            "after each decision (attribution)"
+            for name, placement in sorted(ruleset.placements.items())
+            if placement.attribution is not None]
+
+
+def _duration(seconds: float) -> str:
+    for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
+        if seconds >= size:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
 def run(args: argparse.Namespace) -> int:
     sources = read_rule_files(args.path, "check")
     if sources is None:
@@ -56,6 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if result.ruleset.population:
             summary += ("; reads population percentiles of "
                         + ", ".join(result.ruleset.population.values()))
-        summary += "".join(f"\n{line}" for line in learnt_summary(result.ruleset))
+        summary += "".join(f"\n{line}" for line in (*learnt_summary(result.ruleset),
+                                                     *attribution_summary(result.ruleset)))
     print(summary)
     return 1 if errors else 0
