@@ -1,4 +1,4 @@
-"""gRPC DecisionService: Decide, DecideBatch, Feedback, TrackEvent, GetProfile, ForgetProfile.
+"""gRPC DecisionService: Decide(Batch), Feedback, TrackEvent(Batch), GetProfile, ForgetProfile.
 
 Decide runs on the event loop: the checked request, the profile read (asynchronous,
 coalesced with the other Decides of the same loop turn), the decision (synchronous and
@@ -23,7 +23,7 @@ import grpc
 from engine.decide.decision import Decision
 from engine.feedback import feedback_effects
 from engine.grpc import convert
-from engine.grpc.errors import rpc, throttled, time_left
+from engine.grpc.errors import rpc, status_of, throttled, time_left
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.metrics import ServerMetrics
@@ -31,8 +31,9 @@ from engine.grpc.offload import Offload
 from engine.grpc.tracing import Tracing
 from engine.ports import DecideIO, DecisionNotFound, FeedbackCommit, StoreUnavailable
 from engine.records import CorruptRecord, DecisionRecord, Profile
-from engine.requests import DecideInput, InvalidArgument, check_id
+from engine.requests import DecideInput, FailedPrecondition, InvalidArgument, check_id
 from engine.service import Arbiter
+from engine.tracking import TrackPlan
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +59,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.tracing = tracing
         self.untimed: frozenset[str] = (
             frozenset({"Decide"}) if offload.store_blocks or tracing is not None
-            else frozenset({"Decide", "DecideBatch", "Feedback", "TrackEvent", "GetProfile"}))
+            else frozenset({"Decide", "DecideBatch", "Feedback", "TrackEvent", "TrackEventBatch",
+                            "GetProfile"}))
         """RPCs that need no deadline timer around them: those that run to their end
         without yielding to the loop (the in-memory store), and Decide, whose only waits
         (the profile read, the record write) each have a timer from the deadline and
@@ -297,26 +299,56 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     @rpc
     async def TrackEvent(self, request: pb.TrackEventRequest,
                          context: grpc.aio.ServicerContext) -> pb.TrackEventResponse:
-        properties = convert.from_values("properties", request.properties)
-        traits = convert.from_values("traits", request.traits)
-        arguments: dict[str, Any] = {"user_id": request.user_id, "event_type": request.event_type,
-                     "properties": properties, "traits": traits,
-                     "at": convert.optional_time(request, "timestamp"),
-                     "item_id": request.item_id, "event_id": request.event_id}
-        update_async = getattr(self.io, "update_profile", None)
         with self._span("store.track"):
-            plan = self.arbiter.track_plan(**arguments)
-            if update_async is not None and self.offload.store_blocks:
-                # the store's transaction awaited on the loop (no thread)
-                profile = self.arbiter.track_applied(plan, await update_async(
-                    plan.user_id, plan.change, plan.learning,
-                    self._budget(RESPONSE_RESERVE_SECONDS,
-                                 store_timeout=FEEDBACK_STORE_SECONDS)))
-            else:
-                profile = await self.offload.store(self.arbiter.track_stored, plan)
+            plan, profile = await self._track(request)
         return pb.TrackEventResponse(
             profile=convert.profile_message(profile, self.arbiter.clock(), self._types()),
             duplicate=plan.duplicate)
+
+    async def _track(self, request: pb.TrackEventRequest) -> tuple[TrackPlan, Profile]:
+        """One TrackEvent checked and stored: its plan (``duplicate``) and the profile."""
+        plan = self.arbiter.track_plan(
+            user_id=request.user_id, event_type=request.event_type,
+            properties=convert.from_values("properties", request.properties),
+            traits=convert.from_values("traits", request.traits),
+            at=convert.optional_time(request, "timestamp"), item_id=request.item_id,
+            event_id=request.event_id)
+        update_async = getattr(self.io, "update_profile", None)
+        if update_async is not None and self.offload.store_blocks:
+            # the store's transaction awaited on the loop (no thread)
+            return plan, self.arbiter.track_applied(plan, await update_async(
+                plan.user_id, plan.change, plan.learning,
+                self._budget(RESPONSE_RESERVE_SECONDS, store_timeout=FEEDBACK_STORE_SECONDS)))
+        return plan, await self.offload.store(self.arbiter.track_stored, plan)
+
+    @rpc
+    async def TrackEventBatch(self, request: pb.TrackEventBatchRequest,
+                              context: grpc.aio.ServicerContext) -> pb.TrackEventBatchResponse:
+        """Each event as TrackEvent applies it, concurrently on the store's round trips
+        (a customer's events in request order: their updates queue in the order they
+        start) or in turn on the in-memory store; an event's own failure is its result."""
+        if len(request.events) > MAX_BATCH:
+            raise InvalidArgument("events", f"at most {MAX_BATCH} per call")
+        response = pb.TrackEventBatchResponse()
+        results = [response.results.add() for _ in request.events]
+        with self._span("store.track"):
+            if self.offload.store_blocks:
+                await asyncio.gather(*(self._track_one(event, result) for event, result
+                                       in zip(request.events, results, strict=True)))
+            else:
+                for event, result in zip(request.events, results, strict=True):
+                    await self._track_one(event, result)
+        return response
+
+    async def _track_one(self, event: pb.TrackEventRequest,
+                         result: pb.TrackEventBatchResult) -> None:
+        try:
+            plan, _ = await self._track(event)
+        except (InvalidArgument, FailedPrecondition, StoreUnavailable, CorruptRecord) as err:
+            code, message = status_of(err, "TrackEventBatch")
+            result.status, result.error = code.name, message
+            return
+        result.duplicate = plan.duplicate
 
     @rpc
     async def GetProfile(self, request: pb.GetProfileRequest,

@@ -27,6 +27,7 @@ SCOPES = {
     "/arbiter.v1.DecisionService/DecideBatch": "decide",
     "/arbiter.v1.DecisionService/Feedback": "feedback",
     "/arbiter.v1.DecisionService/TrackEvent": "track",
+    "/arbiter.v1.DecisionService/TrackEventBatch": "track",
     "/arbiter.v1.DecisionService/GetProfile": "profiles",
     "/arbiter.v1.DecisionService/ForgetProfile": "profiles",
     "/arbiter.v1.AdminService/": "admin",

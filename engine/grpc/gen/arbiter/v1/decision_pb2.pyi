@@ -115,6 +115,28 @@ class DecideBatchResponse(_message.Message):
     results: _containers.RepeatedCompositeFieldContainer[DecideBatchResult]
     def __init__(self, results: _Optional[_Iterable[_Union[DecideBatchResult, _Mapping]]] = ...) -> None: ...
 
+class TrackEventBatchRequest(_message.Message):
+    __slots__ = ("events",)
+    EVENTS_FIELD_NUMBER: _ClassVar[int]
+    events: _containers.RepeatedCompositeFieldContainer[TrackEventRequest]
+    def __init__(self, events: _Optional[_Iterable[_Union[TrackEventRequest, _Mapping]]] = ...) -> None: ...
+
+class TrackEventBatchResult(_message.Message):
+    __slots__ = ("duplicate", "status", "error")
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    duplicate: bool
+    status: str
+    error: str
+    def __init__(self, duplicate: _Optional[bool] = ..., status: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class TrackEventBatchResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[TrackEventBatchResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[TrackEventBatchResult, _Mapping]]] = ...) -> None: ...
+
 class DecideRequest(_message.Message):
     __slots__ = ("user_id", "placement", "channel", "context", "limit", "explain", "at")
     class ContextEntry(_message.Message):

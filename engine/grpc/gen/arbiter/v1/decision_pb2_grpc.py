@@ -65,6 +65,11 @@ class DecisionServiceStub:
                 request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchRequest.SerializeToString,
                 response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchResponse.FromString,
                 _registered_method=True)
+        self.TrackEventBatch = channel.unary_unary(
+                '/arbiter.v1.DecisionService/TrackEventBatch',
+                request_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventBatchRequest.SerializeToString,
+                response_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventBatchResponse.FromString,
+                _registered_method=True)
 
 
 class DecisionServiceServicer:
@@ -116,6 +121,15 @@ class DecisionServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def TrackEventBatch(self, request, context):
+        """Many TrackEvents in one call (bulk loads: a CRM export, a backfill): each applied
+        as TrackEvent would apply it, a customer's events in request order; one result per
+        event, so one refused event does not fail the others.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DecisionServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -148,6 +162,11 @@ def add_DecisionServiceServicer_to_server(servicer, server):
                     servicer.DecideBatch,
                     request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchRequest.FromString,
                     response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchResponse.SerializeToString,
+            ),
+            'TrackEventBatch': grpc.unary_unary_rpc_method_handler(
+                    servicer.TrackEventBatch,
+                    request_deserializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventBatchRequest.FromString,
+                    response_serializer=engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventBatchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +332,33 @@ class DecisionService:
             '/arbiter.v1.DecisionService/DecideBatch',
             engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchRequest.SerializeToString,
             engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.DecideBatchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TrackEventBatch(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/arbiter.v1.DecisionService/TrackEventBatch',
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventBatchRequest.SerializeToString,
+            engine_dot_grpc_dot_gen_dot_arbiter_dot_v1_dot_decision__pb2.TrackEventBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
