@@ -135,7 +135,7 @@ def test_arbiter_track_loads_a_file_once_however_often_it_is_run(
         {"user_id": "ann", "event_type": "visit", "traits": {"first_name": "Anne"}},
     ]) + "\n")
     target = ["--target", f"127.0.0.1:{running.port}"]
-    assert main(["track", str(events), *target, "--concurrency", "3"]) == 1
+    assert main(["track", str(events), *target, "--batch-size", "2"]) == 1
     err = capsys.readouterr().err
     assert f"{events}:4: INVALID_ARGUMENT: event_type" in err
     assert "5 applied, 0 already applied, 1 refused" in err
@@ -154,17 +154,17 @@ def test_arbiter_track_loads_a_file_once_however_often_it_is_run(
     assert f"{broken}:2:" in capsys.readouterr().err and arbiter.get_profile("dan") is None
 
 
-def test_arbiter_track_sends_a_line_again_after_a_transient_failure() -> None:
-    """A line answered UNAVAILABLE is sent again (the same request: its event_id makes
-    that safe) until answered or out of retries; then the run stops there, and against
-    a server that is not there at all it stops at once, saying so."""
-    import argparse
+def test_arbiter_track_sends_what_failed_for_a_transient_reason_again() -> None:
+    """A call answered UNAVAILABLE is sent again whole, an event answered UNAVAILABLE
+    alone (the same requests: their event_ids make that safe), until answered or out of
+    retries; then the run stops there, and against a server that is not there at all it
+    stops at once, saying so."""
     import subprocess
     import sys
     import time
     from types import SimpleNamespace
 
-    from engine.cli.commands.track import Stopped, Tally, _finish
+    from engine.cli.commands.track import Stopped, Tally, send_chunk
     from tests.conftest import free_port
 
     class Down(grpc.RpcError):
@@ -172,31 +172,39 @@ def test_arbiter_track_sends_a_line_again_after_a_transient_failure() -> None:
             return grpc.StatusCode.UNAVAILABLE
 
         def details(self) -> str:
-            return "redis: connection refused"
+            return "connection refused"
 
-    class Answer:
-        def __init__(self, outcome: object) -> None:
-            self.outcome = outcome
+    def ok(duplicate: bool = False) -> SimpleNamespace:
+        return SimpleNamespace(status="", error="", duplicate=duplicate)
 
-        def result(self) -> object:
-            if isinstance(self.outcome, Exception):
-                raise self.outcome
-            return self.outcome
+    down = SimpleNamespace(status="UNAVAILABLE", error="profile store unavailable; retry",
+                           duplicate=False)
+    refused = SimpleNamespace(status="INVALID_ARGUMENT", error="event_type: ...",
+                              duplicate=False)
+    lines = [(n, pb.TrackEventRequest(user_id="ann", event_type="visit", event_id=f"f:{n}"))
+             for n in (1, 2, 3)]
+    sent: list[list[str]] = []
 
-    sent: list[object] = []
-    answers = iter([Answer(SimpleNamespace(duplicate=True))])
-    stub = SimpleNamespace(TrackEvent=SimpleNamespace(
-        future=lambda request, timeout: sent.append(request) or next(answers)))
-    request = pb.TrackEventRequest(user_id="ann", event_type="visit", event_id="f:1")
-    tally, in_flight = Tally(), {"ann": 1}
-    _finish((1, "ann", request, Answer(Down())), stub, argparse.Namespace(retries=2),
-            Path("f.jsonl"), tally, in_flight)
-    assert sent == [request] and tally.duplicates == 1 and in_flight == {}
-    tally, in_flight = Tally(), {"ann": 1}
-    with pytest.raises(Stopped, match=r"f\.jsonl:7: UNAVAILABLE after 1 attempts: redis"):
-        _finish((7, "ann", request, Answer(Down())), stub, argparse.Namespace(retries=0),
-                Path("f.jsonl"), tally, in_flight)
-    assert in_flight == {}
+    def stub_with(*answers: object) -> SimpleNamespace:
+        replies = iter(answers)
+
+        def call(request: pb.TrackEventBatchRequest, timeout: float) -> object:
+            sent.append([e.event_id for e in request.events])
+            reply = next(replies)
+            if isinstance(reply, Exception):
+                raise reply
+            return SimpleNamespace(results=reply)
+        return SimpleNamespace(TrackEventBatch=call)
+
+    tally = Tally()
+    send_chunk(stub_with(Down(), [ok(), down, refused], [ok(True)]), lines, 2,
+               Path("f.jsonl"), tally)
+    assert sent == [["f:1", "f:2", "f:3"], ["f:1", "f:2", "f:3"], ["f:2"]]
+    assert (tally.applied, tally.duplicates) == (1, 1)
+    assert tally.refused == ["f.jsonl:3: INVALID_ARGUMENT: event_type: ..."]
+    with pytest.raises(Stopped, match=r"f\.jsonl:2: UNAVAILABLE: profile store "
+                                      r"unavailable; retry \(after 2 attempts\)"):
+        send_chunk(stub_with([ok(), down, ok()], [down]), lines, 1, Path("f.jsonl"), Tally())
     events = Path(tempfile.mkdtemp()) / "e.jsonl"
     events.write_text('{"user_id": "ann", "event_type": "visit"}\n' * 3)
     started = time.monotonic()
@@ -204,7 +212,8 @@ def test_arbiter_track_sends_a_line_again_after_a_transient_failure() -> None:
                           f"127.0.0.1:{free_port()}", "--retries", "1"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and time.monotonic() - started < 30
-    assert f"stopped at {events}:1: UNAVAILABLE after 2 attempts" in out.stderr
+    assert f"stopped at {events}:1: UNAVAILABLE" in out.stderr
+    assert "(after 2 attempts)" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_a_batch_that_stopped_goes_on_with_resume(

@@ -1,23 +1,25 @@
 """``arbiter track EVENTS.jsonl``: load behavioural events and traits into a running server.
 
-A nightly CRM export, a backfill of past purchases: one JSON object a line, sent as
-TrackEvents (``--concurrency`` in flight, a customer's lines in file order). Every line
-has an ``event_id`` (its own, or the file's digest and its line number), so a run that
-stopped half way can be run again: what was applied is answered as a duplicate and
-counted once (within the 24 hours a server remembers ids). Transient failures
-(``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...) are retried with backoff under the same id,
-and a line that still fails stops the run (the server is down: run it again later); a
-refused line (``INVALID_ARGUMENT``, ...) is reported as ``FILE:LINE`` and the run goes on.
+A nightly CRM export, a backfill of past purchases: one JSON object a line, sent in
+TrackEventBatch calls of ``--batch-size`` lines, one call at a time (a customer's lines
+in file order). Every line has an ``event_id`` (its own, or the file's digest and its
+line number), so a run that stopped half way can be run again: what was applied is
+answered as a duplicate and counted once (within the 24 hours a server remembers ids).
+Transient failures (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...) are retried with
+backoff under the same ids (an event retried is applied after those that followed it
+in its call), and one that still fails stops the run (the server or its store is down:
+run it again later); a refused line (``INVALID_ARGUMENT``, ...) is reported as
+``FILE:LINE`` and the run goes on.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import re
 import sys
 import time
-from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -31,7 +33,7 @@ LINE_KEYS = frozenset({"user_id", "event_type", "properties", "traits", "timesta
                        "item_id", "event_id"})
 """The keys a line of ``arbiter track`` may have."""
 RETRIED = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED")
-"""Statuses a line is sent again for (its event_id makes that safe)."""
+"""Statuses an event or a call is sent again for (event ids make that safe)."""
 ISO_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d(:\d\d(\.\d+)?)?(Z|[+-]\d\d:?\d\d)")
 """A string value that is a point in time (sent as a timestamp): a date-time with its
 offset, ``2026-11-01T09:30:00Z``."""
@@ -43,15 +45,21 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help='one event a line: {"user_id": ..., "event_type": ..., optionally '
                         '"properties", "traits", "timestamp", "item_id", "event_id"}')
     p.add_argument("--target", default="127.0.0.1:50051", help="host:port of a server")
-    p.add_argument("--concurrency", type=int, default=16, help="TrackEvents in flight")
+    p.add_argument("--batch-size", type=int, default=BATCH,
+                   help=f"events per TrackEventBatch call (1-1000, default {BATCH})")
     p.add_argument("--retries", type=int, default=5,
-                   help="sends of a line after a transient failure, with backoff")
+                   help="sends of an event after a transient failure, with backoff")
     add_client_arguments(p)
     p.set_defaults(func=run)
 
 
+BATCH = 500
+"""Events per TrackEventBatch call from ``arbiter track``."""
+
+
 class Stopped(Exception):
-    """A line failed for a transient reason after every retry: the run stops there."""
+    """Events failed for a transient reason after every retry (or the server refused
+    the call itself): the run stops there."""
 
 
 @dataclass
@@ -68,8 +76,8 @@ class Tally:
 def run(args: argparse.Namespace) -> int:
     from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
-    if args.concurrency < 1 or args.retries < 0:
-        print("arbiter track: --concurrency must be at least 1, --retries at least 0",
+    if not 1 <= args.batch_size <= 1000 or args.retries < 0:
+        print("arbiter track: --batch-size must be 1 to 1000, --retries at least 0",
               file=sys.stderr)
         return 2
     path = Path(args.file)
@@ -80,30 +88,17 @@ def run(args: argparse.Namespace) -> int:
     except (OSError, UnicodeDecodeError, ValueError) as err:
         print(f"arbiter track: {err}", file=sys.stderr)
         return 2
-    tally = Tally()
+    tally, done, stopped = Tally(), 0, ""
+    lines = event_lines(path, digest)
     with open_channel(args) as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
-        window: deque[tuple[int, str, Any, Any]] = deque()  # (line, user, request, future)
-        in_flight: dict[str, int] = {}  # user -> calls of theirs in the window
-        done, stopped = 0, ""
         try:
-            for number, request in event_lines(path, digest):
-                while window and (len(window) >= args.concurrency
-                                  or request.user_id in in_flight):
-                    _finish(window.popleft(), stub, args, path, tally, in_flight)
-                    done += 1
-                    _progress(done, total)
-                in_flight[request.user_id] = in_flight.get(request.user_id, 0) + 1
-                window.append((number, request.user_id, request,
-                               stub.TrackEvent.future(request, timeout=10)))
-            while window:
-                _finish(window.popleft(), stub, args, path, tally, in_flight)
-                done += 1
-                _progress(done, total)
+            while chunk := list(itertools.islice(lines, args.batch_size)):
+                send_chunk(stub, chunk, args.retries, path, tally)
+                done += len(chunk)
+                print(f"\rtracked {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
         except Stopped as err:
             stopped = str(err)
-            for *_, future in window:  # the lines in flight may or may not land: a run
-                future.cancel()        # again answers those that did as duplicates
     print(file=sys.stderr)
     for refusal in tally.refused:
         print(refusal, file=sys.stderr)
@@ -114,44 +109,48 @@ def run(args: argparse.Namespace) -> int:
     return 1 if tally.refused or stopped else 0
 
 
-def _finish(entry: tuple[int, str, Any, Any], stub: Any, args: argparse.Namespace,
-            path: Path, tally: Tally, in_flight: dict[str, int]) -> None:
-    """Wait for one line's answer, sending it again after transient failures (raises
-    Stopped when they outlast the retries)."""
+def send_chunk(stub: Any, chunk: list[tuple[int, Any]], retries: int, path: Path,
+               tally: Tally) -> None:
+    """One TrackEventBatch call for ``chunk`` (line numbers and requests); what failed
+    for a transient reason (the call, or events answered UNAVAILABLE) is sent again with
+    backoff under the same ids, until ``retries`` runs out (Stopped). A refused event is
+    counted in ``tally``; a call refused as a whole (a missing scope, say) is Stopped."""
     import grpc
 
-    number, user, request, future = entry
-    try:
-        for attempt in range(args.retries + 1):
-            try:
-                response = future.result()
-            except grpc.RpcError as err:
-                code = err.code()
-                if code.name in RETRIED:
-                    if attempt == args.retries:
-                        raise Stopped(f"{path}:{number}: {code.name} after {attempt + 1} "
-                                      f"attempts: {err.details()}") from None
-                    time.sleep(min(5.0, 0.1 * 2 ** attempt))
-                    future = stub.TrackEvent.future(request, timeout=10)
-                    continue
-                tally.refused.append(f"{path}:{number}: {code.name}: "
-                                     f"{err.details()}")
-                return
-            if response.duplicate:
-                tally.duplicates += 1
-            else:
-                tally.applied += 1
-            return
-    finally:
-        left = in_flight[user] - 1
-        if left:
-            in_flight[user] = left
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+
+    pending, attempt = chunk, 0
+    while True:
+        try:
+            response = stub.TrackEventBatch(
+                pb.TrackEventBatchRequest(events=[request for _, request in pending]),
+                timeout=60)
+        except grpc.RpcError as err:
+            code = err.code()
+            if code.name not in RETRIED:
+                raise Stopped(f"{path}:{pending[0][0]}: {code.name}: {err.details()}"
+                              ) from None
+            failure = f"{code.name}: {err.details()}"
         else:
-            del in_flight[user]
-
-
-def _progress(done: int, total: int) -> None:
-    print(f"\rtracked {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
+            again = []
+            for (number, request), result in zip(pending, response.results, strict=True):
+                if result.status in RETRIED:
+                    again.append((number, request))
+                    failure = f"{result.status}: {result.error}"
+                elif result.status:
+                    tally.refused.append(f"{path}:{number}: {result.status}: {result.error}")
+                elif result.duplicate:
+                    tally.duplicates += 1
+                else:
+                    tally.applied += 1
+            if not again:
+                return
+            pending = again
+        if attempt == retries:
+            raise Stopped(f"{path}:{pending[0][0]}: {failure} (after {attempt + 1} "
+                          "attempts)")
+        time.sleep(min(5.0, 0.1 * 2 ** attempt))
+        attempt += 1
 
 
 def file_digest(path: Path) -> tuple[str, int]:
