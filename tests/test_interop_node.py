@@ -57,6 +57,10 @@ def test_a_node_client_decides_tracks_and_reports_outcomes(node_client: Path,
     first, again = seen["purchase"]["response"], seen["purchase_again"]["response"]
     assert (first["duplicate"], again["duplicate"]) == (False, True)
     assert again["profile"]["events"][0]["count"] == 1  # the retry counted once
+    loaded = seen["track_batch"]["response"]["results"]
+    assert [(r["status"], r["duplicate"]) for r in loaded] == [
+        ("", False), ("INVALID_ARGUMENT", False), ("", True)]
+    assert loaded[1]["error"].startswith("event_type: ")
 
 
 REFUSED = {"no_outcome": "outcome", "bad_placement": "placement",

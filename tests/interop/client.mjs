@@ -55,6 +55,11 @@ const purchase = { user_id: "node-buyer", event_type: "purchase", event_id: "ord
                    properties: { value: { number_value: 20 } } };
 seen.purchase = await call("TrackEvent", purchase);
 seen.purchase_again = await call("TrackEvent", purchase);
+seen.track_batch = await call("TrackEventBatch", { events: [
+  { user_id: "node-loader", event_type: "visit", event_id: "visit-1" },
+  { user_id: "node-loader", event_type: "no_such_event" },
+  { user_id: "node-loader", event_type: "visit", event_id: "visit-1" },
+] });
 seen.decide = await call("Decide", { user_id: "node-user", placement: "email", channel: "email",
                                      explain: true });
 const decision = seen.decide.ok ? seen.decide.response : null;
