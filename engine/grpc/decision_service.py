@@ -326,13 +326,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                               context: grpc.aio.ServicerContext) -> pb.TrackEventBatchResponse:
         """Each event as TrackEvent applies it, concurrently on the store's round trips
         (a customer's events in request order: their updates queue in the order they
-        start) or in turn on the in-memory store; an event's own failure is its result."""
+        start) or else in turn; an event's own failure is its result."""
         if len(request.events) > MAX_BATCH:
             raise InvalidArgument("events", f"at most {MAX_BATCH} per call")
         response = pb.TrackEventBatchResponse()
         results = [response.results.add() for _ in request.events]
         with self._span("store.track"):
-            if self.offload.store_blocks:
+            if self.offload.store_blocks and hasattr(self.io, "update_profile"):
+                # each customer's updates take turns in DecideIO in the order they start
                 await asyncio.gather(*(self._track_one(event, result) for event, result
                                        in zip(request.events, results, strict=True)))
             else:
