@@ -249,3 +249,19 @@ def test_a_batch_that_stopped_goes_on_with_resume(
     err = capsys.readouterr().err
     assert "stopped after 4 of 10 users: UNAVAILABLE" in err and "--resume" in err
     assert "Traceback" not in err and out.read_text().splitlines() == first[:4]
+
+
+def test_arbiter_track_keeps_each_call_under_the_request_limit() -> None:
+    """Lines are sent in calls of at most --batch-size events and under 1 MiB (a server
+    refuses a larger request): big traits make smaller calls."""
+    from engine.cli.commands.track import CALL_BYTES, calls
+
+    big = {f"t{i}": pb.Value(string_value="x" * 4000) for i in range(60)}  # ~240 KB
+    lines = [(n, pb.TrackEventRequest(user_id="ann", event_type="visit", traits=big))
+             for n in range(1, 11)]
+    chunks = list(calls(iter(lines), 500))
+    assert [n for chunk in chunks for n, _ in chunk] == list(range(1, 11))
+    assert len(chunks) == 4 and all(
+        sum(r.ByteSize() for _, r in chunk) <= CALL_BYTES for chunk in chunks)
+    small = [(n, pb.TrackEventRequest(user_id="ann", event_type="visit")) for n in range(7)]
+    assert [len(c) for c in calls(iter(small), 3)] == [3, 3, 1]

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import re
 import sys
 import time
@@ -89,11 +88,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"arbiter track: {err}", file=sys.stderr)
         return 2
     tally, done, stopped = Tally(), 0, ""
-    lines = event_lines(path, digest)
     with open_channel(args) as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
         try:
-            while chunk := list(itertools.islice(lines, args.batch_size)):
+            for chunk in calls(event_lines(path, digest), args.batch_size):
                 send_chunk(stub, chunk, args.retries, path, tally)
                 done += len(chunk)
                 print(f"\rtracked {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
@@ -107,6 +105,26 @@ def run(args: argparse.Namespace) -> int:
               "applied answers as already applied)", file=sys.stderr)
     print(f"arbiter track: {tally.line()}", file=sys.stderr)
     return 1 if tally.refused or stopped else 0
+
+
+CALL_BYTES = 900_000
+"""A call's events at most (a server refuses requests over 1 MiB)."""
+
+
+def calls(lines: Iterator[tuple[int, Any]], size: int) -> Iterator[list[tuple[int, Any]]]:
+    """The lines in calls of at most ``size`` events and :data:`CALL_BYTES` (an event is
+    always under it: TrackEvent's own limits keep one to about half a megabyte)."""
+    chunk: list[tuple[int, Any]] = []
+    used = 0
+    for number, request in lines:
+        weight = request.ByteSize() + 8  # (its tag and length in the batch)
+        if chunk and (len(chunk) == size or used + weight > CALL_BYTES):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append((number, request))
+        used += weight
+    if chunk:
+        yield chunk
 
 
 def send_chunk(stub: Any, chunk: list[tuple[int, Any]], retries: int, path: Path,
