@@ -600,3 +600,33 @@ def test_track_event_batch_applies_each_event_as_track_event_would(
             assert (err.value.details() or "").startswith("events: at most 1000")  # type: ignore[attr-defined]
     finally:
         running.stop(grace=0.5)
+
+
+def test_served_feedback_on_redis_writes_the_profile_layout_asked_for(
+        redis_url: str, retail: Ruleset) -> None:
+    """``--profile-layout pairs`` (a rolling upgrade from a build before session 18):
+    the served Feedback on Redis, which awaits its compare-and-set on the loop, writes
+    the contact history as lists too, as the library's Feedback does; an older build
+    would read a packed one as a corrupt profile."""
+    import msgspec
+
+    arbiter = Arbiter(retail, RedisStore(redis_url, cache_ttl=0), seed=1,
+                      profile_layout="pairs")
+    running = server.start(arbiter, "127.0.0.1", 0)
+    try:
+        with channel_to(running) as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            decision = stub.Decide(pb.DecideRequest(user_id="layout", placement="email",
+                                                    channel="email"), timeout=5)
+            stub.TrackEvent(pb.TrackEventRequest(user_id="layout", event_type="visit"),
+                            timeout=5)
+            decision = stub.Decide(pb.DecideRequest(
+                user_id="layout", placement="homepage_banner", channel="web"), timeout=5)
+            stub.Feedback(pb.FeedbackRequest(
+                decision_id=decision.decision_id, action_id=decision.actions[0].action_id,
+                outcome=pb.OUTCOME_CLICK), timeout=5)
+    finally:
+        running.stop(grace=0.5)
+    stored = msgspec.msgpack.decode(redis.Redis.from_url(redis_url).get("arb:p:layout"))
+    assert stored["contacts"] and all(isinstance(h, list) for h in stored["contacts"].values())
+    assert all(isinstance(e["recent"], list) for e in stored["events"].values())

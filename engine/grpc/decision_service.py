@@ -285,7 +285,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         arbiter = self.arbiter
         fb = arbiter.feedback_input(**feedback)
         commit: FeedbackCommit = await commit_async(
-            fb.decision_id, fb.key, lambda d, p: feedback_effects(fb, d, p),
+            fb.decision_id, fb.key,
+            lambda d, p: feedback_effects(fb, d, p, arbiter.profile_layout),
             arbiter.attribution_window, fb.fingerprint,
             self._budget(RESPONSE_RESERVE_SECONDS, store_timeout=FEEDBACK_STORE_SECONDS))
         moved = arbiter.feedback_applied(fb, commit)
