@@ -12,6 +12,7 @@ import logging
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -630,3 +631,35 @@ def test_served_feedback_on_redis_writes_the_profile_layout_asked_for(
     stored = msgspec.msgpack.decode(redis.Redis.from_url(redis_url).get("arb:p:layout"))
     assert stored["contacts"] and all(isinstance(h, list) for h in stored["contacts"].values())
     assert all(isinstance(e["recent"], list) for e in stored["events"].values())
+
+
+def test_arbiter_track_against_a_redis_that_goes_away_stops_and_a_rerun_goes_on(
+        redis_server: RedisServer, redis_url: str, retail: Ruleset, tmp_path: Path) -> None:
+    """The store down mid-load: each event of a TrackEventBatch is answered UNAVAILABLE on
+    its own (the call itself succeeds), `arbiter track` sends them again, then stops,
+    exit 1, saying where; with Redis back the same command loads the rest, and every
+    line counts once."""
+    from engine.cli import main
+
+    store = RedisStore(redis_url, cache_ttl=0)
+    running = server.start(Arbiter(retail, store, seed=1), "127.0.0.1", 0,
+                           default_deadline=5.0)
+    events = tmp_path / "events.jsonl"
+    events.write_text("".join(f'{{"user_id": "load-{i % 7}", "event_type": "visit"}}\n'
+                              for i in range(40)))
+    target = ["--target", f"127.0.0.1:{running.port}", "--batch-size", "10"]
+    try:
+        redis_server.stop()
+        with channel_to(running) as channel:
+            results = pb_grpc.DecisionServiceStub(channel).TrackEventBatch(
+                pb.TrackEventBatchRequest(events=[pb.TrackEventRequest(
+                    user_id="load-0", event_type="visit")] * 3), timeout=5).results
+        assert [r.status for r in results] == ["UNAVAILABLE"] * 3
+        assert main(["track", str(events), *target, "--retries", "1"]) == 1
+        redis_server.start()
+        assert main(["track", str(events), *target]) == 0
+        assert main(["track", str(events), *target]) == 0  # again: all duplicates
+    finally:
+        running.stop(grace=0.5)
+    counts = [RedisStore(redis_url).get_profile(f"load-{u}") for u in range(7)]
+    assert sum(p.events["visit"].count for p in counts if p is not None) == 40
