@@ -152,6 +152,12 @@ def test_arbiter_track_loads_a_file_once_however_often_it_is_run(
                       '{"user_id": "dan", "event_type": "visit", "properties": {"v": null}}\n')
     assert main(["track", str(broken), *target]) == 2
     assert f"{broken}:2:" in capsys.readouterr().err and arbiter.get_profile("dan") is None
+    for when in ("NaN", "Infinity", "1e300", '"yesterday"', "true"):
+        broken.write_text('{"user_id": "dan", "event_type": "visit", "timestamp": '
+                          f"{when}}}\n")
+        assert main(["track", str(broken), *target]) == 2
+        assert f"{broken}:1:43: timestamp: must be" in capsys.readouterr().err
+    assert arbiter.get_profile("dan") is None
 
 
 def test_arbiter_track_sends_what_failed_for_a_transient_reason_again() -> None:

@@ -255,5 +255,7 @@ def _seconds(value: Any) -> float:
             raise ValueError("must be epoch seconds or an ISO 8601 date-time with its "
                              f"offset, not {value!r}")
         return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+    if not -62_135_596_800 <= value <= 253_402_300_799:  # (NaN fails it too)
+        raise ValueError("must be a time from 0001-01-01 to 9999-12-31 (epoch seconds)")
     return float(value)
 
