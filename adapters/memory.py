@@ -14,7 +14,8 @@ import threading
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
 
 from engine.feature_names import FeatureNameSets
 from engine.ports import (
@@ -24,6 +25,7 @@ from engine.ports import (
     FeedbackCommit,
     IdempotencyKeyReused,
     Learning,
+    answer_key,
 )
 from engine.records import (
     FORGET,
@@ -43,7 +45,9 @@ from engine.records import (
     pseudonym,
 )
 
-DECISION, KEY, PROFILE, NAMES = 0, 1, 2, 3
+T = TypeVar("T")
+
+DECISION, KEY, PROFILE, NAMES, ANSWER = 0, 1, 2, 3, 4
 """What an entry of the expiry heap stands for."""
 
 _POSITION = struct.Struct("q")
@@ -76,6 +80,8 @@ class MemoryStore:
         # full collection: a pause that grows with the customers)
         self._user_decisions: dict[str, dict[str, None]] = {}
         self._keys: dict[str, tuple[float, str]] = {}  # key -> (expiry, fingerprint)
+        # Decide request ids (engine.ports.answer_key) -> (expiry, claim or answer)
+        self._answers: dict[str, tuple[float, bytes]] = {}
         # (expiry, DECISION or KEY, id, user): what to drop when, as Redis TTLs would;
         # an entry whose record was replaced or forgotten since is skipped
         self._expiries: list[tuple[float, int, str, str]] = []
@@ -173,6 +179,7 @@ class MemoryStore:
                 deleted += int(self._decisions.pop(decision_id, None) is not None)
             for key in self._user_keys.pop(user_id, {}):
                 self._keys.pop(key, None)
+                self._answers.pop(key, None)
             for position in array("q", self._user_log.pop(user_id, b"")):
                 if position >= self._log_base:
                     self._log[position - self._log_base] = None
@@ -228,9 +235,11 @@ class MemoryStore:
                 elif held is not None:
                     del self._names[ref]
                 continue
-            table: dict[str, tuple[float, str]] | dict[str, tuple[bytes, float, str]]
+            table: (dict[str, tuple[float, str]] | dict[str, tuple[bytes, float, str]]
+                    | dict[str, tuple[float, bytes]])
             index, table, at = ((self._user_decisions, self._decisions, 1) if kind == DECISION
-                                else (self._user_keys, self._keys, 0))
+                                else (self._user_keys, self._keys, 0) if kind == KEY
+                                else (self._user_keys, self._answers, 0))
             entry = table.get(name)
             if entry is None or entry[at] != expires:  # forgotten, or set again since
                 continue
@@ -287,6 +296,42 @@ class MemoryStore:
                                             decision.user_id))
             self._expire(now)
             return FeedbackCommit(False, effects)
+
+    # ---- Decide request ids (engine.ports.DecideIO.claim_request) -------------------------
+    def claim_request(self, user_id: str, request_id: str, pending: bytes,
+                      hold_seconds: float) -> bytes | None:
+        """What is kept for the request id, or None after keeping ``pending`` there."""
+        with self._lock:
+            now = self.clock()
+            self._expire(now)
+            key = answer_key(user_id, request_id)
+            held = self._answers.get(key)
+            if held is not None and held[0] >= now:
+                return held[1]
+            self._keep_answer(user_id, key, pending, now + hold_seconds)
+            return None
+
+    def save_answer(self, user_id: str, request_id: str, answer: bytes,
+                    ttl_seconds: float) -> None:
+        with self._lock:
+            now = self.clock()
+            self._keep_answer(user_id, answer_key(user_id, request_id), answer,
+                              now + ttl_seconds)
+
+    def release_request(self, user_id: str, request_id: str) -> None:
+        with self._lock:
+            key = answer_key(user_id, request_id)
+            self._answers.pop(key, None)
+            keys = self._user_keys.get(user_id)
+            if keys is not None:
+                keys.pop(key, None)
+                if not keys:
+                    del self._user_keys[user_id]
+
+    def _keep_answer(self, user_id: str, key: str, value: bytes, expires: float) -> None:
+        self._answers[key] = (expires, value)
+        self._user_keys.setdefault(user_id, {})[key] = None
+        heapq.heappush(self._expiries, (expires, ANSWER, key, user_id))
 
     def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:
         with self._lock:
@@ -403,8 +448,29 @@ class MemoryDecideIO:
         for record, ttl_seconds in writes:
             self.store.save_decision(record, ttl_seconds)
 
+    def claim_requests(self, claims: Sequence[tuple[str, str, bytes]],
+                       hold_seconds: float, timeout: float
+                       ) -> Awaitable[list[bytes | None]]:
+        return _ready([self.store.claim_request(user_id, request_id, pending, hold_seconds)
+                       for user_id, request_id, pending in claims])
+
+    def save_answers(self, answers: Sequence[tuple[str, str, bytes, float]],
+                     timeout: float) -> Awaitable[None]:
+        for user_id, request_id, answer, ttl_seconds in answers:
+            self.store.save_answer(user_id, request_id, answer, ttl_seconds)
+        return _ready(None)
+
+    async def release_requests(self, keys: Sequence[tuple[str, str]]) -> None:
+        for user_id, request_id in keys:
+            self.store.release_request(user_id, request_id)
+
     async def ping(self, timeout: float) -> bool:
         return True
 
     async def aclose(self) -> None:
         return None
+
+
+async def _ready(value: T) -> T:
+    """An awaitable of what is already done (the in-memory store answers at once)."""
+    return value

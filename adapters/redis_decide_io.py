@@ -12,19 +12,21 @@ own ``timeout``: past it, or when Redis cannot be reached, the call raises
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from adapters.redis_connect import async_client
 from adapters.redis_feedback import feedback_steps, run_batched
 from adapters.redis_round_trips import FAILURES, RoundTrips
-from adapters.redis_scripts import MAX_COMMIT_ATTEMPTS
+from adapters.redis_scripts import CLAIM_REQUESTS, MAX_COMMIT_ATTEMPTS, SAVE_ANSWERS
 from engine.ports import (
     FeedbackChange,
     FeedbackCommit,
     Learning,
     StoreUnavailable,
+    answer_key,
 )
 from engine.records import (
     CorruptRecord,
@@ -195,6 +197,39 @@ class RedisDecideIO:
             return
         await _within(self._decide.write(writes), timeout, "decision record writes")
 
+    # ---- Decide request ids: on Decide's round trips, with the reads and records ---------
+    def claim_requests(self, claims: Sequence[tuple[str, str, bytes]],
+                       hold_seconds: float, timeout: float
+                       ) -> Awaitable[list[bytes | None]]:
+        """One script for all (``CLAIM_REQUESTS``), queued now for the next round trip.
+        (Every argument as bytes: redis-py would encode each str and int in Python.)"""
+        prefix = self.store.ns_bytes + b":k:"
+        keys = [prefix + answer_key(user, request_id).encode()
+                for user, request_id, _ in claims]
+        return _held(self._decide.command(
+            "EVAL", CLAIM_REQUESTS, len(keys), *keys, b"%d" % max(1, int(hold_seconds * 1000)),
+            *(pending for _, _, pending in claims), companion=True), timeout)
+
+    def save_answers(self, answers: Sequence[tuple[str, str, bytes, float]],
+                     timeout: float) -> Awaitable[None]:
+        """One script for all (``SAVE_ANSWERS``), queued now for the next round trip."""
+        ns = self.store.ns_bytes
+        keys: list[bytes] = []
+        args: list[bytes] = []
+        for user, request_id, answer, ttl_seconds in answers:
+            name = answer_key(user, request_id).encode()
+            keys += (b"%s:k:%s" % (ns, name), b"%s:ukz:%s" % (ns, user.encode()))
+            args += (answer, b"%d" % max(1, int(ttl_seconds * 1000)), name)
+        return _within(self._decide.command("EVAL", SAVE_ANSWERS, len(keys), *keys, *args,
+                                            waited=True, companion=True), timeout,
+                       "answer writes")
+
+    async def release_requests(self, keys: Sequence[tuple[str, str]]) -> None:
+        names = [self.store.key("k", answer_key(user, rid)) for user, rid in keys]
+        with contextlib.suppress(StoreUnavailable):  # a claim lapses after its hold
+            await _within(self._decide.command("DEL", *names), self.store.decide_timeout,
+                          "request id release")
+
     async def ping(self, timeout: float) -> bool:
         try:
             return bool(await asyncio.wait_for(self.redis.ping(), timeout))
@@ -214,6 +249,11 @@ class _Turn:
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.waiting = 0
+
+
+async def _held(waiter: asyncio.Future[list[Any]], timeout: float) -> list[bytes | None]:
+    held = await _within(waiter, timeout, "request id claims")
+    return [None if one is None else bytes(one) for one in held]
 
 
 async def _within(waiter: asyncio.Future[Any], timeout: float, what: str) -> Any:

@@ -53,7 +53,7 @@ class RoundTrips:
         self._reads: dict[str, list[asyncio.Future[bytes | None]]] = {}
         self._writes: list[_Write] = []
         self._updates: list[_Update] = []
-        self._commands: list[tuple[tuple[Any, ...], asyncio.Future[Any], bool]] = []
+        self._commands: list[tuple[tuple[Any, ...], asyncio.Future[Any], bool, bool]] = []
         self._flushing = False
         self._last_batch = 0  # calls the previous round trip carried
         self._tasks: set[asyncio.Task[None]] = set()
@@ -94,12 +94,15 @@ class RoundTrips:
         self._kick()
         return waiter
 
-    def command(self, *args: Any, waited: bool = False) -> asyncio.Future[Any]:
+    def command(self, *args: Any, waited: bool = False, companion: bool = False
+                ) -> asyncio.Future[Any]:
         """Any other command, sent with the next round trip; the future gets its reply.
         ``waited``: a write the round trip's ``WAIT`` for the store's replicas confirms
-        (the future fails if they do not have it in time)."""
+        (the future fails if they do not have it in time). ``companion``: sent with
+        another call of the same request (a read, a write), so not one more caller: a
+        round trip it rides is not counted as carrying several (no linger after it)."""
         waiter: asyncio.Future[Any] = self._future()
-        self._commands.append((args, waiter, waited))
+        self._commands.append((args, waiter, waited, companion))
         self._kick()
         return waiter
 
@@ -126,13 +129,14 @@ class RoundTrips:
 
     async def _flush(self, reads: dict[str, list[asyncio.Future[bytes | None]]],
                      writes: list[_Write], updates: list[_Update],
-                     others: list[tuple[tuple[Any, ...], asyncio.Future[Any], bool]]
+                     others: list[tuple[tuple[Any, ...], asyncio.Future[Any], bool, bool]]
                      ) -> None:
         """One round trip: a pipeline when it carries several commands; the command
         alone when one, as at low concurrency (redis-py's pipeline costs ~50 µs of CPU
         more per round trip)."""
         self.count += 1
-        self._last_batch = len(reads) + len(writes) + len(updates) + len(others)
+        self._last_batch = (len(reads) + len(writes) + len(updates)
+                            + sum(not companion for *_, companion in others))
         store = self.store
         commands: list[_Command] = []
         if reads:
@@ -151,7 +155,7 @@ class RoundTrips:
             commands.append(_Command(("EVAL", *update),
                                      functools.partial(_answer_updates, store, updates),
                                      [u[4] for u in updates], waited=True))
-        for args, waiter, waited in others:
+        for args, waiter, waited, _ in others:
             commands.append(_Command(args, functools.partial(_answer, waiter), [waiter],
                                      waited))
         replicas = store.replicas if any(c.waited for c in commands) else 0

@@ -148,6 +148,39 @@ record: the record, its TTL, the index's TTL (at least: an index is never made t
 before an id it holds, whose placement may take feedback for longer) and the decision id
 (scored by its expiry)."""
 
+CLAIM_REQUESTS = """
+local held = {}
+for i = 1, #KEYS do
+  local value = redis.call('GET', KEYS[i])
+  if not value then
+    redis.call('SET', KEYS[i], ARGV[i + 1], 'PX', ARGV[1])
+    value = false
+  end
+  held[i] = value
+end
+return held
+"""
+"""Decide request ids' claims: for each key, what is kept under it, or (nil) after
+keeping its claim there. KEYS: the ids' keys. ARGV: the claims' time to live in ms,
+then each key's claim. (``SET NX GET`` would need Redis 7.0, and one command each.)"""
+
+SAVE_ANSWERS = """
+local now = tonumber(redis.call('TIME')[1])
+for i = 1, #KEYS, 2 do
+  local a = (i - 1) / 2 * 3
+  local keep = math.ceil(tonumber(ARGV[a + 2]) / 1000)
+  redis.call('SET', KEYS[i], ARGV[a + 1], 'PX', ARGV[a + 2])
+  redis.call('ZADD', KEYS[i + 1], now + keep, ARGV[a + 3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i + 1], '-inf', '(' .. now)
+  if redis.call('TTL', KEYS[i + 1]) < keep then redis.call('EXPIRE', KEYS[i + 1], keep) end
+end
+return #KEYS / 2
+"""
+"""Decide request ids' answers, each in place of its claim and indexed with its
+customer's feedback keys (sorted by expiry: ForgetProfile deletes what the index names,
+and what has expired leaves it). KEYS: per answer its key and its user's key index.
+ARGV: per answer the answer, its TTL in ms, its name in the index."""
+
 MAX_COMMIT_ATTEMPTS = 50
 """Reads-then-compare-and-set attempts of one feedback before it answers UNAVAILABLE."""
 

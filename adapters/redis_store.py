@@ -15,8 +15,13 @@ in braces, ``{arb}``, a hash tag that puts every key in one slot):
 ``{ns}:k:{key}``            idempotency key of an applied feedback, scoped to its decision
                             (``{decision}|k|{key}``, or ``{decision}|d|{action}|{outcome}``
                             without one); the value is the request's fingerprint; it
-                            expires with its decision
-``{ns}:ukz:{user}``         sorted set of the user's idempotency keys by expiry (likewise)
+                            expires with its decision; ``q|{len}|{user}|{request_id}``:
+                            a Decide request id's claim (``P`` and a digest of the
+                            request, for the deciding call's time left) or kept answer
+                            (``A``, the digest, the encoded ``DecideResponse``), which
+                            expires with its decision (:mod:`engine.grpc.answers`)
+``{ns}:ukz:{user}``         sorted set of the user's idempotency keys and kept answers by
+                            expiry (likewise)
 ``{ns}:ulz:{user}``         sorted set of the user's learning-log entry ids by time; ids
                             trimmed from the log leave it at the user's next entry
 ``{ns}:ud|uk|ul:{user}``    the same indexes as plain sets, as earlier builds wrote them

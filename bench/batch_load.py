@@ -65,6 +65,8 @@ def main() -> None:
                    help="redis: a private redis-server (appendfsync always), one process")
     p.add_argument("--record-impressions", action="store_true",
                    help="each decision's first action counted as shown (a send)")
+    p.add_argument("--request-ids", action="store_true",
+                   help="each request with its own request_id (its answer kept: retry-safe)")
     p.add_argument("--server-tree", type=Path, default=ROOT,
                    help="serve this checkout (another measures a 'before')")
     args = p.parse_args()
@@ -90,7 +92,9 @@ def main() -> None:
             if more and len(in_flight) < args.in_flight:
                 requests = [pb.DecideRequest(user_id=f"b{(n + i) % args.customers}",
                                              placement=args.placement,
-                                             channel=CHANNELS[args.placement])
+                                             channel=CHANNELS[args.placement],
+                                             request_id=f"r{n + i}" if args.request_ids
+                                             else "")
                             for i in range(args.batch)]
                 n += args.batch
                 in_flight.append(stub.DecideBatch.future(
@@ -113,6 +117,7 @@ def main() -> None:
         check_rate = checks / (time.perf_counter() - started)
     print(json.dumps({"store": args.store, "placement": args.placement, "batch": args.batch,
                       "record_impressions": args.record_impressions,
+                      "request_ids": args.request_ids,
                       "in_flight": args.in_flight,
                       "decisions_per_s": round(batch_rate), "calls": calls,
                       "with_an_action": round(shown / max(decided, 1), 3),

@@ -8,7 +8,7 @@ conflict, so the function may run more than once and must not have side effects.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -62,6 +62,17 @@ class DecisionLogUnavailable(RuntimeError):
     what the store held is deleted; forgetting again retries the log."""
 
 
+def answer_key(user_id: str, request_id: str) -> str:
+    """The name under which a Decide ``request_id``'s claim and answer are kept: among the
+    customer's feedback keys (what ForgetProfile erases), unambiguous whatever the ids
+    hold.
+
+    >>> answer_key("ann", "run-7:12")
+    'q|3|ann|run-7:12'
+    """
+    return f"q|{len(user_id)}|{user_id}|{request_id}"
+
+
 class DecideIO(Protocol):
     """Decide's store I/O for an asynchronous server: the profile read and the record
     write, each bounded by ``timeout`` seconds (StoreUnavailable past it, or when the
@@ -88,6 +99,29 @@ class DecideIO(Protocol):
     async def save_decisions(self, writes: Sequence[tuple[DecisionRecord, float]],
                              timeout: float) -> None:
         """Several records (each with its TTL in seconds), returning when all are stored."""
+        ...
+
+    def claim_requests(self, claims: Sequence[tuple[str, str, bytes]],
+                       hold_seconds: float, timeout: float
+                       ) -> Awaitable[list[bytes | None]]:
+        """For each (user, Decide ``request_id``, claim): what is kept for the id (a
+        claim or an answer, as :meth:`save_answers` stored it), or None after keeping
+        the claim there for ``hold_seconds`` (the caller decides: the check and the
+        claim are one step, so of two concurrent calls one decides). Sent when called
+        (with the profile reads asked for before the result is awaited: one round trip
+        for a network store), awaited later."""
+        ...
+
+    def save_answers(self, answers: Sequence[tuple[str, str, bytes, float]],
+                     timeout: float) -> Awaitable[None]:
+        """Keep each (user, request id, answer, TTL in seconds) in place of its claim,
+        erased with the customer by ``forget``. Sent when called (with the records
+        saved before it is awaited), awaited later."""
+        ...
+
+    async def release_requests(self, keys: Sequence[tuple[str, str]]) -> None:
+        """Drop claims that led to no kept answer (nothing recorded, or degraded), so a
+        retry decides again; best effort (a claim left behind lapses after its hold)."""
         ...
 
     async def ping(self, timeout: float) -> bool:

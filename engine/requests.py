@@ -257,3 +257,8 @@ class NotFound(LookupError):
 
 class FailedPrecondition(RuntimeError):
     """The request is valid but this server is not in a state to serve it."""
+
+
+class Aborted(RuntimeError):
+    """The request conflicts with another still in progress (a Decide whose
+    ``request_id`` is being decided by an earlier call): retry after a moment."""

@@ -22,7 +22,7 @@ import grpc
 
 from engine.decide.decision import Decision
 from engine.feedback import feedback_effects
-from engine.grpc import convert
+from engine.grpc import answers, convert
 from engine.grpc.errors import rpc, status_of, throttled, time_left
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
@@ -31,7 +31,13 @@ from engine.grpc.offload import Offload
 from engine.grpc.tracing import Tracing
 from engine.ports import DecideIO, DecisionNotFound, FeedbackCommit, StoreUnavailable
 from engine.records import CorruptRecord, DecisionRecord, Profile
-from engine.requests import DecideInput, FailedPrecondition, InvalidArgument, check_id
+from engine.requests import (
+    Aborted,
+    DecideInput,
+    FailedPrecondition,
+    InvalidArgument,
+    check_id,
+)
 from engine.service import Arbiter
 from engine.tracking import TrackPlan
 
@@ -57,6 +63,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self.store_timeout = store_timeout
         self.default_deadline = default_deadline
         self.tracing = tracing
+        self._tasks: set[asyncio.Future[None]] = set()  # store calls not waited for
         self.untimed: frozenset[str] = (
             frozenset({"Decide"}) if offload.store_blocks or tracing is not None
             else frozenset({"Decide", "DecideBatch", "Feedback", "TrackEvent", "TrackEventBatch",
@@ -74,6 +81,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     @rpc
     async def Decide(self, request: pb.DecideRequest, context: grpc.aio.ServicerContext
                      ) -> pb.DecideResponse:
+        if request.request_id:
+            return await self._decide_keyed(request)
         return convert.decide_response(await self._decide(request))
 
     @rpc
@@ -84,7 +93,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         response = pb.DecideBatchResponse()
         results = [response.results.add() for _ in request.requests]
         record = request.record_impressions
-        if not self.offload.store_blocks:  # in-memory store: nothing to overlap
+        if not self.offload.store_blocks and not any(
+                one.request_id for one in request.requests):  # in memory: nothing to overlap
             for one, result in zip(request.requests, results, strict=True):
                 await self._batch_one(one, record, result)
             return response
@@ -95,46 +105,117 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def _decide_wave(self, requests: list[pb.DecideRequest],
                            results: list[pb.DecideBatchResult], record_impressions: bool
-                           ) -> None:
-        """Distinct customers' decisions with one wait for their profiles and one for
-        their records (not one task, timer and pair of waits per decision): the same
-        decisions, degraded together when the store fails or runs out of time."""
+                           ) -> list[Exception | None]:
+        """Distinct customers' decisions with one wait for their profiles (and the claims
+        of their request ids) and one for their records (and kept answers), not one
+        task, timer and pair of waits per decision: the same decisions, degraded together
+        when the store fails or runs out of time. Returns each request's refusal (None:
+        answered), also written to its result."""
         arbiter = self.arbiter
-        checked: list[tuple[DecideInput, pb.DecideBatchResult]] = []
-        for one, result in zip(requests, results, strict=True):
+        refused: list[Exception | None] = [None] * len(requests)
+        checked: list[tuple[int, DecideInput, bytes]] = []  # (index, request, digest)
+        for i, one in enumerate(requests):
             try:
-                checked.append((arbiter.decide_request(**_decide_arguments(one)), result))
+                req = arbiter.decide_request(**_decide_arguments(one))
+                digest = (answers.fingerprint(one)
+                          if one.request_id and check_id("request_id", one.request_id)
+                          else b"")
             except InvalidArgument as err:
-                result.error = str(err)
+                refused[i] = _refuse(results[i], err)
+                continue
+            checked.append((i, req, digest))
         if not checked:
-            return
-        profiles = await self._profiles([req.user_id for req, _ in checked])
-        made: list[tuple[DecideInput, Decision, Profile | None, bool]] = []
+            return refused
+        users = [req.user_id for _, req, _ in checked]
+        keyed = [(i, req.user_id, digest) for i, req, digest in checked if digest]
+        claiming = self._claims(requests, keyed) if keyed else None  # sent with the reads
+        profiles = await self._profiles(users)
+        claims = await claiming if claiming is not None else {}  # None: not asked in time
+        made: list[tuple[int, DecideInput, Decision, Profile | None, bool, bool]] = []
         writes: list[tuple[DecisionRecord, float]] = []
-        for (req, _), (profile, available) in zip(checked, profiles, strict=True):
-            if self.tracing is None:
-                decision, record = arbiter.decide_from(req, profile)
-            else:
-                decision, record = self._traced_decide(self.tracing, req, profile)
+        kept: list[tuple[str, str, bytes, float]] = []
+        impressions = []
+        for (i, req, digest), (profile, available) in zip(checked, profiles, strict=True):
+            result = results[i]
+            if digest:
+                held = claims[i] if claims is not None else None
+                if claims is None:  # cannot tell what was answered: nothing kept
+                    profile, available = None, False
+                elif held is not None:  # answered before (or being answered)
+                    try:
+                        result.decision.CopyFrom(answers.replay(held, digest))
+                    except (Aborted, FailedPrecondition, CorruptRecord) as err:
+                        refused[i] = _refuse(result, err)
+                        continue
+                    # its impression too: once per decision, and the first call may
+                    # have stopped before recording it
+                    if record_impressions and result.decision.actions:
+                        impressions.append(self._record_impression(result))
+                    continue
+            decision, record = self._decide_from(req, profile)
             ttl = arbiter.record_ttl(record)
+            keep = False
             if ttl is not None and available:
                 writes.append((record, ttl))
-            made.append((req, decision, profile, available))
+                if digest:  # the answer as it will be sent, kept with the record
+                    convert.fill_decide_response(result.decision, decision)
+                    kept.append((req.user_id, requests[i].request_id,
+                                 answers.answer(digest, result.decision), ttl))
+                    keep = True
+            made.append((i, req, decision, profile, available, keep))
         stored = True
         if writes:
+            budget = self._budget(RESPONSE_RESERVE_SECONDS)
+            keeping = self.io.save_answers(kept, budget) if kept else None  # with the records
             with self._span("store.record_write"):
-                stored = await self._store(self.io.save_decisions(
-                    writes, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
-        impressions = []
-        for (req, decision, profile, complete), (_, result) in zip(made, checked, strict=True):
+                stored = await self._store(self.io.save_decisions(writes, budget), "write")
+                if keeping is not None:
+                    stored = await self._store(keeping, "write") and stored
+        released: list[tuple[str, str]] = []
+        for i, req, decision, profile, complete, keep in made:
+            result = results[i]
             decision = arbiter.finish_decide(req, decision, profile, complete and stored)
             if self.metrics is not None:
                 self.metrics.decided(decision)
-            convert.fill_decide_response(result.decision, decision)
+            if keep:  # filled already
+                result.decision.degraded = decision.degraded
+            else:
+                convert.fill_decide_response(result.decision, decision)
+            if requests[i].request_id and not (keep and stored):
+                released.append((req.user_id, requests[i].request_id))
             if record_impressions and decision.actions and not decision.degraded:
-                impressions.append(self._record_impression(decision, result))
+                impressions.append(self._record_impression(result))
+        if released:  # kept nothing: a retry decides again (not waited for)
+            self._background(self.io.release_requests(released))
         if impressions:
             await asyncio.gather(*impressions)
+        return refused
+
+    def _claims(self, requests: list[pb.DecideRequest], keyed: list[tuple[int, str, bytes]]
+                ) -> Awaitable[dict[int, bytes | None] | None]:
+        """Each keyed request's claim, sent now: what is kept for its id, None when this
+        call claimed it; None for all when the store could not be asked in time."""
+        started = time.perf_counter()
+        claiming = self.io.claim_requests(
+            [(user, requests[i].request_id, answers.claim(digest))
+             for i, user, digest in keyed],
+            max(0.0, time_left()) + answers.HOLD_MARGIN_SECONDS, self._budget(0.0, share=0.5))
+        return self._claimed(keyed, claiming, started)
+
+    async def _claimed(self, keyed: list[tuple[int, str, bytes]],
+                       claiming: Awaitable[list[bytes | None]], started: float
+                       ) -> dict[int, bytes | None] | None:
+        try:
+            held = await claiming
+        except StoreUnavailable as err:
+            self._store_failed("read", err, started)
+            return None
+        return {i: one for (i, _, _), one in zip(keyed, held, strict=True)}
+
+    def _background(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _profiles(self, user_ids: list[str]) -> list[tuple[Profile | None, bool]]:
         """Each customer's profile and True; (None, False) for all when the store could
@@ -161,21 +242,26 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     async def _batch_one(self, one: pb.DecideRequest, record_impressions: bool,
                          result: pb.DecideBatchResult) -> None:
         try:
-            decision = await self._decide(one)
-        except InvalidArgument as err:
-            result.error = str(err)
+            if one.request_id:
+                result.decision.CopyFrom(await self._decide_keyed(one))
+            else:
+                convert.fill_decide_response(result.decision, await self._decide(one))
+        except (InvalidArgument, Aborted, FailedPrecondition, CorruptRecord) as err:
+            _refuse(result, err)
             return
-        convert.fill_decide_response(result.decision, decision)
-        if record_impressions and decision.actions and not decision.degraded:
-            await self._record_impression(decision, result)
+        decided = result.decision
+        # an answer given again (duplicate) too: its impression counts once per decision
+        # and action, and the first call may have stopped before recording it
+        if record_impressions and decided.actions and not decided.degraded:
+            await self._record_impression(result)
 
-    async def _record_impression(self, decision: Decision, result: pb.DecideBatchResult
-                                 ) -> None:
-        """DecideBatch's ``record_impressions``: the first action counted as shown."""
+    async def _record_impression(self, result: pb.DecideBatchResult) -> None:
+        """DecideBatch's ``record_impressions``: the first action counted as shown (once
+        per decision: a repeat is a duplicate of the first)."""
         try:
             await self._commit_feedback(
-                decision_id=decision.decision_id,
-                action_id=decision.actions[0].action_id, outcome="impression")
+                decision_id=result.decision.decision_id,
+                action_id=result.decision.actions[0].action_id, outcome="impression")
         except DecisionNotFound:  # decided for a time past the attribution window
             result.error = ("at: decided, but older than the attribution window, so "
                             "not recorded and its impression not counted")
@@ -198,10 +284,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         arbiter = self.arbiter
         with self._span("store.profile_read"):
             profile, available = await self._profile(req.user_id)
-        if self.tracing is None:
-            decision, record = arbiter.decide_from(req, profile)
-        else:
-            decision, record = self._traced_decide(self.tracing, req, profile)
+        decision, record = self._decide_from(req, profile)
         stored = True
         ttl = arbiter.record_ttl(record)
         if ttl is not None and available:  # degraded already: not recorded, no more waiting
@@ -209,6 +292,23 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 stored = await self._store(self.io.save_decision(
                     record, ttl, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
         return arbiter.finish_decide(req, decision, profile, available and stored)
+
+    async def _decide_keyed(self, request: pb.DecideRequest) -> pb.DecideResponse:
+        """A Decide with a ``request_id`` (engine.grpc.answers): the answer kept for it,
+        or a new decision whose answer is kept with its record (one round trip).
+        Degraded answers are not kept: the claim is dropped, and a retry decides again."""
+        result = pb.DecideBatchResult()
+        (refused,) = await self._decide_wave([request], [result], False)
+        if refused is not None:
+            raise refused
+        return result.decision
+
+    def _decide_from(self, req: DecideInput, profile: Profile | None
+                     ) -> tuple[Decision, DecisionRecord]:
+        """The decision and its record (traced when tracing is on)."""
+        if self.tracing is None:
+            return self.arbiter.decide_from(req, profile)
+        return self._traced_decide(self.tracing, req, profile)
 
     def _traced_decide(self, tracing: Tracing, req: DecideInput, profile: Profile | None
                        ) -> tuple[Decision, DecisionRecord]:
@@ -374,6 +474,13 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         # erase the user's lines (a pass over its file), which must not hold the loop
         deleted = await self.offload.thread(self.arbiter.forget, request.user_id)
         return pb.ForgetProfileResponse(deleted=deleted)
+
+
+def _refuse(result: pb.DecideBatchResult, err: Exception) -> Exception:
+    """A request of a batch refused: its status and message in its result."""
+    code, message = status_of(err, "DecideBatch")
+    result.error, result.status = message, code.name
+    return err
 
 
 def _decide_arguments(request: pb.DecideRequest) -> dict[str, Any]:

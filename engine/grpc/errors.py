@@ -28,7 +28,7 @@ from engine.ports import (
     StoreUnavailable,
 )
 from engine.records import CorruptRecord
-from engine.requests import FailedPrecondition, InvalidArgument, NotFound
+from engine.requests import Aborted, FailedPrecondition, InvalidArgument, NotFound
 from engine.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -66,6 +66,8 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.NOT_FOUND, str(err)
     if isinstance(err, FailedPrecondition):
         return grpc.StatusCode.FAILED_PRECONDITION, str(err)
+    if isinstance(err, Aborted):
+        return grpc.StatusCode.ABORTED, str(err)
     if isinstance(err, CorruptRecord):
         throttled.warning(f"corrupt:{method}", "%s: %s", method, err)
         return (grpc.StatusCode.DATA_LOSS,

@@ -37,6 +37,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DECISIONS.jsonl", help="with --batch: one line each")
     p.add_argument("--record-impressions", action="store_true",
                    help="with --batch: count each first action as shown (caps apply next)")
+    p.add_argument("--run-id", metavar="ID",
+                   help="with --batch --record-impressions: each line's request_id is "
+                        "ID:N (N its place in the file), so a call sent again, in this "
+                        "run or with --resume, records each send once; default: a new "
+                        "random id, printed if the run stops")
     p.add_argument("--resume", action="store_true",
                    help="with --batch: go on after a run that stopped, from the first user "
                         "whose decision is not in --out yet (it is appended to)")
@@ -136,8 +141,13 @@ def run_batch(args: argparse.Namespace) -> int:
     before anything is decided, naming file:line:col), once to decide them in order.
     A call the server could not take (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``: nothing
     decided) is sent again with backoff; any other failure stops the run after the
-    decisions written so far, saying how to go on (``--resume``).
+    decisions written so far, saying how to go on (``--resume``). With
+    ``--record-impressions`` each request carries a ``request_id`` (the run's id and the
+    user's place in the file), so a call whose answer was lost (``DEADLINE_EXCEEDED``)
+    and a request answered ``ABORTED`` (its first call still deciding) are sent again
+    too: a retry gets the first answer and counts the send once.
     """
+    import uuid
 
     from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
@@ -152,15 +162,17 @@ def run_batch(args: argparse.Namespace) -> int:
         print(f"arbiter decide: {err}", file=sys.stderr)
         return 2
     users = itertools.islice(batch_users(path), done, None)
+    run_id = (args.run_id or uuid.uuid4().hex[:16]) if args.record_impressions else ""
     with open_channel(args) as channel, out_path.open("a" if args.resume else "w") as out:
         stub = pb_grpc.DecisionServiceStub(channel)
         while chunk := list(itertools.islice(users, BATCH)):
             try:
-                response = _decide_chunk(stub, args, chunk)
+                response = _decide_chunk(stub, args, chunk, run_id, done)
             except _BatchStopped as err:
+                again = f" --run-id {run_id}" if run_id and not args.run_id else ""
                 print(f"\narbiter decide: stopped after {done:,} of {total:,} users: {err}. "
                       f"{out_path} holds the first {done:,} decisions; run the same command "
-                      "with --resume to go on", file=sys.stderr)
+                      f"with --resume{again} to go on", file=sys.stderr)
                 return 1
             out.write("".join(json.dumps(_batch_line(item, result)) + "\n"
                               for item, result in zip(chunk, response.results, strict=True)))
@@ -179,7 +191,11 @@ BATCH_RETRIES = 5
 """Sends of a DecideBatch call the server could not take, with backoff."""
 
 
-def _decide_chunk(stub: Any, args: argparse.Namespace, chunk: list[dict[str, Any]]) -> Any:
+def _decide_chunk(stub: Any, args: argparse.Namespace, chunk: list[dict[str, Any]],
+                  run_id: str, done: int) -> Any:
+    """One DecideBatch call for ``chunk`` (the users after the first ``done``), sent
+    again while it fails for a reason a retry mends; with a ``run_id`` (request ids) a
+    request answered ``ABORTED`` is sent again on its own."""
     import time
 
     import grpc
@@ -191,19 +207,34 @@ def _decide_chunk(stub: Any, args: argparse.Namespace, chunk: list[dict[str, Any
         pb.DecideRequest(
             user_id=str(item.get("user_id", "")), placement=args.placement,
             channel=args.channel, limit=args.limit,
+            request_id=f"{run_id}:{done + i + 1}" if run_id else "",
             context={k: convert.to_value(v) for k, v in (item.get("context") or {}).items()})
-        for item in chunk])
+        for i, item in enumerate(chunk)])
+    retried = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
+    if run_id:  # a lost answer is safe to ask for again: the first is kept under its id
+        retried |= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+    response = None
+    pending = list(range(len(chunk)))  # the requests without a final answer yet
     for attempt in range(BATCH_RETRIES + 1):
+        call = pb.DecideBatchRequest(record_impressions=request.record_impressions,
+                                     requests=[request.requests[i] for i in pending])
         try:
-            return stub.DecideBatch(request, timeout=120)
+            answer = stub.DecideBatch(call, timeout=120)
         except grpc.RpcError as err:
-            code = err.code()
-            # nothing was decided: send it again; anything else may have recorded some
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED
-                        ) and attempt < BATCH_RETRIES:
+            # nothing was decided, or what was is kept: send it again; anything else may
+            # have recorded some
+            if err.code() in retried and attempt < BATCH_RETRIES:
                 time.sleep(min(5.0, 0.2 * 2 ** attempt))
                 continue
-            raise _BatchStopped(f"{code.name}: {err.details()}") from None
+            raise _BatchStopped(f"{err.code().name}: {err.details()}") from None
+        if response is None:
+            response = pb.DecideBatchResponse(results=[pb.DecideBatchResult()] * len(chunk))
+        for i, result in zip(pending, answer.results, strict=True):
+            response.results[i].CopyFrom(result)
+        pending = [i for i in pending if response.results[i].status == "ABORTED"]
+        if not pending or attempt == BATCH_RETRIES:
+            return response
+        time.sleep(min(5.0, 0.2 * 2 ** attempt))
     raise AssertionError("unreachable")
 
 

@@ -102,12 +102,14 @@ class DecideBatchRequest(_message.Message):
     def __init__(self, requests: _Optional[_Iterable[_Union[DecideRequest, _Mapping]]] = ..., record_impressions: _Optional[bool] = ...) -> None: ...
 
 class DecideBatchResult(_message.Message):
-    __slots__ = ("decision", "error")
+    __slots__ = ("decision", "error", "status")
     DECISION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     decision: DecideResponse
     error: str
-    def __init__(self, decision: _Optional[_Union[DecideResponse, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    status: str
+    def __init__(self, decision: _Optional[_Union[DecideResponse, _Mapping]] = ..., error: _Optional[str] = ..., status: _Optional[str] = ...) -> None: ...
 
 class DecideBatchResponse(_message.Message):
     __slots__ = ("results",)
@@ -138,7 +140,7 @@ class TrackEventBatchResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[TrackEventBatchResult, _Mapping]]] = ...) -> None: ...
 
 class DecideRequest(_message.Message):
-    __slots__ = ("user_id", "placement", "channel", "context", "limit", "explain", "at")
+    __slots__ = ("user_id", "placement", "channel", "context", "limit", "explain", "at", "request_id")
     class ContextEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -153,6 +155,7 @@ class DecideRequest(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     EXPLAIN_FIELD_NUMBER: _ClassVar[int]
     AT_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     placement: str
     channel: str
@@ -160,7 +163,8 @@ class DecideRequest(_message.Message):
     limit: int
     explain: bool
     at: _timestamp_pb2.Timestamp
-    def __init__(self, user_id: _Optional[str] = ..., placement: _Optional[str] = ..., channel: _Optional[str] = ..., context: _Optional[_Mapping[str, Value]] = ..., limit: _Optional[int] = ..., explain: _Optional[bool] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, user_id: _Optional[str] = ..., placement: _Optional[str] = ..., channel: _Optional[str] = ..., context: _Optional[_Mapping[str, Value]] = ..., limit: _Optional[int] = ..., explain: _Optional[bool] = ..., at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class Reason(_message.Message):
     __slots__ = ("kind", "name", "passed", "detail", "location")
@@ -252,7 +256,7 @@ class Explanation(_message.Message):
     def __init__(self, segments: _Optional[_Iterable[str]] = ..., candidates: _Optional[_Iterable[_Union[ActionTrace, _Mapping]]] = ...) -> None: ...
 
 class DecideResponse(_message.Message):
-    __slots__ = ("decision_id", "ruleset_revision", "actions", "explanation", "decided_at", "holdout_experiment", "degraded", "best_send_at", "channel")
+    __slots__ = ("decision_id", "ruleset_revision", "actions", "explanation", "decided_at", "holdout_experiment", "degraded", "best_send_at", "channel", "duplicate")
     DECISION_ID_FIELD_NUMBER: _ClassVar[int]
     RULESET_REVISION_FIELD_NUMBER: _ClassVar[int]
     ACTIONS_FIELD_NUMBER: _ClassVar[int]
@@ -262,6 +266,7 @@ class DecideResponse(_message.Message):
     DEGRADED_FIELD_NUMBER: _ClassVar[int]
     BEST_SEND_AT_FIELD_NUMBER: _ClassVar[int]
     CHANNEL_FIELD_NUMBER: _ClassVar[int]
+    DUPLICATE_FIELD_NUMBER: _ClassVar[int]
     decision_id: str
     ruleset_revision: str
     actions: _containers.RepeatedCompositeFieldContainer[RankedAction]
@@ -271,7 +276,8 @@ class DecideResponse(_message.Message):
     degraded: bool
     best_send_at: _timestamp_pb2.Timestamp
     channel: str
-    def __init__(self, decision_id: _Optional[str] = ..., ruleset_revision: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[RankedAction, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holdout_experiment: _Optional[str] = ..., degraded: _Optional[bool] = ..., best_send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ...) -> None: ...
+    duplicate: bool
+    def __init__(self, decision_id: _Optional[str] = ..., ruleset_revision: _Optional[str] = ..., actions: _Optional[_Iterable[_Union[RankedAction, _Mapping]]] = ..., explanation: _Optional[_Union[Explanation, _Mapping]] = ..., decided_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., holdout_experiment: _Optional[str] = ..., degraded: _Optional[bool] = ..., best_send_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., channel: _Optional[str] = ..., duplicate: _Optional[bool] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("decision_id", "action_id", "outcome", "value", "idempotency_key", "timestamp", "item_id")

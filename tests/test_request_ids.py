@@ -1,0 +1,265 @@
+"""Decide's ``request_id``: a retried Decide or DecideBatch gets its first answer again
+and records nothing new (caps count a send once), on both stores, through a real server;
+a private redis-server is stalled with ``CLIENT PAUSE`` for the degraded case."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from adapters.memory import MemoryStore
+from adapters.redis_store import RedisStore
+from dsl.loader import load_text
+from engine.cli import main
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.ports import Store, answer_key
+from engine.service import Arbiter
+
+CAPPED = """
+placement mail { channels: email  fallback: digest }
+action promo { placements: mail  value: 10  cap: 2 per 7d }
+action digest { placements: mail  value: 1  when: false }
+"""
+
+
+def _memory(_: str) -> Store:
+    return MemoryStore()
+
+
+def _redis(url: str) -> Store:
+    return RedisStore(url, cache_ttl=0, decide_timeout=0.3)
+
+
+STORES: dict[str, Callable[[str], Store]] = {"memory": _memory, "redis": _redis}
+
+
+@pytest.fixture(params=sorted(STORES))
+def served(request: pytest.FixtureRequest) -> Iterator[tuple[pb_grpc.DecisionServiceStub,
+                                                             Arbiter]]:
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
+    arbiter = Arbiter(load_text(CAPPED), STORES[request.param](url), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, default_deadline=2.0)
+    channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    yield pb_grpc.DecisionServiceStub(channel), arbiter
+    channel.close()
+    running.stop(grace=0.2)
+
+
+def _send(stub: pb_grpc.DecisionServiceStub, request_id: str, user_id: str = "ann"
+          ) -> pb.DecideBatchResult:
+    one = pb.DecideRequest(user_id=user_id, placement="mail", request_id=request_id)
+    response = stub.DecideBatch(pb.DecideBatchRequest(requests=[one],
+                                                      record_impressions=True))
+    return response.results[0]
+
+
+def test_a_retried_batch_gets_its_first_answer_and_its_send_counts_once(
+        served: tuple[pb_grpc.DecisionServiceStub, Arbiter]) -> None:
+    """A promotion capped at 2 a week. Send r1 three times (a client retrying a call
+    whose answer it lost), then r2 and r3: the retries are r1's answer again, so the cap
+    sees two sends and r3 gets the fallback. Without request ids the retries would have
+    counted: r2 would already be over the cap."""
+    stub, _ = served
+    first = _send(stub, "r1")
+    again = [_send(stub, "r1"), _send(stub, "r1")]
+    assert first.decision.actions[0].action_id == "promo" and not first.decision.duplicate
+    for retry in again:
+        assert retry.decision.duplicate and not retry.error
+        assert retry.decision.decision_id == first.decision.decision_id
+        assert [a.action_id for a in retry.decision.actions] == ["promo"]
+    assert _send(stub, "r2").decision.actions[0].action_id == "promo"
+    assert _send(stub, "r3").decision.actions[0].action_id == "digest"
+
+
+def test_decide_with_a_request_id_answers_the_same_and_refuses_it_for_another_request(
+        served: tuple[pb_grpc.DecisionServiceStub, Arbiter]) -> None:
+    stub, _ = served
+    request = pb.DecideRequest(user_id="bo", placement="mail", channel="email",
+                               request_id="send-1")
+    first = stub.Decide(request, timeout=2)
+    second = stub.Decide(request, timeout=2)
+    assert (first.duplicate, second.duplicate) == (False, True)
+    second.duplicate = False
+    assert second == first
+    # the kept answer's decision takes feedback as the first did
+    assert not stub.Feedback(pb.FeedbackRequest(
+        decision_id=second.decision_id, action_id=second.actions[0].action_id,
+        outcome=pb.OUTCOME_CLICK), timeout=2).duplicate
+    other = pb.DecideRequest(user_id="bo", placement="mail", channel="email", limit=1,
+                             request_id="send-1")
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decide(other, timeout=2)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
+    assert "request_id: already used" in err.value.details()  # type: ignore[attr-defined]
+    # another customer's id of the same name is theirs alone
+    assert not stub.Decide(pb.DecideRequest(user_id="cy", placement="mail",
+                                            request_id="send-1"), timeout=2).duplicate
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decide(pb.DecideRequest(user_id="bo", placement="mail",
+                                     request_id="x" * 300), timeout=2)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT  # type: ignore[attr-defined]
+    assert err.value.details().startswith("request_id:")  # type: ignore[attr-defined]
+
+
+def test_a_request_id_being_decided_is_aborted_and_a_lapsed_claim_decides_again(
+        served: tuple[pb_grpc.DecisionServiceStub, Arbiter]) -> None:
+    """A claim left by a call still deciding (or by a server that stopped mid-call):
+    ABORTED, in the batch as its own result; once the claim lapses, a retry decides."""
+    stub, arbiter = served
+    import asyncio
+
+    from engine.grpc import answers
+
+    request = pb.DecideRequest(user_id="dee", placement="mail", request_id="r9")
+    io = arbiter.store.decide_io()
+
+    async def claim() -> None:
+        claim = answers.claim(answers.fingerprint(request))
+        assert await io.claim_requests([("dee", "r9", claim)], 0.6, 1.0) == [None]
+        await io.aclose()
+
+    asyncio.run(claim())
+    with pytest.raises(grpc.RpcError) as err:
+        stub.Decide(request, timeout=2)
+    assert err.value.code() == grpc.StatusCode.ABORTED  # type: ignore[attr-defined]
+    result = _send(stub, "r9", "dee")  # (the same request, in a batch)
+    assert (result.status, result.error.split(":")[0]) == ("ABORTED", "request_id")
+    time.sleep(0.7)
+    decided = stub.Decide(request, timeout=2)
+    assert decided.actions and not decided.duplicate
+    assert stub.Decide(request, timeout=2).duplicate
+
+
+def test_concurrent_calls_with_one_request_id_record_one_decision(
+        served: tuple[pb_grpc.DecisionServiceStub, Arbiter]) -> None:
+    """Twelve threads send the same keyed batch at once: one decides, each other gets
+    its answer or ABORTED; the cap then sees one send."""
+    stub, _ = served
+    results: list[pb.DecideBatchResult] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        result = _send(stub, "burst")
+        with lock:
+            results.append(result)
+
+    threads = [threading.Thread(target=send) for _ in range(12)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    decided = {r.decision.decision_id for r in results if not r.error}
+    assert len(decided) == 1
+    assert all(r.status == "ABORTED" for r in results if r.error)
+    assert sum(not r.decision.duplicate for r in results if not r.error) == 1
+    assert _send(stub, "next").decision.actions[0].action_id == "promo"  # 2nd send
+    assert _send(stub, "last").decision.actions[0].action_id == "digest"
+
+
+def test_forget_profile_erases_the_kept_answers(
+        served: tuple[pb_grpc.DecisionServiceStub, Arbiter]) -> None:
+    stub, _ = served
+    first = _send(stub, "f1")
+    assert stub.ForgetProfile(pb.ForgetProfileRequest(user_id="ann"), timeout=5).deleted
+    after = _send(stub, "f1")
+    assert not after.decision.duplicate
+    assert after.decision.decision_id != first.decision.decision_id
+
+
+def test_kept_answers_expire_with_their_decisions_in_memory() -> None:
+    """Bounded memory: an answer, its claim and its place in the customer's index go
+    when the decision's attribution window ends, as Redis TTLs would."""
+    now = [1_000.0]
+    store = MemoryStore(clock=lambda: now[0])
+    for i in range(100):
+        assert store.claim_request(f"u{i}", "r", b"P", 5.0) is None
+        store.save_answer(f"u{i}", "r", b"A", 60.0)
+    assert store.claim_request("u1", "r", b"P", 5.0) == b"A"
+    store.claim_request("gone", "r", b"P", 5.0)  # a claim never answered: lapses
+    now[0] += 61
+    assert store.claim_request("u1", "r", b"P", 5.0) is None  # (its own claim again)
+    assert set(store._answers) == {answer_key("u1", "r")}
+    assert set(store._user_keys) == {"u1"}
+
+
+def test_a_degraded_answer_is_not_kept(redis_url: str) -> None:
+    """Redis stalled: the keyed Decide answers degraded in time and keeps nothing, so
+    the retry, once Redis is back, decides (and keeps) a real answer."""
+    arbiter = Arbiter(load_text(CAPPED), _redis(redis_url), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, default_deadline=2.0)
+    request = pb.DecideRequest(user_id="eve", placement="mail", request_id="d1")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            client = redis.Redis.from_url(redis_url)
+            client.execute_command("CLIENT", "PAUSE", "1500", "ALL")
+            started = time.monotonic()
+            degraded = stub.Decide(request, timeout=1)
+            assert degraded.degraded and time.monotonic() - started < 1
+            time.sleep(1.6)
+            retried = stub.Decide(request, timeout=2)
+            assert not retried.degraded and not retried.duplicate
+            assert retried.decision_id != degraded.decision_id
+            assert stub.Decide(request, timeout=2).duplicate
+            client.close()
+    finally:
+        running.stop(grace=0.2)
+
+
+class _LostAnswer(grpc.RpcError):
+    def code(self) -> grpc.StatusCode:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+
+    def details(self) -> str:
+        return "Deadline Exceeded"
+
+
+def test_the_cli_sends_a_call_whose_answer_was_lost_again_and_counts_each_send_once(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``arbiter decide --batch --record-impressions``: the first call is decided and its
+    sends recorded, but its answer never reaches the client (DEADLINE_EXCEEDED). The
+    command sends it again under the same request ids and writes the first answers:
+    with the promotion capped at 2, promo, promo, digest (deciding again would have
+    written three digests, the cap used up by the lost call)."""
+    import engine.grpc.gen.arbiter.v1.decision_pb2_grpc as generated
+
+    real_stub = generated.DecisionServiceStub
+    calls: list[int] = []
+
+    class LosesTheFirstAnswer:
+        def __init__(self, channel: grpc.Channel) -> None:
+            self.stub = real_stub(channel)
+
+        def DecideBatch(self, request: pb.DecideBatchRequest, timeout: float
+                        ) -> pb.DecideBatchResponse:
+            answer = self.stub.DecideBatch(request, timeout=timeout)
+            calls.append(len(request.requests))
+            if len(calls) == 1:
+                raise _LostAnswer()
+            return answer
+
+    monkeypatch.setattr(generated, "DecisionServiceStub", LosesTheFirstAnswer)
+    arbiter = Arbiter(load_text(CAPPED), MemoryStore(), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0)
+    users, out = tmp_path / "users.jsonl", tmp_path / "out.jsonl"
+    users.write_text('{"user_id": "ann"}\n' * 3)
+    try:
+        assert main(["decide", "--target", f"127.0.0.1:{running.port}", "--batch",
+                     str(users), "--placement", "mail", "--out", str(out),
+                     "--record-impressions"]) == 0
+    finally:
+        running.stop(grace=0.2)
+    assert calls == [3, 3]
+    shown = [json.loads(line)["actions"][0]["action_id"]
+             for line in out.read_text().splitlines()]
+    assert shown == ["promo", "promo", "digest"]
