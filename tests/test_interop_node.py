@@ -61,6 +61,10 @@ def test_a_node_client_decides_tracks_and_reports_outcomes(node_client: Path,
     assert [(r["status"], r["duplicate"]) for r in loaded] == [
         ("", False), ("INVALID_ARGUMENT", False), ("", True)]
     assert loaded[1]["error"].startswith("event_type: ")
+    keyed, again = seen["keyed"]["response"], seen["keyed_again"]["response"]
+    assert (keyed["duplicate"], again["duplicate"]) == (False, True)
+    assert again["decision_id"] == keyed["decision_id"] and again["actions"] == keyed["actions"]
+    assert seen["keyed_other"]["code"] == "FAILED_PRECONDITION"
 
 
 REFUSED = {"no_outcome": "outcome", "bad_placement": "placement",

@@ -62,6 +62,12 @@ seen.track_batch = await call("TrackEventBatch", { events: [
 ] });
 seen.decide = await call("Decide", { user_id: "node-user", placement: "email", channel: "email",
                                      explain: true });
+// a decision under a request_id, asked for again (a retry): the first answer, once
+const keyed = { user_id: "node-keyed", placement: "homepage_banner", channel: "web",
+                request_id: "node-send-1" };
+seen.keyed = await call("Decide", keyed);
+seen.keyed_again = await call("Decide", keyed);
+seen.keyed_other = await call("Decide", { ...keyed, limit: 1 });
 const decision = seen.decide.ok ? seen.decide.response : null;
 if (decision && decision.actions.length) {
   const action = decision.actions[0].action_id;
