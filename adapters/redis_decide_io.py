@@ -68,19 +68,29 @@ class RedisDecideIO:
     # ---- Feedback: the store's compare-and-set, on the shared round trips -----------------
     async def commit_feedback(self, decision_id: str, idempotency_key: str,
                               change: FeedbackChange, ttl_seconds: float, fingerprint: str,
-                              timeout: float) -> FeedbackCommit:
+                              timeout: float, made: DecisionRecord | None = None
+                              ) -> FeedbackCommit:
         """:meth:`RedisStore.commit_feedback <adapters.redis_store.RedisStore.commit_feedback>`
         on the shared round trips (its two reads and its script each riding with the other
         calls in flight): the same keys and the same all-or-nothing write;
         StoreUnavailable past ``timeout`` (the script may or may not have run: a retry
-        with the same key is answered as a duplicate)."""
+        with the same key is answered as a duplicate). ``made``: the decision's record as
+        this process just stored it; with its customer's profile in the in-process
+        cache, the first attempt takes them for what it would read (DecideBatch's
+        impressions: one script instead of two reads and a script; a guess that is
+        stale fails the compare-and-set, and the next attempt reads)."""
         if timeout <= 0:
             raise StoreUnavailable("redis: no time left for the feedback")
+        guess = None
+        if made is not None:
+            hit, profile = self.store.cached_profile(made.user_id)
+            if hit:
+                guess = (self.store.record_bytes(made), made, profile)
         try:
             async with asyncio.timeout(timeout):
                 commit = await run_batched(
                     feedback_steps(self.store, decision_id, idempotency_key, change,
-                                   ttl_seconds, fingerprint), self._track)
+                                   ttl_seconds, fingerprint, guess), self._track)
                 if commit.duplicate:  # the first may not have been replicated yet
                     await self.replicated()
                 return commit

@@ -21,7 +21,13 @@ from engine.ports import (
     IdempotencyKeyReused,
     StoreUnavailable,
 )
-from engine.records import MissingFeatureNames, decode_decision, decode_profile, encode
+from engine.records import (
+    DecisionRecord,
+    MissingFeatureNames,
+    decode_decision,
+    decode_profile,
+    encode,
+)
 
 if TYPE_CHECKING:
     from adapters.redis_round_trips import RoundTrips
@@ -29,14 +35,31 @@ if TYPE_CHECKING:
 
 Step = tuple[str, Any]
 Steps = Generator[Step, Any, FeedbackCommit]
+Guess = tuple[bytes, DecisionRecord, bytes | None]
+"""What the first attempt may take for its reads: the record as stored (and decoded),
+the customer's profile as stored (None: none)."""
 
 
 def feedback_steps(store: RedisStore, decision_id: str, idempotency_key: str,
-                   change: FeedbackChange, ttl_seconds: float, fingerprint: str) -> Steps:
+                   change: FeedbackChange, ttl_seconds: float, fingerprint: str,
+                   guess: Guess | None = None) -> Steps:
     """Read the decision and the key, then the profile; compute the effects; write them
-    with the script if nothing read has changed; again on a conflict."""
+    with the script if nothing read has changed; again on a conflict. With a ``guess``,
+    the first attempt reads nothing: it computes from the guess and the key taken as
+    unused, and the script's comparison (record, key, profile) decides."""
     dkey, ikey = store.key("d", decision_id), store.key("k", idempotency_key)
-    for _ in range(MAX_COMMIT_ATTEMPTS):
+    for attempt in range(MAX_COMMIT_ATTEMPTS):
+        if attempt == 0 and guess is not None:
+            stored, decision, pdata = guess
+            pkey = store.key("p", decision.user_id)
+            effects = change(decision, decode_profile(pdata) if pdata is not None else None)
+            script = store.feedback_script_args(dkey, ikey, pkey, stored, pdata, effects,
+                                                idempotency_key, fingerprint, ttl_seconds)
+            if (yield ("script", script)):
+                if effects.profile is not None:
+                    store.remember_profile(decision.user_id, encode(effects.profile))
+                return FeedbackCommit(False, effects)
+            continue
         data, applied = cast(list[bytes | None], (yield ("get", [dkey, ikey])))
         if data is None:
             raise DecisionNotFound(decision_id)

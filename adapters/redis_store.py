@@ -527,6 +527,14 @@ class RedisStore:
         args = head + args
         return (SAVE_DECISIONS, len(keys), *keys, *args)
 
+    def record_bytes(self, record: DecisionRecord) -> bytes:
+        """The record as :meth:`decisions_command` writes it (the first record of a names
+        list new to this process spelt its names out, so its bytes differ from these:
+        a compare-and-set on them then fails, and the caller reads)."""
+        if self.record_layout == "compact":
+            return encode_compact_decision(record, self.feature_names)[0]
+        return encode_decision(record, self.record_layout)
+
     def names_key(self, ref: bytes) -> bytes:
         """The key of a feature names list (``compact`` records)."""
         return b"%s:fn:%s" % (self.ns_bytes, ref.hex().encode())

@@ -131,7 +131,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         claiming = self._claims(requests, keyed) if keyed else None  # sent with the reads
         profiles = await self._profiles(users)
         claims = await claiming if claiming is not None else {}  # None: not asked in time
-        made: list[tuple[int, DecideInput, Decision, Profile | None, bool, bool]] = []
+        made: list[tuple[int, DecideInput, Decision, DecisionRecord, Profile | None, bool,
+                         bool]] = []
         writes: list[tuple[DecisionRecord, float]] = []
         kept: list[tuple[str, str, bytes, float]] = []
         impressions = []
@@ -162,7 +163,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     kept.append((req.user_id, requests[i].request_id,
                                  answers.answer(digest, result.decision), ttl))
                     keep = True
-            made.append((i, req, decision, profile, available, keep))
+            made.append((i, req, decision, record, profile, available, keep))
         stored = True
         if writes:
             budget = self._budget(RESPONSE_RESERVE_SECONDS)
@@ -172,7 +173,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 if keeping is not None:
                     stored = await self._store(keeping, "write") and stored
         released: list[tuple[str, str]] = []
-        for i, req, decision, profile, complete, keep in made:
+        for i, req, decision, record, profile, complete, keep in made:
             result = results[i]
             decision = arbiter.finish_decide(req, decision, profile, complete and stored)
             if self.metrics is not None:
@@ -184,7 +185,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             if requests[i].request_id and not (keep and stored):
                 released.append((req.user_id, requests[i].request_id))
             if record_impressions and decision.actions and not decision.degraded:
-                impressions.append(self._record_impression(result))
+                impressions.append(self._record_impression(result, record))
         if released:  # kept nothing: a retry decides again (not waited for)
             self._background(self.io.release_requests(released))
         if impressions:
@@ -255,12 +256,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if record_impressions and decided.actions and not decided.degraded:
             await self._record_impression(result)
 
-    async def _record_impression(self, result: pb.DecideBatchResult) -> None:
+    async def _record_impression(self, result: pb.DecideBatchResult,
+                                 made: DecisionRecord | None = None) -> None:
         """DecideBatch's ``record_impressions``: the first action counted as shown (once
-        per decision: a repeat is a duplicate of the first)."""
+        per decision: a repeat is a duplicate of the first). ``made``: the record as this
+        call just stored it (the store need not read it back)."""
         try:
             await self._commit_feedback(
-                decision_id=result.decision.decision_id,
+                made, decision_id=result.decision.decision_id,
                 action_id=result.decision.actions[0].action_id, outcome="impression")
         except DecisionNotFound:  # decided for a time past the attribution window
             result.error = ("at: decided, but older than the attribution window, so "
@@ -370,15 +373,19 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
 
     async def _feedback(self, request: pb.FeedbackRequest, outcome: str) -> FeedbackCommit:
         return await self._commit_feedback(
-            decision_id=request.decision_id, action_id=request.action_id, outcome=outcome,
+            None, decision_id=request.decision_id, action_id=request.action_id, outcome=outcome,
             value=request.value if request.HasField("value") else None,
             idempotency_key=request.idempotency_key,
             at=convert.optional_time(request, "timestamp"), item_id=request.item_id)
 
-    async def _commit_feedback(self, **feedback: Any) -> FeedbackCommit:
+    async def _commit_feedback(self, made: DecisionRecord | None, **feedback: Any
+                               ) -> FeedbackCommit:
         """An outcome, stored once: with a network store whose DecideIO offers it, the
         compare-and-set awaited on the loop (no thread), the experiments' counters it
-        moved re-read on a worker thread, not waited for; otherwise the library call."""
+        moved re-read on a worker thread, not waited for; otherwise the library call.
+        ``made``: the decision's record if this process just stored it (its first
+        attempt then reads nothing: a stale guess fails the compare-and-set, and it
+        reads)."""
         commit_async = getattr(self.io, "commit_feedback", None)
         if commit_async is None or not self.offload.store_blocks:
             return await self.offload.store(self.arbiter.feedback, **feedback)
@@ -388,7 +395,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             fb.decision_id, fb.key,
             lambda d, p: feedback_effects(fb, d, p, arbiter.profile_layout),
             arbiter.attribution_window, fb.fingerprint,
-            self._budget(RESPONSE_RESERVE_SECONDS, store_timeout=FEEDBACK_STORE_SECONDS))
+            self._budget(RESPONSE_RESERVE_SECONDS, store_timeout=FEEDBACK_STORE_SECONDS),
+            made=made)
         moved = arbiter.feedback_applied(fb, commit)
         if moved:
             self.offload.spawn(arbiter.experiments.invalidate, moved)
