@@ -23,6 +23,7 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.ports import Store, answer_key
 from engine.service import Arbiter
+from tests.conftest import RedisServer
 
 CAPPED = """
 placement mail { channels: email  fallback: digest }
@@ -316,3 +317,58 @@ def test_a_batch_impression_guessed_from_what_was_just_stored_is_exact_even_when
     profile = decode_profile(stored)  # the event kept, the impression counted once
     assert profile.events
     assert [o for _, o, _ in contact_entries(profile.contacts["promo"])] == ["impression"]
+
+
+def test_the_cli_decides_under_a_request_id_and_counts_answers_given_again(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``arbiter decide --target --request-id``: the same decision twice; the metric of
+    answers given again is scraped over HTTP; without --target the flag is refused."""
+    import urllib.request
+
+    arbiter = Arbiter(load_text(CAPPED), MemoryStore(), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, metrics_port=0)
+    args = ["decide", "--target", f"127.0.0.1:{running.port}", "--user", "ann",
+            "--placement", "mail", "--request-id", "cli-1", "--json"]
+    try:
+        assert main(args) == 0
+        first = json.loads(capsys.readouterr().out)
+        assert main(args) == 0
+        again = json.loads(capsys.readouterr().out)
+        assert again["decisionId"] == first["decisionId"]
+        port = running.metrics_port
+        scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    finally:
+        running.stop(grace=0.2)
+    assert "arbiter_decisions_answered_again_total 1.0" in scraped
+    assert main(["decide", "--user", "ann", "--placement", "mail", "--request-id", "x"]) == 2
+    assert "--request-id needs --target" in capsys.readouterr().err
+
+
+def test_a_keyed_batch_with_redis_killed_keeps_nothing_and_decides_once_it_is_back(
+        redis_server: RedisServer, redis_url: str) -> None:
+    """Redis killed: a keyed DecideBatch answers every request degraded, in time, and
+    keeps nothing; restarted (its data kept: appendfsync always), the same batch decides,
+    keeps its answers, and a third send gets them again."""
+    arbiter = Arbiter(load_text(CAPPED), _redis(redis_url), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, default_deadline=2.0)
+    batch = pb.DecideBatchRequest(record_impressions=True, requests=[
+        pb.DecideRequest(user_id=f"k{i}", placement="mail", request_id="kill-1")
+        for i in range(20)])
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            redis_server.kill()
+            started = time.monotonic()
+            down = stub.DecideBatch(batch, timeout=3)
+            assert time.monotonic() - started < 3
+            assert all(r.decision.degraded and not r.error for r in down.results)
+            redis_server.start()
+            back = stub.DecideBatch(batch, timeout=5)
+            assert not any(r.decision.degraded or r.decision.duplicate or r.error
+                           for r in back.results)
+            again = stub.DecideBatch(batch, timeout=5)
+            assert all(r.decision.duplicate for r in again.results)
+            assert ([r.decision.decision_id for r in again.results]
+                    == [r.decision.decision_id for r in back.results])
+    finally:
+        running.stop(grace=0.2)

@@ -148,6 +148,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     except (Aborted, FailedPrecondition, CorruptRecord) as err:
                         refused[i] = _refuse(result, err)
                         continue
+                    if self.metrics is not None:
+                        self.metrics.answered_again.inc()
                     # its impression too: once per decision, and the first call may
                     # have stopped before recording it
                     if record_impressions and result.decision.actions:

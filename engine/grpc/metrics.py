@@ -40,6 +40,10 @@ class ServerMetrics:
         self.degraded = Counter("arbiter_degraded_decisions", "Decisions made without the "
                                 "store (an unknown customer, not recorded)",
                                 registry=self.registry)
+        self.answered_again = Counter(
+            "arbiter_decisions_answered_again", "Decide requests answered with the answer "
+            "kept for their request_id (retries: nothing decided or recorded)",
+            registry=self.registry)
         self.store_seconds = Histogram("arbiter_store_seconds", "Decide's store waits "
                                        "(read: profile, write: decision record)", ["op"],
                                        buckets=LATENCY_BUCKETS, registry=self.registry)

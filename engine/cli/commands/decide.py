@@ -37,6 +37,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", metavar="DECISIONS.jsonl", help="with --batch: one line each")
     p.add_argument("--record-impressions", action="store_true",
                    help="with --batch: count each first action as shown (caps apply next)")
+    p.add_argument("--request-id", metavar="ID",
+                   help="with --target: the Decide's request_id (sent again with the same "
+                        "id, it is answered with the first decision, not a new one)")
     p.add_argument("--run-id", metavar="ID",
                    help="with --batch --record-impressions: each line's request_id is "
                         "ID:N (N its place in the file), so a call sent again, in this "
@@ -66,6 +69,10 @@ def run(args: argparse.Namespace) -> int:
         return run_batch(args)
     if not args.user:
         print(f"arbiter {args.command}: --user is required", file=sys.stderr)
+        return 2
+    if getattr(args, "request_id", None) and not args.target:
+        print(f"arbiter {args.command}: --request-id needs --target (a server keeps the "
+              "answer)", file=sys.stderr)
         return 2
     try:
         decision = _decide_remote(args) if args.target else _decide_local(args)
@@ -121,7 +128,8 @@ def _decide_remote(args: argparse.Namespace) -> Decision:
         try:
             response = stub.Decide(pb.DecideRequest(
                 user_id=args.user, placement=args.placement, channel=args.channel,
-                context=context, limit=args.limit, explain=args.explain), timeout=10)
+                context=context, limit=args.limit, explain=args.explain,
+                request_id=args.request_id or ""), timeout=10)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument("request", err.details() or "") from err
