@@ -49,6 +49,9 @@ PLAUSIBLE = {
     "event_type": ["visit", "purchase", "add_to_cart", "content_view", "page_view"],
     "experiment": ["hero_test"],
     "user_id": ["ann", "bob", "cy", "dee"],
+    # a few ids, so that retries, replays and reused ids (another request) are reached
+    "request_id": ["send-1", "send-2"],
+    "event_id": ["evt-1", "evt-2"],
 }
 """Field name -> what a correct client sends there (the retail ruleset's names)."""
 

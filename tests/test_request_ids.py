@@ -333,7 +333,9 @@ def test_the_cli_decides_under_a_request_id_and_counts_answers_given_again(
         assert main(args) == 0
         first = json.loads(capsys.readouterr().out)
         assert main(args) == 0
-        again = json.loads(capsys.readouterr().out)
+        out, err = capsys.readouterr()
+        again = json.loads(out)
+        assert "kept for request_id cli-1, given again" in err
         assert again["decisionId"] == first["decisionId"]
         port = running.metrics_port
         scraped = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()

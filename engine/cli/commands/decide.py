@@ -134,6 +134,9 @@ def _decide_remote(args: argparse.Namespace) -> Decision:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument("request", err.details() or "") from err
             raise SystemExit(f"arbiter decide: {err.code().name}: {err.details()}") from err
+    if response.duplicate:
+        print(f"(the decision kept for request_id {args.request_id}, given again)",
+              file=sys.stderr)
     return convert.decision_from_response(response, args.user, args.placement, args.channel)
 
 
