@@ -394,10 +394,13 @@ class RedisStore:
         def transaction(pipe: Any) -> Profile:
             data = _b(pipe.get(key))
             profile = change(decode_profile(data) if data is not None else None)
-            event = learning(profile) if learning is not None else None
+            stored = encode(profile)
             pipe.multi()
+            if stored == data:  # nothing changed (an event applied before): nothing to
+                return profile  # write (the empty transaction still checks the WATCH)
+            event = learning(profile) if learning is not None else None
             retention = self._retention()
-            pipe.set(key, encode(profile), ex=int(retention) if retention != b"0" else None)
+            pipe.set(key, stored, ex=int(retention) if retention != b"0" else None)
             if event is not None:
                 self.queue_log_entry(pipe, user_id, event)
             return profile

@@ -91,3 +91,24 @@ def test_a_logged_decision_leaves_the_event_ids_out() -> None:
     decision = arb.decide(user_id="ann", placement="web", channel="web")
     entry = decision_entry(rules, decision, {}, profile)
     assert "event_ids" not in entry["profile"] and entry["profile"]["events"]
+
+
+def test_a_duplicate_event_in_process_on_redis_writes_nothing(redis_url: str) -> None:
+    """The library's own Redis path (WATCH/MULTI): a retried event leaves the stored
+    profile as it was and writes neither it nor a learning-log entry."""
+    import redis
+
+    from adapters.redis_store import RedisStore
+
+    arb = Arbiter(load_text("events: purchase, visit"), RedisStore(redis_url, cache_ttl=0))
+    client = redis.Redis.from_url(redis_url)
+    arb.track(user_id="ann", event_type="purchase", properties={"value": 20.0},
+              event_id="order-1")
+    before = client.get("arb:p:ann")
+    client.config_resetstat()
+    again = arb.track_plan(user_id="ann", event_type="purchase", properties={"value": 20.0},
+                           event_id="order-1")
+    arb.track_stored(again)
+    stats = client.info("commandstats")
+    assert again.duplicate and client.get("arb:p:ann") == before
+    assert "cmdstat_set" not in stats and "cmdstat_xadd" not in stats
