@@ -139,10 +139,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         for (i, req, digest), (profile, available) in zip(checked, profiles, strict=True):
             result = results[i]
             if digest:
-                held = claims[i] if claims is not None else None
                 if claims is None:  # cannot tell what was answered: nothing kept
                     profile, available = None, False
-                elif held is not None:  # answered before (or being answered)
+                elif (held := claims[i]) is not None:  # answered (or being answered)
                     try:
                         result.decision.CopyFrom(answers.replay(held, digest))
                     except (Aborted, FailedPrecondition, CorruptRecord) as err:
@@ -184,7 +183,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 result.decision.degraded = decision.degraded
             else:
                 convert.fill_decide_response(result.decision, decision)
-            if requests[i].request_id and not (keep and stored):
+            # a claim of this call's that keeps no answer (nothing recorded, or degraded)
+            # is dropped; one it could not ask for is left alone (it may be another's)
+            if requests[i].request_id and claims is not None and not (keep and stored):
                 released.append((req.user_id, requests[i].request_id))
             if record_impressions and decision.actions and not decision.degraded:
                 impressions.append(self._record_impression(result, record))
