@@ -460,9 +460,10 @@ class MemoryDecideIO:
             self.store.save_answer(user_id, request_id, answer, ttl_seconds)
         return _ready(None)
 
-    async def release_requests(self, keys: Sequence[tuple[str, str]]) -> None:
+    def release_requests(self, keys: Sequence[tuple[str, str]]) -> Awaitable[None]:
         for user_id, request_id in keys:
             self.store.release_request(user_id, request_id)
+        return _ready(None)
 
     async def ping(self, timeout: float) -> bool:
         return True

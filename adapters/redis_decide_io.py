@@ -234,11 +234,10 @@ class RedisDecideIO:
                                             waited=True, companion=True), timeout,
                        "answer writes")
 
-    async def release_requests(self, keys: Sequence[tuple[str, str]]) -> None:
+    def release_requests(self, keys: Sequence[tuple[str, str]]) -> Awaitable[None]:
+        """One ``DEL``, queued now for the next round trip (so before any later claim)."""
         names = [self.store.key("k", answer_key(user, rid)) for user, rid in keys]
-        with contextlib.suppress(StoreUnavailable):  # a claim lapses after its hold
-            await _within(self._decide.command("DEL", *names), self.store.decide_timeout,
-                          "request id release")
+        return _released(self._decide.command("DEL", *names), self.store.decide_timeout)
 
     async def ping(self, timeout: float) -> bool:
         try:
@@ -259,6 +258,11 @@ class _Turn:
     def __init__(self) -> None:
         self.lock = asyncio.Lock()
         self.waiting = 0
+
+
+async def _released(waiter: asyncio.Future[Any], timeout: float) -> None:
+    with contextlib.suppress(StoreUnavailable):  # a claim left lapses after its hold
+        await _within(waiter, timeout, "request id release")
 
 
 async def _held(waiter: asyncio.Future[list[Any]], timeout: float) -> list[bytes | None]:

@@ -119,9 +119,11 @@ class DecideIO(Protocol):
         saved before it is awaited), awaited later."""
         ...
 
-    async def release_requests(self, keys: Sequence[tuple[str, str]]) -> None:
+    def release_requests(self, keys: Sequence[tuple[str, str]]) -> Awaitable[None]:
         """Drop claims that led to no kept answer (nothing recorded, or degraded), so a
-        retry decides again; best effort (a claim left behind lapses after its hold)."""
+        retry decides again. Sent when called (before the answer goes out: a retry that
+        follows it finds the id free), awaited later; best effort (a claim left behind
+        lapses after its hold)."""
         ...
 
     async def ping(self, timeout: float) -> bool:

@@ -42,7 +42,7 @@ ALLOWED = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode
 FIELDS = {"user_id", "placement", "channel", "context", "limit", "explain", "at", "requests",
           "decision_id", "action_id", "outcome", "value", "idempotency_key", "timestamp",
           "event_type", "properties", "traits", "experiment", "request", "item_id", "items",
-          "item_ids"}
+          "item_ids", "request_id", "event_id", "events"}
 
 
 def _methods() -> list[tuple[str, type[Message]]]:
@@ -120,13 +120,15 @@ def _user_of(request_class: type[Message], data: bytes) -> str | None:
 
 
 def _batch_users(request_class: type[Message], data: bytes) -> set[str]:
-    """The customers of a DecideBatch's requests (an accepted batch writes for each of
-    them: records, and with record_impressions their contacts)."""
+    """The customers of a DecideBatch's requests or a TrackEventBatch's events (an
+    accepted batch writes for each of them: records, and with record_impressions their
+    contacts; profiles)."""
     try:
         message = request_class.FromString(data)
     except DecodeError:
         return set()
-    return {r.user_id for r in getattr(message, "requests", ()) if r.user_id}
+    items = [*getattr(message, "requests", ()), *getattr(message, "events", ())]
+    return {r.user_id for r in items if r.user_id}
 
 
 def _left_behind(t: Target, user: str) -> list[str]:
@@ -168,7 +170,7 @@ def test_every_request_gets_a_declared_answer_and_rejections_leave_nothing(
         assert field in FIELDS and ": " in details, (method, details)
     elif code != grpc.StatusCode.OK:
         assert details, (method, code)
-    if code == grpc.StatusCode.OK and method == "DecideBatch":
+    if code == grpc.StatusCode.OK and method in ("DecideBatch", "TrackEventBatch"):
         target.accepted_users.update(_batch_users(request_class, data))
     user = _user_of(request_class, data)
     if user is None or method in ("GetProfile", "ForgetProfile"):

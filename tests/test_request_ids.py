@@ -374,3 +374,31 @@ def test_a_keyed_batch_with_redis_killed_keeps_nothing_and_decides_once_it_is_ba
                     == [r.decision.decision_id for r in back.results])
     finally:
         running.stop(grace=0.2)
+
+
+QUIET = """
+placement quiet { channels: web }
+action never { placements: quiet  value: 1  when: false }
+"""
+
+
+@pytest.mark.parametrize("store_name", sorted(STORES))
+def test_an_answer_that_recorded_nothing_is_not_kept_and_its_id_is_free_at_once(
+        store_name: str, request: pytest.FixtureRequest) -> None:
+    """A decision with no action records nothing, so nothing is kept: the claim is
+    dropped before the answer goes out, and the same request at once decides again
+    (never ABORTED by its own lingering claim)."""
+    url = request.getfixturevalue("redis_url") if store_name == "redis" else ""
+    arbiter = Arbiter(load_text(QUIET), STORES[store_name](url), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, default_deadline=2.0)
+    one = pb.DecideRequest(user_id="ivy", placement="quiet", request_id="q1")
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            answers = [stub.Decide(one, timeout=2) for _ in range(30)]
+            batch = stub.DecideBatch(pb.DecideBatchRequest(requests=[one] * 5), timeout=2)
+    finally:
+        running.stop(grace=0.2)
+    assert not any(a.actions or a.duplicate for a in answers)
+    assert len({a.decision_id for a in answers}) == 30
+    assert not any(r.error for r in batch.results)

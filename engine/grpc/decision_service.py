@@ -189,7 +189,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 released.append((req.user_id, requests[i].request_id))
             if record_impressions and decision.actions and not decision.degraded:
                 impressions.append(self._record_impression(result, record))
-        if released:  # kept nothing: a retry decides again (not waited for)
+        if released:  # kept nothing: a retry decides again (sent now, not waited for)
             self._background(self.io.release_requests(released))
         if impressions:
             await asyncio.gather(*impressions)
