@@ -49,32 +49,12 @@ def feedback_steps(store: RedisStore, decision_id: str, idempotency_key: str,
     unused, and the script's comparison (record, key, profile) decides."""
     dkey, ikey = store.key("d", decision_id), store.key("k", idempotency_key)
     for attempt in range(MAX_COMMIT_ATTEMPTS):
-        if attempt == 0 and guess is not None:
-            stored, decision, pdata = guess
-            pkey = store.key("p", decision.user_id)
-            effects = change(decision, decode_profile(pdata) if pdata is not None else None)
-            script = store.feedback_script_args(dkey, ikey, pkey, stored, pdata, effects,
-                                                idempotency_key, fingerprint, ttl_seconds)
-            if (yield ("script", script)):
-                if effects.profile is not None:
-                    store.remember_profile(decision.user_id, encode(effects.profile))
-                return FeedbackCommit(False, effects)
-            continue
-        data, applied = cast(list[bytes | None], (yield ("get", [dkey, ikey])))
-        if data is None:
-            raise DecisionNotFound(decision_id)
-        if applied is not None:
-            if applied.decode() != fingerprint:
-                raise IdempotencyKeyReused(idempotency_key)
+        read = guess if attempt == 0 and guess is not None else (
+            yield from _read(store, dkey, ikey, decision_id, idempotency_key, fingerprint))
+        if read is None:  # applied before under this key
             return FeedbackCommit(True, None)
-        try:
-            decision = decode_decision(data, names=store.feature_names)
-        except MissingFeatureNames as err:  # a names list this process has not read yet
-            (blob,) = cast(list[bytes | None], (yield ("get", [store.names_key(err.ref)])))
-            store.resolve_names(err, blob)
-            decision = decode_decision(data, names=store.feature_names)
+        data, decision, pdata = read
         pkey = store.key("p", decision.user_id)
-        (pdata,) = cast(list[bytes | None], (yield ("get", [pkey])))
         effects = change(decision, decode_profile(pdata) if pdata is not None else None)
         script = store.feedback_script_args(dkey, ikey, pkey, data, pdata, effects,
                                             idempotency_key, fingerprint, ttl_seconds)
@@ -84,6 +64,27 @@ def feedback_steps(store: RedisStore, decision_id: str, idempotency_key: str,
             return FeedbackCommit(False, effects)
     raise StoreUnavailable(f"feedback on {decision_id}: still conflicting after "
                            f"{MAX_COMMIT_ATTEMPTS} attempts")
+
+
+def _read(store: RedisStore, dkey: str, ikey: str, decision_id: str, idempotency_key: str,
+          fingerprint: str) -> Generator[Step, Any, Guess | None]:
+    """The record as stored (and decoded) and its customer's profile; None when the key
+    was applied before (the same request: a duplicate)."""
+    data, applied = cast(list[bytes | None], (yield ("get", [dkey, ikey])))
+    if data is None:
+        raise DecisionNotFound(decision_id)
+    if applied is not None:
+        if applied.decode() != fingerprint:
+            raise IdempotencyKeyReused(idempotency_key)
+        return None
+    try:
+        decision = decode_decision(data, names=store.feature_names)
+    except MissingFeatureNames as err:  # a names list this process has not read yet
+        (blob,) = cast(list[bytes | None], (yield ("get", [store.names_key(err.ref)])))
+        store.resolve_names(err, blob)
+        decision = decode_decision(data, names=store.feature_names)
+    (pdata,) = cast(list[bytes | None], (yield ("get", [store.key("p", decision.user_id)])))
+    return data, decision, pdata
 
 
 def run_sync(steps: Steps, client: Any, script: Any) -> FeedbackCommit:
