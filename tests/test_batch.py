@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import tempfile
+import time
 from pathlib import Path
 
 import grpc
@@ -271,3 +272,45 @@ def test_arbiter_track_keeps_each_call_under_the_request_limit() -> None:
         sum(r.ByteSize() for _, r in chunk) <= CALL_BYTES for chunk in chunks)
     small = [(n, pb.TrackEventRequest(user_id="ann", event_type="visit")) for n in range(7)]
     assert [len(c) for c in calls(iter(small), 3)] == [3, 3, 1]
+
+
+EXPERIMENT = """
+placement hero { channels: web }
+action a { placements: hero  value: 1 }
+action b { placements: hero  value: 1 }
+experiment t on hero {
+  arms: a, b
+  allocate: thompson(prior = beta(1, 1))
+  reward: click
+}
+"""
+
+
+def test_a_recorded_batch_in_an_experiment_rereads_its_counters_a_few_times_not_each(
+        redis_url: str) -> None:
+    """Each impression moves the experiment's trials; the server re-reads the counters
+    once per interval, not once per impression (a thread and an HGETALL each), and every
+    trial is counted."""
+    import redis
+
+    from adapters.redis_store import RedisStore
+
+    arbiter = Arbiter(load_text(EXPERIMENT), RedisStore(redis_url), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            client.config_resetstat()
+            started = time.monotonic()
+            requests = [pb.DecideRequest(user_id=f"e{i}", placement="hero") for i in range(600)]
+            response = stub.DecideBatch(pb.DecideBatchRequest(requests=requests,
+                                                              record_impressions=True))
+            elapsed = time.monotonic() - started
+            reads = client.info("commandstats").get("cmdstat_hgetall", {}).get("calls", 0)
+    finally:
+        running.stop(grace=0.2)
+    assert all(r.decision.actions[0].arm for r in response.results)
+    assert reads <= elapsed / 0.05 + 5 and reads < 100  # (600 before)
+    trials = sum(c.trials for c in arbiter.store.arm_counts("t").values())
+    assert trials == 600

@@ -276,3 +276,35 @@ def test_growing_traffic_only_adds_customers_and_keeps_their_arms() -> None:
     outside = next(u for u in users if u not in inside)
     d = arb.decide(user_id=outside, placement="home", channel="web", limit=5)
     assert all(a.experiment is None for a in d.actions)  # arms as ordinary actions
+
+
+def test_a_burst_of_own_feedback_rereads_an_experiment_once_per_interval(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a server (push mode) a campaign's impressions each moved the experiment's
+    counters, and each made a store read and a rebuild of the draws: now one per
+    interval, the burst's tail read by the next feedback after it or by the sync."""
+    import time
+
+    from engine.experiments import state
+    from engine.experiments.sampling import ThompsonSampler
+
+    monkeypatch.setattr(state, "OWN_FEEDBACK_REFRESH_SECONDS", 0.2)
+    reads: list[str] = []
+
+    def counts(name: str) -> dict[str, ArmCounts]:
+        reads.append(name)
+        return {}
+
+    states = state.ExperimentStates(counts, ThompsonSampler(1), time.time)
+    states.push_only()
+    for _ in range(500):
+        states.invalidate(["hero"])
+    assert reads == ["hero"]
+    time.sleep(0.25)
+    states.invalidate(["other"])  # the next feedback, after the interval: hero's tail too
+    assert sorted(reads) == ["hero", "hero", "other"]
+    states.invalidate(["hero"])  # moved again, not due
+    states.refresh(["hero", "other"])  # the sync reads every experiment
+    time.sleep(0.25)
+    states.invalidate([])
+    assert len(reads) == 5  # nothing left over from before the sync

@@ -17,7 +17,9 @@ allocation probabilities to 1/256.
 
 from __future__ import annotations
 
+import math
 import threading
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,6 +39,12 @@ MEMO_LIMIT = 4096
 """Entries an experiment state keeps of what decisions computed from its draws."""
 REFRESH_SECONDS = 1.0
 """Arm counters are re-read from the store at most this often (other replicas' feedback)."""
+OWN_FEEDBACK_REFRESH_SECONDS = 0.05
+"""In push mode (a server), this process's own feedback re-reads an experiment's counters
+at most this often: a burst (a campaign's impressions, hundreds a millisecond) costs one
+read and one rebuild of the draws per interval, not one each; what a burst's tail moved
+is read by the next feedback after the interval, or by the next sync (≤ REFRESH_SECONDS),
+as other replicas' feedback is."""
 
 
 @dataclass(frozen=True)
@@ -93,6 +101,8 @@ class ExperimentStates:
         self._last: dict[str, Mapping[str, ArmCounts]] = {}  # last counters read, per name
         self._lock = threading.Lock()  # cachetools caches are not thread-safe
         self.pull = True  # False: decisions use what refresh() fetched
+        self._refreshed_at: dict[str, float] = {}  # push mode: last own-feedback re-read
+        self._moved: set[str] = set()  # push mode: moved by own feedback, not re-read yet
 
     def push_only(self) -> None:
         """From now on decisions never read the store; :meth:`refresh` feeds them."""
@@ -101,6 +111,9 @@ class ExperimentStates:
     def refresh(self, names: Iterable[str]) -> None:
         """Re-read these experiments' counters now (in the caller's thread); an
         unavailable store keeps the last known."""
+        names = list(names)
+        with self._lock:
+            self._moved.difference_update(names)
         for name in names:
             fresh = self._store_counts(name)
             if fresh is not None:
@@ -124,11 +137,31 @@ class ExperimentStates:
                 self._last[name] = counts
         return counts
 
+    def due(self, names: Iterable[str]) -> list[str]:
+        """Push mode: of the experiments this process's feedback moved, those to re-read
+        now (with any moved earlier and not re-read yet), at most once per
+        :data:`OWN_FEEDBACK_REFRESH_SECONDS` each; the others wait for the next.
+
+        >>> states = ExperimentStates(lambda name: {}, None, time.time)
+        >>> states.due(["hero"]), states.due(["hero"]), states.due(["other"])
+        (['hero'], [], ['other'])
+        """
+        now = time.monotonic()
+        with self._lock:
+            self._moved.update(names)
+            due = [name for name in self._moved
+                   if now - self._refreshed_at.get(name, -math.inf)
+                   >= OWN_FEEDBACK_REFRESH_SECONDS]
+            for name in due:
+                self._refreshed_at[name] = now
+            self._moved.difference_update(due)
+        return due
+
     def invalidate(self, names: Iterable[str]) -> None:
         """Re-read these experiments' counters on next use (after this process's feedback);
-        in push mode, re-read them now."""
+        in push mode, re-read those :meth:`due` now."""
         if not self.pull:
-            self.refresh(names)
+            self.refresh(self.due(names))
             return
         with self._lock:
             for name in names:

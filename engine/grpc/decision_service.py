@@ -401,8 +401,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             self._budget(RESPONSE_RESERVE_SECONDS, store_timeout=FEEDBACK_STORE_SECONDS),
             made=made)
         moved = arbiter.feedback_applied(fb, commit)
-        if moved:
-            self.offload.spawn(arbiter.experiments.invalidate, moved)
+        if moved and (due := arbiter.experiments.due(moved)):  # (a burst: one re-read)
+            self.offload.spawn(arbiter.experiments.refresh, due)
         return commit
 
     def _types(self) -> dict[str, str]:
