@@ -2,8 +2,8 @@
 
 Thompson sampling here samples a *row* of a matrix of ``DRAWS`` joint posterior
 draws, regenerated whenever the experiment's statistics change (at most every
-refresh interval, and at once after this process's own feedback). Two things
-follow:
+refresh interval, and after this process's own feedback: at once, and on a server at
+most every :data:`OWN_FEEDBACK_REFRESH_SECONDS` during a burst). Two things follow:
 
 * A decision costs one random integer, not a fresh Beta draw per arm.
 * The probability that the policy chose what it showed is *exact*: the share of
