@@ -38,8 +38,20 @@ PENDING, ANSWERED = b"P", b"A"
 """The first byte of what is kept: a claim (being decided), or an answer."""
 DIGEST_BYTES = 16
 HOLD_MARGIN_SECONDS = 1.0
-"""A claim is held for the deciding call's time left, plus this: a call that stopped (its
-server gone) leaves a claim that lapses then, and a retry decides again."""
+HOLD_MAX_SECONDS = 10.0
+"""A claim is held for the deciding call's time left (at most HOLD_MAX_SECONDS: deciding
+a wave and storing it takes far less, each store wait bounded by the store's timeout),
+plus HOLD_MARGIN_SECONDS: a call that stopped (its server gone) leaves a claim that
+lapses then, and a retry decides again."""
+
+
+def hold_seconds(time_left: float) -> float:
+    """How long a claim is held, given the deciding call's time left.
+
+    >>> hold_seconds(0.2), hold_seconds(120.0)
+    (1.2, 11.0)
+    """
+    return min(max(0.0, time_left), HOLD_MAX_SECONDS) + HOLD_MARGIN_SECONDS
 
 
 def fingerprint(request: pb.DecideRequest) -> bytes:

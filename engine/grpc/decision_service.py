@@ -203,7 +203,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         claiming = self.io.claim_requests(
             [(user, requests[i].request_id, answers.claim(digest))
              for i, user, digest in keyed],
-            max(0.0, time_left()) + answers.HOLD_MARGIN_SECONDS, self._budget(0.0, share=0.5))
+            answers.hold_seconds(time_left()), self._budget(0.0, share=0.5))
         return self._claimed(keyed, claiming, started)
 
     async def _claimed(self, keyed: list[tuple[int, str, bytes]],

@@ -198,8 +198,9 @@ class _BatchStopped(Exception):
     """A DecideBatch call failed in a way a retry cannot mend."""
 
 
-BATCH_RETRIES = 5
-"""Sends of a DecideBatch call the server could not take, with backoff."""
+BATCH_RETRIES = 8
+"""Sends of a DecideBatch call the server could not take, with backoff (0.2 s doubling to
+5 s: ~21 s in all, longer than a claim left by a server that stopped is held)."""
 
 
 def _decide_chunk(stub: Any, args: argparse.Namespace, chunk: list[dict[str, Any]],
