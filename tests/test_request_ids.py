@@ -43,11 +43,14 @@ def _redis(url: str) -> Store:
 STORES: dict[str, Callable[[str], Store]] = {"memory": _memory, "redis": _redis}
 
 
-@pytest.fixture(params=sorted(STORES))
+@pytest.fixture(params=[*sorted(STORES), "cluster"])
 def served(request: pytest.FixtureRequest) -> Iterator[tuple[pb_grpc.DecisionServiceStub,
                                                              Arbiter]]:
-    url = request.getfixturevalue("redis_url") if request.param == "redis" else ""
-    arbiter = Arbiter(load_text(CAPPED), STORES[request.param](url), seed=1)
+    """A server on each store; ``cluster``: Redis on a three-primary Redis Cluster (the
+    namespace's one slot)."""
+    fixture = {"redis": "redis_url", "cluster": "cluster_url"}.get(request.param)
+    url = request.getfixturevalue(fixture) if fixture else ""
+    arbiter = Arbiter(load_text(CAPPED), STORES.get(request.param, _redis)(url), seed=1)
     running = server.start(arbiter, "127.0.0.1", 0, default_deadline=2.0)
     channel = grpc.insecure_channel(f"127.0.0.1:{running.port}")
     yield pb_grpc.DecisionServiceStub(channel), arbiter
