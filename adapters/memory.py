@@ -82,8 +82,8 @@ class MemoryStore:
         self._keys: dict[str, tuple[float, str]] = {}  # key -> (expiry, fingerprint)
         # Decide request ids (engine.ports.answer_key) -> (expiry, claim or answer)
         self._answers: dict[str, tuple[float, bytes]] = {}
-        # (expiry, DECISION or KEY, id, user): what to drop when, as Redis TTLs would;
-        # an entry whose record was replaced or forgotten since is skipped
+        # (expiry, DECISION, KEY, PROFILE, NAMES or ANSWER, id, user): what to drop when, as
+        # Redis TTLs would; an entry whose record was replaced or forgotten since is skipped
         self._expiries: list[tuple[float, int, str, str]] = []
         self._arms: dict[str, dict[str, float]] = {}  # experiment -> {arm}:{field} -> sum
         self._counters: dict[str, dict[str, float]] = {}  # add_counters
@@ -297,7 +297,7 @@ class MemoryStore:
             self._expire(now)
             return FeedbackCommit(False, effects)
 
-    # ---- Decide request ids (engine.ports.DecideIO.claim_request) -------------------------
+    # ---- Decide request ids (engine.ports.DecideIO.claim_requests) ------------------------
     def claim_request(self, user_id: str, request_id: str, pending: bytes,
                       hold_seconds: float) -> bytes | None:
         """What is kept for the request id, or None after keeping ``pending`` there."""

@@ -211,8 +211,7 @@ class RedisDecideIO:
     def claim_requests(self, claims: Sequence[tuple[str, str, bytes]],
                        hold_seconds: float, timeout: float
                        ) -> Awaitable[list[bytes | None]]:
-        """One script for all (``CLAIM_REQUESTS``), queued now for the next round trip.
-        (Every argument as bytes: redis-py would encode each str and int in Python.)"""
+        """One script for all (``CLAIM_REQUESTS``), queued now for the next round trip."""
         prefix = self.store.ns_bytes + b":k:"
         keys = [prefix + answer_key(user, request_id).encode()
                 for user, request_id, _ in claims]
