@@ -3,6 +3,8 @@ Decide the store calls and each decision stage, with no customer id anywhere."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 import pytest
 
@@ -38,9 +40,17 @@ def test_decide_is_traced_through_its_store_calls_and_stages(retail: Ruleset) ->
             stub.Feedback(pb.FeedbackRequest(decision_id=decision.decision_id,
                                              action_id=decision.actions[0].action_id,
                                              outcome=pb.OUTCOME_CLICK), timeout=5)
+            keyed = pb.DecideRequest(user_id="secret-user-42", placement="homepage_banner",
+                                     channel="web", request_id="traced-1")
+            first = stub.Decide(keyed, timeout=5)  # traced too, and kept
+            assert stub.Decide(keyed, timeout=5).decision_id == first.decision_id
     finally:
         running.stop(grace=0.2)
-    spans = {s.name: s for s in exporter.get_finished_spans()}
+    finished = exporter.get_finished_spans()
+    assert sum(s.name == "decide" for s in finished) == 2  # (the replay decides nothing)
+    spans: dict[str, Any] = {}
+    for span in finished:  # each name's first: the first Decide's (children finish first)
+        spans.setdefault(span.name, span)
     rpc = spans["/arbiter.v1.DecisionService/Decide"]
     assert f"{rpc.context.trace_id:032x}" == trace_id  # the caller's trace continues
     for name in ("store.profile_read", "decide", "store.record_write"):
@@ -50,5 +60,5 @@ def test_decide_is_traced_through_its_store_calls_and_stages(retail: Ruleset) ->
     assert spans["decide"].attributes["arbiter.placement"] == "homepage_banner"
     assert spans["decide"].attributes["arbiter.actions"][0] == decision.actions[0].action_id
     assert "store.feedback" in spans
-    text = repr([(s.name, dict(s.attributes or {})) for s in spans.values()])
+    text = repr([(s.name, dict(s.attributes or {})) for s in finished])
     assert "secret-user-42" not in text
