@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import random
 import time
@@ -29,9 +30,13 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 PLACEMENTS = (("homepage_banner", "web"), ("email", "email"), ("cart_page", "web"))
 
 
-def decide_requests(users: int, seed: int, only: str = "") -> Callable[[], pb.DecideRequest]:
+def decide_requests(users: int, seed: int, only: str = "", request_ids: bool = False
+                    ) -> Callable[[], pb.DecideRequest]:
+    """The placements' mix (or ``only`` one) for random seeded customers; with
+    ``request_ids`` each request has its own ``request_id`` (its answer kept)."""
     rng = random.Random(seed)
     placements = [p for p in PLACEMENTS if p[0] == only] if only else list(PLACEMENTS)
+    sent = itertools.count()
 
     def make() -> pb.DecideRequest:
         placement, channel = placements[rng.randrange(len(placements))]
@@ -39,7 +44,8 @@ def decide_requests(users: int, seed: int, only: str = "") -> Callable[[], pb.De
         if placement == "cart_page":
             context["cart_value"] = pb.Value(number_value=rng.uniform(10, 120))
         return pb.DecideRequest(user_id=f"user-{rng.randrange(users)}", placement=placement,
-                                channel=channel, context=context)
+                                channel=channel, context=context,
+                                request_id=f"lg-{seed}-{next(sent)}" if request_ids else "")
 
     return make
 
@@ -156,7 +162,7 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
                                            args.seed)
         else:
             calls = [pb_grpc.DecisionServiceStub(c).Decide for c in channels]
-            make = decide_requests(args.users, args.seed, args.placement)
+            make = decide_requests(args.users, args.seed, args.placement, args.request_ids)
         warmup = await drive(calls, make, args.concurrency, args.warmup) if args.warmup else {}
         result = await drive(calls, make, args.concurrency, args.duration)
     finally:
@@ -182,6 +188,8 @@ def main() -> None:
                    help="connections to spread the workers over (several server processes)")
     p.add_argument("--placement", default="",
                    help="decide: only this placement (default: the three-placement mix)")
+    p.add_argument("--request-ids", action="store_true",
+                   help="decide: each request with its own request_id (its answer kept)")
     print(json.dumps(asyncio.run(run(p.parse_args()))), flush=True)
 
 

@@ -10,6 +10,8 @@ channels. Configurations:
 
 * ``memory`` / ``redis``: the three-placement mix at concurrency 32, one process;
 * ``memory-c1`` / ``redis-c1``: the same at concurrency 1;
+* ``memory-keyed`` / ``redis-keyed``: the mix, each Decide with its own ``request_id``
+  (its answer kept: retry-safe), to read against ``memory`` / ``redis``;
 * ``memory-logged``: ``memory`` with ``--decision-log`` (every decision a JSON line);
 * ``redis-cluster``: the mix on a three-primary Redis Cluster (``redis+cluster://``), to
   read against ``redis``;
@@ -76,6 +78,7 @@ class Config:
     replicas: int = 0  # a replica of the Redis primary, and --redis-replicas this
     rpc: str = "decide"  # what is measured against Check: decide, track or feedback
     decision_log: bool = False  # --decision-log to a file in the run's folder
+    request_ids: bool = False  # each Decide with its own request_id (its answer kept)
 
 
 CONFIGS = (
@@ -84,6 +87,8 @@ CONFIGS = (
     Config("memory-c1", "memory", concurrency=1),
     Config("memory-logged", "memory", decision_log=True),
     Config("redis-c1", "redis", concurrency=1),
+    Config("memory-keyed", "memory", request_ids=True),
+    Config("redis-keyed", "redis", request_ids=True),
     Config("redis-cluster", "cluster"),
     Config("homepage", "memory", placement="homepage_banner"),
     Config("bagging", "memory", placement="homepage_banner", bagging=True),
@@ -182,9 +187,12 @@ def train(target: str, users: int, decisions: int = 3000) -> int:
 def measure(config: Config, args: argparse.Namespace) -> dict[str, Any]:
     run = argparse.Namespace(concurrency=config.concurrency, duration=args.duration,
                              users=args.users)
-    extra = ("--channels", str(config.channels), "--placement", config.placement)
+    extra: tuple[str, ...] = ("--channels", str(config.channels), "--placement",
+                              config.placement)
     if config.rpc == "feedback":
         extra += ("--pending", "1000")
+    if config.request_ids:
+        extra += ("--request-ids",)
     with tempfile.TemporaryDirectory() as tmp, served(config, Path(tmp)) as (target, pid):
         seed_profiles(target, args.users)
         learnt = train(target, args.users) if config.trained else 0
