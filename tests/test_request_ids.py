@@ -405,3 +405,34 @@ def test_an_answer_that_recorded_nothing_is_not_kept_and_its_id_is_free_at_once(
     assert not any(a.actions or a.duplicate for a in answers)
     assert len({a.decision_id for a in answers}) == 30
     assert not any(r.error for r in batch.results)
+
+
+def test_a_damaged_kept_answer_is_data_loss_naming_the_id_and_forget_heals_it(
+        redis_url: str) -> None:
+    """What is kept under an id, damaged in Redis (an unknown kind, a cut digest): the
+    Decide is DATA_LOSS naming request_id (a batch item alone, with its status), the
+    server stays up, and ForgetProfile removes it, after which the id decides again."""
+    store = _redis(redis_url)
+    arbiter = Arbiter(load_text(CAPPED), store, seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, default_deadline=2.0)
+    client = redis.Redis.from_url(redis_url)
+    request = pb.DecideRequest(user_id="zed", placement="mail", request_id="z1")
+    key = store.key("k", answer_key("zed", "z1"))  # type: ignore[attr-defined]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            first = stub.Decide(request, timeout=2)
+            for damaged in (b"X" + client.get(key)[1:], client.get(key)[:9]):
+                client.set(key, damaged, keepttl=True)
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Decide(request, timeout=2)
+                assert err.value.code() == grpc.StatusCode.DATA_LOSS  # type: ignore[attr-defined]
+                assert err.value.details().startswith("request_id: ")  # type: ignore[attr-defined]
+                batch = stub.DecideBatch(pb.DecideBatchRequest(requests=[request]), timeout=2)
+                assert batch.results[0].status == "DATA_LOSS"
+            assert stub.ForgetProfile(pb.ForgetProfileRequest(user_id="zed"), timeout=5)
+            again = stub.Decide(request, timeout=2)
+            assert not again.duplicate and again.decision_id != first.decision_id
+    finally:
+        running.stop(grace=0.2)
+        client.close()
