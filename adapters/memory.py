@@ -23,6 +23,7 @@ from engine.ports import (
     DecisionNotFound,
     FeedbackChange,
     FeedbackCommit,
+    FeedbackEffects,
     IdempotencyKeyReused,
     Learning,
     answer_key,
@@ -193,22 +194,39 @@ class MemoryStore:
 
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None:
         with self._lock:
+            self._save_decision(record, ttl_seconds, self.clock())
+
+    def save_shown_decision(self, record: DecisionRecord, ttl_seconds: float,
+                            idempotency_key: str, change: FeedbackChange,
+                            fingerprint: str = "") -> FeedbackCommit:
+        """:meth:`save_decision` and :meth:`commit_feedback` in one step under the lock:
+        the record is stored with its outcome (``change`` applied to it and the
+        customer's profile as stored now), never without it."""
+        with self._lock:
             now = self.clock()
-            self._expire(now)
-            expires = now + ttl_seconds
-            data, names = encode_compact_decision(record, self.feature_names)
-            if names is not None:  # kept as long as the records that refer to it
-                ref, blob = names
-                held = self._names.get(ref)
-                until = expires + NAMES_KEPT_BEYOND
-                if held is None:  # one heap entry per list, moved on when due
-                    heapq.heappush(self._expiries, (until, NAMES, ref.hex(), ""))
-                if held is None or until > held[1] + 60:  # (at most once a minute)
-                    self._names[ref] = (blob, until)
-            self._decisions[record.decision_id] = (data, expires, record.user_id)
-            self._user_decisions.setdefault(record.user_id, {})[record.decision_id] = None
-            heapq.heappush(self._expiries, (expires, DECISION, record.decision_id,
-                                            record.user_id))
+            effects = change(record, self.get_profile(record.user_id))
+            self._save_decision(effects.decision, ttl_seconds, now)
+            self._apply(effects, idempotency_key, fingerprint, now,
+                        self._decisions[record.decision_id][1])
+            return FeedbackCommit(False, effects)
+
+    def _save_decision(self, record: DecisionRecord, ttl_seconds: float, now: float) -> None:
+        """Store a record (under the lock)."""
+        self._expire(now)
+        expires = now + ttl_seconds
+        data, names = encode_compact_decision(record, self.feature_names)
+        if names is not None:  # kept as long as the records that refer to it
+            ref, blob = names
+            held = self._names.get(ref)
+            until = expires + NAMES_KEPT_BEYOND
+            if held is None:  # one heap entry per list, moved on when due
+                heapq.heappush(self._expiries, (until, NAMES, ref.hex(), ""))
+            if held is None or until > held[1] + 60:  # (at most once a minute)
+                self._names[ref] = (blob, until)
+        self._decisions[record.decision_id] = (data, expires, record.user_id)
+        self._user_decisions.setdefault(record.user_id, {})[record.decision_id] = None
+        heapq.heappush(self._expiries, (expires, DECISION, record.decision_id,
+                                        record.user_id))
 
     def _expire(self, now: float) -> None:
         """Drop the decisions, idempotency keys and profiles whose time has passed, as
@@ -281,21 +299,26 @@ class MemoryStore:
             self._decisions[decision_id] = (
                 encode_decision_update(effects.decision, original, "compact"), expires_at,
                 user_id)
-            if effects.profile is not None:
-                self._put_profile(decision.user_id, encode(effects.profile), now)
-            for experiment, deltas in counter_deltas(effects.arm_increments).items():
-                fields = self._arms.setdefault(experiment, {})
-                for name, delta in deltas.items():
-                    fields[name] = fields.get(name, 0.0) + delta
-            self._append(decision.user_id, effects.event)
-            # the key lives as long as its decision (whose placement may have its own
-            # attribution window): past it the decision is gone and nothing can replay
-            self._keys[idempotency_key] = (expires_at, fingerprint)
-            self._user_keys.setdefault(decision.user_id, {})[idempotency_key] = None
-            heapq.heappush(self._expiries, (expires_at, KEY, idempotency_key,
-                                            decision.user_id))
+            self._apply(effects, idempotency_key, fingerprint, now, expires_at)
             self._expire(now)
             return FeedbackCommit(False, effects)
+
+    def _apply(self, effects: FeedbackEffects, idempotency_key: str, fingerprint: str,
+               now: float, expires_at: float) -> None:
+        """A feedback's effects besides its record, and its key (under the lock)."""
+        user_id = effects.decision.user_id
+        if effects.profile is not None:
+            self._put_profile(user_id, encode(effects.profile), now)
+        for experiment, deltas in counter_deltas(effects.arm_increments).items():
+            fields = self._arms.setdefault(experiment, {})
+            for name, delta in deltas.items():
+                fields[name] = fields.get(name, 0.0) + delta
+        self._append(user_id, effects.event)
+        # the key lives as long as its decision (whose placement may have its own
+        # attribution window): past it the decision is gone and nothing can replay
+        self._keys[idempotency_key] = (expires_at, fingerprint)
+        self._user_keys.setdefault(user_id, {})[idempotency_key] = None
+        heapq.heappush(self._expiries, (expires_at, KEY, idempotency_key, user_id))
 
     # ---- Decide request ids (engine.ports.DecideIO.claim_requests) ------------------------
     def claim_request(self, user_id: str, request_id: str, pending: bytes,

@@ -17,6 +17,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+import msgspec
+
 from adapters.redis_connect import async_client
 from adapters.redis_feedback import feedback_steps, run_batched
 from adapters.redis_round_trips import FAILURES, RoundTrips
@@ -38,7 +40,7 @@ from engine.records import (
 )
 
 if TYPE_CHECKING:
-    from adapters.redis_store import RedisStore
+    from adapters.redis_store import RedisStore, ShownWrite
 
 
 class RedisDecideIO:
@@ -238,6 +240,53 @@ class RedisDecideIO:
         names = [self.store.key("k", answer_key(user, rid)) for user, rid in keys]
         return _released(self._decide.command("DEL", *names), self.store.decide_timeout)
 
+    # ---- DecideBatch's record_impressions: each record stored with its outcome ------------
+    def save_shown_decisions(self, shown: Sequence[tuple[DecisionRecord, float, str,
+                                                         FeedbackChange, str]],
+                             timeout: float
+                             ) -> tuple[list[bool], Awaitable[list[FeedbackCommit | None]]]:
+        """New records (record, TTL, the outcome's idempotency key, its change, its
+        fingerprint), each stored with its first outcome's effects by one script
+        (``SAVE_SHOWN_DECISIONS``) queued now for the next round trip: no record written
+        and then read back and rewritten, no script per outcome. The effects are computed
+        here from the customer's profile as this process just read it (the cache), and
+        the script applies each only if the profile is still so. Returns which records
+        went (False: no profile read to compare, or the outcome cannot apply: the caller
+        stores the record and commits the outcome as a Feedback) and, for those, each
+        one's commit, or None when its profile had changed (nothing stored: likewise)."""
+        included: list[bool] = []
+        writes: list[ShownWrite] = []
+        for record, ttl, key, change, fingerprint in shown:
+            hit, pdata = self.store.cached_profile(record.user_id)
+            effects = None
+            if hit:
+                try:  # on a copy: the caller's record stays as it was decided
+                    effects = change(msgspec.structs.replace(record, outcomes={}),
+                                     decode_profile(pdata) if pdata is not None else None)
+                except (LookupError, ValueError, CorruptRecord):  # as a Feedback would say
+                    effects = None
+            included.append(effects is not None)
+            if effects is not None:
+                writes.append((effects, ttl, key, fingerprint, pdata))
+        if not writes:
+            return included, _nothing()
+        sent = self._decide.command("EVAL", *self.store.shown_decisions_command(writes),
+                                    waited=True, companion=True)
+        return included, self._shown(sent, writes, timeout)
+
+    async def _shown(self, sent: asyncio.Future[Any], writes: list[ShownWrite],
+                     timeout: float) -> list[FeedbackCommit | None]:
+        replies = await _within(sent, timeout, "decision record writes")
+        commits: list[FeedbackCommit | None] = []
+        for (effects, *_), stored in zip(writes, replies, strict=True):
+            if not stored:
+                commits.append(None)
+                continue
+            if effects.profile is not None:
+                self.store.remember_profile(effects.decision.user_id, encode(effects.profile))
+            commits.append(FeedbackCommit(False, effects))
+        return commits
+
     async def ping(self, timeout: float) -> bool:
         try:
             return bool(await asyncio.wait_for(self.redis.ping(), timeout))
@@ -267,6 +316,10 @@ async def _released(waiter: asyncio.Future[Any], timeout: float) -> None:
 async def _held(waiter: asyncio.Future[list[Any]], timeout: float) -> list[bytes | None]:
     held = await _within(waiter, timeout, "request id claims")
     return [None if one is None else bytes(one) for one in held]
+
+
+async def _nothing() -> list[FeedbackCommit | None]:
+    return []
 
 
 async def _within(waiter: asyncio.Future[Any], timeout: float, what: str) -> Any:

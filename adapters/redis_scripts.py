@@ -114,16 +114,26 @@ profile as read ("0" = none, else "1" and its bytes),
 the new profile and the log entry ("" = none). Returns per update 1 (applied) or 0 (a
 conflict: read again and retry)."""
 
-SAVE_DECISIONS = """
-local now, lists = tonumber(ARGV[1]), tonumber(ARGV[3])
-for i = 1, lists do
-  local need = tonumber(ARGV[3 + i * 2])
-  local left = redis.call('TTL', KEYS[i])
-  if left == -2 or (left >= 0 and left < need) then
-    redis.call('SET', KEYS[i], ARGV[2 + i * 2], 'EX', need + 86400)
+NAMES_LISTS = """
+local function names_lists()
+  local lists = tonumber(ARGV[3])
+  for i = 1, lists do
+    local need = tonumber(ARGV[3 + i * 2])
+    local left = redis.call('TTL', KEYS[i])
+    if left == -2 or (left >= 0 and left < need) then
+      redis.call('SET', KEYS[i], ARGV[2 + i * 2], 'EX', need + 86400)
+    end
   end
+  return 4 + lists * 2
 end
-local base = 3 + lists * 2
+"""
+"""Write the feature names lists (KEYS[1..n], ARGV[3] = n, then per list the list and the
+seconds it must live) that are missing or due to expire too soon; returns the index of
+the first ARGV after them."""
+
+SAVE_DECISIONS = NAMES_LISTS + """
+local now, lists = tonumber(ARGV[1]), tonumber(ARGV[3])
+local base = names_lists() - 1
 for i = lists + 1, #KEYS, 2 do
   local a = base + (i - lists - 1) * 2
   redis.call('SET', KEYS[i], ARGV[a + 1], 'EX', ARGV[a + 2])
@@ -147,6 +157,75 @@ the number of names lists, per list: the list and the seconds it must live, then
 record: the record, its TTL, the index's TTL (at least: an index is never made to expire
 before an id it holds, whose placement may take feedback for longer) and the decision id
 (scored by its expiry)."""
+
+SAVE_SHOWN_DECISIONS = NAMES_LISTS + INDEX_ENTRY + """
+local now = tonumber(ARGV[1])
+local a = names_lists()
+local retention, count = ARGV[a], tonumber(ARGV[a + 1])
+a = a + 2
+local stream = KEYS[tonumber(ARGV[3]) + 1]
+local k = tonumber(ARGV[3]) + 2
+local clock = tonumber(redis.call('TIME')[1])
+local replies = {}
+for r = 1, count do
+  local increments = tonumber(ARGV[a + 10])
+  local current = redis.call('GET', KEYS[k + 3])
+  local same
+  if string.sub(ARGV[a + 4], 1, 1) == '0' then
+    same = not current
+  else
+    same = current == string.sub(ARGV[a + 4], 2)
+  end
+  if same and redis.call('EXISTS', KEYS[k], KEYS[k + 2]) == 0 then
+    local ttl, keep = tonumber(ARGV[a + 1]), tonumber(ARGV[a + 9])
+    redis.call('SET', KEYS[k], ARGV[a], 'EX', ttl)
+    redis.call('ZADD', KEYS[k + 1], now + ttl, ARGV[a + 3])
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 1], '-inf', ARGV[2])
+    if redis.call('TTL', KEYS[k + 1]) < tonumber(ARGV[a + 2]) then
+      redis.call('EXPIRE', KEYS[k + 1], ARGV[a + 2])
+    end
+    if ARGV[a + 5] ~= '' then
+      if retention ~= '0' then
+        redis.call('SET', KEYS[k + 3], ARGV[a + 5], 'EX', retention)
+      else
+        redis.call('SET', KEYS[k + 3], ARGV[a + 5])
+      end
+    end
+    local i = a + 11
+    for _ = 1, increments do
+      redis.call('HINCRBYFLOAT', KEYS[tonumber(ARGV[i])], ARGV[i + 1], ARGV[i + 2])
+      i = i + 3
+    end
+    index_entry(stream, KEYS[k + 4], redis.call('XADD', stream, '*', 'e', ARGV[a + 8]), keep)
+    redis.call('ZADD', KEYS[k + 5], clock + ttl, ARGV[a + 7])
+    redis.call('ZREMRANGEBYSCORE', KEYS[k + 5], '-inf', '(' .. clock)
+    if redis.call('TTL', KEYS[k + 5]) < math.max(keep, ttl) then
+      redis.call('EXPIRE', KEYS[k + 5], math.max(keep, ttl))
+    end
+    redis.call('SET', KEYS[k + 2], ARGV[a + 6], 'EX', ttl)
+    replies[r] = 1
+  else
+    replies[r] = 0
+  end
+  a = a + 11 + 3 * increments
+  k = k + 6
+end
+return replies
+"""
+"""New decision records each stored with its first outcome's effects (DecideBatch's
+``record_impressions``): what ``SAVE_DECISIONS`` then ``COMMIT_FEEDBACK`` write, the same
+keys and values, in one script, each record all or nothing: one whose customer's profile
+is no longer as read (or whose record or key exists) is not stored at all (0: the
+caller stores it plainly and commits its outcome as a Feedback). KEYS: the names lists,
+the learning stream, then per record its key, its user's decision index, the outcome's
+idempotency key, the profile, the user's log-entry and key indexes; then the arm hashes.
+ARGV: now, the decision indexes' lower bound, the number of names lists and per list the
+list and the seconds it must live (as ``SAVE_DECISIONS``), the profiles' retention in
+seconds ("0": for ever), the number of records, then per record: the record with its
+outcome, its TTL, its decision index's TTL, its id, the profile as read ("0" = none,
+else "1" and its bytes), the new profile ("" = unchanged), the key's fingerprint, the
+key's name, the learning event, the log-entry index's TTL, the number of arm increments
+and (key index, field, delta) for each. Returns per record 1 (stored) or 0."""
 
 CLAIM_REQUESTS = """
 local held = {}

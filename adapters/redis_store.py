@@ -71,7 +71,7 @@ import functools
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from threading import Lock
 from typing import Any, TypeVar, cast
 
@@ -89,6 +89,7 @@ from adapters.redis_scripts import (
     LOG_ENTRY,
     RELEASE_LEASE,
     SAVE_DECISIONS,
+    SAVE_SHOWN_DECISIONS,
     UPDATE_PROFILES,
 )
 from engine.feature_names import FeatureNameSets
@@ -121,6 +122,11 @@ from engine.records import (
     encode_event,
     pseudonym,
 )
+
+ShownWrite = tuple[FeedbackEffects, float, str, str, bytes | None]
+"""A new record stored with its first outcome: the outcome's effects (the record with
+it among them), the record's TTL in seconds, the outcome's idempotency key and
+fingerprint, and the customer's profile as read (None: none)."""
 
 
 def _b(value: Any) -> bytes | None:
@@ -501,34 +507,86 @@ class RedisStore:
         keys: list[bytes] = []
         args: list[bytes] = []
         lists: dict[bytes, tuple[bytes, int]] = {}  # names id -> (list, seconds to keep)
-        compact = self.record_layout == "compact"
-        # every argument as bytes: redis-py passes bytes through and would otherwise
-        # encode each str and int in Python (half of packing a record's six arguments)
         for record, ttl_seconds in writes:
-            ttl = max(1, int(ttl_seconds))
-            decision_id = record.decision_id.encode()
-            keys += (b"%s:d:%s" % (self.ns_bytes, decision_id),
+            keys += (b"%s:d:%s" % (self.ns_bytes, record.decision_id.encode()),
                      self._k("udz", record.user_id).encode())
-            if compact:
-                data, names = encode_compact_decision(record, self.feature_names)
-                if names is not None:
-                    ref, blob = names
-                    lists[ref] = (blob, max(ttl, lists.get(ref, (b"", 0))[1]))
-            else:
-                data = encode_decision(record, self.record_layout)
-            # the index lives as long as a decision can: its TTL plus its age is the
-            # attribution window, never shorter than any id in the index has left
-            args += (data, b"%d" % ttl,
-                     b"%d" % (ttl + max(0, int(now - record.decided_at)) + 1), decision_id)
+            args += self._record_args(record, ttl_seconds, now, lists)
         if not keys:
             return ()
+        head = self._names_head(now, lists)
+        return (SAVE_DECISIONS, len(lists) + len(keys), *(self.names_key(r) for r in lists),
+                *keys, *head, *args)
+
+    def shown_decisions_command(self, shown: Sequence[ShownWrite]) -> tuple[Any, ...]:
+        """The arguments of one ``EVAL`` of ``SAVE_SHOWN_DECISIONS``: new records, each
+        stored with its first outcome's effects (what :meth:`decisions_command` and
+        ``COMMIT_FEEDBACK`` write) if its customer's profile is still as read."""
+        now = time.time()
+        lists: dict[bytes, tuple[bytes, int]] = {}
+        keys: list[bytes | str] = []
+        args: list[Any] = []
+        arms: dict[str, int] = {}  # arm hash -> its KEYS index (after the records')
+        for effects, ttl_seconds, idempotency_key, fingerprint, pdata in shown:
+            record, user = effects.decision, effects.decision.user_id
+            keys += (b"%s:d:%s" % (self.ns_bytes, record.decision_id.encode()),
+                     self._k("udz", user), self._k("k", idempotency_key), self._k("p", user),
+                     self._k("ulz", user), self._k("ukz", user))
+            args += self._record_args(record, ttl_seconds, now, lists)
+            args += (b"0" if pdata is None else b"1" + pdata,
+                     encode(effects.profile) if effects.profile is not None else b"",
+                     fingerprint, idempotency_key, encode_event(effects.event),
+                     b"%d" % max(int(ttl_seconds), USER_INDEX_TTL))
+            moved: list[Any] = []
+            for experiment, deltas in counter_deltas(effects.arm_increments).items():
+                index = arms.setdefault(experiment, len(arms))
+                for name, delta in deltas.items():
+                    moved += [index, name, repr(float(delta))]
+            args.append(b"%d" % (len(moved) // 3))
+            args.append(moved)  # (key indexes made absolute below)
+        if not keys:
+            return ()
+        first_arm = len(lists) + 1 + len(keys) + 1  # KEYS are numbered from 1
+        flat: list[Any] = []
+        for arg in args:
+            if isinstance(arg, list):
+                for j in range(0, len(arg), 3):
+                    flat += (b"%d" % (first_arm + arg[j]), arg[j + 1], arg[j + 2])
+            else:
+                flat.append(arg)
+        all_keys = [*(self.names_key(r) for r in lists), f"{self.ns}:learn", *keys,
+                    *(self._k("arms", e) for e in arms)]
+        head = [*self._names_head(now, lists), self._retention(), b"%d" % len(shown)]
+        return (SAVE_SHOWN_DECISIONS, len(all_keys), *all_keys, *head, *flat)
+
+    def _record_args(self, record: DecisionRecord, ttl_seconds: float, now: float,
+                     lists: dict[bytes, tuple[bytes, int]]) -> tuple[bytes, ...]:
+        """A record's four arguments of the save scripts (the record, its TTL, its
+        decision index's TTL, its id), the names list it refers to added to ``lists``
+        (names id -> (list, seconds to keep))."""
+        ttl = max(1, int(ttl_seconds))
+        if self.record_layout == "compact":
+            data, names = encode_compact_decision(record, self.feature_names)
+            if names is not None:
+                ref, blob = names
+                lists[ref] = (blob, max(ttl, lists.get(ref, (b"", 0))[1]))
+        else:
+            data = encode_decision(record, self.record_layout)
+        # every argument as bytes: redis-py passes bytes through and would otherwise
+        # encode each str and int in Python (half of packing a record's arguments). The
+        # index lives as long as a decision can: its TTL plus its age is the attribution
+        # window, never shorter than any id in the index has left
+        return (data, b"%d" % ttl, b"%d" % (ttl + max(0, int(now - record.decided_at)) + 1),
+                record.decision_id.encode())
+
+    @staticmethod
+    def _names_head(now: float, lists: dict[bytes, tuple[bytes, int]]) -> list[bytes]:
+        """The save scripts' first arguments: now, the decision indexes' lower bound,
+        the names lists and how long each must live."""
         head = [repr(now).encode(), f"({now - CLOCK_SKEW_SECONDS}".encode(),
                 b"%d" % len(lists)]
         for blob, keep in lists.values():
             head += (blob, b"%d" % keep)
-        keys = [self.names_key(ref) for ref in lists] + keys
-        args = head + args
-        return (SAVE_DECISIONS, len(keys), *keys, *args)
+        return head
 
     def record_bytes(self, record: DecisionRecord) -> bytes:
         """The record as :meth:`decisions_command` writes it (the first record of a names
@@ -584,6 +642,21 @@ class RedisStore:
                                          ttl_seconds, fingerprint),
                           self.redis, self._commit_feedback)
         self.replicated()  # a duplicate too: the first attempt may not have been
+        return commit
+
+    def save_shown_decision(self, record: DecisionRecord, ttl_seconds: float,
+                            idempotency_key: str, change: FeedbackChange,
+                            fingerprint: str = "") -> FeedbackCommit:
+        """The record, then its outcome's compare-and-set taking the record just stored
+        and the cached profile for its first attempt (two round trips; the server's
+        DecideBatch writes both with one script per wave)."""
+        self.save_decision(record, ttl_seconds)
+        hit, profile = self.cached_profile(record.user_id)
+        guess = (self.record_bytes(record), record, profile) if hit else None
+        commit = run_sync(feedback_steps(self, record.decision_id, idempotency_key, change,
+                                         ttl_seconds, fingerprint, guess),
+                          self.redis, self._commit_feedback)
+        self.replicated()
         return commit
 
     def feedback_script_args(self, dkey: str, ikey: str, pkey: str, data: bytes,

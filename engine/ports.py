@@ -185,6 +185,16 @@ class Store(LearningLog, Protocol):
         IdempotencyKeyReused."""
         ...
 
+    def save_shown_decision(
+        self, record: DecisionRecord, ttl_seconds: float, idempotency_key: str,
+        change: FeedbackChange, fingerprint: str = "",
+    ) -> FeedbackCommit:
+        """:meth:`save_decision` of a new record, then :meth:`commit_feedback` of its
+        first outcome (DecideBatch's ``record_impressions``); a store that can do both in
+        one step applies ``change`` to ``record`` itself (nothing read back) and stores
+        it with its outcome."""
+        ...
+
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]: ...
 
     def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:

@@ -44,7 +44,7 @@ from engine.learning.log import LEARNING_MODES
 from engine.learning.models import ModelQuality, PropensityModels
 from engine.learning.recommender import Recommender
 from engine.learning.scores import ScoreModels
-from engine.ports import FeedbackCommit, Store, StoreUnavailable
+from engine.ports import DecisionNotFound, FeedbackCommit, Store, StoreUnavailable
 from engine.profiles import ENGAGEMENTS, PACKED, PROFILE_LAYOUTS
 from engine.records import (
     ArmCounts,
@@ -218,6 +218,64 @@ class Arbiter:
         decision, record = self.decide_from(req, profile, tracer)
         stored = self._record(record)
         return self.finish_decide(req, decision, profile, available and stored)
+
+    def decide_shown(
+        self,
+        *,
+        user_id: str,
+        placement: str,
+        channel: str = "",
+        context: Mapping[str, Any] | None = None,
+        limit: int = 0,
+        explain: bool = False,
+        at: float | None = None,
+    ) -> tuple[Decision, bool]:
+        """:meth:`decide`, its first action counted as shown (an impression at the
+        decision's time: a campaign's send, so that caps and cooldowns count it for the
+        next one), stored with the record in one step of the store; and whether it was
+        counted (not without an action, for a degraded decision, or one decided for a
+        time past its attribution window).
+
+        >>> from adapters.memory import MemoryStore
+        >>> from dsl.loader import load_path
+        >>> arbiter = Arbiter(load_path("rulesets/retail"), MemoryStore())
+        >>> decision, counted = arbiter.decide_shown(user_id="ann", placement="homepage_banner",
+        ...                                          channel="web")
+        >>> shown = decision.actions[0].action_id
+        >>> counted, arbiter.store.get_decision(decision.decision_id).outcomes[shown]
+        (True, ['impression'])
+        >>> from engine.decide.contacts import contact_entries  # what caps count
+        >>> history = arbiter.store.get_profile("ann").contacts[shown]
+        >>> [kind for _, kind, _ in contact_entries(history)]
+        ['impression']
+        """
+        req = self.decide_request(user_id=user_id, placement=placement, channel=channel,
+                                  context=context, limit=limit, explain=explain, at=at)
+        profile, available = self._profile_for_decide(user_id)
+        decision, record = self.decide_from(req, profile)
+        ttl = self.record_ttl(record) if available and decision.actions else None
+        if ttl is None:
+            stored = self._record(record)
+            return self.finish_decide(req, decision, profile, available and stored), False
+        fb = self.impression_input(record)
+        try:
+            commit = self.store.save_shown_decision(
+                record, ttl, fb.key,
+                lambda d, p: feedback_effects(fb, d, p, self.profile_layout), fb.fingerprint)
+        except DecisionNotFound:  # its window closed meanwhile: kept without it, if at all
+            return self.finish_decide(req, decision, profile, self._record(record)), False
+        except StoreUnavailable as err:
+            log.warning("decide degraded, decision not recorded: %s", err)
+            return self.finish_decide(req, decision, profile, False), False
+        self.experiments.invalidate(self.feedback_applied(fb, commit))
+        return self.finish_decide(req, decision, profile, True), True
+
+    def impression_input(self, record: DecisionRecord) -> FeedbackInput:
+        """The impression of a decision's first action at the decision's own time, as
+        DecideBatch's ``record_impressions`` counts it."""
+        return self.feedback_input(decision_id=record.decision_id,
+                                   action_id=record.actions[0].action_id,
+                                   outcome="impression", at=record.decided_at)
 
     def decide_request(
         self,

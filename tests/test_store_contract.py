@@ -208,6 +208,29 @@ def test_feedback_is_applied_once_per_key_under_concurrency(harness: Harness) ->
     assert profile is not None and len(contact_entries(profile.contacts["offer"])) == 1
 
 
+def test_a_record_saved_with_its_outcome_is_as_if_saved_then_given_feedback(
+        store: Store) -> None:
+    """``save_shown_decision`` (DecideBatch's ``record_impressions``): the record, its
+    outcome, the arm, the learning event and the contact, and the key, which makes the
+    same outcome again a duplicate; the record passed in is what is stored."""
+    commit = store.save_shown_decision(_decision(), TTL, "key", _effects("impression", 1.0),
+                                       "fp")
+    assert not commit.duplicate and commit.effects is not None
+    record = store.get_decision("d1")
+    assert record is not None and record.outcomes == {"offer": ["impression"]}
+    assert store.arm_counts("exp") == {"offer": ArmCounts(1.0, 0.0)}
+    assert [e.outcome for _, e in store.learning_events("", 10) if e] == ["impression"]
+    profile = store.get_profile("u1")
+    assert profile is not None and len(contact_entries(profile.contacts["offer"])) == 1
+    assert store.commit_feedback("d1", "key", _effects("impression", 1.0), TTL, "fp"
+                                 ).duplicate
+    assert not store.commit_feedback("d1", "k2", _effects("click", 0.0, 1.0), TTL).duplicate
+    assert store.get_decision("d1").outcomes == {  # type: ignore[union-attr]
+        "offer": ["impression", "click"]}
+    assert store.forget("u1") >= 2  # the profile and the record
+    assert store.get_decision("d1") is None
+
+
 def test_a_failed_change_stores_nothing_and_the_key_stays_free(store: Store) -> None:
     store.save_decision(_decision(), TTL)
 

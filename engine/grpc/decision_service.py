@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from engine.decide.decision import Decision
-from engine.feedback import feedback_effects
+from engine.feedback import FeedbackInput, feedback_effects
 from engine.grpc import answers, convert
 from engine.grpc.errors import rpc, status_of, throttled, time_left
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
@@ -29,7 +29,13 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.grpc.metrics import ServerMetrics
 from engine.grpc.offload import Offload
 from engine.grpc.tracing import Tracing
-from engine.ports import DecideIO, DecisionNotFound, FeedbackCommit, StoreUnavailable
+from engine.ports import (
+    DecideIO,
+    DecisionNotFound,
+    FeedbackChange,
+    FeedbackCommit,
+    StoreUnavailable,
+)
 from engine.records import CorruptRecord, DecisionRecord, Profile
 from engine.requests import (
     Aborted,
@@ -44,6 +50,9 @@ from engine.tracking import TrackPlan
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+TOO_OLD_TO_COUNT = ("at: decided, but older than the attribution window, so not recorded "
+                    "and its impression not counted")
+"""A DecideBatch result's ``error`` when ``record_impressions`` could not count it."""
 """Decisions per DecideBatch call."""
 NO_SPAN = contextlib.nullcontext()
 FEEDBACK_STORE_SECONDS = 5.0
@@ -134,6 +143,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         made: list[tuple[int, DecideInput, Decision, DecisionRecord, Profile | None, bool,
                          bool]] = []
         writes: list[tuple[DecisionRecord, float]] = []
+        # record_impressions on a store that writes a record with its outcome: those
+        show = getattr(self.io, "save_shown_decisions", None) if record_impressions else None
+        shown: list[tuple[DecisionRecord, float, str, FeedbackChange, str]] = []
+        showing: list[tuple[int, FeedbackInput]] = []  # (place in made, the impression)
         kept: list[tuple[str, str, bytes, float]] = []
         impressions = []
         for (i, req, digest), (profile, available) in zip(checked, profiles, strict=True):
@@ -158,7 +171,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             ttl = arbiter.record_ttl(record)
             keep = False
             if ttl is not None and available:
-                writes.append((record, ttl))
+                if show is not None and decision.actions:  # stored with its impression
+                    fb = arbiter.impression_input(record)
+                    shown.append((record, ttl, fb.key, self._effects(fb), fb.fingerprint))
+                    showing.append((len(made), fb))
+                else:
+                    writes.append((record, ttl))
                 if digest:  # the answer as it will be sent, kept with the record
                     convert.fill_decide_response(result.decision, decision)
                     kept.append((req.user_id, requests[i].request_id,
@@ -166,15 +184,25 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     keep = True
             made.append((i, req, decision, record, profile, available, keep))
         stored = True
-        if writes:
+        counted: dict[int, tuple[FeedbackInput, FeedbackCommit]] = {}  # by place in made
+        if writes or shown:
             budget = self._budget(RESPONSE_RESERVE_SECONDS)
+            sending = None
+            if show is not None and shown:
+                went, sending = show(shown, budget)
+                writes += [(r, ttl) for (r, ttl, *_), ok in zip(shown, went, strict=True)
+                           if not ok]  # stored plainly, the impression as a Feedback
+                showing = [one for one, ok in zip(showing, went, strict=True) if ok]
             keeping = self.io.save_answers(kept, budget) if kept else None  # with the records
             with self._span("store.record_write"):
-                stored = await self._store(self.io.save_decisions(writes, budget), "write")
+                if writes:
+                    stored = await self._store(self.io.save_decisions(writes, budget), "write")
+                if sending is not None:
+                    stored = await self._shown(sending, showing, made, counted) and stored
                 if keeping is not None:
                     stored = await self._store(keeping, "write") and stored
         released: list[tuple[str, str]] = []
-        for i, req, decision, record, profile, complete, keep in made:
+        for m, (i, req, decision, record, profile, complete, keep) in enumerate(made):
             result = results[i]
             decision = arbiter.finish_decide(req, decision, profile, complete and stored)
             if self.metrics is not None:
@@ -187,13 +215,52 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             # is dropped; one it could not ask for is left alone (it may be another's)
             if requests[i].request_id and claims is not None and not (keep and stored):
                 released.append((req.user_id, requests[i].request_id))
-            if record_impressions and decision.actions and not decision.degraded:
+            if m in counted:  # stored with its record (degraded or not: it is stored)
+                self._counted(*counted[m])
+            elif record_impressions and decision.actions and not decision.degraded:
                 impressions.append(self._record_impression(result, record))
         if released:  # kept nothing: a retry decides again (sent now, not waited for)
             self._background(self.io.release_requests(released))
         if impressions:
             await asyncio.gather(*impressions)
         return refused
+
+    def _effects(self, fb: FeedbackInput) -> FeedbackChange:
+        layout = self.arbiter.profile_layout
+        return lambda d, p: feedback_effects(fb, d, p, layout)
+
+    async def _shown(self, sending: Awaitable[list[FeedbackCommit | None]],
+                     showing: list[tuple[int, FeedbackInput]], made: list[Any],
+                     counted: dict[int, tuple[FeedbackInput, FeedbackCommit]]) -> bool:
+        """Wait for the records stored with their impressions; those whose customer's
+        profile had changed meanwhile (nothing stored) are stored plainly now, their
+        impressions then committed as Feedback. False when a write failed."""
+        started = time.perf_counter()
+        try:
+            commits = await sending
+        except StoreUnavailable as err:
+            self._store_failed("write", err, started)
+            return False
+        if self.metrics is not None:
+            self.metrics.store("write", time.perf_counter() - started)
+        again: list[tuple[DecisionRecord, float]] = []
+        for (m, fb), commit in zip(showing, commits, strict=True):
+            if commit is None:
+                record = made[m][3]
+                again.append((record, self.arbiter.record_ttl(record) or 1.0))
+            else:
+                counted[m] = (fb, commit)
+        if not again:
+            return True
+        return await self._store(self.io.save_decisions(
+            again, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
+
+    def _counted(self, fb: FeedbackInput, commit: FeedbackCommit) -> None:
+        """What follows an impression stored with its record (as a Feedback's)."""
+        arbiter = self.arbiter
+        moved = arbiter.feedback_applied(fb, commit)
+        if moved and (due := arbiter.experiments.due(moved)):  # (a burst: one re-read)
+            self.offload.spawn(arbiter.experiments.refresh, due)
 
     def _claims(self, requests: list[pb.DecideRequest], keyed: list[tuple[int, str, bytes]]
                 ) -> Awaitable[dict[int, bytes | None] | None]:
@@ -248,6 +315,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         try:
             if one.request_id:
                 result.decision.CopyFrom(await self._decide_keyed(one))
+            elif record_impressions and self.tracing is None:  # in memory: one step
+                decision, counted = self.arbiter.decide_shown(**_decide_arguments(one))
+                if self.metrics is not None:
+                    self.metrics.decided(decision)
+                convert.fill_decide_response(result.decision, decision)
+                if decision.actions and not decision.degraded and not counted:
+                    result.error = TOO_OLD_TO_COUNT
+                return
             else:
                 convert.fill_decide_response(result.decision, await self._decide(one))
         except (InvalidArgument, Aborted, FailedPrecondition, CorruptRecord) as err:
@@ -262,15 +337,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
     async def _record_impression(self, result: pb.DecideBatchResult,
                                  made: DecisionRecord | None = None) -> None:
         """DecideBatch's ``record_impressions``: the first action counted as shown (once
-        per decision: a repeat is a duplicate of the first). ``made``: the record as this
+        per decision: a repeat is a duplicate of the first), at the decision's time, as
+        :meth:`~engine.service.Arbiter.impression_input`. ``made``: the record as this
         call just stored it (the store need not read it back)."""
+        decided = result.decision
+        at = (made.decided_at if made is not None
+              else decided.decided_at.seconds + decided.decided_at.nanos / 1e9)
         try:
             await self._commit_feedback(
-                made, decision_id=result.decision.decision_id,
-                action_id=result.decision.actions[0].action_id, outcome="impression")
+                made, decision_id=decided.decision_id,
+                action_id=decided.actions[0].action_id, outcome="impression", at=at)
         except DecisionNotFound:  # decided for a time past the attribution window
-            result.error = ("at: decided, but older than the attribution window, so "
-                            "not recorded and its impression not counted")
+            result.error = TOO_OLD_TO_COUNT
 
     async def _decide(self, request: pb.DecideRequest) -> Decision:
         arbiter = self.arbiter
@@ -396,13 +474,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         fb = arbiter.feedback_input(**feedback)
         commit: FeedbackCommit = await commit_async(
             fb.decision_id, fb.key,
-            lambda d, p: feedback_effects(fb, d, p, arbiter.profile_layout),
+            self._effects(fb),
             arbiter.attribution_window, fb.fingerprint,
             self._budget(RESPONSE_RESERVE_SECONDS, store_timeout=FEEDBACK_STORE_SECONDS),
             made=made)
-        moved = arbiter.feedback_applied(fb, commit)
-        if moved and (due := arbiter.experiments.due(moved)):  # (a burst: one re-read)
-            self.offload.spawn(arbiter.experiments.refresh, due)
+        self._counted(fb, commit)
         return commit
 
     def _types(self) -> dict[str, str]:
