@@ -1,0 +1,153 @@
+"""DecideBatch's ``record_impressions`` on Redis: each record stored with its impression by
+one script per wave (``SAVE_SHOWN_DECISIONS``), writing what the two-step path (the
+record, then the impression's compare-and-set) writes; a customer whose profile changed
+meanwhile falls back to the two steps and loses nothing."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import grpc
+import redis
+
+from adapters.redis_store import RedisStore
+from dsl.loader import load_text
+from engine.decide.contacts import contact_entries
+from engine.grpc import server
+from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.service import Arbiter
+
+RULES = """
+profile {
+  tier: string = "standard"
+}
+policy {
+  channel email: at most 2 per 7d
+}
+placement mail { channels: email  fallback: digest }
+action promo_a { placements: mail  value: 10 }
+action promo_b { placements: mail  value: 10 }
+action digest { placements: mail  value: 1  when: false }
+experiment t on mail {
+  arms: promo_a, promo_b
+  allocate: thompson(prior = beta(1, 1))
+  reward: click
+}
+"""
+
+
+@contextmanager
+def serving(redis_url: str, namespace: str, one_script: bool = True
+            ) -> Iterator[tuple[pb_grpc.DecisionServiceStub, Arbiter]]:
+    """A server on its own namespace; ``one_script=False``: the two-step path."""
+    arbiter = Arbiter(load_text(RULES), RedisStore(redis_url, namespace=namespace), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0)
+    if not one_script:  # the servicer looks the method up: without it, two steps
+        running.decide_io.save_shown_decisions = None  # type: ignore[attr-defined]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            yield pb_grpc.DecisionServiceStub(channel), arbiter
+    finally:
+        running.stop(grace=0.2)
+
+
+def _campaign(stub: pb_grpc.DecisionServiceStub, users: int) -> list[list[str]]:
+    """Three sends per customer in one recorded batch: each customer's shown actions."""
+    requests = [pb.DecideRequest(user_id=f"c{i}", placement="mail")
+                for _ in range(3) for i in range(users)]
+    response = stub.DecideBatch(pb.DecideBatchRequest(requests=requests,
+                                                      record_impressions=True), timeout=30)
+    assert not any(r.error for r in response.results)
+    shown: list[list[str]] = [[] for _ in range(users)]
+    for request, result in zip(requests, response.results, strict=True):
+        assert not result.decision.degraded
+        shown[int(request.user_id[1:])].append(result.decision.actions[0].action_id)
+    return shown
+
+
+def _stored(client: redis.Redis, arbiter: Arbiter, namespace: str) -> dict[str, Any]:
+    """What a namespace holds, comparable across namespaces (decision ids aside)."""
+    store = arbiter.store
+    kinds: Counter[str] = Counter()
+    without_ttl = []
+    for key in client.scan_iter(f"{namespace}:*"):
+        kind = key.decode().split(":")[1]
+        kinds[kind] += 1
+        if kind in ("d", "k", "udz", "ulz", "ukz") and client.ttl(key) <= 0:
+            without_ttl.append(key)
+    outcomes, contacts = Counter(), Counter()
+    for key in client.scan_iter(f"{namespace}:d:*"):
+        record = store.get_decision(key.decode().split(":", 2)[2])
+        assert record is not None
+        outcomes[(record.actions[0].action_id, tuple(record.outcomes[
+            record.actions[0].action_id]))] += 1
+    for key in client.scan_iter(f"{namespace}:p:*"):
+        profile = store.get_profile(key.decode().split(":", 2)[2])
+        assert profile is not None
+        for action, history in profile.contacts.items():
+            contacts[(action, tuple(kind for _, kind, _ in contact_entries(history)))] += 1
+    return {"kinds": dict(kinds), "without_ttl": without_ttl, "outcomes": dict(outcomes),
+            "contacts": dict(contacts), "log": client.xlen(f"{namespace}:learn"),
+            "trials": sum(c.trials for c in store.arm_counts("t").values())}
+
+
+def test_one_script_writes_what_the_two_steps_write(redis_url: str) -> None:
+    """The same campaign through each path, on two namespaces of one Redis: the same
+    keys of each kind, the same outcomes in the records, contacts in the profiles,
+    learning-log entries and arm trials; every record, key and index with a TTL. And
+    the caps count the sends: the third decision of each customer is the fallback."""
+    client = redis.Redis.from_url(redis_url)
+    found = {}
+    for namespace, one_script in (("one", True), ("two", False)):
+        with serving(redis_url, namespace, one_script) as (stub, arbiter):
+            client.config_resetstat()
+            shown = _campaign(stub, 40)
+            evals = client.info("commandstats").get("cmdstat_eval", {}).get("calls", 0)
+            found[namespace] = _stored(client, arbiter, namespace)
+            found[namespace]["evals"] = evals
+        assert all(sends[2] == "digest" and "digest" not in sends[:2] for sends in shown)
+    one, two = found["one"], found["two"]
+    assert one["kinds"] == two["kinds"] and one["kinds"]["d"] == 120
+    assert one["without_ttl"] == two["without_ttl"] == []
+    assert sum(one["outcomes"].values()) == 120
+    assert all(kinds == ("impression",) for _, kinds in one["outcomes"])
+    assert one["outcomes"].keys() <= two["outcomes"].keys() | {
+        ("promo_a", ("impression",)), ("promo_b", ("impression",))}
+    for found_ in (one, two):  # every send a contact in its customer's profile
+        assert sum(len(kinds) * n for (_, kinds), n in found_["contacts"].items()) == 120
+    assert one["log"] == two["log"] == 120
+    assert one["trials"] == two["trials"] == 80  # the arms' sends (not the fallback's)
+    assert one["evals"] <= 8 < two["evals"]  # a script per wave, not one per impression
+
+
+def test_a_profile_changed_since_it_was_read_falls_back_and_loses_nothing(
+        redis_url: str) -> None:
+    """Another replica changes a customer's profile after this server cached it: the
+    one script does not store that record (its compare-and-set fails), the server stores
+    it plainly and commits the impression as a Feedback on the profile as it is now:
+    the other replica's change kept, the send counted once."""
+    client = redis.Redis.from_url(redis_url)
+    other = Arbiter(load_text(RULES), RedisStore(redis_url, namespace="fb"), seed=2)
+    with serving(redis_url, "fb") as (stub, arbiter):
+        other.track(user_id="c0", event_type="visit", traits={"tier": "gold"})
+        stub.Decide(pb.DecideRequest(user_id="c0", placement="mail"))  # cached here now
+        other.track(user_id="c0", event_type="visit", traits={"tier": "platinum"})
+        client.config_resetstat()
+        shown = _campaign(stub, 2)
+        stats = client.info("commandstats")
+    profile = arbiter.store.get_profile("c0")
+    assert profile is not None and profile.attributes["tier"] == "platinum"
+    sends = [(a, tuple(k for _, k, _ in contact_entries(h)))
+             for a, h in sorted(profile.contacts.items())]
+    assert sum(len(kinds) for _, kinds in sends) == 3 == len(shown[0])
+    assert shown[0][2] == "digest"  # the caps counted both earlier sends
+    assert stats["cmdstat_evalsha" if "cmdstat_evalsha" in stats else "cmdstat_eval"]
+    records = [arbiter.store.get_decision(k.decode().split(":", 2)[2])
+               for k in client.scan_iter("fb:d:*")]
+    assert len(records) == 7  # the first Decide's and six sends
+    assert sum(r.outcomes == {r.actions[0].action_id: ["impression"]}
+               for r in records if r is not None) == 6
