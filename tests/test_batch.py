@@ -314,3 +314,37 @@ def test_a_recorded_batch_in_an_experiment_rereads_its_counters_a_few_times_not_
     assert reads <= elapsed / 0.05 + 5 and reads < 100  # (600 before)
     trials = sum(c.trials for c in arbiter.store.arm_counts("t").values())
     assert trials == 600
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_send_decided_a_few_minutes_ahead_is_counted_at_its_decision_time(
+        store: str, request: pytest.FixtureRequest) -> None:
+    """Decide takes an ``at`` up to five minutes ahead; its recorded impression was
+    stamped with the time of the call, before the decision, and the whole batch failed
+    INVALID_ARGUMENT. Now the send is counted at the decision's time, and the cap holds
+    the next one."""
+    from adapters.redis_store import RedisStore
+    from engine.decide.contacts import contact_entries
+    from engine.grpc import convert
+
+    backing = (MemoryStore() if store == "memory"
+               else RedisStore(request.getfixturevalue("redis_url")))
+    arbiter = Arbiter(load_text(CAPPED), backing, seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, workers=2)
+    ahead = time.time() + 120
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            one = pb.DecideRequest(user_id="ann", placement="mail",
+                                   at=convert.timestamp(ahead))
+            response = stub.DecideBatch(pb.DecideBatchRequest(requests=[one] * 3,
+                                                              record_impressions=True))
+    finally:
+        running.stop(grace=0.2)
+    assert [r.decision.actions[0].action_id for r in response.results] == [
+        "promo", "promo", "digest"]
+    assert not any(r.error for r in response.results)
+    profile = arbiter.store.get_profile("ann")
+    assert profile is not None
+    assert [round(t) for t, _, _ in contact_entries(profile.contacts["promo"])] == [
+        round(ahead)] * 2
