@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import tempfile
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
