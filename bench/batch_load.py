@@ -1,7 +1,8 @@
 """Decisions per second through DecideBatch, one server process, against the floor.
 
     python -m bench.batch_load [--seconds 10] [--batch 500] [--placement email]
-                               [--record-impressions] [--server-tree DIR]
+                               [--record-impressions] [--customers N] [--store redis]
+                               [--alongside] [--server-tree DIR]
 
 Starts ``arbiter serve`` (in memory, or ``--store redis`` on a private redis-server) as
 a subprocess, seeds ``--customers`` profiles
@@ -11,9 +12,11 @@ time (two by default: the client builds and reads one batch while the server dec
 another, so the rate is the server's, as for a campaign sender with a few workers), for
 ``--seconds``; prints decisions/s and the health-Check rate measured one call at a time
 as the floor of a single RPC. ``--record-impressions`` counts each decision's first
-action as shown (a campaign's send: contact policies apply to the next batch), a
-feedback per decision in the same call; ``--server-tree`` serves another checkout (a
-"before").
+action as shown (a campaign's send: contact policies apply to the next batch), stored
+with its record; ``--server-tree`` serves another checkout (a
+"before"). ``--alongside``: another client decides ``homepage_banner`` one call at a
+time on its own connection while the batches run (a campaign on a server that also
+answers a site), its latencies reported.
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from bench.load import ROOT, arbiter_server, cpu_seconds
+from bench.load import ROOT, arbiter_server, cpu_seconds, deciding
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from tests.redis_proc import RedisServer
@@ -73,6 +76,9 @@ def main() -> None:
                    help="each decision's first action counted as shown (a send)")
     p.add_argument("--request-ids", action="store_true",
                    help="each request with its own request_id (its answer kept: retry-safe)")
+    p.add_argument("--alongside", action="store_true",
+                   help="another client decides homepage_banner one call at a time on "
+                        "its own connection while the batches run: its latencies")
     p.add_argument("--server-tree", type=Path, default=ROOT,
                    help="serve this checkout (another measures a 'before')")
     args = p.parse_args()
@@ -90,6 +96,13 @@ def main() -> None:
         health = health_pb2_grpc.HealthStub(channel)
         seed(stub, args.customers)
         decided, shown, calls, n = 0, 0, 0, 0
+        latencies: list[float] = []
+        beside = contextlib.ExitStack()  # the other client: while the batches run
+        stack.callback(beside.close)
+        if args.alongside:  # (a channel of its own: another connection)
+            latencies = beside.enter_context(deciding(
+                beside.enter_context(grpc.insecure_channel(
+                    target, options=[("grpc.use_local_subchannel_pool", 1)]))))
         in_flight: collections.deque[Any] = collections.deque()
         deadline = time.perf_counter() + args.seconds
         started, cpu_before = time.perf_counter(), cpu_seconds(pid)
@@ -115,6 +128,14 @@ def main() -> None:
             shown += sum(1 for r in response.results if not r.error and r.decision.actions)
             calls += 1
         batch_rate = decided / (time.perf_counter() - started)
+        beside.close()
+        alongside = {}
+        if args.alongside:
+            ms = sorted(x * 1000 for x in latencies)
+            alongside = {"alongside_decides": len(ms),
+                         "alongside_p50_ms": round(ms[len(ms) // 2], 2),
+                         "alongside_p99_ms": round(ms[int(len(ms) * 0.99)], 2),
+                         "alongside_max_ms": round(ms[-1], 2)}
         cpu_us = (cpu_seconds(pid) - cpu_before) / max(decided, 1) * 1e6
         checks, started = 0, time.perf_counter()
         while time.perf_counter() - started < 3.0:
@@ -128,7 +149,7 @@ def main() -> None:
                       "decisions_per_s": round(batch_rate), "calls": calls,
                       "with_an_action": round(shown / max(decided, 1), 3),
                       "server_cpu_us_per_decision": round(cpu_us, 1),
-                      "sequential_check_per_s": round(check_rate)}))
+                      "sequential_check_per_s": round(check_rate), **alongside}))
 
 
 if __name__ == "__main__":
