@@ -160,6 +160,9 @@ class ExperimentStates:
     def invalidate(self, names: Iterable[str]) -> None:
         """Re-read these experiments' counters on next use (after this process's feedback);
         in push mode, re-read those :meth:`due` now."""
+        names = list(names)
+        if not names and not self._moved:  # (most feedback moves no experiment)
+            return
         if not self.pull:
             self.refresh(self.due(names))
             return
