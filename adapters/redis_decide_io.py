@@ -35,6 +35,7 @@ from engine.records import (
     DecisionRecord,
     Profile,
     decode_profile,
+    decode_stored_profile,
     encode,
     encode_event,
 )
@@ -181,6 +182,13 @@ class RedisDecideIO:
                            ) -> list[Profile | CorruptRecord | None]:
         """The profiles in one wait, read with whatever else the next round trip
         carries (the cached ones from the cache)."""
+        return [decode_stored_profile(data)
+                for data in await self.get_profile_bytes(user_ids, timeout)]
+
+    async def get_profile_bytes(self, user_ids: Sequence[str], timeout: float
+                                ) -> list[bytes | None]:
+        """:meth:`get_profiles` as stored (None: none), not decoded: what a
+        compare-and-set of them compares (:meth:`save_shown_decisions`)."""
         found: list[bytes | asyncio.Future[bytes | None] | None] = []
         waiting: list[asyncio.Future[bytes | None]] = []
         for user_id in user_ids:
@@ -193,14 +201,8 @@ class RedisDecideIO:
             waiting.append(waiter)
         if waiting:
             await _within(asyncio.gather(*waiting), timeout, "profile reads")
-        profiles: list[Profile | CorruptRecord | None] = []
-        for item in found:
-            data = item.result() if isinstance(item, asyncio.Future) else item
-            try:
-                profiles.append(decode_profile(data) if data is not None else None)
-            except CorruptRecord as err:
-                profiles.append(err)
-        return profiles
+        return [item.result() if isinstance(item, asyncio.Future) else item
+                for item in found]
 
     async def save_decisions(self, writes: Sequence[tuple[DecisionRecord, float]],
                              timeout: float) -> None:
@@ -242,32 +244,29 @@ class RedisDecideIO:
 
     # ---- DecideBatch's record_impressions: each record stored with its outcome ------------
     def save_shown_decisions(self, shown: Sequence[tuple[DecisionRecord, float, str,
-                                                         FeedbackChange, str]],
+                                                         FeedbackChange, str, bytes | None]],
                              timeout: float
                              ) -> tuple[list[bool], Awaitable[list[FeedbackCommit | None]]]:
         """New records (record, TTL, the outcome's idempotency key, its change, its
-        fingerprint), each stored with its first outcome's effects by one script
-        (``SAVE_SHOWN_DECISIONS``) queued now for the next round trip: no record written
-        and then read back and rewritten, no script per outcome. The effects are computed
-        here from the customer's profile as this process just read it (the cache), and
-        the script applies each only if the profile is still so. Returns which records
-        went (False: no profile read to compare, or the outcome cannot apply: the caller
-        stores the record and commits the outcome as a Feedback) and, for those, each
-        one's commit, or None when its profile had changed (nothing stored: likewise)."""
+        fingerprint, the customer's profile as read by :meth:`get_profile_bytes`), each
+        stored with its first outcome's effects by one script (``SAVE_SHOWN_DECISIONS``)
+        queued now for the next round trip: no record written and then read back and
+        rewritten, no script per outcome. The effects are computed here, and the script
+        applies each only if the profile is still as read. Returns which records went
+        (False: the outcome cannot apply; the caller stores the record and commits the
+        outcome as a Feedback, which says why) and, for those, each one's commit, or
+        None when its profile had changed (nothing stored: likewise)."""
         included: list[bool] = []
         writes: list[ShownWrite] = []
-        for record, ttl, key, change, fingerprint in shown:
-            hit, pdata = self.store.cached_profile(record.user_id)
-            effects = None
-            if hit:
-                try:  # on a copy: the caller's record stays as it was decided
-                    effects = change(msgspec.structs.replace(record, outcomes={}),
-                                     decode_profile(pdata) if pdata is not None else None)
-                except (LookupError, ValueError, CorruptRecord):  # as a Feedback would say
-                    effects = None
-            included.append(effects is not None)
-            if effects is not None:
-                writes.append((effects, ttl, key, fingerprint, pdata))
+        for record, ttl, key, change, fingerprint, pdata in shown:
+            try:  # on copies: the caller's record and profile stay as they were decided
+                effects = change(msgspec.structs.replace(record, outcomes={}),
+                                 decode_profile(pdata) if pdata is not None else None)
+            except (LookupError, ValueError):  # (CorruptRecord too: a Feedback says it)
+                included.append(False)
+                continue
+            included.append(True)
+            writes.append((effects, ttl, key, fingerprint, pdata))
         if not writes:
             return included, _nothing()
         sent = self._decide.command("EVAL", *self.store.shown_decisions_command(writes),

@@ -289,6 +289,17 @@ def decode_profile(data: bytes, field: str = "user_id") -> Profile:
     return profile
 
 
+def decode_stored_profile(data: bytes | None) -> Profile | CorruptRecord | None:
+    """A profile as stored (None: none), or the :class:`CorruptRecord` it is (a batch
+    of reads goes on with the others)."""
+    if data is None:
+        return None
+    try:
+        return decode_profile(data)
+    except CorruptRecord as err:
+        return err
+
+
 def _consistent(log: ContactLog) -> bool:
     """Whether every contact has a time and a code of a kind (at most 255 kinds)."""
     return (len(log.times) == 8 * len(log.codes) and len(log.kinds) < 256

@@ -36,7 +36,7 @@ from engine.ports import (
     FeedbackCommit,
     StoreUnavailable,
 )
-from engine.records import CorruptRecord, DecisionRecord, Profile
+from engine.records import CorruptRecord, DecisionRecord, Profile, decode_stored_profile
 from engine.requests import (
     Aborted,
     DecideInput,
@@ -159,18 +159,20 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         users = [req.user_id for _, req, _ in checked]
         keyed = [(i, req.user_id, digest) for i, req, digest in checked if digest]
         claiming = self._claims(requests, keyed) if keyed else None  # sent with the reads
-        profiles = await self._profiles(users)
+        # record_impressions on a store that writes a record with its outcome: those
+        show = getattr(self.io, "save_shown_decisions", None) if record_impressions else None
+        raw: list[bytes | None] | None = [] if show is not None else None  # as read
+        profiles = await self._profiles(users, raw)
         claims = await claiming if claiming is not None else {}  # None: not asked in time
         made: list[tuple[int, DecideInput, Decision, DecisionRecord, Profile | None, bool,
                          bool]] = []
         writes: list[tuple[DecisionRecord, float]] = []
-        # record_impressions on a store that writes a record with its outcome: those
-        show = getattr(self.io, "save_shown_decisions", None) if record_impressions else None
-        shown: list[tuple[DecisionRecord, float, str, FeedbackChange, str]] = []
+        shown: list[tuple[DecisionRecord, float, str, FeedbackChange, str, bytes | None]] = []
         showing: list[tuple[int, FeedbackInput]] = []  # (place in made, the impression)
         kept: list[tuple[str, str, bytes, float]] = []
         impressions = []
-        for (i, req, digest), (profile, available) in zip(checked, profiles, strict=True):
+        for j, ((i, req, digest), (profile, available)) in enumerate(
+                zip(checked, profiles, strict=True)):
             result = results[i]
             if digest:
                 if claims is None:  # cannot tell what was answered: nothing kept
@@ -194,9 +196,10 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             ttl = arbiter.record_ttl(record)
             keep = False
             if ttl is not None and available:
-                if show is not None and decision.actions:  # stored with its impression
+                if raw and decision.actions:  # stored with its impression
                     fb = arbiter.impression_input(record)
-                    shown.append((record, ttl, fb.key, self._effects(fb), fb.fingerprint))
+                    shown.append((record, ttl, fb.key, self._effects(fb), fb.fingerprint,
+                                  raw[j]))
                     showing.append((len(made), fb))
                 else:
                     writes.append((record, ttl))
@@ -311,14 +314,22 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _profiles(self, user_ids: list[str]) -> list[tuple[Profile | None, bool]]:
+    async def _profiles(self, user_ids: list[str], raw: list[bytes | None] | None = None
+                        ) -> list[tuple[Profile | None, bool]]:
         """Each customer's profile and True; (None, False) for all when the store could
         not be read in time, and for a corrupt one alone (those decisions go on as for
-        unknown customers, degraded)."""
+        unknown customers, degraded). ``raw``, with a store that reads them: filled with
+        the profiles as stored (what a compare-and-set compares)."""
         started = time.perf_counter()
-        try:  # half the time left at most: the record writes need some too
+        read_raw = getattr(self.io, "get_profile_bytes", None) if raw is not None else None
+        budget = self._budget(0.0, share=0.5)  # the record writes need some time too
+        try:
             with self._span("store.profile_read"):
-                found = await self.io.get_profiles(user_ids, self._budget(0.0, share=0.5))
+                if read_raw is not None and raw is not None:
+                    raw += await read_raw(user_ids, budget)
+                    found = [decode_stored_profile(data) for data in raw]
+                else:
+                    found = await self.io.get_profiles(user_ids, budget)
         except StoreUnavailable as err:
             self._store_failed("read", err, started)
             return [(None, False)] * len(user_ids)
