@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -18,6 +19,7 @@ from adapters.memory import MemoryStore
 from adapters.redis_store import RedisStore
 from dsl.loader import load_text
 from engine.cli import main
+from engine.decide.contacts import contact_entries
 from engine.grpc import server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
@@ -436,3 +438,43 @@ def test_a_damaged_kept_answer_is_data_loss_naming_the_id_and_forget_heals_it(
     finally:
         running.stop(grace=0.2)
         client.close()
+
+
+def test_a_keyed_send_whose_write_reply_was_lost_is_counted_once(redis_url: str) -> None:
+    """The writes of a keyed recorded decision (its record with its impression, its kept
+    answer) reach Redis but their reply comes too late (here: the answer's write is
+    made to fail after it is done): the call answers degraded. The claim must not be
+    dropped then (that would erase the kept answer): the retry gets the answer that was
+    written, and the send counts once, not twice."""
+    from engine.ports import StoreUnavailable
+
+    arbiter = Arbiter(load_text(CAPPED), _redis(redis_url), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, default_deadline=2.0)
+    batch = pb.DecideBatchRequest(record_impressions=True, requests=[
+        pb.DecideRequest(user_id="wes", placement="mail", request_id="w1")])
+    io = running.decide_io
+    real = io.save_answers
+
+    def late(answers: Any, timeout: float) -> Any:
+        sent = real(answers, timeout)  # queued now: it is written
+
+        async def lost() -> None:
+            await sent
+            raise StoreUnavailable("redis: the reply came too late (test)")
+        return lost()
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            io.save_answers = late  # type: ignore[method-assign]
+            first = stub.DecideBatch(batch, timeout=2).results[0]
+            assert first.decision.degraded and not first.error
+            io.save_answers = real  # type: ignore[method-assign]
+            retry = stub.DecideBatch(batch, timeout=2).results[0]
+            assert retry.decision.duplicate and not retry.error
+            assert retry.decision.decision_id == first.decision.decision_id
+    finally:
+        running.stop(grace=0.2)
+    profile = arbiter.store.get_profile("wes")
+    assert profile is not None
+    assert sum(len(contact_entries(h)) for h in profile.contacts.values()) == 1

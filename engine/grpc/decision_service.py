@@ -237,9 +237,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 result.decision.degraded = decision.degraded
             else:
                 convert.fill_decide_response(result.decision, decision)
-            # a claim of this call's that keeps no answer (nothing recorded, or degraded)
-            # is dropped; one it could not ask for is left alone (it may be another's)
-            if requests[i].request_id and claims is not None and not (keep and stored):
+            # a claim of this call's that keeps no answer (nothing to record, or its
+            # profile not read) is dropped; one it could not ask for is left alone (it
+            # may be another's), and so is one whose write failed: it may yet have been
+            # written (a reply too late: the record, its impression and the answer), and
+            # a retry must then get that answer; else the claim lapses after its hold
+            if requests[i].request_id and claims is not None and not keep:
                 released.append((req.user_id, requests[i].request_id))
             if m in counted:  # stored with its record (degraded or not: it is stored)
                 self._counted(*counted[m])
