@@ -50,6 +50,7 @@ from engine.tracking import TrackPlan
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 1000
+"""Decisions per DecideBatch call."""
 TOO_OLD_TO_COUNT = ("at: decided, but older than the attribution window, so not recorded "
                     "and its impression not counted")
 """A DecideBatch result's ``error`` when ``record_impressions`` could not count it."""
@@ -57,6 +58,11 @@ BATCH_SLICE_SECONDS = 0.002
 """A batch's work on the loop (with the in-memory store, every decision and event of
 it; with Redis, a wave's decisions) hands the loop back at least this often, so that a
 Decide arriving meanwhile waits a slice, not the whole batch (1,000 decisions: ~50 ms)."""
+NO_SPAN = contextlib.nullcontext()
+FEEDBACK_STORE_SECONDS = 5.0
+"""How long Feedback's transaction may wait for the store, within the deadline."""
+RESPONSE_RESERVE_SECONDS = 0.002
+"""Of the deadline, kept for deciding and answering after the store waits."""
 
 
 class _Slices:
@@ -71,12 +77,6 @@ class _Slices:
         if time.perf_counter() >= self.until:
             await asyncio.sleep(0)  # what arrived meanwhile runs, then the batch goes on
             self.until = time.perf_counter() + BATCH_SLICE_SECONDS
-"""Decisions per DecideBatch call."""
-NO_SPAN = contextlib.nullcontext()
-FEEDBACK_STORE_SECONDS = 5.0
-"""How long Feedback's transaction may wait for the store, within the deadline."""
-RESPONSE_RESERVE_SECONDS = 0.002
-"""Of the deadline, kept for deciding and answering after the store waits."""
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
