@@ -17,6 +17,8 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import TypeVar
 
+import msgspec
+
 from engine.feature_names import FeatureNameSets
 from engine.ports import (
     LEARNING_LOG_MAX_ENTRIES,
@@ -103,13 +105,18 @@ class MemoryStore:
         self._items_version = 0
 
     def get_profile(self, user_id: str) -> Profile | None:
+        data = self.profile_bytes(user_id)
+        return decode_profile(data) if data is not None else None
+
+    def profile_bytes(self, user_id: str) -> bytes | None:
+        """The profile as stored (None: none, or past its retention)."""
         data = self._profiles.get(user_id)
         if data is None:
             return None
         expires = self._profile_expiry.get(user_id)
         if expires is not None and expires < self.clock():  # past its retention
             return None
-        return decode_profile(data)
+        return data
 
     def _put_profile(self, user_id: str, data: bytes, now: float) -> None:
         """Store a profile; with a retention, it goes that long after this change."""
@@ -470,6 +477,30 @@ class MemoryDecideIO:
                              timeout: float) -> None:
         for record, ttl_seconds in writes:
             self.store.save_decision(record, ttl_seconds)
+
+    async def get_profile_bytes(self, user_ids: Sequence[str], timeout: float
+                                ) -> list[bytes | None]:
+        return [self.store.profile_bytes(user_id) for user_id in user_ids]
+
+    def save_shown_decisions(self, shown: Sequence[tuple[DecisionRecord, float, str,
+                                                         FeedbackChange, str, bytes | None]],
+                             timeout: float
+                             ) -> tuple[list[bool], Awaitable[list[FeedbackCommit | None]]]:
+        """Each record stored with its outcome (:meth:`MemoryStore.save_shown_decision`,
+        under the lock: from the profile as it is then, so none is ever refused); an
+        outcome that cannot apply is left to the caller, as a Feedback."""
+        included: list[bool] = []
+        commits: list[FeedbackCommit | None] = []
+        for record, ttl, key, change, fingerprint, _ in shown:
+            try:  # (a copy: the caller's record stays as it was decided)
+                commits.append(self.store.save_shown_decision(
+                    msgspec.structs.replace(record, outcomes={}), ttl, key, change,
+                    fingerprint))
+            except (LookupError, ValueError):
+                included.append(False)
+                continue
+            included.append(True)
+        return included, _ready(commits)
 
     def claim_requests(self, claims: Sequence[tuple[str, str, bytes]],
                        hold_seconds: float, timeout: float

@@ -151,3 +151,37 @@ def test_a_profile_changed_since_it_was_read_falls_back_and_loses_nothing(
     assert len(records) == 7  # the first Decide's and six sends
     assert sum(r.outcomes == {r.actions[0].action_id: ["impression"]}
                for r in records if r is not None) == 6
+
+
+def test_in_memory_keyed_sends_are_stored_with_their_impressions_too() -> None:
+    """In memory a batch with request ids (what ``arbiter decide --batch
+    --record-impressions`` sends) goes by waves: each record is stored with its
+    impression in one step there too, not stored and then given a Feedback."""
+    from adapters.memory import MemoryStore
+
+    store = MemoryStore()
+    calls: Counter[str] = Counter()
+    for name in ("save_shown_decision", "commit_feedback"):
+        method = getattr(store, name)
+
+        def counted(*args: Any, _name: str = name, _method: Any = method) -> Any:
+            calls[_name] += 1
+            return _method(*args)
+
+        setattr(store, name, counted)
+    arbiter = Arbiter(load_text(RULES), store, seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            requests = [pb.DecideRequest(user_id=f"m{i % 20}", placement="mail",
+                                         request_id=f"r{i}") for i in range(60)]
+            response = stub.DecideBatch(pb.DecideBatchRequest(requests=requests,
+                                                              record_impressions=True))
+    finally:
+        running.stop(grace=0.2)
+    assert not any(r.error or r.decision.degraded for r in response.results)
+    assert calls == {"save_shown_decision": 60}
+    profile = store.get_profile("m0")
+    assert profile is not None
+    assert sum(len(contact_entries(h)) for h in profile.contacts.values()) == 3
