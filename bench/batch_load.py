@@ -34,6 +34,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.feedback_load import wait_until_idle
 from bench.load import ROOT, arbiter_server, cpu_seconds, deciding
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
@@ -58,17 +59,6 @@ def seed(stub: pb_grpc.DecisionServiceStub, customers: int) -> None:
         refused = [r.error for r in response.results if r.status]
         if refused:
             raise RuntimeError(f"seeding refused: {refused[0]}")
-
-
-def settle(pid: int, limit: float = 180.0) -> None:
-    """Wait until the server is idle (under 5% of a core for half a second): what it
-    does after answering (its learner reading the seeding's events) is not timed."""
-    until = time.perf_counter() + limit
-    while time.perf_counter() < until:
-        before = cpu_seconds(pid)
-        time.sleep(0.5)
-        if cpu_seconds(pid) - before < 0.025:
-            return
 
 
 def main() -> None:
@@ -106,7 +96,7 @@ def main() -> None:
         stub = pb_grpc.DecisionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
         seed(stub, args.customers)
-        settle(pid)  # the learner done with the seeding's events before anything is timed
+        wait_until_idle(pid)  # the learner done with the seeding's events before timing
         decided, shown, calls, n = 0, 0, 0, 0
         latencies: list[float] = []
         beside = contextlib.ExitStack()  # the other client: while the batches run

@@ -219,28 +219,19 @@ class Arbiter:
         stored = self._record(record)
         return self.finish_decide(req, decision, profile, available and stored)
 
-    def decide_shown(
-        self,
-        *,
-        user_id: str,
-        placement: str,
-        channel: str = "",
-        context: Mapping[str, Any] | None = None,
-        limit: int = 0,
-        explain: bool = False,
-        at: float | None = None,
-    ) -> tuple[Decision, bool]:
-        """:meth:`decide`, its first action counted as shown (an impression at the
-        decision's time: a campaign's send, so that caps and cooldowns count it for the
-        next one), stored with the record in one step of the store; and whether it was
-        counted (not without an action, for a degraded decision, or one decided for a
-        time past its attribution window).
+    def decide_shown(self, req: DecideInput) -> tuple[Decision, bool]:
+        """:meth:`decide` for a checked request (:meth:`decide_request`), its first action
+        counted as shown (an impression at the decision's time: a campaign's send, so that
+        caps and cooldowns count it for the next one), stored with the record in one step
+        of the store; and whether it was counted (not without an action, for a degraded
+        decision, or one decided for a time past its attribution window).
 
         >>> from adapters.memory import MemoryStore
         >>> from dsl.loader import load_path
         >>> arbiter = Arbiter(load_path("rulesets/retail"), MemoryStore())
-        >>> decision, counted = arbiter.decide_shown(user_id="ann", placement="homepage_banner",
-        ...                                          channel="web")
+        >>> send = arbiter.decide_request(user_id="ann", placement="homepage_banner",
+        ...                               channel="web")
+        >>> decision, counted = arbiter.decide_shown(send)
         >>> shown = decision.actions[0].action_id
         >>> counted, arbiter.store.get_decision(decision.decision_id).outcomes[shown]
         (True, ['impression'])
@@ -249,9 +240,7 @@ class Arbiter:
         >>> [kind for _, kind, _ in contact_entries(history)]
         ['impression']
         """
-        req = self.decide_request(user_id=user_id, placement=placement, channel=channel,
-                                  context=context, limit=limit, explain=explain, at=at)
-        profile, available = self._profile_for_decide(user_id)
+        profile, available = self._profile_for_decide(req.user_id)
         decision, record = self.decide_from(req, profile)
         ttl = self.record_ttl(record) if available and decision.actions else None
         if ttl is None:

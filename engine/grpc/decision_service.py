@@ -353,7 +353,9 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             if one.request_id:
                 result.decision.CopyFrom(await self._decide_keyed(one))
             elif record_impressions and self.tracing is None:  # in memory: one step
-                decision, counted = self.arbiter.decide_shown(**_decide_arguments(one))
+                arbiter = self.arbiter
+                decision, counted = arbiter.decide_shown(
+                    arbiter.decide_request(**_decide_arguments(one)))
                 if self.metrics is not None:
                     self.metrics.decided(decision)
                 convert.fill_decide_response(result.decision, decision)
