@@ -1,8 +1,8 @@
-"""Decisions per second through DecideBatch, one server process, against the floor.
+"""Decisions per second through DecideBatch, per server process, against the floor.
 
     python -m bench.batch_load [--seconds 10] [--batch 500] [--placement email]
                                [--record-impressions] [--customers N] [--store redis]
-                               [--alongside] [--server-tree DIR]
+                               [--alongside] [--processes N] [--server-tree DIR]
 
 Starts ``arbiter serve`` (in memory, or ``--store redis`` on a private redis-server) as
 a subprocess, seeds ``--customers`` profiles
@@ -16,7 +16,8 @@ action as shown (a campaign's send: contact policies apply to the next batch), s
 with its record; ``--server-tree`` serves another checkout (a
 "before"). ``--alongside``: another client decides ``homepage_banner`` one call at a
 time on its own connection while the batches run (a campaign on a server that also
-answers a site), its latencies reported.
+answers a site), its latencies reported. ``--processes N`` (Redis): ``arbiter serve
+--processes N``, the client sending over 4N connections.
 """
 
 from __future__ import annotations
@@ -72,7 +73,7 @@ def main() -> None:
                    help="seeded customers (opted in to email, a cart left 30 h ago) the "
                         "batches cycle through")
     p.add_argument("--store", choices=("memory", "redis"), default="memory",
-                   help="redis: a private redis-server (appendfsync always), one process")
+                   help="redis: a private redis-server (appendfsync always)")
     p.add_argument("--record-impressions", action="store_true",
                    help="each decision's first action counted as shown (a send)")
     p.add_argument("--request-ids", action="store_true",
@@ -80,6 +81,10 @@ def main() -> None:
     p.add_argument("--alongside", action="store_true",
                    help="another client decides homepage_banner one call at a time on "
                         "its own connection while the batches run: its latencies")
+    p.add_argument("--processes", type=int, default=1,
+                   help="server processes (--store redis); the client sends --in-flight "
+                        "calls per process over four connections per process (the kernel "
+                        "spreads connections, not calls, over processes)")
     p.add_argument("--server-tree", type=Path, default=ROOT,
                    help="serve this checkout (another measures a 'before')")
     args = p.parse_args()
@@ -90,14 +95,21 @@ def main() -> None:
             redis_.start()
             stack.callback(redis_.stop)
             redis_url = redis_.url
-        target, pid = stack.enter_context(
-            arbiter_server(redis_url, 4, tree=args.server_tree, extra=("--processes", "1")))
+        if args.processes > 1 and redis_url is None:
+            p.error("--processes needs --store redis (processes share their state there)")
+        target, pid = stack.enter_context(arbiter_server(
+            redis_url, 4, tree=args.server_tree, extra=("--processes", str(args.processes))))
         channel = stack.enter_context(grpc.insecure_channel(target))
         stub = pb_grpc.DecisionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
+        connections = 1 if args.processes == 1 else 4 * args.processes
+        stubs = [stub] + [  # a connection of its own each: the kernel spreads connections
+            pb_grpc.DecisionServiceStub(stack.enter_context(grpc.insecure_channel(
+                target, options=[("grpc.use_local_subchannel_pool", 1)])))
+            for _ in range(connections - 1)]
         seed(stub, args.customers)
         wait_until_idle(pid)  # the learner done with the seeding's events before timing
-        decided, shown, calls, n = 0, 0, 0, 0
+        decided, shown, calls, n, calls_sent = 0, 0, 0, 0, 0
         latencies: list[float] = []
         beside = contextlib.ExitStack()  # the other client: while the batches run
         stack.callback(beside.close)
@@ -110,7 +122,7 @@ def main() -> None:
         started, cpu_before = time.perf_counter(), cpu_seconds(pid)
         while True:
             more = time.perf_counter() < deadline
-            if more and len(in_flight) < args.in_flight:
+            if more and len(in_flight) < args.in_flight * args.processes:
                 requests = [pb.DecideRequest(user_id=f"b{(n + i) % args.customers}",
                                              placement=args.placement,
                                              channel=CHANNELS[args.placement],
@@ -118,7 +130,8 @@ def main() -> None:
                                              else "")
                             for i in range(args.batch)]
                 n += args.batch
-                in_flight.append(stub.DecideBatch.future(
+                calls_sent += 1
+                in_flight.append(stubs[calls_sent % len(stubs)].DecideBatch.future(
                     pb.DecideBatchRequest(requests=requests,
                                           record_impressions=args.record_impressions),
                     timeout=60))
@@ -144,7 +157,8 @@ def main() -> None:
             health.Check(health_pb2.HealthCheckRequest())
             checks += 1
         check_rate = checks / (time.perf_counter() - started)
-    print(json.dumps({"store": args.store, "placement": args.placement, "batch": args.batch,
+    print(json.dumps({"store": args.store, "processes": args.processes,
+                      "placement": args.placement, "batch": args.batch,
                       "record_impressions": args.record_impressions,
                       "request_ids": args.request_ids,
                       "in_flight": args.in_flight,
