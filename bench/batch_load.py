@@ -26,6 +26,7 @@ import argparse
 import collections
 import contextlib
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -85,6 +86,8 @@ def main() -> None:
                    help="server processes (--store redis); the client sends --in-flight "
                         "calls per process over four connections per process (the kernel "
                         "spreads connections, not calls, over processes)")
+    p.add_argument("--learners", choices=("every", "one"), default="every",
+                   help="arbiter serve --learners: every process learns, or one")
     p.add_argument("--server-tree", type=Path, default=ROOT,
                    help="serve this checkout (another measures a 'before')")
     args = p.parse_args()
@@ -95,10 +98,13 @@ def main() -> None:
             redis_.start()
             stack.callback(redis_.stop)
             redis_url = redis_.url
+        if args.learners == "one":  # (its snapshots are signed: a key for this run)
+            os.environ.setdefault("ARBITER_SNAPSHOT_KEY", "bench-batch-load")
         if args.processes > 1 and redis_url is None:
             p.error("--processes needs --store redis (processes share their state there)")
         target, pid = stack.enter_context(arbiter_server(
-            redis_url, 4, tree=args.server_tree, extra=("--processes", str(args.processes))))
+            redis_url, 4, tree=args.server_tree,
+            extra=("--processes", str(args.processes), "--learners", args.learners)))
         channel = stack.enter_context(grpc.insecure_channel(target))
         stub = pb_grpc.DecisionServiceStub(channel)
         health = health_pb2_grpc.HealthStub(channel)
@@ -158,6 +164,7 @@ def main() -> None:
             checks += 1
         check_rate = checks / (time.perf_counter() - started)
     print(json.dumps({"store": args.store, "processes": args.processes,
+                      "learners": args.learners,
                       "placement": args.placement, "batch": args.batch,
                       "record_impressions": args.record_impressions,
                       "request_ids": args.request_ids,
