@@ -28,6 +28,7 @@ from engine.ports import (
     FeedbackEffects,
     IdempotencyKeyReused,
     Learning,
+    Shown,
     answer_key,
 )
 from engine.records import (
@@ -485,12 +486,12 @@ class MemoryDecideIO:
     def save_shown_decisions(self, shown: Sequence[tuple[DecisionRecord, float, str,
                                                          FeedbackChange, str, bytes | None]],
                              timeout: float
-                             ) -> tuple[list[bool], Awaitable[list[FeedbackCommit | None]]]:
+                             ) -> tuple[list[bool], Awaitable[list[Shown]]]:
         """Each record stored with its outcome (:meth:`MemoryStore.save_shown_decision`,
         under the lock: from the profile as it is then, so none is ever refused); an
         outcome that cannot apply is left to the caller, as a Feedback."""
         included: list[bool] = []
-        commits: list[FeedbackCommit | None] = []
+        commits: list[Shown] = []
         for record, ttl, key, change, fingerprint, _ in shown:
             try:  # (a copy: the caller's record stays as it was decided)
                 commits.append(self.store.save_shown_decision(

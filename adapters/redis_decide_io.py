@@ -27,6 +27,8 @@ from engine.ports import (
     FeedbackChange,
     FeedbackCommit,
     Learning,
+    ProfileChanged,
+    Shown,
     StoreUnavailable,
     answer_key,
 )
@@ -246,7 +248,7 @@ class RedisDecideIO:
     def save_shown_decisions(self, shown: Sequence[tuple[DecisionRecord, float, str,
                                                          FeedbackChange, str, bytes | None]],
                              timeout: float
-                             ) -> tuple[list[bool], Awaitable[list[FeedbackCommit | None]]]:
+                             ) -> tuple[list[bool], Awaitable[list[Shown]]]:
         """New records (record, TTL, the outcome's idempotency key, its change, its
         fingerprint, the customer's profile as read by :meth:`get_profile_bytes`), each
         stored with its first outcome's effects by one script (``SAVE_SHOWN_DECISIONS``)
@@ -254,8 +256,10 @@ class RedisDecideIO:
         rewritten, no script per outcome. The effects are computed here, and the script
         applies each only if the profile is still as read. Returns which records went
         (False: the outcome cannot apply; the caller stores the record and commits the
-        outcome as a Feedback, which says why) and, for those, each one's commit, or
-        None when its profile had changed (nothing stored: likewise)."""
+        outcome as a Feedback, which says why) and, for those, each one's commit; or,
+        nothing stored, :class:`ProfileChanged` with the profile as it is now (the caller
+        decides again on it: the caps see what was sent meanwhile), or None (its record
+        or key existed: stored plainly and committed as a Feedback)."""
         included: list[bool] = []
         writes: list[ShownWrite] = []
         for record, ttl, key, change, fingerprint, pdata in shown:
@@ -274,10 +278,15 @@ class RedisDecideIO:
         return included, self._shown(sent, writes, timeout)
 
     async def _shown(self, sent: asyncio.Future[Any], writes: list[ShownWrite],
-                     timeout: float) -> list[FeedbackCommit | None]:
+                     timeout: float) -> list[Shown]:
         replies = await _within(sent, timeout, "decision record writes")
-        commits: list[FeedbackCommit | None] = []
+        commits: list[Shown] = []
         for (effects, *_), stored in zip(writes, replies, strict=True):
+            if isinstance(stored, bytes):  # its profile changed: as it is now
+                now = stored[1:] if stored[:1] == b"1" else None
+                self.store.remember_profile(effects.decision.user_id, now)
+                commits.append(ProfileChanged(now))
+                continue
             if not stored:
                 commits.append(None)
                 continue
@@ -317,7 +326,7 @@ async def _held(waiter: asyncio.Future[list[Any]], timeout: float) -> list[bytes
     return [None if one is None else bytes(one) for one in held]
 
 
-async def _nothing() -> list[FeedbackCommit | None]:
+async def _nothing() -> list[Shown]:
     return []
 
 

@@ -204,8 +204,12 @@ for r = 1, count do
     end
     redis.call('SET', KEYS[k + 2], ARGV[a + 6], 'EX', ttl)
     replies[r] = 1
-  else
+  elseif same then
     replies[r] = 0
+  elseif current then
+    replies[r] = '1' .. current
+  else
+    replies[r] = '0'
   end
   a = a + 11 + 3 * increments
   k = k + 6
@@ -215,8 +219,10 @@ return replies
 """New decision records each stored with its first outcome's effects (DecideBatch's
 ``record_impressions``): what ``SAVE_DECISIONS`` then ``COMMIT_FEEDBACK`` write, the same
 keys and values, in one script, each record all or nothing: one whose customer's profile
-is no longer as read (or whose record or key exists) is not stored at all (0: the
-caller stores it plainly and commits its outcome as a Feedback). KEYS: the names lists,
+is no longer as read is not stored at all, and its reply is the profile as it is now
+(the caller decides again on it): "0" (none) or "1" and its bytes; one whose record or
+key exists is not stored either (0: the caller stores it plainly and commits its
+outcome as a Feedback). KEYS: the names lists,
 the learning stream, then per record its key, its user's decision index, the outcome's
 idempotency key, the profile, the user's log-entry and key indexes; then the arm hashes.
 ARGV: now, the decision indexes' lower bound, the number of names lists and per list the
@@ -225,7 +231,8 @@ seconds ("0": for ever), the number of records, then per record: the record with
 outcome, its TTL, its decision index's TTL, its id, the profile as read ("0" = none,
 else "1" and its bytes), the new profile ("" = unchanged), the key's fingerprint, the
 key's name, the learning event, the log-entry index's TTL, the number of arm increments
-and (key index, field, delta) for each. Returns per record 1 (stored) or 0."""
+and (key index, field, delta) for each. Returns per record 1 (stored), the profile as
+it is now (not stored: it changed) or 0 (not stored: the record or key exists)."""
 
 CLAIM_REQUESTS = """
 local held = {}

@@ -39,6 +39,18 @@ class FeedbackCommit:
     effects: FeedbackEffects | None
 
 
+@dataclass(frozen=True)
+class ProfileChanged:
+    """A record not stored with its outcome because its customer's profile had changed
+    since it was read (another batch, replica or event): the profile as it is now,
+    encoded (None: there is none), on which the decision can be made again."""
+    profile: bytes | None
+
+
+Shown = FeedbackCommit | ProfileChanged | None
+"""What became of a record sent to be stored with its first outcome: stored (the commit),
+not stored because its customer's profile changed, or not stored because its outcome
+cannot apply so (None: stored plainly and committed as a Feedback)."""
 FeedbackChange = Callable[[DecisionRecord, Profile | None], FeedbackEffects]
 Learning = Callable[[Profile], LearningEvent | None]
 """What a profile update logs for the learners (an item interaction), from the profile

@@ -1,7 +1,8 @@
 """DecideBatch's ``record_impressions`` on Redis: each record stored with its impression by
 one script per wave (``SAVE_SHOWN_DECISIONS``), writing what the two-step path (the
 record, then the impression's compare-and-set) writes; a customer whose profile changed
-meanwhile falls back to the two steps and loses nothing."""
+meanwhile is decided again on the profile as it is now (so caps hold when campaigns send
+to one customer at once), and loses nothing."""
 
 from __future__ import annotations
 
@@ -11,12 +12,13 @@ from contextlib import contextmanager
 from typing import Any
 
 import grpc
+import pytest
 import redis
 
 from adapters.redis_store import RedisStore
 from dsl.loader import load_text
 from engine.decide.contacts import contact_entries
-from engine.grpc import server
+from engine.grpc import decision_service, server
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 from engine.service import Arbiter
@@ -124,12 +126,25 @@ def test_one_script_writes_what_the_two_steps_write(redis_url: str) -> None:
     assert one["evals"] <= 8 < two["evals"]  # a script per wave, not one per impression
 
 
-def test_a_profile_changed_since_it_was_read_falls_back_and_loses_nothing(
-        redis_url: str) -> None:
+@pytest.mark.parametrize("attempts", [1, decision_service.SHOWN_ATTEMPTS])
+def test_a_profile_changed_since_it_was_read_is_decided_again_and_loses_nothing(
+        redis_url: str, attempts: int, monkeypatch: pytest.MonkeyPatch) -> None:
     """Another replica changes a customer's profile after this server cached it: the
-    one script does not store that record (its compare-and-set fails), the server stores
-    it plainly and commits the impression as a Feedback on the profile as it is now:
-    the other replica's change kept, the send counted once."""
+    one script does not store that record (its compare-and-set fails) and answers with
+    the profile as it is now, on which the server decides again and stores that
+    decision with its impression; with no attempt left (``attempts=1``), it stores the
+    record plainly and commits the impression as a Feedback. Either way the other
+    replica's change is kept and each send counted once."""
+    monkeypatch.setattr(decision_service, "SHOWN_ATTEMPTS", attempts)
+    committed = 0
+    commit = decision_service.DecisionServicer._record_impression
+
+    async def counted(*args: Any) -> None:
+        nonlocal committed
+        committed += 1
+        await commit(*args)
+
+    monkeypatch.setattr(decision_service.DecisionServicer, "_record_impression", counted)
     client = redis.Redis.from_url(redis_url)
     other = Arbiter(load_text(RULES), RedisStore(redis_url, namespace="fb"), seed=2)
     with serving(redis_url, "fb") as (stub, arbiter):
@@ -151,6 +166,40 @@ def test_a_profile_changed_since_it_was_read_falls_back_and_loses_nothing(
     assert len(records) == 7  # the first Decide's and six sends
     assert sum(r.outcomes == {r.actions[0].action_id: ["impression"]}
                for r in records if r is not None) == 6
+    assert (committed > 0) == (attempts == 1)  # impressions committed as Feedback
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_replicas_sending_to_one_customer_keep_the_caps(redis_url: str,
+                                                        keyed: bool) -> None:
+    """Two campaigns on two replicas send to the same customer: one sends twice (the
+    channel's cap) while the other holds the profile it cached before; the other's send
+    is then decided again on the profile as it is now, so it is the fallback, not a
+    third promotion. With request ids, the answer kept for the id is the one sent."""
+    def send(stub: pb_grpc.DecisionServiceStub, tag: str) -> pb.DecideResponse:
+        request = pb.DecideRequest(user_id="c0", placement="mail",
+                                   request_id=tag if keyed else "")
+        response = stub.DecideBatch(pb.DecideBatchRequest(
+            requests=[request], record_impressions=True), timeout=10)
+        (result,) = response.results
+        assert not result.error and not result.decision.degraded
+        return result.decision
+
+    namespace = f"caps{int(keyed)}"
+    with serving(redis_url, namespace) as (one, arbiter), \
+            serving(redis_url, namespace) as (two, _):
+        one.Decide(pb.DecideRequest(user_id="c0", placement="mail"))  # cached by one
+        assert [send(two, f"two-{n}").actions[0].action_id for n in range(2)] != [
+            "digest"] * 2
+        third = send(one, "one-0")
+        assert [a.action_id for a in third.actions] == ["digest"]
+        if keyed:  # the same request again: the answer kept, the send not counted twice
+            assert send(one, "one-0").decision_id == third.decision_id
+    profile = arbiter.store.get_profile("c0")
+    assert profile is not None
+    kinds = {a: [k for _, k, _ in contact_entries(h)] for a, h in profile.contacts.items()}
+    assert sum(len(v) for a, v in kinds.items() if a != "digest") == 2
+    assert kinds["digest"] == ["impression"]
 
 
 def test_in_memory_keyed_sends_are_stored_with_their_impressions_too() -> None:

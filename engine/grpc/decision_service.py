@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import grpc
@@ -34,6 +34,8 @@ from engine.ports import (
     DecisionNotFound,
     FeedbackChange,
     FeedbackCommit,
+    ProfileChanged,
+    Shown,
     StoreUnavailable,
 )
 from engine.records import CorruptRecord, DecisionRecord, Profile, decode_stored_profile
@@ -49,11 +51,23 @@ from engine.tracking import TrackPlan
 
 log = logging.getLogger(__name__)
 
+ShownWrite = tuple[DecisionRecord, float, str, FeedbackChange, str, bytes | None]
+"""A record to store with its impression: record, TTL, the impression's idempotency key,
+its change, its fingerprint, the customer's profile as read (what the write compares)."""
+ShowDecisions = Callable[[Sequence[ShownWrite], float],
+                         tuple[list[bool], Awaitable[list[Shown]]]]
+"""A store's ``save_shown_decisions``."""
+
 MAX_BATCH = 1000
 """Decisions per DecideBatch call."""
 TOO_OLD_TO_COUNT = ("at: decided, but older than the attribution window, so not recorded "
                     "and its impression not counted")
 """A DecideBatch result's ``error`` when ``record_impressions`` could not count it."""
+SHOWN_ATTEMPTS = 3
+"""Writes of a recorded batch decision with its impression: when its customer's profile
+changed between the read and the write (another campaign or replica sending to them, an
+event), nothing is stored and it is decided again on the profile as it is now, so caps
+hold; after the last, it is stored as decided and its impression counted as a Feedback."""
 BATCH_SLICE_SECONDS = 0.002
 """A batch's work on the loop (with the in-memory store, every decision and event of
 it; with Redis, a wave's decisions) hands the loop back at least this often, so that a
@@ -77,6 +91,40 @@ class _Slices:
         if time.perf_counter() >= self.until:
             await asyncio.sleep(0)  # what arrived meanwhile runs, then the batch goes on
             self.until = time.perf_counter() + BATCH_SLICE_SECONDS
+
+
+class _Made:
+    """A decision of a wave: the request, its profile, what was decided and recorded."""
+
+    __slots__ = ("available", "decision", "digest", "i", "keep", "profile", "record", "req")
+
+    def __init__(self, i: int, req: DecideInput, digest: bytes, profile: Profile | None,
+                 available: bool) -> None:
+        self.i = i  # its place in the wave's requests
+        self.req = req
+        self.digest = digest  # its request id's fingerprint (b"": none)
+        self.profile = profile
+        self.available = available  # False: the profile could not be read (degraded)
+        self.decision: Decision
+        self.record: DecisionRecord
+        self.keep = False  # its answer is kept with its record (a request id)
+
+
+class _Wave:
+    """A wave's decisions and what storing them takes, written in one round trip."""
+
+    __slots__ = ("kept", "made", "requests", "results", "show", "showing", "shown",
+                 "writes")
+
+    def __init__(self, requests: list[pb.DecideRequest], results: list[pb.DecideBatchResult],
+                 show: ShowDecisions | None, made: list[_Made] | None = None) -> None:
+        self.requests, self.results = requests, results
+        self.show = show  # the store's write of records with their impressions, if so
+        self.made: list[_Made] = [] if made is None else made
+        self.writes: list[tuple[DecisionRecord, float]] = []  # records alone
+        self.shown: list[ShownWrite] = []  # records with their impressions
+        self.showing: list[tuple[int, FeedbackInput]] = []  # (place in made, impression)
+        self.kept: list[tuple[str, str, bytes, float]] = []  # request ids' answers
 
 
 class DecisionServicer(pb_grpc.DecisionServiceServicer):
@@ -164,12 +212,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         raw: list[bytes | None] | None = [] if show is not None else None  # as read
         profiles = await self._profiles(users, raw)
         claims = await claiming if claiming is not None else {}  # None: not asked in time
-        made: list[tuple[int, DecideInput, Decision, DecisionRecord, Profile | None, bool,
-                         bool]] = []
-        writes: list[tuple[DecisionRecord, float]] = []
-        shown: list[tuple[DecisionRecord, float, str, FeedbackChange, str, bytes | None]] = []
-        showing: list[tuple[int, FeedbackInput]] = []  # (place in made, the impression)
-        kept: list[tuple[str, str, bytes, float]] = []
+        wave = _Wave(requests, results, show)
         impressions = []
         for j, ((i, req, digest), (profile, available)) in enumerate(
                 zip(checked, profiles, strict=True)):
@@ -192,48 +235,20 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     continue
             if slices is not None:
                 await slices.share()
-            decision, record = self._decide_from(req, profile)
-            ttl = arbiter.record_ttl(record)
-            keep = False
-            if ttl is not None and available:
-                if raw and decision.actions:  # stored with its impression
-                    fb = arbiter.impression_input(record)
-                    shown.append((record, ttl, fb.key, self._effects(fb), fb.fingerprint,
-                                  raw[j]))
-                    showing.append((len(made), fb))
-                else:
-                    writes.append((record, ttl))
-                if digest:  # the answer as it will be sent, kept with the record
-                    convert.fill_decide_response(result.decision, decision)
-                    kept.append((req.user_id, requests[i].request_id,
-                                 answers.answer(digest, result.decision), ttl))
-                    keep = True
-            made.append((i, req, decision, record, profile, available, keep))
-        stored = True
+            self._make(wave, _Made(i, req, digest, profile, available),
+                       raw[j] if raw else None)
+        made = wave.made
         counted: dict[int, tuple[FeedbackInput, FeedbackCommit]] = {}  # by place in made
-        if writes or shown:
-            budget = self._budget(RESPONSE_RESERVE_SECONDS)
-            sending = None
-            if show is not None and shown:
-                went, sending = show(shown, budget)
-                writes += [(r, ttl) for (r, ttl, *_), ok in zip(shown, went, strict=True)
-                           if not ok]  # stored plainly, the impression as a Feedback
-                showing = [one for one, ok in zip(showing, went, strict=True) if ok]
-            keeping = self.io.save_answers(kept, budget) if kept else None  # with the records
-            with self._span("store.record_write"):
-                if writes:
-                    stored = await self._store(self.io.save_decisions(writes, budget), "write")
-                if sending is not None:
-                    stored = await self._shown(sending, showing, made, counted) and stored
-                if keeping is not None:
-                    stored = await self._store(keeping, "write") and stored
+        stored = await self._store_wave(wave, counted)
         released: list[tuple[str, str]] = []
-        for m, (i, req, decision, record, profile, complete, keep) in enumerate(made):
+        for m, it in enumerate(made):
+            i, req, decision = it.i, it.req, it.decision
             result = results[i]
-            decision = arbiter.finish_decide(req, decision, profile, complete and stored)
+            decision = arbiter.finish_decide(req, decision, it.profile,
+                                             it.available and stored)
             if self.metrics is not None:
                 self.metrics.decided(decision)
-            if keep:  # filled already
+            if it.keep:  # filled already
                 result.decision.degraded = decision.degraded
             else:
                 convert.fill_decide_response(result.decision, decision)
@@ -242,28 +257,103 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             # may be another's), and so is one whose write failed: it may yet have been
             # written (a reply too late: the record, its impression and the answer), and
             # a retry must then get that answer; else the claim lapses after its hold
-            if requests[i].request_id and claims is not None and not keep:
+            if requests[i].request_id and claims is not None and not it.keep:
                 released.append((req.user_id, requests[i].request_id))
             if m in counted:  # stored with its record (degraded or not: it is stored)
                 self._counted(*counted[m])
             elif record_impressions and decision.actions and not decision.degraded:
-                impressions.append(self._record_impression(result, record))
+                impressions.append(self._record_impression(result, it.record))
         if released:  # kept nothing: a retry decides again (sent now, not waited for)
             self._background(self.io.release_requests(released))
         if impressions:
             await asyncio.gather(*impressions)
         return refused
 
+    def _make(self, wave: _Wave, one: _Made, as_read: bytes | None,
+              place: int | None = None) -> None:
+        """Decide ``one`` on its profile and queue what storing it takes on ``wave``:
+        its record (with its impression when the wave shows what it decides; ``as_read``:
+        the profile as stored, which that write compares), its kept answer. ``place``: the
+        decision it replaces in ``wave.made`` (made again on a newer profile)."""
+        arbiter = self.arbiter
+        one.decision, one.record = decision, record = self._decide_from(one.req, one.profile)
+        ttl = arbiter.record_ttl(record)
+        if place is None:
+            place = len(wave.made)
+            wave.made.append(one)
+        else:  # (what the first decision filled in, if anything, goes)
+            wave.made[place] = one
+            wave.results[one.i].decision.Clear()
+        if ttl is None or not one.available:
+            return
+        if wave.show is not None and decision.actions:  # stored with its impression
+            fb = arbiter.impression_input(record)
+            wave.shown.append((record, ttl, fb.key, self._effects(fb), fb.fingerprint,
+                               as_read))
+            wave.showing.append((place, fb))
+        else:
+            wave.writes.append((record, ttl))
+        if one.digest:  # the answer as it will be sent, kept with the record
+            result = wave.results[one.i]
+            convert.fill_decide_response(result.decision, decision)
+            wave.kept.append((one.req.user_id, wave.requests[one.i].request_id,
+                              answers.answer(one.digest, result.decision), ttl))
+            one.keep = True
+
+    async def _store_wave(self, wave: _Wave,
+                          counted: dict[int, tuple[FeedbackInput, FeedbackCommit]]) -> bool:
+        """Write what the wave queued, in one round trip; a decision whose customer's
+        profile changed before its record and impression were stored (nothing stored) is
+        made again on the profile as it is now, up to ``SHOWN_ATTEMPTS`` times, so that
+        caps hold for campaigns sending to one customer at once; then it is stored plainly
+        and its impression committed as a Feedback. False when a write failed."""
+        stored, attempt = True, 1
+        while wave.writes or wave.shown or wave.kept:
+            budget = self._budget(RESPONSE_RESERVE_SECONDS)
+            writes, showing, sending = wave.writes, wave.showing, None
+            if wave.show is not None and wave.shown:
+                went, sending = wave.show(wave.shown, budget)
+                writes += [(r, ttl) for (r, ttl, *_), ok in zip(wave.shown, went, strict=True)
+                           if not ok]  # stored plainly, the impression as a Feedback
+                showing = [one for one, ok in zip(showing, went, strict=True) if ok]
+            keeping = self.io.save_answers(wave.kept, budget) if wave.kept else None
+            changed: list[tuple[int, ProfileChanged | None]] = []
+            with self._span("store.record_write"):
+                if writes:
+                    stored = await self._store(self.io.save_decisions(writes, budget),
+                                               "write") and stored
+                if sending is not None:
+                    stored = await self._shown(sending, showing, counted, changed) and stored
+                if keeping is not None:
+                    stored = await self._store(keeping, "write") and stored
+            if not changed:
+                break
+            again = _Wave(wave.requests, wave.results, wave.show, wave.made)
+            for place, why in changed:
+                before = wave.made[place]
+                now = why.profile if why is not None else None
+                profile = decode_stored_profile(now) if now is not None else None
+                if why is None or isinstance(profile, CorruptRecord) or (
+                        attempt >= SHOWN_ATTEMPTS):  # stored plainly, its impression as a
+                    again.writes.append((before.record, self.arbiter.record_ttl(  # Feedback
+                        before.record) or 1.0))  # (which says what is wrong, if anything)
+                    continue
+                self._make(again, _Made(before.i, before.req, before.digest, profile, True),
+                           now, place)
+            wave, attempt = again, attempt + 1
+        return stored
+
     def _effects(self, fb: FeedbackInput) -> FeedbackChange:
         layout = self.arbiter.profile_layout
         return lambda d, p: feedback_effects(fb, d, p, layout)
 
-    async def _shown(self, sending: Awaitable[list[FeedbackCommit | None]],
-                     showing: list[tuple[int, FeedbackInput]], made: list[Any],
-                     counted: dict[int, tuple[FeedbackInput, FeedbackCommit]]) -> bool:
-        """Wait for the records stored with their impressions; those whose customer's
-        profile had changed meanwhile (nothing stored) are stored plainly now, their
-        impressions then committed as Feedback. False when a write failed."""
+    async def _shown(self, sending: Awaitable[list[Shown]],
+                     showing: list[tuple[int, FeedbackInput]],
+                     counted: dict[int, tuple[FeedbackInput, FeedbackCommit]],
+                     changed: list[tuple[int, ProfileChanged | None]]) -> bool:
+        """Wait for the records stored with their impressions: each stored one's commit
+        into ``counted``, each not stored into ``changed`` (with the profile as it is now
+        when that was why). False when the write failed."""
         started = time.perf_counter()
         try:
             commits = await sending
@@ -272,17 +362,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             return False
         if self.metrics is not None:
             self.metrics.store("write", time.perf_counter() - started)
-        again: list[tuple[DecisionRecord, float]] = []
-        for (m, fb), commit in zip(showing, commits, strict=True):
-            if commit is None:
-                record = made[m][3]
-                again.append((record, self.arbiter.record_ttl(record) or 1.0))
+        for (place, fb), commit in zip(showing, commits, strict=True):
+            if isinstance(commit, FeedbackCommit):
+                counted[place] = (fb, commit)
             else:
-                counted[m] = (fb, commit)
-        if not again:
-            return True
-        return await self._store(self.io.save_decisions(
-            again, self._budget(RESPONSE_RESERVE_SECONDS)), "write")
+                changed.append((place, commit))
+        return True
 
     def _counted(self, fb: FeedbackInput, commit: FeedbackCommit) -> None:
         """What follows an impression stored with its record (as a Feedback's)."""
