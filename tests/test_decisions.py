@@ -344,3 +344,22 @@ def test_group_and_channel_caps_count_every_action_each_decision(explain: bool) 
     assert shown("email") == ["c"]  # email: 2 of 3
     impression("email", "c")
     assert shown("email") == [] and shown("web") == ["c"]  # email: 3 of 3
+
+
+@pytest.mark.parametrize("explain", [False, True])
+def test_caps_count_contacts_stamped_after_the_decisions_time(explain: bool) -> None:
+    """A send recorded by a replica whose clock is a little ahead (or while this decision
+    was being made) is stamped after this decision's time: the caps, cooldowns and
+    suppressions still count it, since it has happened."""
+    rules = SHARED_CAPS.replace("action c { placements: email, web  value: 1 }",
+                                "action c { placements: email, web  value: 1  cooldown: 1d }")
+    arb = Arbiter(load_text(rules), MemoryStore(clock=lambda: NOW), seed=1, clock=lambda: NOW)
+    ahead = NOW + 2.0  # another replica's clock, two seconds ahead of ours
+    for action in ("a", "b", "c"):
+        d = arb.decide(user_id="ann", placement="email", limit=3, at=ahead)
+        arb.feedback(decision_id=d.decision_id, action_id=action, outcome="impression",
+                     at=ahead)
+    d = arb.decide(user_id="ann", placement="email", limit=3, at=NOW, explain=explain)
+    assert not d.actions  # the channel's 3 (and the group's 2, and c's cooldown)
+    web = arb.decide(user_id="ann", placement="web", limit=3, at=NOW, explain=explain)
+    assert not web.actions  # the group's 2 reached; c in its cooldown

@@ -126,25 +126,13 @@ def test_one_script_writes_what_the_two_steps_write(redis_url: str) -> None:
     assert one["evals"] <= 8 < two["evals"]  # a script per wave, not one per impression
 
 
-@pytest.mark.parametrize("attempts", [1, decision_service.SHOWN_ATTEMPTS])
 def test_a_profile_changed_since_it_was_read_is_decided_again_and_loses_nothing(
-        redis_url: str, attempts: int, monkeypatch: pytest.MonkeyPatch) -> None:
+        redis_url: str) -> None:
     """Another replica changes a customer's profile after this server cached it: the
     one script does not store that record (its compare-and-set fails) and answers with
     the profile as it is now, on which the server decides again and stores that
-    decision with its impression; with no attempt left (``attempts=1``), it stores the
-    record plainly and commits the impression as a Feedback. Either way the other
-    replica's change is kept and each send counted once."""
-    monkeypatch.setattr(decision_service, "SHOWN_ATTEMPTS", attempts)
-    committed = 0
-    commit = decision_service.DecisionServicer._record_impression
-
-    async def counted(*args: Any) -> None:
-        nonlocal committed
-        committed += 1
-        await commit(*args)
-
-    monkeypatch.setattr(decision_service.DecisionServicer, "_record_impression", counted)
+    decision with its impression: the other replica's change kept, each send counted
+    once, no impression committed as a Feedback."""
     client = redis.Redis.from_url(redis_url)
     other = Arbiter(load_text(RULES), RedisStore(redis_url, namespace="fb"), seed=2)
     with serving(redis_url, "fb") as (stub, arbiter):
@@ -160,13 +148,43 @@ def test_a_profile_changed_since_it_was_read_is_decided_again_and_loses_nothing(
              for a, h in sorted(profile.contacts.items())]
     assert sum(len(kinds) for _, kinds in sends) == 3 == len(shown[0])
     assert shown[0][2] == "digest"  # the caps counted both earlier sends
-    assert stats["cmdstat_evalsha" if "cmdstat_evalsha" in stats else "cmdstat_eval"]
     records = [arbiter.store.get_decision(k.decode().split(":", 2)[2])
                for k in client.scan_iter("fb:d:*")]
     assert len(records) == 7  # the first Decide's and six sends
     assert sum(r.outcomes == {r.actions[0].action_id: ["impression"]}
                for r in records if r is not None) == 6
-    assert (committed > 0) == (attempts == 1)  # impressions committed as Feedback
+    # three waves, and c0's first send once more: a script each, no Feedback's script
+    assert stats["cmdstat_eval"]["calls"] == 4 and "cmdstat_evalsha" not in stats
+
+
+@pytest.mark.parametrize("keyed", [False, True])
+def test_a_send_whose_profile_keeps_changing_is_aborted_and_records_nothing(
+        redis_url: str, keyed: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """When the attempts run out (here after one), the send's result is ``ABORTED``
+    (what ``arbiter decide --batch`` sends again) and nothing of it is stored; with a
+    request id its claim is dropped, so the retry decides anew and is recorded."""
+    monkeypatch.setattr(decision_service, "SHOWN_ATTEMPTS", 1)
+    client = redis.Redis.from_url(redis_url)
+    namespace = f"ab{int(keyed)}"
+    other = Arbiter(load_text(RULES), RedisStore(redis_url, namespace=namespace), seed=2)
+    request = pb.DecideRequest(user_id="c0", placement="mail",
+                               request_id="send-1" if keyed else "")
+    with serving(redis_url, namespace) as (stub, arbiter):
+        stub.Decide(pb.DecideRequest(user_id="c0", placement="mail"))  # cached here now
+        other.track(user_id="c0", event_type="visit", traits={"tier": "gold"})
+        (result,) = stub.DecideBatch(pb.DecideBatchRequest(
+            requests=[request], record_impressions=True), timeout=10).results
+        assert (result.status, result.error) == ("ABORTED", decision_service.CONTENDED)
+        assert not result.decision.decision_id and not result.decision.actions
+        profile = arbiter.store.get_profile("c0")
+        assert profile is not None and not profile.contacts
+        assert len(list(client.scan_iter(f"{namespace}:d:*"))) == 1  # the Decide's
+        (again,) = stub.DecideBatch(pb.DecideBatchRequest(
+            requests=[request], record_impressions=True), timeout=10).results
+        assert not again.error and again.decision.actions  # (its profile cached now)
+    profile = arbiter.store.get_profile("c0")
+    assert profile is not None and profile.attributes["tier"] == "gold"
+    assert sum(len(contact_entries(h)) for h in profile.contacts.values()) == 1
 
 
 @pytest.mark.parametrize("keyed", [False, True])

@@ -37,12 +37,11 @@ def contact_entries(history: ContactHistory) -> list[tuple[float, str, str]]:
     return [(at, outcome, channel) for at, outcome, channel in history]
 
 
-def _count(history: ContactHistory, start: float, now: float, outcome: str,
-           channel: str | None) -> int:
-    """This outcome's contacts in ``(start, now]`` on ``channel`` (or any)."""
+def _count(history: ContactHistory, start: float, outcome: str, channel: str | None) -> int:
+    """This outcome's contacts after ``start`` on ``channel`` (or any)."""
     if isinstance(history, ContactLog):
         times = memoryview(history.times).cast("d")
-        lo, hi = bisect_right(times, start), bisect_right(times, now)
+        lo, hi = bisect_right(times, start), len(times)
         if lo >= hi:
             return 0
         codes, count = history.codes, 0
@@ -52,7 +51,7 @@ def _count(history: ContactHistory, start: float, now: float, outcome: str,
         return count
     count = 0
     for at, kind, where in history:
-        if kind == outcome and start < at <= now and (channel is None or where == channel):
+        if kind == outcome and start < at and (channel is None or where == channel):
             count += 1
     return count
 
@@ -60,7 +59,18 @@ def _count(history: ContactHistory, start: float, now: float, outcome: str,
 def outcomes_within(profile: Profile | None, action_ids: Iterable[str], now: float,
                     window: float, outcome: str = "impression", channel: str | None = None
                     ) -> int:
-    """Outcomes of these actions in ``(now - window, now]``, on one channel or any."""
+    """Outcomes of these actions since ``now - window``, on one channel or any. Those
+    stamped after ``now`` count too: they have happened (a send recorded by another
+    replica whose clock is a little ahead, or while this decision was being made), and a
+    cap that left them out would let one send too many.
+
+    >>> from engine.records import Profile
+    >>> p = Profile("u", contacts={"offer": [(100.0, "impression", "email"),
+    ...                                      (200.0, "impression", "email"),
+    ...                                      (260.0, "impression", "email")]})
+    >>> outcomes_within(p, ("offer",), now=250.0, window=100.0)  # (the first is too old)
+    2
+    """
     if profile is None or not profile.contacts:  # most customers: nothing shown yet
         return 0
     start = now - window
@@ -69,13 +79,13 @@ def outcomes_within(profile: Profile | None, action_ids: Iterable[str], now: flo
     for action_id in action_ids:
         history = contacts.get(action_id)
         if history:
-            count += _count(history, start, now, outcome, channel)
+            count += _count(history, start, outcome, channel)
     return count
 
 
 def impressions_within(profile: Profile | None, action_id: str, now: float,
                        window: float) -> int:
-    """Impressions of one action in ``(now - window, now]``."""
+    """Impressions of one action since ``now - window`` (:func:`outcomes_within`)."""
     return outcomes_within(profile, (action_id,), now, window)
 
 

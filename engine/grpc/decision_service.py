@@ -63,11 +63,17 @@ MAX_BATCH = 1000
 TOO_OLD_TO_COUNT = ("at: decided, but older than the attribution window, so not recorded "
                     "and its impression not counted")
 """A DecideBatch result's ``error`` when ``record_impressions`` could not count it."""
-SHOWN_ATTEMPTS = 3
+SHOWN_ATTEMPTS = 20
 """Writes of a recorded batch decision with its impression: when its customer's profile
 changed between the read and the write (another campaign or replica sending to them, an
 event), nothing is stored and it is decided again on the profile as it is now, so caps
-hold; after the last, it is stored as decided and its impression counted as a Feedback."""
+hold (each attempt lost is another write that won: k campaigns at once need at most k).
+After the last, its result is ``ABORTED`` (nothing recorded: send it again), as
+:data:`CONTENDED` says."""
+CONTENDED = ("user_id: the customer's profile kept changing while this send was being "
+             "recorded (other sends or events at the same moment); nothing was recorded: "
+             "send it again")
+"""A recorded DecideBatch result's error when its attempts ran out."""
 BATCH_SLICE_SECONDS = 0.002
 """A batch's work on the loop (with the in-memory store, every decision and event of
 it; with Redis, a wave's decisions) hands the loop back at least this often, so that a
@@ -96,7 +102,8 @@ class _Slices:
 class _Made:
     """A decision of a wave: the request, its profile, what was decided and recorded."""
 
-    __slots__ = ("available", "decision", "digest", "i", "keep", "profile", "record", "req")
+    __slots__ = ("aborted", "available", "decision", "digest", "i", "keep", "profile",
+                 "record", "req")
 
     def __init__(self, i: int, req: DecideInput, digest: bytes, profile: Profile | None,
                  available: bool) -> None:
@@ -108,6 +115,7 @@ class _Made:
         self.decision: Decision
         self.record: DecisionRecord
         self.keep = False  # its answer is kept with its record (a request id)
+        self.aborted = False  # not recorded: its customer's profile kept changing
 
 
 class _Wave:
@@ -244,6 +252,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         for m, it in enumerate(made):
             i, req, decision = it.i, it.req, it.decision
             result = results[i]
+            if it.aborted:  # nothing recorded (a kept answer too: its claim is dropped)
+                result.decision.Clear()
+                refused[i] = _refuse(result, Aborted(CONTENDED))
+                if requests[i].request_id and claims is not None:
+                    released.append((req.user_id, requests[i].request_id))
+                continue
             decision = arbiter.finish_decide(req, decision, it.profile,
                                              it.available and stored)
             if self.metrics is not None:
@@ -305,8 +319,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         """Write what the wave queued, in one round trip; a decision whose customer's
         profile changed before its record and impression were stored (nothing stored) is
         made again on the profile as it is now, up to ``SHOWN_ATTEMPTS`` times, so that
-        caps hold for campaigns sending to one customer at once; then it is stored plainly
-        and its impression committed as a Feedback. False when a write failed."""
+        caps hold for campaigns sending to one customer at once; then it is marked
+        ``aborted``. False when a write failed."""
         stored, attempt = True, 1
         while wave.writes or wave.shown or wave.kept:
             budget = self._budget(RESPONSE_RESERVE_SECONDS)
@@ -333,10 +347,12 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 before = wave.made[place]
                 now = why.profile if why is not None else None
                 profile = decode_stored_profile(now) if now is not None else None
-                if why is None or isinstance(profile, CorruptRecord) or (
-                        attempt >= SHOWN_ATTEMPTS):  # stored plainly, its impression as a
-                    again.writes.append((before.record, self.arbiter.record_ttl(  # Feedback
-                        before.record) or 1.0))  # (which says what is wrong, if anything)
+                if why is None or isinstance(profile, CorruptRecord):  # stored plainly,
+                    again.writes.append((before.record, self.arbiter.record_ttl(  # its
+                        before.record) or 1.0))  # impression as a Feedback (which says
+                    continue                     # what is wrong)
+                if attempt >= SHOWN_ATTEMPTS:
+                    before.aborted = True  # nothing stored: the caller sends it again
                     continue
                 self._make(again, _Made(before.i, before.req, before.digest, profile, True),
                            now, place)
