@@ -29,6 +29,7 @@ from pathlib import Path
 import grpc
 import redis
 
+from adapters.redis_store import DEFAULT_CACHE_TTL
 from bench.batch_load import seed
 from bench.feedback_load import wait_until_idle
 from bench.load import ROOT, arbiter_server
@@ -105,6 +106,7 @@ def main() -> None:
         seconds = time.perf_counter() - started
         if failed:
             raise failed[0]
+        time.sleep(DEFAULT_CACHE_TTL + 0.1)  # (each process's profile cache: as stored)
         counts: collections.Counter[int] = collections.Counter()
         for i in range(args.customers):
             found = stubs[0].GetProfile(pb.GetProfileRequest(user_id=f"b{i}"), timeout=10)
