@@ -289,3 +289,45 @@ def test_triggers_at_the_same_moment_on_two_replicas_pass_the_cap_once_each(
     counted = {a: len(contact_entries(h)) for a, h in profile.contacts.items()}
     assert sum(n for a, n in counted.items() if a != "digest") == 2
     assert counted["digest"] == 10
+
+
+def test_a_decision_made_again_whose_write_fails_leaves_the_others_as_stored(
+        redis_url: str) -> None:
+    """Only the decision made again is degraded when its own write fails: the others of
+    its wave were stored with their sends in the first round trip and are answered so."""
+    from engine.ports import StoreUnavailable
+
+    other = Arbiter(load_text(RULES), RedisStore(redis_url, namespace="part"), seed=2)
+    arbiter = Arbiter(load_text(RULES), RedisStore(redis_url, namespace="part"), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0)
+    show = running.decide_io.save_shown_decisions  # type: ignore[attr-defined]
+    calls = 0
+
+    async def failing() -> Any:
+        raise StoreUnavailable("redis: the write timed out")
+
+    def second_fails(shown: Any, timeout: float) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return show(shown, timeout)
+        return [True] * len(shown), failing()
+
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            for user in ("c0", "c1"):
+                stub.Decide(pb.DecideRequest(user_id=user, placement="mail"))  # cached
+            other.track(user_id="c0", event_type="visit", traits={"tier": "gold"})
+            running.decide_io.save_shown_decisions = second_fails  # type: ignore[attr-defined]
+            response = stub.DecideBatch(pb.DecideBatchRequest(requests=[
+                pb.DecideRequest(user_id=u, placement="mail") for u in ("c0", "c1")],
+                record_impressions=True), timeout=10)
+    finally:
+        running.stop(grace=0.2)
+    assert calls == 2  # c0's profile had changed: made again, and that write failed
+    c0, c1 = response.results
+    assert c0.decision.degraded and not c1.decision.degraded
+    profile = RedisStore(redis_url, namespace="part", cache_ttl=0).get_profile("c1")
+    assert profile is not None and sum(len(contact_entries(h))
+                                       for h in profile.contacts.values()) == 1

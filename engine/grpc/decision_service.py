@@ -15,7 +15,7 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Container, Sequence
 from typing import Any
 
 import grpc
@@ -247,7 +247,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                        raw[j] if raw else None)
         made = wave.made
         counted: dict[int, tuple[FeedbackInput, FeedbackCommit]] = {}  # by place in made
-        stored = await self._store_wave(wave, counted)
+        failed = await self._store_wave(wave, counted)
         released: list[tuple[str, str]] = []
         for m, it in enumerate(made):
             i, req, decision = it.i, it.req, it.decision
@@ -259,7 +259,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     released.append((req.user_id, requests[i].request_id))
                 continue
             decision = arbiter.finish_decide(req, decision, it.profile,
-                                             it.available and stored)
+                                             it.available and m not in failed)
             if self.metrics is not None:
                 self.metrics.decided(decision)
             if it.keep:  # filled already
@@ -315,13 +315,17 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
             one.keep = True
 
     async def _store_wave(self, wave: _Wave,
-                          counted: dict[int, tuple[FeedbackInput, FeedbackCommit]]) -> bool:
+                          counted: dict[int, tuple[FeedbackInput, FeedbackCommit]]
+                          ) -> Container[int]:
         """Write what the wave queued, in one round trip; a decision whose customer's
         profile changed before its record and impression were stored (nothing stored) is
         made again on the profile as it is now, up to ``SHOWN_ATTEMPTS`` times, so that
         caps hold for campaigns sending to one customer at once; then it is marked
-        ``aborted``. False when a write failed."""
-        stored, attempt = True, 1
+        ``aborted``. Returns the places in ``wave.made`` of the decisions whose writes
+        failed (all of them when the first did; else those made again, or stored plainly,
+        in the round trip that failed)."""
+        failed: set[int] = set()
+        attempt, places = 1, None  # (places in this round trip: None, every decision)
         while wave.writes or wave.shown or wave.kept:
             budget = self._budget(RESPONSE_RESERVE_SECONDS)
             writes, showing, sending = wave.writes, wave.showing, None
@@ -332,17 +336,23 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 showing = [one for one, ok in zip(showing, went, strict=True) if ok]
             keeping = self.io.save_answers(wave.kept, budget) if wave.kept else None
             changed: list[tuple[int, ProfileChanged | None]] = []
+            stored = True
             with self._span("store.record_write"):
                 if writes:
                     stored = await self._store(self.io.save_decisions(writes, budget),
-                                               "write") and stored
+                                               "write")
                 if sending is not None:
                     stored = await self._shown(sending, showing, counted, changed) and stored
                 if keeping is not None:
                     stored = await self._store(keeping, "write") and stored
+            if not stored:
+                if places is None:
+                    return range(len(wave.made))
+                failed.update(places)
             if not changed:
                 break
             again = _Wave(wave.requests, wave.results, wave.show, wave.made)
+            places = [place for place, _ in changed]
             for place, why in changed:
                 before = wave.made[place]
                 now = why.profile if why is not None else None
@@ -357,7 +367,7 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 self._make(again, _Made(before.i, before.req, before.digest, profile, True),
                            now, place)
             wave, attempt = again, attempt + 1
-        return stored
+        return failed
 
     def _effects(self, fb: FeedbackInput) -> FeedbackChange:
         layout = self.arbiter.profile_layout
