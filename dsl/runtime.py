@@ -44,33 +44,48 @@ class EventHistory(Protocol):
         ...
 
 
+AHEAD_SECONDS = 300.0
+"""How far after the decision's time an event still counts in a window ending "now": a
+sender's or replica's clock a little ahead stamps events that have already happened
+(a purchase stamped 2 s ahead must stop a cart reminder sent now). As far ahead as
+TrackEvent accepts a timestamp."""
+
+
 def count_within(stats: EventHistory | None, now: float, window: float | None) -> float:
-    """Events in ``[now - window, now]``; all-time count without a window."""
+    """Events in ``[now - window, now]`` (and up to :data:`AHEAD_SECONDS` after it);
+    all-time count without a window.
+
+    >>> class Stats:
+    ...     count, recent = 3, [(100.0, 1.0), (200.0, 1.0), (252.0, 1.0)]
+    >>> count_within(Stats(), now=250.0, window=100.0)  # (252: stamped just ahead)
+    2
+    """
     if stats is None:
         return 0
     if window is None:
         return stats.count
-    recent = stats.recent
+    recent, end = stats.recent, now + AHEAD_SECONDS
     if isinstance(recent, bytes):  # packed: the timestamps are every other float
         times = memoryview(recent).cast("d")[::2]
-        return bisect_right(times, now) - bisect_left(times, now - window)
-    return bisect_right(recent, now, key=_ts) - bisect_left(recent, now - window, key=_ts)
+        return bisect_right(times, end) - bisect_left(times, now - window)
+    return bisect_right(recent, end, key=_ts) - bisect_left(recent, now - window, key=_ts)
 
 
 def sum_within(stats: EventHistory | None, now: float, window: float | None) -> float:
-    """Sum of event values in ``[now - window, now]``; all-time total without a window."""
+    """Sum of event values in ``[now - window, now]`` (and up to :data:`AHEAD_SECONDS`
+    after it); all-time total without a window."""
     if stats is None:
         return 0.0
     if window is None:
         return stats.total
-    recent = stats.recent
+    recent, end = stats.recent, now + AHEAD_SECONDS
     if isinstance(recent, bytes):  # packed: t0, v0, t1, v1, ...
         packed = memoryview(recent).cast("d")
         times = packed[::2]
-        lo, hi = bisect_left(times, now - window), bisect_right(times, now)
+        lo, hi = bisect_left(times, now - window), bisect_right(times, end)
         return math.fsum(packed[2 * lo + 1:2 * hi:2])
     lo = bisect_left(recent, now - window, key=_ts)
-    hi = bisect_right(recent, now, key=_ts)
+    hi = bisect_right(recent, end, key=_ts)
     return math.fsum(v for _, v in recent[lo:hi])
 
 

@@ -363,3 +363,25 @@ def test_caps_count_contacts_stamped_after_the_decisions_time(explain: bool) -> 
     assert not d.actions  # the channel's 3 (and the group's 2, and c's cooldown)
     web = arb.decide(user_id="ann", placement="web", limit=3, at=NOW, explain=explain)
     assert not web.actions  # the group's 2 reached; c in its cooldown
+
+
+def test_an_event_stamped_a_little_ahead_counts_in_a_window_ending_now() -> None:
+    """A purchase stamped 2 s ahead of this server's clock (the shop's clock is ahead) has
+    happened: a cart reminder that needs no purchase within the hour is not sent."""
+    rules = """
+events: purchase
+placement email { channels: email }
+action cart_reminder {
+  placements: email
+  value: 1
+  when: count(purchase, within=1h) == 0 and sum(purchase.value, within=1h) == 0
+}
+"""
+    arb = Arbiter(load_text(rules), MemoryStore(clock=lambda: NOW), seed=1, clock=lambda: NOW)
+    assert [a.action_id for a in arb.decide(user_id="ann", placement="email").actions] == [
+        "cart_reminder"]
+    arb.track(user_id="ann", event_type="purchase", properties={"value": 40.0}, at=NOW + 2)
+    assert not arb.decide(user_id="ann", placement="email").actions
+    assert not arb.decide(user_id="ann", placement="email", at=NOW - 120).actions
+    # a decision further back (a replay of half an hour ago) does not see it
+    assert arb.decide(user_id="ann", placement="email", at=NOW - 30 * 60).actions
