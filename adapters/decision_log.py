@@ -41,6 +41,7 @@ from typing import Any, cast
 
 import msgspec
 
+from adapters.log_index import BlockIndex
 from engine.ports import DecisionLogUnavailable
 from engine.records import is_log_entry, pseudonym, sampled
 
@@ -52,6 +53,11 @@ MAX_QUEUED = 100_000
 
 _CURSOR = re.compile(r"[0-9]{1,20}-[0-9]{1,20}")
 """A Redis stream entry id (what ``FILE.forgotten`` keeps)."""
+
+PREFIX_BLOCKS_PER_TURN = 8
+"""Blocks of what a log held before this process opened it indexed per turn of the
+writer (a turn every ``flush_seconds``; ~4 ms a block: a 600 MB file in about 40 s at the
+default half second, ~6% of a core meanwhile)."""
 
 _CHUNK_BYTES = 1 << 20
 """Encoded lines the writer gathers before one write (it writes what it has at the end
@@ -82,6 +88,8 @@ class JsonlDecisionLog:
         self._flush_seconds = flush_seconds
         self._encode = msgspec.json.Encoder().encode
         self._file = self.path.open("ab")
+        self._index = BlockIndex(os.fstat(self._file.fileno()).st_size)
+        """Which stretches of the file may hold a user's lines (a forget reads those)."""
         self._reopen_failed = False
         self.dropped = 0
         """Lines dropped: the writer was behind by ``max_queued``, or the file could not
@@ -92,6 +100,12 @@ class JsonlDecisionLog:
         in ``FILE.forgotten`` next to the log, so a restarted process carries on)."""
         self._thread = threading.Thread(target=self._run, name="decision-log", daemon=True)
         self._thread.start()
+
+    @property
+    def unindexed(self) -> int:
+        """Bytes of what the file held when this process opened it that are not indexed
+        yet (a forget reads them whole; the writer indexes them a few blocks a turn)."""
+        return self._index.unindexed
 
     def keeps(self, decision_id: str) -> bool:
         return sampled(decision_id, self.sample)
@@ -108,13 +122,30 @@ class JsonlDecisionLog:
             log.warning("decision log: %s; %d lines dropped so far", why, self.dropped)
 
     def _write(self, chunk: bytearray, lines: int) -> None:
+        if not chunk:
+            return
         try:
             self._file.write(chunk)
             self._file.flush()
         except OSError as err:  # a full or failing disk: the writer goes on
             for _ in range(lines):
                 self._drop(f"the file cannot be written ({err})")
+        written = self._index.end + len(chunk)
         chunk.clear()
+        self._indexed(written)
+
+    def _indexed(self, expected: int) -> None:
+        """The index follows the file when its size is what this writer made it; else
+        (a write that failed part way, a file cut by someone else) what it holds is
+        unindexed (a forget indexes it again, once)."""
+        try:
+            size = os.fstat(self._file.fileno()).st_size
+        except OSError:  # (the file closed under us: indexed anew when reopened)
+            return
+        if size == expected:
+            self._index.written(size)
+        else:
+            self._index = BlockIndex(size)
 
     def _run(self) -> None:
         waiting, chunk, lines = self._waiting, bytearray(), 0
@@ -140,12 +171,28 @@ class JsonlDecisionLog:
                     log.exception("decision log entry could not be encoded")
                     continue
                 chunk += b"\n"
+                self._index.add(entry.get("user_id"))
                 lines += 1
                 if len(chunk) >= _CHUNK_BYTES:
                     self._write(chunk, lines)
                     lines = 0
             self._write(chunk, lines)
             lines = 0
+            self._index_some()
+
+    def _index_some(self) -> None:
+        """A little more of what the file held before this process opened it indexed
+        (:data:`PREFIX_BLOCKS_PER_TURN` blocks a turn, so a restart's forgets soon read
+        only the blocks that may hold their users)."""
+        for _ in range(PREFIX_BLOCKS_PER_TURN):
+            if not self._index.unindexed:
+                return
+            try:
+                self._index.index_some(self.path)
+            except OSError as err:  # (unreadable now: a forget reads it whole)
+                log.warning("decision log: cannot index %s (%s)", self.path, err)
+                self._index.stop_indexing()
+                return
 
     def _reopen_if_moved(self) -> None:
         """A new file at the path when the one written was moved or removed (rotated)."""
@@ -169,6 +216,7 @@ class JsonlDecisionLog:
             self._reopen_failed = False
             self._file.close()
             self._file = fresh
+            self._index = BlockIndex(os.fstat(fresh.fileno()).st_size)
 
     def forget(self, user_id: str, timeout: float = 60.0) -> int:
         """Erase every line about ``user_id`` (its decisions and their outcomes) from the
@@ -200,7 +248,7 @@ class JsonlDecisionLog:
         hashed = frozenset().union(*(request.pseudonyms for request in batch))
         try:
             if users or hashed:
-                removed = erase_users(self.path, users, hashed)
+                removed = erase_users(self.path, users, hashed, self._ranges(users, hashed))
             cursors = [request.cursor for request in batch if request.cursor is not None]
             if cursors:
                 self._keep_cursor(cursors[-1])
@@ -210,6 +258,16 @@ class JsonlDecisionLog:
         for request in batch:
             request.removed, request.error = removed, error
             request.done.set()
+
+    def _ranges(self, users: Collection[str], hashed: Collection[str]
+                ) -> list[tuple[int, int]]:
+        """The stretches of the file that may hold lines about these users (by id or by
+        pseudonym), as the index says; the whole file if it is not as this writer left
+        it."""
+        index = self._index
+        if os.stat(self.path).st_size != index.end:  # (someone else wrote or cut it)
+            index = self._index = BlockIndex(os.stat(self.path).st_size)
+        return index.ranges({*hashed, *(pseudonym(user) for user in users)})
 
     def _kept_cursor(self) -> str:
         """``FILE.forgotten``'s stream position; "" when there is none (or not one)."""
@@ -277,12 +335,15 @@ def _field_in(key: str, values: set[bytes], any_value: bool = False) -> re.Patte
 
 
 def erase_users(path: Path, user_ids: str | Collection[str],
-                pseudonyms: Collection[str] = ()) -> int:
+                pseudonyms: Collection[str] = (),
+                ranges: Sequence[tuple[int, int]] | None = None) -> int:
     """Blank, in place, every line of the log about the users (named by id, or by
     :func:`~engine.records.pseudonym` when another process forgot them): their decisions
     and outcomes, and the outcomes that refer to their decisions (each line's bytes
     overwritten with spaces, its newline kept, then synced; readers skip blank lines).
-    Returns how many lines were erased.
+    Returns how many lines were erased. ``ranges``: only these stretches of whole lines
+    (start, end) are read (:class:`~adapters.log_index.BlockIndex` says which may hold
+    the users' lines); None: the whole file.
 
     One pass over the file's bytes, a block at a time, nothing rewritten but the erased
     lines: the regex engine finds the lines whose ``user_id`` is one of theirs (each
@@ -339,48 +400,51 @@ def erase_users(path: Path, user_ids: str | Collection[str],
     decisions: set[bytes] = set()
     outcomes: re.Pattern[bytes] | None = None  # a line that refers to one of those
     erase: dict[int, int] = {}  # offset -> length of each line to blank
-    base, carry = 0, b""
     with path.open("rb") as source:
-        while True:  # a block of whole lines at a time, scanned by the regex engine
-            block = source.read(_BLOCK)
-            data = carry + block if carry else block
-            end = data.rfind(b"\n") + 1 if block else len(data)  # (the end: a torn line)
-            if block and end == 0:  # a line longer than a block: read on
-                carry = data
-                continue
-            if hashed:
-                more = forgotten_in(data, end) - ids
-                if more:
-                    ids |= more
-                    mentions = _field_in("user_id", ids)
-            line_start = -1
-            for found in mentions.finditer(data, 0, end) if ids else ():
-                start = data.rfind(b"\n", 0, found.start()) + 1
-                if start == line_start or found.group(1) not in ids:  # (twice in a line)
+        for range_start, range_end in (ranges if ranges is not None else [(0, -1)]):
+            source.seek(range_start)
+            base, carry, left = range_start, b"", range_end - range_start  # (<0: all)
+            while True:  # a block of whole lines at a time, scanned by the regex engine
+                block = source.read(_BLOCK if left < 0 else min(_BLOCK, left))
+                left -= len(block) if left >= 0 else 0
+                data = carry + block if carry else block
+                end = data.rfind(b"\n") + 1 if block else len(data)  # (the end: a torn line)
+                if block and end == 0:  # a line longer than a block: read on
+                    carry = data
                     continue
-                line_start = start
-                stop = data.find(b"\n", found.end(), end) + 1 or end
-                try:
-                    entry = json.loads(data[start:stop])
-                except (ValueError, RecursionError):  # not JSON, or not UTF-8
-                    continue
-                if isinstance(entry, dict) and theirs(entry.get("user_id")):
-                    erase[base + start] = stop - start
-                    if isinstance(entry.get("decision_id"), str):
-                        decisions.update((json.dumps(entry["decision_id"])[1:-1].encode(),
-                                          msgspec.json.encode(entry["decision_id"])[1:-1]))
-                        outcomes = None
-            if decisions:
-                if outcomes is None:
-                    outcomes = _field_in("decision_id", decisions)
-                for found in outcomes.finditer(data, 0, end):
-                    if found.group(1) in decisions:
-                        start = data.rfind(b"\n", 0, found.start()) + 1
-                        erase[base + start] = (data.find(b"\n", found.end(), end) + 1
-                                               or end) - start
-            if not block:
-                break
-            carry, base = data[end:], base + end
+                if hashed:
+                    more = forgotten_in(data, end) - ids
+                    if more:
+                        ids |= more
+                        mentions = _field_in("user_id", ids)
+                line_start = -1
+                for found in mentions.finditer(data, 0, end) if ids else ():
+                    start = data.rfind(b"\n", 0, found.start()) + 1
+                    if start == line_start or found.group(1) not in ids:  # (twice in a line)
+                        continue
+                    line_start = start
+                    stop = data.find(b"\n", found.end(), end) + 1 or end
+                    try:
+                        entry = json.loads(data[start:stop])
+                    except (ValueError, RecursionError):  # not JSON, or not UTF-8
+                        continue
+                    if isinstance(entry, dict) and theirs(entry.get("user_id")):
+                        erase[base + start] = stop - start
+                        if isinstance(entry.get("decision_id"), str):
+                            decisions.update((json.dumps(entry["decision_id"])[1:-1].encode(),
+                                              msgspec.json.encode(entry["decision_id"])[1:-1]))
+                            outcomes = None
+                if decisions:
+                    if outcomes is None:
+                        outcomes = _field_in("decision_id", decisions)
+                    for found in outcomes.finditer(data, 0, end):
+                        if found.group(1) in decisions:
+                            start = data.rfind(b"\n", 0, found.start()) + 1
+                            erase[base + start] = (data.find(b"\n", found.end(), end) + 1
+                                                   or end) - start
+                if not block:
+                    break
+                carry, base = data[end:], base + end
     if erase:
         fd = os.open(path, os.O_WRONLY)
         try:

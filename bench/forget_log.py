@@ -1,15 +1,15 @@
 """ForgetProfile with a decision log of a million decisions, served, and Decide meanwhile.
 
-    python -m bench.forget_log [--decisions 1000000] [--server-tree DIR]
+    python -m bench.forget_log [--decisions 1000000] [--settle S] [--server-tree DIR]
 
 Writes a decision log of ``--decisions`` decisions (about 590 bytes each, an outcome
 line for every third; customers drawn from 100,000), serves the retail example on the
 in-memory store with ``--decision-log`` on it, and, while one client decides in a
-closed loop, asks ForgetProfile for two customers in turn (10 s deadline, the server's
-default). Prints each ForgetProfile's status and time, and the Decides answered while
-they ran (count, median, slowest). ``--server-tree`` serves another checkout (a
-"before"); erasing a user in process, by id and by pseudonym (as other processes
-do): ``python -m bench.forget_log --in-process``.
+closed loop, asks ForgetProfile for four customers in turn (10 s deadline, the server's
+default), ``--settle`` seconds after it started. Prints each ForgetProfile's status
+and time, and the Decides answered while they ran (count, median, slowest).
+``--server-tree`` serves another checkout (a "before"); erasing a user in process, by id
+and by pseudonym (as other processes do): ``python -m bench.forget_log --in-process``.
 """
 
 from __future__ import annotations
@@ -49,22 +49,24 @@ def write_log(path: Path, decisions: int) -> None:
                             {"action_id": "loyalty", "rank": 2, "score": 0.5,
                              "propensity": 0.03}]}
             f.write(json.dumps(decision, separators=(",", ":")) + "\n")
-            if i % 3 == 0:
+            if i % 3 == 0:  # (with its user, as the server writes them since session 18)
                 f.write(json.dumps({"kind": "outcome", "decision_id": f"{i:024x}",
+                                    "user_id": decision["user_id"],
                                     "action_id": "new_arrivals", "outcome": "impression",
                                     "value": None, "at": 1.79e9 + i + 1},
                                    separators=(",", ":")) + "\n")
 
 
-def served(tree: Path, log: Path) -> None:
+def served(tree: Path, log: Path, settle: float) -> None:
     extra = ("--processes", "1", "--decision-log", str(log))
     with arbiter_server(None, 4, tree=tree, extra=extra) as (target, _), \
             grpc.insecure_channel(target) as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
+        time.sleep(settle)
         with deciding(channel) as latencies:
             time.sleep(1)
             before = len(latencies)
-            for user in ("user-42", "user-43"):
+            for user in ("user-42", "user-43", "user-44", "user-45"):
                 started = time.perf_counter()
                 try:
                     stub.ForgetProfile(pb.ForgetProfileRequest(user_id=user), timeout=10)
@@ -100,6 +102,9 @@ def main() -> None:
     p.add_argument("--decisions", type=int, default=1_000_000)
     p.add_argument("--server-tree", type=Path, default=ROOT)
     p.add_argument("--in-process", action="store_true")
+    p.add_argument("--settle", type=float, default=0.0,
+                   help="seconds the server runs before the forgets (it indexes the log "
+                        "it found at start meanwhile: about 40 s for a million decisions)")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         log = Path(folder) / "decisions.jsonl"
@@ -107,7 +112,7 @@ def main() -> None:
         if args.in_process:
             in_process(log)
         else:
-            served(args.server_tree, log)
+            served(args.server_tree, log, args.settle)
 
 
 if __name__ == "__main__":

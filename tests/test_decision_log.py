@@ -274,3 +274,138 @@ def test_a_sampled_log_keeps_a_share_of_decisions_with_all_their_outcomes(
         d for d in made if d in logged]
     with pytest.raises(ValueError, match="sample"):
         JsonlDecisionLog(tmp_path / "other.jsonl", sample=0.0)
+
+
+def _entries(users: list[str], first: int) -> list[dict[str, Any]]:
+    """A decision and an outcome line per user (ids from ``first``), as the server logs."""
+    out: list[dict[str, Any]] = []
+    for n, user in enumerate(users, first):
+        out.append({"kind": "decision", "decision_id": f"d{n}", "user_id": user,
+                    "at": float(n), "placement": "p", "actions": [{"action_id": "a"}]})
+        out.append({**_line(f"d{n}"), "user_id": user})
+    return out
+
+
+@pytest.mark.parametrize("by", ["id", "pseudonym"])
+def test_a_forget_reads_the_blocks_that_may_hold_the_user_and_erases_all_of_them(
+        tmp_path: Path, by: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The log is indexed by blocks as it is written (Bloom filters of the users'
+    pseudonyms): a forget reads only the blocks that may hold the user, and erases
+    exactly what a pass over the whole file erases: lines written before this process
+    opened the file (indexed once, by the first forget), lines of this process in many
+    blocks, after a reopen of the same file by a restarted process, and after the file
+    was cut by someone else (then read whole)."""
+    import random
+    import shutil
+
+    import adapters.decision_log as decision_log
+    import adapters.log_index as log_index
+    from adapters.decision_log import erase_users
+
+    monkeypatch.setattr(log_index, "BLOCK_BYTES", 4096)  # many blocks in a small file
+    monkeypatch.setattr(decision_log, "_CHUNK_BYTES", 4096)  # (written a block at a time)
+    rng = random.Random(7)
+    users = [f"user-{i}" for i in range(400)]
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(e) + "\n"  # (a file from before: the prefix)
+                            for e in _entries(rng.choices(users, k=300), 0)))
+    read: list[int] = []
+    full_scan = erase_users
+
+    def measured(path_: Path, ids: Any, hashed: Any = (), ranges: Any = None) -> int:
+        read.append(sum(end - start for start, end in ranges) if ranges is not None
+                    else path_.stat().st_size)
+        return full_scan(path_, ids, hashed, ranges)
+
+    monkeypatch.setattr(decision_log, "erase_users", measured)
+
+    def write(log: JsonlDecisionLog, first: int) -> None:
+        for entry in _entries(rng.choices(users, k=600), first):
+            log.write(entry)
+
+    def forget(log: JsonlDecisionLog, user: str) -> None:
+        expected = tmp_path / "expected.jsonl"
+        log.forget("nobody-at-all")  # (what was queued is written first)
+        shutil.copy(path, expected)
+        full_scan(expected, user)
+        if by == "id":
+            log.forget(user)
+        else:
+            log.forget_pseudonyms({pseudonym(user)}, "1-0")
+            log.forget("nobody-at-all")  # (waits for the pseudonyms' pass before it)
+        assert path.read_bytes() == expected.read_bytes()
+        assert _lines_about(path, user) == 0
+
+    log = JsonlDecisionLog(path, flush_seconds=0.01)
+    assert log.unindexed == path.stat().st_size
+    write(log, 1000)
+    forget(log, "user-3")  # (what is not indexed yet read whole)
+    assert _until(lambda: log.unindexed == 0)  # (the writer indexes it as it goes)
+    forget(log, "user-5")
+    assert read[-1] < path.stat().st_size / 4  # a few blocks
+    log.close()
+    log = JsonlDecisionLog(path, flush_seconds=0.01)  # a restarted process
+    write(log, 5000)
+    forget(log, "user-7")
+    assert _until(lambda: log.unindexed == 0)
+    forget(log, "user-11")
+    assert read[-1] < path.stat().st_size / 4
+    log.close()
+    with path.open("r+b") as cut:  # someone else cuts the file (copytruncate, by hand)
+        cut.truncate(path.stat().st_size // 2)
+    log = JsonlDecisionLog(path, flush_seconds=0.01)
+    write(log, 9000)
+    forget(log, "user-13")
+    with path.open("r+b") as cut:
+        cut.truncate(path.stat().st_size - 10)  # ... while this process has it open
+    forget(log, "user-17")
+    with path.open("r+b") as cut:  # and again, then more lines written after the cut
+        cut.truncate(path.stat().st_size // 3)
+    write(log, 13000)
+    forget(log, "user-19")
+    forget(log, "user-23")
+    with path.open("a") as other:  # lines another writer added (not indexed: read whole)
+        other.write("".join(json.dumps(e) + "\n" for e in _entries(["user-29"], 20000)))
+    forget(log, "user-29")
+    log.close()
+
+
+def _until(done: Any, seconds: float = 5.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def _lines_about(path: Path, user: str) -> int:
+    """Lines about ``user`` (a torn line, where the file was cut, about nobody)."""
+    found = 0
+    for line in path.read_text().splitlines():
+        try:
+            found += line.strip() != "" and json.loads(line).get("user_id") == user
+        except ValueError:
+            continue
+    return found
+
+
+def test_outcome_lines_of_an_older_build_without_their_user_are_still_erased(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """An outcome line written before session 18 names only its decision: the block
+    that holds it is read by every forget, so it is erased with its decision however
+    far apart the two are."""
+    import adapters.log_index as log_index
+
+    monkeypatch.setattr(log_index, "BLOCK_BYTES", 256)
+    filler = [{"kind": "decision", "decision_id": f"f{n}", "user_id": f"other-{n}",
+               "at": 1.0} for n in range(20)]
+    lines = [{"kind": "decision", "decision_id": "d-ann", "user_id": "ann", "at": 1.0},
+             *filler, _line("d-ann"), *filler]  # (the outcome: no user_id)
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    log = JsonlDecisionLog(path, flush_seconds=0.01)
+    assert _until(lambda: log.unindexed == 0)
+    assert log.forget("ann") == 2
+    assert "d-ann" not in path.read_text()
+    log.close()
