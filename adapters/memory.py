@@ -28,6 +28,7 @@ from engine.ports import (
     FeedbackEffects,
     IdempotencyKeyReused,
     Learning,
+    ProfileChanged,
     Shown,
     answer_key,
 )
@@ -50,6 +51,18 @@ from engine.records import (
 )
 
 T = TypeVar("T")
+
+_ANY = object()
+"""``save_shown_decision``'s ``as_read`` when the profile is not compared."""
+
+
+class ProfileChangedError(Exception):
+    """A record with its outcome not stored: its customer's profile is no longer as the
+    decision read it (``changed``: the profile as it is now)."""
+
+    def __init__(self, changed: ProfileChanged) -> None:
+        super().__init__("the customer's profile changed since it was read")
+        self.changed = changed
 
 DECISION, KEY, PROFILE, NAMES, ANSWER = 0, 1, 2, 3, 4
 """What an entry of the expiry heap stands for."""
@@ -206,12 +219,20 @@ class MemoryStore:
 
     def save_shown_decision(self, record: DecisionRecord, ttl_seconds: float,
                             idempotency_key: str, change: FeedbackChange,
-                            fingerprint: str = "") -> FeedbackCommit:
+                            fingerprint: str = "", as_read: object = _ANY
+                            ) -> FeedbackCommit:
         """:meth:`save_decision` and :meth:`commit_feedback` in one step under the lock:
         the record is stored with its outcome (``change`` applied to it and the
-        customer's profile as stored now), never without it."""
+        customer's profile as stored now), never without it. With ``as_read`` (the
+        profile as :meth:`profile_bytes` gave it when the decision was made), only if
+        the profile is still that: else nothing is stored and :class:`ProfileChanged`
+        (the profile as it is now) is raised, as Redis's script answers."""
         with self._lock:
             now = self.clock()
+            if as_read is not _ANY:
+                current = self.profile_bytes(record.user_id)
+                if current is not as_read and current != as_read:
+                    raise ProfileChangedError(ProfileChanged(current))
             effects = change(record, self.get_profile(record.user_id))
             self._save_decision(effects.decision, ttl_seconds, now)
             self._apply(effects, idempotency_key, fingerprint, now,
@@ -488,15 +509,18 @@ class MemoryDecideIO:
                              timeout: float
                              ) -> tuple[list[bool], Awaitable[list[Shown]]]:
         """Each record stored with its outcome (:meth:`MemoryStore.save_shown_decision`,
-        under the lock: from the profile as it is then, so none is ever refused); an
-        outcome that cannot apply is left to the caller, as a Feedback."""
+        under the lock) if its customer's profile is still as read, else
+        :class:`ProfileChanged`; an outcome that cannot apply is left to the caller, as a
+        Feedback."""
         included: list[bool] = []
         commits: list[Shown] = []
-        for record, ttl, key, change, fingerprint, _ in shown:
+        for record, ttl, key, change, fingerprint, as_read in shown:
             try:  # (a copy: the caller's record stays as it was decided)
                 commits.append(self.store.save_shown_decision(
                     msgspec.structs.replace(record, outcomes={}), ttl, key, change,
-                    fingerprint))
+                    fingerprint, as_read))
+            except ProfileChangedError as err:  # (a batch's wave yields between its
+                commits.append(err.changed)      # reads and writes: another may write)
             except (LookupError, ValueError):
                 included.append(False)
                 continue

@@ -331,3 +331,50 @@ def test_a_decision_made_again_whose_write_fails_leaves_the_others_as_stored(
     profile = RedisStore(redis_url, namespace="part", cache_ttl=0).get_profile("c1")
     assert profile is not None and sum(len(contact_entries(h))
                                        for h in profile.contacts.values()) == 1
+
+
+def test_in_memory_keyed_campaigns_at_once_keep_the_caps() -> None:
+    """In memory a keyed batch decides by waves that hand the loop back every few
+    milliseconds, so campaigns at once interleave between a wave's reads and its
+    writes: a send whose customer's profile changed meanwhile is decided again there
+    too, and no customer gets more than the channel's cap of promotions."""
+    import threading
+
+    from adapters.memory import MemoryStore
+
+    store = MemoryStore()
+    arbiter = Arbiter(load_text(RULES), store, seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0)
+    users = [f"m{i}" for i in range(400)]
+    answered: list[str] = []
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = pb_grpc.DecisionServiceStub(channel)
+            start = threading.Barrier(3)
+
+            def campaign(k: int) -> None:
+                start.wait()
+                response = stub.DecideBatch(pb.DecideBatchRequest(requests=[
+                    pb.DecideRequest(user_id=u, placement="mail", request_id=f"{k}-{u}")
+                    for u in users], record_impressions=True), timeout=30)
+                for result in response.results:
+                    assert not result.error and not result.decision.degraded
+                    answered.append(result.decision.actions[0].action_id)
+
+            threads = [threading.Thread(target=campaign, args=(k,)) for k in range(3)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+    finally:
+        running.stop(grace=0.2)
+    assert len(answered) == 1200
+    over = 0
+    for user in users:
+        profile = store.get_profile(user)
+        assert profile is not None
+        promos = sum(len(contact_entries(h)) for a, h in profile.contacts.items()
+                     if a != "digest")
+        over += promos > 2
+    assert over == 0
+    assert sum(a != "digest" for a in answered) == 800  # each customer's two promotions
