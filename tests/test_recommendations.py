@@ -537,13 +537,23 @@ def test_the_popular_items_are_ranked_by_decayed_score_ties_in_order_of_first_us
         "category": st.sampled_from(["x", "y", None]),
         "tags": st.sampled_from([["t"], ["t", "u"], ["u", "u"], [], None]),
         "price": st.integers(0, 3)})),
-    max_size=3), max_size=8))
+    max_size=3), max_size=8), st.sampled_from([1, 2, 64]))
 def test_a_catalogue_updated_in_place_is_the_catalogue_built_from_everything(
-        deltas: list[dict[str, dict[str, Any] | None]]) -> None:
+        deltas: list[dict[str, dict[str, Any] | None]], fold: int) -> None:
     """The keeper changes a catalogue's indexes in place when a change replaces, removes
     or adds items (an id never seen before), and builds it all otherwise: either way,
     after every change, the same items, order and indexes as built from the file and
-    every change; the catalogue it came from unchanged."""
+    every change; the catalogue it came from unchanged. Its items carry their changes
+    beside a shared dict, folded in past ``fold`` changes: the same either way."""
+    from unittest import mock
+
+    import engine.decide.catalogue as catalogue
+
+    with mock.patch.object(catalogue, "FOLD_AT_LEAST", fold):
+        _updated_in_place_is_built(deltas)
+
+
+def _updated_in_place_is_built(deltas: list[dict[str, dict[str, Any] | None]]) -> None:
     from engine.decide.catalogue import Catalogue
 
     base = [{"id": "a", "category": "x", "tags": ["t"], "price": 1},
@@ -561,5 +571,9 @@ def test_a_catalogue_updated_in_place_is_the_catalogue_built_from_everything(
         served = Catalogue.build(base, changes, version) if updated is None else updated
         built = Catalogue.build(base, changes, version)
         assert list(served.items.items()) == list(built.items.items())
+        assert len(served.items) == len(built.items)
+        for item_id in "abcdefgh":
+            assert (item_id in served.items) == (item_id in built.items)
+            assert served.items.get(item_id) == built.items.get(item_id)
         assert served.by_category == built.by_category and served.by_tag == built.by_tag
         assert served.version == built.version

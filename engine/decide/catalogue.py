@@ -16,7 +16,8 @@ catalogue version, so a decision looks items up, never scans them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
+from math import isqrt
 from typing import Any
 
 import msgspec
@@ -25,6 +26,9 @@ PER_CATEGORY = 20
 """Items of a category (or a tag) a seed item contributes, at most."""
 TAG_SHARE = 0.5
 """Similarity of items sharing a tag but not the category."""
+FOLD_AT_LEAST = 64
+"""Changes a catalogue's items carry beside their shared dict before they are folded
+into a new one (at least; else about the square root of the items)."""
 
 _decoder = msgspec.msgpack.Decoder(dict[str, Any])
 _encoder = msgspec.msgpack.Encoder()
@@ -44,6 +48,87 @@ def decode_item(data: bytes) -> dict[str, Any] | None:
         return None
 
 
+Item = Mapping[str, Any]
+_MISSING: Any = object()
+
+
+class CatalogueItems(Mapping[str, Item]):
+    """Items by id (immutable): a dict shared with earlier catalogues plus the changes
+    made since (replaced or new items; None for a removed one), which a change copies and
+    which are folded into a new dict once there are more than about the square root of
+    the items. A change then costs O(√items) amortised, not a copy of every item (a
+    million items: ~35 ms a change); a lookup one more dict probe.
+
+    >>> items = CatalogueItems({"a": {"id": "a"}, "b": {"id": "b"}})
+    >>> more = items.changed({"b": None, "c": {"id": "c"}, "a": {"id": "a", "v": 2}})
+    >>> list(more), more["a"]["v"], "b" in more, len(more), list(items)
+    (['a', 'c'], 2, False, 2, ['a', 'b'])
+    """
+
+    __slots__ = ("_added", "_base", "_len", "_over")
+
+    def __init__(self, base: dict[str, Item], over: dict[str, Item | None] | None = None,
+                 added: tuple[str, ...] = (), length: int | None = None) -> None:
+        self._base = base  # never changed once made
+        self._over: dict[str, Item | None] = {} if over is None else over
+        self._added = added  # ids not in the base, in the order they came (build's order)
+        self._len = len(base) if length is None else length
+
+    def get(self, key: str, default: Any = None) -> Any:
+        found = self._over.get(key, _MISSING)
+        if found is _MISSING:
+            return self._base.get(key, default)
+        return default if found is None else found
+
+    def __getitem__(self, key: str) -> Item:
+        found = self.get(key, _MISSING)
+        if found is _MISSING:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
+
+    def __iter__(self) -> Iterator[str]:
+        over = self._over
+        if not over:
+            yield from self._base
+            return
+        for item_id in self._base:
+            if over.get(item_id, _MISSING) is not None:
+                yield item_id
+        for item_id in self._added:
+            if over.get(item_id) is not None:
+                yield item_id
+
+    def __len__(self) -> int:
+        return self._len
+
+    def changed(self, delta: Mapping[str, Item | None]) -> CatalogueItems:
+        """These items with ``delta`` applied (None: removed); an id not held before goes
+        last."""
+        over, added, length = dict(self._over), list(self._added), self._len
+        for item_id, item in delta.items():
+            held = over[item_id] if item_id in over else self._base.get(item_id)
+            if item is None:
+                if held is not None:
+                    length -= 1
+                    over[item_id] = None
+                continue
+            if held is None:
+                length += 1
+                if item_id not in self._base and item_id not in over:
+                    added.append(item_id)
+            over[item_id] = item
+        if len(over) <= max(FOLD_AT_LEAST, isqrt(len(self._base))):
+            return CatalogueItems(self._base, over, tuple(added), length)
+        folded = dict(self._base)  # (in place: replaced items keep their place, new ones
+        folded.update((k, v) for k, v in over.items() if v is not None)  # go last, in the
+        for item_id in [k for k, v in over.items() if v is None]:  # order they came)
+            folded.pop(item_id, None)
+        return CatalogueItems(folded)
+
+
 class Catalogue:
     """Items by id, and the items of each category and tag (immutable: changes make a new
     catalogue, swapped in by reference)."""
@@ -51,7 +136,7 @@ class Catalogue:
     def __init__(self, base: tuple[Mapping[str, Any], ...], items: dict[str, Mapping[str, Any]],
                  version: int = 0) -> None:
         self.base = base  # the ruleset's items.jsonl
-        self.items = items
+        self.items = CatalogueItems(items)
         self.version = version  # the store's catalogue version applied
         self.by_category: dict[str, list[str]] = {}
         self.by_tag: dict[str, list[str]] = {}
@@ -112,12 +197,7 @@ class Catalogue:
                 return None
         fresh = object.__new__(Catalogue)
         fresh.base, fresh.version = self.base, version
-        fresh.items = dict(items)
-        for item_id, item in delta.items():
-            if item is None:
-                fresh.items.pop(item_id, None)
-            else:
-                fresh.items[item_id] = item
+        fresh.items = items.changed(delta)
         fresh.by_category, fresh.by_tag = indexes.by_category, indexes.by_tag
         return fresh
 
