@@ -27,7 +27,6 @@ import collections
 import contextlib
 import json
 import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,10 +36,9 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from bench.feedback_load import wait_until_idle
-from bench.load import ROOT, arbiter_server, cpu_seconds, deciding
+from bench.load import ROOT, arbiter_server, cpu_seconds, deciding, private_redis
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
-from tests.redis_proc import RedisServer
 
 CHANNELS = {"email": "email", "homepage_banner": "web", "cart_page": "web"}
 
@@ -92,12 +90,7 @@ def main() -> None:
                    help="serve this checkout (another measures a 'before')")
     args = p.parse_args()
     with contextlib.ExitStack() as stack:
-        redis_url = None
-        if args.store == "redis":
-            redis_ = RedisServer(Path(stack.enter_context(tempfile.TemporaryDirectory())))
-            redis_.start()
-            stack.callback(redis_.stop)
-            redis_url = redis_.url
+        redis_url = private_redis(stack) if args.store == "redis" else None
         if args.learners == "one":  # (its snapshots are signed: a key for this run)
             os.environ.setdefault("ARBITER_SNAPSHOT_KEY", "bench-batch-load")
         if args.processes > 1 and redis_url is None:

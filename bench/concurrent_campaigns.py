@@ -21,7 +21,6 @@ import argparse
 import collections
 import contextlib
 import json
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,10 +31,9 @@ import redis
 from adapters.redis_store import DEFAULT_CACHE_TTL
 from bench.batch_load import seed
 from bench.feedback_load import wait_until_idle
-from bench.load import ROOT, arbiter_server
+from bench.load import ROOT, arbiter_server, private_redis
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
-from tests.redis_proc import RedisServer
 
 EMAIL_CAP = 3
 """rulesets/retail/policies.arb: ``channel email: at most 3 per 7d``."""
@@ -73,14 +71,9 @@ def main() -> None:
                    help="serve this checkout (another measures a 'before')")
     args = p.parse_args()
     with contextlib.ExitStack() as stack:
-        redis_url = None
-        if args.store == "redis":
-            server = RedisServer(Path(stack.enter_context(tempfile.TemporaryDirectory())))
-            server.start()
-            stack.callback(server.stop)
-            redis_url = server.url
-        elif args.processes > 1:
+        if args.store != "redis" and args.processes > 1:
             p.error("--processes needs --store redis")
+        redis_url = private_redis(stack) if args.store == "redis" else None
         target, pid = stack.enter_context(arbiter_server(
             redis_url, 4, tree=args.server_tree, extra=("--processes", str(args.processes))))
         stubs = [pb_grpc.DecisionServiceStub(stack.enter_context(grpc.insecure_channel(

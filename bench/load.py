@@ -23,7 +23,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from statistics import median
 from typing import Any
@@ -93,6 +93,17 @@ def arbiter_server(redis_url: str | None, workers: int, tree: Path = ROOT,
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(30)
+
+
+def private_redis(stack: ExitStack) -> str:
+    """A private redis-server for this run (``tests.redis_proc``), stopped with
+    ``stack``: its URL."""
+    from tests.redis_proc import RedisServer
+
+    server = RedisServer(Path(stack.enter_context(tempfile.TemporaryDirectory())))
+    server.start()
+    stack.callback(server.stop)
+    return server.url
 
 
 @contextmanager

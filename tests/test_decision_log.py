@@ -17,7 +17,7 @@ from dsl.loader import load_path
 from engine.grpc.metrics import ServerMetrics
 from engine.records import pseudonym, sampled
 from engine.service import Arbiter
-from tests.conftest import RETAIL
+from tests.conftest import RETAIL, until
 
 
 def _line(decision_id: str) -> dict[str, Any]:
@@ -340,14 +340,14 @@ def test_a_forget_reads_the_blocks_that_may_hold_the_user_and_erases_all_of_them
     assert log.unindexed == path.stat().st_size
     write(log, 1000)
     forget(log, "user-3")  # (what is not indexed yet read whole)
-    assert _until(lambda: log.unindexed == 0)  # (the writer indexes it as it goes)
+    assert until(lambda: log.unindexed == 0)  # (the writer indexes it as it goes)
     forget(log, "user-5")
     assert read[-1] < path.stat().st_size / 4  # a few blocks
     log.close()
     log = JsonlDecisionLog(path, flush_seconds=0.01)  # a restarted process
     write(log, 5000)
     forget(log, "user-7")
-    assert _until(lambda: log.unindexed == 0)
+    assert until(lambda: log.unindexed == 0)
     forget(log, "user-11")
     assert read[-1] < path.stat().st_size / 4
     log.close()
@@ -368,15 +368,6 @@ def test_a_forget_reads_the_blocks_that_may_hold_the_user_and_erases_all_of_them
         other.write("".join(json.dumps(e) + "\n" for e in _entries(["user-29"], 20000)))
     forget(log, "user-29")
     log.close()
-
-
-def _until(done: Any, seconds: float = 5.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not done():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _lines_about(path: Path, user: str) -> int:
@@ -405,7 +396,7 @@ def test_outcome_lines_of_an_older_build_without_their_user_are_still_erased(
     path = tmp_path / "d.jsonl"
     path.write_text("".join(json.dumps(line) + "\n" for line in lines))
     log = JsonlDecisionLog(path, flush_seconds=0.01)
-    assert _until(lambda: log.unindexed == 0)
+    assert until(lambda: log.unindexed == 0)
     assert log.forget("ann") == 2
     assert "d-ann" not in path.read_text()
     log.close()

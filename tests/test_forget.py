@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -14,6 +12,7 @@ from adapters.redis_store import RedisStore
 from dsl.ruleset import Ruleset
 from engine.records import pseudonym
 from engine.service import Arbiter
+from tests.conftest import until
 
 KEY = b"snapshot key"
 
@@ -80,15 +79,6 @@ def _lines_about(path: Path, users: set[str]) -> int:
                if line.strip() and json.loads(line).get("user_id") in users)
 
 
-def _until(condition: Callable[[], bool], seconds: float = 10.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
-
-
 def test_a_forget_reaches_every_process_decision_log(
         redis_url: str, retail: Ruleset, tmp_path: Path) -> None:
     """Two serving processes (or replicas) on one Redis, each with its own decision log:
@@ -102,14 +92,14 @@ def test_a_forget_reaches_every_process_decision_log(
     second = Arbiter(retail, RedisStore(redis_url), seed=2,
                      decision_log=JsonlDecisionLog(second_log, flush_seconds=0.05))
     second.erase_forgotten_elsewhere()  # (following from now on: the cursor kept)
-    assert _until(lambda: second_log.with_name(second_log.name + ".forgotten").exists())
+    assert until(lambda: second_log.with_name(second_log.name + ".forgotten").exists())
     for user in ("gina", "kim", "lee"):
         _activity(first, user, 2)
         _activity(second, user, 2)
         made_first = first.decide(user_id=user, placement="homepage_banner", channel="web")
         second.feedback(decision_id=made_first.decision_id,  # an outcome in the other log
                         action_id=made_first.actions[0].action_id, outcome="click")
-    assert _until(lambda: _lines_about(second_log, {"gina"}) == 2 * 3 + 1)
+    assert until(lambda: _lines_about(second_log, {"gina"}) == 2 * 3 + 1)
     assert _lines_about(first_log, {"gina"}) == 2 * 3 + 1
     assert first.forget("gina") > 0
     assert _lines_about(first_log, {"gina"}) == 0  # its own: erased before the answer
@@ -118,7 +108,7 @@ def test_a_forget_reaches_every_process_decision_log(
     assert second.store.forgotten_since("0-0")[0] == [pseudonym("gina")]
     first.erase_forgotten_elsewhere()
     second.erase_forgotten_elsewhere()
-    assert _until(lambda: _lines_about(second_log, {"gina"}) == 0)
+    assert until(lambda: _lines_about(second_log, {"gina"}) == 0)
     assert _lines_about(second_log, {"kim", "lee"}) == 2 * (2 * 3 + 1)
     assert "gina" not in second_log.read_text()
     # the second process stops; kim is forgotten meanwhile; it starts again on its log
@@ -128,7 +118,7 @@ def test_a_forget_reaches_every_process_decision_log(
     again = Arbiter(retail, RedisStore(redis_url), seed=2,
                     decision_log=JsonlDecisionLog(second_log, flush_seconds=0.05))
     again.erase_forgotten_elsewhere()
-    assert _until(lambda: _lines_about(second_log, {"kim"}) == 0)
+    assert until(lambda: _lines_about(second_log, {"kim"}) == 0)
     assert _lines_about(second_log, {"lee"}) == 2 * 3 + 1
     for arb in (first, again):
         arb.close()
@@ -149,7 +139,7 @@ def test_a_forgotten_stream_that_is_not_one_stops_neither_start_nor_learning(
     arb._forgotten_due = 0.0
     arb.sync()
     log = arb.decision_log
-    assert log is not None and _until(lambda: log.forget_cursor == "0-0")
+    assert log is not None and until(lambda: log.forget_cursor == "0-0")
     arb.close()
 
 
@@ -173,7 +163,7 @@ def test_a_backlog_of_forgets_is_erased_in_one_look(
                       decision_log=JsonlDecisionLog(path, flush_seconds=0.05))
     finally:
         service.FORGOTTEN_PAGE = original
-    assert _until(lambda: _lines_about(path, {f"user-{k}" for k in range(30)}) == 5)
+    assert until(lambda: _lines_about(path, {f"user-{k}" for k in range(30)}) == 5)
     assert _lines_about(path, {f"user-{k}" for k in range(25, 30)}) == 5
     arb.close()
     other.close()
@@ -193,5 +183,5 @@ def test_a_damaged_forgotten_entry_is_stepped_over(
     client.xadd("arb:forgotten", {b"x": b"no user"})
     client.xadd("arb:forgotten", {b"u": pseudonym("ann").encode(), b"by": b"other"})
     arb.erase_forgotten_elsewhere()
-    assert _until(lambda: _lines_about(path, {"ann"}) == 0)
+    assert until(lambda: _lines_about(path, {"ann"}) == 0)
     arb.close()

@@ -6,8 +6,9 @@ to one customer at once), and loses nothing."""
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -69,6 +70,27 @@ def _campaign(stub: pb_grpc.DecisionServiceStub, users: int) -> list[list[str]]:
         assert not result.decision.degraded
         shown[int(request.user_id[1:])].append(result.decision.actions[0].action_id)
     return shown
+
+
+def _at_once(count: int, work: Callable[[int], None]) -> None:
+    """``work(0)`` ... ``work(count - 1)`` on threads let go at the same moment; raises
+    what any of them raised."""
+    start, failed = threading.Barrier(count), []
+
+    def run(n: int) -> None:
+        start.wait()
+        try:
+            work(n)
+        except BaseException as err:  # (an assertion in a thread: raised by the test)
+            failed.append(err)
+
+    threads = [threading.Thread(target=run, args=(n,)) for n in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failed:
+        raise failed[0]
 
 
 def _stored(client: redis.Redis, arbiter: Arbiter, namespace: str) -> dict[str, Any]:
@@ -259,28 +281,20 @@ def test_triggers_at_the_same_moment_on_two_replicas_pass_the_cap_once_each(
     once, spread over two replicas, send the capped promotions exactly as often as the
     channel's cap allows (2), every other answer the fallback; the profile counts each
     answered send once."""
-    import threading
-
     answers: list[str] = []
     with serving(redis_url, "trig") as (one, _), serving(redis_url, "trig") as (two, _):
         for stub in (one, two):  # each replica has the customer's profile cached
             stub.Decide(pb.DecideRequest(user_id="c0", placement="mail"))
-        start = threading.Barrier(12)
 
         def trigger(n: int) -> None:
             stub = (one, two)[n % 2]
-            start.wait()
             (result,) = stub.DecideBatch(pb.DecideBatchRequest(requests=[
                 pb.DecideRequest(user_id="c0", placement="mail", request_id=f"t{n}")],
                 record_impressions=True), timeout=10).results
             assert not result.error and not result.decision.degraded, result.error
             answers.append(result.decision.actions[0].action_id)
 
-        threads = [threading.Thread(target=trigger, args=(n,)) for n in range(12)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        _at_once(12, trigger)
     assert len(answers) == 12
     assert sum(a != "digest" for a in answers) == 2
     # (as stored: each replica's cache may still hold what it wrote last)
@@ -338,8 +352,6 @@ def test_in_memory_keyed_campaigns_at_once_keep_the_caps() -> None:
     milliseconds, so campaigns at once interleave between a wave's reads and its
     writes: a send whose customer's profile changed meanwhile is decided again there
     too, and no customer gets more than the channel's cap of promotions."""
-    import threading
-
     from adapters.memory import MemoryStore
 
     store = MemoryStore()
@@ -350,10 +362,8 @@ def test_in_memory_keyed_campaigns_at_once_keep_the_caps() -> None:
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
             stub = pb_grpc.DecisionServiceStub(channel)
-            start = threading.Barrier(3)
 
             def campaign(k: int) -> None:
-                start.wait()
                 response = stub.DecideBatch(pb.DecideBatchRequest(requests=[
                     pb.DecideRequest(user_id=u, placement="mail", request_id=f"{k}-{u}")
                     for u in users], record_impressions=True), timeout=30)
@@ -361,11 +371,7 @@ def test_in_memory_keyed_campaigns_at_once_keep_the_caps() -> None:
                     assert not result.error and not result.decision.degraded
                     answered.append(result.decision.actions[0].action_id)
 
-            threads = [threading.Thread(target=campaign, args=(k,)) for k in range(3)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            _at_once(3, campaign)
     finally:
         running.stop(grace=0.2)
     assert len(answered) == 1200
