@@ -29,6 +29,7 @@ from engine.ports import (
     IdempotencyKeyReused,
     Learning,
     ProfileChanged,
+    ProfileChangedError,
     Shown,
     answer_key,
 )
@@ -52,17 +53,6 @@ from engine.records import (
 
 T = TypeVar("T")
 
-_ANY = object()
-"""``save_shown_decision``'s ``as_read`` when the profile is not compared."""
-
-
-class ProfileChangedError(Exception):
-    """A record with its outcome not stored: its customer's profile is no longer as the
-    decision read it (``changed``: the profile as it is now)."""
-
-    def __init__(self, changed: ProfileChanged) -> None:
-        super().__init__("the customer's profile changed since it was read")
-        self.changed = changed
 
 DECISION, KEY, PROFILE, NAMES, ANSWER = 0, 1, 2, 3, 4
 """What an entry of the expiry heap stands for."""
@@ -219,17 +209,15 @@ class MemoryStore:
 
     def save_shown_decision(self, record: DecisionRecord, ttl_seconds: float,
                             idempotency_key: str, change: FeedbackChange,
-                            fingerprint: str = "", as_read: object = _ANY
-                            ) -> FeedbackCommit:
+                            fingerprint: str = "", as_read: bytes | None = None,
+                            compare: bool = False) -> FeedbackCommit:
         """:meth:`save_decision` and :meth:`commit_feedback` in one step under the lock:
         the record is stored with its outcome (``change`` applied to it and the
-        customer's profile as stored now), never without it. With ``as_read`` (the
-        profile as :meth:`profile_bytes` gave it when the decision was made), only if
-        the profile is still that: else nothing is stored and :class:`ProfileChanged`
-        (the profile as it is now) is raised, as Redis's script answers."""
+        customer's profile as stored now), never without it; with ``compare``, only if
+        the profile is still ``as_read`` (else :class:`ProfileChangedError`)."""
         with self._lock:
             now = self.clock()
-            if as_read is not _ANY:
+            if compare:
                 current = self.profile_bytes(record.user_id)
                 if current is not as_read and current != as_read:
                     raise ProfileChangedError(ProfileChanged(current))
@@ -518,7 +506,7 @@ class MemoryDecideIO:
             try:  # (a copy: the caller's record stays as it was decided)
                 commits.append(self.store.save_shown_decision(
                     msgspec.structs.replace(record, outcomes={}), ttl, key, change,
-                    fingerprint, as_read))
+                    fingerprint, as_read, compare=True))
             except ProfileChangedError as err:  # (a batch's wave yields between its
                 commits.append(err.changed)      # reads and writes: another may write)
             except (LookupError, ValueError):

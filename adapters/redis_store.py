@@ -75,6 +75,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from threading import Lock
 from typing import Any, TypeVar, cast
 
+import msgspec
 import redis
 from cachetools import TTLCache
 
@@ -99,6 +100,8 @@ from engine.ports import (
     FeedbackCommit,
     FeedbackEffects,
     Learning,
+    ProfileChanged,
+    ProfileChangedError,
     StoreUnavailable,
 )
 from engine.records import (
@@ -387,11 +390,17 @@ class RedisStore:
                 self._cache[user_id] = data
 
     def get_profile(self, user_id: str) -> Profile | None:
+        data = self.profile_bytes(user_id)
+        return decode_profile(data) if data is not None else None
+
+    def profile_bytes(self, user_id: str) -> bytes | None:
+        """The profile as stored, encoded (from the in-process cache, as
+        :meth:`get_profile` reads it)."""
         hit, data = self._cached(user_id)
         if not hit:
             data = _b(self.fast.get(self._k("p", user_id)))
             self._remember(user_id, data)
-        return decode_profile(data) if data is not None else None
+        return data
 
     def update_profile(self, user_id: str, change: Callable[[Profile | None], Profile],
                        learning: Learning | None = None) -> Profile:
@@ -646,10 +655,27 @@ class RedisStore:
 
     def save_shown_decision(self, record: DecisionRecord, ttl_seconds: float,
                             idempotency_key: str, change: FeedbackChange,
-                            fingerprint: str = "") -> FeedbackCommit:
-        """The record, then its outcome's compare-and-set taking the record just stored
-        and the cached profile for its first attempt (two round trips; the server's
-        DecideBatch writes both with one script per wave)."""
+                            fingerprint: str = "", as_read: bytes | None = None,
+                            compare: bool = False) -> FeedbackCommit:
+        """With ``compare``: the record with its outcome, applied to ``as_read``, in one
+        script (``SAVE_SHOWN_DECISIONS``) if the profile is still that, else
+        :class:`ProfileChangedError` with the profile as it is now. Without (or when the
+        record or its key exists already): the record, then its outcome's compare-and-set
+        taking the record just stored and the cached profile for its first attempt."""
+        if compare:
+            effects = change(msgspec.structs.replace(record, outcomes={}),
+                             decode_profile(as_read) if as_read is not None else None)
+            (reply,) = self.redis.eval(*self.shown_decisions_command(
+                [(effects, ttl_seconds, idempotency_key, fingerprint, as_read)]))
+            if isinstance(reply, bytes):  # the profile changed: as it is now
+                now = reply[1:] if reply[:1] == b"1" else None
+                self._remember(record.user_id, now)
+                raise ProfileChangedError(ProfileChanged(now))
+            if reply:
+                if effects.profile is not None:
+                    self._remember(record.user_id, encode(effects.profile))
+                self.replicated()
+                return FeedbackCommit(False, effects)
         self.save_decision(record, ttl_seconds)
         hit, profile = self.cached_profile(record.user_id)
         guess = (self.record_bytes(record), record, profile) if hit else None

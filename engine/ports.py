@@ -47,6 +47,15 @@ class ProfileChanged:
     profile: bytes | None
 
 
+class ProfileChangedError(Exception):
+    """A record with its outcome not stored: its customer's profile is no longer as the
+    decision read it (``changed``: the profile as it is now)."""
+
+    def __init__(self, changed: ProfileChanged) -> None:
+        super().__init__("the customer's profile changed since it was read")
+        self.changed = changed
+
+
 Shown = FeedbackCommit | ProfileChanged | None
 """What became of a record sent to be stored with its first outcome: stored (the commit),
 not stored because its customer's profile changed, or not stored because its outcome
@@ -199,12 +208,21 @@ class Store(LearningLog, Protocol):
 
     def save_shown_decision(
         self, record: DecisionRecord, ttl_seconds: float, idempotency_key: str,
-        change: FeedbackChange, fingerprint: str = "",
+        change: FeedbackChange, fingerprint: str = "", as_read: bytes | None = None,
+        compare: bool = False,
     ) -> FeedbackCommit:
         """:meth:`save_decision` of a new record, then :meth:`commit_feedback` of its
         first outcome (DecideBatch's ``record_impressions``); a store that can do both in
         one step applies ``change`` to ``record`` itself (nothing read back) and stores
-        it with its outcome."""
+        it with its outcome. With ``compare``, only if the customer's profile is still
+        ``as_read`` (what :meth:`profile_bytes` gave when the decision was made): else
+        nothing is stored and :class:`ProfileChangedError` carries the profile as it is
+        now (decide again on it, so that caps count what was sent meanwhile)."""
+        ...
+
+    def profile_bytes(self, user_id: str) -> bytes | None:
+        """The customer's profile as stored, encoded (None: none): what
+        :meth:`save_shown_decision` compares."""
         ...
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]: ...

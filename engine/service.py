@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -44,15 +45,24 @@ from engine.learning.log import LEARNING_MODES
 from engine.learning.models import ModelQuality, PropensityModels
 from engine.learning.recommender import Recommender
 from engine.learning.scores import ScoreModels
-from engine.ports import DecisionNotFound, FeedbackCommit, Store, StoreUnavailable
+from engine.ports import (
+    DecisionNotFound,
+    FeedbackCommit,
+    FeedbackEffects,
+    ProfileChangedError,
+    Store,
+    StoreUnavailable,
+)
 from engine.profiles import ENGAGEMENTS, PACKED, PROFILE_LAYOUTS
 from engine.records import (
     ArmCounts,
     CorruptRecord,
     DecisionRecord,
     Profile,
+    decode_stored_profile,
 )
 from engine.requests import (
+    Aborted,
     DecideInput,
     InvalidArgument,
     check_id,
@@ -65,6 +75,18 @@ from engine.throttled_log import ThrottledLog
 from engine.tracking import TrackPlan
 
 log = logging.getLogger(__name__)
+
+SHOWN_ATTEMPTS = 20
+"""Writes of a recorded send (a decision stored with its impression): when its customer's
+profile changed between the read and the write (another campaign or replica sending to
+them, an event), nothing is stored and it is decided again on the profile as it is now,
+so caps hold (each attempt lost is another write that won: k senders at once need at
+most k). After the last, it is refused ``ABORTED`` (nothing recorded: send it again), as
+:data:`CONTENDED` says."""
+CONTENDED = ("user_id: the customer's profile kept changing while this send was being "
+             "recorded (other sends or events at the same moment); nothing was recorded: "
+             "send it again")
+"""Why a recorded send was refused when its attempts ran out."""
 throttled = ThrottledLog(log)  # an outage's repeated warnings, one line per 10 s
 
 
@@ -240,24 +262,35 @@ class Arbiter:
         >>> [kind for _, kind, _ in contact_entries(history)]
         ['impression']
         """
-        profile, available = self._profile_for_decide(req.user_id)
-        decision, record = self.decide_from(req, profile)
-        ttl = self.record_ttl(record) if available and decision.actions else None
-        if ttl is None:
-            stored = self._record(record)
-            return self.finish_decide(req, decision, profile, available and stored), False
-        fb = self.impression_input(record)
-        try:
-            commit = self.store.save_shown_decision(
-                record, ttl, fb.key,
-                lambda d, p: feedback_effects(fb, d, p, self.profile_layout), fb.fingerprint)
-        except DecisionNotFound:  # its window closed meanwhile: kept without it, if at all
-            return self.finish_decide(req, decision, profile, self._record(record)), False
-        except StoreUnavailable as err:
-            log.warning("decide degraded, decision not recorded: %s", err)
-            return self.finish_decide(req, decision, profile, False), False
-        self.experiments.invalidate(self.feedback_applied(fb, commit))
-        return self.finish_decide(req, decision, profile, True), True
+        as_read, profile, available = self._profile_bytes_for_decide(req.user_id)
+        for _ in range(SHOWN_ATTEMPTS):
+            decision, record = self.decide_from(req, profile)
+            ttl = self.record_ttl(record) if available and decision.actions else None
+            if ttl is None:
+                stored = self._record(record)
+                return self.finish_decide(req, decision, profile, available and stored), False
+            fb = self.impression_input(record)
+            try:
+                commit = self.store.save_shown_decision(
+                    record, ttl, fb.key,
+                    functools.partial(_impression_effects, fb, self.profile_layout),
+                    fb.fingerprint, as_read, compare=True)
+            except ProfileChangedError as err:  # another send or event meanwhile: decide
+                as_read = err.changed.profile   # again on the profile as it is now
+                found = decode_stored_profile(as_read) if as_read is not None else None
+                if isinstance(found, CorruptRecord):
+                    log.error("decide degraded: %s", found)
+                    return self.finish_decide(req, decision, None, False), False
+                profile = found
+                continue
+            except DecisionNotFound:  # its window closed meanwhile: kept without it, if at all
+                return self.finish_decide(req, decision, profile, self._record(record)), False
+            except StoreUnavailable as err:
+                log.warning("decide degraded, decision not recorded: %s", err)
+                return self.finish_decide(req, decision, profile, False), False
+            self.experiments.invalidate(self.feedback_applied(fb, commit))
+            return self.finish_decide(req, decision, profile, True), True
+        raise Aborted(CONTENDED)
 
     def impression_input(self, record: DecisionRecord) -> FeedbackInput:
         """The impression of a decision's first action at the decision's own time, as
@@ -339,6 +372,21 @@ class Arbiter:
             ruleset = req.ruleset if req.ruleset is not None else self._ruleset
             self.decision_log.write(decision_entry(ruleset, decision, req.context, profile))
         return decision
+
+    def _profile_bytes_for_decide(self, user_id: str
+                                  ) -> tuple[bytes | None, Profile | None, bool]:
+        """:meth:`_profile_for_decide` with the profile as stored (what a send's write
+        compares)."""
+        try:
+            data = self.store.profile_bytes(user_id)
+        except StoreUnavailable as err:
+            log.warning("decide degraded, profile unavailable: %s", err)
+            return None, None, False
+        profile = decode_stored_profile(data) if data is not None else None
+        if isinstance(profile, CorruptRecord):  # as for an unknown customer, degraded
+            log.error("decide degraded: %s", profile)
+            return None, None, False
+        return data, profile, True
 
     def _profile_for_decide(self, user_id: str) -> tuple[Profile | None, bool]:
         """The stored profile and True; (None, False) when the store cannot be read in
@@ -664,3 +712,9 @@ class Arbiter:
             if self.decision_log is not None:
                 self.decision_log.close()
             self.store.close()
+
+
+def _impression_effects(fb: FeedbackInput, layout: str, decision: DecisionRecord,
+                        profile: Profile | None) -> FeedbackEffects:
+    """What a send's impression changes (:func:`~engine.feedback.feedback_effects`)."""
+    return feedback_effects(fb, decision, profile, layout)

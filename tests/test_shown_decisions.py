@@ -252,9 +252,10 @@ def test_in_memory_keyed_sends_are_stored_with_their_impressions_too() -> None:
     for name in ("save_shown_decision", "commit_feedback"):
         method = getattr(store, name)
 
-        def counted(*args: Any, _name: str = name, _method: Any = method) -> Any:
+        def counted(*args: Any, _name: str = name, _method: Any = method,
+                    **kwargs: Any) -> Any:
             calls[_name] += 1
-            return _method(*args)
+            return _method(*args, **kwargs)
 
         setattr(store, name, counted)
     arbiter = Arbiter(load_text(RULES), store, seed=1)
@@ -384,3 +385,22 @@ def test_in_memory_keyed_campaigns_at_once_keep_the_caps() -> None:
         over += promos > 2
     assert over == 0
     assert sum(a != "digest" for a in answered) == 800  # each customer's two promotions
+
+
+def test_the_library_decides_a_send_again_when_another_replica_sent_meanwhile(
+        redis_url: str) -> None:
+    """``Arbiter.decide_shown`` (the Python API, no server) on two replicas of one Redis:
+    one holds the profile it cached before the other sent the channel's cap of two, so
+    its send is decided again on the profile as stored: the fallback, not a third."""
+    one = Arbiter(load_text(RULES), RedisStore(redis_url, namespace="lib"), seed=1)
+    two = Arbiter(load_text(RULES), RedisStore(redis_url, namespace="lib"), seed=2)
+    one.decide(user_id="c0", placement="mail")  # (one caches that c0 has no profile)
+    for _ in range(2):
+        decision, counted = two.decide_shown(two.decide_request(user_id="c0",
+                                                                placement="mail"))
+        assert counted and decision.actions[0].action_id != "digest"
+    decision, counted = one.decide_shown(one.decide_request(user_id="c0", placement="mail"))
+    assert counted and [a.action_id for a in decision.actions] == ["digest"]
+    profile = RedisStore(redis_url, namespace="lib", cache_ttl=0).get_profile("c0")
+    assert profile is not None
+    assert sum(len(contact_entries(h)) for h in profile.contacts.values()) == 3

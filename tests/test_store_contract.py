@@ -21,7 +21,13 @@ from adapters.memory import MemoryStore
 from adapters.redis_store import RedisStore
 from engine.decide.contacts import contact_entries
 from engine.feedback import ActionNotInDecision
-from engine.ports import DecisionNotFound, FeedbackEffects, Store, StoreUnavailable
+from engine.ports import (
+    DecisionNotFound,
+    FeedbackEffects,
+    ProfileChangedError,
+    Store,
+    StoreUnavailable,
+)
 from engine.profiles import record_contact, record_event
 from engine.records import (
     ArmCounts,
@@ -229,6 +235,30 @@ def test_a_record_saved_with_its_outcome_is_as_if_saved_then_given_feedback(
         "offer": ["impression", "click"]}
     assert store.forget("u1") >= 2  # the profile and the record
     assert store.get_decision("d1") is None
+
+
+def test_a_send_is_stored_only_on_the_profile_it_was_decided_on(store: Store) -> None:
+    """``save_shown_decision`` with ``compare``: when the customer's profile changed
+    since the decision read it (another send or event), nothing is stored and
+    ProfileChangedError carries the profile as it is now; on that one it is stored, the
+    change made meanwhile kept."""
+    as_read = store.profile_bytes("u1")  # (none yet)
+    store.update_profile("u1", lambda p: record_event(p, "u1", "view", 1.0, NOW, {}))
+    with pytest.raises(ProfileChangedError) as changed:
+        store.save_shown_decision(_decision(), TTL, "key", _effects("impression", 1.0),
+                                  "fp", as_read, compare=True)
+    now = changed.value.changed.profile
+    assert now is not None and now == store.profile_bytes("u1")
+    assert store.get_decision("d1") is None and store.arm_counts("exp") == {}
+    commit = store.save_shown_decision(_decision(), TTL, "key", _effects("impression", 1.0),
+                                       "fp", now, compare=True)
+    assert not commit.duplicate
+    record = store.get_decision("d1")
+    assert record is not None and record.outcomes == {"offer": ["impression"]}
+    profile = store.get_profile("u1")
+    assert profile is not None and profile.events["view"].count == 1
+    assert len(contact_entries(profile.contacts["offer"])) == 1
+    assert store.arm_counts("exp") == {"offer": ArmCounts(1.0, 0.0)}
 
 
 def test_a_failed_change_stores_nothing_and_the_key_stays_free(store: Store) -> None:

@@ -46,7 +46,7 @@ from engine.requests import (
     InvalidArgument,
     check_id,
 )
-from engine.service import Arbiter
+from engine.service import CONTENDED, SHOWN_ATTEMPTS, Arbiter
 from engine.tracking import TrackPlan
 
 log = logging.getLogger(__name__)
@@ -63,17 +63,6 @@ MAX_BATCH = 1000
 TOO_OLD_TO_COUNT = ("at: decided, but older than the attribution window, so not recorded "
                     "and its impression not counted")
 """A DecideBatch result's ``error`` when ``record_impressions`` could not count it."""
-SHOWN_ATTEMPTS = 20
-"""Writes of a recorded batch decision with its impression: when its customer's profile
-changed between the read and the write (another campaign or replica sending to them, an
-event), nothing is stored and it is decided again on the profile as it is now, so caps
-hold (each attempt lost is another write that won: k campaigns at once need at most k).
-After the last, its result is ``ABORTED`` (nothing recorded: send it again), as
-:data:`CONTENDED` says."""
-CONTENDED = ("user_id: the customer's profile kept changing while this send was being "
-             "recorded (other sends or events at the same moment); nothing was recorded: "
-             "send it again")
-"""A recorded DecideBatch result's error when its attempts ran out."""
 BATCH_SLICE_SECONDS = 0.002
 """A batch's work on the loop (with the in-memory store, every decision and event of
 it; with Redis, a wave's decisions) hands the loop back at least this often, so that a
