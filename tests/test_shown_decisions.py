@@ -7,6 +7,7 @@ to one customer at once), and loses nothing."""
 from __future__ import annotations
 
 import threading
+import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -44,11 +45,16 @@ experiment t on mail {
 
 
 @contextmanager
-def serving(redis_url: str, namespace: str, one_script: bool = True
+def serving(redis_url: str, namespace: str, one_script: bool = True,
+            metrics: list[str] | None = None
             ) -> Iterator[tuple[pb_grpc.DecisionServiceStub, Arbiter]]:
-    """A server on its own namespace; ``one_script=False``: the two-step path."""
+    """A server on its own namespace; ``one_script=False``: the two-step path;
+    ``metrics``: its Prometheus page's address is appended there."""
     arbiter = Arbiter(load_text(RULES), RedisStore(redis_url, namespace=namespace), seed=1)
-    running = server.start(arbiter, "127.0.0.1", 0)
+    running = server.start(arbiter, "127.0.0.1", 0,
+                           metrics_port=0 if metrics is not None else None)
+    if metrics is not None:
+        metrics.append(f"http://127.0.0.1:{running.metrics_port}/metrics")
     if not one_script:  # the servicer looks the method up: without it, two steps
         running.decide_io.save_shown_decisions = None  # type: ignore[attr-defined]
     try:
@@ -191,7 +197,8 @@ def test_a_send_whose_profile_keeps_changing_is_aborted_and_records_nothing(
     other = Arbiter(load_text(RULES), RedisStore(redis_url, namespace=namespace), seed=2)
     request = pb.DecideRequest(user_id="c0", placement="mail",
                                request_id="send-1" if keyed else "")
-    with serving(redis_url, namespace) as (stub, arbiter):
+    page: list[str] = []
+    with serving(redis_url, namespace, metrics=page) as (stub, arbiter):
         stub.Decide(pb.DecideRequest(user_id="c0", placement="mail"))  # cached here now
         other.track(user_id="c0", event_type="visit", traits={"tier": "gold"})
         (result,) = stub.DecideBatch(pb.DecideBatchRequest(
@@ -204,6 +211,8 @@ def test_a_send_whose_profile_keeps_changing_is_aborted_and_records_nothing(
         (again,) = stub.DecideBatch(pb.DecideBatchRequest(
             requests=[request], record_impressions=True), timeout=10).results
         assert not again.error and again.decision.actions  # (its profile cached now)
+        scraped = urllib.request.urlopen(page[0]).read().decode()
+        assert 'arbiter_sends_contended_total{outcome="aborted"} 1.0' in scraped
     profile = arbiter.store.get_profile("c0")
     assert profile is not None and profile.attributes["tier"] == "gold"
     assert sum(len(contact_entries(h)) for h in profile.contacts.values()) == 1
@@ -226,7 +235,9 @@ def test_replicas_sending_to_one_customer_keep_the_caps(redis_url: str,
         return result.decision
 
     namespace = f"caps{int(keyed)}"
-    with serving(redis_url, namespace) as (one, _), serving(redis_url, namespace) as (two, _):
+    page: list[str] = []
+    with serving(redis_url, namespace, metrics=page) as (one, _), \
+            serving(redis_url, namespace) as (two, _):
         one.Decide(pb.DecideRequest(user_id="c0", placement="mail"))  # cached by one
         assert [send(two, f"two-{n}").actions[0].action_id for n in range(2)] != [
             "digest"] * 2
@@ -234,6 +245,8 @@ def test_replicas_sending_to_one_customer_keep_the_caps(redis_url: str,
         assert [a.action_id for a in third.actions] == ["digest"]
         if keyed:  # the same request again: the answer kept, the send not counted twice
             assert send(one, "one-0").decision_id == third.decision_id
+        scraped = urllib.request.urlopen(page[0]).read().decode()
+        assert 'arbiter_sends_contended_total{outcome="again"} 1.0' in scraped
     profile = RedisStore(redis_url, namespace=namespace, cache_ttl=0).get_profile("c0")
     assert profile is not None
     kinds = {a: [k for _, k, _ in contact_entries(h)] for a, h in profile.contacts.items()}

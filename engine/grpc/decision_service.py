@@ -352,11 +352,17 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                     continue                     # what is wrong)
                 if attempt >= SHOWN_ATTEMPTS:
                     before.aborted = True  # nothing stored: the caller sends it again
+                    self._contended("aborted")
                     continue
+                self._contended("again")
                 self._make(again, _Made(before.i, before.req, before.digest, profile, True),
                            now, place)
             wave, attempt = again, attempt + 1
         return failed
+
+    def _contended(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.sends_contended.labels(outcome).inc()
 
     def _effects(self, fb: FeedbackInput) -> FeedbackChange:
         layout = self.arbiter.profile_layout

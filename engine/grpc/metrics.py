@@ -44,6 +44,11 @@ class ServerMetrics:
             "arbiter_decisions_answered_again", "Decide requests answered with the answer "
             "kept for their request_id (retries: nothing decided or recorded)",
             registry=self.registry)
+        self.sends_contended = Counter(
+            "arbiter_sends_contended", "Recorded sends (DecideBatch record_impressions) "
+            "whose customer's profile changed before they were stored, by what followed: "
+            "again (decided again on the profile as it is now), aborted (attempts ran "
+            "out: ABORTED, nothing recorded)", ["outcome"], registry=self.registry)
         self.store_seconds = Histogram("arbiter_store_seconds", "Decide's store waits "
                                        "(read: profile, write: decision record)", ["op"],
                                        buckets=LATENCY_BUCKETS, registry=self.registry)
