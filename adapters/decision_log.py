@@ -136,8 +136,8 @@ class JsonlDecisionLog:
 
     def _indexed(self, expected: int) -> None:
         """The index follows the file when its size is what this writer made it; else
-        (a write that failed part way, a file cut by someone else) what it holds is
-        unindexed (a forget indexes it again, once)."""
+        (a write that failed part way, a file cut by someone else) all it holds is
+        unindexed: read whole by a forget until the writer has indexed it again."""
         try:
             size = os.fstat(self._file.fileno()).st_size
         except OSError:  # (the file closed under us: indexed anew when reopened)

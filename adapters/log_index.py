@@ -17,7 +17,7 @@ pseudonyms.
 >>> index.add("bob"); index.written(270)          # the block being filled: bob's
 >>> index.ranges({pseudonym("ann")})              # (and what is being filled)
 [(0, 120), (240, 270)]
->>> index.ranges({pseudonym("dora")})             # (one block in fifty says maybe)
+>>> index.ranges({pseudonym("dora")})             # (~1% of blocks say "maybe" wrongly)
 [(240, 270)]
 """
 
