@@ -417,3 +417,23 @@ def test_the_library_decides_a_send_again_when_another_replica_sent_meanwhile(
     profile = RedisStore(redis_url, namespace="lib", cache_ttl=0).get_profile("c0")
     assert profile is not None
     assert sum(len(contact_entries(h)) for h in profile.contacts.values()) == 3
+
+
+def test_a_profile_found_corrupt_at_the_write_fails_its_own_send_not_the_batch(
+        redis_url: str) -> None:
+    """A customer's profile corrupted (by hand, by a bad build) after this server cached
+    it: that send is answered with its decision and ``DATA_LOSS`` saying why it is not
+    counted; the other customers of the batch are answered and counted as usual."""
+    client = redis.Redis.from_url(redis_url)
+    with serving(redis_url, "cx") as (stub, _):
+        stub.Decide(pb.DecideRequest(user_id="c0", placement="mail"))  # cached: none
+        client.set("cx:p:c0", b"\x00 not a profile")
+        broken, fine = stub.DecideBatch(pb.DecideBatchRequest(requests=[
+            pb.DecideRequest(user_id=u, placement="mail") for u in ("c0", "c1")],
+            record_impressions=True), timeout=10).results
+    assert broken.status == "DATA_LOSS" and "corrupt" in broken.error
+    assert not fine.error and fine.decision.actions
+    profile = RedisStore(redis_url, namespace="cx", cache_ttl=0).get_profile("c1")
+    assert profile is not None
+    assert sum(len(contact_entries(h)) for h in profile.contacts.values()) == 1
+    assert client.get("cx:p:c0") == b"\x00 not a profile"  # (left for ForgetProfile)

@@ -494,6 +494,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 action_id=decided.actions[0].action_id, outcome="impression", at=at)
         except DecisionNotFound:  # decided for a time past the attribution window
             result.error = TOO_OLD_TO_COUNT
+        except CorruptRecord as err:  # the customer's profile alone: the batch goes on,
+            _refuse(result, err)      # this decision answered with why it is not counted
 
     async def _decide(self, request: pb.DecideRequest) -> Decision:
         arbiter = self.arbiter
