@@ -16,6 +16,7 @@ in-process cache hold bytes).
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from pathlib import Path
 
@@ -44,14 +45,15 @@ def main() -> None:
             arb.track(user_id="heavy", event_type=event, at=now - k * 60,
                       properties={"value": 5.0} if event in ("purchase", "add_to_cart")
                       else None,
-                      item_id=f"sku-{k % 29:03d}" if event == "page_view" else None)
+                      item_id=f"sku-{k % 29:03d}" if event == "page_view" else "")
     for action in arb.ruleset.actions.values():
         channel = sorted(action.channels or ("web",))[0]
         for k in range(args.contacts):
             outcome = "click" if k % 10 == 9 else "impression"
             at = now - 86400.0 - k * 3600.0  # (a day ago and before: caps mostly pass)
-            arb.store.update_profile("heavy", lambda p, a=action.id, o=outcome, t=at, c=channel:
-                                     record_contact(p, "heavy", a, o, t, c))
+            arb.store.update_profile("heavy", functools.partial(
+                record_contact, user_id="heavy", action_id=action.id, outcome=outcome, at=at,
+                channel=channel))
     arb.track(user_id="light", event_type="visit", at=now)
     arb.learn()
 
@@ -74,8 +76,9 @@ def main() -> None:
     action_id = next(iter(arb.ruleset.actions))
     started = time.perf_counter()
     for k in range(100):  # (as Feedback does: read, change, write back)
-        arb.store.update_profile("heavy", lambda p, t=now + k: record_contact(
-            p, "heavy", action_id, "impression", t, "web"))
+        arb.store.update_profile("heavy", functools.partial(
+            record_contact, user_id="heavy", action_id=action_id, outcome="impression",
+            at=now + k, channel="web"))
     contact = (time.perf_counter() - started) / 100 * 1e6
     print(f"heavy profile: {len(msgspec.msgpack.encode(profile)):,} bytes stored, "
           f"read and decoded in {decode:.0f} µs, a contact recorded in {contact:.0f} µs")

@@ -25,7 +25,7 @@ try:
 except ImportError:  # a checkout from before the layered engine (issue 8)
     from engine.propensity import PropensityModels  # type: ignore[no-redef]
 
-    from engine.learning import Learner  # type: ignore[no-redef]
+    from engine.learning import Learner  # type: ignore[no-redef,attr-defined]
 from engine.records import DecisionRecord, LearningEvent, ShownAction
 
 NOW = 1_767_614_400.0

@@ -130,7 +130,7 @@ def deciding(channel: grpc.Channel) -> Iterator[list[float]]:
         thread.join()
 
 
-def seed_population(track: Callable[[str, str, float, float], None], users: int) -> None:
+def seed_population(track: Callable[[str, str, float, float], object], users: int) -> None:
     """A population: VIPs, cart abandoners, readers, occasional visitors, unknowns, one
     of each in turn; ``track(user, event, seconds_ago, value)`` records an event. The
     in-process benches run this function's source in the checkout they measure."""

@@ -67,7 +67,7 @@ async def drive(calls: Sequence[Callable[[Any], Awaitable[Any]]], make: Callable
                 await call(request)
             except grpc.RpcError as err:
                 errors += 1
-                name = f"{err.code().name}: {err.details()}"  # type: ignore[attr-defined]
+                name = f"{err.code().name}: {err.details()}"
                 codes[name] = codes.get(name, 0) + 1
                 continue
             latencies.append(time.perf_counter() - started)
@@ -167,8 +167,8 @@ async def run(args: argparse.Namespace) -> dict[str, float]:
         result = await drive(calls, make, args.concurrency, args.duration)
     finally:
         for channel in channels:
-            await channel.close()
-    return {"rpc": args.rpc, "concurrency": args.concurrency,  # type: ignore[dict-item]
+            await channel.close(None)
+    return {"rpc": args.rpc, "concurrency": args.concurrency,
             "warmup_requests": warmup.get("requests", 0), **result}
 
 

@@ -155,7 +155,7 @@ def main() -> None:
         history = recent_items(profile.items, 10, skip=item)
         profile.items.append((float(n), item, "view"))
         event = LearningEvent("", "", "view", float(n), float(n), user=pseudonym(user),
-                              item_id=item, history=history)
+                              item_id=item, history=tuple(history))
         ours.learn(event)
         river_scan.learn(event)
         counts[item] += 1

@@ -79,7 +79,7 @@ def arbiter_policy(k: int, seed: int, prior: Prior = UNIFORM) -> tuple[Policy, U
 
 
 def mabwiser_policy(k: int, seed: int, policy: object) -> tuple[Policy, Update]:
-    mab = MAB(list(range(k)), policy, seed=seed)  # type: ignore[arg-type]
+    mab = MAB(list(range(k)), policy, seed=seed)
     mab.fit(list(range(k)), [0.0] * k)  # MABWiser needs a fit before predict: one 0 each
     return (lambda: int(mab.predict())), (lambda d, r: mab.partial_fit(d, r))
 

@@ -91,7 +91,7 @@ def main() -> None:
         seen.append((dict(x), label, p))
         original(self, spec, snapshot, label)  # type: ignore[arg-type]
 
-    scores_module._Score.resolve = recording  # type: ignore[method-assign]
+    scores_module._Score.resolve = recording  # type: ignore[method-assign,assignment]
     arb = Arbiter(load_text(RULES), MemoryStore(clock=lambda: NOW), seed=1, clock=lambda: NOW)
     events = []
     for c in range(args.customers):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import shutil
 import socket
@@ -264,8 +265,7 @@ class ClusterTopology:
         for i, node in enumerate(self.nodes[self.primaries:]):
             primary = ids[i % self.primaries]
             SentinelTopology._wait(  # it must know the primary first (gossip)
-                lambda node=node, primary=primary: primary in str(self._ask(
-                    node, "CLUSTER", "NODES")), "a replica to learn its primary")
+                functools.partial(self._knows, node, primary), "a replica to learn its primary")
             self._ask(node, "CLUSTER", "REPLICATE", primary)
         SentinelTopology._wait(lambda: all(
             "cluster_state:ok" in self._ask(n, "CLUSTER", "INFO")
@@ -297,6 +297,10 @@ class ClusterTopology:
             return client.execute_command(*command)
         finally:
             client.close()
+
+    def _knows(self, node: RedisServer, primary: str) -> bool:
+        """Whether ``node`` has heard of the node ``primary`` (by id) yet."""
+        return primary in str(self._ask(node, "CLUSTER", "NODES"))
 
 
 def _tls_options(pki: Path) -> tuple[str, ...]:
