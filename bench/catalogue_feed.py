@@ -1,16 +1,17 @@
 """Decide while a feed upserts catalogue items one at a time, at two catalogue sizes.
 
-    python -m bench.catalogue_feed [--sizes 10000,100000] [--feed changed|new|removed]
-                                   [--server-tree DIR]
+    python -m bench.catalogue_feed [--sizes 10000,100000]
+                                   [--feed changed|new|removed|moved] [--server-tree DIR]
 
 Serves the retail example on the in-memory store, loads ``--sizes`` items through
 UpsertItems (10,000 a call), then for 5 s one client decides ``homepage_banner`` in a
 closed loop while another, every 50 ms, upserts one changed item (a product feed's new
-price), upserts a new item (``--feed new``: a marketplace) or removes one (``--feed
-removed``). Prints,
-per size, the upserts' median and slowest time and the Decides' count, median and
-slowest: a rebuild of the served catalogue after each change is O(items), and where it
-runs decides what else waits for it. ``--server-tree`` serves another checkout.
+price), upserts a new item (``--feed new``: a marketplace), removes one (``--feed
+removed``) or moves one to the next category (``--feed moved``: a re-categorised or
+re-tagged product). Prints, per size, the upserts' median and slowest time and the
+Decides' count, median and slowest: a change the catalogue cannot apply in place
+rebuilds it, O(items), and where that runs decides what else waits for it.
+``--server-tree`` serves another checkout.
 """
 
 from __future__ import annotations
@@ -29,10 +30,10 @@ from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 CATEGORIES = ("shoes", "bags", "coats", "hats", "watches")
 
 
-def item(i: int, price: float) -> pb.Item:
+def item(i: int, price: float, moved: int = 0) -> pb.Item:
     return pb.Item(id=f"feed-{i}", attributes={
         "name": pb.Value(string_value=f"Item {i}"),
-        "category": pb.Value(string_value=CATEGORIES[i % len(CATEGORIES)]),
+        "category": pb.Value(string_value=CATEGORIES[(i + moved) % len(CATEGORIES)]),
         "price": pb.Value(number_value=price)})
 
 
@@ -53,7 +54,8 @@ def one_size(tree: Path, size: int, feed: str, seconds: float = 5.0) -> None:
                     catalogue.RemoveItems(pb.RemoveItemsRequest(item_ids=[f"feed-{n}"]))
                 else:
                     catalogue.UpsertItems(pb.UpsertItemsRequest(items=[
-                        item(size + n if feed == "new" else n % size, 11.0 + n)]))
+                        item(size + n if feed == "new" else n % size, 11.0 + n,
+                             moved=1 + n // size if feed == "moved" else 0)]))
                 upserted.append(time.perf_counter() - started)
                 n += 1
                 time.sleep(max(0.0, 0.05 - (time.perf_counter() - started)))
@@ -65,7 +67,7 @@ def one_size(tree: Path, size: int, feed: str, seconds: float = 5.0) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", default="10000,100000")
-    p.add_argument("--feed", choices=("changed", "new", "removed"), default="changed")
+    p.add_argument("--feed", choices=("changed", "new", "removed", "moved"), default="changed")
     p.add_argument("--server-tree", type=Path, default=ROOT)
     args = p.parse_args()
     print("| items | upserts | upsert median ms | slowest ms | Decides | Decide median ms | "

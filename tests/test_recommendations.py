@@ -540,16 +540,20 @@ def test_the_popular_items_are_ranked_by_decayed_score_ties_in_order_of_first_us
     max_size=3), max_size=8), st.sampled_from([1, 2, 64]))
 def test_a_catalogue_updated_in_place_is_the_catalogue_built_from_everything(
         deltas: list[dict[str, dict[str, Any] | None]], fold: int) -> None:
-    """The keeper changes a catalogue's indexes in place when a change replaces, removes
-    or adds items (an id never seen before), and builds it all otherwise: either way,
-    after every change, the same items, order and indexes as built from the file and
-    every change; the catalogue it came from unchanged. Its items carry their changes
-    beside a shared dict, folded in past ``fold`` changes: the same either way."""
+    """The keeper changes a catalogue in place when a change replaces (a new price, a new
+    category or tags), removes or adds items (an id never seen before), and builds it
+    all only when an item comes back: either way, after every change, the same items,
+    order, indexes and similar items as built from the file and every change; the
+    catalogue it came from unchanged. Its items and each index key's members carry their
+    changes beside what they share, folded in past ``fold`` changes: the same either
+    way."""
     from unittest import mock
 
-    import engine.decide.catalogue as catalogue
+    import engine.decide.ranked_members as ranked_members
+    import engine.decide.shared_dict as shared_dict
 
-    with mock.patch.object(catalogue, "FOLD_AT_LEAST", fold):
+    with mock.patch.object(shared_dict, "FOLD_AT_LEAST", fold), \
+            mock.patch.object(ranked_members, "FOLD_AT_LEAST", fold):
         _updated_in_place_is_built(deltas)
 
 
@@ -566,6 +570,9 @@ def _updated_in_place_is_built(deltas: list[dict[str, dict[str, Any] | None]]) -
         changes = {**changes, **delta}
         was = (list(served.items.items()), repr(served.by_category), repr(served.by_tag))
         updated = served.updated(delta, version, new)
+        came_back = any(v is not None and k not in served.items and k not in new
+                        for k, v in delta.items())
+        assert (updated is None) == came_back  # (else changed in place, moves too)
         assert was == (list(served.items.items()), repr(served.by_category),
                        repr(served.by_tag))  # (copy-on-write: the served one untouched)
         served = Catalogue.build(base, changes, version) if updated is None else updated
@@ -576,4 +583,87 @@ def _updated_in_place_is_built(deltas: list[dict[str, dict[str, Any] | None]]) -
             assert (item_id in served.items) == (item_id in built.items)
             assert served.items.get(item_id) == built.items.get(item_id)
         assert served.by_category == built.by_category and served.by_tag == built.by_tag
+        for item_id in "abcdefgh":
+            assert served.similar(item_id) == built.similar(item_id)
         assert served.version == built.version
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["remove", "add", "back"]), st.integers(0, 40)),
+                max_size=40),
+       st.integers(0, 30), st.sampled_from([1, 2, 64]))
+def test_an_index_keys_members_changed_in_place_are_the_members_sorted_by_rank(
+        steps: list[tuple[str, int]], start: int, fold: int) -> None:
+    """A category's or tag's members (`RankedMembers`) after any removals, additions at
+    any rank (a moved item keeps its rank) and returns: the ids sorted by rank, their
+    count, and both ends as a slice of that list says, folded or not; the members they
+    came from unchanged."""
+    from unittest import mock
+
+    import engine.decide.ranked_members as ranked_members
+    from engine.decide.ranked_members import RankedMembers
+
+    held = {f"i{r}": r * 2 for r in range(start)}  # the model: id -> rank
+    gone: dict[str, int] = {}
+    ranks: dict[str, int] = dict(held)  # (every id's rank, as the catalogue keeps them)
+
+    def one(item_id: str) -> RankedMembers:
+        return RankedMembers([item_id], ranks)
+
+    with mock.patch.object(ranked_members, "FOLD_AT_LEAST", fold):
+        members = RankedMembers(sorted(held, key=held.__getitem__), ranks) if held else None
+        for op, n in steps:
+            was = None if members is None else list(members)
+            item_id = f"n{n}"
+            if op == "remove" and held:
+                item_id = sorted(held)[n % len(held)]
+                gone[item_id] = held.pop(item_id)
+                changed = members.changed(ranks, removed=[item_id]) if members else None
+            elif op == "back" and gone:
+                item_id = sorted(gone)[n % len(gone)]
+                held[item_id] = gone.pop(item_id)
+                changed = members.changed(ranks, added=[item_id]) if members else one(item_id)
+            elif op == "add" and item_id not in ranks:
+                held[item_id] = ranks[item_id] = n * 2 + 1  # (anywhere among the others)
+                changed = members.changed(ranks, added=[item_id]) if members else one(item_id)
+            else:
+                continue
+            assert was == (None if members is None else list(members))
+            members = changed
+            expected = sorted(held, key=held.__getitem__)
+            if not expected:
+                assert members is None
+                continue
+            assert members is not None
+            assert list(members) == expected and len(members) == len(expected)
+            for each in (1, 2, 3):
+                ends = members.ends(each)
+                assert ends == tuple(expected if len(expected) <= 2 * each + 1
+                                     else expected[:each] + expected[-each:])
+
+
+def test_a_catalogue_builds_anew_when_changed_out_of_line_or_its_ranks_outgrow_it() -> None:
+    """Catalogues changed from one build share their items' ranks, handed in turn: a
+    change to one that is no longer the latest of its line, or past as many removed
+    items' ranks as items (plus a slack), is built anew (None) instead of ordering new
+    items by ranks another catalogue holds."""
+    from unittest import mock
+
+    import engine.decide.catalogue as catalogue
+    from engine.decide.catalogue import Catalogue
+
+    first = Catalogue.build([{"id": "a", "category": "x"}], {})
+    second = first.updated({"b": {"id": "b", "category": "x"}}, 1, new={"b"})
+    assert second is not None and list(second.by_category["x"]) == ["a", "b"]
+    assert first.updated({"c": {"id": "c", "category": "x"}}, 1, new={"c"}) is None
+    assert first.updated({"a": {"id": "a", "category": "x", "price": 2}}, 1) is None
+    with mock.patch.object(catalogue, "RANKS_SLACK", 0):
+        served: Catalogue | None = second
+        for n in range(10):  # (a marketplace's churn: one new item, one gone)
+            assert served is not None
+            served = served.updated({f"n{n}": {"id": f"n{n}", "category": "x"},
+                                     ("b" if n == 0 else f"n{n - 1}"): None}, n + 2,
+                                    new={f"n{n}"})
+            if served is None:
+                break
+        assert n == 3  # (5 ranks handed for 2 items, more than twice: build it all)

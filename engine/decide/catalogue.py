@@ -2,8 +2,11 @@
 over gRPC (shared by replicas through the store), with content indexes.
 
 Content similarity uses two conventional attributes when the items block declares
-them: ``category`` (a string) and ``tags`` (a list). Each index is built once per
-catalogue version, so a decision looks items up, never scans them.
+them: ``category`` (a string) and ``tags`` (a list of strings). Each category's and tag's
+members are indexed in the catalogue's order, so a decision looks items up, never scans
+them; a change makes a new catalogue that shares the old one's items and indexes and
+carries what changed beside them (:mod:`engine.decide.shared_dict`,
+:mod:`engine.decide.ranked_members`): O(√items) amortised a change.
 
 >>> cat = Catalogue.build([{"id": "a", "category": "shoes"}, {"id": "b", "category": "shoes"},
 ...                        {"id": "c", "category": "hats"}], {})
@@ -16,19 +19,21 @@ catalogue version, so a decision looks items up, never scans them.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
-from math import isqrt
+from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
 import msgspec
+
+from engine.decide.ranked_members import RankedMembers, Ranks
+from engine.decide.shared_dict import SharedDict
 
 PER_CATEGORY = 20
 """Items of a category (or a tag) a seed item contributes, at most."""
 TAG_SHARE = 0.5
 """Similarity of items sharing a tag but not the category."""
-FOLD_AT_LEAST = 64
-"""Changes a catalogue's items carry beside their shared dict before they are folded
-into a new one (at least; else about the square root of the items)."""
+RANKS_SLACK = 1024
+"""Ranks of removed items a catalogue carries beyond as many as its items, before a
+change builds it anew."""
 
 _decoder = msgspec.msgpack.Decoder(dict[str, Any])
 _encoder = msgspec.msgpack.Encoder()
@@ -49,84 +54,10 @@ def decode_item(data: bytes) -> dict[str, Any] | None:
 
 
 Item = Mapping[str, Any]
-_MISSING: Any = object()
-
-
-class CatalogueItems(Mapping[str, Item]):
-    """Items by id (immutable): a dict shared with earlier catalogues plus the changes
-    made since (replaced or new items; None for a removed one), which a change copies and
-    which are folded into a new dict once there are more than about the square root of
-    the items. A change then costs O(√items) amortised, not a copy of every item (a
-    million items: ~35 ms a change); a lookup one more dict probe.
-
-    >>> items = CatalogueItems({"a": {"id": "a"}, "b": {"id": "b"}})
-    >>> more = items.changed({"b": None, "c": {"id": "c"}, "a": {"id": "a", "v": 2}})
-    >>> list(more), more["a"]["v"], "b" in more, len(more), list(items)
-    (['a', 'c'], 2, False, 2, ['a', 'b'])
-    """
-
-    __slots__ = ("_added", "_base", "_len", "_over")
-
-    def __init__(self, base: dict[str, Item], over: dict[str, Item | None] | None = None,
-                 added: tuple[str, ...] = (), length: int | None = None) -> None:
-        self._base = base  # never changed once made
-        self._over: dict[str, Item | None] = {} if over is None else over
-        self._added = added  # ids not in the base, in the order they came (build's order)
-        self._len = len(base) if length is None else length
-
-    def get(self, key: str, default: Any = None) -> Any:
-        found = self._over.get(key, _MISSING)
-        if found is _MISSING:
-            return self._base.get(key, default)
-        return default if found is None else found
-
-    def __getitem__(self, key: str) -> Item:
-        found = self.get(key, _MISSING)
-        if found is _MISSING:
-            raise KeyError(key)
-        return found
-
-    def __contains__(self, key: object) -> bool:
-        return isinstance(key, str) and self.get(key, _MISSING) is not _MISSING
-
-    def __iter__(self) -> Iterator[str]:
-        over = self._over
-        if not over:
-            yield from self._base
-            return
-        for item_id in self._base:
-            if over.get(item_id, _MISSING) is not None:
-                yield item_id
-        for item_id in self._added:
-            if over.get(item_id) is not None:
-                yield item_id
-
-    def __len__(self) -> int:
-        return self._len
-
-    def changed(self, delta: Mapping[str, Item | None]) -> CatalogueItems:
-        """These items with ``delta`` applied (None: removed); an id not held before goes
-        last."""
-        over, added, length = dict(self._over), list(self._added), self._len
-        for item_id, item in delta.items():
-            held = over[item_id] if item_id in over else self._base.get(item_id)
-            if item is None:
-                if held is not None:
-                    length -= 1
-                    over[item_id] = None
-                continue
-            if held is None:
-                length += 1
-                if item_id not in self._base and item_id not in over:
-                    added.append(item_id)
-            over[item_id] = item
-        if len(over) <= max(FOLD_AT_LEAST, isqrt(len(self._base))):
-            return CatalogueItems(self._base, over, tuple(added), length)
-        folded = dict(self._base)  # (in place: replaced items keep their place, new ones
-        folded.update((k, v) for k, v in over.items() if v is not None)  # go last, in the
-        for item_id in [k for k, v in over.items() if v is None]:  # order they came)
-            folded.pop(item_id, None)
-        return CatalogueItems(folded)
+CatalogueItems = SharedDict[str, Item]
+"""A catalogue's items by id, in its order: the file's, then the changes'."""
+Key = tuple[bool, str]
+"""An index key: ``(True, category)`` or ``(False, tag)``."""
 
 
 class Catalogue:
@@ -138,16 +69,25 @@ class Catalogue:
         self.base = base  # the ruleset's items.jsonl
         self.items = CatalogueItems(items)
         self.version = version  # the store's catalogue version applied
-        self.by_category: dict[str, list[str]] = {}
-        self.by_tag: dict[str, list[str]] = {}
-        for item_id, item in items.items():
-            category = item.get("category")
+        self.ranks = ranks = Ranks(items)  # (shared with the catalogues changed from this)
+        self.handed = ranks.handed  # (ranks handed when this one was made)
+        categories: dict[str, list[str]] = {}
+        tags: dict[str, list[str]] = {}
+        for item_id, item in items.items():  # (what _keys says, inline: a million items
+            category = item.get("category")  # are indexed in under half a second)
             if isinstance(category, str):
-                self.by_category.setdefault(category, []).append(item_id)
-            tags = item.get("tags")
-            if isinstance(tags, list):
-                for tag in tags:
-                    self.by_tag.setdefault(tag, []).append(item_id)
+                categories.setdefault(category, []).append(item_id)
+            listed = item.get("tags")
+            if isinstance(listed, list):
+                for tag in listed:
+                    if isinstance(tag, str):
+                        members = tags.setdefault(tag, [])
+                        if not members or members[-1] is not item_id:  # (a tag twice)
+                            members.append(item_id)
+        self.by_category: SharedDict[str, RankedMembers] = SharedDict({
+            name: RankedMembers(ids, ranks) for name, ids in categories.items()})
+        self.by_tag: SharedDict[str, RankedMembers] = SharedDict({
+            name: RankedMembers(ids, ranks) for name, ids in tags.items()})
 
     @classmethod
     def build(cls, base: Iterable[Mapping[str, Any]],
@@ -165,40 +105,76 @@ class Catalogue:
     def updated(self, delta: Mapping[str, Mapping[str, Any] | None], version: int,
                 new: Collection[str] = ()) -> Catalogue | None:
         """This catalogue with ``delta`` applied, the same catalogue :meth:`build` would
-        make, without walking every item: items replaced in place (a feed's prices and
-        stock: the indexes shared), removed, or added when their id is in ``new`` (never
-        in the file or an earlier change: they go last, as :meth:`build` puts them); the
-        index lists they touch copied. None when an item moves between categories or
-        tags, or comes back after a removal (build it all).
+        make, in O(√items) amortised, not a walk of every item: items replaced (a feed's
+        prices and stock, or a new category or tags: the item keeps its place), removed,
+        or added when their id is in ``new`` (never in the file or an earlier change: they
+        go last, as :meth:`build` puts them); the index keys they touch changed. None when
+        an item comes back after a removal (build it all: where :meth:`build` puts it
+        depends on the order of the store's changes), when this is not the latest
+        catalogue of its build (their items' ranks are shared: changes are applied in one
+        line, as the keeper does), or when removed items' ranks outnumber the items (a
+        build every so many changes, O(1) amortised).
 
         >>> old = Catalogue.build([{"id": "a", "category": "x", "price": 1}], {})
         >>> new = old.updated({"a": {"id": "a", "category": "x", "price": 2}}, 1)
         >>> new.items["a"]["price"], new.by_category is old.by_category
         (2, True)
-        >>> old.updated({"a": {"id": "a", "category": "y"}}, 1) is None
-        True
+        >>> moved = old.updated({"a": {"id": "a", "category": "y"}}, 1)
+        >>> dict(moved.by_category), dict(old.by_category)
+        ({'y': RankedMembers(['a'])}, {'x': RankedMembers(['a'])})
         >>> more = old.updated({"b": {"id": "b", "category": "x"}}, 2, new={"b"})
-        >>> list(more.items), more.by_category, old.by_category
-        (['a', 'b'], {'x': ['a', 'b']}, {'x': ['a']})
+        >>> list(more.items), list(more.by_category["x"])
+        (['a', 'b'], ['a', 'b'])
+        >>> gone = Catalogue.build([{"id": "a"}], {}).updated({"a": None}, 1)
+        >>> gone.updated({"a": {"id": "a"}}, 2) is None
+        True
         """
-        items = self.items
-        indexes = _Indexes(self.by_category, self.by_tag)
+        items, ranks = self.items, self.ranks
+        if ranks.handed != self.handed or ranks.handed > 2 * len(items) + RANKS_SLACK:
+            return None  # (a catalogue of this build was changed before, or it has as many
+            # removed items' ranks as items)
+        if any(item is not None and item_id not in items and item_id not in new
+               for item_id, item in delta.items()):
+            return None
+        removed: dict[Key, list[str]] = {}
+        added: dict[Key, list[str]] = {}
         for item_id, item in delta.items():
             held = items.get(item_id)
             if item is None:
                 if held is not None:
-                    indexes.remove(item_id, held)
-            elif held is None:
-                if item_id not in new:
-                    return None
-                indexes.add(item_id, item)
-            elif (held.get("category") != item.get("category")
-                  or held.get("tags") != item.get("tags")):
-                return None
+                    for key in _keys(held):
+                        removed.setdefault(key, []).append(item_id)
+                continue
+            if held is None:
+                ranks.hand(item_id)
+                old_keys: list[Key] = []
+            else:
+                old_keys = _keys(held)
+            new_keys = _keys(item)
+            for key in old_keys:
+                if key not in new_keys:
+                    removed.setdefault(key, []).append(item_id)
+            for key in new_keys:
+                if key not in old_keys:
+                    added.setdefault(key, []).append(item_id)
         fresh = object.__new__(Catalogue)
-        fresh.base, fresh.version = self.base, version
+        fresh.base, fresh.version, fresh.ranks = self.base, version, ranks
+        fresh.handed = ranks.handed
         fresh.items = items.changed(delta)
-        fresh.by_category, fresh.by_tag = indexes.by_category, indexes.by_tag
+        fresh.by_category, fresh.by_tag = self.by_category, self.by_tag
+        for is_category in (True, False):
+            index = self.by_category if is_category else self.by_tag
+            changes = {name: index[name].changed(ranks, removed.get((is_category, name), ()),
+                                                 added.get((is_category, name), ()))
+                       if name in index else RankedMembers(
+                           sorted(added[(is_category, name)], key=ranks.__getitem__), ranks)
+                       for is_category_, name in {*removed, *added}
+                       if is_category_ is is_category}
+            if changes:
+                if is_category:
+                    fresh.by_category = index.changed(changes)
+                else:
+                    fresh.by_tag = index.changed(changes)
         return fresh
 
     def with_changes(self, changes: Mapping[str, Mapping[str, Any] | None], version: int
@@ -217,17 +193,14 @@ class Catalogue:
         if item is None:
             return []
         out: dict[str, float] = {}
-        category = item.get("category")
-        if isinstance(category, str):
-            for other in _ends(self.by_category.get(category, [])):
-                if other != item_id:
-                    out[other] = 1.0
-        tags = item.get("tags")
-        if isinstance(tags, list):
-            for tag in tags:
-                for other in _ends(self.by_tag.get(tag, [])):
-                    if other != item_id and other not in out:
-                        out[other] = TAG_SHARE
+        each = (PER_CATEGORY + 1) // 2
+        for is_category, name in _keys(item):
+            members = (self.by_category if is_category else self.by_tag).get(name)
+            if members is None:
+                continue
+            for other in members.ends(each):
+                if other != item_id and other not in out:
+                    out[other] = 1.0 if is_category else TAG_SHARE
         return list(out.items())[:PER_CATEGORY]
 
     def first(self, count: int) -> list[str]:
@@ -240,54 +213,18 @@ class Catalogue:
         return out
 
 
-class _Indexes:
-    """A catalogue's category and tag indexes, changed copy-on-write: a dict and the lists
-    touched are copied once, the others shared with the catalogue they came from."""
+def _keys(item: Mapping[str, Any]) -> list[Key]:
+    """What an item is indexed under: its category (a string) and its tags (strings),
+    each once.
 
-    def __init__(self, by_category: dict[str, list[str]], by_tag: dict[str, list[str]]
-                 ) -> None:
-        self.by_category, self.by_tag = by_category, by_tag
-        self._copied: set[tuple[bool, str]] = set()
-        self._own = False
-
-    def _list(self, of_category: bool, key: str) -> list[str]:
-        if not self._own:
-            self.by_category, self.by_tag = dict(self.by_category), dict(self.by_tag)
-            self._own = True
-        index = self.by_category if of_category else self.by_tag
-        if (of_category, key) not in self._copied:
-            self._copied.add((of_category, key))
-            index[key] = list(index.get(key, ()))
-        return index[key]
-
-    def _keys(self, item: Mapping[str, Any]) -> list[tuple[bool, str]]:
-        category, tags = item.get("category"), item.get("tags")
-        keys = [(True, category)] if isinstance(category, str) else []
-        return keys + ([(False, tag) for tag in tags] if isinstance(tags, list) else [])
-
-    def add(self, item_id: str, item: Mapping[str, Any]) -> None:
-        for of_category, key in self._keys(item):
-            self._list(of_category, key).append(item_id)
-
-    def remove(self, item_id: str, item: Mapping[str, Any]) -> None:
-        for of_category, key in self._keys(item):
-            listed = self._list(of_category, key)
-            listed.remove(item_id)
-            if not listed:  # (as a build has no empty list)
-                del (self.by_category if of_category else self.by_tag)[key]
-                self._copied.discard((of_category, key))
-
-
-def _ends(members: list[str]) -> list[str]:
-    """At most PER_CATEGORY + 1 members: all of a short list, else both ends of it.
-
-    >>> _ends([str(i) for i in range(100)])[-2:]
-    ['98', '99']
+    >>> _keys({"category": "x", "tags": ["t", "u", "t", 3]})
+    [(True, 'x'), (False, 't'), (False, 'u')]
     """
-    if len(members) <= PER_CATEGORY + 1:
-        return members
-    half = (PER_CATEGORY + 1) // 2
-    return members[:half] + members[-half:]
+    category, tags = item.get("category"), item.get("tags")
+    keys: list[Key] = [(True, category)] if isinstance(category, str) else []
+    if isinstance(tags, list):
+        keys.extend(dict.fromkeys((False, tag) for tag in tags if isinstance(tag, str)))
+    return keys
 
 
 EMPTY = Catalogue((), {})

@@ -1,0 +1,90 @@
+"""What one catalogue change costs in process, by kind, at two catalogue sizes.
+
+    python -m bench.catalogue_changes [--sizes 100000,1000000] [--changes 2000]
+
+Builds a catalogue of N items (20 categories, 3 of 50 tags each), then applies
+``--changes`` changes one at a time through ``Catalogue.updated``, as the keeper does
+after each UpsertItems or RemoveItems: a new price, a new item, a removal, an item moved
+to another category, an item given another tag. Prints per size and kind the mean, median
+and slowest change in ms (the slowest is a fold: the changes carried so far merged into
+new shared structures, about once per √N changes), and a full build's time, which a change
+the catalogue cannot apply in place costs instead. Run from another checkout's folder to
+measure it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+from engine.decide.catalogue import Catalogue
+
+CATEGORIES = 20
+TAGS = 50
+
+
+class Rebuilt(Exception):
+    """The catalogue could not apply a change in place."""
+
+
+def item(i: int, rng: random.Random, **changes: Any) -> dict[str, Any]:
+    return {"id": f"sku-{i}", "category": f"c{i % CATEGORIES}", "price": 10.0,
+            "tags": [f"t{(i * 7 + k) % TAGS}" for k in range(3)], **changes}
+
+
+def timed(catalogue: Catalogue, count: int,
+          change: Callable[[int], tuple[dict[str, Any], set[str]]]) -> list[float]:
+    took = []
+    for n in range(count):
+        delta, new = change(n)
+        started = time.perf_counter()
+        updated = catalogue.updated(delta, catalogue.version + 1, new)
+        took.append(time.perf_counter() - started)
+        if updated is None:
+            raise Rebuilt  # (this checkout builds the whole catalogue for such a change)
+        catalogue = updated
+    return took
+
+
+def one_size(size: int, count: int) -> None:
+    rng = random.Random(1)
+    items = [item(i, rng) for i in range(size)]
+    started = time.perf_counter()
+    Catalogue.build(items, {})
+    built = time.perf_counter() - started
+    kinds: dict[str, Callable[[int], tuple[dict[str, Any], set[str]]]] = {
+        "price": lambda n: ({f"sku-{n}": item(n, rng, price=11.0 + n)}, set()),
+        "new": lambda n: ({f"sku-{size + n}": item(size + n, rng)}, {f"sku-{size + n}"}),
+        "removed": lambda n: ({f"sku-{n * 3}": None}, set()),
+        "moved": lambda n: ({f"sku-{n}": item(n, rng, category=f"c{(n + 1) % CATEGORIES}")},
+                            set()),
+        "retagged": lambda n: ({f"sku-{n}": item(n, rng, tags=["sale"])}, set()),
+    }
+    for kind, change in kinds.items():
+        try:
+            took = timed(Catalogue.build(items, {}), count, change)
+        except Rebuilt:
+            print(f"| {size:,} | {kind} | (a full build) | | | {built * 1e3:.0f} |")
+            continue
+        print(f"| {size:,} | {kind} | {statistics.mean(took) * 1e3:.3f} | "
+              f"{statistics.median(took) * 1e3:.3f} | {max(took) * 1e3:.1f} | "
+              f"{built * 1e3:.0f} |", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sizes", default="100000,1000000")
+    p.add_argument("--changes", type=int, default=2000)
+    args = p.parse_args()
+    print("| items | change | mean ms | median ms | slowest ms | full build ms |")
+    print("|---:|---|---:|---:|---:|---:|")
+    for size in (int(s) for s in args.sizes.split(",")):
+        one_size(size, args.changes)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,104 @@
+"""A read-only dict changed without copying it: the dict it came from, shared, plus the
+changes made since, folded into a new dict once they are about the square root of its
+size. What the served catalogue's items, ranks and indexes are made of, so that a change
+costs O(√n) amortised, not a copy of n entries.
+
+>>> one = SharedDict({"a": 1, "b": 2})
+>>> two = one.changed({"b": None, "c": 3, "a": 4})
+>>> list(two.items()), "b" in two, len(two), list(one.items())
+([('a', 4), ('c', 3)], False, 2, [('a', 1), ('b', 2)])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Iterator, Mapping
+from math import isqrt
+from typing import Any, Generic, TypeVar
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+FOLD_AT_LEAST = 64
+"""Changes a dict carries beside the one it shares before they are folded into a new one
+(at least; else about the square root of its entries)."""
+
+_MISSING: Any = object()
+
+
+class SharedDict(Mapping[K, V], Generic[K, V]):
+    """Entries by key (immutable): a dict shared with earlier versions plus the changes
+    made since (replaced or new entries; None for a removed one), which a change copies
+    and which are folded into a new dict once there are more than about the square root
+    of the entries. Iterated in a dict's order: the shared dict's (a replaced entry keeps
+    its place), then keys that were not in it, in the order they came. A lookup costs one
+    more dict probe than a dict's.
+    """
+
+    __slots__ = ("_added", "_base", "_len", "_over")
+
+    def __init__(self, base: Mapping[K, V], over: dict[K, V | None] | None = None,
+                 added: tuple[K, ...] = (), length: int | None = None) -> None:
+        self._base = base  # never changed once made
+        self._over: dict[K, V | None] = {} if over is None else over
+        self._added = added  # keys not in the base, in the order they came
+        self._len = len(base) if length is None else length
+
+    def get(self, key: K, default: Any = None) -> Any:
+        found = self._over.get(key, _MISSING)
+        if found is _MISSING:
+            return self._base.get(key, default)
+        return default if found is None else found
+
+    def __getitem__(self, key: K) -> V:
+        found = self.get(key, _MISSING)
+        if found is _MISSING:
+            raise KeyError(key)
+        return found
+
+    def __contains__(self, key: object) -> bool:
+        try:
+            return self.get(key, _MISSING) is not _MISSING  # type: ignore[arg-type]
+        except TypeError:  # (unhashable: not a key)
+            return False
+
+    def __iter__(self) -> Iterator[K]:
+        over = self._over
+        if not over:
+            yield from self._base
+            return
+        for key in self._base:
+            if over.get(key, _MISSING) is not None:
+                yield key
+        for key in self._added:
+            if over.get(key) is not None:
+                yield key
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({dict(self.items())!r})"
+
+    def changed(self, delta: Mapping[K, V | None]) -> SharedDict[K, V]:
+        """These entries with ``delta`` applied (None: removed); a key not held before
+        goes last (one removed and set again before a fold keeps its place)."""
+        over, added, length = dict(self._over), list(self._added), self._len
+        for key, value in delta.items():
+            held = over[key] if key in over else self._base.get(key)
+            if value is None:
+                if held is not None:
+                    length -= 1
+                    over[key] = None
+                continue
+            if held is None:
+                length += 1
+                if key not in self._base and key not in over:
+                    added.append(key)
+            over[key] = value
+        if len(over) <= max(FOLD_AT_LEAST, isqrt(len(self._base))):
+            return type(self)(self._base, over, tuple(added), length)
+        folded = dict(self._base)  # (in place: replaced entries keep their place, new
+        folded.update((k, v) for k, v in over.items() if v is not None)  # ones go last,
+        for key in [k for k, v in over.items() if v is None]:  # in the order they came)
+            folded.pop(key, None)
+        return type(self)(folded)
