@@ -22,6 +22,7 @@ import msgspec
 from engine.feature_names import FeatureNameSets
 from engine.ports import (
     LEARNING_LOG_MAX_ENTRIES,
+    CatalogueChanges,
     DecisionNotFound,
     FeedbackChange,
     FeedbackCommit,
@@ -103,9 +104,11 @@ class MemoryStore:
         self._log_base = 0  # entries before this offset were trimmed
         self._snapshot: tuple[bytes, str] | None = None
         self._lease: tuple[str, float] = ("", 0.0)  # the learner lease: holder, until
-        # id -> (version, item; b"": removed), in the order of their versions (a change
-        # moves its id to the end): what changed since a version is a walk from the end
-        self._items: OrderedDict[str, tuple[int, bytes]] = OrderedDict()
+        # id -> (version, version it was last added at (0: removed), item; b"": removed),
+        # in the order of their versions (a change moves its id to the end): what changed
+        # since a version is a walk from the end
+        self._items: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()
+        self._items_order: dict[str, None] = {}  # the items present, in catalogue order
         self._items_version = 0
 
     def get_profile(self, user_id: str) -> Profile | None:
@@ -161,24 +164,40 @@ class MemoryStore:
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         with self._lock:
             self._items_version += 1
-            version = self._items_version
-            for item_id, data in [*upserts.items(), *((k, b"") for k in removals)]:
-                self._items[item_id] = (version, data)
+            version, removed, added = self._items_version, set(removals), []
+            for item_id, data in upserts.items():
+                if item_id in removed:
+                    continue
+                held = self._items.get(item_id)
+                since = held[1] if held is not None and held[1] else version
+                if since == version:
+                    added.append(item_id)
+                self._items[item_id] = (version, since, data)
                 self._items.move_to_end(item_id)
+            for item_id in removed:
+                self._items[item_id] = (version, 0, b"")
+                self._items.move_to_end(item_id)
+                self._items_order.pop(item_id, None)
+            self._items_order.update(dict.fromkeys(sorted(added)))  # (ties: by id)
             return version
 
-    def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
+    def catalogue_changes(self, known_version: int) -> CatalogueChanges:
         with self._lock:
-            if known_version == self._items_version:
-                return known_version, None
-            if not 0 < known_version <= self._items_version:  # new, or the store was reset
-                return self._items_version, {k: v for k, (_, v) in self._items.items()}
-            newest_first = []  # O(changes since), not O(catalogue)
-            for item_id, (at, data) in reversed(self._items.items()):
+            version = self._items_version
+            if known_version == version:
+                return CatalogueChanges(version, None)
+            if not 0 < known_version <= version:  # new, or the store was reset
+                removed = {k: b"" for k, (_, since, _) in self._items.items() if not since}
+                return CatalogueChanges(version, removed | {
+                    k: self._items[k][2] for k in self._items_order})
+            changed = []  # O(changes since), not O(catalogue)
+            for item_id, (at, since, data) in reversed(self._items.items()):
                 if at <= known_version:
                     break
-                newest_first.append((item_id, data))
-            return self._items_version, dict(reversed(newest_first))
+                changed.append((since, item_id, data))
+            changed.sort()
+            return CatalogueChanges(version, {k: data for _, k, data in changed}, frozenset(
+                k for since, k, _ in changed if since > known_version))
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries (erased

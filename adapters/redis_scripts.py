@@ -63,13 +63,24 @@ field, delta) for each. Returns 1, or 0 on a conflict."""
 CHANGE_ITEMS = """
 local version = redis.call('INCR', KEYS[2])
 for i = 1, #ARGV, 2 do
-  redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1])
-  redis.call('ZADD', KEYS[3], version, ARGV[i])
+  local id, item = ARGV[i], ARGV[i + 1]
+  if item == '' then
+    redis.call('ZREM', KEYS[4], id)
+  else
+    local held = redis.call('HGET', KEYS[1], id)
+    if not held or held == '' then
+      redis.call('ZADD', KEYS[4], version, id)
+    end
+  end
+  redis.call('HSET', KEYS[1], id, item)
+  redis.call('ZADD', KEYS[3], version, id)
 end
 return version
 """
 """Catalogue changes (ARGV: id, item, ...; an empty item is a removal) under a new
-version, each id indexed by it. KEYS: the items hash, the version, the version index."""
+version, each id indexed by it, and an item added (not held, or removed) by the version
+it was added at. KEYS: the items hash, the version, the version index, the added-at
+index."""
 
 LOG_ENTRY = INDEX_ENTRY + """
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])

@@ -40,6 +40,9 @@ in braces, ``{arb}``, a hash tag that puts every key in one slot):
 ``{ns}:{items}:v``          the catalogue's version (INCR on every change)
 ``{ns}:{items}:at``         sorted set: item id -> the version that last changed it (a
                             replica reads only what changed since its version)
+``{ns}:{items}:since``      sorted set: item id -> the version it was last added at
+                            (the catalogue's order; items written before it existed
+                            come first)
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
 ``{ns}:replicated``         a marker written before ``WAIT`` (``replicas``: the time of
@@ -96,6 +99,7 @@ from adapters.redis_scripts import (
 from engine.feature_names import FeatureNameSets
 from engine.ports import (
     LEARNING_LOG_MAX_ENTRIES,
+    CatalogueChanges,
     FeedbackChange,
     FeedbackCommit,
     FeedbackEffects,
@@ -444,30 +448,46 @@ class RedisStore:
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         changes = {**upserts, **dict.fromkeys(removals, b"")}
         version = int(self._change_items(
-            keys=[self._items_key(), self._items_key(":v"), self._items_key(":at")],
+            keys=[self._items_key(), self._items_key(":v"), self._items_key(":at"),
+                  self._items_key(":since")],
             args=[x for pair in changes.items() for x in pair]))
         self.replicated()
         return version
 
-    def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
+    def catalogue_changes(self, known_version: int) -> CatalogueChanges:
         """What changed since ``known_version`` (everything when it is 0): one GET when
-        nothing did, else the changed ids from the version index and their values."""
+        nothing did, else the changed ids from the version index, their values and the
+        versions they were added at."""
         version = int(cast(bytes | None, self.redis.get(self._items_key(":v"))) or 0)
         if version == known_version:
-            return version, None
+            return CatalogueChanges(version, None)
         pipe = self.redis.pipeline()  # MULTI: the version and what it covers, together
         pipe.get(self._items_key(":v"))
         if known_version <= 0 or known_version > version:  # new, or the store was reset
             pipe.hgetall(self._items_key())
-            raw_version, raw = pipe.execute()
+            pipe.zrange(self._items_key(":since"), 0, -1)
+            raw_version, raw, ordered = pipe.execute()
             items = {k.decode(): v for k, v in cast(dict[bytes, bytes], raw).items()}
-            return int(raw_version or 0), items
+            order = [i.decode() for i in cast(list[bytes], ordered)]
+            placed = set(order)  # (first what has no place: removed, or written before)
+            return CatalogueChanges(int(raw_version or 0), {
+                **{k: v for k, v in items.items() if k not in placed},
+                **{k: items[k] for k in order if k in items}})
         pipe.zrangebyscore(self._items_key(":at"), f"({known_version}", "+inf")
         raw_version, ids = pipe.execute()
         names = [i.decode() for i in cast(list[bytes], ids)]
-        values = cast(list[bytes | None],
-                      self.redis.hmget(self._items_key(), names)) if names else []
-        return int(raw_version or 0), {n: v or b"" for n, v in zip(names, values, strict=True)}
+        if not names:
+            return CatalogueChanges(int(raw_version or 0), {})
+        read = self.redis.pipeline(transaction=False)
+        read.hmget(self._items_key(), names)
+        for name in names:
+            read.zscore(self._items_key(":since"), name)
+        values, *added_at = read.execute()
+        since = [int(s or 0) for s in cast(list[float | None], added_at)]
+        changed = sorted(zip(since, names, cast(list[bytes | None], values), strict=True))
+        return CatalogueChanges(int(raw_version or 0), {
+            name: value or b"" for _, name, value in changed}, frozenset(
+            name for at, name, _ in changed if at > known_version))
 
     def forget(self, user_id: str) -> int:
         """The profile, the user's decisions, feedback keys and learning-log entries."""

@@ -61,7 +61,8 @@ class CatalogueKeeper:
         unavailable)."""
         with self._lock:
             try:
-                version, changes = self.store.catalogue_changes(self.catalogue.version)
+                version, changes, added = self.store.catalogue_changes(
+                    self.catalogue.version)
             except StoreUnavailable as err:
                 throttled.warning("catalogue", "catalogue not synced, store unavailable: %s",
                                   err)
@@ -74,10 +75,14 @@ class CatalogueKeeper:
             if 0 < known <= version:  # what changed since ours: merged into what we had
                 new = {item_id for item_id in delta
                        if item_id not in self._changes and item_id not in self._base_ids}
-                self._changes.update(delta)  # (only read under the lock)
-                # (items replaced, removed, or new: indexes changed, not rebuilt from
-                # every item)
-                updated = self.catalogue.updated(delta, version, new)
+                back = [item_id for item_id, item in delta.items()  # (added again after a
+                        if item_id in added and item is not None  # removal: it goes where
+                        and item_id not in new]  # it was added again, by a build)
+                for item_id in back:
+                    self._changes.pop(item_id, None)
+                self._changes.update(delta)  # (only read under the lock; in the store's
+                # order, which places each item where it was last added)
+                updated = None if back else self.catalogue.updated(delta, version, new)
             else:  # everything
                 self._changes, updated = delta, None
             if updated is None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from engine.learning.log import LearningLog
 from engine.records import ArmCounts, CorruptRecord, DecisionRecord, LearningEvent, Profile
@@ -54,6 +54,18 @@ class ProfileChangedError(Exception):
     def __init__(self, changed: ProfileChanged) -> None:
         super().__init__("the customer's profile changed since it was read")
         self.changed = changed
+
+
+class CatalogueChanges(NamedTuple):
+    """What a store's catalogue changed since a version: ``items`` (id -> encoded item,
+    b"" for a removed one; None when nothing did) with the items present in the
+    catalogue's order (an item goes where it was last added: by the version of that
+    change, then by id), and which of them were added, or added again after a removal,
+    after that version (``added``; empty when everything is read)."""
+
+    version: int
+    items: dict[str, bytes] | None
+    added: frozenset[str] = frozenset()
 
 
 Shown = FeedbackCommit | ProfileChanged | None
@@ -185,10 +197,9 @@ class Store(LearningLog, Protocol):
         returns the catalogue's new version."""
         ...
 
-    def catalogue_changes(self, known_version: int) -> tuple[int, dict[str, bytes] | None]:
-        """(version, what changed since ``known_version``: id -> encoded item, b"" for
-        removed; everything when it is 0 or newer than the store's), or (version, None)
-        when ``known_version`` is current."""
+    def catalogue_changes(self, known_version: int) -> CatalogueChanges:
+        """What changed since ``known_version``; everything when it is 0 or newer than
+        the store's; ``items`` None when it is current."""
         ...
 
     def save_decision(self, record: DecisionRecord, ttl_seconds: float) -> None: ...

@@ -667,3 +667,68 @@ def test_a_catalogue_builds_anew_when_changed_out_of_line_or_its_ranks_outgrow_i
             if served is None:
                 break
         assert n == 3  # (5 ranks handed for 2 items, more than twice: build it all)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_replica_started_later_serves_the_same_catalogue_in_the_same_order(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    """Replicas that followed a feed change by change, and one started after it that
+    read everything, serve the same items in the same order with the same indexes and
+    similar items: the store gives each item the place it was last added at (on Redis
+    too when the items hash is no longer kept in insertion order). Before, a fresh
+    replica read the items in the hash's order (or, in memory, by their last change)."""
+    import random
+
+    import redis
+
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        client = redis.Redis.from_url(url)
+        client.config_set("hash-max-listpack-entries", 0)  # (a hash table, as past 512)
+        request.addfinalizer(lambda: client.config_set("hash-max-listpack-entries", 512))
+
+        def store() -> object:
+            return RedisStore(url, cache_ttl=0)
+    else:
+        shared = MemoryStore(clock=lambda: NOW)
+
+        def store() -> object:
+            return shared
+
+    writer, follower = _arbiter(store()), _arbiter(store())
+    rng = random.Random(11)
+    removed: list[str] = []
+
+    def item(item_id: str) -> dict[str, Any]:
+        return {"id": item_id, "name": item_id, "price": float(rng.randrange(1, 90)),
+                "category": rng.choice(["odd", "even", "new"]),
+                "tags": rng.sample(["t0", "t1", "t2", "sale"], rng.randrange(0, 3))}
+
+    for step in range(80):
+        held = sorted(writer.catalogue.items)
+        kind = rng.choice(["new", "new", "change", "change", "remove", "back"])
+        if kind == "new":
+            writer.upsert_items([item(f"n{step}-{k}") for k in range(rng.randrange(1, 4))])
+        elif kind == "change":
+            writer.upsert_items([item(rng.choice(held))])
+        elif kind == "remove" and len(held) > 3:
+            gone = rng.choice(held)
+            writer.remove_items([gone])
+            removed.append(gone)
+        elif kind == "back" and removed:
+            writer.upsert_items([item(removed.pop(rng.randrange(len(removed))))])
+        if rng.random() < 0.3:
+            follower.sync()
+    follower.sync()
+    first = next(i for i in writer.catalogue.items if i.startswith("n"))  # (not the file's:
+    writer.remove_items([first])  # gone and back between two syncs of the follower,
+    # which still holds it: it goes last)
+    writer.upsert_items([item(first)])
+    follower.sync()
+    later = _arbiter(store())
+    for replica in (follower, later):
+        assert list(replica.catalogue.items.items()) == list(writer.catalogue.items.items())
+        assert replica.catalogue.by_category == writer.catalogue.by_category
+        assert replica.catalogue.by_tag == writer.catalogue.by_tag
+        for item_id in writer.catalogue.items:
+            assert replica.catalogue.similar(item_id) == writer.catalogue.similar(item_id)

@@ -447,3 +447,28 @@ def test_records_and_keys_live_as_long_as_their_placement_takes_feedback(
     assert arb.forget("ann")
     assert not r.exists(f"arb:d:{mail.decision_id}",
                         f"arb:k:{mail.decision_id}|d|offer|impression")
+
+
+def test_catalogue_items_written_before_their_order_was_kept_come_first_and_stay(
+        redis_url: str) -> None:
+    """Items an earlier build wrote (no ``{items}:since`` entry) come first in the
+    catalogue's order, in the hash's; replacing one later (a price) keeps its place and
+    does not count as added again, which would make every replica build its catalogue
+    anew for a price."""
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(redis_url, cache_ttl=0)
+    for version, item_id in enumerate(["old-b", "old-a"], 1):  # (as the old script did)
+        client.hset("arb:{items}", item_id, b"1")
+        client.zadd("arb:{items}:at", {item_id: version})
+        client.set("arb:{items}:v", version)
+    v3 = store.change_items({"new": b"1"}, ())
+    v4 = store.change_items({"old-a": b"2"}, ())
+    everything = store.catalogue_changes(0).items
+    assert everything is not None and list(everything) == ["old-b", "old-a", "new"]
+    assert store.catalogue_changes(v3) == (v4, {"old-a": b"2"}, frozenset())
+    store.change_items({}, ["old-b"])
+    v6 = store.change_items({"old-b": b"3"}, ())  # (removed and back: now it has a place)
+    assert store.catalogue_changes(v4).added == {"old-b"}
+    everything = store.catalogue_changes(0).items
+    assert everything is not None and list(everything) == ["old-a", "new", "old-b"]
+    assert store.catalogue_changes(v6) == (v6, None, frozenset())

@@ -447,13 +447,34 @@ def test_shared_counters_add_up_across_replicas(harness: Harness) -> None:
 
 
 def test_catalogue_changes_come_since_a_version(store: Store) -> None:
-    assert store.catalogue_changes(0) == (0, None)
+    assert store.catalogue_changes(0) == (0, None, frozenset())
     v1 = store.change_items({"a": b"A", "b": b"B"}, ())
     v2 = store.change_items({"c": b"C"}, ["a"])
     assert v2 > v1
-    assert store.catalogue_changes(v2) == (v2, None)  # current: nothing to read
-    assert store.catalogue_changes(v1) == (v2, {"c": b"C", "a": b""})  # only what changed
-    assert store.catalogue_changes(0) == (v2, {"a": b"", "b": b"B", "c": b"C"})  # all
+    assert store.catalogue_changes(v2) == (v2, None, frozenset())  # current: nothing
+    assert store.catalogue_changes(v1) == (v2, {"c": b"C", "a": b""}, {"c"})  # what changed
+    assert store.catalogue_changes(0) == (v2, {"a": b"", "b": b"B", "c": b"C"}, frozenset())
+
+
+def test_catalogue_changes_come_in_the_order_items_were_last_added(store: Store) -> None:
+    """The items present in the catalogue's order, the same for a replica that reads
+    everything and one that reads what changed: by the version of the change that last
+    added each (a replaced item keeps its place; one removed and added again goes last),
+    then by id; and which were added, or added again, since the version asked about."""
+    v1 = store.change_items({"m": b"1", "c": b"1", "x": b"1"}, ())  # (one change: by id)
+    v2 = store.change_items({"b": b"1"}, ())
+    v3 = store.change_items({"c": b"2"}, ["x"])  # c replaced in place, x removed
+    v4 = store.change_items({"x": b"2", "a": b"1"}, ())  # x back: after b, with a, by id
+    everything = store.catalogue_changes(0).items
+    assert everything is not None
+    assert [k for k, v in everything.items() if v] == ["c", "m", "b", "a", "x"]
+    since_v1 = store.catalogue_changes(v1)
+    assert since_v1.items is not None and since_v1.added == {"b", "a", "x"}
+    assert [k for k, v in since_v1.items.items() if k in since_v1.added] == ["b", "a", "x"]
+    since_v3 = store.catalogue_changes(v3)
+    assert since_v3 == (v4, {"a": b"1", "x": b"2"}, {"a", "x"})
+    assert list(since_v3.items or ()) == ["a", "x"]
+    assert store.catalogue_changes(v2).added == {"a", "x"}  # (x removed after v2, back)
 
 
 def test_the_memory_store_drops_what_expired_as_it_goes_and_keeps_its_indexes() -> None:
