@@ -108,7 +108,6 @@ class MemoryStore:
         # in the order of their versions (a change moves its id to the end): what changed
         # since a version is a walk from the end
         self._items: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()
-        self._items_order: dict[str, None] = {}  # the items present, in catalogue order
         self._items_version = 0
 
     def get_profile(self, user_id: str) -> Profile | None:
@@ -164,21 +163,17 @@ class MemoryStore:
     def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
         with self._lock:
             self._items_version += 1
-            version, removed, added = self._items_version, set(removals), []
+            version, removed = self._items_version, set(removals)
             for item_id, data in upserts.items():
                 if item_id in removed:
                     continue
                 held = self._items.get(item_id)
                 since = held[1] if held is not None and held[1] else version
-                if since == version:
-                    added.append(item_id)
                 self._items[item_id] = (version, since, data)
                 self._items.move_to_end(item_id)
             for item_id in removed:
                 self._items[item_id] = (version, 0, b"")
                 self._items.move_to_end(item_id)
-                self._items_order.pop(item_id, None)
-            self._items_order.update(dict.fromkeys(sorted(added)))  # (ties: by id)
             return version
 
     def catalogue_changes(self, known_version: int) -> CatalogueChanges:
@@ -186,10 +181,10 @@ class MemoryStore:
             version = self._items_version
             if known_version == version:
                 return CatalogueChanges(version, None)
-            if not 0 < known_version <= version:  # new, or the store was reset
-                removed = {k: b"" for k, (_, since, _) in self._items.items() if not since}
-                return CatalogueChanges(version, removed | {
-                    k: self._items[k][2] for k in self._items_order})
+            if not 0 < known_version <= version:  # new, or the store was reset (in one
+                return CatalogueChanges(version, {  # process: rare, sorted then)
+                    k: data for _, k, data in sorted(
+                        (since, k, data) for k, (_, since, data) in self._items.items())})
             changed = []  # O(changes since), not O(catalogue)
             for item_id, (at, since, data) in reversed(self._items.items()):
                 if at <= known_version:
