@@ -73,21 +73,32 @@ class CatalogueKeeper:
             delta: dict[str, Mapping[str, Any] | None] = {
                 item_id: decode_item(data) for item_id, data in changes.items()}
             if 0 < known <= version:  # what changed since ours: merged into what we had
-                new = {item_id for item_id in delta
-                       if item_id not in self._changes and item_id not in self._base_ids}
+                held = self.catalogue.items
+                new = {item_id for item_id, item in delta.items() if item is not None
+                       and item_id not in self._base_ids and not held.knows(item_id)}
                 back = [item_id for item_id, item in delta.items()  # (added again after a
                         if item_id in added and item is not None  # removal: it goes where
                         and item_id not in new]  # it was added again, by a build)
                 for item_id in back:
                     self._changes.pop(item_id, None)
-                self._changes.update(delta)  # (only read under the lock; in the store's
-                # order, which places each item where it was last added)
+                self._merge(delta)
                 updated = None if back else self.catalogue.updated(delta, version, new)
             else:  # everything
-                self._changes, updated = delta, None
+                self._changes, updated = {}, None
+                self._merge(delta)
             if updated is None:
                 updated = Catalogue.build(self._base, self._changes, version)
             self.catalogue = updated
+
+    def _merge(self, delta: Mapping[str, Mapping[str, Any] | None]) -> None:
+        """The store's changes into ours (only read under the lock), in the store's
+        order, which places each item where it was last added; a removed item is kept
+        only if the file has it (as None), so what is kept is bounded by the catalogue."""
+        for item_id, item in delta.items():
+            if item is None and item_id not in self._base_ids:
+                self._changes.pop(item_id, None)
+            else:
+                self._changes[item_id] = item
 
     def upsert(self, ruleset: Ruleset, items: Sequence[Mapping[str, Any]]) -> int:
         """Add or replace items, checked against the ruleset's items block (raises

@@ -726,6 +726,10 @@ def test_a_replica_started_later_serves_the_same_catalogue_in_the_same_order(
     writer.upsert_items([item(first)])
     follower.sync()
     later = _arbiter(store())
+    for replica in (writer, follower, later):  # (what a keeper keeps beside the file:
+        kept = replica.catalogue_keeper._changes  # the items it serves, not every item
+        assert {i for i in kept if i.startswith("n")} == {  # ever removed)
+            i for i in replica.catalogue.items if i.startswith("n")}
     for replica in (follower, later):
         assert list(replica.catalogue.items.items()) == list(writer.catalogue.items.items())
         assert replica.catalogue.by_category == writer.catalogue.by_category

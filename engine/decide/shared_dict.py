@@ -76,6 +76,15 @@ class SharedDict(Mapping[K, V], Generic[K, V]):
     def __len__(self) -> int:
         return self._len
 
+    def knows(self, key: K) -> bool:
+        """Whether ``key`` is held, or was removed since the last fold (set again, it
+        keeps its place: not last).
+
+        >>> SharedDict({"a": 1}).changed({"a": None}).knows("a")
+        True
+        """
+        return key in self._over or key in self._base
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict(self.items())!r})"
 
