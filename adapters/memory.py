@@ -14,13 +14,14 @@ import threading
 import time
 from array import array
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from typing import TypeVar
 
 import msgspec
 
 from engine.feature_names import FeatureNameSets
 from engine.ports import (
+    CATALOGUE_REMOVALS_KEPT,
     LEARNING_LOG_MAX_ENTRIES,
     CatalogueChanges,
     DecisionNotFound,
@@ -108,6 +109,9 @@ class MemoryStore:
         # in the order of their versions (a change moves its id to the end): what changed
         # since a version is a walk from the end
         self._items: OrderedDict[str, tuple[int, int, bytes]] = OrderedDict()
+        self._items_gone: OrderedDict[str, int] = OrderedDict()  # removed -> at, in order
+        self._items_purged = 0  # the newest version whose removals' marks are deleted
+        self.removals_kept = CATALOGUE_REMOVALS_KEPT  # (versions: a removal's mark)
         self._items_version = 0
 
     def get_profile(self, user_id: str) -> Profile | None:
@@ -160,7 +164,8 @@ class MemoryStore:
         self._log.append(event)
         self._log_owners.append(user_id)
 
-    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
+    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str],
+                     lasting: Collection[str] = ()) -> int:
         with self._lock:
             self._items_version += 1
             version, removed = self._items_version, set(removals)
@@ -171,9 +176,17 @@ class MemoryStore:
                 since = held[1] if held is not None and held[1] else version
                 self._items[item_id] = (version, since, data)
                 self._items.move_to_end(item_id)
+                self._items_gone.pop(item_id, None)
             for item_id in removed:
                 self._items[item_id] = (version, 0, b"")
                 self._items.move_to_end(item_id)
+                self._items_gone.pop(item_id, None)
+                if item_id not in lasting:
+                    self._items_gone[item_id] = version
+            gone = self._items_gone  # (the marks past the horizon, oldest first)
+            while gone and next(iter(gone.values())) <= version - self.removals_kept:
+                item_id, self._items_purged = gone.popitem(last=False)
+                del self._items[item_id]
             return version
 
     def catalogue_changes(self, known_version: int) -> CatalogueChanges:
@@ -181,10 +194,12 @@ class MemoryStore:
             version = self._items_version
             if known_version == version:
                 return CatalogueChanges(version, None)
-            if not 0 < known_version <= version:  # new, or the store was reset (in one
-                return CatalogueChanges(version, {  # process: rare, sorted then)
+            if not 0 < known_version <= version or known_version < self._items_purged:
+                return CatalogueChanges(version, {  # (new, the store reset, or behind
+                    # removals whose marks are gone; in one process: rare, sorted then)
                     k: data for _, k, data in sorted(
-                        (since, k, data) for k, (_, since, data) in self._items.items())})
+                        (since, k, data) for k, (_, since, data) in self._items.items())},
+                    everything=True)
             changed = []  # O(changes since), not O(catalogue)
             for item_id, (at, since, data) in reversed(self._items.items()):
                 if at <= known_version:

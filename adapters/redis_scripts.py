@@ -62,25 +62,44 @@ field, delta) for each. Returns 1, or 0 on a conflict."""
 
 CHANGE_ITEMS = """
 local version = redis.call('INCR', KEYS[2])
-for i = 1, #ARGV, 2 do
+for i = 2, #ARGV, 2 do
   local id, item = ARGV[i], ARGV[i + 1]
-  if item == '' then
+  if item == '!' then
+    item = ''
     redis.call('ZREM', KEYS[4], id)
+    redis.call('ZREM', KEYS[5], id)
+  elseif item == '' then
+    redis.call('ZREM', KEYS[4], id)
+    redis.call('ZADD', KEYS[5], version, id)
   else
     local held = redis.call('HGET', KEYS[1], id)
     if not held or held == '' then
       redis.call('ZADD', KEYS[4], version, id)
+      redis.call('ZREM', KEYS[5], id)
     end
   end
   redis.call('HSET', KEYS[1], id, item)
   redis.call('ZADD', KEYS[3], version, id)
 end
+local old = redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', version - tonumber(ARGV[1]),
+                       'WITHSCORES', 'LIMIT', 0, 1000)
+for j = 1, #old, 2 do
+  redis.call('HDEL', KEYS[1], old[j])
+  redis.call('ZREM', KEYS[3], old[j])
+  redis.call('ZREM', KEYS[5], old[j])
+end
+if #old > 0 then
+  redis.call('SET', KEYS[6], old[#old])
+end
 return version
 """
-"""Catalogue changes (ARGV: id, item, ...; an empty item is a removal) under a new
-version, each id indexed by it, and an item added (not held, or removed) by the version
-it was added at. KEYS: the items hash, the version, the version index, the added-at
-index."""
+"""Catalogue changes (ARGV: how many versions a removal's mark is kept, then id, item,
+...; an empty item is a removal, ``!`` one whose mark is kept for good) under a new
+version, each id indexed by it, an item added (not held, or removed) by the version it
+was added at, a removed one by the version it was removed at; then the marks of
+removals older than the horizon deleted (a thousand at a time) and the newest of their
+versions noted. KEYS: the items hash, the version, the version index, the added-at
+index, the removed-at index, the newest version whose marks are deleted."""
 
 LOG_ENTRY = INDEX_ENTRY + """
 local id = redis.call('XADD', KEYS[1], '*', 'e', ARGV[1])

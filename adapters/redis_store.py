@@ -43,6 +43,11 @@ in braces, ``{arb}``, a hash tag that puts every key in one slot):
 ``{ns}:{items}:since``      sorted set: item id -> the version it was last added at
                             (the catalogue's order; items written before it existed
                             come first)
+``{ns}:{items}:gone``       sorted set: removed item id -> the version it was removed
+                            at; the marks of removals older than
+                            ``CATALOGUE_REMOVALS_KEPT`` versions are deleted, and
+``{ns}:{items}:purged``     the newest version whose removals' marks are (a replica
+                            behind it reads everything)
 ``{ns}:models``             hash ``blob`` (model snapshot) and ``offset`` (stream id)
 ``{ns}:consumers``          hash ``{replica}`` -> ``{offset}|{ms}``: what each applied
 ``{ns}:replicated``         a marker written before ``WAIT`` (``replicas``: the time of
@@ -74,7 +79,7 @@ import functools
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from threading import Lock
 from typing import Any, TypeVar, cast
 
@@ -98,6 +103,7 @@ from adapters.redis_scripts import (
 )
 from engine.feature_names import FeatureNameSets
 from engine.ports import (
+    CATALOGUE_REMOVALS_KEPT,
     LEARNING_LOG_MAX_ENTRIES,
     CatalogueChanges,
     FeedbackChange,
@@ -301,6 +307,7 @@ class RedisStore:
             raise ValueError(f"record layout {record_layout!r}: use "
                              f"{' or '.join(RECORD_LAYOUTS)}")
         self.record_layout = record_layout
+        self.removals_kept = CATALOGUE_REMOVALS_KEPT  # (versions: a catalogue removal's mark)
         """How decision records are written (:data:`engine.records.RECORD_LAYOUTS`;
         ``array`` or ``map`` while replicas of an earlier build still read them)."""
         self.feature_names = FeatureNameSets()
@@ -445,12 +452,14 @@ class RedisStore:
         writes them together)."""
         return f"{self.ns}:{{items}}{suffix}"
 
-    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
-        changes = {**upserts, **dict.fromkeys(removals, b"")}
+    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str],
+                     lasting: Collection[str] = ()) -> int:
+        changes = {**upserts, **{k: b"!" if k in lasting else b"" for k in removals}}
         version = int(self._change_items(
             keys=[self._items_key(), self._items_key(":v"), self._items_key(":at"),
-                  self._items_key(":since")],
-            args=[x for pair in changes.items() for x in pair]))
+                  self._items_key(":since"), self._items_key(":gone"),
+                  self._items_key(":purged")],
+            args=[self.removals_kept, *(x for pair in changes.items() for x in pair)]))
         self.replicated()
         return version
 
@@ -458,12 +467,15 @@ class RedisStore:
         """What changed since ``known_version`` (everything when it is 0): one GET when
         nothing did, else the changed ids from the version index, their values and the
         versions they were added at."""
-        version = int(cast(bytes | None, self.redis.get(self._items_key(":v"))) or 0)
+        raw = cast(list[bytes | None], self.redis.mget(
+            [self._items_key(":v"), self._items_key(":purged")]))
+        version, purged = int(raw[0] or 0), int(raw[1] or 0)
         if version == known_version:
             return CatalogueChanges(version, None)
         pipe = self.redis.pipeline()  # MULTI: the version and what it covers, together
         pipe.get(self._items_key(":v"))
-        if known_version <= 0 or known_version > version:  # new, or the store was reset
+        if not purged <= known_version <= version or known_version <= 0:  # new, the store
+            # reset, or behind removals whose marks are gone
             pipe.hgetall(self._items_key())
             pipe.zrange(self._items_key(":since"), 0, -1)
             raw_version, raw, ordered = pipe.execute()
@@ -472,7 +484,7 @@ class RedisStore:
             placed = set(order)  # (first what has no place: removed, or written before)
             return CatalogueChanges(int(raw_version or 0), {
                 **{k: v for k, v in items.items() if k not in placed},
-                **{k: items[k] for k in order if k in items}})
+                **{k: items[k] for k in order if k in items}}, everything=True)
         pipe.zrangebyscore(self._items_key(":at"), f"({known_version}", "+inf")
         raw_version, ids = pipe.execute()
         names = [i.decode() for i in cast(list[bytes], ids)]

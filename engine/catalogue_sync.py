@@ -61,7 +61,7 @@ class CatalogueKeeper:
         unavailable)."""
         with self._lock:
             try:
-                version, changes, added = self.store.catalogue_changes(
+                version, changes, added, everything = self.store.catalogue_changes(
                     self.catalogue.version)
             except StoreUnavailable as err:
                 throttled.warning("catalogue", "catalogue not synced, store unavailable: %s",
@@ -72,7 +72,8 @@ class CatalogueKeeper:
             known = self.catalogue.version
             delta: dict[str, Mapping[str, Any] | None] = {
                 item_id: decode_item(data) for item_id, data in changes.items()}
-            if 0 < known <= version:  # what changed since ours: merged into what we had
+            if not everything and 0 < known <= version:  # what changed since ours: merged
+                # into what we had
                 held = self.catalogue.items
                 new = {item_id for item_id, item in delta.items() if item is not None
                        and item_id not in self._base_ids and not held.knows(item_id)}
@@ -125,6 +126,6 @@ class CatalogueKeeper:
             raise InvalidArgument("item_ids", f"at most {MAX_ITEMS_PER_CALL} per call")
         for i, item_id in enumerate(item_ids):
             check_id(f"item_ids[{i}]", item_id)
-        version = self.store.change_items({}, item_ids)
+        version = self.store.change_items({}, item_ids, lasting=self._base_ids)
         self.sync()
         return version

@@ -8,13 +8,18 @@ conflict, so the function may run more than once and must not have side effects.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple, Protocol
 
 from engine.learning.log import LearningLog
 from engine.records import ArmCounts, CorruptRecord, DecisionRecord, LearningEvent, Profile
 
+CATALOGUE_REMOVALS_KEPT = 10_000
+"""Catalogue versions (change calls) for which a store keeps a removed item's mark (so
+that a replica that had the item learns it is gone); a replica further behind than that
+reads the whole catalogue again. Without a horizon the marks grew with every item ever
+removed (a marketplace's), and every replica's start read them all."""
 LEARNING_LOG_MAX_ENTRIES = 1_000_000
 """Entries a shared learning log keeps at most by default, whatever its consumers and
 snapshot still need (``arbiter serve --learning-log-max``): a replica or snapshot
@@ -61,11 +66,14 @@ class CatalogueChanges(NamedTuple):
     b"" for a removed one; None when nothing did) with the items present in the
     catalogue's order (an item goes where it was last added: by the version of that
     change, then by id), and which of them were added, or added again after a removal,
-    after that version (``added``; empty when everything is read)."""
+    after that version (``added``); ``everything``: ``items`` is the whole catalogue (a
+    version of 0, one the store does not have, or one behind removals whose marks are
+    gone), not what changed."""
 
     version: int
     items: dict[str, bytes] | None
     added: frozenset[str] = frozenset()
+    everything: bool = False
 
 
 Shown = FeedbackCommit | ProfileChanged | None
@@ -192,9 +200,12 @@ class Store(LearningLog, Protocol):
         process's decision log erases (:meth:`engine.service.Arbiter.sync`)."""
         ...
 
-    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str]) -> int:
+    def change_items(self, upserts: Mapping[str, bytes], removals: Iterable[str],
+                     lasting: Collection[str] = ()) -> int:
         """Upsert encoded catalogue items and remove others (shared by replicas);
-        returns the catalogue's new version."""
+        returns the catalogue's new version. A removal's mark is kept
+        ``CATALOGUE_REMOVALS_KEPT`` versions, or for good when its id is in ``lasting``
+        (the ruleset's file has the item: forgetting the removal would bring it back)."""
         ...
 
     def catalogue_changes(self, known_version: int) -> CatalogueChanges:

@@ -736,3 +736,27 @@ def test_a_replica_started_later_serves_the_same_catalogue_in_the_same_order(
         assert replica.catalogue.by_tag == writer.catalogue.by_tag
         for item_id in writer.catalogue.items:
             assert replica.catalogue.similar(item_id) == writer.catalogue.similar(item_id)
+
+
+@pytest.mark.parametrize("backend", ["memory", "redis"])
+def test_a_replica_behind_a_forgotten_removal_reads_everything_and_drops_the_item(
+        backend: str, request: pytest.FixtureRequest) -> None:
+    """The store keeps a removal's mark for so many versions; a replica that still has
+    the item and is further behind than that gets the whole catalogue (``everything``)
+    and serves it without the item, as one that followed every change does."""
+    if backend == "redis":
+        url = request.getfixturevalue("redis_url")
+        stores: list[Any] = [RedisStore(url, cache_ttl=0) for _ in range(2)]
+    else:
+        stores = [MemoryStore(clock=lambda: NOW)] * 2
+    writer, behind = _arbiter(stores[0]), _arbiter(stores[1])
+    stores[0].removals_kept = 2
+    writer.upsert_items([{"id": "n1", "name": "n", "price": 1.0, "category": "odd"}])
+    behind.sync()
+    writer.remove_items(["n1", "i3"])
+    for price in (2.0, 3.0, 4.0):  # (the removal's marks are gone past 2 versions)
+        writer.upsert_items([{"id": "i1", "name": "n", "price": price, "category": "odd"}])
+    behind.sync()
+    assert "n1" not in behind.catalogue.items and "i3" not in behind.catalogue.items
+    assert list(behind.catalogue.items.items()) == list(writer.catalogue.items.items())
+    assert behind.catalogue.by_category == writer.catalogue.by_category

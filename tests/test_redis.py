@@ -465,10 +465,10 @@ def test_catalogue_items_written_before_their_order_was_kept_come_first_and_stay
     v4 = store.change_items({"old-a": b"2"}, ())
     everything = store.catalogue_changes(0).items
     assert everything is not None and list(everything) == ["old-b", "old-a", "new"]
-    assert store.catalogue_changes(v3) == (v4, {"old-a": b"2"}, frozenset())
+    assert store.catalogue_changes(v3) == (v4, {"old-a": b"2"}, frozenset(), False)
     store.change_items({}, ["old-b"])
     v6 = store.change_items({"old-b": b"3"}, ())  # (removed and back: now it has a place)
     assert store.catalogue_changes(v4).added == {"old-b"}
     everything = store.catalogue_changes(0).items
     assert everything is not None and list(everything) == ["old-a", "new", "old-b"]
-    assert store.catalogue_changes(v6) == (v6, None, frozenset())
+    assert store.catalogue_changes(v6) == (v6, None, frozenset(), False)

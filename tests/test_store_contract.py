@@ -447,13 +447,40 @@ def test_shared_counters_add_up_across_replicas(harness: Harness) -> None:
 
 
 def test_catalogue_changes_come_since_a_version(store: Store) -> None:
-    assert store.catalogue_changes(0) == (0, None, frozenset())
+    assert store.catalogue_changes(0) == (0, None, frozenset(), False)
     v1 = store.change_items({"a": b"A", "b": b"B"}, ())
     v2 = store.change_items({"c": b"C"}, ["a"])
     assert v2 > v1
-    assert store.catalogue_changes(v2) == (v2, None, frozenset())  # current: nothing
-    assert store.catalogue_changes(v1) == (v2, {"c": b"C", "a": b""}, {"c"})  # what changed
-    assert store.catalogue_changes(0) == (v2, {"a": b"", "b": b"B", "c": b"C"}, frozenset())
+    assert store.catalogue_changes(v2) == (v2, None, frozenset(), False)  # current
+    assert store.catalogue_changes(v1) == (v2, {"c": b"C", "a": b""}, {"c"}, False)
+    assert store.catalogue_changes(0) == (v2, {"a": b"", "b": b"B", "c": b"C"}, frozenset(),
+                                          True)  # everything
+
+
+def test_a_catalogue_removal_is_kept_for_so_many_versions_then_read_as_everything(
+        store: Store) -> None:
+    """A removed item's mark is kept for ``removals_kept`` versions (a replica that had
+    the item reads that it is gone), then deleted, so that the marks do not grow with
+    every item ever removed; a replica behind a deleted mark reads everything (without
+    the item), one after it reads only what changed."""
+    store.removals_kept = 2  # type: ignore[attr-defined]
+    v1 = store.change_items({"a": b"A", "b": b"B", "c": b"C"}, ())
+    v2 = store.change_items({}, ["a"])
+    assert store.catalogue_changes(v1).items == {"a": b""}
+    v3 = store.change_items({"b": b"B2"}, ())
+    assert store.catalogue_changes(v1).items == {"a": b"", "b": b"B2"}  # (kept: 2 versions)
+    v4 = store.change_items({"c": b"C2"}, ["b"])  # (a's mark, 2 versions old, deleted)
+    assert store.catalogue_changes(0).items == {"b": b"", "c": b"C2"}
+    assert store.catalogue_changes(v1) == (v4, {"b": b"", "c": b"C2"}, frozenset(), True)
+    assert store.catalogue_changes(v2) == (v4, {"b": b"", "c": b"C2"}, frozenset(), False)
+    assert store.catalogue_changes(v3) == (v4, {"c": b"C2", "b": b""}, frozenset(), False)
+    v5 = store.change_items({"a": b"A2"}, ())  # (back: added again, marks as before)
+    assert store.catalogue_changes(v4) == (v5, {"a": b"A2"}, {"a"}, False)
+    store.change_items({"f": b"F"}, ())  # (an item the ruleset's file has: its removal
+    store.change_items({}, ["f"], lasting={"f"})  # is kept for good)
+    for _ in range(3):
+        store.change_items({"c": b"C3"}, ())
+    assert store.catalogue_changes(0).items == {"a": b"A2", "c": b"C3", "f": b""}
 
 
 def test_catalogue_changes_come_in_the_order_items_were_last_added(store: Store) -> None:
@@ -472,7 +499,7 @@ def test_catalogue_changes_come_in_the_order_items_were_last_added(store: Store)
     assert since_v1.items is not None and since_v1.added == {"b", "a", "x"}
     assert [k for k, v in since_v1.items.items() if k in since_v1.added] == ["b", "a", "x"]
     since_v3 = store.catalogue_changes(v3)
-    assert since_v3 == (v4, {"a": b"1", "x": b"2"}, {"a", "x"})
+    assert since_v3 == (v4, {"a": b"1", "x": b"2"}, {"a", "x"}, False)
     assert list(since_v3.items or ()) == ["a", "x"]
     assert store.catalogue_changes(v2).added == {"a", "x"}  # (x removed after v2, back)
 
