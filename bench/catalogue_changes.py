@@ -8,7 +8,8 @@ after each UpsertItems or RemoveItems: a new price, a new item, a removal, an it
 to another category, an item given another tag. Prints per size and kind the mean, median
 and slowest change in ms (the slowest is a fold: the changes carried so far merged into
 new shared structures, about once per √N changes), and a full build's time, which a change
-the catalogue cannot apply in place costs instead. Run from another checkout's folder to
+the catalogue cannot apply in place costs instead (``gone, back``: every other change an
+item back after its removal, which goes last). Run from another checkout's folder to
 measure it.
 """
 
@@ -36,13 +37,16 @@ def item(i: int, rng: random.Random, **changes: Any) -> dict[str, Any]:
             "tags": [f"t{(i * 7 + k) % TAGS}" for k in range(3)], **changes}
 
 
-def timed(catalogue: Catalogue, count: int,
-          change: Callable[[int], tuple[dict[str, Any], set[str]]]) -> list[float]:
+Change = Callable[[int], tuple[dict[str, Any], set[str], set[str]]]
+"""The n-th change: the delta, the ids new to the catalogue, the ids back after a removal."""
+
+
+def timed(catalogue: Catalogue, count: int, change: Change) -> list[float]:
     took = []
     for n in range(count):
-        delta, new = change(n)
+        delta, new, back = change(n)
         started = time.perf_counter()
-        updated = catalogue.updated(delta, catalogue.version + 1, new)
+        updated = catalogue.updated(delta, catalogue.version + 1, new, back)
         took.append(time.perf_counter() - started)
         if updated is None:
             raise Rebuilt  # (this checkout builds the whole catalogue for such a change)
@@ -56,13 +60,17 @@ def one_size(size: int, count: int) -> None:
     started = time.perf_counter()
     Catalogue.build(items, {})
     built = time.perf_counter() - started
-    kinds: dict[str, Callable[[int], tuple[dict[str, Any], set[str]]]] = {
-        "price": lambda n: ({f"sku-{n}": item(n, rng, price=11.0 + n)}, set()),
-        "new": lambda n: ({f"sku-{size + n}": item(size + n, rng)}, {f"sku-{size + n}"}),
-        "removed": lambda n: ({f"sku-{n * 3}": None}, set()),
+    kinds: dict[str, Change] = {
+        "price": lambda n: ({f"sku-{n}": item(n, rng, price=11.0 + n)}, set(), set()),
+        "new": lambda n: ({f"sku-{size + n}": item(size + n, rng)}, {f"sku-{size + n}"},
+                          set()),
+        "removed": lambda n: ({f"sku-{n * 3}": None}, set(), set()),
         "moved": lambda n: ({f"sku-{n}": item(n, rng, category=f"c{(n + 1) % CATEGORIES}")},
-                            set()),
-        "retagged": lambda n: ({f"sku-{n}": item(n, rng, tags=["sale"])}, set()),
+                            set(), set()),
+        "retagged": lambda n: ({f"sku-{n}": item(n, rng, tags=["sale"])}, set(), set()),
+        "gone, back": lambda n: (  # (a removal, then the item back: it goes last)
+            ({f"sku-{n // 2}": None}, set(), set()) if n % 2 == 0 else
+            ({f"sku-{n // 2}": item(n // 2, rng)}, set(), {f"sku-{n // 2}"})),
     }
     for kind, change in kinds.items():
         try:

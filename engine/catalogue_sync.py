@@ -79,11 +79,12 @@ class CatalogueKeeper:
                        and item_id not in self._base_ids and not held.knows(item_id)}
                 back = [item_id for item_id, item in delta.items()  # (added again after a
                         if item_id in added and item is not None  # removal: it goes where
-                        and item_id not in new]  # it was added again, by a build)
+                        and item_id not in new]  # it was added again: last)
                 for item_id in back:
                     self._changes.pop(item_id, None)
                 self._merge(delta)
-                updated = None if back else self.catalogue.updated(delta, version, new)
+                updated = None if any(item_id in self._base_ids for item_id in back) else \
+                    self.catalogue.updated(delta, version, new, last=back)
             else:  # everything
                 self._changes, updated = {}, None
                 self._merge(delta)

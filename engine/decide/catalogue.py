@@ -103,17 +103,18 @@ class Catalogue:
         return cls(base, items, version)
 
     def updated(self, delta: Mapping[str, Mapping[str, Any] | None], version: int,
-                new: Collection[str] = ()) -> Catalogue | None:
+                new: Collection[str] = (), last: Collection[str] = ()) -> Catalogue | None:
         """This catalogue with ``delta`` applied, the same catalogue :meth:`build` would
         make, in O(√items) amortised, not a walk of every item: items replaced (a feed's
         prices and stock, or a new category or tags: the item keeps its place), removed,
-        or added when their id is in ``new`` (never in the file or an earlier change: they
-        go last, as :meth:`build` puts them); the index keys they touch changed. None when
-        an item comes back after a removal (build it all: where :meth:`build` puts it
-        depends on the order of the store's changes), when this is not the latest
-        catalogue of its build (their items' ranks are shared: changes are applied in one
-        line, as the keeper does), or when removed items' ranks outnumber the items (a
-        build every so many changes, O(1) amortised).
+        added when their id is in ``new`` (never in the file or an earlier change: they go
+        last, as :meth:`build` puts them), or added again after a removal when it is in
+        ``last`` (not in the file: they go last too, as the store's order of changes puts
+        them); the index keys they touch changed. None when another item not held comes
+        back (build it all), when this is not the latest catalogue of its build (their
+        items' ranks are shared: changes are applied in one line, as the keeper does), or
+        when removed items' ranks outnumber the items (a build every so many changes,
+        O(1) amortised).
 
         >>> old = Catalogue.build([{"id": "a", "category": "x", "price": 1}], {})
         >>> new = old.updated({"a": {"id": "a", "category": "x", "price": 2}}, 1)
@@ -125,16 +126,18 @@ class Catalogue:
         >>> more = old.updated({"b": {"id": "b", "category": "x"}}, 2, new={"b"})
         >>> list(more.items), list(more.by_category["x"])
         (['a', 'b'], ['a', 'b'])
-        >>> gone = Catalogue.build([{"id": "a"}], {}).updated({"a": None}, 1)
+        >>> gone = Catalogue.build([{"id": "a"}, {"id": "b"}], {}).updated({"a": None}, 1)
         >>> gone.updated({"a": {"id": "a"}}, 2) is None
         True
+        >>> list(gone.updated({"a": {"id": "a"}}, 2, last={"a"}).items)
+        ['b', 'a']
         """
         items, ranks = self.items, self.ranks
         if ranks.handed != self.handed or ranks.handed > 2 * len(items) + RANKS_SLACK:
             return None  # (a catalogue of this build was changed before, or it has as many
             # removed items' ranks as items)
         if any(item is not None and item_id not in items and item_id not in new
-               for item_id, item in delta.items()):
+               and item_id not in last for item_id, item in delta.items()):
             return None
         removed: dict[Key, list[str]] = {}
         added: dict[Key, list[str]] = {}
@@ -145,9 +148,12 @@ class Catalogue:
                     for key in _keys(held):
                         removed.setdefault(key, []).append(item_id)
                 continue
-            if held is None:
-                ranks.hand(item_id)
+            if held is None or item_id in last:
+                ranks.hand(item_id)  # (after every other: a new rank, a new place)
                 old_keys: list[Key] = []
+                if held is not None:  # (gone and back since: out of every key first)
+                    for key in _keys(held):
+                        removed.setdefault(key, []).append(item_id)
             else:
                 old_keys = _keys(held)
             new_keys = _keys(item)
@@ -160,7 +166,7 @@ class Catalogue:
         fresh = object.__new__(Catalogue)
         fresh.base, fresh.version, fresh.ranks = self.base, version, ranks
         fresh.handed = ranks.handed
-        fresh.items = items.changed(delta)
+        fresh.items = items.changed(delta, last)
         fresh.by_category, fresh.by_tag = self.by_category, self.by_tag
         for is_category in (True, False):
             index = self.by_category if is_category else self.by_tag

@@ -138,21 +138,16 @@ class RankedMembers:
     def changed(self, ranks: Mapping[str, int], removed: Iterable[str] = (),
                 added: Iterable[str] = ()) -> RankedMembers | None:
         """These members without ``removed`` (ids that are members) and with ``added``
-        (ids that are not), by their ``ranks`` (the catalogue's: every member's); None
-        when none is left. An id taken out and put back keeps the rank it had."""
+        (ids that are not), by their ``ranks`` (the catalogue's: every member's, as it is
+        now: an id put back may have a new one); None when none is left."""
         gone, pending = set(self._gone), list(self._added)
         late = {item_id for _, item_id in pending}
         taken = set(removed)
         if taken & late:  # (one pass, however many: a batch takes 10,000 items out)
             pending = [pair for pair in pending if pair[1] not in taken]
         gone.update(taken - late)
-        more = []
-        for item_id in added:
-            if item_id in gone:
-                gone.discard(item_id)
-            else:
-                more.append((ranks[item_id], item_id))
-        if more:
+        more = [(ranks[item_id], item_id) for item_id in added]  # (one taken out of the
+        if more:  # shared ids and put back comes after them, or goes where its rank says)
             pending.extend(more)
             pending.sort()  # (ranks are unique: ids never compared)
         if len(self._ids) - len(gone) + len(pending) == 0:

@@ -11,7 +11,7 @@ costs O(√n) amortised, not a copy of n entries.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterator, Mapping
 from math import isqrt
 from typing import Any, Generic, TypeVar
 
@@ -30,17 +30,19 @@ class SharedDict(Mapping[K, V], Generic[K, V]):
     made since (replaced or new entries; None for a removed one), which a change copies
     and which are folded into a new dict once there are more than about the square root
     of the entries. Iterated in a dict's order: the shared dict's (a replaced entry keeps
-    its place), then keys that were not in it, in the order they came. A lookup costs one
-    more dict probe than a dict's.
+    its place), then keys that were not in it, in the order they came, and those moved
+    last. A lookup costs one more dict probe than a dict's.
     """
 
-    __slots__ = ("_added", "_base", "_len", "_over")
+    __slots__ = ("_added", "_base", "_len", "_moved", "_over")
 
     def __init__(self, base: Mapping[K, V], over: dict[K, V | None] | None = None,
-                 added: tuple[K, ...] = (), length: int | None = None) -> None:
+                 added: tuple[K, ...] = (), length: int | None = None,
+                 moved: frozenset[K] = frozenset()) -> None:
         self._base = base  # never changed once made
         self._over: dict[K, V | None] = {} if over is None else over
-        self._added = added  # keys not in the base, in the order they came
+        self._added = added  # keys after the base's, in order (new, or moved last)
+        self._moved = moved  # keys of the base moved last (their place there skipped)
         self._len = len(base) if length is None else length
 
     def get(self, key: K, default: Any = None) -> Any:
@@ -62,12 +64,12 @@ class SharedDict(Mapping[K, V], Generic[K, V]):
             return False
 
     def __iter__(self) -> Iterator[K]:
-        over = self._over
+        over, moved = self._over, self._moved
         if not over:
             yield from self._base
             return
         for key in self._base:
-            if over.get(key, _MISSING) is not None:
+            if over.get(key, _MISSING) is not None and key not in moved:
                 yield key
         for key in self._added:
             if over.get(key) is not None:
@@ -77,8 +79,8 @@ class SharedDict(Mapping[K, V], Generic[K, V]):
         return self._len
 
     def knows(self, key: K) -> bool:
-        """Whether ``key`` is held, or was removed since the last fold (set again, it
-        keeps its place: not last).
+        """Whether ``key`` is held, or was removed since the last fold (set again without
+        being moved last, it keeps its place).
 
         >>> SharedDict({"a": 1}).changed({"a": None}).knows("a")
         True
@@ -88,12 +90,20 @@ class SharedDict(Mapping[K, V], Generic[K, V]):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({dict(self.items())!r})"
 
-    def changed(self, delta: Mapping[K, V | None]) -> SharedDict[K, V]:
+    def changed(self, delta: Mapping[K, V | None], last: Collection[K] = ()
+                ) -> SharedDict[K, V]:
         """These entries with ``delta`` applied (None: removed); a key not held before
-        goes last (one removed and set again before a fold keeps its place)."""
-        over, added, length = dict(self._over), list(self._added), self._len
+        goes last, one removed and set again keeps its place unless it is in ``last``
+        (set by ``delta``: moved after every other).
+
+        >>> one = SharedDict({"a": 1, "b": 2}).changed({"a": None})
+        >>> list(one.changed({"a": 3}).items()), list(one.changed({"a": 3}, last={"a"}))
+        ([('a', 3), ('b', 2)], ['b', 'a'])
+        """
+        base, over, added, length = self._base, dict(self._over), list(self._added), self._len
+        moved = set(self._moved)
         for key, value in delta.items():
-            held = over[key] if key in over else self._base.get(key)
+            held = over[key] if key in over else base.get(key)
             if value is None:
                 if held is not None:
                     length -= 1
@@ -101,13 +111,25 @@ class SharedDict(Mapping[K, V], Generic[K, V]):
                 continue
             if held is None:
                 length += 1
-                if key not in self._base and key not in over:
-                    added.append(key)
+            if key in last:  # (after what came before it in delta, and before the rest)
+                if key in over or key in base:
+                    added = [other for other in added if other != key]
+                added.append(key)
+                if key in base:
+                    moved.add(key)
+            elif held is None and key not in base and key not in over:
+                added.append(key)
             over[key] = value
-        if len(over) <= max(FOLD_AT_LEAST, isqrt(len(self._base))):
-            return type(self)(self._base, over, tuple(added), length)
-        folded = dict(self._base)  # (in place: replaced entries keep their place, new
-        folded.update((k, v) for k, v in over.items() if v is not None)  # ones go last,
-        for key in [k for k, v in over.items() if v is None]:  # in the order they came)
-            folded.pop(key, None)
+        if len(over) <= max(FOLD_AT_LEAST, isqrt(len(base))):
+            return type(self)(base, over, tuple(added), length, frozenset(moved))
+        folded = dict(base)  # (replaced entries in place; removed ones, and those moved
+        for key, value in over.items():  # last, taken out; then what comes after, in
+            if value is None or key in moved:  # its order)
+                folded.pop(key, None)
+            elif key in folded:
+                folded[key] = value
+        for key in added:
+            value = over.get(key)
+            if value is not None:
+                folded[key] = value
         return type(self)(folded)
