@@ -696,6 +696,8 @@ def test_a_replica_started_later_serves_the_same_catalogue_in_the_same_order(
         client = redis.Redis.from_url(url)
         client.config_set("hash-max-listpack-entries", 0)  # (a hash table, as past 512)
         request.addfinalizer(lambda: client.config_set("hash-max-listpack-entries", 512))
+        monkeypatch = request.getfixturevalue("monkeypatch")  # (read 3 items a command:
+        monkeypatch.setattr("adapters.redis_store.CATALOGUE_READ_CHUNK", 3)  # many scans)
 
         def store() -> object:
             return RedisStore(url, cache_ttl=0)
