@@ -37,9 +37,11 @@ class Ranks(dict[str, int]):
     """Each item's rank: its place in the catalogue's items as built (counted the first
     time one is asked, so a catalogue whose indexes never change does not pay for a map
     of every item: a quarter of a second and ~60 MB at a million items), then the ranks
-    handed to items added since, in turn. Only added to: shared by the catalogues made
-    from one build by changes in turn (an item's rank never changes while it is held; a
-    removed one's is not handed again). A dict, so that a lookup costs a dict's.
+    handed to items added since, in turn. Shared by the catalogues made from one build by
+    changes in turn: a rank is never handed twice, and an item's changes only when it
+    comes back after a removal (a new rank, last; a catalogue made before, while still
+    read, may then put that item's neighbours at its ends oddly). A dict, so that a
+    lookup costs a dict's.
 
     >>> ranks = Ranks({"x": 1, "y": 2})
     >>> ranks["y"], ranks.hand("z"), ranks.handed
