@@ -3,8 +3,8 @@ reads those stretches and not the whole file.
 
 The log is cut into blocks of about :data:`BLOCK_BYTES` of whole lines as it is written;
 each block keeps a Bloom filter of the pseudonyms (:func:`~engine.records.pseudonym`)
-of the users its lines are about (:data:`FILTER_BYTES`: about 0.2% of what it indexes;
-about one block in a hundred answers "maybe" for a user it does not hold). A forget then
+of the users its lines are about (:data:`FILTER_BYTES`: about 0.4% of what it indexes;
+about one block in three thousand answers "maybe" for a user it does not hold). A forget then
 reads the blocks whose filter holds one of its users, the block being filled and what is
 not indexed yet (what the file held before this process opened it is indexed a block
 per turn of the writer). Pseudonyms, not ids: other processes' forgets reach this one as
@@ -17,7 +17,7 @@ pseudonyms.
 >>> index.add("bob"); index.written(270)          # the block being filled: bob's
 >>> index.ranges({pseudonym("ann")})              # (and what is being filled)
 [(0, 120), (240, 270)]
->>> index.ranges({pseudonym("dora")})             # (~1% of blocks say "maybe" wrongly)
+>>> index.ranges({pseudonym("dora")})             # (a few blocks in 10,000 say "maybe")
 [(240, 270)]
 """
 
@@ -32,21 +32,31 @@ from engine.records import pseudonym
 
 BLOCK_BYTES = 1 << 20
 """Lines written before a block is sealed with its filter."""
-FILTER_BYTES = 2048
-"""A block's Bloom filter (16,384 bits, three per user: ~2% false positives at the
-~1,700 users a block of 590-byte lines can hold)."""
+FILTER_BYTES = 4096
+"""A block's Bloom filter (32,768 bits, seven per user: ~0.03% false positives at the
+~1,700 users a block of 590-byte lines can hold; with 16,384 bits and three per user it
+was ~2%, so a forget read a fiftieth of the log besides its user's blocks)."""
+HASHES = 7
+"""Bits a user sets in a block's filter (positions ``h1 + i * h2``, from the pseudonym's
+two halves)."""
 MAX_BLOCKS = 1 << 16
-"""Sealed blocks kept (64 GB of log, 128 MB of filters); past it the oldest half is
+"""Sealed blocks kept (64 GB of log, 256 MB of filters); past it the oldest half is
 merged into the unindexed stretch, which a forget reads whole: rotate the log long
 before."""
 _USER = re.compile(rb'"user_id"\s*:\s*"((?:[^"\\]|\\.)*)"')
 _PSEUDONYM = re.compile(r"[0-9a-f]{16}")
 
 
-def _bits(hashed: str, size: int) -> tuple[int, int, int]:
-    """The filter's three bit positions for a pseudonym (16 hex digits)."""
+def _bits(hashed: str, size: int) -> tuple[int, ...]:
+    """The filter's HASHES bit positions for a pseudonym (16 hex digits): double hashing
+    of its two 32-bit halves (Kirsch and Mitzenmacher).
+
+    >>> _bits("00000003" "00000002", 1000)
+    (2, 5, 8, 11, 14, 17, 20)
+    """
     value = int(hashed, 16)
-    return value % size, (value >> 21) % size, (value >> 42) % size
+    first, step = value & 0xFFFFFFFF, (value >> 32) | 1
+    return tuple((first + i * step) % size for i in range(HASHES))
 
 
 class BlockIndex:
