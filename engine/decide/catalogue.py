@@ -132,7 +132,7 @@ class Catalogue:
         >>> list(gone.updated({"a": {"id": "a"}}, 2, last={"a"}).items)
         ['b', 'a']
         """
-        items, ranks = self.items, self.ranks
+        items, ranks, last = self.items, self.ranks, frozenset(last)
         if ranks.handed != self.handed or ranks.handed > 2 * len(items) + RANKS_SLACK:
             return None  # (a catalogue of this build was changed before, or it has as many
             # removed items' ranks as items)

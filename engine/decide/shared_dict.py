@@ -100,8 +100,10 @@ class SharedDict(Mapping[K, V], Generic[K, V]):
         >>> list(one.changed({"a": 3}).items()), list(one.changed({"a": 3}, last={"a"}))
         ([('a', 3), ('b', 2)], ['b', 'a'])
         """
-        base, over, added, length = self._base, dict(self._over), list(self._added), self._len
-        moved = set(self._moved)
+        base, over, length = self._base, dict(self._over), self._len
+        going, moved = set(last), set(self._moved)
+        added = [key for key in self._added if key not in going] if going else list(
+            self._added)  # (the keys moving last: appended again below, in delta's order)
         for key, value in delta.items():
             held = over[key] if key in over else base.get(key)
             if value is None:
@@ -111,9 +113,7 @@ class SharedDict(Mapping[K, V], Generic[K, V]):
                 continue
             if held is None:
                 length += 1
-            if key in last:  # (after what came before it in delta, and before the rest)
-                if key in over or key in base:
-                    added = [other for other in added if other != key]
+            if key in going:  # (after what came before it in delta, and before the rest)
                 added.append(key)
                 if key in base:
                     moved.add(key)
