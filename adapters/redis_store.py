@@ -473,7 +473,11 @@ class RedisStore:
         items in one HGETALL held Redis, and every replica's decisions, for 0.6 s)."""
         raw = cast(list[bytes | None], self.redis.mget(
             [self._items_key(":v"), self._items_key(":purged")]))
-        version, purged = int(raw[0] or 0), int(raw[1] or 0)
+        version = int(raw[0] or 0)
+        try:
+            purged = int(raw[1] or 0)
+        except ValueError:  # (damaged: which removals were dropped is unknown, read all)
+            purged = version + 1
         if version == known_version:
             return CatalogueChanges(version, None)
         if not purged <= known_version <= version or known_version <= 0:  # new, the store
@@ -523,14 +527,14 @@ class RedisStore:
             if not cursor:
                 return
 
-    def _added_at(self, items: dict[str, bytes]) -> list[tuple[int, str, bytes]]:
+    def _added_at(self, items: dict[str, bytes]) -> list[tuple[float, str, bytes]]:
         """``(version added at, id, item)`` of ``items``, sorted: the catalogue's order
         (0 for an item without one: removed, or written by an earlier build; those first,
         in the order given)."""
         names = list(items)
-        since: list[int] = []
+        since: list[float] = []  # (floats as stored: a damaged +-inf only orders)
         for at in range(0, len(names), CATALOGUE_READ_CHUNK):
-            since.extend(int(s or 0) for s in cast(list[float | None], self.redis.zmscore(
+            since.extend(s or 0.0 for s in cast(list[float | None], self.redis.zmscore(
                 self._items_key(":since"), names[at:at + CATALOGUE_READ_CHUNK])))
         unplaced = [(0, name, items[name]) for name, at in zip(names, since, strict=True)
                     if not at]

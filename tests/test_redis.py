@@ -472,3 +472,19 @@ def test_catalogue_items_written_before_their_order_was_kept_come_first_and_stay
     everything = store.catalogue_changes(0).items
     assert everything is not None and list(everything) == ["old-a", "new", "old-b"]
     assert store.catalogue_changes(v6) == (v6, None, frozenset(), False)
+
+
+def test_damaged_catalogue_order_keys_are_read_safely(redis_url: str) -> None:
+    """A ``{items}:purged`` that is not a number makes a replica read everything (it
+    cannot tell which removals it missed), and an added-at version of +inf or -inf orders
+    the item last or first: a catalogue read never fails on them."""
+    client = redis.Redis.from_url(redis_url)
+    store = RedisStore(redis_url, cache_ttl=0)
+    v1 = store.change_items({"a": b"1", "b": b"1"}, ())
+    v2 = store.change_items({"c": b"1"}, ())
+    client.set("arb:{items}:purged", b"garbage")
+    assert store.catalogue_changes(v1).everything
+    client.delete("arb:{items}:purged")
+    client.zadd("arb:{items}:since", {"a": float("inf"), "c": float("-inf")})
+    assert list(store.catalogue_changes(0).items or ()) == ["c", "b", "a"]
+    assert store.catalogue_changes(v1) == (v2, {"c": b"1"}, frozenset(), False)
