@@ -38,6 +38,8 @@ def test_rpcs_decisions_and_state_are_scraped(retail: Ruleset) -> None:
             for n in range(12):  # item views: the recommender learns (and is measured)
                 stub.TrackEvent(pb.TrackEventRequest(user_id=f"v{n % 3}", event_type="page_view",
                                                      item_id=f"sku-00{n % 4 + 1}"))
+            pb_grpc.CatalogueServiceStub(channel).RemoveItems(
+                pb.RemoveItemsRequest(item_ids=["sku-gone"]))
         arbiter.learn()
         url = f"http://127.0.0.1:{running.metrics_port}/metrics"
         text = urllib.request.urlopen(url, timeout=10).read().decode()
@@ -46,6 +48,7 @@ def test_rpcs_decisions_and_state_are_scraped(retail: Ruleset) -> None:
     assert 'arbiter_rpc_total{code="OK",method="Decide"} 1.0' in text
     assert 'arbiter_rpc_total{code="INVALID_ARGUMENT",method="Decide"} 1.0' in text
     assert 'arbiter_rpc_total{code="OK",method="Feedback"} 1.0' in text
+    assert 'arbiter_rpc_total{code="OK",method="RemoveItems"} 1.0' in text
     assert 'arbiter_rpc_seconds_bucket{le="0.5",method="Decide"} 2.0' in text
     top = d.actions[0]
     assert (f'arbiter_decisions_total{{action="{top.action_id}",arm="{top.arm}",'

@@ -140,6 +140,42 @@ def test_feedback_during_a_stall_is_never_acknowledged_unless_stored(
         assert len(outcomes) == 1
 
 
+def _item(item_id: str) -> pb.Item:
+    return pb.Item(id=item_id, attributes={"name": pb.Value(string_value=item_id),
+                                           "category": pb.Value(string_value="shoes"),
+                                           "price": pb.Value(number_value=30.0)})
+
+
+def test_catalogue_and_operator_calls_keep_the_server_default_deadline_and_fail_fast(
+        served: server.RunningServer, redis_url: str, redis_server: RedisServer) -> None:
+    """CatalogueService on a stalled Redis: without a client deadline the server's default
+    (1 s here, not the 10 s built in) answers DEADLINE_EXCEEDED; on a dead one
+    UNAVAILABLE at once; once Redis is back an upsert is acknowledged and served."""
+    with channel_to(served) as channel:
+        catalogue = pb_grpc.CatalogueServiceStub(channel)
+        first = catalogue.UpsertItems(pb.UpsertItemsRequest(items=[_item("n1")]), timeout=2)
+        pause(redis_url, 3000)
+        for call, request in ((catalogue.UpsertItems, pb.UpsertItemsRequest(
+                items=[_item("n2")])), (catalogue.RemoveItems,
+                                        pb.RemoveItemsRequest(item_ids=["n1"]))):
+            started = time.monotonic()
+            with pytest.raises(grpc.RpcError) as err:
+                call(request)  # no deadline of its own
+            assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+            assert time.monotonic() - started < 2.0
+        time.sleep(3.2)
+        back = catalogue.UpsertItems(pb.UpsertItemsRequest(items=[_item("n3")]), timeout=5)
+        assert back.version > first.version
+        redis_server.kill()
+        started = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            catalogue.UpsertItems(pb.UpsertItemsRequest(items=[_item("n4")]), timeout=2)
+        assert err.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
+        assert time.monotonic() - started < 1.0
+    served_items = served.arbiter.catalogue.items
+    assert "n3" in served_items and "n4" not in served_items
+
+
 def test_shutdown_with_redis_gone_logs_no_traceback(
         redis_url: str, redis_server: RedisServer, retail: Ruleset,
         caplog: pytest.LogCaptureFixture) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from engine.grpc import convert
-from engine.grpc.errors import rpc
+from engine.grpc.errors import DEFAULT_DEADLINE_SECONDS, rpc
 from engine.grpc.gen.arbiter.v1 import admin_pb2 as apb
 from engine.grpc.gen.arbiter.v1 import admin_pb2_grpc as apb_grpc
 from engine.grpc.metrics import ServerMetrics
@@ -17,11 +17,13 @@ from engine.service import Arbiter
 
 class AdminServicer(apb_grpc.AdminServiceServicer):
     def __init__(self, arbiter: Arbiter, reloader: RulesetReloader | None,
-                 offload: Offload, metrics: ServerMetrics | None = None) -> None:
+                 offload: Offload, metrics: ServerMetrics | None = None,
+                 default_deadline: float = DEFAULT_DEADLINE_SECONDS) -> None:
         self.arbiter = arbiter
         self.offload = offload
         self.reloader = reloader
         self.metrics = metrics
+        self.default_deadline = default_deadline  # a call without a deadline of its own
 
     def _info(self) -> apb.RulesetInfo:
         ruleset = self.arbiter.ruleset

@@ -5,17 +5,22 @@ from __future__ import annotations
 import grpc
 
 from engine.grpc import convert
-from engine.grpc.errors import rpc
+from engine.grpc.errors import DEFAULT_DEADLINE_SECONDS, rpc
 from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
+from engine.grpc.metrics import ServerMetrics
 from engine.grpc.offload import Offload
 from engine.service import Arbiter
 
 
 class CatalogueServicer(pb_grpc.CatalogueServiceServicer):
-    def __init__(self, arbiter: Arbiter, offload: Offload) -> None:
+    def __init__(self, arbiter: Arbiter, offload: Offload,
+                 metrics: ServerMetrics | None = None,
+                 default_deadline: float = DEFAULT_DEADLINE_SECONDS) -> None:
         self.arbiter = arbiter
         self.offload = offload
+        self.metrics = metrics  # calls counted by method and code (engine.grpc.errors.rpc)
+        self.default_deadline = default_deadline  # a call without a deadline of its own
 
     @rpc
     async def UpsertItems(self, request: pb.UpsertItemsRequest,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import grpc
 
 from engine.grpc import convert
-from engine.grpc.errors import rpc
+from engine.grpc.errors import DEFAULT_DEADLINE_SECONDS, rpc
 from engine.grpc.gen.arbiter.v1 import report_pb2 as rpb
 from engine.grpc.gen.arbiter.v1 import report_pb2_grpc as rpb_grpc
 from engine.grpc.metrics import ServerMetrics
@@ -16,10 +16,12 @@ from engine.service import Arbiter
 
 class ReportServicer(rpb_grpc.ReportServiceServicer):
     def __init__(self, arbiter: Arbiter, offload: Offload,
-                 metrics: ServerMetrics | None = None) -> None:
+                 metrics: ServerMetrics | None = None,
+                 default_deadline: float = DEFAULT_DEADLINE_SECONDS) -> None:
         self.arbiter = arbiter
         self.offload = offload
         self.metrics = metrics
+        self.default_deadline = default_deadline  # a call without a deadline of its own
 
     @rpc
     async def ExperimentReport(self, request: rpb.ExperimentReportRequest,

@@ -372,11 +372,12 @@ async def _start(running: RunningServer, host: str, port: int,
         arbiter, offload, running.decide_io, metrics, timeout, default_deadline, tracing),
         server)
     add_tolerant(apb_grpc.add_AdminServiceServicer_to_server,
-                 AdminServicer(arbiter, running.reloader, offload, metrics), server)
+                 AdminServicer(arbiter, running.reloader, offload, metrics, default_deadline),
+                 server)
     add_tolerant(rpb_grpc.add_ReportServiceServicer_to_server,
-                 ReportServicer(arbiter, offload, metrics), server)
+                 ReportServicer(arbiter, offload, metrics, default_deadline), server)
     add_tolerant(pb_grpc.add_CatalogueServiceServicer_to_server,
-                 CatalogueServicer(arbiter, offload), server)
+                 CatalogueServicer(arbiter, offload, metrics, default_deadline), server)
     health_pb2_grpc.add_HealthServicer_to_server(running.health, server)
     ready = await running.decide_io.ping(READY_INTERVAL_SECONDS)
     await running.set_health(SERVING if ready else NOT_SERVING)
