@@ -259,6 +259,11 @@ class FailedPrecondition(RuntimeError):
     """The request is valid but this server is not in a state to serve it."""
 
 
+class ResourceExhausted(RuntimeError):
+    """A limit of this server was reached before the request was served (nothing was
+    done for it): send it again, in another call."""
+
+
 class Aborted(RuntimeError):
     """The request conflicts with another still in progress (a Decide whose
     ``request_id`` is being decided by an earlier call): retry after a moment."""

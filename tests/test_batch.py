@@ -409,3 +409,90 @@ def test_a_batch_hands_the_loop_back_while_it_runs(rpc: str, store: str,
         arbiter.close()
     assert done[0] == 1000
     assert any(0 < n < 1000 for n in seen), seen  # the loop ran while the batch did
+
+
+LONG = "Lorem ipsum dolor sit amet, consectetur adipiscing elit. " * 80  # ~4.6 KB
+NEWSLETTER = f"""
+profile {{ first_name: string }}
+placement mail {{ channels: email  slots: 2 }}
+action letter {{
+  placements: mail
+  value: 2
+  content {{ body: html "<p>Dear {{{{ profile.first_name | default(\\"friend\\") }}}}</p>{LONG}" }}
+}}
+action offer {{
+  placements: mail
+  value: 1
+  content {{ body: html "<p>For {{{{ profile.first_name | default(\\"you\\") }}}}</p>{LONG}" }}
+}}
+"""
+
+
+@pytest.mark.parametrize("store,ids", [("memory", False), ("memory", True), ("redis", False),
+                                       ("redis", True)])
+def test_a_batch_answer_stays_under_the_message_limit_and_says_what_to_send_again(
+        store: str, ids: bool, request: pytest.FixtureRequest) -> None:
+    """1,000 emails of ~9 KB are ~9 MB, past the 4 MiB a gRPC client receives (and the
+    server sent): the call failed RESOURCE_EXHAUSTED after the sends were recorded. Now
+    the answer stops at about 3 MiB; the requests after it are RESOURCE_EXHAUSTED with
+    nothing decided or recorded for them (a request id's claim dropped), and sent again
+    they are decided."""
+    from adapters.redis_store import RedisStore
+
+    backing = (MemoryStore() if store == "memory"
+               else RedisStore(request.getfixturevalue("redis_url")))
+    arbiter = Arbiter(load_text(NEWSLETTER), backing, seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, workers=2)
+    requests = [pb.DecideRequest(user_id=f"n{i}", placement="mail",
+                                 request_id=f"run:{i}" if ids else "") for i in range(1000)]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:  # defaults
+            stub = pb_grpc.DecisionServiceStub(channel)
+            first = stub.DecideBatch(pb.DecideBatchRequest(requests=requests,
+                                                           record_impressions=True))
+            cut = [i for i, r in enumerate(first.results) if r.status]
+            decided = len(first.results) - len(cut)
+            assert decided > 100 and cut == list(range(decided, 1000))
+            assert first.ByteSize() < 4 << 20 and all(
+                first.results[i].status == "RESOURCE_EXHAUSTED"
+                and not first.results[i].HasField("decision") for i in cut)
+            assert "send the request again" in first.results[cut[0]].error
+            for i in (cut[0], cut[-1]):  # nothing recorded for them
+                assert arbiter.store.get_profile(f"n{i}") is None
+            assert arbiter.store.get_profile("n0") is not None  # (the send, recorded)
+            again = stub.DecideBatch(pb.DecideBatchRequest(
+                requests=[requests[i] for i in cut[:100]], record_impressions=True))
+    finally:
+        running.stop(grace=0.2)
+    assert not any(r.status for r in again.results)
+    assert all(r.decision.actions for r in again.results)
+    profile = arbiter.store.get_profile(f"n{cut[0]}")
+    assert profile is not None and len(profile.contacts) == 1
+
+
+def test_the_cli_sends_again_what_an_answer_had_no_room_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A campaign of large emails through ``arbiter decide --batch``: every customer
+    decided and sent once, each call's answer under the message limit."""
+    from engine.decide.contacts import contact_entries
+
+    arbiter = Arbiter(load_text(NEWSLETTER), MemoryStore(), seed=1)
+    running = server.start(arbiter, "127.0.0.1", 0, workers=2)
+    users = tmp_path / "users.jsonl"
+    users.write_text("".join(json.dumps({"user_id": f"c{i}"}) + "\n" for i in range(1200)))
+    out = tmp_path / "decisions.jsonl"
+    try:
+        assert main(["decide", "--target", f"127.0.0.1:{running.port}", "--batch", str(users),
+                     "--placement", "mail", "--out", str(out), "--record-impressions"]) == 0
+    finally:
+        running.stop(grace=0.2)
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["user_id"] for line in lines] == [f"c{i}" for i in range(1200)]
+    assert all(line["actions"] and "error" not in line for line in lines)
+    for line in lines:  # each sent once: its first action's one impression
+        profile = arbiter.store.get_profile(line["user_id"])
+        assert profile is not None and list(profile.contacts) == [
+            line["actions"][0]["action_id"]]
+        assert [kind for _, kind, _ in contact_entries(
+            profile.contacts[line["actions"][0]["action_id"]])] == ["impression"]
+    assert "decided 1,200/1,200" in capsys.readouterr().err

@@ -44,6 +44,7 @@ from engine.requests import (
     DecideInput,
     FailedPrecondition,
     InvalidArgument,
+    ResourceExhausted,
     check_id,
 )
 from engine.service import CONTENDED, SHOWN_ATTEMPTS, Arbiter
@@ -60,6 +61,11 @@ ShowDecisions = Callable[[Sequence[ShownWrite], float],
 
 MAX_BATCH = 1000
 """Decisions per DecideBatch call."""
+MAX_BATCH_ANSWER_BYTES = 3 << 20
+"""A DecideBatch answer's size, about: past it the requests left are not decided but
+answered RESOURCE_EXHAUSTED (send them again), so that the answer stays under the 4 MiB
+a gRPC client receives by default (and the server sends) whatever the content rendered
+(1,000 emails of 9 KB each are 9 MB)."""
 TOO_OLD_TO_COUNT = ("at: decided, but older than the attribution window, so not recorded "
                     "and its impression not counted")
 """A DecideBatch result's ``error`` when ``record_impressions`` could not count it."""
@@ -86,6 +92,38 @@ class _Slices:
         if time.perf_counter() >= self.until:
             await asyncio.sleep(0)  # what arrived meanwhile runs, then the batch goes on
             self.until = time.perf_counter() + BATCH_SLICE_SECONDS
+
+
+class _AnswerRoom:
+    """What a DecideBatch answer has used of :data:`MAX_BATCH_ANSWER_BYTES`: a decision
+    is made only while one as large as the largest so far still fits (the first always
+    is).
+
+    >>> room = _AnswerRoom()
+    >>> room.fits(), room.add(pb.DecideBatchResult(error="x" * 100)), room.used
+    (True, None, 103)
+    """
+
+    __slots__ = ("largest", "used")
+
+    def __init__(self) -> None:
+        self.used = self.largest = 0
+
+    def fits(self) -> bool:
+        return self.used + self.largest <= MAX_BATCH_ANSWER_BYTES
+
+    def add(self, result: pb.DecideBatchResult) -> None:
+        size = result.ByteSize()
+        self.used += size
+        if size > self.largest:
+            self.largest = size
+
+    @staticmethod
+    def refuse(result: pb.DecideBatchResult) -> Exception:
+        """``result`` not decided: the answer is full."""
+        return _refuse(result, ResourceExhausted(
+            f"not decided: this call's answers reached {MAX_BATCH_ANSWER_BYTES:,} bytes; "
+            "send the request again in another call"))
 
 
 class _Made:
@@ -165,27 +203,38 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         response = pb.DecideBatchResponse()
         results = [response.results.add() for _ in request.requests]
         record = request.record_impressions
+        room = _AnswerRoom()
         if not self.offload.store_blocks and not any(
                 one.request_id for one in request.requests):  # in memory: nothing to overlap
             slices = _Slices()
             for one, result in zip(request.requests, results, strict=True):
+                if not room.fits():  # this one and those after it: not decided
+                    room.refuse(result)
+                    continue
                 await self._batch_one(one, record, result)
+                room.add(result)
                 await slices.share()
             return response
         slices = _Slices()
         for wave in _waves(request.requests):  # one user's requests in order
+            if not room.fits():  # (nothing read or claimed for them)
+                for i in wave:
+                    room.refuse(results[i])
+                continue
             await self._decide_wave([request.requests[i] for i in wave],
-                                    [results[i] for i in wave], record, slices)
+                                    [results[i] for i in wave], record, slices, room)
         return response
 
     async def _decide_wave(self, requests: list[pb.DecideRequest],
                            results: list[pb.DecideBatchResult], record_impressions: bool,
-                           slices: _Slices | None = None) -> list[Exception | None]:
+                           slices: _Slices | None = None, room: _AnswerRoom | None = None
+                           ) -> list[Exception | None]:
         """Distinct customers' decisions with one wait for their profiles (and the claims
         of their request ids) and one for their records (and kept answers), not one
         task, timer and pair of waits per decision: the same decisions, degraded together
         when the store fails or runs out of time. Returns each request's refusal (None:
-        answered), also written to its result."""
+        answered), also written to its result. ``room``: the batch's answer, which none
+        is decided past (refused RESOURCE_EXHAUSTED, a claim of its request id dropped)."""
         arbiter = self.arbiter
         refused: list[Exception | None] = [None] * len(requests)
         checked: list[tuple[int, DecideInput, bytes]] = []  # (index, request, digest)
@@ -211,9 +260,15 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         claims = await claiming if claiming is not None else {}  # None: not asked in time
         wave = _Wave(requests, results, show)
         impressions = []
+        released: list[tuple[str, str]] = []  # claims of this call's that keep no answer
         for j, ((i, req, digest), (profile, available)) in enumerate(
                 zip(checked, profiles, strict=True)):
             result = results[i]
+            if room is not None and not room.fits():  # the answer is full: not decided
+                refused[i] = room.refuse(result)
+                if digest and claims is not None and claims[i] is None:  # ours: dropped
+                    released.append((req.user_id, requests[i].request_id))
+                continue
             if digest:
                 if claims is None:  # cannot tell what was answered: nothing kept
                     profile, available = None, False
@@ -225,6 +280,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                         continue
                     if self.metrics is not None:
                         self.metrics.answered_again.inc()
+                    if room is not None:
+                        room.add(result)
                     # its impression too: once per decision, and the first call may
                     # have stopped before recording it
                     if record_impressions and result.decision.actions:
@@ -234,10 +291,11 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 await slices.share()
             self._make(wave, _Made(i, req, digest, profile, available),
                        raw[j] if raw else None)
+            if room is not None:
+                room.add(result)
         made = wave.made
         counted: dict[int, tuple[FeedbackInput, FeedbackCommit]] = {}  # by place in made
         failed = await self._store_wave(wave, counted)
-        released: list[tuple[str, str]] = []
         for m, it in enumerate(made):
             i, req, decision = it.i, it.req, it.decision
             result = results[i]
@@ -251,10 +309,8 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                                              it.available and m not in failed)
             if self.metrics is not None:
                 self.metrics.decided(decision)
-            if it.keep:  # filled already
-                result.decision.degraded = decision.degraded
-            else:
-                convert.fill_decide_response(result.decision, decision)
+            if decision.degraded:  # (filled when made, as its kept answer is)
+                result.decision.degraded = True
             # a claim of this call's that keeps no answer (nothing to record, or its
             # profile not read) is dropped; one it could not ask for is left alone (it
             # may be another's), and so is one whose write failed: it may yet have been
@@ -281,12 +337,14 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         arbiter = self.arbiter
         one.decision, one.record = decision, record = self._decide_from(one.req, one.profile)
         ttl = arbiter.record_ttl(record)
+        result = wave.results[one.i]
         if place is None:
             place = len(wave.made)
             wave.made.append(one)
-        else:  # (what the first decision filled in, if anything, goes)
+        else:  # (what the first decision filled in goes)
             wave.made[place] = one
-            wave.results[one.i].decision.Clear()
+            result.decision.Clear()
+        convert.fill_decide_response(result.decision, decision)  # (its size counts now)
         if ttl is None or not one.available:
             return
         if wave.show is not None and decision.actions:  # stored with its impression
@@ -297,8 +355,6 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         else:
             wave.writes.append((record, ttl))
         if one.digest:  # the answer as it will be sent, kept with the record
-            result = wave.results[one.i]
-            convert.fill_decide_response(result.decision, decision)
             wave.kept.append((one.req.user_id, wave.requests[one.i].request_id,
                               answers.answer(one.digest, result.decision), ttl))
             one.keep = True

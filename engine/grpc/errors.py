@@ -28,7 +28,13 @@ from engine.ports import (
     StoreUnavailable,
 )
 from engine.records import CorruptRecord
-from engine.requests import Aborted, FailedPrecondition, InvalidArgument, NotFound
+from engine.requests import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from engine.throttled_log import ThrottledLog
 
 log = logging.getLogger(__name__)
@@ -68,6 +74,8 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.FAILED_PRECONDITION, str(err)
     if isinstance(err, Aborted):
         return grpc.StatusCode.ABORTED, str(err)
+    if isinstance(err, ResourceExhausted):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, str(err)
     if isinstance(err, CorruptRecord):
         throttled.warning(f"corrupt:{method}", "%s: %s", method, err)
         return (grpc.StatusCode.DATA_LOSS,

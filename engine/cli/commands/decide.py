@@ -151,8 +151,10 @@ def run_batch(args: argparse.Namespace) -> int:
     it lists): once to check every line (a line that is not a JSON object stops the run
     before anything is decided, naming file:line:col), once to decide them in order.
     A call the server could not take (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``: nothing
-    decided) is sent again with backoff; any other failure stops the run after the
-    decisions written so far, saying how to go on (``--resume``). With
+    decided) is sent again with backoff, the requests an answer had no room for (their
+    results ``RESOURCE_EXHAUSTED``, nothing decided: large content) at once; any other
+    failure stops the run after the decisions written so far, saying how to go on
+    (``--resume``). With
     ``--record-impressions`` each request carries a ``request_id`` (the run's id and the
     user's place in the file), so a call whose answer was lost (``DEADLINE_EXCEEDED``)
     and a request answered ``ABORTED`` (its first call still deciding) are sent again
@@ -198,6 +200,9 @@ class _BatchStopped(Exception):
     """A DecideBatch call failed in a way a retry cannot mend."""
 
 
+SENT_AGAIN = frozenset({"ABORTED", "RESOURCE_EXHAUSTED"})
+"""A DecideBatch result's statuses that mean "not decided yet, send it again": a request
+whose first call is still deciding it, or one past what the answer could carry."""
 BATCH_RETRIES = 8
 """Sends of a DecideBatch call the server could not take, with backoff (0.2 s doubling to
 5 s: ~21 s in all, longer than a claim left by a server that stopped is held)."""
@@ -225,9 +230,10 @@ def _decide_chunk(stub: Any, args: argparse.Namespace, chunk: list[dict[str, Any
     retried = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
     if run_id:  # a lost answer is safe to ask for again: the first is kept under its id
         retried |= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
-    response = None
+    response = pb.DecideBatchResponse(results=[pb.DecideBatchResult()] * len(chunk))
     pending = list(range(len(chunk)))  # the requests without a final answer yet
-    for attempt in range(BATCH_RETRIES + 1):
+    attempt = 0
+    while True:
         call = pb.DecideBatchRequest(record_impressions=request.record_impressions,
                                      requests=[request.requests[i] for i in pending])
         try:
@@ -237,17 +243,23 @@ def _decide_chunk(stub: Any, args: argparse.Namespace, chunk: list[dict[str, Any
             # have recorded some
             if err.code() in retried and attempt < BATCH_RETRIES:
                 time.sleep(min(5.0, 0.2 * 2 ** attempt))
+                attempt += 1
                 continue
             raise _BatchStopped(f"{err.code().name}: {err.details()}") from None
-        if response is None:
-            response = pb.DecideBatchResponse(results=[pb.DecideBatchResult()] * len(chunk))
         for i, result in zip(pending, answer.results, strict=True):
             response.results[i].CopyFrom(result)
-        pending = [i for i in pending if response.results[i].status == "ABORTED"]
+        left = [i for i in pending if response.results[i].status in SENT_AGAIN]
+        # past the answer's size the rest were not decided: at once, while each call
+        # answers some (big content: a few hundred a call)
+        if left and len(left) < len(pending) and any(
+                response.results[i].status == "RESOURCE_EXHAUSTED" for i in left):
+            pending = left
+            continue
+        pending = left
         if not pending or attempt == BATCH_RETRIES:
             return response
         time.sleep(min(5.0, 0.2 * 2 ** attempt))
-    raise AssertionError("unreachable")
+        attempt += 1
 
 
 def completed_lines(out: Path) -> int:
