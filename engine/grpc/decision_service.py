@@ -101,7 +101,7 @@ class _AnswerRoom:
 
     >>> room = _AnswerRoom()
     >>> room.fits(), room.add(pb.DecideBatchResult(error="x" * 100)), room.used
-    (True, None, 103)
+    (True, None, 102)
     """
 
     __slots__ = ("largest", "used")
