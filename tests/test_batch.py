@@ -71,6 +71,25 @@ def test_the_cli_decides_a_file_of_users(running: server.RunningServer, tmp_path
     assert "decided 1,200/1,200" in capsys.readouterr().err
 
 
+def test_the_cli_keeps_each_call_under_the_servers_message_limit(
+        running: server.RunningServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Lines with 3 KB of context: 500 of them are 1.5 MB, past the 1 MiB a server takes
+    (the call was refused RESOURCE_EXHAUSTED, sent again until the run stopped). Now
+    each call is cut under the limit."""
+    users = tmp_path / "users.jsonl"
+    users.write_text("".join(json.dumps({"user_id": f"c{i}", "context": {"page": "p" * 3000}})
+                             + "\n" for i in range(600)))
+    out = tmp_path / "decisions.jsonl"
+    assert main(["decide", "--target", f"127.0.0.1:{running.port}", "--batch", str(users),
+                 "--placement", "homepage_banner", "--channel", "web", "--out", str(out)]) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["user_id"] for line in lines] == [f"c{i}" for i in range(600)]
+    assert all(line["actions"] for line in lines)
+    err = capsys.readouterr().err
+    assert "decided 600/600" in err and "decided 500/600" not in err  # (smaller calls)
+
+
 def test_the_cli_refuses_a_bad_line_before_deciding_anything(
         running: server.RunningServer, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
@@ -262,7 +281,7 @@ def test_a_batch_that_stopped_goes_on_with_resume(
 def test_arbiter_track_keeps_each_call_under_the_request_limit() -> None:
     """Lines are sent in calls of at most --batch-size events and under 1 MiB (a server
     refuses a larger request): big traits make smaller calls."""
-    from engine.cli.commands.track import CALL_BYTES, calls
+    from engine.cli.common import CALL_BYTES, calls
 
     big = {f"t{i}": pb.Value(string_value="x" * 4000) for i in range(60)}  # ~240 KB
     lines = [(n, pb.TrackEventRequest(user_id="ann", event_type="visit", traits=big))

@@ -14,7 +14,7 @@ import secrets
 import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_path, read_sources
@@ -23,6 +23,8 @@ from engine.ports import LEARNING_LOG_MAX_ENTRIES, Store, StoreFactory
 from engine.requests import InvalidArgument
 
 EXAMPLE_RULES = "rulesets/retail"
+
+T = TypeVar("T")
 
 
 def default_rules() -> str:
@@ -182,3 +184,30 @@ def json_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
             if not isinstance(item, dict):
                 raise ValueError(f"{path}:{number}:1: not a JSON object")
             yield number, line, item
+
+
+CALL_BYTES = 900_000
+"""A batch call's requests at most, serialized (a server refuses messages over 1 MiB)."""
+
+
+def calls(lines: Iterator[tuple[T, Any]], size: int) -> Iterator[list[tuple[T, Any]]]:
+    """``(key, request message)`` pairs in calls of at most ``size`` requests and
+    :data:`CALL_BYTES` (one request is always under it: the requests' own limits keep
+    one to about half a megabyte).
+
+    >>> from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+    >>> big = [(n, pb.DecideRequest(user_id="u", placement="p" * 200_000)) for n in range(9)]
+    >>> [len(call) for call in calls(iter(big), 5)]
+    [4, 4, 1]
+    """
+    chunk: list[tuple[T, Any]] = []
+    used = 0
+    for key, request in lines:
+        weight = request.ByteSize() + 8  # (its tag and length in the batch)
+        if chunk and (len(chunk) == size or used + weight > CALL_BYTES):
+            yield chunk
+            chunk, used = [], 0
+        chunk.append((key, request))
+        used += weight
+    if chunk:
+        yield chunk

@@ -15,6 +15,7 @@ from dsl.loader import load_path
 from engine.cli.client import add_client_arguments, open_channel
 from engine.cli.common import (
     add_request_arguments,
+    calls,
     default_rules,
     json_lines,
     key_column,
@@ -176,11 +177,14 @@ def run_batch(args: argparse.Namespace) -> int:
         return 2
     users = itertools.islice(batch_users(path), done, None)
     run_id = (args.run_id or uuid.uuid4().hex[:16]) if args.record_impressions else ""
+    requests = ((item, _decide_request(args, item, f"{run_id}:{done + n + 1}" if run_id
+                                       else "")) for n, item in enumerate(users))
     with open_channel(args) as channel, out_path.open("a" if args.resume else "w") as out:
         stub = pb_grpc.DecisionServiceStub(channel)
-        while chunk := list(itertools.islice(users, BATCH)):
+        for call in calls(requests, BATCH):  # (and under the server's message limit)
+            chunk = [item for item, _ in call]
             try:
-                response = _decide_chunk(stub, args, chunk, run_id, done)
+                response = _decide_chunk(stub, args, [request for _, request in call])
             except _BatchStopped as err:
                 again = f" --run-id {run_id}" if run_id and not args.run_id else ""
                 print(f"\narbiter decide: stopped after {done:,} of {total:,} users: {err}. "
@@ -208,30 +212,35 @@ BATCH_RETRIES = 8
 5 s: ~21 s in all, longer than a claim left by a server that stopped is held)."""
 
 
-def _decide_chunk(stub: Any, args: argparse.Namespace, chunk: list[dict[str, Any]],
-                  run_id: str, done: int) -> Any:
-    """One DecideBatch call for ``chunk`` (the users after the first ``done``), sent
-    again while it fails for a reason a retry mends; with a ``run_id`` (request ids) a
-    request answered ``ABORTED`` is sent again on its own."""
+def _decide_request(args: argparse.Namespace, item: dict[str, Any], request_id: str) -> Any:
+    """The DecideRequest of a line of ``--batch``."""
+    from engine.grpc import convert
+    from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
+
+    return pb.DecideRequest(
+        user_id=str(item.get("user_id", "")), placement=args.placement,
+        channel=args.channel, limit=args.limit, request_id=request_id,
+        context={k: convert.to_value(v) for k, v in (item.get("context") or {}).items()})
+
+
+def _decide_chunk(stub: Any, args: argparse.Namespace, requests: list[Any]) -> Any:
+    """One DecideBatch call for ``requests``, sent again while it fails for a reason a
+    retry mends; with request ids a request answered ``ABORTED`` is sent again on its
+    own, and so is one the answer had no room for."""
     import time
 
     import grpc
 
-    from engine.grpc import convert
     from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 
-    request = pb.DecideBatchRequest(record_impressions=args.record_impressions, requests=[
-        pb.DecideRequest(
-            user_id=str(item.get("user_id", "")), placement=args.placement,
-            channel=args.channel, limit=args.limit,
-            request_id=f"{run_id}:{done + i + 1}" if run_id else "",
-            context={k: convert.to_value(v) for k, v in (item.get("context") or {}).items()})
-        for i, item in enumerate(chunk)])
+    request = pb.DecideBatchRequest(record_impressions=args.record_impressions,
+                                    requests=requests)
     retried = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED}
-    if run_id:  # a lost answer is safe to ask for again: the first is kept under its id
+    if any(r.request_id for r in requests):  # a lost answer is safe to ask for again:
+        # the first is kept under its id
         retried |= {grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
-    response = pb.DecideBatchResponse(results=[pb.DecideBatchResult()] * len(chunk))
-    pending = list(range(len(chunk)))  # the requests without a final answer yet
+    response = pb.DecideBatchResponse(results=[pb.DecideBatchResult()] * len(requests))
+    pending = list(range(len(requests)))  # the requests without a final answer yet
     attempt = 0
     while True:
         call = pb.DecideBatchRequest(record_impressions=request.record_impressions,

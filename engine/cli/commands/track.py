@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from engine.cli.client import add_client_arguments, open_channel
-from engine.cli.common import json_lines, key_column
+from engine.cli.common import calls, json_lines, key_column
 
 LINE_KEYS = frozenset({"user_id", "event_type", "properties", "traits", "timestamp",
                        "item_id", "event_id"})
@@ -105,26 +105,6 @@ def run(args: argparse.Namespace) -> int:
               "applied answers as already applied)", file=sys.stderr)
     print(f"arbiter track: {tally.line()}", file=sys.stderr)
     return 1 if tally.refused or stopped else 0
-
-
-CALL_BYTES = 900_000
-"""A call's events at most (a server refuses requests over 1 MiB)."""
-
-
-def calls(lines: Iterator[tuple[int, Any]], size: int) -> Iterator[list[tuple[int, Any]]]:
-    """The lines in calls of at most ``size`` events and :data:`CALL_BYTES` (an event is
-    always under it: TrackEvent's own limits keep one to about half a megabyte)."""
-    chunk: list[tuple[int, Any]] = []
-    used = 0
-    for number, request in lines:
-        weight = request.ByteSize() + 8  # (its tag and length in the batch)
-        if chunk and (len(chunk) == size or used + weight > CALL_BYTES):
-            yield chunk
-            chunk, used = [], 0
-        chunk.append((number, request))
-        used += weight
-    if chunk:
-        yield chunk
 
 
 def send_chunk(stub: Any, chunk: list[tuple[int, Any]], retries: int, path: Path,
