@@ -374,6 +374,28 @@ def test_the_items_command_checks_upserts_and_removes(
     assert "sku-900" not in arbiter.catalogue.items
 
 
+def test_the_items_command_keeps_each_call_under_the_request_limit(
+        tmp_path: Path, running: server.RunningServer, arbiter: Arbiter,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """1,500 items with long names: 1,000 of them are 2 MB, past the 1 MiB a server takes
+    (the upsert failed RESOURCE_EXHAUSTED); now the calls are cut under it. A server that
+    cannot be reached is tried again, then the command stops, saying which items."""
+    import engine.cli.commands.items as items_command
+    from engine.cli.app import main
+    from tests.conftest import free_port
+
+    big = tmp_path / "big.jsonl"
+    big.write_text("".join(json.dumps({"id": f"long-{i}", "name": "n" * 2000, "price": 5})
+                           + "\n" for i in range(1500)))
+    assert main(["items", "upsert", str(big), "--target", f"127.0.0.1:{running.port}"]) == 0
+    assert all(f"long-{i}" in arbiter.catalogue.items for i in (0, 999, 1000, 1499))
+    capsys.readouterr()
+    monkeypatch.setattr(items_command, "RETRIES", 1)
+    assert main(["items", "upsert", str(big), "--target", f"127.0.0.1:{free_port()}"]) == 1
+    err = capsys.readouterr().err
+    assert "UNAVAILABLE" in err and "(in items 1-" in err and "Traceback" not in err
+
+
 def test_get_profile_shows_the_item_history_and_the_report_the_recommender(
         stub: pb_grpc.DecisionServiceStub, arbiter: Arbiter) -> None:
     from engine.cli.commands.report import render_models

@@ -10,15 +10,19 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
 from dsl.catalogue import load_catalogue
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_path
 from engine.cli.client import add_client_arguments, open_channel
-from engine.cli.common import default_rules
+from engine.cli.common import calls, default_rules
 
 BATCH = 1000
-"""Items per UpsertItems call."""
+"""Items per UpsertItems call (fewer when they would pass the server's request limit)."""
+RETRIES = 5
+"""Sends of a call the server could not take (UNAVAILABLE, RESOURCE_EXHAUSTED,
+DEADLINE_EXCEEDED: an upsert or removal is safe to send again), with backoff."""
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -90,13 +94,13 @@ def _upsert(args: argparse.Namespace, path: Path, text: str) -> int:
         messages.append(pb.Item(id=str(raw.get("id", "")), attributes=attributes))
     stub = pb_grpc.CatalogueServiceStub(open_channel(args))
     answer = None
-    for start in range(0, len(messages), BATCH):
+    for call in calls(enumerate(messages, 1), BATCH):  # (and under the request limit)
         try:
-            answer = stub.UpsertItems(pb.UpsertItemsRequest(items=messages[start:start + BATCH]),
-                                      timeout=30)
+            answer = _sent(stub.UpsertItems,
+                           pb.UpsertItemsRequest(items=[item for _, item in call]))
         except grpc.RpcError as err:
             print(f"arbiter items: {err.code().name}: {err.details()} (in items "
-                  f"{start + 1}-{start + BATCH} of {path})", file=sys.stderr)
+                  f"{call[0][0]}-{call[-1][0]} of {path})", file=sys.stderr)
             return 1
     served = answer.items if answer is not None else 0
     print(json.dumps({"upserted": len(messages), "catalogue_items": served,
@@ -112,9 +116,28 @@ def _remove(args: argparse.Namespace) -> int:
 
     stub = pb_grpc.CatalogueServiceStub(open_channel(args))
     try:
-        answer = stub.RemoveItems(pb.RemoveItemsRequest(item_ids=args.args), timeout=30)
+        answer = _sent(stub.RemoveItems, pb.RemoveItemsRequest(item_ids=args.args))
     except grpc.RpcError as err:
         print(f"arbiter items: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
     print(f"removed {len(args.args)} item(s); the catalogue now has {answer.items}")
     return 0
+
+
+def _sent(method: Any, request: Any) -> Any:
+    """``method(request)``, sent again with backoff (0.2 s doubling) while the server
+    cannot take it, :data:`RETRIES` times at most; raises the last error."""
+    import time
+
+    import grpc
+
+    again = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED,
+             grpc.StatusCode.DEADLINE_EXCEEDED}
+    for attempt in range(RETRIES + 1):
+        try:
+            return method(request, timeout=30)
+        except grpc.RpcError as err:
+            if err.code() not in again or attempt == RETRIES:
+                raise
+            time.sleep(min(5.0, 0.2 * 2 ** attempt))
+    raise AssertionError("unreachable")
