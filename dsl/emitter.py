@@ -93,14 +93,15 @@ class Emitter:
         if not any(self.nullable(o) for o in node.operands):
             return "(" + f" {node.op} ".join(parts) + ")"
         # Kleene logic with short-circuit: 'and' stops at the first False,
-        # 'or' at the first True; otherwise None if any operand was None.
+        # 'or' at the first True; otherwise None if any operand was None. Flat, however
+        # many operands (Python's parser nests 200 parentheses at most: a segment of 200
+        # 'or's crashed the compiler when each operand nested the rest).
         stop, other = ("False", "True") if node.op == "and" else ("True", "False")
         temps = [self.temp() for _ in parts]
-        tail = f"(None if {' or '.join(f'{t} is None' for t in temps)} else {other})"
-        expr = tail
-        for t, part in reversed(list(zip(temps, parts, strict=True))):
-            expr = f"({stop} if ({t} := {part}) is {stop} else {expr})"
-        return expr
+        stops = " or ".join(f"({t} := {part}) is {stop}"
+                            for t, part in zip(temps, parts, strict=True))
+        unknown = " or ".join(f"{t} is None" for t in temps)
+        return f"({stop} if ({stops}) else None if ({unknown}) else {other})"
 
     def _binary(self, node: ast.Binary) -> str:
         left, right = self.emit(node.left), self.emit(node.right)

@@ -28,6 +28,14 @@ from dsl.units import duration_seconds
 
 GRAMMAR_PATH = Path(__file__).with_name("grammar.lark")
 TEMPLATE_RE = re.compile(r"\{\{(.*?)\}\}|\{%(.*?)%\}", re.DOTALL)
+MAX_SYNTAX_DEPTH = 80
+"""Levels of a file's syntax tree at most (a rule's declaration takes about eight; then
+one per ``not`` or sign, two per parenthesis, three per operator or call around a
+parenthesised operand): deeper is an error at the first node past it, so that checking
+and compiling the rule stay well inside Python's own limits (its recursion, and the 200
+parentheses its parser nests) instead of crashing."""
+MAX_TEMPLATE_NESTING = 32
+"""``{% if %}`` and ``{% for %}`` blocks open at once in one content template, at most."""
 
 
 @lru_cache(maxsize=1)
@@ -503,10 +511,14 @@ def _parse_fragment(source: str, start: str, file: str, line_off: int, col_off: 
     """Parse part of a string literal (a token or a block's expression) at its position."""
     transformer = _ToAst(file, line_off, col_off)
     try:
-        node = transformer.transform(_lark().parse(source, start=start))
+        tree = _lark().parse(source, start=start)
     except UnexpectedInput as err:
         diagnostics.append(_syntax_diagnostic(err, file, line_off, col_off, source))
         return None
+    if (deep := _too_deep(tree, file, line_off, col_off)) is not None:
+        diagnostics.append(deep)
+        return None
+    node = transformer.transform(tree)
     diagnostics.extend(transformer.diagnostics)
     return node
 
@@ -557,6 +569,12 @@ class _TemplateParser:
         if block is None:
             self.error("unknown template block: use {% if ... %}, {% for x in ... %}, "
                        "{% else %} or {% end %}", here)
+        elif (block.group("if") or block.group("for")) and len(
+                self.stack) > MAX_TEMPLATE_NESTING:  # kept open for its end, dropped then
+            if not any(f.expr is None and f.kind != "root" for f in self.stack):  # (once)
+                self.error(f"template blocks nested more than {MAX_TEMPLATE_NESTING} "
+                           "deep: split the content", here)
+            self.stack.append(_Frame(block.group("if") or block.group("for"), here))
         elif block.group("if"):
             self.stack.append(_Frame("if", here, expr=expr("cond")))
         elif block.group("for"):
@@ -601,12 +619,44 @@ def _parse_template(
     return _TemplateParser(pos, diagnostics).parse(text)
 
 
+def _too_deep(tree: Tree[Token], file: str, line_off: int, col_off: int
+              ) -> Diagnostic | None:
+    """An error at the first node of ``tree`` deeper than :data:`MAX_SYNTAX_DEPTH`, at
+    its position (or its nearest positioned parent's); None when none is. Walked with a
+    stack: a tree too deep to transform is not too deep to measure.
+
+    >>> deep = "segment s = " + "(" * 60 + "true" + ")" * 60
+    >>> _too_deep(_lark().parse(deep, start="start"), "f.arb", 0, 0).pos
+    Pos(file='f.arb', line=1, column=52)
+    """
+    stack: list[tuple[Tree[Token] | Token, int, tuple[int, int]]] = [(tree, 1, (1, 1))]
+    while stack:
+        node, depth, where = stack.pop()
+        if isinstance(node, Tree):
+            if not node.meta.empty:
+                where = (node.meta.line, node.meta.column)
+        elif node.line is not None and node.column is not None:
+            where = (node.line, node.column)
+        if depth > MAX_SYNTAX_DEPTH:
+            line, column = where
+            return Diagnostic("error", "expression nested too deeply (more than "
+                              f"{MAX_SYNTAX_DEPTH} levels of syntax): split it, into "
+                              "segments for instance", ast.Pos(
+                                  file, line + line_off, column + (col_off if line == 1
+                                                                   else 0)))
+        if isinstance(node, Tree):
+            stack.extend((child, depth + 1, where) for child in reversed(node.children))
+    return None
+
+
 def parse_text(text: str, file: str) -> tuple[ast.Module | None, list[Diagnostic]]:
     """Parse one rule file; never raises for bad input, returns diagnostics instead."""
     try:
         tree: Tree[Token] = _lark().parse(text, start="start")
     except UnexpectedInput as err:
         return None, [_syntax_diagnostic(err, file, 0, 0, text)]
+    if (deep := _too_deep(tree, file, 0, 0)) is not None:
+        return None, [deep]
     transformer = _ToAst(file)
     items = transformer.transform(tree)
     return ast.Module(file, tuple(items.children)), transformer.diagnostics

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from dsl.diagnostics import RulesetError
@@ -224,3 +226,86 @@ def test_overlapping_ranges_are_not_flagged() -> None:
                                       "action a { placements: home value: 1 when: s }\n"})
     assert not any("never hold" in d.message for d in result.diagnostics)
     assert result.ruleset is not None and result.ruleset.cost > 0
+
+
+DEEP = """
+profile { x: number  s: string }
+placement p { channels: web }
+"""
+
+# (what a rule nests n times: each compiles at the deepest n the limit allows)
+NESTINGS = {
+    "parentheses": lambda n: "(" * n + "profile.x > 1" + ")" * n,
+    "not": lambda n: "not " * n + "profile.x > 1",
+    "negation": lambda n: "-" * n + "profile.x > 1",
+    "arithmetic": lambda n: "profile.x + (" * n + "profile.x" + ")" * n + " > 1",
+    "calls": lambda n: "coalesce(" * n + "profile.x" + ", 1)" * n + " > 1",
+    "and or": lambda n: "(profile.x > 1 and (profile.x < 9 or " * n + "profile.x > 2"
+                        + "))" * n,
+}
+
+
+def _deepest(nest: Any) -> int:
+    """The largest n whose segment parses within the nesting limit."""
+    from dsl.parser import parse_text
+
+    n = 1
+    while not parse_text(DEEP + f"segment s = {nest(n + 1)}\n", "r.arb")[1]:
+        n += 1
+    return n
+
+
+@pytest.mark.parametrize("kind", sorted(NESTINGS))
+def test_a_rule_nested_past_the_limit_is_an_error_at_its_place_not_a_crash(kind: str) -> None:
+    """Nesting deep enough made the checker (RecursionError) or Python's compiler (200
+    parentheses) crash ``arbiter check`` and a server's reload. Now the deepest nesting
+    the limit allows compiles and decides, and one level more (or three thousand) is an
+    error at file:line:col."""
+    nest = NESTINGS[kind]
+    deepest = _deepest(nest)
+    assert deepest >= 15  # (people nest a few levels; the limit is well above that)
+    ruleset = load_text(DEEP + f"segment s = {nest(deepest)}\n"
+                        "action a { placements: p  value: 1  when: s }\n")
+    assert ruleset.segments[0].fn({"x": 5.0}, {}, {}, {}, 0.0) in (True, False)
+    for n in (deepest + 1, 3000):
+        with pytest.raises(RulesetError) as err:
+            load_text(DEEP + f"segment s = {nest(n)}\n")
+        (error,) = err.value.errors
+        assert error.pos.line == 4 and error.pos.column > 12
+        assert error.message.startswith("expression nested too deeply")
+
+
+def test_a_long_chain_of_conditions_compiles_with_null_logic_intact() -> None:
+    """A segment of 500 nullable conditions joined by 'or' (a list of postal codes):
+    each operand nested the rest, and past ~200 Python's compiler refused the source.
+    Now the chain is flat; null logic and short-circuiting are as before."""
+    codes = " or ".join(f'profile.s == "{n:05d}"' for n in range(500))
+    anded = " and ".join(f'profile.s != "{n:05d}"' for n in range(500))
+    ruleset = load_text(DEEP + f"segment listed = {codes}\nsegment other = {anded}\n")
+    listed, other = (s.fn for s in ruleset.segments)
+    assert listed({"s": "00499"}, {}, {}, {}, 0.0) is True
+    assert listed({"s": "99999"}, {}, {}, {}, 0.0) is False
+    assert listed({"s": None}, {}, {}, {}, 0.0) is None  # null: not in it
+    assert other({"s": "00000"}, {}, {}, {}, 0.0) is False
+    assert other({"s": "99999"}, {}, {}, {}, 0.0) is True
+    assert other({"s": None}, {}, {}, {}, 0.0) is None
+    mixed = load_text(DEEP + "segment m = profile.s == \"a\" or profile.x > 1 or "
+                      "profile.s == \"b\"\n").segments[0].fn
+    assert mixed({"s": None, "x": 2.0}, {}, {}, {}, 0.0) is True  # a true one wins
+    assert mixed({"s": None, "x": 0.0}, {}, {}, {}, 0.0) is None
+    assert mixed({"s": "c", "x": 0.0}, {}, {}, {}, 0.0) is False
+
+
+def test_template_blocks_nested_past_the_limit_are_one_error() -> None:
+    from dsl.parser import MAX_TEMPLATE_NESTING
+
+    def action(n: int) -> str:
+        body = "{% if profile.x > 1 %}" * n + "hi" + "{% end %}" * n
+        return DEEP + f'action a {{ placements: p  value: 1  content {{ t: "{body}" }} }}\n'
+
+    load_text(action(MAX_TEMPLATE_NESTING))
+    for n in (MAX_TEMPLATE_NESTING + 1, 3000):
+        with pytest.raises(RulesetError) as err:
+            load_text(action(n))
+        (error,) = err.value.errors
+        assert error.pos.line == 4 and "template blocks nested more than" in error.message
