@@ -61,8 +61,11 @@ retention in seconds ("0": for ever), the number of arm increments, then (key in
 field, delta) for each. Returns 1, or 0 on a conflict."""
 
 CHANGE_ITEMS = """
+if redis.call('EXISTS', KEYS[2]) == 0 then
+  redis.call('SET', KEYS[2], ARGV[2])
+end
 local version = redis.call('INCR', KEYS[2])
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   local id, item = ARGV[i], ARGV[i + 1]
   if item == '!' then
     item = ''
@@ -93,8 +96,10 @@ if #old > 0 then
 end
 return version
 """
-"""Catalogue changes (ARGV: how many versions a removal's mark is kept, then id, item,
-...; an empty item is a removal, ``!`` one whose mark is kept for good) under a new
+"""Catalogue changes (ARGV: how many versions a removal's mark is kept, the version to
+start from should there be none (an epoch: a wiped store's versions are not its old
+ones), then id, item, ...; an empty item is a removal, ``!`` one whose mark is kept for
+good) under a new
 version, each id indexed by it, an item added (not held, or removed) by the version it
 was added at, a removed one by the version it was removed at; then the marks of
 removals older than the horizon deleted (a thousand at a time) and the newest of their

@@ -37,7 +37,8 @@ in braces, ``{arb}``, a hash tag that puts every key in one slot):
 ``{ns}:{items}``            hash of the catalogue's changes: item id -> item
                             (MessagePack), empty for a removed item (the three
                             catalogue keys share a Cluster hash tag)
-``{ns}:{items}:v``          the catalogue's version (INCR on every change)
+``{ns}:{items}:v``          the catalogue's version (INCR on every change; its high bits
+                            an epoch drawn when it is created: CATALOGUE_EPOCH_BITS)
 ``{ns}:{items}:at``         sorted set: item id -> the version that last changed it (a
                             replica reads only what changed since its version)
 ``{ns}:{items}:since``      sorted set: item id -> the version it was last added at
@@ -166,11 +167,20 @@ CONSUMER_TTL = 86400.0
 TRIM_BATCH = 100_000
 """Learning-log entries one XTRIM drops at most (a few ms of Redis's time)."""
 FORGOTTEN_KEPT = 100_000
+"""Forgotten users (pseudonyms) the ``forgotten`` stream keeps for the other processes'
+decision logs: one down for longer than this many forgets misses the oldest."""
 CATALOGUE_READ_CHUNK = 10_000
 """Catalogue items one command reads (HSCAN's count, HMGET's and ZMSCORE's ids): a few
 milliseconds of Redis at a time, however large the catalogue."""
-"""Forgotten users (pseudonyms) the ``forgotten`` stream keeps for the other processes'
-decision logs: one down for longer than this many forgets misses the oldest."""
+CATALOGUE_EPOCH_BITS = 32
+"""A catalogue version's low bits count its changes; the bits above name its epoch, drawn
+at random when the version key is created (by the first change, and again after the
+store was wiped). A replica whose version is of another epoch reads everything: after
+a wipe and as many changes as it had seen, its version would match the store's and it
+would keep serving the items the wipe took, and miss the new ones, for good."""
+CATALOGUE_EPOCHS = 1 << 20
+"""Epochs drawn from (versions stay under 2**52: exact in Lua's numbers and in sorted
+set scores)."""
 T = TypeVar("T")
 DEFAULT_CACHE_TTL = 1.0
 DEFAULT_CACHE_SIZE = 100_000
@@ -462,7 +472,8 @@ class RedisStore:
             keys=[self._items_key(), self._items_key(":v"), self._items_key(":at"),
                   self._items_key(":since"), self._items_key(":gone"),
                   self._items_key(":purged")],
-            args=[self.removals_kept, *(x for pair in changes.items() for x in pair)]))
+            args=[self.removals_kept, _new_epoch(),
+                  *(x for pair in changes.items() for x in pair)]))
         self.replicated()
         return version
 
@@ -480,10 +491,11 @@ class RedisStore:
             purged = version + 1
         if version == known_version:
             return CatalogueChanges(version, None)
-        if not purged <= known_version <= version or known_version <= 0:  # new, the store
-            # reset, or behind removals whose marks are gone: everything, a scan of the
-            # items (what changes meanwhile comes again with the next read, after
-            # ``version``, read first)
+        if (not purged <= known_version <= version or known_version <= 0
+                or known_version >> CATALOGUE_EPOCH_BITS != version >> CATALOGUE_EPOCH_BITS):
+            # new, the store reset or wiped (another epoch), or behind removals whose
+            # marks are gone: everything, a scan of the items (what changes meanwhile
+            # comes again with the next read, after ``version``, read first)
             found: dict[bytes, bytes] = {}
             for chunk in self._scan("hscan", self._items_key()):
                 found.update(cast(dict[bytes, bytes], chunk))
@@ -881,3 +893,9 @@ class RedisStore:
     def close(self) -> None:
         self.redis.close()
         self.fast.close()
+
+
+def _new_epoch() -> int:
+    """A catalogue version key's start, should the change create it: a random epoch in
+    the high bits, no change counted yet (CATALOGUE_EPOCH_BITS)."""
+    return (1 + secrets.randbelow(CATALOGUE_EPOCHS - 1)) << CATALOGUE_EPOCH_BITS

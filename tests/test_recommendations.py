@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 import pytest
+import redis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -311,6 +312,29 @@ def test_replicas_share_the_catalogue_and_the_interactions(redis_url: str) -> No
     b.sync()
     profile = b.get_profile("u2")
     assert profile is not None and profile.items[-1][1:] == (clicked, "click")
+
+
+def test_a_replica_of_a_wiped_catalogue_reads_it_all_again_even_at_its_old_version(
+        redis_url: str) -> None:
+    """Redis wiped (a restart without persistence): its catalogue versions counted from 1
+    again, so after as many changes as a replica had seen the versions matched and the
+    replica kept the items the wipe took and never saw the new ones. A version's epoch
+    (its high bits, drawn when the version key is created) tells the eras apart."""
+    a = _arbiter(RedisStore(redis_url, cache_ttl=0))
+    b = _arbiter(RedisStore(redis_url, cache_ttl=0))
+    for name in ("old1", "old2", "old3"):
+        a.upsert_items([{"id": name, "name": name, "price": 1.0, "category": "odd"}])
+    b.sync()
+    assert "old3" in b.catalogue.items
+    seen = b.catalogue.version
+    redis.Redis.from_url(redis_url).flushdb()
+    for name in ("new1", "new2", "new3"):  # as many changes as b had seen
+        a.upsert_items([{"id": name, "name": name, "price": 1.0, "category": "odd"}])
+    assert a.catalogue.version & 0xFFFFFFFF == seen & 0xFFFFFFFF  # (the same count)
+    b.sync()
+    assert {"new1", "new2", "new3"} <= set(b.catalogue.items)
+    assert not {"old1", "old2", "old3"} & set(b.catalogue.items)
+    assert list(b.catalogue.items) == list(a.catalogue.items)
 
 
 # ---- over gRPC --------------------------------------------------------------------------
