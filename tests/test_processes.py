@@ -174,7 +174,12 @@ def test_processes_above_one_need_redis() -> None:
     (("--attribution-window", "inf"), "--attribution-window must be above 0 and finite"),
     (("--profile-retention", "-1"), "--profile-retention must be 0 (for ever) or more"),
     (("--profile-retention", "nan"), "--profile-retention must be 0 (for ever) or more"),
-    (("--reward-wait", "nan"), "--reward-wait must be 0 or more, and finite")])
+    (("--reward-wait", "nan"), "--reward-wait must be 0 or more, and finite"),
+    (("--workers", "0"), "--workers must be 1 or more"),  # (-1 and 0 ran one thread)
+    (("--workers", "5000"), "--workers must be 1 or more, at most 1,024"),
+    (("--reload-interval", "-1"), "--reload-interval must be 0 or more"),  # (watched none)
+    (("--drain", "-5"), "--drain must be 0 or more seconds"),
+    (("--pre-stop", "nan"), "--pre-stop must be 0 or more seconds, and finite")])
 def test_serving_limits_out_of_range_are_refused(flags: tuple[str, ...], message: str) -> None:
     out = subprocess.run(
         [sys.executable, "-m", "engine.cli", "serve", "--rules", str(RETAIL), *flags],

@@ -233,6 +233,8 @@ def tracing_for(args: argparse.Namespace) -> Any:
 
 MAX_RPC_BOUND = 1_000_000
 """The largest ``--max-concurrent-rpcs`` and ``--max-pending-rpcs``."""
+MAX_WORKERS = 1024
+"""The most ``--workers`` threads (each holds a store connection)."""
 MAX_CONNECTION_AGE = 1_000_000
 """The longest ``--max-connection-age``, seconds (11.6 days; gRPC takes milliseconds as
 a C int)."""
@@ -264,6 +266,12 @@ def process_count(args: argparse.Namespace) -> int:
     if not 0 <= args.max_connection_age <= MAX_CONNECTION_AGE:  # NaN, inf refused too
         raise ValueError("--max-connection-age must be 0 (never) or more, at most "
                          f"{MAX_CONNECTION_AGE:,} seconds")
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ValueError(f"--workers must be 1 or more, at most {MAX_WORKERS:,}")
+    for flag, seconds in (("--reload-interval", args.reload_interval),
+                          ("--drain", args.drain), ("--pre-stop", args.pre_stop)):
+        if not 0 <= seconds < math.inf:  # (a negative one was taken as 0, or ignored)
+            raise ValueError(f"{flag} must be 0 or more seconds, and finite, not {seconds}")
     if not 0 < args.attribution_window < math.inf:
         raise ValueError("--attribution-window must be above 0 and finite")
     if not 0 <= args.profile_retention < math.inf:
