@@ -173,6 +173,9 @@ def test_serve_settings_layer_flags_over_environment_over_file(
     assert "reload-interval = 5.0  # env ARBITER_RELOAD_INTERVAL" in out
     assert 'host = "127.0.0.1"  # default' in out
     assert "# tls-cert = (unset)  # default" in out  # every setting is listed
+    assert main(["serve", "--redis", "redis://app:s3cret@127.0.0.1:6379/0",
+                 "--print-config"]) == 0  # a password is never shown
+    assert 'redis = "redis://app:***@127.0.0.1:6379/0"  # flag' in capsys.readouterr().out
     monkeypatch.setenv("ARBITER_PROFILE_LAYOUT", "bogus")  # shown, then refused
     assert main(["serve", "--config", str(settings), "--print-config"]) == 2
     shown = capsys.readouterr()

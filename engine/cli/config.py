@@ -20,6 +20,7 @@ each value came from.
 from __future__ import annotations
 
 import argparse
+import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -112,6 +113,23 @@ def render(args: argparse.Namespace, layered: Layered, sources: Mapping[str, str
         if value is None:  # no value (its flag's help says what that means): a comment
             lines.append(f"# {flag} = (unset)  # {sources.get(action.dest, 'default')}")
             continue
+        if isinstance(value, str):
+            value = redacted(value)
         text = repr(value).replace("'", '"') if not isinstance(value, bool) else str(value).lower()
         lines.append(f"{flag} = {text}  # {sources.get(action.dest, 'default')}")
     return "\n".join(lines)
+
+
+_URL_PASSWORD = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://[^/@:]*:)[^/@]*@")
+
+
+def redacted(value: str) -> str:
+    """``value`` with a URL's password masked (what ``--print-config`` shows: settings
+    end up in logs and tickets).
+
+    >>> redacted("rediss://app:s3cret@redis.internal:6380/0")
+    'rediss://app:***@redis.internal:6380/0'
+    >>> redacted("redis+sentinel://:pw@a:26379,b:26379/mymaster"), redacted("redis://h/0")
+    ('redis+sentinel://:***@a:26379,b:26379/mymaster', 'redis://h/0')
+    """
+    return _URL_PASSWORD.sub(r"\1***@", value)
