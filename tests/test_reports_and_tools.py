@@ -86,3 +86,8 @@ def test_replay_reads_the_log_as_a_stream_and_reports_progress(
     missing = tmp_path / "nope.jsonl"
     assert main(["replay", str(missing), "--rules", str(RETAIL)]) == 2
     assert "no decision log" in capsys.readouterr().err
+    damaged = tmp_path / "damaged.jsonl"
+    damaged.write_text('{"not": "a log entry"}\n{torn\n')
+    assert main(["replay", str(damaged), "--rules", str(RETAIL)]) == 1
+    out = capsys.readouterr().out
+    assert out.startswith("nothing to replay (reward: click)") and "nan" not in out

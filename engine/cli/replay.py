@@ -72,6 +72,11 @@ class ReplayResult:
         def line(name: str, e: Estimate) -> str:
             return f"{name:<22} {e.value:>9.4f}   95% [{e.low:.4f}, {e.high:.4f}]"
 
+        if not self.decisions:  # (no estimate at all, not estimates of 0 and a lift of nan)
+            return (f"nothing to replay (reward: {self.reward}): no logged decision with a "
+                    "shown action and its logged probability (damaged lines are skipped, "
+                    "with a warning; --placement and --experiment select); "
+                    f"{self.skipped} skipped")
         lift = (self.snips.value / self.logged.value - 1) if self.logged.value else float("nan")
         return "\n".join([
             f"replayed {self.decisions} logged decisions (reward: {self.reward}); "
