@@ -66,6 +66,20 @@ def test_malformed_toml_is_an_error_with_position(tmp_path: Path,
     assert "(at line 2, column 8)" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize(("text", "message"), [
+    ('# cases\n[[tests]]\nname = "x"\n', ":2: unknown key 'tests': a test file holds [[test]]"),
+    ('[test]\nname = "x"\n', ":1: write each case as a [[test]] table, not [test]"),
+    ('title = "mine"\n[[test]]\nname = "x"\n', ":1: unknown key 'title'")])
+def test_a_test_file_that_holds_no_test_tables_is_an_error_not_a_pass(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], text: str, message: str) -> None:
+    """``[[tests]]`` (or any other key) was ignored: "no tests found", exit 0, and a CI
+    step that ran nothing passed."""
+    tests = tmp_path / "typo.test.toml"
+    tests.write_text(text)
+    assert main(["test", str(RETAIL), "--tests", str(tests)]) == 1
+    assert f"{tests}{message}" in capsys.readouterr().out
+
+
 def test_explain_prints_the_tree(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     profile = tmp_path / "p.toml"
     profile.write_text('traits = { email_opt_in = true }\n'

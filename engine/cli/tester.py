@@ -102,6 +102,14 @@ def load_cases(path: Path) -> list[tuple[str, dict[str, Any]]]:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"{path}: {err}") from err
+    for key, value in data.items():  # ([[tests]] or [[case]] ran nothing, and passed)
+        if key != "test" or not isinstance(value, list):
+            line = next((n for n, text_line in enumerate(text.splitlines(), 1)
+                         if re.match(r"\s*(\[{1,2}\s*)?" + re.escape(key) + r"\b", text_line)),
+                        1)
+            raise ValueError(f"{path}:{line}: " + (
+                "write each case as a [[test]] table, not [test]" if key == "test"
+                else f"unknown key '{key}': a test file holds [[test]] tables"))
     cases = data.get("test", [])
     lines = _case_lines(text)
     return [(f"{path}:{lines[i] if i < len(lines) else 1}", case)
