@@ -416,6 +416,13 @@ class Ruleset:
     catalogue: tuple[Mapping[str, Any], ...] = ()
     clusters: Mapping[str, ClusterSpec] = field(default_factory=dict)
     scores: Mapping[str, ScoreSpec] = field(default_factory=dict)
+    private_context: frozenset[str] = field(init=False, default=frozenset())
+    """Context attributes declared ``pii``: masked in decision logs, never a feature of a
+    default model (from ``context_schema``)."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "private_context", frozenset(
+            name for name, spec in self.context_schema.items() if spec.pii))
 
     def model_of(self, placement: str) -> ModelSpec:
         return self.models.get(placement, DEFAULT_MODEL)

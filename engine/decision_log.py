@@ -71,7 +71,8 @@ def decision_entry(ruleset: Ruleset, decision: Decision, context: Mapping[str, A
         "placement": decision.placement,
         "channel": decision.channel,
         "revision": decision.revision,
-        "context": {k: v for k, v in context.items() if k not in ("placement", "channel")},
+        "context": {k: PII_MASK if k in ruleset.private_context else v
+                    for k, v in context.items() if k not in ("placement", "channel")},
         "profile": stored,
         "holdout": decision.holdout,
         "actions": [{"action_id": a.action_id, "rank": a.rank, "score": a.score,

@@ -106,6 +106,26 @@ def test_decision_log_masks_pii_and_keeps_outcomes(tmp_path: Path) -> None:
                        "value": None, "at": outcome["at"]}
 
 
+def test_a_pii_context_attribute_is_masked_in_the_log_and_never_a_feature(
+        tmp_path: Path) -> None:
+    """``pii`` was honoured on profile attributes only: a context attribute declared pii
+    went to the decision log in clear and, as a default model reads every context value,
+    became a one-hot feature named after it (``context.email=ann@example.com``) in every
+    record and in the model's snapshots."""
+    rules = load_text("context { email: string pii  device: string }\n"
+                      "placement p { channels: web }\naction a { placements: p  value: 1 }\n")
+    path = tmp_path / "log.jsonl"
+    arb = Arbiter(rules, MemoryStore(), seed=1, decision_log=JsonlDecisionLog(path))
+    d = arb.decide(user_id="ann", placement="p", channel="web",
+                   context={"email": "ann@example.com", "device": "ios"})
+    record = arb.store.get_decision(d.decision_id)
+    arb.close()
+    (decision,) = read_log(path)
+    assert decision["context"] == {"email": "<pii>", "device": "ios"}
+    assert record is not None and "context.device=ios" in record.features
+    assert not any("ann@example.com" in name for name in record.features)
+
+
 def test_sample_ratio_mismatch_is_flagged() -> None:
     exp = load_text(SPLIT.replace("EXTRA", "")).experiments["e"]
     fair = experiment_report(exp, {"a": ArmCounts(1010), "b": ArmCounts(990),

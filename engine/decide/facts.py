@@ -111,19 +111,23 @@ def evaluate_segments(ruleset: Ruleset, facts: Facts, tracer: Tracer) -> None:
             tracer.segment(segment, segments[segment.name])
 
 
-def features_of(facts: Facts, spec: ModelSpec) -> dict[str, float]:
+def features_of(facts: Facts, spec: ModelSpec, private: frozenset[str] = frozenset()
+                ) -> dict[str, float]:
     """Model features: numbers as they are, bools and segments 0/1, strings and lists one-hot.
 
     One-hot features are named ``name=value`` and present only when true; every
     other feature is always present.
 
-    The default model (no ``features:``) reads every segment flag and context value.
+    The default model (no ``features:``) reads every segment flag and context value but
+    those named in ``private`` (declared ``pii``: a customer's email one-hot would be a
+    feature named after it, in every record and snapshot).
     """
     if spec.features is None:
         features = {f"segment:{name}": 1.0 if hit else 0.0
                     for name, hit in facts.segments.items()}
         for key, value in facts.context.items():
-            _encode(features, f"context.{key}", value)
+            if not private or key not in private:
+                _encode(features, f"context.{key}", value)
         return features
     features = {}
     for name in spec.features:

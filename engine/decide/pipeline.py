@@ -74,7 +74,7 @@ def _decide(ruleset: Ruleset, req: DecideInput, profile: Profile | None, facts: 
     evaluate_segments(ruleset, facts, trace)
     trace.stage("scoring")
     spec = ruleset.model_of(req.placement.name)
-    features = features_of(facts, spec)
+    features = features_of(facts, spec, ruleset.private_context)
     member = int(sampler.integers(spec.bagging)) if spec.bagging else 0
     scorer = scorer_for(ruleset, req.placement, facts)
     scored = score_candidates(ruleset, req, facts, profile, models, spec, features, member,
