@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -90,3 +91,100 @@ def test_explain_prints_the_tree(tmp_path: Path, capsys: pytest.CaptureFixture[s
     out = capsys.readouterr().out
     assert "- cart_reminder" in out
     assert "NO cap frequency: 1 impressions, cap: 1 per 1d" in out
+
+
+@pytest.mark.parametrize(("case", "message"), [
+    ('now = "yesterday"', "now: invalid RFC3339 encoded datetime"),
+    ('now = "2026-01-05T12:00:00"', "now: 2026-01-05T12:00:00 needs its offset"),
+    ('limit = "two"', "limit: expected `int`, got `str`"),
+    ("context = [1, 2]", "context: expected `object`, got `array`"),
+    ('profile = "vip"', "profile: expected `object`, got `str`"),
+    ('profile.events = { type = "visit" }', "profile.events: expected `array`, got `object`"),
+    ('profile.events = [{ type = "visit", value = "lots" }]',
+     "profile.events[0].value: expected `float`, got `str`"),
+    ('profile.events = [{ type = "visit", when = "2h" }]',
+     "profile.events[0]: unknown key `when`"),
+    ('profile.contacts = [{ action = "cart_reminder", ago = 2 }]',
+     "profile.contacts[0].ago: expected `str`, got `int`"),
+    ('profile.traits = { first_name = "Ann" }\nprofile.trait = {}', "profile: unknown key `trait`"),
+    ('expect.content = "Hello"', "expect.content: expected `object`, got `str`"),
+    ('expect.top = ["a"]', "expect.top: expected `str | null`, got `array`")])
+def test_a_malformed_case_fails_with_its_field_never_a_traceback(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str) -> None:
+    """Each of these crashed ``arbiter test`` (and, in a profile file, ``explain`` and
+    ``decide --profile``) with a Python traceback: ValueError, AttributeError, TypeError."""
+    tests = tmp_path / "shape.test.toml"
+    expect = "" if "expect." in case else 'expect.none = false\n'
+    tests.write_text(f'[[test]]\nname = "shape"\nplacement = "email"\n{case}\n{expect}')
+    assert main(["test", str(RETAIL), "--tests", str(tests)]) == 1
+    out = capsys.readouterr().out
+    assert f"FAIL {tests}:1: shape" in out and message in out
+    assert out.rstrip().endswith("0 passed, 1 failed")
+
+
+TIMED_RULES = '''
+profile {
+  renewal: timestamp
+  consents: list
+}
+context {
+  since: timestamp
+  tags: list
+}
+events: visit
+placement app { channels: app }
+action renew_now {
+  placements: app
+  when: profile.renewal - now <= 30d and profile.renewal > now
+  value: 1
+}
+action welcome_back {
+  placements: app
+  when: context.since < now - 1d and "sale" in context.tags
+  value: 1
+}
+'''
+
+
+def test_timestamps_are_written_in_files_as_iso_date_times_or_epoch_seconds(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A JSON profile file could not hold a timestamp trait at all (a string and a
+    number were both refused), nor could a test case's context."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "main.arb").write_text(TIMED_RULES)
+    (rules / "t.test.toml").write_text(
+        '[[test]]\nname = "iso text"\nplacement = "app"\n'
+        'profile.traits = { renewal = "2026-01-20T00:00:00Z" }\n'
+        'context = { since = "2026-01-01T00:00:00+01:00", tags = ["sale"] }\n'
+        'expect.eligible = ["renew_now", "welcome_back"]\n'
+        '[[test]]\nname = "epoch seconds and TOML date-times"\nplacement = "app"\n'
+        "profile.traits = { renewal = 1768867200 }\n"
+        'context = { since = 2026-01-01T00:00:00Z, tags = ["sale"] }\n'
+        'expect.eligible = ["renew_now", "welcome_back"]\n'
+        '[[test]]\nname = "renewal past"\nplacement = "app"\n'
+        'profile.traits = { renewal = "2025-12-20T00:00:00Z" }\n'
+        'expect.not_eligible = ["renew_now"]\n')
+    assert main(["test", str(rules)]) == 0, capsys.readouterr().out
+    capsys.readouterr()
+    profile = tmp_path / "p.json"
+    for renewal, eligible in (('"2099-01-20T00:00:00Z"', False), ("4102444800", False),
+                              (f'"{_in_days(10)}"', True)):
+        profile.write_text(json.dumps({"traits": {"renewal": json.loads(renewal)}}))
+        assert main(["explain", str(rules), "--profile", str(profile), "--placement", "app",
+                     "--context", f"since={_in_days(-3)}", "tags=sale,new"]) == 0
+        out = capsys.readouterr().out
+        assert ("ok eligibility when: profile.renewal" in out) is eligible, out
+        assert "ok eligibility when: context.since" in out
+    for renewal, message in (('"2026-01-20"', "'2026-01-20' has no offset"),
+                             ('"soon"', "not 'soon'"), ("1e30", "1e+30 is out of range")):
+        profile.write_text(json.dumps({"traits": {"renewal": json.loads(renewal)}}))
+        assert main(["explain", str(rules), "--profile", str(profile), "--placement",
+                     "app"]) == 2
+        assert "traits.renewal: must be an ISO 8601 date-time with its offset" in (
+            err := capsys.readouterr().err) and message in err
+
+
+def _in_days(days: float) -> str:
+    import datetime as dt
+    return (dt.datetime.now(dt.UTC) + dt.timedelta(days=days)).isoformat()

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from dsl.diagnostics import RulesetError
 from dsl.loader import load_path, read_sources
 from dsl.ruleset import Ruleset
+from engine.cli.typed_values import from_flag
 from engine.ports import LEARNING_LOG_MAX_ENTRIES, Store, StoreFactory
 from engine.requests import InvalidArgument
 
@@ -96,22 +97,15 @@ def read_rule_files(path: str, command: str) -> dict[str, str] | None:
 
 
 def parse_context(pairs: Sequence[str], schema: Any = None) -> dict[str, Any]:
-    """``key=value`` pairs; typed by the ruleset's schema when known, else guessed."""
+    """``key=value`` pairs; typed by the ruleset's schema when known, else guessed
+    (:func:`engine.cli.typed_values.from_flag`)."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep:
             raise InvalidArgument(f"context.{key}", "expected key=value")
         kind = schema[key].type if schema is not None and key in schema else None
-        if kind == "string":
-            out[key] = raw
-        elif kind == "bool" or raw in ("true", "false"):
-            out[key] = raw == "true"
-        else:
-            try:
-                out[key] = float(raw)
-            except ValueError:
-                out[key] = raw
+        out[key] = from_flag(f"context.{key}", raw, kind)
     return out
 
 

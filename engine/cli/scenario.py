@@ -16,80 +16,133 @@ from __future__ import annotations
 
 import json
 import tomllib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import msgspec
 
 from dsl.ruleset import Ruleset
 from dsl.units import duration_seconds
 from dsl.vocabulary import OUTCOMES
+from engine.cli.typed_values import declared_map
 from engine.profiles import record_contact, record_traits
 from engine.records import Profile
 from engine.requests import InvalidArgument, check_map
 from engine.service import Arbiter
 
+T = TypeVar("T")
 
-@dataclass(frozen=True)
-class Scenario:
-    traits: Mapping[str, Any]
-    events: tuple[Mapping[str, Any], ...]
-    contacts: tuple[Mapping[str, Any], ...]
+
+class EventLine(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One of a profile file's past events."""
+
+    type: str
+    value: float = 0.0
+    ago: str = "0s"
+    item: str = ""
+
+
+class ContactLine(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One of a profile file's past outcomes."""
+
+    action: str
+    outcome: str = "impression"
+    ago: str = "0s"
+    channel: str | None = None
+
+
+class PopulationLine(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One line of a population file: another customer's event."""
+
+    user: str
+    type: str
+    value: float = 0.0
+    ago: str = "0s"
+    item: str = ""
+
+
+class Scenario(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """A profile file, checked for its shape: its keys and their types."""
+
+    traits: dict[str, Any] = {}
+    events: tuple[EventLine, ...] = ()
+    contacts: tuple[ContactLine, ...] = ()
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Scenario:
-        unknown = set(data) - {"traits", "events", "contacts"}
-        if unknown:
-            raise InvalidArgument("profile", f"unknown key(s) {', '.join(sorted(unknown))}; "
-                                             "expected traits, events, contacts")
-        return cls(dict(data.get("traits", {})), tuple(data.get("events", ())),
-                   tuple(data.get("contacts", ())))
+    def from_dict(cls, data: Any, field: str = "profile") -> Scenario:
+        """The profile described by ``data`` (a file's parsed JSON or TOML); a wrong key
+        or type is :class:`InvalidArgument` naming where it is.
+
+        >>> Scenario.from_dict({"events": [{"type": "visit", "ago": 3}]})
+        Traceback (most recent call last):
+        engine.requests.InvalidArgument: profile.events[0].ago: expected `str`, got `int`
+        >>> Scenario.from_dict({"traits": {}, "event": []})
+        Traceback (most recent call last):
+        engine.requests.InvalidArgument: profile: unknown key `event`; expected traits, ...contacts
+        """
+        return shaped(data, cls, field, "traits, events, contacts")
+
+
+def shaped(data: Any, kind: type[T], field: str, keys: str) -> T:
+    """``data`` converted to ``kind``; a wrong key or type is :class:`InvalidArgument`
+    naming its place under ``field`` (``keys``: the keys ``kind`` takes, for the message)."""
+    try:
+        return msgspec.convert(data, kind)
+    except msgspec.ValidationError as err:
+        message, _, where = str(err).partition(" - at `$")
+        place = (field + where.rstrip("`")).lstrip(".")
+        if message.startswith("Object contains unknown field"):
+            raise InvalidArgument(place, f"unknown key {message.rsplit(' ', 1)[1]}"
+                                         + ("; expected " + keys if place == field else "")
+                                  ) from None
+        raise InvalidArgument(place, message[:1].lower() + message[1:]) from None
 
 
 def load_scenario(path: str | Path) -> Scenario:
     """Read a profile file (``.json`` or ``.toml``)."""
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    try:
+        data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
+        raise ValueError(f"{path}: {err}") from None
     return Scenario.from_dict(data)
 
 
-def _ago(entry: Mapping[str, Any], field: str) -> float:
-    raw = entry.get("ago", "0s")
+def _ago(entry: EventLine | ContactLine | PopulationLine, field: str) -> float:
     try:
-        return duration_seconds(str(raw))
+        return duration_seconds(entry.ago)
     except ValueError:
-        raise InvalidArgument(f"{field}.ago", f"not a duration: {raw!r} (e.g. 26h, 3d)") from None
+        raise InvalidArgument(f"{field}.ago", f"not a duration: {entry.ago!r} (e.g. 26h, 3d)"
+                              ) from None
 
 
 def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: float) -> None:
     """Build the user's profile in the arbiter's store as the scenario describes."""
     events = scenario.events
-    if scenario.traits and not events:
-        traits = check_map("traits", scenario.traits, arbiter.ruleset.profile_schema, "profile")
-        arbiter.store.update_profile(user_id, lambda p: record_traits(p, user_id, traits, now))
+    schema = arbiter.ruleset.profile_schema
+    traits = declared_map("traits", scenario.traits, schema)
+    if traits and not events:
+        checked = check_map("traits", traits, schema, "profile")
+        arbiter.store.update_profile(user_id, lambda p: record_traits(p, user_id, checked, now))
     for i, event in enumerate(events):
         field = f"events[{i}]"
-        if "type" not in event:
-            raise InvalidArgument(f"{field}.type", "is required")
-        value = event.get("value", 0)
-        arbiter.track(user_id=user_id, event_type=str(event["type"]),
-                      properties={"value": float(value)} if value else {},
-                      traits=scenario.traits if i == len(events) - 1 else {},
-                      at=now - _ago(event, field), item_id=str(event.get("item", "")))
-    if any("item" in event for event in events):
+        arbiter.track(user_id=user_id, event_type=event.type,
+                      properties={"value": event.value} if event.value else {},
+                      traits=traits if i == len(events) - 1 else {},
+                      at=now - _ago(event, field), item_id=event.item)
+    if any(event.item for event in events):
         arbiter.learn()  # the recommender learns the items before the decision
     for i, contact in enumerate(scenario.contacts):
         field = f"contacts[{i}]"
-        action, outcome = contact.get("action"), contact.get("outcome", "impression")
-        if action not in arbiter.ruleset.actions:
-            raise InvalidArgument(f"{field}.action", f"unknown action {action!r}")
-        if outcome not in OUTCOMES:
+        if contact.action not in arbiter.ruleset.actions:
+            raise InvalidArgument(f"{field}.action", f"unknown action {contact.action!r}")
+        if contact.outcome not in OUTCOMES:
             raise InvalidArgument(f"{field}.outcome", f"must be one of {', '.join(OUTCOMES)}")
-        action_id = str(action)
-        channel = str(contact.get("channel", _first_channel(arbiter.ruleset, action_id)))
+        channel = contact.channel or _first_channel(arbiter.ruleset, contact.action)
         arbiter.store.update_profile(user_id, _contact(
-            user_id, action_id, str(outcome), now - _ago(contact, field), channel))
+            user_id, contact.action, contact.outcome, now - _ago(contact, field), channel))
 
 
 def apply_population(arbiter: Arbiter, path: Path, now: float) -> None:
@@ -101,18 +154,17 @@ def apply_population(arbiter: Arbiter, path: Path, now: float) -> None:
         if not line.strip():
             continue
         try:
-            entry = json.loads(line)
+            data = json.loads(line)
         except json.JSONDecodeError as err:
             raise InvalidArgument(f"population line {n}", f"not JSON: {err.msg}") from None
-        if not isinstance(entry, dict) or "user" not in entry or "type" not in entry:
-            raise InvalidArgument(f"population line {n}", "needs a user and a type")
+        entry = shaped(data, PopulationLine, f"population line {n}",
+                       "user, type, value, ago, item")
         events.append((now - _ago(entry, f"population line {n}"), entry))
     events.sort(key=lambda pair: pair[0])
     for at, entry in events:
-        value = entry.get("value", 0)
-        arbiter.track(user_id=str(entry["user"]), event_type=str(entry["type"]), at=at,
-                      properties={"value": float(value)} if value else {},
-                      item_id=str(entry.get("item", "")))
+        arbiter.track(user_id=entry.user, event_type=entry.type, at=at,
+                      properties={"value": entry.value} if entry.value else {},
+                      item_id=entry.item)
     arbiter.sync()  # learnt (clusters, scores, recommender) and the population's percentiles
 
 

@@ -30,8 +30,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
 from dsl.ruleset import Ruleset, Segment
-from engine.cli.scenario import Scenario, apply_population, apply_scenario
+from engine.cli.scenario import Scenario, apply_population, apply_scenario, shaped
+from engine.cli.typed_values import declared_map
 from engine.decide.decision import ActionTrace, Decision
 from engine.decide.tracer import Tracer
 from engine.ports import StoreFactory
@@ -40,10 +43,37 @@ from engine.service import Arbiter
 
 TEST_SUFFIX = ".test.toml"
 DEFAULT_NOW = datetime.fromisoformat("2026-01-05T12:00:00+00:00").timestamp()
-CASE_KEYS = {"name", "placement", "channel", "context", "limit", "now", "profile", "expect",
-             "population"}
-EXPECT_KEYS = {"segments", "not_segments", "eligible", "not_eligible", "top", "actions",
-               "none", "content"}
+
+
+class Expect(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """What a case expects of the decision."""
+
+    segments: tuple[str, ...] = ()
+    not_segments: tuple[str, ...] = ()
+    eligible: tuple[str, ...] = ()
+    not_eligible: tuple[str, ...] = ()
+    top: str | None = None
+    actions: tuple[str, ...] | None = None
+    none: bool = False
+    content: dict[str, str] = {}
+
+
+class Case(msgspec.Struct, forbid_unknown_fields=True, frozen=True):
+    """One ``[[test]]``: a customer, a request and what the decision must look like."""
+
+    name: str = "(unnamed)"
+    placement: str = ""
+    channel: str = ""
+    context: dict[str, Any] = {}
+    limit: int = 0
+    now: datetime | None = None
+    profile: Scenario = Scenario()
+    expect: Expect | None = None
+    population: str | None = None
+
+
+CASE_KEYS = set(Case.__struct_fields__)
+EXPECT_KEYS = set(Expect.__struct_fields__)
 
 
 @dataclass
@@ -82,6 +112,14 @@ class Coverage:
         if never_shown:
             lines.append(f"  actions never shown: {', '.join(never_shown)}")
         return lines
+
+
+def _epoch(when: datetime) -> float:
+    """A case's ``now`` in epoch seconds; it needs its offset (a time without one would be
+    read in the local zone of whoever runs the tests)."""
+    if when.tzinfo is None:
+        raise InvalidArgument("now", f"{when.isoformat()} needs its offset (Z or +00:00)")
+    return when.timestamp()
 
 
 def discover(root: str | Path) -> list[Path]:
@@ -150,28 +188,30 @@ class CaseRunner:
         self.coverage = coverage
         self.store_factory = store_factory
 
-    def run(self, location: str, case: Mapping[str, Any]) -> CaseResult:
-        result = CaseResult(str(case.get("name", "(unnamed)")), location)
-        for problem in self._shape_problems(case):
-            result.failures.append(problem)
+    def run(self, location: str, data: Mapping[str, Any]) -> CaseResult:
+        result = CaseResult(str(data.get("name", "(unnamed)")), location)
+        result.failures += self._key_problems(data) + self._name_problems(data)
         if result.failures:
             return result
-        now = DEFAULT_NOW
-        if "now" in case:
-            now = datetime.fromisoformat(str(case["now"])).timestamp()
+        try:
+            case = shaped(data, Case, "", "")
+            now = DEFAULT_NOW if case.now is None else _epoch(case.now)
+        except InvalidArgument as err:
+            result.failures.append(f"invalid test case: {err}")
+            return result
+        expect = case.expect or Expect()
         arbiter = Arbiter(self.ruleset, self.store_factory(lambda: now), seed=0,
                           clock=lambda: now)
         tracer = CaseTracer()
         try:
-            if "population" in case:  # other customers first: what clusters, popularity learn
+            if case.population is not None:  # other customers first: what clusters learn
                 folder = Path(location.rsplit(":", 1)[0]).parent
-                apply_population(arbiter, folder / str(case["population"]), now)
-            apply_scenario(arbiter, "test-user", Scenario.from_dict(case.get("profile", {})),
-                           now)
+                apply_population(arbiter, folder / case.population, now)
+            apply_scenario(arbiter, "test-user", case.profile, now)
             decision = arbiter.decide(
-                user_id="test-user", placement=str(case.get("placement", "")),
-                channel=str(case.get("channel", "")), context=case.get("context", {}),
-                limit=int(case.get("limit", 0)), explain=True, tracer=tracer)
+                user_id="test-user", placement=case.placement, channel=case.channel,
+                context=declared_map("context", case.context, self.ruleset.context_schema),
+                limit=case.limit, explain=True, tracer=tracer)
         except InvalidArgument as err:
             result.failures.append(f"invalid test input: {err}")
             return result
@@ -181,24 +221,39 @@ class CaseRunner:
         self.coverage.segments_matched |= tracer.segments
         self.coverage.actions_eligible |= tracer.eligible
         self.coverage.actions_shown.update(a.action_id for a in decision.actions)
-        self._check(decision, tracer, case.get("expect", {}), result)
+        self._check(decision, tracer, expect, result)
         return result
 
-    def _shape_problems(self, case: Mapping[str, Any]) -> list[str]:
+    @staticmethod
+    def _key_problems(case: Mapping[str, Any]) -> list[str]:
         problems = [f"unknown key '{k}' (expected one of {', '.join(sorted(CASE_KEYS))})"
                     for k in case if k not in CASE_KEYS]
         expect = case.get("expect", {})
         if not expect:
             problems.append("the case expects nothing: add an 'expect' table")
-        problems += [f"unknown expectation '{k}' (expected one of "
-                     f"{', '.join(sorted(EXPECT_KEYS))})" for k in expect if k not in EXPECT_KEYS]
+        elif isinstance(expect, Mapping):
+            problems += [f"unknown expectation '{k}' (expected one of "
+                         f"{', '.join(sorted(EXPECT_KEYS))})" for k in expect
+                         if k not in EXPECT_KEYS]
+        return problems
+
+    def _name_problems(self, case: Mapping[str, Any]) -> list[str]:
+        """Segments and actions the case's expectations name that the rules do not have
+        (what is not a list of names is left to the shape check)."""
+        expect = case.get("expect")
+        if not isinstance(expect, Mapping):
+            return []
         names = {s.name for s in self.ruleset.segments}
-        for key in ("segments", "not_segments"):
-            problems += [f"expect.{key}: unknown segment '{s}'" for s in expect.get(key, [])
-                         if s not in names]
-        for key in ("eligible", "not_eligible", "actions"):
-            problems += [f"expect.{key}: unknown action '{a}'" for a in expect.get(key, [])
-                         if a not in self.ruleset.actions]
+        problems = []
+        for key, known, kind in (("segments", names, "segment"),
+                                 ("not_segments", names, "segment"),
+                                 ("eligible", self.ruleset.actions, "action"),
+                                 ("not_eligible", self.ruleset.actions, "action"),
+                                 ("actions", self.ruleset.actions, "action")):
+            listed = expect.get(key)
+            if isinstance(listed, list):
+                problems += [f"expect.{key}: unknown {kind} '{name}'" for name in listed
+                             if isinstance(name, str) and name not in known]
         return problems
 
     def _segment_failure(self, name: str, expected: bool) -> str:
@@ -207,44 +262,43 @@ class CaseRunner:
         return (f"expected the customer {state} segment '{name}'\n"
                 f"      {segment.pos}: segment {name} = {segment.source}")
 
-    def _check(self, decision: Decision, tracer: CaseTracer, expect: Mapping[str, Any],
+    def _check(self, decision: Decision, tracer: CaseTracer, expect: Expect,
                result: CaseResult) -> None:
         matched = set(decision.segments)
         traces = {t.action_id: t for t in decision.traces}
         shown = [a.action_id for a in decision.actions]
         fail = result.failures.append
-        for name in expect.get("segments", []):
+        for name in expect.segments:
             if name not in matched:
                 fail(self._segment_failure(name, True))
-        for name in expect.get("not_segments", []):
+        for name in expect.not_segments:
             if name in matched:
                 fail(self._segment_failure(name, False))
-        for action in expect.get("eligible", []):
+        for action in expect.eligible:
             trace = traces.get(action)
             if trace is None:
                 fail(f"expected '{action}' to be eligible, but it is not an action of "
                      f"placement '{decision.placement}'")
             elif action not in tracer.eligible:
                 fail(f"expected '{action}' to be eligible{_why(trace)}")
-        for action in expect.get("not_eligible", []):
+        for action in expect.not_eligible:
             trace = traces.get(action)
             if trace is not None and action in tracer.eligible:
                 fail(f"expected '{action}' not to be eligible{_why(trace)}")
-        if "top" in expect and (shown[:1] != [expect["top"]]):
+        if expect.top is not None and shown[:1] != [expect.top]:
             got = shown[0] if shown else "nothing"
-            fail(f"expected top action '{expect['top']}', got {got}"
-                 f"{_why(traces.get(expect['top']))}")
-        if "actions" in expect and shown != list(expect["actions"]):
-            fail(f"expected actions {list(expect['actions'])}, got {shown}")
-        if expect.get("none") and shown:
+            fail(f"expected top action '{expect.top}', got {got}{_why(traces.get(expect.top))}")
+        if expect.actions is not None and shown != list(expect.actions):
+            fail(f"expected actions {list(expect.actions)}, got {shown}")
+        if expect.none and shown:
             fail(f"expected no action, got {shown}")
-        for key, text in expect.get("content", {}).items():
+        for key, text in expect.content.items():
             action_id, _, name = key.partition(".")
-            action = next((a for a in decision.actions if a.action_id == action_id), None)
-            if action is None:
+            ranked = next((a for a in decision.actions if a.action_id == action_id), None)
+            if ranked is None:
                 fail(f"expected content of '{action_id}', but it was not shown (shown: {shown})")
-            elif action.content.get(name) != text:
-                fail(f"content {key}: expected {text!r}, got {action.content.get(name)!r}")
+            elif ranked.content.get(name) != text:
+                fail(f"content {key}: expected {text!r}, got {ranked.content.get(name)!r}")
 
 
 @dataclass
