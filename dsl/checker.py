@@ -574,6 +574,12 @@ class Checker:
         if not 0 <= exp.holdout < 100:
             self.error("holdout is a percentage from 0% to less than 100%",
                        pos.get("holdout", exp.pos))
+        placement = self.out.placements.get(exp.placement)
+        if exp.holdout > 0 and placement is not None and placement.fallback is None:
+            self.warning(f"placement '{exp.placement}' has no fallback, so the holdout's "
+                         "customers are shown nothing and no outcome is counted for them: "
+                         "the report cannot compare the arms with the holdout (give the "
+                         "placement a fallback)", pos.get("holdout", exp.pos))
         kind, params = exp.prior
         if kind == "beta" and min(params) <= 0:
             self.error("beta prior parameters must be positive", pos.get("allocate", exp.pos))

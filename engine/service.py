@@ -598,11 +598,8 @@ class Arbiter:
                 report.append(ModelQuality(f"score:{name}", learner, labels, nan, nan, nan,
                                            nan, quality))
             else:
-                rate = float(quality.observed.get())
-                auc = float(quality.auc.get()) if 0.0 < rate < 1.0 else nan
-                report.append(ModelQuality(f"score:{name}", learner, labels, auc,
-                                           float(quality.log_loss.get()),
-                                           float(quality.predicted.get()), rate))
+                report.append(ModelQuality(f"score:{name}", learner, labels,
+                                           *quality.measures()))
         return report
 
     def learnt_values(self, profile: Profile) -> dict[str, float]:

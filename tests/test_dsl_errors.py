@@ -212,6 +212,10 @@ def test_unused_segment_is_a_warning_not_an_error() -> None:
      "6:46: warning: 'when' of action 'a' is always false: the action can never be shown"),
     ("action a { placements: home value: 1 when: 2 > 1 }",
      "6:46: warning: 'when' of action 'a' is always true"),
+    ("action a { placements: home value: 1 }\naction b { placements: home value: 1 }\n"
+     "experiment e on home { arms: a, b  holdout: 10% }",
+     "8:36: warning: placement 'home' has no fallback, so the holdout's customers are shown "
+     "nothing and no outcome is counted for them"),
 ])
 def test_lint_warnings(rules: str, expected: str) -> None:
     result = build({"r.arb": HEADER.lstrip("\n") + "\n" + rules + "\n"})
@@ -219,6 +223,17 @@ def test_lint_warnings(rules: str, expected: str) -> None:
     texts = [f"{d.pos.line}:{d.pos.column}: {d.severity}: {d.message}"
              for d in result.diagnostics]
     assert any(t.startswith(expected) for t in texts), texts
+
+
+def test_a_holdout_with_a_fallback_is_not_flagged() -> None:
+    result = build({"r.arb": HEADER.replace("channels: web, app", "channels: web, app\n"
+                                            "fallback: a") + """
+action a { placements: home value: 1 }
+action b { placements: home value: 1 }
+action c { placements: home value: 1 }
+experiment e on home { arms: b, c  holdout: 10% }
+"""})
+    assert not result.failed and not result.diagnostics, result.diagnostics
 
 
 def test_overlapping_ranges_are_not_flagged() -> None:

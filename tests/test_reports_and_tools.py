@@ -27,6 +27,25 @@ def test_a_report_without_traffic_says_there_is_no_data(retail: Ruleset) -> None
     assert "best arm: none yet" in text and "P(best)" not in text.splitlines()[-1]
 
 
+
+def test_an_arm_never_shown_is_not_called_best_on_its_prior(retail: Ruleset) -> None:
+    """An arm that was never eligible leads on its prior (mean 0.5 against the shown
+    arms' few percent): the report named it the best arm, P(best) 100%."""
+    from engine.experiments.report import experiment_report
+    from engine.records import ArmCounts
+
+    experiment = retail.experiments["hero_test"]
+    never, *shown = experiment.arms
+    counts = {arm: ArmCounts(200.0, 4.0 + i) for i, arm in enumerate(shown)}
+    report = experiment_report(experiment, counts, now=1_767_614_400.0)
+    assert report.leading_arm.arm == never and report.best_arm == ""
+    text = report.render()
+    assert f"best arm: none yet ({never} leads on its prior alone" in text
+    assert f"not shown yet: {never} (at the prior" in text
+    counts[never] = ArmCounts(200.0, 3.0)
+    report = experiment_report(experiment, counts, now=1_767_614_400.0)
+    assert report.best_arm == shown[-1] and "not shown yet" not in report.render()
+
 def test_a_model_that_saw_one_class_has_no_auc(retail: Ruleset) -> None:
     now = [1_767_614_400.0]
     arb = Arbiter(retail, MemoryStore(clock=lambda: now[0]), seed=1, clock=lambda: now[0],
@@ -42,6 +61,36 @@ def test_a_model_that_saw_one_class_has_no_auc(retail: Ruleset) -> None:
     text = render_models([ModelQuality("m", "logistic", 5, float("nan"), 0.1, 0.05, 0.0)])
     assert " n/a " in text and "-0.000" not in text
 
+
+
+def test_a_model_awaiting_its_first_final_label_is_not_measured_yet(retail: Ruleset) -> None:
+    """Before any shown action's final label (a click, or none within the reward wait),
+    the report printed log loss 0.0000, mean p 0.0000 and rate 0.0000: perfect, and
+    calibrated to a rate of 0, on no data at all. Now n/a until the first label."""
+    now = [1_767_614_400.0]
+    arb = Arbiter(retail, MemoryStore(clock=lambda: now[0]), seed=1, clock=lambda: now[0],
+                  reward_wait=3600.0)
+    shown = []
+    for i in range(6):
+        d = arb.decide(user_id=f"u{i}", placement="homepage_banner", channel="web")
+        top = d.actions[0].action_id
+        arb.feedback(decision_id=d.decision_id, action_id=top, outcome="impression")
+        shown.append(top)
+    arb.learn()
+    waiting = {q.model: q for q in arb.model_report() if q.model in shown}
+    assert waiting and all(q.examples > 0 for q in waiting.values())
+    assert all(math.isnan(v) for q in waiting.values() for v in (
+        q.rolling_auc, q.rolling_log_loss, q.mean_predicted, q.observed_rate))
+    table = render_models(list(waiting.values()))
+    assert "0.0000" not in table and table.splitlines()[1].split()[-4:] == ["n/a"] * 4
+    now[0] += 7200.0  # past the reward wait: each impression's final label is "no click"
+    late = arb.decide(user_id="late", placement="homepage_banner", channel="web")
+    arb.feedback(decision_id=late.decision_id, action_id=late.actions[0].action_id,
+                 outcome="impression")
+    arb.learn()
+    measured = {q.model: q for q in arb.model_report() if q.model in shown}
+    assert all(q.observed_rate == 0.0 and q.mean_predicted > 0.0
+               and not math.isnan(q.rolling_log_loss) for q in measured.values())
 
 def test_report_json_has_every_field_and_counts_as_integers(
         redis_url: str, capsys: pytest.CaptureFixture[str]) -> None:

@@ -57,7 +57,7 @@ def plot_report(report: ExperimentReport, path: str | Path) -> Path:
     ax.set_xlabel(f"{what} ({report.reward}); shaded: 95% credible interval")
     ax.set_ylabel("posterior density")
     ax.set_title(f"Experiment {report.experiment} on {report.placement}: "
-                 f"best arm {report.best_arm}")
+                 f"best arm {report.best_arm or 'none yet'}")
     ax.legend(loc="upper right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

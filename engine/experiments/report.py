@@ -79,8 +79,15 @@ class ExperimentReport:
     draws: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
     @property
+    def leading_arm(self) -> ArmReport:
+        """The arm most likely best, on its posterior (its prior alone, if never shown)."""
+        return max(self.arms, key=lambda a: (a.prob_best, a.mean))
+
+    @property
     def best_arm(self) -> str:
-        return max(self.arms, key=lambda a: (a.prob_best, a.mean)).arm
+        """The leading arm once it has been shown; "" before (nothing to call yet)."""
+        leader = self.leading_arm
+        return leader.arm if leader.exposures or self.winner else ""
 
     def render(self) -> str:
         """The report as a table (``arbiter report``)."""
@@ -99,15 +106,22 @@ class ExperimentReport:
             loss = f"{a.expected_loss:10.4g}" if a is not self.holdout else f"{'-':>10}"
             lines.append(f"{a.arm:<20} {a.exposures:>10.0f} {a.rewards:>10.4g} {a.mean:>9.4g} "
                          f"{interval:>21} {best} {loss} {a.allocation:>7.1%}")
-        if not any(a.exposures for a in self.arms):
+        unseen = [a.arm for a in self.arms if not a.exposures]
+        if len(unseen) == len(self.arms):
             lines.append("best arm: none yet (no exposures: every arm is at its prior)")
+        elif not self.best_arm:
+            lines.append(f"best arm: none yet ({self.leading_arm.arm} leads on its prior "
+                         "alone: it has not been shown)")
         else:
             lines.append(f"best arm: {self.best_arm}"
                          f" (P(best) {max(a.prob_best for a in self.arms):.1%})")
+        if unseen and len(unseen) < len(self.arms) and not self.winner:
+            lines.append(f"not shown yet: {', '.join(unseen)} (at the prior; an arm that is "
+                         "rarely eligible may never be)")
         if self.winner:
             lines.append(f"ended: winner {self.winner} promoted to everyone")
         if self.holdout is not None and self.holdout.exposures > 0:
-            leader = next(a for a in self.arms if a.arm == self.best_arm)
+            leader = self.leading_arm
             lift = leader.mean / self.holdout.mean - 1 if self.holdout.mean else float("nan")
             lines.append(f"holdout {self.holdout_percent:g}%: mean {self.holdout.mean:.4g}; "
                          f"best arm vs holdout: {lift:+.1%}")

@@ -149,12 +149,6 @@ class _Model:
         return fast[1]
 
 
-def _auc(quality: RollingQuality) -> float:
-    """The rolling ROC AUC, or NaN while the window holds only one class (undefined)."""
-    rate = float(quality.observed.get())
-    return float(quality.auc.get()) if 0.0 < rate < 1.0 else float("nan")
-
-
 def _pooled(vocabulary: Vocabulary | None) -> dict[str, float]:
     """``pooled:NAME`` -> values admitted, for each feature at its limit."""
     if vocabulary is None:
@@ -267,9 +261,7 @@ class PropensityModels:
                 ModelQuality(
                     key,
                     m.spec.learner + (f" bagged x{m.spec.bagging}" if m.spec.bagging else ""),
-                    m.examples, _auc(m.quality), float(m.quality.log_loss.get()),
-                    float(m.quality.predicted.get()), float(m.quality.observed.get()),
-                    _pooled(m.vocabulary))
+                    m.examples, *m.quality.measures(), _pooled(m.vocabulary))
                 for key, m in sorted(self._models.items())]
 
     def snapshot(self) -> bytes:

@@ -36,6 +36,21 @@ class RollingQuality:
     predicted: Any = field(default_factory=lambda: _rolling(stats.Mean))
     observed: Any = field(default_factory=lambda: _rolling(stats.Mean))
 
+    def measures(self) -> tuple[float, float, float, float]:
+        """(ROC AUC, log loss, mean prediction, observed rate) over the window: NaN, for
+        "not measured", while no final label is in it (River reports 0), and the AUC while
+        the window holds one class only (undefined).
+
+        >>> RollingQuality().measures()
+        (nan, nan, nan, nan)
+        """
+        nan = float("nan")
+        if not self.observed.window:
+            return nan, nan, nan, nan
+        rate = float(self.observed.get())
+        auc = float(self.auc.get()) if 0.0 < rate < 1.0 else nan
+        return auc, float(self.log_loss.get()), float(self.predicted.get()), rate
+
     def update(self, label: bool, p: float) -> None:
         self.auc.update(label, p)
         self.log_loss.update(label, p)

@@ -120,21 +120,30 @@ def render_models(models: Sequence[ModelQuality]) -> str:
     lines = [f"{'model':<24} {'learner':<22} {'examples':>9} {'AUC':>6} {'log loss':>9} "
              f"{'mean p':>7} {'rate':>7}"]
     for q in models:
-        auc = f"{q.rolling_auc:>6.3f}" if q.rolling_auc == q.rolling_auc else f"{'n/a':>6}"
         own = q.own_metrics()
         if own:  # a model measured its own way (the recommender, clusters, scores)
-            shown = ", ".join(f"{k} {v:.4g}" for k, v in own.items())
+            shown = ", ".join(f"{k} {v:.4g}" if v == v else f"{k} n/a"
+                              for k, v in sorted(own.items()))  # (a map over gRPC: no order)
             lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9}  {shown}")
             continue
         pooled = q.pooled()
-        lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9} {auc} "
-                     f"{q.rolling_log_loss:>9.4f} {q.mean_predicted:>7.4f} "
-                     f"{q.observed_rate:>7.4f}"
+        lines.append(f"{q.model:<24} {q.learner:<22} {q.examples:>9} "
+                     f"{_measured(q.rolling_auc, 6, 3)} {_measured(q.rolling_log_loss, 9, 4)} "
+                     f"{_measured(q.mean_predicted, 7, 4)} {_measured(q.observed_rate, 7, 4)}"
                      + (f"  pooled beyond their vocabulary: {', '.join(pooled)}"
                         if pooled else ""))
     lines.append("(progressive validation: each example predicted before it was learnt; "
                  "last 1,000 examples)")
     return "\n".join(lines)
+
+
+def _measured(value: float, width: int, places: int) -> str:
+    """A measure right-aligned in ``width``; ``n/a`` for NaN (not measured yet).
+
+    >>> _measured(0.25, 7, 4), _measured(float("nan"), 7, 4)
+    (' 0.2500', '    n/a')
+    """
+    return f"{value:>{width}.{places}f}" if value == value else f"{'n/a':>{width}}"
 
 
 def render_clusters(models: Sequence[ModelQuality]) -> str:
