@@ -52,6 +52,8 @@ class TrackInput:
 
 
 def _kind(value: Any) -> str:
+    if value is None:
+        return "null"
     if isinstance(value, bool):
         return "bool"
     if isinstance(value, int | float):
@@ -90,9 +92,15 @@ def check_id(field: str, value: str) -> str:
     return value
 
 
-def check_value(field: str, value: Any, want: str | None = None) -> AttrValue:
-    """A map value as stored: timestamps become epoch seconds; NaN/inf rejected."""
+def check_value(field: str, value: Any, want: str | None = None,
+                removable: bool = False) -> AttrValue:
+    """A map value as stored: timestamps become epoch seconds; NaN/inf rejected; None (a
+    trait removed) only where ``removable``."""
     kind = _kind(value)
+    if kind == "null":
+        if not removable:
+            raise InvalidArgument(field, "null only removes a trait; leave the key out")
+        return None
     if kind not in ("bool", "number", "string", "timestamp", "list", "map"):
         raise InvalidArgument(field, f"unsupported value type {kind}")
     if want is not None and kind != want:
@@ -123,20 +131,28 @@ def check_value(field: str, value: Any, want: str | None = None) -> AttrValue:
 
 
 def check_map(field: str, values: Mapping[str, Any], schema: Mapping[str, FieldSpec] | None,
-              block: str = "") -> dict[str, AttrValue]:
-    """Check a context/trait/property map against its schema (None: any keys)."""
+              block: str = "", removable: bool = False) -> dict[str, AttrValue]:
+    """Check a context/trait/property map against its schema (None: any keys); a None
+    value (a trait to remove) is allowed where ``removable``.
+
+    >>> check_map("traits", {"tier": None}, None, removable=True)
+    {'tier': None}
+    >>> check_map("context", {"tier": None}, None)
+    Traceback (most recent call last):
+    engine.requests.InvalidArgument: context.tier: null only removes a trait; leave the key out
+    """
     if len(values) > MAX_MAP_ENTRIES:
         raise InvalidArgument(field, f"has more than {MAX_MAP_ENTRIES} entries")
     out: dict[str, AttrValue] = {}
     for key, value in values.items():
         name = f"{field}.{key}"
         if schema is None:
-            out[key] = check_value(name, value)
+            out[key] = check_value(name, value, removable=removable)
             continue
         spec = schema.get(key)
         if spec is None:
             raise InvalidArgument(name, f"is not declared in the ruleset's {block} block")
-        out[key] = check_value(name, value, spec.type)
+        out[key] = check_value(name, value, None if value is None else spec.type, removable)
     return out
 
 
@@ -224,7 +240,8 @@ def track_input(
     value = props.get("value", 0.0)
     if not isinstance(value, float) or isinstance(value, bool):
         raise InvalidArgument("properties.value", "must be a number")
-    checked_traits = check_map("traits", traits or {}, ruleset.profile_schema, "profile")
+    checked_traits = check_map("traits", traits or {}, ruleset.profile_schema, "profile",
+                               removable=True)
     if not item_id:
         prop = props.get("item_id")
         if prop is not None and not isinstance(prop, str):

@@ -154,19 +154,21 @@ def test_arbiter_track_loads_a_file_once_however_often_it_is_run(
         {"user_id": "ann", "event_type": "purchase", "properties": {"value": 60},
          "timestamp": 1_793_000_000},
         {"user_id": "ann", "event_type": "visit", "traits": {"first_name": "Anne"}},
+        {"user_id": "ann", "event_type": "visit", "traits": {"email_opt_in": None}},
     ]) + "\n")
     target = ["--target", f"127.0.0.1:{running.port}"]
     assert main(["track", str(events), *target, "--batch-size", "2"]) == 1
     err = capsys.readouterr().err
     assert f"{events}:4: INVALID_ARGUMENT: event_type" in err
-    assert "5 applied, 0 already applied, 1 refused" in err
+    assert "6 applied, 0 already applied, 1 refused" in err
     ann = arbiter.get_profile("ann")  # a customer's lines applied in file order
     assert ann is not None and ann.attributes["first_name"] == "Anne"
+    assert "email_opt_in" not in ann.attributes  # a trait's null removes it
     assert ann.events["purchase"].count == 2 and ann.events["purchase"].total == 100.0
     assert (ann.events["purchase"].first_at, ann.events["purchase"].last_at) == (
         1_793_000_000.0, 1_793_525_400.0)  # (2026-11-01T09:30:00Z)
     assert main(["track", str(events), *target]) == 1
-    assert "0 applied, 5 already applied, 1 refused" in capsys.readouterr().err
+    assert "0 applied, 6 already applied, 1 refused" in capsys.readouterr().err
     assert arbiter.get_profile("ann").events["purchase"].count == 2  # type: ignore[union-attr]
     broken = tmp_path / "broken.jsonl"
     broken.write_text('{"user_id": "dan", "event_type": "visit"}\n'

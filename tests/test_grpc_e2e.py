@@ -166,6 +166,61 @@ def test_list_traits_round_trip(stub: Stub) -> None:
         "email_marketing", "analytics"]
 
 
+
+NULL = pb.Value(null_value="NULL_VALUE")
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_a_trait_set_to_null_is_removed_and_its_default_applies_again(
+        retail: Ruleset, request: pytest.FixtureRequest, store: str) -> None:
+    """A customer withdraws their e-mail address or a tier lapses: there was no way to
+    remove a trait short of ForgetProfile (a Value with no kind is refused)."""
+    from adapters.redis_store import RedisStore
+    from engine.grpc import server
+
+    backend = (MemoryStore() if store == "memory"
+               else RedisStore(request.getfixturevalue("redis_url")))
+    running = server.start(Arbiter(retail, backend, seed=1), "127.0.0.1", 0, workers=4)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            stub = Stub(channel)
+            stub.TrackEvent(pb.TrackEventRequest(user_id="ann", event_type="visit", traits={
+                "email": text("ann@example.com"), "tier": text("gold"),
+                "consents": pb.Value(string_list=pb.StringList(values=["email_marketing"])),
+                "first_name": text("Ann")}))
+            def loyalty() -> list[str]:
+                decision = stub.Decide(pb.DecideRequest(
+                    user_id="ann", placement="cart_page", channel="web", explain=True))
+                trace = next(c for c in decision.explanation.candidates
+                             if c.action_id == "loyalty_points")
+                return [r.detail for r in trace.reasons if r.name == "when"]
+
+            assert [d.endswith('-> True') for d in loyalty()] == [True]
+            stub.TrackEvent(pb.TrackEventRequest(
+                user_id="ann", event_type="visit", event_id="withdrawn-1",
+                traits={"email": NULL, "tier": NULL, "consents": NULL}))
+            again = stub.TrackEvent(pb.TrackEventRequest(  # a retry: the same event
+                user_id="ann", event_type="visit", event_id="withdrawn-1",
+                traits={"email": NULL, "tier": NULL, "consents": NULL}))
+            assert again.duplicate
+            attributes = stub.GetProfile(pb.GetProfileRequest(user_id="ann")).profile.attributes
+            assert set(attributes) == {"first_name"}
+            assert [d.endswith('-> False') for d in loyalty()] == [True]
+            for call, field in (
+                    (lambda: stub.Decide(pb.DecideRequest(
+                        user_id="ann", placement="email", context={"page": NULL})),
+                     "context.page: null only removes a trait"),
+                    (lambda: stub.TrackEvent(pb.TrackEventRequest(
+                        user_id="ann", event_type="visit", properties={"value": NULL})),
+                     "properties.value: null only removes a trait"),
+                    (lambda: stub.TrackEvent(pb.TrackEventRequest(
+                        user_id="ann", event_type="visit", traits={"nickname": NULL})),
+                     "traits.nickname: is not declared")):
+                code, details = code_of(call)
+                assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details, details
+    finally:
+        running.stop(grace=0.5)
+
 def test_get_and_forget_profile(stub: Stub) -> None:
     stub.TrackEvent(pb.TrackEventRequest(user_id="gdpr", event_type="purchase",
                                          properties={"value": num(42)},

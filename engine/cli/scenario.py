@@ -124,7 +124,7 @@ def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: floa
     schema = arbiter.ruleset.profile_schema
     traits = declared_map("traits", scenario.traits, schema)
     if traits and not events:
-        checked = check_map("traits", traits, schema, "profile")
+        checked = check_map("traits", traits, schema, "profile", removable=True)
         arbiter.store.update_profile(user_id, lambda p: record_traits(p, user_id, checked, now))
     for i, event in enumerate(events):
         field = f"events[{i}]"

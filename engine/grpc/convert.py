@@ -91,6 +91,8 @@ def from_value(field: str, value: pb.Value) -> Any:
         return [_string(f"{field}[{i}]", item) for i, item in enumerate(items)]
     if kind == "string_map":
         return _checked_map(field, value.string_map.entries, _string)
+    if kind == "null_value":  # a trait removed (anywhere else, the request check refuses it)
+        return None
     return getattr(value, kind)
 
 
@@ -118,6 +120,8 @@ def from_values(field: str, values: Mapping[str, pb.Value]) -> dict[str, Any]:
 
 
 def to_value(value: Any, kind: str | None = None) -> pb.Value:
+    if value is None:
+        return pb.Value(null_value="NULL_VALUE")
     if isinstance(value, bool):
         return pb.Value(bool_value=value)
     if isinstance(value, int | float):

@@ -199,7 +199,7 @@ def event_lines(path: Path, digest: str) -> Iterator[tuple[int, Any]]:
                 raise ValueError(where.format(key_column(line, key))
                                  + f": {key}: not a JSON object")
             for name, v in value.items():
-                if v is None:
+                if v is None and key == "properties":  # (a trait's null removes it)
                     raise ValueError(where.format(key_column(line, name))
                                      + f": {key}.{name}: null (leave it out instead)")
             maps[key] = {name: convert.to_value(_value(v)) for name, v in value.items()}

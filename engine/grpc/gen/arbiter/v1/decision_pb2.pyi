@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -59,20 +60,22 @@ class CatalogueResponse(_message.Message):
     def __init__(self, version: _Optional[int] = ..., items: _Optional[int] = ...) -> None: ...
 
 class Value(_message.Message):
-    __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value", "string_list", "string_map")
+    __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value", "string_list", "string_map", "null_value")
     STRING_VALUE_FIELD_NUMBER: _ClassVar[int]
     NUMBER_VALUE_FIELD_NUMBER: _ClassVar[int]
     BOOL_VALUE_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_VALUE_FIELD_NUMBER: _ClassVar[int]
     STRING_LIST_FIELD_NUMBER: _ClassVar[int]
     STRING_MAP_FIELD_NUMBER: _ClassVar[int]
+    NULL_VALUE_FIELD_NUMBER: _ClassVar[int]
     string_value: str
     number_value: float
     bool_value: bool
     timestamp_value: _timestamp_pb2.Timestamp
     string_list: StringList
     string_map: StringMap
-    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ..., string_map: _Optional[_Union[StringMap, _Mapping]] = ...) -> None: ...
+    null_value: _struct_pb2.NullValue
+    def __init__(self, string_value: _Optional[str] = ..., number_value: _Optional[float] = ..., bool_value: _Optional[bool] = ..., timestamp_value: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., string_list: _Optional[_Union[StringList, _Mapping]] = ..., string_map: _Optional[_Union[StringMap, _Mapping]] = ..., null_value: _Optional[_Union[_struct_pb2.NullValue, str]] = ...) -> None: ...
 
 class StringMap(_message.Message):
     __slots__ = ("entries",)
