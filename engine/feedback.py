@@ -79,6 +79,17 @@ class FeedbackInput:
         return f"{self.action_id}\x1f{self.outcome}\x1f{self.value!r}{item}"
 
 
+def implied_key(key: str) -> str | None:
+    """The outcome of a :attr:`FeedbackInput.key` the server made (no key was sent),
+    None for a client's own key.
+
+    >>> implied_key("d1|d|a|click"), implied_key("d1|k|order-7")
+    ('click', None)
+    """
+    parts = key.split("|", 4)
+    return parts[3] if len(parts) >= 4 and parts[1] == "d" else None
+
+
 def feedback_effects(
     fb: FeedbackInput, decision: DecisionRecord, profile: Profile | None,
     layout: str = PACKED,

@@ -154,6 +154,22 @@ def test_idempotency_keys_belong_to_their_decision(stub: pb_grpc.DecisionService
     # a true replay stays a duplicate
     assert feedback(b, b_action, pb.OUTCOME_IMPRESSION, "order-1") == (
         grpc.StatusCode.OK, "", True)
+    # without a key, a second conversion with another value: the message names what the
+    # client sent (it named an idempotency_key the client never sent)
+    def conversion(value: float) -> tuple[grpc.StatusCode, str]:
+        try:
+            stub.Feedback(pb.FeedbackRequest(decision_id=b.decision_id, action_id=b_action,
+                                             outcome=pb.OUTCOME_CONVERSION, value=value),
+                          timeout=5)
+        except grpc.RpcError as err:
+            return err.code(), err.details()  # type: ignore[attr-defined]
+        return grpc.StatusCode.OK, ""
+
+    assert conversion(40.0) == (grpc.StatusCode.OK, "")
+    code, details = conversion(55.0)
+    assert code == grpc.StatusCode.FAILED_PRECONDITION
+    assert details.startswith("value: a conversion of this action was already reported on "
+                              "this decision with another value or item"), details
 
 
 def test_the_last_representable_instant_is_accepted_exactly(

@@ -19,7 +19,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from engine.feedback import ActionNotInDecision
+from engine.feedback import ActionNotInDecision, implied_key
 from engine.grpc.decoding import Undecodable
 from engine.ports import (
     DecisionLogUnavailable,
@@ -81,6 +81,13 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
         return (grpc.StatusCode.DATA_LOSS,
                 f"{err}; ForgetProfile removes what is stored about the customer")
     if isinstance(err, IdempotencyKeyReused):
+        implicit = implied_key(str(err.args[0]) if err.args else "")
+        if implicit is not None:  # the client sent no key: say what it did send twice
+            return (grpc.StatusCode.FAILED_PRECONDITION,
+                    f"value: a {implicit} of this action was already reported on this "
+                    "decision with another value or item; an outcome counts once per "
+                    "decision and action (without an idempotency_key, the decision, action "
+                    "and outcome are the key)")
         return (grpc.StatusCode.FAILED_PRECONDITION,
                 "idempotency_key: already used on this decision for a different request "
                 "(another action, outcome or value); send a new key for a new request")
