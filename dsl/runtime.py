@@ -118,6 +118,20 @@ def _zone(name: str | None) -> tzinfo:
         return UTC
 
 
+@lru_cache(maxsize=1024)
+def is_zone(name: str) -> bool:
+    """Whether ``name`` is a time zone of the tz database (what ``timezone`` must hold).
+
+    >>> is_zone("Europe/Paris"), is_zone("UTC"), is_zone("Nowhere/Land"), is_zone("../etc")
+    (True, True, False, False)
+    """
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        return False
+    return True
+
+
 def _local(ts: float | None, zone: str | None) -> datetime | None:
     if ts is None or not math.isfinite(ts):
         return None

@@ -18,6 +18,7 @@ from datetime import datetime
 from typing import Any
 
 from dsl.ruleset import Ruleset
+from dsl.runtime import is_zone
 from dsl.schema import FieldSpec
 from dsl.vocabulary import OUTCOMES
 from engine.decide.inputs import DecideInput
@@ -156,6 +157,18 @@ def check_map(field: str, values: Mapping[str, Any], schema: Mapping[str, FieldS
     return out
 
 
+def check_traits(traits: Mapping[str, Any], ruleset: Ruleset) -> dict[str, AttrValue]:
+    """A TrackEvent's traits checked against the profile schema (a None removes one), and
+    a ``timezone`` that the tz database knows (a name it lacks would read as UTC: every
+    ``hour_of_day`` and send time silently off by the customer's offset)."""
+    checked = check_map("traits", traits, ruleset.profile_schema, "profile", removable=True)
+    zone = checked.get("timezone")
+    if isinstance(zone, str) and zone and not is_zone(zone):
+        raise InvalidArgument("traits.timezone", f"{zone!r} is not a time zone of the tz "
+                                                 "database (e.g. Europe/Paris, UTC)")
+    return checked
+
+
 def check_time(field: str, at: float | None, now: float) -> float:
     if at is None:
         return now
@@ -240,8 +253,7 @@ def track_input(
     value = props.get("value", 0.0)
     if not isinstance(value, float) or isinstance(value, bool):
         raise InvalidArgument("properties.value", "must be a number")
-    checked_traits = check_map("traits", traits or {}, ruleset.profile_schema, "profile",
-                               removable=True)
+    checked_traits = check_traits(traits or {}, ruleset)
     if not item_id:
         prop = props.get("item_id")
         if prop is not None and not isinstance(prop, str):

@@ -109,3 +109,19 @@ def test_best_send_at_travels_in_the_decide_response() -> None:
         running.stop(grace=0.2)
     assert email.HasField("best_send_at") and not web.HasField("best_send_at")
     assert email.best_send_at.seconds == MONDAY + 6 * 86400 + 10 * HOUR  # Sunday 10:00
+
+
+@pytest.mark.parametrize("zone", ["Nowhere/Land", "Europe/Pariss", "+03:00", "../../etc/passwd"])
+def test_a_time_zone_the_tz_database_lacks_is_refused_not_read_as_utc(zone: str) -> None:
+    """Such a name was stored and read as UTC: the customer's hours and send time silently
+    off by their offset."""
+    from engine.requests import InvalidArgument
+
+    arb = arbiter()
+    with pytest.raises(InvalidArgument, match=r"traits.timezone: .* is not a time zone"):
+        arb.track(user_id="cy", event_type="visit", traits={"timezone": zone})
+    assert arb.get_profile("cy") is None
+    arb.track(user_id="cy", event_type="visit", traits={"timezone": "Europe/Paris"})
+    arb.track(user_id="cy", event_type="visit", traits={"timezone": ""})  # none: UTC
+    profile = arb.get_profile("cy")
+    assert profile is not None and profile.attributes["timezone"] == ""

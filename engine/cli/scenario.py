@@ -28,7 +28,7 @@ from dsl.vocabulary import OUTCOMES
 from engine.cli.typed_values import declared_map
 from engine.profiles import record_contact, record_traits
 from engine.records import Profile
-from engine.requests import InvalidArgument, check_map
+from engine.requests import InvalidArgument, check_traits
 from engine.service import Arbiter
 
 T = TypeVar("T")
@@ -124,7 +124,7 @@ def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: floa
     schema = arbiter.ruleset.profile_schema
     traits = declared_map("traits", scenario.traits, schema)
     if traits and not events:
-        checked = check_map("traits", traits, schema, "profile", removable=True)
+        checked = check_traits(traits, arbiter.ruleset)
         arbiter.store.update_profile(user_id, lambda p: record_traits(p, user_id, checked, now))
     for i, event in enumerate(events):
         field = f"events[{i}]"
