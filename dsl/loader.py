@@ -160,7 +160,7 @@ def ruleset_files(path: str | Path) -> list[Path]:
     while queue:
         current = queue.pop(0)
         try:
-            text = current.read_text(encoding="utf-8")
+            text = current.read_text(encoding="utf-8-sig")
         except (OSError, UnicodeDecodeError):
             continue
         for match in IMPORT_RE.finditer(text):
@@ -178,7 +178,7 @@ def ruleset_files(path: str | Path) -> list[Path]:
 
 def read_sources(path: str | Path) -> dict[str, str]:
     """Every file of the ruleset at ``path`` (see :func:`ruleset_files`), by display path."""
-    return {str(f): f.read_text(encoding="utf-8") for f in ruleset_files(path)}
+    return {str(f): f.read_text(encoding="utf-8-sig") for f in ruleset_files(path)}
 
 
 def build(sources: dict[str, str]) -> Build:

@@ -478,6 +478,9 @@ def _syntax_diagnostic(err: UnexpectedInput, file: str, line_off: int, col_off: 
     unknown = _unknown_field(err, text) if isinstance(err, UnexpectedToken) else None
     if unknown is not None:
         message = unknown
+    elif isinstance(err, UnexpectedToken) and err.token.value == "=":
+        message = ("syntax error: unexpected '=': compare with '==' (profile.tier == \"gold\"), "
+                   "and give a field its value with ':' (value: 10)")
     elif isinstance(err, UnexpectedToken):
         message = f"syntax error: unexpected {_describe(err.token)}{_expected(err.expected)}"
     elif isinstance(err, UnexpectedCharacters):

@@ -18,6 +18,8 @@ placement home { channels: web, app }
 
 # (rule text after HEADER, expected "line:col: error: message" of the first error)
 CASES = [
+    ('action a { placements: home value: 1 when: profile.spend = 5 }',
+     "6:58: error: syntax error: unexpected '=': compare with '=='"),
     ("segment s = profile.spnd > 5",
      "6:13: error: unknown profile attribute 'spnd'; did you mean 'spend'?"),
     ("segment s = context.devise == \"ios\"",

@@ -188,3 +188,36 @@ def test_timestamps_are_written_in_files_as_iso_date_times_or_epoch_seconds(
 def _in_days(days: float) -> str:
     import datetime as dt
     return (dt.datetime.now(dt.UTC) + dt.timedelta(days=days)).isoformat()
+
+
+BOM = "\ufeff"
+
+
+def test_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """Windows editors and Excel's "CSV UTF-8" start a file with a byte order mark: a
+    rule file so saved was a syntax error at 1:1 ("unexpected character '\\ufeff'"), a
+    catalogue's first column was named "\\ufeffid" (no item had an id), and TOML and JSON
+    files failed to parse."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "main.arb").write_text(BOM + TIMED_RULES.replace("\n", "\r\n") + (
+        "items { name: string }\r\nthresholds { days: number = 30 }\r\n"), encoding="utf-8")
+    (rules / "items.csv").write_text(BOM + "id,name\r\nsku-1,Scarf\r\n", encoding="utf-8")
+    (rules / "thresholds.toml").write_text(BOM + "days = 10\n", encoding="utf-8")
+    (rules / "t.test.toml").write_text(
+        BOM + '[[test]]\nname = "bom"\nplacement = "app"\n'
+        'profile.traits = { renewal = "2026-01-20T00:00:00Z" }\n'
+        'expect.eligible = ["renew_now"]\n', encoding="utf-8")
+    assert main(["check", str(rules)]) == 0, capsys.readouterr()
+    assert main(["test", str(rules)]) == 0, capsys.readouterr().out
+    assert main(["items", "check", str(rules / "items.csv"), "--rules", str(rules)]) == 0
+    profile = tmp_path / "p.json"
+    profile.write_text(BOM + json.dumps({"traits": {"renewal": _in_days(5)}}), encoding="utf-8")
+    capsys.readouterr()
+    assert main(["explain", str(rules), "--profile", str(profile), "--placement", "app"]) == 0
+    assert "ok eligibility when: profile.renewal" in capsys.readouterr().out
+    from engine.cli.common import json_lines  # arbiter track and decide --batch files
+    lines = tmp_path / "users.jsonl"
+    lines.write_text(BOM + '{"user_id": "ann"}\n', encoding="utf-8")
+    assert [item for _, _, item in json_lines(lines)] == [{"user_id": "ann"}]

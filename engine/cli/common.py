@@ -167,7 +167,7 @@ def json_lines(path: Path) -> Iterator[tuple[int, str, dict[str, Any]]]:
     """The objects of a JSON-lines file with their line numbers and text, a line at a
     time (memory stays flat), blank lines skipped; raises ValueError naming
     ``path:line:col`` for a line that is not a JSON object."""
-    with path.open(encoding="utf-8") as lines:
+    with path.open(encoding="utf-8-sig") as lines:  # (a BOM, as Excel writes, is not text)
         for number, line in enumerate(lines, 1):
             if not line.strip():
                 continue

@@ -99,7 +99,7 @@ def read_file(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
     try:
-        return dict(tomllib.loads(Path(path).read_text(encoding="utf-8")))
+        return dict(tomllib.loads(Path(path).read_text(encoding="utf-8-sig")))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise SettingsError(f"settings file {path}: {err}") from None
 

@@ -102,7 +102,7 @@ def shaped(data: Any, kind: type[T], field: str, keys: str) -> T:
 def load_scenario(path: str | Path) -> Scenario:
     """Read a profile file (``.json`` or ``.toml``)."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         data = tomllib.loads(text) if path.suffix == ".toml" else json.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as err:
@@ -150,7 +150,7 @@ def apply_population(arbiter: Arbiter, path: Path, now: float) -> None:
     "ago", "item"}`` objects, tracked oldest first, then learnt (the clusters, the
     recommender): the population a test case's customer is compared with."""
     events = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
         if not line.strip():
             continue
         try:

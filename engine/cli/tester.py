@@ -135,7 +135,7 @@ def _case_lines(text: str) -> list[int]:
 
 def load_cases(path: Path) -> list[tuple[str, dict[str, Any]]]:
     """(file:line, case) pairs; raises ValueError with the file's position on bad TOML."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:

@@ -64,7 +64,7 @@ def load_tokens(path: str | Path) -> dict[str, frozenset[str]]:
     """A TOML file: ``[tokens]`` then ``"TOKEN" = ["decide", "feedback"]``; ValueError
     saying what is wrong with it."""
     try:
-        data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+        data = tomllib.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise ValueError(f"tokens file {path}: {err}") from None
     tokens = data.get("tokens")

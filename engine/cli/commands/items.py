@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
         return _remove(args)
     path = Path(args.args[0])
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as err:
         print(f"arbiter items: cannot read {path}: {err}", file=sys.stderr)
         return 2
