@@ -152,7 +152,9 @@ def check_map(field: str, values: Mapping[str, Any], schema: Mapping[str, FieldS
             continue
         spec = schema.get(key)
         if spec is None:
-            raise InvalidArgument(name, f"is not declared in the ruleset's {block} block")
+            close = difflib.get_close_matches(key, sorted(schema), n=1)
+            raise InvalidArgument(name, f"is not declared in the ruleset's {block} block"
+                                  + (f"; did you mean '{close[0]}'?" if close else ""))
         out[key] = check_value(name, value, None if value is None else spec.type, removable)
     return out
 

@@ -215,7 +215,15 @@ def test_a_trait_set_to_null_is_removed_and_its_default_applies_again(
                      "properties.value: null only removes a trait"),
                     (lambda: stub.TrackEvent(pb.TrackEventRequest(
                         user_id="ann", event_type="visit", traits={"nickname": NULL})),
-                     "traits.nickname: is not declared")):
+                     "traits.nickname: is not declared"),
+                    (lambda: stub.TrackEvent(pb.TrackEventRequest(  # a misspelt key
+                        user_id="ann", event_type="visit", traits={"emial": text("a@b")})),
+                     "traits.emial: is not declared in the ruleset's profile block; did you "
+                     "mean 'email'?"),
+                    (lambda: stub.Decide(pb.DecideRequest(
+                        user_id="ann", placement="email", context={"devise": text("ios")})),
+                     "context.devise: is not declared in the ruleset's context block; did you "
+                     "mean 'device'?")):
                 code, details = code_of(call)
                 assert code == grpc.StatusCode.INVALID_ARGUMENT and field in details, details
     finally:
