@@ -43,6 +43,25 @@ def test_check_json_format(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert report["diagnostics"][0]["line"] == 1
 
 
+
+def test_check_warns_of_an_action_whose_end_has_passed(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``ends: 2025-12-01`` for December next year (a year typed wrong): the action is
+    never shown and nothing said so."""
+    import datetime as dt
+
+    today = dt.datetime.now(dt.UTC).date()
+    past, future = today - dt.timedelta(days=3), today + dt.timedelta(days=30)
+    (tmp_path / "a.arb").write_text(
+        "placement p { channels: web }\n"
+        f"action gone {{ placements: p  value: 1  ends: {past} }}\n"
+        f"action coming {{ placements: p  value: 1  ends: {future} }}\n")
+    assert main(["check", str(tmp_path)]) == 0  # a warning, not an error
+    out = capsys.readouterr().out
+    assert (f"{tmp_path / 'a.arb'}:2:8: warning: action 'gone' ended on {past} ('ends'): "
+            "it is never shown") in out
+    assert "'coming'" not in out and "1 warning(s)" in out
+
 def test_check_missing_path(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "/nonexistent/rules"]) == 1
 

@@ -5,7 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
+from datetime import UTC, datetime
 
+from dsl.diagnostics import Diagnostic
 from dsl.loader import build
 from dsl.ruleset import Ruleset
 from engine.cli.common import add_format_argument, read_rule_files
@@ -49,6 +52,24 @@ def attribution_summary(ruleset: Ruleset) -> list[str]:
             if placement.attribution is not None]
 
 
+def ended_actions(ruleset: Ruleset, now: float) -> list[Diagnostic]:
+    """A warning for each action whose ``ends`` has passed (a typo'd year is an action
+    never shown, without a word): the one check that reads the clock, so it is made here,
+    not by the compiler, whose verdict on a ruleset never changes.
+
+    >>> from dsl.loader import load_text
+    >>> rules = load_text("placement web { channels: web }\\n"
+    ...                   "action a { placements: web  value: 1  ends: 2025-12-01 }")
+    >>> [d.message for d in ended_actions(rules, now=1_767_225_600.0)]
+    ["action 'a' ended on 2025-12-01 ('ends'): it is never shown"]
+    """
+    return [Diagnostic("warning", f"action '{action.id}' ended on "
+                       f"{datetime.fromtimestamp(action.ends, UTC):%Y-%m-%d} ('ends'): it is "
+                       "never shown", action.pos)
+            for action in ruleset.actions.values()
+            if action.ends is not None and action.ends <= now]
+
+
 def _duration(seconds: float) -> str:
     for unit, size in (("d", 86400.0), ("h", 3600.0), ("m", 60.0)):
         if seconds >= size:
@@ -61,8 +82,10 @@ def run(args: argparse.Namespace) -> int:
     if sources is None:
         return 1
     result = build(sources)
-    diagnostics = sorted(result.diagnostics,
-                         key=lambda d: (d.pos.file, d.pos.line, d.pos.column))
+    found = list(result.diagnostics)
+    if result.ruleset is not None:
+        found += ended_actions(result.ruleset, time.time())
+    diagnostics = sorted(found, key=lambda d: (d.pos.file, d.pos.line, d.pos.column))
     errors = sum(d.severity == "error" for d in diagnostics)
     if args.format == "json":
         print(json.dumps({"errors": errors, "warnings": len(diagnostics) - errors,
