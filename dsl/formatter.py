@@ -16,7 +16,7 @@ segment big = profile.spend > 500  # vip
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -117,6 +117,27 @@ def _expr_lines(head: str, expr: ast.Expr, indent: str) -> list[str]:
     return [head] + [line[len(indent):] for line in _broken(expr, indent + INDENT)]
 
 
+def _listed(head: str, parts: Sequence[str], indent: str = INDENT) -> list[str]:
+    """``head`` and the ``parts`` separated by commas, wrapped under :data:`WIDTH` with
+    each continuation aligned after the head (a long list of features stays readable).
+
+    >>> for line in _listed("features:", ["recency = days_since(last(purchase))",
+    ...                                   "orders = count(purchase, within=90d)",
+    ...                                   "visits = count(visit, within=30d)"]):
+    ...     print(line)
+    features: recency = days_since(last(purchase)), orders = count(purchase, within=90d),
+              visits = count(visit, within=30d)
+    """
+    lines = [head]
+    for i, part in enumerate(parts):
+        text = part + ("," if i < len(parts) - 1 else "")
+        if lines[-1] != head and len(f"{indent}{lines[-1]} {text}") > WIDTH:
+            lines.append(" " * len(head) + " " + text)
+        else:
+            lines[-1] += " " + text
+    return lines
+
+
 def _literal(lit: ast.Literal) -> str:
     return print_expr(lit)
 
@@ -210,7 +231,7 @@ def _recommend(keyword: str, reco: ast.Recommend, node: Any) -> list[str]:
 
 
 _SHOWERS: dict[str, Shower] = {
-    "names": lambda k, v, n: [f"{k}: {', '.join(v)}"],
+    "names": lambda k, v, n: _listed(f"{k}:", v),
     "name": lambda k, v, n: [f"{k}: {v}"],
     "date": lambda k, v, n: [f"{k}: {v}"],
     "expr": lambda k, v, n: _expr_lines(f"{k}:", v, INDENT),
@@ -226,10 +247,10 @@ _SHOWERS: dict[str, Shower] = {
     "score_outcome": lambda k, v, n: [f"{k}: " + (
         f"no {v.event}" if v.kind == "none" else v.event if v.kind == "any"
         else f"sum({v.event}.value)") + f" within {_literal(v.window)}"],
-    "cluster_features": lambda k, v, n: [
-        f"{k}: " + ", ".join(f"{f.name} = {print_expr(f.expr)}" if f.named
-                             else print_expr(f.expr) for f in v)] if v else [],
-    "features": lambda k, v, n: [f"{k}: {', '.join(f for f, _ in v or ())}"],
+    "cluster_features": lambda k, v, n: _listed(f"{k}:", [
+        f"{f.name} = {print_expr(f.expr)}" if f.named else print_expr(f.expr)
+        for f in v]) if v else [],
+    "features": lambda k, v, n: _listed(f"{k}:", [f for f, _ in v or ()]),
     "weights": lambda k, v, n: [f"allocate: weights({', '.join(_number(w) for w in v)})"]
     if v else [],
     "thompson": _thompson,
@@ -266,7 +287,7 @@ def _item(item: ast.Item) -> Block:
     if isinstance(item, ast.ImportDef):
         return Block(Statement(item.pos.line, [f'import "{_escape(item.path)}"']))
     if isinstance(item, ast.EventsDef):
-        return Block(Statement(item.pos.line, [f"events: {', '.join(item.names)}"]))
+        return Block(Statement(item.pos.line, _listed("events:", item.names, "")))
     if isinstance(item, ast.PlacementDef):
         return _block(item, f"placement {item.name} {{")
     if isinstance(item, ast.SegmentDef):

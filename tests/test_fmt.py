@@ -94,6 +94,21 @@ def test_long_conditions_break_before_and_or() -> None:
     ]
 
 
+
+def test_long_lists_wrap_under_the_width_aligned_after_their_field() -> None:
+    """A cluster's or score's features (and any list) were joined on one line however
+    long: 140 characters in the example's own segments.arb."""
+    features = ", ".join(f"f{i} = count(visit, within={i + 1}d)" for i in range(6))
+    events = ", ".join(f"event_number_{i}" for i in range(12))
+    out = assert_formats_well(f"events: {events}\ncluster c {{ features: {features}  k: 2 }}\n")
+    lines = out.splitlines()
+    assert all(len(line) <= 100 for line in lines), out
+    assert lines[0].startswith("events: event_number_0,") and lines[1].startswith(
+        "        event_number_")
+    feature_lines = [line for line in lines if "= count(visit" in line]
+    assert len(feature_lines) == 3 and feature_lines[0].startswith("  features: f0 = ")
+    assert feature_lines[1].startswith(" " * 12 + "f")
+
 def test_unparsable_file_is_an_error_and_untouched(tmp_path: Path,
                                                    capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(RulesetError):
@@ -111,6 +126,9 @@ def test_fmt_rewrites_and_check_reports(tmp_path: Path,
     rules.write_text("segment  s=profile.x>1\n")
     assert main(["fmt", str(tmp_path), "--check", "--diff"]) == 1
     assert "+segment s = profile.x > 1" in capsys.readouterr().out
+    assert main(["fmt", str(tmp_path), "--diff"]) == 1  # shows, and changes nothing
+    assert "+segment s = profile.x > 1" in capsys.readouterr().out
+    assert rules.read_text() == "segment  s=profile.x>1\n"
     assert main(["fmt", str(tmp_path)]) == 0
     assert rules.read_text() == "segment s = profile.x > 1\n"
     assert main(["fmt", str(tmp_path), "--check"]) == 0

@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("path")
     p.add_argument("--check", action="store_true",
                    help="change nothing; exit 1 if any file is not formatted")
-    p.add_argument("--diff", action="store_true", help="with --check: show the changes")
+    p.add_argument("--diff", action="store_true",
+                   help="show the changes instead of making them (implies --check)")
     p.set_defaults(func=run)
 
 
@@ -25,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     sources = read_rule_files(args.path, "fmt")
     if sources is None:
         return 1
+    args.check = args.check or args.diff  # (--diff alone rewrote the files it showed)
     changed: list[str] = []
     failed = False
     sources = {p: t for p, t in sources.items() if p.endswith(".arb")}
