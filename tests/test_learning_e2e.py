@@ -70,24 +70,28 @@ ARMS = ("vip_early_access", "new_arrivals", "free_shipping")
 def test_replay_recovers_the_value_of_a_policy_never_run() -> None:
     """Log a uniform split, then estimate 'always c' (true value 0.3) from it."""
     sink = ListLog()
-    arb = Arbiter(load_text(SPLIT.replace("EXTRA", "")), MemoryStore(), seed=1,
+    quiet = "placement quiet { channels: web }\n"  # where nothing is ever shown
+    arb = Arbiter(load_text(SPLIT.replace("EXTRA", "") + quiet), MemoryStore(), seed=1,
                   decision_log=sink)
     rng = random.Random(5)
+    for i in range(40):
+        assert not arb.decide(user_id=f"q{i}", placement="quiet", channel="web").actions
     for i in range(3000):
         d = arb.decide(user_id=f"u{i}", placement="home", channel="web")
         top = d.actions[0]
         assert top.probability == pytest.approx(1 / 3)
         if rng.random() < RATES[top.action_id]:
             arb.feedback(decision_id=d.decision_id, action_id=top.action_id, outcome="click")
-    always_c = load_text(SPLIT.replace("EXTRA", "winner: c"))
+    always_c = load_text(SPLIT.replace("EXTRA", "winner: c") + quiet)
     result = replay(sink.entries, always_c, MemoryStore)
     assert result.decisions == 3000 and result.skipped == 0
+    assert result.unshown == 40 and "40 logged decisions showed nothing" in result.render()
     assert result.logged.low < 0.2 < result.logged.high
     assert result.ips.low < 0.3 < result.ips.high
     assert result.snips.low < 0.3 < result.snips.high
     assert result.snips.value > result.logged.high  # the better policy is seen to be better
     assert result.effective_sample_size == pytest.approx(1000, rel=0.1)
-    same = replay(sink.entries, load_text(SPLIT.replace("EXTRA", "")), MemoryStore)
+    same = replay(sink.entries, load_text(SPLIT.replace("EXTRA", "") + quiet), MemoryStore)
     assert same.snips.value == pytest.approx(same.logged.value)  # pi == mu everywhere
 
 

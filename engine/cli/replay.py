@@ -67,6 +67,7 @@ class ReplayResult:
     effective_sample_size: float
     reward: str
     learnt: int = 0  # logged outcomes the candidate's models learnt from
+    unshown: int = 0  # selected logged decisions that showed nothing (or no probability)
 
     def render(self) -> str:
         def line(name: str, e: Estimate) -> str:
@@ -80,7 +81,10 @@ class ReplayResult:
         lift = (self.snips.value / self.logged.value - 1) if self.logged.value else float("nan")
         return "\n".join([
             f"replayed {self.decisions} logged decisions (reward: {self.reward}); "
-            f"{self.skipped} skipped; candidate agrees with the log on {self.matched}",
+            f"{self.skipped} skipped; candidate agrees with the log on {self.matched}"
+            + (f"\n{self.unshown} logged decisions showed nothing, or no first-slot "
+               "probability: not replayed (what a candidate would show there was never "
+               "explored)" if self.unshown else ""),
             line("logged policy", self.logged),
             line("candidate, IPS", self.ips),
             line("candidate, SNIPS", self.snips),
@@ -183,17 +187,18 @@ def replay(log: Entries, candidate: Ruleset, store_factory: StoreFactory, *,
                       clock=lambda: now[0])
     learner = LogLearner(arbiter)
     r, pi, mu = [], [], []
-    skipped = 0
+    skipped = unshown = 0
     for entry in _entries(log):
         now[0] = max(now[0], float(entry.get("at") or 0.0))
         if entry.get("kind") == "outcome":
             learner.outcome(entry)
             continue
-        if entry.get("kind") != "decision" or not entry.get("actions"):
+        if entry.get("kind") != "decision" or not _selected(entry, placement, experiment):
             continue
-        first = entry["actions"][0]
+        first = (entry.get("actions") or [{}])[0]
         probability = float(first.get("probability") or 0.0)
-        if probability <= 0 or not _selected(entry, placement, experiment):
+        if probability <= 0:
+            unshown += 1
             continue
         try:
             policy = learner.decide(entry)
@@ -206,7 +211,7 @@ def replay(log: Entries, candidate: Ruleset, store_factory: StoreFactory, *,
         if progress is not None and len(r) % PROGRESS_EVERY == 0:
             progress(len(r))
     result = _estimate(np.array(r), np.array(pi), np.array(mu), skipped, reward, value, seed)
-    return replace(result, learnt=learner.learnt)
+    return replace(result, learnt=learner.learnt, unshown=unshown)
 
 
 def _estimate(rewards: np.ndarray, pis: np.ndarray, mus: np.ndarray, skipped: int,
