@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsl.ast import Pos
-from dsl.diagnostics import Diagnostic
+from dsl.diagnostics import Diagnostic, RulesetError
 from dsl.loader import build, read_sources, revision, ruleset_files
 from dsl.thresholds import FILE_NAME as THRESHOLDS_FILE
 from engine.service import Arbiter
@@ -86,6 +86,9 @@ class RulesetReloader:
         serving = self.arbiter.ruleset.revision
         try:
             sources = read_sources(self.path)
+        except RulesetError as err:  # a file that is not UTF-8 text
+            return self._reject(ReloadResult(False, False, "", tuple(err.diagnostics),
+                                             err.sources))
         except (OSError, UnicodeDecodeError) as err:
             diag = Diagnostic("error", f"cannot read ruleset: {err}", Pos(str(self.path), 1, 1))
             return self._reject(ReloadResult(False, False, "", (diag,)))

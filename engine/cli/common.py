@@ -91,6 +91,8 @@ def read_rule_files(path: str, command: str) -> dict[str, str] | None:
     """The ruleset's files as ``{path: text}``, or None after printing why not."""
     try:
         return read_sources(path)
+    except RulesetError as err:  # a file that is not UTF-8 text, at its first such byte
+        print(err.render(), file=sys.stderr)
     except (FileNotFoundError, UnicodeDecodeError) as err:
         print(f"arbiter {command}: {err}", file=sys.stderr)
     return None

@@ -9,6 +9,7 @@ import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from dsl.diagnostics import RulesetError
 from dsl.loader import load_path
 from engine.cli.client import add_client_arguments, open_channel
 from engine.cli.common import (
@@ -55,8 +56,11 @@ def run(args: argparse.Namespace) -> int:
     except KeyError as err:
         print(f"arbiter report: {err.args[0]}", file=sys.stderr)
         return 2
-    except ValueError as err:  # a Cluster node named redis://, a bad namespace
-        print(f"arbiter report: {err}", file=sys.stderr)
+    except RulesetError as err:  # --rules that do not compile: where, as arbiter check says
+        print(err.render(), file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError) as err:  # a Cluster node named redis://, a bad
+        print(f"arbiter report: {err}", file=sys.stderr)  # namespace, no ruleset there
         return 2
     if args.format == "json":
         from google.protobuf.json_format import MessageToDict
