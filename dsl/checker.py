@@ -532,6 +532,7 @@ class Checker:
                        "loop with {% for %}", token.expr.pos)
         if joined and t.name not in ("list", "error"):
             self.error(f"join needs a list, not {t}", token.pos)
+        flowing = t.name  # the value's type as it goes through the filters
         for name, args in token.filters:
             if name not in FILTERS:
                 self.error(f"unknown filter '{name}'{_suggest(name, FILTERS)}", token.pos)
@@ -539,6 +540,13 @@ class Checker:
                 self.error(f"filter '{name}' takes {FILTERS[name]} argument(s)", token.pos)
             elif name == "round" and args[0].kind != "number":
                 self.error("round(n) takes a number of decimals", args[0].pos)
+            elif name == "round" and flowing not in ("number", "duration", "null", "error"):
+                self.error(f"round needs a number, not {flowing} (it would print the value "
+                           "unrounded)", token.pos)  # (it did, without a word)
+            if name in ("upper", "lower", "title", "join"):
+                flowing = "string"
+            elif name == "default" and args and args[0].kind != flowing:
+                flowing = "error"  # either type: nothing more to say about it
 
     def _check_experiment(self, exp: ast.ExperimentDef) -> None:
         pos = exp.field_pos

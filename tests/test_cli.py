@@ -62,6 +62,22 @@ def test_check_warns_of_an_action_whose_end_has_passed(
             "it is never shown") in out
     assert "'coming'" not in out and "1 warning(s)" in out
 
+
+def test_a_reader_that_stops_early_gets_no_traceback(tmp_path: Path) -> None:
+    """``arbiter check DIR | head -1`` ended in a BrokenPipeError traceback."""
+    import subprocess
+    import sys
+
+    (tmp_path / "a.arb").write_text("".join(f"segment s{i} = profile.x{i} > 1\n"
+                                            for i in range(2000)))
+    with subprocess.Popen([sys.executable, "-m", "engine.cli", "check", str(tmp_path)],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        assert b"warning" in proc.stdout.readline()
+        proc.stdout.close()  # the reader has what it wanted
+        err = proc.stderr.read().decode()
+    assert proc.returncode == 141 and "Traceback" not in err, err
+
 def test_check_missing_path(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["check", "/nonexistent/rules"]) == 1
 

@@ -18,6 +18,10 @@ placement home { channels: web, app }
 
 # (rule text after HEADER, expected "line:col: error: message" of the first error)
 CASES = [
+    ('action a { placements: home value: 1 content { t: "{{ profile.name | round(2) }}" } }',
+     "6:55: error: round needs a number, not string"),
+    ('action a { placements: home value: 1 content { t: "{{ profile.spend | upper | round(1) '
+     '}}" } }', "6:55: error: round needs a number, not string"),
     ('action a { placements: home value: 1 when: profile.spend = 5 }',
      "6:58: error: syntax error: unexpected '=': compare with '=='"),
     ("segment s = profile.spnd > 5",

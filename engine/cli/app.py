@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -75,5 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except StoreUnavailable as err:  # a known condition: one line, not a traceback
         print(f"arbiter {args.command}: the store did not answer: {err}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `arbiter check ... | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # (as Python's docs
+        return 141  # advise: no second error at exit; 128 + SIGPIPE, as a shell reports)
     log.debug("done in %.3fs", time.perf_counter() - started)
     return code
