@@ -910,6 +910,9 @@ class Checker:
                     self.error(f"{name}() has no argument '{key}'", value.pos)
                 elif not (isinstance(value, ast.Literal) and value.kind == "duration"):
                     self.error("'within' must be a duration such as 7d or 24h", value.pos)
+                elif float(value.value) <= 0:  # type: ignore[arg-type]
+                    self.error(f"'within' of {value.text or value.value} counts nothing: a "
+                               "window is at least 1s", value.pos)
                 elif float(value.value) > EVENT_RETENTION_SECONDS:  # type: ignore[arg-type]
                     self.error(f"'within' of {value.text or value.value} is longer than the "
                                f"{EVENT_RETENTION_SECONDS / 86400:g}d of events kept per "

@@ -18,6 +18,8 @@ placement home { channels: web, app }
 
 # (rule text after HEADER, expected "line:col: error: message" of the first error)
 CASES = [
+    ("segment s = count(purchase, within=0d) > 0",
+     "6:36: error: 'within' of 0d counts nothing: a window is at least 1s"),
     ('action a { placements: home value: 1 content { t: "{{ profile.name | round(2) }}" } }',
      "6:55: error: round needs a number, not string"),
     ('action a { placements: home value: 1 content { t: "{{ profile.spend | upper | round(1) '
