@@ -65,6 +65,10 @@ def test_a_node_client_decides_tracks_and_reports_outcomes(node_client: Path,
     assert (keyed["duplicate"], again["duplicate"]) == (False, True)
     assert again["decision_id"] == keyed["decision_id"] and again["actions"] == keyed["actions"]
     assert seen["keyed_other"]["code"] == "FAILED_PRECONDITION"
+    assert seen["removed"]["ok"], seen["removed"]  # a trait's null_value removes it
+    before = seen["profile"]["response"]["profile"]["attributes"]
+    after = seen["profile_after"]["response"]["profile"]["attributes"]
+    assert "email_opt_in" in before and "email_opt_in" not in after and "first_name" in after
 
 
 REFUSED = {"no_outcome": "outcome", "bad_placement": "placement",

@@ -90,5 +90,9 @@ seen.batch = await call("DecideBatch", { requests: [
   { user_id: "", placement: "email" },
 ] });
 seen.profile = await call("GetProfile", { user_id: "node-user" });
+// a trait removed: null_value (google.protobuf.NullValue), as a Node client sends it
+seen.removed = await call("TrackEvent", { user_id: "node-user", event_type: "visit",
+                                          traits: { email_opt_in: { null_value: "NULL_VALUE" } } });
+seen.profile_after = await call("GetProfile", { user_id: "node-user" });
 client.close();
 console.log(JSON.stringify(seen));
