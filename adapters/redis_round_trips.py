@@ -28,7 +28,7 @@ import redis
 import redis.asyncio
 
 from adapters.redis_replicas import check_replicated, wait_command
-from engine.ports import StoreUnavailable
+from engine.ports import StoreFull, StoreUnavailable
 from engine.records import DecisionRecord
 
 if TYPE_CHECKING:
@@ -230,9 +230,20 @@ def _ignore(_: Any) -> None:
     pass
 
 
+def store_failure(err: BaseException) -> StoreUnavailable:
+    """What a redis-py failure means to the engine: StoreFull for a write Redis refused
+    at its ``maxmemory`` (a retry will not help until memory is freed), else
+    StoreUnavailable."""
+    if isinstance(err, StoreUnavailable):
+        return err
+    if isinstance(err, redis.exceptions.OutOfMemoryError):
+        return StoreFull(f"redis: {err}")
+    return StoreUnavailable(f"redis: {err}")
+
+
 def fail(waiters: list[asyncio.Future[Any]], err: BaseException) -> None:
     """Fail each waiter not answered yet with StoreUnavailable naming ``err``."""
-    failure = err if isinstance(err, StoreUnavailable) else StoreUnavailable(f"redis: {err}")
+    failure = store_failure(err)
     for waiter in waiters:
         if not waiter.done():
             waiter.set_exception(failure)

@@ -113,6 +113,7 @@ from engine.ports import (
     Learning,
     ProfileChanged,
     ProfileChangedError,
+    StoreFull,
     StoreUnavailable,
 )
 from engine.records import (
@@ -201,6 +202,8 @@ def _unavailable_on_connection_errors(cls: type[T]) -> type[T]:
         def wrapper(*args: Any, __method: Any = method, **kwargs: Any) -> Any:
             try:
                 return __method(*args, **kwargs)
+            except redis.exceptions.OutOfMemoryError as err:  # a write refused at maxmemory
+                raise StoreFull(f"redis: {err}") from err
             except (redis.ConnectionError, redis.TimeoutError) as err:
                 raise StoreUnavailable(f"redis: {err}") from err
 

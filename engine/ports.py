@@ -98,6 +98,11 @@ class StoreUnavailable(RuntimeError):
     """The store cannot be reached; nothing was changed, the call may be retried."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store refused a write for want of memory (Redis at ``maxmemory`` without
+    eviction): nothing was changed; a retry succeeds only once memory is freed."""
+
+
 class DecisionLogUnavailable(RuntimeError):
     """The decision log could not be rewritten without a user's lines (ForgetProfile):
     what the store held is deleted; forgetting again retries the log."""

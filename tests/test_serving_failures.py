@@ -699,3 +699,48 @@ def test_arbiter_track_against_a_redis_that_goes_away_stops_and_a_rerun_goes_on(
         running.stop(grace=0.5)
     counts = [RedisStore(redis_url).get_profile(f"load-{u}") for u in range(7)]
     assert sum(p.events["visit"].count for p in counts if p is not None) == 40
+
+
+def test_a_full_redis_is_resource_exhausted_and_nothing_is_acknowledged(
+        served: server.RunningServer, redis_url: str) -> None:
+    """Redis at its ``maxmemory`` without eviction refuses writes ("OOM command not
+    allowed"): the calls answered UNAVAILABLE "retry", which a client did in vain, or (a
+    catalogue change, on the synchronous client) INTERNAL. Now RESOURCE_EXHAUSTED saying
+    the store is full; Decide answers degraded as in an outage; with room, all is well."""
+    admin = redis.Redis.from_url(redis_url)
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        catalogue = pb_grpc.CatalogueServiceStub(channel)
+        shown = stub.Decide(pb.DecideRequest(user_id="ann", placement="homepage_banner",
+                                             channel="web"), timeout=5)
+        used = int(admin.info("memory")["used_memory"])
+        admin.config_set("maxmemory", str(used))  # full: any write that adds is refused
+        admin.config_set("maxmemory-policy", "noeviction")
+        try:
+            for call in (
+                    lambda: stub.TrackEvent(pb.TrackEventRequest(
+                        user_id="bo", event_type="visit",
+                        traits={"first_name": pb.Value(string_value="B" * 3000)}), timeout=5),
+                    lambda: stub.Feedback(pb.FeedbackRequest(
+                        decision_id=shown.decision_id, action_id=shown.actions[0].action_id,
+                        outcome=pb.OUTCOME_IMPRESSION), timeout=5),
+                    lambda: catalogue.UpsertItems(pb.UpsertItemsRequest(items=[pb.Item(
+                        id="sku-new", attributes={"name": pb.Value(string_value="N" * 3000)})]),
+                        timeout=5)):
+                with pytest.raises(grpc.RpcError) as info:
+                    call()
+                assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+                assert "profile store is full" in (info.value.details() or "")
+            decided = stub.Decide(pb.DecideRequest(user_id="cy", placement="homepage_banner",
+                                                   channel="web"), timeout=5)
+            assert decided.degraded and decided.actions  # its record could not be stored
+            assert not stub.GetProfile(pb.GetProfileRequest(user_id="bo"), timeout=5).found
+        finally:
+            admin.config_set("maxmemory", "0")
+        stub.TrackEvent(pb.TrackEventRequest(user_id="bo", event_type="visit"), timeout=5)
+        assert stub.GetProfile(pb.GetProfileRequest(user_id="bo"), timeout=5).found
+        reply = stub.Feedback(pb.FeedbackRequest(
+            decision_id=shown.decision_id, action_id=shown.actions[0].action_id,
+            outcome=pb.OUTCOME_IMPRESSION), timeout=5)
+        assert not reply.duplicate  # refused before: applied now, once
+    admin.close()

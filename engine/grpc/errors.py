@@ -25,6 +25,7 @@ from engine.ports import (
     DecisionLogUnavailable,
     DecisionNotFound,
     IdempotencyKeyReused,
+    StoreFull,
     StoreUnavailable,
 )
 from engine.records import CorruptRecord
@@ -97,6 +98,10 @@ def status_of(err: Exception, method: str) -> tuple[grpc.StatusCode, str]:
     if isinstance(err, ActionNotInDecision):
         return (grpc.StatusCode.NOT_FOUND,
                 f"action_id: {err.args[0]!r} was not part of this decision")
+    if isinstance(err, StoreFull):  # (before StoreUnavailable, which it is a kind of)
+        throttled.warning(f"full:{method}", "%s: %s", method, err)
+        return (grpc.StatusCode.RESOURCE_EXHAUSTED, "profile store is full (Redis at its "
+                "maxmemory, without eviction): nothing was stored; retry once it has room")
     if isinstance(err, StoreUnavailable):
         throttled.warning(f"unavailable:{method}", "%s: %s", method, err)
         return grpc.StatusCode.UNAVAILABLE, "profile store unavailable; retry"
