@@ -123,3 +123,75 @@ def test_the_cli_client_speaks_mutual_tls_with_a_token(
         assert "PERMISSION_DENIED" in str(refused.value)
     finally:
         running.stop(grace=0.2)
+
+
+def test_a_renewed_certificate_is_served_without_a_restart(retail: Ruleset,
+                                                            tmp_path: Path) -> None:
+    """cert-manager renews the certificate (here: from another CA) in the files the
+    server was started with: new connections get it at once; a renewal that does not load
+    (the key of another certificate) leaves the last good one served. Before, the files
+    were read once: a restart was the only way."""
+    from tests.pki import make_two_pkis
+
+    first, second = make_two_pkis(tmp_path)
+    live = tmp_path / "live"
+    live.mkdir()
+    for name in ("server.pem", "server.key", "ca.pem"):
+        shutil.copy(first / name, live / name)
+    running = _serve(retail, credentials=server_credentials(
+        live / "server.pem", live / "server.key", live / "ca.pem"))
+
+    def decides(pki: Path) -> bool:  # a new connection of a client of that CA
+        creds = grpc.ssl_channel_credentials(
+            (pki / "ca.pem").read_bytes(), (pki / "client.key").read_bytes(),
+            (pki / "client.pem").read_bytes())
+        with grpc.secure_channel(f"localhost:{running.port}", creds) as channel:
+            try:
+                return bool(pb_grpc.DecisionServiceStub(channel).Decide(REQUEST, timeout=5)
+                            .decision_id)
+            except grpc.RpcError:
+                return False
+
+    try:
+        assert decides(first) and not decides(second)
+        shutil.copy(second / "server.pem", live / "server.pem")  # half renewed: the new
+        assert decides(first) and not decides(second)  # certificate, the old key
+        shutil.copy(second / "server.key", live / "server.key")
+        shutil.copy(second / "ca.pem", live / "ca.pem")
+        assert decides(second) and not decides(first)
+    finally:
+        running.stop(grace=0.2)
+
+
+def test_a_changed_tokens_file_applies_within_a_second(retail: Ruleset, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A leaked token is revoked by editing the file: before, only a restart did it."""
+    import time
+
+    from engine.grpc import security
+
+    monkeypatch.setattr(security, "TOKENS_CHECK_SECONDS", 0.05)
+    path = tmp_path / "tokens.toml"
+    path.write_text('[tokens]\n"old-token" = ["decide"]\n')
+    running = _serve(retail, tokens=security.TokensFile(path))
+
+    def code(token: str) -> grpc.StatusCode:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            try:
+                pb_grpc.DecisionServiceStub(channel).Decide(
+                    REQUEST, timeout=5, metadata=(("authorization", f"Bearer {token}"),))
+            except grpc.RpcError as err:
+                return err.code()  # type: ignore[attr-defined, no-any-return]
+            return grpc.StatusCode.OK
+
+    try:
+        assert code("old-token") == grpc.StatusCode.OK
+        path.write_text('[tokens]\n"new-token" = ["decide"]\n')
+        time.sleep(0.1)
+        assert code("old-token") == grpc.StatusCode.UNAUTHENTICATED
+        assert code("new-token") == grpc.StatusCode.OK
+        path.write_text('[tokens]\n"broken" = "decide"\n')  # does not load: kept as was
+        time.sleep(0.1)
+        assert code("new-token") == grpc.StatusCode.OK
+    finally:
+        running.stop(grace=0.2)

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from dsl.vocabulary import ATTRIBUTION_WINDOW_SECONDS, DEFAULT_REWARD_WAIT_SECONDS
@@ -294,20 +295,21 @@ def process_count(args: argparse.Namespace) -> int:
     return processes
 
 
-def security(args: argparse.Namespace) -> tuple[Any, dict[str, frozenset[str]] | None]:
-    """TLS credentials and bearer tokens from the flags and the environment."""
-    from engine.grpc.security import load_tokens, parse_tokens, server_credentials
+def security(args: argparse.Namespace) -> tuple[Any, Mapping[str, frozenset[str]] | None]:
+    """TLS credentials and bearer tokens from the flags and the environment (a tokens
+    file and the TLS files are read again when they change)."""
+    from engine.grpc.security import TokensFile, parse_tokens, server_credentials
 
     credentials = None
+    tokens: Mapping[str, frozenset[str]] | None = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
             raise ValueError("--tls-cert and --tls-key go together")
         credentials = server_credentials(args.tls_cert, args.tls_key, args.tls_client_ca)
     elif args.tls_client_ca:
         raise ValueError("--tls-client-ca needs --tls-cert and --tls-key")
-    tokens = None
     if args.tokens_file:
-        tokens = load_tokens(args.tokens_file)
+        tokens = TokensFile(args.tokens_file)  # (read again when it changes)
     elif os.environ.get("ARBITER_TOKENS"):
         tokens = parse_tokens(os.environ["ARBITER_TOKENS"])
     return credentials, tokens
