@@ -29,6 +29,10 @@ MAX_MAP_ENTRIES = 64
 MAX_STRING_LENGTH = 4096
 MAX_LIMIT = 100
 MAX_FUTURE_SECONDS = 300.0
+MAX_DECIDE_AHEAD_SECONDS = 366 * 86400.0
+"""How far ahead a Decide's ``at`` may be (a send scheduled for later): a decision's record
+and its feedback window run from its own time, so a time centuries ahead (a client's bug)
+would keep its record for as long."""
 NAME_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,64}")
 
 
@@ -212,8 +216,11 @@ def decide_input(
     if limit < 0 or limit > MAX_LIMIT:
         raise InvalidArgument("limit", f"must be between 0 and {MAX_LIMIT}")
     checked = check_map("context", context or {}, ruleset.context_schema, "context")
-    if at is not None and at <= 0:
+    if at is not None and (not math.isfinite(at) or at <= 0):
         raise InvalidArgument("at", "must be a positive epoch time")
+    if at is not None and at > now + MAX_DECIDE_AHEAD_SECONDS:  # its record would be kept
+        raise InvalidArgument("at", "is more than 366 days ahead (a decision is for now, "
+                                    "or for a send scheduled within a year)")  # that long
     return DecideInput(
         user_id=user_id,
         placement=target,

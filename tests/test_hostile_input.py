@@ -80,6 +80,25 @@ def test_a_timestamp_out_of_range_is_invalid_argument_naming_its_field(
     assert not stub.GetProfile(pb.GetProfileRequest(user_id="u")).found
 
 
+
+def test_a_decision_centuries_ahead_is_refused_not_kept_for_centuries(
+        stub: pb_grpc.DecisionServiceStub) -> None:
+    """A decision's record and feedback window run from its own time (``at``): one at
+    9999-12-31 (a client's bug) was accepted and its record kept for ~8,000 years. A send
+    scheduled within a year is still decided for its time."""
+    import time
+
+    def decide(ahead_days: float) -> tuple[grpc.StatusCode, str]:
+        at = Timestamp(seconds=int(time.time() + ahead_days * 86400))
+        return status(stub.Decide, pb.DecideRequest(
+            user_id="u", placement="homepage_banner", channel="web", at=at))
+
+    assert decide(30) == (grpc.StatusCode.OK, "")
+    for days in (400, 2_900_000):
+        code, details = decide(days)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT
+        assert details.startswith("at: is more than 366 days ahead"), details
+
 @pytest.mark.parametrize(("value", "message"), [
     (pb.Value(number_value=float("nan")), "must be a finite number"),
     (pb.Value(number_value=float("-inf")), "must be a finite number"),
