@@ -90,6 +90,19 @@ def test_the_cli_keeps_each_call_under_the_servers_message_limit(
     assert "decided 600/600" in err and "decided 500/600" not in err  # (smaller calls)
 
 
+
+def test_the_cli_refuses_an_out_it_cannot_write_in_one_line(
+        running: server.RunningServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """``--out`` a folder, or in a folder that does not exist: a traceback before."""
+    users = tmp_path / "users.jsonl"
+    users.write_text('{"user_id": "ann"}\n')
+    for out, why in ((tmp_path, "Is a directory"), (tmp_path / "nope" / "d.jsonl",
+                                                     "No such file or directory")):
+        assert main(["decide", "--target", f"127.0.0.1:{running.port}", "--batch",
+                     str(users), "--placement", "email", "--out", str(out)]) == 2
+        assert capsys.readouterr().err == f"arbiter decide: --out {out}: {why}\n"
+
 def test_the_cli_refuses_a_bad_line_before_deciding_anything(
         running: server.RunningServer, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:

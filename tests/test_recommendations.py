@@ -369,8 +369,8 @@ def test_catalogue_track_decide_and_feedback_over_grpc(tmp_path: Path) -> None:
                                              outcome=pb.OUTCOME_CLICK, item_id="nope"))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details().startswith("item_id:")
-        removed = catalogue.RemoveItems(pb.RemoveItemsRequest(item_ids=["g1"]))
-        assert removed.items == 12
+        removed = catalogue.RemoveItems(pb.RemoveItemsRequest(item_ids=["g1", "g-typo"]))
+        assert removed.items == 12 and list(removed.not_found) == ["g-typo"]
     finally:
         channel.close()
         running.stop(grace=0.5)
@@ -394,8 +394,11 @@ def test_the_items_command_checks_upserts_and_removes(
     assert arbiter.catalogue.items["sku-900"]["name"] == "Gift card"
     assert main(["items", "upsert", str(bad), "--target", target]) == 1
     assert "INVALID_ARGUMENT: items[0].price" in capsys.readouterr().err
-    assert main(["items", "remove", "sku-900", "--target", target]) == 0
+    capsys.readouterr()
+    assert main(["items", "remove", "sku-900", "sku-9OO", "--target", target]) == 0
     assert "sku-900" not in arbiter.catalogue.items
+    assert ("removed 1 item(s); the catalogue now has 29; not in the catalogue (nothing "
+            "removed): sku-9OO") in capsys.readouterr().out  # (it said "removed 2")
 
 
 def test_the_items_command_keeps_each_call_under_the_request_limit(

@@ -40,5 +40,8 @@ class CatalogueServicer(pb_grpc.CatalogueServiceServicer):
     @rpc
     async def RemoveItems(self, request: pb.RemoveItemsRequest,
                           context: grpc.aio.ServicerContext) -> pb.CatalogueResponse:
+        served = self.arbiter.catalogue.items  # (this server's: another's change is <1 s late)
+        not_found = [item_id for item_id in request.item_ids if item_id not in served]
         version = await self.offload.thread(self.arbiter.remove_items, list(request.item_ids))
-        return pb.CatalogueResponse(version=version, items=len(self.arbiter.catalogue))
+        return pb.CatalogueResponse(version=version, items=len(self.arbiter.catalogue),
+                                    not_found=not_found)

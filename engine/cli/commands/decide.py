@@ -179,7 +179,12 @@ def run_batch(args: argparse.Namespace) -> int:
     run_id = (args.run_id or uuid.uuid4().hex[:16]) if args.record_impressions else ""
     requests = ((item, _decide_request(args, item, f"{run_id}:{done + n + 1}" if run_id
                                        else "")) for n, item in enumerate(users))
-    with open_channel(args) as channel, out_path.open("a" if args.resume else "w") as out:
+    try:  # (a folder, or one that does not exist: one line, before anything is decided)
+        out = out_path.open("a" if args.resume else "w")
+    except OSError as err:
+        print(f"arbiter decide: --out {out_path}: {err.strerror or err}", file=sys.stderr)
+        return 2
+    with open_channel(args) as channel, out:
         stub = pb_grpc.DecisionServiceStub(channel)
         for call in calls(requests, BATCH):  # (and under the server's message limit)
             chunk = [item for item, _ in call]

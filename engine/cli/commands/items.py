@@ -120,8 +120,11 @@ def _remove(args: argparse.Namespace) -> int:
     except grpc.RpcError as err:
         print(f"arbiter items: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
-    print(f"removed {len(args.args)} item(s); the catalogue now has {answer.items}")
-    return 0
+    missing = list(answer.not_found)
+    print(f"removed {len(args.args) - len(missing)} item(s); the catalogue now has "
+          f"{answer.items}" + (f"; not in the catalogue (nothing removed): "
+                               f"{', '.join(missing)}" if missing else ""))
+    return 0  # (a removal is safe to repeat: ids already gone are no failure)
 
 
 def _sent(method: Any, request: Any) -> Any:

@@ -52,12 +52,14 @@ class RemoveItemsRequest(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CatalogueResponse(_message.Message):
-    __slots__ = ("version", "items")
+    __slots__ = ("version", "items", "not_found")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
     version: int
     items: int
-    def __init__(self, version: _Optional[int] = ..., items: _Optional[int] = ...) -> None: ...
+    not_found: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., items: _Optional[int] = ..., not_found: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Value(_message.Message):
     __slots__ = ("string_value", "number_value", "bool_value", "timestamp_value", "string_list", "string_map", "null_value")
