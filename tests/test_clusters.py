@@ -188,14 +188,18 @@ def test_report_clusters_command_prints_and_plots(tmp_path: object,
     _populate(arb, customers=90)
     running = server.start(arb, "127.0.0.1", 0, workers=2)
     png = Path(str(tmp_path)) / "clusters.png"
+    nowhere = Path(str(tmp_path)) / "missing" / "clusters.png"
+    target = f"127.0.0.1:{running.port}"
     try:
-        code = main(["report", "--clusters", "--target", f"127.0.0.1:{running.port}",
-                     "--plot", str(png)])
+        code = main(["report", "--clusters", "--target", target, "--plot", str(png)])
+        out = capsys.readouterr().out
+        refused = main(["report", "--clusters", "--target", target, "--plot", str(nowhere)])
+        err = capsys.readouterr().err  # (a traceback before)
     finally:
         running.stop(grace=0.5)
-    out = capsys.readouterr().out
     assert code == 0 and "shoppers  (KMeans k=3" in out and "clusters plot written" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert refused == 2 and err == f"arbiter report: --plot {nowhere}: No such file or directory\n"
 
 
 def test_the_fast_assignment_is_rivers_nearest_centre() -> None:

@@ -92,6 +92,10 @@ def run(args: argparse.Namespace) -> int:
         except RuntimeError as err:
             print(f"arbiter report: {err}", file=sys.stderr)
             return 2
+        except OSError as err:  # (a folder that does not exist: a traceback before)
+            print(f"arbiter report: --plot {args.plot}: {err.strerror or err}",
+                  file=sys.stderr)
+            return 2
     elif args.plot and report is not None:
         from engine.cli.plot import plot_report
 
@@ -99,6 +103,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"plot written to {plot_report(report, args.plot)}")
         except RuntimeError as err:
             print(f"arbiter report: {err}", file=sys.stderr)
+            return 2
+        except OSError as err:
+            print(f"arbiter report: --plot {args.plot}: {err.strerror or err}",
+                  file=sys.stderr)
             return 2
     return 0
 
