@@ -744,3 +744,43 @@ def test_a_full_redis_is_resource_exhausted_and_nothing_is_acknowledged(
             outcome=pb.OUTCOME_IMPRESSION), timeout=5)
         assert not reply.duplicate  # refused before: applied now, once
     admin.close()
+
+
+def test_a_campaign_never_writes_a_decision_the_store_could_not_serve(
+        served: server.RunningServer, redis_url: str, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """While Redis stalled, DecideBatch answered degraded decisions (an unknown customer's,
+    nothing recorded) and `arbiter decide --batch` wrote them to --out as the customers'
+    own: a campaign sent generic messages, counted as done, and --resume skipped them. Now
+    they are sent again with backoff; if the store stays away the run stops before them."""
+    import json
+
+    from engine.cli.app import main
+    from engine.cli.commands import decide
+
+    monkeypatch.setattr(decide, "BATCH", 4)
+    users = tmp_path / "users.jsonl"
+    users.write_text("".join(json.dumps({"user_id": f"c{i}"}) + "\n" for i in range(10)))
+    out = tmp_path / "decisions.jsonl"
+    args = ["decide", "--target", f"127.0.0.1:{served.port}", "--batch", str(users),
+            "--placement", "homepage_banner", "--channel", "web", "--out", str(out),
+            "--record-impressions", "--run-id", "camp-1"]
+    pause(redis_url, 700)  # a stall shorter than the retries: every customer decided
+    assert main(args) == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [line["user_id"] for line in lines] == [f"c{i}" for i in range(10)]
+    client = redis.Redis.from_url(redis_url)
+    with channel_to(served) as channel:
+        stub = pb_grpc.DecisionServiceStub(channel)
+        for line in lines:  # each one the customer's, recorded with its send
+            profile = stub.GetProfile(pb.GetProfileRequest(user_id=line["user_id"]))
+            assert [c.impressions for c in profile.profile.contacts] == [1], line
+    monkeypatch.setattr(decide, "BATCH_RETRIES", 1)
+    pause(redis_url, 4000)  # a stall longer than them: the run stops, nothing written
+    capsys.readouterr()
+    assert main([*args[:-1], "camp-2"]) == 1
+    err = capsys.readouterr().err
+    assert "stopped after 0 of 10 users: degraded: the profile store did not answer" in err
+    assert out.read_text() == "" and "--resume" in err
+    client.execute_command("CLIENT", "UNPAUSE")
+    client.close()

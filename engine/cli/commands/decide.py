@@ -152,10 +152,12 @@ def run_batch(args: argparse.Namespace) -> int:
     it lists): once to check every line (a line that is not a JSON object stops the run
     before anything is decided, naming file:line:col), once to decide them in order.
     A call the server could not take (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``: nothing
-    decided) is sent again with backoff, the requests an answer had no room for (their
-    results ``RESOURCE_EXHAUSTED``, nothing decided: large content) at once; any other
-    failure stops the run after the decisions written so far, saying how to go on
-    (``--resume``). With
+    decided) is sent again with backoff, and so are decisions the store could not serve
+    (degraded, or ``UNAVAILABLE``: nothing recorded); the requests an answer had no room
+    for (their results ``RESOURCE_EXHAUSTED``, nothing decided: large content) at once;
+    any other failure, or a store still away after the retries, stops the run after the
+    decisions written so far, saying how to go on (``--resume``): a degraded decision is
+    never written as the customer's. With
     ``--record-impressions`` each request carries a ``request_id`` (the run's id and the
     user's place in the file), so a call whose answer was lost (``DEADLINE_EXCEEDED``)
     and a request answered ``ABORTED`` (its first call still deciding) are sent again
@@ -190,16 +192,27 @@ def run_batch(args: argparse.Namespace) -> int:
             chunk = [item for item, _ in call]
             try:
                 response = _decide_chunk(stub, args, [request for _, request in call])
+                stopped = None
             except _BatchStopped as err:
-                again = f" --run-id {run_id}" if run_id and not args.run_id else ""
-                print(f"\narbiter decide: stopped after {done:,} of {total:,} users: {err}. "
-                      f"{out_path} holds the first {done:,} decisions; run the same command "
-                      f"with --resume{again} to go on", file=sys.stderr)
-                return 1
+                response, stopped = None, str(err)
+            final = [] if response is None else list(response.results)
+            # a decision the store could not serve after every retry (degraded: an unknown
+            # customer's, nothing recorded) is not written as if it were the customer's: the
+            # run stops before it, and --resume decides it again
+            kept = next((k for k, result in enumerate(final) if _undecided(result)), len(final))
+            if kept < len(final):
+                stopped = (f"{final[kept].status or 'degraded'}: the profile store did not "
+                           "answer (decisions degraded, nothing recorded)")
             out.write("".join(json.dumps(_batch_line(item, result)) + "\n"
-                              for item, result in zip(chunk, response.results, strict=True)))
+                              for item, result in zip(chunk[:kept], final[:kept], strict=True)))
             out.flush()
-            done += len(chunk)
+            done += kept
+            if stopped is not None:
+                again = f" --run-id {run_id}" if run_id and not args.run_id else ""
+                print(f"\narbiter decide: stopped after {done:,} of {total:,} users: "
+                      f"{stopped}. {out_path} holds the first {done:,} decisions; run the "
+                      f"same command with --resume{again} to go on", file=sys.stderr)
+                return 1
             print(f"\rdecided {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
     return 0
@@ -209,9 +222,17 @@ class _BatchStopped(Exception):
     """A DecideBatch call failed in a way a retry cannot mend."""
 
 
-SENT_AGAIN = frozenset({"ABORTED", "RESOURCE_EXHAUSTED"})
+SENT_AGAIN = frozenset({"ABORTED", "RESOURCE_EXHAUSTED", "UNAVAILABLE"})
 """A DecideBatch result's statuses that mean "not decided yet, send it again": a request
-whose first call is still deciding it, or one past what the answer could carry."""
+whose first call is still deciding it, one past what the answer could carry, one whose
+store did not answer (nothing recorded)."""
+
+
+def _undecided(result: Any) -> bool:
+    """Not this customer's decision yet: a status of :data:`SENT_AGAIN`, or a decision
+    the store could not serve (degraded: made as for an unknown customer and not
+    recorded, so deciding it again is safe)."""
+    return result.status in SENT_AGAIN or (not result.error and result.decision.degraded)
 BATCH_RETRIES = 8
 """Sends of a DecideBatch call the server could not take, with backoff (0.2 s doubling to
 5 s: ~21 s in all, longer than a claim left by a server that stopped is held)."""
@@ -262,7 +283,7 @@ def _decide_chunk(stub: Any, args: argparse.Namespace, requests: list[Any]) -> A
             raise _BatchStopped(f"{err.code().name}: {err.details()}") from None
         for i, result in zip(pending, answer.results, strict=True):
             response.results[i].CopyFrom(result)
-        left = [i for i in pending if response.results[i].status in SENT_AGAIN]
+        left = [i for i in pending if _undecided(response.results[i])]
         # past the answer's size the rest were not decided: at once, while each call
         # answers some (big content: a few hundred a call)
         if left and len(left) < len(pending) and any(
