@@ -784,3 +784,26 @@ def test_a_campaign_never_writes_a_decision_the_store_could_not_serve(
     assert out.read_text() == "" and "--resume" in err
     client.execute_command("CLIENT", "UNPAUSE")
     client.close()
+
+
+def test_arbiter_decide_says_when_a_decision_is_degraded(
+        served: server.RunningServer, redis_url: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`arbiter decide --target` printed a degraded decision like the customer's own, and
+    its --json dropped `degraded` (and an email's `best_send_at`)."""
+    import json
+
+    from engine.cli.app import main
+
+    args = ["decide", "--target", f"127.0.0.1:{served.port}", "--user", "ann",
+            "--placement", "homepage_banner", "--channel", "web"]
+    pause(redis_url, 1500)
+    assert main(args) == 0
+    assert "degraded: the profile store did not answer" in capsys.readouterr().out
+    assert main([*args, "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["degraded"] is True
+    client = redis.Redis.from_url(redis_url)
+    client.execute_command("CLIENT", "UNPAUSE")
+    client.close()
+    assert main(args) == 0
+    assert "degraded" not in capsys.readouterr().out

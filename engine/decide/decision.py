@@ -90,6 +90,9 @@ class Decision(msgspec.Struct, frozen=True):
             f"user {self.user_id}  placement {self.placement}  channel {self.channel}",
             f"segments: {', '.join(self.segments) or '(none)'}",
         ]
+        if self.degraded:
+            lines.append("degraded: the profile store did not answer; decided as for an "
+                         "unknown customer, not recorded (takes no feedback)")
         if self.holdout:
             lines.append(f"holdout of experiment {self.holdout}: no personalised action")
         if not self.actions:

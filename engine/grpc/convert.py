@@ -225,7 +225,9 @@ def decision_from_response(response: pb.DecideResponse, user_id: str, placement:
                     seconds(response.decided_at), user_id, placement,
                     response.channel or channel, actions,
                     tuple(response.explanation.segments), traces,
-                    response.holdout_experiment or None)
+                    response.holdout_experiment or None, degraded=response.degraded,
+                    best_send_at=(seconds(response.best_send_at)
+                                  if response.HasField("best_send_at") else None))
 
 
 def profile_message(profile: Profile, now: float,
