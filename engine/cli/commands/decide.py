@@ -201,8 +201,10 @@ def run_batch(args: argparse.Namespace) -> int:
             # run stops before it, and --resume decides it again
             kept = next((k for k, result in enumerate(final) if _undecided(result)), len(final))
             if kept < len(final):
-                stopped = (f"{final[kept].status or 'degraded'}: the profile store did not "
-                           "answer (decisions degraded, nothing recorded)")
+                first = final[kept]
+                stopped = (f"{first.status}: {first.error}" if first.status else
+                           "degraded: the profile store did not answer (decisions made as "
+                           "for unknown customers, nothing recorded)")
             out.write("".join(json.dumps(_batch_line(item, result)) + "\n"
                               for item, result in zip(chunk[:kept], final[:kept], strict=True)))
             out.flush()
