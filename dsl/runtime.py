@@ -214,7 +214,15 @@ def coalesce(a: object, b: object) -> object:
 
 
 def to_text(value: object, kind: str) -> str:
-    """How a value prints inside content: ``40.0`` → ``"40"``, timestamps as dates."""
+    """How a value prints inside content: ``40.0`` → ``"40"``, timestamps as dates, other
+    numbers to 12 significant digits (a price exactly, without float noise; ``:g`` printed
+    23456.78 as ``23456.8`` and 1234567.5 as ``1.23457e+06``).
+
+    >>> to_text(40.0, "number"), to_text(23456.78, "number"), to_text(1234567.5, "number")
+    ('40', '23456.78', '1234567.5')
+    >>> to_text(19.9 * 1.1, "number"), to_text(0.1 + 0.2, "number")
+    ('21.89', '0.3')
+    """
     if value is None:
         return ""
     if kind == "timestamp" and isinstance(value, int | float):
@@ -222,7 +230,7 @@ def to_text(value: object, kind: str) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):
-        return str(int(value)) if value.is_integer() else f"{value:g}"
+        return str(int(value)) if value.is_integer() else f"{value:.12g}"
     return str(value)
 
 

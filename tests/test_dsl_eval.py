@@ -126,6 +126,20 @@ action a {
     assert template["n"].render(args) == "24.75 to go; since 1970-01-01"
 
 
+
+def test_numbers_print_exactly_in_content() -> None:
+    """A price printed to 6 significant digits: 23456.78 as "23456.8" (also after
+    round(2)), 1234567.5 as "1.23457e+06"."""
+    rs = load_text(SCHEMA + """
+action a {
+  placements: home value: 1
+  content { p: "{{ context.cart | round(2) }}; {{ profile.spend }}; {{ context.cart * 1.1 }}" }
+}""")
+    template = dict(rs.actions["a"].content)["p"]
+    args = ({**rs.attribute_defaults, "spend": 1234567.5}, {"cart": 23456.784, "device": None},
+            {}, {}, NOW, {"id": "a", "value": 1.0})
+    assert template.render(args) == "23456.78; 1234567.5; 25802.4624"
+
 def test_template_conditionals_and_loops() -> None:
     rs = load_text(SCHEMA + """
 action a {
