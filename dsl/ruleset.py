@@ -144,7 +144,7 @@ def _piece(part: str | TemplateToken | TemplateIf | TemplateFor, html: bool
         return each
     fn, kind, filters = part.fn, part.kind, part.filters
     escaped = html and not any(name == "raw" for name, _ in filters)
-    if not filters:
+    if not filters and kind != "timestamp":
         if escaped:
             return lambda args: _escaped(to_text(fn(*args), kind))
         return lambda args: to_text(fn(*args), kind)
@@ -152,8 +152,8 @@ def _piece(part: str | TemplateToken | TemplateIf | TemplateFor, html: bool
     def filtered(args: tuple[Any, ...]) -> str:
         value, now_kind = fn(*args), kind
         for name, fargs in filters:
-            value, now_kind = _apply_filter(name, fargs, value, now_kind)
-        text = to_text(value, now_kind)
+            value, now_kind = _apply_filter(name, fargs, value, now_kind, args[0])
+        text = to_text(value, now_kind, args[0].get("timezone"))  # a date: the customer's
         return _escaped(text) if escaped else text
     return filtered
 
@@ -182,19 +182,17 @@ def round_half_up(value: float, digits: int) -> float:
     return float(exact.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
-def _apply_filter(name: str, args: tuple[Any, ...], value: Any, kind: str) -> tuple[Any, str]:
+def _apply_filter(name: str, args: tuple[Any, ...], value: Any, kind: str,
+                  attributes: Mapping[str, Any]) -> tuple[Any, str]:
     if name == "default":
         return (args[0], "string") if value is None or value == "" else (value, kind)
     if value is None:
         return None, kind
     if name == "join" and isinstance(value, list):
         return str(args[0]).join(value), "string"
-    if name == "upper":
-        return to_text(value, kind).upper(), "string"
-    if name == "lower":
-        return to_text(value, kind).lower(), "string"
-    if name == "title":
-        return to_text(value, kind).title(), "string"
+    if name in ("upper", "lower", "title"):
+        text = to_text(value, kind, attributes.get("timezone"))
+        return getattr(text, name)(), "string"
     if name == "round" and isinstance(value, _NUMBER):
         return round_half_up(float(value), int(args[0])), kind
     return value, kind

@@ -213,20 +213,25 @@ def coalesce(a: object, b: object) -> object:
     return b if a is None else a
 
 
-def to_text(value: object, kind: str) -> str:
+def to_text(value: object, kind: str, zone: str | None = None) -> str:
     """How a value prints inside content: ``40.0`` → ``"40"``, timestamps as dates, other
     numbers to 12 significant digits (a price exactly, without float noise; ``:g`` printed
-    23456.78 as ``23456.8`` and 1234567.5 as ``1.23457e+06``).
+    23456.78 as ``23456.8`` and 1234567.5 as ``1.23457e+06``). A date is the customer's:
+    in ``zone`` (their ``timezone``), else UTC.
 
     >>> to_text(40.0, "number"), to_text(23456.78, "number"), to_text(1234567.5, "number")
     ('40', '23456.78', '1234567.5')
     >>> to_text(19.9 * 1.1, "number"), to_text(0.1 + 0.2, "number")
     ('21.89', '0.3')
+    >>> paris_midnight = 1_768_863_600.0  # 2026-01-20T00:00 in Paris, 23:00 UTC the day before
+    >>> to_text(paris_midnight, "timestamp"), to_text(paris_midnight, "timestamp", "Europe/Paris")
+    ('2026-01-19', '2026-01-20')
     """
     if value is None:
         return ""
     if kind == "timestamp" and isinstance(value, int | float):
-        return datetime.fromtimestamp(value, UTC).strftime("%Y-%m-%d")
+        local = _local(float(value), zone)
+        return "" if local is None else local.strftime("%Y-%m-%d")
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float):

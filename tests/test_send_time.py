@@ -125,3 +125,32 @@ def test_a_time_zone_the_tz_database_lacks_is_refused_not_read_as_utc(zone: str)
     arb.track(user_id="cy", event_type="visit", traits={"timezone": ""})  # none: UTC
     profile = arb.get_profile("cy")
     assert profile is not None and profile.attributes["timezone"] == ""
+
+
+def test_a_date_in_content_is_the_customers_own() -> None:
+    """A renewal date stored as the customer's local midnight (as CRMs store dates) was
+    printed in UTC: "your contract ends on 2026-01-19" for a customer in Paris whose
+    contract ends on the 20th. Dates print in the customer's time zone, as hour_of_day
+    reads."""
+    from datetime import datetime
+    from zoneinfo import ZoneInfo
+
+    rules = load_text("""
+profile { timezone: string  renewal: timestamp }
+events: visit
+placement mail { channels: email }
+action renew { placements: mail  value: 1
+  content { t: "ends on {{ profile.renewal }}"  u: "{{ profile.renewal | upper }}" } }
+""")
+    arb = Arbiter(rules, MemoryStore(clock=lambda: NOW), seed=1, clock=lambda: NOW)
+    midnight = datetime(2026, 1, 20, tzinfo=ZoneInfo("Europe/Paris"))
+    for user, zone in (("paris", "Europe/Paris"), ("tokyo", "Asia/Tokyo"), ("utc", None)):
+        traits: dict[str, object] = {"renewal": midnight}
+        if zone:
+            traits["timezone"] = zone
+        arb.track(user_id=user, event_type="visit", traits=traits, at=NOW - 60)
+    content = {user: arb.decide(user_id=user, placement="mail").actions[0].content
+               for user in ("paris", "tokyo", "utc")}
+    assert content["paris"] == {"t": "ends on 2026-01-20", "u": "2026-01-20"}
+    assert content["tokyo"]["t"] == "ends on 2026-01-20"  # 08:00 there
+    assert content["utc"]["t"] == "ends on 2026-01-19"  # 23:00 UTC the day before
