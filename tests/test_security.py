@@ -195,3 +195,21 @@ def test_a_changed_tokens_file_applies_within_a_second(retail: Ruleset, tmp_path
         assert code("new-token") == grpc.StatusCode.OK
     finally:
         running.stop(grace=0.2)
+
+
+def test_a_tokens_file_read_again_mid_check_gives_one_reading(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The interceptor walks the tokens with ``items()``: the Mapping mixin's view looked
+    each token up again, so a reload between two lookups (a revoked token) raised KeyError
+    inside the check of a call."""
+    from engine.grpc import security
+
+    monkeypatch.setattr(security, "TOKENS_CHECK_SECONDS", 0.0)
+    path = tmp_path / "tokens.toml"
+    path.write_text('[tokens]\n"a" = ["decide"]\n"b" = ["feedback"]\n')
+    tokens = security.TokensFile(path)
+    walk = iter(tokens.items())
+    first = next(walk)
+    path.write_text('[tokens]\n"c" = ["track", "decide"]\n')  # "a" and "b" revoked
+    assert [first, *walk] == [("a", frozenset({"decide"})), ("b", frozenset({"feedback"}))]
+    assert dict(tokens.items()) == {"c": frozenset({"track", "decide"})}  # the next call's

@@ -27,7 +27,7 @@ import ssl
 import threading
 import time
 import tomllib
-from collections.abc import Awaitable, Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, ItemsView, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,11 @@ class TokensFile(Mapping[str, frozenset[str]]):
 
     def __getitem__(self, token: str) -> frozenset[str]:
         return self._current()[token]
+
+    def items(self) -> ItemsView[str, frozenset[str]]:
+        """The tokens of one reading of the file (the mixin's view would look each token
+        up again, and a reload between two lookups would miss a revoked one: KeyError)."""
+        return self._current().items()
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._current())
