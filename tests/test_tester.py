@@ -221,3 +221,50 @@ def test_files_saved_with_a_byte_order_mark_are_read(tmp_path: Path,
     lines = tmp_path / "users.jsonl"
     lines.write_text(BOM + '{"user_id": "ann"}\n', encoding="utf-8")
     assert [item for _, _, item in json_lines(lines)] == [{"user_id": "ann"}]
+
+
+CHANNEL_CAP_RULES = """
+placement email_digest { channels: email  slots: 1 }
+placement sms_alert { channels: sms  slots: 1 }
+action winback {
+  placements: email_digest, sms_alert
+  value: 1
+}
+policy { channel sms: at most 2 per 7d }
+"""
+
+CONTACTS_ON_SMS = """
+[[test]]
+name = "two SMS contacts this week: the SMS cap holds"
+placement = "sms_alert"
+profile.contacts = [{ action = "winback", ago = "1d" }, { action = "winback", ago = "2d" }]
+expect.none = true
+
+[[test]]
+name = "the same contacts named as emails do not count on SMS"
+placement = "sms_alert"
+profile.contacts = [{ action = "winback", ago = "1d", channel = "email" },
+                    { action = "winback", ago = "2d", channel = "email" }]
+expect.top = "winback"
+"""
+
+
+def test_a_contact_without_a_channel_was_on_the_channel_decided_for(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A test of an SMS decision whose customer "had two impressions" of an action shown
+    on email and SMS: the contacts were put on the action's first placement's channel
+    (email), so the SMS channel cap never counted them and the case failed for a reason
+    the test's author could not see. A contact without a channel is now on the channel
+    decided for, when the action can be shown there."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "main.arb").write_text(CHANNEL_CAP_RULES)
+    (rules / "caps.test.toml").write_text(CONTACTS_ON_SMS)
+    assert main(["test", str(rules)]) == 0, capsys.readouterr().out
+    profile = tmp_path / "p.json"  # arbiter decide --profile reads them the same way
+    profile.write_text(json.dumps({"contacts": [{"action": "winback", "ago": "1d"},
+                                                {"action": "winback", "ago": "2d"}]}))
+    capsys.readouterr()
+    assert main(["decide", "--rules", str(rules), "--user", "u", "--placement", "sms_alert",
+                 "--profile", str(profile)]) == 0
+    assert "winback" not in capsys.readouterr().out

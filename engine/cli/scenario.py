@@ -6,7 +6,12 @@ Used by ``arbiter explain --profile FILE``, ``arbiter decide --profile FILE`` an
     traits = { first_name = "Ann", email_opt_in = true }
     events = [ { type = "add_to_cart", value = 80, ago = "26h", item = "sku-12" } ]
     contacts = [ { action = "cart_reminder", outcome = "impression", ago = "2h",
-                   channel = "email" } ]   # channel: default, the action's first
+                   channel = "email" } ]   # channel: default, see below
+
+A contact without a ``channel`` was on the channel decided for when the
+action can be shown there, else on the first channel (by name) of its first placement: a test of an
+SMS decision whose customer "had two impressions" had them on SMS, where the SMS
+channel cap counts them.
 
 ``ago`` is a duration before the decision time. A profile with no events and no
 traits is a customer never seen before.
@@ -118,8 +123,14 @@ def _ago(entry: EventLine | ContactLine | PopulationLine, field: str) -> float:
                               ) from None
 
 
-def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: float) -> None:
-    """Build the user's profile in the arbiter's store as the scenario describes."""
+def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: float,
+                   placement: str = "", channel: str = "") -> None:
+    """Build the user's profile in the arbiter's store as the scenario describes, for a
+    decision at ``placement`` on ``channel`` (empty: the placement's only one), the
+    channel of a contact the file gives none."""
+    served = arbiter.ruleset.placements.get(placement)
+    if not channel and served is not None and len(served.channels) == 1:
+        (channel,) = served.channels
     events = scenario.events
     schema = arbiter.ruleset.profile_schema
     traits = declared_map("traits", scenario.traits, schema)
@@ -140,9 +151,9 @@ def apply_scenario(arbiter: Arbiter, user_id: str, scenario: Scenario, now: floa
             raise InvalidArgument(f"{field}.action", f"unknown action {contact.action!r}")
         if contact.outcome not in OUTCOMES:
             raise InvalidArgument(f"{field}.outcome", f"must be one of {', '.join(OUTCOMES)}")
-        channel = contact.channel or _first_channel(arbiter.ruleset, contact.action)
         arbiter.store.update_profile(user_id, _contact(
-            user_id, contact.action, contact.outcome, now - _ago(contact, field), channel))
+            user_id, contact.action, contact.outcome, now - _ago(contact, field),
+            contact.channel or _default_channel(arbiter.ruleset, contact.action, channel)))
 
 
 def apply_population(arbiter: Arbiter, path: Path, now: float) -> None:
@@ -168,10 +179,17 @@ def apply_population(arbiter: Arbiter, path: Path, now: float) -> None:
     arbiter.sync()  # learnt (clusters, scores, recommender) and the population's percentiles
 
 
-def _first_channel(ruleset: Ruleset, action_id: str) -> str:
-    """A contact's channel when the file does not say: the action's first, by name."""
-    placement = ruleset.placements[min(ruleset.actions[action_id].placements)]
-    return min(placement.channels)
+def _default_channel(ruleset: Ruleset, action_id: str, decided: str) -> str:
+    """A contact's channel when the file does not say: the one decided for if the action
+    can be shown there, else its first placement's first channel (by name)."""
+    action = ruleset.actions[action_id]
+    channels = {channel for name in action.placements
+                for channel in ruleset.placements[name].channels}
+    if action.channels is not None:
+        channels &= set(action.channels)
+    if decided in channels:
+        return decided
+    return min(ruleset.placements[min(action.placements)].channels)
 
 
 def _contact(user_id: str, action: str, outcome: str, at: float, channel: str

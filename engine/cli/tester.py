@@ -207,7 +207,8 @@ class CaseRunner:
             if case.population is not None:  # other customers first: what clusters learn
                 folder = Path(location.rsplit(":", 1)[0]).parent
                 apply_population(arbiter, folder / case.population, now)
-            apply_scenario(arbiter, "test-user", case.profile, now)
+            apply_scenario(arbiter, "test-user", case.profile, now, case.placement,
+                           case.channel)
             decision = arbiter.decide(
                 user_id="test-user", placement=case.placement, channel=case.channel,
                 context=declared_map("context", case.context, self.ruleset.context_schema),

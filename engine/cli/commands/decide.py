@@ -109,7 +109,8 @@ def _decide_local(args: argparse.Namespace) -> Decision:
     if getattr(args, "population", None):
         apply_population(arbiter, Path(args.population), arbiter.clock())
     if args.profile:
-        apply_scenario(arbiter, args.user, load_scenario(args.profile), arbiter.clock())
+        apply_scenario(arbiter, args.user, load_scenario(args.profile), arbiter.clock(),
+                       args.placement, args.channel or "")
     return arbiter.decide(
         user_id=args.user, placement=args.placement, channel=args.channel,
         context=parse_context(args.context, ruleset.context_schema), limit=args.limit,
