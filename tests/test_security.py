@@ -213,3 +213,40 @@ def test_a_tokens_file_read_again_mid_check_gives_one_reading(
     path.write_text('[tokens]\n"c" = ["track", "decide"]\n')  # "a" and "b" revoked
     assert [first, *walk] == [("a", frozenset({"decide"})), ("b", frozenset({"feedback"}))]
     assert dict(tokens.items()) == {"c": frozenset({"track", "decide"})}  # the next call's
+
+
+def test_operators_read_and_forget_profiles_from_the_cli(
+        retail: Ruleset, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`arbiter profile get USER` and `arbiter profile forget USER... --file IDS` with the
+    operators' `profiles` scope: an erasure request handled without writing a gRPC
+    client."""
+    import json
+
+    from engine.cli.app import main
+
+    running = _serve(retail, tokens=parse_tokens("svc-token=decide,track;ops-token=profiles"))
+    target = ["--target", f"127.0.0.1:{running.port}"]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as channel:
+            pb_grpc.DecisionServiceStub(channel).TrackEvent(
+                pb.TrackEventRequest(user_id="ann", event_type="visit",
+                                     traits={"first_name": pb.Value(string_value="Zoë")}),
+                metadata=(("authorization", "Bearer svc-token"),), timeout=10)
+        assert main(["profile", "get", "ann", *target, "--token", "ops-token"]) == 0
+        shown = json.loads(capsys.readouterr().out)
+        assert shown["attributes"]["first_name"] == {"string_value": "Zoë"}
+        assert [e["event_type"] for e in shown["events"]] == ["visit"]
+        assert main(["profile", "get", "ann", *target, "--token", "svc-token"]) == 1
+        assert "PERMISSION_DENIED" in capsys.readouterr().err
+        ids = tmp_path / "erasure-requests.txt"
+        ids.write_text("ann\n\n  bob  \nann\n")
+        assert main(["profile", "forget", "--file", str(ids), *target,
+                     "--token", "ops-token"]) == 0
+        assert capsys.readouterr().out.splitlines() == [
+            "ann: forgotten (1 stored record(s) deleted)", "bob: nothing was stored"]
+        assert main(["profile", "get", "ann", *target, "--token", "ops-token"]) == 1
+        assert "nothing is held about 'ann'" in capsys.readouterr().err
+        assert main(["profile", "forget", *target, "--token", "ops-token"]) == 2
+        assert main(["profile", "get", "ann", "bob", *target]) == 2
+    finally:
+        running.stop(grace=0.2)

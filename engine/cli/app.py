@@ -28,6 +28,7 @@ from engine.cli.commands import (
     erase_log,
     fmt,
     items,
+    profile,
     replay,
     report,
     serve,
@@ -37,7 +38,8 @@ from engine.cli.commands import (
 from engine.cli.logs import configure
 from engine.ports import StoreUnavailable
 
-COMMANDS = (serve, check, decide, fmt, test, report, replay, items, erase_log, track)
+COMMANDS = (serve, check, decide, fmt, test, report, replay, items, profile, erase_log,
+            track)
 """Each module registers its subcommand(s); adding a command is adding a module here.
 
 Command modules import at the top only what registering needs; ``run`` imports the

@@ -96,7 +96,7 @@ def _upsert(args: argparse.Namespace, path: Path, text: str) -> int:
     answer = None
     for call in calls(enumerate(messages, 1), BATCH):  # (and under the request limit)
         try:
-            answer = _sent(stub.UpsertItems,
+            answer = sent_again(stub.UpsertItems,
                            pb.UpsertItemsRequest(items=[item for _, item in call]))
         except grpc.RpcError as err:
             print(f"arbiter items: {err.code().name}: {err.details()} (in items "
@@ -116,7 +116,7 @@ def _remove(args: argparse.Namespace) -> int:
 
     stub = pb_grpc.CatalogueServiceStub(open_channel(args))
     try:
-        answer = _sent(stub.RemoveItems, pb.RemoveItemsRequest(item_ids=args.args))
+        answer = sent_again(stub.RemoveItems, pb.RemoveItemsRequest(item_ids=args.args))
     except grpc.RpcError as err:
         print(f"arbiter items: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
@@ -127,9 +127,10 @@ def _remove(args: argparse.Namespace) -> int:
     return 0  # (a removal is safe to repeat: ids already gone are no failure)
 
 
-def _sent(method: Any, request: Any) -> Any:
+def sent_again(method: Any, request: Any) -> Any:
     """``method(request)``, sent again with backoff (0.2 s doubling) while the server
-    cannot take it, :data:`RETRIES` times at most; raises the last error."""
+    cannot take it, :data:`RETRIES` times at most; raises the last error. For calls
+    that are safe to repeat (a catalogue change, a read, a forget)."""
     import time
 
     import grpc
