@@ -67,10 +67,9 @@ def _kind(value: Any) -> str:
         return "string"
     if isinstance(value, datetime):
         return "timestamp"
-    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
-        return "list"
-    if isinstance(value, dict) and all(
-            isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+    if isinstance(value, list | tuple):
+        return "list"  # (of strings: check_value says so otherwise)
+    if isinstance(value, dict):
         return "map"
     return type(value).__name__
 
@@ -113,11 +112,15 @@ def check_value(field: str, value: Any, want: str | None = None,
     if kind == "string" and len(value) > MAX_STRING_LENGTH:
         raise InvalidArgument(field, f"is longer than {MAX_STRING_LENGTH} characters")
     if kind == "list":
+        if not all(isinstance(v, str) for v in value):
+            raise InvalidArgument(field, "a list's items are strings")
         if len(value) > MAX_MAP_ENTRIES or any(len(v) > MAX_STRING_LENGTH for v in value):
             raise InvalidArgument(field, f"list is longer than {MAX_MAP_ENTRIES} items or has "
                                          "an item that is too long")
         return list(value)
     if kind == "map":
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+            raise InvalidArgument(field, "a map's keys and values are strings")
         if len(value) > MAX_MAP_ENTRIES or any(
                 len(k) > MAX_STRING_LENGTH or len(v) > MAX_STRING_LENGTH
                 for k, v in value.items()):

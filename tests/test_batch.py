@@ -530,3 +530,53 @@ def test_the_cli_sends_again_what_an_answer_had_no_room_for(
         assert [kind for _, kind, _ in contact_entries(
             profile.contacts[line["actions"][0]["action_id"]])] == ["impression"]
     assert "decided 1,200/1,200" in capsys.readouterr().err
+
+
+def test_a_list_or_map_in_a_file_holds_strings_or_is_refused_at_its_line(
+        running: server.RunningServer, arbiter: Arbiter, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """A CRM export's `"consents": ["email_marketing", null]` was sent as the purpose
+    "None", `[true]` as "True" and `{"newsletter": false}` as "False" (Python's spelling,
+    not JSON's), by `arbiter track`, `arbiter decide --batch` and `arbiter items upsert`:
+    values no rule would ever match, stored without a word."""
+    target = ["--target", f"127.0.0.1:{running.port}"]
+    events = tmp_path / "crm.jsonl"
+    for bad, message in (
+            ('["email_marketing", null]', "a list's items are strings, not null"),
+            ("[true]", "a list's items are strings, not true"),
+            ('{"newsletter": false}', "a map's values are strings, not false (newsletter)")):
+        events.write_text('{"user_id": "ann", "event_type": "visit"}\n'
+                          '{"user_id": "ann", "event_type": "visit", "traits": '
+                          f'{{"consents": {bad}}}}}\n')
+        assert main(["track", str(events), *target]) == 2
+        assert f"{events}:2:54: traits.consents: {message}" in capsys.readouterr().err
+        assert arbiter.get_profile("ann") is None  # refused whole, nothing sent
+    events.write_text('{"user_id": "ann", "event_type": "visit", "traits": '
+                      '{"consents": ["email_marketing"]}}\n')
+    assert main(["track", str(events), *target]) == 0
+    assert arbiter.get_profile("ann").attributes["consents"] == [  # type: ignore[union-attr]
+        "email_marketing"]
+    users = tmp_path / "users.jsonl"
+    users.write_text('{"user_id": "ann", "context": {"device": ["web", 2]}}\n')
+    assert main(["decide", *target, "--batch", str(users), "--placement", "email",
+                 "--out", str(tmp_path / "out.jsonl")]) == 2
+    assert (f"{users}:1:32: context.device: a list's items are strings, not 2"
+            in capsys.readouterr().err)
+    items = tmp_path / "items.jsonl"
+    items.write_text('{"id": "sku-9", "name": "Scarf", "category": "accessories", '
+                     '"price": 20, "tags": ["wool", 2026]}\n')
+    assert main(["items", "upsert", str(items), *target]) == 1
+    assert (f"{items}:1: a list's items are strings, not 2026"
+            in capsys.readouterr().err)
+    assert "sku-9" not in arbiter.catalogue.items
+    # in process (the library, `arbiter explain --profile`): InvalidArgument, not a
+    # TypeError from deep inside (a list holding a bool had no len())
+    from engine.requests import InvalidArgument
+    for bad in (["email_marketing", None], [True], [["nested"]]):
+        with pytest.raises(InvalidArgument, match="traits.consents: a list's items are strings"):
+            arbiter.track(user_id="bob", event_type="visit", traits={"consents": bad})
+    profile = tmp_path / "p.json"
+    profile.write_text('{"traits": {"consents": [true]}}')
+    assert main(["explain", "rulesets/retail", "--profile", str(profile),
+                 "--placement", "email"]) == 2
+    assert "traits.consents: a list's items are strings" in capsys.readouterr().err

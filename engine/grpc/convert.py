@@ -5,6 +5,7 @@ The only place, with the generated code and the servicers, that knows protobuf.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -120,6 +121,16 @@ def from_values(field: str, values: Mapping[str, pb.Value]) -> dict[str, Any]:
 
 
 def to_value(value: Any, kind: str | None = None) -> pb.Value:
+    """A wire value for a Python (or JSON) value; a list's items and a map's values must
+    be strings (the DSL's ``list`` and ``map``): anything else raises ValueError rather
+    than be sent as its Python spelling (``True``, ``None``, ``{'a': 1}``).
+
+    >>> to_value(["card", "savings"]).string_list.values
+    ['card', 'savings']
+    >>> to_value({"newsletter": False})
+    Traceback (most recent call last):
+    ValueError: a map's values are strings, not false (newsletter)
+    """
     if value is None:
         return pb.Value(null_value="NULL_VALUE")
     if isinstance(value, bool):
@@ -131,10 +142,24 @@ def to_value(value: Any, kind: str | None = None) -> pb.Value:
     if isinstance(value, datetime):
         return pb.Value(timestamp_value=timestamp(value.timestamp()))
     if isinstance(value, list):
-        return pb.Value(string_list=pb.StringList(values=[str(v) for v in value]))
+        for item in value:
+            if not isinstance(item, str):
+                raise ValueError(f"a list's items are strings, not {_json(item)}")
+        return pb.Value(string_list=pb.StringList(values=value))
     if isinstance(value, dict):
-        return pb.Value(string_map=pb.StringMap(entries={str(k): str(v) for k, v in value.items()}))
+        for key, item in value.items():
+            if not isinstance(item, str):
+                raise ValueError(f"a map's values are strings, not {_json(item)} ({key})")
+        return pb.Value(string_map=pb.StringMap(entries=value))
     return pb.Value(string_value=str(value))
+
+
+def _json(value: Any) -> str:
+    """How a value reads in the JSON it came from, for an error message."""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)[:40]
+    except ValueError:
+        return repr(value)[:40]
 
 
 def optional_time(message: Any, field: str) -> float | None:

@@ -340,6 +340,8 @@ def batch_users(path: Path) -> Iterator[dict[str, Any]]:
     Traceback (most recent call last):
     ValueError: ...jsonl:3:20: not JSON (Expecting property name enclosed in double quotes)
     """
+    from engine.grpc import convert
+
     for number, line, item in json_lines(path):
         where = f"{path}:{number}:{{}}"
         for key in item:
@@ -352,9 +354,16 @@ def batch_users(path: Path) -> Iterator[dict[str, Any]]:
         if not isinstance(user, str) or not user:
             raise ValueError(where.format(key_column(line, "user_id"))
                              + ": user_id: must be a non-empty string")
-        if not isinstance(item.get("context") or {}, dict):
+        context = item.get("context") or {}
+        if not isinstance(context, dict):
             raise ValueError(where.format(key_column(line, "context"))
                              + ": context: not a JSON object")
+        for name, value in context.items():
+            try:
+                convert.to_value(value)
+            except ValueError as err:  # a list or map holding more than strings
+                raise ValueError(where.format(key_column(line, name))
+                                 + f": context.{name}: {err}") from None
         yield item
 
 

@@ -90,7 +90,12 @@ def _upsert(args: argparse.Namespace, path: Path, text: str) -> int:
         if problem is not None:
             print(f"{path}:{line}: {problem}", file=sys.stderr)
             return 1
-        attributes = {k: convert.to_value(v) for k, v in raw.items() if k != "id" and v is not None}
+        try:
+            attributes = {k: convert.to_value(v) for k, v in raw.items()
+                          if k != "id" and v is not None}
+        except ValueError as err:  # a list holding more than strings
+            print(f"{path}:{line}: {err}", file=sys.stderr)
+            return 1
         messages.append(pb.Item(id=str(raw.get("id", "")), attributes=attributes))
     stub = pb_grpc.CatalogueServiceStub(open_channel(args))
     answer = None

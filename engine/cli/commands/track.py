@@ -202,7 +202,13 @@ def event_lines(path: Path, digest: str) -> Iterator[tuple[int, Any]]:
                 if v is None and key == "properties":  # (a trait's null removes it)
                     raise ValueError(where.format(key_column(line, name))
                                      + f": {key}.{name}: null (leave it out instead)")
-            maps[key] = {name: convert.to_value(_value(v)) for name, v in value.items()}
+            maps[key] = {}
+            for name, v in value.items():
+                try:
+                    maps[key][name] = convert.to_value(_value(v))
+                except ValueError as err:  # a list or map holding more than strings
+                    raise ValueError(where.format(key_column(line, name))
+                                     + f": {key}.{name}: {err}") from None
         try:
             request = pb.TrackEventRequest(
                 user_id=item["user_id"], event_type=item["event_type"],
