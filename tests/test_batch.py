@@ -573,7 +573,7 @@ def test_a_list_or_map_in_a_file_holds_strings_or_is_refused_at_its_line(
     # TypeError from deep inside (a list holding a bool had no len())
     from engine.requests import InvalidArgument
     for bad in (["email_marketing", None], [True], [["nested"]]):
-        with pytest.raises(InvalidArgument, match="traits.consents: a list's items are strings"):
+        with pytest.raises(InvalidArgument, match=r"traits\.consents: a list's items are strings"):
             arbiter.track(user_id="bob", event_type="visit", traits={"consents": bad})
     profile = tmp_path / "p.json"
     profile.write_text('{"traits": {"consents": [true]}}')
