@@ -192,7 +192,7 @@ def event_lines(path: Path, digest: str) -> Iterator[tuple[int, Any]]:
                     not isinstance(value, str) or not value):
                 raise ValueError(where.format(key_column(line, key))
                                  + f": {key}: must be a non-empty string")
-        maps = {}
+        maps: dict[str, dict[str, Any]] = {}
         for key in ("properties", "traits"):
             value = item.get(key) or {}
             if not isinstance(value, dict):
