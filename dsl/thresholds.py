@@ -77,7 +77,9 @@ def apply_overrides(checked: CheckedRuleset, path: str, text: str) -> list[Diagn
         kinds = _TYPES.get(spec.type, ())
         if not isinstance(value, kinds) or (spec.type == "number" and isinstance(value, bool)):
             diagnostics.append(Diagnostic(
-                "error", f"threshold '{key}' is a {spec.type}, not {type(value).__name__}", pos))
+                "error", f"threshold '{key}' is a {spec.type}, not {_toml_kind(value)}: "
+                         f"{key} = {_example(spec.type)}",
+                Pos(path, pos.line, _value_column(text, pos.line))))
             continue
         if spec.type == "number" and not _finite(value):
             diagnostics.append(Diagnostic(
@@ -91,3 +93,27 @@ def apply_overrides(checked: CheckedRuleset, path: str, text: str) -> list[Diagn
 
 def is_thresholds_file(path: str) -> bool:
     return Path(path).name == FILE_NAME
+
+
+def _toml_kind(value: object) -> str:
+    """What a TOML value is, in the words of the rule language's types.
+
+    >>> _toml_kind("lots"), _toml_kind(True), _toml_kind(3), _toml_kind([1])
+    ('a string', 'a bool', 'a number', 'an array')
+    """
+    if isinstance(value, bool):
+        return "a bool"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "a table"
+    return "a date or time"
+
+
+def _example(kind: str) -> str:
+    """How a value of the type is written in TOML."""
+    return {"number": "500", "string": '"gold"', "bool": "true"}.get(kind, "...")

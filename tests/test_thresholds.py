@@ -35,7 +35,8 @@ def test_default_then_override() -> None:
 
 @pytest.mark.parametrize(("toml", "message"), [
     ("\nspend_p99 = 1\n", "r/thresholds.toml:2:1: error: 'spend_p99' is not a declared threshold"),
-    ("spend_p90 = \"x\"\n", "r/thresholds.toml:1:1: error: threshold 'spend_p90' is a number"),
+    ("spend_p90 = \"x\"\n", "r/thresholds.toml:1:13: error: threshold 'spend_p90' is a number, "
+     "not a string: spend_p90 = 500"),
     ("spend_p90 = \n", "r/thresholds.toml:1:13: error: invalid TOML"),
     ("spend_p90 = nan\n", "r/thresholds.toml:1:13: error: threshold 'spend_p90' must be"),
     ("spend_p90 = inf\n", "r/thresholds.toml:1:13: error: threshold 'spend_p90' must be"),
