@@ -55,3 +55,42 @@ def test_the_holdout_starts_from_the_arms_pooled_prior() -> None:
     empty = experiment_report(rules.experiments["rev"],
                               {**counts, "holdout": ArmCounts()}, 0.0).holdout
     assert empty is not None and empty.mean == pytest.approx(6.0)
+
+
+ARBITRATED = """
+placement home { channels: web  slots: 1 }
+action fx_a { placements: home  value: 15 }
+action fx_b { placements: home  value: 15 }
+action loan { placements: home  value: 10  prior: 0.5 }
+experiment rev on home { arms: fx_a, fx_b  reward: conversion.value }
+"""
+
+
+def test_a_revenue_arm_competes_on_its_revenue_not_on_revenue_times_its_value() -> None:
+    """With `reward: conversion.value` the draw is revenue per impression, which is what
+    `propensity * value` stands for. It was used as the propensity and multiplied by
+    the arm's value again: arms earning about 2 per impression, worth 15, scored ~30
+    and always beat an action scored 0.5 * 10 = 5 (a bank's FX-card test ranked above
+    everything on its placement, with a "propensity" of 7)."""
+    arb = Arbiter(load_text(ARBITRATED), MemoryStore(), seed=3)
+    rng = random.Random(3)
+    shown = {"fx_a": 0, "fx_b": 0, "loan": 0}
+    for i in range(600):  # what the arms have earned: 10% buy for 20, 2 per impression
+        d = arb.decide(user_id=f"u{i}", placement="home", limit=3)
+        for a in d.actions:
+            if a.arm is None:
+                continue
+            arb.feedback(decision_id=d.decision_id, action_id=a.action_id,
+                         outcome="impression")
+            if rng.random() < 0.1:
+                arb.feedback(decision_id=d.decision_id, action_id=a.action_id,
+                             outcome="conversion", value=20.0)
+    arb.learn()
+    for i in range(300):
+        d = arb.decide(user_id=f"v{i}", placement="home")
+        top = d.actions[0]
+        shown[top.action_id] += 1
+        if top.arm is not None:
+            assert 0.0 <= top.propensity < 1.0  # revenue over the arm's value
+            assert top.score == pytest.approx(top.propensity * top.value * top.weight)
+    assert shown["loan"] > 250, shown  # 5 against ~2: the loan almost always

@@ -77,14 +77,18 @@ def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
     A row of the experiment's posterior draws is picked at random; the arm whose
     score with its sampled mean as the propensity is largest (``sample * value *
     weight`` by default) is played with the sample as its propensity, the other
-    arms drop out. ``linear`` says the score is that default product, so every row
-    is scored at once; a custom ``rank:`` formula is called per row on the first
-    :data:`CUSTOM_FORMULA_ROWS` rows only.
+    arms drop out. With a value reward (``conversion.value``) the sample is revenue
+    per impression, what ``propensity * value`` stands for: the arm's propensity is
+    the sample over its value (so an arm is not ranked by revenue times its value
+    again, against actions ranked by a probability times theirs). ``linear`` says the
+    score is that default product, so every row is scored at once; a custom
+    ``rank:`` formula is called per row on the first :data:`CUSTOM_FORMULA_ROWS` rows
+    only.
     """
     arms = [c for c in candidates if c.action_id in experiment.arms]
     if not arms:
         return Allocated(candidates, [])
-    key = tuple((a.action_id, a.value * a.weight) for a in arms) if linear else None
+    key = tuple((a.action_id, a.value, a.weight) for a in arms) if linear else None
     rows = state.memo.get(key) if key is not None else None
     if rows is None:
         rows = _score_rows(experiment, arms, state, scorer, linear)
@@ -94,7 +98,8 @@ def allocate_thompson(experiment: Experiment, candidates: list[RankedAction],
     row = int(sampler.integers(len(draws)))
     best = int(winners[row])
     played = arms[best]
-    chosen = RankedAction(played.action_id, float(scores[row, best]), float(draws[row, best]),
+    chosen = RankedAction(played.action_id, float(scores[row, best]),
+                          _propensity(experiment, played, float(draws[row, best])),
                           played.value, played.weight, played.priority,
                           experiment=experiment.name, arm=played.action_id, tags=played.tags)
     allocation = Allocation(arms, winners, top_scores, allocation_weights, arm_ladders)
@@ -113,16 +118,33 @@ def _score_rows(experiment: Experiment, arms: list[RankedAction], state: Experim
     columns = [experiment.arms.index(a.action_id) for a in arms]
     draws = state.draws[:, columns]
     if linear:
-        scores = draws * np.array([a.value * a.weight for a in arms])
+        scores = draws * np.array([_per_draw(experiment, a) for a in arms])
     else:
         draws = draws[:CUSTOM_FORMULA_ROWS]
-        scores = np.array([[scorer(arm, float(x)) for arm, x in zip(arms, row, strict=True)]
-                           for row in draws])
+        scores = np.array([[scorer(arm, _propensity(experiment, arm, float(x)))
+                            for arm, x in zip(arms, row, strict=True)] for row in draws])
     winners = np.argmax(scores, axis=1)
     weights = np.full(len(scores), 1.0 / len(scores))
     top = scores[np.arange(len(scores)), winners]
     return columns, draws, scores, winners, weights, top, ladders(winners, top, weights,
                                                                   len(arms))
+
+
+def _propensity(experiment: Experiment, arm: RankedAction, draw: float) -> float:
+    """The propensity a posterior draw stands for: the draw itself (a click or conversion
+    rate), or with a value reward the draw (revenue per impression) over the arm's value
+    (0 for an arm worth nothing)."""
+    if not experiment.reward_value:
+        return draw
+    return draw / arm.value if arm.value else 0.0
+
+
+def _per_draw(experiment: Experiment, arm: RankedAction) -> float:
+    """The default score per unit of a draw: ``value * weight``, or with a value reward
+    ``weight`` (the draw is already ``propensity * value``; 0 for an arm worth nothing)."""
+    if not experiment.reward_value:
+        return arm.value * arm.weight
+    return arm.weight if arm.value else 0.0
 
 
 class Ladder(NamedTuple):
@@ -162,7 +184,8 @@ def _trace_thompson(experiment: Experiment, arms: list[RankedAction], chosen: Ra
                     columns: list[int], tracer: Tracer) -> None:
     posterior = state.posteriors[columns[best]]
     shares = np.bincount(winners, minlength=len(arms)) / len(winners)
-    terms = {"propensity": chosen.propensity, "thompson_sample": chosen.propensity,
+    sample = float(row[best])  # (with a value reward, revenue per impression)
+    terms = {"propensity": chosen.propensity, "thompson_sample": sample,
              "posterior_mean": posterior.mean, "model_propensity": arms[best].propensity,
              "allocation": float(shares[best])}
     if isinstance(posterior, BetaPosterior):
@@ -170,7 +193,7 @@ def _trace_thompson(experiment: Experiment, arms: list[RankedAction], chosen: Ra
     tracer.score_terms(chosen.action_id, terms)
     tracer.check(chosen.action_id, Reason(
         EXPERIMENT, experiment.name, True,
-        f"arm {chosen.action_id} sampled {chosen.propensity:.4f} from "
+        f"arm {chosen.action_id} sampled {sample:.4f} from "
         f"{describe(posterior)}; wins {shares[best]:.0%} of posterior draws among "
         f"{len(arms)} eligible arm(s)", str(experiment.pos)))
     for i, arm in enumerate(arms):
