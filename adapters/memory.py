@@ -95,6 +95,7 @@ class MemoryStore:
         # Redis TTLs would; an entry whose record was replaced or forgotten since is skipped
         self._expiries: list[tuple[float, int, str, str]] = []
         self._arms: dict[str, dict[str, float]] = {}  # experiment -> {arm}:{field} -> sum
+        self._splits: dict[str, tuple[str, dict[str, float]]] = {}  # experiment -> its phase
         self._counters: dict[str, dict[str, float]] = {}  # add_counters
         self._consumers: dict[str, int] = {}  # consumer -> the log offset it has applied
         self._log: list[LearningEvent | None] = []  # None: an entry erased by forget
@@ -412,6 +413,21 @@ class MemoryStore:
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
         with self._lock:
             return counts_from_fields(self._arms.get(experiment, {}))
+
+    def mark_split(self, experiment: str, fingerprint: str) -> None:
+        with self._lock:
+            seen = self._splits.get(experiment)
+            if seen is not None and seen[0] == fingerprint:
+                return
+            baseline = ({} if seen is None else  # (never seen: the same split all along)
+                        {arm: counts.trials for arm, counts in counts_from_fields(
+                            self._arms.get(experiment, {})).items() if "@" not in arm})
+            self._splits[experiment] = (fingerprint, baseline)
+
+    def split_mark(self, experiment: str) -> tuple[str, dict[str, float]] | None:
+        with self._lock:
+            seen = self._splits.get(experiment)
+            return None if seen is None else (seen[0], dict(seen[1]))
 
     def learning_events(self, after: str, limit: int
                         ) -> list[tuple[str, LearningEvent | None]]:

@@ -326,3 +326,24 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+MARK_SPLIT = """
+-- KEYS[1] the experiment's split mark, KEYS[2] its arm counters; ARGV[1] the split served.
+-- Another split before: each arm's exposures so far become the new phase's baseline.
+local seen = redis.call('HGET', KEYS[1], '=')
+if seen == ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], '=', ARGV[1])
+if seen then
+  local fields = redis.call('HGETALL', KEYS[2])
+  for i = 1, #fields, 2 do
+    local name = fields[i]
+    if string.sub(name, -7) == ':trials' and not string.find(name, '@', 1, true) then
+      redis.call('HSET', KEYS[1], string.sub(name, 1, -8), fields[i + 1])
+    end
+  end
+end
+return 1
+"""
+"""engine.ports.Store.mark_split: the split's fingerprint under ``=`` and, when it
+replaced another, each arm's exposures (its all-time ``trials``) at that moment."""

@@ -29,6 +29,9 @@ in braces, ``{arb}``, a hash tag that puts every key in one slot):
                             ForgetProfile until they expire, never written
 ``{ns}:arms:{experiment}``  hash ``{arm}:trials|successes|sum_sq`` (HINCRBYFLOAT);
                             ``{arm}@{hour}:...`` buckets for windowed experiments
+``{ns}:split:{experiment}`` a fixed split's phase: its fingerprint under ``=`` and each
+                            arm's exposures when the weights last changed (the sample
+                            ratio check counts from there; engine.experiments.splits)
 ``{ns}:counters:{name}``    hash of population counters shared by replicas
                             (``engagement_hours``: engagements by hour of the week;
                             ``pct:{statistic}``: percentile() histograms)
@@ -97,6 +100,7 @@ from adapters.redis_scripts import (
     COMMIT_FEEDBACK,
     HOLD_LEASE,
     LOG_ENTRY,
+    MARK_SPLIT,
     RELEASE_LEASE,
     SAVE_DECISIONS,
     SAVE_SHOWN_DECISIONS,
@@ -359,6 +363,7 @@ class RedisStore:
         self._change_items = self.redis.register_script(CHANGE_ITEMS)
         self._hold_lease = self.redis.register_script(HOLD_LEASE)
         self._release_lease = self.redis.register_script(RELEASE_LEASE)
+        self._mark_split = self.redis.register_script(MARK_SPLIT)
 
     def _retention(self) -> bytes:
         """:attr:`profile_retention` as the scripts take it: whole seconds, b"0" for ever."""
@@ -805,6 +810,17 @@ class RedisStore:
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]:
         raw = cast(dict[bytes, bytes], self.fast.hgetall(self._k("arms", experiment)))
         return counts_from_fields({name.decode(): float(value) for name, value in raw.items()})
+
+    def mark_split(self, experiment: str, fingerprint: str) -> None:
+        self._mark_split(keys=[self._k("split", experiment), self._k("arms", experiment)],
+                         args=[fingerprint])
+
+    def split_mark(self, experiment: str) -> tuple[str, dict[str, float]] | None:
+        raw = cast(dict[bytes, bytes], self.fast.hgetall(self._k("split", experiment)))
+        if b"=" not in raw:
+            return None
+        return raw[b"="].decode(), {arm.decode(): float(value)
+                                    for arm, value in raw.items() if arm != b"="}
 
     def forgotten_since(self, cursor: str, limit: int = 1000) -> tuple[list[str], str]:
         """Pseudonyms of the users other processes forgot after ``cursor`` (oldest first,

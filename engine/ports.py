@@ -254,6 +254,17 @@ class Store(LearningLog, Protocol):
 
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]: ...
 
+    def mark_split(self, experiment: str, fingerprint: str) -> None:
+        """A fixed split served with ``fingerprint`` (engine.experiments.splits): if the
+        store last saw another split of the experiment, each arm's exposures so far
+        become the new phase's baseline; one never seen starts with none. One atomic
+        step, so replicas reloading together mark a change once."""
+        ...
+
+    def split_mark(self, experiment: str) -> tuple[str, dict[str, float]] | None:
+        """The fingerprint and baseline :meth:`mark_split` keeps (None: never marked)."""
+        ...
+
     def add_counters(self, name: str, deltas: Mapping[str, float]) -> dict[str, float]:
         """Add ``deltas`` to the shared counters ``name`` and return all their totals
         (one atomic step; empty deltas just read). Population statistics shared by

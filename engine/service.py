@@ -37,6 +37,7 @@ from engine.decide.tracer import Tracer
 from engine.decision_log import DecisionLog, decision_entry, outcome_entry
 from engine.experiments.report import ExperimentReport, experiment_report
 from engine.experiments.sampling import ThompsonSampler
+from engine.experiments.splits import split_fingerprint
 from engine.experiments.state import ExperimentStates
 from engine.feedback import FeedbackInput, feedback_effects
 from engine.learning.clusters import ClusterModels
@@ -140,7 +141,10 @@ class Arbiter:
         snapshot_key: bytes | None = None,
         learners: str = "every",
         profile_layout: str = PACKED,
+        serves: bool = True,
     ) -> None:
+        """``serves=False``: a reader of a shared store whose ruleset is not served (a
+        report from Redis with a candidate's rules): it marks no fixed split."""
         if learners not in LEARNING_MODES:
             raise ValueError(f"learners must be {' or '.join(LEARNING_MODES)}, not {learners!r}")
         if profile_layout not in PROFILE_LAYOUTS:
@@ -185,6 +189,9 @@ class Arbiter:
         self._sync_population()
         self.catalogue_keeper.sync()
         self._follow_forgotten()  # (from here on: what other processes forget)
+        self._serves = serves
+        self._splits_marked: dict[str, str] = {}  # experiment -> the split the store has
+        self._mark_splits()
 
     # ---- ruleset ------------------------------------------------------------------
     @property
@@ -198,6 +205,24 @@ class Arbiter:
         self.catalogue_keeper.rebase(ruleset)
         self._windows = attribution_windows(ruleset)
         self._ruleset = ruleset
+        self._mark_splits()
+
+    def _mark_splits(self) -> None:
+        """Tell the store which fixed splits this process serves: a changed split starts
+        a phase of its sample-ratio check (engine.experiments.splits). Those the store
+        could not be told are told at the next :meth:`sync`."""
+        if not self._serves:
+            return
+        for experiment in self._ruleset.experiments.values():
+            fingerprint = split_fingerprint(experiment)
+            if not fingerprint or self._splits_marked.get(experiment.name) == fingerprint:
+                continue
+            try:
+                self.store.mark_split(experiment.name, fingerprint)
+            except StoreUnavailable as err:
+                throttled.warning("splits", "fixed splits not marked (retried): %s", err)
+                return
+            self._splits_marked[experiment.name] = fingerprint
 
     def _arm_counts_or_none(self, experiment: str) -> Mapping[str, ArmCounts] | None:
         """The store's counters, or None while it is unavailable (decisions go on with the
@@ -497,6 +522,7 @@ class Arbiter:
             self.experiments.refresh(self._ruleset.experiments)
         self._sync_population()
         self.catalogue_keeper.sync()
+        self._mark_splits()
         if time.monotonic() >= self._forgotten_due:
             self._forgotten_due = time.monotonic() + FORGOTTEN_GATHER_SECONDS
             self._follow_forgotten()
@@ -570,7 +596,9 @@ class Arbiter:
         ruleset = self._ruleset
         experiment = ruleset.experiments[name]
         return experiment_report(experiment, self.store.arm_counts(name), self.clock(),
-                                 revision=ruleset.revision)
+                                 revision=ruleset.revision,
+                                 split=self.store.split_mark(name) if experiment.weights
+                                 else None)
 
     def model_report(self) -> list[ModelQuality]:
         """Every model's progressive quality: the propensity models, and the recommender,

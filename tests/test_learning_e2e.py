@@ -140,6 +140,67 @@ def test_sample_ratio_mismatch_is_flagged() -> None:
     assert skewed.srm.mismatch and "MISMATCH" in skewed.render()
 
 
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_changing_the_weights_starts_a_phase_of_the_sample_ratio_check(
+        store: str, request: pytest.FixtureRequest) -> None:
+    """An experimenter moved a 50/50 split to 20/20/60 (a third arm added): the check
+    compared every exposure so far, nearly all made under 50/50, with the new weights and
+    said "MISMATCH: do not trust this split" (p = 4e-41) of a split that was fine. As in
+    GrowthBook, a change of the weights now starts a phase, and the check counts the
+    exposures made under the weights served; on Redis a replica that reloads too, and
+    the report read from Redis, agree."""
+    def arbiter(rules: str) -> Arbiter:
+        made = (MemoryStore() if store == "memory"
+                else RedisStore(request.getfixturevalue("redis_url"), cache_ttl=0))
+        if store == "memory" and shared:
+            made = shared[0].store  # type: ignore[assignment]
+        arb = Arbiter(load_text(rules), made, seed=1)
+        shared.append(arb)
+        return arb
+
+    def expose(arb: Arbiter, first: int, count: int) -> None:
+        for i in range(first, first + count):
+            d = arb.decide(user_id=f"u{i}", placement="home")
+            for a in d.actions:
+                arb.feedback(decision_id=d.decision_id, action_id=a.action_id,
+                             outcome="impression")
+
+    shared: list[Arbiter] = []
+    before = SPLIT.replace("arms: a, b, c  allocate: weights(1, 1, 1)",
+                           "arms: a, b  allocate: weights(50, 50)").replace("EXTRA", "")
+    after = SPLIT.replace("weights(1, 1, 1)", "weights(20, 20, 60)").replace("EXTRA", "")
+    arb = arbiter(before)
+    expose(arb, 0, 1200)
+    first = arb.experiment_report("e")
+    assert not first.srm.mismatch and not first.srm.since_change
+    arb.swap_ruleset(load_text(after))
+    replica = arbiter(after) if store == "redis" else None  # started with the new rules
+    expose(arb, 1200, 600)
+    if replica is not None:
+        expose(replica, 1800, 600)
+    report = arb.experiment_report("e")
+    exposures = {a.arm: a.exposures for a in report.arms}
+    assert exposures["c"] > 0 and exposures["a"] > 600  # (all-time, both phases)
+    assert report.srm.since_change and not report.srm.mismatch, report.render()
+    assert "sample ratio check (exposures since the weights changed)" in report.render()
+    from engine.grpc.convert import report_from_proto, report_to_proto  # as served
+    assert report_from_proto(report_to_proto(report)).srm == report.srm
+    if replica is not None:
+        assert replica.experiment_report("e").srm == report.srm
+        rules = Path(request.getfixturevalue("tmp_path")) / "after.arb"
+        rules.write_text(after)
+        capsys = request.getfixturevalue("capsys")
+        capsys.readouterr()
+        assert main(["report", "e", "--redis", request.getfixturevalue("redis_url"),
+                     "--rules", str(rules)]) == 0
+        printed = capsys.readouterr().out
+        assert "since the weights changed" in printed and "MISMATCH" not in printed
+    arb.swap_ruleset(load_text(before))  # back to 50/50: a phase of its own again
+    expose(arb, 3000, 400)
+    back = arb.experiment_report("e")
+    assert back.srm.since_change and not back.srm.mismatch, back.render()
+
+
 DECISIONS = 2500
 
 

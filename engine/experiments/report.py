@@ -8,7 +8,8 @@ sampling, its weight share under a fixed split, 1 for a promoted winner.
 
 Fixed splits get a sample-ratio-mismatch check: a chi-square goodness-of-fit test
 of the arms' exposures against their weights; ``p < 0.001`` flags a mismatch
-(a broken assignment or logging, not a result to trust).
+(a broken assignment or logging, not a result to trust). It counts the exposures made
+since the weights last changed (:mod:`engine.experiments.splits`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from engine.experiments.posteriors import (
     sample_means,
     win_probabilities,
 )
+from engine.experiments.splits import exposures_since
 from engine.experiments.windows import discounted
 from engine.records import ArmCounts
 
@@ -57,6 +59,7 @@ class ArmReport:
 class SampleRatio:
     applies: bool
     p_value: float = 1.0
+    since_change: bool = False  # counted from the last change of the weights
 
     @property
     def mismatch(self) -> bool:
@@ -127,27 +130,34 @@ class ExperimentReport:
                          f"best arm vs holdout: {lift:+.1%}")
         if self.srm.applies:
             verdict = "MISMATCH: do not trust this split" if self.srm.mismatch else "ok"
-            lines.append(f"sample ratio check: p = {self.srm.p_value:.4g} ({verdict})")
+            since = " (exposures since the weights changed)" if self.srm.since_change else ""
+            lines.append(f"sample ratio check{since}: p = {self.srm.p_value:.4g} ({verdict})")
         return "\n".join(lines)
 
 
-def sample_ratio(experiment: Experiment, counts: Mapping[str, ArmCounts]) -> SampleRatio:
-    """Chi-square test of exposures against the fixed split's weights."""
+def sample_ratio(experiment: Experiment, raw: Mapping[str, ArmCounts],
+                 split: tuple[str, Mapping[str, float]] | None = None) -> SampleRatio:
+    """Chi-square test of the exposures made under the fixed split's weights (all-time
+    ``raw`` counters less the phase's baseline, ``split``) against those weights."""
     if not experiment.weights:
         return SampleRatio(False)
-    observed = np.array([counts.get(a, ArmCounts()).trials for a in experiment.arms])
+    since, changed = exposures_since(experiment, raw, split)
+    observed = np.array([since[a] for a in experiment.arms])
     weights = np.array(experiment.weights, dtype=float)
     keep = weights > 0
-    if observed.sum() <= 0 or keep.sum() < 2:
-        return SampleRatio(True, 1.0)
+    if observed[keep].sum() <= 0 or keep.sum() < 2:
+        return SampleRatio(True, 1.0, changed)
     expected = weights[keep] / weights[keep].sum() * observed[keep].sum()
     result = stats.chisquare(observed[keep], expected)
-    return SampleRatio(True, float(result.pvalue))
+    return SampleRatio(True, float(result.pvalue), changed)
 
 
 def experiment_report(experiment: Experiment, raw: Mapping[str, ArmCounts], now: float,
-                      seed: int = 0, revision: str = "") -> ExperimentReport:
-    """The report from the experiment's raw counters (as the store keeps them)."""
+                      seed: int = 0, revision: str = "",
+                      split: tuple[str, Mapping[str, float]] | None = None
+                      ) -> ExperimentReport:
+    """The report from the experiment's raw counters (as the store keeps them) and, for a
+    fixed split, the store's mark of its phase (:meth:`~engine.ports.Store.split_mark`)."""
     counts = discounted(raw, experiment, now)
     posteriors = list(experiment_posteriors(experiment.prior, experiment.arms, counts))
     draws = sample_means(posteriors, np.random.default_rng(seed), REPORT_DRAWS)
@@ -183,7 +193,7 @@ def experiment_report(experiment: Experiment, raw: Mapping[str, ArmCounts], now:
         arms=arms,
         holdout=holdout,
         holdout_percent=experiment.holdout,
-        srm=sample_ratio(experiment, counts),
+        srm=sample_ratio(experiment, raw, split),
         revision=revision,
         winner=experiment.winner,
         draws={arm: draws[:, i] for i, arm in enumerate(experiment.arms)},

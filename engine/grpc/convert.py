@@ -330,7 +330,7 @@ def report_to_proto(r: ExperimentReport) -> rpb.ExperimentReportResponse:
         holdout_percent=r.holdout_percent, best_arm=r.best_arm, winner=r.winner or "",
         revision=r.revision,
         srm=rpb.SampleRatioCheck(applies=r.srm.applies, p_value=r.srm.p_value,
-                                 mismatch=r.srm.mismatch))
+                                 mismatch=r.srm.mismatch, since_change=r.srm.since_change))
     if r.holdout is not None:
         response.holdout.CopyFrom(arm_to_proto(r.holdout))
     return response
@@ -342,7 +342,8 @@ def report_from_proto(p: rpb.ExperimentReportResponse) -> ExperimentReport:
         reward=p.reward, posterior=p.posterior, arms=tuple(arm_from_proto(a) for a in p.arms),
         holdout=arm_from_proto(p.holdout) if p.HasField("holdout") else None,
         holdout_percent=p.holdout_percent,
-        srm=SampleRatio(p.srm.applies, p.srm.p_value if p.srm.applies else 1.0),
+        srm=SampleRatio(p.srm.applies, p.srm.p_value if p.srm.applies else 1.0,
+                        p.srm.since_change),
         revision=p.revision, winner=p.winner or None)
 
 

@@ -202,12 +202,15 @@ def _from_redis(args: argparse.Namespace) -> Reports:
     try:
         report = None
         if args.experiment:
-            report = experiment_report(ruleset.experiments[args.experiment],
-                                       store.arm_counts(args.experiment), time.time(),
-                                       revision=ruleset.revision)
+            experiment = ruleset.experiments[args.experiment]
+            report = experiment_report(experiment, store.arm_counts(args.experiment),
+                                       time.time(), revision=ruleset.revision,
+                                       split=store.split_mark(args.experiment)
+                                       if experiment.weights else None)
         if not (args.models or args.clusters) and report is not None:
             return report, []
-        return report, Arbiter(ruleset, store, snapshot_key=snapshot_key(args)).model_report()
+        return report, Arbiter(ruleset, store, snapshot_key=snapshot_key(args),
+                               serves=False).model_report()
     finally:
         store.close()
 

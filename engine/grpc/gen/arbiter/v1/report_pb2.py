@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'engine/grpc/gen/arbiter/v1/report.proto\x12\narbiter.v1\"-\n\x17\x45xperimentReportRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"\xc6\x01\n\tArmReport\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x11\n\texposures\x18\x02 \x01(\x01\x12\x0f\n\x07rewards\x18\x03 \x01(\x01\x12\x16\n\x0eposterior_mean\x18\x04 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x05 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x06 \x01(\x01\x12\x11\n\tprob_best\x18\x07 \x01(\x01\x12\x15\n\rexpected_loss\x18\x08 \x01(\x01\x12\x12\n\nallocation\x18\t \x01(\x01\x12\x11\n\tposterior\x18\n \x03(\x01\"F\n\x10SampleRatioCheck\x12\x0f\n\x07\x61pplies\x18\x01 \x01(\x08\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x10\n\x08mismatch\x18\x03 \x01(\x08\"\xbd\x02\n\x18\x45xperimentReportResponse\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x12\n\nallocation\x18\x03 \x01(\t\x12\x0e\n\x06reward\x18\x04 \x01(\t\x12\x11\n\tposterior\x18\x05 \x01(\t\x12#\n\x04\x61rms\x18\x06 \x03(\x0b\x32\x15.arbiter.v1.ArmReport\x12&\n\x07holdout\x18\x07 \x01(\x0b\x32\x15.arbiter.v1.ArmReport\x12\x17\n\x0fholdout_percent\x18\x08 \x01(\x01\x12)\n\x03srm\x18\t \x01(\x0b\x32\x1c.arbiter.v1.SampleRatioCheck\x12\x10\n\x08\x62\x65st_arm\x18\n \x01(\t\x12\x0e\n\x06winner\x18\x0b \x01(\t\x12\x10\n\x08revision\x18\x0c \x01(\t\"\x14\n\x12ModelReportRequest\"\x86\x02\n\x0cModelQuality\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07learner\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\x12\x13\n\x0brolling_auc\x18\x04 \x01(\x01\x12\x18\n\x10rolling_log_loss\x18\x05 \x01(\x01\x12\x16\n\x0emean_predicted\x18\x06 \x01(\x01\x12\x15\n\robserved_rate\x18\x07 \x01(\x01\x12\x36\n\x07metrics\x18\x08 \x03(\x0b\x32%.arbiter.v1.ModelQuality.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"?\n\x13ModelReportResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.arbiter.v1.ModelQuality2\xbe\x01\n\rReportService\x12]\n\x10\x45xperimentReport\x12#.arbiter.v1.ExperimentReportRequest\x1a$.arbiter.v1.ExperimentReportResponse\x12N\n\x0bModelReport\x12\x1e.arbiter.v1.ModelReportRequest\x1a\x1f.arbiter.v1.ModelReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\'engine/grpc/gen/arbiter/v1/report.proto\x12\narbiter.v1\"-\n\x17\x45xperimentReportRequest\x12\x12\n\nexperiment\x18\x01 \x01(\t\"\xc6\x01\n\tArmReport\x12\x0b\n\x03\x61rm\x18\x01 \x01(\t\x12\x11\n\texposures\x18\x02 \x01(\x01\x12\x0f\n\x07rewards\x18\x03 \x01(\x01\x12\x16\n\x0eposterior_mean\x18\x04 \x01(\x01\x12\x0e\n\x06\x63i_low\x18\x05 \x01(\x01\x12\x0f\n\x07\x63i_high\x18\x06 \x01(\x01\x12\x11\n\tprob_best\x18\x07 \x01(\x01\x12\x15\n\rexpected_loss\x18\x08 \x01(\x01\x12\x12\n\nallocation\x18\t \x01(\x01\x12\x11\n\tposterior\x18\n \x03(\x01\"\\\n\x10SampleRatioCheck\x12\x0f\n\x07\x61pplies\x18\x01 \x01(\x08\x12\x0f\n\x07p_value\x18\x02 \x01(\x01\x12\x10\n\x08mismatch\x18\x03 \x01(\x08\x12\x14\n\x0csince_change\x18\x04 \x01(\x08\"\xbd\x02\n\x18\x45xperimentReportResponse\x12\x12\n\nexperiment\x18\x01 \x01(\t\x12\x11\n\tplacement\x18\x02 \x01(\t\x12\x12\n\nallocation\x18\x03 \x01(\t\x12\x0e\n\x06reward\x18\x04 \x01(\t\x12\x11\n\tposterior\x18\x05 \x01(\t\x12#\n\x04\x61rms\x18\x06 \x03(\x0b\x32\x15.arbiter.v1.ArmReport\x12&\n\x07holdout\x18\x07 \x01(\x0b\x32\x15.arbiter.v1.ArmReport\x12\x17\n\x0fholdout_percent\x18\x08 \x01(\x01\x12)\n\x03srm\x18\t \x01(\x0b\x32\x1c.arbiter.v1.SampleRatioCheck\x12\x10\n\x08\x62\x65st_arm\x18\n \x01(\t\x12\x0e\n\x06winner\x18\x0b \x01(\t\x12\x10\n\x08revision\x18\x0c \x01(\t\"\x14\n\x12ModelReportRequest\"\x86\x02\n\x0cModelQuality\x12\r\n\x05model\x18\x01 \x01(\t\x12\x0f\n\x07learner\x18\x02 \x01(\t\x12\x10\n\x08\x65xamples\x18\x03 \x01(\x03\x12\x13\n\x0brolling_auc\x18\x04 \x01(\x01\x12\x18\n\x10rolling_log_loss\x18\x05 \x01(\x01\x12\x16\n\x0emean_predicted\x18\x06 \x01(\x01\x12\x15\n\robserved_rate\x18\x07 \x01(\x01\x12\x36\n\x07metrics\x18\x08 \x03(\x0b\x32%.arbiter.v1.ModelQuality.MetricsEntry\x1a.\n\x0cMetricsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"?\n\x13ModelReportResponse\x12(\n\x06models\x18\x01 \x03(\x0b\x32\x18.arbiter.v1.ModelQuality2\xbe\x01\n\rReportService\x12]\n\x10\x45xperimentReport\x12#.arbiter.v1.ExperimentReportRequest\x1a$.arbiter.v1.ExperimentReportResponse\x12N\n\x0bModelReport\x12\x1e.arbiter.v1.ModelReportRequest\x1a\x1f.arbiter.v1.ModelReportResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -38,17 +38,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ARMREPORT']._serialized_start=103
   _globals['_ARMREPORT']._serialized_end=301
   _globals['_SAMPLERATIOCHECK']._serialized_start=303
-  _globals['_SAMPLERATIOCHECK']._serialized_end=373
-  _globals['_EXPERIMENTREPORTRESPONSE']._serialized_start=376
-  _globals['_EXPERIMENTREPORTRESPONSE']._serialized_end=693
-  _globals['_MODELREPORTREQUEST']._serialized_start=695
-  _globals['_MODELREPORTREQUEST']._serialized_end=715
-  _globals['_MODELQUALITY']._serialized_start=718
-  _globals['_MODELQUALITY']._serialized_end=980
-  _globals['_MODELQUALITY_METRICSENTRY']._serialized_start=934
-  _globals['_MODELQUALITY_METRICSENTRY']._serialized_end=980
-  _globals['_MODELREPORTRESPONSE']._serialized_start=982
-  _globals['_MODELREPORTRESPONSE']._serialized_end=1045
-  _globals['_REPORTSERVICE']._serialized_start=1048
-  _globals['_REPORTSERVICE']._serialized_end=1238
+  _globals['_SAMPLERATIOCHECK']._serialized_end=395
+  _globals['_EXPERIMENTREPORTRESPONSE']._serialized_start=398
+  _globals['_EXPERIMENTREPORTRESPONSE']._serialized_end=715
+  _globals['_MODELREPORTREQUEST']._serialized_start=717
+  _globals['_MODELREPORTREQUEST']._serialized_end=737
+  _globals['_MODELQUALITY']._serialized_start=740
+  _globals['_MODELQUALITY']._serialized_end=1002
+  _globals['_MODELQUALITY_METRICSENTRY']._serialized_start=956
+  _globals['_MODELQUALITY_METRICSENTRY']._serialized_end=1002
+  _globals['_MODELREPORTRESPONSE']._serialized_start=1004
+  _globals['_MODELREPORTRESPONSE']._serialized_end=1067
+  _globals['_REPORTSERVICE']._serialized_start=1070
+  _globals['_REPORTSERVICE']._serialized_end=1260
 # @@protoc_insertion_point(module_scope)

@@ -37,14 +37,16 @@ class ArmReport(_message.Message):
     def __init__(self, arm: _Optional[str] = ..., exposures: _Optional[float] = ..., rewards: _Optional[float] = ..., posterior_mean: _Optional[float] = ..., ci_low: _Optional[float] = ..., ci_high: _Optional[float] = ..., prob_best: _Optional[float] = ..., expected_loss: _Optional[float] = ..., allocation: _Optional[float] = ..., posterior: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SampleRatioCheck(_message.Message):
-    __slots__ = ("applies", "p_value", "mismatch")
+    __slots__ = ("applies", "p_value", "mismatch", "since_change")
     APPLIES_FIELD_NUMBER: _ClassVar[int]
     P_VALUE_FIELD_NUMBER: _ClassVar[int]
     MISMATCH_FIELD_NUMBER: _ClassVar[int]
+    SINCE_CHANGE_FIELD_NUMBER: _ClassVar[int]
     applies: bool
     p_value: float
     mismatch: bool
-    def __init__(self, applies: _Optional[bool] = ..., p_value: _Optional[float] = ..., mismatch: _Optional[bool] = ...) -> None: ...
+    since_change: bool
+    def __init__(self, applies: _Optional[bool] = ..., p_value: _Optional[float] = ..., mismatch: _Optional[bool] = ..., since_change: _Optional[bool] = ...) -> None: ...
 
 class ExperimentReportResponse(_message.Message):
     __slots__ = ("experiment", "placement", "allocation", "reward", "posterior", "arms", "holdout", "holdout_percent", "srm", "best_arm", "winner", "revision")
