@@ -285,6 +285,24 @@ def test_arm_counts_add_up_per_counter_key(store: Store) -> None:
     assert store.arm_counts("other") == {}
 
 
+def test_a_changed_split_marks_each_arms_exposures_once(harness: Harness) -> None:
+    """mark_split: a split never seen starts with no baseline; another split takes each
+    arm's exposures as its baseline, once,
+    whichever replica marks it; the same split marked again changes nothing."""
+    store, replica = harness.open(), harness.open()
+    assert store.split_mark("exp") is None
+    store.mark_split("exp", "fifty-fifty")
+    assert store.split_mark("exp") == ("fifty-fifty", {})
+    store.save_decision(_decision(), TTL)
+    store.commit_feedback("d1", "k1", _effects("impression", trials=1.0), TTL)
+    store.mark_split("exp", "fifty-fifty")  # (a restart, another replica: the same split)
+    assert replica.split_mark("exp") == ("fifty-fifty", {})
+    replica.mark_split("exp", "twenty-eighty")
+    store.mark_split("exp", "twenty-eighty")
+    assert store.split_mark("exp") == ("twenty-eighty", {"offer": 1.0})
+    assert store.split_mark("other") is None
+
+
 def _later(store: Store, seconds: float) -> None:
     """Let ``seconds`` pass for the store: the in-memory store's clock moves on; Redis
     expires keys in its own time."""
