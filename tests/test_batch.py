@@ -580,3 +580,30 @@ def test_a_list_or_map_in_a_file_holds_strings_or_is_refused_at_its_line(
     assert main(["explain", "rulesets/retail", "--profile", str(profile),
                  "--placement", "email"]) == 2
     assert "traits.consents: a list's items are strings" in capsys.readouterr().err
+
+
+def test_a_campaign_refused_for_its_flags_stops_and_one_with_refusals_says_so(
+        running: server.RunningServer, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Without --channel for a placement with two, every user was refused alike: 600
+    lines of "channel: is required" were written and the command exited 0, as for a
+    campaign decided. Now it stops at the first answer, naming the flag (exit 2); and a
+    run where some users were refused (an undeclared context key) ends by counting them
+    (exit 1), its other users decided."""
+    users = tmp_path / "users.jsonl"
+    users.write_text("".join(json.dumps({"user_id": f"c{i}"}) + "\n" for i in range(600)))
+    out = tmp_path / "decisions.jsonl"
+    args = ["decide", "--target", f"127.0.0.1:{running.port}", "--batch", str(users),
+            "--placement", "homepage_banner", "--out", str(out)]
+    assert main(args) == 2
+    assert ("arbiter decide: --channel: is required for placement 'homepage_banner'"
+            in capsys.readouterr().err)
+    assert out.read_text() == ""
+    users.write_text('{"user_id": "ann"}\n{"user_id": "bob", "context": {"devise": "ios"}}\n'
+                     '{"user_id": "cy"}\n')
+    assert main([*args, "--channel", "web"]) == 1
+    err = capsys.readouterr().err
+    assert "1 of 3 users refused" in err and "context.devise" in err
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [("decision_id" in line, "error" in line) for line in lines] == [
+        (True, False), (False, True), (True, False)]

@@ -187,6 +187,7 @@ def run_batch(args: argparse.Namespace) -> int:
     except OSError as err:
         print(f"arbiter decide: --out {out_path}: {err.strerror or err}", file=sys.stderr)
         return 2
+    refused, first_refusal = 0, ""
     with open_channel(args) as channel, out:
         stub = pb_grpc.DecisionServiceStub(channel)
         for call in calls(requests, BATCH):  # (and under the server's message limit)
@@ -197,6 +198,10 @@ def run_batch(args: argparse.Namespace) -> int:
             except _BatchStopped as err:
                 response, stopped = None, str(err)
             final = [] if response is None else list(response.results)
+            flag = next((r.error for r in final if _refused_for_a_flag(r)), None)
+            if flag is not None:  # the same for every line: nothing to write
+                print(f"\narbiter decide: --{flag}", file=sys.stderr)
+                return 2
             # a decision the store could not serve after every retry (degraded: an unknown
             # customer's, nothing recorded) is not written as if it were the customer's: the
             # run stops before it, and --resume decides it again
@@ -210,6 +215,10 @@ def run_batch(args: argparse.Namespace) -> int:
                               for item, result in zip(chunk[:kept], final[:kept], strict=True)))
             out.flush()
             done += kept
+            for result in final[:kept]:
+                if result.error and not result.decision.decision_id:
+                    refused += 1
+                    first_refusal = first_refusal or result.error
             if stopped is not None:
                 again = f" --run-id {run_id}" if run_id and not args.run_id else ""
                 print(f"\narbiter decide: stopped after {done:,} of {total:,} users: "
@@ -218,7 +227,22 @@ def run_batch(args: argparse.Namespace) -> int:
                 return 1
             print(f"\rdecided {done:,}/{total:,}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
+    if refused:
+        print(f"arbiter decide: {refused:,} of {total:,} users refused (their lines in "
+              f"{out_path} hold the error; the first: {first_refusal})", file=sys.stderr)
+        return 1
     return 0
+
+
+FLAG_FIELDS = ("placement", "channel", "limit")
+"""A DecideRequest's fields that ``arbiter decide --batch`` fills from its flags."""
+
+
+def _refused_for_a_flag(result: Any) -> bool:
+    """Refused for a field every line has from the command's flags (``--channel``
+    missing for a placement with two): every other line would be too."""
+    return (result.status == "INVALID_ARGUMENT"
+            and result.error.partition(":")[0] in FLAG_FIELDS)
 
 
 class _BatchStopped(Exception):
