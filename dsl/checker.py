@@ -476,8 +476,11 @@ class Checker:
                        "contact history a profile keeps)", pos)
 
     def _contact_window(self, seconds: float, what: str, pos: ast.Pos) -> None:
-        """A window longer than the contact history kept would count too little, silently."""
-        if seconds > CONTACT_RETENTION_SECONDS:
+        """A window longer than the contact history kept would count too little, silently;
+        one of no time would count nothing (a cooldown of ``0s`` never holds)."""
+        if seconds <= 0:
+            self.error(f"{what} of no time never holds: give it a duration (e.g. 1d)", pos)
+        elif seconds > CONTACT_RETENTION_SECONDS:
             self.error(f"{what} looks back at most {CONTACT_RETENTION_SECONDS / 86400:g}d "
                        "(the contact history a profile keeps)", pos)
 

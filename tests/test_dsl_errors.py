@@ -20,6 +20,10 @@ placement home { channels: web, app }
 CASES = [
     ("segment s = count(purchase, within=0d) > 0",
      "6:36: error: 'within' of 0d counts nothing: a window is at least 1s"),
+    ("action a { placements: home value: 1 cooldown: 0s }",  # (never held a thing)
+     "6:48: error: a cooldown of no time never holds: give it a duration (e.g. 1d)"),
+    ("action a { placements: home value: 1 cap: 1 per 0d }",
+     "6:38: error: a cap of no time never holds: give it a duration (e.g. 1d)"),
     ('action a { placements: home value: 1 content { t: "{{ profile.name | round(2) }}" } }',
      "6:55: error: round needs a number, not string"),
     ('action a { placements: home value: 1 content { t: "{{ profile.spend | upper | round(1) '
