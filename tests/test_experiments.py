@@ -251,6 +251,24 @@ def test_promoted_winner_is_shown_to_everyone_without_exploring() -> None:
         assert any("winner b promoted" in r.detail for r in retired.reasons)
 
 
+@pytest.mark.parametrize("extra", ["traffic: 50%", "holdout: 30%",
+                                   "layer: hero\n  salt: \"s\""])
+def test_an_ended_experiment_retires_its_arms_for_every_customer(extra: str) -> None:
+    """`winner:` said every customer gets the winner and the other arms are retired; the
+    customers outside the experiment's traffic (or its layer) still saw every arm as an
+    ordinary action, and those in its holdout got the fallback instead of the winner."""
+    rules = THOMPSON.replace("EXTRA", f"{extra}\n  winner: b").replace("when: 1 > 2", "")
+    if "layer" in extra:
+        rules += ("placement mail { channels: email }\naction m { placements: mail value: 1 }\n"
+                  "action n { placements: mail value: 1 }\n"
+                  "experiment other_in_layer on mail { arms: m, n  layer: hero }\n")
+    arb = Arbiter(load_text(rules), MemoryStore(), seed=1)
+    shown = Counter(action.action_id for i in range(200)
+                    for action in arb.decide(user_id=f"u{i}", placement="home",
+                                             limit=5).actions)
+    assert shown == {"other": 200, "b": 200, "plain": 200}, shown
+
+
 def test_holdout_outcomes_are_counted_on_the_fallback() -> None:
     rs = load_text(THOMPSON.replace("EXTRA", "holdout: 50%").replace("when: 1 > 2", ""))
     arb = Arbiter(rs, MemoryStore(), seed=1)

@@ -81,7 +81,8 @@ def _decide(ruleset: Ruleset, req: DecideInput, profile: Profile | None, facts: 
                               scorer, trace)
     trace.stage("allocation")
     experiment = _experiment_for(ruleset, req)
-    holdout = experiment is not None and in_holdout(experiment, req.user_id)
+    holdout = (experiment is not None and experiment.winner is None
+               and in_holdout(experiment, req.user_id))  # (an ended one holds out no one)
     if holdout:
         allocated = _hold_out(experiment, scored.actions, trace)
     else:
@@ -121,9 +122,11 @@ def _record(decision: Decision, req: DecideInput, features: dict[str, float],
 
 
 def _experiment_for(ruleset: Ruleset, req: DecideInput) -> Experiment | None:
-    """The placement's experiment, unless its traffic or layer leaves this customer out."""
+    """The placement's experiment, unless its traffic or layer leaves this customer out;
+    one that has ended (``winner:``) is everyone's: its other arms are retired for all."""
     experiment = ruleset.experiment_by_placement.get(req.placement.name)
-    if experiment is not None and not takes_part(ruleset, experiment, req.user_id):
+    if experiment is not None and experiment.winner is None and not takes_part(
+            ruleset, experiment, req.user_id):
         return None  # the arms are plain actions for this customer
     return experiment
 
