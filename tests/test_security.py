@@ -245,7 +245,7 @@ def test_operators_read_and_forget_profiles_from_the_cli(
         assert capsys.readouterr().out.splitlines() == [
             "ann: forgotten (1 stored record(s) deleted)", "bob: nothing was stored"]
         assert main(["profile", "get", "ann", *target, "--token", "ops-token"]) == 1
-        assert "nothing is held about 'ann'" in capsys.readouterr().err
+        assert "no profile for 'ann'" in capsys.readouterr().err
         assert main(["profile", "forget", *target, "--token", "ops-token"]) == 2
         assert main(["profile", "get", "ann", "bob", *target]) == 2
     finally:
