@@ -99,11 +99,19 @@ def test_readiness_goes_not_serving_within_a_second_and_comes_back(
         while health.Check(health_pb2.HealthCheckRequest(), timeout=1).status != NOT_SERVING:
             assert time.monotonic() - killed < 1.5, "readiness still SERVING"
             time.sleep(0.05)
+        # every service the port serves has a readiness a probe can name (each needs the
+        # store; the admin, report and catalogue services were NOT_FOUND)
+        for name in server.SERVED_NAMES:
+            assert health.Check(health_pb2.HealthCheckRequest(service=name),
+                                timeout=1).status == NOT_SERVING
         redis_server.start()
         back = time.monotonic()
         while health.Check(health_pb2.HealthCheckRequest(), timeout=1).status != SERVING:
             assert time.monotonic() - back < 3.0, "readiness did not come back"
             time.sleep(0.05)
+        for name in server.SERVED_NAMES:
+            assert health.Check(health_pb2.HealthCheckRequest(service=name),
+                                timeout=1).status == SERVING
 
 
 def test_feedback_during_a_stall_is_never_acknowledged_unless_stored(

@@ -56,6 +56,9 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DecisionService"].full_name
 ADMIN_SERVICE_NAME = apb.DESCRIPTOR.services_by_name["AdminService"].full_name
 REPORT_SERVICE_NAME = rpb.DESCRIPTOR.services_by_name["ReportService"].full_name
 CATALOGUE_SERVICE_NAME = pb.DESCRIPTOR.services_by_name["CatalogueService"].full_name
+SERVED_NAMES = (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME, CATALOGUE_SERVICE_NAME)
+"""Every service the main port serves: each has a readiness in the health service (a
+probe may name any of them; they all need the store)."""
 REFLECTION_V1 = "grpc.reflection.v1.ServerReflection"
 RELOAD_INTERVAL_SECONDS = 1.0
 MAX_MESSAGE_BYTES = 1 << 20
@@ -231,11 +234,12 @@ class RunningServer:
                 await self.set_health(status)
 
     async def set_health(self, status: Any) -> None:
-        """Readiness: both names on the main port, the servicer's name on the health port
-        (whose ``""`` is liveness)."""
-        for name in ("", SERVICE_NAME):
+        """Readiness: ``""`` and every service's name on the main port, the services'
+        names on the health port (whose ``""`` is liveness)."""
+        for name in ("", *SERVED_NAMES):
             await self.health.set(name, status)
-        self.probe_health.set(SERVICE_NAME, status)
+        for name in SERVED_NAMES:
+            self.probe_health.set(name, status)
 
     # ---- stopping ----------------------------------------------------------------------
     def stop(self, grace: float = 2.0, pre_stop: float = 0.0) -> None:
@@ -382,8 +386,7 @@ async def _start(running: RunningServer, host: str, port: int,
     ready = await running.decide_io.ping(READY_INTERVAL_SECONDS)
     await running.set_health(SERVING if ready else NOT_SERVING)
     running.ready = ready
-    _add_reflection(server, (SERVICE_NAME, ADMIN_SERVICE_NAME, REPORT_SERVICE_NAME,
-                             CATALOGUE_SERVICE_NAME, health.SERVICE_NAME))
+    _add_reflection(server, (*SERVED_NAMES, health.SERVICE_NAME))
     address = f"{host}:{port}"
     bound = _bind(lambda: (server.add_secure_port(address, credentials)
                            if credentials is not None else server.add_insecure_port(address)),
