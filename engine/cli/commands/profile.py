@@ -70,7 +70,8 @@ def _get(args: argparse.Namespace, user: str) -> int:
         print(f"arbiter profile: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
     if not answer.found:
-        print(f"arbiter profile: no profile for {user!r} (no event or trait tracked, or forgotten)", file=sys.stderr)
+        print(f"arbiter profile: no profile for {user!r} (no event or trait tracked, or "
+              "forgotten)", file=sys.stderr)
         return 1
     print(MessageToJson(answer.profile, preserving_proto_field_name=True, indent=2,
                         ensure_ascii=False))
