@@ -222,12 +222,28 @@ def test_serve_settings_layer_flags_over_environment_over_file(
     assert "object at" not in capsys.readouterr().out  # defaults in help are values
 
 
+def test_a_misspelt_arbiter_variable_is_named_not_ignored_silently(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """`ARBITER_METRIC_PORT=9100` in a deployment's manifest was ignored without a word
+    (no metrics, and nobody told why); the variables other commands read are not named."""
+    monkeypatch.setenv("ARBITER_METRIC_PORT", "9100")
+    monkeypatch.setenv("ARBITER_TOKEN", "for-the-cli-clients")
+    assert main(["serve", "--print-config"]) == 0
+    printed = capsys.readouterr()
+    warned = [line for line in printed.err.splitlines() if "ARBITER_" in line]
+    assert len(warned) == 1 and warned[0].endswith(
+        "ARBITER_METRIC_PORT is not a setting (did you mean 'ARBITER_METRICS_PORT'?): "
+        "ignored"), printed.err
+    assert "# metrics-port = (unset)  # default" in printed.out
+
+
 @pytest.mark.parametrize(("setting", "message"), [
-    ('port = "abc"\n', "settings file: port: invalid literal"),
-    ("prot = 1\n", "unknown key(s) prot"),
+    ('port = "abc"\n', "settings file: port: expected a whole number, got 'abc'"),
+    ("prot = 1\n", "unknown key 'prot' (did you mean 'port'?)"),
+    ("metrics_prot = 1\n", "unknown key 'metrics_prot' (did you mean 'metrics-port'?)"),
     ("port = \n", "Invalid value (at line 1, column 8)"),
     ("access-log = 3\n", "access-log: expected true or false"),
-    ('[tokens]\n', "unknown key(s) tokens"),
+    ('[tokens]\n', "unknown key 'tokens'"),
 ])
 def test_a_bad_settings_file_is_a_clear_error(
         tmp_path: Path, capsys: pytest.CaptureFixture[str], setting: str, message: str) -> None:
@@ -239,7 +255,7 @@ def test_a_bad_settings_file_is_a_clear_error(
 
 
 @pytest.mark.parametrize(("env", "flags", "message"), [
-    ({"ARBITER_PORT": "abc"}, [], "ARBITER_PORT: invalid literal"),
+    ({"ARBITER_PORT": "abc"}, [], "ARBITER_PORT: expected a whole number, got 'abc'"),
     ({"ARBITER_TOKENS": "svc=superuser"}, [], "unknown scope(s) superuser"),
     ({"ARBITER_TOKENS": "=decide"}, [], "ARBITER_TOKENS: expected token=scope"),
     ({}, ["--tokens-file", "TOKENS"], "'svc' must be a list of scope names"),

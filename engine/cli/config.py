@@ -20,6 +20,7 @@ each value came from.
 from __future__ import annotations
 
 import argparse
+import difflib
 import re
 import tomllib
 from collections.abc import Mapping
@@ -29,6 +30,9 @@ from typing import Any
 UNSET: Any = object()
 TRUE = {"1", "true", "yes", "on"}
 FALSE = {"0", "false", "no", "off", ""}
+OTHER_VARIABLES = frozenset({"ARBITER_CONFIG", "ARBITER_TOKENS", "ARBITER_TOKEN",
+                             "ARBITER_SNAPSHOT_KEY"})
+"""``ARBITER_*`` variables read besides the flags' own (the client commands' token too)."""
 
 
 class SettingsError(ValueError):
@@ -48,11 +52,13 @@ class Layered:
     def resolve(self, args: argparse.Namespace, env: Mapping[str, str],
                 file: Mapping[str, Any]) -> dict[str, str]:
         """Fill every UNSET option in ``args``; returns where each value came from."""
-        known = {a.option_strings[-1].lstrip("-") for a in self.options} | {
-            a.dest for a in self.options}
+        flags = [a.option_strings[-1].lstrip("-") for a in self.options]
+        known = set(flags) | {a.dest for a in self.options}
         unknown = sorted(set(file) - known)
         if unknown:
-            raise SettingsError(f"settings file: unknown key(s) {', '.join(unknown)}")
+            raise SettingsError("settings file: " + "; ".join(
+                f"unknown key '{key}'{_closest(key.replace('_', '-'), flags)}"
+                for key in unknown))
         sources: dict[str, str] = {}
         for action in self.options:
             dest, flag = action.dest, action.option_strings[-1].lstrip("-")
@@ -76,6 +82,26 @@ class Layered:
                 sources[dest] = "default"
         return sources
 
+    def unknown_variables(self, env: Mapping[str, str]) -> list[str]:
+        """``ARBITER_*`` variables that are no setting (a typo in a deployment's manifest
+        would otherwise be ignored without a word), each with the closest one.
+
+        >>> p = argparse.ArgumentParser()
+        >>> _ = p.add_argument("--metrics-port", type=int)
+        >>> Layered(p).unknown_variables({"ARBITER_METRIC_PORT": "9", "ARBITER_TOKEN": "t"})
+        ["ARBITER_METRIC_PORT is not a setting (did you mean 'ARBITER_METRICS_PORT'?)"]
+        """
+        names = ["ARBITER_" + a.dest.upper() for a in self.options]
+        return [f"{name} is not a setting{_closest(name, names)}" for name in sorted(env)
+                if name.startswith("ARBITER_") and name not in names
+                and name not in OTHER_VARIABLES and not name.startswith("ARBITER_FUZZ_")]
+
+
+def _closest(name: str, options: list[str]) -> str:
+    """`` (did you mean 'X'?)`` for the closest of ``options``, or nothing."""
+    close = difflib.get_close_matches(name, options, n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
 
 def _convert(action: argparse.Action, value: Any, where: str) -> Any:
     """The value as the flag's own type would parse it; SettingsError naming ``where``."""
@@ -91,7 +117,9 @@ def _convert(action: argparse.Action, value: Any, where: str) -> Any:
     try:
         return action.type(str(value)) if callable(action.type) else str(value)
     except (TypeError, ValueError) as err:
-        raise SettingsError(f"{where}: {err}") from None
+        kind = {int: "a whole number", float: "a number"}.get(action.type)  # type: ignore[call-overload]
+        raise SettingsError(f"{where}: expected {kind}, got {value!r}" if kind
+                            else f"{where}: {err}") from None
 
 
 def read_file(path: str | None) -> dict[str, Any]:

@@ -151,6 +151,8 @@ def run(args: argparse.Namespace) -> int:
 
     try:  # every setting checked before anything is loaded or bound
         sources = LAYERED.resolve(args, os.environ, read_file(args.config))
+        for unknown in LAYERED.unknown_variables(os.environ) if not args.reuse_port else ():
+            log.warning("%s: ignored", unknown)  # (said once: not again by each child)
         if args.print_config:  # the settings, then whether serving would accept them
             print(render(args, LAYERED, sources))
             process_count(args)
