@@ -207,13 +207,18 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
         if not self.offload.store_blocks and not any(
                 one.request_id for one in request.requests):  # in memory: nothing to overlap
             slices = _Slices()
+            plain = self.tracing is None  # each one a decision (and its send), no await
             for one, result in zip(request.requests, results, strict=True):
                 if not room.fits():  # this one and those after it: not decided
                     room.refuse(result)
                     continue
-                await self._batch_one(one, record, result)
+                if plain:
+                    self._batch_plain(one, record, result)
+                else:
+                    await self._batch_one(one, record, result)
                 room.add(result)
-                await slices.share()
+                if time.perf_counter() >= slices.until:
+                    await slices.share()
             return response
         slices = _Slices()
         for wave in _waves(request.requests):  # one user's requests in order
@@ -509,21 +514,34 @@ class DecisionServicer(pb_grpc.DecisionServiceServicer):
                 profiles.append((profile, True))
         return profiles
 
+    def _batch_plain(self, one: pb.DecideRequest, record_impressions: bool,
+                     result: pb.DecideBatchResult) -> None:
+        """A batch's decision without a request id on the in-memory store, untraced:
+        nothing in it waits (with ``record_impressions`` the record and its send are
+        stored in one step), so no coroutine per decision."""
+        arbiter = self.arbiter
+        try:
+            if record_impressions:
+                decision, counted = arbiter.decide_shown(
+                    arbiter.decide_request(**_decide_arguments(one)))
+            else:
+                decision, counted = arbiter.decide(**_decide_arguments(one)), True
+        except (InvalidArgument, Aborted, FailedPrecondition, CorruptRecord) as err:
+            _refuse(result, err)
+            return
+        if self.metrics is not None:
+            self.metrics.decided(decision)
+        convert.fill_decide_response(result.decision, decision)
+        if decision.actions and not decision.degraded and not counted:
+            result.error = TOO_OLD_TO_COUNT
+
     async def _batch_one(self, one: pb.DecideRequest, record_impressions: bool,
                          result: pb.DecideBatchResult) -> None:
+        """A batch's decision on the in-memory store when tracing is on (its spans), the
+        impression recorded after it (else :meth:`_batch_plain`)."""
         try:
             if one.request_id:
                 result.decision.CopyFrom(await self._decide_keyed(one))
-            elif record_impressions and self.tracing is None:  # in memory: one step
-                arbiter = self.arbiter
-                decision, counted = arbiter.decide_shown(
-                    arbiter.decide_request(**_decide_arguments(one)))
-                if self.metrics is not None:
-                    self.metrics.decided(decision)
-                convert.fill_decide_response(result.decision, decision)
-                if decision.actions and not decision.degraded and not counted:
-                    result.error = TOO_OLD_TO_COUNT
-                return
             else:
                 convert.fill_decide_response(result.decision, await self._decide(one))
         except (InvalidArgument, Aborted, FailedPrecondition, CorruptRecord) as err:
