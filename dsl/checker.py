@@ -358,12 +358,15 @@ class Checker:
         pos = action.field_pos
         if not action.placements:
             self.error(f"action '{action.name}' needs 'placements: ...'", action.pos)
-        for name in action.placements:
+        for i, name in enumerate(action.placements):
             if name not in self.out.placements:
                 self.error(
                     f"unknown placement '{name}'{_suggest(name, self.out.placements)}",
                     pos.get("placements", action.pos),
                 )
+            elif name in action.placements[:i]:  # (a copy-paste slip, say)
+                self.warning(f"placement '{name}' is listed twice",
+                             pos.get("placements", action.pos))
         allowed = {c for p in action.placements if p in self.out.placements
                    for c in self.out.placements[p].channels}
         for channel in action.channels:

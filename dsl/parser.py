@@ -548,7 +548,11 @@ class _TemplateParser:
             before = text[:inner_start]
             line_off = self.pos.line - 1 + before.count("\n")
             col_off = (self.pos.column + inner_start) if "\n" not in before else 0
-            if group == 1:
+            if group == 1 and not match.group(1).strip():
+                self.error("an empty {{ }}: write what to insert, e.g. "
+                           "{{ profile.first_name }}",
+                           ast.Pos(self.pos.file, line_off + 1, max(col_off - 1, 1)))
+            elif group == 1:
                 token = _parse_fragment(match.group(1), "template_token", self.pos.file,
                                         line_off, col_off, self.diagnostics)
                 if token is not None:

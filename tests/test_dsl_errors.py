@@ -20,6 +20,8 @@ placement home { channels: web, app }
 CASES = [
     ("segment s = count(purchase, within=0d) > 0",
      "6:36: error: 'within' of 0d counts nothing: a window is at least 1s"),
+    ('action a { placements: home value: 1 content { t: "Hi {{ }}" } }',
+     "6:55: error: an empty {{ }}: write what to insert, e.g. {{ profile.first_name }}"),
     ("action a { placements: home value: 1 cooldown: 0s }",  # (never held a thing)
      "6:48: error: a cooldown of no time never holds: give it a duration (e.g. 1d)"),
     ("action a { placements: home value: 1 cap: 1 per 0d }",
@@ -228,6 +230,8 @@ def test_unused_segment_is_a_warning_not_an_error() -> None:
      "experiment e on home { arms: a, b  holdout: 10% }",
      "8:36: warning: placement 'home' has no fallback, so the holdout's customers are shown "
      "nothing and no outcome is counted for them"),
+    ("action a { placements: home, home value: 1 }",
+     "6:12: warning: placement 'home' is listed twice"),
 ])
 def test_lint_warnings(rules: str, expected: str) -> None:
     result = build({"r.arb": HEADER.lstrip("\n") + "\n" + rules + "\n"})
