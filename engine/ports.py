@@ -255,10 +255,11 @@ class Store(LearningLog, Protocol):
     def arm_counts(self, experiment: str) -> dict[str, ArmCounts]: ...
 
     def mark_split(self, experiment: str, fingerprint: str) -> None:
-        """A fixed split served with ``fingerprint`` (engine.experiments.splits): if the
-        store last saw another split of the experiment, each arm's exposures so far
-        become the new phase's baseline; one never seen starts with none. One atomic
-        step, so replicas reloading together mark a change once."""
+        """An experiment's allocation served with ``fingerprint`` (a fixed split's shares,
+        or Thompson sampling: engine.experiments.splits): if the store last saw another,
+        each arm's exposures so far become the new phase's baseline; one never seen
+        starts with none. One atomic step, so replicas reloading together mark a change
+        once."""
         ...
 
     def split_mark(self, experiment: str) -> tuple[str, dict[str, float]] | None:

@@ -208,14 +208,14 @@ class Arbiter:
         self._mark_splits()
 
     def _mark_splits(self) -> None:
-        """Tell the store which fixed splits this process serves: a changed split starts
-        a phase of its sample-ratio check (engine.experiments.splits). Those the store
-        could not be told are told at the next :meth:`sync`."""
+        """Tell the store how this process allocates each experiment: a changed split
+        starts a phase of its sample-ratio check (engine.experiments.splits). Those the
+        store could not be told are told at the next :meth:`sync`."""
         if not self._serves:
             return
         for experiment in self._ruleset.experiments.values():
             fingerprint = split_fingerprint(experiment)
-            if not fingerprint or self._splits_marked.get(experiment.name) == fingerprint:
+            if self._splits_marked.get(experiment.name) == fingerprint:
                 continue
             try:
                 self.store.mark_split(experiment.name, fingerprint)

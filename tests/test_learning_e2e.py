@@ -201,6 +201,32 @@ def test_changing_the_weights_starts_a_phase_of_the_sample_ratio_check(
     assert back.srm.since_change and not back.srm.mismatch, back.render()
 
 
+def test_a_bandit_turned_fixed_split_checks_only_what_the_split_assigned() -> None:
+    """Thompson sampling shows its arms unevenly (the better one more); switched to a
+    50/50 split, the check compared those exposures with 50/50 and flagged the split."""
+    bandit = SPLIT.replace("arms: a, b, c  allocate: weights(1, 1, 1)", "arms: a, b"
+                           ).replace("EXTRA", "").replace("value: 1 }", "value: 1  prior: 0.3 }")
+    arb = Arbiter(load_text(bandit), MemoryStore(), seed=1)
+    for i in range(800):
+        d = arb.decide(user_id=f"u{i}", placement="home")
+        arm = d.actions[0].action_id
+        arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="impression")
+        if arm == "a" and i % 3 == 0:  # a is the better arm: shown far more
+            arb.feedback(decision_id=d.decision_id, action_id=arm, outcome="click")
+    shown = {a.arm: a.exposures for a in arb.experiment_report("e").arms}
+    assert shown["a"] > 2 * shown["b"], shown
+    arb.swap_ruleset(load_text(bandit.replace("arms: a, b",
+                                              "arms: a, b  allocate: weights(50, 50)")))
+    for i in range(800, 1400):
+        d = arb.decide(user_id=f"u{i}", placement="home")
+        for a in d.actions:
+            if a.arm is not None:
+                arb.feedback(decision_id=d.decision_id, action_id=a.action_id,
+                             outcome="impression")
+    report = arb.experiment_report("e")
+    assert report.srm.since_change and not report.srm.mismatch, report.render()
+
+
 DECISIONS = 2500
 
 

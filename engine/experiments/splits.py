@@ -6,9 +6,11 @@ exposures made under those weights. Changing the weights mid-experiment (20/20/6
 split differs from the one the store last saw, the store keeps each arm's exposures so
 far as the phase's baseline (:meth:`~engine.ports.Store.mark_split`), and the check
 counts what came after it. A split's identity is its arms and their shares, so a
-changed salt, traffic or holdout starts no phase (the shares among arms are the same).
-An experiment the store has never seen starts with an empty baseline (its split is
-taken to have been the same all along).
+changed salt, traffic or holdout starts no phase (the shares among arms are the same);
+an experiment that allocates by Thompson sampling or has a winner has an identity too,
+so one that becomes a fixed split counts only what the split assigned. An experiment
+the store has never seen starts with an empty baseline (its split is taken to have
+been the same all along).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from engine.records import ArmCounts
 
 
 def split_fingerprint(experiment: Experiment) -> str:
-    """The identity of a fixed split: its arms' shares ("" for an experiment without one).
+    """The identity of an experiment's allocation: a fixed split's arms and shares, or
+    how it allocates otherwise (Thompson sampling, a winner) and among which arms.
 
     >>> from dsl.ast import Pos
     >>> from dsl.ruleset import BetaPrior
@@ -32,13 +35,18 @@ def split_fingerprint(experiment: Experiment) -> str:
     ((50, 50), True)
     >>> split_fingerprint(split(50, 50)) == split_fingerprint(split(20, 80))
     False
+    >>> split_fingerprint(split()) == split_fingerprint(split(50, 50))  # Thompson, then 50/50
+    False
     """
-    if not experiment.weights:
-        return ""
-    total = float(sum(experiment.weights))
-    shares = ",".join(f"{arm}={weight / total:.9g}" for arm, weight in
-                      zip(experiment.arms, experiment.weights, strict=True))
-    return hashlib.sha256(shares.encode()).hexdigest()[:16]
+    if experiment.winner is not None:
+        identity = f"winner {experiment.winner}: " + ",".join(experiment.arms)
+    elif not experiment.weights:
+        identity = "thompson: " + ",".join(experiment.arms)
+    else:
+        total = float(sum(experiment.weights))
+        identity = ",".join(f"{arm}={weight / total:.9g}" for arm, weight in
+                            zip(experiment.arms, experiment.weights, strict=True))
+    return hashlib.sha256(identity.encode()).hexdigest()[:16]
 
 
 def exposures_since(experiment: Experiment, counts: Mapping[str, ArmCounts],
