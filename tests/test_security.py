@@ -248,5 +248,9 @@ def test_operators_read_and_forget_profiles_from_the_cli(
         assert "no profile for 'ann'" in capsys.readouterr().err
         assert main(["profile", "forget", *target, "--token", "ops-token"]) == 2
         assert main(["profile", "get", "ann", "bob", *target]) == 2
+        capsys.readouterr()  # the wrong token: stopped at the first, not 3 refusals
+        assert main(["profile", "forget", "x", "y", "z", *target, "--token", "svc-token"]) == 1
+        err = capsys.readouterr().err
+        assert err.count("PERMISSION_DENIED") == 1 and "3 of 3 not forgotten" in err
     finally:
         running.stop(grace=0.2)

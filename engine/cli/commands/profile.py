@@ -6,7 +6,8 @@ aggregates, contacts, item history, what was learnt); ``arbiter profile forget U
 each: an erasure request handled from a terminal or a script, with the operators'
 ``profiles`` scope. A forget the server could not complete (``UNAVAILABLE``: the store
 or a decision log out of reach) is sent again with backoff, as forgetting twice is
-safe; one still refused is named and the command exits 1 after trying the others.
+safe; if it still fails the run stops there (the others would fail alike), and exits 1
+saying how many were not forgotten; an id refused as invalid is named and skipped.
 """
 
 from __future__ import annotations
@@ -85,18 +86,22 @@ def _forget(args: argparse.Namespace, users: list[str]) -> int:
     from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
     stub = pb_grpc.DecisionServiceStub(open_channel(args))
+    ids = list(dict.fromkeys(users))  # (each once, in the order given)
     failed = 0
-    for user in dict.fromkeys(users):  # (each once, in the order given)
+    for n, user in enumerate(ids):
         try:
             answer = sent_again(stub.ForgetProfile, pb.ForgetProfileRequest(user_id=user))
         except grpc.RpcError as err:
             failed += 1
             print(f"{user}: not forgotten: {err.code().name}: {err.details()}",
                   file=sys.stderr)
-            continue
+            if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                continue  # this id (empty, too long): the others may be fine
+            failed += len(ids) - n - 1  # the server, its store or the token: all would
+            break
         print(f"{user}: forgotten ({answer.deleted} stored record(s) deleted)"
               if answer.deleted else f"{user}: nothing was stored")
     if failed:
-        print(f"arbiter profile: {failed} of {len(dict.fromkeys(users))} not forgotten; "
-              "run the command again for them (forgetting twice is safe)", file=sys.stderr)
+        print(f"arbiter profile: {failed} of {len(ids)} not forgotten; run the command "
+              "again for them (forgetting twice is safe)", file=sys.stderr)
     return 1 if failed else 0
