@@ -607,3 +607,29 @@ def test_a_campaign_refused_for_its_flags_stops_and_one_with_refusals_says_so(
     lines = [json.loads(line) for line in out.read_text().splitlines()]
     assert [("decision_id" in line, "error" in line) for line in lines] == [
         (True, False), (False, True), (True, False)]
+
+
+def test_a_send_scheduled_for_later_is_decided_for_its_time_from_the_cli(
+        running: server.RunningServer, arbiter: Arbiter, tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """`DecideRequest.at` (a campaign decided now for tomorrow's 09:00 send) had no flag:
+    `arbiter decide --at TIME`, in process, from a server and for a --batch."""
+    later = time.time() + 86400
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime(later))
+    target = ["--target", f"127.0.0.1:{running.port}"]
+    for where in (["--rules", "rulesets/retail"], target):
+        assert main(["decide", *where, "--user", "ann", "--placement", "email",
+                     "--at", stamp, "--json"]) == 0
+        decided = json.loads(capsys.readouterr().out)["decidedAt"]
+        assert decided.startswith(stamp[:19]), decided
+    users = tmp_path / "users.jsonl"
+    users.write_text('{"user_id": "bob"}\n')
+    out = tmp_path / "out.jsonl"
+    assert main(["decide", *target, "--batch", str(users), "--placement", "homepage_banner",
+                 "--channel", "web", "--out", str(out), "--at", str(int(later))]) == 0
+    line = json.loads(out.read_text())  # (a new customer is shown the onboarding tour)
+    record = arbiter.store.get_decision(line["decision_id"])
+    assert record is not None and record.decided_at == int(later)
+    assert main(["decide", *target, "--batch", str(users), "--placement", "email",
+                 "--out", str(out), "--at", "noon"]) == 2
+    assert "at: must be an ISO 8601 date-time" in capsys.readouterr().err

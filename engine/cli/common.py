@@ -114,7 +114,8 @@ def parse_context(pairs: Sequence[str], schema: Any = None) -> dict[str, Any]:
 def add_request_arguments(parser: argparse.ArgumentParser, *, user_required: bool,
                           default_seed: int | None = None,
                           default_user: str | None = "explain-user") -> None:
-    """The Decide request: --user, --placement, --channel, --context, --limit, --seed."""
+    """The Decide request: --user, --placement, --channel, --context, --limit, --seed,
+    --at."""
     if user_required:
         parser.add_argument("--user", required=True)
     else:
@@ -124,6 +125,27 @@ def add_request_arguments(parser: argparse.ArgumentParser, *, user_required: boo
     parser.add_argument("--context", nargs="*", default=[], metavar="KEY=VALUE")
     parser.add_argument("--limit", type=int, default=0)
     parser.add_argument("--seed", type=int, default=default_seed)
+    parser.add_argument("--at", metavar="TIME",
+                        help="decide for this time (a send scheduled for later: caps, "
+                             "windows and the send hour as then): an ISO 8601 date-time "
+                             "with its offset or epoch seconds; default now")
+
+
+def decide_time(raw: str | None) -> float | None:
+    """``--at`` as epoch seconds (None: now); InvalidArgument naming ``at``.
+
+    >>> decide_time("2026-12-24T09:00:00+01:00"), decide_time("1798099200"), decide_time(None)
+    (1798099200.0, 1798099200.0, None)
+    """
+    if raw is None:
+        return None
+    from engine.cli.typed_values import as_declared
+
+    try:
+        value: Any = float(raw)
+    except ValueError:
+        value = raw
+    return float(as_declared("at", value, "timestamp").timestamp())
 
 
 def add_format_argument(parser: argparse.ArgumentParser) -> None:

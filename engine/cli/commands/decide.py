@@ -16,6 +16,7 @@ from engine.cli.client import add_client_arguments, open_channel
 from engine.cli.common import (
     add_request_arguments,
     calls,
+    decide_time,
     default_rules,
     json_lines,
     key_column,
@@ -105,7 +106,9 @@ def _decide_local(args: argparse.Namespace) -> Decision:
     from engine.service import Arbiter
 
     ruleset = load_path(args.rules)
-    arbiter = Arbiter(ruleset, memory_store_factory()(time.time), seed=args.seed)
+    at = decide_time(args.at)  # (the profile file's "ago"s count back from it too)
+    clock = time.time if at is None else (lambda: at)
+    arbiter = Arbiter(ruleset, memory_store_factory()(clock), seed=args.seed, clock=clock)
     if getattr(args, "population", None):
         apply_population(arbiter, Path(args.population), arbiter.clock())
     if args.profile:
@@ -125,13 +128,17 @@ def _decide_remote(args: argparse.Namespace) -> Decision:
     from engine.grpc.gen.arbiter.v1 import decision_pb2_grpc as pb_grpc
 
     context = {k: convert.to_value(v) for k, v in parse_context(args.context).items()}
+    request = pb.DecideRequest(
+        user_id=args.user, placement=args.placement, channel=args.channel,
+        context=context, limit=args.limit, explain=args.explain,
+        request_id=args.request_id or "")
+    at = decide_time(args.at)
+    if at is not None:
+        request.at.CopyFrom(convert.timestamp(at))
     with open_channel(args) as channel:
         stub = pb_grpc.DecisionServiceStub(channel)
         try:
-            response = stub.Decide(pb.DecideRequest(
-                user_id=args.user, placement=args.placement, channel=args.channel,
-                context=context, limit=args.limit, explain=args.explain,
-                request_id=args.request_id or ""), timeout=10)
+            response = stub.Decide(request, timeout=10)
         except grpc.RpcError as err:
             if err.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise InvalidArgument("request", err.details() or "") from err
@@ -173,9 +180,10 @@ def run_batch(args: argparse.Namespace) -> int:
         return 2
     path, out_path = Path(args.batch), Path(args.out)
     try:
+        args.at_seconds = decide_time(args.at)  # (every line's)
         total = sum(1 for _ in batch_users(path))
         done = completed_lines(out_path) if args.resume else 0
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, InvalidArgument) as err:
         print(f"arbiter decide: {err}", file=sys.stderr)
         return 2
     users = itertools.islice(batch_users(path), done, None)
@@ -270,10 +278,13 @@ def _decide_request(args: argparse.Namespace, item: dict[str, Any], request_id: 
     from engine.grpc import convert
     from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 
-    return pb.DecideRequest(
+    request = pb.DecideRequest(
         user_id=str(item.get("user_id", "")), placement=args.placement,
         channel=args.channel, limit=args.limit, request_id=request_id,
         context={k: convert.to_value(v) for k, v in (item.get("context") or {}).items()})
+    if args.at_seconds is not None:
+        request.at.CopyFrom(convert.timestamp(args.at_seconds))
+    return request
 
 
 def _decide_chunk(stub: Any, args: argparse.Namespace, requests: list[Any]) -> Any:
