@@ -630,6 +630,7 @@ def test_a_send_scheduled_for_later_is_decided_for_its_time_from_the_cli(
     line = json.loads(out.read_text())  # (a new customer is shown the onboarding tour)
     record = arbiter.store.get_decision(line["decision_id"])
     assert record is not None and record.decided_at == int(later)
-    assert main(["decide", *target, "--batch", str(users), "--placement", "email",
-                 "--out", str(out), "--at", "noon"]) == 2
-    assert "at: must be an ISO 8601 date-time" in capsys.readouterr().err
+    for bad in ("noon", "nan", "1e300"):  # none sent: refused before the first call
+        assert main(["decide", *target, "--batch", str(users), "--placement", "email",
+                     "--out", str(out), "--at", bad]) == 2
+        assert "at: must be an ISO 8601 date-time" in capsys.readouterr().err

@@ -180,16 +180,16 @@ def run_batch(args: argparse.Namespace) -> int:
         return 2
     path, out_path = Path(args.batch), Path(args.out)
     try:
-        args.at_seconds = decide_time(args.at)  # (every line's)
+        at = decide_time(args.at)  # (every line's)
         total = sum(1 for _ in batch_users(path))
         done = completed_lines(out_path) if args.resume else 0
-    except (OSError, ValueError, InvalidArgument) as err:
+    except (OSError, ValueError) as err:  # (InvalidArgument is a ValueError)
         print(f"arbiter decide: {err}", file=sys.stderr)
         return 2
     users = itertools.islice(batch_users(path), done, None)
     run_id = (args.run_id or uuid.uuid4().hex[:16]) if args.record_impressions else ""
     requests = ((item, _decide_request(args, item, f"{run_id}:{done + n + 1}" if run_id
-                                       else "")) for n, item in enumerate(users))
+                                       else "", at)) for n, item in enumerate(users))
     try:  # (a folder, or one that does not exist: one line, before anything is decided)
         out = out_path.open("a" if args.resume else "w")
     except OSError as err:
@@ -273,8 +273,9 @@ BATCH_RETRIES = 8
 5 s: ~21 s in all, longer than a claim left by a server that stopped is held)."""
 
 
-def _decide_request(args: argparse.Namespace, item: dict[str, Any], request_id: str) -> Any:
-    """The DecideRequest of a line of ``--batch``."""
+def _decide_request(args: argparse.Namespace, item: dict[str, Any], request_id: str,
+                    at: float | None) -> Any:
+    """The DecideRequest of a line of ``--batch`` (``at``: the ``--at`` time, if any)."""
     from engine.grpc import convert
     from engine.grpc.gen.arbiter.v1 import decision_pb2 as pb
 
@@ -282,8 +283,8 @@ def _decide_request(args: argparse.Namespace, item: dict[str, Any], request_id: 
         user_id=str(item.get("user_id", "")), placement=args.placement,
         channel=args.channel, limit=args.limit, request_id=request_id,
         context={k: convert.to_value(v) for k, v in (item.get("context") or {}).items()})
-    if args.at_seconds is not None:
-        request.at.CopyFrom(convert.timestamp(args.at_seconds))
+    if at is not None:
+        request.at.CopyFrom(convert.timestamp(at))
     return request
 
 
